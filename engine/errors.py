@@ -1,0 +1,66 @@
+"""One root error for segengine; each subclass knows its gRPC status code name."""
+from __future__ import annotations
+
+
+class SegengineError(Exception):
+    """Root of every error segengine raises on purpose."""
+
+    grpc_status: str = "INTERNAL"
+
+
+class QueryError(SegengineError, ValueError):
+    """A malformed or ill-typed segment query; the message names the 1-based column and token."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, column: int | None = None, token: str | None = None):
+        self.column = column
+        self.token = token
+        if column is not None:
+            where = f"column {column}"
+            if token is not None:
+                where += f" near {token!r}"
+            message = f"{message} at {where}"
+        super().__init__(message)
+
+
+class DataError(SegengineError, ValueError):
+    """A bad profile or event record; the message names the record and the field."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, record: int | str | None = None, field: str | None = None):
+        self.record = record
+        self.field = field
+        parts = []
+        if record is not None:
+            parts.append(f"record {record}" if isinstance(record, int) else str(record))
+        if field is not None:
+            parts.append(f"field {field!r}")
+        if parts:
+            message = f"{', '.join(parts)}: {message}"
+        super().__init__(message)
+
+
+class SegmentNotFound(SegengineError, KeyError):
+    """A saved segment name that does not exist."""
+
+    grpc_status = "NOT_FOUND"
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the plain message
+        return str(self.args[0]) if self.args else "segment not found"
+
+
+class ProfileNotFound(SegengineError, KeyError):
+    """A profile id that is not live."""
+
+    grpc_status = "NOT_FOUND"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "profile not found"
+
+
+class ShardError(SegengineError, RuntimeError):
+    """A shard worker died or failed while serving a request."""
+
+    grpc_status = "UNAVAILABLE"

@@ -1,0 +1,1 @@
+"""Execution of plan steps over one shard's bitmaps."""

@@ -1,0 +1,193 @@
+"""DID(...) over one shard's event store.
+
+Presence in a window ("had at least one / no event") is a union of whole-day bitmaps plus an
+exact scan of the two edge days. Counts, WHERE and AFTER LAST scan only the events inside the
+window (found by binary search in each time-ordered run) with a numba tally per profile row.
+"""
+from __future__ import annotations
+
+import operator
+
+import numba
+import numpy as np
+from pyroaring import BitMap
+
+from ..query import ast
+from ..store.bitmaps import to_bitmap, union_all
+from ..store.events import DAY_MS, NO_TIME, EventStore, EventTypeStore, Run
+
+CMP = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+TIME_MAX = np.iinfo(np.int64).max
+
+
+@numba.njit(cache=True)
+def tally(rows, keep, counts, touched, n_touched):
+    """counts[row] += 1 for each kept event; new rows are appended to ``touched``."""
+    for i in range(len(rows)):
+        if keep[i]:
+            row = rows[i]
+            if counts[row] == 0:
+                touched[n_touched] = row
+                n_touched += 1
+            counts[row] += 1
+    return n_touched
+
+
+def where_mask(node: ast.Node, part: Run, store: EventTypeStore, now: int) -> np.ndarray:
+    """Boolean mask of the events of ``part`` that satisfy a WHERE property query."""
+    size = len(part)
+    if isinstance(node, ast.All):
+        return np.ones(size, dtype=bool)
+    if isinstance(node, ast.And):
+        mask = where_mask(node.items[0], part, store, now)
+        for item in node.items[1:]:
+            mask &= where_mask(item, part, store, now)
+        return mask
+    if isinstance(node, ast.Or):
+        mask = where_mask(node.items[0], part, store, now)
+        for item in node.items[1:]:
+            mask |= where_mask(item, part, store, now)
+        return mask
+    if isinstance(node, ast.Not):
+        return ~where_mask(node.item, part, store, now)
+    name = node.name  # type: ignore[attr-defined]
+    values = part.props[name]
+    kind = store.definition.properties[name]
+    valid = values >= 0 if kind == "category" else part.valid[name]
+    if isinstance(node, ast.IsNull):
+        return valid.copy() if node.negated else ~valid
+    return valid & _test(node, values, kind, store.labels.get(name), now)
+
+
+def _literal(value, now: int):
+    return now + value.offset_ms if isinstance(value, ast.Now) else value
+
+
+def _test(node: ast.Node, values: np.ndarray, kind: str, labels: list[str] | None, now: int) -> np.ndarray:
+    """The predicate on non-null values (null rows are masked out by the caller)."""
+    if kind == "category":
+        assert labels is not None
+        lut = np.array([_category_test(node, label, now) for label in labels] + [False], dtype=bool)
+        return lut[np.where(values >= 0, values, len(labels))]
+    if isinstance(node, ast.Compare):
+        return CMP[node.op](values, _literal(node.value, now))
+    if isinstance(node, ast.In):
+        hits = np.isin(values, [_literal(v, now) for v in node.values])
+        return ~hits if node.negated else hits
+    if isinstance(node, ast.Between):
+        hits = (values >= _literal(node.lo, now)) & (values <= _literal(node.hi, now))
+        return ~hits if node.negated else hits
+    raise TypeError(f"unsupported property predicate {type(node).__name__}")
+
+
+def _category_test(node: ast.Node, label: str, now: int) -> bool:
+    if isinstance(node, ast.Compare):
+        return CMP[node.op](label, node.value)
+    if isinstance(node, ast.In):
+        return (label in node.values) != node.negated
+    if isinstance(node, ast.Between):
+        return (node.lo <= label <= node.hi) != node.negated
+    raise TypeError(f"unsupported property predicate {type(node).__name__}")
+
+
+class DidEvaluator:
+    """Evaluates DID predicates against one shard's events."""
+
+    def __init__(self, events: EventStore):
+        self.events = events
+        self.counts = np.zeros(0, dtype=np.int32)
+        self.union_cache: dict[tuple, BitMap] = {}
+
+    def estimate(self, node: ast.Did) -> float:
+        """Rows that ever had this event type (an upper bound of the positive set)."""
+        return float(len(self.events.types[node.event].ever))
+
+    def window_of(self, node: ast.Did, now: int) -> tuple[int, int]:
+        """The inclusive [lo, hi] timestamp window of a DID's time options."""
+        lo, hi = NO_TIME, now
+        if node.before is not None:
+            hi = min(hi, _literal(node.before, now) - 1)
+        if node.since is not None:
+            lo = max(lo, _literal(node.since, now))
+        if node.within_ms is not None:
+            lo = max(lo, now - node.within_ms + 1)
+        return lo, hi
+
+    def did(self, node: ast.Did, now: int, found: BitMap | None, live: BitMap) -> BitMap:
+        """The rows for which the DID predicate holds (exact within ``found``)."""
+        store = self.events.types[node.event]
+        lo, hi = self.window_of(node, now)
+        test = CMP[node.count_op]
+        at_zero = test(0, node.count_n)
+        simple = node.where is None and node.after_last is None
+        if simple and ((node.count_op, node.count_n) in ((">=", 1), (">", 0), ("!=", 0))):
+            return self.present(store, lo, hi)
+        if simple and ((node.count_op, node.count_n) in (("=", 0), ("<", 1), ("<=", 0))):
+            return live - self.present(store, lo, hi)
+        counted_rows, counts = self.count_per_row(node, store, lo, hi, now, len(live) and live.max() + 1)
+        if at_zero:
+            failing = counted_rows[~test(counts, node.count_n)]
+            return live - to_bitmap(failing)
+        return to_bitmap(counted_rows[test(counts, node.count_n)])
+
+    def present(self, store: EventTypeStore, lo: int, hi: int) -> BitMap:
+        """Rows with at least one event of ``store``'s type with lo <= ts <= hi."""
+        if lo > hi or not store.runs:
+            return BitMap()
+        if lo == NO_TIME and hi >= store.max_ts:
+            return store.ever
+        first_day, last_day = lo // DAY_MS, hi // DAY_MS
+        full_lo = first_day if lo == first_day * DAY_MS else first_day + 1
+        full_hi = last_day if hi == (last_day + 1) * DAY_MS - 1 else last_day - 1
+        parts: list[BitMap] = []
+        if full_lo <= full_hi:
+            parts.append(self._days_union(store, full_lo, full_hi))
+        edges = []
+        if full_lo > first_day:
+            edges.append((lo, min(hi, (first_day + 1) * DAY_MS - 1)))
+        if full_hi < last_day and last_day != first_day:
+            edges.append((max(lo, last_day * DAY_MS), hi))
+        for edge_lo, edge_hi in edges:
+            rows = [part.rows for part in store.window(edge_lo, edge_hi)]
+            if rows:
+                parts.append(to_bitmap(np.concatenate(rows)))
+        return union_all(parts)
+
+    def _days_union(self, store: EventTypeStore, first: int, last: int) -> BitMap:
+        key = (id(store), first, last, store.generation)
+        cached = self.union_cache.get(key)
+        if cached is None:
+            if last - first + 1 <= len(store.days):
+                bitmaps = [store.days[d] for d in range(first, last + 1) if d in store.days]
+            else:
+                bitmaps = [b for d, b in store.days.items() if first <= d <= last]
+            cached = union_all(bitmaps)
+            if len(self.union_cache) > 256:
+                self.union_cache.pop(next(iter(self.union_cache)))
+            self.union_cache[key] = cached
+        return cached
+
+    def count_per_row(self, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int,
+                      size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows with at least one matching event, their matching-event counts)."""
+        if lo > hi:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        if len(self.counts) < size:
+            self.counts = np.zeros(max(size, int(len(self.counts) * 1.5)), dtype=np.int32)
+        parts = store.window(lo, hi)
+        total = sum(len(p) for p in parts)
+        touched = np.empty(total, dtype=np.int32)
+        latest = None
+        if node.after_last is not None:
+            latest = self.events.types[node.after_last].latest_before(now, size)
+        n_touched = 0
+        for part in parts:
+            keep = np.ones(len(part), dtype=bool) if node.where is None else where_mask(node.where, part, store, now)
+            if latest is not None:
+                before = latest[part.rows]
+                keep &= (before != NO_TIME) & (part.ts > before)
+            n_touched = tally(part.rows, keep, self.counts, touched, n_touched)
+        rows = touched[:n_touched].astype(np.int64)
+        counts = self.counts[rows].astype(np.int64)
+        self.counts[rows] = 0
+        return rows, counts

@@ -1,0 +1,236 @@
+"""Plan steps -> bitmap algebra over one shard.
+
+``visit(step, found)`` returns a bitmap that is exact within ``found`` (the rows already
+selected by the enclosing intersection; None = the whole universe, then it is exact
+everywhere). Intersections run their cheapest, most selective operands first and hand the
+survivors to the rest, so range checks and event scans only touch the found set.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from pyroaring import BitMap
+
+from ..errors import QueryError, SegmentNotFound
+from ..plan.steps import Intersect, Nothing, Pred, Step, Union, Universe
+from ..query import ast
+from ..store.bitmaps import to_bitmap, union_all
+from ..store.indexes import BoolIndex, CategoryIndex, TagsIndex
+from ..store.numeric import NumericIndex
+from ..store.profiles import ProfileStore
+from .sample import sample_threshold, sampled_rows
+
+#: Extra cost weight of predicates that scan values (ranges, samples, events) when ordering an AND.
+SCAN_WEIGHT = {"Compare": 2, "Between": 2, "In": 1, "Sample": 3, "Did": 4}
+
+
+class SampleCache:
+    """SAMPLE bitmaps per (threshold, seed); a row's membership never changes, so only new rows are added."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[int, int], tuple[BitMap, int]] = {}
+
+    def rows(self, hashes: np.ndarray, threshold: int, seed: int) -> BitMap:
+        """Rows (of every row ever created) in SAMPLE at ``threshold``/10000 with ``seed``."""
+        key = (threshold, seed)
+        bitmap, covered = self.entries.get(key, (BitMap(), 0))
+        if covered < len(hashes):
+            extra = sampled_rows(hashes, covered, np.uint64(seed & (2**64 - 1)), threshold)
+            bitmap = bitmap | to_bitmap(extra, assume_sorted=True)
+            if len(self.entries) > 64:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[key] = (bitmap, len(hashes))
+        return bitmap
+
+
+class Executor:
+    """Evaluates plan steps against one shard's profile store (and event store, segments)."""
+
+    def __init__(self, store: ProfileStore, events=None, segments: Callable[[str], BitMap] | None = None):
+        self.store = store
+        self.events = events
+        self.segments = segments
+        self.samples = SampleCache()
+        self.now = 0
+
+    # -- entry points -----------------------------------------------------------------------
+    def evaluate(self, step: Step, now: int) -> BitMap:
+        """The exact set of live rows selected by ``step`` at clock ``now``."""
+        self.now = now
+        return self.visit(step, None)
+
+    def count(self, step: Step, now: int) -> int:
+        """The number of rows selected by ``step``; the last intersection is counted, not built."""
+        self.now = now
+        if isinstance(step, Intersect):
+            return self._intersect(step, None, count_only=True)
+        return len(self.visit(step, None))
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def visit(self, step: Step, found: BitMap | None) -> BitMap:
+        """Dispatch to ``visit_<Step>``; unknown steps raise."""
+        method = getattr(self, f"visit_{type(step).__name__}", None)
+        if method is None:
+            raise TypeError(f"no executor for plan step {type(step).__name__}")
+        return method(step, found)
+
+    def visit_Universe(self, step: Universe, found: BitMap | None) -> BitMap:
+        return self.store.live
+
+    def visit_Nothing(self, step: Nothing, found: BitMap | None) -> BitMap:
+        return BitMap()
+
+    def visit_Union(self, step: Union, found: BitMap | None) -> BitMap:
+        return union_all([self.visit(item, found) for item in step.items])
+
+    def visit_Intersect(self, step: Intersect, found: BitMap | None) -> BitMap:
+        return self._intersect(step, found, count_only=False)
+
+    def visit_Pred(self, step: Pred, found: BitMap | None) -> BitMap:
+        node = step.node
+        method = getattr(self, f"pred_{type(node).__name__}", None)
+        if method is None:
+            raise TypeError(f"no executor for predicate {type(node).__name__}")
+        return method(node, found)
+
+    def _intersect(self, step: Intersect, found: BitMap | None, count_only: bool):
+        items = sorted((i for i in step.items if not isinstance(i, Universe)), key=self.estimate)
+        excludes = sorted(step.exclude, key=self.estimate, reverse=True)
+        acc = found
+        for position, item in enumerate(items):
+            result = self.visit(item, acc)
+            last = position == len(items) - 1 and not excludes
+            if acc is None:
+                acc = result
+            elif count_only and last:
+                return acc.intersection_cardinality(result)
+            else:
+                acc = acc & result
+            if not acc:
+                return 0 if count_only else BitMap()
+        if acc is None:
+            acc = self.store.live
+        for position, item in enumerate(excludes):
+            result = self.visit(item, acc)
+            if count_only and position == len(excludes) - 1:
+                return acc.difference_cardinality(result)
+            acc = acc - result
+        return len(acc) if count_only else acc
+
+    # -- cardinality estimates (cheap, used to order intersections) -------------------------
+    def estimate(self, step: Step) -> float:
+        """A cheap estimate of the cost of evaluating ``step`` (rows it yields, weighted for scans)."""
+        if isinstance(step, Universe):
+            return float(len(self.store.live))
+        if isinstance(step, Nothing):
+            return 0.0
+        if isinstance(step, Union):
+            return sum(self.estimate(i) for i in step.items)
+        if isinstance(step, Intersect):
+            return min((self.estimate(i) for i in step.items), default=float(len(self.store.live)))
+        node = step.node  # type: ignore[attr-defined]
+        weight = SCAN_WEIGHT.get(type(node).__name__, 1)
+        index = self.store.indexes.get(getattr(node, "name", ""))
+        if isinstance(node, ast.Compare) and isinstance(index, CategoryIndex) and node.op == "=":
+            return float(len(index.eq(node.value)))
+        if isinstance(node, ast.In) and isinstance(index, CategoryIndex) and not node.negated:
+            return float(sum(len(index.eq(v)) for v in node.values))
+        if isinstance(node, ast.Consented):
+            return float(len(self.store.consents[node.purpose]))
+        if isinstance(node, ast.Has) and isinstance(index, TagsIndex):
+            return float(min(len(index.has(v)) for v in node.values))
+        if isinstance(node, ast.Sample):
+            return len(self.store.live) * node.percent / 100 * weight
+        if isinstance(node, ast.Did) and self.events is not None:
+            return self.events.estimate(node) * weight
+        if index is not None:
+            return len(index.notnull) * 0.5 * weight
+        return len(self.store.live) * 0.5 * weight
+
+    # -- predicates ---------------------------------------------------------------------------
+    def _index(self, name: str):
+        index = self.store.indexes.get(name)
+        if index is None:
+            raise QueryError(f"unknown attribute {name!r}")
+        return index
+
+    def _value(self, value):
+        return self.now + value.offset_ms if isinstance(value, ast.Now) else value
+
+    def _equal(self, index, value, found: BitMap | None) -> BitMap:
+        value = self._value(value)
+        if isinstance(index, CategoryIndex):
+            return index.eq(value)
+        if isinstance(index, BoolIndex):
+            return index.eq(value)
+        if isinstance(index, NumericIndex):
+            return index.range(value, value, found=found)
+        raise QueryError(f"'=' is not defined for a {index.kind} attribute")
+
+    def pred_Compare(self, node: ast.Compare, found: BitMap | None) -> BitMap:
+        index = self._index(node.name)
+        if node.op == "=":
+            return self._equal(index, node.value, found)
+        if node.op == "!=":
+            return index.notnull - self._equal(index, node.value, found)
+        value = self._value(node.value)
+        if isinstance(index, CategoryIndex):
+            return index.compare(node.op, value)
+        if isinstance(index, NumericIndex):
+            if node.op in ("<", "<="):
+                return index.range(None, value, hi_open=node.op == "<", found=found)
+            return index.range(value, None, lo_open=node.op == ">", found=found)
+        raise QueryError(f"{node.op!r} is not defined for a {index.kind} attribute")
+
+    def pred_In(self, node: ast.In, found: BitMap | None) -> BitMap:
+        index = self._index(node.name)
+        if isinstance(index, CategoryIndex):
+            hits = index.any_of(tuple(node.values))
+        else:
+            hits = union_all([self._equal(index, value, found) for value in node.values])
+        return index.notnull - hits if node.negated else hits
+
+    def pred_Between(self, node: ast.Between, found: BitMap | None) -> BitMap:
+        index = self._index(node.name)
+        lo, hi = self._value(node.lo), self._value(node.hi)
+        if isinstance(index, CategoryIndex):
+            hits = index.between(lo, hi)
+        elif isinstance(index, NumericIndex):
+            hits = index.range(lo, hi, found=found)
+        else:
+            raise QueryError(f"BETWEEN is not defined for a {index.kind} attribute")
+        return index.notnull - hits if node.negated else hits
+
+    def pred_IsNull(self, node: ast.IsNull, found: BitMap | None) -> BitMap:
+        index = self._index(node.name)
+        return index.notnull if node.negated else self.store.live - index.notnull
+
+    def pred_Has(self, node: ast.Has, found: BitMap | None) -> BitMap:
+        index = self._index(node.name)
+        if not isinstance(index, TagsIndex):
+            raise QueryError(f"HAS needs a tags attribute, {node.name!r} is {index.kind}")
+        bitmaps = [index.has(value) for value in node.values]
+        if node.mode == "all":
+            result = bitmaps[0]
+            for bitmap in sorted(bitmaps[1:], key=len):
+                result = result & bitmap
+            return result
+        return union_all(bitmaps)
+
+    def pred_Consented(self, node: ast.Consented, found: BitMap | None) -> BitMap:
+        return self.store.consents[node.purpose]
+
+    def pred_Sample(self, node: ast.Sample, found: BitMap | None) -> BitMap:
+        rows = self.samples.rows(self.store.idmap.row_hashes(), sample_threshold(node.percent), node.seed)
+        return rows & (found if found is not None else self.store.live)
+
+    def pred_SegmentRef(self, node: ast.SegmentRef, found: BitMap | None) -> BitMap:
+        if self.segments is None:
+            raise SegmentNotFound(f"unknown segment {node.name!r}")
+        return self.segments(node.name)
+
+    def pred_Did(self, node: ast.Did, found: BitMap | None) -> BitMap:
+        if self.events is None:
+            raise QueryError("this engine has no event store")
+        return self.events.did(node, self.now, found, self.store.live)

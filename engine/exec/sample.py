@@ -1,0 +1,48 @@
+"""SAMPLE(p, seed): splitmix64 over the blake2b-64 hash of each canonical id.
+
+>>> splitmix64_py(0)
+16294208416658607535
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
+_MUL2 = np.uint64(0x94D049BB133111EB)
+_MASK = (1 << 64) - 1
+
+
+def splitmix64_py(x: int) -> int:
+    """The standard splitmix64 finaliser in plain Python (the reference)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def sample_threshold(percent: float) -> int:
+    """round(p * 100): the bucket count out of 10000 that is in."""
+    return int(round(percent * 100))
+
+
+@numba.njit(cache=True)
+def sampled_rows(hashes, start, seed, threshold):
+    """Rows ``r >= start`` whose splitmix64(hashes[r] ^ seed) % 10000 < threshold."""
+    out = np.empty(len(hashes) - start, dtype=np.uint32)
+    n = 0
+    ten_k = np.uint64(10000)
+    limit = np.uint64(threshold)
+    s30 = np.uint64(30)
+    s27 = np.uint64(27)
+    s31 = np.uint64(31)
+    for row in range(start, len(hashes)):
+        x = (hashes[row] ^ seed) + _GOLDEN
+        x = (x ^ (x >> s30)) * _MUL1
+        x = (x ^ (x >> s27)) * _MUL2
+        x = x ^ (x >> s31)
+        if x % ten_k < limit:
+            out[n] = row
+            n += 1
+    return out[:n]

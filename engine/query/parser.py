@@ -1,0 +1,314 @@
+"""Recursive-descent parser: query text -> AST (see CONTRACT.md section 2 for the grammar).
+
+Every node gets ``pos``, the 1-based column of its first token; columns of literals, names
+and options are recorded with :mod:`engine.query.positions` for the binder's messages.
+``AND``/``OR`` chains are flattened (``a AND (b AND c)`` -> one ``And`` of three items) and a
+single operand is never wrapped. Literals are kept as written: a timestamp given as an ISO
+string stays a ``str`` until :func:`engine.query.binder.bind` checks it against the schema.
+
+Keywords are case-insensitive and reserved: an attribute, property, event or consent purpose
+whose name is a keyword (``count``, ``last``, ``all``...) must be double-quoted (``"count" > 2``).
+
+>>> parse("age >= 30 and not vip = true")
+And(items=(Compare(name='age', op='>=', value=30), Not(item=Compare(name='vip', op='=', value=True))))
+>>> parse("signup_at > NOW - 7d")
+Compare(name='signup_at', op='>', value=Now(offset_ms=-604800000))
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from engine.errors import QueryError
+from engine.query.ast import (
+    CMP_OPS,
+    All,
+    And,
+    Between,
+    Compare,
+    Consented,
+    Did,
+    Has,
+    In,
+    IsNull,
+    Node,
+    Not,
+    Now,
+    Or,
+    Sample,
+    SegmentRef,
+    Value,
+)
+from engine.query.positions import set_columns
+from engine.query.tokens import Token, tokenize
+
+_TOP_LEVEL_ONLY = ("DID", "CONSENTED", "SEGMENT", "SAMPLE")
+
+
+def parse(text: str) -> Node:
+    """Parse query text into an AST; QueryError (with column and token) on any syntax error."""
+    return _Parser(text).parse_all()
+
+
+class _Parser:
+    """One parse: a token list and a cursor."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = tokenize(text)
+        self.i = 0
+
+    # -- token helpers -------------------------------------------------------------------
+
+    @property
+    def tok(self) -> Token:
+        return self.tokens[self.i]
+
+    def advance(self) -> Token:
+        tok = self.tokens[self.i]
+        if tok.kind != "eof":
+            self.i += 1
+        return tok
+
+    def at(self, kind: str, value: object = None) -> bool:
+        tok = self.tok
+        return tok.kind == kind and (value is None or tok.value == value)
+
+    def accept(self, kind: str, value: object = None) -> Token | None:
+        return self.advance() if self.at(kind, value) else None
+
+    def error(self, message: str, tok: Token | None = None) -> QueryError:
+        tok = tok or self.tok
+        if tok.kind == "eof":
+            return QueryError("unexpected end of query", tok.column)
+        return QueryError(message, tok.column, tok.text)
+
+    def expect(self, kind: str, value: object = None, what: str | None = None) -> Token:
+        if self.at(kind, value):
+            return self.advance()
+        raise self.error(f"expected {what or repr(value)}")
+
+    def expect_keyword(self, word: str) -> Token:
+        return self.expect("keyword", word, word)
+
+    # -- boolean structure ---------------------------------------------------------------
+
+    def parse_all(self) -> Node:
+        if self.at("eof"):
+            raise QueryError("empty query", self.tok.column)
+        node = self.parse_or(in_where=False)
+        if not self.at("eof"):
+            raise self.error("unexpected token")
+        return node
+
+    def parse_or(self, in_where: bool) -> Node:
+        return self._chain("OR", Or, lambda: self.parse_and(in_where))
+
+    def parse_and(self, in_where: bool) -> Node:
+        return self._chain("AND", And, lambda: self.parse_unary(in_where))
+
+    def _chain(self, word: str, cls: type[And] | type[Or], operand: Callable[[], Node]) -> Node:
+        start = self.tok.column
+        first = operand()
+        items = [first]
+        while self.accept("keyword", word):
+            items.append(operand())
+        if len(items) == 1:
+            return first
+        flat: list[Node] = []
+        for item in items:
+            flat.extend(item.items if isinstance(item, cls) else (item,))
+        return cls(tuple(flat), pos=start)
+
+    def parse_unary(self, in_where: bool) -> Node:
+        tok = self.accept("keyword", "NOT")
+        if tok:
+            return Not(self.parse_unary(in_where), pos=tok.column)
+        return self.parse_atom(in_where)
+
+    def parse_atom(self, in_where: bool) -> Node:
+        tok = self.tok
+        if self.accept("op", "("):
+            node = self.parse_or(in_where)
+            self.expect("op", ")", "')'")
+            return node
+        if tok.kind == "name":
+            return self.parse_attr_pred()
+        if tok.kind == "keyword":
+            if tok.value == "ALL":
+                self.advance()
+                return All(pos=tok.column)
+            if tok.value in _TOP_LEVEL_ONLY:
+                if in_where:
+                    raise self.error(f"{tok.value} is not allowed inside WHERE")
+                return getattr(self, f"parse_{tok.value.lower()}")()
+        raise self.error("unexpected token")
+
+    # -- attribute predicates ------------------------------------------------------------
+
+    def parse_attr_pred(self) -> Node:
+        name_tok = self.advance()
+        name, pos = name_tok.value, name_tok.column
+        tok = self.tok
+        if tok.kind == "op" and tok.value in CMP_OPS:
+            self.advance()
+            value, vcol = self.parse_literal()
+            return self._with(Compare(name, tok.value, value, pos=pos), op=tok.column, value=vcol)
+        if tok.kind != "keyword":
+            raise self.error("expected an operator")
+        negated = False
+        if tok.value == "NOT":
+            self.advance()
+            negated = True
+            if not (self.at("keyword", "IN") or self.at("keyword", "BETWEEN")):
+                raise self.error("expected IN or BETWEEN")
+        word = self.advance().value
+        if word == "IN":
+            values, cols = self.parse_literal_list()
+            return self._with(In(name, values, negated, pos=pos), op=tok.column, values=cols)
+        if word == "BETWEEN":
+            lo, lo_col = self.parse_literal()
+            self.expect_keyword("AND")
+            hi, hi_col = self.parse_literal()
+            node = Between(name, lo, hi, negated, pos=pos)
+            return self._with(node, op=tok.column, lo=lo_col, hi=hi_col)
+        if word == "IS":
+            negated = bool(self.accept("keyword", "NOT"))
+            self.expect_keyword("NULL")
+            return self._with(IsNull(name, negated, pos=pos), op=tok.column)
+        if word == "HAS":
+            mode_tok = self.accept("keyword", "ANY") or self.accept("keyword", "ALL")
+            if mode_tok:
+                values, cols = self.parse_literal_list()
+                node = Has(name, mode_tok.value.lower(), values, pos=pos)  # type: ignore[arg-type]
+                return self._with(node, op=tok.column, values=cols)
+            value, vcol = self.parse_literal()
+            node = Has(name, "one", (value,), pos=pos)  # type: ignore[arg-type]
+            return self._with(node, op=tok.column, values=(vcol,))
+        raise self.error("expected an operator", tok)
+
+    @staticmethod
+    def _with(node: Node, **columns: object) -> Node:
+        set_columns(node, columns)
+        return node
+
+    def parse_literal_list(self) -> tuple[tuple[Value, ...], tuple[int, ...]]:
+        self.expect("op", "(", "'('")
+        values, cols = [], []
+        while True:
+            value, col = self.parse_literal()
+            values.append(value)
+            cols.append(col)
+            if not self.accept("op", ","):
+                break
+        self.expect("op", ")", "')'")
+        return tuple(values), tuple(cols)
+
+    def parse_literal(self) -> tuple[Value, int]:
+        """literal = string | [-]number | TRUE | FALSE | NOW [(+|-) duration]; returns (value, column)."""
+        tok = self.tok
+        if tok.kind in ("string", "number"):
+            self.advance()
+            return tok.value, tok.column  # type: ignore[return-value]
+        if tok.kind == "op" and tok.value == "-":
+            self.advance()
+            num = self.expect("number", None, "a number after '-'")
+            return -num.value, tok.column  # type: ignore[operator]
+        if tok.kind == "keyword" and tok.value in ("TRUE", "FALSE"):
+            self.advance()
+            return tok.value == "TRUE", tok.column
+        if tok.kind == "keyword" and tok.value == "NOW":
+            return self.parse_now(), tok.column
+        raise self.error("expected a literal")
+
+    def parse_now(self) -> Now:
+        self.expect_keyword("NOW")
+        sign = self.accept("op", "-") or self.accept("op", "+")
+        if not sign:
+            return Now(0)
+        ms = self.expect("duration", None, "a duration like 7d").value
+        return Now(-ms if sign.value == "-" else ms)  # type: ignore[operator]
+
+    # -- behavioural and special predicates ----------------------------------------------
+
+    def parse_did(self) -> Node:
+        did = self.expect_keyword("DID")
+        self.expect("op", "(", "'('")
+        event = self.expect("name", None, "an event name")
+        fields: dict[str, object] = {}
+        cols: dict[str, object] = {"event": event.column}
+        if self.accept("keyword", "WHERE"):
+            fields["where"] = self.parse_or(in_where=True)
+        while self.accept("op", ","):
+            opt = self.tok
+            if opt.kind != "keyword" or opt.value not in ("COUNT", "WITHIN", "SINCE", "BEFORE", "AFTER"):
+                raise self.error("expected COUNT, WITHIN, SINCE, BEFORE or AFTER LAST")
+            if opt.value in cols:
+                raise self.error(f"duplicate {opt.value} option")
+            self.advance()
+            cols[opt.value] = opt.column
+            if opt.value == "COUNT":
+                op = self.tok
+                if not (op.kind == "op" and op.value in CMP_OPS):
+                    raise self.error("expected a comparison operator after COUNT")
+                self.advance()
+                n = self.tok
+                if n.kind != "number" or not isinstance(n.value, int):
+                    raise self.error("COUNT needs a non-negative integer")
+                self.advance()
+                fields["count_op"], fields["count_n"] = op.value, n.value
+                cols["count_n"] = n.column
+            elif opt.value == "WITHIN":
+                dur = self.expect("duration", None, "a duration like 7d")
+                fields["within_ms"], cols["within_ms"] = dur.value, dur.column
+            elif opt.value in ("SINCE", "BEFORE"):
+                key = opt.value.lower()
+                fields[key], cols[key] = self.parse_when()
+            else:
+                self.expect_keyword("LAST")
+                last = self.expect("name", None, "an event name")
+                fields["after_last"], cols["after_last"] = last.value, last.column
+        self.expect("op", ")", "')'")
+        return self._with(Did(event.value, pos=did.column, **fields), **cols)  # type: ignore[arg-type]
+
+    def parse_when(self) -> tuple[str | int | Now, int]:
+        """when = string (ISO 8601) | integer (epoch ms) | NOW time."""
+        tok = self.tok
+        if tok.kind == "keyword" and tok.value == "NOW":
+            return self.parse_now(), tok.column
+        message = "expected an ISO 8601 string, epoch milliseconds or NOW"
+        if tok.kind in ("string", "number") or (tok.kind == "op" and tok.value == "-"):
+            value, col = self.parse_literal()
+            if isinstance(value, (str, int)):
+                return value, col
+            raise self.error(message, tok)
+        raise self.error(message)
+
+    def parse_consented(self) -> Node:
+        kw = self.expect_keyword("CONSENTED")
+        self.expect("op", "(", "'('")
+        purpose = self.expect("name", None, "a consent purpose")
+        self.expect("op", ")", "')'")
+        node = Consented(purpose.value, pos=kw.column)  # type: ignore[arg-type]
+        return self._with(node, purpose=purpose.column)
+
+    def parse_segment(self) -> Node:
+        kw = self.expect_keyword("SEGMENT")
+        self.expect("op", "(", "'('")
+        name = self.expect("string", None, "a segment name string")
+        self.expect("op", ")", "')'")
+        return self._with(SegmentRef(name.value, pos=kw.column), name=name.column)  # type: ignore[arg-type]
+
+    def parse_sample(self) -> Node:
+        kw = self.expect_keyword("SAMPLE")
+        self.expect("op", "(", "'('")
+        ptok = self.tok
+        percent, pcol = self.parse_literal()
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)):
+            raise self.error("SAMPLE needs a percentage number", ptok)
+        seed, scol = 0, None
+        if self.accept("op", ","):
+            stok = self.tok
+            seed, scol = self.parse_literal()  # type: ignore[assignment]
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise self.error("SAMPLE seed must be an integer", stok)
+        self.expect("op", ")", "')'")
+        return self._with(Sample(percent, seed, pos=kw.column), percent=pcol, seed=scol)

@@ -1,0 +1,184 @@
+"""Canonical query text: ``parse(to_text(node)) == node`` for every parsed node.
+
+Keywords are upper-case, names are quoted only when they are not plain identifiers or when
+they collide with a keyword, operands of ``AND``/``OR`` are flattened and sorted by their text,
+and parentheses appear only where precedence needs them (``OR`` inside ``AND``, ``AND``/``OR``
+under ``NOT``). Equal segments therefore print the same text.
+
+>>> from engine.query.parser import parse
+>>> to_text(parse("vip = true and (country = 'FR' or \\"count\\" > 2) and age >= 30"))
+'("count" > 2 OR country = \\'FR\\') AND age >= 30 AND vip = TRUE'
+>>> to_text(parse("did(purchase, within 168h, count >= 1) or signup_at > now - 30m"))
+'DID(purchase, WITHIN 1w) OR signup_at > NOW - 30m'
+"""
+from __future__ import annotations
+
+from engine.query.ast import (
+    All,
+    And,
+    Between,
+    Compare,
+    Consented,
+    Did,
+    Has,
+    In,
+    IsNull,
+    Node,
+    Not,
+    Now,
+    Or,
+    Sample,
+    SegmentRef,
+    Value,
+)
+from engine.query.tokens import DURATION_UNITS, is_identifier
+
+#: Units from largest to smallest, for the shortest exact duration text.
+_UNITS_DESC = sorted(DURATION_UNITS.items(), key=lambda kv: -kv[1])
+
+
+def to_text(node: Node) -> str:
+    """The canonical text of a query AST."""
+    printer = _PRINTERS.get(type(node))
+    if printer is None:
+        raise TypeError(f"cannot print {type(node).__name__}")
+    return printer(node)
+
+
+def format_name(name: str) -> str:
+    """A name as written in a query: bare if a non-keyword identifier, else double-quoted."""
+    return name if is_identifier(name) else '"' + name.replace('"', '""') + '"'
+
+
+def format_string(text: str) -> str:
+    """A single-quoted string literal with ``''`` escaping."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def format_duration(ms: int) -> str:
+    """Milliseconds as the largest exact unit (``604800000`` -> ``1w``)."""
+    if isinstance(ms, bool) or not isinstance(ms, int) or ms < 0 or ms % 1000:
+        raise ValueError(f"{ms!r} ms is not expressible as a duration")
+    for unit, size in _UNITS_DESC:
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    raise AssertionError("unreachable: seconds divide every multiple of 1000")
+
+
+def format_literal(value: Value) -> str:
+    """A literal value as written in a query."""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return format_string(value)
+    if isinstance(value, Now):
+        if value.offset_ms == 0:
+            return "NOW"
+        sign = "-" if value.offset_ms < 0 else "+"
+        return f"NOW {sign} {format_duration(abs(value.offset_ms))}"
+    raise ValueError(f"not a query literal: {value!r}")
+
+
+def _flat(node: And | Or) -> list[Node]:
+    items: list[Node] = []
+    for item in node.items:
+        items.extend(_flat(item) if type(item) is type(node) else (item,))  # type: ignore[arg-type]
+    return items
+
+
+def _operand(node: Node, parent: type) -> str:
+    """Text of an operand, parenthesised when it binds looser than ``parent``."""
+    text = to_text(node)
+    needs = isinstance(node, Or) if parent is And else isinstance(node, (And, Or)) if parent is Not else False
+    return f"({text})" if needs and len(_flat(node)) > 1 else text  # type: ignore[arg-type]
+
+
+def _and(node: And) -> str:
+    items = _flat(node)
+    return " AND ".join(sorted(_operand(i, And) for i in items)) if items else "ALL"
+
+
+def _or(node: Or) -> str:
+    items = _flat(node)
+    return " OR ".join(sorted(_operand(i, Or) for i in items)) if items else "NOT ALL"
+
+
+def _not(node: Not) -> str:
+    return "NOT " + _operand(node.item, Not)
+
+
+def _compare(node: Compare) -> str:
+    return f"{format_name(node.name)} {node.op} {format_literal(node.value)}"
+
+
+def _literal_list(values: tuple[Value, ...]) -> str:
+    if not values:
+        raise ValueError("an empty value list cannot be printed")
+    return "(" + ", ".join(format_literal(v) for v in values) + ")"
+
+
+def _in(node: In) -> str:
+    neg = "NOT " if node.negated else ""
+    return f"{format_name(node.name)} {neg}IN {_literal_list(node.values)}"
+
+
+def _between(node: Between) -> str:
+    neg = "NOT " if node.negated else ""
+    lo, hi = format_literal(node.lo), format_literal(node.hi)
+    return f"{format_name(node.name)} {neg}BETWEEN {lo} AND {hi}"
+
+
+def _is_null(node: IsNull) -> str:
+    return f"{format_name(node.name)} IS {'NOT ' if node.negated else ''}NULL"
+
+
+def _has(node: Has) -> str:
+    if node.mode == "one" and len(node.values) == 1:
+        return f"{format_name(node.name)} HAS {format_literal(node.values[0])}"
+    if node.mode not in ("any", "all"):
+        raise ValueError(f"bad HAS mode {node.mode!r}")
+    return f"{format_name(node.name)} HAS {node.mode.upper()} {_literal_list(node.values)}"
+
+
+def _did(node: Did) -> str:
+    head = format_name(node.event)
+    if node.where is not None:
+        head += " WHERE " + to_text(node.where)
+    parts = [head]
+    if (node.count_op, node.count_n) != (">=", 1):
+        parts.append(f"COUNT {node.count_op} {node.count_n}")
+    if node.within_ms is not None:
+        parts.append("WITHIN " + format_duration(node.within_ms))
+    if node.since is not None:
+        parts.append("SINCE " + format_literal(node.since))
+    if node.before is not None:
+        parts.append("BEFORE " + format_literal(node.before))
+    if node.after_last is not None:
+        parts.append("AFTER LAST " + format_name(node.after_last))
+    return "DID(" + ", ".join(parts) + ")"
+
+
+def _sample(node: Sample) -> str:
+    text = format_literal(node.percent)
+    return f"SAMPLE({text}, {node.seed})" if node.seed else f"SAMPLE({text})"
+
+
+_PRINTERS = {
+    All: lambda node: "ALL",
+    And: _and,
+    Or: _or,
+    Not: _not,
+    Compare: _compare,
+    In: _in,
+    Between: _between,
+    IsNull: _is_null,
+    Has: _has,
+    Did: _did,
+    Consented: lambda node: f"CONSENTED({format_name(node.purpose)})",
+    SegmentRef: lambda node: f"SEGMENT({format_string(node.name)})",
+    Sample: _sample,
+}

@@ -1,0 +1,1 @@
+"""Shards: the unit of data ownership (a profile store, an event store, an executor)."""

@@ -1,0 +1,1 @@
+"""Per-shard storage: id map, attribute columns with bitmap indexes, event store."""

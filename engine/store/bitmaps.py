@@ -1,0 +1,51 @@
+"""Cheap conversions between NumPy row arrays and Roaring bitmaps.
+
+>>> rows_of(to_bitmap(np.array([5, 1, 3])))
+array([1, 3, 5], dtype=uint32)
+"""
+from __future__ import annotations
+
+import array
+
+import numpy as np
+from pyroaring import BitMap
+
+
+def to_bitmap(rows: np.ndarray, assume_sorted: bool = False) -> BitMap:
+    """A bitmap of ``rows`` (any integer dtype, values < 2**32); sorts first (Roaring builds 4x faster)."""
+    if len(rows) == 0:
+        return BitMap()
+    arr = np.asarray(rows, dtype=np.uint32)
+    if not assume_sorted:
+        arr = np.sort(arr)
+    buffer = array.array("I")
+    buffer.frombytes(arr.tobytes())
+    return BitMap(buffer)
+
+
+def rows_of(bitmap: BitMap) -> np.ndarray:
+    """The members of ``bitmap`` as a sorted uint32 array."""
+    if not bitmap:
+        return np.empty(0, dtype=np.uint32)
+    return np.frombuffer(bitmap.to_array(), dtype=np.uint32)
+
+
+def union_all(bitmaps: list[BitMap]) -> BitMap:
+    """The union of many bitmaps in one call (much faster than a chain of ``|``)."""
+    if not bitmaps:
+        return BitMap()
+    if len(bitmaps) == 1:
+        return bitmaps[0].copy()
+    return BitMap.union(*bitmaps)
+
+
+def group_rows(rows: np.ndarray, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Split ``rows`` by ``keys``: [(key, sorted rows with that key)], keys ascending."""
+    if len(rows) == 0:
+        return []
+    order = np.lexsort((rows, keys))
+    keys_sorted = keys[order]
+    rows_sorted = rows[order]
+    starts = np.flatnonzero(np.r_[True, keys_sorted[1:] != keys_sorted[:-1]])
+    ends = np.r_[starts[1:], len(keys_sorted)]
+    return [(int(keys_sorted[s]), rows_sorted[s:e]) for s, e in zip(starts, ends)]

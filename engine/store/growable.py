@@ -1,0 +1,42 @@
+"""Growable NumPy arrays with amortised doubling.
+
+>>> g = GrowableArray(np.int32, fill=-1)
+>>> g.ensure(3); g.data[:3]
+array([-1, -1, -1], dtype=int32)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class GrowableArray:
+    """A NumPy array whose logical length only grows; new slots hold ``fill``."""
+
+    def __init__(self, dtype: np.dtype | type, fill: object = 0, capacity: int = 1024):
+        self.fill = fill
+        self.data = np.full(capacity, fill, dtype=dtype)
+        self.size = 0
+
+    def ensure(self, size: int) -> None:
+        """Make rows ``[0, size)`` addressable (new rows get ``fill``)."""
+        if size > len(self.data):
+            capacity = max(size, int(len(self.data) * 1.5) + 1024)
+            grown = np.full(capacity, self.fill, dtype=self.data.dtype)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        if size > self.size:
+            self.size = size
+
+    def view(self) -> np.ndarray:
+        """The logical part of the array (no copy)."""
+        return self.data[: self.size]
+
+    def replace(self, values: np.ndarray) -> None:
+        """Replace the whole content (used when restoring a snapshot)."""
+        self.data = np.array(values, dtype=self.data.dtype, copy=True)
+        self.size = len(values)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated."""
+        return int(self.data.nbytes)

@@ -1,0 +1,233 @@
+"""Bitmap indexes for category, bool and tags attributes (numeric ones live in numeric.py).
+
+Every index keeps a column (one value per row), a not-null bitmap and one bitmap per value;
+``assign(rows, column)`` moves the given rows between bitmaps in one batch.
+
+>>> idx = CategoryIndex()
+>>> idx.assign(np.array([0, 1, 2]), CategoryColumn(np.array([0, 1, 0], dtype=np.int32), ["FR", "BE"]))
+>>> list(idx.eq("FR")), list(idx.compare("<", "FR"))
+([0, 2], [1])
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import numpy as np
+from pyroaring import BitMap
+
+from ..columns import CategoryColumn, TagsColumn, ValueColumn
+from .bitmaps import group_rows, to_bitmap, union_all
+from .growable import GrowableArray
+
+#: Comparison operators as functions (category strings compare by code point, as Python does).
+COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+
+
+def _move(bitmaps: list[BitMap], rows: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
+    """Move ``rows`` from the bitmap of their ``old`` code to that of their ``new`` code (-1 = none)."""
+    changed = old != new
+    rows, old, new = rows[changed], old[changed], new[changed]
+    keep = old >= 0
+    for code, members in group_rows(rows[keep], old[keep]):
+        bitmaps[code].difference_update(to_bitmap(members, assume_sorted=True))
+    keep = new >= 0
+    for code, members in group_rows(rows[keep], new[keep]):
+        bitmaps[code].update(to_bitmap(members, assume_sorted=True))
+
+
+def _set_notnull(notnull: BitMap, rows: np.ndarray, valid: np.ndarray) -> None:
+    if valid.any():
+        notnull.update(to_bitmap(rows[valid]))
+    if not valid.all():
+        notnull.difference_update(to_bitmap(rows[~valid]))
+
+
+class CategoryIndex:
+    """A category attribute: int32 codes per row (-1 = null) and a bitmap per label."""
+
+    kind = "category"
+
+    def __init__(self) -> None:
+        self.codes = GrowableArray(np.int32, -1)
+        self.labels: list[str] = []
+        self.code_of: dict[str, int] = {}
+        self.bitmaps: list[BitMap] = []
+        self.notnull = BitMap()
+
+    def grow(self, size: int) -> None:
+        """Make rows up to ``size`` addressable."""
+        self.codes.ensure(size)
+
+    def _code(self, label: str) -> int:
+        code = self.code_of.get(label)
+        if code is None:
+            code = self.code_of[label] = len(self.labels)
+            self.labels.append(label)
+            self.bitmaps.append(BitMap())
+        return code
+
+    def assign(self, rows: np.ndarray, column: CategoryColumn) -> None:
+        """Set the value of each of ``rows`` (unique) to the matching entry of ``column``."""
+        mapping = np.array([self._code(label) for label in column.labels] + [-1], dtype=np.int32)
+        new = mapping[np.where(column.codes < 0, len(column.labels), column.codes)]
+        old = self.codes.data[rows]
+        _move(self.bitmaps, rows, old, new)
+        _set_notnull(self.notnull, rows, new >= 0)
+        self.codes.data[rows] = new
+
+    def eq(self, label: str) -> BitMap:
+        """Rows whose value is ``label`` (a stored bitmap: do not mutate)."""
+        code = self.code_of.get(label)
+        return self.bitmaps[code] if code is not None else BitMap()
+
+    def any_of(self, labels: tuple[str, ...]) -> BitMap:
+        """Rows whose value is one of ``labels``."""
+        return union_all([self.eq(label) for label in labels])
+
+    def compare(self, op: str, label: str) -> BitMap:
+        """Rows whose value ``op`` label holds (by Unicode code point); null rows excluded."""
+        test = COMPARE[op]
+        return union_all([self.bitmaps[c] for c, value in enumerate(self.labels) if test(value, label)])
+
+    def between(self, lo: str, hi: str) -> BitMap:
+        """Rows with lo <= value <= hi."""
+        return union_all([self.bitmaps[c] for c, value in enumerate(self.labels) if lo <= value <= hi])
+
+    def value(self, row: int) -> str | None:
+        """The value of ``row``."""
+        code = int(self.codes.data[row])
+        return None if code < 0 else self.labels[code]
+
+    def estimate(self, label: str) -> int:
+        """Row count for ``label`` (exact)."""
+        return len(self.eq(label))
+
+
+class BoolIndex:
+    """A bool attribute: int8 per row (-1 null, 0, 1) and the bitmaps of false and true."""
+
+    kind = "bool"
+
+    def __init__(self) -> None:
+        self.column = GrowableArray(np.int8, -1)
+        self.bitmaps = [BitMap(), BitMap()]
+        self.notnull = BitMap()
+
+    def grow(self, size: int) -> None:
+        """Make rows up to ``size`` addressable."""
+        self.column.ensure(size)
+
+    def assign(self, rows: np.ndarray, column: ValueColumn) -> None:
+        """Set the value of each of ``rows`` from ``column`` (valid False = null)."""
+        new = np.where(column.valid, column.values.astype(np.int8), np.int8(-1))
+        old = self.column.data[rows]
+        _move(self.bitmaps, rows, old, new)
+        _set_notnull(self.notnull, rows, new >= 0)
+        self.column.data[rows] = new
+
+    def eq(self, value: bool) -> BitMap:
+        """Rows whose value is ``value`` (stored bitmap: do not mutate)."""
+        return self.bitmaps[1 if value else 0]
+
+    def value(self, row: int) -> bool | None:
+        """The value of ``row``."""
+        code = int(self.column.data[row])
+        return None if code < 0 else bool(code)
+
+
+class TagsIndex:
+    """A tags attribute: an interned tag-set id per row (-1 null) and a bitmap per tag."""
+
+    kind = "tags"
+
+    def __init__(self) -> None:
+        self.column = GrowableArray(np.int32, -1)
+        self.tagsets: list[tuple[int, ...]] = []
+        self.tagset_of: dict[tuple[int, ...], int] = {}
+        self.labels: list[str] = []
+        self.code_of: dict[str, int] = {}
+        self.bitmaps: list[BitMap] = []
+        self.notnull = BitMap()
+
+    def grow(self, size: int) -> None:
+        """Make rows up to ``size`` addressable."""
+        self.column.ensure(size)
+
+    def _tag(self, label: str) -> int:
+        code = self.code_of.get(label)
+        if code is None:
+            code = self.code_of[label] = len(self.labels)
+            self.labels.append(label)
+            self.bitmaps.append(BitMap())
+        return code
+
+    def _tagset(self, codes: tuple[int, ...]) -> int:
+        ident = self.tagset_of.get(codes)
+        if ident is None:
+            ident = self.tagset_of[codes] = len(self.tagsets)
+            self.tagsets.append(codes)
+        return ident
+
+    def assign(self, rows: np.ndarray, column: TagsColumn) -> None:
+        """Set the tag set of each of ``rows`` from ``column`` (valid False = null)."""
+        mapping = np.array([self._tag(label) for label in column.labels] + [0], dtype=np.int64)
+        codes = mapping[column.values] if len(column.values) else np.empty(0, dtype=np.int64)
+        value_rows = np.repeat(np.arange(len(rows)), np.diff(column.offsets))
+        valid = np.asarray(column.valid, dtype=bool)
+        if len(self.labels) <= 63:
+            new_sets = self._intern_by_mask(len(rows), value_rows, codes, valid)
+        else:
+            new_sets = self._intern_by_loop(value_rows, codes, valid)
+        old_sets = self.column.data[rows]
+        changed = old_sets != new_sets
+        if changed.any():
+            self._move(rows[changed], old_sets[changed], new_sets[changed])
+        _set_notnull(self.notnull, rows, new_sets >= 0)
+        self.column.data[rows] = new_sets
+
+    def _intern_by_mask(self, n: int, value_rows: np.ndarray, codes: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        bits = np.zeros(n, dtype=np.uint64)
+        np.bitwise_or.at(bits, value_rows, np.left_shift(np.uint64(1), codes.astype(np.uint64)))
+        unique_bits, inverse = np.unique(bits, return_inverse=True)
+        idents = np.array([self._tagset(tuple(c for c in range(64) if (int(u) >> c) & 1)) for u in unique_bits],
+                          dtype=np.int32)
+        return np.where(valid, idents[inverse], np.int32(-1)).astype(np.int32)
+
+    def _intern_by_loop(self, value_rows: np.ndarray, codes: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        per_row: list[set[int]] = [set() for _ in range(len(valid))]
+        for row, code in zip(value_rows.tolist(), codes.tolist()):
+            per_row[row].add(code)
+        return np.array([self._tagset(tuple(sorted(tags))) if ok else -1 for tags, ok in zip(per_row, valid)],
+                        dtype=np.int32)
+
+    def _move(self, rows: np.ndarray, old_sets: np.ndarray, new_sets: np.ndarray) -> None:
+        """Move rows between tag bitmaps: removed tags lose them, added tags gain them."""
+        width = len(self.tagsets) + 1
+        keys = (old_sets.astype(np.int64) + 1) * width + (new_sets.astype(np.int64) + 1)
+        removed: dict[int, list[np.ndarray]] = {}
+        added: dict[int, list[np.ndarray]] = {}
+        for key, members in group_rows(rows, keys):
+            old_ident, new_ident = key // width - 1, key % width - 1
+            old_tags = set(self.tagsets[old_ident]) if old_ident >= 0 else set()
+            new_tags = set(self.tagsets[new_ident]) if new_ident >= 0 else set()
+            for tag in old_tags - new_tags:
+                removed.setdefault(tag, []).append(members)
+            for tag in new_tags - old_tags:
+                added.setdefault(tag, []).append(members)
+        for tag, parts in removed.items():
+            self.bitmaps[tag].difference_update(to_bitmap(np.concatenate(parts)))
+        for tag, parts in added.items():
+            self.bitmaps[tag].update(to_bitmap(np.concatenate(parts)))
+
+    def has(self, label: str) -> BitMap:
+        """Rows whose tag set contains ``label`` (stored bitmap: do not mutate)."""
+        code = self.code_of.get(label)
+        return self.bitmaps[code] if code is not None else BitMap()
+
+    def value(self, row: int) -> list[str] | None:
+        """The tags of ``row``, sorted."""
+        ident = int(self.column.data[row])
+        return None if ident < 0 else sorted(self.labels[c] for c in self.tagsets[ident])

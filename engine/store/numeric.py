@@ -1,0 +1,194 @@
+"""Range index for int, float and timestamp attributes: a column plus range-encoded bin bitmaps.
+
+Values are split into at most ``BINS`` bins by quantile edges chosen from the data (re-chosen
+when the column doubles). ``cumulative[k]`` holds the rows whose bin is <= k, so the rows of
+the bins strictly inside a range are one and-not of two bitmaps; only the (at most two) edge
+bins are checked exactly, by gathering their values, and only within the caller's found set
+when one is given. Per-bin min/max let aligned edges skip the exact check.
+
+>>> idx = NumericIndex("int")
+>>> idx.assign(np.arange(6), ValueColumn(np.array([5, 1, 9, 3, 3, 7]), np.ones(6, bool)))
+>>> list(idx.range(3, 7))
+[0, 3, 4, 5]
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pyroaring import BitMap
+
+from ..columns import ValueColumn
+from .bitmaps import rows_of, to_bitmap
+from .growable import GrowableArray
+
+BINS = 32
+REBIN_MIN = 256
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class NumericIndex:
+    """An int/timestamp (int64) or float (float64) attribute with range-encoded bins."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.dtype = np.float64 if kind == "float" else np.int64
+        self.column = GrowableArray(self.dtype, 0)
+        self.notnull = BitMap()
+        self.edges = np.empty(0, dtype=self.dtype)  # bin k holds edges[k-1] <= v < edges[k]
+        self.cumulative: list[BitMap] = []  # cumulative[k] = rows with bin <= k, for k < len(edges)
+        self.bin_min = np.empty(0, dtype=self.dtype)
+        self.bin_max = np.empty(0, dtype=self.dtype)
+        self.binned_count = 0
+
+    def grow(self, size: int) -> None:
+        """Make rows up to ``size`` addressable."""
+        self.column.ensure(size)
+
+    # -- writes ---------------------------------------------------------------------------
+    def assign(self, rows: np.ndarray, column: ValueColumn) -> None:
+        """Set the value of each of ``rows`` (unique) from ``column`` (valid False = null)."""
+        valid = np.asarray(column.valid, dtype=bool)
+        new_values = np.asarray(column.values).astype(self.dtype)
+        was_valid = np.fromiter((row in self.notnull for row in rows.tolist()), dtype=bool, count=len(rows)) \
+            if len(rows) < 4096 else np.isin(rows, rows_of(self.notnull), assume_unique=True)
+        old_values = self.column.data[rows]
+        if len(self.edges):
+            old_bins = np.where(was_valid, np.searchsorted(self.edges, old_values, side="right"), len(self.edges) + 1)
+            new_bins = np.where(valid, np.searchsorted(self.edges, new_values, side="right"), len(self.edges) + 1)
+            self._move_bins(rows, old_bins, new_bins)
+            self._widen_bins(new_bins[valid], new_values[valid])
+        self.column.data[rows] = np.where(valid, new_values, 0)
+        if valid.any():
+            self.notnull.update(to_bitmap(rows[valid]))
+        if not valid.all():
+            self.notnull.difference_update(to_bitmap(rows[~valid]))
+        if len(self.notnull) >= max(REBIN_MIN, 2 * self.binned_count):
+            self.rebin()
+
+    def _move_bins(self, rows: np.ndarray, old_bins: np.ndarray, new_bins: np.ndarray) -> None:
+        moved = old_bins != new_bins
+        if not moved.any():
+            return
+        rows, old_bins, new_bins = rows[moved], old_bins[moved], new_bins[moved]
+        for k, bitmap in enumerate(self.cumulative):
+            was_in, now_in = old_bins <= k, new_bins <= k
+            enter, leave = now_in & ~was_in, was_in & ~now_in
+            if enter.any():
+                bitmap.update(to_bitmap(rows[enter]))
+            if leave.any():
+                bitmap.difference_update(to_bitmap(rows[leave]))
+
+    def _widen_bins(self, bins: np.ndarray, values: np.ndarray) -> None:
+        if len(bins):
+            np.minimum.at(self.bin_min, bins, values)
+            np.maximum.at(self.bin_max, bins, values)
+
+    def rebin(self) -> None:
+        """Choose bin edges from the current values and rebuild the cumulative bitmaps."""
+        rows = rows_of(self.notnull)
+        values = self.column.data[rows]
+        self.binned_count = len(rows)
+        distinct = np.unique(values)
+        if len(distinct) <= BINS:
+            edges = distinct[1:]
+        else:
+            picks = np.quantile(distinct if self.dtype == np.float64 else values, np.linspace(0, 1, BINS + 1)[1:-1],
+                                method="lower" if self.dtype == np.int64 else "linear")
+            edges = np.unique(picks.astype(self.dtype))
+            edges = edges[edges > distinct[0]]
+        self.edges = edges.astype(self.dtype)
+        bins = np.searchsorted(self.edges, values, side="right")
+        order = np.argsort(bins, kind="stable")
+        bins_sorted = bins[order]
+        rows_sorted = rows[order]
+        bounds = np.searchsorted(bins_sorted, np.arange(len(self.edges) + 2))
+        self.cumulative = []
+        running = BitMap()
+        for k in range(len(self.edges)):
+            running = running | to_bitmap(rows_sorted[bounds[k] : bounds[k + 1]], assume_sorted=True)
+            self.cumulative.append(running)
+        nbins = len(self.edges) + 1
+        info = np.finfo(self.dtype) if self.dtype == np.float64 else np.iinfo(self.dtype)
+        self.bin_min = np.full(nbins + 1, info.max, dtype=self.dtype)
+        self.bin_max = np.full(nbins + 1, info.min, dtype=self.dtype)
+        self._widen_bins(bins, values)
+
+    # -- reads ----------------------------------------------------------------------------
+    def _bin_rows(self, k: int) -> BitMap:
+        """Rows in bin ``k`` (0 <= k <= len(edges))."""
+        upper = self.cumulative[k] if k < len(self.cumulative) else self.notnull
+        return upper - self.cumulative[k - 1] if k > 0 else upper.copy()
+
+    def _prefix(self, k: int) -> BitMap:
+        """Rows with bin <= k (k may be -1 or len(edges))."""
+        if k < 0:
+            return BitMap()
+        return self.cumulative[k] if k < len(self.cumulative) else self.notnull
+
+    def range(self, lo: float | int | None, hi: float | int | None, lo_open: bool = False, hi_open: bool = False,
+              found: BitMap | None = None) -> BitMap:
+        """Rows with lo <= value <= hi (open ends exclude; None = unbounded), within ``found`` if given."""
+        bounds = self._normalise(lo, hi, lo_open, hi_open)
+        if bounds is None:
+            return BitMap()
+        lo, hi, lo_open, hi_open = bounds
+        base = self.notnull if found is None else found & self.notnull
+        if found is not None and len(base) * 8 < len(self.notnull) or not len(self.edges):
+            return self._filter(base, lo, hi, lo_open, hi_open)
+        first = 0 if lo is None else int(np.searchsorted(self.edges, lo, side="right"))
+        last = len(self.edges) if hi is None else int(np.searchsorted(self.edges, hi, side="right"))
+        inside = BitMap()
+        if last - 1 >= first + 1:
+            inside = self._prefix(last - 1) - self._prefix(first)
+        result = inside if found is None else inside & found
+        for k in sorted({first, last}):
+            low_ok = lo is None or self.bin_min[k] > lo or (self.bin_min[k] == lo and not lo_open)
+            high_ok = hi is None or self.bin_max[k] < hi or (self.bin_max[k] == hi and not hi_open)
+            edge = self._bin_rows(k)
+            if found is not None:
+                edge &= found
+            result |= edge if (low_ok and high_ok) else self._filter(edge, lo, hi, lo_open, hi_open)
+        return result
+
+    def _filter(self, candidates: BitMap, lo, hi, lo_open: bool, hi_open: bool) -> BitMap:
+        rows = rows_of(candidates)
+        values = self.column.data[rows]
+        keep = np.ones(len(rows), dtype=bool)
+        if lo is not None:
+            keep &= values > lo if lo_open else values >= lo
+        if hi is not None:
+            keep &= values < hi if hi_open else values <= hi
+        return to_bitmap(rows[keep], assume_sorted=True)
+
+    def _normalise(self, lo, hi, lo_open: bool, hi_open: bool):
+        """Turn float bounds on an int column into exact closed int bounds; None if empty."""
+        if self.dtype == np.int64:
+            if lo is not None:
+                lo = math.floor(lo) + 1 if lo_open else math.ceil(lo)
+                lo_open = False
+                if lo > INT64_MAX:
+                    return None
+                lo = None if lo <= INT64_MIN else int(lo)
+            if hi is not None:
+                hi = math.ceil(hi) - 1 if hi_open else math.floor(hi)
+                hi_open = False
+                if hi < INT64_MIN:
+                    return None
+                hi = None if hi >= INT64_MAX else int(hi)
+            if lo is not None and hi is not None and lo > hi:
+                return None
+        else:
+            lo = None if lo is None else float(lo)
+            hi = None if hi is None else float(hi)
+            if lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_open or hi_open))):
+                return None
+        return lo, hi, lo_open, hi_open
+
+    def value(self, row: int) -> int | float | None:
+        """The value of ``row`` (None if null)."""
+        if row not in self.notnull:
+            return None
+        value = self.column.data[row]
+        return float(value) if self.dtype == np.float64 else int(value)

@@ -1,0 +1,113 @@
+"""The profile part of one shard: id map, live bitmap, attribute indexes and consent bitmaps."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+from pyroaring import BitMap
+
+from ..columns import ProfileBatch, column_from_values, column_value
+from ..schema import ProfileUpdate, Schema
+from .bitmaps import to_bitmap
+from .idmap import IdMap
+from .indexes import BoolIndex, CategoryIndex, TagsIndex
+from .numeric import NumericIndex
+
+AttributeIndex = CategoryIndex | BoolIndex | TagsIndex | NumericIndex
+
+
+def make_index(kind: str) -> AttributeIndex:
+    """A fresh index for an attribute of schema type ``kind``."""
+    if kind == "category":
+        return CategoryIndex()
+    if kind == "bool":
+        return BoolIndex()
+    if kind == "tags":
+        return TagsIndex()
+    return NumericIndex(kind)
+
+
+class ProfileStore:
+    """Profiles of one shard: rows are dense ints in order of first sight."""
+
+    def __init__(self, schema: Schema):
+        self.schema = schema
+        self.idmap = IdMap()
+        self.live = BitMap()
+        self.indexes: dict[str, AttributeIndex] = {a.name: make_index(a.type) for a in schema.attributes.values()}
+        self.consents: dict[str, BitMap] = {purpose: BitMap() for purpose in schema.consents}
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def _grow(self, size: int) -> None:
+        for index in self.indexes.values():
+            index.grow(size)
+
+    def ensure_rows(self, ids: list[str]) -> np.ndarray:
+        """Rows of ``ids``, creating attribute-less live profiles for unknown ones."""
+        rows, before = self.idmap.lookup_or_insert(ids)
+        if len(self.idmap) > before:
+            self._grow(len(self.idmap))
+            new_rows = rows[rows >= before]
+            self.live.update(to_bitmap(new_rows))
+        return rows
+
+    def apply_updates(self, updates: Iterable[ProfileUpdate]) -> np.ndarray:
+        """Apply validated upserts in order (later ones win per field); returns the touched rows."""
+        updates = list(updates)
+        rows = self.ensure_rows([u.id for u in updates])
+        per_attr: dict[str, dict[int, Any]] = {}
+        per_consent: dict[str, dict[int, bool]] = {}
+        for row, update in zip(rows.tolist(), updates):
+            for name, value in update.attrs.items():
+                per_attr.setdefault(name, {})[row] = value
+            for purpose, granted in update.consents.items():
+                per_consent.setdefault(purpose, {})[row] = granted
+        for name, values in per_attr.items():
+            index = self.indexes[name]
+            target = np.fromiter(values.keys(), dtype=np.int64, count=len(values))
+            index.assign(target, column_from_values(self.schema.attributes[name].type, list(values.values())))
+        for purpose, flags in per_consent.items():
+            self._set_consent(purpose, np.fromiter(flags.keys(), dtype=np.int64, count=len(flags)),
+                              np.fromiter(flags.values(), dtype=bool, count=len(flags)))
+        return np.unique(rows)
+
+    def _set_consent(self, purpose: str, rows: np.ndarray, granted: np.ndarray) -> None:
+        bitmap = self.consents[purpose]
+        if granted.any():
+            bitmap.update(to_bitmap(rows[granted]))
+        if not granted.all():
+            bitmap.difference_update(to_bitmap(rows[~granted]))
+
+    def load_batch(self, batch: ProfileBatch) -> np.ndarray:
+        """Apply a columnar batch (same effect as upserting its records); returns the touched rows."""
+        rows = self.ensure_rows(batch.ids)
+        if len(np.unique(rows)) != len(rows):
+            return self.apply_updates(self._batch_updates(batch))
+        for name, column in batch.columns.items():
+            self.indexes[name].assign(rows, column)
+        for purpose, flags in batch.consents.items():
+            self._set_consent(purpose, rows, np.asarray(flags, dtype=bool))
+        return np.sort(rows)
+
+    @staticmethod
+    def _batch_updates(batch: ProfileBatch) -> list[ProfileUpdate]:
+        return [
+            ProfileUpdate(
+                profile_id,
+                {name: column_value(col, i) for name, col in batch.columns.items()},
+                {purpose: bool(flags[i]) for purpose, flags in batch.consents.items()},
+            )
+            for i, profile_id in enumerate(batch.ids)
+        ]
+
+    def profile(self, row: int) -> dict[str, Any]:
+        """The current record of ``row``: id, non-null attributes and consents."""
+        record: dict[str, Any] = {"id": self.idmap.id_of(row)}
+        for name, index in self.indexes.items():
+            value = index.value(row)
+            if value is not None:
+                record[name] = value
+        record["consent"] = {purpose: row in bitmap for purpose, bitmap in self.consents.items()}
+        return record

@@ -1,0 +1,45 @@
+"""Timestamps: ISO 8601 (with an offset or Z) or integer epoch milliseconds -> UTC epoch ms.
+
+>>> parse_ts("2026-11-20T10:00:00Z")
+1795168800000
+>>> parse_ts("2026-11-20T11:00:00.5+01:00")
+1795168800500
+>>> parse_ts(1795168800000)
+1795168800000
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+def parse_ts(value: object) -> int:
+    """Convert an ISO 8601 string with offset/Z or an int epoch ms to int epoch ms (ValueError if bad)."""
+    if isinstance(value, bool):
+        raise ValueError("expected an ISO 8601 string or integer epoch milliseconds, got a boolean")
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError("epoch milliseconds out of the 64-bit range")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) < 10:
+            raise ValueError(f"malformed timestamp {value!r}")
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"malformed timestamp {value!r} (expected ISO 8601 with offset or Z)") from None
+        if moment.tzinfo is None:
+            raise ValueError(f"timestamp {value!r} has no offset or Z")
+        delta = moment - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    raise ValueError(f"expected an ISO 8601 string or integer epoch milliseconds, got {type(value).__name__}")
+
+
+def format_ts(ms: int) -> str:
+    """Epoch ms -> ISO 8601 UTC text with millisecond precision."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
