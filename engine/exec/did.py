@@ -53,7 +53,12 @@ def where_mask(node: ast.Node, part: Run, store: EventTypeStore, now: int) -> np
     name = node.name  # type: ignore[attr-defined]
     values = part.props[name]
     kind = store.definition.properties[name]
-    valid = values >= 0 if kind == "category" else part.valid[name]
+    if kind == "category" or kind == "bool":
+        valid = values >= 0
+    elif kind == "float":
+        valid = ~np.isnan(values)
+    else:
+        valid = part.valid[name]
     if isinstance(node, ast.IsNull):
         return valid.copy() if node.negated else ~valid
     return valid & _test(node, values, kind, store.labels.get(name), now)
@@ -69,6 +74,8 @@ def _test(node: ast.Node, values: np.ndarray, kind: str, labels: list[str] | Non
         assert labels is not None
         lut = np.array([_category_test(node, label, now) for label in labels] + [False], dtype=bool)
         return lut[np.where(values >= 0, values, len(labels))]
+    if kind == "bool":
+        values = values == 1
     if isinstance(node, ast.Compare):
         return CMP[node.op](values, _literal(node.value, now))
     if isinstance(node, ast.In):
@@ -185,7 +192,7 @@ class DidEvaluator:
             keep = np.ones(len(part), dtype=bool) if node.where is None else where_mask(node.where, part, store, now)
             if latest is not None:
                 before = latest[part.rows]
-                keep &= (before != NO_TIME) & (part.ts > before)
+                keep &= (before != NO_TIME) & (part.absolute_ts() > before)
             n_touched = tally(part.rows, keep, self.counts, touched, n_touched)
         rows = touched[:n_touched].astype(np.int64)
         counts = self.counts[rows].astype(np.int64)

@@ -1,10 +1,13 @@
 """The event store of one shard: per event type, time-ordered runs plus day bitmaps.
 
-Each event type keeps its events in a few runs, each sorted by timestamp (a log-structured
-merge: a new batch becomes a run, neighbouring runs of similar size are merged), so a time
-window is found by binary search in every run. Per type it also keeps one Roaring bitmap of
-the rows that had such an event per UTC day, the rows that ever had one, and each row's
-latest timestamp (for AFTER LAST).
+Events of a type are partitioned into epochs of 2**32 ms (~49.7 days); within an epoch they
+live in a few runs, each sorted by time (a log-structured merge: a new batch becomes a run,
+neighbouring runs of similar size are merged), so a time window is found by binary search in
+every run. Timestamps are stored as uint32 offsets from the epoch start, profile rows as
+int32, category properties as int16 codes (int32 past 32767 labels), floats with NaN as null:
+about 10 bytes for an event with one category property. Per type the store also keeps a
+Roaring bitmap of the rows that had such an event per UTC day, the rows that ever had one, and
+(once AFTER LAST asks for it) each row's latest timestamp.
 """
 from __future__ import annotations
 
@@ -19,35 +22,54 @@ from .bitmaps import group_rows, to_bitmap
 from .growable import GrowableArray
 
 DAY_MS = 86_400_000
+EPOCH_BITS = 32
+EPOCH_SPAN = 1 << EPOCH_BITS
 NO_TIME = np.iinfo(np.int64).min
 
 
 @dataclass
 class Run:
-    """Events sorted by ``ts``: parallel arrays of timestamp, profile row and property values."""
+    """Events sorted by time: uint32 offsets from ``base``, profile rows and property values."""
 
-    ts: np.ndarray
-    rows: np.ndarray
+    base: int
+    ts: np.ndarray  # uint32 offsets from base
+    rows: np.ndarray  # int32
     props: dict[str, np.ndarray]
-    valid: dict[str, np.ndarray] = field(default_factory=dict)  # per property: not-null mask
+    valid: dict[str, np.ndarray] = field(default_factory=dict)  # int/timestamp properties: not-null mask
 
     def __len__(self) -> int:
         return len(self.ts)
 
-    def window(self, lo: int, hi: int) -> tuple[int, int]:
-        """Index range of events with lo <= ts <= hi."""
-        return int(np.searchsorted(self.ts, lo, side="left")), int(np.searchsorted(self.ts, hi, side="right"))
+    def absolute_ts(self) -> np.ndarray:
+        """Timestamps as int64 epoch ms."""
+        return self.ts.astype(np.int64) + self.base
+
+    def slice(self, start: int, stop: int) -> "Run":
+        """Events ``start:stop`` (views)."""
+        return Run(self.base, self.ts[start:stop], self.rows[start:stop],
+                   {k: v[start:stop] for k, v in self.props.items()}, {k: v[start:stop] for k, v in self.valid.items()})
+
+    def window(self, lo: int, hi: int) -> "Run | None":
+        """The events with lo <= ts <= hi, or None if there are none."""
+        lo_off, hi_off = max(lo - self.base, 0), min(hi - self.base, EPOCH_SPAN - 1)
+        if lo_off > hi_off:
+            return None
+        start = int(np.searchsorted(self.ts, np.uint32(lo_off), side="left"))
+        stop = int(np.searchsorted(self.ts, np.uint32(hi_off), side="right"))
+        return self.slice(start, stop) if stop > start else None
 
     def take(self, order: np.ndarray) -> "Run":
         """This run's events reordered/subset by ``order``."""
-        return Run(self.ts[order], self.rows[order], {k: v[order] for k, v in self.props.items()},
+        return Run(self.base, self.ts[order], self.rows[order], {k: v[order] for k, v in self.props.items()},
                    {k: v[order] for k, v in self.valid.items()})
 
 
-def _concat(a: Run, b: Run) -> Run:
+def _merge(a: Run, b: Run) -> Run:
+    """One sorted run from two runs of the same epoch."""
     ts = np.concatenate([a.ts, b.ts])
     order = np.argsort(ts, kind="stable")
-    merged = Run(ts, np.concatenate([a.rows, b.rows]), {k: np.concatenate([a.props[k], b.props[k]]) for k in a.props},
+    merged = Run(a.base, ts, np.concatenate([a.rows, b.rows]),
+                 {k: np.concatenate([a.props[k], b.props[k]]) for k in a.props},
                  {k: np.concatenate([a.valid[k], b.valid[k]]) for k in a.valid})
     return merged.take(order)
 
@@ -57,17 +79,23 @@ class EventTypeStore:
 
     def __init__(self, definition: EventDef):
         self.definition = definition
-        self.runs: list[Run] = []
+        self.epochs: dict[int, list[Run]] = {}
         self.days: dict[int, BitMap] = {}
         self.ever = BitMap()
-        self.last_ts = GrowableArray(np.int64, NO_TIME)
+        self.last_ts: GrowableArray | None = None
         self.max_ts = NO_TIME
+        self.count = 0
         self.labels: dict[str, list[str]] = {p: [] for p, t in definition.properties.items() if t == "category"}
         self.code_of: dict[str, dict[str, int]] = {p: {} for p in self.labels}
         self.generation = 0
 
     def __len__(self) -> int:
-        return sum(len(run) for run in self.runs)
+        return self.count
+
+    @property
+    def runs(self) -> list[Run]:
+        """Every run, oldest epoch first."""
+        return [run for epoch in sorted(self.epochs) for run in self.epochs[epoch]]
 
     def _codes(self, prop: str, column: CategoryColumn) -> np.ndarray:
         labels, code_of = self.labels[prop], self.code_of[prop]
@@ -75,66 +103,97 @@ class EventTypeStore:
             if label not in code_of:
                 code_of[label] = len(labels)
                 labels.append(label)
-        mapping = np.array([code_of[label] for label in column.labels] + [-1], dtype=np.int32)
-        return mapping[np.where(column.codes < 0, len(column.labels), column.codes)]
+        dtype = np.int16 if len(labels) < 32767 else np.int32
+        if dtype == np.int32:
+            for run in self.runs:
+                run.props[prop] = run.props[prop].astype(np.int32)
+        mapping = np.array([code_of[label] for label in column.labels] + [-1], dtype=dtype)
+        return mapping[np.where(np.asarray(column.codes) < 0, len(column.labels), column.codes)]
 
-    def append(self, rows: np.ndarray, ts: np.ndarray, columns: dict[str, Column]) -> None:
-        """Add events (rows, timestamps, property columns; absent property = null)."""
-        if len(rows) == 0:
-            return
+    def _columns(self, size: int, columns: dict[str, Column]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         props: dict[str, np.ndarray] = {}
         valid: dict[str, np.ndarray] = {}
         for prop, kind in self.definition.properties.items():
             column = columns.get(prop)
             if kind == "category":
-                props[prop] = self._codes(prop, column) if column is not None else np.full(len(rows), -1, np.int32)
-            else:
-                dtype = {"float": np.float64, "bool": np.bool_}.get(kind, np.int64)
+                dtype = np.int16 if len(self.labels[prop]) < 32767 else np.int32
+                props[prop] = self._codes(prop, column) if column is not None else np.full(size, -1, dtype)
+            elif kind == "float":
                 if column is None:
-                    props[prop] = np.zeros(len(rows), dtype=dtype)
-                    valid[prop] = np.zeros(len(rows), dtype=bool)
+                    props[prop] = np.full(size, np.nan)
                 else:
                     assert isinstance(column, ValueColumn)
-                    props[prop] = np.asarray(column.values).astype(dtype)
-                    valid[prop] = np.asarray(column.valid, dtype=bool)
-        run = Run(np.asarray(ts, dtype=np.int64), np.asarray(rows, dtype=np.int32), props, valid)
-        run = run.take(np.argsort(run.ts, kind="stable"))
-        self.runs.append(run)
-        while len(self.runs) >= 2 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
-            last = self.runs.pop()
-            self.runs[-1] = _concat(self.runs[-1], last)
-        self._index(run)
+                    props[prop] = np.where(column.valid, np.asarray(column.values, dtype=np.float64), np.nan)
+            elif kind == "bool":
+                props[prop] = np.full(size, -1, np.int8) if column is None else \
+                    np.where(column.valid, np.asarray(column.values).astype(np.int8), np.int8(-1)).astype(np.int8)
+            else:
+                props[prop] = np.zeros(size, np.int64) if column is None else np.asarray(column.values, np.int64)
+                valid[prop] = np.zeros(size, bool) if column is None else np.asarray(column.valid, bool)
+        return props, valid
+
+    def append(self, rows: np.ndarray, ts: np.ndarray, columns: dict[str, Column]) -> None:
+        """Add events (rows, int64 epoch-ms timestamps, property columns; absent property = null)."""
+        if len(rows) == 0:
+            return
+        ts = np.asarray(ts, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int32)
+        props, valid = self._columns(len(rows), columns)
+        epochs = ts >> EPOCH_BITS
+        distinct = np.unique(epochs).tolist()
+        for epoch in distinct:
+            picks = np.flatnonzero(epochs == epoch) if len(distinct) > 1 else np.arange(len(ts))
+            base = epoch << EPOCH_BITS
+            part = Run(base, (ts[picks] - base).astype(np.uint32), rows[picks],
+                       {k: v[picks] for k, v in props.items()}, {k: v[picks] for k, v in valid.items()})
+            self._add_run(epoch, part.take(np.argsort(part.ts, kind="stable")))
+        self._index(rows, ts)
+        self.count += len(rows)
         self.generation += 1
 
-    def _index(self, run: Run) -> None:
-        days = run.ts // DAY_MS
-        for day, members in group_rows(run.rows.astype(np.int64), days):
-            bitmap = to_bitmap(members, assume_sorted=True)
-            self.days.setdefault(day, BitMap()).update(bitmap)
-        self.ever.update(to_bitmap(run.rows))
-        self.last_ts.ensure(int(run.rows.max()) + 1)
-        np.maximum.at(self.last_ts.data, run.rows, run.ts)
-        self.max_ts = max(self.max_ts, int(run.ts[-1]))
+    def _add_run(self, epoch: int, run: Run) -> None:
+        runs = self.epochs.setdefault(epoch, [])
+        runs.append(run)
+        while len(runs) >= 2 and len(runs[-2]) <= 2 * len(runs[-1]):
+            last = runs.pop()
+            runs[-1] = _merge(runs[-1], last)
+
+    def _index(self, rows: np.ndarray, ts: np.ndarray) -> None:
+        for day, members in group_rows(rows.astype(np.int64), ts // DAY_MS):
+            self.days.setdefault(day, BitMap()).update(to_bitmap(members, assume_sorted=True))
+        self.ever.update(to_bitmap(rows))
+        if self.last_ts is not None:
+            self.last_ts.ensure(int(rows.max()) + 1)
+            np.maximum.at(self.last_ts.data, rows, ts)
+        self.max_ts = max(self.max_ts, int(ts.max()))
 
     def window(self, lo: int, hi: int) -> list[Run]:
         """The events with lo <= ts <= hi, as slices (views) of each run."""
+        if lo > hi:
+            return []
+        first, last = lo >> EPOCH_BITS, hi >> EPOCH_BITS
         parts = []
-        for run in self.runs:
-            start, stop = run.window(lo, hi)
-            if stop > start:
-                parts.append(Run(run.ts[start:stop], run.rows[start:stop],
-                                 {k: v[start:stop] for k, v in run.props.items()},
-                                 {k: v[start:stop] for k, v in run.valid.items()}))
+        for epoch in sorted(self.epochs):
+            if first <= epoch <= last:
+                for run in self.epochs[epoch]:
+                    part = run.window(lo, hi)
+                    if part is not None:
+                        parts.append(part)
         return parts
 
     def latest_before(self, now: int, size: int) -> np.ndarray:
         """Per row, the latest timestamp of this type with ts <= now (NO_TIME if none)."""
         if self.max_ts <= now:
+            if self.last_ts is None:
+                self.last_ts = GrowableArray(np.int64, NO_TIME)
+                self.last_ts.ensure(size)
+                for run in self.runs:
+                    np.maximum.at(self.last_ts.data, run.rows, run.absolute_ts())
             self.last_ts.ensure(size)
             return self.last_ts.data[:size]
         latest = np.full(size, NO_TIME, dtype=np.int64)
         for part in self.window(NO_TIME, now):
-            np.maximum.at(latest, part.rows, part.ts)
+            np.maximum.at(latest, part.rows, part.absolute_ts())
         return latest
 
     @property

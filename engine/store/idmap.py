@@ -119,13 +119,24 @@ class IdMap:
     def lookup_or_insert(self, ids: Sequence[str]) -> tuple[np.ndarray, int]:
         """Rows of ``ids`` (int64), inserting unknown ones; also returns the row count before."""
         encoded = [item.encode("utf-8") for item in ids]
-        q_buf, q_off = _pack(encoded)
         q_hash = id_hashes(encoded)
-        self._reserve(len(encoded), len(q_buf))
+        q_buf, q_off = _pack(encoded)
         out = np.empty(len(encoded), dtype=np.int64)
         before = self.size
+        _probe(self.table, self.hashes.data, self.offsets.data, self.buffer.data, self.size,
+               q_hash, q_off, q_buf, out, False)
+        missing = np.flatnonzero(out < 0)
+        if len(missing) == 0:
+            return out, before
+        if len(missing) < len(encoded):
+            encoded = [encoded[i] for i in missing.tolist()]
+            q_hash = q_hash[missing]
+            q_buf, q_off = _pack(encoded)
+        self._reserve(len(encoded), len(q_buf))
+        inserted = np.empty(len(encoded), dtype=np.int64)
         self.size = int(_probe(self.table, self.hashes.data, self.offsets.data, self.buffer.data, self.size,
-                               q_hash, q_off, q_buf, out, True))
+                               q_hash, q_off, q_buf, inserted, True))
+        out[missing] = inserted
         self.hashes.size = self.size
         self.offsets.size = self.size + 1
         self.buffer.size = int(self.offsets.data[self.size])

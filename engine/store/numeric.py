@@ -22,7 +22,7 @@ from ..columns import ValueColumn
 from .bitmaps import rows_of, to_bitmap
 from .growable import GrowableArray
 
-BINS = 32
+BINS = 16
 REBIN_MIN = 256
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

@@ -1,0 +1,112 @@
+"""Unit tests of the id map and the attribute bitmap indexes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.columns import CategoryColumn, TagsColumn, ValueColumn, column_from_values
+from engine.store.idmap import IdMap, id_hashes
+from engine.store.indexes import BoolIndex, CategoryIndex, TagsIndex
+from engine.store.numeric import NumericIndex
+
+
+def test_idmap_inserts_in_order_and_finds_existing_ids() -> None:
+    idmap = IdMap()
+    rows, before = idmap.lookup_or_insert(["a", "b", "a", "ünï"])
+    assert rows.tolist() == [0, 1, 0, 2] and before == 0
+    rows, before = idmap.lookup_or_insert(["ünï", "c"])
+    assert rows.tolist() == [2, 3] and before == 3
+    assert idmap.lookup(["c", "missing", "a"]).tolist() == [3, -1, 0]
+    assert idmap.ids_of(np.array([3, 0, 2])) == ["c", "a", "ünï"]
+
+
+def test_idmap_survives_many_rehashes() -> None:
+    idmap = IdMap()
+    ids = [f"user-{i}" for i in range(50_000)]
+    for start in range(0, len(ids), 7_000):
+        idmap.lookup_or_insert(ids[start : start + 7_000])
+    assert idmap.lookup(ids[::997]).tolist() == list(range(0, 50_000, 997))
+    assert idmap.ids_of(np.arange(50_000))[12345] == "user-12345"
+    rebuilt = IdMap.from_state(idmap.state())
+    assert rebuilt.lookup(["user-49999", "nope"]).tolist() == [49_999, -1]
+
+
+def test_id_hash_is_little_endian_blake2b_64() -> None:
+    from hashlib import blake2b
+
+    expected = int.from_bytes(blake2b(b"u1", digest_size=8).digest(), "little")
+    assert int(id_hashes([b"u1"])[0]) == expected
+
+
+def test_category_index_moves_rows_and_clears() -> None:
+    idx = CategoryIndex()
+    idx.grow(4)
+    idx.assign(np.array([0, 1, 2, 3]), column_from_values("category", ["FR", "BE", "FR", None]))
+    assert list(idx.eq("FR")) == [0, 2] and list(idx.notnull) == [0, 1, 2]
+    idx.assign(np.array([2, 1]), column_from_values("category", ["BE", None]))
+    assert list(idx.eq("FR")) == [0] and list(idx.eq("BE")) == [2]
+    assert list(idx.notnull) == [0, 2]
+    assert list(idx.compare(">", "C")) == [0] and list(idx.between("A", "C")) == [2]
+    assert idx.value(1) is None and idx.value(2) == "BE"
+
+
+def test_bool_index() -> None:
+    idx = BoolIndex()
+    idx.grow(3)
+    idx.assign(np.array([0, 1, 2]), column_from_values("bool", [True, False, None]))
+    assert list(idx.eq(True)) == [0] and list(idx.eq(False)) == [1] and list(idx.notnull) == [0, 1]
+    idx.assign(np.array([0]), column_from_values("bool", [False]))
+    assert list(idx.eq(True)) == [] and list(idx.eq(False)) == [0, 1]
+
+
+def test_tags_index_empty_list_is_not_null_and_updates_move_tags() -> None:
+    idx = TagsIndex()
+    idx.grow(3)
+    idx.assign(np.array([0, 1, 2]), column_from_values("tags", [("a", "b"), (), None]))
+    assert list(idx.has("a")) == [0] and list(idx.notnull) == [0, 1]
+    idx.assign(np.array([0, 2]), column_from_values("tags", [("b", "c"), ("a",)]))
+    assert list(idx.has("a")) == [2] and list(idx.has("b")) == [0] and list(idx.has("c")) == [0]
+    assert idx.value(0) == ["b", "c"] and idx.value(1) == [] and idx.value(2) == ["a"]
+
+
+def test_tags_index_with_more_than_63_labels() -> None:
+    idx = TagsIndex()
+    idx.grow(2)
+    labels = [f"t{i}" for i in range(100)]
+    idx.assign(np.array([0, 1]), TagsColumn(np.array([0, 100, 101]), np.r_[np.arange(100), [99]].astype(np.int32),
+                                            labels, np.array([True, True])))
+    assert list(idx.has("t99")) == [0, 1] and list(idx.has("t5")) == [0]
+
+
+@pytest.mark.parametrize("kind", ["int", "float", "timestamp"])
+def test_numeric_range_matches_a_scan_across_rebins(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    idx = NumericIndex(kind)
+    size = 5_000
+    idx.grow(size)
+    truth = np.full(size, np.nan)
+    for _ in range(6):
+        rows = np.unique(rng.integers(0, size, 2_000))
+        values = rng.integers(-50, 50, len(rows)).astype(np.float64)
+        if kind == "float":
+            values = values / 4
+        valid = rng.random(len(rows)) > 0.1
+        idx.assign(rows, ValueColumn(values, valid))
+        truth[rows] = np.where(valid, values, np.nan)
+        for lo, hi in [(-10, 10), (-3.5, 2.25), (0, 0), (49, 100), (-100, -49), (5, 4)]:
+            expected = np.flatnonzero((truth >= lo) & (truth <= hi)).tolist()
+            assert list(idx.range(lo, hi)) == expected
+            found = idx.notnull & __import__("pyroaring").BitMap(range(0, size, 3))
+            assert list(idx.range(lo, hi, found=found) & found) == [r for r in expected if r % 3 == 0]
+        assert list(idx.range(None, 0, hi_open=True)) == np.flatnonzero(truth < 0).tolist()
+        assert list(idx.range(0, None, lo_open=True)) == np.flatnonzero(truth > 0).tolist()
+
+
+def test_int_column_with_float_bounds_compares_numerically() -> None:
+    idx = NumericIndex("int")
+    idx.grow(4)
+    idx.assign(np.arange(4), ValueColumn(np.array([1, 2, 3, 4]), np.ones(4, bool)))
+    assert list(idx.range(2.5, None, lo_open=True)) == [2, 3]
+    assert list(idx.range(None, 2.5, hi_open=True)) == [0, 1]
+    assert list(idx.range(2.5, 2.5)) == []
+    assert list(idx.range(3.0, 3.0)) == [2]
