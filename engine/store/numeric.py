@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from pyroaring import BitMap
 
@@ -26,6 +27,22 @@ BINS = 16
 REBIN_MIN = 256
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+
+
+@numba.njit(cache=True)
+def filter_rows(rows, column, lo, hi, lo_open, hi_open, has_lo, has_hi):
+    """The ``rows`` whose column value lies within the bounds (fused gather + compare)."""
+    out = np.empty(len(rows), dtype=np.uint32)
+    n = 0
+    for i in range(len(rows)):
+        value = column[rows[i]]
+        if has_lo and (value < lo or (lo_open and value == lo)):
+            continue
+        if has_hi and (value > hi or (hi_open and value == hi)):
+            continue
+        out[n] = rows[i]
+        n += 1
+    return out[:n]
 
 
 class NumericIndex:
@@ -154,13 +171,10 @@ class NumericIndex:
 
     def _filter(self, candidates: BitMap, lo, hi, lo_open: bool, hi_open: bool) -> BitMap:
         rows = rows_of(candidates)
-        values = self.column.data[rows]
-        keep = np.ones(len(rows), dtype=bool)
-        if lo is not None:
-            keep &= values > lo if lo_open else values >= lo
-        if hi is not None:
-            keep &= values < hi if hi_open else values <= hi
-        return to_bitmap(rows[keep], assume_sorted=True)
+        zero = self.dtype(0)
+        kept = filter_rows(rows, self.column.data, zero if lo is None else self.dtype(lo),
+                           zero if hi is None else self.dtype(hi), lo_open, hi_open, lo is not None, hi is not None)
+        return to_bitmap(kept, assume_sorted=True)
 
     def _normalise(self, lo, hi, lo_open: bool, hi_open: bool):
         """Turn float bounds on an int column into exact closed int bounds; None if empty."""

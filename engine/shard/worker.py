@@ -1,0 +1,124 @@
+"""The shard worker: one shard served over length-prefixed msgpack frames.
+
+``ShardServer`` turns a request frame into a reply frame by calling the named public method of
+its shard (any method not starting with ``_``, so methods added to LocalShard are forwarded
+without changes here). The process backend runs it in a fresh interpreter
+(``python -m engine.shard.worker FD``) that talks over a socket; the Ray backend runs the same
+``ShardServer`` inside an actor. Neither imports gRPC or protobuf.
+
+The process worker exits when its connection reaches EOF (the coordinator closed it or died),
+and a watchdog thread ends it if the coordinator dies while it is busy.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from ..schema import Schema
+from . import messages
+from .local import LocalShard
+
+
+def open_shard(schema: Schema, shard_id: int, data_dir: str | None = None) -> LocalShard:
+    """The shard factory, called when a worker starts and when it is respawned.
+
+    ``data_dir`` is where a durable shard keeps its data; a durable shard reloads itself from
+    there. Today shards are in memory only and ``data_dir`` is not used.
+    """
+    return LocalShard(schema, shard_id)
+
+
+class ShardServer:
+    """Dispatches request frames to a shard's public methods and encodes the replies."""
+
+    def __init__(self, shard: Any):
+        self.shard = shard
+        self.delay_s = 0.0  # test hook: a pause before every request (to kill a worker mid-request)
+
+    def handle(self, frame: bytes) -> bytes:
+        """The reply frame to one request frame (errors are replies too)."""
+        request_id = 0
+        try:
+            request_id, method, args = messages.decode_request(frame)
+            result = self.dispatch(method, args)
+            return messages.encode_reply(request_id, result)
+        except Exception as error:  # every failure goes back to the coordinator, named
+            return messages.encode_error(request_id, error)
+
+    def dispatch(self, method: str, args: tuple) -> Any:
+        """Call the shard's public ``method`` (or one of the worker's own ``_worker_*`` methods)."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if method.startswith("_worker_"):
+            return getattr(self, method)(*args)
+        if method.startswith("_"):
+            raise AttributeError(f"{method!r} is not a public shard method")
+        target = getattr(self.shard, method, None)
+        if target is None or not callable(target):
+            raise AttributeError(f"shards have no method {method!r}")
+        return target(*args)
+
+    # -- the worker's own methods -----------------------------------------------------------
+    def _worker_pid(self) -> int:
+        """This worker's process id."""
+        return os.getpid()
+
+    def _worker_modules(self, prefixes: list[str]) -> list[str]:
+        """The imported modules whose names start with one of ``prefixes``."""
+        return sorted(name for name in sys.modules if name.startswith(tuple(prefixes)))
+
+    def _worker_delay(self, seconds: float) -> None:
+        """Test hook: pause ``seconds`` before serving every later request."""
+        self.delay_s = float(seconds)
+
+
+def _watch_parent(parent: int) -> None:
+    """End this process soon after the coordinator dies (also when the shard is busy)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(3)
+
+
+def serve(fd: int) -> None:
+    """Serve one shard over the connected socket ``fd`` until EOF.
+
+    The first frame is the start message ``{"schema", "shard_id", "data_dir"}`` (msgpack); it
+    is answered like a request (id 0), with this process id or the error that stopped the start.
+    """
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    try:
+        start = messages.unpack(conn.recv_bytes())
+    except EOFError:
+        return
+    try:
+        schema = Schema.from_dict(start["schema"])
+        server = ShardServer(open_shard(schema, start["shard_id"], start.get("data_dir")))
+        conn.send_bytes(messages.encode_reply(0, os.getpid()))
+    except Exception as error:
+        conn.send_bytes(messages.encode_error(0, error))
+        return
+    while True:
+        try:
+            frame = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        conn.send_bytes(server.handle(frame))
+
+
+def main(argv: list[str]) -> None:
+    """Entry point: ``python -m engine.shard.worker FD PARENT_PID``."""
+    fd, parent = int(argv[0]), int(argv[1])
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+    try:
+        serve(fd)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
