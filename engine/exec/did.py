@@ -13,24 +13,56 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..query import ast
-from ..store.bitmaps import to_bitmap, union_all
+from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.events import DAY_MS, NO_TIME, EventStore, EventTypeStore, Run
 
 CMP = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 TIME_MAX = np.iinfo(np.int64).max
 
 
+#: Count comparison operators as kernel codes.
+OP_CODES = {"=": 0, "!=": 1, "<": 2, "<=": 3, ">": 4, ">=": 5}
+
+
 @numba.njit(cache=True)
-def tally(rows, keep, counts, touched, n_touched):
-    """counts[row] += 1 for each kept event; new rows are appended to ``touched``."""
+def tally(rows, keep, use_keep, member, use_member, counts):
+    """counts[row] += 1 for each event that is kept and whose row is a member (when asked)."""
     for i in range(len(rows)):
-        if keep[i]:
-            row = rows[i]
-            if counts[row] == 0:
-                touched[n_touched] = row
-                n_touched += 1
-            counts[row] += 1
-    return n_touched
+        if use_keep and not keep[i]:
+            continue
+        row = rows[i]
+        if use_member and not member[row]:
+            continue
+        counts[row] += 1
+
+
+@numba.njit(cache=True)
+def collect(rows, keep, use_keep, member, use_member, counts, op, n, want, out, n_out):
+    """Append to ``out`` each counted row whose count test equals ``want``; resets counts to 0."""
+    for i in range(len(rows)):
+        if use_keep and not keep[i]:
+            continue
+        row = rows[i]
+        c = counts[row]
+        if c == 0:
+            continue
+        counts[row] = 0
+        if op == 0:
+            ok = c == n
+        elif op == 1:
+            ok = c != n
+        elif op == 2:
+            ok = c < n
+        elif op == 3:
+            ok = c <= n
+        elif op == 4:
+            ok = c > n
+        else:
+            ok = c >= n
+        if ok == want:
+            out[n_out] = row
+            n_out += 1
+    return n_out
 
 
 def where_mask(node: ast.Node, part: Run, store: EventTypeStore, now: int) -> np.ndarray:
@@ -103,6 +135,7 @@ class DidEvaluator:
     def __init__(self, events: EventStore):
         self.events = events
         self.counts = np.zeros(0, dtype=np.int32)
+        self.member = np.zeros(0, dtype=bool)
         self.union_cache: dict[tuple, BitMap] = {}
 
     def estimate(self, node: ast.Did) -> float:
@@ -131,11 +164,12 @@ class DidEvaluator:
             return self.present(store, lo, hi)
         if simple and ((node.count_op, node.count_n) in (("=", 0), ("<", 1), ("<=", 0))):
             return live - self.present(store, lo, hi)
-        counted_rows, counts = self.count_per_row(node, store, lo, hi, now, len(live) and live.max() + 1)
+        size = int(live.max()) + 1 if live else 0
+        # a count that holds at zero: the universe minus the counted rows whose count fails
+        rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)
         if at_zero:
-            failing = counted_rows[~test(counts, node.count_n)]
-            return live - to_bitmap(failing)
-        return to_bitmap(counted_rows[test(counts, node.count_n)])
+            return (found if found is not None else live) - to_bitmap(rows)
+        return to_bitmap(rows)
 
     def present(self, store: EventTypeStore, lo: int, hi: int) -> BitMap:
         """Rows with at least one event of ``store``'s type with lo <= ts <= hi."""
@@ -152,7 +186,7 @@ class DidEvaluator:
         edges = []
         if full_lo > first_day:
             edges.append((lo, min(hi, (first_day + 1) * DAY_MS - 1)))
-        if full_hi < last_day and last_day != first_day:
+        if full_hi < last_day and (last_day != first_day or full_lo == first_day):
             edges.append((max(lo, last_day * DAY_MS), hi))
         for edge_lo, edge_hi in edges:
             rows = [part.rows for part in store.window(edge_lo, edge_hi)]
@@ -174,27 +208,40 @@ class DidEvaluator:
             self.union_cache[key] = cached
         return cached
 
-    def count_per_row(self, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int,
-                      size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows with at least one matching event, their matching-event counts)."""
+    def counted_rows(self, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int, size: int,
+                     found: BitMap | None, want: bool) -> np.ndarray:
+        """Rows with >= 1 matching event whose count test is ``want`` (restricted to ``found`` if small)."""
         if lo > hi:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+            return np.empty(0, dtype=np.int32)
         if len(self.counts) < size:
             self.counts = np.zeros(max(size, int(len(self.counts) * 1.5)), dtype=np.int32)
+            self.member = np.zeros(len(self.counts), dtype=bool)
         parts = store.window(lo, hi)
         total = sum(len(p) for p in parts)
-        touched = np.empty(total, dtype=np.int32)
+        member_rows = rows_of(found) if found is not None and len(found) * 4 < total else None
+        if member_rows is not None:
+            self.member[member_rows] = True
         latest = None
         if node.after_last is not None:
             latest = self.events.types[node.after_last].latest_before(now, size)
-        n_touched = 0
+        keeps = []
         for part in parts:
-            keep = np.ones(len(part), dtype=bool) if node.where is None else where_mask(node.where, part, store, now)
+            keep = None if node.where is None else where_mask(node.where, part, store, now)
             if latest is not None:
                 before = latest[part.rows]
-                keep &= (before != NO_TIME) & (part.absolute_ts() > before)
-            n_touched = tally(part.rows, keep, self.counts, touched, n_touched)
-        rows = touched[:n_touched].astype(np.int64)
-        counts = self.counts[rows].astype(np.int64)
-        self.counts[rows] = 0
-        return rows, counts
+                after = (before != NO_TIME) & (part.absolute_ts() > before)
+                keep = after if keep is None else keep & after
+            keeps.append(keep)
+        dummy = np.empty(0, dtype=bool)
+        use_member = member_rows is not None
+        for part, keep in zip(parts, keeps):
+            tally(part.rows, dummy if keep is None else keep, keep is not None, self.member, use_member, self.counts)
+        out = np.empty(min(total, size), dtype=np.int32)
+        n_out = 0
+        op = OP_CODES[node.count_op]
+        for part, keep in zip(parts, keeps):
+            n_out = collect(part.rows, dummy if keep is None else keep, keep is not None, self.member, use_member,
+                            self.counts, op, node.count_n, want, out, n_out)
+        if member_rows is not None:
+            self.member[member_rows] = False
+        return out[:n_out]

@@ -118,6 +118,16 @@ class IdMap:
 
     def lookup_or_insert(self, ids: Sequence[str]) -> tuple[np.ndarray, int]:
         """Rows of ``ids`` (int64), inserting unknown ones; also returns the row count before."""
+        if len(ids) > 4096:
+            # event batches repeat ids: hash each distinct id once
+            distinct: dict[str, int] = {}
+            inverse = np.fromiter((distinct.setdefault(i, len(distinct)) for i in ids), dtype=np.int64, count=len(ids))
+            if len(distinct) * 4 < len(ids) * 3:
+                rows, before = self._lookup_or_insert(list(distinct))
+                return rows[inverse], before
+        return self._lookup_or_insert(ids)
+
+    def _lookup_or_insert(self, ids: Sequence[str]) -> tuple[np.ndarray, int]:
         encoded = [item.encode("utf-8") for item in ids]
         q_hash = id_hashes(encoded)
         q_buf, q_off = _pack(encoded)

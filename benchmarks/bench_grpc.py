@@ -1,0 +1,251 @@
+"""gRPC load benchmark: Membership and Count from concurrent clients on loopback.
+
+    python benchmarks/bench_grpc.py                               # 1M profiles, 5M events, 200 segments
+    python benchmarks/bench_grpc.py --profiles 10000000 --events 50000000 --duration 30
+
+This process generates the dataset, loads it, saves ``--segments`` segments and serves them on
+127.0.0.1; client processes (grpc.aio, ``--concurrency`` calls in flight each) drive it for a
+bounded time per phase. Phases:
+
+1. in-engine: ``Engine.membership`` on random ids, and ``Engine.count`` of the contract example;
+2. Membership only over gRPC;
+3. the mix: Membership plus Count (``--count-share`` of the calls: the contract example or a
+   random saved segment, half each);
+4. Count of the contract example over gRPC with one call in flight (compare with phase 1).
+
+Prints QPS, p50 and p99 per RPC and phase. Time-relative segments follow the wall clock: the
+server's refresh timer runs during the phases, as in production.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+CONTRACT_EXAMPLE = ("country IN ('FR', 'BE') AND age BETWEEN 25 AND 40 "
+                    "AND DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d) "
+                    "AND NOT DID(purchase, WITHIN 7d) AND CONSENTED(email)")
+
+
+def segment_definitions(n: int) -> dict[str, str]:
+    """``n`` saved segments: attributes, tags, consents, event windows, counts, samples, references."""
+    from loaders.generator import COUNTRIES, INTERESTS
+
+    defs: dict[str, str] = {}
+    defs.update({f"country_{c}": f"country = '{c}'" for c in COUNTRIES})
+    defs.update({f"age_{a}s": f"age BETWEEN {a} AND {a + 9}" for a in range(18, 78, 10)})
+    defs.update({f"likes_{t}": f"interests HAS '{t}'" for t in INTERESTS})
+    defs.update({f"consent_{p}": f"CONSENTED({p})" for p in ("email", "sms", "push", "ads")})
+    defs.update({f"vip_{p}": f"vip = TRUE AND CONSENTED({p})" for p in ("email", "sms", "push", "ads")})
+    for event in ("page_view", "add_to_cart", "cart_abandoned", "purchase"):
+        defs.update({f"{event}_{d}d": f"DID({event}, WITHIN {d}d)" for d in (1, 7, 30)})
+    defs.update({f"big_carts_{d}d": f"DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN {d}d)"
+                 for d in (7, 30)})
+    defs["abandoned_unbought"] = "DID(cart_abandoned) AND DID(purchase, AFTER LAST cart_abandoned, COUNT = 0)"
+    defs["lapsed_buyers"] = "DID(purchase, BEFORE NOW - 30d) AND NOT DID(purchase, WITHIN 30d)"
+    defs.update({f"signed_up_{d}d": f"signup_at > NOW - {d}d" for d in (30, 90, 365)})
+    defs.update({f"sample_{p}": f"SAMPLE({p}, {p})" for p in (1, 5, 10, 25, 50)})
+    defs["contract_example"] = CONTRACT_EXAMPLE
+    rng = random.Random(0)
+    bases = list(defs)
+    while len(defs) < n:
+        a, b = rng.sample(bases, 2)
+        name = f"{a}__and__{b}"
+        if name not in defs:
+            defs[name] = f"SEGMENT('{a}') AND SEGMENT('{b}')"
+    return dict(list(defs.items())[:n])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of ``values`` (nearest rank)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- client processes -------------------------------------------------------------------------
+async def _drive(address: str, duration: float, concurrency: int, profiles: int, count_share: float,
+                 count_queries: list[str], segment_names: list[str], seed: int) -> dict[str, Any]:
+    import grpc
+
+    from server.proto_gen import segmentation_pb2 as pb
+    from server.proto_gen import segmentation_pb2_grpc as pb_grpc
+
+    latencies: dict[str, list[float]] = {"Membership": [], "Count": []}
+    errors: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.SegmentationStub(channel)
+        await channel.channel_ready()
+        stop_at = time.perf_counter() + duration
+
+        async def worker(k: int) -> None:
+            rng = random.Random(seed * 1000 + k)
+            while time.perf_counter() < stop_at:
+                if rng.random() < count_share:
+                    name = "Count"
+                    query = rng.choice(count_queries)
+                    if query == "SEGMENT":
+                        query = f"SEGMENT('{rng.choice(segment_names)}')"
+                    call = stub.Count(pb.QueryRequest(query=query), timeout=30)
+                else:
+                    name = "Membership"
+                    call = stub.Membership(pb.MembershipRequest(id=f"u{rng.randrange(profiles):08d}"), timeout=30)
+                started = time.perf_counter()
+                try:
+                    await call
+                except grpc.aio.AioRpcError as error:
+                    errors[error.code().name] = errors.get(error.code().name, 0) + 1
+                    continue
+                latencies[name].append((time.perf_counter() - started) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def client_process(queue: Any, *args: Any) -> None:
+    """Entry point of one client process: run the load and send back the latencies."""
+    queue.put(asyncio.run(_drive(*args)))
+
+
+def run_phase(address: str, label: str, procs: int, concurrency: int, duration: float, profiles: int,
+              count_share: float, count_queries: list[str], segment_names: list[str]) -> dict[str, Any]:
+    """Run ``procs`` client processes for ``duration`` seconds; print and return per-RPC figures."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    workers = [ctx.Process(target=client_process, args=(queue, address, duration, concurrency, profiles, count_share,
+                                                        count_queries, segment_names, seed))
+               for seed in range(procs)]
+    for w in workers:
+        w.start()
+    results = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    elapsed = max(r["elapsed"] for r in results)
+    figures = {}
+    for rpc in ("Membership", "Count"):
+        values = [v for r in results for v in r["latencies"][rpc]]
+        if values:
+            figures[rpc] = {"qps": len(values) / elapsed, "p50": percentile(values, 0.5),
+                            "p99": percentile(values, 0.99), "calls": len(values)}
+            print(f"  {label:<28} {rpc:<10} {figures[rpc]['qps']:>8.0f} QPS   p50 {figures[rpc]['p50']:6.2f} ms"
+                  f"   p99 {figures[rpc]['p99']:6.2f} ms   ({len(values)} calls)")
+    errors: dict[str, int] = {}
+    for r in results:
+        for code, n in r["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+    if errors:
+        print(f"  {label:<28} errors: {errors}")
+    return figures
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+def in_engine(engine: Any, profiles: int, samples: int, count_runs: int) -> dict[str, float]:
+    """Engine.membership p50/p99 on random ids (µs) and Engine.count of the contract example (ms)."""
+    rng = random.Random(1)
+    ids = [f"u{rng.randrange(profiles):08d}" for _ in range(samples)]
+    for pid in ids[:1000]:
+        engine.membership(pid)
+    times = []
+    sizes = []
+    for pid in ids:
+        started = time.perf_counter()
+        names = engine.membership(pid)
+        times.append((time.perf_counter() - started) * 1e6)
+        sizes.append(len(names))
+    count_times = []
+    for _ in range(count_runs + 2):
+        started = time.perf_counter()
+        engine.count(CONTRACT_EXAMPLE)
+        count_times.append((time.perf_counter() - started) * 1000)
+    count_times = count_times[2:]
+    result = {"membership_p50_us": percentile(times, 0.5), "membership_p99_us": percentile(times, 0.99),
+              "segments_per_profile": statistics.mean(sizes), "count_p50_ms": percentile(count_times, 0.5),
+              "count_p99_ms": percentile(count_times, 0.99)}
+    print(f"  in-engine Membership: p50 {result['membership_p50_us']:.1f} us, p99 {result['membership_p99_us']:.1f} us"
+          f" ({samples} random ids, {result['segments_per_profile']:.1f} segments per profile on average)")
+    print(f"  in-engine Count (contract example): p50 {result['count_p50_ms']:.2f} ms,"
+          f" p99 {result['count_p99_ms']:.2f} ms ({count_runs} runs)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=None, help="default: 5 per profile")
+    parser.add_argument("--segments", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per gRPC phase")
+    parser.add_argument("--procs", type=int, default=1, help="client processes")
+    parser.add_argument("--concurrency", type=int, default=16, help="calls in flight per client process")
+    parser.add_argument("--count-share", type=float, default=0.05, help="share of Count calls in the mix")
+    parser.add_argument("--workers", type=int, default=16, help="server RPC threads")
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=20_000, help="in-engine membership samples")
+    args = parser.parse_args(argv)
+
+    from engine import Engine, Schema
+    from loaders.generator import generate
+    from server.app import SegengineServer, ServerConfig
+
+    events = args.events if args.events is not None else 5 * args.profiles
+    started = time.perf_counter()
+    ds = generate(args.profiles, events, seed=0)
+    engine = Engine(Schema.from_dict(ds.schema), shards=args.shards)
+    engine.load_profiles(ds.profiles)
+    for batch in ds.events:
+        engine.load_events(batch)
+    del ds
+    loaded = time.perf_counter()
+    definitions = segment_definitions(args.segments)
+    for name, query in definitions.items():
+        engine.create_segment(name, query)
+    created = time.perf_counter()
+    stats = engine.stats()
+    print(f"segengine gRPC benchmark: {stats['profiles']:,} profiles, {stats['events']:,} events, "
+          f"{len(definitions)} saved segments ({sum(engine.catalog.get(n).clocked for n in definitions)} "
+          f"time-relative), {args.shards} shard(s)")
+    print(f"  generate+load {loaded - started:.1f} s, create segments {created - loaded:.1f} s, "
+          f"segment memory {sum(s.get('segment_bytes', 0) for s in stats['shards']) / 1e6:.0f} MB")
+
+    print("phase 1: in-engine")
+    count_runs = 200 if args.profiles <= 2_000_000 else 50
+    figures: dict[str, Any] = {"in_engine": in_engine(engine, args.profiles, args.samples, count_runs)}
+
+    server = SegengineServer(engine, ServerConfig(port=0, workers=args.workers, max_concurrent_rpcs=1024)).start()
+    try:
+        names = list(definitions)
+        print(f"phase 2-4: gRPC on {server.address}, {args.procs} client process(es) x {args.concurrency} in flight, "
+              f"{args.duration:.0f} s each")
+        figures["membership"] = run_phase(server.address, "Membership only", args.procs, args.concurrency,
+                                          args.duration, args.profiles, 0.0, [CONTRACT_EXAMPLE], names)
+        figures["mix"] = run_phase(server.address, f"mix ({args.count_share:.0%} Count)", args.procs,
+                                   args.concurrency, args.duration, args.profiles, args.count_share,
+                                   [CONTRACT_EXAMPLE, "SEGMENT"], names)
+        figures["count"] = run_phase(server.address, "Count example, 1 in flight", 1, 1, min(args.duration, 10.0),
+                                     args.profiles, 1.0, [CONTRACT_EXAMPLE], names)
+    finally:
+        server.stop(grace_s=1)
+        engine.close()
+    mem, count = figures["membership"]["Membership"], figures["count"].get("Count", {})
+    inside = figures["in_engine"]
+    print("summary (targets: in-engine Membership p99 <= 50 us; gRPC Membership >= 2,000 QPS with p99 <= 3 ms;"
+          " gRPC Count p99 within 2 ms of in-engine):")
+    print(f"  in-engine Membership p99 {inside['membership_p99_us']:.1f} us;"
+          f" gRPC Membership {mem['qps']:.0f} QPS p99 {mem['p99']:.2f} ms;"
+          f" Count p99 {count.get('p99', float('nan')):.2f} ms over gRPC vs {inside['count_p99_ms']:.2f} ms in-engine"
+          f" (+{count.get('p99', float('nan')) - inside['count_p99_ms']:.2f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Sharding benchmark: fan-out overhead, single-query latency and concurrent throughput.
+
+    python benchmarks/bench_shards.py                      # 1M profiles, 5M events
+    python benchmarks/bench_shards.py --profiles 200000 --events 1000000 --ray
+
+Configurations: one in-process shard (``local``), one and two worker processes (``process``),
+and with ``--ray`` two Ray actors on a local Ray instance. Prints medians (and p90) in
+milliseconds, and ratios against the in-process shard.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from typing import Callable
+
+from engine import Engine, Schema
+
+#: Queries that select nothing. The category miss is an empty-bitmap lookup, so it measures the
+#: fan-out itself; the int miss also runs a range check over the age index in every shard.
+NOTHING = {"fan-out": "country = 'nowhere'", "int miss": "age = -12345"}
+QUERIES = {
+    "attrs": "country IN ('FR', 'DE') AND age BETWEEN 25 AND 40",
+    "tags+consent": "interests HAS 'tech' AND CONSENTED(email)",
+    "behaviour": "DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d) AND NOT DID(purchase, WITHIN 7d)",
+    "contract": ("country IN ('FR', 'BE') AND age BETWEEN 25 AND 40 "
+                 "AND DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d) "
+                 "AND NOT DID(purchase, WITHIN 7d) AND CONSENTED(email)"),
+}
+IDS_QUERY = "country = 'FR' AND vip = TRUE"
+
+
+def timed(run: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:
+    """Wall times of ``repeat`` runs, in ms."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def summary(times: list[float]) -> tuple[float, float]:
+    """(median, p90) of ``times``."""
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[int(0.9 * (len(ordered) - 1))]
+
+
+def throughput(engine: Engine, texts: list[str], now: int, threads: int, seconds: float) -> float:
+    """Queries per second with ``threads`` clients running ``texts`` in turn for ``seconds``."""
+    done = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        i = k
+        while time.perf_counter() < stop:
+            engine.count(texts[i % len(texts)], now=now)
+            i += 1
+            done[k] += 1
+
+    workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+def dataset(profiles: int, events: int):
+    """The generator's dataset (loaders.generator)."""
+    from loaders.generator import generate
+
+    return generate(profiles=profiles, events=events, seed=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--repeat", type=int, default=30, help="runs per latency figure")
+    parser.add_argument("--overhead-repeat", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
+    parser.add_argument("--ray", action="store_true", help="also run two Ray actors (local instance)")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    ds = dataset(args.profiles, args.events)
+    print(f"dataset: {args.profiles:,} profiles, {args.events:,} events ({time.perf_counter() - started:.1f} s)")
+    schema = Schema.from_dict(ds.schema)
+    configs = [("local x1", 1, "local"), ("process x1", 1, "process"), ("process x2", 2, "process")]
+    if args.ray:
+        configs.append(("ray x2", 2, "ray"))
+
+    rows: dict[str, dict[str, float]] = {}
+    for name, shards, backend in configs:
+        started = time.perf_counter()
+        engine = Engine(schema, shards=shards, backend=backend)
+        try:
+            engine.load_profiles(ds.profiles)
+            for batch in ds.events:
+                engine.load_events(batch)
+            print(f"\n== {name}: started and loaded in {time.perf_counter() - started:.1f} s")
+            row = rows[name] = {}
+            for label, text in NOTHING.items():
+                median, p90 = summary(timed(lambda: engine.count(text, now=ds.now_ms), args.overhead_repeat, 200))
+                row[label] = median
+                print(f"{label:<8} ({text}): median {median:.3f} ms, p90 {p90:.3f} ms")
+            for label, text in QUERIES.items():
+                count = engine.count(text, now=ds.now_ms)
+                median, p90 = summary(timed(lambda: engine.count(text, now=ds.now_ms), args.repeat))
+                row[label] = median
+                print(f"count {label:<13} = {count:>8,}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
+            size = len(engine.ids(IDS_QUERY, now=ds.now_ms))
+            median, p90 = summary(timed(lambda: engine.ids(IDS_QUERY, now=ds.now_ms), max(5, args.repeat // 3)))
+            row["ids"] = median
+            print(f"ids   {'(' + format(size, ',') + ' ids)':<13}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
+            for label, texts in (("qps mixed", list(QUERIES.values())), ("qps nothing", [NOTHING["fan-out"]])):
+                qps = throughput(engine, texts, ds.now_ms, args.threads, args.seconds)
+                row[label] = qps
+                print(f"{label}, {args.threads} threads: {qps:,.0f} queries/s")
+        finally:
+            engine.close()
+
+    base = rows["local x1"]
+    print("\n== ratios against local x1 (latency: lower is better; qps: higher is better)")
+    header = ["", *rows]
+    print("  ".join(f"{h:>12}" for h in header))
+    for metric in base:
+        cells = [f"{rows[name][metric] / base[metric]:12.2f}" for name in rows]
+        print(f"{metric:>12}  " + "  ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
