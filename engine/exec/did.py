@@ -20,6 +20,10 @@ CMP = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
 TIME_MAX = np.iinfo(np.int64).max
 
 
+#: Count conditions that mean "at least one matching event" / "no matching event".
+PRESENT = frozenset({(">=", 1), (">", 0), ("!=", 0)})
+ABSENT = frozenset({("=", 0), ("<", 1), ("<=", 0)})
+
 #: Count comparison operators as kernel codes.
 OP_CODES = {"=": 0, "!=": 1, "<": 2, "<=": 3, ">": 4, ">=": 5}
 
@@ -160,10 +164,15 @@ class DidEvaluator:
         test = CMP[node.count_op]
         at_zero = test(0, node.count_n)
         simple = node.where is None and node.after_last is None
-        if simple and ((node.count_op, node.count_n) in ((">=", 1), (">", 0), ("!=", 0))):
+        if simple and (node.count_op, node.count_n) in PRESENT:
             return self.present(store, lo, hi)
-        if simple and ((node.count_op, node.count_n) in (("=", 0), ("<", 1), ("<=", 0))):
+        if simple and (node.count_op, node.count_n) in ABSENT:
             return live - self.present(store, lo, hi)
+        presence = (node.count_op, node.count_n) in PRESENT
+        if presence or (node.count_op, node.count_n) in ABSENT:
+            # no counting needed: the rows of the matching events
+            hits = to_bitmap(self.matching_rows(node, store, lo, hi, now, int(live.max()) + 1 if live else 0))
+            return hits if presence else live - hits
         size = int(live.max()) + 1 if live else 0
         # a count that holds at zero: the universe minus the counted rows whose count fails
         rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)
@@ -208,6 +217,32 @@ class DidEvaluator:
             self.union_cache[key] = cached
         return cached
 
+    def event_masks(self, node: ast.Did, store: EventTypeStore, parts: list[Run], now: int,
+                    size: int) -> list[np.ndarray | None]:
+        """Per window part, the mask of events passing WHERE and AFTER LAST (None = all pass)."""
+        latest = None
+        if node.after_last is not None:
+            latest = self.events.types[node.after_last].latest_before(now, size)
+        keeps: list[np.ndarray | None] = []
+        for part in parts:
+            keep = None if node.where is None else where_mask(node.where, part, store, now)
+            if latest is not None:
+                before = latest[part.rows]
+                after = (before != NO_TIME) & (part.absolute_ts() > before)
+                keep = after if keep is None else keep & after
+            keeps.append(keep)
+        return keeps
+
+    def matching_rows(self, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int,
+                      size: int) -> np.ndarray:
+        """Profile rows of the events in [lo, hi] passing WHERE and AFTER LAST (with repeats)."""
+        if lo > hi:
+            return np.empty(0, dtype=np.int32)
+        parts = store.window(lo, hi)
+        keeps = self.event_masks(node, store, parts, now, size)
+        rows = [part.rows if keep is None else part.rows[keep] for part, keep in zip(parts, keeps)]
+        return np.concatenate(rows) if rows else np.empty(0, dtype=np.int32)
+
     def counted_rows(self, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int, size: int,
                      found: BitMap | None, want: bool) -> np.ndarray:
         """Rows with >= 1 matching event whose count test is ``want`` (restricted to ``found`` if small)."""
@@ -221,17 +256,7 @@ class DidEvaluator:
         member_rows = rows_of(found) if found is not None and len(found) * 4 < total else None
         if member_rows is not None:
             self.member[member_rows] = True
-        latest = None
-        if node.after_last is not None:
-            latest = self.events.types[node.after_last].latest_before(now, size)
-        keeps = []
-        for part in parts:
-            keep = None if node.where is None else where_mask(node.where, part, store, now)
-            if latest is not None:
-                before = latest[part.rows]
-                after = (before != NO_TIME) & (part.absolute_ts() > before)
-                keep = after if keep is None else keep & after
-            keeps.append(keep)
+        keeps = self.event_masks(node, store, parts, now, size)
         dummy = np.empty(0, dtype=bool)
         use_member = member_rows is not None
         for part, keep in zip(parts, keeps):
