@@ -136,6 +136,10 @@ class Executor:
             return float(len(index.eq(node.value)))
         if isinstance(node, ast.In) and isinstance(index, CategoryIndex) and not node.negated:
             return float(sum(len(index.eq(v)) for v in node.values))
+        if isinstance(node, ast.Compare) and isinstance(index, BoolIndex) and node.op in ("=", "!="):
+            return float(len(index.eq(node.value if node.op == "=" else not node.value)))
+        if isinstance(node, (ast.Compare, ast.Between)) and isinstance(index, NumericIndex):
+            return self._range_estimate(node, index) * weight
         if isinstance(node, ast.Consented):
             return float(len(self.store.consents[node.purpose]))
         if isinstance(node, ast.Has) and isinstance(index, TagsIndex):
@@ -147,6 +151,19 @@ class Executor:
         if index is not None:
             return len(index.notnull) * 0.5 * weight
         return len(self.store.live) * 0.5 * weight
+
+    def _range_estimate(self, node: ast.Compare | ast.Between, index: NumericIndex) -> float:
+        if isinstance(node, ast.Between):
+            inside = index.estimate(self._value(node.lo), self._value(node.hi))
+            return len(index.notnull) - inside * 0.5 if node.negated else inside
+        value = self._value(node.value)
+        if node.op in ("<", "<="):
+            return index.estimate(None, value)
+        if node.op in (">", ">="):
+            return index.estimate(value, None)
+        if node.op == "=":
+            return index.estimate(value, value)
+        return float(len(index.notnull))
 
     # -- predicates ---------------------------------------------------------------------------
     def _index(self, name: str):

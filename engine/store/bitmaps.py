@@ -43,7 +43,10 @@ def group_rows(rows: np.ndarray, keys: np.ndarray) -> list[tuple[int, np.ndarray
     """Split ``rows`` by ``keys``: [(key, sorted rows with that key)], keys ascending."""
     if len(rows) == 0:
         return []
-    order = np.lexsort((rows, keys))
+    if len(rows) > 1 and bool(np.all(rows[1:] > rows[:-1])):
+        order = np.argsort(keys, kind="stable")  # rows already ascending: keep them so within a key
+    else:
+        order = np.lexsort((rows, keys))
     keys_sorted = keys[order]
     rows_sorted = rows[order]
     starts = np.flatnonzero(np.r_[True, keys_sorted[1:] != keys_sorted[:-1]])

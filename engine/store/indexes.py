@@ -190,7 +190,10 @@ class TagsIndex:
 
     def _intern_by_mask(self, n: int, value_rows: np.ndarray, codes: np.ndarray, valid: np.ndarray) -> np.ndarray:
         bits = np.zeros(n, dtype=np.uint64)
-        np.bitwise_or.at(bits, value_rows, np.left_shift(np.uint64(1), codes.astype(np.uint64)))
+        if len(codes):
+            value_bits = np.left_shift(np.uint64(1), codes.astype(np.uint64))
+            starts = np.flatnonzero(np.diff(np.r_[-1, value_rows]))  # first value of each non-empty row
+            bits[value_rows[starts]] = np.bitwise_or.reduceat(value_bits, starts)
         unique_bits, inverse = np.unique(bits, return_inverse=True)
         idents = np.array([self._tagset(tuple(c for c in range(64) if (int(u) >> c) & 1)) for u in unique_bits],
                           dtype=np.int32)

@@ -20,11 +20,15 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..columns import ValueColumn
-from .bitmaps import rows_of, to_bitmap
+from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
 
 BINS = 16
 REBIN_MIN = 256
+#: Int columns with at most this many distinct values keep a bitmap per value.
+MAX_VALUE_BITMAPS = 256
+#: Gather values directly (skipping the bins) when the found set is this many times smaller than the column.
+GATHER_RATIO = 256
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
@@ -58,6 +62,9 @@ class NumericIndex:
         self.bin_min = np.empty(0, dtype=self.dtype)
         self.bin_max = np.empty(0, dtype=self.dtype)
         self.binned_count = 0
+        # low-cardinality int columns (ages, counts) also keep a bitmap per value, so an edge bin
+        # is a union of a few value bitmaps instead of a gather of its values
+        self.by_value: dict[int, BitMap] | None = None
 
     def grow(self, size: int) -> None:
         """Make rows up to ``size`` addressable."""
@@ -68,14 +75,20 @@ class NumericIndex:
         """Set the value of each of ``rows`` (unique) from ``column`` (valid False = null)."""
         valid = np.asarray(column.valid, dtype=bool)
         new_values = np.asarray(column.values).astype(self.dtype)
-        was_valid = np.fromiter((row in self.notnull for row in rows.tolist()), dtype=bool, count=len(rows)) \
-            if len(rows) < 4096 else np.isin(rows, rows_of(self.notnull), assume_unique=True)
+        if not self.notnull or int(rows.min()) > self.notnull.max():
+            was_valid = np.zeros(len(rows), dtype=bool)  # new rows (a bulk load): nothing to move out
+        elif len(rows) < 4096:
+            was_valid = np.fromiter((row in self.notnull for row in rows.tolist()), dtype=bool, count=len(rows))
+        else:
+            was_valid = np.isin(rows, rows_of(self.notnull))
         old_values = self.column.data[rows]
         if len(self.edges):
             old_bins = np.where(was_valid, np.searchsorted(self.edges, old_values, side="right"), len(self.edges) + 1)
             new_bins = np.where(valid, np.searchsorted(self.edges, new_values, side="right"), len(self.edges) + 1)
             self._move_bins(rows, old_bins, new_bins)
             self._widen_bins(new_bins[valid], new_values[valid])
+        if self.by_value is not None:
+            self._move_values(rows, was_valid, old_values, valid, new_values)
         self.column.data[rows] = np.where(valid, new_values, 0)
         if valid.any():
             self.notnull.update(to_bitmap(rows[valid]))
@@ -97,6 +110,17 @@ class NumericIndex:
             if leave.any():
                 bitmap.difference_update(to_bitmap(rows[leave]))
 
+    def _move_values(self, rows: np.ndarray, was_valid: np.ndarray, old_values: np.ndarray, valid: np.ndarray,
+                     new_values: np.ndarray) -> None:
+        assert self.by_value is not None
+        changed = (was_valid != valid) | (was_valid & valid & (old_values != new_values))
+        for value, members in group_rows(rows[changed & was_valid], old_values[changed & was_valid]):
+            self.by_value[value].difference_update(to_bitmap(members, assume_sorted=True))
+        for value, members in group_rows(rows[changed & valid], new_values[changed & valid]):
+            self.by_value.setdefault(value, BitMap()).update(to_bitmap(members, assume_sorted=True))
+        if len(self.by_value) > MAX_VALUE_BITMAPS:
+            self.by_value = None
+
     def _widen_bins(self, bins: np.ndarray, values: np.ndarray) -> None:
         if len(bins):
             np.minimum.at(self.bin_min, bins, values)
@@ -111,11 +135,13 @@ class NumericIndex:
         if len(distinct) <= BINS:
             edges = distinct[1:]
         else:
-            picks = np.quantile(distinct if self.dtype == np.float64 else values, np.linspace(0, 1, BINS + 1)[1:-1],
-                                method="lower" if self.dtype == np.int64 else "linear")
+            picks = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1], method="lower")  # equi-depth, real values
             edges = np.unique(picks.astype(self.dtype))
             edges = edges[edges > distinct[0]]
         self.edges = edges.astype(self.dtype)
+        self.by_value = None
+        if self.dtype == np.int64 and len(distinct) <= MAX_VALUE_BITMAPS:
+            self.by_value = {value: to_bitmap(members, assume_sorted=True) for value, members in group_rows(rows, values)}
         bins = np.searchsorted(self.edges, values, side="right")
         order = np.argsort(bins, kind="stable")
         bins_sorted = bins[order]
@@ -151,9 +177,8 @@ class NumericIndex:
         if bounds is None:
             return BitMap()
         lo, hi, lo_open, hi_open = bounds
-        base = self.notnull if found is None else found & self.notnull
-        if found is not None and len(base) * 8 < len(self.notnull) or not len(self.edges):
-            return self._filter(base, lo, hi, lo_open, hi_open)
+        if (found is not None and len(found) * GATHER_RATIO < len(self.notnull)) or not len(self.edges):
+            return self._filter(self.notnull if found is None else found & self.notnull, lo, hi, lo_open, hi_open)
         first = 0 if lo is None else int(np.searchsorted(self.edges, lo, side="right"))
         last = len(self.edges) if hi is None else int(np.searchsorted(self.edges, hi, side="right"))
         inside = BitMap()
@@ -163,11 +188,31 @@ class NumericIndex:
         for k in sorted({first, last}):
             low_ok = lo is None or self.bin_min[k] > lo or (self.bin_min[k] == lo and not lo_open)
             high_ok = hi is None or self.bin_max[k] < hi or (self.bin_max[k] == hi and not hi_open)
+            below = lo is not None and (self.bin_max[k] < lo or (self.bin_max[k] == lo and lo_open))
+            above = hi is not None and (self.bin_min[k] > hi or (self.bin_min[k] == hi and hi_open))
+            if below or above:
+                continue  # the bin's values all lie outside the range
+            if not (low_ok and high_ok) and self.by_value is not None:
+                edge = union_all([bitmap for value, bitmap in self.by_value.items()
+                                  if (lo is None or value >= lo) and (hi is None or value <= hi)
+                                  and self.bin_min[k] <= value <= self.bin_max[k]])
+                result |= edge if found is None else edge & found
+                continue
             edge = self._bin_rows(k)
             if found is not None:
                 edge &= found
             result |= edge if (low_ok and high_ok) else self._filter(edge, lo, hi, lo_open, hi_open)
         return result
+
+    def estimate(self, lo, hi) -> float:
+        """Rows in the bins a range [lo, hi] overlaps (None = unbounded): a cheap upper estimate."""
+        if not len(self.edges):
+            return float(len(self.notnull))
+        first = 0 if lo is None else int(np.searchsorted(self.edges, lo, side="right"))
+        last = len(self.edges) if hi is None else int(np.searchsorted(self.edges, hi, side="right"))
+        if last < first:
+            return 0.0
+        return len(self.notnull) * (last - first + 1) / (len(self.edges) + 1)
 
     def _filter(self, candidates: BitMap, lo, hi, lo_open: bool, hi_open: bool) -> BitMap:
         rows = rows_of(candidates)
