@@ -116,9 +116,12 @@ class IdMap:
         self.offsets.size = self.size + 1
         self.buffer.size = used
 
-    def lookup_or_insert(self, ids: Sequence[str]) -> tuple[np.ndarray, int]:
-        """Rows of ``ids`` (int64), inserting unknown ones; also returns the row count before."""
-        if len(ids) > 4096:
+    def lookup_or_insert(self, ids: Sequence[str], repeats: bool = False) -> tuple[np.ndarray, int]:
+        """Rows of ``ids`` (int64), inserting unknown ones; also returns the row count before.
+
+        ``repeats``: the ids likely repeat (event batches): hash each distinct id once.
+        """
+        if repeats and len(ids) > 4096:
             # event batches repeat ids: hash each distinct id once
             distinct: dict[str, int] = {}
             inverse = np.fromiter((distinct.setdefault(i, len(distinct)) for i in ids), dtype=np.int64, count=len(ids))

@@ -194,7 +194,14 @@ class TagsIndex:
             value_bits = np.left_shift(np.uint64(1), codes.astype(np.uint64))
             starts = np.flatnonzero(np.diff(np.r_[-1, value_rows]))  # first value of each non-empty row
             bits[value_rows[starts]] = np.bitwise_or.reduceat(value_bits, starts)
-        unique_bits, inverse = np.unique(bits, return_inverse=True)
+        if len(self.labels) <= 20:  # a lookup table over every possible mask beats a hash-based unique
+            present = np.bincount(bits.astype(np.int64), minlength=1 << len(self.labels))
+            unique_bits = np.flatnonzero(present).astype(np.uint64)
+            slot = np.zeros(len(present), dtype=np.int64)
+            slot[unique_bits.astype(np.int64)] = np.arange(len(unique_bits))
+            inverse = slot[bits.astype(np.int64)]
+        else:
+            unique_bits, inverse = np.unique(bits, return_inverse=True)
         idents = np.array([self._tagset(tuple(c for c in range(64) if (int(u) >> c) & 1)) for u in unique_bits],
                           dtype=np.int32)
         return np.where(valid, idents[inverse], np.int32(-1)).astype(np.int32)

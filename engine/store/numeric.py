@@ -49,6 +49,16 @@ def filter_rows(rows, column, lo, hi, lo_open, hi_open, has_lo, has_hi):
     return out[:n]
 
 
+def _distinct_if_few(values: np.ndarray) -> np.ndarray | None:
+    """The sorted distinct values when they are few (int columns spanning < 65536), else None."""
+    if values.dtype != np.int64 or len(values) == 0:
+        return None
+    low, high = int(values.min()), int(values.max())
+    if high - low >= 65536:
+        return None
+    return np.flatnonzero(np.bincount(values - low)) + low
+
+
 class NumericIndex:
     """An int/timestamp (int64) or float (float64) attribute with range-encoded bins."""
 
@@ -131,16 +141,16 @@ class NumericIndex:
         rows = rows_of(self.notnull)
         values = self.column.data[rows]
         self.binned_count = len(rows)
-        distinct = np.unique(values)
-        if len(distinct) <= BINS:
+        distinct = _distinct_if_few(values)
+        if distinct is not None and len(distinct) <= BINS:
             edges = distinct[1:]
         else:
             picks = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1], method="lower")  # equi-depth, real values
             edges = np.unique(picks.astype(self.dtype))
-            edges = edges[edges > distinct[0]]
+            edges = edges[edges > values.min()]
         self.edges = edges.astype(self.dtype)
         self.by_value = None
-        if self.dtype == np.int64 and len(distinct) <= MAX_VALUE_BITMAPS:
+        if self.dtype == np.int64 and distinct is not None and len(distinct) <= MAX_VALUE_BITMAPS:
             self.by_value = {value: to_bitmap(members, assume_sorted=True) for value, members in group_rows(rows, values)}
         bins = np.searchsorted(self.edges, values, side="right")
         order = np.argsort(bins, kind="stable")

@@ -44,9 +44,12 @@ class ProfileStore:
         for index in self.indexes.values():
             index.grow(size)
 
-    def ensure_rows(self, ids: list[str]) -> np.ndarray:
-        """Rows of ``ids``, creating attribute-less live profiles for unknown ones."""
-        rows, before = self.idmap.lookup_or_insert(ids)
+    def ensure_rows(self, ids: list[str], repeats: bool = False) -> np.ndarray:
+        """Rows of ``ids``, creating attribute-less live profiles for unknown ones.
+
+        ``repeats``: the ids likely repeat (event batches), so each distinct id is hashed once.
+        """
+        rows, before = self.idmap.lookup_or_insert(ids, repeats)
         if len(self.idmap) > before:
             self._grow(len(self.idmap))
             new_rows = rows[rows >= before]
@@ -83,7 +86,7 @@ class ProfileStore:
     def load_batch(self, batch: ProfileBatch) -> np.ndarray:
         """Apply a columnar batch (same effect as upserting its records); returns the touched rows."""
         rows = self.ensure_rows(batch.ids)
-        if len(np.unique(rows)) != len(rows):
+        if len(rows) and int(np.bincount(rows - rows.min()).max()) > 1:
             return self.apply_updates(self._batch_updates(batch))
         for name, column in batch.columns.items():
             self.indexes[name].assign(rows, column)
