@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segments", type=int, default=200)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per gRPC phase")
     parser.add_argument("--procs", type=int, default=1, help="client processes")
-    parser.add_argument("--concurrency", type=int, default=16, help="calls in flight per client process")
+    parser.add_argument("--concurrency", type=int, default=4, help="calls in flight per client process")
     parser.add_argument("--count-share", type=float, default=0.05, help="share of Count calls in the mix")
     parser.add_argument("--workers", type=int, default=16, help="server RPC threads")
     parser.add_argument("--shards", type=int, default=1)

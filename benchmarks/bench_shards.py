@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=5_000_000)
-    parser.add_argument("--repeat", type=int, default=30, help="runs per latency figure")
+    parser.add_argument("--repeat", type=int, default=100, help="runs per latency figure")
     parser.add_argument("--overhead-repeat", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")

@@ -64,3 +64,33 @@ class ShardError(SegengineError, RuntimeError):
     """A shard worker died or failed while serving a request."""
 
     grpc_status = "UNAVAILABLE"
+
+
+class SegmentExists(SegengineError):
+    """Creating a saved segment whose name is taken (without asking to replace it)."""
+
+    grpc_status = "ALREADY_EXISTS"
+
+
+class SegmentInUse(SegengineError):
+    """Deleting a saved segment that another saved segment reads."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class WatchOverflow(SegengineError):
+    """A change-stream subscriber fell more changes behind than its buffer holds; it was dropped."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class DataCorruption(SegengineError, RuntimeError):
+    """A data directory whose log or snapshot fails its checksums: refused, never served."""
+
+    grpc_status = "DATA_LOSS"
+
+
+class DataDirMismatch(SegengineError, ValueError):
+    """A data directory written with another schema or shard count, already in use, or missing."""
+
+    grpc_status = "FAILED_PRECONDITION"

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import commands
+
 
 @dataclass(frozen=True)
 class Arg:
@@ -71,6 +73,11 @@ def run_load(args: argparse.Namespace) -> int:
     if not args.profiles and not args.events:
         print("load: give --profiles and/or --events", file=sys.stderr)
         return 2
+    if args.server:
+        return commands.run_load_remote(args)
+    if not args.schema:
+        print("load: give --schema (or --server to load into a running server)", file=sys.stderr)
+        return 2
     schema = Schema.from_file(args.schema)
     status = 0
     engine = Engine(schema, shards=args.shards)
@@ -107,17 +114,26 @@ COMMANDS: dict[str, Command] = {
     ),
     "load": Command(
         run_load,
-        "load profile/event files into an in-process engine and report bad lines",
+        "load profile/event files into an in-process engine (or a server: --server) and report bad lines",
         (
-            arg("--schema", required=True, help="schema JSON file"),
+            arg("--schema", help="schema JSON file (not with --server: the server's schema is used)"),
             arg("--profiles", help="profiles file: .jsonl or .csv"),
             arg("--events", help="events file: .jsonl"),
             arg("--shards", type=int, default=1, help="engine shards (default 1)"),
             arg("--batch-size", type=int, default=10_000, help="records per engine call"),
             arg("--max-errors", type=int, default=20, help="errors to print per file"),
             arg("--quiet", action="store_true", help="no progress bar"),
+            *commands.client_args(server_default=None),
         ),
     ),
+    "serve": Command(commands.run_serve, "serve the gRPC API (--demo N: generate and load a demo dataset first)",
+                     commands.serve_args()),
+    "query": Command(commands.run_query, "run a segment query on a server (ids, --count or --explain)",
+                     commands.query_args()),
+    "segments": Command(commands.run_segments,
+                        "saved segments on a server: list | get NAME | create NAME QUERY | delete NAME | "
+                        "membership ID | watch [NAME...]", commands.segments_args()),
+    "snapshot": Command(commands.run_snapshot, "ask a server to write a snapshot now", commands.client_args()),
 }
 
 

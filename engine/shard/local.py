@@ -12,12 +12,15 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..columns import EventBatch, ProfileBatch, column_from_values
-from ..errors import SegmentNotFound
+from ..errors import ProfileNotFound
 from ..exec.did import DidEvaluator
 from ..exec.executor import Executor
+from ..explain import TracingExecutor
 from ..plan.steps import Step
 from ..schema import EventRecord, ProfileUpdate, Schema
+from ..segments import SavedSegments
 from ..store.events import EventStore
+from ..store.memory import release_free_memory
 from ..store.profiles import ProfileStore
 
 
@@ -30,21 +33,26 @@ class LocalShard:
         self.profiles = ProfileStore(schema)
         self.events = EventStore(schema.events)
         self.did = DidEvaluator(self.events)
-        self.segments: dict[str, BitMap] = {}
         self.executor = Executor(self.profiles, self.did, self.segment_rows)
+        self.saved = SavedSegments(self.profiles, self.events, self.executor)
+        self.segments: dict[str, BitMap] = self.saved.bitmaps  # name -> members (owned by self.saved)
+        self.applied_seq = 0  # the last write-ahead log record applied (durable engines; see engine.persist)
 
     # -- writes -----------------------------------------------------------------------------
-    def upsert(self, updates: list[ProfileUpdate]) -> int:
-        """Apply validated profile upserts; returns how many were applied."""
+    def upsert(self, updates: list[ProfileUpdate], now: int | None = None) -> int:
+        """Apply validated profile upserts; returns how many were applied.
+
+        ``now`` (epoch ms; None = wall clock) is the clock saved segments are brought to.
+        """
         if updates:
-            self.profiles.apply_updates(updates)
+            self.saved.sync(self.profiles.apply_updates(updates), now)
         return len(updates)
 
-    def track(self, events: list[EventRecord]) -> int:
+    def track(self, events: list[EventRecord], now: int | None = None) -> int:
         """Append validated events (creating unknown profiles); returns how many were applied."""
         if not events:
             return 0
-        rows = self.profiles.ensure_rows([e.id for e in events])
+        rows = self.profiles.ensure_rows([e.id for e in events], repeats=True)
         by_type: dict[str, list[int]] = {}
         for position, event in enumerate(events):
             by_type.setdefault(event.event, []).append(position)
@@ -57,17 +65,21 @@ class LocalShard:
             }
             ts = np.fromiter((events[p].ts for p in positions), dtype=np.int64, count=len(positions))
             self.events.types[name].append(rows[positions], ts, columns)
+        self.saved.sync(rows, now)
         return len(events)
 
-    def load_profiles(self, batch: ProfileBatch) -> int:
+    def load_profiles(self, batch: ProfileBatch, now: int | None = None) -> int:
         """Apply a columnar profile batch."""
-        self.profiles.load_batch(batch)
+        self.saved.sync(self.profiles.load_batch(batch), now)
+        release_free_memory()
         return len(batch)
 
-    def load_events(self, batch: EventBatch) -> int:
+    def load_events(self, batch: EventBatch, now: int | None = None) -> int:
         """Append a columnar event batch."""
-        rows = self.profiles.ensure_rows(batch.ids)
+        rows = self.profiles.ensure_rows(batch.ids, repeats=True)
         self.events.types[batch.event].append(rows, batch.ts, batch.props)
+        self.saved.sync(rows, now)
+        release_free_memory()
         return len(batch)
 
     # -- reads ------------------------------------------------------------------------------
@@ -86,10 +98,90 @@ class LocalShard:
 
     def segment_rows(self, name: str) -> BitMap:
         """Current members of saved segment ``name``."""
-        try:
-            return self.segments[name]
-        except KeyError:
-            raise SegmentNotFound(f"unknown segment {name!r}") from None
+        return self.saved.rows(name)
+
+    def profile(self, profile_id: str) -> dict[str, Any]:
+        """The current record of ``profile_id`` (ProfileNotFound if unknown)."""
+        row = int(self.profiles.idmap.lookup([profile_id])[0])
+        if row < 0 or row not in self.profiles.live:
+            raise ProfileNotFound(f"unknown profile {profile_id!r}")
+        return self.profiles.profile(row)
+
+    def explain(self, step: Step, now: int) -> dict[str, Any]:
+        """The explain tree of ``step`` on this shard (rows and times per plan step)."""
+        tracer = TracingExecutor(self.profiles, self.did, self.segment_rows)
+        tracer.samples = self.executor.samples
+        return tracer.trace(step, now)
+
+    # -- saved segments (see engine.segments) -----------------------------------------------
+    def create_segment(self, name: str, text: str, step: Step, now: int, replace: bool) -> dict[str, Any]:
+        """Create (or replace) saved segment ``name``; returns its info with this shard's count."""
+        return self.saved.create(name, text, step, now, replace)
+
+    def delete_segment(self, name: str) -> None:
+        """Delete saved segment ``name``."""
+        self.saved.delete(name)
+
+    def segment_info(self, name: str) -> dict[str, Any]:
+        """Definition and this shard's member count of ``name``."""
+        return self.saved.info(name)
+
+    def segment_infos(self) -> list[dict[str, Any]]:
+        """``segment_info`` of every saved segment, in dependency order."""
+        return [self.saved.info(name) for name in self.saved.catalog.order]
+
+    def membership(self, profile_id: str, names: list[str] | None) -> list[str]:
+        """Saved segments (sorted) that ``profile_id`` is in, among ``names`` if given."""
+        return self.saved.membership(profile_id, names)
+
+    def refresh_segments(self, now: int) -> None:
+        """Bring time-relative saved segments to clock ``now``."""
+        self.saved.sync(None, now)
+
+    def capture_changes(self, on: bool) -> None:
+        """Start or stop recording segment membership changes."""
+        self.saved.set_capture(on)
+
+    def take_changes(self) -> dict[str, Any]:
+        """Membership changes recorded since the last call (see SavedSegments.take_changes)."""
+        return self.saved.take_changes()
+
+    # -- durability (see engine.persist: shards recover and snapshot themselves) ---------------
+    def apply_logged(self, seq: int, method: str, args: tuple) -> Any:
+        """Apply the write ``method(*args)`` of log record ``seq``, unless this shard already has it."""
+        from ..persist.recovery import apply_logged
+
+        return apply_logged(self, seq, method, args)
+
+    def recover(self, data_dir: str) -> dict[str, Any]:
+        """Load this shard from ``data_dir``: its newest snapshot part, then its share of the log after it."""
+        from ..persist.recovery import recover_shard
+
+        return recover_shard(self, data_dir)
+
+    def snapshot_capture(self, data_dir: str, snapshot_id: int) -> dict[str, int]:
+        """Copy this shard's data now; write it as snapshot ``snapshot_id`` in the background."""
+        from ..persist import recovery, snapshot
+
+        return snapshot.start(self, recovery.shard_path(data_dir, self.shard_id), snapshot_id)
+
+    def snapshot_status(self, snapshot_id: int) -> dict[str, int] | None:
+        """This shard's part of snapshot ``snapshot_id`` once durable; None while it is being written."""
+        from ..persist import snapshot
+
+        return snapshot.status(self, snapshot_id)
+
+    def snapshot_prune(self, data_dir: str, keep: list[int]) -> int:
+        """Delete this shard's snapshot chunks except those of the snapshots ``keep``."""
+        from ..persist import recovery, snapshot
+
+        return snapshot.prune(recovery.shard_path(data_dir, self.shard_id), keep)
+
+    def snapshot_close(self, data_dir: str) -> None:
+        """Finish a running snapshot write and close this shard's snapshot store."""
+        from ..persist import recovery, snapshot
+
+        snapshot.finish(self, recovery.shard_path(data_dir, self.shard_id))
 
     def stats(self) -> dict[str, Any]:
         """Sizes of this shard's data."""
@@ -98,4 +190,6 @@ class LocalShard:
             "profiles": len(self.profiles),
             "events": len(self.events),
             "events_by_type": {name: len(t) for name, t in self.events.types.items()},
+            "segments": len(self.saved.catalog),
+            "segment_bytes": self.saved.nbytes,
         }

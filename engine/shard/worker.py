@@ -12,6 +12,7 @@ and a watchdog thread ends it if the coordinator dies while it is busy.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -22,13 +23,17 @@ from . import messages
 from .local import LocalShard
 
 
-def open_shard(schema: Schema, shard_id: int, data_dir: str | None = None) -> LocalShard:
+def open_shard(schema: Schema, shard_id: int, data_dir: str | None = None, respawn: bool = False) -> LocalShard:
     """The shard factory, called when a worker starts and when it is respawned.
 
-    ``data_dir`` is where a durable shard keeps its data; a durable shard reloads itself from
-    there. Today shards are in memory only and ``data_dir`` is not used.
+    ``data_dir`` is where a durable shard keeps its data: a respawned durable shard reloads
+    itself from there (its snapshot, then its share of the log) before serving anything. On a
+    first start the engine's data directory drives recovery once it has checked the layout.
     """
-    return LocalShard(schema, shard_id)
+    shard = LocalShard(schema, shard_id)
+    if data_dir is not None and respawn:
+        shard.recover(data_dir)
+    return shard
 
 
 class ShardServer:
@@ -97,7 +102,7 @@ def serve(fd: int) -> None:
         return
     try:
         schema = Schema.from_dict(start["schema"])
-        server = ShardServer(open_shard(schema, start["shard_id"], start.get("data_dir")))
+        server = ShardServer(open_shard(schema, start["shard_id"], start.get("data_dir"), bool(start.get("respawn"))))
         conn.send_bytes(messages.encode_reply(0, os.getpid()))
     except Exception as error:
         conn.send_bytes(messages.encode_error(0, error))
@@ -113,6 +118,7 @@ def serve(fd: int) -> None:
 def main(argv: list[str]) -> None:
     """Entry point: ``python -m engine.shard.worker FD PARENT_PID``."""
     fd, parent = int(argv[0]), int(argv[1])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the coordinator, which closes its shards
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
     try:
         serve(fd)

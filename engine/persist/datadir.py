@@ -1,0 +1,318 @@
+"""A durable engine's data directory: opening and recovery, the durable write path, snapshots.
+
+Layout of ``data_dir``::
+
+    LOCK            flock held by the engine that has the directory open
+    schema.json     the schema (also in the layout record; read by ``segengine serve --data-dir``)
+    log/            LMDB, owned by the coordinator: ``wal`` (write-ahead log), ``meta`` (layout, manifest)
+    shard-<n>/      LMDB, owned by the process holding shard n: ``chunks`` (that shard's snapshots)
+
+Opening checks the layout (schema and shard count), then every shard recovers itself in its
+own process, in parallel (``recovery.recover_shard``: newest snapshot part, then its share of
+the log after it), the log is cut back after its last valid record (a torn tail), the saved
+segment catalog is rebuilt from the shards, and the write pipeline starts.
+
+A snapshot pauses the applier only while the shards copy their state; the shards then write
+their parts in the background while writes go on. The manifest (snapshot id, the log sequence
+number it includes, the parts) is committed last, in the log transaction that also truncates
+the log up to that sequence number, so a crash at any moment leaves either the old snapshot and
+its log or the new snapshot and the shorter log.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from ..errors import DataCorruption, DataDirMismatch, ShardError
+from . import meta, records
+from .lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv, close_env, open_env
+from .pipeline import WritePipeline
+from .recovery import log_path
+from .routing import shard_calls
+from .wal import DB as WAL_DB
+from .wal import WriteAheadLog
+
+log = logging.getLogger("segengine.persist")
+
+#: Default automatic snapshot triggers: this long since the last one (if anything was written),
+#: or this many bytes of log written since the last one.
+SNAPSHOT_EVERY_S = 600.0
+SNAPSHOT_LOG_BYTES = 256 << 20
+#: Times a logged write is sent to the shards when workers die under it.
+RESEND_ATTEMPTS = 3
+
+
+class DataDir:
+    """The open data directory of one engine (see the module docstring)."""
+
+    def __init__(self, engine: Any, path: str, snapshot_every_s: float | None = SNAPSHOT_EVERY_S,
+                 snapshot_log_bytes: int | None = SNAPSHOT_LOG_BYTES, map_size: int = DEFAULT_MAP_SIZE):
+        self.engine = engine
+        self.path = os.path.abspath(path)
+        self.snapshot_every_s = snapshot_every_s
+        self.snapshot_log_bytes = snapshot_log_bytes
+        self.manifest: dict[str, Any] | None = None
+        self.recovery: dict[str, Any] = {}
+        self.pipeline: WritePipeline | None = None
+        self.env: LmdbEnv | None = None
+        self.last_snapshot: dict[str, Any] | None = None
+        self._lock_file: Any = _lock_directory(self.path)
+        self._snapshot_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._periodic: threading.Thread | None = None
+        self._log_bytes_at_snapshot = 0
+        self._last_snapshot_at = time.monotonic()
+        self._respawns = {i: _respawns(shard) for i, shard in enumerate(engine.shards)}
+        try:
+            self.env = open_env(log_path(self.path), (WAL_DB, meta.DB), map_size)
+            self.meta_db = self.env.db(meta.DB)
+            self.wal = WriteAheadLog(self.env)
+            self._open_layout()
+            self._recover()
+        except BaseException:
+            self._release()
+            raise
+        if snapshot_every_s or snapshot_log_bytes:
+            self._periodic = threading.Thread(target=self._snapshot_periodically, name="snapshots", daemon=True)
+            self._periodic.start()
+
+    # -- opening ----------------------------------------------------------------------------
+    def _open_layout(self) -> None:
+        schema, shards = self.engine.schema, self.engine.n_shards
+        with self.env.read() as txn:
+            layout = meta.read_layout(txn, self.meta_db, self.path)
+            has_log = self.wal.first_seq(txn) or meta.latest_manifest(txn, self.meta_db, self.path)
+        if layout is not None:
+            meta.check_layout(layout, schema, shards, self.path)
+            return
+        if has_log:
+            raise DataCorruption(f"data directory {self.path} has a log but no layout record; refusing to serve")
+        _write_file(os.path.join(self.path, "schema.json"), json.dumps(schema.to_dict(), indent=2, sort_keys=True))
+        record = meta.layout_record(schema, shards)
+        self.env.write(lambda txn: txn.put(meta.LAYOUT_KEY, record, db=self.meta_db))
+
+    def _recover(self) -> None:
+        began = time.perf_counter()
+        with self.env.read() as txn:
+            self.manifest = meta.latest_manifest(txn, self.meta_db, self.path)
+            after = self.manifest["wal_seq"] if self.manifest else 0
+            first = self.wal.first_seq(txn)
+        if first > after + 1:
+            raise DataCorruption(f"data directory {self.path}: the log starts at record {first} but the snapshot "
+                                 f"includes records up to {after} only; records are missing. Refusing to serve")
+        shards = self.engine.shards.call_all("recover", self.path)
+        ends = {info.get("log_end", 0) for info in shards}
+        if len(ends) != 1:
+            raise DataCorruption(f"data directory {self.path}: shards recovered to different log ends {sorted(ends)}")
+        end = ends.pop()
+        cut = self.wal.cut_from(end + 1)
+        if cut:
+            log.warning("data directory %s: cut a torn log tail after record %d (%d keys)", self.path, end, cut)
+        self._rebuild_catalog()
+        self.recovery = {"snapshot_id": self.manifest["id"] if self.manifest else None, "log_end": end,
+                         "torn_tail_cut": cut, "shards": shards, "seconds": time.perf_counter() - began}
+        self.pipeline = WritePipeline(self.env, end + 1, self._apply)
+        self.pipeline.bytes_logged = max(info.get("log_bytes", 0) for info in shards)
+
+    def _rebuild_catalog(self) -> None:
+        """The coordinator's saved-segment catalog, from a recovered shard's (the shards agree)."""
+        engine = self.engine
+        for info in engine.shards[0].segment_infos():
+            definition = engine.catalog.prepare(info["name"], info["query"], engine.compile(info["query"]),
+                                                info["updated_ms"])
+            engine.catalog.put(dataclasses.replace(definition, created_ms=info["created_ms"]))
+
+    # -- writes -----------------------------------------------------------------------------
+    def write(self, kind: str, payload: Any) -> Any:
+        """Log a validated write durably (group commit), apply it in order, return the apply's result."""
+        body = records.encode(kind, payload)
+        return self.pipeline.submit(kind, payload, body).wait()
+
+    def _apply(self, kind: str, payload: Any, seq: int) -> Any:
+        """Apply logged write ``seq`` to the shards and the coordinator (called in log order)."""
+        engine = self.engine
+        definition = None
+        if kind == "create_segment":
+            name, query, now, replace = payload
+            if name in engine.catalog and not replace:
+                from ..errors import SegmentExists
+
+                raise SegmentExists(f"segment {name!r} already exists")
+            definition = engine.catalog.prepare(name, query, engine.compile(query), now)
+        elif kind == "delete_segment":
+            engine.catalog.check_removable(payload[0])
+        calls = shard_calls(kind, payload, engine.n_shards, engine.compile)
+        self._reload_respawned()
+        results = self._send_logged([None if c is None else (seq, *c) for c in calls])
+        if definition is not None:
+            from ..engine import _merge_infos
+
+            engine.catalog.put(definition)
+            engine._publish()
+            return _merge_infos(results)
+        if kind == "delete_segment":
+            engine.catalog.remove(payload[0])
+            engine._publish()
+            return None
+        engine._publish()
+        return sum(r for r in results if r)
+
+    def _send_logged(self, calls: list[tuple | None]) -> list[Any]:
+        """Send a logged write to the shards; after a worker died, reload it and send again.
+
+        ``apply_logged`` is idempotent per sequence number, so sending again only reaches the
+        shards that did not apply the write (a respawned worker has replayed it from the log).
+        """
+        for attempt in range(RESEND_ATTEMPTS):
+            try:
+                return self.engine.shards.call_each("apply_logged", calls)
+            except ShardError:
+                if attempt == RESEND_ATTEMPTS - 1 or not self._reload_respawned():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _reload_respawned(self) -> bool:
+        """Recover every shard whose worker was respawned since we last looked; True if any.
+
+        Called before every logged write and snapshot, under the applier: a worker respawned by a
+        failed query comes back empty unless it recovered itself when it started (then this is a
+        no-op), and must not take writes or be snapshotted before it is reloaded.
+        """
+        found = False
+        for shard_no, shard in enumerate(self.engine.shards):
+            respawns = _respawns(shard)
+            if respawns != self._respawns.get(shard_no, 0):
+                log.warning("shard %d was respawned; reloading it from %s", shard_no, self.path)
+                shard.recover(self.path)
+                self._respawns[shard_no] = respawns
+                found = True
+        return found
+
+    def log_bytes(self) -> int:
+        """Bytes logged since the last snapshot."""
+        return self.pipeline.bytes_logged - self._log_bytes_at_snapshot
+
+    # -- snapshots --------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Snapshot every shard, commit the manifest and truncate the log up to it; returns a summary."""
+        with self._snapshot_lock:
+            began = time.perf_counter()
+            snapshot_id = (self.manifest["id"] if self.manifest else 0) + 1
+            shards = self.engine.shards
+            with self.pipeline.paused() as seq:
+                self._reload_respawned()
+                paused_at = time.perf_counter()
+                logged_at = self.pipeline.bytes_logged
+                captured = shards.call_all("snapshot_capture", self.path, snapshot_id)
+            paused_s = time.perf_counter() - paused_at
+            parts = self._wait_for_parts(snapshot_id)
+            manifest = {"id": snapshot_id, "wal_seq": seq, "shards": len(parts), "parts": parts,
+                        "created_ms": time.time_ns() // 1_000_000, "bytes": sum(p["bytes"] for p in parts)}
+
+            def commit(txn: Any) -> int:
+                meta.put_manifest(txn, self.meta_db, manifest)
+                return self.wal.truncate(txn, seq)
+
+            truncated = self.pipeline.run_in_log(commit)
+            self.manifest = manifest
+            self._log_bytes_at_snapshot = logged_at
+            self._last_snapshot_at = time.monotonic()
+            shards.call_all("snapshot_prune", self.path, [snapshot_id])
+            self.last_snapshot = {
+                "id": snapshot_id, "wal_seq": seq, "bytes": manifest["bytes"], "paused_s": round(paused_s, 4),
+                "pause_wait_s": round(paused_at - began, 4),
+                "capture_ms": [c["capture_ms"] for c in captured], "write_ms": [p.get("write_ms", 0) for p in parts],
+                "seconds": round(time.perf_counter() - began, 4), "log_keys_truncated": truncated}
+            return dict(self.last_snapshot)
+
+    def _wait_for_parts(self, snapshot_id: int) -> list[dict[str, int]]:
+        delay = 0.002
+        while True:
+            parts = self.engine.shards.call_all("snapshot_status", snapshot_id)
+            if all(part is not None for part in parts):
+                return [dict(part) for part in parts]
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _snapshot_periodically(self) -> None:
+        tick = min(1.0, self.snapshot_every_s or 1.0)
+        while not self._stop.wait(tick):
+            size = self.log_bytes()
+            due_by_time = (self.snapshot_every_s is not None and size > 0
+                           and time.monotonic() - self._last_snapshot_at >= self.snapshot_every_s)
+            due_by_size = self.snapshot_log_bytes is not None and size >= self.snapshot_log_bytes
+            if due_by_time or due_by_size:
+                try:
+                    self.snapshot()
+                except Exception:  # keep serving: the log still holds every write
+                    log.exception("periodic snapshot of %s failed", self.path)
+
+    def stats(self) -> dict[str, Any]:
+        """The state of the log and the snapshots."""
+        return {"data_dir": self.path, "snapshot_id": self.manifest["id"] if self.manifest else None,
+                "snapshot_wal_seq": self.manifest["wal_seq"] if self.manifest else 0,
+                "wal_next_seq": self.pipeline.next_seq, "wal_bytes_since_snapshot": self.log_bytes(),
+                "wal_commits": self.pipeline.commits, "last_snapshot": self.last_snapshot,
+                "recovery_s": self.recovery.get("seconds")}
+
+    # -- closing ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop snapshots, finish queued writes, close the stores and release the directory."""
+        self._stop.set()
+        if self._periodic is not None:
+            self._periodic.join()
+        with self._snapshot_lock:
+            if self.pipeline is not None:
+                self.pipeline.close()
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            self.engine.shards.call_all("snapshot_close", self.path)
+        except Exception:  # a dead worker has nothing to close
+            log.debug("closing the shards' snapshot stores failed", exc_info=True)
+        if self.env is not None:
+            close_env(self.env)
+            self.env = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def _respawns(shard: Any) -> int:
+    """How many times the worker of ``shard`` was respawned (0 for in-process shards)."""
+    count = vars(shard).get("respawns", 0) if hasattr(shard, "__dict__") else 0
+    return count if isinstance(count, int) else 0
+
+
+def _lock_directory(path: str) -> Any:
+    os.makedirs(path, exist_ok=True)
+    handle = open(os.path.join(path, "LOCK"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise DataDirMismatch(f"data directory {path} is in use by another engine (pid {owner})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _write_file(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically and durably."""
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

@@ -1,0 +1,155 @@
+"""LMDB environments: one handle per file per process, a large map set up front and grown safely.
+
+LMDB forbids opening an environment twice in one process and a map resize while any of the
+process's transactions is open, so every environment is opened through ``open_env`` (shared,
+reference-counted handles) and every transaction goes through ``LmdbEnv.read`` / ``write``:
+a write that fills the map is aborted, the map is doubled once no transaction of this process
+is open, and the write is retried. Only the process that owns an environment writes it (the
+coordinator owns the log, each shard's process its snapshot store), so a resize never races
+another process. Opening clears the reader slots of dead processes (``reader_check``) and
+checks that the data file is as long as its meta page says, so a cut file is refused with a
+clear error instead of faulting on a missing page.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+import lmdb
+
+from .errors import DataCorruption
+
+T = TypeVar("T")
+
+#: Virtual size reserved for each environment; the file only grows with its data.
+DEFAULT_MAP_SIZE = 64 << 30
+
+_registry: dict[str, "LmdbEnv"] = {}
+_registry_lock = threading.Lock()
+
+
+class LmdbEnv:
+    """A shared handle on one LMDB environment and its named databases."""
+
+    def __init__(self, path: str, names: tuple[str, ...], map_size: int, writemap: bool = False):
+        self.path = path
+        self.refs = 0
+        self._cond = threading.Condition()
+        self._active = 0  # open transactions of this process
+        self._resizing = False
+        try:
+            os.makedirs(path, exist_ok=True)
+            self.env = lmdb.open(path, map_size=map_size, max_dbs=max(len(names), 1), sync=True, metasync=True,
+                                 max_readers=256, writemap=writemap)
+            self.env.reader_check()
+            _check_file_length(path, self.env)
+            self.dbs = {name: self.env.open_db(name.encode()) for name in names}
+        except lmdb.Error as exc:
+            raise DataCorruption(f"cannot open the LMDB store {path}: {exc}") from exc
+
+    def db(self, name: str) -> Any:
+        """The handle of the named database."""
+        return self.dbs[name]
+
+    @contextmanager
+    def _transaction_slot(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._resizing)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def read(self, buffers: bool = False) -> Iterator[Any]:
+        """A read transaction (``buffers``: values are memoryviews valid inside the block)."""
+        while True:
+            with self._transaction_slot():
+                try:
+                    txn = self.env.begin(buffers=buffers)
+                except lmdb.MapResizedError:  # the owner grew the map: adopt its size, then retry
+                    txn = None
+                if txn is not None:
+                    try:
+                        with txn:
+                            yield txn
+                        return
+                    except (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError) as exc:
+                        raise DataCorruption(f"the LMDB store {self.path} is corrupted: {exc}") from exc
+            self._resize(0)
+
+    def write(self, fill: Callable[[Any], T]) -> T:
+        """Run ``fill(txn)`` in a write transaction and commit it durably (fsync); grows the map when full."""
+        while True:
+            try:
+                with self._transaction_slot():
+                    with self.env.begin(write=True) as txn:
+                        return fill(txn)
+            except lmdb.MapFullError:
+                self.grow()
+            except lmdb.MapResizedError:
+                self._resize(0)
+
+    def grow(self) -> None:
+        """Double the map size once no transaction of this process is open."""
+        self._resize(self.env.info()["map_size"] * 2)
+
+    def _resize(self, size: int) -> None:
+        """``set_mapsize(size)`` (0: adopt the size another process set) with no transaction open."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._resizing)
+            self._resizing = True
+            try:
+                self._cond.wait_for(lambda: self._active == 0)
+                self.env.set_mapsize(size)
+            finally:
+                self._resizing = False
+                self._cond.notify_all()
+
+    def sync(self) -> None:
+        """Flush everything committed so far to disk."""
+        self.env.sync(True)
+
+    def file_bytes(self) -> int:
+        """Size of the data file on disk."""
+        return os.path.getsize(os.path.join(self.path, "data.mdb"))
+
+
+def _check_file_length(path: str, env: Any) -> None:
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    actual = os.path.getsize(os.path.join(path, "data.mdb"))
+    if actual < needed:
+        raise DataCorruption(f"the LMDB store {path} is cut short: data.mdb has {actual} bytes, "
+                             f"its last committed page ends at byte {needed}")
+
+
+def open_env(path: str, names: tuple[str, ...], map_size: int = DEFAULT_MAP_SIZE, writemap: bool = False) -> LmdbEnv:
+    """The process's handle on the environment at ``path`` (opened on first use).
+
+    ``writemap``: write pages straight into the map (no copy of every dirty page; the data file
+    is then sized to the map, sparse). Used for snapshot stores, which write large values.
+    """
+    key = os.path.realpath(path)
+    with _registry_lock:
+        handle = _registry.get(key)
+        if handle is None:
+            handle = _registry[key] = LmdbEnv(key, names, map_size, writemap)
+        elif not set(names) <= set(handle.dbs):
+            raise ValueError(f"{path} is open with databases {sorted(handle.dbs)}, not {sorted(names)}")
+        handle.refs += 1
+        return handle
+
+
+def close_env(handle: LmdbEnv) -> None:
+    """Release one reference; the environment closes with the last one."""
+    with _registry_lock:
+        handle.refs -= 1
+        if handle.refs > 0:
+            return
+        _registry.pop(handle.path, None)
+    handle.env.close()

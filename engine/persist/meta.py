@@ -1,0 +1,87 @@
+"""The ``meta`` database of the log store: the layout record and the snapshot manifests.
+
+The layout (format, schema, shard count) is written when a data directory is created and
+checked on every open. A manifest describes one complete snapshot: its id, the log sequence
+number it includes, and each shard's part (chunk count, bytes, index CRC). It is written last,
+so a snapshot without a manifest never counts; only the newest manifest is kept.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+
+from ..errors import DataCorruption, DataDirMismatch
+from ..schema import Schema
+from .framing import delete_current, seal, unseal
+
+LAYOUT_FORMAT = 1
+LAYOUT_KEY = b"layout"
+MANIFEST_PREFIX = b"manifest"
+DB = "meta"
+
+
+def schema_text(schema: Schema) -> str:
+    """The canonical JSON text of ``schema`` (what the layout stores and compares)."""
+    return json.dumps(schema.to_dict(), sort_keys=True)
+
+
+def read_layout(txn: Any, db: Any, where: str) -> dict[str, Any] | None:
+    """The layout record (None for a new data directory)."""
+    stored = txn.get(LAYOUT_KEY, db=db)
+    if stored is None:
+        return None
+    body = unseal(LAYOUT_KEY, stored)
+    if body is None:
+        raise DataCorruption(f"data directory {where}: the layout record fails its checksum; refusing to serve")
+    return msgpack.unpackb(body)
+
+
+def layout_record(schema: Schema, shards: int) -> bytes:
+    """The sealed layout value of a new data directory."""
+    body = msgpack.packb({"format": LAYOUT_FORMAT, "schema": schema_text(schema), "shards": shards})
+    return seal(LAYOUT_KEY, body)
+
+
+def check_layout(layout: dict[str, Any], schema: Schema, shards: int | None, where: str) -> None:
+    """Refuse a data directory of another format, shard count (if given) or schema."""
+    if layout["format"] != LAYOUT_FORMAT:
+        raise DataDirMismatch(f"data directory {where} has format {layout['format']}; this engine reads "
+                              f"format {LAYOUT_FORMAT}")
+    if shards is not None and layout["shards"] != shards:
+        raise DataDirMismatch(f"data directory {where} holds {layout['shards']} shards; open it with "
+                              f"shards={layout['shards']} (re-sharding a data directory is not supported)")
+    if layout["schema"] != schema_text(schema):
+        raise DataDirMismatch(f"data directory {where} was written with another schema; open it with the schema "
+                              f"it was written with (stored in {where}/schema.json): {layout['schema']}")
+
+
+def manifest_key(snapshot_id: int) -> bytes:
+    """Meta key of a manifest (ordered by snapshot id)."""
+    return MANIFEST_PREFIX + snapshot_id.to_bytes(8, "big")
+
+
+def latest_manifest(txn: Any, db: Any, where: str) -> dict[str, Any] | None:
+    """The newest manifest (None if no snapshot was ever completed)."""
+    cursor = txn.cursor(db=db)
+    found = cursor.prev() if cursor.set_range(MANIFEST_PREFIX + b"\xff" * 9) else cursor.last()
+    if not found or not bytes(cursor.key()).startswith(MANIFEST_PREFIX):
+        return None
+    key = bytes(cursor.key())
+    body = unseal(key, cursor.value())
+    if body is None:
+        raise DataCorruption(f"data directory {where}: the manifest of snapshot "
+                             f"{int.from_bytes(key[len(MANIFEST_PREFIX):], 'big')} fails its checksum; "
+                             f"refusing to serve")
+    return msgpack.unpackb(body)
+
+
+def put_manifest(txn: Any, db: Any, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` and delete the older ones."""
+    key = manifest_key(manifest["id"])
+    txn.put(key, seal(key, msgpack.packb(manifest)), db=db)
+    cursor = txn.cursor(db=db)
+    more = cursor.set_range(MANIFEST_PREFIX)
+    while more and bytes(cursor.key()) < key:
+        more = delete_current(cursor)

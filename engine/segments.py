@@ -1,0 +1,504 @@
+"""Saved segments: named queries materialised per shard and kept current on every write.
+
+``SegmentCatalog`` holds the definitions (name -> query text, plan, the segments it reads) and
+refuses unknown references and reference cycles; the coordinator and every shard keep one.
+
+``SavedSegments`` is one shard's materialisation: a Roaring bitmap of members per segment, plus
+``MembershipBits``, a per-row bitset of the segments the row is in (so "which segments is this
+profile in" is one row read, not a probe of every bitmap). It is kept exact by ``sync``:
+
+- on a write, every segment is re-evaluated on the written rows only (``Executor.visit`` with
+  the touched rows as its found set is exact within them), in dependency order, so a segment
+  that reads another sees the other's new members;
+- when the clock advances, each time-relative segment is re-evaluated only on the rows whose
+  events or timestamp attributes crossed a time edge (see ``segment_time``); rows whose
+  membership of a referenced segment changed are passed on to the segments that read it.
+
+The materialisation has one clock, ``now``, that only moves forward: asking for an earlier
+time keeps the current one. Every change of membership is recorded, in order, while change
+capture is on (the coordinator turns it on while someone watches): ``take_changes`` hands them
+over as plain lists ``[kind, segment, [ids]]``.
+
+>>> from engine.plan.steps import Pred, Universe
+>>> from engine.query.ast import SegmentRef
+>>> catalog = SegmentCatalog()
+>>> catalog.put(catalog.prepare("a", "ALL", Universe(), now=0))
+>>> catalog.put(catalog.prepare("b", "SEGMENT('a')", Pred(SegmentRef("a")), now=0))
+>>> catalog.order
+['a', 'b']
+>>> catalog.prepare("a", "SEGMENT('b')", Pred(SegmentRef("b")), now=0)
+Traceback (most recent call last):
+...
+engine.errors.QueryError: segment reference cycle: a -> b -> a
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyroaring import BitMap
+
+from .errors import ProfileNotFound, QueryError, SegmentExists, SegmentInUse, SegmentNotFound
+from .exec.executor import Executor
+from .plan.steps import Step
+from .query import ast
+from .segment_time import SortedColumn, is_clocked, mentions_now, predicates, segment_refs, time_candidates
+from .store.bitmaps import rows_of, to_bitmap, union_all
+from .store.events import NO_TIME, EventStore, EventTypeStore
+from .store.numeric import NumericIndex
+from .store.profiles import ProfileStore
+
+#: Re-evaluate a segment over the whole universe when more than this share of rows is touched.
+FULL_FRACTION = 0.25
+#: Changes a shard keeps for the coordinator between two ``take_changes`` before it drops them.
+MAX_PENDING_CHANGES = 1_000_000
+#: Presence DIDs read each row's latest event time when re-evaluating at most this share of rows.
+LATEST_TIME_SHARE = 1 / 64
+PRESENT = frozenset({(">=", 1), (">", 0), ("!=", 0)})
+ABSENT = frozenset({("=", 0), ("<", 1), ("<=", 0)})
+
+
+@dataclass(frozen=True)
+class SegmentDef:
+    """One saved segment's definition."""
+
+    name: str
+    text: str
+    step: Step
+    refs: frozenset[str]
+    clocked: bool
+    created_ms: int
+    updated_ms: int
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 256:
+        raise QueryError("a segment name must be a non-empty string of at most 256 UTF-8 bytes")
+    return name
+
+
+@dataclass
+class SegmentCatalog:
+    """Saved segment definitions, their dependencies and a dependency (topological) order."""
+
+    defs: dict[str, SegmentDef] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    clocked: bool = False  # some segment is time-relative
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.defs
+
+    def __len__(self) -> int:
+        return len(self.defs)
+
+    def get(self, name: str) -> SegmentDef:
+        """The definition of ``name`` (SegmentNotFound if unknown)."""
+        try:
+            return self.defs[name]
+        except KeyError:
+            raise SegmentNotFound(f"unknown segment {name!r}") from None
+
+    def check_refs(self, refs: frozenset[str]) -> None:
+        """Raise SegmentNotFound for the first (sorted) unknown name in ``refs``."""
+        for name in sorted(refs):
+            if name not in self.defs:
+                raise SegmentNotFound(f"unknown segment {name!r}")
+
+    def prepare(self, name: str, text: str, step: Step, now: int) -> SegmentDef:
+        """A definition of ``name`` as ``step``, checked against this catalog (not yet stored).
+
+        Raises SegmentNotFound for a reference to an unknown segment and QueryError for a
+        reference cycle (``a -> b -> a``), naming the cycle.
+        """
+        _check_name(name)
+        refs = segment_refs(step)
+        self.check_refs(refs - {name})
+        path = self._path_to(name, refs)
+        if path is not None:
+            raise QueryError("segment reference cycle: " + " -> ".join([name, *path]))
+        old = self.defs.get(name)
+        return SegmentDef(name, text, step, refs, is_clocked(step), old.created_ms if old else now, now)
+
+    def _path_to(self, target: str, starts: frozenset[str]) -> list[str] | None:
+        """A reference path from one of ``starts`` to ``target`` (depth first), or None."""
+        seen: set[str] = set()
+
+        def walk(name: str) -> list[str] | None:
+            if name == target:
+                return [name]
+            if name in seen or name not in self.defs:
+                return None
+            seen.add(name)
+            for ref in sorted(self.defs[name].refs):
+                tail = walk(ref)
+                if tail is not None:
+                    return [name, *tail]
+            return None
+
+        for start in sorted(starts):
+            path = walk(start)
+            if path is not None:
+                return path
+        return None
+
+    def put(self, definition: SegmentDef) -> None:
+        """Store a prepared definition and recompute the dependency order."""
+        self.defs[definition.name] = definition
+        self._reorder()
+
+    def remove(self, name: str) -> SegmentDef:
+        """Delete ``name``; SegmentInUse if another segment reads it."""
+        definition = self.check_removable(name)
+        del self.defs[name]
+        self._reorder()
+        return definition
+
+    def check_removable(self, name: str) -> SegmentDef:
+        """The definition of ``name``; SegmentNotFound if unknown, SegmentInUse if another segment reads it."""
+        definition = self.get(name)
+        users = self.readers(name)
+        if users:
+            raise SegmentInUse(f"segment {name!r} is read by {', '.join(repr(u) for u in users)}")
+        return definition
+
+    def readers(self, name: str) -> list[str]:
+        """Segments that reference ``name`` directly, sorted."""
+        return sorted(other for other, d in self.defs.items() if name in d.refs and other != name)
+
+    def _reorder(self) -> None:
+        """Kahn's algorithm, ties broken by name: dependencies before the segments reading them."""
+        pending = {name: set(d.refs) & self.defs.keys() for name, d in self.defs.items()}
+        order: list[str] = []
+        ready = sorted(name for name, deps in pending.items() if not deps)
+        while ready:
+            name = ready.pop(0)
+            order.append(name)
+            del pending[name]
+            for other, deps in pending.items():
+                if name in deps:
+                    deps.discard(name)
+                    if not deps:
+                        ready.append(other)
+            ready.sort()
+        self.order = order
+        self.clocked = any(d.clocked for d in self.defs.values())
+
+    def definitions(self) -> list[tuple[str, str]]:
+        """(name, query text) of every segment in dependency order (re-creating them in this order works)."""
+        return [(name, self.defs[name].text) for name in self.order]
+
+
+class MembershipBits:
+    """Per row, a bitset of segment slots: a 2-D uint64 array (rows x words), grown on demand.
+
+    >>> bits = MembershipBits()
+    >>> bits.set(np.array([3, 5]), 70); bits.set(np.array([3]), 1)
+    >>> bits.slots_of(3).tolist(), bits.slots_of(5).tolist(), bits.has(4, 70)
+    ([1, 70], [70], False)
+    """
+
+    def __init__(self) -> None:
+        self.bits = np.zeros((0, 0), dtype=np.uint64)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated."""
+        return int(self.bits.nbytes)
+
+    def ensure(self, rows: int, slot: int) -> None:
+        """Make rows ``[0, rows)`` and ``slot`` addressable."""
+        have_rows, words = self.bits.shape
+        want_words = max(words, slot // 64 + 1)
+        if rows <= have_rows and want_words == words:
+            return
+        want_rows = have_rows if rows <= have_rows else max(rows, int(have_rows * 1.25) + 1024)
+        grown = np.zeros((want_rows, want_words), dtype=np.uint64)
+        grown[:have_rows, :words] = self.bits
+        self.bits = grown
+
+    def set(self, rows: np.ndarray, slot: int) -> None:
+        """Mark ``rows`` (distinct) as members of ``slot``."""
+        if len(rows):
+            self.ensure(int(rows.max()) + 1, slot)
+            self.bits[rows.astype(np.int64), slot >> 6] |= np.uint64(1 << (slot & 63))
+
+    def clear(self, rows: np.ndarray, slot: int) -> None:
+        """Mark ``rows`` (distinct) as not members of ``slot``."""
+        if len(rows) and slot // 64 < self.bits.shape[1]:
+            self.bits[rows.astype(np.int64), slot >> 6] &= np.uint64(~(1 << (slot & 63)) & (2**64 - 1))
+
+    def has(self, row: int, slot: int) -> bool:
+        """True if ``row`` is a member of ``slot``."""
+        bits = self.bits
+        if row >= bits.shape[0] or slot >> 6 >= bits.shape[1]:
+            return False
+        return bool((int(bits[row, slot >> 6]) >> (slot & 63)) & 1)
+
+    def slots_of(self, row: int) -> np.ndarray:
+        """The slots ``row`` is a member of, ascending."""
+        bits = self.bits
+        if row >= bits.shape[0]:
+            return np.empty(0, dtype=np.int64)
+        return np.flatnonzero(np.unpackbits(bits[row].view(np.uint8), bitorder="little"))
+
+
+def latest_times(store: EventTypeStore, rows: np.ndarray, size: int) -> np.ndarray:
+    """Per row (of ``size`` rows), the time of its latest event of ``store``'s type (any time; NO_TIME if none)."""
+    if store.last_ts is None:  # the store keeps it lazily: build it once
+        store.latest_before(store.max_ts, size)
+    assert store.last_ts is not None
+    latest = np.full(len(rows), NO_TIME, dtype=np.int64)
+    inside = rows < store.last_ts.size
+    latest[inside] = store.last_ts.data[rows[inside]]
+    return latest
+
+
+class RestrictedExecutor(Executor):
+    """The Executor used to re-evaluate saved segments on a few rows.
+
+    A presence DID (``DID(e[, WITHIN d | SINCE t])`` and its ``COUNT = 0`` form) on a small
+    found set reads each row's latest event time instead of scanning the events of the window:
+    a row has such an event iff its latest one is in the window, unless its latest event is in
+    the future, and those rows (rare) are checked the usual way.
+    """
+
+    @staticmethod
+    def reads_latest_time(node: ast.Did) -> bool:
+        """True for the DID forms evaluated from latest event times."""
+        form = (node.count_op, node.count_n)
+        return (node.where is None and node.after_last is None and node.before is None
+                and (form in PRESENT or form in ABSENT))
+
+    def pred_Did(self, node: ast.Did, found: BitMap | None) -> BitMap:
+        form = (node.count_op, node.count_n)
+        if found is None or len(found) > LATEST_TIME_SHARE * len(self.store.live) or not self.reads_latest_time(node):
+            return super().pred_Did(node, found)
+        store = self.events.events.types[node.event]
+        lo, hi = self.events.window_of(node, self.now)
+        rows = rows_of(found).astype(np.int64)
+        latest = latest_times(store, rows, len(self.store.idmap))
+        future = latest > hi
+        present = to_bitmap(rows[(latest >= lo) & (latest != NO_TIME) & ~future], assume_sorted=True)
+        if future.any():
+            present |= self.events.present(store, lo, hi) & to_bitmap(rows[future], assume_sorted=True)
+        return present if form in PRESENT else found - present
+
+
+class SavedSegments:
+    """One shard's saved segments: members per segment and per row, kept current by ``sync``."""
+
+    def __init__(self, profiles: ProfileStore, events: EventStore, executor: Executor):
+        self.profiles = profiles
+        self.events = events
+        self.executor = executor
+        self.restricted = RestrictedExecutor(executor.store, executor.events, executor.segments)
+        self.restricted.samples = executor.samples
+        self.sorted_columns: dict[str, SortedColumn] = {}
+        self.catalog = SegmentCatalog()
+        self.bitmaps: dict[str, BitMap] = {}
+        self.slots: dict[str, int] = {}
+        self.slot_names: list[str | None] = []
+        self.members = MembershipBits()
+        self.now: int | None = None
+        self.capture = False
+        self.pending: list[tuple[str, str, np.ndarray | None]] = []
+        self.pending_size = 0
+        self.lost = False
+
+    # -- definitions ------------------------------------------------------------------------
+    def create(self, name: str, text: str, step: Step, now: int, replace: bool = False) -> dict[str, Any]:
+        """Create (or, with ``replace``, redefine) segment ``name``; returns its info."""
+        existed = name in self.catalog
+        if existed and not replace:
+            raise SegmentExists(f"segment {name!r} already exists")
+        definition = self.catalog.prepare(name, text, step, now)
+        if self.catalog.defs:
+            self.sync(None, now)
+        else:
+            self.now = now
+        members = BitMap(self.executor.evaluate(step, self.now))  # a copy: it is updated in place later
+        self.catalog.put(definition)
+        if definition.clocked:
+            self._prepare_refresh(step)
+        if not existed:
+            self.bitmaps[name] = members
+            self.members.set(rows_of(members), self._allocate(name))
+            self._record("created", name, None)
+        else:
+            old = self.bitmaps[name]
+            self.bitmaps[name] = members
+            self._record("replaced", name, None)
+            delta = self._apply(name, members - old, old - members)
+            self._cascade({}, {name: delta} if delta else {}, after=name)
+        return self.info(name)
+
+    def delete(self, name: str) -> None:
+        """Delete segment ``name`` (SegmentInUse if another segment reads it)."""
+        self.catalog.remove(name)
+        members = self.bitmaps.pop(name)
+        slot = self.slots.pop(name)
+        self.members.clear(rows_of(members), slot)
+        self.slot_names[slot] = None
+        self._record("deleted", name, None)
+
+    def _allocate(self, name: str) -> int:
+        slot = next((i for i, taken in enumerate(self.slot_names) if taken is None), len(self.slot_names))
+        if slot == len(self.slot_names):
+            self.slot_names.append(name)
+        else:
+            self.slot_names[slot] = name
+        self.slots[name] = slot
+        return slot
+
+    # -- reads ------------------------------------------------------------------------------
+    def rows(self, name: str) -> BitMap:
+        """Current members of ``name`` (the live bitmap: do not modify)."""
+        try:
+            return self.bitmaps[name]
+        except KeyError:
+            raise SegmentNotFound(f"unknown segment {name!r}") from None
+
+    def info(self, name: str) -> dict[str, Any]:
+        """Plain-data description of segment ``name``, with this shard's member count."""
+        d = self.catalog.get(name)
+        return {"name": name, "query": d.text, "count": len(self.bitmaps[name]), "time_relative": d.clocked,
+                "depends_on": sorted(d.refs), "created_ms": d.created_ms, "updated_ms": d.updated_ms,
+                "as_of_ms": self.now or 0}
+
+    def membership(self, profile_id: str, names: list[str] | None = None) -> list[str]:
+        """The saved segments (sorted names) ``profile_id`` is in, among ``names`` if given."""
+        row = int(self.profiles.idmap.lookup([profile_id])[0])
+        if row < 0 or row not in self.profiles.live:
+            raise ProfileNotFound(f"unknown profile {profile_id!r}")
+        if names:
+            slots = self.slots
+            for name in names:
+                if name not in slots:
+                    raise SegmentNotFound(f"unknown segment {name!r}")
+            return sorted({name for name in names if self.members.has(row, slots[name])})
+        slot_names = self.slot_names
+        return sorted(slot_names[s] for s in self.members.slots_of(row).tolist())  # type: ignore[misc]
+
+    # -- keeping current --------------------------------------------------------------------
+    def sync(self, touched: np.ndarray | BitMap | None, now: int | None) -> None:
+        """Bring every segment to clock ``max(now, self.now)`` after a write to rows ``touched``."""
+        if not self.catalog.defs:
+            self.now = None  # no materialisation, no clock: the first segment starts at its own
+            return
+        if now is None:
+            now = time.time_ns() // 1_000_000
+        before = self.now
+        self.now = now if before is None else max(before, now)
+        seeds: dict[str, BitMap] = {}
+        if before is not None and self.now > before:
+            for name in self.catalog.order:
+                d = self.catalog.defs[name]
+                if d.clocked:
+                    seeds[name] = time_candidates(d.step, before, self.now, self.events, self._attribute_rows)
+        if touched is not None and len(touched):
+            rows = touched if isinstance(touched, BitMap) else to_bitmap(np.asarray(touched))
+            for column in self.sorted_columns.values():
+                column.touch(rows)
+            for name in self.catalog.order:
+                seeds[name] = seeds[name] | rows if name in seeds else rows
+        if seeds:
+            self._cascade(seeds, {})
+
+    def _prepare_refresh(self, step: Step) -> None:
+        """Build what refreshing ``step`` reads (sorted columns, latest event times) now, not at the first tick."""
+        for node in predicates(step):
+            if isinstance(node, ast.Did):
+                if RestrictedExecutor.reads_latest_time(node):
+                    latest_times(self.events.types[node.event], np.empty(0, dtype=np.int64), len(self.profiles.idmap))
+            elif mentions_now(node) and hasattr(node, "name"):
+                self._attribute_rows(node.name, 0, -1)
+
+    def _attribute_rows(self, name: str, lo: int, hi: int) -> BitMap:
+        """Rows whose attribute ``name`` lies in [lo, hi] (for time candidates)."""
+        column = self.sorted_columns.get(name)
+        if column is None:
+            index = self.profiles.indexes[name]
+            if not isinstance(index, NumericIndex):
+                return BitMap()
+            column = self.sorted_columns[name] = SortedColumn(index)
+        return column.between(lo, hi)
+
+    def _cascade(self, seeds: dict[str, BitMap], changed: dict[str, BitMap], after: str | None = None) -> None:
+        """Re-evaluate segments in dependency order on their seed rows plus their references' changes."""
+        order = self.catalog.order
+        if after is not None:
+            order = order[order.index(after) + 1:]
+        for name in order:
+            d = self.catalog.defs[name]
+            parts = [changed[ref] for ref in d.refs if ref in changed]
+            seed = seeds.get(name)
+            if seed is not None and len(seed):
+                parts.append(seed)
+            if not parts:
+                continue
+            candidates = parts[0] if len(parts) == 1 else union_all(parts)
+            delta = self._reevaluate(name, d.step, candidates)
+            if delta:
+                changed[name] = delta
+
+    def _reevaluate(self, name: str, step: Step, candidates: BitMap) -> BitMap:
+        """Re-evaluate ``name`` on ``candidates``; returns the rows that entered or exited."""
+        old = self.bitmaps[name]
+        if len(candidates) > FULL_FRACTION * len(self.profiles.live):
+            new = BitMap(self.executor.evaluate(step, self.now))
+            self.bitmaps[name] = new
+            return self._apply(name, new - old, old - new)
+        self.restricted.now = self.now  # visit() reads the executor's clock; evaluate() would set it
+        got = self.restricted.visit(step, candidates) & candidates
+        was = old & candidates
+        entered, exited = got - was, was - got
+        old |= entered
+        old -= exited
+        return self._apply(name, entered, exited)
+
+    def _apply(self, name: str, entered: BitMap, exited: BitMap) -> BitMap:
+        """Update the per-row bits and record the changes; returns entered | exited."""
+        slot = self.slots[name]
+        if exited:
+            rows = rows_of(exited)
+            self.members.clear(rows, slot)
+            self._record("exited", name, rows)
+        if entered:
+            rows = rows_of(entered)
+            self.members.set(rows, slot)
+            self._record("entered", name, rows)
+        return entered | exited
+
+    # -- change capture ---------------------------------------------------------------------
+    def _record(self, kind: str, name: str, rows: np.ndarray | None) -> None:
+        if not self.capture or self.lost:
+            return
+        self.pending.append((kind, name, rows))
+        self.pending_size += 1 if rows is None else len(rows)
+        if self.pending_size > MAX_PENDING_CHANGES:
+            self.pending, self.pending_size, self.lost = [], 0, True
+
+    def set_capture(self, on: bool) -> None:
+        """Start or stop recording membership changes (stopping drops what is pending)."""
+        self.capture = bool(on)
+        self.pending, self.pending_size, self.lost = [], 0, False
+
+    def take_changes(self) -> dict[str, Any]:
+        """The changes recorded since the last call: ``{"changes": [[kind, name, ids]], "lost", "at"}``."""
+        ids_of = self.profiles.idmap.ids_of
+        changes = [[kind, name, [] if rows is None else ids_of(rows)] for kind, name, rows in self.pending]
+        result = {"changes": changes, "lost": self.lost, "at": self.now or 0}
+        self.pending, self.pending_size, self.lost = [], 0, False
+        return result
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate bytes held: the member bitmaps and the per-row bits."""
+        total = self.members.nbytes
+        for bitmap in self.bitmaps.values():
+            stats = bitmap.get_statistics()
+            total += sum(stats[k] for k in ("n_bytes_array_containers", "n_bytes_run_containers",
+                                            "n_bytes_bitset_containers"))
+        return total

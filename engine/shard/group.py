@@ -1,0 +1,61 @@
+"""ShardGroup: the shards of one engine, called one by one or all at once.
+
+A group is a sequence of shard handles (each with LocalShard's methods), so
+``for shard in engine.shards`` works for every backend; ``call_each``/``call_all`` fan a
+method out to every shard and return the answers in shard order. Backends override
+``call_each`` to run the shards in parallel (process workers: send every request, then read
+every reply; Ray: submit every call, then get every result).
+
+>>> from engine.schema import Schema, CONTRACT_SCHEMA
+>>> from engine.shard.local import LocalShard
+>>> group = ShardGroup([LocalShard(Schema.from_dict(CONTRACT_SCHEMA), i) for i in range(2)])
+>>> [s["shard"] for s in group.call_all("stats")]
+[0, 1]
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator, Sequence
+
+
+class ShardGroup(Sequence):
+    """In-process shards, called sequentially."""
+
+    backend = "local"
+
+    def __init__(self, shards: Sequence[Any]):
+        self.shards = list(shards)
+        # in-process shards keep scratch state (executor clock, DID counters): one call at a time
+        self.lock = threading.RLock()
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.shards[index]
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.shards)
+
+    def call_each(self, method: str, args_per_shard: Sequence[tuple | None]) -> list[Any]:
+        """``shard_i.method(*args_per_shard[i])`` for every shard; None args skip a shard (answer None)."""
+        with self.lock:
+            return [None if args is None else getattr(shard, method)(*args)
+                    for shard, args in zip(self.shards, args_per_shard)]
+
+    def call_all(self, method: str, *args: Any) -> list[Any]:
+        """``shard.method(*args)`` on every shard, in shard order."""
+        return self.call_each(method, [args] * len(self.shards))
+
+    def __enter__(self) -> "ShardGroup":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the shards (idempotent)."""
+        for shard in self.shards:
+            closer = getattr(type(shard), "close", None)
+            if closer is not None:
+                closer(shard)

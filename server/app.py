@@ -1,0 +1,171 @@
+"""The segengine gRPC server: wiring, limits, health, reflection, TLS, auth and shutdown.
+
+``SegengineServer(engine, ServerConfig(...))`` serves ``segengine.v1.Segmentation``, the
+standard health service (``""`` and the service name: SERVING, NOT_SERVING once shutdown
+starts) and server reflection. Limits: requests over ``max_message_bytes`` and calls over
+``max_concurrent_rpcs`` in flight (watch streams included) are refused by gRPC with
+RESOURCE_EXHAUSTED. A timer thread refreshes time-relative saved segments every
+``refresh_ms`` so watchers see exits caused by time alone (reads also refresh them when they
+are that much behind).
+
+Shutdown (``stop``; SIGTERM/SIGINT with ``install_signal_handlers``): health goes NOT_SERVING,
+the server keeps serving for ``drain_s`` (so load balancers notice), then stops accepting
+calls, ends watch streams with UNAVAILABLE, lets in-flight calls finish for up to ``grace_s``,
+and closes the engine if it owns it.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engine import Engine
+
+from .gate import EngineGate
+from .interceptors import AuthInterceptor, ErrorInterceptor
+from .proto_gen import segmentation_pb2 as pb
+from .proto_gen import segmentation_pb2_grpc as pb_grpc
+from .servicer import SegmentationServicer
+
+log = logging.getLogger("segengine.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server (the ``segengine serve`` flags)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = pick a free port (see SegengineServer.port)
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_concurrent_rpcs: int = 128
+    workers: int = 32
+    token: str | None = None
+    tls_cert: str | None = None  # PEM files; both or neither
+    tls_key: str | None = None
+    refresh_ms: int = 1000
+    watch_buffer: int = 10_000
+    drain_s: float = 0.0
+    grace_s: float = 10.0
+
+
+class SegengineServer:
+    """A running (after ``start``) gRPC server over one engine."""
+
+    def __init__(self, engine: Engine, config: ServerConfig | None = None, owns_engine: bool = False):
+        self.engine = engine
+        self.config = config or ServerConfig()
+        self.owns_engine = owns_engine
+        self.gate = EngineGate(engine)
+        engine.refresh_ms = self.config.refresh_ms
+        interceptors: list[grpc.ServerInterceptor] = []
+        if self.config.token:
+            interceptors.append(AuthInterceptor(self.config.token))
+        interceptors.append(ErrorInterceptor())
+        size = self.config.max_message_bytes
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="segengine-rpc"),
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+        )
+        self.servicer = SegmentationServicer(self.gate, watch_buffer=self.config.watch_buffer)
+        pb_grpc.add_SegmentationServicer_to_server(self.servicer, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self._bind()
+        self.stopped = threading.Event()
+        self._stopping = threading.Lock()
+        self._timer_stop = threading.Event()
+        self._timer = threading.Thread(target=self._refresh_loop, name="segengine-refresh", daemon=True)
+
+    def _bind(self) -> int:
+        address = f"{self.config.host}:{self.config.port}"
+        if bool(self.config.tls_cert) != bool(self.config.tls_key):
+            raise ValueError("TLS needs both a certificate and a key")
+        if self.config.tls_cert:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())])  # type: ignore[arg-type]
+            port = self.server.add_secure_port(address, credentials)
+        else:
+            port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return port
+
+    @property
+    def address(self) -> str:
+        """host:port the server listens on."""
+        return f"{self.config.host}:{self.port}"
+
+    def start(self) -> "SegengineServer":
+        """Start serving (returns self)."""
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._timer.start()
+        log.info("segengine serving on %s%s", self.address, " (TLS)" if self.config.tls_cert else "")
+        return self
+
+    def _refresh_loop(self) -> None:
+        interval = max(self.config.refresh_ms, 10) / 1000
+        while not self._timer_stop.wait(interval):
+            if not self.engine.catalog.clocked:
+                continue
+            try:
+                self.gate.refresh()
+            except Exception:  # noqa: BLE001 - keep refreshing; the next reads refresh too
+                if not self.gate.closing:
+                    log.exception("refreshing saved segments failed")
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Shut down gracefully (see the module docstring); idempotent, returns when done."""
+        if not self._stopping.acquire(blocking=False):
+            self.stopped.wait()
+            return
+        grace = self.config.grace_s if grace_s is None else grace_s
+        self.health.enter_graceful_shutdown()
+        if self.config.drain_s > 0:
+            threading.Event().wait(self.config.drain_s)
+        self._timer_stop.set()
+        done = self.server.stop(grace)  # new calls are refused; calls in flight go on
+        self.servicer.closing = True
+        self.engine.changes.close_all()  # watch streams end with UNAVAILABLE
+        done.wait()
+        self.gate.closing = True
+        if self._timer.is_alive():
+            self._timer.join(timeout=5)
+        if self.owns_engine:
+            self.engine.close()
+        self.stopped.set()
+        log.info("segengine stopped")
+
+    def wait(self) -> None:
+        """Block until the server has stopped."""
+        self.stopped.wait()
+
+    def install_signal_handlers(self) -> None:
+        """Stop gracefully on SIGTERM and SIGINT (call from the main thread)."""
+
+        def handle(signum: int, frame: object) -> None:
+            log.info("signal %d: shutting down", signum)
+            threading.Thread(target=self.stop, name="segengine-stop", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def __enter__(self) -> "SegengineServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace_s=0)

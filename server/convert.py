@@ -1,0 +1,153 @@
+"""Protobuf messages <-> the engine's plain data (record dicts, info dicts, changes).
+
+Records travel as typed ``Value`` maps and become the contract's JSON-shaped dicts, so the
+engine validates gRPC writes exactly like JSON Lines ones.
+
+>>> from server.proto_gen import segmentation_pb2 as pb
+>>> record = profile_message({"id": "u1", "age": 31, "interests": ["a"], "vip": None, "consent": {"email": True}})
+>>> profile_record(record, 0) == {"id": "u1", "age": 31, "interests": ["a"], "vip": None, "consent": {"email": True}}
+True
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from engine.errors import DataError
+from engine.schema import RESERVED_NAMES
+from engine.watch import Change
+
+from .proto_gen import segmentation_pb2 as pb
+
+KIND_OF_CHANGE = {
+    "entered": pb.SegmentChange.KIND_ENTERED,
+    "exited": pb.SegmentChange.KIND_EXITED,
+    "created": pb.SegmentChange.KIND_CREATED,
+    "replaced": pb.SegmentChange.KIND_REPLACED,
+    "deleted": pb.SegmentChange.KIND_DELETED,
+}
+CHANGE_OF_KIND = {number: name for name, number in KIND_OF_CHANGE.items()}
+
+
+# -- values -----------------------------------------------------------------------------------
+def from_value(value: pb.Value) -> Any:
+    """A Value as a Python value (unset = None)."""
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "tags_value":
+        return list(value.tags_value.values)
+    return getattr(value, kind)
+
+
+def to_value(value: Any) -> pb.Value:
+    """A Python value (None, bool, int, float, str, list of str) as a Value."""
+    if value is None:
+        return pb.Value(null_value=0)
+    if isinstance(value, bool):
+        return pb.Value(bool_value=value)
+    if isinstance(value, int):
+        return pb.Value(int_value=value)
+    if isinstance(value, float):
+        return pb.Value(float_value=value)
+    if isinstance(value, str):
+        return pb.Value(string_value=value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return pb.Value(tags_value=pb.StringList(values=list(value)))
+    raise DataError(f"cannot send a {type(value).__name__} value")
+
+
+def _fields(values: Any, where: int, what: str) -> dict[str, Any]:
+    fields = {}
+    for name, value in values.items():
+        if name in RESERVED_NAMES:
+            raise DataError(f"{name!r} is reserved and cannot name {what}", where, name)
+        fields[name] = from_value(value)
+    return fields
+
+
+# -- records ----------------------------------------------------------------------------------
+def profile_record(message: pb.ProfileRecord, where: int) -> dict[str, Any]:
+    """A ProfileRecord as a contract profile record (``where`` names it in errors)."""
+    record: dict[str, Any] = {"id": message.id, **_fields(message.attributes, where, "an attribute")}
+    if message.consent:
+        record["consent"] = dict(message.consent)
+    return record
+
+
+def event_record(message: pb.EventRecord, where: int) -> dict[str, Any]:
+    """An EventRecord as a contract event record."""
+    record: dict[str, Any] = {"id": message.id, "event": message.event}
+    if message.HasField("ts"):
+        record["ts"] = from_value(message.ts)
+    record.update(_fields(message.properties, where, "a property"))
+    return record
+
+
+def profile_records(messages: Iterable[pb.ProfileRecord]) -> list[dict[str, Any]]:
+    """Every ProfileRecord of a request as a record dict (record numbers from 0)."""
+    return [profile_record(m, i) for i, m in enumerate(messages)]
+
+
+def event_records(messages: Iterable[pb.EventRecord]) -> list[dict[str, Any]]:
+    """Every EventRecord of a request as a record dict."""
+    return [event_record(m, i) for i, m in enumerate(messages)]
+
+
+def profile_message(record: dict[str, Any]) -> pb.ProfileRecord:
+    """A contract profile record (or a profile as the engine returns it) as a ProfileRecord."""
+    message = pb.ProfileRecord(id=str(record.get("id", "")))
+    for name, value in record.items():
+        if name == "consent":
+            message.consent.update({str(k): bool(v) for k, v in (value or {}).items()})
+        elif name != "id":
+            message.attributes[name].CopyFrom(to_value(value))
+    return message
+
+
+def event_message(record: dict[str, Any]) -> pb.EventRecord:
+    """A contract event record as an EventRecord."""
+    message = pb.EventRecord(id=str(record.get("id", "")), event=str(record.get("event", "")))
+    if record.get("ts") is not None:
+        message.ts.CopyFrom(to_value(record["ts"]))
+    for name, value in record.items():
+        if name not in ("id", "event", "ts"):
+            message.properties[name].CopyFrom(to_value(value))
+    return message
+
+
+def profile_dict(message: pb.ProfileRecord) -> dict[str, Any]:
+    """A ProfileRecord (e.g. a GetProfile answer) as a plain dict."""
+    return profile_record(message, 0)
+
+
+# -- segments, plans, changes -----------------------------------------------------------------
+def segment_message(info: dict[str, Any]) -> pb.Segment:
+    """An engine segment info dict as a Segment."""
+    return pb.Segment(name=info["name"], query=info["query"], count=info["count"], time_relative=info["time_relative"],
+                      depends_on=info["depends_on"], created_ms=info["created_ms"], updated_ms=info["updated_ms"],
+                      as_of_ms=info["as_of_ms"])
+
+
+def plan_message(node: dict[str, Any]) -> pb.PlanNode:
+    """An explain tree node as a PlanNode."""
+    return pb.PlanNode(step=node["step"], text=node["text"], rows=node["rows"], input_rows=node["input_rows"],
+                       ms=node["ms"], visited=node["visited"], children=[plan_message(c) for c in node["children"]])
+
+
+def plan_dict(node: pb.PlanNode) -> dict[str, Any]:
+    """A PlanNode as the engine's explain tree dict."""
+    return {"step": node.step, "text": node.text, "rows": node.rows, "input_rows": node.input_rows, "ms": node.ms,
+            "visited": node.visited, "children": [plan_dict(c) for c in node.children]}
+
+
+def changes_message(changes: list[Change]) -> pb.WatchSegmentsResponse:
+    """Changes as one WatchSegmentsResponse."""
+    return pb.WatchSegmentsResponse(changes=[
+        pb.SegmentChange(seq=c.seq, kind=KIND_OF_CHANGE[c.kind], segment=c.segment, id=c.id, at_ms=c.at_ms)
+        for c in changes])
+
+
+def change(message: pb.SegmentChange) -> Change:
+    """A SegmentChange as an engine Change."""
+    return Change(message.seq, CHANGE_OF_KIND.get(message.kind, "unspecified"), message.segment, message.id,
+                  message.at_ms)

@@ -1,0 +1,155 @@
+"""The Segmentation servicer: proto in, one engine call (through the gate), proto out.
+
+Errors are not handled here: engine errors propagate to ``ErrorInterceptor``, which maps them
+to status codes in one place.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Iterator
+
+import grpc
+
+from engine.errors import DataError
+from engine.watch import DEFAULT_CAPACITY
+
+from . import convert
+from .gate import EngineGate, RequestTooLarge, ShuttingDown
+from .proto_gen import segmentation_pb2 as pb
+from .proto_gen import segmentation_pb2_grpc as pb_grpc
+
+DEFAULT_CHUNK = 10_000
+MAX_CHUNK = 100_000
+WATCH_POLL_S = 0.5
+
+
+class SegmentationServicer(pb_grpc.SegmentationServicer):
+    """segengine.v1.Segmentation over an engine gate."""
+
+    def __init__(self, gate: EngineGate, watch_buffer: int = DEFAULT_CAPACITY, max_watch_buffer: int = 1_000_000):
+        self.gate = gate
+        self.engine = gate.engine
+        self.watch_buffer = watch_buffer
+        self.max_watch_buffer = max_watch_buffer
+        self.started = time.monotonic()
+        self.closing = False  # set when shutdown starts: watch streams end with UNAVAILABLE
+
+    # -- writes -----------------------------------------------------------------------------
+    def UpsertProfiles(self, request: pb.UpsertProfilesRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
+        records = convert.profile_records(request.profiles)
+        return pb.WriteResponse(applied=self.gate.write(context, self.engine.upsert_profiles, records))
+
+    def TrackEvents(self, request: pb.TrackEventsRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
+        records = convert.event_records(request.events)
+        return pb.WriteResponse(applied=self.gate.write(context, self.engine.track_events, records))
+
+    def Write(self, requests: Iterator[pb.WriteRequest], context: grpc.ServicerContext) -> pb.WriteResponse:
+        applied = 0
+        for number, request in enumerate(requests):
+            try:
+                if request.HasField("profiles"):
+                    records = convert.profile_records(request.profiles.profiles)
+                    applied += self.gate.write(context, self.engine.upsert_profiles, records)
+                elif request.HasField("events"):
+                    records = convert.event_records(request.events.events)
+                    applied += self.gate.write(context, self.engine.track_events, records)
+            except DataError as error:  # name the message; earlier messages stay applied
+                raise DataError(f"message {number}: {error} ({applied} records of earlier messages were applied)",
+                                ) from None
+        return pb.WriteResponse(applied=applied)
+
+    # -- queries ----------------------------------------------------------------------------
+    @staticmethod
+    def _now(request: pb.QueryRequest) -> int | None:
+        return request.now_ms or None
+
+    def Count(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.CountResponse:
+        return pb.CountResponse(count=self.gate.query(context, self.engine.count, request.query, self._now(request)))
+
+    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> Iterator[pb.IdsChunk]:
+        size = request.chunk_size or DEFAULT_CHUNK
+        if size > MAX_CHUNK:
+            raise RequestTooLarge(f"chunk_size {size} is over the limit of {MAX_CHUNK}")
+        ids = self.gate.query(context, self.engine.ids, request.query, self._now(request))
+        for start in range(0, len(ids), size):
+            yield pb.IdsChunk(ids=ids[start:start + size])
+
+    def Explain(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
+        result = self.gate.query(context, self.engine.explain, request.query, self._now(request))
+        return pb.ExplainResponse(query=result["query"], now_ms=result["now_ms"], count=result["count"],
+                                  ms=result["ms"], plan=convert.plan_message(result["plan"]))
+
+    # -- profiles ---------------------------------------------------------------------------
+    def GetProfile(self, request: pb.GetProfileRequest, context: grpc.ServicerContext) -> pb.ProfileRecord:
+        return convert.profile_message(self.gate.read(context, self.engine.profile, request.id))
+
+    def Membership(self, request: pb.MembershipRequest, context: grpc.ServicerContext) -> pb.MembershipResponse:
+        names = self.gate.read(context, self.engine.membership, request.id, list(request.segments))
+        return pb.MembershipResponse(segments=names)
+
+    # -- saved segments ---------------------------------------------------------------------
+    def CreateSegment(self, request: pb.CreateSegmentRequest, context: grpc.ServicerContext) -> pb.Segment:
+        info = self.gate.write(context, self.engine.create_segment, request.name, request.query, request.replace)
+        return convert.segment_message(info)
+
+    def GetSegment(self, request: pb.GetSegmentRequest, context: grpc.ServicerContext) -> pb.Segment:
+        return convert.segment_message(self.gate.read(context, self.engine.get_segment, request.name))
+
+    def ListSegments(self, request: pb.ListSegmentsRequest, context: grpc.ServicerContext) -> pb.ListSegmentsResponse:
+        infos = self.gate.read(context, self.engine.list_segments)
+        return pb.ListSegmentsResponse(segments=[convert.segment_message(info) for info in infos])
+
+    def DeleteSegment(self, request: pb.DeleteSegmentRequest,
+                      context: grpc.ServicerContext) -> pb.DeleteSegmentResponse:
+        self.gate.write(context, self.engine.delete_segment, request.name)
+        return pb.DeleteSegmentResponse()
+
+    def WatchSegments(self, request: pb.WatchSegmentsRequest,
+                      context: grpc.ServicerContext) -> Iterator[pb.WatchSegmentsResponse]:
+        buffer = request.buffer or self.watch_buffer
+        if buffer > self.max_watch_buffer:
+            raise RequestTooLarge(f"buffer {buffer} is over the limit of {self.max_watch_buffer}")
+        subscription = self.gate.write(context, self.engine.watch, list(request.segments), buffer)
+        context.add_callback(subscription.close)
+        try:
+            yield pb.WatchSegmentsResponse()  # the subscription is live
+            while context.is_active() and not subscription.closed:
+                changes = subscription.get(timeout=WATCH_POLL_S)
+                if changes:
+                    yield convert.changes_message(changes)
+            if self.closing:
+                raise ShuttingDown("the server is shutting down; watch again elsewhere or later")
+        finally:
+            subscription.close()
+
+    # -- operations -------------------------------------------------------------------------
+    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
+        stats = self.gate.read(context, self.engine.stats)
+        by_type: dict[str, int] = {}
+        for shard in stats["shards"]:
+            for name, count in shard.get("events_by_type", {}).items():
+                by_type[name] = by_type.get(name, 0) + count
+        return pb.StatsResponse(profiles=stats["profiles"], events=stats["events"], shards=len(stats["shards"]),
+                                segments=len(self.engine.catalog), events_by_type=by_type,
+                                watchers=len(self.engine.changes.subscribers),
+                                uptime_s=time.monotonic() - self.started, version=_version())
+
+    def GetSchema(self, request: pb.GetSchemaRequest, context: grpc.ServicerContext) -> pb.GetSchemaResponse:
+        return pb.GetSchemaResponse(schema_json=json.dumps(self.engine.schema.to_dict(), sort_keys=True))
+
+    def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.SnapshotResponse:
+        snapshot = getattr(self.engine, "snapshot", None)
+        if snapshot is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this engine cannot write snapshots")
+        result = self.gate.write(context, snapshot)
+        return pb.SnapshotResponse(detail="" if result is None else json.dumps(result, sort_keys=True, default=str))
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("segengine")
+    except Exception:  # noqa: BLE001 - not installed
+        return "dev"

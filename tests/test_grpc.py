@@ -1,0 +1,400 @@
+"""The gRPC server against a real server on 127.0.0.1 (ephemeral port): every RPC and its errors."""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from engine import DataError, Engine, QueryError, Schema
+from engine.errors import (ProfileNotFound, SegengineError, SegmentExists, SegmentInUse, SegmentNotFound,
+                           WatchOverflow)
+from loaders.generator import generate
+from server.app import SegengineServer, ServerConfig
+from server.client import RpcError, SegengineClient
+from server.proto_gen import segmentation_pb2 as pb
+from server.proto_gen import segmentation_pb2_grpc as pb_grpc
+
+from test_segments import DAY, HOUR, NOW, SEGMENTS, Clock, expand, random_writes
+
+EXAMPLE = ("country IN ('FR', 'BE') AND age BETWEEN 25 AND 40"
+           " AND DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d)"
+           " AND NOT DID(purchase, WITHIN 7d) AND CONSENTED(email)")
+
+
+class Served:
+    """A running server over a small generated dataset, its clock and a client."""
+
+    def __init__(self, config: ServerConfig | None = None, profiles: int = 2000, data_dir: str | None = None,
+                 **client_options):
+        ds = generate(profiles=profiles, events=profiles * 10, seed=4, now_ms=NOW)
+        self.ids = list(ds.profiles.ids)
+        self.engine = Engine(Schema.from_dict(ds.schema), shards=1, data_dir=data_dir)
+        self.clock = Clock(NOW)
+        self.engine.clock = self.clock
+        self.engine.load_profiles(ds.profiles)
+        for batch in ds.events:
+            self.engine.load_events(batch)
+        config = config or ServerConfig()
+        config.port, config.refresh_ms = 0, 0
+        self.server = SegengineServer(self.engine, config, owns_engine=True).start()
+        self.client = SegengineClient(self.server.address, **client_options)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop(grace_s=1)
+
+
+@pytest.fixture
+def served():
+    s = Served()
+    yield s
+    s.close()
+
+
+def status_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code()
+
+
+# -- every RPC --------------------------------------------------------------------------------
+def test_count_matches_the_engine_and_now_zero_is_the_wall_clock(served):
+    c = served.client
+    assert c.count("ALL") == 2000
+    assert c.count(EXAMPLE, now=NOW) == served.engine.count(EXAMPLE, now=NOW)
+    assert c.count("DID(page_view)") == served.engine.count("DID(page_view)")  # now_ms 0 = wall clock
+
+
+def test_pinned_count_message_shape(served):
+    stub = pb_grpc.SegmentationStub(served.client.channel)
+    response = stub.Count(pb.QueryRequest(query="country = 'FR'", now_ms=NOW))
+    assert response.count == served.engine.count("country = 'FR'")
+    assert [(f.name, f.number, f.type) for f in pb.QueryRequest.DESCRIPTOR.fields][:2] == [
+        ("query", 1, 9), ("now_ms", 2, 3)]
+    assert [(f.name, f.number, f.type) for f in pb.CountResponse.DESCRIPTOR.fields] == [("count", 1, 4)]
+    assert pb.DESCRIPTOR.package == "segengine.v1"
+
+
+def test_query_streams_sorted_ids_in_chunks(served):
+    expected = served.engine.ids("country = 'FR'", now=NOW)
+    chunks = list(served.client.iter_ids("country = 'FR'", now=NOW, chunk_size=100))
+    assert [len(c) for c in chunks[:-1]] == [100] * (len(chunks) - 1)
+    assert [i for chunk in chunks for i in chunk] == expected
+    assert served.client.ids("NOT ALL") == []
+
+
+def test_explain(served):
+    result = served.client.explain(EXAMPLE, now=NOW)
+    assert result.count == served.engine.count(EXAMPLE, now=NOW)
+    assert result.plan["step"] == "AND" and len(result.plan["children"]) == 5
+    assert result.now_ms == NOW and result.query.startswith("CONSENTED(email)")
+
+
+def test_writes_unary_and_client_stream(served):
+    c = served.client
+    assert c.upsert_profiles([{"id": "w1", "country": "FR", "age": 30, "interests": [], "vip": None,
+                               "signup_at": "2026-11-20T10:00:00Z", "cart_value": 2.5,
+                               "consent": {"email": True}}]) == 1
+    assert c.track_events([{"id": "w1", "event": "cart_abandoned", "ts": "2026-11-20T10:00:00Z", "cart_value": 120.5},
+                           {"id": "w2", "event": "purchase", "ts": NOW, "amount": None}]) == 2
+    applied = c.write([("profiles", [{"id": f"s{i}", "age": i} for i in range(50)]),
+                       ("events", [{"id": f"s{i}", "event": "page_view", "ts": NOW} for i in range(50)])])
+    assert applied == 100
+    record = c.profile("w1")
+    assert record == {"id": "w1", "country": "FR", "age": 30, "interests": [], "cart_value": 2.5,
+                      "signup_at": 1795168800000, "consent": {"email": True, "sms": False, "push": False,
+                                                               "ads": False}}
+    assert c.count("DID(page_view, SINCE NOW) AND age < 50", now=NOW) == 50
+    assert c.count("DID(purchase) AND country IS NULL", now=NOW) >= 1
+
+
+def test_saved_segments_crud(served):
+    c = served.client
+    info = c.create_segment("fr", "country = 'FR'")
+    assert (info.name, info.count, info.time_relative) == ("fr", served.engine.count("country = 'FR'"), False)
+    c.create_segment("fr_recent", "SEGMENT('fr') AND DID(page_view, WITHIN 1d)")
+    assert c.get_segment("fr_recent").depends_on == ("fr",)
+    assert c.get_segment("fr_recent").time_relative
+    assert [s.name for s in c.list_segments()] == ["fr", "fr_recent"]
+    replaced = c.create_segment("fr", "country = 'BE'", replace=True)
+    assert replaced.query == "country = 'BE'" and replaced.count == served.engine.count("country = 'BE'")
+    assert c.count("SEGMENT('fr_recent')") == served.engine.count("country = 'BE' AND DID(page_view, WITHIN 1d)",
+                                                                   now=NOW)
+    c.delete_segment("fr_recent")
+    assert [s.name for s in c.list_segments()] == ["fr"]
+
+
+def test_membership_and_profiles(served):
+    c = served.client
+    c.create_segment("fr", "country = 'FR'")
+    c.create_segment("email", "CONSENTED(email)")
+    c.upsert_profiles([{"id": "m1", "country": "FR", "consent": {"email": True}}])
+    assert c.membership("m1") == ["email", "fr"]
+    assert c.membership("m1", ["fr"]) == ["fr"]
+    c.upsert_profiles([{"id": "m1", "consent": {"email": False}}])
+    assert c.membership("m1") == ["fr"]  # read your writes
+
+
+def test_stats_schema_health_and_reflection(served):
+    c = served.client
+    stats = c.stats()
+    assert (stats["profiles"], stats["events"], stats["shards"]) == (2000, 20000, 1)
+    assert sum(stats["events_by_type"].values()) == 20000
+    assert "cart_abandoned" in c.schema.events
+    assert c.health() == "SERVING" and c.health("segengine.v1.Segmentation") == "SERVING"
+    stub = reflection_pb2_grpc.ServerReflectionStub(c.channel)
+    answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"segengine.v1.Segmentation", "grpc.health.v1.Health"} <= names
+
+
+def test_snapshot_needs_a_data_dir(served):
+    with pytest.raises(SegengineError) as caught:
+        served.client.snapshot()
+    assert caught.value.grpc_status == "FAILED_PRECONDITION"
+
+
+def test_snapshot_and_restart_keep_saved_segments(tmp_path):
+    s = Served(profiles=200, data_dir=str(tmp_path / "data"))
+    try:
+        s.client.create_segment("fr", "country = 'FR'")
+        s.client.upsert_profiles([{"id": "d1", "country": "FR"}])
+        assert json.loads(s.client.snapshot())
+        count = s.client.get_segment("fr").count
+    finally:
+        s.close()
+    engine = Engine(s.engine.schema, shards=1, data_dir=str(tmp_path / "data"))
+    try:
+        assert engine.get_segment("fr")["count"] == count and engine.membership("d1") == ["fr"]
+    finally:
+        engine.close()
+
+
+# -- errors -----------------------------------------------------------------------------------
+def test_bad_queries_are_invalid_argument_with_the_position(served):
+    stub = pb_grpc.SegmentationStub(served.client.channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Count(pb.QueryRequest(query="age = 'x'"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "type mismatch: attribute 'age' is int, got a string at column 7 near \"'x'\""
+    for call in (lambda: served.client.count("country = "), lambda: served.client.ids("nope > 1"),
+                 lambda: served.client.explain("DID(nothing)"), lambda: served.client.create_segment("x", "(")):
+        with pytest.raises(QueryError, match="column"):
+            call()
+
+
+def test_bad_records_are_invalid_argument_naming_record_and_field(served):
+    c = served.client
+    with pytest.raises(DataError, match=r"^record 1, field 'age': expected an integer, got str$"):
+        c.upsert_profiles([{"id": "ok"}, {"id": "bad", "age": "x"}])
+    assert status_of(lambda: pb_grpc.SegmentationStub(c.channel).UpsertProfiles(
+        pb.UpsertProfilesRequest(profiles=[pb.ProfileRecord(id="")]))) == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(ProfileNotFound):
+        c.profile("ok")  # all or none: the good record was not applied either
+    with pytest.raises(DataError, match=r"record 0, field 'ts': missing"):
+        c.track_events([{"id": "u", "event": "purchase"}])
+    with pytest.raises(DataError, match=r"record 0, field 'event': unknown event type 'nope'"):
+        c.track_events([{"id": "u", "event": "nope", "ts": NOW}])
+    with pytest.raises(DataError, match=r"record 0, field 'ts': malformed timestamp"):
+        c.track_events([{"id": "u", "event": "purchase", "ts": "yesterday"}])
+    with pytest.raises(DataError, match=r"record 0, field 'id': 'id' is reserved"):
+        pb_request = pb.UpsertProfilesRequest(profiles=[pb.ProfileRecord(id="u", attributes={
+            "id": pb.Value(string_value="other")})])
+        try:
+            pb_grpc.SegmentationStub(c.channel).UpsertProfiles(pb_request)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            raise DataError(error.details()) from None
+    with pytest.raises(DataError, match=r"message 1: record 0, field 'age'.*\(2 records of earlier messages"):
+        c.write([("profiles", [{"id": "k1"}, {"id": "k2"}]), ("profiles", [{"id": "k3", "age": 1.5}])])
+    assert c.profile("k2")["id"] == "k2"
+
+
+def test_unknown_segments_and_profiles_are_not_found(served):
+    c = served.client
+    c.create_segment("fr", "country = 'FR'")
+    for call in (lambda: c.get_segment("nope"), lambda: c.delete_segment("nope"), lambda: c.count("SEGMENT('nope')"),
+                 lambda: c.ids("SEGMENT('nope') AND ALL"), lambda: c.membership(served.ids[0], ["nope"]),
+                 lambda: c.create_segment("x", "SEGMENT('nope')"), lambda: c.watch(["nope"])):
+        with pytest.raises(SegmentNotFound, match="unknown segment 'nope'"):
+            call()
+    for call in (lambda: c.profile("nobody"), lambda: c.membership("nobody")):
+        with pytest.raises(ProfileNotFound, match="unknown profile 'nobody'"):
+            call()
+    stub = pb_grpc.SegmentationStub(c.channel)
+    assert status_of(lambda: stub.GetSegment(pb.GetSegmentRequest(name="nope"))) == grpc.StatusCode.NOT_FOUND
+    assert status_of(lambda: stub.Membership(pb.MembershipRequest(id="nobody"))) == grpc.StatusCode.NOT_FOUND
+
+
+def test_segment_conflicts(served):
+    c = served.client
+    c.create_segment("a", "country = 'FR'")
+    c.create_segment("b", "SEGMENT('a')")
+    with pytest.raises(SegmentExists):
+        c.create_segment("a", "ALL")
+    with pytest.raises(SegmentInUse, match="read by 'b'"):
+        c.delete_segment("a")
+    with pytest.raises(QueryError, match="segment reference cycle: a -> b -> a"):
+        c.create_segment("a", "SEGMENT('b')", replace=True)
+    stub = pb_grpc.SegmentationStub(c.channel)
+    assert status_of(lambda: stub.CreateSegment(pb.CreateSegmentRequest(name="a", query="ALL"))) == \
+        grpc.StatusCode.ALREADY_EXISTS
+    assert status_of(lambda: stub.DeleteSegment(pb.DeleteSegmentRequest(name="a"))) == \
+        grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_oversized_requests_are_resource_exhausted():
+    s = Served(ServerConfig(max_message_bytes=64 * 1024), profiles=100)
+    try:
+        with pytest.raises(RpcError, match="RESOURCE_EXHAUSTED"):
+            s.client.upsert_profiles([{"id": f"big{i}", "country": "x" * 100} for i in range(2000)])
+        with pytest.raises(RpcError, match="RESOURCE_EXHAUSTED"):
+            s.client.ids("ALL", chunk_size=1_000_000)
+        assert s.client.upsert_profiles([{"id": "small"}]) == 1
+    finally:
+        s.close()
+
+
+def test_calls_over_the_concurrency_cap_are_resource_exhausted():
+    s = Served(ServerConfig(max_concurrent_rpcs=1), profiles=100)
+    try:
+        with s.client.watch():  # holds the only slot
+            with pytest.raises(RpcError, match="RESOURCE_EXHAUSTED"):
+                s.client.count("ALL")
+        for _ in range(50):  # the slot is freed once the stream is cancelled
+            try:
+                assert s.client.count("ALL") == 100
+                break
+            except RpcError:
+                threading.Event().wait(0.05)
+        else:
+            pytest.fail("the slot was never freed")
+    finally:
+        s.close()
+
+
+def test_deadlines_are_honoured(served):
+    lock = served.server.gate.lock
+    assert lock.acquire_write(None)  # the engine is busy with a write
+    try:
+        for call in (lambda: served.client.count("ALL", timeout=0.2),
+                     lambda: served.client.membership(served.ids[0], timeout=0.2)):
+            with pytest.raises(RpcError, match="DEADLINE_EXCEEDED"):
+                call()
+    finally:
+        lock.release_write()
+    assert served.client.count("ALL", timeout=5) == 2000
+
+
+# -- saved segments over gRPC: exact under writes and time ------------------------------------
+def test_saved_segments_stay_exact_through_the_api(served):
+    c = served.client
+    names = {k: SEGMENTS[k] for k in ("fr", "carted_7d", "big_carts", "example", "fr_carted", "new_signups",
+                                      "recent_views", "abandoned_unbought")}
+    for name, text in names.items():
+        c.create_segment(name, text)
+    rng = random.Random(9)
+    for _ in range(6):
+        served.clock.now += rng.choice([1, 3 * HOUR, DAY, 4 * DAY])
+        profiles, events = random_writes(rng, served.ids, served.clock.now, 40)
+        c.upsert_profiles(profiles)
+        c.track_events(events)
+        members = {}
+        for name, text in names.items():
+            members[name] = c.ids(f"SEGMENT('{name}')")
+            assert members[name] == c.ids(expand(text, names), now=served.clock.now), name
+        for pid in [r["id"] for r in profiles[:10]]:
+            assert c.membership(pid) == sorted(n for n, m in members.items() if pid in m)
+
+
+# -- watch streams ----------------------------------------------------------------------------
+def test_watch_streams_entries_and_exits_in_order(served):
+    c = served.client
+    c.create_segment("fr", "country = 'FR'")
+    c.create_segment("carted_1h", "DID(cart_abandoned, WITHIN 1h)")
+    with c.watch(["fr", "carted_1h"]) as watch:
+        c.upsert_profiles([{"id": "z1", "country": "FR"}])
+        c.track_events([{"id": "z1", "event": "cart_abandoned", "ts": NOW}])
+        c.upsert_profiles([{"id": "z1", "country": "DE"}])
+        served.clock.now += 2 * HOUR
+        assert c.membership("z1") == []  # the read refreshes time-relative segments: z1 ages out
+        changes = []
+        for change in watch:
+            if change.id == "z1":  # generated profiles also age out of carted_1h
+                changes.append((change.kind, change.segment))
+            if len(changes) == 4:
+                break
+    assert changes == [("entered", "fr"), ("entered", "carted_1h"), ("exited", "fr"), ("exited", "carted_1h")]
+
+
+def test_timer_refresh_reaches_watchers_without_reads():
+    s = Served(profiles=100)
+    try:
+        s.engine.refresh_ms = 0
+        s.client.create_segment("carted_1h", "DID(cart_abandoned, WITHIN 1h)")
+        s.client.track_events([{"id": "t1", "event": "cart_abandoned", "ts": NOW}])
+        with s.client.watch(["carted_1h"]) as watch:
+            s.clock.now += 2 * HOUR  # nobody reads: the server's timer refreshes
+            change = next(c for c in watch if c.id == "t1")
+        assert (change.kind, change.id, change.at_ms) == ("exited", "t1", NOW + 2 * HOUR)
+    finally:
+        s.close()
+
+
+def test_a_watcher_too_far_behind_is_dropped(served):
+    c = served.client
+    c.create_segment("all", "ALL")
+    watch = c.watch(buffer=3)
+    c.upsert_profiles([{"id": f"o{i}"} for i in range(10)])
+    with pytest.raises(WatchOverflow, match="more than 3 changes pending"):
+        list(watch)
+    assert c.upsert_profiles([{"id": "after"}]) == 1  # writes were never blocked
+
+
+def test_watch_ends_unavailable_on_shutdown():
+    s = Served(profiles=100)
+    watch = s.client.watch()
+    stopper = threading.Thread(target=s.server.stop, kwargs={"grace_s": 5})
+    stopper.start()
+    with pytest.raises(RpcError, match="UNAVAILABLE"):
+        list(watch)
+    stopper.join(10)
+    assert s.server.stopped.is_set()
+    s.client.close()
+
+
+def test_health_probe_uses_the_plain_health_api(served):
+    stub = health_pb2_grpc.HealthStub(served.client.channel)
+    assert stub.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_schema_json_round_trips(served):
+    response = pb_grpc.SegmentationStub(served.client.channel).GetSchema(pb.GetSchemaRequest())
+    assert Schema.from_dict(json.loads(response.schema_json)).to_dict() == served.engine.schema.to_dict()
+
+
+def test_reads_run_alongside_a_query_but_not_alongside_a_write(served):
+    gate = served.server.gate
+    assert gate.executor_lock.acquire()  # a query is running
+    try:
+        assert served.client.membership(served.ids[0], timeout=2) == []  # reads go on
+        with pytest.raises(RpcError, match="DEADLINE_EXCEEDED"):
+            served.client.count("ALL", timeout=0.2)  # queries take turns
+    finally:
+        gate.executor_lock.release()
+    assert gate.lock.acquire_read(None)  # a read is running: writes wait for it
+    try:
+        with pytest.raises(RpcError, match="DEADLINE_EXCEEDED"):
+            served.client.upsert_profiles([{"id": "w"}])
+    finally:
+        gate.lock.release_read()
+    time.sleep(0.1)
+    with pytest.raises(ProfileNotFound):
+        served.client.profile("w")  # the write whose deadline passed while it waited never ran
+    assert served.client.upsert_profiles([{"id": "w"}]) == 1
