@@ -14,7 +14,10 @@ from pyroaring import BitMap
 
 from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap, union_all
-from ..store.events import DAY_MS, NO_TIME, EventStore, EventTypeStore, Run
+from ..store.events import DAY_MS, HOUR_MS, NO_TIME, EventStore, EventTypeStore, Run
+
+#: Presence bucket sizes, coarsest first: whole days, then whole hours, then an exact scan.
+BUCKET_LEVELS = (DAY_MS, HOUR_MS)
 
 CMP = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 TIME_MAX = np.iinfo(np.int64).max
@@ -23,10 +26,6 @@ TIME_MAX = np.iinfo(np.int64).max
 #: Count conditions that mean "at least one matching event" / "no matching event".
 PRESENT = frozenset({(">=", 1), (">", 0), ("!=", 0)})
 ABSENT = frozenset({("=", 0), ("<", 1), ("<=", 0)})
-
-#: Count comparison operators as kernel codes.
-OP_CODES = {"=": 0, "!=": 1, "<": 2, "<=": 3, ">": 4, ">=": 5}
-
 
 @numba.njit(cache=True)
 def tally(rows, keep, use_keep, member, use_member, counts):
@@ -41,8 +40,9 @@ def tally(rows, keep, use_keep, member, use_member, counts):
 
 
 @numba.njit(cache=True)
-def collect(rows, keep, use_keep, member, use_member, counts, op, n, want, out, n_out):
-    """Append to ``out`` each counted row whose count test equals ``want``; resets counts to 0."""
+def collect(rows, keep, use_keep, counts, wanted, out, n_out):
+    """Append each counted row with ``wanted[min(count, len(wanted) - 1)]`` to ``out``; resets counts."""
+    top = len(wanted) - 1
     for i in range(len(rows)):
         if use_keep and not keep[i]:
             continue
@@ -51,19 +51,7 @@ def collect(rows, keep, use_keep, member, use_member, counts, op, n, want, out, 
         if c == 0:
             continue
         counts[row] = 0
-        if op == 0:
-            ok = c == n
-        elif op == 1:
-            ok = c != n
-        elif op == 2:
-            ok = c < n
-        elif op == 3:
-            ok = c <= n
-        elif op == 4:
-            ok = c > n
-        else:
-            ok = c >= n
-        if ok == want:
+        if wanted[min(c, top)]:
             out[n_out] = row
             n_out += 1
     return n_out
@@ -186,31 +174,39 @@ class DidEvaluator:
             return BitMap()
         if lo == NO_TIME and hi >= store.max_ts:
             return store.ever
-        first_day, last_day = lo // DAY_MS, hi // DAY_MS
-        full_lo = first_day if lo == first_day * DAY_MS else first_day + 1
-        full_hi = last_day if hi == (last_day + 1) * DAY_MS - 1 else last_day - 1
-        parts: list[BitMap] = []
-        if full_lo <= full_hi:
-            parts.append(self._days_union(store, full_lo, full_hi))
-        edges = []
-        if full_lo > first_day:
-            edges.append((lo, min(hi, (first_day + 1) * DAY_MS - 1)))
-        if full_hi < last_day and (last_day != first_day or full_lo == first_day):
-            edges.append((max(lo, last_day * DAY_MS), hi))
-        for edge_lo, edge_hi in edges:
-            rows = [part.rows for part in store.window(edge_lo, edge_hi)]
-            if rows:
-                parts.append(to_bitmap(np.concatenate(rows)))
-        return union_all(parts)
+        return self._present_at(store, lo, hi, 0)
 
-    def _days_union(self, store: EventTypeStore, first: int, last: int) -> BitMap:
-        key = (id(store), first, last, store.generation)
+    def _present_at(self, store: EventTypeStore, lo: int, hi: int, level: int) -> BitMap:
+        """Presence in [lo, hi] from whole buckets of ``BUCKET_LEVELS[level]``, finer levels at the edges."""
+        if level == len(BUCKET_LEVELS):
+            rows = [part.rows for part in store.window(lo, hi)]
+            return to_bitmap(np.concatenate(rows)) if rows else BitMap()
+        size = BUCKET_LEVELS[level]
+        first, last = lo // size, hi // size
+        full_lo = first if lo == first * size else first + 1
+        full_hi = last if hi == (last + 1) * size - 1 else last - 1
+        if full_lo > full_hi:  # no whole bucket inside: one or two partial buckets
+            if first == last:
+                return self._present_at(store, lo, hi, level + 1)
+            return union_all([self._present_at(store, lo, last * size - 1, level + 1),
+                              self._present_at(store, last * size, hi, level + 1)])
+        parts = [self._buckets_union(store, size, full_lo, full_hi)]
+        if full_lo > first:
+            parts.append(self._present_at(store, lo, full_lo * size - 1, level + 1))
+        if full_hi < last:
+            parts.append(self._present_at(store, (full_hi + 1) * size, hi, level + 1))
+        return union_all(parts) if len(parts) > 1 else parts[0]
+
+    def _buckets_union(self, store: EventTypeStore, size: int, first: int, last: int) -> BitMap:
+        """Union of the ``size`` buckets first..last (cached per store generation; do not mutate)."""
+        key = (id(store), size, first, last, store.generation)
         cached = self.union_cache.get(key)
         if cached is None:
-            if last - first + 1 <= len(store.days):
-                bitmaps = [store.days[d] for d in range(first, last + 1) if d in store.days]
+            buckets = store.buckets(size)
+            if last - first + 1 <= len(buckets):
+                bitmaps = [buckets[b] for b in range(first, last + 1) if b in buckets]
             else:
-                bitmaps = [b for d, b in store.days.items() if first <= d <= last]
+                bitmaps = [bitmap for b, bitmap in buckets.items() if first <= b <= last]
             cached = union_all(bitmaps)
             if len(self.union_cache) > 256:
                 self.union_cache.pop(next(iter(self.union_cache)))
@@ -263,10 +259,12 @@ class DidEvaluator:
             tally(part.rows, dummy if keep is None else keep, keep is not None, self.member, use_member, self.counts)
         out = np.empty(min(total, size), dtype=np.int32)
         n_out = 0
-        op = OP_CODES[node.count_op]
+        # the count test for counts 0..n+1 (every count above n+1 answers as n+1 does)
+        test = CMP[node.count_op]
+        top = min(node.count_n, total) + 1  # counts never exceed the events in the window
+        wanted = np.array([test(c, node.count_n) == want for c in range(top + 1)], dtype=bool)
         for part, keep in zip(parts, keeps):
-            n_out = collect(part.rows, dummy if keep is None else keep, keep is not None, self.member, use_member,
-                            self.counts, op, node.count_n, want, out, n_out)
+            n_out = collect(part.rows, dummy if keep is None else keep, keep is not None, self.counts, wanted, out, n_out)
         if member_rows is not None:
             self.member[member_rows] = False
         return out[:n_out]

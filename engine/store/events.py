@@ -18,10 +18,11 @@ from pyroaring import BitMap
 
 from ..columns import CategoryColumn, Column, ValueColumn
 from ..schema import EventDef
-from .bitmaps import group_rows, to_bitmap
+from .bitmaps import group_rows, to_bitmap, union_all
 from .growable import GrowableArray
 
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 EPOCH_BITS = 32
 EPOCH_SPAN = 1 << EPOCH_BITS
 NO_TIME = np.iinfo(np.int64).min
@@ -80,7 +81,8 @@ class EventTypeStore:
     def __init__(self, definition: EventDef):
         self.definition = definition
         self.epochs: dict[int, list[Run]] = {}
-        self.days: dict[int, BitMap] = {}
+        self.days: dict[int, BitMap] = {}  # UTC day -> rows with such an event that day
+        self.hours: dict[int, BitMap] = {}  # UTC hour -> rows (so window edges scan at most an hour)
         self.ever = BitMap()
         self.last_ts: GrowableArray | None = None
         self.max_ts = NO_TIME
@@ -158,9 +160,18 @@ class EventTypeStore:
             last = runs.pop()
             runs[-1] = _merge(runs[-1], last)
 
+    def buckets(self, size_ms: int) -> dict[int, BitMap]:
+        """The presence bitmaps at granularity ``size_ms`` (DAY_MS or HOUR_MS)."""
+        return self.days if size_ms == DAY_MS else self.hours
+
     def _index(self, rows: np.ndarray, ts: np.ndarray) -> None:
-        for day, members in group_rows(rows.astype(np.int64), ts // DAY_MS):
-            self.days.setdefault(day, BitMap()).update(to_bitmap(members, assume_sorted=True))
+        per_day: dict[int, list[BitMap]] = {}
+        for hour, members in group_rows(rows.astype(np.int64), ts // HOUR_MS):
+            bitmap = to_bitmap(members, assume_sorted=True)
+            self.hours.setdefault(hour, BitMap()).update(bitmap)
+            per_day.setdefault(hour * HOUR_MS // DAY_MS, []).append(bitmap)
+        for day, bitmaps in per_day.items():
+            self.days.setdefault(day, BitMap()).update(union_all(bitmaps))
         self.ever.update(to_bitmap(rows))
         if self.last_ts is not None:
             self.last_ts.ensure(int(rows.max()) + 1)
@@ -201,7 +212,7 @@ class EventTypeStore:
         """Approximate bytes held by the runs and day bitmaps."""
         total = sum(r.ts.nbytes + r.rows.nbytes + sum(v.nbytes for v in r.props.values())
                     + sum(v.nbytes for v in r.valid.values()) for r in self.runs)
-        return total + sum(len(b.serialize()) for b in self.days.values())
+        return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.hours.values()])
 
 
 class EventStore:
