@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count-share", type=float, default=0.05, help="share of Count calls in the mix")
     parser.add_argument("--workers", type=int, default=16, help="server RPC threads")
     parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--refresh-ms", type=int, default=1000, help="server refresh period of time-relative segments")
     parser.add_argument("--samples", type=int, default=20_000, help="in-engine membership samples")
     args = parser.parse_args(argv)
 
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = engine.stats()
     print(f"segengine gRPC benchmark: {stats['profiles']:,} profiles, {stats['events']:,} events, "
           f"{len(definitions)} saved segments ({sum(engine.catalog.get(n).clocked for n in definitions)} "
-          f"time-relative), {args.shards} shard(s)")
+          f"time-relative), {args.shards} shard(s), refresh every {args.refresh_ms} ms")
     print(f"  generate+load {loaded - started:.1f} s, create segments {created - loaded:.1f} s, "
           f"segment memory {sum(s.get('segment_bytes', 0) for s in stats['shards']) / 1e6:.0f} MB")
 
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     count_runs = 200 if args.profiles <= 2_000_000 else 50
     figures: dict[str, Any] = {"in_engine": in_engine(engine, args.profiles, args.samples, count_runs)}
 
-    server = SegengineServer(engine, ServerConfig(port=0, workers=args.workers, max_concurrent_rpcs=1024)).start()
+    config = ServerConfig(port=0, workers=args.workers, max_concurrent_rpcs=1024, refresh_ms=args.refresh_ms)
+    server = SegengineServer(engine, config).start()
     try:
         names = list(definitions)
         print(f"phase 2-4: gRPC on {server.address}, {args.procs} client process(es) x {args.concurrency} in flight, "

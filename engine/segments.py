@@ -37,10 +37,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 from pyroaring import BitMap
 
 from .errors import ProfileNotFound, QueryError, SegmentExists, SegmentInUse, SegmentNotFound
+from .exec.did import CMP
 from .exec.executor import Executor
 from .plan.steps import Step
 from .query import ast
@@ -255,14 +257,29 @@ def latest_times(store: EventTypeStore, rows: np.ndarray, size: int) -> np.ndarr
     return latest
 
 
-class RestrictedExecutor(Executor):
-    """The Executor used to re-evaluate saved segments on a few rows.
+@numba.njit(cache=True, nogil=True)
+def member_events(rows, member):
+    """Positions of the events whose row is marked in ``member``."""
+    out = np.empty(len(rows), dtype=np.int64)
+    n = 0
+    for i in range(len(rows)):
+        if member[rows[i]]:
+            out[n] = i
+            n += 1
+    return out[:n]
 
-    A presence DID (``DID(e[, WITHIN d | SINCE t])`` and its ``COUNT = 0`` form) on a small
-    found set reads each row's latest event time instead of scanning the events of the window:
-    a row has such an event iff its latest one is in the window, unless its latest event is in
-    the future, and those rows (rare) are checked the usual way.
+
+class RestrictedExecutor(Executor):
+    """The Executor used to re-evaluate saved segments on a few rows (a small found set).
+
+    A presence DID (``DID(e[, WITHIN d | SINCE t])`` and its ``COUNT = 0`` form) reads each
+    row's latest event time instead of the events of the window: a row has such an event iff its
+    latest one is in the window, unless its latest event is in the future, and those rows (rare)
+    are checked the usual way. Any other DID first picks the window's events of the found rows
+    (one pass over their rows), then applies WHERE, AFTER LAST and the count to those only.
     """
+
+    member = np.zeros(0, dtype=bool)
 
     @staticmethod
     def reads_latest_time(node: ast.Did) -> bool:
@@ -273,8 +290,10 @@ class RestrictedExecutor(Executor):
 
     def pred_Did(self, node: ast.Did, found: BitMap | None) -> BitMap:
         form = (node.count_op, node.count_n)
-        if found is None or len(found) > LATEST_TIME_SHARE * len(self.store.live) or not self.reads_latest_time(node):
+        if found is None or len(found) > LATEST_TIME_SHARE * len(self.store.live):
             return super().pred_Did(node, found)
+        if not self.reads_latest_time(node):
+            return self._count_few(node, found)
         store = self.events.events.types[node.event]
         lo, hi = self.events.window_of(node, self.now)
         rows = rows_of(found).astype(np.int64)
@@ -284,6 +303,27 @@ class RestrictedExecutor(Executor):
         if future.any():
             present |= self.events.present(store, lo, hi) & to_bitmap(rows[future], assume_sorted=True)
         return present if form in PRESENT else found - present
+
+    def _count_few(self, node: ast.Did, found: BitMap) -> BitMap:
+        """DID on the rows of ``found`` only, from their events in the window (exact within ``found``)."""
+        store = self.events.events.types[node.event]
+        lo, hi = self.events.window_of(node, self.now)
+        rows = rows_of(found).astype(np.int64)
+        size = len(self.store.idmap)
+        if len(self.member) < size:
+            self.member = np.zeros(max(size, int(len(self.member) * 1.25)), dtype=bool)
+        self.member[rows] = True
+        try:
+            parts = [part.take(picks) for part in store.window(lo, hi)
+                     if len(picks := member_events(part.rows, self.member))]
+        finally:
+            self.member[rows] = False
+        keeps = self.events.event_masks(node, store, parts, self.now, size)
+        hits = [part.rows if keep is None else part.rows[keep] for part, keep in zip(parts, keeps)]
+        counted, counts = np.unique(np.concatenate(hits) if hits else np.empty(0, np.int64), return_counts=True)
+        per_row = np.zeros(len(rows), dtype=np.int64)
+        per_row[np.searchsorted(rows, counted)] = counts
+        return to_bitmap(rows[CMP[node.count_op](per_row, node.count_n)], assume_sorted=True)
 
 
 class SavedSegments:

@@ -158,15 +158,15 @@ class SegengineClient:
         self.close()
 
     # -- writes -----------------------------------------------------------------------------
-    def upsert_profiles(self, records: Iterable[dict]) -> int:
+    def upsert_profiles(self, records: Iterable[dict], timeout: float | None = None) -> int:
         """Upsert profile records (contract shapes), all or none; returns the number applied."""
         request = pb.UpsertProfilesRequest(profiles=[convert.profile_message(r) for r in records])
-        return self._call(self.stub.UpsertProfiles, request).applied
+        return self._call(self.stub.UpsertProfiles, request, timeout).applied
 
-    def track_events(self, records: Iterable[dict]) -> int:
+    def track_events(self, records: Iterable[dict], timeout: float | None = None) -> int:
         """Track event records, all or none; returns the number applied."""
         request = pb.TrackEventsRequest(events=[convert.event_message(r) for r in records])
-        return self._call(self.stub.TrackEvents, request).applied
+        return self._call(self.stub.TrackEvents, request, timeout).applied
 
     def write(self, batches: Iterable[tuple[str, list[dict]]], timeout: float | None = None) -> int:
         """Stream ``("profiles" | "events", records)`` batches over one call; returns records applied."""

@@ -118,6 +118,8 @@ class EngineGate:
         if not acquire(_timeout(context)):
             raise DeadlineExceeded("deadline exceeded while waiting for the engine")
         try:
+            if context is not None and context.time_remaining() is not None and context.time_remaining() <= 0:
+                raise DeadlineExceeded("deadline exceeded while waiting for the engine")
             yield
         finally:
             release()

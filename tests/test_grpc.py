@@ -391,7 +391,7 @@ def test_reads_run_alongside_a_query_but_not_alongside_a_write(served):
     assert gate.lock.acquire_read(None)  # a read is running: writes wait for it
     try:
         with pytest.raises(RpcError, match="DEADLINE_EXCEEDED"):
-            served.client.upsert_profiles([{"id": "w"}])
+            served.client.upsert_profiles([{"id": "w"}], timeout=0.2)
     finally:
         gate.lock.release_read()
     time.sleep(0.1)

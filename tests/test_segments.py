@@ -153,8 +153,12 @@ def test_refresh_reevaluates_only_rows_crossing_a_time_edge(env):
     assert engine.ids("SEGMENT('carted_7d')") == engine.ids("DID(cart_abandoned, WITHIN 7d)", now=clock.now)
 
 
-@pytest.mark.parametrize("text", ["DID(page_view)", "DID(page_view, WITHIN 1d)", "DID(purchase, SINCE NOW - 2d)",
-                                  "DID(cart_abandoned, WITHIN 7d, COUNT = 0)", "DID(purchase, COUNT < 1)"])
+@pytest.mark.parametrize("text", [
+    "DID(page_view)", "DID(page_view, WITHIN 1d)", "DID(purchase, SINCE NOW - 2d)",
+    "DID(cart_abandoned, WITHIN 7d, COUNT = 0)", "DID(purchase, COUNT < 1)",
+    "DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d)", "DID(page_view, COUNT < 3, WITHIN 3d)",
+    "DID(purchase, BEFORE NOW - 1d)", "DID(purchase, AFTER LAST cart_abandoned, COUNT = 0)",
+    "DID(page_view WHERE category IS NULL OR NOT category = 'books', COUNT = 2)"])
 def test_restricted_presence_matches_the_full_evaluation(env, text):
     engine, clock, ids = env
     engine.track_events([{"id": ids[i], "event": e, "ts": NOW + (i + 1) * HOUR}  # some latest events in the future

@@ -27,34 +27,21 @@ TIME_MAX = np.iinfo(np.int64).max
 PRESENT = frozenset({(">=", 1), (">", 0), ("!=", 0)})
 ABSENT = frozenset({("=", 0), ("<", 1), ("<=", 0)})
 
+
 @numba.njit(cache=True)
-def tally(rows, keep, use_keep, member, use_member, counts):
-    """counts[row] += 1 for each event that is kept and whose row is a member (when asked)."""
+def tally(rows, keep, use_keep, member, use_member, counts, touched, n_touched):
+    """counts[row] += 1 for each kept event of a member row; rows counted first are added to ``touched``."""
     for i in range(len(rows)):
         if use_keep and not keep[i]:
             continue
         row = rows[i]
         if use_member and not member[row]:
             continue
+        if counts[row] == 0:
+            touched[n_touched] = row
+            n_touched += 1
         counts[row] += 1
-
-
-@numba.njit(cache=True)
-def collect(rows, keep, use_keep, counts, wanted, out, n_out):
-    """Append each counted row with ``wanted[min(count, len(wanted) - 1)]`` to ``out``; resets counts."""
-    top = len(wanted) - 1
-    for i in range(len(rows)):
-        if use_keep and not keep[i]:
-            continue
-        row = rows[i]
-        c = counts[row]
-        if c == 0:
-            continue
-        counts[row] = 0
-        if wanted[min(c, top)]:
-            out[n_out] = row
-            n_out += 1
-    return n_out
+    return n_touched
 
 
 def where_mask(node: ast.Node, part: Run, store: EventTypeStore, now: int) -> np.ndarray:
@@ -165,8 +152,8 @@ class DidEvaluator:
         # a count that holds at zero: the universe minus the counted rows whose count fails
         rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)
         if at_zero:
-            return (found if found is not None else live) - to_bitmap(rows)
-        return to_bitmap(rows)
+            return (found if found is not None else live) - to_bitmap(rows, assume_sorted=True)
+        return to_bitmap(rows, assume_sorted=True)
 
     def present(self, store: EventTypeStore, lo: int, hi: int) -> BitMap:
         """Rows with at least one event of ``store``'s type with lo <= ts <= hi."""
@@ -255,16 +242,19 @@ class DidEvaluator:
         keeps = self.event_masks(node, store, parts, now, size)
         dummy = np.empty(0, dtype=bool)
         use_member = member_rows is not None
+        touched = np.empty(min(total, size), dtype=np.int32)
+        n_touched = 0
         for part, keep in zip(parts, keeps):
-            tally(part.rows, dummy if keep is None else keep, keep is not None, self.member, use_member, self.counts)
-        out = np.empty(min(total, size), dtype=np.int32)
-        n_out = 0
+            n_touched = tally(part.rows, dummy if keep is None else keep, keep is not None, self.member, use_member,
+                              self.counts, touched, n_touched)
+        rows = touched[:n_touched]  # the distinct rows counted
+        counts = self.counts[rows]
+        self.counts[rows] = 0
         # the count test for counts 0..n+1 (every count above n+1 answers as n+1 does)
         test = CMP[node.count_op]
         top = min(node.count_n, total) + 1  # counts never exceed the events in the window
         wanted = np.array([test(c, node.count_n) == want for c in range(top + 1)], dtype=bool)
-        for part, keep in zip(parts, keeps):
-            n_out = collect(part.rows, dummy if keep is None else keep, keep is not None, self.counts, wanted, out, n_out)
+        rows = np.sort(rows[wanted[np.minimum(counts, top)]])
         if member_rows is not None:
             self.member[member_rows] = False
-        return out[:n_out]
+        return rows
