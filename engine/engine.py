@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
 from .errors import DataDirMismatch, DataError, SegmentExists
 from .explain import merge_trees
@@ -147,6 +148,11 @@ class Engine:
         if batch.event not in self.schema.events:
             raise DataError(f"unknown event type {batch.event!r}", None, "event")
         return self._load("load_events", batch, _take_events)
+
+    def load_checked_events(self, batch: EventBatch) -> int:
+        """``load_events`` for a batch from an untrusted producer: every column checked first (DataError)."""
+        check_event_batch(self.schema, batch)
+        return self.load_events(batch)
 
     def _load(self, method: str, batch: Any, take: Any) -> int:
         """Split a columnar batch per owning shard and load the parts in parallel."""

@@ -159,7 +159,7 @@ class Schema:
 
     def validate_profile(self, record: Any, where: int | str | None = None) -> ProfileUpdate:
         """Validate one profile upsert record; DataError names ``where`` and the field."""
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):  # the ABC check is slow
             raise DataError("a profile record must be an object", where)
         if "id" not in record:
             raise DataError("missing", where, "id")
@@ -194,7 +194,7 @@ class Schema:
 
     def validate_event(self, record: Any, where: int | str | None = None) -> EventRecord:
         """Validate one event record; DataError names ``where`` and the field."""
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):  # the ABC check is slow
             raise DataError("an event record must be an object", where)
         if "id" not in record:
             raise DataError("missing", where, "id")

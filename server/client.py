@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine import errors
+from engine.columns import EventBatch
 from engine.errors import SegengineError
 from engine.schema import Schema
 from engine.watch import Change
@@ -168,8 +169,15 @@ class SegengineClient:
         request = pb.TrackEventsRequest(events=[convert.event_message(r) for r in records])
         return self._call(self.stub.TrackEvents, request, timeout).applied
 
-    def write(self, batches: Iterable[tuple[str, list[dict]]], timeout: float | None = None) -> int:
-        """Stream ``("profiles" | "events", records)`` batches over one call; returns records applied."""
+    def load_events(self, batch: EventBatch, timeout: float | None = None) -> int:
+        """Send a columnar batch of events of one type (LoadEvents); returns the number applied."""
+        return self._call(self.stub.LoadEvents, convert.event_columns(batch), timeout).applied
+
+    def write(self, batches: Iterable[tuple[str, Any]], timeout: float | None = None) -> int:
+        """Stream ``("profiles" | "events", records)`` or ``("event_columns", EventBatch)`` over one call.
+
+        Returns the number of records applied.
+        """
 
         def requests() -> Iterator[pb.WriteRequest]:
             for kind, records in batches:
@@ -178,8 +186,10 @@ class SegengineClient:
                         profiles=[convert.profile_message(r) for r in records]))
                 elif kind == "events":
                     yield pb.WriteRequest(events=pb.TrackEventsRequest(events=[convert.event_message(r) for r in records]))
+                elif kind == "event_columns":
+                    yield pb.WriteRequest(event_columns=convert.event_columns(records))
                 else:
-                    raise ValueError(f"batch kind must be 'profiles' or 'events', not {kind!r}")
+                    raise ValueError(f"batch kind must be 'profiles', 'events' or 'event_columns', not {kind!r}")
 
         return self._call(self.stub.Write, requests(), timeout or self.stream_timeout).applied
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
+
+from engine.columns import CategoryColumn, Column, EventBatch, ValueColumn
 from engine.errors import DataError
 from engine.schema import RESERVED_NAMES
 from engine.watch import Change
@@ -91,6 +94,58 @@ def profile_records(messages: Iterable[pb.ProfileRecord]) -> list[dict[str, Any]
 def event_records(messages: Iterable[pb.EventRecord]) -> list[dict[str, Any]]:
     """Every EventRecord of a request as a record dict."""
     return [event_record(m, i) for i, m in enumerate(messages)]
+
+
+def event_batch(message: pb.EventColumns) -> EventBatch:
+    """EventColumns as an engine EventBatch (shapes checked here, values by engine.batch_check)."""
+    n = len(message.ids)
+    if len(message.ts_ms) != n:
+        raise DataError(f"{len(message.ts_ms)} timestamps for {n} events", None, "ts")
+    props = {name: _property_column(column, n, name) for name, column in message.properties.items()}
+    return EventBatch(message.event, list(message.ids), np.array(message.ts_ms, dtype=np.int64), props)
+
+
+def _property_column(column: pb.PropertyColumn, n: int, name: str) -> Column:
+    kind = column.WhichOneof("values")
+    if kind is None:
+        raise DataError("no values", None, name)
+    if kind == "categories":
+        codes = np.array(column.categories.codes, dtype=np.int32)
+        if len(codes) != n:
+            raise DataError(f"{len(codes)} values for {n} events", None, name)
+        if len(column.valid):
+            codes[~_valid(column, n, name)] = -1
+        return CategoryColumn(codes, list(column.categories.labels))
+    dtype = {"float_values": np.float64, "int_values": np.int64, "bool_values": np.bool_}[kind]
+    values = np.array(getattr(column, kind).values, dtype=dtype)
+    if len(values) != n:
+        raise DataError(f"{len(values)} values for {n} events", None, name)
+    valid = _valid(column, n, name) if len(column.valid) else np.ones(n, dtype=bool)
+    return ValueColumn(values, valid)
+
+
+def _valid(column: pb.PropertyColumn, n: int, name: str) -> np.ndarray:
+    valid = np.array(column.valid, dtype=bool)
+    if len(valid) != n:
+        raise DataError(f"{len(valid)} validity flags for {n} events", None, name)
+    return valid
+
+
+def event_columns(batch: EventBatch) -> pb.EventColumns:
+    """An EventBatch as EventColumns (what a producer sends to LoadEvents)."""
+    message = pb.EventColumns(event=batch.event, ids=batch.ids, ts_ms=np.asarray(batch.ts, dtype=np.int64).tolist())
+    for name, column in batch.props.items():
+        target = message.properties[name]
+        if isinstance(column, CategoryColumn):
+            target.categories.labels.extend(column.labels)
+            target.categories.codes.extend(np.asarray(column.codes).tolist())
+            continue
+        values = np.asarray(column.values)
+        lists = {"f": target.float_values, "i": target.int_values, "b": target.bool_values}
+        lists[values.dtype.kind].values.extend(values.tolist())
+        if not np.all(column.valid):
+            target.valid.extend(np.asarray(column.valid, dtype=bool).tolist())
+    return message
 
 
 def profile_message(record: dict[str, Any]) -> pb.ProfileRecord:

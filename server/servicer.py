@@ -44,6 +44,10 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         records = convert.event_records(request.events)
         return pb.WriteResponse(applied=self.gate.write(context, self.engine.track_events, records))
 
+    def LoadEvents(self, request: pb.EventColumns, context: grpc.ServicerContext) -> pb.WriteResponse:
+        batch = convert.event_batch(request)
+        return pb.WriteResponse(applied=self.gate.write(context, self.engine.load_checked_events, batch))
+
     def Write(self, requests: Iterator[pb.WriteRequest], context: grpc.ServicerContext) -> pb.WriteResponse:
         applied = 0
         for number, request in enumerate(requests):
@@ -54,6 +58,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 elif request.HasField("events"):
                     records = convert.event_records(request.events.events)
                     applied += self.gate.write(context, self.engine.track_events, records)
+                elif request.HasField("event_columns"):
+                    batch = convert.event_batch(request.event_columns)
+                    applied += self.gate.write(context, self.engine.load_checked_events, batch)
             except DataError as error:  # name the message; earlier messages stay applied
                 raise DataError(f"message {number}: {error} ({applied} records of earlier messages were applied)",
                                 ) from None

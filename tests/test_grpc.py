@@ -398,3 +398,89 @@ def test_reads_run_alongside_a_query_but_not_alongside_a_write(served):
     with pytest.raises(ProfileNotFound):
         served.client.profile("w")  # the write whose deadline passed while it waited never ran
     assert served.client.upsert_profiles([{"id": "w"}]) == 1
+
+
+# -- columnar event writes --------------------------------------------------------------------
+def _columns(ids: list[str], ts: list[int], amounts: list[float | None]) -> pb.EventColumns:
+    message = pb.EventColumns(event="purchase", ids=ids, ts_ms=ts)
+    amount = message.properties["amount"]
+    amount.float_values.values.extend([0.0 if a is None else a for a in amounts])
+    amount.valid.extend([a is not None for a in amounts])
+    return message
+
+
+def test_load_events_columns_match_the_same_records(served):
+    c = served.client
+    ids = [f"col{i % 7}" for i in range(40)]
+    ts = [NOW - i * HOUR for i in range(40)]
+    amounts = [None if i % 5 == 0 else float(i * 10) for i in range(40)]
+    categories = ["books", "toys"]
+    message = _columns(ids, ts, amounts)
+    message.properties["category"].categories.labels.extend(categories)
+    message.properties["category"].categories.codes.extend([-1 if i % 3 == 0 else i % 2 for i in range(40)])
+    assert pb_grpc.SegmentationStub(c.channel).LoadEvents(message).applied == 40
+    twin = [{"id": i.replace("col", "rec"), "event": "purchase", "ts": t, "amount": a,
+             "category": None if k % 3 == 0 else categories[k % 2]}
+            for k, (i, t, a) in enumerate(zip(ids, ts, amounts))]
+    assert c.track_events(twin) == 40
+    for query in ("DID(purchase WHERE amount > 150, COUNT >= 2, WITHIN 1d)", "DID(purchase WHERE amount IS NULL)",
+                  "DID(purchase WHERE category = 'toys', WITHIN 20h)", "DID(purchase WHERE category IS NULL)"):
+        by_columns = len([i for i in c.ids(query, now=NOW) if i.startswith("col")])
+        by_records = len([i for i in c.ids(query, now=NOW) if i.startswith("rec")])
+        assert by_columns == by_records > 0, query
+
+
+def test_load_events_through_the_client_and_the_write_stream(served):
+    c = served.client
+    ds = generate(profiles=300, events=3000, seed=9, now_ms=NOW)
+    before = set(c.ids("DID(page_view)", now=NOW))
+    applied = sum(c.load_events(batch) for batch in ds.events)
+    assert applied == sum(len(b) for b in ds.events)
+    engine = Engine(Schema.from_dict(ds.schema))
+    for batch in ds.events:
+        engine.load_events(batch)
+    viewers = {i for batch in ds.events if batch.event == "page_view" for i, t in zip(batch.ids, batch.ts) if t <= NOW}
+    assert viewers - before and set(c.ids("DID(page_view)", now=NOW)) == before | viewers
+    for query in ("DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2)", "DID(purchase WHERE category = 'books')"):
+        expected = set(engine.ids(query, now=NOW))
+        assert expected and expected <= set(c.ids(query, now=NOW)), query
+    assert c.write([("event_columns", ds.events[0]), ("events", [{"id": "z", "event": "purchase", "ts": NOW}])]) \
+        == len(ds.events[0]) + 1
+
+
+def test_bad_event_columns_name_the_event_and_field(served):
+    stub = pb_grpc.SegmentationStub(served.client.channel)
+
+    def error_of(message: pb.EventColumns) -> str:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.LoadEvents(message)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return caught.value.details()
+
+    good = ["a", "b", "c"]
+    assert error_of(pb.EventColumns(event="nope", ids=good, ts_ms=[1, 2, 3])) == \
+        "field 'event': unknown event type 'nope'"
+    assert error_of(pb.EventColumns(event="purchase", ids=good, ts_ms=[1, 2])) == "field 'ts': 2 timestamps for 3 events"
+    assert error_of(pb.EventColumns(event="purchase", ids=["a", "", "c"], ts_ms=[1, 2, 3])).startswith(
+        "record 1, field 'id': id must be a non-empty string")
+    assert error_of(pb.EventColumns(event="purchase", ids=["a", "x" * 300], ts_ms=[1, 2])).startswith(
+        "record 1, field 'id'")
+    assert error_of(_columns(good, [1, 2, 3], [1.0, float("nan"), 2.0])) == \
+        "record 1, field 'amount': expected a finite number"
+    assert error_of(_columns(good, [1, 2, 3], [1.0, 2.0])) == "field 'amount': 2 values for 3 events"
+    wrong_type = pb.EventColumns(event="purchase", ids=good, ts_ms=[1, 2, 3])
+    wrong_type.properties["amount"].int_values.values.extend([1, 2, 3])
+    assert error_of(wrong_type) == "field 'amount': expected 3 float values"
+    unknown = pb.EventColumns(event="purchase", ids=good, ts_ms=[1, 2, 3])
+    unknown.properties["colour"].bool_values.values.extend([True, False, True])
+    assert error_of(unknown) == "field 'colour': unknown property of event 'purchase'"
+    codes = pb.EventColumns(event="purchase", ids=good, ts_ms=[1, 2, 3])
+    codes.properties["category"].categories.labels.append("books")
+    codes.properties["category"].categories.codes.extend([0, -1, 1])
+    assert error_of(codes) == "record 2, field 'category': category code out of range (there are 1 labels; -1 = null)"
+    assert error_of(pb.EventColumns(event="purchase", ids=good, ts_ms=[1, 2, 3],
+                                    properties={"amount": pb.PropertyColumn()})) == "field 'amount': no values"
+    for name in good:  # nothing of the refused batches was applied; the server still serves
+        with pytest.raises(ProfileNotFound):
+            served.client.profile(name)
+    assert served.client.count("ALL", now=NOW) == len(served.ids)

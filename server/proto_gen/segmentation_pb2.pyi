@@ -86,13 +86,73 @@ class TrackEventsRequest(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[EventRecord]
     def __init__(self, events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ...) -> None: ...
 
+class EventColumns(_message.Message):
+    __slots__ = ("event", "ids", "ts_ms", "properties")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: PropertyColumn
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[PropertyColumn, _Mapping]] = ...) -> None: ...
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    ts_ms: _containers.RepeatedScalarFieldContainer[int]
+    properties: _containers.MessageMap[str, PropertyColumn]
+    def __init__(self, event: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., ts_ms: _Optional[_Iterable[int]] = ..., properties: _Optional[_Mapping[str, PropertyColumn]] = ...) -> None: ...
+
+class PropertyColumn(_message.Message):
+    __slots__ = ("categories", "float_values", "int_values", "bool_values", "valid")
+    class Categories(_message.Message):
+        __slots__ = ("labels", "codes")
+        LABELS_FIELD_NUMBER: _ClassVar[int]
+        CODES_FIELD_NUMBER: _ClassVar[int]
+        labels: _containers.RepeatedScalarFieldContainer[str]
+        codes: _containers.RepeatedScalarFieldContainer[int]
+        def __init__(self, labels: _Optional[_Iterable[str]] = ..., codes: _Optional[_Iterable[int]] = ...) -> None: ...
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    INT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUES_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    categories: PropertyColumn.Categories
+    float_values: DoubleList
+    int_values: Int64List
+    bool_values: BoolList
+    valid: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, categories: _Optional[_Union[PropertyColumn.Categories, _Mapping]] = ..., float_values: _Optional[_Union[DoubleList, _Mapping]] = ..., int_values: _Optional[_Union[Int64List, _Mapping]] = ..., bool_values: _Optional[_Union[BoolList, _Mapping]] = ..., valid: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class DoubleList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Int64List(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BoolList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, values: _Optional[_Iterable[bool]] = ...) -> None: ...
+
 class WriteRequest(_message.Message):
-    __slots__ = ("profiles", "events")
+    __slots__ = ("profiles", "events", "event_columns")
     PROFILES_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     profiles: UpsertProfilesRequest
     events: TrackEventsRequest
-    def __init__(self, profiles: _Optional[_Union[UpsertProfilesRequest, _Mapping]] = ..., events: _Optional[_Union[TrackEventsRequest, _Mapping]] = ...) -> None: ...
+    event_columns: EventColumns
+    def __init__(self, profiles: _Optional[_Union[UpsertProfilesRequest, _Mapping]] = ..., events: _Optional[_Union[TrackEventsRequest, _Mapping]] = ..., event_columns: _Optional[_Union[EventColumns, _Mapping]] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
     __slots__ = ("applied",)

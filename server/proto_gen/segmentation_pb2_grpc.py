@@ -45,6 +45,11 @@ class SegmentationStub:
                 request_serializer=segengine_dot_v1_dot_segmentation__pb2.TrackEventsRequest.SerializeToString,
                 response_deserializer=segengine_dot_v1_dot_segmentation__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.LoadEvents = channel.unary_unary(
+                '/segengine.v1.Segmentation/LoadEvents',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.EventColumns.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.WriteResponse.FromString,
+                _registered_method=True)
         self.Write = channel.stream_unary(
                 '/segengine.v1.Segmentation/Write',
                 request_serializer=segengine_dot_v1_dot_segmentation__pb2.WriteRequest.SerializeToString,
@@ -129,6 +134,13 @@ class SegmentationServicer:
 
     def TrackEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadEvents(self, request, context):
+        """Columnar events of one type (the high-throughput form of TrackEvents).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -241,6 +253,11 @@ def add_SegmentationServicer_to_server(servicer, server):
             'TrackEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.TrackEvents,
                     request_deserializer=segengine_dot_v1_dot_segmentation__pb2.TrackEventsRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.WriteResponse.SerializeToString,
+            ),
+            'LoadEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadEvents,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.EventColumns.FromString,
                     response_serializer=segengine_dot_v1_dot_segmentation__pb2.WriteResponse.SerializeToString,
             ),
             'Write': grpc.stream_unary_rpc_method_handler(
@@ -367,6 +384,33 @@ class Segmentation:
             target,
             '/segengine.v1.Segmentation/TrackEvents',
             segengine_dot_v1_dot_segmentation__pb2.TrackEventsRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/LoadEvents',
+            segengine_dot_v1_dot_segmentation__pb2.EventColumns.SerializeToString,
             segengine_dot_v1_dot_segmentation__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
