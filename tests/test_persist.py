@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import msgpack
 import numpy as np
 import pytest
 
@@ -24,7 +25,7 @@ from engine import Engine, Schema
 from engine.columns import CategoryColumn, EventBatch, ProfileBatch, ValueColumn
 from engine.errors import DataDirMismatch, SegmentExists, ShardError
 from engine.persist import snapshot as snapshot_module
-from engine.persist.framing import MAX_VALUE, unpack_key
+from engine.persist.framing import pack_key, unpack_key, unseal
 from engine.schema import CONTRACT_SCHEMA
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
@@ -116,19 +117,18 @@ def log_keys(path: Path) -> list[tuple[int, int]]:
         env.close()
 
 
-def chunk_sizes(path: Path, shard: int = 0) -> dict[int, list[int]]:
-    env = lmdb.open(str(path / f"shard-{shard}"), max_dbs=1, readonly=True, lock=False)
-    sizes: dict[int, list[int]] = {}
-    try:
-        with env.begin(db=env.open_db(b"chunks", create=False)) as txn:
-            for key, value in txn.cursor():
-                sizes.setdefault(unpack_key(key)[0], []).append(len(value))
-    finally:
-        env.close()
-    return sizes
+def snapshot_index(path: Path, part: dict, shard: int = 0) -> tuple[int, list[int]]:
+    """(chunk size, chunk CRCs) from the index at the end of the shard's snapshot file."""
+    files = sorted((path / f"shard-{shard}").glob("snap-*.seg"))
+    data = files[-1].read_bytes()
+    assert len(data) == part["file_bytes"]
+    key = pack_key(int(files[-1].name[5:21]), 0)
+    fmt, chunk_bytes, table, crcs = msgpack.unpackb(unseal(key, data[-part["index_bytes"]:]))
+    assert fmt == 2 and sum(length for _, length in table) == part["bytes"]
+    return chunk_bytes, crcs
 
 
-def test_snapshot_truncates_the_log_and_is_chunked_under_a_megabyte(tmp_path: Path) -> None:
+def test_snapshot_truncates_the_log_and_is_checksummed_by_the_megabyte(tmp_path: Path) -> None:
     with open_engine(tmp_path) as engine:
         ids = [f"u{i}" for i in range(300_000)]
         engine.load_profiles(ProfileBatch(ids, {"age": ValueColumn(np.arange(300_000) % 90, np.ones(300_000, bool))}))
@@ -136,13 +136,18 @@ def test_snapshot_truncates_the_log_and_is_chunked_under_a_megabyte(tmp_path: Pa
         summary = engine.snapshot()
         engine.upsert_profiles([{"id": "after", "age": 2}])
         assert summary["wal_seq"] == 2 and summary["id"] == 1
+        part = engine.durable.manifest["parts"][0]
     assert [seq for seq, part in log_keys(tmp_path)] == [3]
-    sizes = chunk_sizes(tmp_path)
-    assert list(sizes) == [1]  # only the newest snapshot is kept
-    assert len(sizes[1]) > 5 and max(sizes[1]) <= MAX_VALUE
+    assert sorted(p.name for p in (tmp_path / "shard-0").glob("*.seg")) == ["snap-0000000000000001.seg"]
+    chunk_bytes, crcs = snapshot_index(tmp_path, part)
+    assert chunk_bytes <= 1 << 20 and len(crcs) == part["chunks"] > 5
+    assert len(crcs) == -(-(part["file_bytes"] - part["index_bytes"]) // chunk_bytes)
     with open_engine(tmp_path) as engine:
         assert engine.count("ALL") == 300_002
         assert engine.count("age = 89") == len(range(89, 300_000, 90))
+        engine.snapshot()
+    # only the newest snapshot is kept, plus the previous one's file to be recycled by the next
+    assert sorted(p.name for p in (tmp_path / "shard-0").glob("*.seg")) == ["snap-0000000000000002.seg"]
 
 
 def test_a_write_larger_than_a_value_spans_several_log_parts(tmp_path: Path) -> None:
@@ -191,14 +196,14 @@ def test_concurrent_writers_share_fsyncs_and_all_survive(tmp_path: Path) -> None
 
 def test_writes_are_acknowledged_while_a_snapshot_is_being_written(tmp_path: Path, monkeypatch) -> None:
     writing = threading.Event()
-    original = snapshot_module.ChunkStore._put
+    original = snapshot_module._ChunkedWriter.flush
 
-    def slow_put(self: Any, items: list) -> None:
+    def slow_flush(self: Any) -> None:
         writing.set()
         time.sleep(0.5)
-        original(self, items)
+        original(self)
 
-    monkeypatch.setattr(snapshot_module.ChunkStore, "_put", slow_put)
+    monkeypatch.setattr(snapshot_module._ChunkedWriter, "flush", slow_flush)
     with open_engine(tmp_path, 2) as engine:
         engine.upsert_profiles({"id": f"before{i}", "age": 1} for i in range(100))
         taker = threading.Thread(target=engine.snapshot)

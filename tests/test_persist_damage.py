@@ -1,8 +1,9 @@
 """Damaged data directories: a torn log tail is cut back, corruption anywhere else is refused.
 
 LMDB commits are atomic, so these damages are made from outside: log records rewritten cut
-short (at every byte of the last records), bytes flipped inside records, snapshot chunks and
-manifests (through LMDB and directly in the files), records removed, files cut.
+short (at every byte of the last records), bytes flipped inside records, snapshot chunks, snapshot
+indexes and manifests (through LMDB and directly in the files), records and files removed, files
+cut or lengthened.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from engine import Engine, Schema
 from engine.errors import DataCorruption
 from engine.persist.framing import pack_key, unpack_key
+from engine.persist.snapshot import CHUNK_BYTES
 from engine.schema import CONTRACT_SCHEMA
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
@@ -186,27 +188,54 @@ def snapshot_then_write(path: Path, shards: int = 2) -> None:
         engine.upsert_profiles([{"id": "after", "age": 1}])
 
 
+def snapshot_file(path: Path, shard: int) -> Path:
+    """The file of the one snapshot of ``shard`` (format 2: one file per shard and snapshot)."""
+    files = sorted((path / f"shard-{shard}").glob("snap-*.seg"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def flip_at(path: Path, offset: int) -> None:
+    """Flip a bit of the byte at ``offset`` (negative: from the end) of the file, on disk."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset, os.SEEK_SET if offset >= 0 else os.SEEK_END)
+        at = handle.tell()
+        byte = handle.read(1)
+        handle.seek(at)
+        handle.write(bytes([byte[0] ^ 0x01]))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def test_a_flipped_bit_on_disk_in_a_snapshot_chunk_is_refused(tmp_path: Path) -> None:
     snapshot_then_write(tmp_path)
-    store = Store(tmp_path / "shard-1", b"chunks")
-    key, value = next((k, v) for k, v in store.items() if unpack_key(k)[1] == 2)
-    store.close()
-    flip_in_file(tmp_path / "shard-1" / "data.mdb", value[1000:1064], 7)
+    data = snapshot_file(tmp_path, 1)
+    assert data.stat().st_size > CHUNK_BYTES + 4096  # the state spans several checksummed chunks
+    flip_at(data, CHUNK_BYTES + 1000)  # inside chunk 2
     with pytest.raises(DataCorruption, match=r"snapshot 1 in .*shard-1: chunk 2 of \d+ fails its checksum"):
         open_engine(tmp_path, 2)
 
 
-def test_a_missing_snapshot_chunk_or_damaged_manifest_is_refused(tmp_path: Path) -> None:
+def test_a_flipped_bit_in_a_snapshot_index_is_refused(tmp_path: Path) -> None:
     snapshot_then_write(tmp_path)
-    store = Store(tmp_path / "shard-0", b"chunks")
-    saved = [(k, v) for k, v in store.items() if unpack_key(k)[1] == 3]
-    store.replace([saved[0][0]], [])
-    store.close()
-    with pytest.raises(DataCorruption, match=r"shard-0: chunk 3 of \d+ is missing"):
+    flip_at(snapshot_file(tmp_path, 0), -3)  # the index is the file's last bytes
+    with pytest.raises(DataCorruption, match=r"snapshot 1 in .*shard-0: its index fails its checksum"):
         open_engine(tmp_path, 2)
-    store = Store(tmp_path / "shard-0", b"chunks")
-    store.replace([], saved)
-    store.close()
+
+
+def test_a_missing_snapshot_file_or_damaged_manifest_is_refused(tmp_path: Path) -> None:
+    snapshot_then_write(tmp_path)
+    data = snapshot_file(tmp_path, 0)
+    aside = tmp_path / "aside"
+    data.rename(aside)
+    with pytest.raises(DataCorruption, match=r"snapshot 1 in .*shard-0: its file snap-\d+\.seg is missing"):
+        open_engine(tmp_path, 2)
+    aside.rename(data)
+    with open(data, "ab") as handle:  # a file longer than written is refused too
+        handle.write(b"x")
+    with pytest.raises(DataCorruption, match=r"shard-0: snap-\d+\.seg is longer than written"):
+        open_engine(tmp_path, 2)
+    os.truncate(data, data.stat().st_size - 1)
     meta = Store(tmp_path / "log", b"meta")
     key, value = next((k, v) for k, v in meta.items() if k.startswith(b"manifest"))
     meta.replace([], [(key, flip(value, len(value) - 3))])
@@ -218,7 +247,7 @@ def test_a_missing_snapshot_chunk_or_damaged_manifest_is_refused(tmp_path: Path)
 @pytest.mark.parametrize("store", ["log", "shard-0"])
 def test_a_data_file_cut_short_is_refused(tmp_path: Path, store: str) -> None:
     snapshot_then_write(tmp_path)
-    data = tmp_path / store / "data.mdb"
+    data = tmp_path / "log" / "data.mdb" if store == "log" else snapshot_file(tmp_path, 0)
     os.truncate(data, data.stat().st_size // 2)
     with pytest.raises(DataCorruption, match="is cut short"):
         open_engine(tmp_path, 2)

@@ -1,11 +1,14 @@
 """DID(...) over one shard's event store.
 
-Presence in a window ("had at least one / no event") is a union of whole-day bitmaps plus an
-exact scan of the two edge days. Counts, WHERE and AFTER LAST scan only the events inside the
+Presence in a window ("had at least one / no event") is one union of whole-day bitmaps, whole
+5-minute slot bitmaps inside the two partial edge days (built on demand, see
+``EventTypeStore.ensure_slots``; a partial day with few events is scanned instead) and the rows
+of the events in the two partial edge slots. Counts, WHERE and AFTER LAST scan only the events inside the
 window (found by binary search in each time-ordered run) with a numba tally per profile row.
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import numba
@@ -14,10 +17,11 @@ from pyroaring import BitMap
 
 from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap, union_all
-from ..store.events import DAY_MS, HOUR_MS, NO_TIME, EventStore, EventTypeStore, Run
+from ..store.events import (DAY_MS, NO_TIME, SCALED_NULL, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore,
+                             EventTypeStore, Run)
 
-#: Presence bucket sizes, coarsest first: whole days, then whole hours, then an exact scan.
-BUCKET_LEVELS = (DAY_MS, HOUR_MS)
+#: Presence bucket sizes, coarsest first: whole days, then whole 5-minute slots, then an exact scan.
+BUCKET_LEVELS = (DAY_MS, SLOT_MS)
 
 CMP = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 TIME_MAX = np.iinfo(np.int64).max
@@ -64,15 +68,69 @@ def where_mask(node: ast.Node, part: Run, store: EventTypeStore, now: int) -> np
     name = node.name  # type: ignore[attr-defined]
     values = part.props[name]
     kind = store.definition.properties[name]
+    scale = store.scaled.get(name, 0) if kind == "float" else 0
     if kind == "category" or kind == "bool":
         valid = values >= 0
+    elif scale:
+        valid = values != SCALED_NULL
     elif kind == "float":
         valid = ~np.isnan(values)
     else:
         valid = part.valid[name]
     if isinstance(node, ast.IsNull):
         return valid.copy() if node.negated else ~valid
+    if scale:
+        return valid & _scaled_test(node, values, scale)
     return valid & _test(node, values, kind, store.labels.get(name), now)
+
+
+def scaled_bounds(literal: float, scale: int) -> tuple[int, int]:
+    """(lo, hi): the least code c with c / scale >= literal and the greatest with c / scale <= literal.
+
+    ``c / scale`` is exactly how a scaled code decodes (one correctly rounded division) and is
+    strictly increasing in c, so a comparison of decoded values is a comparison of codes.
+    """
+    top = 1 << 32  # beyond every int32 code
+    if literal * scale >= top:
+        return top, top - 1
+    if literal * scale <= -top:
+        return -top + 1, -top
+    c = math.floor(literal * scale)
+    while c / scale >= literal:
+        c -= 1
+    while c / scale < literal:
+        c += 1
+    lo = c
+    while c / scale > literal:
+        c -= 1
+    while (c + 1) / scale <= literal:
+        c += 1
+    return lo, c
+
+
+def _scaled_test(node: ast.Node, codes: np.ndarray, scale: int) -> np.ndarray:
+    """A numeric predicate on scaled float codes (non-null ones; nulls are masked by the caller)."""
+    if isinstance(node, ast.Compare):
+        lo, hi = scaled_bounds(node.value, scale)
+        op = node.op
+        if op == ">=":
+            return codes >= lo
+        if op == ">":
+            return codes > hi
+        if op == "<":
+            return codes < lo
+        if op == "<=":
+            return codes <= hi
+        hits = (codes >= lo) & (codes <= hi) if lo <= hi else np.zeros(len(codes), dtype=bool)
+        return hits if op == "=" else ~hits
+    if isinstance(node, ast.In):
+        wanted = [lo for lo, hi in (scaled_bounds(v, scale) for v in node.values) if lo <= hi]
+        hits = np.isin(codes, np.array(wanted, dtype=np.int64))
+        return ~hits if node.negated else hits
+    if isinstance(node, ast.Between):
+        hits = (codes >= scaled_bounds(node.lo, scale)[0]) & (codes <= scaled_bounds(node.hi, scale)[1])
+        return ~hits if node.negated else hits
+    raise TypeError(f"unsupported property predicate {type(node).__name__}")
 
 
 def _literal(value, now: int):
@@ -161,28 +219,46 @@ class DidEvaluator:
             return BitMap()
         if lo == NO_TIME and hi >= store.max_ts:
             return store.ever
-        return self._present_at(store, lo, hi, 0)
+        parts: list[BitMap] = []
+        self._present_parts(store, lo, hi, 0, parts)
+        if len(parts) == 1:
+            return parts[0]
+        return BitMap.union(*parts) if parts else BitMap()
 
-    def _present_at(self, store: EventTypeStore, lo: int, hi: int, level: int) -> BitMap:
-        """Presence in [lo, hi] from whole buckets of ``BUCKET_LEVELS[level]``, finer levels at the edges."""
+    def _present_parts(self, store: EventTypeStore, lo: int, hi: int, level: int, parts: list[BitMap]) -> None:
+        """Append to ``parts`` bitmaps whose union is the presence in [lo, hi]: whole buckets of
+        ``BUCKET_LEVELS[level]``, finer levels at the edges."""
         if level == len(BUCKET_LEVELS):
-            rows = [part.rows for part in store.window(lo, hi)]
-            return to_bitmap(np.concatenate(rows)) if rows else BitMap()
+            parts.append(self._scan(store, lo, hi))
+            return
         size = BUCKET_LEVELS[level]
+        if size == SLOT_MS:  # [lo, hi] lies inside one day: slot bitmaps, unless scanning is cheaper
+            day = lo // DAY_MS
+            if not store.has_slots(day) and sum(len(p) for p in store.window(lo, hi)) <= SLOT_BUILD_MIN_EVENTS:
+                parts.append(self._scan(store, lo, hi))
+                return
+            store.ensure_slots(day)
         first, last = lo // size, hi // size
         full_lo = first if lo == first * size else first + 1
         full_hi = last if hi == (last + 1) * size - 1 else last - 1
         if full_lo > full_hi:  # no whole bucket inside: one or two partial buckets
             if first == last:
-                return self._present_at(store, lo, hi, level + 1)
-            return union_all([self._present_at(store, lo, last * size - 1, level + 1),
-                              self._present_at(store, last * size, hi, level + 1)])
-        parts = [self._buckets_union(store, size, full_lo, full_hi)]
+                self._present_parts(store, lo, hi, level + 1, parts)
+            else:
+                self._present_parts(store, lo, last * size - 1, level + 1, parts)
+                self._present_parts(store, last * size, hi, level + 1, parts)
+            return
+        parts.append(self._buckets_union(store, size, full_lo, full_hi))
         if full_lo > first:
-            parts.append(self._present_at(store, lo, full_lo * size - 1, level + 1))
+            self._present_parts(store, lo, full_lo * size - 1, level + 1, parts)
         if full_hi < last:
-            parts.append(self._present_at(store, (full_hi + 1) * size, hi, level + 1))
-        return union_all(parts) if len(parts) > 1 else parts[0]
+            self._present_parts(store, (full_hi + 1) * size, hi, level + 1, parts)
+
+    @staticmethod
+    def _scan(store: EventTypeStore, lo: int, hi: int) -> BitMap:
+        """Rows with an event in [lo, hi], from the events themselves."""
+        rows = [part.rows for part in store.window(lo, hi)]
+        return to_bitmap(np.concatenate(rows) if len(rows) > 1 else rows[0]) if rows else BitMap()
 
     def _buckets_union(self, store: EventTypeStore, size: int, first: int, last: int) -> BitMap:
         """Union of the ``size`` buckets first..last (cached per store generation; do not mutate)."""

@@ -99,10 +99,14 @@ class Executor:
         excludes = sorted(step.exclude, key=self.estimate, reverse=True)
         acc = found
         for position, item in enumerate(items):
-            result = self.visit(item, acc)
             last = position == len(items) - 1 and not excludes
-            if acc is None:
-                acc = result
+            ranged = self._range_of(item)
+            if count_only and last and acc is not None and ranged is not None:
+                index, bounds = ranged
+                return index.count_range(*bounds, found=acc)
+            result = self.visit(item, acc)
+            if acc is None or ranged is not None:
+                acc = result  # a range evaluated within the found set is a subset of it
             elif count_only and last:
                 return acc.intersection_cardinality(result)
             else:
@@ -117,6 +121,25 @@ class Executor:
                 return acc.difference_cardinality(result)
             acc = acc - result
         return len(acc) if count_only else acc
+
+    def _range_of(self, step: Step) -> tuple[NumericIndex, tuple] | None:
+        """(index, (lo, hi, lo_open, hi_open)) if ``step`` is a plain range over a numeric attribute."""
+        node = getattr(step, "node", None)
+        if not isinstance(step, Pred) or not isinstance(node, (ast.Compare, ast.Between)):
+            return None
+        index = self.store.indexes.get(node.name)
+        if not isinstance(index, NumericIndex):
+            return None
+        if isinstance(node, ast.Between):
+            return None if node.negated else (index, (self._value(node.lo), self._value(node.hi), False, False))
+        value = self._value(node.value)
+        if node.op == "=":
+            return index, (value, value, False, False)
+        if node.op in ("<", "<="):
+            return index, (None, value, False, node.op == "<")
+        if node.op in (">", ">="):
+            return index, (value, None, node.op == ">", False)
+        return None
 
     # -- cardinality estimates (cheap, used to order intersections) -------------------------
     def estimate(self, step: Step) -> float:
@@ -134,6 +157,10 @@ class Executor:
         index = self.store.indexes.get(getattr(node, "name", ""))
         if isinstance(node, ast.Compare) and isinstance(index, CategoryIndex) and node.op == "=":
             return float(len(index.eq(node.value)))
+        if isinstance(node, ast.Compare) and isinstance(index, CategoryIndex) and node.op not in ("=", "!="):
+            return float(index.count_compare(node.op, node.value))
+        if isinstance(node, ast.Between) and isinstance(index, CategoryIndex) and not node.negated:
+            return float(index.count_between(node.lo, node.hi))
         if isinstance(node, ast.In) and isinstance(index, CategoryIndex) and not node.negated:
             return float(sum(len(index.eq(v)) for v in node.values))
         if isinstance(node, ast.Compare) and isinstance(index, BoolIndex) and node.op in ("=", "!="):

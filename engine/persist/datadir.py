@@ -5,14 +5,16 @@ Layout of ``data_dir``::
     LOCK            flock held by the engine that has the directory open
     schema.json     the schema (also in the layout record; read by ``segengine serve --data-dir``)
     log/            LMDB, owned by the coordinator: ``wal`` (write-ahead log), ``meta`` (layout, manifest)
-    shard-<n>/      LMDB, owned by the process holding shard n: ``chunks`` (that shard's snapshots)
+    shard-<n>/      owned by the process holding shard n: ``snap-<id>.seg`` (its part of the
+                    current snapshot, see ``snapshot``) and ``spare.seg`` (an old one, recycled)
 
 Opening checks the layout (schema and shard count), then every shard recovers itself in its
 own process, in parallel (``recovery.recover_shard``: newest snapshot part, then its share of
 the log after it), the log is cut back after its last valid record (a torn tail), the saved
 segment catalog is rebuilt from the shards, and the write pipeline starts.
 
-A snapshot pauses the applier only while the shards copy their state; the shards then write
+A snapshot pauses the applier only while the shards capture their state (copying what writes
+change in place, referencing the event runs, which never change); the shards then write
 their parts in the background while writes go on. The manifest (snapshot id, the log sequence
 number it includes, the parts) is committed last, in the log transaction that also truncates
 the log up to that sequence number, so a crash at any moment leaves either the old snapshot and
@@ -228,6 +230,7 @@ class DataDir:
                 "id": snapshot_id, "wal_seq": seq, "bytes": manifest["bytes"], "paused_s": round(paused_s, 4),
                 "pause_wait_s": round(paused_at - began, 4),
                 "capture_ms": [c["capture_ms"] for c in captured], "write_ms": [p.get("write_ms", 0) for p in parts],
+                "copied_bytes": sum(c.get("copied_bytes", 0) for c in captured),
                 "seconds": round(time.perf_counter() - began, 4), "log_keys_truncated": truncated}
             return dict(self.last_snapshot)
 

@@ -1,64 +1,360 @@
-"""Shard snapshots: a shard's frames as chunks of at most ~1 MB in the shard's own LMDB store.
+"""Shard snapshots: each shard's part is one file in the shard's directory, mapped back on load.
 
-Each shard has a store ``<data_dir>/shard-<n>/`` (database ``chunks``), opened by the process
-that holds the shard (a worker opens it after it starts) and written only by it, so shards
-write their snapshots in parallel without taking the log's write lock. Keys are
-(snapshot id, chunk number): chunks 1..n hold the frames back to back, cut at ``MAX_VALUE``;
-chunk 0, written last, is the index, msgpack ``[format, frame lengths, chunk CRCs]``, sealed.
-A part is described to the coordinator by ``{"chunks", "bytes", "index_crc"}``, which goes in
-the manifest; the snapshot is complete only once the coordinator has committed its manifest,
-so chunks of an unfinished snapshot are ignored and pruned.
+Each shard has a directory ``<data_dir>/shard-<n>/``, owned (``OWNER`` flock) and written only by
+the process that holds the shard, so shards write their snapshots in parallel without taking the
+log's write lock. A snapshot part is the file ``snap-<id>.seg`` (format 2):
 
-``start`` copies the shard's state (the only step that must not overlap a write) and writes it
-from a background thread, so the shard keeps serving reads and writes meanwhile; ``status``
-reports when the part is durable.
+- the frames of the captured state (``shard_state``), each starting at a page boundary (zero
+  padding between them), then the **index**, a value sealed under the key (id, 0): msgpack
+  ``[format, chunk size, [[offset, length] per frame], [CRC per chunk]]``;
+- a CRC-32 per chunk of 1 MiB of the file up to the index, each keyed by (id, chunk number
+  starting at 1), so a flipped byte, a cut file or a file of another snapshot is found.
+
+A part is described to the coordinator by ``{"format", "chunks", "bytes", "index_crc",
+"file_bytes", "index_bytes"}``, which goes in the manifest; the snapshot is complete only once the
+coordinator has committed its manifest, so the files of an unfinished snapshot are ignored.
+
+**Writing** (``start``): the shard's state is captured (the only step that must not overlap a
+write; see ``shard_state``: arrays that writes change are copied into a ``CaptureArena`` kept
+from one snapshot to the next, event runs are referenced), then a background thread writes it
+(the shard keeps serving reads and writes meanwhile) into ``spare.seg`` -- the file of an older
+snapshot, recycled so its pages are already in the page cache, or a new file -- computes the
+chunk CRCs on the way, fdatasyncs it, renames it to ``snap-<id>.seg`` and fsyncs the directory;
+only then does ``status`` report the part. A file named ``snap-<id>.seg`` is therefore always
+complete (short of outside damage). ``prune`` (after the manifest is committed) turns the
+previous snapshot's file into the spare, or deletes it.
+
+**Loading** (``load``): the file is mapped copy-on-write (``MAP_PRIVATE``) rather than read:
+after every chunk's checksum is verified, the restored arrays are views of the mapping, so a
+restart costs no copy of the state into fresh memory (the page cache pages are shared; a page is
+copied only when a write first changes it, which event runs never do). The mapping holds a
+shared flock on the file for as long as any array refers to it; a file so locked (by any
+process) is never recycled as the spare, only deleted (its blocks are freed when the last
+mapping goes), so a mapped file's contents never change.
+
+Format 1 (before the files: chunks of at most ~1 MB in an LMDB store ``data.mdb`` in the same
+directory, database ``chunks``) is still read, so a data directory written by an older engine
+opens; its store is deleted once a newer snapshot replaces it.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import mmap
 import os
+import re
 import threading
 import time
-import zlib
 from typing import Any, Iterator
 
 import msgpack
 import numpy as np
 
 from . import shard_state
+from .arena import CaptureArena
 from .errors import DataCorruption, DataDirMismatch
-from .framing import MAX_VALUE, checksum, delete_current, pack_key, seal, unpack_key, unseal
+from .framing import MAX_VALUE, checksum, crc32, delete_current, pack_key, seal, unpack_key, unseal
 from .lmdb_env import LmdbEnv, close_env, open_env
 
-FORMAT = 1
+FORMAT = 2
+#: Checksum granularity of a snapshot file (a flipped byte is reported with its chunk number).
+CHUNK_BYTES = 1 << 20
+#: Frames start at multiples of this (pages: a frame maps to whole pages of its own).
+FRAME_ALIGN = mmap.ALLOCATIONGRANULARITY
+#: Bytes handed to one pwritev call (the thread releases the GIL while the kernel copies them).
+WRITE_BATCH = 16 << 20
+#: At most this many buffers per pwritev call (IOV_MAX is 1024 on Linux).
+WRITE_BUFFERS = 512
+SPARE = "spare.seg"
+_SNAP_NAME = re.compile(r"^snap-(\d{16})\.seg$")
+#: Seconds to wait for the previous owner of a shard directory (an orphaned worker) to exit.
+OWNER_WAIT_S = 10.0
+_ZEROS = bytes(FRAME_ALIGN)
+
+# -- format 1 (LMDB chunks): read for data directories written before format 2 ----------------
+LEGACY_FORMAT = 1
 DB = "chunks"
 #: Commit (and fsync) after this many bytes, to bound the memory a write transaction holds.
 COMMIT_BYTES = 256 << 20
-#: Initial map of a shard store (it doubles when full).
+#: Initial map of a format-1 store (it doubles when full).
 STORE_MAP_SIZE = 1 << 30
-#: Write pages in place (MDB_WRITEMAP)? Measured at 1M profiles: no faster, and the file becomes a sparse file
-#: the size of the map, so no.
-WRITEMAP = False
-#: Seconds to wait for the previous owner of a shard store (an orphaned worker) to exit.
-OWNER_WAIT_S = 10.0
 
 
-class ChunkStore:
-    """The snapshot chunks of one shard."""
+def snapshot_file(path: str, snapshot_id: int) -> str:
+    """The file of snapshot ``snapshot_id``'s part in the shard directory ``path``."""
+    return os.path.join(path, f"snap-{snapshot_id:016d}.seg")
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock_exclusive(fd: int) -> bool:
+    """Take an exclusive flock on ``fd`` without waiting; False if any process holds a lock on the file."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+class _ChunkedWriter:
+    """Writes buffers at consecutive offsets of a file (batched pwritev), with a CRC per chunk."""
+
+    def __init__(self, fd: int, snapshot_id: int):
+        self.fd = fd
+        self.snapshot_id = snapshot_id
+        self.position = 0  # file offset of the next byte
+        self.crcs: list[int] = []
+        self.crc = 0
+        self.fill = 0  # bytes of the current chunk seen
+        self.batch: list[memoryview] = []
+        self.batch_bytes = 0
+        self.batch_at = 0
+
+    def add(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), WRITE_BATCH):
+            piece = view[start : start + WRITE_BATCH]
+            self._checksum(piece)
+            self.batch.append(piece)
+            self.batch_bytes += len(piece)
+            self.position += len(piece)
+            if self.batch_bytes >= WRITE_BATCH or len(self.batch) >= WRITE_BUFFERS:
+                self.flush()
+
+    def pad_to(self, offset: int) -> None:
+        while self.position < offset:
+            self.add(_ZEROS[: min(len(_ZEROS), offset - self.position)])
+
+    def _checksum(self, view: memoryview) -> None:
+        at = 0
+        while at < len(view):
+            if self.fill == 0:
+                self.crc = crc32(pack_key(self.snapshot_id, len(self.crcs) + 1))
+            take = min(CHUNK_BYTES - self.fill, len(view) - at)
+            self.crc = crc32(view[at : at + take], self.crc)
+            self.fill += take
+            at += take
+            if self.fill == CHUNK_BYTES:
+                self.crcs.append(self.crc)
+                self.fill = 0
+
+    def flush(self) -> None:
+        buffers, at = self.batch, self.batch_at
+        while buffers:
+            written = os.pwritev(self.fd, buffers, at)
+            at += written
+            while buffers and written >= len(buffers[0]):
+                written -= len(buffers[0])
+                buffers = buffers[1:]
+            if buffers and written:
+                buffers = [buffers[0][written:], *buffers[1:]]
+        self.batch, self.batch_bytes, self.batch_at = [], 0, self.position
+
+    def finish(self) -> list[int]:
+        """Write what is pending; the CRCs of every chunk (the last one may be short)."""
+        self.flush()
+        if self.fill:
+            self.crcs.append(self.crc)
+            self.fill = 0
+        return self.crcs
+
+
+class ShardStore:
+    """The snapshot files of one shard directory, owned by this process."""
 
     def __init__(self, path: str):
         self.path = path
         self.owner = own_directory(path)
-        try:
-            self.env: LmdbEnv = open_env(path, (DB,), STORE_MAP_SIZE, writemap=WRITEMAP)
-        except BaseException:
-            self.owner.close()
-            raise
-        self.db = self.env.db(DB)
+        self.arena = CaptureArena()
+        self._legacy: ChunkStore | None = None
 
     # -- writing ----------------------------------------------------------------------------
+    def write(self, snapshot_id: int, frames: list[list[Any]]) -> dict[str, int]:
+        """Write the captured ``frames`` as snapshot ``snapshot_id`` durably; returns the part description."""
+        fd = self._open_spare()
+        try:
+            writer = _ChunkedWriter(fd, snapshot_id)
+            table: list[list[int]] = []
+            for pieces in frames:
+                writer.pad_to(-(-writer.position // FRAME_ALIGN) * FRAME_ALIGN)
+                start = writer.position
+                for piece in pieces:
+                    writer.add(piece)
+                table.append([start, writer.position - start])
+            data_end = writer.position
+            crcs = writer.finish()
+            index_key = pack_key(snapshot_id, 0)
+            index = seal(index_key, msgpack.packb([FORMAT, CHUNK_BYTES, table, crcs]))
+            os.pwrite(fd, index, data_end)
+            file_bytes = data_end + len(index)
+            os.ftruncate(fd, file_bytes)
+            os.fdatasync(fd)
+            os.replace(os.path.join(self.path, SPARE), snapshot_file(self.path, snapshot_id))
+        finally:
+            os.close(fd)
+        _fsync_directory(self.path)
+        return {"format": FORMAT, "chunks": len(crcs), "bytes": sum(length for _, length in table),
+                "index_crc": crc32(index), "file_bytes": file_bytes, "index_bytes": len(index)}
+
+    def _open_spare(self) -> int:
+        """An exclusively locked descriptor on the spare file (recycled if no process maps it, else new)."""
+        spare = os.path.join(self.path, SPARE)
+        for _ in range(2):
+            fd = os.open(spare, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if _lock_exclusive(fd):
+                return fd
+            os.close(fd)
+            os.unlink(spare)  # mapped somewhere: leave that process its copy, write a new file
+        raise OSError(f"cannot lock a spare snapshot file in {self.path}")
+
+    # -- reading ----------------------------------------------------------------------------
+    def read(self, snapshot_id: int, part: dict[str, Any]) -> list[Any]:
+        """The frames of snapshot ``snapshot_id``, verified against ``part`` (DataCorruption if damaged).
+
+        Format 2: writable views of a private mapping of the file; format 1: fresh arrays.
+        """
+        if part.get("format", LEGACY_FORMAT) == LEGACY_FORMAT:
+            legacy = self.legacy()
+            if legacy is None:
+                raise DataCorruption(f"snapshot {snapshot_id} in {self.path}: its chunk store is missing; "
+                                     f"refusing to serve")
+            return legacy.read(snapshot_id, part)
+        return _map_part(self.path, snapshot_id, part)
+
+    def snapshot_ids(self) -> list[int]:
+        """Ids of the snapshot files here (complete or not committed)."""
+        return sorted(int(m.group(1)) for name in os.listdir(self.path) if (m := _SNAP_NAME.match(name)))
+
+    # -- pruning ----------------------------------------------------------------------------
+    def prune(self, keep: set[int]) -> int:
+        """Remove every snapshot but ``keep`` (one old file becomes the spare); returns files/keys removed."""
+        removed = 0
+        spare = os.path.join(self.path, SPARE)
+        have_spare = os.path.exists(spare)
+        for snapshot_id in self.snapshot_ids():
+            if snapshot_id in keep:
+                continue
+            name = snapshot_file(self.path, snapshot_id)
+            if not have_spare and self._recyclable(name):
+                os.replace(name, spare)
+                have_spare = True
+            else:
+                os.unlink(name)
+            removed += 1
+        legacy = self.legacy()
+        if legacy is not None:
+            if keep & set(legacy.snapshot_ids()):
+                removed += legacy.delete(keep=keep)
+            else:
+                removed += self._drop_legacy()
+        return removed
+
+    @staticmethod
+    def _recyclable(name: str) -> bool:
+        """True if no process maps (flocks) the file ``name``."""
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return _lock_exclusive(fd)
+        finally:
+            os.close(fd)
+
+    # -- format 1 ---------------------------------------------------------------------------
+    def legacy(self) -> "ChunkStore | None":
+        """The format-1 chunk store of this directory, if there is one."""
+        if self._legacy is None and os.path.exists(os.path.join(self.path, "data.mdb")):
+            self._legacy = ChunkStore(self.path)
+        return self._legacy
+
+    def _drop_legacy(self) -> int:
+        """Delete the format-1 store (no snapshot in it is kept); returns 1 if there was one."""
+        if self._legacy is None:
+            return 0
+        close_env(self._legacy.env)
+        self._legacy = None
+        for name in ("data.mdb", "lock.mdb"):
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+        return 1
+
+    def close(self) -> None:
+        """Release the format-1 store, the capture arena and the ownership of the directory."""
+        if self._legacy is not None:
+            close_env(self._legacy.env)
+            self._legacy = None
+        self.arena.close()
+        self.owner.close()
+
+
+def _map_part(path: str, snapshot_id: int, part: dict[str, Any]) -> list[memoryview]:
+    """Map and verify the file of a format-2 part; the frames as writable views of the mapping."""
+    where = f"snapshot {snapshot_id} in {path}"
+    name = snapshot_file(path, snapshot_id)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise DataCorruption(f"{where}: its file {os.path.basename(name)} is missing; refusing to serve") from None
+    try:
+        size = os.fstat(fd).st_size
+        expected = int(part["file_bytes"])
+        if size != expected:
+            state = "is cut short" if size < expected else "is longer than written"
+            raise DataCorruption(f"{where}: {os.path.basename(name)} {state}: it has {size} bytes, its manifest "
+                                 f"says {expected}; refusing to serve")
+        fcntl.flock(fd, fcntl.LOCK_SH)  # held by the mapping's own descriptor: the file is never recycled
+        region = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    view = memoryview(region)
+    try:
+        if hasattr(mmap, "MADV_WILLNEED"):
+            region.madvise(mmap.MADV_WILLNEED)  # read ahead (the pages are usually cached already)
+        index_at = size - int(part["index_bytes"])
+        index_key = pack_key(snapshot_id, 0)
+        value = view[index_at:] if 0 <= index_at < size else view[0:0]
+        body = unseal(index_key, value) if len(value) else None
+        if body is None or crc32(value) != part["index_crc"]:
+            raise DataCorruption(f"{where}: its index fails its checksum; refusing to serve")
+        fmt, chunk_bytes, table, crcs = msgpack.unpackb(body)
+        chunks = -(-index_at // chunk_bytes) if chunk_bytes > 0 else -1
+        if (fmt != FORMAT or len(crcs) != part["chunks"] or len(crcs) != chunks
+                or sum(length for _, length in table) != part["bytes"]
+                or any(start < 0 or length < 0 or start + length > index_at for start, length in table)):
+            raise DataCorruption(f"{where}: its index does not match the manifest; refusing to serve")
+        for number, crc in enumerate(crcs, start=1):
+            start = (number - 1) * chunk_bytes
+            if checksum(pack_key(snapshot_id, number), view[start : min(start + chunk_bytes, index_at)]) != crc:
+                raise DataCorruption(f"{where}: chunk {number} of {len(crcs)} fails its checksum; refusing to serve")
+        return [view[start : start + length] for start, length in table]
+    except BaseException:
+        try:
+            view.release()
+            region.close()
+        except BufferError:  # a slice is still referenced: the mapping goes with it
+            pass
+        raise
+
+
+# -- format 1: LMDB chunk store --------------------------------------------------------------
+class ChunkStore:
+    """The format-1 snapshot chunks of one shard (read for older data directories; ``write`` kept for tests)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.env: LmdbEnv = open_env(path, (DB,), STORE_MAP_SIZE)
+        self.db = self.env.db(DB)
+
     def write(self, snapshot_id: int, frames: list[Any]) -> dict[str, int]:
-        """Write ``frames`` as snapshot ``snapshot_id`` durably; returns the part description."""
+        """Write ``frames`` (one buffer each) as format-1 snapshot ``snapshot_id``; returns the part description."""
         self.delete({snapshot_id})
         lengths = [memoryview(frame).nbytes for frame in frames]
         crcs: list[int] = []
@@ -73,10 +369,10 @@ class ChunkStore:
                 self._put(pending)
                 pending, pending_bytes = [], 0
         index_key = pack_key(snapshot_id, 0)
-        index = seal(index_key, msgpack.packb([FORMAT, lengths, crcs]))
+        index = seal(index_key, msgpack.packb([LEGACY_FORMAT, lengths, crcs]))
         pending.append((index_key, index))
         self._put(pending)
-        return {"chunks": len(crcs), "bytes": sum(lengths), "index_crc": zlib.crc32(index)}
+        return {"chunks": len(crcs), "bytes": sum(lengths), "index_crc": crc32(index)}
 
     def _put(self, items: list[tuple[bytes, Any]]) -> None:
         def fill(txn: Any) -> None:
@@ -103,7 +399,6 @@ class ChunkStore:
 
         return self.env.write(prune)
 
-    # -- reading ----------------------------------------------------------------------------
     def read(self, snapshot_id: int, part: dict[str, int]) -> list[np.ndarray]:
         """The frames of snapshot ``snapshot_id``, verified against ``part`` (DataCorruption if damaged)."""
         where = f"snapshot {snapshot_id} in {self.path}"
@@ -113,10 +408,10 @@ class ChunkStore:
             if value is None:
                 raise DataCorruption(f"{where}: its index chunk is missing; refusing to serve")
             body = unseal(index_key, value)
-            if body is None or zlib.crc32(value) != part["index_crc"]:
+            if body is None or crc32(value) != part["index_crc"]:
                 raise DataCorruption(f"{where}: its index chunk fails its checksum; refusing to serve")
             fmt, lengths, crcs = msgpack.unpackb(body)
-            if fmt != FORMAT or len(crcs) != part["chunks"] or sum(lengths) != part["bytes"]:
+            if fmt != LEGACY_FORMAT or len(crcs) != part["chunks"] or sum(lengths) != part["bytes"]:
                 raise DataCorruption(f"{where}: its index does not match the manifest; refusing to serve")
             frames = [np.empty(length, dtype=np.uint8) for length in lengths]
             filler = _Filler(frames)
@@ -147,11 +442,6 @@ class ChunkStore:
                 ids.append(unpack_key(cursor.key())[0])
                 more = cursor.set_range(pack_key(ids[-1] + 1, 0))
         return ids
-
-    def close(self) -> None:
-        """Release the LMDB environment and the ownership of the directory."""
-        close_env(self.env)
-        self.owner.close()
 
 
 def own_directory(path: str, wait_s: float = OWNER_WAIT_S) -> Any:
@@ -234,21 +524,21 @@ class _Filler:
 
 
 # -- the shard side of the protocol (called through LocalShard methods) -------------------------
-_stores: dict[str, ChunkStore] = {}
+_stores: dict[str, ShardStore] = {}
 _stores_lock = threading.Lock()
 
 
-def store_at(path: str) -> ChunkStore:
-    """This process's chunk store at ``path`` (opened on first use, i.e. after a worker starts)."""
+def store_at(path: str) -> ShardStore:
+    """This process's store of the shard directory ``path`` (opened on first use, i.e. after a worker starts)."""
     with _stores_lock:
         store = _stores.get(path)
         if store is None:
-            store = _stores[path] = ChunkStore(path)
+            store = _stores[path] = ShardStore(path)
         return store
 
 
 def close_store(path: str) -> None:
-    """Close this process's chunk store at ``path`` (if open)."""
+    """Close this process's store at ``path`` (if open)."""
     with _stores_lock:
         store = _stores.pop(path, None)
     if store is not None:
@@ -258,22 +548,25 @@ def close_store(path: str) -> None:
 class SnapshotJob:
     """The background write of one captured shard snapshot."""
 
-    def __init__(self, store: ChunkStore, snapshot_id: int, frames: list[Any]):
+    def __init__(self, store: ShardStore, snapshot_id: int, captured: shard_state.Capture):
         self.snapshot_id = snapshot_id
         self.part: dict[str, int] | None = None
         self.error: BaseException | None = None
         self.started = time.perf_counter()
-        self.thread = threading.Thread(target=self._run, args=(store, frames), name=f"snapshot-{snapshot_id}",
+        self.thread = threading.Thread(target=self._run, args=(store, captured), name=f"snapshot-{snapshot_id}",
                                        daemon=True)
         self.thread.start()
 
-    def _run(self, store: ChunkStore, frames: list[Any]) -> None:
+    def _run(self, store: ShardStore, captured: shard_state.Capture) -> None:
         try:
-            part = store.write(self.snapshot_id, frames)
+            part = store.write(self.snapshot_id, captured.frames)
             part["write_ms"] = int((time.perf_counter() - self.started) * 1000)
             self.part = part
         except BaseException as exc:  # reported by status()
             self.error = exc
+        finally:
+            del captured
+            store.arena.release_lazily()
 
     def status(self) -> dict[str, int] | None:
         """The part description once written; None while writing; raises the write's error."""
@@ -289,10 +582,13 @@ def start(shard: Any, path: str, snapshot_id: int) -> dict[str, int]:
     wait(shard)
     store = store_at(path)
     began = time.perf_counter()
-    frames = shard_state.capture(shard)
+    store.arena.reset()
+    captured = shard_state.capture(shard, store.arena)
+    store.arena.trim()
     capture_ms = int((time.perf_counter() - began) * 1000)
-    shard._snapshot_job = SnapshotJob(store, snapshot_id, frames)
-    return {"bytes": sum(memoryview(f).nbytes for f in frames), "capture_ms": capture_ms}
+    shard._snapshot_job = SnapshotJob(store, snapshot_id, captured)
+    return {"bytes": captured.nbytes, "capture_ms": capture_ms, "copied_bytes": captured.copied,
+            "referenced_bytes": captured.referenced}
 
 
 def status(shard: Any, snapshot_id: int) -> dict[str, int] | None:
@@ -303,7 +599,7 @@ def status(shard: Any, snapshot_id: int) -> dict[str, int] | None:
     return job.status()
 
 
-def load(shard: Any, path: str, snapshot_id: int, part: dict[str, int]) -> dict[str, int]:
+def load(shard: Any, path: str, snapshot_id: int, part: dict[str, Any]) -> dict[str, int]:
     """Replace ``shard``'s data by snapshot ``snapshot_id`` and drop every other snapshot under ``path``."""
     began = time.perf_counter()
     wait(shard)
@@ -311,13 +607,14 @@ def load(shard: Any, path: str, snapshot_id: int, part: dict[str, int]) -> dict[
     frames = store.read(snapshot_id, part)
     read_ms = int((time.perf_counter() - began) * 1000)
     shard_state.restore(shard, frames)
-    store.delete(keep={snapshot_id})
+    del frames
+    store.prune({snapshot_id})
     return {"bytes": part["bytes"], "read_ms": read_ms, "load_ms": int((time.perf_counter() - began) * 1000)}
 
 
 def prune(path: str, keep: list[int]) -> int:
-    """Delete the chunks of every snapshot under ``path`` but ``keep``; returns keys deleted."""
-    return store_at(path).delete(keep=set(keep))
+    """Delete every snapshot under ``path`` but ``keep`` (an old file is kept as the spare); returns files removed."""
+    return store_at(path).prune(set(keep))
 
 
 def wait(shard: Any) -> None:

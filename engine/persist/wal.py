@@ -13,12 +13,11 @@ followed by any later record is corruption in the middle, refused with ``DataCor
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .errors import DataCorruption
-from .framing import CRC, MAX_VALUE, delete_current, pack_key, unpack_key, unseal
+from .framing import CRC, MAX_VALUE, crc32, delete_current, pack_key, unpack_key, unseal
 from .lmdb_env import LmdbEnv
 
 HEADER = struct.Struct(">IB")  # number of parts, length of the kind name
@@ -51,7 +50,7 @@ def put_record(txn: Any, db: Any, seq: int, kind: str, body: bytes) -> int:
 
 
 def _seal(key: bytes, head: bytes, piece: memoryview) -> bytes:
-    crc = zlib.crc32(piece, zlib.crc32(head, zlib.crc32(key)))
+    crc = crc32(piece, crc32(head, crc32(key)))
     return CRC.pack(crc) + head + piece
 
 

@@ -20,7 +20,7 @@ from ..plan.steps import Step
 from ..schema import EventRecord, ProfileUpdate, Schema
 from ..segments import SavedSegments
 from ..store.events import EventStore
-from ..store.memory import release_free_memory
+from ..store.memory import release_free_memory, tune_allocator
 from ..store.profiles import ProfileStore
 
 
@@ -28,6 +28,7 @@ class LocalShard:
     """The data and query execution of one shard."""
 
     def __init__(self, schema: Schema, shard_id: int = 0):
+        tune_allocator()
         self.schema = schema
         self.shard_id = shard_id
         self.profiles = ProfileStore(schema)

@@ -4,21 +4,28 @@ Events of a type are partitioned into epochs of 2**32 ms (~49.7 days); within an
 live in a few runs, each sorted by time (a log-structured merge: a new batch becomes a run,
 neighbouring runs of similar size are merged), so a time window is found by binary search in
 every run. Timestamps are stored as uint32 offsets from the epoch start, profile rows as
-int32, category properties as int16 codes (int32 past 32767 labels), floats with NaN as null:
-about 10 bytes for an event with one category property. Per type the store also keeps a
-Roaring bitmap of the rows that had such an event per UTC day, the rows that ever had one, and
-(once AFTER LAST asks for it) each row's latest timestamp.
+int32, category properties as int8 codes (int16 past 127 labels, int32 past 32767), floats as
+int32 hundredths while every value of the type round-trips exactly (else float64 with NaN as
+null): 9 bytes for an event with one category property, 13 with a money amount too. Runs are never changed once
+written (a merge builds a new run), so readers and snapshots may hold their arrays.
+
+Per type the store also keeps a Roaring bitmap of the rows that had such an event per UTC day,
+the rows that ever had one, and (once AFTER LAST asks for it) each row's latest timestamp.
+Bitmaps per 5-minute slot (which a presence query needs inside the two partial days at the
+edges of its window) are built on demand for a day and kept for at most ``SLOT_CACHE_DAYS`` days
+per type, then maintained by later appends like the day bitmaps.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 from pyroaring import BitMap
 
 from ..columns import CategoryColumn, Column, ValueColumn
 from ..schema import EventDef
-from .bitmaps import group_rows, to_bitmap, union_all
+from .bitmaps import to_bitmap
 from .growable import GrowableArray
 
 DAY_MS = 86_400_000
@@ -26,6 +33,101 @@ HOUR_MS = 3_600_000
 EPOCH_BITS = 32
 EPOCH_SPAN = 1 << EPOCH_BITS
 NO_TIME = np.iinfo(np.int64).min
+#: Presence buckets inside a day (built on demand for the days where window edges fall).
+SLOT_MS = 300_000
+#: Days per event type whose slot bitmaps are kept.
+SLOT_CACHE_DAYS = 8
+#: A partial-day window with at most this many events is scanned instead of building the day's slots.
+SLOT_BUILD_MIN_EVENTS = 8192
+
+
+#: Float properties are kept as int32 multiples of 1/FLOAT_SCALE (money in cents: half the bytes)
+#: as long as every value of the type round-trips exactly; the first that does not turns them to float64.
+FLOAT_SCALE = 100
+SCALED_NULL = np.iinfo(np.int32).min
+_SCALED_MAX = np.iinfo(np.int32).max
+
+
+def encode_scaled(values: np.ndarray, valid: np.ndarray, scale: int) -> np.ndarray | None:
+    """int32 codes c with ``c / scale`` equal to each valid value bit for bit (SCALED_NULL where not
+    valid), or None if some valid value has no such code."""
+    kept = np.where(valid, values, 0.0)
+    codes = np.rint(kept * scale)
+    if not bool(np.all(np.abs(codes) < _SCALED_MAX)):  # also false for NaN and infinities
+        return None
+    codes = codes.astype(np.int32)
+    if not np.array_equal((codes / scale).view(np.int64), kept.view(np.int64)):  # bitwise: -0.0 fails too
+        return None
+    codes[~valid] = SCALED_NULL
+    return codes
+
+
+def decode_scaled(codes: np.ndarray, scale: int) -> np.ndarray:
+    """float64 values (NaN = null) of scaled int32 codes."""
+    values = codes / scale
+    values[codes == SCALED_NULL] = np.nan
+    return values
+
+
+def code_dtype(n_labels: int) -> type:
+    """The smallest signed integer dtype for category codes 0..n_labels-1 plus -1 (null)."""
+    if n_labels < 127:
+        return np.int8
+    return np.int16 if n_labels < 32767 else np.int32
+
+
+def time_order(ts: np.ndarray) -> np.ndarray:
+    """A stable argsort of int64 timestamps.
+
+    When (time span bits + index bits) fit in 63 bits, time and position are packed into one
+    int64 key and sorted by value (several times faster than an argsort); else a stable argsort.
+    """
+    n = len(ts)
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    lo, hi = int(ts.min()), int(ts.max())
+    shift = (n - 1).bit_length()
+    if (hi - lo).bit_length() + shift > 63:
+        return np.argsort(ts, kind="stable")
+    keys = ts - lo
+    keys <<= shift
+    keys |= np.arange(n, dtype=np.int64)
+    keys.sort()
+    keys &= (1 << shift) - 1
+    return keys
+
+
+@numba.njit(cache=True)
+def merge_order(a, b):
+    """Positions (in a + b concatenated) that merge two time-sorted arrays stably (a first on ties)."""
+    na, nb = len(a), len(b)
+    out = np.empty(na + nb, dtype=np.int64)
+    i = j = k = 0
+    while i < na and j < nb:
+        if b[j] < a[i]:
+            out[k] = na + j
+            j += 1
+        else:
+            out[k] = i
+            i += 1
+        k += 1
+    while i < na:
+        out[k] = i
+        i += 1
+        k += 1
+    while j < nb:
+        out[k] = na + j
+        j += 1
+        k += 1
+    return out
+
+
+@numba.njit(cache=True)
+def max_at(target, rows, ts):
+    """target[row] = max(target[row], ts) for each event."""
+    for i in range(len(rows)):
+        if ts[i] > target[rows[i]]:
+            target[rows[i]] = ts[i]
 
 
 @dataclass
@@ -66,13 +168,15 @@ class Run:
 
 
 def _merge(a: Run, b: Run) -> Run:
-    """One sorted run from two runs of the same epoch."""
-    ts = np.concatenate([a.ts, b.ts])
-    order = np.argsort(ts, kind="stable")
-    merged = Run(a.base, ts, np.concatenate([a.rows, b.rows]),
-                 {k: np.concatenate([a.props[k], b.props[k]]) for k in a.props},
-                 {k: np.concatenate([a.valid[k], b.valid[k]]) for k in a.valid})
-    return merged.take(order)
+    """One sorted run from two runs of the same epoch (new arrays; ``a`` and ``b`` are unchanged)."""
+    order = merge_order(a.ts, b.ts)
+
+    def merged(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.concatenate([x, y]).take(order)
+
+    return Run(a.base, merged(a.ts, b.ts), merged(a.rows, b.rows),
+               {k: merged(a.props[k], b.props[k]) for k in a.props},
+               {k: merged(a.valid[k], b.valid[k]) for k in a.valid})
 
 
 class EventTypeStore:
@@ -82,14 +186,48 @@ class EventTypeStore:
         self.definition = definition
         self.epochs: dict[int, list[Run]] = {}
         self.days: dict[int, BitMap] = {}  # UTC day -> rows with such an event that day
-        self.hours: dict[int, BitMap] = {}  # UTC hour -> rows (so window edges scan at most an hour)
+        self.slots: dict[int, BitMap] = {}  # 5-minute slot (ts // SLOT_MS) -> rows, for the days in slot_days only
+        self.slot_days: dict[int, None] = {}  # days whose slots are in ``slots``, least recently used first
         self.ever = BitMap()
         self.last_ts: GrowableArray | None = None
         self.max_ts = NO_TIME
         self.count = 0
         self.labels: dict[str, list[str]] = {p: [] for p, t in definition.properties.items() if t == "category"}
         self.code_of: dict[str, dict[str, int]] = {p: {} for p in self.labels}
+        # float property -> FLOAT_SCALE while its values are kept as scaled int32 (0: float64 with NaN)
+        self.scaled: dict[str, int] = {p: FLOAT_SCALE for p, t in definition.properties.items() if t == "float"}
         self.generation = 0
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickled store; stores pickled before slot caching and scaled floats get their defaults."""
+        state.pop("hours", None)  # eager hour bitmaps of older versions
+        state.pop("hour_days", None)
+        if "slot_days" not in state:
+            state["slots"], state["slot_days"] = {}, {}
+        state.setdefault("scaled", {})
+        self.__dict__.update(state)
+
+    def float_values(self, prop: str, values: np.ndarray) -> np.ndarray:
+        """The float64 values (NaN = null) of float property ``prop`` as stored in a run."""
+        scale = self.scaled.get(prop, 0)
+        return decode_scaled(values, scale) if scale else values
+
+    def _floats(self, prop: str, size: int, column: Column | None) -> np.ndarray:
+        """A float property column as stored: scaled int32 while every value round-trips, else float64."""
+        scale = self.scaled.get(prop, 0)
+        if column is None:
+            return np.full(size, SCALED_NULL, np.int32) if scale else np.full(size, np.nan)
+        assert isinstance(column, ValueColumn)
+        values = np.asarray(column.values, dtype=np.float64)
+        valid = np.asarray(column.valid, dtype=bool)
+        if scale:
+            codes = encode_scaled(values, valid, scale)
+            if codes is not None:
+                return codes
+            for run in self.runs:  # new float64 arrays: the runs' old arrays are unchanged
+                run.props[prop] = decode_scaled(run.props[prop], scale)
+            self.scaled[prop] = 0
+        return np.where(valid, values, np.nan)
 
     def __len__(self) -> int:
         return self.count
@@ -105,10 +243,10 @@ class EventTypeStore:
             if label not in code_of:
                 code_of[label] = len(labels)
                 labels.append(label)
-        dtype = np.int16 if len(labels) < 32767 else np.int32
-        if dtype == np.int32:
-            for run in self.runs:
-                run.props[prop] = run.props[prop].astype(np.int32)
+        dtype = code_dtype(len(labels))
+        for run in self.runs:
+            if np.dtype(run.props[prop].dtype).itemsize < np.dtype(dtype).itemsize:
+                run.props[prop] = run.props[prop].astype(dtype)  # a new array: the old one is unchanged
         mapping = np.array([code_of[label] for label in column.labels] + [-1], dtype=dtype)
         return mapping[np.where(np.asarray(column.codes) < 0, len(column.labels), column.codes)]
 
@@ -118,14 +256,10 @@ class EventTypeStore:
         for prop, kind in self.definition.properties.items():
             column = columns.get(prop)
             if kind == "category":
-                dtype = np.int16 if len(self.labels[prop]) < 32767 else np.int32
+                dtype = code_dtype(len(self.labels[prop]))
                 props[prop] = self._codes(prop, column) if column is not None else np.full(size, -1, dtype)
             elif kind == "float":
-                if column is None:
-                    props[prop] = np.full(size, np.nan)
-                else:
-                    assert isinstance(column, ValueColumn)
-                    props[prop] = np.where(column.valid, np.asarray(column.values, dtype=np.float64), np.nan)
+                props[prop] = self._floats(prop, size, column)
             elif kind == "bool":
                 props[prop] = np.full(size, -1, np.int8) if column is None else \
                     np.where(column.valid, np.asarray(column.values).astype(np.int8), np.int8(-1)).astype(np.int8)
@@ -141,14 +275,19 @@ class EventTypeStore:
         ts = np.asarray(ts, dtype=np.int64)
         rows = np.asarray(rows, dtype=np.int32)
         props, valid = self._columns(len(rows), columns)
-        epochs = ts >> EPOCH_BITS
-        distinct = np.unique(epochs).tolist()
-        for epoch in distinct:
-            picks = np.flatnonzero(epochs == epoch) if len(distinct) > 1 else np.arange(len(ts))
-            base = epoch << EPOCH_BITS
-            part = Run(base, (ts[picks] - base).astype(np.uint32), rows[picks],
-                       {k: v[picks] for k, v in props.items()}, {k: v[picks] for k, v in valid.items()})
-            self._add_run(epoch, part.take(np.argsort(part.ts, kind="stable")))
+        if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
+            order = time_order(ts)
+            ts, rows = ts[order], rows[order]
+            props = {k: v[order] for k, v in props.items()}
+            valid = {k: v[order] for k, v in valid.items()}
+        first, last = int(ts[0]) >> EPOCH_BITS, int(ts[-1]) >> EPOCH_BITS
+        cuts = np.searchsorted(ts, np.arange(first + 1, last + 1, dtype=np.int64) << EPOCH_BITS).tolist()
+        for epoch, start, stop in zip(range(first, last + 1), [0, *cuts], [*cuts, len(ts)]):
+            if stop > start:
+                base = epoch << EPOCH_BITS
+                self._add_run(epoch, Run(base, (ts[start:stop] - base).astype(np.uint32), rows[start:stop],
+                                         {k: v[start:stop] for k, v in props.items()},
+                                         {k: v[start:stop] for k, v in valid.items()}))
         self._index(rows, ts)
         self.count += len(rows)
         self.generation += 1
@@ -161,22 +300,77 @@ class EventTypeStore:
             runs[-1] = _merge(runs[-1], last)
 
     def buckets(self, size_ms: int) -> dict[int, BitMap]:
-        """The presence bitmaps at granularity ``size_ms`` (DAY_MS or HOUR_MS)."""
-        return self.days if size_ms == DAY_MS else self.hours
+        """The presence bitmaps at granularity ``size_ms`` (DAY_MS, or SLOT_MS: only the days in ``slot_days``)."""
+        return self.days if size_ms == DAY_MS else self.slots
 
     def _index(self, rows: np.ndarray, ts: np.ndarray) -> None:
-        per_day: dict[int, list[BitMap]] = {}
-        for hour, members in group_rows(rows.astype(np.int64), ts // HOUR_MS):
-            bitmap = to_bitmap(members, assume_sorted=True)
-            self.hours.setdefault(hour, BitMap()).update(bitmap)
-            per_day.setdefault(hour * HOUR_MS // DAY_MS, []).append(bitmap)
-        for day, bitmaps in per_day.items():
-            self.days.setdefault(day, BitMap()).update(union_all(bitmaps))
-        self.ever.update(to_bitmap(rows))
+        """Index events sorted by time: day bitmaps, slots of the cached days, ``ever``, ``last_ts``."""
+        first, last = int(ts[0]) // DAY_MS, int(ts[-1]) // DAY_MS
+        cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * DAY_MS).tolist()
+        added = []
+        for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
+            if stop == start:
+                continue
+            bitmap = to_bitmap(rows[start:stop])
+            added.append(bitmap)
+            known = self.days.get(day)
+            if known is None:
+                self.days[day] = bitmap
+            else:
+                known |= bitmap
+            if day in self.slot_days:
+                self._index_slots(rows[start:stop], ts[start:stop])
+        if len(added) > 1:
+            self.ever |= BitMap.union(*added)
+        else:
+            self.ever |= added[0]
         if self.last_ts is not None:
             self.last_ts.ensure(int(rows.max()) + 1)
-            np.maximum.at(self.last_ts.data, rows, ts)
-        self.max_ts = max(self.max_ts, int(ts.max()))
+            max_at(self.last_ts.data, rows, ts)
+        self.max_ts = max(self.max_ts, int(ts[-1]))
+
+    def _index_slots(self, rows: np.ndarray, ts: np.ndarray) -> None:
+        """Add events (sorted by time, of days in ``slot_days``) to the slot bitmaps."""
+        first, last = int(ts[0]) // SLOT_MS, int(ts[-1]) // SLOT_MS
+        cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * SLOT_MS).tolist()
+        for slot, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
+            if stop > start:
+                bitmap = to_bitmap(rows[start:stop])
+                known = self.slots.get(slot)
+                if known is None:
+                    self.slots[slot] = bitmap
+                else:
+                    known |= bitmap
+
+    def has_slots(self, day: int) -> bool:
+        """True if the slot bitmaps of UTC ``day`` are kept."""
+        return day in self.slot_days
+
+    def ensure_slots(self, day: int) -> None:
+        """Build (or mark recently used) the slot bitmaps of UTC ``day``; keeps at most SLOT_CACHE_DAYS days."""
+        if day in self.slot_days:
+            self.slot_days[day] = self.slot_days.pop(day)  # most recently used last
+            return
+        per_day = DAY_MS // SLOT_MS
+        while len(self.slot_days) >= SLOT_CACHE_DAYS:
+            old = next(iter(self.slot_days))
+            del self.slot_days[old]
+            for slot in range(old * per_day, (old + 1) * per_day):
+                self.slots.pop(slot, None)
+        per_slot: dict[int, list[np.ndarray]] = {}
+        for part in self.window(day * DAY_MS, (day + 1) * DAY_MS - 1):
+            base_slot, skew = divmod(part.base, SLOT_MS)
+            # slot base_slot + k starts at offset k * SLOT_MS - skew from part.base
+            first = (int(part.ts[0]) + skew) // SLOT_MS
+            last = (int(part.ts[-1]) + skew) // SLOT_MS
+            edges = np.arange(first, last + 2, dtype=np.int64) * SLOT_MS - skew
+            cuts = np.searchsorted(part.ts, edges).tolist()
+            for k, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
+                if stop > start:
+                    per_slot.setdefault(base_slot + k, []).append(part.rows[start:stop])
+        for slot, parts in per_slot.items():
+            self.slots[slot] = to_bitmap(np.concatenate(parts) if len(parts) > 1 else parts[0])
+        self.slot_days[day] = None
 
     def window(self, lo: int, hi: int) -> list[Run]:
         """The events with lo <= ts <= hi, as slices (views) of each run."""
@@ -199,12 +393,12 @@ class EventTypeStore:
                 self.last_ts = GrowableArray(np.int64, NO_TIME)
                 self.last_ts.ensure(size)
                 for run in self.runs:
-                    np.maximum.at(self.last_ts.data, run.rows, run.absolute_ts())
+                    max_at(self.last_ts.data, run.rows, run.absolute_ts())
             self.last_ts.ensure(size)
             return self.last_ts.data[:size]
         latest = np.full(size, NO_TIME, dtype=np.int64)
         for part in self.window(NO_TIME, now):
-            np.maximum.at(latest, part.rows, part.absolute_ts())
+            max_at(latest, part.rows, part.absolute_ts())
         return latest
 
     @property
@@ -212,7 +406,7 @@ class EventTypeStore:
         """Approximate bytes held by the runs and day bitmaps."""
         total = sum(r.ts.nbytes + r.rows.nbytes + sum(v.nbytes for v in r.props.values())
                     + sum(v.nbytes for v in r.valid.values()) for r in self.runs)
-        return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.hours.values()])
+        return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()])
 
 
 class EventStore:

@@ -89,12 +89,26 @@ class CategoryIndex:
 
     def compare(self, op: str, label: str) -> BitMap:
         """Rows whose value ``op`` label holds (by Unicode code point); null rows excluded."""
-        test = COMPARE[op]
-        return union_all([self.bitmaps[c] for c, value in enumerate(self.labels) if test(value, label)])
+        return union_all(self._compared(op, label))
 
     def between(self, lo: str, hi: str) -> BitMap:
         """Rows with lo <= value <= hi."""
-        return union_all([self.bitmaps[c] for c, value in enumerate(self.labels) if lo <= value <= hi])
+        return union_all(self._between(lo, hi))
+
+    def count_compare(self, op: str, label: str) -> int:
+        """``len(compare(op, label))`` without the union."""
+        return sum(len(bitmap) for bitmap in self._compared(op, label))
+
+    def count_between(self, lo: str, hi: str) -> int:
+        """``len(between(lo, hi))`` without the union."""
+        return sum(len(bitmap) for bitmap in self._between(lo, hi))
+
+    def _compared(self, op: str, label: str) -> list[BitMap]:
+        test = COMPARE[op]
+        return [self.bitmaps[c] for c, value in enumerate(self.labels) if test(value, label)]
+
+    def _between(self, lo: str, hi: str) -> list[BitMap]:
+        return [self.bitmaps[c] for c, value in enumerate(self.labels) if lo <= value <= hi]
 
     def value(self, row: int) -> str | None:
         """The value of ``row``."""

@@ -1,8 +1,12 @@
-"""Give freed heap memory back to the operating system after bulk loads.
+"""The allocator policy of a shard: keep freed heap memory while querying, give it back after loads.
 
-A bulk load allocates large temporaries; glibc keeps the freed pages in its heap, so the
-process's RSS stays near the load's peak (measured: 144 vs 77 bytes per profile at 3M).
-``malloc_trim(0)`` releases them. A no-op where glibc is absent.
+Queries allocate and free many bitmap containers (8 KiB each) per call. With glibc's default
+policy the freed top of the heap beyond 128 KiB is returned to the OS at once and the next query
+page-faults it back in: measured at 10M profiles, a range predicate over a 850K-row found set
+took 9.7 ms by default and 4.8 ms once freed memory was kept (``tune_allocator``). A bulk load,
+on the other hand, allocates large temporaries; ``malloc_trim(0)`` after it releases them, so
+the resident size reflects the data (measured: 144 vs 77 bytes per profile at 3M). Both are
+no-ops where glibc is absent.
 """
 from __future__ import annotations
 
@@ -17,6 +21,25 @@ try:
         _LIBC = None
 except OSError:  # pragma: no cover - non-glibc platforms
     _LIBC = None
+
+
+#: mallopt parameters (glibc malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: Free memory at the top of the heap kept for reuse instead of being returned at every free.
+TRIM_THRESHOLD_BYTES = 256 << 20
+#: Allocations from this size up get their own mapping (NumPy columns), smaller ones the heap.
+MMAP_THRESHOLD_BYTES = 32 << 20
+_tuned = False
+
+
+def tune_allocator() -> None:
+    """Keep freed heap memory for reuse (once per process); ``release_free_memory`` still trims."""
+    global _tuned
+    if _LIBC is not None and not _tuned and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        _tuned = True
 
 
 def release_free_memory() -> None:

@@ -29,23 +29,25 @@ REBIN_MIN = 256
 MAX_VALUE_BITMAPS = 256
 #: Gather values directly (skipping the bins) when the found set is this many times smaller than the column.
 GATHER_RATIO = 256
+#: Bin bitmaps (rows of one bin) kept per index between writes, for the edges of range queries.
+BIN_CACHE = 4
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
 
 @numba.njit(cache=True)
-def filter_rows(rows, column, lo, hi, lo_open, hi_open, has_lo, has_hi):
-    """The ``rows`` whose column value lies within the bounds (fused gather + compare)."""
+def filter_rows(rows, column, lo, hi, lo_open, hi_open, has_lo, has_hi, inside=True):
+    """The ``rows`` whose column value lies within the bounds (fused gather + compare); ``inside``
+    False: those outside them."""
     out = np.empty(len(rows), dtype=np.uint32)
     n = 0
     for i in range(len(rows)):
         value = column[rows[i]]
-        if has_lo and (value < lo or (lo_open and value == lo)):
-            continue
-        if has_hi and (value > hi or (hi_open and value == hi)):
-            continue
-        out[n] = rows[i]
-        n += 1
+        within = not ((has_lo and (value < lo or (lo_open and value == lo)))
+                      or (has_hi and (value > hi or (hi_open and value == hi))))
+        if within == inside:
+            out[n] = rows[i]
+            n += 1
     return out[:n]
 
 
@@ -83,6 +85,7 @@ class NumericIndex:
     # -- writes ---------------------------------------------------------------------------
     def assign(self, rows: np.ndarray, column: ValueColumn) -> None:
         """Set the value of each of ``rows`` (unique) from ``column`` (valid False = null)."""
+        self.__dict__.pop("_bin_cache", None)
         valid = np.asarray(column.valid, dtype=bool)
         new_values = np.asarray(column.values).astype(self.dtype)
         if not self.notnull or int(rows.min()) > self.notnull.max():
@@ -138,6 +141,7 @@ class NumericIndex:
 
     def rebin(self) -> None:
         """Choose bin edges from the current values and rebuild the cumulative bitmaps."""
+        self.__dict__.pop("_bin_cache", None)
         rows = rows_of(self.notnull)
         values = self.column.data[rows]
         self.binned_count = len(rows)
@@ -169,11 +173,6 @@ class NumericIndex:
         self._widen_bins(bins, values)
 
     # -- reads ----------------------------------------------------------------------------
-    def _bin_rows(self, k: int) -> BitMap:
-        """Rows in bin ``k`` (0 <= k <= len(edges))."""
-        upper = self.cumulative[k] if k < len(self.cumulative) else self.notnull
-        return upper - self.cumulative[k - 1] if k > 0 else upper.copy()
-
     def _prefix(self, k: int) -> BitMap:
         """Rows with bin <= k (k may be -1 or len(edges))."""
         if k < 0:
@@ -182,37 +181,102 @@ class NumericIndex:
 
     def range(self, lo: float | int | None, hi: float | int | None, lo_open: bool = False, hi_open: bool = False,
               found: BitMap | None = None) -> BitMap:
-        """Rows with lo <= value <= hi (open ends exclude; None = unbounded), within ``found`` if given."""
+        """Rows with lo <= value <= hi (open ends exclude; None = unbounded), within ``found`` if given.
+
+        The candidates are the rows of the bins the range touches (found & prefix - prefix: at
+        most two operations over the full width); then only the rows of the (at most two) edge
+        bins that fall outside the range are removed, found through the bin's own rows (cached).
+        With ``found`` the result is a subset of it.
+        """
+        span = self._span(lo, hi, lo_open, hi_open)
+        if span is None:
+            return BitMap()
+        first, last, edges, bounds = span
+        if (found is not None and len(found) * GATHER_RATIO < len(self.notnull)) or not len(self.edges):
+            return self._filter(self.notnull if found is None else found & self.notnull, bounds)
+        upper = self._prefix(last)
+        candidates = (upper if found is None else found & upper)
+        if first > 0:
+            candidates = candidates - self._prefix(first - 1)
+        elif found is None:
+            candidates = candidates.copy()
+        for k in edges:
+            if self.by_value is not None:
+                for bitmap in self._values_outside(k, bounds):
+                    candidates.difference_update(bitmap)
+            else:
+                candidates.difference_update(self._filter(candidates & self._bin(k), bounds, inside=False))
+        return candidates
+
+    def count_range(self, lo: float | int | None, hi: float | int | None, lo_open: bool, hi_open: bool,
+                    found: BitMap) -> int:
+        """``len(range(lo, hi, ..., found=found))`` without building the result: cardinalities only."""
+        span = self._span(lo, hi, lo_open, hi_open)
+        if span is None:
+            return 0
+        first, last, edges, bounds = span
+        if len(found) * GATHER_RATIO < len(self.notnull) or not len(self.edges):
+            return len(self._filter(found & self.notnull, bounds))
+        total = found.intersection_cardinality(self._prefix(last))
+        if first > 0:
+            total -= found.intersection_cardinality(self._prefix(first - 1))
+        for k in edges:
+            if self.by_value is not None:
+                total -= sum(found.intersection_cardinality(bitmap) for bitmap in self._values_outside(k, bounds))
+            else:
+                total -= len(self._filter(found & self._bin(k), bounds, inside=False))
+        return total
+
+    def _span(self, lo, hi, lo_open: bool, hi_open: bool):
+        """(first bin, last bin, bins needing an exact check, exact bounds) of a range; None if empty."""
         bounds = self._normalise(lo, hi, lo_open, hi_open)
         if bounds is None:
-            return BitMap()
+            return None
         lo, hi, lo_open, hi_open = bounds
-        if (found is not None and len(found) * GATHER_RATIO < len(self.notnull)) or not len(self.edges):
-            return self._filter(self.notnull if found is None else found & self.notnull, lo, hi, lo_open, hi_open)
+        if not len(self.edges):
+            return 0, 0, [], bounds
         first = 0 if lo is None else int(np.searchsorted(self.edges, lo, side="right"))
         last = len(self.edges) if hi is None else int(np.searchsorted(self.edges, hi, side="right"))
-        inside = BitMap()
-        if last - 1 >= first + 1:
-            inside = self._prefix(last - 1) - self._prefix(first)
-        result = inside if found is None else inside & found
+        edges = []
         for k in sorted({first, last}):
-            low_ok = lo is None or self.bin_min[k] > lo or (self.bin_min[k] == lo and not lo_open)
-            high_ok = hi is None or self.bin_max[k] < hi or (self.bin_max[k] == hi and not hi_open)
             below = lo is not None and (self.bin_max[k] < lo or (self.bin_max[k] == lo and lo_open))
             above = hi is not None and (self.bin_min[k] > hi or (self.bin_min[k] == hi and hi_open))
-            if below or above:
-                continue  # the bin's values all lie outside the range
-            if not (low_ok and high_ok) and self.by_value is not None:
-                edge = union_all([bitmap for value, bitmap in self.by_value.items()
-                                  if (lo is None or value >= lo) and (hi is None or value <= hi)
-                                  and self.bin_min[k] <= value <= self.bin_max[k]])
-                result |= edge if found is None else edge & found
-                continue
-            edge = self._bin_rows(k)
-            if found is not None:
-                edge &= found
-            result |= edge if (low_ok and high_ok) else self._filter(edge, lo, hi, lo_open, hi_open)
-        return result
+            if below:
+                first = k + 1  # the bin's values all lie below the range
+            elif above:
+                last = k - 1
+            else:
+                low_ok = lo is None or self.bin_min[k] > lo or (self.bin_min[k] == lo and not lo_open)
+                high_ok = hi is None or self.bin_max[k] < hi or (self.bin_max[k] == hi and not hi_open)
+                if not (low_ok and high_ok):
+                    edges.append(k)
+        if last < first:
+            return None
+        return first, last, edges, bounds
+
+    def _values_outside(self, k: int, bounds) -> list[BitMap]:
+        """The value bitmaps of bin ``k`` whose value lies outside the (closed int) bounds."""
+        assert self.by_value is not None
+        lo, hi = bounds[0], bounds[1]
+        return [bitmap for value, bitmap in self.by_value.items()
+                if self.bin_min[k] <= value <= self.bin_max[k] and ((lo is not None and value < lo)
+                                                                     or (hi is not None and value > hi))]
+
+    def _bin(self, k: int) -> BitMap:
+        """Rows in bin ``k`` (0 <= k <= len(edges)); the last few asked for are cached until a write."""
+        cache = self.__dict__.setdefault("_bin_cache", {})
+        rows = cache.pop(k, None)
+        if rows is None:
+            rows = self._prefix(k) - self._prefix(k - 1)
+            if len(cache) >= BIN_CACHE:
+                del cache[next(iter(cache))]
+        cache[k] = rows  # most recent last
+        return rows
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_bin_cache", None)
+        return state
 
     def estimate(self, lo, hi) -> float:
         """Rows in the bins a range [lo, hi] overlaps (None = unbounded): a cheap upper estimate."""
@@ -224,12 +288,14 @@ class NumericIndex:
             return 0.0
         return len(self.notnull) * (last - first + 1) / (len(self.edges) + 1)
 
-    def _filter(self, candidates: BitMap, lo, hi, lo_open: bool, hi_open: bool) -> BitMap:
-        rows = rows_of(candidates)
+    def _filter(self, candidates: BitMap, bounds, inside: bool = True) -> BitMap:
+        """The ``candidates`` whose value lies within the bounds (``inside`` False: outside them), gathered."""
+        lo, hi, lo_open, hi_open = bounds
         zero = self.dtype(0)
-        kept = filter_rows(rows, self.column.data, zero if lo is None else self.dtype(lo),
-                           zero if hi is None else self.dtype(hi), lo_open, hi_open, lo is not None, hi is not None)
-        return to_bitmap(kept, assume_sorted=True)
+        rows = filter_rows(rows_of(candidates), self.column.data, zero if lo is None else self.dtype(lo),
+                           zero if hi is None else self.dtype(hi), lo_open, hi_open, lo is not None, hi is not None,
+                           inside)
+        return to_bitmap(rows, assume_sorted=True)
 
     def _normalise(self, lo, hi, lo_open: bool, hi_open: bool):
         """Turn float bounds on an int column into exact closed int bounds; None if empty."""
