@@ -297,6 +297,10 @@ class Engine:
         if self.auto_refresh and self.refresh_due():
             self.refresh_segments()
 
+    def reads_segments(self, query: str) -> bool:
+        """True if ``query`` reads saved segments (``SEGMENT(...)``); QueryError if malformed."""
+        return bool(_refs_of(self.compile(query)))
+
     def _read_segments(self, step: Step) -> None:
         """Before a query that reads saved segments: check they exist and are current."""
         refs = _refs_of(step)

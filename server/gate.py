@@ -10,9 +10,10 @@ Three kinds of calls:
   a time, because a shard's executor keeps scratch state.
 
 Waiting respects the caller's deadline (a call whose deadline passes while it waits fails with
-DEADLINE_EXCEEDED instead of running late). Before a read or a query, time-relative saved
-segments that are more than ``refresh_ms`` behind the clock are refreshed (as a write); the
-server's timer does the same periodically, so the engine's own read-time refresh is turned off.
+DEADLINE_EXCEEDED instead of running late). Before a read, or a query that reads saved segments,
+time-relative saved segments that are more than ``refresh_ms`` behind the clock are refreshed
+(as a write); the server's timer does the same periodically, so the engine's own read-time
+refresh is turned off.
 Writers go first: once a write waits, new reads and queries wait behind it.
 """
 from __future__ import annotations
@@ -135,13 +136,18 @@ class EngineGate:
         with self._held(self.lock.acquire_read, self.lock.release_read, context):
             return fn(*args)
 
-    def query(self, context: grpc.ServicerContext | None, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` alongside reads, one query at a time."""
-        self._refresh_if_due(context)
+    def query(self, context: grpc.ServicerContext | None, fn: Callable[..., T], text: str, *args: Any) -> T:
+        """``fn(text, *args)`` alongside reads, one query at a time.
+
+        Only a query that reads saved segments waits for a due refresh of time-relative ones;
+        others never depend on them (the server's timer keeps refreshing).
+        """
+        if self.engine.reads_segments(text):
+            self._refresh_if_due(context)
         with self._held(self.lock.acquire_read, self.lock.release_read, context):
             with self._held(lambda timeout: self.executor_lock.acquire(timeout=-1 if timeout is None else timeout),
                             self.executor_lock.release, context):
-                return fn(*args)
+                return fn(text, *args)
 
     def refresh(self, context: grpc.ServicerContext | None = None) -> None:
         """Bring time-relative saved segments to the clock (a write)."""

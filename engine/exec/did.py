@@ -33,19 +33,34 @@ ABSENT = frozenset({("=", 0), ("<", 1), ("<=", 0)})
 
 
 @numba.njit(cache=True)
-def tally(rows, keep, use_keep, member, use_member, counts, touched, n_touched):
-    """counts[row] += 1 for each kept event of a member row; rows counted first are added to ``touched``."""
+def gather_rows(rows, keep, use_keep, member, use_member, out, n):
+    """Append to ``out`` (from position n) the rows of the kept events of member rows; returns the new n."""
     for i in range(len(rows)):
         if use_keep and not keep[i]:
             continue
         row = rows[i]
         if use_member and not member[row]:
             continue
-        if counts[row] == 0:
-            touched[n_touched] = row
-            n_touched += 1
-        counts[row] += 1
-    return n_touched
+        out[n] = row
+        n += 1
+    return n
+
+
+@numba.njit(cache=True)
+def runs_passing(rows, wanted, top):
+    """The distinct values of sorted ``rows`` whose number of repeats c has wanted[min(c, top)]."""
+    out = np.empty(len(rows), dtype=rows.dtype)
+    n = 0
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and rows[j] == rows[i]:
+            j += 1
+        if wanted[min(j - i, top)]:
+            out[n] = rows[i]
+            n += 1
+        i = j
+    return out[:n]
 
 
 def where_mask(node: ast.Node, part: Run, store: EventTypeStore, now: int) -> np.ndarray:
@@ -171,7 +186,6 @@ class DidEvaluator:
 
     def __init__(self, events: EventStore):
         self.events = events
-        self.counts = np.zeros(0, dtype=np.int32)
         self.member = np.zeros(0, dtype=bool)
         self.union_cache: dict[tuple, BitMap] = {}
 
@@ -307,30 +321,28 @@ class DidEvaluator:
         """Rows with >= 1 matching event whose count test is ``want`` (restricted to ``found`` if small)."""
         if lo > hi:
             return np.empty(0, dtype=np.int32)
-        if len(self.counts) < size:
-            self.counts = np.zeros(max(size, int(len(self.counts) * 1.5)), dtype=np.int32)
-            self.member = np.zeros(len(self.counts), dtype=bool)
         parts = store.window(lo, hi)
         total = sum(len(p) for p in parts)
         member_rows = rows_of(found) if found is not None and len(found) * 4 < total else None
         if member_rows is not None:
+            if len(self.member) < size:
+                self.member = np.zeros(max(size, int(len(self.member) * 1.25)), dtype=bool)
             self.member[member_rows] = True
-        keeps = self.event_masks(node, store, parts, now, size)
-        dummy = np.empty(0, dtype=bool)
-        use_member = member_rows is not None
-        touched = np.empty(min(total, size), dtype=np.int32)
-        n_touched = 0
-        for part, keep in zip(parts, keeps):
-            n_touched = tally(part.rows, dummy if keep is None else keep, keep is not None, self.member, use_member,
-                              self.counts, touched, n_touched)
-        rows = touched[:n_touched]  # the distinct rows counted
-        counts = self.counts[rows]
-        self.counts[rows] = 0
+        try:
+            keeps = self.event_masks(node, store, parts, now, size)
+            dummy = np.empty(0, dtype=bool)
+            rows = np.empty(total, dtype=np.int32)
+            n = 0
+            for part, keep in zip(parts, keeps):
+                n = gather_rows(part.rows, dummy if keep is None else keep, keep is not None, self.member,
+                                member_rows is not None, rows, n)
+        finally:
+            if member_rows is not None:
+                self.member[member_rows] = False
+        rows = rows[:n]
+        rows.sort()  # a row's events side by side: its count is the length of its run
         # the count test for counts 0..n+1 (every count above n+1 answers as n+1 does)
         test = CMP[node.count_op]
-        top = min(node.count_n, total) + 1  # counts never exceed the events in the window
+        top = min(node.count_n, n) + 1  # counts never exceed the events gathered
         wanted = np.array([test(c, node.count_n) == want for c in range(top + 1)], dtype=bool)
-        rows = np.sort(rows[wanted[np.minimum(counts, top)]])
-        if member_rows is not None:
-            self.member[member_rows] = False
-        return rows
+        return runs_passing(rows, wanted, top)

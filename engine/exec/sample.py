@@ -27,7 +27,7 @@ def sample_threshold(percent: float) -> int:
     return int(round(percent * 100))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def sampled_rows(hashes, start, seed, threshold):
     """Rows ``r >= start`` whose splitmix64(hashes[r] ^ seed) % 10000 < threshold."""
     out = np.empty(len(hashes) - start, dtype=np.uint32)

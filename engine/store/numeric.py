@@ -35,7 +35,7 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def filter_rows(rows, column, lo, hi, lo_open, hi_open, has_lo, has_hi, inside=True):
     """The ``rows`` whose column value lies within the bounds (fused gather + compare); ``inside``
     False: those outside them."""
