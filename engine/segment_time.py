@@ -175,7 +175,7 @@ class SortedColumn:
         """Rows whose value lies in [lo, hi]."""
         if self.values is None or len(self.dirty) > max(1024, self.rebuild_share * len(self.rows)):
             rows = rows_of(self.index.notnull)
-            values = self.index.column.data[rows]
+            values = self.index.column.data[rows].astype(self.index.dtype)
             order = np.argsort(values, kind="stable")
             self.values, self.rows, self.dirty = values[order], rows[order], BitMap()
         start = int(np.searchsorted(self.values, lo, side="left"))

@@ -110,3 +110,41 @@ def test_int_column_with_float_bounds_compares_numerically() -> None:
     assert list(idx.range(None, 2.5, hi_open=True)) == [0, 1]
     assert list(idx.range(2.5, 2.5)) == []
     assert list(idx.range(3.0, 3.0)) == [2]
+
+
+@pytest.mark.parametrize("kind", ["float", "int", "timestamp"])
+def test_numeric_range_and_count_with_fine_bins_match_a_scan(kind: str) -> None:
+    """Coarse + fine bins (no per-value bitmaps): ranges and counts within found sets, through updates."""
+    rng = np.random.default_rng(11)
+    n = 20_000
+    index = NumericIndex(kind)
+    index.grow(n)
+
+    def draw(size: int) -> np.ndarray:
+        if kind == "float":
+            return np.round(rng.lognormal(3, 1, size), 2)
+        return rng.integers(-10**6, 10**6, size) if kind == "int" else rng.integers(0, 10**12, size)
+
+    values = draw(n)
+    valid = rng.random(n) > 0.05
+    index.assign(np.arange(n), ValueColumn(values, valid))
+    assert index.fine is not None and len(index.fine) > 100 and index.by_value is None
+    for _ in range(3):  # updates move rows between fine bins; some values clear
+        rows = np.unique(rng.integers(0, n, 3000))
+        new, ok = draw(len(rows)), rng.random(len(rows)) > 0.1
+        index.assign(rows, ValueColumn(new, ok))
+        values[rows], valid[rows] = new, ok
+    from pyroaring import BitMap
+    sample = np.sort(values[valid])
+    for _ in range(60):
+        lo, hi = sorted(rng.choice(sample, 2))
+        lo_open, hi_open = bool(rng.integers(2)), bool(rng.integers(2))
+        found = BitMap(np.flatnonzero(rng.random(n) < rng.choice([0.02, 0.3, 1.0])).astype(np.uint32))
+        inside = valid & ((values > lo) if lo_open else (values >= lo)) & ((values < hi) if hi_open else (values <= hi))
+        expected = set(np.flatnonzero(inside).tolist())
+        got = index.range(lo, hi, lo_open, hi_open)
+        assert set(got) == expected
+        assert set(index.range(lo, hi, lo_open, hi_open, found=found)) == expected & set(found)
+        assert index.count_range(lo, hi, lo_open, hi_open, found) == len(expected & set(found))
+        assert set(index.range(lo, None, lo_open, found=found)) == \
+            set(np.flatnonzero(valid & ((values > lo) if lo_open else (values >= lo))).tolist()) & set(found)

@@ -24,6 +24,10 @@ from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
 
 BINS = 16
+#: Finer equi-depth bins (one bitmap each, every row in exactly one) nested in the coarse ones, for
+#: columns without per-value bitmaps: a range's edge is then resolved bitmap by bitmap and only the
+#: rows of the one or two fine bins that straddle a bound are gathered.
+FINE_BINS = 256
 REBIN_MIN = 256
 #: Int columns with at most this many distinct values keep a bitmap per value.
 MAX_VALUE_BITMAPS = 256
@@ -67,7 +71,9 @@ class NumericIndex:
     def __init__(self, kind: str):
         self.kind = kind
         self.dtype = np.float64 if kind == "float" else np.int64
-        self.column = GrowableArray(self.dtype, 0)
+        # int attributes are stored in the narrowest integer type holding every value so far (an age
+        # takes 1 byte, not 8) and widened when a larger value arrives; reads see them as int64
+        self.column = GrowableArray(np.int8 if kind == "int" else self.dtype, 0)
         self.notnull = BitMap()
         self.edges = np.empty(0, dtype=self.dtype)  # bin k holds edges[k-1] <= v < edges[k]
         self.cumulative: list[BitMap] = []  # cumulative[k] = rows with bin <= k, for k < len(edges)
@@ -77,6 +83,11 @@ class NumericIndex:
         # low-cardinality int columns (ages, counts) also keep a bitmap per value, so an edge bin
         # is a union of a few value bitmaps instead of a gather of its values
         self.by_value: dict[int, BitMap] | None = None
+        self.fine_edges = np.empty(0, dtype=self.dtype)  # fine bin j holds fine_edges[j-1] <= v < fine_edges[j]
+        self.fine: list[BitMap] | None = None  # rows per fine bin (None: no fine bins)
+        self.fine_min = np.empty(0, dtype=self.dtype)
+        self.fine_max = np.empty(0, dtype=self.dtype)
+        self.fine_start = np.empty(0, dtype=np.int64)  # coarse bin k = fine bins fine_start[k] .. fine_start[k+1]-1
 
     def grow(self, size: int) -> None:
         """Make rows up to ``size`` addressable."""
@@ -94,7 +105,9 @@ class NumericIndex:
             was_valid = np.fromiter((row in self.notnull for row in rows.tolist()), dtype=bool, count=len(rows))
         else:
             was_valid = np.isin(rows, rows_of(self.notnull))
-        old_values = self.column.data[rows]
+        old_values = self.column.data[rows].astype(self.dtype)
+        if self.column.data.dtype != self.dtype and valid.any():
+            self._widen_storage(new_values[valid])
         if len(self.edges):
             old_bins = np.where(was_valid, np.searchsorted(self.edges, old_values, side="right"), len(self.edges) + 1)
             new_bins = np.where(valid, np.searchsorted(self.edges, new_values, side="right"), len(self.edges) + 1)
@@ -102,6 +115,8 @@ class NumericIndex:
             self._widen_bins(new_bins[valid], new_values[valid])
         if self.by_value is not None:
             self._move_values(rows, was_valid, old_values, valid, new_values)
+        if self.fine is not None:
+            self._move_fine(rows, was_valid, old_values, valid, new_values)
         self.column.data[rows] = np.where(valid, new_values, 0)
         if valid.any():
             self.notnull.update(to_bitmap(rows[valid]))
@@ -109,6 +124,16 @@ class NumericIndex:
             self.notnull.difference_update(to_bitmap(rows[~valid]))
         if len(self.notnull) >= max(REBIN_MIN, 2 * self.binned_count):
             self.rebin()
+
+    def _widen_storage(self, values: np.ndarray) -> None:
+        """Widen the stored integer type if ``values`` do not all fit in it."""
+        low, high = int(values.min()), int(values.max())
+        for dtype in (np.int8, np.int16, np.int32, np.int64):
+            info = np.iinfo(dtype)
+            if info.min <= low and high <= info.max:
+                break
+        if np.dtype(dtype).itemsize > self.column.data.dtype.itemsize:
+            self.column.data = self.column.data.astype(dtype)
 
     def _move_bins(self, rows: np.ndarray, old_bins: np.ndarray, new_bins: np.ndarray) -> None:
         moved = old_bins != new_bins
@@ -134,6 +159,20 @@ class NumericIndex:
         if len(self.by_value) > MAX_VALUE_BITMAPS:
             self.by_value = None
 
+    def _move_fine(self, rows: np.ndarray, was_valid: np.ndarray, old_values: np.ndarray, valid: np.ndarray,
+                   new_values: np.ndarray) -> None:
+        assert self.fine is not None
+        old_fine = np.where(was_valid, np.searchsorted(self.fine_edges, old_values, side="right"), -1)
+        new_fine = np.where(valid, np.searchsorted(self.fine_edges, new_values, side="right"), -1)
+        moved = old_fine != new_fine
+        for j, members in group_rows(rows[moved & was_valid], old_fine[moved & was_valid]):
+            self.fine[j].difference_update(to_bitmap(members, assume_sorted=True))
+        for j, members in group_rows(rows[moved & valid], new_fine[moved & valid]):
+            self.fine[j].update(to_bitmap(members, assume_sorted=True))
+        if valid.any():
+            np.minimum.at(self.fine_min, new_fine[valid], new_values[valid])
+            np.maximum.at(self.fine_max, new_fine[valid], new_values[valid])
+
     def _widen_bins(self, bins: np.ndarray, values: np.ndarray) -> None:
         if len(bins):
             np.minimum.at(self.bin_min, bins, values)
@@ -143,15 +182,15 @@ class NumericIndex:
         """Choose bin edges from the current values and rebuild the cumulative bitmaps."""
         self.__dict__.pop("_bin_cache", None)
         rows = rows_of(self.notnull)
-        values = self.column.data[rows]
+        values = self.column.data[rows].astype(self.dtype)
         self.binned_count = len(rows)
         distinct = _distinct_if_few(values)
+        fine_edges = None
         if distinct is not None and len(distinct) <= BINS:
             edges = distinct[1:]
         else:
-            picks = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1], method="lower")  # equi-depth, real values
-            edges = np.unique(picks.astype(self.dtype))
-            edges = edges[edges > values.min()]
+            edges = self._quantile_edges(values, BINS)
+            fine_edges = np.union1d(self._quantile_edges(values, FINE_BINS), edges).astype(self.dtype)
         self.edges = edges.astype(self.dtype)
         self.by_value = None
         if self.dtype == np.int64 and distinct is not None and len(distinct) <= MAX_VALUE_BITMAPS:
@@ -171,6 +210,32 @@ class NumericIndex:
         self.bin_min = np.full(nbins + 1, info.max, dtype=self.dtype)
         self.bin_max = np.full(nbins + 1, info.min, dtype=self.dtype)
         self._widen_bins(bins, values)
+        self._build_fine(rows, values, fine_edges if self.by_value is None else None)
+
+    def _build_fine(self, rows: np.ndarray, values: np.ndarray, fine_edges: np.ndarray | None) -> None:
+        """Fine bins over ``fine_edges`` (which include every coarse edge), or none."""
+        if fine_edges is None or len(fine_edges) <= len(self.edges):
+            self.fine, self.fine_edges = None, np.empty(0, dtype=self.dtype)
+            return
+        self.fine_edges = fine_edges
+        fine_bins = np.searchsorted(fine_edges, values, side="right")
+        self.fine = [BitMap() for _ in range(len(fine_edges) + 1)]
+        for j, members in group_rows(rows, fine_bins):
+            self.fine[j] = to_bitmap(members, assume_sorted=True)
+        info = np.finfo(self.dtype) if self.dtype == np.float64 else np.iinfo(self.dtype)
+        self.fine_min = np.full(len(fine_edges) + 1, info.max, dtype=self.dtype)
+        self.fine_max = np.full(len(fine_edges) + 1, info.min, dtype=self.dtype)
+        np.minimum.at(self.fine_min, fine_bins, values)
+        np.maximum.at(self.fine_max, fine_bins, values)
+        # coarse edge e is fine edge m: coarse bin k spans fine bins (m of its lower edge) + 1 .. m of its upper edge
+        positions = np.searchsorted(fine_edges, self.edges, side="left")
+        self.fine_start = np.concatenate(([0], positions + 1, [len(fine_edges) + 1])).astype(np.int64)
+
+    def _quantile_edges(self, values: np.ndarray, bins: int) -> np.ndarray:
+        """Edges of ``bins`` equi-depth bins (real values; duplicates merged)."""
+        picks = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1], method="lower")
+        edges = np.unique(picks.astype(self.dtype))
+        return edges[edges > values.min()]
 
     # -- reads ----------------------------------------------------------------------------
     def _prefix(self, k: int) -> BitMap:
@@ -195,15 +260,20 @@ class NumericIndex:
         if (found is not None and len(found) * GATHER_RATIO < len(self.notnull)) or not len(self.edges):
             return self._filter(self.notnull if found is None else found & self.notnull, bounds)
         upper = self._prefix(last)
-        candidates = (upper if found is None else found & upper)
-        if first > 0:
-            candidates = candidates - self._prefix(first - 1)
-        elif found is None:
-            candidates = candidates.copy()
+        if found is None:
+            candidates = upper - self._prefix(first - 1) if first > 0 else upper.copy()
+        else:
+            candidates = found & upper
+            if first > 0:
+                candidates.difference_update(self._prefix(first - 1))
         for k in edges:
             if self.by_value is not None:
                 for bitmap in self._values_outside(k, bounds):
                     candidates.difference_update(bitmap)
+            elif self.fine is not None:
+                for j, whole in self._fine_outside(k, bounds):
+                    candidates.difference_update(
+                        self.fine[j] if whole else self._filter(candidates & self.fine[j], bounds, inside=False))
             else:
                 candidates.difference_update(self._filter(candidates & self._bin(k), bounds, inside=False))
         return candidates
@@ -223,6 +293,10 @@ class NumericIndex:
         for k in edges:
             if self.by_value is not None:
                 total -= sum(found.intersection_cardinality(bitmap) for bitmap in self._values_outside(k, bounds))
+            elif self.fine is not None:
+                for j, whole in self._fine_outside(k, bounds):
+                    total -= (found.intersection_cardinality(self.fine[j]) if whole
+                              else len(self._filter(found & self.fine[j], bounds, inside=False)))
             else:
                 total -= len(self._filter(found & self._bin(k), bounds, inside=False))
         return total
@@ -253,6 +327,25 @@ class NumericIndex:
         if last < first:
             return None
         return first, last, edges, bounds
+
+    def _fine_outside(self, k: int, bounds) -> list[tuple[int, bool]]:
+        """The fine bins of coarse bin ``k`` with values outside the bounds: (j, all of them outside?)."""
+        lo, hi, lo_open, hi_open = bounds
+        out = []
+        for j in range(int(self.fine_start[k]), int(self.fine_start[k + 1])):
+            low, high = self.fine_min[j], self.fine_max[j]
+            if low > high:
+                continue  # empty
+            below = lo is not None and (high < lo or (high == lo and lo_open))
+            above = hi is not None and (low > hi or (low == hi and hi_open))
+            if below or above:
+                out.append((j, True))
+                continue
+            low_ok = lo is None or low > lo or (low == lo and not lo_open)
+            high_ok = hi is None or high < hi or (high == hi and not hi_open)
+            if not (low_ok and high_ok):
+                out.append((j, False))
+        return out
 
     def _values_outside(self, k: int, bounds) -> list[BitMap]:
         """The value bitmaps of bin ``k`` whose value lies outside the (closed int) bounds."""
