@@ -98,6 +98,7 @@ class Executor:
         items = sorted((i for i in step.items if not isinstance(i, Universe)), key=self.estimate)
         excludes = sorted(step.exclude, key=self.estimate, reverse=True)
         acc = found
+        owned = False  # acc is a bitmap built here (updated in place), not a stored or given one
         for position, item in enumerate(items):
             last = position == len(items) - 1 and not excludes
             ranged = self._range_of(item)
@@ -106,11 +107,13 @@ class Executor:
                 return index.count_range(*bounds, found=acc)
             result = self.visit(item, acc)
             if acc is None or ranged is not None:
-                acc = result  # a range evaluated within the found set is a subset of it
+                acc, owned = result, False  # a range evaluated within the found set is a subset of it
             elif count_only and last:
                 return acc.intersection_cardinality(result)
+            elif owned:
+                acc.intersection_update(result)
             else:
-                acc = acc & result
+                acc, owned = acc & result, True
             if not acc:
                 return 0 if count_only else BitMap()
         if acc is None:
