@@ -136,6 +136,7 @@ def test_numeric_range_and_count_with_fine_bins_match_a_scan(kind: str) -> None:
         values[rows], valid[rows] = new, ok
     from pyroaring import BitMap
     sample = np.sort(values[valid])
+    asked = []
     for _ in range(60):
         lo, hi = sorted(rng.choice(sample, 2))
         lo_open, hi_open = bool(rng.integers(2)), bool(rng.integers(2))
@@ -148,3 +149,15 @@ def test_numeric_range_and_count_with_fine_bins_match_a_scan(kind: str) -> None:
         assert index.count_range(lo, hi, lo_open, hi_open, found) == len(expected & set(found))
         assert set(index.range(lo, None, lo_open, found=found)) == \
             set(np.flatnonzero(valid & ((values > lo) if lo_open else (values >= lo))).tolist()) & set(found)
+        asked.append((lo, hi, lo_open, hi_open))
+    # ranges asked twice are cached; writes keep the cached bitmaps exact
+    for _ in range(3):
+        rows = np.unique(rng.integers(0, n, 2000))
+        new, ok = draw(len(rows)), rng.random(len(rows)) > 0.1
+        index.assign(rows, ValueColumn(new, ok))
+        values[rows], valid[rows] = new, ok
+        for lo, hi, lo_open, hi_open in asked[-10:]:
+            inside = valid & ((values > lo) if lo_open else (values >= lo)) & ((values < hi) if hi_open else (values <= hi))
+            assert set(index.range(lo, hi, lo_open, hi_open)) == set(np.flatnonzero(inside).tolist())
+            found = BitMap(np.flatnonzero(rng.random(n) < 0.5).astype(np.uint32))
+            assert index.count_range(lo, hi, lo_open, hi_open, found) == len(set(np.flatnonzero(inside)) & set(found))

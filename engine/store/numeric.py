@@ -14,6 +14,7 @@ when one is given. Per-bin min/max let aligned edges skip the exact check.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -35,6 +36,11 @@ MAX_VALUE_BITMAPS = 256
 GATHER_RATIO = 256
 #: Bin bitmaps (rows of one bin) kept per index between writes, for the edges of range queries.
 BIN_CACHE = 4
+#: Ranges asked for at least twice keep their full result bitmap, updated by every write, so a
+#: repeated range (a saved segment, a dashboard query) costs one intersection with the found set.
+RANGE_CACHE = 8
+#: Ranges remembered as "asked once" (the second request builds the cached bitmap).
+RANGE_SEEN = 64
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
@@ -53,6 +59,17 @@ def filter_rows(rows, column, lo, hi, lo_open, hi_open, has_lo, has_hi, inside=T
             out[n] = rows[i]
             n += 1
     return out[:n]
+
+
+def _within(values: np.ndarray, bounds) -> np.ndarray:
+    """Mask of ``values`` inside ``bounds`` = (lo, hi, lo_open, hi_open) (None = unbounded)."""
+    lo, hi, lo_open, hi_open = bounds
+    mask = np.ones(len(values), dtype=bool)
+    if lo is not None:
+        mask &= (values > lo) if lo_open else (values >= lo)
+    if hi is not None:
+        mask &= (values < hi) if hi_open else (values <= hi)
+    return mask
 
 
 def _distinct_if_few(values: np.ndarray) -> np.ndarray | None:
@@ -117,6 +134,7 @@ class NumericIndex:
             self._move_values(rows, was_valid, old_values, valid, new_values)
         if self.fine is not None:
             self._move_fine(rows, was_valid, old_values, valid, new_values)
+        self._update_cached_ranges(rows, was_valid, old_values, valid, new_values)
         self.column.data[rows] = np.where(valid, new_values, 0)
         if valid.any():
             self.notnull.update(to_bitmap(rows[valid]))
@@ -124,6 +142,17 @@ class NumericIndex:
             self.notnull.difference_update(to_bitmap(rows[~valid]))
         if len(self.notnull) >= max(REBIN_MIN, 2 * self.binned_count):
             self.rebin()
+
+    def _update_cached_ranges(self, rows: np.ndarray, was_valid: np.ndarray, old_values: np.ndarray,
+                              valid: np.ndarray, new_values: np.ndarray) -> None:
+        """Move the written rows into or out of every cached range bitmap."""
+        for bounds, bitmap in self.__dict__.get("_range_cache", {}).items():
+            was_in = was_valid & _within(old_values, bounds)
+            now_in = valid & _within(new_values, bounds)
+            if (now_in & ~was_in).any():
+                bitmap.update(to_bitmap(rows[now_in & ~was_in]))
+            if (was_in & ~now_in).any():
+                bitmap.difference_update(to_bitmap(rows[was_in & ~now_in]))
 
     def _widen_storage(self, values: np.ndarray) -> None:
         """Widen the stored integer type if ``values`` do not all fit in it."""
@@ -248,10 +277,11 @@ class NumericIndex:
               found: BitMap | None = None) -> BitMap:
         """Rows with lo <= value <= hi (open ends exclude; None = unbounded), within ``found`` if given.
 
-        The candidates are the rows of the bins the range touches (found & prefix - prefix: at
-        most two operations over the full width); then only the rows of the (at most two) edge
-        bins that fall outside the range are removed, found through the bin's own rows (cached).
-        With ``found`` the result is a subset of it.
+        The rows of whole coarse bins come from at most two prefix bitmaps (found & prefix -
+        prefix); an edge bin is resolved through its fine bins (or value bitmaps): either its
+        failing rows are removed or its passing rows added, whichever touches fewer bitmaps, in
+        one union each. Only a fine bin straddling a bound is gathered. With ``found`` the result
+        is a subset of it.
         """
         span = self._span(lo, hi, lo_open, hi_open)
         if span is None:
@@ -259,23 +289,27 @@ class NumericIndex:
         first, last, edges, bounds = span
         if (found is not None and len(found) * GATHER_RATIO < len(self.notnull)) or not len(self.edges):
             return self._filter(self.notnull if found is None else found & self.notnull, bounds)
-        upper = self._prefix(last)
-        if found is None:
-            candidates = upper - self._prefix(first - 1) if first > 0 else upper.copy()
+        full = self._cached_range(span)
+        if full is not None:  # the stored bitmap when found is None: do not mutate
+            return full if found is None else found & full
+        return self._evaluate(span, found)
+
+    def _evaluate(self, span, found: BitMap | None) -> BitMap:
+        first, last, edges, bounds = span
+        low, high, adds, removes = self._resolve_edges(first, last, edges, bounds, found)
+        if high < low:
+            candidates = BitMap()
+        elif found is None:
+            candidates = self._prefix(high) - self._prefix(low - 1) if low > 0 else self._prefix(high).copy()
         else:
-            candidates = found & upper
-            if first > 0:
-                candidates.difference_update(self._prefix(first - 1))
-        for k in edges:
-            if self.by_value is not None:
-                for bitmap in self._values_outside(k, bounds):
-                    candidates.difference_update(bitmap)
-            elif self.fine is not None:
-                for j, whole in self._fine_outside(k, bounds):
-                    candidates.difference_update(
-                        self.fine[j] if whole else self._filter(candidates & self.fine[j], bounds, inside=False))
-            else:
-                candidates.difference_update(self._filter(candidates & self._bin(k), bounds, inside=False))
+            candidates = found & self._prefix(high)
+            if low > 0:
+                candidates.difference_update(self._prefix(low - 1))
+        if removes:
+            candidates.difference_update(union_all(removes))
+        if adds:
+            added = union_all(adds)
+            candidates |= added if found is None else added & found
         return candidates
 
     def count_range(self, lo: float | int | None, hi: float | int | None, lo_open: bool, hi_open: bool,
@@ -287,19 +321,66 @@ class NumericIndex:
         first, last, edges, bounds = span
         if len(found) * GATHER_RATIO < len(self.notnull) or not len(self.edges):
             return len(self._filter(found & self.notnull, bounds))
-        total = found.intersection_cardinality(self._prefix(last))
-        if first > 0:
-            total -= found.intersection_cardinality(self._prefix(first - 1))
-        for k in edges:
-            if self.by_value is not None:
-                total -= sum(found.intersection_cardinality(bitmap) for bitmap in self._values_outside(k, bounds))
-            elif self.fine is not None:
-                for j, whole in self._fine_outside(k, bounds):
-                    total -= (found.intersection_cardinality(self.fine[j]) if whole
-                              else len(self._filter(found & self.fine[j], bounds, inside=False)))
-            else:
-                total -= len(self._filter(found & self._bin(k), bounds, inside=False))
+        full = self._cached_range(span)
+        if full is not None:
+            return found.intersection_cardinality(full)
+        low, high, adds, removes = self._resolve_edges(first, last, edges, bounds, found)
+        total = 0
+        if high >= low:
+            total = found.intersection_cardinality(self._prefix(high))
+            if low > 0:
+                total -= found.intersection_cardinality(self._prefix(low - 1))
+        if removes:
+            total -= found.intersection_cardinality(union_all(removes))
+        if adds:
+            total += found.intersection_cardinality(union_all(adds))
         return total
+
+    def _resolve_edges(self, first: int, last: int, edges: list[int], bounds, found: BitMap | None):
+        """(low, high, adds, removes): the range is bins low..high of the prefixes, minus the union of
+        ``removes``, plus the union of ``adds`` (exact within ``found``)."""
+        low, high = first, last
+        adds: list[BitMap] = []
+        removes: list[BitMap] = []
+        for k in edges:
+            inside, outside, straddling = self._split_bin(k, bounds)
+            add = len(inside) < len(outside) and first != last
+            if add:  # leave bin k out of the prefixes, add its passing rows
+                low, high = (low + 1, high) if k == first else (low, high - 1)
+                adds.extend(inside)
+            else:
+                removes.extend(outside)
+            for bitmap in straddling:
+                rows = bitmap if found is None else bitmap & found
+                (adds if add else removes).append(self._filter(rows, bounds, inside=add))
+        return low, high, adds, removes
+
+    def _split_bin(self, k: int, bounds) -> tuple[list[BitMap], list[BitMap], list[BitMap]]:
+        """Coarse bin ``k`` as bitmaps wholly inside / wholly outside / straddling the bounds: its
+        value bitmaps, its fine bins, or (with neither) the bin itself, straddling."""
+        lo, hi, lo_open, hi_open = bounds
+        parts: list[tuple[Any, Any, BitMap]]
+        if self.by_value is not None:
+            parts = [(value, value, bitmap) for value, bitmap in self.by_value.items()
+                     if self.bin_min[k] <= value <= self.bin_max[k]]
+        elif self.fine is not None:
+            parts = [(self.fine_min[j], self.fine_max[j], self.fine[j])
+                     for j in range(int(self.fine_start[k]), int(self.fine_start[k + 1]))]
+        else:
+            return [], [], [self._bin(k)]
+        inside, outside, straddling = [], [], []
+        for low, high, bitmap in parts:
+            if low > high or not bitmap:
+                continue  # empty
+            if (lo is not None and (high < lo or (high == lo and lo_open))) or (
+                    hi is not None and (low > hi or (low == hi and hi_open))):
+                outside.append(bitmap)
+            elif (lo is None or low > lo or (low == lo and not lo_open)) and (
+                    hi is None or high < hi or (high == hi and not hi_open)):
+                inside.append(bitmap)
+            else:
+                straddling.append(bitmap)
+        return inside, outside, straddling
 
     def _span(self, lo, hi, lo_open: bool, hi_open: bool):
         """(first bin, last bin, bins needing an exact check, exact bounds) of a range; None if empty."""
@@ -328,32 +409,23 @@ class NumericIndex:
             return None
         return first, last, edges, bounds
 
-    def _fine_outside(self, k: int, bounds) -> list[tuple[int, bool]]:
-        """The fine bins of coarse bin ``k`` with values outside the bounds: (j, all of them outside?)."""
-        lo, hi, lo_open, hi_open = bounds
-        out = []
-        for j in range(int(self.fine_start[k]), int(self.fine_start[k + 1])):
-            low, high = self.fine_min[j], self.fine_max[j]
-            if low > high:
-                continue  # empty
-            below = lo is not None and (high < lo or (high == lo and lo_open))
-            above = hi is not None and (low > hi or (low == hi and hi_open))
-            if below or above:
-                out.append((j, True))
-                continue
-            low_ok = lo is None or low > lo or (low == lo and not lo_open)
-            high_ok = hi is None or high < hi or (high == hi and not hi_open)
-            if not (low_ok and high_ok):
-                out.append((j, False))
-        return out
-
-    def _values_outside(self, k: int, bounds) -> list[BitMap]:
-        """The value bitmaps of bin ``k`` whose value lies outside the (closed int) bounds."""
-        assert self.by_value is not None
-        lo, hi = bounds[0], bounds[1]
-        return [bitmap for value, bitmap in self.by_value.items()
-                if self.bin_min[k] <= value <= self.bin_max[k] and ((lo is not None and value < lo)
-                                                                     or (hi is not None and value > hi))]
+    def _cached_range(self, span) -> BitMap | None:
+        """The full result of a range asked for before (kept current by writes), else None."""
+        bounds = span[3]
+        cache = self.__dict__.setdefault("_range_cache", {})
+        bitmap = cache.pop(bounds, None)
+        if bitmap is None:
+            seen = self.__dict__.setdefault("_range_seen", {})
+            if seen.pop(bounds, None) is None:
+                if len(seen) >= RANGE_SEEN:
+                    del seen[next(iter(seen))]
+                seen[bounds] = True
+                return None
+            bitmap = self._evaluate(span, None)
+            if len(cache) >= RANGE_CACHE:
+                del cache[next(iter(cache))]
+        cache[bounds] = bitmap  # most recent last
+        return bitmap
 
     def _bin(self, k: int) -> BitMap:
         """Rows in bin ``k`` (0 <= k <= len(edges)); the last few asked for are cached until a write."""
@@ -368,7 +440,8 @@ class NumericIndex:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.pop("_bin_cache", None)
+        for cache in ("_bin_cache", "_range_cache", "_range_seen"):
+            state.pop(cache, None)
         return state
 
     def estimate(self, lo, hi) -> float:
