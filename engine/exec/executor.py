@@ -122,7 +122,10 @@ class Executor:
             result = self.visit(item, acc)
             if count_only and position == len(excludes) - 1:
                 return acc.difference_cardinality(result)
-            acc = acc - result
+            if owned:
+                acc.difference_update(result)
+            else:
+                acc, owned = acc - result, True
         return len(acc) if count_only else acc
 
     def _range_of(self, step: Step) -> tuple[NumericIndex, tuple] | None:
@@ -244,6 +247,9 @@ class Executor:
         if isinstance(index, CategoryIndex):
             hits = index.between(lo, hi)
         elif isinstance(index, NumericIndex):
+            if node.negated:  # below or above, each within the found set (no full-width complement)
+                return union_all([index.range(None, lo, hi_open=True, found=found),
+                                  index.range(hi, None, lo_open=True, found=found)])
             hits = index.range(lo, hi, found=found)
         else:
             raise QueryError(f"BETWEEN is not defined for a {index.kind} attribute")
