@@ -24,7 +24,7 @@ from .schema import Schema, check_id
 from .segment_time import segment_refs
 from .segments import SegmentCatalog
 from .shard.group import ShardGroup
-from .shard.partition import id_hash, shard_of, split_by_shard
+from .shard.partition import shard_of, shards_of, split_by_shard
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
 
 
@@ -128,13 +128,6 @@ class Engine:
         self._publish()
         return applied
 
-    def _owners(self, ids: list[str]) -> np.ndarray:
-        if self.n_shards == 1:
-            return np.zeros(len(ids), dtype=np.int64)
-        distinct: dict[str, int] = {}
-        inverse = np.fromiter((distinct.setdefault(i, len(distinct)) for i in ids), dtype=np.int64, count=len(ids))
-        owners = np.fromiter((id_hash(i) % self.n_shards for i in distinct), dtype=np.int64, count=len(distinct))
-        return owners[inverse]
 
     def load_profiles(self, batch: ProfileBatch) -> int:
         """Bulk-load a columnar profile batch (same effect as upserting its records)."""
@@ -162,7 +155,7 @@ class Engine:
         if self.n_shards == 1:
             parts = [(batch, now) if len(batch) else None]
         else:
-            owners = self._owners(batch.ids)
+            owners = shards_of(batch.ids, self.n_shards)
             picks = [np.flatnonzero(owners == shard_no) for shard_no in range(self.n_shards)]
             parts = [(take(batch, p), now) if len(p) else None for p in picks]
         applied = sum(n for n in self.shards.call_each(method, parts) if n)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..columns import EventBatch, ProfileBatch, take_column
-from ..shard.partition import id_hash, split_by_shard
+from ..shard.partition import shards_of, split_by_shard
 
 ShardCall = tuple[str, tuple] | None
 
@@ -44,7 +44,7 @@ def shard_calls(kind: str, payload: Any, shards: int, compile: Callable[[str], A
         batch, now = payload
         if shards == 1:
             return [(kind, (batch, now)) if len(batch) else None]
-        owners = np.fromiter((id_hash(i) % shards for i in batch.ids), dtype=np.int64, count=len(batch.ids))
+        owners = shards_of(batch.ids, shards)
         take = take_profiles if kind == "load_profiles" else take_events
         calls: list[ShardCall] = []
         for shard_no in range(shards):
