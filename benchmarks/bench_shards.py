@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
     parser.add_argument("--ray", action="store_true", help="also run two Ray actors (local instance)")
+    parser.add_argument("--configs", default="local x1,process x1,process x2",
+                        help="comma-separated configurations to run (the first is the baseline of the ratios)")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -95,6 +97,8 @@ def main() -> None:
     configs = [("local x1", 1, "local"), ("process x1", 1, "process"), ("process x2", 2, "process")]
     if args.ray:
         configs.append(("ray x2", 2, "ray"))
+    wanted = [name.strip() for name in args.configs.split(",")] + (["ray x2"] if args.ray else [])
+    configs = sorted((c for c in configs if c[0] in wanted), key=lambda c: wanted.index(c[0]))
 
     rows: dict[str, dict[str, float]] = {}
     for name, shards, backend in configs:
@@ -126,8 +130,9 @@ def main() -> None:
         finally:
             engine.close()
 
-    base = rows["local x1"]
-    print("\n== ratios against local x1 (latency: lower is better; qps: higher is better)")
+    base_name = next(iter(rows))
+    base = rows[base_name]
+    print(f"\n== ratios against {base_name} (latency: lower is better; qps: higher is better)")
     header = ["", *rows]
     print("  ".join(f"{h:>12}" for h in header))
     for metric in base:
