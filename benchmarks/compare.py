@@ -1,6 +1,6 @@
 """segengine vs DuckDB vs a NumPy/numba scan on the same generated data.
 
-    python benchmarks/compare.py [--profiles 1000000] [--events 5000000] [--repeat 15] [--shards 1]
+    python benchmarks/compare.py [--profiles 1000000] [--events 5000000] [--repeat 15] [--shards 1] [--also-shards 2]
                                  [--only attr|events] [--json out.json] [--profile-query NAME]
 
 Generates a dataset (fixed seed and clock), bulk-loads it into segengine (reporting load rates
@@ -183,12 +183,55 @@ def markdown(report: dict) -> str:
             lines.append(f"| *geometric mean* | {kind} | | {geo('segengine_ms'):.3f} | {geo('segengine_first_ms'):.3f} | "
                          f"{geo('duckdb_ms'):.2f} | {geo('numpy_ms'):.2f} | {geo('duckdb_over_segengine'):.1f}x | "
                          f"{geo('numpy_over_segengine'):.1f}x |")
+    sharded = report.get("sharded")
+    if sharded:
+        n, load = sharded["shards"], sharded["load"]
+        lines += ["", f"The same queries with shards={n} (worker processes): load {load['profiles_per_s']:,.0f} "
+                      f"profiles/s, {load['events_per_s']:,.0f} events/s; RSS of all processes "
+                      f"{load['bytes_per_profile']:.1f} B/profile, {load['bytes_per_event']:.1f} B/event.", "",
+                  f"| query | kind | x{n} ms | x{n} first ms | x1 ms | x1/x{n} | DuckDB/seg | NumPy/seg |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in report["queries"]:
+            lines.append(f"| {r['name']} | {r['kind']} | {r['sharded_ms']:.3f} | {r['sharded_first_ms']:.3f} | "
+                         f"{r['segengine_ms']:.3f} | {r['segengine_ms'] / r['sharded_ms']:.2f}x | "
+                         f"{r['duckdb_over_sharded']:.1f}x | {r['numpy_over_sharded']:.1f}x |")
+        for kind in ("attr", "events"):
+            subset = [r for r in report["queries"] if r["kind"] == kind]
+            if subset:
+                geo = lambda key: statistics.geometric_mean([r[key] for r in subset])  # noqa: E731
+                lines.append(f"| *geometric mean* | {kind} | {geo('sharded_ms'):.3f} | {geo('sharded_first_ms'):.3f} | "
+                             f"{geo('segengine_ms'):.3f} | | {geo('duckdb_over_sharded'):.1f}x | "
+                             f"{geo('numpy_over_sharded'):.1f}x |")
     cost = report.get("overhead")
     if cost:
         lines += ["", f"Planning + dispatch overhead (`{cost['query']}`): `Engine.count` {cost['engine_us']:.1f} µs vs "
                       f"bare `intersection_cardinality` {cost['bare_us']:.1f} µs: {cost['ratio']:.1f}x "
                       f"(+{cost['overhead_us']:.1f} µs per query)."]
     return "\n".join(lines) + "\n"
+
+
+def sharded_run(dataset, shards: int, queries: list[Query], rows: list[dict], counts: dict, now: int, repeat: int,
+                mismatches: list[str]) -> dict:
+    """Load a ``shards``-shard engine, check every count against the first run, time each query."""
+    eng, load = load_engine(dataset, shards)
+    print(f"\n# segengine with shards={shards}: load {load['profiles_per_s']:,.0f} profiles/s, "
+          f"{load['events_per_s']:,.0f} events/s; RSS (all processes) {load['bytes_per_profile']:.1f} B/profile, "
+          f"{load['bytes_per_event']:.1f} B/event", flush=True)
+    header = (f"{'query':<28} {'kind':<6} {'seg ms':>9} {'seg 1st':>9} {'x1 ms':>9} {'x1/xN':>7} {'duck/seg':>9} "
+              f"{'numpy/seg':>9}")
+    print(header + "\n" + "-" * len(header), flush=True)
+    for q, row in zip(queries, rows):
+        got = eng.count(q.seg, now=now)
+        if got != counts[q.name][0]:
+            mismatches.append(f"{q.name}@shards={shards}")
+            print(f"!!! MISMATCH {q.name} with shards={shards}: {got} vs {counts[q.name][0]}", flush=True)
+        first, ms, _ = timed(lambda: eng.count(q.seg, now=now), repeat)
+        row.update({"sharded_ms": ms, "sharded_first_ms": first, "duckdb_over_sharded": row["duckdb_ms"] / ms,
+                    "numpy_over_sharded": row["numpy_ms"] / ms})
+        print(f"{q.name:<28} {q.kind:<6} {ms:>9.3f} {first:>9.3f} {row['segengine_ms']:>9.3f} "
+              f"{row['segengine_ms'] / ms:>6.2f}x {fmt_ratio(row['duckdb_over_sharded'])} "
+              f"{fmt_ratio(row['numpy_over_sharded'])}", flush=True)
+    return {"shards": shards, "load": load, "engine": eng}
 
 
 def fmt_ratio(x: float) -> str:
@@ -201,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--also-shards", type=int, default=0,
+                        help="then load a second segengine with this many shards (worker processes), check its "
+                             "counts and time it against the same baselines (a second table)")
     parser.add_argument("--only", choices=("attr", "events"))
     parser.add_argument("--json", dest="json_out")
     parser.add_argument("--markdown", dest="markdown_out", help="also write the results as a Markdown table")
@@ -317,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         if cost["engine_count"] != cost["bare_count"]:
             print("!!! MISMATCH overhead probe: engine and bare bitmap counts differ")
             mismatches.append("overhead_probe")
+
+    if args.also_shards:
+        eng.close()
+        report["sharded"] = sharded_run(dataset, args.also_shards, queries, rows, counts, now, args.repeat,
+                                        mismatches)
+        eng = report["sharded"].pop("engine")
 
     by_name = {q.name: q for q in queries}
     for name in args.profile_query:
