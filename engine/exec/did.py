@@ -3,8 +3,9 @@
 Presence in a window ("had at least one / no event") is one union of whole-day bitmaps, whole
 5-minute slot bitmaps inside the two partial edge days (built on demand, see
 ``EventTypeStore.ensure_slots``; a partial day with few events is scanned instead) and the rows
-of the events in the two partial edge slots. Counts, WHERE and AFTER LAST scan only the events inside the
-window (found by binary search in each time-ordered run) with a numba tally per profile row.
+of the events in the two partial edge slots. Counts, WHERE and AFTER LAST scan only the events
+inside the window (found by binary search in each time-ordered run): counts up to two in
+per-row bitsets (``count_upto2``), larger ones by sorting the window's rows.
 """
 from __future__ import annotations
 
@@ -34,16 +35,93 @@ ABSENT = frozenset({("=", 0), ("<", 1), ("<=", 0)})
 
 @numba.njit(cache=True)
 def gather_rows(rows, keep, use_keep, member, use_member, out, n):
-    """Append to ``out`` (from position n) the rows of the kept events of member rows; returns the new n."""
+    """Append to ``out`` (from position n) the rows of the kept events of member rows; returns the new n.
+
+    ``member``: a bitset of rows (bit r of word r // 64), one bit per row so that it stays in cache.
+    """
     for i in range(len(rows)):
         if use_keep and not keep[i]:
             continue
         row = rows[i]
-        if use_member and not member[row]:
+        if use_member and not (member[row >> 6] >> np.uint64(row & 63)) & np.uint64(1):
             continue
         out[n] = row
         n += 1
     return n
+
+
+@numba.njit(cache=True)
+def after_latest(rows, ts, base, latest):
+    """Per event, whether its row has a latest time (not NO_TIME) and the event is after it."""
+    out = np.empty(len(rows), dtype=np.bool_)
+    for i in range(len(rows)):
+        t = latest[rows[i]]
+        out[i] = t != NO_TIME and base + np.int64(ts[i]) > t
+    return out
+
+
+@numba.njit(cache=True)
+def set_bits(words, rows, value):
+    """Set (value True) or clear the bits of ``rows`` in a bitset."""
+    for i in range(len(rows)):
+        row = rows[i]
+        bit = np.uint64(1) << np.uint64(row & 63)
+        if value:
+            words[row >> 6] |= bit
+        else:
+            words[row >> 6] &= ~bit
+
+
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_DEBRUIJN_INDEX = np.array([
+    0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30,
+    24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11, 46, 26, 40, 15, 34, 20, 31,
+    10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
+
+
+@numba.njit(cache=True)
+def count_upto2(rows, keep, use_keep, levels):
+    """Count kept events per row up to 2 in bit pairs: bit r of ``levels[2w]`` (w = r // 64) is set
+    once row r has an event, of ``levels[2w + 1]`` once it has two.
+
+    The bitsets take 1/16 of the bytes of int32 counters (2.5 MB for 10M rows: they stay in cache),
+    and the two words of a row share a cache line.
+    """
+    for i in range(len(rows)):
+        row = np.int64(rows[i])
+        at = (row >> 6) * 2
+        bit = np.uint64(1) << np.uint64(row & 63)
+        if use_keep:
+            bit *= np.uint64(keep[i])  # no branch on the (unpredictable) mask: a dropped event adds nothing
+        once = levels[at]
+        levels[at + 1] |= once & bit
+        levels[at] = once | bit
+
+
+@numba.njit(cache=True)
+def emit_upto2(levels, wanted, debruijn_index, bound):
+    """The rows (ascending) whose count c (1, or 2 for two or more) has wanted[c]; clears the bitsets.
+
+    ``bound``: at most this many rows can come out (the events counted).
+    """
+    out = np.empty(bound, dtype=np.int64)
+    n = 0
+    want1 = np.uint64(0) - np.uint64(1) if wanted[1] else np.uint64(0)
+    want2 = np.uint64(0) - np.uint64(1) if wanted[2] else np.uint64(0)
+    for word in range(len(levels) // 2):
+        once = levels[2 * word]
+        if once == 0:
+            continue
+        twice = levels[2 * word + 1]
+        levels[2 * word] = np.uint64(0)
+        levels[2 * word + 1] = np.uint64(0)
+        hits = (once & ~twice & want1) | (twice & want2)
+        while hits != np.uint64(0):
+            low = hits & (~hits + np.uint64(1))
+            out[n] = word * 64 + debruijn_index[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+            n += 1
+            hits ^= low
+    return out[:n]
 
 
 @numba.njit(cache=True)
@@ -186,12 +264,24 @@ class DidEvaluator:
 
     def __init__(self, events: EventStore):
         self.events = events
-        self.member = np.zeros(0, dtype=bool)
+        self.member = np.zeros(0, dtype=np.uint64)  # a bitset of the found rows, see gather_rows
+        self.levels = np.zeros(0, dtype=np.uint64)  # count bitsets, see count_upto2
         self.union_cache: dict[tuple, BitMap] = {}
 
-    def estimate(self, node: ast.Did) -> float:
-        """Rows that ever had this event type (an upper bound of the positive set)."""
-        return float(len(self.events.types[node.event].ever))
+    def estimate(self, node: ast.Did, now: int | None = None) -> float:
+        """An upper bound of the rows a DID selects: the rows that ever had such an event, and (at
+        clock ``now``) the events in its window over the count a row needs. A count that holds at zero
+        selects most of the universe: the rows that ever had such an event stand for it."""
+        store = self.events.types[node.event]
+        ever = float(len(store.ever))
+        if now is None or CMP[node.count_op](0, node.count_n):
+            return ever
+        lo, hi = self.window_of(node, now)
+        if lo > hi:
+            return 0.0
+        events = sum(len(part) for part in store.window(lo, hi))
+        need = node.count_n + 1 if node.count_op == ">" else max(node.count_n, 1)
+        return min(ever, events / need)
 
     def window_of(self, node: ast.Did, now: int) -> tuple[int, int]:
         """The inclusive [lo, hi] timestamp window of a DID's time options."""
@@ -212,14 +302,9 @@ class DidEvaluator:
         at_zero = test(0, node.count_n)
         simple = node.where is None and node.after_last is None
         if simple and (node.count_op, node.count_n) in PRESENT:
-            return self.present(store, lo, hi)
+            return self.present(store, lo, hi, found)
         if simple and (node.count_op, node.count_n) in ABSENT:
-            return live - self.present(store, lo, hi)
-        presence = (node.count_op, node.count_n) in PRESENT
-        if presence or (node.count_op, node.count_n) in ABSENT:
-            # no counting needed: the rows of the matching events
-            hits = to_bitmap(self.matching_rows(node, store, lo, hi, now, int(live.max()) + 1 if live else 0))
-            return hits if presence else live - hits
+            return (found if found is not None else live) - self.present(store, lo, hi, found)
         size = int(live.max()) + 1 if live else 0
         # a count that holds at zero: the universe minus the counted rows whose count fails
         rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)
@@ -227,8 +312,9 @@ class DidEvaluator:
             return (found if found is not None else live) - to_bitmap(rows, assume_sorted=True)
         return to_bitmap(rows, assume_sorted=True)
 
-    def present(self, store: EventTypeStore, lo: int, hi: int) -> BitMap:
-        """Rows with at least one event of ``store``'s type with lo <= ts <= hi."""
+    def present(self, store: EventTypeStore, lo: int, hi: int, found: BitMap | None = None) -> BitMap:
+        """Rows with at least one event of ``store``'s type with lo <= ts <= hi (exact within ``found``;
+        do not mutate the result)."""
         if lo > hi or not store.runs:
             return BitMap()
         if lo == NO_TIME and hi >= store.max_ts:
@@ -237,7 +323,12 @@ class DidEvaluator:
         self._present_parts(store, lo, hi, 0, parts)
         if len(parts) == 1:
             return parts[0]
-        return BitMap.union(*parts) if parts else BitMap()
+        if not parts:
+            return BitMap()
+        if found is not None and len(found) * 4 < max(len(p) for p in parts):
+            # a few rows: intersect them with each part rather than building the whole union
+            return BitMap.union(*[found & p for p in parts])
+        return BitMap.union(*parts)
 
     def _present_parts(self, store: EventTypeStore, lo: int, hi: int, level: int, parts: list[BitMap]) -> None:
         """Append to ``parts`` bitmaps whose union is the presence in [lo, hi]: whole buckets of
@@ -300,21 +391,10 @@ class DidEvaluator:
         for part in parts:
             keep = None if node.where is None else where_mask(node.where, part, store, now)
             if latest is not None:
-                before = latest[part.rows]
-                after = (before != NO_TIME) & (part.absolute_ts() > before)
+                after = after_latest(part.rows, part.ts, part.base, latest)
                 keep = after if keep is None else keep & after
             keeps.append(keep)
         return keeps
-
-    def matching_rows(self, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int,
-                      size: int) -> np.ndarray:
-        """Profile rows of the events in [lo, hi] passing WHERE and AFTER LAST (with repeats)."""
-        if lo > hi:
-            return np.empty(0, dtype=np.int32)
-        parts = store.window(lo, hi)
-        keeps = self.event_masks(node, store, parts, now, size)
-        rows = [part.rows if keep is None else part.rows[keep] for part, keep in zip(parts, keeps)]
-        return np.concatenate(rows) if rows else np.empty(0, dtype=np.int32)
 
     def counted_rows(self, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int, size: int,
                      found: BitMap | None, want: bool) -> np.ndarray:
@@ -323,11 +403,32 @@ class DidEvaluator:
             return np.empty(0, dtype=np.int32)
         parts = store.window(lo, hi)
         total = sum(len(p) for p in parts)
+        if total == 0:
+            return np.empty(0, dtype=np.int32)
+        size = max(size, int(store.ever.max()) + 1)  # every row with an event (a deleted one too)
+        # the count test for counts 0..top, where every count above top answers as top does: COUNT >= n
+        # and COUNT < n only need to know whether a count reaches n, the other tests n + 1
+        test = CMP[node.count_op]
+        need = node.count_n if node.count_op in (">=", "<") else node.count_n + 1
+        top = max(1, min(need, total + 1))  # counts never exceed the events in the window
+        wanted = np.array([test(c, node.count_n) == want for c in range(top + 1)], dtype=bool)
+        if top <= 2:
+            keeps = self.event_masks(node, store, parts, now, size)
+            levels = self._levels(size)
+            dummy = np.empty(0, dtype=bool)
+            for part, keep in zip(parts, keeps):
+                if keep is not None and np.count_nonzero(keep) * 8 < len(keep):
+                    part_rows, keep = part.rows[keep], None  # a selective WHERE: count the few kept events
+                else:
+                    part_rows = part.rows
+                count_upto2(part_rows, dummy if keep is None else keep, keep is not None, levels)
+            wanted = np.append(wanted, wanted[-1]) if top == 1 else wanted  # a count of 2 answers as 1 does
+            return emit_upto2(levels, wanted, _DEBRUIJN_INDEX, total)
         member_rows = rows_of(found) if found is not None and len(found) * 4 < total else None
         if member_rows is not None:
-            if len(self.member) < size:
-                self.member = np.zeros(max(size, int(len(self.member) * 1.25)), dtype=bool)
-            self.member[member_rows] = True
+            if len(self.member) * 64 < size:
+                self.member = np.zeros(max((size + 63) // 64, int(len(self.member) * 1.25)), dtype=np.uint64)
+            set_bits(self.member, member_rows, True)
         try:
             keeps = self.event_masks(node, store, parts, now, size)
             dummy = np.empty(0, dtype=bool)
@@ -338,11 +439,14 @@ class DidEvaluator:
                                 member_rows is not None, rows, n)
         finally:
             if member_rows is not None:
-                self.member[member_rows] = False
+                set_bits(self.member, member_rows, False)
         rows = rows[:n]
         rows.sort()  # a row's events side by side: its count is the length of its run
-        # the count test for counts 0..n+1 (every count above n+1 answers as n+1 does)
-        test = CMP[node.count_op]
-        top = min(node.count_n, n) + 1  # counts never exceed the events gathered
-        wanted = np.array([test(c, node.count_n) == want for c in range(top + 1)], dtype=bool)
         return runs_passing(rows, wanted, top)
+
+    def _levels(self, size: int) -> np.ndarray:
+        """Zeroed count bitsets for ``size`` rows (see count_upto2; kept zeroed between uses)."""
+        words = 2 * ((size + 63) // 64)
+        if len(self.levels) < words:
+            self.levels = np.zeros(max(words, int(len(self.levels) * 1.25)), dtype=np.uint64)
+        return self.levels

@@ -236,7 +236,11 @@ class Executor:
     def pred_In(self, node: ast.In, found: BitMap | None) -> BitMap:
         index = self._index(node.name)
         if isinstance(index, CategoryIndex):
-            hits = index.any_of(tuple(node.values))
+            parts = [index.eq(value) for value in node.values]
+            if found is not None and len(found) * 2 < sum(len(part) for part in parts):
+                hits = union_all([found & part for part in parts])  # exact within found, without the big union
+            else:
+                hits = union_all(parts)
         else:
             hits = union_all([self._equal(index, value, found) for value in node.values])
         return index.notnull - hits if node.negated else hits

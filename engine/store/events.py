@@ -6,8 +6,9 @@ neighbouring runs of similar size are merged), so a time window is found by bina
 every run. Timestamps are stored as uint32 offsets from the epoch start, profile rows as
 int32, category properties as int8 codes (int16 past 127 labels, int32 past 32767), floats as
 int32 hundredths while every value of the type round-trips exactly (else float64 with NaN as
-null): 9 bytes for an event with one category property, 13 with a money amount too. Runs are never changed once
-written (a merge builds a new run), so readers and snapshots may hold their arrays.
+null): 9 bytes for an event with one category property, 13 with a money amount too. Runs are
+never changed once written (a merge or a wider dtype makes new arrays), so readers and
+snapshots may hold their arrays.
 
 Per type the store also keeps a Roaring bitmap of the rows that had such an event per UTC day,
 the rows that ever had one, and (once AFTER LAST asks for it) each row's latest timestamp.
@@ -198,6 +199,12 @@ class EventTypeStore:
         self.scaled: dict[str, int] = {p: FLOAT_SCALE for p, t in definition.properties.items() if t == "float"}
         self.generation = 0
 
+    def __getstate__(self) -> dict:
+        """The state to pickle (snapshots): the slot bitmaps are a query cache, rebuilt on demand."""
+        state = dict(self.__dict__)
+        state["slots"], state["slot_days"] = {}, {}
+        return state
+
     def __setstate__(self, state: dict) -> None:
         """Restore a pickled store; stores pickled before slot caching and scaled floats get their defaults."""
         state.pop("hours", None)  # eager hour bitmaps of older versions
@@ -264,8 +271,9 @@ class EventTypeStore:
                 props[prop] = np.full(size, -1, np.int8) if column is None else \
                     np.where(column.valid, np.asarray(column.values).astype(np.int8), np.int8(-1)).astype(np.int8)
             else:
-                props[prop] = np.zeros(size, np.int64) if column is None else np.asarray(column.values, np.int64)
-                valid[prop] = np.zeros(size, bool) if column is None else np.asarray(column.valid, bool)
+                # copies: a run must not share memory with the caller's batch
+                props[prop] = np.zeros(size, np.int64) if column is None else np.array(column.values, np.int64)
+                valid[prop] = np.zeros(size, bool) if column is None else np.array(column.valid, bool)
         return props, valid
 
     def append(self, rows: np.ndarray, ts: np.ndarray, columns: dict[str, Column]) -> None:
@@ -273,7 +281,7 @@ class EventTypeStore:
         if len(rows) == 0:
             return
         ts = np.asarray(ts, dtype=np.int64)
-        rows = np.asarray(rows, dtype=np.int32)
+        rows = np.array(rows, dtype=np.int32)  # a copy: a run must not share memory with the caller's batch
         props, valid = self._columns(len(rows), columns)
         if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
             order = time_order(ts)

@@ -160,6 +160,7 @@ def _subset(buf, offsets, picks):
 
 #: Where a CPython list keeps the pointer to its item array (its last two fields: ob_item, allocated).
 _OB_ITEM = list.__basicsize__ - 2 * ctypes.sizeof(ctypes.c_void_p)
+_POINTER_BYTES = ctypes.sizeof(ctypes.c_void_p)
 
 
 def object_addresses(items: list) -> np.ndarray | None:
@@ -174,7 +175,9 @@ def object_addresses(items: list) -> np.ndarray | None:
     pointer = ctypes.c_void_p.from_address(id(items) + _OB_ITEM).value
     if not pointer:
         return None
-    addresses = np.frombuffer((ctypes.c_uint64 * len(items)).from_address(pointer), dtype=np.uint64).copy()
+    # one copy of the item pointers (string_at: no ctypes array type per batch length to cache)
+    addresses = np.frombuffer(ctypes.string_at(pointer, _POINTER_BYTES * len(items)),
+                              dtype=np.uint64 if _POINTER_BYTES == 8 else np.uint32).astype(np.uint64, copy=False)
     if int(addresses[0]) != id(items[0]) or int(addresses[-1]) != id(items[-1]):  # pragma: no cover - layout guard
         return None
     return addresses
