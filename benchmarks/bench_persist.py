@@ -5,9 +5,9 @@
 Loads a generated dataset (loaders.generator) into a durable engine (columnar batches of
 ``--batch`` rows, each logged and fsync'd before it is acknowledged), then measures:
 
-- ``snapshot``: Engine.snapshot() wall time (capture pause, background write, manifest commit) of
-  the third snapshot in a row (steady state; the first two are reported too), snapshot bytes
-  and the size of the data directory;
+- ``snapshot``: Engine.snapshot() wall time (capture pause, background write, manifest commit):
+  ``--snapshots`` in a row, the median from the third on (steady state) with its details, and
+  every one's time; snapshot bytes and the size of the data directory;
 - ``restart``: close, then Engine(..., data_dir=D) until it answers ``count('ALL')``, and the
   per-shard snapshot read/load times;
 - ``durable_ingest``: events/s with acknowledgement after fsync, for dict records
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="writer threads for record ingest")
     parser.add_argument("--record-batch", type=int, default=10_000, help="events per track_events call")
     parser.add_argument("--record-batches", type=int, default=60)
+    parser.add_argument("--snapshots", type=int, default=5, help="snapshots in a row after the load (>= 3)")
     parser.add_argument("--data-dir", default=None, help="default: a temporary directory (removed)")
     args = parser.parse_args()
 
@@ -133,11 +134,14 @@ def main() -> None:
         report["durable_load"] = load(engine, dataset, args.batch)
         expected = engine.count("ALL"), engine.count("DID(purchase)", now=dataset.now_ms)
         # 1st: the capture memory is new, and so is the file; 2nd: the file is new (the 1st one is the
-        # current snapshot); from the 3rd on (steady state, reported): each shard copies into the
-        # memory of its previous capture and writes into the file of the snapshot before last
-        snapshots = [engine.snapshot() for _ in range(3)]
-        report["snapshot"] = {**snapshots[-1], "first_s": snapshots[0]["seconds"],
-                              "second_s": snapshots[1]["seconds"], "data_dir_bytes": dir_bytes(data_dir)}
+        # current snapshot); from the 3rd on (steady state): each shard copies into the memory of
+        # its previous capture and writes into the file of the snapshot before last. Reported: the
+        # median of the steady ones, and every one's time.
+        snapshots = [engine.snapshot() for _ in range(max(args.snapshots, 3))]
+        steady = sorted(snapshots[2:], key=lambda s: s["seconds"])
+        report["snapshot"] = {**steady[len(steady) // 2], "first_s": snapshots[0]["seconds"],
+                              "second_s": snapshots[1]["seconds"], "all_s": [s["seconds"] for s in snapshots],
+                              "data_dir_bytes": dir_bytes(data_dir)}
 
     began = time.perf_counter()
     engine = Engine(schema, shards=args.shards, backend=args.backend, data_dir=str(data_dir),
@@ -172,6 +176,7 @@ def main() -> None:
     stop.set()
     writer.join()
     report["snapshot_while_writing"] = {"snapshot_s": during["seconds"], "paused_s": during["paused_s"],
+                                        "capture_ms": during["capture_ms"], "write_ms": during["write_ms"],
                                         "writes": len(latencies),
                                         "write_p50_ms": round(statistics.median(latencies) * 1000, 1),
                                         "write_max_ms": round(max(latencies) * 1000, 1)}

@@ -33,7 +33,7 @@ PRESENT = frozenset({(">=", 1), (">", 0), ("!=", 0)})
 ABSENT = frozenset({("=", 0), ("<", 1), ("<=", 0)})
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def gather_rows(rows, keep, use_keep, member, use_member, out, n):
     """Append to ``out`` (from position n) the rows of the kept events of member rows; returns the new n.
 
@@ -50,7 +50,7 @@ def gather_rows(rows, keep, use_keep, member, use_member, out, n):
     return n
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def after_latest(rows, ts, base, latest):
     """Per event, whether its row has a latest time (not NO_TIME) and the event is after it."""
     out = np.empty(len(rows), dtype=np.bool_)
@@ -60,7 +60,7 @@ def after_latest(rows, ts, base, latest):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def set_bits(words, rows, value):
     """Set (value True) or clear the bits of ``rows`` in a bitset."""
     for i in range(len(rows)):
@@ -79,7 +79,7 @@ _DEBRUIJN_INDEX = np.array([
     10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def count_upto2(rows, keep, use_keep, levels):
     """Count kept events per row up to 2 in bit pairs: bit r of ``levels[2w]`` (w = r // 64) is set
     once row r has an event, of ``levels[2w + 1]`` once it has two.
@@ -98,7 +98,7 @@ def count_upto2(rows, keep, use_keep, levels):
         levels[at] = once | bit
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def emit_upto2(levels, wanted, debruijn_index, bound):
     """The rows (ascending) whose count c (1, or 2 for two or more) has wanted[c]; clears the bitsets.
 
@@ -124,7 +124,7 @@ def emit_upto2(levels, wanted, debruijn_index, bound):
     return out[:n]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def runs_passing(rows, wanted, top):
     """The distinct values of sorted ``rows`` whose number of repeats c has wanted[min(c, top)]."""
     out = np.empty(len(rows), dtype=rows.dtype)

@@ -30,6 +30,7 @@ memory is reused from one snapshot to the next. ``tests/test_persist.py`` checks
 from __future__ import annotations
 
 import pickle
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -120,6 +121,7 @@ class _Capturer(pickle.Pickler):
         self.buffers: list[Any] = []
         self.copied = 0
         self.referenced = 0
+        self.copy_s = 0.0  # time spent copying out-of-band buffers
         # id -> array, held for the whole dump (so an id cannot be reused by a temporary object)
         self.frozen = {id(array): array for array in event_run_arrays(shard)} if copy else {}
 
@@ -130,11 +132,13 @@ class _Capturer(pickle.Pickler):
             self.buffers.append(raw)
             self.referenced += raw.nbytes
             return
+        began = time.perf_counter()
         source = np.frombuffer(raw, dtype=np.uint8)
         target = np.empty(len(source), dtype=np.uint8) if self.arena is None else self.arena.take(len(source))
         np.copyto(target, source)
         self.buffers.append(target)
         self.copied += raw.nbytes
+        self.copy_s += time.perf_counter() - began
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is GrowableArray:
@@ -178,10 +182,11 @@ class _Restorer(pickle.Unpickler):
 class Capture:
     """The frames of a captured shard: ``frames[i]`` is a list of pieces (frame 0: the pickle stream)."""
 
-    def __init__(self, frames: list[list[Any]], copied: int, referenced: int):
+    def __init__(self, frames: list[list[Any]], copied: int, referenced: int, copy_s: float = 0.0):
         self.frames = frames
         self.copied = copied
         self.referenced = referenced
+        self.copy_s = copy_s
 
     @property
     def lengths(self) -> list[int]:
@@ -210,7 +215,7 @@ def capture(shard: Any, arena: CaptureArena | None = None, copy: bool = True) ->
     capturer = _Capturer(stream, shard, copy, arena)
     capturer.dump(data_attributes(shard))
     frames = [stream.pieces, *([buffer] for buffer in capturer.buffers)]
-    return Capture(frames, capturer.copied + stream.nbytes, capturer.referenced)
+    return Capture(frames, capturer.copied + stream.nbytes, capturer.referenced, capturer.copy_s)
 
 
 class _ViewReader:
