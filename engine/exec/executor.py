@@ -52,6 +52,7 @@ class Executor:
         self.events = events
         self.segments = segments
         self.samples = SampleCache()
+        self.nulls: dict[str, tuple[int | None, BitMap]] = {}  # IS NULL bitmaps per attribute
         self.now = 0
 
     # -- entry points -----------------------------------------------------------------------
@@ -65,6 +66,9 @@ class Executor:
         self.now = now
         if isinstance(step, Intersect):
             return self._intersect(step, None, count_only=True)
+        if isinstance(step, Union) and len(step.items) == 2:  # |A| + |B| - |A & B|: the union is never built
+            first, second = (self.visit(item, None) for item in step.items)
+            return len(first) + len(second) - first.intersection_cardinality(second)
         return len(self.visit(step, None))
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -261,7 +265,15 @@ class Executor:
 
     def pred_IsNull(self, node: ast.IsNull, found: BitMap | None) -> BitMap:
         index = self._index(node.name)
-        return index.notnull if node.negated else self.store.live - index.notnull
+        if node.negated:
+            return index.notnull
+        writes = getattr(self.store, "writes", None)
+        nulls = self.__dict__.setdefault("nulls", {})
+        cached = nulls.get(node.name)
+        if writes is None or cached is None or cached[0] != writes:
+            cached = (writes, self.store.live - index.notnull)  # kept until the next write
+            nulls[node.name] = cached
+        return cached[1]
 
     def pred_Has(self, node: ast.Has, found: BitMap | None) -> BitMap:
         index = self._index(node.name)

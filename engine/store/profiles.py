@@ -36,6 +36,10 @@ class ProfileStore:
         self.live = BitMap()
         self.indexes: dict[str, AttributeIndex] = {a.name: make_index(a.type) for a in schema.attributes.values()}
         self.consents: dict[str, BitMap] = {purpose: BitMap() for purpose in schema.consents}
+        self.writes = 0  # bumped by every write: readers key caches of derived bitmaps on it
+
+    def _wrote(self) -> None:
+        self.writes = getattr(self, "writes", 0) + 1
 
     def __len__(self) -> int:
         return len(self.live)
@@ -51,6 +55,7 @@ class ProfileStore:
         """
         rows, before = self.idmap.lookup_or_insert(ids, repeats)
         if len(self.idmap) > before:
+            self._wrote()
             self._grow(len(self.idmap))
             new_rows = rows[rows >= before]
             self.live.update(to_bitmap(new_rows))
@@ -59,6 +64,7 @@ class ProfileStore:
     def apply_updates(self, updates: Iterable[ProfileUpdate]) -> np.ndarray:
         """Apply validated upserts in order (later ones win per field); returns the touched rows."""
         updates = list(updates)
+        self._wrote()
         rows = self.ensure_rows([u.id for u in updates])
         per_attr: dict[str, dict[int, Any]] = {}
         per_consent: dict[str, dict[int, bool]] = {}
@@ -85,6 +91,7 @@ class ProfileStore:
 
     def load_batch(self, batch: ProfileBatch) -> np.ndarray:
         """Apply a columnar batch (same effect as upserting its records); returns the touched rows."""
+        self._wrote()
         rows = self.ensure_rows(batch.ids)
         if len(rows) and int(np.bincount(rows - rows.min()).max()) > 1:
             return self.apply_updates(self._batch_updates(batch))
