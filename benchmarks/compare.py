@@ -150,6 +150,14 @@ def overhead(eng: Engine, now: int, loops: int = 3000) -> dict | None:
             "engine_count": engine_count, "bare_count": bare_count}
 
 
+def geometric_means(rows: list[dict]):
+    """(kind, geo) per query kind present, where geo(key) is the geometric mean of that column."""
+    for kind in ("attr", "events"):
+        subset = [r for r in rows if r["kind"] == kind]
+        if subset:
+            yield kind, lambda key, subset=subset: statistics.geometric_mean([r[key] for r in subset])
+
+
 def markdown(report: dict) -> str:
     """The load figures, the query table and the overhead probe of ``report`` as Markdown."""
     a, load = report["args"], report["segengine_load"]
@@ -176,13 +184,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['name']}{flag} | {r['kind']} | {r['count']:,} | {r['segengine_ms']:.3f} | "
                      f"{r['segengine_first_ms']:.3f} | {r['duckdb_ms']:.2f} | {r['numpy_ms']:.2f} | "
                      f"{r['duckdb_over_segengine']:.1f}x | {r['numpy_over_segengine']:.1f}x |")
-    for kind in ("attr", "events"):
-        subset = [r for r in report["queries"] if r["kind"] == kind]
-        if subset:
-            geo = lambda key: statistics.geometric_mean([r[key] for r in subset])  # noqa: E731
-            lines.append(f"| *geometric mean* | {kind} | | {geo('segengine_ms'):.3f} | {geo('segengine_first_ms'):.3f} | "
-                         f"{geo('duckdb_ms'):.2f} | {geo('numpy_ms'):.2f} | {geo('duckdb_over_segengine'):.1f}x | "
-                         f"{geo('numpy_over_segengine'):.1f}x |")
+    for kind, geo in geometric_means(report["queries"]):
+        lines.append(f"| *geometric mean* | {kind} | | {geo('segengine_ms'):.3f} | {geo('segengine_first_ms'):.3f} | "
+                     f"{geo('duckdb_ms'):.2f} | {geo('numpy_ms'):.2f} | {geo('duckdb_over_segengine'):.1f}x | "
+                     f"{geo('numpy_over_segengine'):.1f}x |")
     sharded = report.get("sharded")
     if sharded:
         n, load = sharded["shards"], sharded["load"]
@@ -195,13 +200,10 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['name']} | {r['kind']} | {r['sharded_ms']:.3f} | {r['sharded_first_ms']:.3f} | "
                          f"{r['segengine_ms']:.3f} | {r['segengine_ms'] / r['sharded_ms']:.2f}x | "
                          f"{r['duckdb_over_sharded']:.1f}x | {r['numpy_over_sharded']:.1f}x |")
-        for kind in ("attr", "events"):
-            subset = [r for r in report["queries"] if r["kind"] == kind]
-            if subset:
-                geo = lambda key: statistics.geometric_mean([r[key] for r in subset])  # noqa: E731
-                lines.append(f"| *geometric mean* | {kind} | {geo('sharded_ms'):.3f} | {geo('sharded_first_ms'):.3f} | "
-                             f"{geo('segengine_ms'):.3f} | | {geo('duckdb_over_sharded'):.1f}x | "
-                             f"{geo('numpy_over_sharded'):.1f}x |")
+        for kind, geo in geometric_means(report["queries"]):
+            lines.append(f"| *geometric mean* | {kind} | {geo('sharded_ms'):.3f} | {geo('sharded_first_ms'):.3f} | "
+                         f"{geo('segengine_ms'):.3f} | | {geo('duckdb_over_sharded'):.1f}x | "
+                         f"{geo('numpy_over_sharded'):.1f}x |")
     cost = report.get("overhead")
     if cost:
         lines += ["", f"Planning + dispatch overhead (`{cost['query']}`): `Engine.count` {cost['engine_us']:.1f} µs vs "
@@ -344,13 +346,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     report["queries"] = rows
 
-    for kind in ("attr", "events"):
-        subset = [r for r in rows if r["kind"] == kind]
-        if subset:
-            geo = lambda key: statistics.geometric_mean([r[key] for r in subset])  # noqa: E731
-            print(f"geometric mean ({kind}): segengine {geo('segengine_ms'):.3f} ms, duckdb {geo('duckdb_ms'):.2f} ms, "
-                  f"numpy {geo('numpy_ms'):.2f} ms; duck/seg {geo('duckdb_over_segengine'):.1f}x, "
-                  f"numpy/seg {geo('numpy_over_segengine'):.1f}x")
+    for kind, geo in geometric_means(rows):
+        print(f"geometric mean ({kind}): segengine {geo('segengine_ms'):.3f} ms, duckdb {geo('duckdb_ms'):.2f} ms, "
+              f"numpy {geo('numpy_ms'):.2f} ms; duck/seg {geo('duckdb_over_segengine'):.1f}x, "
+              f"numpy/seg {geo('numpy_over_segengine'):.1f}x")
 
     cost = overhead(eng, now)
     report["overhead"] = cost
