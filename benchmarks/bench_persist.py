@@ -6,8 +6,9 @@ Loads a generated dataset (loaders.generator) into a durable engine (columnar ba
 ``--batch`` rows, each logged and fsync'd before it is acknowledged), then measures:
 
 - ``snapshot``: Engine.snapshot() wall time (capture pause, background write, manifest commit):
-  ``--snapshots`` in a row, the median from the third on (steady state) with its details, and
-  every one's time; snapshot bytes and the size of the data directory;
+  ``--snapshots`` in a row, ``--snapshot-gap`` seconds apart, the median from the third on
+  (steady state) with its details, and every one's time; snapshot bytes and the size of the
+  data directory;
 - ``restart``: close, then Engine(..., data_dir=D) until it answers ``count('ALL')``, and the
   per-shard snapshot read/load times;
 - ``durable_ingest``: events/s with acknowledgement after fsync, for dict records
@@ -116,6 +117,9 @@ def main() -> None:
     parser.add_argument("--record-batch", type=int, default=10_000, help="events per track_events call")
     parser.add_argument("--record-batches", type=int, default=60)
     parser.add_argument("--snapshots", type=int, default=5, help="snapshots in a row after the load (>= 3)")
+    parser.add_argument("--snapshot-gap", type=float, default=5.0,
+                        help="seconds before each of them (periodic snapshots are minutes apart; on a VM that "
+                             "returns freed memory to its host, memory freed seconds ago is cold again)")
     parser.add_argument("--data-dir", default=None, help="default: a temporary directory (removed)")
     args = parser.parse_args()
 
@@ -137,7 +141,10 @@ def main() -> None:
         # current snapshot); from the 3rd on (steady state): each shard copies into the memory of
         # its previous capture and writes into the file of the snapshot before last. Reported: the
         # median of the steady ones, and every one's time.
-        snapshots = [engine.snapshot() for _ in range(max(args.snapshots, 3))]
+        snapshots = []
+        for _ in range(max(args.snapshots, 3)):
+            time.sleep(args.snapshot_gap)
+            snapshots.append(engine.snapshot())
         steady = sorted(snapshots[2:], key=lambda s: s["seconds"])
         report["snapshot"] = {**steady[len(steady) // 2], "first_s": snapshots[0]["seconds"],
                               "second_s": snapshots[1]["seconds"], "all_s": [s["seconds"] for s in snapshots],
