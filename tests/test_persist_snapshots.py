@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from engine import Engine, Schema
 from engine.persist import meta, shard_state

@@ -3,8 +3,9 @@
 The state of a shard is every attribute of the ``LocalShard`` but its constructor arguments
 (``schema``, ``shard_id``) and private ones (a leading underscore): the profile store (id map,
 columns, bitmap indexes, consents), the event store, the saved segments, the last applied log
-sequence number, and whatever data attributes are added later. ``capture`` copies it, so the
-shard can keep changing while the frames are written; ``restore`` puts frames back into a shard.
+sequence number, and whatever data attributes are added later. ``capture`` takes it (copying
+what writes change, see below), so the shard can keep changing while the frames are written;
+``restore`` puts frames back into a shard.
 
 Not stored: the schema (references to it and to its attribute and event definitions are
 written by name and resolved against the live schema), the shard itself (references resolve
@@ -24,7 +25,7 @@ a merge builds a new run from two, widening a category code dtype replaces the a
 run's ``props``, never writes into it), so ``capture`` references the arrays of every event run
 instead of copying them (about 40% of a shard's bytes), and copies every other array (columns,
 the id map, membership bits... which writes change in place) into a ``CaptureArena`` whose
-memory is reused from one snapshot to the next. ``tests/test_persist.py`` checks the guarantee
+memory is reused from one snapshot to the next. ``tests/test_persist_snapshots.py`` checks the guarantee
 (captured run buffers keep their bytes across every kind of event write).
 """
 from __future__ import annotations
