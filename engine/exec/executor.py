@@ -23,6 +23,11 @@ from .sample import sample_threshold, sampled_rows
 
 #: Extra cost weight of predicates that scan values (ranges, samples, events) when ordering an AND.
 SCAN_WEIGHT = {"Compare": 2, "Between": 2, "In": 1, "Sample": 3, "Did": 4}
+#: Cost model of building an intersection (CRoaring, measured at 10M rows): a result denser than
+#: 4096 rows per 65536 keeps bitset containers (a fixed cost per container); a sparser one is
+#: extracted into array containers (a cost per row, ~15x the dense cost at 6% density).
+DENSE_US_PER_CONTAINER = 1.3
+ARRAY_US_PER_ROW = 0.0026
 
 
 class SampleCache:
@@ -42,6 +47,11 @@ class SampleCache:
                 self.entries.pop(next(iter(self.entries)))
             self.entries[key] = (bitmap, len(hashes))
         return bitmap
+
+    def kept(self, threshold: int, seed: int, rows: int) -> BitMap | None:
+        """The bitmap of ``rows(...)`` if it is cached and covers all ``rows`` rows, else None."""
+        bitmap, covered = self.entries.get((threshold, seed), (None, 0))
+        return bitmap if covered >= rows else None
 
 
 class Executor:
@@ -101,15 +111,21 @@ class Executor:
     def _intersect(self, step: Intersect, found: BitMap | None, count_only: bool):
         items = sorted((i for i in step.items if not isinstance(i, Universe)), key=self.estimate)
         excludes = sorted(step.exclude, key=self.estimate, reverse=True)
+        if count_only and found is None and not excludes and len(items) >= 3:
+            items = self._count_order(items)
         acc = found
         owned = False  # acc is a bitmap built here (updated in place), not a stored or given one
         for position, item in enumerate(items):
             last = position == len(items) - 1 and not excludes
             ranged = self._range_of(item)
-            if count_only and last and acc is not None and ranged is not None:
+            kept = self._kept_bitmap(item, ranged) if acc is not None else None
+            if kept is not None:  # a plain bitmap now: intersected in place below
+                result, ranged = kept, None
+            elif count_only and last and acc is not None and ranged is not None:
                 index, bounds = ranged
                 return index.count_range(*bounds, found=acc)
-            result = self.visit(item, acc)
+            else:
+                result = self.visit(item, acc)
             if acc is None or ranged is not None:
                 acc, owned = result, False  # a range evaluated within the found set is a subset of it
             elif count_only and last:
@@ -131,6 +147,57 @@ class Executor:
             else:
                 acc, owned = acc - result, True
         return len(acc) if count_only else acc
+
+    def _kept_bitmap(self, item: Step, ranged: tuple | None) -> BitMap | None:
+        """A stored bitmap that is exact for ``item`` within any found set (a kept range, a cached
+        sample), so the intersection can run in place; None if there is none yet."""
+        if ranged is not None:
+            return ranged[0].kept_range(*ranged[1])
+        node = getattr(item, "node", None)
+        if isinstance(node, ast.Between) and node.negated and isinstance(self.store.indexes.get(node.name),
+                                                                           NumericIndex):
+            return self.store.indexes[node.name].kept_outside(self._value(node.lo), self._value(node.hi))
+        if isinstance(node, ast.Sample):
+            return self.samples.kept(sample_threshold(node.percent), node.seed, len(self.store.idmap.row_hashes()))
+        return None
+
+    def _count_order(self, items: list[Step]) -> list[Step]:
+        """``items`` (ascending by estimate) with the operand whose postponement is cheapest last.
+
+        A count never builds its last intersection, so the operand counted last decides how
+        sparse the built intermediates get: putting the most selective bitmap last keeps them
+        dense (bitset containers) where running it first would extract array containers row by
+        row (measured: 0.65 ms instead of 2.2 ms for six dense predicates at 10M rows). Chosen by
+        the cost model above over independent estimates; only for pure bitmap operands (a scan
+        must see the smallest found set).
+        """
+        if any(not isinstance(i, Pred) or isinstance(i.node, ast.Did) for i in items):
+            return items
+        universe = max(float(len(self.store.live)), 1.0)
+        containers = max(self.store.live.max() // 65536 + 1 if self.store.live else 1, 1)
+        sizes = [min(self._rows_estimate(i), universe) for i in items]
+
+        def cost(order: list[int]) -> float:
+            total, rows = 0.0, universe
+            for position, k in enumerate(order[:-1]):
+                rows *= sizes[k] / universe
+                if position:  # the first operand is not built by an intersection
+                    dense = rows > containers * 4096
+                    total += containers * DENSE_US_PER_CONTAINER if dense else rows * ARRAY_US_PER_ROW
+            return total
+
+        ascending = list(range(len(items)))
+        best, best_cost = ascending, cost(ascending)
+        for last in range(len(items) - 1):
+            order = [k for k in ascending if k != last] + [last]
+            if (candidate := cost(order)) < best_cost * 0.8:
+                best, best_cost = order, candidate
+        return [items[k] for k in best]
+
+    def _rows_estimate(self, step: Step) -> float:
+        """The estimated rows of ``step`` (its ordering estimate without the scan weight)."""
+        weight = SCAN_WEIGHT.get(type(step.node).__name__, 1) if isinstance(step, Pred) else 1
+        return self.estimate(step) / weight
 
     def _range_of(self, step: Step) -> tuple[NumericIndex, tuple] | None:
         """(index, (lo, hi, lo_open, hi_open)) if ``step`` is a plain range over a numeric attribute."""
@@ -180,7 +247,8 @@ class Executor:
         if isinstance(node, ast.Consented):
             return float(len(self.store.consents[node.purpose]))
         if isinstance(node, ast.Has) and isinstance(index, TagsIndex):
-            return float(min(len(index.has(v)) for v in node.values))
+            sizes = [len(index.has(v)) for v in node.values]
+            return float(min(sizes) if node.mode == "all" else min(sum(sizes), len(index.notnull)))
         if isinstance(node, ast.Sample):
             return len(self.store.live) * node.percent / 100 * weight
         if isinstance(node, ast.Did) and self.events is not None:
@@ -244,7 +312,7 @@ class Executor:
             if found is not None and len(found) * 2 < sum(len(part) for part in parts):
                 hits = union_all([found & part for part in parts])  # exact within found, without the big union
             else:
-                hits = union_all(parts)
+                hits = index.any_of(node.values)
         else:
             hits = union_all([self._equal(index, value, found) for value in node.values])
         return index.notnull - hits if node.negated else hits
@@ -255,9 +323,9 @@ class Executor:
         if isinstance(index, CategoryIndex):
             hits = index.between(lo, hi)
         elif isinstance(index, NumericIndex):
-            if node.negated:  # below or above, each within the found set (no full-width complement)
-                return union_all([index.range(None, lo, hi_open=True, found=found),
-                                  index.range(hi, None, lo_open=True, found=found)])
+            if node.negated:  # non-null rows outside the range (kept from the second request on)
+                outside = index.outside(lo, hi)
+                return outside if found is None else found & outside
             hits = index.range(lo, hi, found=found)
         else:
             raise QueryError(f"BETWEEN is not defined for a {index.kind} attribute")
@@ -279,13 +347,13 @@ class Executor:
         index = self._index(node.name)
         if not isinstance(index, TagsIndex):
             raise QueryError(f"HAS needs a tags attribute, {node.name!r} is {index.kind}")
+        if node.mode == "any":
+            return index.has_any(node.values)
         bitmaps = [index.has(value) for value in node.values]
-        if node.mode == "all":
-            result = bitmaps[0]
-            for bitmap in sorted(bitmaps[1:], key=len):
-                result = result & bitmap
-            return result
-        return union_all(bitmaps)
+        result = bitmaps[0]
+        for bitmap in sorted(bitmaps[1:], key=len):
+            result = result & bitmap
+        return result
 
     def pred_Consented(self, node: ast.Consented, found: BitMap | None) -> BitMap:
         return self.store.consents[node.purpose]

@@ -19,6 +19,7 @@ from pyroaring import BitMap
 from ..columns import CategoryColumn, TagsColumn, ValueColumn
 from .bitmaps import group_rows, to_bitmap, union_all
 from .growable import GrowableArray
+from .union_cache import UnionCache
 
 #: Comparison operators as functions (category strings compare by code point, as Python does).
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -38,6 +39,27 @@ def _move(bitmaps: list[BitMap], rows: np.ndarray, old: np.ndarray, new: np.ndar
         bitmaps[code].update(to_bitmap(members, assume_sorted=True))
 
 
+class _KeptUnions:
+    """Mixin: unions of value bitmaps asked for twice are kept (``UnionCache``), never stored in snapshots."""
+
+    bitmaps: list[BitMap]
+
+    def _unions(self) -> UnionCache:
+        return self.__dict__.setdefault("_kept_unions", UnionCache())
+
+    def _union_of(self, codes: list[int]) -> BitMap:
+        """The union of the value bitmaps of ``codes`` (kept from the second request on; do not mutate)."""
+        if len(codes) <= 1:
+            return self.bitmaps[codes[0]] if codes else BitMap()
+        kept = self._unions().union(frozenset(codes), self.bitmaps)
+        return kept if kept is not None else union_all([self.bitmaps[c] for c in codes])
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_kept_unions", None)
+        return state
+
+
 def _set_notnull(notnull: BitMap, rows: np.ndarray, valid: np.ndarray) -> None:
     if valid.any():
         notnull.update(to_bitmap(rows[valid]))
@@ -45,7 +67,7 @@ def _set_notnull(notnull: BitMap, rows: np.ndarray, valid: np.ndarray) -> None:
         notnull.difference_update(to_bitmap(rows[~valid]))
 
 
-class CategoryIndex:
+class CategoryIndex(_KeptUnions):
     """A category attribute: int32 codes per row (-1 = null) and a bitmap per label."""
 
     kind = "category"
@@ -77,6 +99,7 @@ class CategoryIndex:
         _move(self.bitmaps, rows, old, new)
         _set_notnull(self.notnull, rows, new >= 0)
         self.codes.data[rows] = new
+        self._unions().update(rows, lambda codes: np.isin(new, np.fromiter(codes, dtype=np.int32)))
 
     def eq(self, label: str) -> BitMap:
         """Rows whose value is ``label`` (a stored bitmap: do not mutate)."""
@@ -84,31 +107,31 @@ class CategoryIndex:
         return self.bitmaps[code] if code is not None else BitMap()
 
     def any_of(self, labels: tuple[str, ...]) -> BitMap:
-        """Rows whose value is one of ``labels``."""
-        return union_all([self.eq(label) for label in labels])
+        """Rows whose value is one of ``labels`` (may be a stored bitmap: do not mutate)."""
+        return self._union_of(sorted({self.code_of[label] for label in labels if label in self.code_of}))
 
     def compare(self, op: str, label: str) -> BitMap:
-        """Rows whose value ``op`` label holds (by Unicode code point); null rows excluded."""
-        return union_all(self._compared(op, label))
+        """Rows whose value ``op`` label holds (by Unicode code point); null rows excluded (do not mutate)."""
+        return self._union_of(self._compared(op, label))
 
     def between(self, lo: str, hi: str) -> BitMap:
-        """Rows with lo <= value <= hi."""
-        return union_all(self._between(lo, hi))
+        """Rows with lo <= value <= hi (may be a stored bitmap: do not mutate)."""
+        return self._union_of(self._between(lo, hi))
 
     def count_compare(self, op: str, label: str) -> int:
         """``len(compare(op, label))`` without the union."""
-        return sum(len(bitmap) for bitmap in self._compared(op, label))
+        return sum(len(self.bitmaps[c]) for c in self._compared(op, label))
 
     def count_between(self, lo: str, hi: str) -> int:
         """``len(between(lo, hi))`` without the union."""
-        return sum(len(bitmap) for bitmap in self._between(lo, hi))
+        return sum(len(self.bitmaps[c]) for c in self._between(lo, hi))
 
-    def _compared(self, op: str, label: str) -> list[BitMap]:
+    def _compared(self, op: str, label: str) -> list[int]:
         test = COMPARE[op]
-        return [self.bitmaps[c] for c, value in enumerate(self.labels) if test(value, label)]
+        return [c for c, value in enumerate(self.labels) if test(value, label)]
 
-    def _between(self, lo: str, hi: str) -> list[BitMap]:
-        return [self.bitmaps[c] for c, value in enumerate(self.labels) if lo <= value <= hi]
+    def _between(self, lo: str, hi: str) -> list[int]:
+        return [c for c, value in enumerate(self.labels) if lo <= value <= hi]
 
     def value(self, row: int) -> str | None:
         """The value of ``row``."""
@@ -152,7 +175,7 @@ class BoolIndex:
         return None if code < 0 else bool(code)
 
 
-class TagsIndex:
+class TagsIndex(_KeptUnions):
     """A tags attribute: an interned tag-set id per row (-1 null) and a bitmap per tag."""
 
     kind = "tags"
@@ -201,6 +224,11 @@ class TagsIndex:
             self._move(rows[changed], old_sets[changed], new_sets[changed])
         _set_notnull(self.notnull, rows, new_sets >= 0)
         self.column.data[rows] = new_sets
+        self._unions().update(rows, lambda codes: self._sets_with_any(codes)[new_sets])
+
+    def _sets_with_any(self, codes: frozenset[int]) -> np.ndarray:
+        """Per tag-set id (and -1 = null, the last entry): does the set hold any of ``codes``?"""
+        return np.array([not codes.isdisjoint(tags) for tags in self.tagsets] + [False], dtype=bool)
 
     def _intern_by_mask(self, n: int, value_rows: np.ndarray, codes: np.ndarray, valid: np.ndarray) -> np.ndarray:
         bits = np.zeros(n, dtype=np.uint64)
@@ -245,6 +273,10 @@ class TagsIndex:
             self.bitmaps[tag].difference_update(to_bitmap(np.concatenate(parts)))
         for tag, parts in added.items():
             self.bitmaps[tag].update(to_bitmap(np.concatenate(parts)))
+
+    def has_any(self, labels: tuple[str, ...]) -> BitMap:
+        """Rows whose tag set contains any of ``labels`` (may be a stored bitmap: do not mutate)."""
+        return self._union_of(sorted({self.code_of[label] for label in labels if label in self.code_of}))
 
     def has(self, label: str) -> BitMap:
         """Rows whose tag set contains ``label`` (stored bitmap: do not mutate)."""

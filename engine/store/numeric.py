@@ -41,6 +41,8 @@ BIN_CACHE = 4
 RANGE_CACHE = 8
 #: Ranges remembered as "asked once" (the second request builds the cached bitmap).
 RANGE_SEEN = 64
+#: Key suffix of a kept complement (NOT BETWEEN) in the range cache.
+OUTSIDE = "outside"
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
@@ -146,9 +148,10 @@ class NumericIndex:
     def _update_cached_ranges(self, rows: np.ndarray, was_valid: np.ndarray, old_values: np.ndarray,
                               valid: np.ndarray, new_values: np.ndarray) -> None:
         """Move the written rows into or out of every cached range bitmap."""
-        for bounds, bitmap in self.__dict__.get("_range_cache", {}).items():
-            was_in = was_valid & _within(old_values, bounds)
-            now_in = valid & _within(new_values, bounds)
+        for key, bitmap in self.__dict__.get("_range_cache", {}).items():
+            bounds, inside = key[:4], len(key) == 4
+            was_in = was_valid & (_within(old_values, bounds) == inside)
+            now_in = valid & (_within(new_values, bounds) == inside)
             if (now_in & ~was_in).any():
                 bitmap.update(to_bitmap(rows[now_in & ~was_in]))
             if (was_in & ~now_in).any():
@@ -409,23 +412,48 @@ class NumericIndex:
             return None
         return first, last, edges, bounds
 
-    def _cached_range(self, span) -> BitMap | None:
-        """The full result of a range asked for before (kept current by writes), else None."""
-        bounds = span[3]
+    def _cached_range(self, span, outside: bool = False) -> BitMap | None:
+        """The full result of a range (``outside``: of its complement among non-null rows) asked
+        for before, kept current by writes; None on a first request."""
+        key = span[3] + ((OUTSIDE,) if outside else ())
         cache = self.__dict__.setdefault("_range_cache", {})
-        bitmap = cache.pop(bounds, None)
+        bitmap = cache.pop(key, None)
         if bitmap is None:
             seen = self.__dict__.setdefault("_range_seen", {})
-            if seen.pop(bounds, None) is None:
+            if seen.pop(key, None) is None:
                 if len(seen) >= RANGE_SEEN:
                     del seen[next(iter(seen))]
-                seen[bounds] = True
+                seen[key] = True
                 return None
             bitmap = self._evaluate(span, None)
+            if outside:
+                bitmap = self.notnull - bitmap
             if len(cache) >= RANGE_CACHE:
                 del cache[next(iter(cache))]
-        cache[bounds] = bitmap  # most recent last
+        cache[key] = bitmap  # most recent last
         return bitmap
+
+    def outside(self, lo, hi) -> BitMap:
+        """Non-null rows with value < lo or > hi (NOT BETWEEN), kept from the second request on (do not mutate)."""
+        span = self._span(lo, hi, False, False)
+        if span is None:
+            return self.notnull
+        kept = self._cached_range(span, outside=True) if len(self.edges) else None
+        return kept if kept is not None else self.notnull - self.range(lo, hi)
+
+    def kept_outside(self, lo, hi) -> BitMap | None:
+        """The kept result of ``outside(lo, hi)`` if it was asked for before (do not mutate), else None."""
+        cache = self.__dict__.get("_range_cache")
+        span = self._span(lo, hi, False, False) if cache else None
+        return None if span is None else cache.get(span[3] + (OUTSIDE,))
+
+    def kept_range(self, lo, hi, lo_open: bool, hi_open: bool) -> BitMap | None:
+        """The kept full result of this range if it was asked for before (do not mutate), else None."""
+        cache = self.__dict__.get("_range_cache")
+        if not cache:
+            return None
+        span = self._span(lo, hi, lo_open, hi_open)
+        return None if span is None else cache.get(span[3])
 
     def _bin(self, k: int) -> BitMap:
         """Rows in bin ``k`` (0 <= k <= len(edges)); the last few asked for are cached until a write."""
