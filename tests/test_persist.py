@@ -24,8 +24,8 @@ import pytest
 from engine import Engine, Schema
 from engine.columns import CategoryColumn, EventBatch, ProfileBatch, ValueColumn
 from engine.errors import DataDirMismatch, SegmentExists, ShardError
-from engine.persist import snapshot as snapshot_module
-from engine.persist.framing import pack_key, unpack_key, unseal
+from engine.persist import chunk_store
+from engine.persist.framing import checksum, pack_key, unpack_key, unseal
 from engine.schema import CONTRACT_SCHEMA
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
@@ -117,15 +117,28 @@ def log_keys(path: Path) -> list[tuple[int, int]]:
         env.close()
 
 
-def snapshot_index(path: Path, part: dict, shard: int = 0) -> tuple[int, list[int]]:
-    """(chunk size, chunk CRCs) from the index at the end of the shard's snapshot file."""
-    files = sorted((path / f"shard-{shard}").glob("snap-*.seg"))
-    data = files[-1].read_bytes()
-    assert len(data) == part["file_bytes"]
-    key = pack_key(int(files[-1].name[5:21]), 0)
-    fmt, chunk_bytes, table, crcs = msgpack.unpackb(unseal(key, data[-part["index_bytes"]:]))
-    assert fmt == 2 and sum(length for _, length in table) == part["bytes"]
-    return chunk_bytes, crcs
+def shard_chunks(path: Path, shard: int = 0) -> dict[tuple[int, int], bytes]:
+    """Every (snapshot id, chunk number) -> value of a shard's LMDB store (the engine must be closed)."""
+    env = lmdb.open(str(path / f"shard-{shard}"), max_dbs=1, readonly=True, lock=False)
+    try:
+        with env.begin(db=env.open_db(chunk_store.DB.encode(), create=False)) as txn:
+            return {unpack_key(key): value for key, value in txn.cursor()}
+    finally:
+        env.close()
+
+
+def snapshot_index(path: Path, part: dict, snapshot_id: int, shard: int = 0) -> tuple[int, list[int]]:
+    """(frames, chunk CRCs) from the index (chunk 0) of a format-3 part, checked against the part and the chunks."""
+    chunks = shard_chunks(path, shard)
+    key = pack_key(snapshot_id, 0)
+    fmt, lengths, crcs = msgpack.unpackb(unseal(key, chunks[(snapshot_id, 0)]))
+    assert fmt == part["format"] == 3 and sum(lengths) == part["bytes"] and len(crcs) == part["chunks"]
+    assert sorted(chunks) == [(snapshot_id, n) for n in range(len(crcs) + 1)]  # no other snapshot, no gap
+    bodies = [chunks[(snapshot_id, n)] for n in range(1, len(crcs) + 1)]
+    assert all(len(body) <= chunk_store.CHUNK_BYTES <= 1 << 20 for body in bodies)
+    assert sum(map(len, bodies)) == part["bytes"]
+    assert [checksum(pack_key(snapshot_id, n), body) for n, body in enumerate(bodies, start=1)] == crcs
+    return len(lengths), crcs
 
 
 def test_snapshot_truncates_the_log_and_is_checksummed_by_the_megabyte(tmp_path: Path) -> None:
@@ -138,16 +151,16 @@ def test_snapshot_truncates_the_log_and_is_checksummed_by_the_megabyte(tmp_path:
         assert summary["wal_seq"] == 2 and summary["id"] == 1
         part = engine.durable.manifest["parts"][0]
     assert [seq for seq, part in log_keys(tmp_path)] == [3]
-    assert sorted(p.name for p in (tmp_path / "shard-0").glob("*.seg")) == ["snap-0000000000000001.seg"]
-    chunk_bytes, crcs = snapshot_index(tmp_path, part)
-    assert chunk_bytes <= 1 << 20 and len(crcs) == part["chunks"] > 5
-    assert len(crcs) == -(-(part["file_bytes"] - part["index_bytes"]) // chunk_bytes)
+    frames, crcs = snapshot_index(tmp_path, part, 1)
+    assert len(crcs) == part["chunks"] > 5
+    full = -(-part["bytes"] // chunk_store.CHUNK_BYTES)
+    assert full <= len(crcs) <= full + frames  # a chunk is short only before a large piece of a frame, or last
     with open_engine(tmp_path) as engine:
         assert engine.count("ALL") == 300_002
         assert engine.count("age = 89") == len(range(89, 300_000, 90))
         engine.snapshot()
-    # only the newest snapshot is kept, plus the previous one's file to be recycled by the next
-    assert sorted(p.name for p in (tmp_path / "shard-0").glob("*.seg")) == ["snap-0000000000000002.seg"]
+    # only the newest snapshot is kept
+    assert {snapshot_id for snapshot_id, _ in shard_chunks(tmp_path)} == {2}
 
 
 def test_a_write_larger_than_a_value_spans_several_log_parts(tmp_path: Path) -> None:
@@ -196,14 +209,15 @@ def test_concurrent_writers_share_fsyncs_and_all_survive(tmp_path: Path) -> None
 
 def test_writes_are_acknowledged_while_a_snapshot_is_being_written(tmp_path: Path, monkeypatch) -> None:
     writing = threading.Event()
-    original = snapshot_module._ChunkedWriter.flush
+    original = chunk_store.ChunkStore._chunks
 
-    def slow_flush(self: Any) -> None:
-        writing.set()
-        time.sleep(0.5)
-        original(self)
+    def slow_chunks(self: Any, frames: Any) -> Any:
+        for chunk in original(self, frames):
+            writing.set()
+            time.sleep(0.5)
+            yield chunk
 
-    monkeypatch.setattr(snapshot_module._ChunkedWriter, "flush", slow_flush)
+    monkeypatch.setattr(chunk_store.ChunkStore, "_chunks", slow_chunks)
     with open_engine(tmp_path, 2) as engine:
         engine.upsert_profiles({"id": f"before{i}", "age": 1} for i in range(100))
         taker = threading.Thread(target=engine.snapshot)

@@ -2,12 +2,13 @@
 
 LMDB commits are atomic, so these damages are made from outside: log records rewritten cut
 short (at every byte of the last records), bytes flipped inside records, snapshot chunks, snapshot
-indexes and manifests (through LMDB and directly in the files), records and files removed, files
-cut or lengthened.
+indexes and manifests (through LMDB and directly in the files), records, chunks and stores
+removed, chunks added, swapped or cut, files cut.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import lmdb
@@ -15,8 +16,8 @@ import pytest
 
 from engine import Engine, Schema
 from engine.errors import DataCorruption
+from engine.persist.chunk_store import CHUNK_BYTES
 from engine.persist.framing import pack_key, unpack_key
-from engine.persist.snapshot import CHUNK_BYTES
 from engine.schema import CONTRACT_SCHEMA
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
@@ -41,7 +42,7 @@ class Store:
     """Raw access to one LMDB database of a data directory (the engine must be closed)."""
 
     def __init__(self, path: Path, db: bytes):
-        self.env = lmdb.open(str(path), max_dbs=2)
+        self.env = lmdb.open(str(path), max_dbs=2, map_size=1 << 30)
         self.db = self.env.open_db(db)
 
     def items(self) -> list[tuple[bytes, bytes]]:
@@ -188,54 +189,112 @@ def snapshot_then_write(path: Path, shards: int = 2) -> None:
         engine.upsert_profiles([{"id": "after", "age": 1}])
 
 
-def snapshot_file(path: Path, shard: int) -> Path:
-    """The file of the one snapshot of ``shard`` (format 2: one file per shard and snapshot)."""
-    files = sorted((path / f"shard-{shard}").glob("snap-*.seg"))
-    assert len(files) == 1, files
-    return files[0]
+def chunks_of(path: Path, shard: int) -> Store:
+    """The snapshot chunks of ``shard`` (format 3: keys (snapshot id, chunk number), chunk 0 the index)."""
+    return Store(path / f"shard-{shard}", b"chunks")
 
 
-def flip_at(path: Path, offset: int) -> None:
-    """Flip a bit of the byte at ``offset`` (negative: from the end) of the file, on disk."""
-    with open(path, "r+b") as handle:
-        handle.seek(offset, os.SEEK_SET if offset >= 0 else os.SEEK_END)
-        at = handle.tell()
-        byte = handle.read(1)
-        handle.seek(at)
-        handle.write(bytes([byte[0] ^ 0x01]))
+def used_bytes(store: Path) -> int:
+    """Bytes of an LMDB data file up to its last committed page (a snapshot store's file is as long as its map)."""
+    env = lmdb.open(str(store), readonly=True, lock=False)
+    try:
+        return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    finally:
+        env.close()
+
+
+def flip_on_disk(store: Path, needle: bytes, offset: int) -> int:
+    """Flip a bit ``offset`` bytes into every occurrence of ``needle`` in the used part of the
+    store's data file, on disk; returns the occurrences."""
+    name = store / "data.mdb"
+    with open(name, "rb") as handle:
+        data = bytearray(handle.read(used_bytes(store)))
+    found = []
+    at = data.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = data.find(needle, at + 1)
+    with open(name, "r+b") as handle:
+        for at in found:
+            handle.seek(at + offset)
+            handle.write(bytes([data[at + offset] ^ 0x01]))
         handle.flush()
         os.fsync(handle.fileno())
+    return len(found)
+
+
+def snapshot_chunks(path: Path, shard: int) -> dict[int, bytes]:
+    """Chunk number -> value of the one snapshot of ``shard``."""
+    chunks = chunks_of(path, shard)
+    items = {unpack_key(key): value for key, value in chunks.items()}
+    chunks.close()
+    assert {snapshot_id for snapshot_id, _ in items} == {1}
+    return {number: value for (_, number), value in items.items()}
 
 
 def test_a_flipped_bit_on_disk_in_a_snapshot_chunk_is_refused(tmp_path: Path) -> None:
     snapshot_then_write(tmp_path)
-    data = snapshot_file(tmp_path, 1)
-    assert data.stat().st_size > CHUNK_BYTES + 4096  # the state spans several checksummed chunks
-    flip_at(data, CHUNK_BYTES + 1000)  # inside chunk 2
+    chunks = snapshot_chunks(tmp_path, 1)
+    assert len(chunks) > 3 and len(chunks[2]) > 2000  # the state spans several checksummed chunks
+    assert all(len(value) <= CHUNK_BYTES for value in chunks.values())
+    assert flip_on_disk(tmp_path / "shard-1", chunks[2], 1000) == 1  # inside chunk 2 (stored once)
     with pytest.raises(DataCorruption, match=r"snapshot 1 in .*shard-1: chunk 2 of \d+ fails its checksum"):
         open_engine(tmp_path, 2)
 
 
-def test_a_flipped_bit_in_a_snapshot_index_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage, message", [
+    ("flip a byte", r"chunk 2 of (\d+) fails its checksum"),
+    ("cut it short", r"chunk 2 of (\d+) fails its checksum"),
+    ("put chunk 3 in its place", r"chunk 2 of (\d+) fails its checksum"),
+    ("delete it", r"chunk 2 of (\d+) is missing"),
+    ("delete the last chunk", r"chunk (\d+) of \1 is missing"),
+    ("add a chunk after the last", r"it has chunks past its last one \((\d+)\)"),
+    ("flip a byte of the index", r"its index \(chunk 0\) fails its checksum"),
+    ("delete the index", r"its index \(chunk 0\) is missing"),
+])
+def test_a_damaged_snapshot_chunk_is_refused(tmp_path: Path, damage: str, message: str) -> None:
     snapshot_then_write(tmp_path)
-    flip_at(snapshot_file(tmp_path, 0), -3)  # the index is the file's last bytes
-    with pytest.raises(DataCorruption, match=r"snapshot 1 in .*shard-0: its index fails its checksum"):
+    chunks = snapshot_chunks(tmp_path, 0)
+    last = max(chunks)
+    assert last > 3 and len(chunks[2]) > 2000
+    key = pack_key(1, 2)
+    remove, put = {
+        "flip a byte": ([], [(key, flip(chunks[2], len(chunks[2]) // 2))]),
+        "cut it short": ([], [(key, chunks[2][:-1])]),
+        "put chunk 3 in its place": ([], [(key, chunks[3])]),
+        "delete it": ([key], []),
+        "delete the last chunk": ([pack_key(1, last)], []),
+        "add a chunk after the last": ([], [(pack_key(1, last + 1), chunks[last])]),
+        "flip a byte of the index": ([], [(pack_key(1, 0), flip(chunks[0], 7))]),
+        "delete the index": ([pack_key(1, 0)], []),
+    }[damage]
+    store = chunks_of(tmp_path, 0)
+    store.replace(remove, put)
+    store.close()
+    expected = r"snapshot 1 in .*shard-0: " + message + "; refusing to serve"
+    with pytest.raises(DataCorruption, match=expected) as error:
+        open_engine(tmp_path, 2)
+    found = re.search(expected, str(error.value))
+    assert found is not None and all(int(count) == last for count in found.groups())  # the snapshot's chunk count
+
+
+def test_a_flipped_bit_on_disk_in_a_snapshot_index_is_refused(tmp_path: Path) -> None:
+    snapshot_then_write(tmp_path)
+    index = snapshot_chunks(tmp_path, 0)[0]
+    assert flip_on_disk(tmp_path / "shard-0", index, len(index) - 3) >= 1
+    with pytest.raises(DataCorruption, match=r"snapshot 1 in .*shard-0: its index \(chunk 0\) fails its checksum"):
         open_engine(tmp_path, 2)
 
 
-def test_a_missing_snapshot_file_or_damaged_manifest_is_refused(tmp_path: Path) -> None:
+def test_a_missing_snapshot_store_or_damaged_manifest_is_refused(tmp_path: Path) -> None:
     snapshot_then_write(tmp_path)
-    data = snapshot_file(tmp_path, 0)
+    data = tmp_path / "shard-0" / "data.mdb"
     aside = tmp_path / "aside"
     data.rename(aside)
-    with pytest.raises(DataCorruption, match=r"snapshot 1 in .*shard-0: its file snap-\d+\.seg is missing"):
+    with pytest.raises(DataCorruption, match=r"snapshot 1 in .*shard-0: its LMDB store \(data\.mdb\) is missing"):
         open_engine(tmp_path, 2)
+    assert not data.exists()  # not created empty by the failed open
     aside.rename(data)
-    with open(data, "ab") as handle:  # a file longer than written is refused too
-        handle.write(b"x")
-    with pytest.raises(DataCorruption, match=r"shard-0: snap-\d+\.seg is longer than written"):
-        open_engine(tmp_path, 2)
-    os.truncate(data, data.stat().st_size - 1)
     meta = Store(tmp_path / "log", b"meta")
     key, value = next((k, v) for k, v in meta.items() if k.startswith(b"manifest"))
     meta.replace([], [(key, flip(value, len(value) - 3))])
@@ -247,7 +306,10 @@ def test_a_missing_snapshot_file_or_damaged_manifest_is_refused(tmp_path: Path) 
 @pytest.mark.parametrize("store", ["log", "shard-0"])
 def test_a_data_file_cut_short_is_refused(tmp_path: Path, store: str) -> None:
     snapshot_then_write(tmp_path)
-    data = tmp_path / "log" / "data.mdb" if store == "log" else snapshot_file(tmp_path, 0)
-    os.truncate(data, data.stat().st_size // 2)
-    with pytest.raises(DataCorruption, match="is cut short"):
+    data = tmp_path / store / "data.mdb"
+    used = used_bytes(tmp_path / store)
+    assert used > 100_000
+    # the log's file is as long as its pages; a snapshot store's is as long as its map (sparse)
+    os.truncate(data, min(data.stat().st_size, used) // 2)
+    with pytest.raises(DataCorruption, match=rf"the LMDB store .*{store} is cut short"):
         open_engine(tmp_path, 2)

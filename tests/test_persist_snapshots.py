@@ -1,22 +1,28 @@
-"""Snapshots: what a capture copies and references, snapshot files (mapped, recycled), format 1.
+"""Snapshots: what a capture copies and references, the chunk store (format 3), formats 1 and 2.
 
 A capture references the arrays of event runs instead of copying them, which is only correct
 because the event store never changes a run in place: checked here against every kind of event
-write. A loaded snapshot is a private mapping of its file: writes after a restart must not reach
-the file, and a mapped file must never be recycled for a later snapshot.
+write. A snapshot lives in the shard's LMDB store: how frames are cut into chunks, a map that
+grows (with writemap), pages of deleted snapshots reused, a loaded snapshot independent of the
+store (writes after a restart must not reach it), format 1 still read, format 2 refused.
 """
 from __future__ import annotations
 
-import hashlib
+import errno
 import os
 from pathlib import Path
 from typing import Any
 
+import lmdb
+import msgpack
+import numpy as np
+import pytest
 
 from engine import Engine, Schema
-from engine.persist import meta, shard_state
-from engine.persist import snapshot as snapshot_module
+from engine.errors import DataDirMismatch
+from engine.persist import chunk_store, meta, shard_state
 from engine.persist.arena import CaptureArena
+from engine.persist.framing import MAX_VALUE, checksum, crc32, pack_key, seal, unpack_key
 from engine.persist.lmdb_env import close_env, open_env
 from engine.schema import CONTRACT_SCHEMA
 
@@ -81,81 +87,167 @@ def test_a_capture_does_not_follow_later_writes_and_reuses_its_memory(tmp_path: 
         assert plain_answers(restored) == expected
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def stored(path: Path, shard: int = 0) -> dict[tuple[int, int], bytes]:
+    """(snapshot id, chunk number) -> value of a shard's store (the engine must be closed)."""
+    env = lmdb.open(str(path / f"shard-{shard}"), max_dbs=1, readonly=True, lock=False)
+    try:
+        with env.begin(db=env.open_db(chunk_store.DB.encode(), create=False)) as txn:
+            return {unpack_key(key): value for key, value in txn.cursor()}
+    finally:
+        env.close()
 
 
-def seg_files(path: Path, shard: int = 0) -> list[str]:
-    return sorted(p.name for p in (path / f"shard-{shard}").glob("*.seg"))
+def used_bytes(path: Path, shard: int = 0) -> int:
+    """Bytes of a shard store's data file up to its last page (the store may be open in this process)."""
+    env = open_env(str(path / f"shard-{shard}"), (chunk_store.DB,), writemap=True)
+    try:
+        return env.used_bytes()
+    finally:
+        close_env(env)
 
 
-def test_writes_after_a_restart_do_not_reach_the_mapped_snapshot_file(tmp_path: Path) -> None:
+def test_frames_are_cut_into_chunks_and_the_map_grows(tmp_path: Path) -> None:
+    chunk = chunk_store.CHUNK_BYTES
+    big = np.arange(3 * chunk // 8 + 100, dtype=np.int64)  # 3 chunks and 800 bytes
+    frames: list[list[Any]] = [[b"ab", memoryview(b"c" * 5000)], [big], [b"tail", bytearray(b"x" * (chunk - 4))], []]
+    store = chunk_store.ChunkStore(str(tmp_path), map_size=1 << 20)  # filled by the first snapshot: grown
+    try:
+        part = store.write(7, frames)
+        assert store.env.env.info()["map_size"] >= 4 * chunk
+        with store.env.read() as txn:
+            values = {unpack_key(k): bytes(v) for k, v in txn.cursor(db=store.db)}
+        # a piece of at least a chunk starts a chunk (its full chunks are slices of it), the rest is joined
+        assert [len(values[(7, n)]) for n in range(1, part["chunks"] + 1)] == [5002, chunk, chunk, chunk, chunk, 800]
+        assert part == {"format": 3, "chunks": 6, "bytes": 5002 + big.nbytes + chunk, "index_crc": part["index_crc"]}
+        read = store.read(7, part)
+        assert [bytes(frame) for frame in read] == [b"ab" + b"c" * 5000, big.tobytes(), b"tail" + b"x" * (chunk - 4),
+                                                     b""]
+        assert all(frame.flags.writeable for frame in read)
+        store.write(8, [[big]])
+        assert store.snapshot_ids() == [7, 8]
+        assert store.delete({8}) == 7 and store.snapshot_ids() == [8]
+    finally:
+        store.close()
+
+
+def test_the_pages_of_deleted_snapshots_are_reused(tmp_path: Path) -> None:
+    with open_engine(tmp_path) as engine:
+        write_everything(engine)
+        engine.upsert_profiles({"id": f"u{i:06d}", "age": i % 90, "country": f"c{i}"} for i in range(100_000))
+        engine.snapshot()
+        expected = plain_answers(engine)
+    assert {snapshot_id for snapshot_id, _ in stored(tmp_path)} == {1}
+    one = used_bytes(tmp_path)
+    sizes = []
+    with open_engine(tmp_path) as engine:
+        for _ in range(5):
+            engine.snapshot()
+            sizes.append(used_bytes(tmp_path))
+    assert {snapshot_id for snapshot_id, _ in stored(tmp_path)} == {6}
+    # two snapshots' worth of pages: the new one is written where the one before last was
+    assert one > 3 << 20 and max(sizes) <= 2 * one + (1 << 20)
+    # disk blocks reserved for each write (fallocate) past the used pages were given back
+    assert (tmp_path / "shard-0" / "data.mdb").stat().st_blocks * 512 <= max(sizes) + (1 << 20)
+    with open_engine(tmp_path) as engine:
+        assert engine.durable.recovery["snapshot_id"] == 6
+        assert plain_answers(engine) == expected
+
+
+def test_a_disk_too_full_for_a_snapshot_fails_it_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(name: str, mode: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with open_engine(tmp_path) as engine:
+        write_everything(engine)
+        engine.snapshot()
+        monkeypatch.setattr(chunk_store, "_fallocate", full)
+        write_everything(engine, 100)
+        with pytest.raises(OSError, match=r"no room on disk for a snapshot of \d+ bytes in .*shard-0"):
+            engine.snapshot()  # refused before anything is written into the map (no SIGBUS)
+        engine.upsert_profiles([{"id": "after", "age": 3}])  # still serving and logging
+        expected = answers(engine)
+        monkeypatch.undo()
+        assert engine.snapshot()["id"] == 2
+    with open_engine(tmp_path) as engine:
+        assert engine.durable.recovery["snapshot_id"] == 2
+        assert answers(engine) == expected
+
+
+def test_writes_after_a_restart_do_not_reach_the_loaded_snapshot(tmp_path: Path) -> None:
     with open_engine(tmp_path) as engine:
         write_everything(engine)
         event_writes(engine, 0)
         engine.snapshot()
-    data = tmp_path / "shard-0" / "snap-0000000000000001.seg"
-    digest = file_digest(data)
-    with open_engine(tmp_path) as engine:  # the state is a private mapping of the file
+    snapshot = stored(tmp_path)
+    with open_engine(tmp_path) as engine:  # the state is a copy of the snapshot's chunks
         write_everything(engine, 100)  # overwrites attributes in place, merges runs, moves bitmaps
         event_writes(engine, 1000)
         expected = answers(engine)
-    assert file_digest(data) == digest
+    assert stored(tmp_path) == snapshot
     with open_engine(tmp_path) as engine:  # the snapshot verifies, the log replays on top of it
         assert engine.durable.recovery["snapshot_id"] == 1
         assert answers(engine) == expected
 
 
-def test_snapshot_files_are_recycled_unless_mapped(tmp_path: Path) -> None:
-    with open_engine(tmp_path) as engine:
-        write_everything(engine)
-        engine.snapshot()
-    assert seg_files(tmp_path) == ["snap-0000000000000001.seg"]
-    with open_engine(tmp_path) as engine:  # maps snapshot 1
-        expected = answers(engine)
-        loaded = (tmp_path / "shard-0" / "snap-0000000000000001.seg").stat().st_ino
-        engine.snapshot()
-        # snapshot 1's file is mapped (by this engine): deleted, never reused
-        assert seg_files(tmp_path) == ["snap-0000000000000002.seg"]
-        engine.snapshot()
-        assert seg_files(tmp_path) == ["snap-0000000000000003.seg", "spare.seg"]
-        spare = (tmp_path / "shard-0" / "spare.seg").stat().st_ino
-        assert spare != loaded
-        event_writes(engine, 0)
-        engine.snapshot()  # written into the spare
-        assert seg_files(tmp_path) == ["snap-0000000000000004.seg", "spare.seg"]
-        assert (tmp_path / "shard-0" / "snap-0000000000000004.seg").stat().st_ino == spare
-        write_everything(engine, 100)
-        engine.snapshot()
-        expected = answers(engine)
-    with open_engine(tmp_path) as engine:
-        assert engine.durable.recovery["snapshot_id"] == 5
-        assert answers(engine) == expected
+def write_format_1(path: str, snapshot_id: int, frames: list[bytes]) -> dict[str, int]:
+    """Store ``frames`` as an engine before format 2 did: back to back in chunks of exactly MAX_VALUE."""
+    data = b"".join(frames)
+    bodies = [data[at : at + MAX_VALUE] for at in range(0, len(data), MAX_VALUE)]
+    crcs = [checksum(pack_key(snapshot_id, n), body) for n, body in enumerate(bodies, start=1)]
+    index = seal(pack_key(snapshot_id, 0), msgpack.packb([1, [len(frame) for frame in frames], crcs]))
+    env = lmdb.open(path, max_dbs=1, map_size=1 << 30)
+    with env.begin(write=True, db=env.open_db(b"chunks")) as txn:
+        for n, body in enumerate(bodies, start=1):
+            txn.put(pack_key(snapshot_id, n), body)
+        txn.put(pack_key(snapshot_id, 0), index)
+    env.close()
+    return {"chunks": len(crcs), "bytes": len(data), "index_crc": crc32(index)}  # no "format": 1
+
+
+def rewrite_manifest(path: Path, parts: list[dict[str, Any]]) -> None:
+    env = open_env(str(path / "log"), ("wal", meta.DB))
+    with env.read() as txn:
+        manifest = meta.latest_manifest(txn, env.db(meta.DB), str(path))
+    env.write(lambda txn: meta.put_manifest(txn, env.db(meta.DB), {**manifest, "parts": parts}))
+    close_env(env)
 
 
 def test_a_format_1_snapshot_still_loads_and_is_replaced(tmp_path: Path) -> None:
     with open_engine(tmp_path, 2) as engine:
         write_everything(engine)
+        event_writes(engine, 0)
+        engine.upsert_profiles({"id": f"u{i:06d}", "age": i % 90, "country": f"c{i}"} for i in range(100_000))
         engine.snapshot()
         write_everything(engine, 100)
         expected = answers(engine)
         manifest = dict(engine.durable.manifest)
-    # rewrite the snapshot as an engine before format 2 stored it: LMDB chunks, a format-1 part
+    # rewrite the snapshot as an engine before format 2 stored it: the same store, a format-1 part
     parts = []
     for shard, part in enumerate(manifest["parts"]):
         path = str(tmp_path / f"shard-{shard}")
-        frames = [bytes(frame) for frame in snapshot_module._map_part(path, 1, part)]
-        legacy = snapshot_module.ChunkStore(path)
-        parts.append(legacy.write(1, frames))
-        close_env(legacy.env)
-        os.unlink(snapshot_module.snapshot_file(path, 1))
-    env = open_env(str(tmp_path / "log"), ("wal", meta.DB))
-    env.write(lambda txn: meta.put_manifest(txn, env.db(meta.DB), {**manifest, "parts": parts}))
-    close_env(env)
+        store = chunk_store.ChunkStore(path)
+        frames = [bytes(frame) for frame in store.read(1, part)]
+        assert store.delete(set()) == part["chunks"] + 1
+        store.close()
+        parts.append(write_format_1(path, 1, frames))
+        assert parts[-1]["chunks"] > 1
+    rewrite_manifest(tmp_path, parts)
     with open_engine(tmp_path, 2) as engine:
         assert answers(engine) == expected
         engine.snapshot()
-    assert all(not (tmp_path / f"shard-{shard}" / "data.mdb").exists() for shard in (0, 1))
+        assert [part["format"] for part in engine.durable.manifest["parts"]] == [3, 3]
+    assert all({snapshot_id for snapshot_id, _ in stored(tmp_path, shard)} == {2} for shard in (0, 1))
     with open_engine(tmp_path, 2) as engine:
         assert engine.durable.recovery["snapshot_id"] == 2
         assert answers(engine) == expected
+
+
+def test_a_format_2_snapshot_is_refused(tmp_path: Path) -> None:
+    with open_engine(tmp_path) as engine:
+        write_everything(engine)
+        engine.snapshot()
+        part = engine.durable.manifest["parts"][0]
+    rewrite_manifest(tmp_path, [{**part, "format": 2, "file_bytes": 1 << 20, "index_bytes": 100}])
+    with pytest.raises(DataDirMismatch, match=r"snapshot 1 in .*shard-0 is in format 2, which this engine does "
+                                              r"not read \(it reads formats 1, 3\)"):
+        open_engine(tmp_path)

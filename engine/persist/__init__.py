@@ -1,4 +1,4 @@
-"""Durability: an LMDB write-ahead log with group commit, and per-shard snapshot files (mapped on load).
+"""Durability: an LMDB write-ahead log with group commit, and per-shard snapshots in LMDB stores.
 
 ``DataDir`` is what the engine opens for ``Engine(..., data_dir=D)``; docs/durability.md
 describes the design, the formats and the guarantees.

@@ -5,8 +5,8 @@ Layout of ``data_dir``::
     LOCK            flock held by the engine that has the directory open
     schema.json     the schema (also in the layout record; read by ``segengine serve --data-dir``)
     log/            LMDB, owned by the coordinator: ``wal`` (write-ahead log), ``meta`` (layout, manifest)
-    shard-<n>/      owned by the process holding shard n: ``snap-<id>.seg`` (its part of the
-                    current snapshot, see ``snapshot``) and ``spare.seg`` (an old one, recycled)
+    shard-<n>/      LMDB, owned by the process holding shard n: database ``chunks``, its part of
+                    the current snapshot (see ``snapshot`` and ``chunk_store``)
 
 Opening checks the layout (schema and shard count), then every shard recovers itself in its
 own process, in parallel (``recovery.recover_shard``: newest snapshot part, then its share of

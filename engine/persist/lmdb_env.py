@@ -8,7 +8,9 @@ is open, and the write is retried. Only the process that owns an environment wri
 coordinator owns the log, each shard's process its snapshot store), so a resize never races
 another process. Opening clears the reader slots of dead processes (``reader_check``) and
 checks that the data file is as long as its meta page says, so a cut file is refused with a
-clear error instead of faulting on a missing page.
+clear error instead of faulting on a missing page. With ``writemap`` LMDB extends the data file
+to the map size (sparse) as it opens it, which would hide a cut file: its length is then checked
+first, through a read-only handle that is closed again before the environment is opened.
 """
 from __future__ import annotations
 
@@ -41,6 +43,12 @@ class LmdbEnv:
         self._resizing = False
         try:
             os.makedirs(path, exist_ok=True)
+            if writemap and os.path.exists(os.path.join(path, "data.mdb")):
+                probe = lmdb.open(path, readonly=True, lock=False, max_dbs=max(len(names), 1))
+                try:
+                    _check_file_length(path, probe)
+                finally:
+                    probe.close()
             self.env = lmdb.open(path, map_size=map_size, max_dbs=max(len(names), 1), sync=True, metasync=True,
                                  max_readers=256, writemap=writemap)
             self.env.reader_check()
@@ -115,13 +123,18 @@ class LmdbEnv:
         """Flush everything committed so far to disk."""
         self.env.sync(True)
 
-    def file_bytes(self) -> int:
-        """Size of the data file on disk."""
-        return os.path.getsize(os.path.join(self.path, "data.mdb"))
+    def used_bytes(self) -> int:
+        """Bytes of the data file up to the end of its last committed page (with writemap, the file
+        itself is as long as the map)."""
+        return _used_bytes(self.env)
+
+
+def _used_bytes(env: Any) -> int:
+    return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
 
 
 def _check_file_length(path: str, env: Any) -> None:
-    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    needed = _used_bytes(env)
     actual = os.path.getsize(os.path.join(path, "data.mdb"))
     if actual < needed:
         raise DataCorruption(f"the LMDB store {path} is cut short: data.mdb has {actual} bytes, "
@@ -132,7 +145,8 @@ def open_env(path: str, names: tuple[str, ...], map_size: int = DEFAULT_MAP_SIZE
     """The process's handle on the environment at ``path`` (opened on first use).
 
     ``writemap``: write pages straight into the map (no copy of every dirty page; the data file
-    is then sized to the map, sparse). Used for snapshot stores, which write large values.
+    is then sized to the map, sparse). Used for snapshot stores, which write large values. A
+    grown map is then a longer (sparse) file too.
     """
     key = os.path.realpath(path)
     with _registry_lock:

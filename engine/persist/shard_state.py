@@ -256,7 +256,7 @@ class _ViewReader:
 
 def restore(shard: Any, frames: list[Any]) -> None:
     """Replace ``shard``'s state by the one in ``frames`` (one buffer per frame; arrays are views of
-    writable buffers, so give writable ones: a private mapping of a snapshot file or fresh memory).
+    writable buffers, so give writable ones, e.g. fresh arrays).
 
     An attribute the snapshot lacks (added to LocalShard after it was taken) keeps its fresh value.
     """
