@@ -26,7 +26,7 @@ from engine.persist.framing import MAX_VALUE, checksum, crc32, pack_key, seal, u
 from engine.persist.lmdb_env import close_env, open_env
 from engine.schema import CONTRACT_SCHEMA
 
-from test_persist import NOW, QUERIES, answers, open_engine, write_everything
+from test_persist import NOW, QUERIES, answers, open_engine, shard_chunks as stored, write_everything
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
 PLAIN_QUERIES = [q for q in QUERIES if "SEGMENT" not in q]
@@ -85,16 +85,6 @@ def test_a_capture_does_not_follow_later_writes_and_reuses_its_memory(tmp_path: 
         restored.clock = lambda: NOW
         shard_state.restore(restored.shards[0], frames)
         assert plain_answers(restored) == expected
-
-
-def stored(path: Path, shard: int = 0) -> dict[tuple[int, int], bytes]:
-    """(snapshot id, chunk number) -> value of a shard's store (the engine must be closed)."""
-    env = lmdb.open(str(path / f"shard-{shard}"), max_dbs=1, readonly=True, lock=False)
-    try:
-        with env.begin(db=env.open_db(chunk_store.DB.encode(), create=False)) as txn:
-            return {unpack_key(key): value for key, value in txn.cursor()}
-    finally:
-        env.close()
 
 
 def used_bytes(path: Path, shard: int = 0) -> int:
