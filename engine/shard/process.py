@@ -6,9 +6,13 @@ into the worker) connected by a socket pair carrying length-prefixed msgpack fra
 
 Concurrency: each handle has a lock held from sending a request to reading its reply, so a
 worker has at most one request in flight and neither side can block the other on a full
-socket. A fan-out takes the locks in shard order, sends every request, then reads the replies
-in order, releasing each lock as soon as its reply is in: the shards work in parallel, and the
-next query can start on shard 0 while shard 1 still works on this one.
+socket. A fan-out hands each shard's request to that shard's dispatch thread (one per handle)
+and waits for every answer: each worker goes on to the next queued request as soon as it has
+answered, whatever the other shards are doing. (Taking the locks in shard order and reading
+replies in order, as before, chained the shards: a query holding shard 0 while it waited for
+shard 1 left shard 0 idle, and two workers gave 0.69x the throughput of one in-process shard.)
+Requests are queued under one lock for all shards, so every shard sees concurrent fan-outs in
+the same order.
 
 Faults: a reader waits on the socket and on the worker's pidfd together, so a dead worker is
 noticed at once (EOF or process exit). The request fails with ShardError naming the shard,
@@ -32,6 +36,7 @@ import sys
 import threading
 import weakref
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -67,6 +72,8 @@ class ProcessShard:
         self.next_id = 1
         self.pending: deque[int] = deque()  # request ids whose replies are still unread
         self.serving = "start"
+        self._dispatch: ThreadPoolExecutor | None = None
+        self._queued = 0  # requests submitted to the dispatch thread and not finished (see fanout)
         self._spawn()
         _live.add(self)
 
@@ -142,6 +149,8 @@ class ProcessShard:
 
     def join(self) -> None:
         """Reap a stopped worker (killing it after CLOSE_GRACE_S)."""
+        if self._dispatch is not None:
+            self._dispatch.shutdown(wait=True, cancel_futures=True)
         with self.lock:
             if self.proc.returncode is None or not self.conn.closed:
                 self._release_process(kill=False)
@@ -183,9 +192,26 @@ class ProcessShard:
 
     def call(self, method: str, *args: Any) -> Any:
         """Run ``method(*args)`` on the shard and return its answer."""
-        body = messages.encode_body(method, args)
+        return self.request(messages.encode_body(method, args), method)
+
+    def request(self, body: bytes, method: str) -> Any:
+        """Send an encoded request and return its answer (one request in flight per worker)."""
         with self.lock:
             return self.receive(self.send(body, method))
+
+    def submit(self, body: bytes, method: str) -> Future:
+        """``request(body, method)`` on this shard's dispatch thread (requests run in submission order)."""
+        if self._dispatch is None:
+            self._dispatch = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{self.shard_id}")
+        self._queued += 1
+        return self._dispatch.submit(self._dispatched, body, method)
+
+    def _dispatched(self, body: bytes, method: str) -> Any:
+        try:
+            return self.request(body, method)
+        finally:
+            with _submit_lock:
+                self._queued -= 1
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
@@ -225,37 +251,57 @@ class ProcessShard:
 def fanout(shards: Sequence[ProcessShard], method: str, args_per_shard: Sequence[tuple | None]) -> list[Any]:
     """``method(*args)`` on every shard in parallel (None args skip a shard); answers in shard order.
 
-    Every request is sent before any reply is read. On the first failure the other replies are
-    abandoned (read and dropped before the next request to that shard) and the error is raised.
+    A shard with nothing queued and its lock free gets the request straight from this thread
+    (no hand-off: an idle engine answers as fast as with one thread); any other gets it through
+    its dispatch thread. Requests are sent or queued in one step for all shards (see the module
+    docstring); if any shard fails, the first failure in shard order is raised once all have
+    answered.
     """
     results: list[Any] = [None] * len(shards)
     bodies: dict[int, bytes] = {}
-    sent: deque[tuple[int, ProcessShard, int]] = deque()
+    direct: deque[tuple[int, ProcessShard, int]] = deque()
+    jobs: list[tuple[int, Future]] = []
+    errors: list[tuple[int, BaseException]] = []
     try:
-        for index, (shard, args) in enumerate(zip(shards, args_per_shard)):
-            if args is None:
-                continue
-            body = bodies.get(id(args))
-            if body is None:
-                body = bodies[id(args)] = messages.encode_body(method, args)
-            shard.lock.acquire()
-            try:
-                request_id = shard.send(body, method)
-            except BaseException:
-                shard.lock.release()
-                raise
-            sent.append((index, shard, request_id))
-        while sent:
-            index, shard, request_id = sent[0]
+        with _submit_lock:
+            for index, (shard, args) in enumerate(zip(shards, args_per_shard)):
+                if args is None:
+                    continue
+                body = bodies.get(id(args))
+                if body is None:
+                    body = bodies[id(args)] = messages.encode_body(method, args)
+                if shard._queued == 0 and shard.lock.acquire(blocking=False):
+                    try:
+                        direct.append((index, shard, shard.send(body, method)))
+                    except BaseException:
+                        shard.lock.release()
+                        raise
+                else:
+                    jobs.append((index, shard.submit(body, method)))
+        while direct:
+            index, shard, request_id = direct[0]
             try:
                 results[index] = shard.receive(request_id)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after every shard answered
+                errors.append((index, exc))
             finally:
-                sent.popleft()
+                direct.popleft()
                 shard.lock.release()
     finally:
-        for _, shard, _ in sent:
+        for _, shard, _ in direct:  # a send failed: the replies of the others are read before their next request
             shard.lock.release()
+    for index, job in jobs:
+        try:
+            results[index] = job.result()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after every shard answered
+            errors.append((index, exc))
+    if errors:
+        raise min(errors, key=lambda pair: pair[0])[1]
     return results
+
+
+#: Held while a fan-out queues its requests, so concurrent fan-outs reach every shard in the same order.
+_submit_lock = threading.Lock()
 
 
 class ProcessShardGroup(ShardGroup):
