@@ -197,7 +197,7 @@ class MembershipBits:
 
     >>> bits = MembershipBits()
     >>> bits.set(np.array([3, 5]), 70); bits.set(np.array([3]), 1)
-    >>> bits.slots_of(3).tolist(), bits.slots_of(5).tolist(), bits.has(4, 70)
+    >>> bits.slots_of(3), bits.slots_of(5), bits.has(4, 70)
     ([1, 70], [70], False)
     """
 
@@ -238,12 +238,19 @@ class MembershipBits:
             return False
         return bool((int(bits[row, slot >> 6]) >> (slot & 63)) & 1)
 
-    def slots_of(self, row: int) -> np.ndarray:
+    def slots_of(self, row: int) -> list[int]:
         """The slots ``row`` is a member of, ascending."""
         bits = self.bits
         if row >= bits.shape[0]:
-            return np.empty(0, dtype=np.int64)
-        return np.flatnonzero(np.unpackbits(bits[row].view(np.uint8), bitorder="little"))
+            return []
+        slots = []
+        for word_index, word in enumerate(bits[row].tolist()):
+            base = word_index << 6
+            while word:
+                low = word & -word
+                slots.append(base + low.bit_length() - 1)
+                word ^= low
+        return slots
 
 
 def latest_times(store: EventTypeStore, rows: np.ndarray, size: int) -> np.ndarray:
@@ -409,7 +416,7 @@ class SavedSegments:
 
     def membership(self, profile_id: str, names: list[str] | None = None) -> list[str]:
         """The saved segments (sorted names) ``profile_id`` is in, among ``names`` if given."""
-        row = int(self.profiles.idmap.lookup([profile_id])[0])
+        row = self.profiles.idmap.lookup_one(profile_id)
         if row < 0 or row not in self.profiles.live:
             raise ProfileNotFound(f"unknown profile {profile_id!r}")
         if names:
@@ -419,7 +426,7 @@ class SavedSegments:
                     raise SegmentNotFound(f"unknown segment {name!r}")
             return sorted({name for name in names if self.members.has(row, slots[name])})
         slot_names = self.slot_names
-        return sorted(slot_names[s] for s in self.members.slots_of(row).tolist())  # type: ignore[misc]
+        return sorted(slot_names[s] for s in self.members.slots_of(row))  # type: ignore[misc]
 
     # -- keeping current --------------------------------------------------------------------
     def sync(self, touched: np.ndarray | BitMap | None, now: int | None) -> None:

@@ -15,6 +15,7 @@ and closes the engine if it owns it.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import sys
@@ -22,15 +23,18 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as aio_health
 from grpc_reflection.v1alpha import reflection
 
 from engine import Engine
 
+from .bridge import AsyncServicer
 from .gate import EngineGate
-from .interceptors import AuthInterceptor, ErrorInterceptor
+from .interceptors import AuthInterceptor
 from .proto_gen import segmentation_pb2 as pb
 from .proto_gen import segmentation_pb2_grpc as pb_grpc
 from .servicer import SegmentationServicer
@@ -61,7 +65,12 @@ class ServerConfig:
 
 
 class SegengineServer:
-    """A running (after ``start``) gRPC server over one engine."""
+    """A running (after ``start``) gRPC server over one engine.
+
+    The server is a grpc.aio server on an event loop of its own thread (``segengine-loop``);
+    blocking engine calls run in a thread pool of ``workers`` threads (see ``server.bridge``).
+    The methods of this class are called from any other thread.
+    """
 
     def __init__(self, engine: Engine, config: ServerConfig | None = None, owns_engine: bool = False):
         self.engine = engine
@@ -69,28 +78,41 @@ class SegengineServer:
         self.owns_engine = owns_engine
         self.gate = EngineGate(engine)
         engine.refresh_ms = self.config.refresh_ms
-        interceptors: list[grpc.ServerInterceptor] = []
-        if self.config.token:
-            interceptors.append(AuthInterceptor(self.config.token))
-        interceptors.append(ErrorInterceptor())
-        size = self.config.max_message_bytes
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="segengine-rpc"),
-            interceptors=interceptors,
-            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
-                     ("grpc.so_reuseport", 0)],
-            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
-        )
+        self.pool = futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="segengine-rpc")
         self.servicer = SegmentationServicer(self.gate, watch_buffer=self.config.watch_buffer)
-        pb_grpc.add_SegmentationServicer_to_server(self.servicer, self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self._bind()
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="segengine-loop", daemon=True)
+        self._loop_thread.start()
+        try:
+            self.port = self._on_loop(self._build())
+        except BaseException:
+            self._stop_loop()
+            raise
         self.stopped = threading.Event()
         self._stopping = threading.Lock()
         self._timer_stop = threading.Event()
         self._timer = threading.Thread(target=self._refresh_loop, name="segengine-refresh", daemon=True)
+
+    def _on_loop(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    async def _build(self) -> int:
+        """Create the aio server with its services and bind it (on the loop); the port."""
+        size = self.config.max_message_bytes
+        self.server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.config.token)] if self.config.token else None,
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+        )
+        service = pb.DESCRIPTOR.services_by_name["Segmentation"]
+        pb_grpc.add_SegmentationServicer_to_server(AsyncServicer(self.servicer, service, self.gate, self.pool),
+                                                   self.server)
+        self.health = aio_health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        return self._bind()
 
     def _bind(self) -> int:
         address = f"{self.config.host}:{self.config.port}"
@@ -113,15 +135,18 @@ class SegengineServer:
 
     def start(self) -> "SegengineServer":
         """Start serving (returns self)."""
-        # A query thread holding the GIL makes a Membership call wait up to the switch interval
-        # (5 ms by default) between two of the query's steps: hand it over every 0.5 ms instead.
+        # A query thread holding the GIL makes the event loop wait up to the switch interval
+        # (5 ms by default) before it can answer a Membership call: hand it over every 0.5 ms.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        self.server.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._on_loop(self._start())
         self._timer.start()
         log.info("segengine serving on %s%s", self.address, " (TLS)" if self.config.tls_cert else "")
         return self
+
+    async def _start(self) -> None:
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def _refresh_loop(self) -> None:
         interval = max(self.config.refresh_ms, 10) / 1000
@@ -140,21 +165,30 @@ class SegengineServer:
             self.stopped.wait()
             return
         grace = self.config.grace_s if grace_s is None else grace_s
-        self.health.enter_graceful_shutdown()
+        self._on_loop(self.health.enter_graceful_shutdown())
         if self.config.drain_s > 0:
             threading.Event().wait(self.config.drain_s)
         self._timer_stop.set()
-        done = self.server.stop(grace)  # new calls are refused; calls in flight go on
+        # new calls are refused; calls in flight go on for up to ``grace`` seconds
+        done = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
         self.servicer.closing = True
         self.engine.changes.close_all()  # watch streams end with UNAVAILABLE
-        done.wait()
+        done.result()
         self.gate.closing = True
         if self._timer.is_alive():
             self._timer.join(timeout=5)
+        self._stop_loop()
+        self.pool.shutdown(wait=True, cancel_futures=True)
         if self.owns_engine:
             self.engine.close()
         self.stopped.set()
         log.info("segengine stopped")
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join(timeout=5)
+        if not self._loop_thread.is_alive():
+            self.loop.close()
 
     def wait(self) -> None:
         """Block until the server has stopped."""

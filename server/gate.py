@@ -42,6 +42,12 @@ class ShuttingDown(SegengineError):
     grpc_status = "UNAVAILABLE"
 
 
+class Unimplemented(SegengineError):
+    """The engine behind this server cannot do what the call asks."""
+
+    grpc_status = "UNIMPLEMENTED"
+
+
 class RequestTooLarge(SegengineError):
     """A request asks for more than the server allows (e.g. a stream chunk size)."""
 
@@ -69,6 +75,14 @@ class ReadWriteLock:
             self.readers -= 1
             if not self.readers:
                 self.changed.notify_all()
+
+    def try_read(self) -> bool:
+        """Take a read share only if no write runs or waits (never blocks on them)."""
+        with self.changed:
+            if self.writing or self.writers_waiting:
+                return False
+            self.readers += 1
+            return True
 
     def acquire_write(self, timeout: float | None) -> bool:
         with self.changed:
@@ -104,6 +118,9 @@ def _timeout(context: grpc.ServicerContext | None) -> float | None:
 class EngineGate:
     """An engine behind a readers-writer lock (see the module docstring)."""
 
+    #: ``try_read``'s answer when the call would have to wait.
+    MISSED = object()
+
     def __init__(self, engine: Engine):
         self.engine = engine
         self.engine.auto_refresh = False
@@ -135,6 +152,24 @@ class EngineGate:
         self._refresh_if_due(context)
         with self._held(self.lock.acquire_read, self.lock.release_read, context):
             return fn(*args)
+
+    def try_read(self, fn: Callable[..., T], *args: Any) -> T | object:
+        """``fn(*args)`` now if nothing runs or waits (no write, no query, no refresh due); else ``MISSED``.
+
+        For point reads on the server's event loop, which must never block: holding the
+        executor lock too keeps a query from starting on the same in-process shard meanwhile.
+        """
+        if self.closing or self.engine.refresh_due() or not self.lock.try_read():
+            return self.MISSED
+        try:
+            if not self.executor_lock.acquire(blocking=False):
+                return self.MISSED
+            try:
+                return fn(*args)
+            finally:
+                self.executor_lock.release()
+        finally:
+            self.lock.release_read()
 
     def query(self, context: grpc.ServicerContext | None, fn: Callable[..., T], text: str, *args: Any) -> T:
         """``fn(text, *args)`` alongside reads, one query at a time.

@@ -1,7 +1,8 @@
 """The Segmentation servicer: proto in, one engine call (through the gate), proto out.
 
-Errors are not handled here: engine errors propagate to ``ErrorInterceptor``, which maps them
-to status codes in one place.
+The methods block (they run in the server's thread pool, or on its event loop for point reads:
+see ``server.bridge``). Errors are not handled here: engine errors propagate to the bridge,
+which maps them to status codes in one place.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from engine.errors import DataError
 from engine.watch import DEFAULT_CAPACITY
 
 from . import convert
-from .gate import EngineGate, RequestTooLarge, ShuttingDown
+from .gate import EngineGate, RequestTooLarge, ShuttingDown, Unimplemented
 from .proto_gen import segmentation_pb2 as pb
 from .proto_gen import segmentation_pb2_grpc as pb_grpc
 
@@ -148,7 +149,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
     def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.SnapshotResponse:
         snapshot = getattr(self.engine, "snapshot", None)
         if snapshot is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this engine cannot write snapshots")
+            raise Unimplemented("this engine cannot write snapshots")
         result = self.gate.write(context, snapshot)
         return pb.SnapshotResponse(detail="" if result is None else json.dumps(result, sort_keys=True, default=str))
 

@@ -103,7 +103,7 @@ class LocalShard:
 
     def profile(self, profile_id: str) -> dict[str, Any]:
         """The current record of ``profile_id`` (ProfileNotFound if unknown)."""
-        row = int(self.profiles.idmap.lookup([profile_id])[0])
+        row = self.profiles.idmap.lookup_one(profile_id)
         if row < 0 or row not in self.profiles.live:
             raise ProfileNotFound(f"unknown profile {profile_id!r}")
         return self.profiles.profile(row)

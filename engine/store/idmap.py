@@ -10,6 +10,8 @@ About 8 (hash) + 8 (offset) + len(id) + 6-11 (table) bytes per profile.
 [0, 1, 0]
 >>> m.lookup(["b", "zz"]).tolist(), m.id_of(1)
 ([1, -1], 'b')
+>>> m.lookup_one("b"), m.lookup_one("zz")
+(1, -1)
 """
 from __future__ import annotations
 
@@ -366,6 +368,23 @@ class IdMap:
         _probe(self.table, self.hashes.data, self.offsets.data, self.buffer.data, self.size,
                q_hash, q_off, q_buf, out, False)
         return out
+
+    def lookup_one(self, profile_id: str) -> int:
+        """Row of one id, -1 if unknown (the point-lookup path: no arrays built, no kernel call)."""
+        key = profile_id.encode("utf-8")
+        h = int.from_bytes(blake2b(key, digest_size=8).digest(), "little")
+        table, hashes, offsets, buf = self.table, self.hashes.data, self.offsets.data, self.buffer.data
+        mask = len(table) - 1
+        slot = h & mask
+        while True:
+            row = int(table[slot])
+            if row < 0:
+                return -1
+            if int(hashes[row]) == h:
+                start, end = int(offsets[row]), int(offsets[row + 1])
+                if end - start == len(key) and buf[start:end].tobytes() == key:
+                    return row
+            slot = (slot + 1) & mask
 
     def id_of(self, row: int) -> str:
         """The external id of ``row``."""
