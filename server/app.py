@@ -16,6 +16,7 @@ and closes the engine if it owns it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -138,6 +139,10 @@ class SegengineServer:
         # A query thread holding the GIL makes the event loop wait up to the switch interval
         # (5 ms by default) before it can answer a Membership call: hand it over every 0.5 ms.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        # The loaded engine's objects live as long as the server: keep the cyclic collector from
+        # walking them again and again (a full collection at 10M profiles pauses for ~300 ms).
+        gc.collect()
+        gc.freeze()
         self._on_loop(self._start())
         self._timer.start()
         log.info("segengine serving on %s%s", self.address, " (TLS)" if self.config.tls_cert else "")
