@@ -287,9 +287,13 @@ def test_deadlines_are_honoured(served):
                      lambda: served.client.membership(served.ids[0], timeout=0.2)):
             with pytest.raises(RpcError, match="DEADLINE_EXCEEDED"):
                 call()
+        # the waiting calls wait in the thread pool: the event loop still answers at once
+        health = health_pb2_grpc.HealthStub(served.client.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
     finally:
         lock.release_write()
     assert served.client.count("ALL", timeout=5) == 2000
+    assert served.client.membership(served.ids[0], timeout=5) == []
 
 
 # -- saved segments over gRPC: exact under writes and time ------------------------------------
