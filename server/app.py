@@ -108,7 +108,7 @@ class SegengineServer:
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         service = pb.DESCRIPTOR.services_by_name["Segmentation"]
-        pb_grpc.add_SegmentationServicer_to_server(AsyncServicer(self.servicer, service, self.gate, self.pool),
+        pb_grpc.add_SegmentationServicer_to_server(AsyncServicer(self.servicer, service, self.pool),
                                                    self.server)
         self.health = aio_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -4,7 +4,8 @@ The servicer (``server.servicer``) is plain blocking code behind the engine gate
 wraps each of its methods into the coroutine (or async generator) grpc.aio expects:
 
 - **point reads** (``INLINE``: Membership, GetProfile, GetSegment, GetSchema) run on the event
-  loop itself when the gate is free at once (``EngineGate.try_read``): no hand-over to a
+  loop itself when the gate is free at once (on the loop ``EngineGate.read`` raises
+  WouldWait instead of waiting): no hand-over to a
   thread, which is most of what a 20 us Membership costs in a thread-pool server. A read that
   would wait (a write or query in flight, a refresh due) goes to the pool like everything else;
 - every other call runs in the server's thread pool;
@@ -28,7 +29,7 @@ import grpc
 
 from engine.errors import SegengineError
 
-from .gate import EngineGate
+from .gate import WouldWait
 from .interceptors import ERROR_KEY
 
 log = logging.getLogger("segengine.server")
@@ -41,8 +42,9 @@ _END = object()
 class CallContext:
     """The blocking servicer's view of an aio call context (safe to use from pool threads)."""
 
-    def __init__(self, context: grpc.aio.ServicerContext):
+    def __init__(self, context: grpc.aio.ServicerContext, on_loop: bool = False):
         self.context = context
+        self.on_loop = on_loop  # called on the event loop: gate reads must not wait (WouldWait)
 
     def time_remaining(self) -> float | None:
         """Seconds left before the caller's deadline (None: no deadline)."""
@@ -109,9 +111,8 @@ class _BlockingRequests:
 class AsyncServicer:
     """grpc.aio handlers over a blocking servicer (``servicer.Name(request, context)``)."""
 
-    def __init__(self, servicer: Any, service: Any, gate: EngineGate, pool: Executor):
+    def __init__(self, servicer: Any, service: Any, pool: Executor):
         self.servicer = servicer
-        self.gate = gate
         self.pool = pool
         for method in service.methods:
             if method.client_streaming:
@@ -130,13 +131,13 @@ class AsyncServicer:
         inline = name in INLINE
 
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = CallContext(context)
             try:
                 if inline:
-                    answer = self.gate.try_read(behaviour, request, call)
-                    if answer is not _MISSED:
-                        return answer
-                return await self._run(behaviour, request, call)
+                    try:
+                        return behaviour(request, CallContext(context, on_loop=True))
+                    except WouldWait:
+                        pass
+                return await self._run(behaviour, request, CallContext(context))
             except Exception as error:  # noqa: BLE001 - the one place errors become statuses
                 await abort_with(context, error, name)
 
@@ -174,7 +175,3 @@ class AsyncServicer:
 
         handler.__name__ = name
         return handler
-
-
-#: What ``EngineGate.try_read`` returns when the call has to wait (it then goes to the pool).
-_MISSED = EngineGate.MISSED

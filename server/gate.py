@@ -54,6 +54,10 @@ class RequestTooLarge(SegengineError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class WouldWait(Exception):
+    """A read on the server's event loop would have to wait (the server runs it in its thread pool)."""
+
+
 class ReadWriteLock:
     """Many readers or one writer; a waiting writer keeps new readers out."""
 
@@ -118,9 +122,6 @@ def _timeout(context: grpc.ServicerContext | None) -> float | None:
 class EngineGate:
     """An engine behind a readers-writer lock (see the module docstring)."""
 
-    #: ``try_read``'s answer when the call would have to wait.
-    MISSED = object()
-
     def __init__(self, engine: Engine):
         self.engine = engine
         self.engine.auto_refresh = False
@@ -148,22 +149,27 @@ class EngineGate:
             return fn(*args)
 
     def read(self, context: grpc.ServicerContext | None, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` alongside other reads and queries (``fn`` must not change the engine)."""
+        """``fn(*args)`` alongside other reads and queries (``fn`` must not change the engine).
+
+        On the server's event loop (``context.on_loop``) it never waits: WouldWait instead.
+        """
+        if getattr(context, "on_loop", False):
+            return self._read_now(fn, *args)
         self._refresh_if_due(context)
         with self._held(self.lock.acquire_read, self.lock.release_read, context):
             return fn(*args)
 
-    def try_read(self, fn: Callable[..., T], *args: Any) -> T | object:
-        """``fn(*args)`` now if nothing runs or waits (no write, no query, no refresh due); else ``MISSED``.
+    def _read_now(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` at once, or WouldWait if anything runs or waits (a write, a query, a due refresh).
 
         For point reads on the server's event loop, which must never block: holding the
         executor lock too keeps a query from starting on the same in-process shard meanwhile.
         """
         if self.closing or self.engine.refresh_due() or not self.lock.try_read():
-            return self.MISSED
+            raise WouldWait
         try:
             if not self.executor_lock.acquire(blocking=False):
-                return self.MISSED
+                raise WouldWait
             try:
                 return fn(*args)
             finally:

@@ -5,6 +5,7 @@ import json
 import random
 import threading
 import time
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from engine.errors import (ProfileNotFound, SegengineError, SegmentExists, Segme
                            WatchOverflow)
 from loaders.generator import generate
 from server.app import SegengineServer, ServerConfig
+from server.gate import WouldWait
 from server.client import RpcError, SegengineClient
 from server.proto_gen import segmentation_pb2 as pb
 from server.proto_gen import segmentation_pb2_grpc as pb_grpc
@@ -402,6 +404,31 @@ def test_reads_run_alongside_a_query_but_not_alongside_a_write(served):
     with pytest.raises(ProfileNotFound):
         served.client.profile("w")  # the write whose deadline passed while it waited never ran
     assert served.client.upsert_profiles([{"id": "w"}]) == 1
+
+
+def test_reads_on_the_event_loop_never_wait(served):
+    """A point read on the loop gives way (WouldWait) to a waiting or running write or query,
+    instead of blocking the loop: a read share held there while a writer waits would deadlock."""
+    gate, pid = served.server.gate, served.ids[0]
+    on_loop = SimpleNamespace(on_loop=True)
+    assert gate.read(on_loop, served.engine.membership, pid) == []
+    gate.lock.writers_waiting += 1  # a write waits
+    try:
+        with pytest.raises(WouldWait):
+            gate.read(on_loop, served.engine.membership, pid)
+    finally:
+        gate.lock.writers_waiting -= 1
+    assert gate.lock.acquire_write(None)  # a write runs
+    try:
+        with pytest.raises(WouldWait):
+            gate.read(on_loop, served.engine.membership, pid)
+    finally:
+        gate.lock.release_write()
+    with gate.executor_lock:  # a query runs
+        with pytest.raises(WouldWait):
+            gate.read(on_loop, served.engine.membership, pid)
+    assert gate.lock.readers == 0 and not gate.executor_lock.locked()
+    assert served.client.membership(pid, timeout=2) == []
 
 
 # -- columnar event writes --------------------------------------------------------------------
