@@ -10,6 +10,7 @@ milliseconds, and ratios against the in-process shard.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import threading
 import time
@@ -129,6 +130,8 @@ def main() -> None:
                 print(f"{label}, {args.threads} threads: {qps:,.0f} queries/s")
         finally:
             engine.close()
+            del engine
+            gc.collect()  # free this configuration's memory before the next one is measured
 
     base_name = next(iter(rows))
     base = rows[base_name]

@@ -6,6 +6,7 @@ boundary as msgpack.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,22 @@ from ..store.memory import release_free_memory, tune_allocator
 from ..store.profiles import ProfileStore
 
 
+class _SegmentRowsOf:
+    """``shard.segment_rows`` for the executor, holding the shard weakly: no reference cycle, so a
+    dropped shard frees its memory at once rather than at the next full garbage collection."""
+
+    __slots__ = ("shard",)
+
+    def __init__(self, shard: "LocalShard"):
+        self.shard = weakref.ref(shard)
+
+    def __call__(self, name: str) -> BitMap:
+        return self.shard().segment_rows(name)
+
+    def __reduce__(self):  # snapshots pickle the shard
+        return _SegmentRowsOf, (self.shard(),)
+
+
 class LocalShard:
     """The data and query execution of one shard."""
 
@@ -34,7 +51,7 @@ class LocalShard:
         self.profiles = ProfileStore(schema)
         self.events = EventStore(schema.events)
         self.did = DidEvaluator(self.events)
-        self.executor = Executor(self.profiles, self.did, self.segment_rows)
+        self.executor = Executor(self.profiles, self.did, _SegmentRowsOf(self))
         self.saved = SavedSegments(self.profiles, self.events, self.executor)
         self.segments: dict[str, BitMap] = self.saved.bitmaps  # name -> members (owned by self.saved)
         self.applied_seq = 0  # the last write-ahead log record applied (durable engines; see engine.persist)

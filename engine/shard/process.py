@@ -36,7 +36,6 @@ import sys
 import threading
 import weakref
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -55,6 +54,33 @@ CLOSE_GRACE_S = 2.0
 _live: "weakref.WeakSet[ProcessShard]" = weakref.WeakSet()
 
 
+class _Request:
+    """One request sent to a worker: its frame (kept for a re-send) and, once read, its outcome."""
+
+    __slots__ = ("id", "method", "frame", "outcome", "wake", "abandoned")
+
+    def __init__(self, request_id: int, method: str, frame: bytes):
+        self.id = request_id
+        self.method = method
+        self.frame = frame
+        self.outcome: tuple[bool, Any] | None = None  # (ok, result or error description) or (False, exception)
+        self.wake: threading.Lock | None = None  # held while its caller sleeps; released to wake it
+        self.abandoned = False
+
+    def notify(self) -> None:
+        """Wake the caller waiting for this request, if any (hold the shard's ``cond``)."""
+        if self.wake is not None:
+            self.wake.release()
+            self.wake = None
+
+
+#: A worker has at most this many requests sent and not answered (pipelined), holding at most
+#: PIPELINE_BYTES of frames: far less than a socket buffer, so sending them never blocks. A larger
+#: frame is only sent to a worker with nothing else in flight.
+PIPELINE_DEPTH = 16
+PIPELINE_BYTES = 64 * 1024
+
+
 class ProcessShard:
     """A handle on one shard served by a worker process; it has the shard's methods.
 
@@ -66,19 +92,22 @@ class ProcessShard:
         self.schema_spec = schema.to_dict()
         self.shard_id = shard_id
         self.data_dir = data_dir
-        self.lock = threading.Lock()
+        self.send_lock = threading.RLock()  # held while a frame is written, and while the worker is replaced
+        self.cond = threading.Condition()  # guards pending, pending_bytes, reading and the outcomes
+        self.pending: deque[_Request] = deque()  # sent, not yet answered, in the order the worker serves them
+        self.pending_bytes = 0
+        self.reading = False  # a thread is reading replies (the others wait for theirs)
+        self.room_waiters = 0  # senders waiting for the pipeline to drain
+        self.generation = 0  # bumped each time a worker is started
         self.respawns = 0
         self.closed = False
         self.next_id = 1
-        self.pending: deque[int] = deque()  # request ids whose replies are still unread
-        self.serving = "start"
-        self._dispatch: ThreadPoolExecutor | None = None
-        self._queued = 0  # requests submitted to the dispatch thread and not finished (see fanout)
         self._spawn()
         _live.add(self)
 
     # -- process lifecycle -------------------------------------------------------------------
     def _spawn(self) -> None:
+        """Start a worker and send it the start message (its reply is request 0 in ``pending``)."""
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
@@ -96,9 +125,11 @@ class ProcessShard:
             self.poller.register(self.pidfd, select.POLLIN)
         except (AttributeError, OSError):  # no pidfd (old kernel): poll the process every second
             self.pidfd = None
+        self.generation += 1
+        with self.cond:
+            self.pending.appendleft(_Request(0, "start", b""))
         self.conn.send_bytes(messages.pack({"schema": self.schema_spec, "shard_id": self.shard_id,
                                             "data_dir": self.data_dir, "respawn": self.respawns > 0}))
-        self.pending = deque([0])
 
     def _release_process(self, kill: bool) -> int | None:
         """Close our ends and reap the worker (killing it if ``kill`` or it overstays); its exit code."""
@@ -114,20 +145,57 @@ class ProcessShard:
             self.proc.kill()
             return self.proc.wait()
 
-    def _died(self, during: str) -> None:
-        """The worker is gone: start a new one and raise ShardError naming the shard."""
-        if self.closed:
-            raise ShardError(f"shard {self.shard_id} is closed")
-        code = self._release_process(kill=True)
-        self.respawns += 1
-        self._spawn()
-        raise ShardError(f"shard {self.shard_id} died (exit code {code}) while serving {during}; respawned")
+    def _replace_worker(self, generation: int, start_error: Exception | None = None) -> None:
+        """The worker of ``generation`` died (or failed to start): fail the request it was serving,
+        start a new worker and re-send it the requests queued behind (which never started).
+
+        The failed request is the oldest one in flight (the start message counts, and then the
+        request after it fails too, so that a caller hears of it).
+        """
+        with self.send_lock:
+            if self.generation != generation:
+                return  # another thread replaced this worker already
+            code = self._release_process(kill=True)
+            with self.cond:
+                failed = [self.pending.popleft()] if self.pending else []
+                if failed and failed[0].id == 0 and self.pending:
+                    failed.append(self.pending.popleft())
+                behind = list(self.pending)
+                self.pending.clear()
+                self.pending_bytes = 0
+                if self.closed:
+                    failed += behind
+                    behind = []
+                for request in failed:
+                    if self.closed:
+                        message = f"shard {self.shard_id} is closed"
+                    elif start_error is not None:
+                        message = f"shard {self.shard_id} failed to start (exit code {code}): {start_error}"
+                    else:
+                        message = f"shard {self.shard_id} died (exit code {code}) while serving {failed[0].method}; respawned"
+                    request.outcome = (False, ShardError(message))
+                    request.notify()
+                self.cond.notify_all()
+            if self.closed:
+                return
+            self.respawns += 1
+            self._spawn()
+            with self.cond:
+                self.pending.extend(behind)
+                self.pending_bytes = sum(len(request.frame) for request in behind)
+            try:
+                for request in behind:
+                    self.conn.send_bytes(request.frame)
+            except OSError:
+                pass  # the new worker is gone too: the reader finds out and replaces it
 
     def wait_started(self) -> int:
         """Wait for the worker to be ready; its process id (ShardError if it could not start)."""
-        with self.lock:
-            self._drain()
-            return self.proc.pid
+        with self.cond:
+            start = self.pending[0] if self.pending and self.pending[0].id == 0 else None
+        if start is not None:
+            self.receive(start)
+        return self.proc.pid
 
     @property
     def pid(self) -> int:
@@ -139,19 +207,23 @@ class ProcessShard:
         if self.closed:
             return
         self.closed = True
-        if self.lock.acquire(blocking=False):
+        if self.send_lock.acquire(blocking=False):
             try:
-                self.conn.close()
+                with self.cond:
+                    idle = not self.pending and not self.reading
+                if idle:
+                    self.conn.close()
+                    return
             finally:
-                self.lock.release()
-        else:
-            self.proc.kill()  # wakes the reader through the pidfd; it raises "closed"
+                self.send_lock.release()
+        self.proc.kill()  # wakes the reader through the pidfd; the requests in flight fail as "closed"
 
     def join(self) -> None:
         """Reap a stopped worker (killing it after CLOSE_GRACE_S)."""
-        if self._dispatch is not None:
-            self._dispatch.shutdown(wait=True, cancel_futures=True)
-        with self.lock:
+        with self.cond:
+            while self.reading:  # the reader notices the kill and fails what is in flight
+                self.cond.wait()
+        with self.send_lock:
             if self.proc.returncode is None or not self.conn.closed:
                 self._release_process(kill=False)
         _live.discard(self)
@@ -162,87 +234,155 @@ class ProcessShard:
         self.join()
 
     # -- requests ----------------------------------------------------------------------------
-    def send(self, body: bytes, method: str) -> int:
-        """Send a request body (hold ``lock``); its request id."""
+    def send(self, body: bytes, method: str) -> _Request:
+        """Send a request body (hold ``_submit_lock``); the request, for ``receive``.
+
+        Requests are pipelined: up to PIPELINE_DEPTH small ones may wait in the worker's socket
+        while it serves another. Every request sent is answered in order, and some thread is
+        always reading while replies are due, so neither side can block the other.
+        """
         if self.closed:
             raise ShardError(f"shard {self.shard_id} is closed")
-        self._drain()
-        request_id = self.next_id
+        frame = messages.HEADER.pack(self.next_id) + body
+        if self.pending and (len(self.pending) >= PIPELINE_DEPTH or self.pending_bytes + len(frame) > PIPELINE_BYTES):
+            self._wait_for_room(len(frame))
+        request = _Request(self.next_id, method, frame)
         self.next_id += 1
-        self.serving = method
-        try:
-            self.conn.send_bytes(messages.HEADER.pack(request_id) + body)
-        except OSError:
-            self._died(method)
-        self.pending.append(request_id)
-        return request_id
+        with self.send_lock:
+            if self.closed:
+                raise ShardError(f"shard {self.shard_id} is closed")
+            with self.cond:
+                self.pending.append(request)
+                self.pending_bytes += len(frame)
+            generation = self.generation
+            try:
+                self.conn.send_bytes(frame)
+            except OSError:  # the worker is gone (it died while idle): this request fails
+                self._replace_worker(generation)
+        return request
 
-    def receive(self, request_id: int) -> Any:
-        """The answer to request ``request_id`` (hold ``lock``); a shard's error is re-raised."""
-        while True:
-            got, ok, result = messages.decode_reply(self._read_frame())
-            self.pending.popleft()
-            if got == request_id:
-                break
-            if got == 0 and not ok:
-                self._start_failed(result)
+    def receive(self, request: _Request) -> Any:
+        """The answer to ``request``; a shard's error is re-raised.
+
+        One caller at a time reads the socket (the reader); it hands each reply to the caller
+        waiting for it (waking that caller only), and once it has its own, passes the reading
+        on to the caller whose reply is due next.
+        """
+        wake = None
+        reading = False
+        with self.cond:
+            if request.outcome is None:
+                if self.reading:
+                    wake = request.wake = threading.Lock()
+                    wake.acquire()
+                else:
+                    self.reading = reading = True
+        try:
+            if wake is not None:
+                wake.acquire()  # released once the outcome is set, or when it is our turn to read
+                wake = None
+                reading = request.outcome is None
+            if reading:
+                try:
+                    while request.outcome is None:
+                        self._read_one()
+                finally:
+                    reading = False
+                    self._pass_reading()
+        except BaseException:  # interrupted (KeyboardInterrupt): nobody waits for this reply any more
+            with self.cond:
+                request.abandoned = True
+                queued = request.wake is not None
+                request.wake = None
+            if wake is not None and not queued and request.outcome is None:
+                self._pass_reading()  # woken to read just as we were interrupted: pass the reading on
+            raise
+        ok, result = request.outcome  # type: ignore[misc]
         if ok:
             return result
+        if isinstance(result, BaseException):
+            raise result
         raise messages.rebuild_error(result, self.shard_id)
+
+    def _pass_reading(self) -> None:
+        """Give the reading to the first caller still waiting for a reply, or stop reading."""
+        with self.cond:
+            for request in self.pending:
+                if request.wake is not None and request.outcome is None:
+                    request.notify()  # it wakes with no outcome: it reads now (``reading`` stays set)
+                    break
+            else:
+                self.reading = False
+            self.cond.notify_all()  # senders waiting for room, and join()
+
+    def _wait_for_room(self, size: int) -> None:
+        """Wait until a frame of ``size`` bytes may be sent (reading replies if nobody else does)."""
+        with self.cond:
+            while self.pending and (len(self.pending) >= PIPELINE_DEPTH
+                                    or self.pending_bytes + size > PIPELINE_BYTES):
+                if self.reading:
+                    self.room_waiters += 1
+                    self.cond.wait()
+                    self.room_waiters -= 1
+                    continue
+                self.reading = True
+                self.cond.release()
+                try:
+                    self._read_one()
+                finally:
+                    self._pass_reading()
+                    self.cond.acquire()
+
+    def _read_one(self) -> None:
+        """Read one reply and give it to its request (or replace a dead worker)."""
+        generation = self.generation
+        frame = self._read_frame()
+        if frame is None:
+            self._replace_worker(generation)
+            return
+        got, ok, result = messages.decode_reply(frame)
+        with self.cond:
+            request = self.pending.popleft()
+            self.pending_bytes -= len(request.frame)
+            assert request.id == got, (request.id, got)
+            if got == 0 and not ok:
+                self.pending.appendleft(request)
+            else:
+                request.outcome = (ok, result)
+                request.notify()
+            if self.room_waiters:
+                self.cond.notify_all()
+        if got == 0 and not ok:
+            self._replace_worker(generation, messages.rebuild_error(result, self.shard_id))
 
     def call(self, method: str, *args: Any) -> Any:
         """Run ``method(*args)`` on the shard and return its answer."""
         return self.request(messages.encode_body(method, args), method)
 
     def request(self, body: bytes, method: str) -> Any:
-        """Send an encoded request and return its answer (one request in flight per worker)."""
-        with self.lock:
-            return self.receive(self.send(body, method))
-
-    def submit(self, body: bytes, method: str) -> Future:
-        """``request(body, method)`` on this shard's dispatch thread (requests run in submission order)."""
-        if self._dispatch is None:
-            self._dispatch = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{self.shard_id}")
-        self._queued += 1
-        return self._dispatch.submit(self._dispatched, body, method)
-
-    def _dispatched(self, body: bytes, method: str) -> Any:
-        try:
-            return self.request(body, method)
-        finally:
-            with _submit_lock:
-                self._queued -= 1
+        """Send an encoded request and return its answer."""
+        with _submit_lock:
+            request = self.send(body, method)
+        return self.receive(request)
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
         return partial(self.call, name)
 
-    def _drain(self) -> None:
-        """Read the replies nobody waits for any more (the start reply, abandoned requests)."""
-        while self.pending:
-            got, ok, result = messages.decode_reply(self._read_frame())
-            self.pending.popleft()
-            if got == 0 and not ok:
-                self._start_failed(result)
-
-    def _start_failed(self, description: list) -> None:
-        error = messages.rebuild_error(description, self.shard_id)
-        code = self._release_process(kill=True)
-        self._spawn()
-        raise ShardError(f"shard {self.shard_id} failed to start (exit code {code}): {error}")
-
-    def _read_frame(self) -> bytes:
-        conn_fd = self.conn.fileno()
+    def _read_frame(self) -> bytes | None:
+        """The next reply frame; None if the worker died (EOF, or the process ended)."""
+        conn, poller, pidfd = self.conn, self.poller, self.pidfd
+        conn_fd = conn.fileno() if not conn.closed else -1
         while True:
-            events = self.poller.poll(None if self.pidfd is not None else 1000)
-            if any(fd == conn_fd for fd, _ in events):
+            events = poller.poll(None if pidfd is not None else 1000)
+            if any(fd == conn_fd and mask & select.POLLIN for fd, mask in events):
                 try:
-                    return self.conn.recv_bytes()
+                    return conn.recv_bytes()
                 except (EOFError, OSError):
-                    self._died(self.serving)
+                    return None
             if events or self.proc.poll() is not None:
-                self._died(self.serving)
+                return None
 
     def __repr__(self) -> str:
         return f"ProcessShard({self.shard_id}, pid={self.proc.pid})"
@@ -251,56 +391,44 @@ class ProcessShard:
 def fanout(shards: Sequence[ProcessShard], method: str, args_per_shard: Sequence[tuple | None]) -> list[Any]:
     """``method(*args)`` on every shard in parallel (None args skip a shard); answers in shard order.
 
-    A shard with nothing queued and its lock free gets the request straight from this thread
-    (no hand-off: an idle engine answers as fast as with one thread); any other gets it through
-    its dispatch thread. Requests are sent or queued in one step for all shards (see the module
-    docstring); if any shard fails, the first failure in shard order is raised once all have
-    answered.
+    The requests are sent to every shard in one step under one lock (so concurrent fan-outs
+    reach every shard in the same order: writes stay ordered), then the replies are read in
+    shard order. If a shard fails, the first failure in shard order is raised at once: the
+    other shards' replies to this request are read and dropped by the next reader.
     """
     results: list[Any] = [None] * len(shards)
     bodies: dict[int, bytes] = {}
-    direct: deque[tuple[int, ProcessShard, int]] = deque()
-    jobs: list[tuple[int, Future]] = []
+    sent: list[tuple[int, ProcessShard, _Request]] = []
     errors: list[tuple[int, BaseException]] = []
-    try:
-        with _submit_lock:
-            for index, (shard, args) in enumerate(zip(shards, args_per_shard)):
-                if args is None:
-                    continue
-                body = bodies.get(id(args))
-                if body is None:
-                    body = bodies[id(args)] = messages.encode_body(method, args)
-                if shard._queued == 0 and shard.lock.acquire(blocking=False):
-                    try:
-                        direct.append((index, shard, shard.send(body, method)))
-                    except BaseException:
-                        shard.lock.release()
-                        raise
-                else:
-                    jobs.append((index, shard.submit(body, method)))
-        while direct:
-            index, shard, request_id = direct[0]
+    with _submit_lock:
+        for index, (shard, args) in enumerate(zip(shards, args_per_shard)):
+            if args is None:
+                continue
+            body = bodies.get(id(args))
+            if body is None:
+                body = bodies[id(args)] = messages.encode_body(method, args)
             try:
-                results[index] = shard.receive(request_id)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, after every shard answered
+                sent.append((index, shard, shard.send(body, method)))
+            except Exception as exc:  # noqa: BLE001 - raised below (a closed shard)
                 errors.append((index, exc))
-            finally:
-                direct.popleft()
-                shard.lock.release()
-    finally:
-        for _, shard, _ in direct:  # a send failed: the replies of the others are read before their next request
-            shard.lock.release()
-    for index, job in jobs:
+    for position, (index, shard, request) in enumerate(sent):
+        if errors:
+            request.abandoned = True
+            continue
         try:
-            results[index] = job.result()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after every shard answered
+            results[index] = shard.receive(request)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append((index, exc))
+            if not isinstance(exc, Exception):
+                for _, _, rest in sent[position + 1:]:
+                    rest.abandoned = True
+                raise
     if errors:
         raise min(errors, key=lambda pair: pair[0])[1]
     return results
 
 
-#: Held while a fan-out queues its requests, so concurrent fan-outs reach every shard in the same order.
+#: Held while requests are sent, so concurrent fan-outs reach every shard in the same order.
 _submit_lock = threading.Lock()
 
 

@@ -12,6 +12,7 @@ and a watchdog thread ends it if the coordinator dies while it is busy.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -42,6 +43,7 @@ class ShardServer:
     def __init__(self, shard: Any):
         self.shard = shard
         self.delay_s = 0.0  # test hook: a pause before every request (to kill a worker mid-request)
+        self.spin_s = float(os.environ.get("SEGENGINE_WORKER_SPIN_US", "1000")) / 1e6
 
     def handle(self, frame: bytes) -> bytes:
         """The reply frame to one request frame (errors are replies too)."""
@@ -75,6 +77,10 @@ class ShardServer:
         """The imported modules whose names start with one of ``prefixes``."""
         return sorted(name for name in sys.modules if name.startswith(tuple(prefixes)))
 
+    def _worker_spin(self, seconds: float) -> None:
+        """How long the worker polls for the next request after a reply before it sleeps."""
+        self.spin_s = float(seconds)
+
     def _worker_delay(self, seconds: float) -> None:
         """Test hook: pause ``seconds`` before serving every later request."""
         self.delay_s = float(seconds)
@@ -107,12 +113,26 @@ def serve(fd: int) -> None:
     except Exception as error:
         conn.send_bytes(messages.encode_error(0, error))
         return
+    ready = select.poll()
+    ready.register(fd, select.POLLIN)
     while True:
         try:
             frame = conn.recv_bytes()
         except (EOFError, OSError):
             return
         conn.send_bytes(server.handle(frame))
+        if server.spin_s:
+            _spin(ready, server.spin_s)
+
+
+def _spin(ready: "select.poll", seconds: float) -> None:
+    """Poll for the next request for up to ``seconds``, yielding the CPU between polls."""
+    clock = time.perf_counter
+    deadline = clock() + seconds
+    while not ready.poll(0):
+        if clock() > deadline:
+            return
+        os.sched_yield()
 
 
 def main(argv: list[str]) -> None:
