@@ -4,20 +4,24 @@ Each worker is a fresh interpreter (``python -m engine.shard.worker``: the spawn
 without multiprocessing's re-import of the coordinator's ``__main__``, which would pull gRPC
 into the worker) connected by a socket pair carrying length-prefixed msgpack frames.
 
-Concurrency: each handle has a lock held from sending a request to reading its reply, so a
-worker has at most one request in flight and neither side can block the other on a full
-socket. A fan-out hands each shard's request to that shard's dispatch thread (one per handle)
-and waits for every answer: each worker goes on to the next queued request as soon as it has
-answered, whatever the other shards are doing. (Taking the locks in shard order and reading
-replies in order, as before, chained the shards: a query holding shard 0 while it waited for
-shard 1 left shard 0 idle, and two workers gave 0.69x the throughput of one in-process shard.)
-Requests are queued under one lock for all shards, so every shard sees concurrent fan-outs in
-the same order.
+Concurrency (the engine is called from many threads): requests are pipelined. A caller sends
+its frame straight into the worker's socket, even while the worker serves another request, so
+a worker goes from one request to the next without waiting for the coordinator; up to
+PIPELINE_DEPTH small frames may be in flight per worker (far less than a socket buffer, so a
+send never blocks), and a larger frame (a load batch) is sent only to a worker with nothing in
+flight. Replies come back in request order. One caller at a time reads a worker's socket; it
+hands each reply to the caller waiting for it (waking that caller only) and, once it has its
+own, passes the reading to the caller whose reply is due next. Some caller is always reading
+while replies are due, so neither side can block the other on a full socket. Requests are sent
+under one lock for all shards, so every shard sees concurrent fan-outs in the same order.
+(Before, a worker had one request in flight and the next waited in a dispatch thread: each
+request cost the worker a wait for a thread hand-off in the coordinator.)
 
 Faults: a reader waits on the socket and on the worker's pidfd together, so a dead worker is
-noticed at once (EOF or process exit). The request fails with ShardError naming the shard,
-and a new worker is started for the shard (``open_shard`` in the worker: an in-memory shard
-comes back empty; a durable one reloads from ``data_dir``).
+noticed at once (EOF or process exit). The request it was serving fails with ShardError naming
+the shard, a new worker is started for the shard (``open_shard`` in the worker: an in-memory
+shard comes back empty; a durable one reloads from ``data_dir``), and the requests queued
+behind the failed one, which the dead worker never started, are sent to the new worker.
 
 >>> from engine.schema import Schema, CONTRACT_SCHEMA
 >>> shards = start_process_shards(Schema.from_dict(CONTRACT_SCHEMA), 2)
