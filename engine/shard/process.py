@@ -41,13 +41,13 @@ import threading
 import weakref
 from collections import deque
 from functools import partial
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ShardError
 from ..schema import Schema
 from . import messages
+from .channel import FrameChannel
 from .group import ShardGroup
 
 #: The directory that holds the ``engine`` package, put on the workers' PYTHONPATH.
@@ -117,11 +117,12 @@ class ProcessShard:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.shard.worker", str(theirs.fileno()), str(os.getpid())],
+                # -P: the caller's working directory is not put on sys.path (its own "engine" must not win)
+                [sys.executable, "-P", "-m", "engine.shard.worker", str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         finally:
             theirs.close()
-        self.conn = Connection(ours.detach())
+        self.conn = FrameChannel(ours)
         self.poller = select.poll()
         self.poller.register(self.conn.fileno(), select.POLLIN)
         try:
@@ -132,7 +133,7 @@ class ProcessShard:
         self.generation += 1
         with self.cond:
             self.pending.appendleft(_Request(0, "start", b""))
-        self.conn.send_bytes(messages.pack({"schema": self.schema_spec, "shard_id": self.shard_id,
+        self.conn.send(messages.pack({"schema": self.schema_spec, "shard_id": self.shard_id,
                                             "data_dir": self.data_dir, "respawn": self.respawns > 0}))
 
     def _release_process(self, kill: bool) -> int | None:
@@ -189,7 +190,7 @@ class ProcessShard:
                 self.pending_bytes = sum(len(request.frame) for request in behind)
             try:
                 for request in behind:
-                    self.conn.send_bytes(request.frame)
+                    self.conn.send(request.frame)
             except OSError:
                 pass  # the new worker is gone too: the reader finds out and replaces it
 
@@ -260,7 +261,7 @@ class ProcessShard:
                 self.pending_bytes += len(frame)
             generation = self.generation
             try:
-                self.conn.send_bytes(frame)
+                self.conn.send(frame)
             except OSError:  # the worker is gone (it died while idle): this request fails
                 self._replace_worker(generation)
         return request
@@ -377,16 +378,21 @@ class ProcessShard:
     def _read_frame(self) -> bytes | None:
         """The next reply frame; None if the worker died (EOF, or the process ended)."""
         conn, poller, pidfd = self.conn, self.poller, self.pidfd
-        conn_fd = conn.fileno() if not conn.closed else -1
-        while True:
-            events = poller.poll(None if pidfd is not None else 1000)
-            if any(fd == conn_fd and mask & select.POLLIN for fd, mask in events):
-                try:
-                    return conn.recv_bytes()
-                except (EOFError, OSError):
-                    return None
-            if events or self.proc.poll() is not None:
-                return None
+        try:
+            frame = conn.take()
+            while frame is None:
+                if not conn.fill(wait=False):  # nothing there yet: wait for the socket or the exit
+                    conn_fd = conn.fileno()
+                    events = poller.poll(None if pidfd is not None else 1000)
+                    if not any(fd == conn_fd and mask & select.POLLIN for fd, mask in events):
+                        if events or self.proc.poll() is not None:
+                            return None
+                        continue
+                    conn.fill()
+                frame = conn.take()
+            return frame
+        except (EOFError, OSError):
+            return None
 
     def __repr__(self) -> str:
         return f"ProcessShard({self.shard_id}, pid={self.proc.pid})"

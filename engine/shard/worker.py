@@ -27,6 +27,7 @@ from typing import Any
 
 from ..schema import Schema
 from . import messages
+from .channel import FrameChannel
 from .local import LocalShard
 
 
@@ -109,29 +110,29 @@ def serve(fd: int) -> None:
     The first frame is the start message ``{"schema", "shard_id", "data_dir"}`` (msgpack); it
     is answered like a request (id 0), with this process id or the error that stopped the start.
     """
-    from multiprocessing.connection import Connection
+    import socket
 
-    conn = Connection(fd)
+    conn = FrameChannel(socket.socket(fileno=fd))
     try:
-        start = messages.unpack(conn.recv_bytes())
+        start = messages.unpack(conn.recv())
     except EOFError:
         return
     try:
         schema = Schema.from_dict(start["schema"])
         server = ShardServer(open_shard(schema, start["shard_id"], start.get("data_dir"), bool(start.get("respawn"))))
-        conn.send_bytes(messages.encode_reply(0, os.getpid()))
+        conn.send(messages.encode_reply(0, os.getpid()))
     except Exception as error:
-        conn.send_bytes(messages.encode_error(0, error))
+        conn.send(messages.encode_error(0, error))
         return
     ready = select.poll()
     ready.register(fd, select.POLLIN)
     while True:
         try:
-            frame = conn.recv_bytes()
+            frame = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send_bytes(server.handle(frame))
-        if server.spin_s:
+        conn.send(server.handle(frame))
+        if server.spin_s and not conn.buffered():
             _spin(ready, server.spin_s)
 
 
