@@ -134,7 +134,7 @@ class ProcessShard:
         with self.cond:
             self.pending.appendleft(_Request(0, "start", b""))
         self.conn.send(messages.pack({"schema": self.schema_spec, "shard_id": self.shard_id,
-                                            "data_dir": self.data_dir, "respawn": self.respawns > 0}))
+                                      "data_dir": self.data_dir, "respawn": self.respawns > 0}))
 
     def _release_process(self, kill: bool) -> int | None:
         """Close our ends and reap the worker (killing it if ``kill`` or it overstays); its exit code."""
