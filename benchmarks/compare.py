@@ -1,12 +1,14 @@
 """segengine vs DuckDB vs a NumPy/numba scan on the same generated data.
 
     python benchmarks/compare.py [--profiles 1000000] [--events 5000000] [--repeat 15] [--shards 1] [--also-shards 2]
-                                 [--only attr|events] [--json out.json] [--profile-query NAME]
+                                 [--clients 4] [--qps-seconds 3] [--only attr|events] [--json out.json]
+                                 [--profile-query NAME]
 
 Generates a dataset (fixed seed and clock), bulk-loads it into segengine (reporting load rates
 and resident memory per profile / per event), DuckDB and the NumPy baseline, checks that the
 three agree on every query's count (a disagreement prints MISMATCH and the exit status is 1),
-then times each query (median of --repeat runs after one warm-up run) and prints a table.
+then times each query (median of --repeat runs after one warm-up run) and prints a table, and
+the throughput of --clients threads running every query in turn (for each shard count).
 Finally it measures segengine's planning + dispatch overhead: a 2-predicate count through
 ``Engine.count`` against a bare pyroaring ``intersection_cardinality`` of the same two bitmaps.
 """
@@ -32,6 +34,7 @@ for path in (str(HERE.parent), str(HERE)):
 import psutil  # noqa: E402
 
 from baselines import DuckDBBaseline, NumpyBaseline, event_pids, profile_hashes  # noqa: E402
+from bench_shards import throughput  # noqa: E402
 from engine import Engine, Schema  # noqa: E402
 from loaders.generator import generate  # noqa: E402
 from queries import NOW_MS, Query, all_queries  # noqa: E402
@@ -204,6 +207,14 @@ def markdown(report: dict) -> str:
             lines.append(f"| *geometric mean* | {kind} | {geo('sharded_ms'):.3f} | {geo('sharded_first_ms'):.3f} | "
                          f"{geo('segengine_ms'):.3f} | | {geo('duckdb_over_sharded'):.1f}x | "
                          f"{geo('numpy_over_sharded'):.1f}x |")
+    qps, sharded_qps = report.get("throughput"), (sharded or {}).get("throughput")
+    if qps:
+        line = (f"Throughput, {qps['clients']} client threads running every query in turn for {qps['seconds']:g} s: "
+                f"{qps['qps']:,.0f} counts/s with shards={qps['shards']}")
+        if sharded_qps:
+            line += (f", {sharded_qps['qps']:,.0f} with shards={sharded_qps['shards']} "
+                     f"({sharded_qps['qps'] / qps['qps']:.2f}x)")
+        lines += ["", line + "."]
     cost = report.get("overhead")
     if cost:
         lines += ["", f"Planning + dispatch overhead (`{cost['query']}`): `Engine.count` {cost['engine_us']:.1f} µs vs "
@@ -236,6 +247,17 @@ def sharded_run(dataset, shards: int, queries: list[Query], rows: list[dict], co
     return {"shards": shards, "load": load, "engine": eng}
 
 
+def measure_throughput(eng: Engine, shards: int, queries: list[Query], now: int, clients: int,
+                       seconds: float) -> dict | None:
+    """Counts per second with ``clients`` threads running every query in turn for ``seconds``."""
+    if seconds <= 0:
+        return None
+    qps = throughput(eng, [q.seg for q in queries], now, clients, seconds)
+    print(f"throughput, shards={shards}, {clients} client threads, the {len(queries)} queries in turn: "
+          f"{qps:,.0f} counts/s", flush=True)
+    return {"shards": shards, "clients": clients, "seconds": seconds, "qps": qps}
+
+
 def fmt_ratio(x: float) -> str:
     return f"{x:8.1f}x" if x < 1000 else f"{x:8.0f}x"
 
@@ -255,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--now-ms", type=int, default=NOW_MS, help="the data's clock, passed to every query")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="DuckDB threads")
+    parser.add_argument("--clients", type=int, default=4,
+                        help="client threads of the throughput run (every query in turn, counts)")
+    parser.add_argument("--qps-seconds", type=float, default=3.0, help="length of each throughput run (0: skip)")
     parser.add_argument("--extra-clocks", type=int, default=2,
                         help="also check the counts (untimed) at this many other clocks: before the newest events "
                              "and exactly at an event's timestamp (tests ts <= now and the window edges)")
@@ -351,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
               f"numpy {geo('numpy_ms'):.2f} ms; duck/seg {geo('duckdb_over_segengine'):.1f}x, "
               f"numpy/seg {geo('numpy_over_segengine'):.1f}x")
 
+    report["throughput"] = measure_throughput(eng, args.shards, queries, now, args.clients, args.qps_seconds)
+
     cost = overhead(eng, now)
     report["overhead"] = cost
     if cost is None:
@@ -368,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         report["sharded"] = sharded_run(dataset, args.also_shards, queries, rows, counts, now, args.repeat,
                                         mismatches)
         eng = report["sharded"].pop("engine")
+        report["sharded"]["throughput"] = measure_throughput(eng, args.also_shards, queries, now, args.clients,
+                                                             args.qps_seconds)
 
     by_name = {q.name: q for q in queries}
     for name in args.profile_query:
