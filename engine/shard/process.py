@@ -61,7 +61,7 @@ _live: "weakref.WeakSet[ProcessShard]" = weakref.WeakSet()
 class _Request:
     """One request sent to a worker: its frame (kept for a re-send) and, once read, its outcome."""
 
-    __slots__ = ("id", "method", "frame", "outcome", "wake", "abandoned")
+    __slots__ = ("id", "method", "frame", "outcome", "wake")
 
     def __init__(self, request_id: int, method: str, frame: bytes):
         self.id = request_id
@@ -69,7 +69,6 @@ class _Request:
         self.frame = frame
         self.outcome: tuple[bool, Any] | None = None  # (ok, result or error description) or (False, exception)
         self.wake: threading.Lock | None = None  # held while its caller sleeps; released to wake it
-        self.abandoned = False
 
     def notify(self) -> None:
         """Wake the caller waiting for this request, if any (hold the shard's ``cond``)."""
@@ -296,7 +295,6 @@ class ProcessShard:
                     self._pass_reading()
         except BaseException:  # interrupted (KeyboardInterrupt): nobody waits for this reply any more
             with self.cond:
-                request.abandoned = True
                 queued = request.wake is not None
                 request.wake = None
             if wake is not None and not queued and request.outcome is None:
@@ -421,18 +419,13 @@ def fanout(shards: Sequence[ProcessShard], method: str, args_per_shard: Sequence
                 sent.append((index, shard, shard.send(body, method)))
             except Exception as exc:  # noqa: BLE001 - raised below (a closed shard)
                 errors.append((index, exc))
-    for position, (index, shard, request) in enumerate(sent):
+    for index, shard, request in sent:
         if errors:
-            request.abandoned = True
-            continue
+            break  # the replies left are read and dropped by the next reader of each shard
         try:
             results[index] = shard.receive(request)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except Exception as exc:  # noqa: BLE001 - re-raised below
             errors.append((index, exc))
-            if not isinstance(exc, Exception):
-                for _, _, rest in sent[position + 1:]:
-                    rest.abandoned = True
-                raise
     if errors:
         raise min(errors, key=lambda pair: pair[0])[1]
     return results
