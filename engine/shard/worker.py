@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -110,8 +111,6 @@ def serve(fd: int) -> None:
     The first frame is the start message ``{"schema", "shard_id", "data_dir"}`` (msgpack); it
     is answered like a request (id 0), with this process id or the error that stopped the start.
     """
-    import socket
-
     conn = FrameChannel(socket.socket(fileno=fd))
     try:
         start = messages.unpack(conn.recv())
