@@ -186,8 +186,8 @@ class SegengineServer:
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.owns_engine:
             self.engine.close()
+        log.info("segengine stopped")  # before the event: the main thread exits once it is set
         self.stopped.set()
-        log.info("segengine stopped")
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
