@@ -1,8 +1,8 @@
-"""Pipelined requests to worker processes: many callers at once, large frames, faults, idle workers.
+"""Requests to worker processes from many callers at once: lanes, large frames, faults, idle workers.
 
-Every test uses real worker processes. See engine/shard/process.py for the protocol: callers
-send straight into a worker's socket (up to PIPELINE_DEPTH small requests in flight), one
-caller at a time reads and hands each reply to the caller waiting for it.
+Every test uses real worker processes. See engine/shard/process.py for the protocol: each
+caller takes a lane (its own socket to every worker), sends into it and reads its own replies;
+a worker serves the requests of all lanes in the order they were numbered.
 """
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import time
 import weakref
 
 import numpy as np
+import pytest
 
 from engine import Engine, Schema
 from engine.columns import CategoryColumn, ProfileBatch, ValueColumn
 from engine.errors import ShardError
 from engine.schema import CONTRACT_SCHEMA
 from engine.shard.partition import shard_of
-from engine.shard.process import PIPELINE_BYTES
+from engine.shard.channel import COALESCE
+from engine.shard.lanes import LANES
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
 
@@ -63,7 +65,7 @@ def test_large_batches_and_queries_from_many_threads_interleave() -> None:
                     failures.append(f"count {n}, then {len(ids)} ids")
                 observed.append(n)
 
-        assert len(profile_batch(0, per_batch).ids) * 8 > PIPELINE_BYTES
+        assert len(profile_batch(0, per_batch).ids) * 8 > COALESCE
         run_threads([loader, querier, querier, querier])
         assert failures == []
         assert engine.count("country = 'FR'") == batches * per_batch
@@ -113,6 +115,49 @@ def test_requests_queued_behind_a_killed_one_are_sent_to_the_new_worker() -> Non
         assert sorted(outcomes) == sorted([str(survivors)] * 2 + [
             "shard 0 died (exit code -9) while serving count; respawned"])
         assert victim.respawns == 1 and victim.pending == type(victim.pending)()
+
+
+def test_more_callers_than_lanes_all_get_exact_answers() -> None:
+    with Engine(SCHEMA, shards=2) as engine:
+        engine.upsert_profiles({"id": f"p{i}", "age": i % 80} for i in range(500))
+        callers = 2 * LANES + 3
+        answers: list[tuple[int, list[str]]] = []
+
+        def client(k: int) -> None:
+            for _ in range(5):
+                answers.append((engine.count(f"age < {k}"), engine.ids(f"age = {k}")))
+
+        run_threads([lambda k=k: client(k) for k in range(callers)])
+        expected = sorted((sum(1 for i in range(500) if i % 80 < k),
+                           sorted(f"p{i}" for i in range(500) if i % 80 == k)) for k in range(callers))
+        assert sorted(answers) == sorted(expected * 5)
+        assert len(engine.shards[0].pool.free) == LANES  # every lane was given back
+
+
+def test_a_lane_given_up_on_is_cleaned_by_its_next_holder() -> None:
+    """A fan-out that fails in one shard leaves the other shard's reply in its lane; the next
+    caller on that lane drops it and reads its own answer."""
+    with Engine(SCHEMA, shards=2) as engine:
+        engine.upsert_profiles({"id": f"p{i}", "age": i % 80} for i in range(100))
+        engine.shards[1].call("_worker_delay", 0.3)
+        threading.Timer(0.1, lambda: os.kill(engine.shards[0].pid, signal.SIGKILL)).start()
+        engine.shards[0].call("_worker_delay", 1.0)  # the kill lands while shard 0 serves this
+        with pytest.raises(ShardError, match=r"^shard 0 died \(exit code -9\) while serving count; respawned$"):
+            engine.count("ALL")
+        engine.shards[1].call("_worker_delay", 0)
+        survivors = sum(1 for i in range(100) if shard_of(f"p{i}", 2) == 1)
+        assert [engine.count("ALL") for _ in range(3)] == [survivors] * 3
+        assert engine.shards[1].pending == {}
+
+
+def test_workers_report_their_load() -> None:
+    with Engine(SCHEMA, shards=2) as engine:
+        before = engine.shards.call_all("_worker_load")
+        engine.shards[0].call("_worker_delay", 0.05)
+        engine.count("ALL")
+        after = engine.shards.call_all("_worker_load")
+        assert [b["served"] - a["served"] for a, b in zip(before, after)] == [3, 2]  # load calls included
+        assert after[0]["busy_s"] - before[0]["busy_s"] >= 0.05
 
 
 def test_an_idle_worker_sleeps_after_its_short_spin() -> None:

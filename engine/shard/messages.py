@@ -40,6 +40,8 @@ TUPLE, SET, OBJECT, NDARRAY, BITMAP, FROZEN_BITMAP, FROZEN_SET = 1, 2, 3, 4, 5, 
 
 #: Request ids are 8-byte little-endian unsigned ints in front of each frame.
 HEADER = struct.Struct("<Q")
+#: The counter a worker shares with its coordinator: the id of the last request it has answered.
+REPLIED = struct.Struct("<Q")
 
 
 def _registry() -> dict[str, tuple[type, tuple[str, ...]]]:

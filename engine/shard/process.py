@@ -2,26 +2,26 @@
 
 Each worker is a fresh interpreter (``python -m engine.shard.worker``: the spawn model, but
 without multiprocessing's re-import of the coordinator's ``__main__``, which would pull gRPC
-into the worker) connected by a socket pair carrying length-prefixed msgpack frames.
+into the worker). It is started with its ends of a control socket (the start message and its
+reply; closing it tells the worker to exit), of every lane of its group (engine/shard/lanes.py)
+and of an 8-byte shared counter; all carry length-prefixed msgpack frames.
 
-Concurrency (the engine is called from many threads): requests are pipelined. A caller sends
-its frame straight into the worker's socket, even while the worker serves another request, so
-a worker goes from one request to the next without waiting for the coordinator; up to
-PIPELINE_DEPTH small frames may be in flight per worker (far less than a socket buffer, so a
-send never blocks), and a larger frame (a load batch) is sent only to a worker with nothing in
-flight. Replies come back in request order. One caller at a time reads a worker's socket; it
-hands each reply to the caller waiting for it (waking that caller only) and, once it has its
-own, passes the reading to the caller whose reply is due next. Some caller is always reading
-while replies are due, so neither side can block the other on a full socket. Requests are sent
-under one lock for all shards, so every shard sees concurrent fan-outs in the same order.
-(Before, a worker had one request in flight and the next waited in a dispatch thread: each
-request cost the worker a wait for a thread hand-off in the coordinator.)
+Concurrency (the engine is called from many threads): a caller takes a lane, sends its
+requests into the lane's sockets and reads its own replies from them, so the kernel wakes the
+caller a reply is for and no thread hands replies to another. Requests are sent under one lock
+for all shards, and each shard numbers its requests (ids 1, 2, 3, ...); a worker reads every
+lane and serves the requests strictly in id order, so every shard sees concurrent fan-outs in
+the same order (writes stay ordered) and a busy worker goes from one request to the next
+without waiting for the coordinator. (Before: one socket per worker, and one caller at a time
+read it and woke the others with their replies; each query cost three to four thread switches
+in the coordinator, and a thread hand-off was the slowest step of a query on this VM.)
 
-Faults: a reader waits on the socket and on the worker's pidfd together, so a dead worker is
-noticed at once (EOF or process exit). The request it was serving fails with ShardError naming
-the shard, a new worker is started for the shard (``open_shard`` in the worker: an in-memory
-shard comes back empty; a durable one reloads from ``data_dir``), and the requests queued
-behind the failed one, which the dead worker never started, are sent to the new worker.
+Faults: a dead worker closes all its sockets, so every caller waiting on it sees EOF at once.
+The worker writes the id of its last reply into the shared counter after sending it, which
+tells the coordinator exactly which requests were answered. The oldest unanswered request
+fails with ShardError naming the shard, a new worker is started (``open_shard`` in the worker:
+an in-memory shard comes back empty; a durable one reloads from ``data_dir``), and the later
+unanswered requests, which the dead worker never started, are sent to the new worker.
 
 >>> from engine.schema import Schema, CONTRACT_SCHEMA
 >>> shards = start_process_shards(Schema.from_dict(CONTRACT_SCHEMA), 2)
@@ -32,14 +32,13 @@ behind the failed one, which the dead worker never started, are sent to the new 
 from __future__ import annotations
 
 import atexit
+import mmap
 import os
-import select
 import socket
 import subprocess
 import sys
 import threading
 import weakref
-from collections import deque
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,6 +48,7 @@ from ..schema import Schema
 from . import messages
 from .channel import FrameChannel
 from .group import ShardGroup
+from .lanes import Lane, LanePool
 
 #: The directory that holds the ``engine`` package, put on the workers' PYTHONPATH.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -59,29 +59,17 @@ _live: "weakref.WeakSet[ProcessShard]" = weakref.WeakSet()
 
 
 class _Request:
-    """One request sent to a worker: its frame (kept for a re-send) and, once read, its outcome."""
+    """One request sent to a worker: what a re-send needs, and once answered, its outcome."""
 
-    __slots__ = ("id", "method", "frame", "outcome", "wake")
+    __slots__ = ("id", "method", "body", "lane", "generation", "outcome")
 
-    def __init__(self, request_id: int, method: str, frame: bytes):
+    def __init__(self, request_id: int, method: str, body: bytes, lane: Lane, generation: int):
         self.id = request_id
         self.method = method
-        self.frame = frame
+        self.body = body
+        self.lane = lane
+        self.generation = generation  # of the worker it was sent to
         self.outcome: tuple[bool, Any] | None = None  # (ok, result or error description) or (False, exception)
-        self.wake: threading.Lock | None = None  # held while its caller sleeps; released to wake it
-
-    def notify(self) -> None:
-        """Wake the caller waiting for this request, if any (hold the shard's ``cond``)."""
-        if self.wake is not None:
-            self.wake.release()
-            self.wake = None
-
-
-#: A worker has at most this many requests sent and not answered (pipelined), holding at most
-#: PIPELINE_BYTES of frames: far less than a socket buffer, so sending them never blocks. A larger
-#: frame is only sent to a worker with nothing else in flight.
-PIPELINE_DEPTH = 16
-PIPELINE_BYTES = 64 * 1024
 
 
 class ProcessShard:
@@ -91,16 +79,14 @@ class ProcessShard:
     its answer (errors re-raised with their class); any public LocalShard method is forwarded.
     """
 
-    def __init__(self, schema: Schema, shard_id: int, data_dir: str | None = None):
+    def __init__(self, schema: Schema, shard_id: int, pool: LanePool, data_dir: str | None = None):
         self.schema_spec = schema.to_dict()
         self.shard_id = shard_id
+        self.pool = pool
         self.data_dir = data_dir
-        self.send_lock = threading.RLock()  # held while a frame is written, and while the worker is replaced
-        self.cond = threading.Condition()  # guards pending, pending_bytes, reading and the outcomes
-        self.pending: deque[_Request] = deque()  # sent, not yet answered, in the order the worker serves them
-        self.pending_bytes = 0
-        self.reading = False  # a thread is reading replies (the others wait for theirs)
-        self.room_waiters = 0  # senders waiting for the pipeline to drain
+        self.send_lock = threading.RLock()  # held while requests are numbered and written, and while the worker is replaced
+        self.lock = threading.Lock()  # guards pending, the outcomes and the lanes' sockets to this shard
+        self.pending: dict[int, _Request] = {}  # sent and not yet answered, by id
         self.generation = 0  # bumped each time a worker is started
         self.respawns = 0
         self.closed = False
@@ -110,37 +96,40 @@ class ProcessShard:
 
     # -- process lifecycle -------------------------------------------------------------------
     def _spawn(self) -> None:
-        """Start a worker and send it the start message (its reply is request 0 in ``pending``)."""
-        ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        """Start a worker (it serves requests from ``next_id`` on) and send it the start message."""
+        ctrl, ctrl_theirs = socket.socketpair()
+        pairs = [socket.socketpair() for _ in self.pool.lanes]
+        counter = os.memfd_create(f"segengine-shard-{self.shard_id}")
+        theirs = [ctrl_theirs.fileno(), counter] + [their.fileno() for _, their in pairs]
         try:
+            os.ftruncate(counter, messages.REPLIED.size)
+            self.replied = mmap.mmap(counter, messages.REPLIED.size)
+            messages.REPLIED.pack_into(self.replied, 0, self.next_id - 1)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
             self.proc = subprocess.Popen(
                 # -P: the caller's working directory is not put on sys.path (its own "engine" must not win)
-                [sys.executable, "-P", "-m", "engine.shard.worker", str(theirs.fileno()), str(os.getpid())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+                [sys.executable, "-P", "-m", "engine.shard.worker", str(os.getpid()),
+                 ",".join(str(fd) for fd in theirs)],
+                pass_fds=theirs, stdin=subprocess.DEVNULL, env=env)
         finally:
-            theirs.close()
-        self.conn = FrameChannel(ours)
-        self.poller = select.poll()
-        self.poller.register(self.conn.fileno(), select.POLLIN)
-        try:
-            self.pidfd: int | None = os.pidfd_open(self.proc.pid)
-            self.poller.register(self.pidfd, select.POLLIN)
-        except (AttributeError, OSError):  # no pidfd (old kernel): poll the process every second
-            self.pidfd = None
+            ctrl_theirs.close()
+            os.close(counter)
+            for _, their in pairs:
+                their.close()
+        self.ctrl = FrameChannel(ctrl)
+        self.started = False  # the start reply has been read
         self.generation += 1
-        with self.cond:
-            self.pending.appendleft(_Request(0, "start", b""))
-        self.conn.send(messages.pack({"schema": self.schema_spec, "shard_id": self.shard_id,
-                                      "data_dir": self.data_dir, "respawn": self.respawns > 0}))
+        with self.lock:
+            for lane, (ours, _) in zip(self.pool.lanes, pairs):
+                lane.offer(self.shard_id, FrameChannel(ours), self.generation)
+        self.ctrl.send(messages.pack({"schema": self.schema_spec, "shard_id": self.shard_id,
+                                      "data_dir": self.data_dir, "respawn": self.respawns > 0,
+                                      "first_id": self.next_id}))
 
     def _release_process(self, kill: bool) -> int | None:
-        """Close our ends and reap the worker (killing it if ``kill`` or it overstays); its exit code."""
-        self.conn.close()
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
+        """Close the control socket and reap the worker (killing it if ``kill`` or it overstays); its exit code."""
+        self.ctrl.close()
         if kill:
             self.proc.kill()
         try:
@@ -149,57 +138,66 @@ class ProcessShard:
             self.proc.kill()
             return self.proc.wait()
 
-    def _replace_worker(self, generation: int, start_error: Exception | None = None) -> None:
-        """The worker of ``generation`` died (or failed to start): fail the request it was serving,
-        start a new worker and re-send it the requests queued behind (which never started).
+    def _start_reply(self, wait: bool) -> tuple[bool, Any] | None:
+        """The worker's answer to the start message: (ok, pid or error); None if it has not answered."""
+        try:
+            frame = self.ctrl.take()
+            while frame is None:
+                if not self.ctrl.fill(wait=wait):
+                    return None
+                frame = self.ctrl.take()
+        except (EOFError, OSError):
+            return None
+        self.started = True
+        _, ok, result = messages.decode_reply(frame)
+        return ok, result
 
-        The failed request is the oldest one in flight (the start message counts, and then the
-        request after it fails too, so that a caller hears of it).
-        """
+    def wait_started(self) -> int:
+        """Wait for the worker to be ready; its process id (ShardError if it could not start)."""
+        if not self.started:
+            reply = self._start_reply(wait=True)
+            if reply is None or not reply[0]:
+                code = self._release_process(kill=reply is None)
+                reason = "it exited" if reply is None else messages.rebuild_error(reply[1], self.shard_id)
+                raise ShardError(f"shard {self.shard_id} failed to start (exit code {code}): {reason}")
+        return self.proc.pid
+
+    def _replace_worker(self, generation: int) -> None:
+        """The worker of ``generation`` died: fail the oldest request it left unanswered, start
+        a new worker and send it the later ones (which the dead worker never started)."""
         with self.send_lock:
             if self.generation != generation:
                 return  # another thread replaced this worker already
+            start = None if self.started else self._start_reply(wait=False)
             code = self._release_process(kill=True)
-            with self.cond:
-                failed = [self.pending.popleft()] if self.pending else []
-                if failed and failed[0].id == 0 and self.pending:
-                    failed.append(self.pending.popleft())
-                behind = list(self.pending)
-                self.pending.clear()
-                self.pending_bytes = 0
-                if self.closed:
-                    failed += behind
-                    behind = []
+            (replied,) = messages.REPLIED.unpack_from(self.replied)
+            with self.lock:
+                unanswered = [self.pending.pop(i) for i in sorted(i for i in self.pending if i > replied)]
+                failed, behind = (unanswered, []) if self.closed else (unanswered[:1], unanswered[1:])
                 for request in failed:
                     if self.closed:
                         message = f"shard {self.shard_id} is closed"
-                    elif start_error is not None:
-                        message = f"shard {self.shard_id} failed to start (exit code {code}): {start_error}"
+                    elif start is not None and not start[0]:
+                        error = messages.rebuild_error(start[1], self.shard_id)
+                        message = f"shard {self.shard_id} failed to start (exit code {code}): {error}"
                     else:
-                        message = f"shard {self.shard_id} died (exit code {code}) while serving {failed[0].method}; respawned"
+                        message = f"shard {self.shard_id} died (exit code {code}) while serving {request.method}; respawned"
                     request.outcome = (False, ShardError(message))
-                    request.notify()
-                self.cond.notify_all()
             if self.closed:
                 return
             self.respawns += 1
             self._spawn()
-            with self.cond:
-                self.pending.extend(behind)
-                self.pending_bytes = sum(len(request.frame) for request in behind)
+            with self.lock:
+                for request in behind:  # renumbered in their order, ahead of anything sent later
+                    request.id, request.generation = self.next_id, self.generation
+                    self.next_id += 1
+                    self.pending[request.id] = request
+                chans = [request.lane.peek(self.shard_id, self.generation) for request in behind]
             try:
-                for request in behind:
-                    self.conn.send(request.frame)
+                for request, chan in zip(behind, chans):
+                    chan.send(messages.HEADER.pack(request.id) + request.body)  # type: ignore[union-attr]
             except OSError:
-                pass  # the new worker is gone too: the reader finds out and replaces it
-
-    def wait_started(self) -> int:
-        """Wait for the worker to be ready; its process id (ShardError if it could not start)."""
-        with self.cond:
-            start = self.pending[0] if self.pending and self.pending[0].id == 0 else None
-        if start is not None:
-            self.receive(start)
-        return self.proc.pid
+                pass  # the new worker is gone too: its callers see EOF and replace it
 
     @property
     def pid(self) -> int:
@@ -207,28 +205,25 @@ class ProcessShard:
         return self.proc.pid
 
     def stop(self) -> None:
-        """Ask the worker to exit (EOF); an idle worker exits at once, a busy one is killed."""
+        """Ask the worker to exit; an idle worker exits at once, a busy one is killed."""
         if self.closed:
             return
         self.closed = True
         if self.send_lock.acquire(blocking=False):
             try:
-                with self.cond:
-                    idle = not self.pending and not self.reading
+                with self.lock:
+                    idle = not self.pending
                 if idle:
-                    self.conn.close()
+                    self.ctrl.close()  # the worker exits on EOF
                     return
             finally:
                 self.send_lock.release()
-        self.proc.kill()  # wakes the reader through the pidfd; the requests in flight fail as "closed"
+        self.proc.kill()  # its callers see EOF; the requests in flight fail as "closed"
 
     def join(self) -> None:
         """Reap a stopped worker (killing it after CLOSE_GRACE_S)."""
-        with self.cond:
-            while self.reading:  # the reader notices the kill and fails what is in flight
-                self.cond.wait()
         with self.send_lock:
-            if self.proc.returncode is None or not self.conn.closed:
+            if self.proc.returncode is None or not self.ctrl.closed:
                 self._release_process(kill=False)
         _live.discard(self)
 
@@ -238,125 +233,66 @@ class ProcessShard:
         self.join()
 
     # -- requests ----------------------------------------------------------------------------
-    def send(self, body: bytes, method: str) -> _Request:
-        """Send a request body (hold ``_submit_lock``); the request, for ``receive``.
-
-        Requests are pipelined: up to PIPELINE_DEPTH small ones may wait in the worker's socket
-        while it serves another. Every request sent is answered in order, and some thread is
-        always reading while replies are due, so neither side can block the other.
-        """
-        if self.closed:
-            raise ShardError(f"shard {self.shard_id} is closed")
-        frame = messages.HEADER.pack(self.next_id) + body
-        if self.pending and (len(self.pending) >= PIPELINE_DEPTH or self.pending_bytes + len(frame) > PIPELINE_BYTES):
-            self._wait_for_room(len(frame))
-        request = _Request(self.next_id, method, frame)
-        self.next_id += 1
+    def send(self, lane: Lane, body: bytes, method: str) -> _Request:
+        """Number a request and write it into ``lane`` (hold ``_submit_lock``); the request, for ``receive``."""
         with self.send_lock:
             if self.closed:
                 raise ShardError(f"shard {self.shard_id} is closed")
-            with self.cond:
-                self.pending.append(request)
-                self.pending_bytes += len(frame)
-            generation = self.generation
+            with self.lock:
+                request = _Request(self.next_id, method, body, lane, self.generation)
+                self.next_id += 1
+                self.pending[request.id] = request
+                chan = lane.channel(self.shard_id, request.generation)
+            assert chan is not None, "every lane has a socket to the current worker"
             try:
-                self.conn.send(frame)
+                chan.send(messages.HEADER.pack(request.id) + body)
             except OSError:  # the worker is gone (it died while idle): this request fails
-                self._replace_worker(generation)
+                self._replace_worker(request.generation)
         return request
 
     def receive(self, request: _Request) -> Any:
-        """The answer to ``request``; a shard's error is re-raised.
+        """The answer to ``request``, read from its lane; a shard's error is re-raised.
 
-        One caller at a time reads the socket (the reader); it hands each reply to the caller
-        waiting for it (waking that caller only), and once it has its own, passes the reading
-        on to the caller whose reply is due next.
+        Replies to requests that earlier holders of the lane gave up on (an error in another
+        shard, an interrupt) come first and are dropped.
         """
-        wake = None
-        reading = False
-        with self.cond:
-            if request.outcome is None:
-                if self.reading:
-                    wake = request.wake = threading.Lock()
-                    wake.acquire()
-                else:
-                    self.reading = reading = True
-        try:
-            if wake is not None:
-                wake.acquire()  # released once the outcome is set, or when it is our turn to read
-                wake = None
-                reading = request.outcome is None
-            if reading:
-                try:
-                    while request.outcome is None:
-                        self._read_one()
-                finally:
-                    reading = False
-                    self._pass_reading()
-        except BaseException:  # interrupted (KeyboardInterrupt): nobody waits for this reply any more
-            with self.cond:
-                queued = request.wake is not None
-                request.wake = None
-            if wake is not None and not queued and request.outcome is None:
-                self._pass_reading()  # woken to read just as we were interrupted: pass the reading on
-            raise
-        ok, result = request.outcome  # type: ignore[misc]
+        lane, shard_id = request.lane, self.shard_id
+        while request.outcome is None:
+            generation = request.generation
+            with self.lock:
+                chan = lane.channel(shard_id, generation)  # a fresh one if the request was sent again
+            try:
+                if chan is None:
+                    raise EOFError  # replaced twice before this caller looked: cannot happen in practice
+                frame = chan.take()
+                while frame is None:
+                    chan.fill()  # sleeps until the worker answers (EOF if it dies)
+                    frame = chan.take()
+            except (EOFError, OSError):
+                self._replace_worker(generation)
+                with self.lock:
+                    if request.outcome is None and request.generation == generation:
+                        # answered by the dead worker, but the reply was lost with its socket (see Lane.channel)
+                        self.pending.pop(request.id, None)
+                        request.outcome = (False, ShardError(
+                            f"shard {shard_id} died (exit code {self.proc.returncode}) while serving {request.method}"))
+                continue  # failed, or sent again to the new worker (read from the lane's fresh socket)
+            (got,) = messages.HEADER.unpack_from(frame)
+            if got != request.id:
+                with self.lock:
+                    self.pending.pop(got, None)
+                continue
+            _, ok, result = messages.decode_reply(frame)
+            with self.lock:
+                if request.outcome is None:  # (not failed by a replacement that raced with this read)
+                    del self.pending[request.id]
+                    request.outcome = (ok, result)
+        ok, result = request.outcome
         if ok:
             return result
         if isinstance(result, BaseException):
             raise result
-        raise messages.rebuild_error(result, self.shard_id)
-
-    def _pass_reading(self) -> None:
-        """Give the reading to the first caller still waiting for a reply, or stop reading."""
-        with self.cond:
-            for request in self.pending:
-                if request.wake is not None and request.outcome is None:
-                    request.notify()  # it wakes with no outcome: it reads now (``reading`` stays set)
-                    break
-            else:
-                self.reading = False
-            self.cond.notify_all()  # senders waiting for room, and join()
-
-    def _wait_for_room(self, size: int) -> None:
-        """Wait until a frame of ``size`` bytes may be sent (reading replies if nobody else does)."""
-        with self.cond:
-            while self.pending and (len(self.pending) >= PIPELINE_DEPTH
-                                    or self.pending_bytes + size > PIPELINE_BYTES):
-                if self.reading:
-                    self.room_waiters += 1
-                    self.cond.wait()
-                    self.room_waiters -= 1
-                    continue
-                self.reading = True
-                self.cond.release()
-                try:
-                    self._read_one()
-                finally:
-                    self._pass_reading()
-                    self.cond.acquire()
-
-    def _read_one(self) -> None:
-        """Read one reply and give it to its request (or replace a dead worker)."""
-        generation = self.generation
-        frame = self._read_frame()
-        if frame is None:
-            self._replace_worker(generation)
-            return
-        got, ok, result = messages.decode_reply(frame)
-        with self.cond:
-            request = self.pending.popleft()
-            self.pending_bytes -= len(request.frame)
-            assert request.id == got, (request.id, got)
-            if got == 0 and not ok:
-                self.pending.appendleft(request)
-            else:
-                request.outcome = (ok, result)
-                request.notify()
-            if self.room_waiters:
-                self.cond.notify_all()
-        if got == 0 and not ok:
-            self._replace_worker(generation, messages.rebuild_error(result, self.shard_id))
+        raise messages.rebuild_error(result, shard_id)
 
     def call(self, method: str, *args: Any) -> Any:
         """Run ``method(*args)`` on the shard and return its answer."""
@@ -364,33 +300,18 @@ class ProcessShard:
 
     def request(self, body: bytes, method: str) -> Any:
         """Send an encoded request and return its answer."""
-        with _submit_lock:
-            request = self.send(body, method)
-        return self.receive(request)
+        lane = self.pool.take()
+        try:
+            with _submit_lock:
+                request = self.send(lane, body, method)
+            return self.receive(request)
+        finally:
+            self.pool.give(lane)
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
         return partial(self.call, name)
-
-    def _read_frame(self) -> bytes | None:
-        """The next reply frame; None if the worker died (EOF, or the process ended)."""
-        conn, poller, pidfd = self.conn, self.poller, self.pidfd
-        try:
-            frame = conn.take()
-            while frame is None:
-                if not conn.fill(wait=False):  # nothing there yet: wait for the socket or the exit
-                    conn_fd = conn.fileno()
-                    events = poller.poll(None if pidfd is not None else 1000)
-                    if not any(fd == conn_fd and mask & select.POLLIN for fd, mask in events):
-                        if events or self.proc.poll() is not None:
-                            return None
-                        continue
-                    conn.fill()
-                frame = conn.take()
-            return frame
-        except (EOFError, OSError):
-            return None
 
     def __repr__(self) -> str:
         return f"ProcessShard({self.shard_id}, pid={self.proc.pid})"
@@ -402,30 +323,37 @@ def fanout(shards: Sequence[ProcessShard], method: str, args_per_shard: Sequence
     The requests are sent to every shard in one step under one lock (so concurrent fan-outs
     reach every shard in the same order: writes stay ordered), then the replies are read in
     shard order. If a shard fails, the first failure in shard order is raised at once: the
-    other shards' replies to this request are read and dropped by the next reader.
+    other shards' replies to this request are dropped by the lane's next holder.
     """
     results: list[Any] = [None] * len(shards)
+    if all(args is None for args in args_per_shard):
+        return results
     bodies: dict[int, bytes] = {}
     sent: list[tuple[int, ProcessShard, _Request]] = []
     errors: list[tuple[int, BaseException]] = []
-    with _submit_lock:
-        for index, (shard, args) in enumerate(zip(shards, args_per_shard)):
-            if args is None:
-                continue
-            body = bodies.get(id(args))
-            if body is None:
-                body = bodies[id(args)] = messages.encode_body(method, args)
+    pool = shards[0].pool
+    lane = pool.take()
+    try:
+        with _submit_lock:
+            for index, (shard, args) in enumerate(zip(shards, args_per_shard)):
+                if args is None:
+                    continue
+                body = bodies.get(id(args))
+                if body is None:
+                    body = bodies[id(args)] = messages.encode_body(method, args)
+                try:
+                    sent.append((index, shard, shard.send(lane, body, method)))
+                except Exception as exc:  # noqa: BLE001 - raised below (a closed shard)
+                    errors.append((index, exc))
+        for index, shard, request in sent:
+            if errors:
+                break
             try:
-                sent.append((index, shard, shard.send(body, method)))
-            except Exception as exc:  # noqa: BLE001 - raised below (a closed shard)
+                results[index] = shard.receive(request)
+            except Exception as exc:  # noqa: BLE001 - re-raised below
                 errors.append((index, exc))
-    for index, shard, request in sent:
-        if errors:
-            break  # the replies left are read and dropped by the next reader of each shard
-        try:
-            results[index] = shard.receive(request)
-        except Exception as exc:  # noqa: BLE001 - re-raised below
-            errors.append((index, exc))
+    finally:
+        pool.give(lane)
     if errors:
         raise min(errors, key=lambda pair: pair[0])[1]
     return results
@@ -448,14 +376,17 @@ class ProcessShardGroup(ShardGroup):
             shard.stop()
         for shard in self.shards:
             shard.join()
+        if self.shards:
+            self.shards[0].pool.close()
 
 
 def start_process_shards(schema: Schema, n: int, data_dir: str | None = None) -> ProcessShardGroup:
     """Start ``n`` shard workers (in parallel) and wait until they are ready."""
+    pool = LanePool(n)
     shards: list[ProcessShard] = []
     try:
         for shard_id in range(n):
-            shards.append(ProcessShard(schema, shard_id, data_dir))
+            shards.append(ProcessShard(schema, shard_id, pool, data_dir))
         for shard in shards:
             shard.wait_started()
     except BaseException:

@@ -3,13 +3,14 @@
 ``ShardServer`` turns a request frame into a reply frame by calling the named public method of
 its shard (any method not starting with ``_``, so methods added to LocalShard are forwarded
 without changes here). The process backend runs it in a fresh interpreter
-(``python -m engine.shard.worker FD``) that talks over a socket; the Ray backend runs the same
+(``python -m engine.shard.worker PARENT_PID FDS``) that reads requests from every lane of its
+group and serves them in id order (see engine/shard/process.py); the Ray backend runs the same
 ``ShardServer`` inside an actor. Neither imports gRPC or protobuf.
 
-The process worker exits when its connection reaches EOF (the coordinator closed it or died),
-and a watchdog thread ends it if the coordinator dies while it is busy.
+The process worker exits when its control socket reaches EOF (the coordinator closed it or
+died), and a watchdog thread ends it if the coordinator dies while it is busy.
 
-After each reply the process worker polls its socket for the next request for a short while
+After each reply the process worker polls its sockets for the next request for a short while
 (``SEGENGINE_WORKER_SPIN_US``, default 1000 microseconds; 0 turns it off), yielding the CPU
 between polls, before it sleeps in ``recv``. Waking a sleeping process on another CPU costs
 30-60 us on the development VM, more than a small query's work; a request that arrives
@@ -17,6 +18,7 @@ within the window is picked up in a few microseconds. An idle worker sleeps.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import signal
@@ -56,9 +58,12 @@ class ShardServer:
         self.shard = shard
         self.delay_s = 0.0  # test hook: a pause before every request (to kill a worker mid-request)
         self.spin_s = float(os.environ.get("SEGENGINE_WORKER_SPIN_US", DEFAULT_SPIN_US)) / 1e6
+        self.served = 0
+        self.busy_s = 0.0  # wall time spent serving requests (decoding, running, encoding)
 
     def handle(self, frame: bytes) -> bytes:
         """The reply frame to one request frame (errors are replies too)."""
+        started = time.perf_counter()
         request_id = 0
         try:
             request_id, method, args = messages.decode_request(frame)
@@ -66,6 +71,9 @@ class ShardServer:
             return messages.encode_reply(request_id, result)
         except Exception as error:  # every failure goes back to the coordinator, named
             return messages.encode_error(request_id, error)
+        finally:
+            self.served += 1
+            self.busy_s += time.perf_counter() - started
 
     def dispatch(self, method: str, args: tuple) -> Any:
         """Call the shard's public ``method`` (or one of the worker's own ``_worker_*`` methods)."""
@@ -89,6 +97,10 @@ class ShardServer:
         """The imported modules whose names start with one of ``prefixes``."""
         return sorted(name for name in sys.modules if name.startswith(tuple(prefixes)))
 
+    def _worker_load(self) -> dict[str, float]:
+        """Requests served so far, and the seconds spent serving them (a worker's utilisation)."""
+        return {"served": self.served, "busy_s": self.busy_s}
+
     def _worker_spin(self, seconds: float) -> None:
         """How long the worker polls for the next request after a reply before it sleeps."""
         self.spin_s = float(seconds)
@@ -105,34 +117,73 @@ def _watch_parent(parent: int) -> None:
     os._exit(3)
 
 
-def serve(fd: int) -> None:
-    """Serve one shard over the connected socket ``fd`` until EOF.
+def serve(ctrl_fd: int, counter_fd: int, lane_fds: list[int]) -> None:
+    """Serve one shard until the control socket ``ctrl_fd`` reaches EOF.
 
-    The first frame is the start message ``{"schema", "shard_id", "data_dir"}`` (msgpack); it
-    is answered like a request (id 0), with this process id or the error that stopped the start.
+    The first frame on the control socket is the start message ``{"schema", "shard_id",
+    "data_dir", "respawn", "first_id"}`` (msgpack), answered there with this process id or the
+    error that stopped the start. Requests come on the lanes ``lane_fds`` and are served in
+    id order from ``first_id`` (each reply goes back on the lane its request came on); after
+    sending a reply, the worker writes its id into the shared counter ``counter_fd``.
     """
-    conn = FrameChannel(socket.socket(fileno=fd))
+    ctrl = FrameChannel(socket.socket(fileno=ctrl_fd))
+    replied = mmap.mmap(counter_fd, messages.REPLIED.size)
+    os.close(counter_fd)
     try:
-        start = messages.unpack(conn.recv())
+        start = messages.unpack(ctrl.recv())
     except EOFError:
         return
     try:
         schema = Schema.from_dict(start["schema"])
         server = ShardServer(open_shard(schema, start["shard_id"], start.get("data_dir"), bool(start.get("respawn"))))
-        conn.send(messages.encode_reply(0, os.getpid()))
+        ctrl.send(messages.encode_reply(0, os.getpid()))
     except Exception as error:
-        conn.send(messages.encode_error(0, error))
+        ctrl.send(messages.encode_error(0, error))
         return
+    lanes = {fd: FrameChannel(socket.socket(fileno=fd)) for fd in lane_fds}
     ready = select.poll()
-    ready.register(fd, select.POLLIN)
+    for fd in [ctrl_fd, *lanes]:
+        ready.register(fd, select.POLLIN)
+    queued: dict[int, tuple[FrameChannel, bytes]] = {}  # requests read, by id
+    expected = int(start["first_id"])
     while True:
+        entry = queued.pop(expected, None)
+        if entry is None:
+            if not _read_lanes(ready, ctrl_fd, lanes, queued, ready.poll()):
+                return
+            continue
+        lane, frame = entry
+        reply = server.handle(frame)
         try:
-            frame = conn.recv()
-        except (EOFError, OSError):
-            return
-        conn.send(server.handle(frame))
-        if server.spin_s and not conn.buffered():
+            lane.send(reply)
+        except OSError:
+            pass  # the coordinator dropped this lane
+        messages.REPLIED.pack_into(replied, 0, expected)
+        expected += 1
+        if server.spin_s and expected not in queued:
             _spin(ready, server.spin_s)
+
+
+def _read_lanes(ready: "select.poll", ctrl_fd: int, lanes: dict[int, FrameChannel],
+                queued: dict[int, tuple[FrameChannel, bytes]], events: list[tuple[int, int]]) -> bool:
+    """Read what the ready sockets hold into ``queued``; False once the control socket is closed."""
+    for fd, _ in events:
+        if fd == ctrl_fd:
+            return False  # nothing comes on it after the start: this is EOF
+        lane = lanes[fd]
+        try:
+            lane.fill(wait=False)
+        except (EOFError, OSError):  # the coordinator closed this lane (a replaced socket)
+            ready.unregister(fd)
+            del lanes[fd]
+            lane.close()
+            continue
+        frame = lane.take()
+        while frame is not None:
+            (request_id,) = messages.HEADER.unpack_from(frame)
+            queued[request_id] = (lane, frame)
+            frame = lane.take()
+    return True
 
 
 def _spin(ready: "select.poll", seconds: float) -> None:
@@ -146,12 +197,13 @@ def _spin(ready: "select.poll", seconds: float) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Entry point: ``python -m engine.shard.worker FD PARENT_PID``."""
-    fd, parent = int(argv[0]), int(argv[1])
+    """Entry point: ``python -m engine.shard.worker PARENT_PID CTRL_FD,COUNTER_FD,LANE_FD,...``."""
+    parent = int(argv[0])
+    ctrl_fd, counter_fd, *lane_fds = (int(fd) for fd in argv[1].split(","))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the coordinator, which closes its shards
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
     try:
-        serve(fd)
+        serve(ctrl_fd, counter_fd, lane_fds)
     except (BrokenPipeError, ConnectionResetError):
         pass
 
