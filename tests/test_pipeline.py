@@ -150,6 +150,39 @@ def test_a_lane_given_up_on_is_cleaned_by_its_next_holder() -> None:
         assert engine.shards[1].pending == {}
 
 
+def test_an_interrupted_large_send_is_finished_before_the_interrupt_is_raised() -> None:
+    """Ctrl-C while a load batch is being written to a busy worker: the frame is written whole
+    (a half-written frame, or a request number the worker never receives, would stall that
+    shard for good), then the interrupt is raised; the engine keeps answering."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    with Engine(SCHEMA, shards=2) as engine:
+        engine.load_profiles(profile_batch(900_000, 10))  # warm: the interrupt must land in the send
+        engine.shards[0].call("_worker_delay", 1.0)
+        busy = threading.Thread(target=lambda: engine.shards[0].call("stats"))  # worker 0 reads nothing for 1 s
+        busy.start()
+        time.sleep(0.1)
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                engine.load_profiles(profile_batch(0, 40_000))  # far more than a socket buffer for shard 0
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        counts: list[int] = []
+
+        def check() -> None:
+            busy.join()
+            engine.shards[0].call("_worker_delay", 0)
+            counts.append(engine.count("ALL"))
+
+        run_threads([check], timeout_s=20)  # a half-sent frame stalls shard 0 for good
+        owned = sum(1 for i in range(40_000) if shard_of(f"p{i:07d}", 2) == 0)
+        assert counts == [10 + owned]  # shard 0's batch was sent whole; shard 1's was not sent
+
+
 def test_workers_report_their_load() -> None:
     with Engine(SCHEMA, shards=2) as engine:
         before = engine.shards.call_all("_worker_load")

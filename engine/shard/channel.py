@@ -18,8 +18,10 @@ EOFError
 """
 from __future__ import annotations
 
+import signal
 import socket
 import struct
+import threading
 
 LENGTH = struct.Struct("<Q")
 #: Bytes asked of the kernel per read; the rest of a larger frame is asked for in pieces of up to
@@ -28,13 +30,15 @@ READ_SIZE = 256 * 1024
 MAX_READ = 8 * 1024 * 1024
 #: Frames up to this size are sent with their length in one system call.
 COALESCE = 64 * 1024
+_ALL_SIGNALS = signal.valid_signals()
 
 
 class FrameChannel:
     """Frames over one end of a connected stream socket (blocking sends, buffered reads)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, defer_signals: bool = False):
         self.sock = sock
+        self.defer_signals = defer_signals
         self.buffer = bytearray()
         self.start = 0  # where the unread bytes begin in ``buffer``
         self.closed = False
@@ -48,15 +52,27 @@ class FrameChannel:
             self.sock.close()
 
     def send(self, frame: bytes) -> None:
-        """Send one frame (blocks until the kernel has taken all of it)."""
+        """Send one frame (blocks until the kernel has taken all of it).
+
+        With ``defer_signals``, a frame sent from the main thread is never left half-sent by an
+        interrupt: signals are held back while it is written (a signal handler raising
+        KeyboardInterrupt in the middle of ``sendall`` would leave part of the frame in the
+        socket and corrupt the stream for good) and handled as soon as the frame is out.
+        """
         if self.closed:
             raise OSError("channel is closed")
         header = LENGTH.pack(len(frame))
-        if len(frame) <= COALESCE:
-            self.sock.sendall(header + frame)
-        else:
-            self.sock.sendall(header)
-            self.sock.sendall(frame)
+        deferred = self.defer_signals and threading.current_thread() is threading.main_thread()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS) if deferred else None
+        try:
+            if len(frame) <= COALESCE:
+                self.sock.sendall(header + frame)
+            else:
+                self.sock.sendall(header)
+                self.sock.sendall(frame)
+        finally:
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def recv(self) -> bytes:
         """The next frame, waiting for it (EOFError once the other end has closed)."""
