@@ -18,7 +18,6 @@ EOFError
 """
 from __future__ import annotations
 
-import signal
 import socket
 import struct
 import threading
@@ -30,18 +29,17 @@ READ_SIZE = 256 * 1024
 MAX_READ = 8 * 1024 * 1024
 #: Frames up to this size are sent with their length in one system call.
 COALESCE = 64 * 1024
-_ALL_SIGNALS = signal.valid_signals()
 
 
 class FrameChannel:
     """Frames over one end of a connected stream socket (blocking sends, buffered reads)."""
 
-    def __init__(self, sock: socket.socket, defer_signals: bool = False):
+    def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.defer_signals = defer_signals
         self.buffer = bytearray()
         self.start = 0  # where the unread bytes begin in ``buffer``
         self.closed = False
+        self.writer: threading.Thread | None = None  # still writing a large frame for an interrupted caller
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -54,25 +52,39 @@ class FrameChannel:
     def send(self, frame: bytes) -> None:
         """Send one frame (blocks until the kernel has taken all of it).
 
-        With ``defer_signals``, a frame sent from the main thread is never left half-sent by an
-        interrupt: signals are held back while it is written (a signal handler raising
-        KeyboardInterrupt in the middle of ``sendall`` would leave part of the frame in the
-        socket and corrupt the stream for good) and handled as soon as the frame is out.
+        A large frame sent from the main thread is written by a helper thread while the main
+        thread waits: Python runs signal handlers in the main thread only, so an interrupt
+        (Ctrl-C) raised while the frame goes out cannot leave half of it in the socket, which
+        would corrupt the stream for good; the helper finishes the frame, and the next send on
+        this channel waits for it.
         """
         if self.closed:
             raise OSError("channel is closed")
+        if self.writer is not None:
+            self.writer.join()
+            self.writer = None
         header = LENGTH.pack(len(frame))
-        deferred = self.defer_signals and threading.current_thread() is threading.main_thread()
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS) if deferred else None
+        if len(frame) <= COALESCE:
+            self.sock.sendall(header + frame)
+        elif threading.current_thread() is threading.main_thread():
+            failure: list[OSError] = []
+            self.writer = threading.Thread(target=self._write, args=(header, frame, failure),
+                                           name="segengine-frame-writer", daemon=True)
+            self.writer.start()
+            self.writer.join()  # an interrupt raised here leaves the writer running
+            self.writer = None
+            if failure:
+                raise failure[0]
+        else:
+            self.sock.sendall(header)
+            self.sock.sendall(frame)
+
+    def _write(self, header: bytes, frame: bytes, failure: list[OSError]) -> None:
         try:
-            if len(frame) <= COALESCE:
-                self.sock.sendall(header + frame)
-            else:
-                self.sock.sendall(header)
-                self.sock.sendall(frame)
-        finally:
-            if held is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            self.sock.sendall(header)
+            self.sock.sendall(frame)
+        except OSError as error:
+            failure.append(error)
 
     def recv(self) -> bytes:
         """The next frame, waiting for it (EOFError once the other end has closed)."""

@@ -122,7 +122,7 @@ class ProcessShard:
         self.generation += 1
         with self.lock:
             for lane, (ours, _) in zip(self.pool.lanes, pairs):
-                lane.offer(self.shard_id, FrameChannel(ours, defer_signals=True), self.generation)
+                lane.offer(self.shard_id, FrameChannel(ours), self.generation)
         self.ctrl.send(messages.pack({"schema": self.schema_spec, "shard_id": self.shard_id,
                                       "data_dir": self.data_dir, "respawn": self.respawns > 0,
                                       "first_id": self.next_id}))
@@ -244,10 +244,15 @@ class ProcessShard:
                 self.pending[request.id] = request
                 chan = lane.channel(self.shard_id, request.generation)
             assert chan is not None, "every lane has a socket to the current worker"
+            frame = messages.HEADER.pack(request.id) + body
             try:
-                chan.send(messages.HEADER.pack(request.id) + body)
+                chan.send(frame)
             except OSError:  # the worker is gone (it died while idle): this request fails
                 self._replace_worker(request.generation)
+            except BaseException:  # interrupted: the worker must still get this number, or it waits for good
+                if chan.writer is None:  # (else the frame is going out already)
+                    chan.send(frame)  # a copy of a frame that did go out is dropped by the worker
+                raise
         return request
 
     def receive(self, request: _Request) -> Any:

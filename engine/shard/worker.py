@@ -149,7 +149,7 @@ def serve(ctrl_fd: int, counter_fd: int, lane_fds: list[int]) -> None:
     while True:
         entry = queued.pop(expected, None)
         if entry is None:
-            if not _read_lanes(ready, ctrl_fd, lanes, queued, ready.poll()):
+            if not _read_lanes(ready, ctrl_fd, lanes, queued, expected, ready.poll()):
                 return
             continue
         lane, frame = entry
@@ -165,8 +165,12 @@ def serve(ctrl_fd: int, counter_fd: int, lane_fds: list[int]) -> None:
 
 
 def _read_lanes(ready: "select.poll", ctrl_fd: int, lanes: dict[int, FrameChannel],
-                queued: dict[int, tuple[FrameChannel, bytes]], events: list[tuple[int, int]]) -> bool:
-    """Read what the ready sockets hold into ``queued``; False once the control socket is closed."""
+                queued: dict[int, tuple[FrameChannel, bytes]], expected: int, events: list[tuple[int, int]]) -> bool:
+    """Read what the ready sockets hold into ``queued``; False once the control socket is closed.
+
+    A copy of a request already served or queued (an interrupted caller sends its frame again
+    when it cannot tell whether it went out) is dropped.
+    """
     for fd, _ in events:
         if fd == ctrl_fd:
             return False  # nothing comes on it after the start: this is EOF
@@ -181,7 +185,8 @@ def _read_lanes(ready: "select.poll", ctrl_fd: int, lanes: dict[int, FrameChanne
         frame = lane.take()
         while frame is not None:
             (request_id,) = messages.HEADER.unpack_from(frame)
-            queued[request_id] = (lane, frame)
+            if request_id >= expected:
+                queued.setdefault(request_id, (lane, frame))
             frame = lane.take()
     return True
 
