@@ -34,8 +34,9 @@ COALESCE = 64 * 1024
 class FrameChannel:
     """Frames over one end of a connected stream socket (blocking sends, buffered reads)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, shield_sends: bool = False):
         self.sock = sock
+        self.shield_sends = shield_sends  # large frames from the main thread go out through a helper thread
         self.buffer = bytearray()
         self.start = 0  # where the unread bytes begin in ``buffer``
         self.closed = False
@@ -52,11 +53,11 @@ class FrameChannel:
     def send(self, frame: bytes) -> None:
         """Send one frame (blocks until the kernel has taken all of it).
 
-        A large frame sent from the main thread is written by a helper thread while the main
-        thread waits: Python runs signal handlers in the main thread only, so an interrupt
-        (Ctrl-C) raised while the frame goes out cannot leave half of it in the socket, which
-        would corrupt the stream for good; the helper finishes the frame, and the next send on
-        this channel waits for it.
+        With ``shield_sends``, a large frame sent from the main thread is written by a helper
+        thread while the main thread waits: Python runs signal handlers in the main thread
+        only, so an interrupt (Ctrl-C) raised while the frame goes out cannot leave half of it
+        in the socket, which would corrupt the stream for good; the helper finishes the frame,
+        and the next send on this channel waits for it.
         """
         if self.closed:
             raise OSError("channel is closed")
@@ -66,7 +67,7 @@ class FrameChannel:
         header = LENGTH.pack(len(frame))
         if len(frame) <= COALESCE:
             self.sock.sendall(header + frame)
-        elif threading.current_thread() is threading.main_thread():
+        elif self.shield_sends and threading.current_thread() is threading.main_thread():
             failure: list[OSError] = []
             self.writer = threading.Thread(target=self._write, args=(header, frame, failure),
                                            name="segengine-frame-writer", daemon=True)

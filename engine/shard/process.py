@@ -122,7 +122,7 @@ class ProcessShard:
         self.generation += 1
         with self.lock:
             for lane, (ours, _) in zip(self.pool.lanes, pairs):
-                lane.offer(self.shard_id, FrameChannel(ours), self.generation)
+                lane.offer(self.shard_id, FrameChannel(ours, shield_sends=True), self.generation)
         self.ctrl.send(messages.pack({"schema": self.schema_spec, "shard_id": self.shard_id,
                                       "data_dir": self.data_dir, "respawn": self.respawns > 0,
                                       "first_id": self.next_id}))
