@@ -77,14 +77,16 @@ class FrameChannel:
             if failure:
                 raise failure[0]
         else:
-            self.sock.sendall(header)
-            self.sock.sendall(frame)
+            self._write(header, frame)
 
-    def _write(self, header: bytes, frame: bytes, failure: list[OSError]) -> None:
+    def _write(self, header: bytes, frame: bytes, failure: list[OSError] | None = None) -> None:
+        """Send a large frame in two writes (its errors go to ``failure`` when given: a helper thread)."""
         try:
             self.sock.sendall(header)
             self.sock.sendall(frame)
         except OSError as error:
+            if failure is None:
+                raise
             failure.append(error)
 
     def recv(self) -> bytes:

@@ -186,6 +186,7 @@ class ProcessShard:
             if self.closed:
                 return
             self.respawns += 1
+            self.replied.close()  # the dead worker's counter (a closed shard keeps it: later callers read it too)
             self._spawn()
             with self.lock:
                 for request in behind:  # renumbered in their order, ahead of anything sent later
