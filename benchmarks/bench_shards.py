@@ -6,6 +6,11 @@
 Configurations: one in-process shard (``local``), one and two worker processes (``process``),
 and with ``--ray`` two Ray actors on a local Ray instance. Prints medians (and p90) in
 milliseconds, and ratios against the in-process shard.
+
+Every configuration is loaded first and stays loaded (memory for all of them at once); then
+each of ``--rounds`` rounds measures every configuration in turn. A ratio is taken within a
+round, so that both of its sides ran minutes apart at most on a shared, noisy host; the final
+table gives the median of the per-round ratios and their range.
 """
 from __future__ import annotations
 
@@ -78,6 +83,50 @@ def dataset(profiles: int, events: int):
     return generate(profiles=profiles, events=events, seed=1)
 
 
+def measure(engine: Engine, now: int, args: argparse.Namespace, verbose: bool) -> dict[str, float]:
+    """One round of every figure on ``engine``: latency medians (ms) and throughputs (queries/s)."""
+    row: dict[str, float] = {}
+    for label, text in NOTHING.items():
+        median, p90 = summary(timed(lambda: engine.count(text, now=now), args.overhead_repeat, 200))
+        row[label] = median
+        if verbose:
+            print(f"{label:<8} ({text}): median {median:.3f} ms, p90 {p90:.3f} ms")
+    for label, text in QUERIES.items():
+        count = engine.count(text, now=now)
+        median, p90 = summary(timed(lambda: engine.count(text, now=now), args.repeat))
+        row[label] = median
+        if verbose:
+            print(f"count {label:<13} = {count:>8,}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
+    size = len(engine.ids(IDS_QUERY, now=now))
+    median, p90 = summary(timed(lambda: engine.ids(IDS_QUERY, now=now), max(5, args.repeat // 3)))
+    row["ids"] = median
+    if verbose:
+        print(f"ids   {'(' + format(size, ',') + ' ids)':<13}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
+    for label, texts in (("qps mixed", list(QUERIES.values())), ("qps nothing", [NOTHING["fan-out"]])):
+        row[label] = throughput(engine, texts, now, args.threads, args.seconds)
+        if verbose:
+            print(f"{label}, {args.threads} threads: {row[label]:,.0f} queries/s")
+    return row
+
+
+def print_ratios(title: str, rounds: dict[str, list[dict[str, float]]]) -> None:
+    """Per figure, each configuration's median over the rounds of its per-round ratio to the
+    first configuration (and the range of those ratios when there are several rounds)."""
+    names = list(rounds)
+    base = rounds[names[0]]
+    print(f"\n== {title} (latency: lower is better; qps: higher is better)")
+    print(f"{'':>12}  " + "  ".join(f"{name:>16}" for name in names))
+    for metric in base[0]:
+        cells = []
+        for name in names:
+            ratios = sorted(row[metric] / ref[metric] for row, ref in zip(rounds[name], base))
+            text = f"{statistics.median(ratios):.2f}"
+            if len(ratios) > 1:
+                text += f" ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+            cells.append(f"{text:>16}")
+        print(f"{metric:>12}  " + "  ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profiles", type=int, default=1_000_000)
@@ -86,6 +135,8 @@ def main() -> None:
     parser.add_argument("--overhead-repeat", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds; each measures every configuration in turn (all stay loaded)")
     parser.add_argument("--ray", action="store_true", help="also run two Ray actors (local instance)")
     parser.add_argument("--configs", default="local x1,process x1,process x2",
                         help="comma-separated configurations to run (the first is the baseline of the ratios)")
@@ -101,46 +152,31 @@ def main() -> None:
     wanted = [name.strip() for name in args.configs.split(",")] + (["ray x2"] if args.ray else [])
     configs = sorted((c for c in configs if c[0] in wanted), key=lambda c: wanted.index(c[0]))
 
-    rows: dict[str, dict[str, float]] = {}
-    for name, shards, backend in configs:
-        started = time.perf_counter()
-        engine = Engine(schema, shards=shards, backend=backend)
-        try:
+    engines: dict[str, Engine] = {}
+    try:
+        for name, shards, backend in configs:
+            started = time.perf_counter()
+            engine = engines[name] = Engine(schema, shards=shards, backend=backend)
             engine.load_profiles(ds.profiles)
             for batch in ds.events:
                 engine.load_events(batch)
-            print(f"\n== {name}: started and loaded in {time.perf_counter() - started:.1f} s")
-            row = rows[name] = {}
-            for label, text in NOTHING.items():
-                median, p90 = summary(timed(lambda: engine.count(text, now=ds.now_ms), args.overhead_repeat, 200))
-                row[label] = median
-                print(f"{label:<8} ({text}): median {median:.3f} ms, p90 {p90:.3f} ms")
-            for label, text in QUERIES.items():
-                count = engine.count(text, now=ds.now_ms)
-                median, p90 = summary(timed(lambda: engine.count(text, now=ds.now_ms), args.repeat))
-                row[label] = median
-                print(f"count {label:<13} = {count:>8,}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
-            size = len(engine.ids(IDS_QUERY, now=ds.now_ms))
-            median, p90 = summary(timed(lambda: engine.ids(IDS_QUERY, now=ds.now_ms), max(5, args.repeat // 3)))
-            row["ids"] = median
-            print(f"ids   {'(' + format(size, ',') + ' ids)':<13}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
-            for label, texts in (("qps mixed", list(QUERIES.values())), ("qps nothing", [NOTHING["fan-out"]])):
-                qps = throughput(engine, texts, ds.now_ms, args.threads, args.seconds)
-                row[label] = qps
-                print(f"{label}, {args.threads} threads: {qps:,.0f} queries/s")
-        finally:
+            print(f"{name}: started and loaded in {time.perf_counter() - started:.1f} s")
+        now = ds.now_ms
+        del ds
+        gc.collect()
+        gc.freeze()  # the loaded data is never collected: no full collection walks it mid-measurement
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in engines}
+        for index in range(args.rounds):
+            for name, engine in engines.items():
+                print(f"\n== round {index + 1} of {args.rounds}: {name}")
+                rounds[name].append(measure(engine, now, args, verbose=True))
+            if args.rounds > 1:
+                print_ratios(f"round {index + 1}: ratios against {configs[0][0]}",
+                             {name: rows[-1:] for name, rows in rounds.items()})
+        print_ratios(f"ratios against {configs[0][0]}, median of {args.rounds} rounds", rounds)
+    finally:
+        for engine in engines.values():
             engine.close()
-            del engine
-            gc.collect()  # free this configuration's memory before the next one is measured
-
-    base_name = next(iter(rows))
-    base = rows[base_name]
-    print(f"\n== ratios against {base_name} (latency: lower is better; qps: higher is better)")
-    header = ["", *rows]
-    print("  ".join(f"{h:>12}" for h in header))
-    for metric in base:
-        cells = [f"{rows[name][metric] / base[metric]:12.2f}" for name in rows]
-        print(f"{metric:>12}  " + "  ".join(cells))
 
 
 if __name__ == "__main__":
