@@ -83,29 +83,26 @@ def dataset(profiles: int, events: int):
     return generate(profiles=profiles, events=events, seed=1)
 
 
-def measure(engine: Engine, now: int, args: argparse.Namespace, verbose: bool) -> dict[str, float]:
-    """One round of every figure on ``engine``: latency medians (ms) and throughputs (queries/s)."""
+def measure(engine: Engine, now: int, args: argparse.Namespace) -> dict[str, float]:
+    """One round of every figure on ``engine``, printed as it comes: latency medians (ms) and
+    throughputs (queries/s)."""
     row: dict[str, float] = {}
     for label, text in NOTHING.items():
         median, p90 = summary(timed(lambda: engine.count(text, now=now), args.overhead_repeat, 200))
         row[label] = median
-        if verbose:
-            print(f"{label:<8} ({text}): median {median:.3f} ms, p90 {p90:.3f} ms")
+        print(f"{label:<8} ({text}): median {median:.3f} ms, p90 {p90:.3f} ms")
     for label, text in QUERIES.items():
         count = engine.count(text, now=now)
         median, p90 = summary(timed(lambda: engine.count(text, now=now), args.repeat))
         row[label] = median
-        if verbose:
-            print(f"count {label:<13} = {count:>8,}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
+        print(f"count {label:<13} = {count:>8,}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
     size = len(engine.ids(IDS_QUERY, now=now))
     median, p90 = summary(timed(lambda: engine.ids(IDS_QUERY, now=now), max(5, args.repeat // 3)))
     row["ids"] = median
-    if verbose:
-        print(f"ids   {'(' + format(size, ',') + ' ids)':<13}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
+    print(f"ids   {'(' + format(size, ',') + ' ids)':<13}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
     for label, texts in (("qps mixed", list(QUERIES.values())), ("qps nothing", [NOTHING["fan-out"]])):
         row[label] = throughput(engine, texts, now, args.threads, args.seconds)
-        if verbose:
-            print(f"{label}, {args.threads} threads: {row[label]:,.0f} queries/s")
+        print(f"{label}, {args.threads} threads: {row[label]:,.0f} queries/s")
     return row
 
 
@@ -169,11 +166,11 @@ def main() -> None:
         for index in range(args.rounds):
             for name, engine in engines.items():
                 print(f"\n== round {index + 1} of {args.rounds}: {name}")
-                rounds[name].append(measure(engine, now, args, verbose=True))
+                rounds[name].append(measure(engine, now, args))
             if args.rounds > 1:
                 print_ratios(f"round {index + 1}: ratios against {configs[0][0]}",
                              {name: rows[-1:] for name, rows in rounds.items()})
-        print_ratios(f"ratios against {configs[0][0]}, median of {args.rounds} rounds", rounds)
+        print_ratios(f"ratios against {configs[0][0]}, median of {args.rounds} round{'s' * (args.rounds > 1)}", rounds)
     finally:
         for engine in engines.values():
             engine.close()
