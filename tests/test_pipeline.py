@@ -210,6 +210,18 @@ def test_an_idle_worker_sleeps_after_its_short_spin() -> None:
         assert engine.count("ALL") == 0
 
 
+def test_workers_report_the_cpu_they_answered_on() -> None:
+    """A fan-out reads first from workers on the caller's CPU: each worker records its CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    with Engine(SCHEMA, shards=2) as engine:
+        assert [shard.worker_cpu() for shard in engine.shards] == [-1, -1]  # nothing answered yet
+        for shard, cpu in zip(engine.shards, (cpus[0], cpus[-1])):
+            os.sched_setaffinity(shard.pid, {cpu})
+        engine.count("ALL")
+        engine.count("ALL")  # a worker records a reply's CPU after sending it: the first is recorded by now
+        assert [shard.worker_cpu() for shard in engine.shards] == [cpus[0], cpus[-1]]
+
+
 def test_a_dropped_engine_frees_its_shards_without_a_collection() -> None:
     """No reference cycle keeps a shard (and all its data) alive until the next full GC."""
     gc.disable()

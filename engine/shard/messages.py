@@ -40,8 +40,9 @@ TUPLE, SET, OBJECT, NDARRAY, BITMAP, FROZEN_BITMAP, FROZEN_SET = 1, 2, 3, 4, 5, 
 
 #: Request ids are 8-byte little-endian unsigned ints in front of each frame.
 HEADER = struct.Struct("<Q")
-#: The counter a worker shares with its coordinator: the id of the last request it has answered.
-REPLIED = struct.Struct("<Q")
+#: The counter a worker shares with its coordinator: the id of the last request it has answered,
+#: and the CPU it answered it on (-1 before its first reply).
+REPLIED = struct.Struct("<Qq")
 
 
 def _registry() -> dict[str, tuple[type, tuple[str, ...]]]:

@@ -47,6 +47,7 @@ from ..errors import ShardError
 from ..schema import Schema
 from . import messages
 from .channel import FrameChannel
+from .cpu import current_cpu
 from .group import ShardGroup
 from .lanes import Lane, LanePool
 
@@ -104,7 +105,7 @@ class ProcessShard:
         try:
             os.ftruncate(counter, messages.REPLIED.size)
             self.replied = mmap.mmap(counter, messages.REPLIED.size)
-            messages.REPLIED.pack_into(self.replied, 0, self.next_id - 1)
+            messages.REPLIED.pack_into(self.replied, 0, self.next_id - 1, -1)
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
             self.proc = subprocess.Popen(
@@ -170,7 +171,7 @@ class ProcessShard:
                 return  # another thread replaced this worker already
             start = None if self.started else self._start_reply(wait=False)
             code = self._release_process(kill=True)
-            (replied,) = messages.REPLIED.unpack_from(self.replied)
+            replied, _ = messages.REPLIED.unpack_from(self.replied)
             with self.lock:
                 unanswered = [self.pending.pop(i) for i in sorted(i for i in self.pending if i > replied)]
                 failed, behind = (unanswered, []) if self.closed else (unanswered[:1], unanswered[1:])
@@ -199,6 +200,13 @@ class ProcessShard:
                     chan.send(messages.HEADER.pack(request.id) + request.body)  # type: ignore[union-attr]
             except OSError:
                 pass  # the new worker is gone too: its callers see EOF and replace it
+
+    def worker_cpu(self) -> int:
+        """The CPU the worker answered its last request on (-1 if unknown)."""
+        try:
+            return messages.REPLIED.unpack_from(self.replied)[1]
+        except ValueError:  # the counter of a worker being replaced was just closed
+            return -1
 
     @property
     def pid(self) -> int:
@@ -327,9 +335,18 @@ def fanout(shards: Sequence[ProcessShard], method: str, args_per_shard: Sequence
     """``method(*args)`` on every shard in parallel (None args skip a shard); answers in shard order.
 
     The requests are sent to every shard in one step under one lock (so concurrent fan-outs
-    reach every shard in the same order: writes stay ordered), then the replies are read in
-    shard order. If a shard fails, the first failure in shard order is raised at once: the
-    other shards' replies to this request are dropped by the lane's next holder.
+    reach every shard in the same order: writes stay ordered), then the replies are read: first
+    from the workers that last ran on the caller's CPU, then the others, in shard order. If a
+    shard fails, its failure is raised at once (the lowest shard's among those read by then):
+    the other shards' replies to this request are dropped by the lane's next holder.
+
+    Why that read order: with more runnable processes than CPUs, a worker that shares the
+    caller's CPU starts only when the caller goes to sleep to wait, so it tends to answer last.
+    Waiting for it first, the caller is woken once, by a wake-up on its own CPU, and finds the
+    other replies already there. Waiting first for a worker on another CPU, the caller is
+    woken across CPUs (slow on a VM) while its own CPU's worker is still running, which it then
+    interrupts, and it waits again. On the development VM, placing the processes by hand, the
+    bad order took 0.21-0.24 ms for a 10M ``attrs`` count against 0.13-0.16 ms.
     """
     results: list[Any] = [None] * len(shards)
     if all(args is None for args in args_per_shard):
@@ -351,6 +368,9 @@ def fanout(shards: Sequence[ProcessShard], method: str, args_per_shard: Sequence
                     sent.append((index, shard, shard.send(lane, body, method)))
                 except Exception as exc:  # noqa: BLE001 - raised below (a closed shard)
                     errors.append((index, exc))
+        if len(sent) > 1:
+            here = current_cpu()  # read first from workers on this CPU (the reasons are above)
+            sent.sort(key=lambda item: item[1].worker_cpu() != here)
         for index, shard, request in sent:
             if errors:
                 break

@@ -31,6 +31,7 @@ from typing import Any
 from ..schema import Schema
 from . import messages
 from .channel import FrameChannel
+from .cpu import current_cpu
 from .local import LocalShard
 
 
@@ -158,7 +159,7 @@ def serve(ctrl_fd: int, counter_fd: int, lane_fds: list[int]) -> None:
             lane.send(reply)
         except OSError:
             pass  # the coordinator dropped this lane
-        messages.REPLIED.pack_into(replied, 0, expected)
+        messages.REPLIED.pack_into(replied, 0, expected, current_cpu())
         expected += 1
         if server.spin_s and expected not in queued:
             _spin(ready, server.spin_s)
