@@ -18,6 +18,7 @@ EOFError
 """
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
@@ -41,6 +42,7 @@ class FrameChannel:
         self.start = 0  # where the unread bytes begin in ``buffer``
         self.closed = False
         self.writer: threading.Thread | None = None  # still writing a large frame for an interrupted caller
+        self.poller: select.poll | None = None  # made on the first wait (see _wait_readable)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -89,6 +91,20 @@ class FrameChannel:
                 raise
             failure.append(error)
 
+    def _wait_readable(self) -> None:
+        """Sleep until the socket has something to read (or is closed).
+
+        Not in a blocking ``recv``: that sleeper is also woken each time the other end reads
+        what this end sent (the kernel signals "writable" on the same wait queue), which for a
+        coordinator waiting on a worker that has just picked up its request meant a useless
+        switch to the coordinator and back on the worker's CPU. ``poll`` for POLLIN is woken by
+        incoming data only.
+        """
+        if self.poller is None:
+            self.poller = select.poll()
+            self.poller.register(self.sock.fileno(), select.POLLIN)
+        self.poller.poll()
+
     def recv(self) -> bytes:
         """The next frame, waiting for it (EOFError once the other end has closed)."""
         while True:
@@ -130,10 +146,14 @@ class FrameChannel:
         if len(self.buffer) >= LENGTH.size:  # a large frame: read the rest of it at once
             missing = LENGTH.size + LENGTH.unpack_from(self.buffer)[0] - len(self.buffer)
             want = min(max(want, missing), MAX_READ)
-        try:
-            chunk = self.sock.recv(want, 0 if wait else socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
+        while True:
+            try:
+                chunk = self.sock.recv(want, socket.MSG_DONTWAIT)
+                break
+            except BlockingIOError:
+                if not wait:
+                    return False
+                self._wait_readable()
         if not chunk:
             raise EOFError
         self.buffer += chunk

@@ -4,7 +4,7 @@ Each worker is a fresh interpreter (``python -m engine.shard.worker``: the spawn
 without multiprocessing's re-import of the coordinator's ``__main__``, which would pull gRPC
 into the worker). It is started with its ends of a control socket (the start message and its
 reply; closing it tells the worker to exit), of every lane of its group (engine/shard/lanes.py)
-and of an 8-byte shared counter; all carry length-prefixed msgpack frames.
+and of a 16-byte shared counter; the sockets carry length-prefixed msgpack frames.
 
 Concurrency (the engine is called from many threads): a caller takes a lane, sends its
 requests into the lane's sockets and reads its own replies from them, so the kernel wakes the

@@ -125,7 +125,8 @@ def serve(ctrl_fd: int, counter_fd: int, lane_fds: list[int]) -> None:
     "data_dir", "respawn", "first_id"}`` (msgpack), answered there with this process id or the
     error that stopped the start. Requests come on the lanes ``lane_fds`` and are served in
     id order from ``first_id`` (each reply goes back on the lane its request came on); after
-    sending a reply, the worker writes its id into the shared counter ``counter_fd``.
+    sending a reply, the worker writes its id and the CPU it ran on into the shared counter
+    ``counter_fd`` (the coordinator reads the id when a worker dies, the CPU to order its reads).
     """
     ctrl = FrameChannel(socket.socket(fileno=ctrl_fd))
     replied = mmap.mmap(counter_fd, messages.REPLIED.size)
