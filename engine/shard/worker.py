@@ -148,11 +148,13 @@ def serve(ctrl_fd: int, counter_fd: int, lane_fds: list[int]) -> None:
         ready.register(fd, select.POLLIN)
     queued: dict[int, tuple[FrameChannel, bytes]] = {}  # requests read, by id
     expected = int(start["first_id"])
+    events: list[tuple[int, int]] = []  # sockets found ready by the last spin
     while True:
         entry = queued.pop(expected, None)
         if entry is None:
-            if not _read_lanes(ready, ctrl_fd, lanes, queued, expected, ready.poll()):
+            if not _read_lanes(ready, ctrl_fd, lanes, queued, expected, events or ready.poll()):
                 return
+            events = []
             continue
         lane, frame = entry
         reply = server.handle(frame)
@@ -163,7 +165,7 @@ def serve(ctrl_fd: int, counter_fd: int, lane_fds: list[int]) -> None:
         messages.REPLIED.pack_into(replied, 0, expected, current_cpu())
         expected += 1
         if server.spin_s and expected not in queued:
-            _spin(ready, server.spin_s)
+            events = _spin(ready, server.spin_s)
 
 
 def _read_lanes(ready: "select.poll", ctrl_fd: int, lanes: dict[int, FrameChannel],
@@ -193,13 +195,15 @@ def _read_lanes(ready: "select.poll", ctrl_fd: int, lanes: dict[int, FrameChanne
     return True
 
 
-def _spin(ready: "select.poll", seconds: float) -> None:
-    """Poll for the next request for up to ``seconds``, yielding the CPU between polls."""
+def _spin(ready: "select.poll", seconds: float) -> list[tuple[int, int]]:
+    """Poll for the next request for up to ``seconds``, yielding the CPU between polls; the
+    ready sockets' events, or [] if none became ready in time."""
     clock = time.perf_counter
     deadline = clock() + seconds
-    while not ready.poll(0):
-        if clock() > deadline:
-            return
+    while True:
+        events = ready.poll(0)
+        if events or clock() > deadline:
+            return events
         os.sched_yield()
 
 
