@@ -147,13 +147,14 @@ class FrameChannel:
             missing = LENGTH.size + LENGTH.unpack_from(self.buffer)[0] - len(self.buffer)
             want = min(max(want, missing), MAX_READ)
         while True:
+            if wait:
+                self._wait_readable()  # returns at once if something is there
             try:
                 chunk = self.sock.recv(want, socket.MSG_DONTWAIT)
                 break
             except BlockingIOError:
                 if not wait:
                     return False
-                self._wait_readable()
         if not chunk:
             raise EOFError
         self.buffer += chunk
