@@ -107,11 +107,49 @@ class FrameChannel:
 
     def recv(self) -> bytes:
         """The next frame, waiting for it (EOFError once the other end has closed)."""
+        if not self.buffer:
+            frame = self._read_single(wait=True)
+            if frame is not None:
+                return frame
         while True:
             frame = self.take()
             if frame is not None:
                 return frame
             self.fill()
+
+    def drain(self) -> list[bytes]:
+        """The whole frames that can be read now, without waiting (EOFError once the other end has closed)."""
+        if not self.buffer:
+            frame = self._read_single(wait=False)
+            if frame is not None:
+                return [frame]
+        else:
+            self.fill(wait=False)
+        frames = []
+        frame = self.take()
+        while frame is not None:
+            frames.append(frame)
+            frame = self.take()
+        return frames
+
+    def _read_single(self, wait: bool) -> bytes | None:
+        """One read into the empty buffer: the frame if the read brought exactly one whole frame
+        (the usual case for small frames: no buffering at all); else None, with what was read
+        (if anything) in the buffer."""
+        if self.closed:
+            raise OSError("channel is closed")
+        if wait:
+            self._wait_readable()
+        try:
+            chunk = self.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        if not chunk:
+            raise EOFError
+        if len(chunk) >= LENGTH.size and LENGTH.unpack_from(chunk)[0] == len(chunk) - LENGTH.size:
+            return chunk[LENGTH.size:]
+        self.buffer += chunk
+        return None
 
     def buffered(self) -> bool:
         """Whether a whole frame is already read and waiting."""

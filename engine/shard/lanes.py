@@ -86,19 +86,25 @@ class LanePool:
         self.lanes = [Lane(i, shards) for i in range(size)]
         self.free = list(reversed(self.lanes))  # a stack: the most recently used lane is taken first
         self.cond = threading.Condition(threading.Lock())
+        self.waiting = 0  # callers waiting in take
 
     def take(self) -> Lane:
         """A free lane (waiting for one if all are in use)."""
         with self.cond:
             while not self.free:
-                self.cond.wait()
+                self.waiting += 1
+                try:
+                    self.cond.wait()
+                finally:
+                    self.waiting -= 1
             return self.free.pop()
 
     def give(self, lane: Lane) -> None:
         """Return a lane taken with ``take``."""
         with self.cond:
             self.free.append(lane)
-            self.cond.notify()
+            if self.waiting:
+                self.cond.notify()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close every lane's sockets once all lanes are back (or after ``timeout_s``)."""

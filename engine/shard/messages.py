@@ -65,13 +65,13 @@ class PlanEncodings:
 
     def __init__(self, capacity: int = 4096):
         self.capacity = capacity
-        self.entries: OrderedDict[int, tuple[object, bytes]] = OrderedDict()
+        self.entries: OrderedDict[int, tuple[object, msgpack.ExtType]] = OrderedDict()
 
-    def get(self, step: object) -> bytes | None:
+    def get(self, step: object) -> msgpack.ExtType | None:
         hit = self.entries.get(id(step))
         return hit[1] if hit is not None and hit[0] is step else None
 
-    def put(self, step: object, payload: bytes) -> None:
+    def put(self, step: object, payload: msgpack.ExtType) -> None:
         self.entries[id(step)] = (step, payload)  # the entry keeps the step alive, so its id stays unique
         if len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
@@ -180,11 +180,11 @@ def encode_body(method: str, args: tuple) -> bytes:
 
 
 def _plan(step: steps.Step) -> msgpack.ExtType:
-    payload = _encoded_plans.get(step)
-    if payload is None:
-        payload = _pack_object(step)
-        _encoded_plans.put(step, payload)
-    return msgpack.ExtType(OBJECT, payload)
+    encoded = _encoded_plans.get(step)
+    if encoded is None:
+        encoded = msgpack.ExtType(OBJECT, _pack_object(step))
+        _encoded_plans.put(step, encoded)
+    return encoded
 
 
 def encode_request(request_id: int, method: str, args: tuple) -> bytes:

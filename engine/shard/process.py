@@ -278,10 +278,7 @@ class ProcessShard:
             try:
                 if chan is None:
                     raise EOFError  # replaced twice before this caller looked: cannot happen in practice
-                frame = chan.take()
-                while frame is None:
-                    chan.fill()  # sleeps until the worker answers (EOF if it dies)
-                    frame = chan.take()
+                frame = chan.recv()  # sleeps until the worker answers (EOF if it dies)
             except (EOFError, OSError):
                 self._replace_worker(generation)
                 with self.lock:

@@ -180,18 +180,16 @@ def _read_lanes(ready: "select.poll", ctrl_fd: int, lanes: dict[int, FrameChanne
             return False  # nothing comes on it after the start: this is EOF
         lane = lanes[fd]
         try:
-            lane.fill(wait=False)
+            frames = lane.drain()
         except (EOFError, OSError):  # the coordinator closed this lane (a replaced socket)
             ready.unregister(fd)
             del lanes[fd]
             lane.close()
             continue
-        frame = lane.take()
-        while frame is not None:
+        for frame in frames:
             (request_id,) = messages.HEADER.unpack_from(frame)
             if request_id >= expected:
                 queued.setdefault(request_id, (lane, frame))
-            frame = lane.take()
     return True
 
 
