@@ -2,6 +2,7 @@
 
     python benchmarks/bench_shards.py                      # 1M profiles, 5M events
     python benchmarks/bench_shards.py --profiles 200000 --events 1000000 --ray
+    python benchmarks/bench_shards.py --queries compare   # compare.py's 28 queries instead of the issue's 4
 
 Configurations: one in-process shard (``local``), one and two worker processes (``process``),
 and with ``--ray`` two Ray actors on a local Ray instance. Prints medians (and p90) in
@@ -17,8 +18,10 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from engine import Engine, Schema
@@ -83,7 +86,17 @@ def dataset(profiles: int, events: int):
     return generate(profiles=profiles, events=events, seed=1)
 
 
-def measure(engine: Engine, now: int, args: argparse.Namespace) -> dict[str, float]:
+def compare_queries(now: int) -> dict[str, str]:
+    """compare.py's 28 queries (benchmarks/queries.py) at clock ``now``, by name."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from queries import all_queries
+
+    return {query.name: query.seg for query in all_queries(now)}
+
+
+def measure(engine: Engine, now: int, args: argparse.Namespace, queries: dict[str, str]) -> dict[str, float]:
     """One round of every figure on ``engine``, printed as it comes: latency medians (ms) and
     throughputs (queries/s)."""
     row: dict[str, float] = {}
@@ -91,16 +104,17 @@ def measure(engine: Engine, now: int, args: argparse.Namespace) -> dict[str, flo
         median, p90 = summary(timed(lambda: engine.count(text, now=now), args.overhead_repeat, 200))
         row[label] = median
         print(f"{label:<8} ({text}): median {median:.3f} ms, p90 {p90:.3f} ms")
-    for label, text in QUERIES.items():
+    width = max(map(len, queries))
+    for label, text in queries.items():
         count = engine.count(text, now=now)
         median, p90 = summary(timed(lambda: engine.count(text, now=now), args.repeat))
         row[label] = median
-        print(f"count {label:<13} = {count:>8,}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
+        print(f"count {label:<{width}} = {count:>9,}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
     size = len(engine.ids(IDS_QUERY, now=now))
     median, p90 = summary(timed(lambda: engine.ids(IDS_QUERY, now=now), max(5, args.repeat // 3)))
     row["ids"] = median
     print(f"ids   {'(' + format(size, ',') + ' ids)':<13}: median {median:8.3f} ms, p90 {p90:8.3f} ms")
-    for label, texts in (("qps mixed", list(QUERIES.values())), ("qps nothing", [NOTHING["fan-out"]])):
+    for label, texts in (("qps mixed", list(queries.values())), ("qps nothing", [NOTHING["fan-out"]])):
         row[label] = throughput(engine, texts, now, args.threads, args.seconds)
         print(f"{label}, {args.threads} threads: {row[label]:,.0f} queries/s")
     return row
@@ -112,7 +126,8 @@ def print_ratios(title: str, rounds: dict[str, list[dict[str, float]]]) -> None:
     names = list(rounds)
     base = rounds[names[0]]
     print(f"\n== {title} (latency: lower is better; qps: higher is better)")
-    print(f"{'':>12}  " + "  ".join(f"{name:>16}" for name in names))
+    width = max(12, *map(len, base[0]))
+    print(f"{'':>{width}}  " + "  ".join(f"{name:>16}" for name in names))
     for metric in base[0]:
         cells = []
         for name in names:
@@ -121,7 +136,7 @@ def print_ratios(title: str, rounds: dict[str, list[dict[str, float]]]) -> None:
             if len(ratios) > 1:
                 text += f" ({ratios[0]:.2f}-{ratios[-1]:.2f})"
             cells.append(f"{text:>16}")
-        print(f"{metric:>12}  " + "  ".join(cells))
+        print(f"{metric:>{width}}  " + "  ".join(cells))
 
 
 def main() -> None:
@@ -135,6 +150,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds; each measures every configuration in turn (all stay loaded)")
     parser.add_argument("--ray", action="store_true", help="also run two Ray actors (local instance)")
+    parser.add_argument("--queries", choices=["issue", "compare"], default="issue",
+                        help="the four queries of the sharding issue, or compare.py's 28 (benchmarks/queries.py)")
     parser.add_argument("--configs", default="local x1,process x1,process x2",
                         help="comma-separated configurations to run (the first is the baseline of the ratios)")
     args = parser.parse_args()
@@ -159,6 +176,7 @@ def main() -> None:
                 engine.load_events(batch)
             print(f"{name}: started and loaded in {time.perf_counter() - started:.1f} s")
         now = ds.now_ms
+        queries = QUERIES if args.queries == "issue" else compare_queries(now)
         del ds
         gc.collect()
         gc.freeze()  # the loaded data is never collected: no full collection walks it mid-measurement
@@ -166,7 +184,7 @@ def main() -> None:
         for index in range(args.rounds):
             for name, engine in engines.items():
                 print(f"\n== round {index + 1} of {args.rounds}: {name}")
-                rounds[name].append(measure(engine, now, args))
+                rounds[name].append(measure(engine, now, args, queries))
             if args.rounds > 1:
                 print_ratios(f"round {index + 1}: ratios against {configs[0][0]}",
                              {name: rows[-1:] for name, rows in rounds.items()})

@@ -32,3 +32,19 @@ def test_bench_shards_measures_every_configuration_in_rounds() -> None:
         assert cells[0] == ("1.00", "1.00", "1.00")  # the baseline against itself
         median, low, high = map(float, cells[1])
         assert low <= median <= high
+
+
+def test_bench_shards_runs_compare_queries_when_asked() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from queries import all_queries
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    names = [query.name for query in all_queries()]
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_shards.py"), "--profiles", "2000",
+               "--events", "10000", "--configs", "local x1,process x2", "--rounds", "1", "--repeat", "2",
+               "--overhead-repeat", "5", "--seconds", "0.1", "--queries", "compare"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    final = done.stdout.split("== ratios against local x1, median of 1 round")[1].splitlines()[2:]
+    assert [line.split()[0] for line in final] == ["fan-out", "int", *names, "ids", "qps", "qps"]
