@@ -61,7 +61,7 @@ CLASSES = _registry()
 
 
 class PlanEncodings:
-    """Encoded plans per Step object (a plan is compiled once and sent many times)."""
+    """Encoded plans (msgpack extension values) per Step object (a plan is compiled once and sent many times)."""
 
     def __init__(self, capacity: int = 4096):
         self.capacity = capacity
@@ -71,8 +71,8 @@ class PlanEncodings:
         hit = self.entries.get(id(step))
         return hit[1] if hit is not None and hit[0] is step else None
 
-    def put(self, step: object, payload: msgpack.ExtType) -> None:
-        self.entries[id(step)] = (step, payload)  # the entry keeps the step alive, so its id stays unique
+    def put(self, step: object, encoded: msgpack.ExtType) -> None:
+        self.entries[id(step)] = (step, encoded)  # the entry keeps the step alive, so its id stays unique
         if len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
 
