@@ -36,7 +36,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import Engine, Schema  # noqa: E402
-from engine.persist.routing import take_events  # noqa: E402
 from loaders.generator import generate  # noqa: E402
 
 NO_AUTO_SNAPSHOTS = {"snapshot_every_s": None, "snapshot_log_bytes": None}
@@ -50,7 +49,7 @@ def dir_bytes(path: Path) -> int:
 def event_slices(dataset, size: int):
     for batch in dataset.events:
         for start in range(0, len(batch), size):
-            yield take_events(batch, np.arange(start, min(start + size, len(batch))))
+            yield batch.take(np.arange(start, min(start + size, len(batch))))
 
 
 def load(engine: Engine, dataset, size: int) -> dict:

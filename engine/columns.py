@@ -59,6 +59,12 @@ class ProfileBatch:
             {name: flags[start:stop] for name, flags in self.consents.items()},
         )
 
+    def take(self, picks: np.ndarray) -> "ProfileBatch":
+        """The profiles at positions ``picks`` (an index array) of this batch."""
+        return ProfileBatch([self.ids[i] for i in picks.tolist()],
+                            {name: take_column(col, picks) for name, col in self.columns.items()},
+                            {name: np.asarray(flags)[picks] for name, flags in self.consents.items()})
+
 
 @dataclass
 class EventBatch:
@@ -71,6 +77,11 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def take(self, picks: np.ndarray) -> "EventBatch":
+        """The events at positions ``picks`` (an index array) of this batch."""
+        return EventBatch(self.event, [self.ids[i] for i in picks.tolist()], np.asarray(self.ts)[picks],
+                          {name: take_column(col, picks) for name, col in self.props.items()})
 
 
 def slice_column(col: Column, start: int, stop: int) -> Column:

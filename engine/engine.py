@@ -6,26 +6,30 @@ sends the plan to every shard and merges the answers (counts summed, sorted ids 
 """
 from __future__ import annotations
 
-import heapq
+import dataclasses
 import itertools
+import threading
 import time
 from collections import OrderedDict
-from typing import Any, Iterable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
+from .commands import (Command, CreateSegment, DeleteSegment, LoadEvents, LoadProfiles, Track, Upsert, applied_count,
+                       merged_segment_info, route)
 from .errors import DataDirMismatch, DataError, SegmentExists
 from .explain import merge_trees
 from .plan import Step, plan
 from .query import bind, parse, to_text
 from .schema import Schema, check_id
 from .segment_time import segment_refs
-from .segments import SegmentCatalog
+from .segments import SegmentCatalog, SegmentDef
 from .shard.group import ShardGroup
-from .shard.partition import shard_of, shards_of, split_by_shard
+from .shard.partition import shard_of
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
+
+if TYPE_CHECKING:
+    from .persist import DataDir
 
 
 def wall_clock_ms() -> int:
@@ -34,24 +38,32 @@ def wall_clock_ms() -> int:
 
 
 class PlanCache:
-    """LRU cache of compiled plans keyed by query text."""
+    """LRU cache of compiled plans, and the saved segments each reads, keyed by query text."""
 
     def __init__(self, schema: Schema, capacity: int = 4096):
         self.schema = schema
         self.capacity = capacity
-        self.entries: OrderedDict[str, Step] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[Step, frozenset[str]]] = OrderedDict()
+        self.lock = threading.Lock()
 
-    def get(self, text: str) -> Step:
-        """The plan of ``text`` (parsed, bound and planned once)."""
-        step = self.entries.get(text)
-        if step is None:
-            step = plan(bind(parse(text), self.schema))
-            self.entries[text] = step
+    def entry(self, text: str) -> tuple[Step, frozenset[str]]:
+        """(plan, saved segments it reads) of ``text``, parsed, bound and planned once."""
+        with self.lock:
+            hit = self.entries.get(text)
+            if hit is not None:
+                self.entries.move_to_end(text)
+                return hit
+        step = plan(bind(parse(text), self.schema))
+        hit = (step, segment_refs(step))
+        with self.lock:
+            self.entries[text] = hit
             if len(self.entries) > self.capacity:
                 self.entries.popitem(last=False)
-        else:
-            self.entries.move_to_end(text)
-        return step
+        return hit
+
+    def get(self, text: str) -> Step:
+        """The plan of ``text``."""
+        return self.entry(text)[0]
 
 
 def make_shards(schema: Schema, shards: int, backend: str, address: str | None,
@@ -93,9 +105,11 @@ class Engine:
         self.changes = ChangeHub()
         self._refreshed_at = 0
         self._capturing = False
+        self._write_lock = threading.Lock()  # in memory: writes are numbered and applied one at a time
+        self._last_seq = 0
         # with a data_dir: recover from it, then log every write before applying it (engine.persist);
         # ``durability``: options of engine.persist.DataDir (snapshot_every_s, snapshot_log_bytes, map_size)
-        self.durable = None
+        self.durable: DataDir | None = None
         if data_dir is not None:
             from .persist import DataDir
 
@@ -105,62 +119,83 @@ class Engine:
                 self.shards.close()
                 raise
 
-    # -- writes -----------------------------------------------------------------------------
+    # -- writes: every change is one command on one path (see engine.commands) --------------
     def upsert_profiles(self, records: Iterable[dict]) -> int:
         """Validate then apply profile upserts, all or none (DataError names the record index)."""
         updates = [self.schema.validate_profile(record, i) for i, record in enumerate(records)]
-        if self.durable is not None:
-            return self.durable.write("upsert", (updates, self._write_clock()))
-        groups = split_by_shard(updates, lambda u: u.id, self.n_shards)
-        now = self._write_clock()
-        applied = sum(n for n in self.shards.call_each("upsert", [(g, now) if g else None for g in groups]) if n)
-        self._publish()
-        return applied
+        return self.write(Upsert(updates, self._write_clock()))
 
     def track_events(self, records: Iterable[dict]) -> int:
         """Validate then apply events, all or none (DataError names the record index)."""
         events = [self.schema.validate_event(record, i) for i, record in enumerate(records)]
-        if self.durable is not None:
-            return self.durable.write("events", (events, self._write_clock()))
-        groups = split_by_shard(events, lambda e: e.id, self.n_shards)
-        now = self._write_clock()
-        applied = sum(n for n in self.shards.call_each("track", [(g, now) if g else None for g in groups]) if n)
-        self._publish()
-        return applied
-
+        return self.write(Track(events, self._write_clock()))
 
     def load_profiles(self, batch: ProfileBatch) -> int:
         """Bulk-load a columnar profile batch (same effect as upserting its records)."""
         for name in batch.columns:
             if name not in self.schema.attributes:
                 raise DataError("unknown attribute", None, name)
-        return self._load("load_profiles", batch, _take_profiles)
+        return self.write(LoadProfiles(batch, self._write_clock()))
 
     def load_events(self, batch: EventBatch) -> int:
         """Bulk-load a columnar batch of events of one type."""
         if batch.event not in self.schema.events:
             raise DataError(f"unknown event type {batch.event!r}", None, "event")
-        return self._load("load_events", batch, _take_events)
+        return self.write(LoadEvents(batch, self._write_clock()))
 
     def load_checked_events(self, batch: EventBatch) -> int:
         """``load_events`` for a batch from an untrusted producer: every column checked first (DataError)."""
         check_event_batch(self.schema, batch)
         return self.load_events(batch)
 
-    def _load(self, method: str, batch: Any, take: Any) -> int:
-        """Split a columnar batch per owning shard and load the parts in parallel."""
-        now = self._write_clock()
+    def write(self, command: Command) -> Any:
+        """Apply write ``command``: checked, then (with a data_dir) logged durably, then applied in order."""
+        self._check(command)
         if self.durable is not None:
-            return self.durable.write(method, (batch, now))
-        if self.n_shards == 1:
-            parts = [(batch, now) if len(batch) else None]
+            return self.durable.write(command)
+        with self._write_lock:
+            self._last_seq += 1
+            return self.apply(command, self._last_seq)
+
+    def apply(self, command: Command, seq: int) -> Any:
+        """Apply ``command`` as write number ``seq`` to the shards, then to the coordinator's catalog.
+
+        The one write path: called in write order by ``write`` in memory and by the durable
+        log's applier once the command is logged. Returns the number of records applied, a
+        created segment's info, or None.
+        """
+        definition = self._check(command)
+        calls = route(command, self.n_shards, self.compile)
+        tagged = [None if call is None else (seq, *call) for call in calls]
+        results = self.durable.send(tagged) if self.durable is not None else self.shards.call_each("apply_logged", tagged)
+        result: Any = None
+        if isinstance(command, CreateSegment):
+            self.catalog.put(definition)
+            result = merged_segment_info(results)
+        elif isinstance(command, DeleteSegment):
+            self.catalog.remove(command.name)
         else:
-            owners = shards_of(batch.ids, self.n_shards)
-            picks = [np.flatnonzero(owners == shard_no) for shard_no in range(self.n_shards)]
-            parts = [(take(batch, p), now) if len(p) else None for p in picks]
-        applied = sum(n for n in self.shards.call_each(method, parts) if n)
+            result = applied_count(results)
         self._publish()
-        return applied
+        return result
+
+    def _check(self, command: Command) -> SegmentDef | None:
+        """The catalog's checks of a segment command (raises); the definition a CreateSegment puts."""
+        if isinstance(command, CreateSegment):
+            step = self.compile(command.query)
+            if command.name in self.catalog and not command.replace:
+                raise SegmentExists(f"segment {command.name!r} already exists")
+            return self.catalog.prepare(command.name, command.query, step, command.now)
+        if isinstance(command, DeleteSegment):
+            self.catalog.check_removable(command.name)
+        return None
+
+    def restore_catalog(self, infos: list[dict[str, Any]]) -> None:
+        """Put the saved segments of a recovered shard (every shard holds the same definitions) in the catalog."""
+        for info in infos:
+            definition = self.catalog.prepare(info["name"], info["query"], self.compile(info["query"]),
+                                              info["updated_ms"])
+            self.catalog.put(dataclasses.replace(definition, created_ms=info["created_ms"]))
 
     # -- queries ----------------------------------------------------------------------------
     def compile(self, query: str) -> Step:
@@ -169,15 +204,15 @@ class Engine:
 
     def count(self, query: str, now: int | None = None) -> int:
         """Number of live profiles in the segment ``query`` at clock ``now`` (epoch ms; None = wall clock)."""
-        step = self.compile(query)
-        self._read_segments(step)
+        step, refs = self.plans.entry(query)
+        self._read_segments(refs)
         at = wall_clock_ms() if now is None else int(now)
         return sum(self.shards.call_all("count", step, at))
 
     def ids(self, query: str, now: int | None = None) -> list[str]:
         """Canonical ids of the segment ``query``, sorted ascending."""
-        step = self.compile(query)
-        self._read_segments(step)
+        step, refs = self.plans.entry(query)
+        self._read_segments(refs)
         at = wall_clock_ms() if now is None else int(now)
         parts = self.shards.call_all("ids", step, at)
         if len(parts) == 1:
@@ -194,8 +229,8 @@ class Engine:
 
     def explain(self, query: str, now: int | None = None) -> dict[str, Any]:
         """The plan of ``query`` as a tree with, per step, rows selected and time taken (summed over shards)."""
-        step = self.compile(query)
-        self._read_segments(step)
+        step, refs = self.plans.entry(query)
+        self._read_segments(refs)
         at = wall_clock_ms() if now is None else int(now)
         started = time.perf_counter()
         tree = merge_trees(self.shards.call_all("explain", step, at))
@@ -213,38 +248,23 @@ class Engine:
         SegmentExists if ``name`` is taken (unless ``replace``), SegmentNotFound if the query reads
         an unknown segment, QueryError for a bad query or a reference cycle.
         """
-        step = self.compile(query)
-        if name in self.catalog and not replace:
-            raise SegmentExists(f"segment {name!r} already exists")
-        now = self._write_clock()
-        definition = self.catalog.prepare(name, query, step, now)
-        if self.durable is not None:
-            return self.durable.write("create_segment", (name, query, now, bool(replace)))
-        infos = self.shards.call_all("create_segment", name, query, step, now, bool(replace))
-        self.catalog.put(definition)
-        self._publish()
-        return _merge_infos(infos)
+        return self.write(CreateSegment(name, query, self._write_clock(), bool(replace)))
 
     def get_segment(self, name: str) -> dict[str, Any]:
         """Definition and member count of saved segment ``name``."""
         self.catalog.get(name)
         self._tick()
-        return _merge_infos(self.shards.call_all("segment_info", name))
+        return merged_segment_info(self.shards.call_all("segment_info", name))
 
     def list_segments(self) -> list[dict[str, Any]]:
         """``get_segment`` of every saved segment, in dependency order."""
         self._tick()
         per_shard = self.shards.call_all("segment_infos")
-        return [_merge_infos(list(infos)) for infos in zip(*per_shard)]
+        return [merged_segment_info(list(infos)) for infos in zip(*per_shard)]
 
     def delete_segment(self, name: str) -> None:
         """Delete saved segment ``name`` (SegmentInUse if another saved segment reads it)."""
-        self.catalog.check_removable(name)
-        if self.durable is not None:
-            return self.durable.write("delete_segment", (name,))
-        self.shards.call_all("delete_segment", name)
-        self.catalog.remove(name)
-        self._publish()
+        self.write(DeleteSegment(name))
 
     def segment_definitions(self) -> list[tuple[str, str]]:
         """(name, query) of every saved segment in dependency order (re-create them in this order)."""
@@ -292,11 +312,10 @@ class Engine:
 
     def reads_segments(self, query: str) -> bool:
         """True if ``query`` reads saved segments (``SEGMENT(...)``); QueryError if malformed."""
-        return bool(_refs_of(self.compile(query)))
+        return bool(self.plans.entry(query)[1])
 
-    def _read_segments(self, step: Step) -> None:
-        """Before a query that reads saved segments: check they exist and are current."""
-        refs = _refs_of(step)
+    def _read_segments(self, refs: frozenset[str]) -> None:
+        """Before a query that reads the saved segments ``refs``: check they exist and are current."""
         if refs:
             self.catalog.check_refs(refs)
             self._tick()
@@ -344,39 +363,3 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_REFS: OrderedDict[Step, frozenset[str]] = OrderedDict()
-
-
-def _refs_of(step: Step) -> frozenset[str]:
-    """Saved segments a plan reads (cached per plan)."""
-    refs = _REFS.get(step)
-    if refs is None:
-        refs = _REFS[step] = segment_refs(step)
-        if len(_REFS) > 4096:
-            _REFS.popitem(last=False)
-    return refs
-
-
-def _merge_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
-    """One segment's info from every shard's: counts added, the latest clock."""
-    merged = dict(infos[0])
-    merged["count"] = sum(info["count"] for info in infos)
-    merged["as_of_ms"] = max(info["as_of_ms"] for info in infos)
-    return merged
-
-
-def _take_profiles(batch: ProfileBatch, picks: np.ndarray) -> ProfileBatch:
-    from .columns import take_column
-
-    return ProfileBatch([batch.ids[i] for i in picks.tolist()],
-                        {name: take_column(col, picks) for name, col in batch.columns.items()},
-                        {name: np.asarray(flags)[picks] for name, flags in batch.consents.items()})
-
-
-def _take_events(batch: EventBatch, picks: np.ndarray) -> EventBatch:
-    from .columns import take_column
-
-    return EventBatch(batch.event, [batch.ids[i] for i in picks.tolist()], np.asarray(batch.ts)[picks],
-                      {name: take_column(col, picks) for name, col in batch.props.items()})

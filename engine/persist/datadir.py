@@ -22,21 +22,22 @@ its log or the new snapshot and the shorter log.
 """
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
+from ..commands import Command
 from ..errors import DataCorruption, DataDirMismatch, ShardError
+from ..schema import Schema
+from ..shard.group import ShardGroup
 from . import meta, records
 from .lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv, close_env, open_env
 from .pipeline import WritePipeline
 from .recovery import log_path
-from .routing import shard_calls
 from .wal import DB as WAL_DB
 from .wal import WriteAheadLog
 
@@ -50,10 +51,24 @@ SNAPSHOT_LOG_BYTES = 256 << 20
 RESEND_ATTEMPTS = 3
 
 
+class Coordinator(Protocol):
+    """What a data directory needs of the engine it makes durable."""
+
+    schema: Schema
+    n_shards: int
+    shards: ShardGroup
+
+    def apply(self, command: Command, seq: int) -> Any:
+        """Apply logged ``command`` (log record ``seq``) to the shards and the catalog; its result."""
+
+    def restore_catalog(self, infos: list[dict[str, Any]]) -> None:
+        """Take the saved-segment definitions of a recovered shard."""
+
+
 class DataDir:
     """The open data directory of one engine (see the module docstring)."""
 
-    def __init__(self, engine: Any, path: str, snapshot_every_s: float | None = SNAPSHOT_EVERY_S,
+    def __init__(self, engine: Coordinator, path: str, snapshot_every_s: float | None = SNAPSHOT_EVERY_S,
                  snapshot_log_bytes: int | None = SNAPSHOT_LOG_BYTES, map_size: int = DEFAULT_MAP_SIZE):
         self.engine = engine
         self.path = os.path.abspath(path)
@@ -70,7 +85,7 @@ class DataDir:
         self._periodic: threading.Thread | None = None
         self._log_bytes_at_snapshot = 0
         self._last_snapshot_at = time.monotonic()
-        self._respawns = {i: _respawns(shard) for i, shard in enumerate(engine.shards)}
+        self._respawns = engine.shards.respawns()
         try:
             self.env = open_env(log_path(self.path), (WAL_DB, meta.DB), map_size)
             self.meta_db = self.env.db(meta.DB)
@@ -116,61 +131,28 @@ class DataDir:
         cut = self.wal.cut_from(end + 1)
         if cut:
             log.warning("data directory %s: cut a torn log tail after record %d (%d keys)", self.path, end, cut)
-        self._rebuild_catalog()
+        self.engine.restore_catalog(self.engine.shards.call_all("segment_infos")[0])
         self.recovery = {"snapshot_id": self.manifest["id"] if self.manifest else None, "log_end": end,
                          "torn_tail_cut": cut, "shards": shards, "seconds": time.perf_counter() - began}
         self.pipeline = WritePipeline(self.env, end + 1, self._apply)
         self.pipeline.bytes_logged = max(info.get("log_bytes", 0) for info in shards)
 
-    def _rebuild_catalog(self) -> None:
-        """The coordinator's saved-segment catalog, from a recovered shard's (the shards agree)."""
-        engine = self.engine
-        for info in engine.shards[0].segment_infos():
-            definition = engine.catalog.prepare(info["name"], info["query"], engine.compile(info["query"]),
-                                                info["updated_ms"])
-            engine.catalog.put(dataclasses.replace(definition, created_ms=info["created_ms"]))
-
     # -- writes -----------------------------------------------------------------------------
-    def write(self, kind: str, payload: Any) -> Any:
-        """Log a validated write durably (group commit), apply it in order, return the apply's result."""
-        body = records.encode(kind, payload)
-        return self.pipeline.submit(kind, payload, body).wait()
+    def write(self, command: Command) -> Any:
+        """Log ``command`` durably (group commit), have the engine apply it in log order; its result."""
+        return self.pipeline.submit(command.kind, command, records.encode(command)).wait()
 
-    def _apply(self, kind: str, payload: Any, seq: int) -> Any:
-        """Apply logged write ``seq`` to the shards and the coordinator (called in log order)."""
-        engine = self.engine
-        definition = None
-        if kind == "create_segment":
-            name, query, now, replace = payload
-            if name in engine.catalog and not replace:
-                from ..errors import SegmentExists
+    def _apply(self, kind: str, command: Command, seq: int) -> Any:
+        return self.engine.apply(command, seq)
 
-                raise SegmentExists(f"segment {name!r} already exists")
-            definition = engine.catalog.prepare(name, query, engine.compile(query), now)
-        elif kind == "delete_segment":
-            engine.catalog.check_removable(payload[0])
-        calls = shard_calls(kind, payload, engine.n_shards, engine.compile)
-        self._reload_respawned()
-        results = self._send_logged([None if c is None else (seq, *c) for c in calls])
-        if definition is not None:
-            from ..engine import _merge_infos
-
-            engine.catalog.put(definition)
-            engine._publish()
-            return _merge_infos(results)
-        if kind == "delete_segment":
-            engine.catalog.remove(payload[0])
-            engine._publish()
-            return None
-        engine._publish()
-        return sum(r for r in results if r)
-
-    def _send_logged(self, calls: list[tuple | None]) -> list[Any]:
-        """Send a logged write to the shards; after a worker died, reload it and send again.
+    def send(self, calls: list[tuple | None]) -> list[Any]:
+        """Send the shards their ``apply_logged`` calls of a logged write; after a worker died, reload it
+        and send again.
 
         ``apply_logged`` is idempotent per sequence number, so sending again only reaches the
         shards that did not apply the write (a respawned worker has replayed it from the log).
         """
+        self._reload_respawned()
         for attempt in range(RESEND_ATTEMPTS):
             try:
                 return self.engine.shards.call_each("apply_logged", calls)
@@ -187,11 +169,12 @@ class DataDir:
         no-op), and must not take writes or be snapshotted before it is reloaded.
         """
         found = False
-        for shard_no, shard in enumerate(self.engine.shards):
-            respawns = _respawns(shard)
-            if respawns != self._respawns.get(shard_no, 0):
+        for shard_no, respawns in enumerate(self.engine.shards.respawns()):
+            if respawns != self._respawns[shard_no]:
                 log.warning("shard %d was respawned; reloading it from %s", shard_no, self.path)
-                shard.recover(self.path)
+                only = [None] * len(self._respawns)
+                only[shard_no] = (self.path,)
+                self.engine.shards.call_each("recover", only)
                 self._respawns[shard_no] = respawns
                 found = True
         return found
@@ -288,12 +271,6 @@ class DataDir:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-
-
-def _respawns(shard: Any) -> int:
-    """How many times the worker of ``shard`` was respawned (0 for in-process shards)."""
-    count = vars(shard).get("respawns", 0) if hasattr(shard, "__dict__") else 0
-    return count if isinstance(count, int) else 0
 
 
 def _lock_directory(path: str) -> Any:

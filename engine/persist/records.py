@@ -1,13 +1,10 @@
-"""Encoding of logged write batches: one msgpack body per batch, decoded to what the engine applies.
+"""Log record bodies: one msgpack body per write command, decoded back to the command.
 
-Each write kind maps to an encoder and a decoder; a kind without an entry (the saved-segment
-changes, whose payloads are plain data) is logged as msgpack of the payload (tuples come back
-as tuples).
-
+>>> from engine.commands import Upsert
 >>> from engine.schema import ProfileUpdate
->>> body = encode("upsert", ([ProfileUpdate("u1", {"age": 3, "interests": ("a",)}, {"email": True})], 1000))
->>> decode("upsert", body)
-([ProfileUpdate(id='u1', attrs={'age': 3, 'interests': ('a',)}, consents={'email': True})], 1000)
+>>> command = Upsert([ProfileUpdate("u1", {"age": 3, "interests": ("a",)}, {"email": True})], 1000)
+>>> decode(command.kind, encode(command))
+Upsert(updates=[ProfileUpdate(id='u1', attrs={'age': 3, 'interests': ('a',)}, consents={'email': True})], now=1000)
 """
 from __future__ import annotations
 
@@ -17,6 +14,7 @@ import msgpack
 import numpy as np
 
 from ..columns import CategoryColumn, Column, EventBatch, ProfileBatch, TagsColumn, ValueColumn
+from ..commands import Command, CreateSegment, DeleteSegment, LoadEvents, LoadProfiles, Track, Upsert
 from ..schema import EventRecord, ProfileUpdate
 
 
@@ -72,33 +70,31 @@ def _decode_event_batch(packed: tuple) -> EventBatch:
     return EventBatch(event, list(ids), _from_array(ts), {name: _from_column(col) for name, col in props.items()})
 
 
-def _identity(payload: Any) -> Any:
-    return payload
-
-
-def _with_clock(encode_body: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda payload: [payload[1], encode_body(payload[0])]
-
-
-def _clocked(decode_body: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda packed: (decode_body(packed[1]), packed[0])
-
-
-#: kind -> (payload to msgpack-able data, unpacked data to payload); payloads as in engine.persist.routing
+#: command kind -> (command to msgpack-able data, unpacked data to command); the bodies of the
+#: data commands are [now, records or batch], of the segment commands their fields in order.
 CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
-    "upsert": (_with_clock(_identity), _clocked(lambda rows: [ProfileUpdate(*row) for row in rows])),
-    "events": (_with_clock(_identity), _clocked(lambda rows: [EventRecord(*row) for row in rows])),
-    "load_profiles": (_with_clock(_encode_profile_batch), _clocked(_decode_profile_batch)),
-    "load_events": (_with_clock(_encode_event_batch), _clocked(_decode_event_batch)),
+    Upsert.kind: (lambda c: [c.now, c.updates],
+                  lambda p: Upsert([ProfileUpdate(*row) for row in p[1]], p[0])),
+    Track.kind: (lambda c: [c.now, c.events],
+                 lambda p: Track([EventRecord(*row) for row in p[1]], p[0])),
+    LoadProfiles.kind: (lambda c: [c.now, _encode_profile_batch(c.batch)],
+                        lambda p: LoadProfiles(_decode_profile_batch(p[1]), p[0])),
+    LoadEvents.kind: (lambda c: [c.now, _encode_event_batch(c.batch)],
+                      lambda p: LoadEvents(_decode_event_batch(p[1]), p[0])),
+    CreateSegment.kind: (lambda c: [c.name, c.query, c.now, c.replace],
+                         lambda p: CreateSegment(p[0], p[1], p[2], bool(p[3]))),
+    DeleteSegment.kind: (lambda c: [c.name], lambda p: DeleteSegment(p[0])),
 }
 
-def encode(kind: str, payload: Any) -> bytes:
-    """The log body of a write of ``kind``."""
-    encoder = CODECS.get(kind, (_identity, _identity))[0]
-    return msgpack.packb(encoder(payload), use_bin_type=True)
+
+def encode(command: Command) -> bytes:
+    """The log body of ``command`` (its kind is stored beside it)."""
+    return msgpack.packb(CODECS[command.kind][0](command), use_bin_type=True)
 
 
-def decode(kind: str, body: bytes) -> Any:
-    """The payload of a logged write of ``kind`` (as the engine applies it)."""
-    decoder = CODECS.get(kind, (_identity, _identity))[1]
-    return decoder(_unpack(body))
+def decode(kind: str, body: bytes) -> Command:
+    """The command of a log record of ``kind``."""
+    codec = CODECS.get(kind)
+    if codec is None:
+        raise ValueError(f"unknown log record kind {kind!r}")
+    return codec[1](_unpack(body))

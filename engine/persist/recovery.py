@@ -3,7 +3,7 @@
 ``recover_shard`` is what a shard runs when an engine opens a data directory and when a worker
 process is respawned: in one read transaction of the log store it reads the layout, loads the
 shard's part of the newest snapshot (from the shard's own store) and replays the log records
-after it, applying only this shard's share (``routing.shard_calls``). It works in whichever
+after it, applying only this shard's share (``engine.commands.route``). It works in whichever
 process holds the shard, so shards recover in parallel.
 
 Every logged write reaches a shard through ``apply_logged(seq, ...)``, which skips a record the
@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import DataCorruption, SegengineError
 from . import meta, records, snapshot
 from .lmdb_env import close_env, open_env
-from .routing import SEGMENT_KINDS, shard_calls
+from ..commands import SEGMENT_KINDS, route
 from .wal import DB as WAL_DB
 from .wal import LogScan
 
@@ -103,8 +103,7 @@ def _recover_in(shard: Any, data_dir: str, env: Any, txn: Any, info: dict[str, A
     for record in scan:
         if record.seq <= shard.applied_seq:
             continue
-        payload = records.decode(record.kind, record.body)
-        call = shard_calls(record.kind, payload, shards, planner.compile)[shard.shard_id]
+        call = route(records.decode(record.kind, record.body), shards, planner.compile)[shard.shard_id]
         if call is None:
             continue
         try:

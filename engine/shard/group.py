@@ -47,6 +47,10 @@ class ShardGroup(Sequence):
         """``shard.method(*args)`` on every shard, in shard order."""
         return self.call_each(method, [args] * len(self.shards))
 
+    def respawns(self) -> list[int]:
+        """How many times each shard's worker was restarted (always 0 in process)."""
+        return [0] * len(self.shards)
+
     def __enter__(self) -> "ShardGroup":
         return self
 

@@ -394,6 +394,9 @@ class ProcessShardGroup(ShardGroup):
     def call_each(self, method: str, args_per_shard: Sequence[tuple | None]) -> list[Any]:
         return fanout(self.shards, method, args_per_shard)
 
+    def respawns(self) -> list[int]:
+        return [shard.respawns for shard in self.shards]
+
     def close(self) -> None:
         for shard in self.shards:
             shard.stop()

@@ -1,0 +1,132 @@
+"""Write commands: every change to an engine is one typed command, routed to its shards by ``route``.
+
+The engine applies a command the same way whether it is in memory, durable (logged first, see
+``engine.persist``) or replayed from the log by a recovering shard: ``route`` says which
+LocalShard write method each shard runs with which arguments (None: nothing for that shard),
+and every shard runs it through ``apply_logged(seq, method, args)``, which applies each
+sequence number once.
+
+>>> from engine.schema import ProfileUpdate
+>>> calls = route(Upsert([ProfileUpdate("u1", {}, {})], now=5), shards=1, compile=None)
+>>> calls[0][0], len(calls[0][1][0]), calls[0][1][1]
+('upsert', 1, 5)
+>>> route(DeleteSegment("vips"), shards=2, compile=None)
+[('delete_segment', ('vips',)), ('delete_segment', ('vips',))]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Union
+
+import numpy as np
+
+from .columns import EventBatch, ProfileBatch
+from .plan.steps import Step
+from .schema import EventRecord, ProfileUpdate
+from .shard.partition import shards_of, split_by_shard
+
+#: One shard's share of a command: (LocalShard write method, its arguments), or None.
+ShardCall = Union[tuple[str, tuple], None]
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """Validated profile upserts; ``now`` is the clock saved segments are brought to."""
+
+    kind: ClassVar[str] = "upsert"
+    updates: list[ProfileUpdate]
+    now: int
+
+
+@dataclass(frozen=True)
+class Track:
+    """Validated events (unknown ids create profiles)."""
+
+    kind: ClassVar[str] = "events"
+    events: list[EventRecord]
+    now: int
+
+
+@dataclass(frozen=True)
+class LoadProfiles:
+    """A columnar profile batch (the same effect as upserting its records)."""
+
+    kind: ClassVar[str] = "load_profiles"
+    batch: ProfileBatch
+    now: int
+
+
+@dataclass(frozen=True)
+class LoadEvents:
+    """A columnar batch of events of one type."""
+
+    kind: ClassVar[str] = "load_events"
+    batch: EventBatch
+    now: int
+
+
+@dataclass(frozen=True)
+class CreateSegment:
+    """Save query ``query`` as segment ``name`` (replacing an existing one only if ``replace``)."""
+
+    kind: ClassVar[str] = "create_segment"
+    name: str
+    query: str
+    now: int
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class DeleteSegment:
+    """Delete saved segment ``name``."""
+
+    kind: ClassVar[str] = "delete_segment"
+    name: str
+
+
+Command = Union[Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment]
+
+#: Every command class by its log record kind.
+COMMANDS: dict[str, type] = {c.kind: c for c in (Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment)}
+
+#: Kinds that change saved segment definitions: a replayed one that fails fails as it did live.
+SEGMENT_KINDS = frozenset({CreateSegment.kind, DeleteSegment.kind})
+
+
+def route(command: Command, shards: int, compile: Callable[[str], Step] | None) -> list[ShardCall]:
+    """Per shard, the (method, args) that apply ``command`` (``compile``: query text -> plan)."""
+    if isinstance(command, (Upsert, Track)):
+        records = command.updates if isinstance(command, Upsert) else command.events
+        method = "upsert" if isinstance(command, Upsert) else "track"
+        groups = split_by_shard(records, lambda r: r.id, shards)
+        return [(method, (group, command.now)) if group else None for group in groups]
+    if isinstance(command, (LoadProfiles, LoadEvents)):
+        batch = command.batch
+        if shards == 1:
+            return [(command.kind, (batch, command.now)) if len(batch) else None]
+        owners = shards_of(batch.ids, shards)
+        calls: list[ShardCall] = []
+        for shard_no in range(shards):
+            picks = np.flatnonzero(owners == shard_no)
+            calls.append((command.kind, (batch.take(picks), command.now)) if len(picks) else None)
+        return calls
+    if isinstance(command, CreateSegment):
+        assert compile is not None, "routing a segment definition needs the query compiler"
+        step = compile(command.query)
+        return [("create_segment", (command.name, command.query, step, command.now, bool(command.replace)))] * shards
+    if isinstance(command, DeleteSegment):
+        return [("delete_segment", (command.name,))] * shards
+    raise TypeError(f"not a write command: {type(command).__name__}")
+
+
+def applied_count(results: list[Any]) -> int:
+    """The number of records a data command applied, from its shards' answers."""
+    return sum(r for r in results if r)
+
+
+def merged_segment_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """One segment's info from every shard's: member counts added, the latest clock."""
+    merged = dict(infos[0])
+    merged["count"] = sum(info["count"] for info in infos)
+    merged["as_of_ms"] = max(info["as_of_ms"] for info in infos)
+    return merged
