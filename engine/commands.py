@@ -84,10 +84,19 @@ class DeleteSegment:
     name: str
 
 
-Command = Union[Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment]
+@dataclass(frozen=True)
+class UpdateSchema:
+    """Extend the schema to ``spec`` (its JSON form): names may be added, never removed or retyped."""
+
+    kind: ClassVar[str] = "update_schema"
+    spec: dict[str, Any]
+
+
+Command = Union[Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment, UpdateSchema]
 
 #: Every command class by its log record kind.
-COMMANDS: dict[str, type] = {c.kind: c for c in (Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment)}
+COMMANDS: dict[str, type] = {c.kind: c for c in (Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment,
+                                                  UpdateSchema)}
 
 #: Kinds that change saved segment definitions: a replayed one that fails fails as it did live.
 SEGMENT_KINDS = frozenset({CreateSegment.kind, DeleteSegment.kind})
@@ -116,6 +125,8 @@ def route(command: Command, shards: int, compile: Callable[[str], Step] | None) 
         return [("create_segment", (command.name, command.query, step, command.now, bool(command.replace)))] * shards
     if isinstance(command, DeleteSegment):
         return [("delete_segment", (command.name,))] * shards
+    if isinstance(command, UpdateSchema):
+        return [("update_schema", (command.spec,))] * shards
     raise TypeError(f"not a write command: {type(command).__name__}")
 
 

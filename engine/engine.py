@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
-from .commands import (Command, CreateSegment, DeleteSegment, LoadEvents, LoadProfiles, Track, Upsert, applied_count,
-                       merged_segment_info, route)
+from .commands import (Command, CreateSegment, DeleteSegment, LoadEvents, LoadProfiles, Track, UpdateSchema, Upsert,
+                       applied_count, merged_segment_info, route)
 from .errors import DataDirMismatch, DataError, SegmentExists
 from .explain import merge_trees
 from .plan import Step, plan
 from .query import bind, parse, to_text
 from .schema import Schema, check_id
+from .schema_change import diff
 from .segment_time import segment_refs
 from .segments import SegmentCatalog, SegmentDef
 from .shard.group import ShardGroup
@@ -115,7 +116,11 @@ class Engine:
 
             try:
                 self.durable = DataDir(self, data_dir, **(durability or {}))
+                if self.durable.schema_unlogged:  # opened with a schema that adds names: log the change
+                    self.write(UpdateSchema(self.schema.to_dict()))
             except BaseException:
+                if self.durable is not None:
+                    self.durable.close()
                 self.shards.close()
                 raise
 
@@ -174,6 +179,8 @@ class Engine:
             result = merged_segment_info(results)
         elif isinstance(command, DeleteSegment):
             self.catalog.remove(command.name)
+        elif isinstance(command, UpdateSchema):
+            self.adopt_schema(Schema.from_dict(command.spec))
         else:
             result = applied_count(results)
         self._publish()
@@ -188,7 +195,30 @@ class Engine:
             return self.catalog.prepare(command.name, command.query, step, command.now)
         if isinstance(command, DeleteSegment):
             self.catalog.check_removable(command.name)
+        if isinstance(command, UpdateSchema):
+            diff(self.schema, Schema.from_dict(command.spec))
         return None
+
+    def update_schema(self, schema: Schema | dict[str, Any]) -> dict[str, Any]:
+        """Extend the schema (a logged write): add attributes, event types, event properties, consent
+        purposes, or set event retention. Removing or retyping anything raises SchemaChangeRefused.
+
+        Returns ``{"schema": the resulting schema's JSON form, "changes": [one line per change]}``.
+        """
+        try:
+            new = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
+        except ValueError as error:
+            raise DataError(f"bad schema: {error}", None, "schema") from None
+        change = diff(self.schema, new)
+        if change:
+            self.write(UpdateSchema(new.to_dict()))
+        return {"schema": self.schema.to_dict(), "changes": change.describe()}
+
+    def adopt_schema(self, schema: Schema) -> None:
+        """Take ``schema`` (which extends the current one) for validation and query planning."""
+        self.schema = schema
+        self.plans = PlanCache(schema)
+        self.shards.adopt_schema(schema.to_dict())
 
     def restore_catalog(self, infos: list[dict[str, Any]]) -> None:
         """Put the saved segments of a recovered shard (every shard holds the same definitions) in the catalog."""

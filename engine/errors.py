@@ -94,3 +94,9 @@ class DataDirMismatch(SegengineError, ValueError):
     """A data directory written with another schema or shard count, already in use, or missing."""
 
     grpc_status = "FAILED_PRECONDITION"
+
+
+class SchemaChangeRefused(SegengineError, ValueError):
+    """A new schema removes or retypes something of the current one (a schema may only grow)."""
+
+    grpc_status = "FAILED_PRECONDITION"

@@ -32,10 +32,32 @@ class AttrDef:
 
 @dataclass(frozen=True)
 class EventDef:
-    """One event type: its name and its typed properties."""
+    """One event type: its name, its typed properties and how long its events are kept (None: for ever)."""
 
     name: str
     properties: dict[str, str] = field(default_factory=dict)
+    retention_ms: int | None = None
+
+
+#: Units of a retention duration ("400d"), as in the query language.
+DURATION_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration(text: object, where: str) -> int:
+    """Milliseconds of a duration like ``"400d"`` (an integer and one of the units s m h d w)."""
+    if isinstance(text, str) and len(text) > 1 and text[:-1].isdigit() and text[-1] in DURATION_UNITS:
+        ms = int(text[:-1]) * DURATION_UNITS[text[-1]]
+        if ms > 0:
+            return ms
+    raise ValueError(f"{where}: retention must be a positive duration like \"400d\" (units: s m h d w), not {text!r}")
+
+
+def format_duration(ms: int) -> str:
+    """The shortest duration text of ``ms`` milliseconds (the largest unit that divides it)."""
+    for unit in ("w", "d", "h", "m", "s"):
+        if ms % DURATION_UNITS[unit] == 0:
+            return f"{ms // DURATION_UNITS[unit]}{unit}"
+    raise ValueError(f"{ms} ms is not a whole number of seconds")
 
 
 class ProfileUpdate(NamedTuple):
@@ -105,6 +127,14 @@ def coerce_value(kind: str, value: Any, where: int | str | None, name: str) -> A
     raise DataError(f"unknown type {kind!r}", where, name)
 
 
+def _event_dict(definition: EventDef) -> dict[str, Any]:
+    """The JSON form of one event type."""
+    spec: dict[str, Any] = {"properties": dict(definition.properties)}
+    if definition.retention_ms is not None:
+        spec["retention"] = format_duration(definition.retention_ms)
+    return spec
+
+
 class Schema:
     """The attribute, event and consent definitions of one engine."""
 
@@ -137,7 +167,9 @@ class Schema:
                     raise ValueError(f"event {name!r}: property name {prop!r} is empty or reserved")
                 if kind not in PROPERTY_TYPES:
                     raise ValueError(f"event {name!r}, property {prop!r}: unknown type {kind!r}")
-            events[name] = EventDef(name, props)
+            retention = (definition or {}).get("retention")
+            events[name] = EventDef(name, props, None if retention is None
+                                    else parse_duration(retention, f"event {name!r}"))
         consents = tuple(spec.get("consents") or ())
         if len(set(consents)) != len(consents) or not all(isinstance(c, str) and c for c in consents):
             raise ValueError("consents must be distinct non-empty strings")
@@ -153,7 +185,7 @@ class Schema:
         """The JSON form of this schema."""
         return {
             "attributes": {a.name: {"type": a.type} for a in self.attributes.values()},
-            "events": {e.name: {"properties": dict(e.properties)} for e in self.events.values()},
+            "events": {e.name: _event_dict(e) for e in self.events.values()},
             "consents": list(self.consents),
         }
 

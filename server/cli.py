@@ -134,6 +134,9 @@ COMMANDS: dict[str, Command] = {
                         "saved segments on a server: list | get NAME | create NAME QUERY | delete NAME | "
                         "membership ID | watch [NAME...]", commands.segments_args()),
     "snapshot": Command(commands.run_snapshot, "ask a server to write a snapshot now", commands.client_args()),
+    "update-schema": Command(commands.run_update_schema,
+                             "extend a server's schema: add attributes, event types, properties, consents, retention",
+                             commands.update_schema_args()),
 }
 
 

@@ -267,6 +267,14 @@ class SegengineClient:
             self._schema = Schema.from_dict(json.loads(response.schema_json))
         return self._schema
 
+    def update_schema(self, schema: Schema | dict[str, Any]) -> list[str]:
+        """Extend the server's schema to ``schema`` (it must contain everything of the current one);
+        returns one line per change (empty if nothing changed)."""
+        spec = schema.to_dict() if isinstance(schema, Schema) else schema
+        response = self._call(self.stub.UpdateSchema, pb.UpdateSchemaRequest(schema_json=json.dumps(spec)))
+        self._schema = Schema.from_dict(json.loads(response.schema_json))
+        return list(response.changes)
+
     def snapshot(self) -> str:
         """Ask the server to write a snapshot now; returns its description."""
         return self._call(self.stub.Snapshot, pb.SnapshotRequest(), timeout=max(self.timeout, 600.0)).detail

@@ -51,7 +51,7 @@ def connect(args: argparse.Namespace):
                            root_certificates=roots)
 
 
-def _fail(error: Exception) -> int:
+def _fail(error: Exception | str) -> int:
     print(f"error: {error}", file=sys.stderr)
     return 1
 
@@ -249,6 +249,28 @@ def run_snapshot(args: argparse.Namespace) -> int:
         return _fail(error)
     print(detail or "snapshot written")
     return 0
+
+
+def run_update_schema(args: argparse.Namespace) -> int:
+    """Extend a server's schema to the one in a JSON file (it must contain everything of the current one)."""
+    try:
+        spec = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return _fail(f"cannot read schema {args.file}: {error}")
+    try:
+        with connect(args) as client:
+            changes = client.update_schema(spec)
+    except SegengineError as error:
+        return _fail(error)
+    print("\n".join(changes) if changes else "(no changes)")
+    return 0
+
+
+def update_schema_args() -> tuple:
+    """Arguments of ``segengine update-schema``."""
+    from .cli import arg
+
+    return (arg("file", help="the new schema (JSON): the current one plus the additions"), *client_args())
 
 
 # -- load --server ----------------------------------------------------------------------------

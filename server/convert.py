@@ -10,6 +10,7 @@ True
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 import numpy as np
@@ -146,6 +147,18 @@ def event_columns(batch: EventBatch) -> pb.EventColumns:
         if not np.all(column.valid):
             target.valid.extend(np.asarray(column.valid, dtype=bool).tolist())
     return message
+
+
+def schema_spec(text: str) -> dict[str, Any]:
+    """The schema JSON object of a request (DataError naming the position of bad JSON)."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"schema_json is not JSON: {error.msg} at line {error.lineno} column {error.colno}",
+                        None, "schema_json") from None
+    if not isinstance(spec, dict):
+        raise DataError("schema_json must be a JSON object", None, "schema_json")
+    return spec
 
 
 def profile_message(record: dict[str, Any]) -> pb.ProfileRecord:

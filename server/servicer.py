@@ -146,6 +146,12 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
     def GetSchema(self, request: pb.GetSchemaRequest, context: grpc.ServicerContext) -> pb.GetSchemaResponse:
         return pb.GetSchemaResponse(schema_json=json.dumps(self.engine.schema.to_dict(), sort_keys=True))
 
+    def UpdateSchema(self, request: pb.UpdateSchemaRequest, context: grpc.ServicerContext) -> pb.UpdateSchemaResponse:
+        spec = convert.schema_spec(request.schema_json)
+        result = self.gate.write(context, self.engine.update_schema, spec)
+        return pb.UpdateSchemaResponse(schema_json=json.dumps(result["schema"], sort_keys=True),
+                                       changes=result["changes"])
+
     def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.SnapshotResponse:
         snapshot = getattr(self.engine, "snapshot", None)
         if snapshot is None:

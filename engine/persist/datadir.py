@@ -28,9 +28,9 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
-from ..commands import Command
+from ..commands import Command, UpdateSchema
 from ..errors import DataCorruption, DataDirMismatch, ShardError
 from ..schema import Schema
 from ..shard.group import ShardGroup
@@ -64,6 +64,9 @@ class Coordinator(Protocol):
     def restore_catalog(self, infos: list[dict[str, Any]]) -> None:
         """Take the saved-segment definitions of a recovered shard."""
 
+    def adopt_schema(self, schema: Schema) -> None:
+        """Take the schema the shards recovered to (it extends the engine's)."""
+
 
 class DataDir:
     """The open data directory of one engine (see the module docstring)."""
@@ -75,6 +78,7 @@ class DataDir:
         self.snapshot_every_s = snapshot_every_s
         self.snapshot_log_bytes = snapshot_log_bytes
         self.manifest: dict[str, Any] | None = None
+        self.layout_schema = ""  # the schema the layout records (canonical JSON text)
         self.recovery: dict[str, Any] = {}
         self.pipeline: WritePipeline | None = None
         self.env: LmdbEnv | None = None
@@ -106,13 +110,13 @@ class DataDir:
             layout = meta.read_layout(txn, self.meta_db, self.path)
             has_log = self.wal.first_seq(txn) or meta.latest_manifest(txn, self.meta_db, self.path)
         if layout is not None:
-            meta.check_layout(layout, schema, shards, self.path)
+            meta.check_layout(layout, shards, self.path)
+            meta.widest_schema(layout, schema, self.path)  # refuses a schema that neither extends the other
+            self.layout_schema = layout["schema"]
             return
         if has_log:
             raise DataCorruption(f"data directory {self.path} has a log but no layout record; refusing to serve")
-        _write_file(os.path.join(self.path, "schema.json"), json.dumps(schema.to_dict(), indent=2, sort_keys=True))
-        record = meta.layout_record(schema, shards)
-        self.env.write(lambda txn: txn.put(meta.LAYOUT_KEY, record, db=self.meta_db))
+        self.env.write(self._store_layout(schema))
 
     def _recover(self) -> None:
         began = time.perf_counter()
@@ -131,6 +135,11 @@ class DataDir:
         cut = self.wal.cut_from(end + 1)
         if cut:
             log.warning("data directory %s: cut a torn log tail after record %d (%d keys)", self.path, end, cut)
+        schemas = {json.dumps(info["schema"], sort_keys=True) for info in shards if "schema" in info}
+        if len(schemas) > 1:
+            raise DataCorruption(f"data directory {self.path}: shards recovered to different schemas")
+        if schemas:
+            self.engine.adopt_schema(Schema.from_dict(json.loads(schemas.pop())))
         self.engine.restore_catalog(self.engine.shards.call_all("segment_infos")[0])
         self.recovery = {"snapshot_id": self.manifest["id"] if self.manifest else None, "log_end": end,
                          "torn_tail_cut": cut, "shards": shards, "seconds": time.perf_counter() - began}
@@ -143,7 +152,26 @@ class DataDir:
         return self.pipeline.submit(command.kind, command, records.encode(command)).wait()
 
     def _apply(self, kind: str, command: Command, seq: int) -> Any:
-        return self.engine.apply(command, seq)
+        result = self.engine.apply(command, seq)
+        if isinstance(command, UpdateSchema):
+            self.pipeline.run_in_log(self._store_layout(self.engine.schema))
+        return result
+
+    @property
+    def schema_unlogged(self) -> bool:
+        """True if the engine's schema extends the one the layout records (opened with added names)."""
+        return self.layout_schema != meta.schema_text(self.engine.schema)
+
+    def _store_layout(self, schema: Schema) -> Callable[[Any], None]:
+        """A log transaction that records ``schema`` in the layout (and writes schema.json)."""
+        record = meta.layout_record(schema, self.engine.n_shards)
+        _write_file(os.path.join(self.path, "schema.json"), json.dumps(schema.to_dict(), indent=2, sort_keys=True))
+        self.layout_schema = meta.schema_text(schema)
+
+        def put(txn: Any) -> None:
+            txn.put(meta.LAYOUT_KEY, record, db=self.meta_db)
+
+        return put
 
     def send(self, calls: list[tuple | None]) -> list[Any]:
         """Send the shards their ``apply_logged`` calls of a logged write; after a worker died, reload it

@@ -1,7 +1,7 @@
 """The ``meta`` database of the log store: the layout record and the snapshot manifests.
 
-The layout (format, schema, shard count) is written when a data directory is created and
-checked on every open. A manifest describes one complete snapshot: its id, the log sequence
+The layout (format, schema, shard count) is written when a data directory is created, checked
+on every open, and rewritten when the schema is extended. A manifest describes one complete snapshot: its id, the log sequence
 number it includes, and each shard's part (chunk count, bytes, index CRC). It is written last,
 so a snapshot without a manifest never counts; only the newest manifest is kept.
 """
@@ -14,6 +14,8 @@ import msgpack
 
 from ..errors import DataCorruption, DataDirMismatch
 from ..schema import Schema
+from ..errors import SchemaChangeRefused
+from ..schema_change import diff
 from .framing import delete_current, seal, unseal
 
 LAYOUT_FORMAT = 1
@@ -44,17 +46,36 @@ def layout_record(schema: Schema, shards: int) -> bytes:
     return seal(LAYOUT_KEY, body)
 
 
-def check_layout(layout: dict[str, Any], schema: Schema, shards: int | None, where: str) -> None:
-    """Refuse a data directory of another format, shard count (if given) or schema."""
+def check_layout(layout: dict[str, Any], shards: int | None, where: str) -> None:
+    """Refuse a data directory of another format or shard count (if given)."""
     if layout["format"] != LAYOUT_FORMAT:
         raise DataDirMismatch(f"data directory {where} has format {layout['format']}; this engine reads "
                               f"format {LAYOUT_FORMAT}")
     if shards is not None and layout["shards"] != shards:
         raise DataDirMismatch(f"data directory {where} holds {layout['shards']} shards; open it with "
                               f"shards={layout['shards']} (re-sharding a data directory is not supported)")
-    if layout["schema"] != schema_text(schema):
-        raise DataDirMismatch(f"data directory {where} was written with another schema; open it with the schema "
-                              f"it was written with (stored in {where}/schema.json): {layout['schema']}")
+
+
+def widest_schema(layout: dict[str, Any], schema: Schema, where: str) -> Schema:
+    """Of the layout's schema and ``schema``, the one that extends the other (DataDirMismatch if neither does).
+
+    A data directory opened with a schema that adds names to its own takes the additions (the
+    engine logs them as a schema change); one opened with an older schema keeps its own.
+    """
+    if layout["schema"] == schema_text(schema):
+        return schema
+    stored = Schema.from_dict(json.loads(layout["schema"]))
+    try:
+        diff(stored, schema)
+        return schema
+    except SchemaChangeRefused as wider_given:
+        try:
+            diff(schema, stored)
+            return stored
+        except SchemaChangeRefused:
+            raise DataDirMismatch(f"data directory {where} was written with a schema that this one does not extend "
+                                  f"({wider_given}); open it with the schema it was written with (stored in "
+                                  f"{where}/schema.json) or one that only adds to it: {layout['schema']}") from None
 
 
 def manifest_key(snapshot_id: int) -> bytes:

@@ -8,13 +8,14 @@ Upsert(updates=[ProfileUpdate(id='u1', attrs={'age': 3, 'interests': ('a',)}, co
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import msgpack
 import numpy as np
 
 from ..columns import CategoryColumn, Column, EventBatch, ProfileBatch, TagsColumn, ValueColumn
-from ..commands import Command, CreateSegment, DeleteSegment, LoadEvents, LoadProfiles, Track, Upsert
+from ..commands import Command, CreateSegment, DeleteSegment, LoadEvents, LoadProfiles, Track, UpdateSchema, Upsert
 from ..schema import EventRecord, ProfileUpdate
 
 
@@ -84,6 +85,7 @@ CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     CreateSegment.kind: (lambda c: [c.name, c.query, c.now, c.replace],
                          lambda p: CreateSegment(p[0], p[1], p[2], bool(p[3]))),
     DeleteSegment.kind: (lambda c: [c.name], lambda p: DeleteSegment(p[0])),
+    UpdateSchema.kind: (lambda c: [json.dumps(c.spec, sort_keys=True)], lambda p: UpdateSchema(json.loads(p[0]))),
 }
 
 

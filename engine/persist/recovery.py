@@ -25,7 +25,8 @@ from .wal import DB as WAL_DB
 from .wal import LogScan
 
 #: LocalShard methods a logged write may call.
-LOGGED_METHODS = frozenset({"upsert", "track", "load_profiles", "load_events", "create_segment", "delete_segment"})
+LOGGED_METHODS = frozenset({"upsert", "track", "load_profiles", "load_events", "create_segment", "delete_segment",
+                            "update_schema"})
 
 
 def log_path(data_dir: str) -> str:
@@ -53,7 +54,7 @@ def apply_logged(shard: Any, seq: int, method: str, args: tuple) -> Any:
 def _already_applied(shard: Any, method: str, args: tuple) -> Any:
     if method == "create_segment":
         return shard.segment_info(args[0])
-    if method == "delete_segment":
+    if method in ("delete_segment", "update_schema"):
         return None
     return len(args[0])
 
@@ -84,7 +85,8 @@ def _recover_in(shard: Any, data_dir: str, env: Any, txn: Any, info: dict[str, A
     layout = meta.read_layout(txn, meta_db, data_dir)
     if layout is None:
         return
-    meta.check_layout(layout, shard.schema, None, data_dir)
+    meta.check_layout(layout, None, data_dir)
+    schema = meta.widest_schema(layout, shard.schema, data_dir)
     shards = layout["shards"]
     if shard.shard_id >= shards:
         raise DataCorruption(f"data directory {data_dir} holds {shards} shards, not shard {shard.shard_id}")
@@ -98,8 +100,9 @@ def _recover_in(shard: Any, data_dir: str, env: Any, txn: Any, info: dict[str, A
                                          manifest["parts"][shard.shard_id])
     else:
         snapshot.prune(shard_path(data_dir, shard.shard_id), [])
+    shard.update_schema(schema.to_dict())  # the snapshot's state, given every name of the schema
     scan = LogScan(txn, env.db(WAL_DB), env.path, after)
-    planner = _Planner(shard.schema)
+    planner = _Planner(shard)
     for record in scan:
         if record.seq <= shard.applied_seq:
             continue
@@ -115,17 +118,17 @@ def _recover_in(shard: Any, data_dir: str, env: Any, txn: Any, info: dict[str, A
         info["replayed_records"] += 1
     shard.applied_seq = max(shard.applied_seq, scan.last)
     info.update(applied_seq=shard.applied_seq, log_end=scan.last, log_bytes=scan.bytes,
-                torn_tail=scan.torn.seq if scan.torn else None)
+                torn_tail=scan.torn.seq if scan.torn else None, schema=shard.schema.to_dict())
 
 
 class _Planner:
-    """Query text -> plan, for replayed saved-segment definitions."""
+    """Query text -> plan against the shard's schema of the moment, for replayed saved-segment definitions."""
 
-    def __init__(self, schema: Any):
-        self.schema = schema
+    def __init__(self, shard: Any):
+        self.shard = shard
 
     def compile(self, text: str) -> Any:
         from ..plan import plan
         from ..query import bind, parse
 
-        return plan(bind(parse(text), self.schema))
+        return plan(bind(parse(text), self.shard.schema))

@@ -51,6 +51,9 @@ class ShardGroup(Sequence):
         """How many times each shard's worker was restarted (always 0 in process)."""
         return [0] * len(self.shards)
 
+    def adopt_schema(self, spec: dict[str, Any]) -> None:
+        """The schema a restarted worker starts with (in process: nothing to do, shards keep their own)."""
+
     def __enter__(self) -> "ShardGroup":
         return self
 

@@ -19,6 +19,7 @@ from ..exec.executor import Executor
 from ..explain import TracingExecutor
 from ..plan.steps import Step
 from ..schema import EventRecord, ProfileUpdate, Schema
+from ..schema_change import diff
 from ..segments import SavedSegments
 from ..store.events import EventStore
 from ..store.memory import release_free_memory, tune_allocator
@@ -99,6 +100,14 @@ class LocalShard:
         self.saved.sync(rows, now)
         release_free_memory()
         return len(batch)
+
+    def update_schema(self, spec: dict[str, Any]) -> None:
+        """Take a schema that extends this shard's (see engine.schema_change): new names start null."""
+        schema = Schema.from_dict(spec)
+        diff(self.schema, schema)  # SchemaChangeRefused if it removes or retypes anything
+        self.schema = schema
+        self.profiles.adopt(schema)
+        self.events.adopt(schema.events)
 
     # -- reads ------------------------------------------------------------------------------
     def count(self, step: Step, now: int) -> int:

@@ -397,6 +397,10 @@ class ProcessShardGroup(ShardGroup):
     def respawns(self) -> list[int]:
         return [shard.respawns for shard in self.shards]
 
+    def adopt_schema(self, spec: dict[str, Any]) -> None:
+        for shard in self.shards:
+            shard.schema_spec = spec
+
     def close(self) -> None:
         for shard in self.shards:
             shard.stop()

@@ -214,6 +214,20 @@ class EventTypeStore:
         state.setdefault("scaled", {})
         self.__dict__.update(state)
 
+    def adopt(self, definition: EventDef) -> None:
+        """Take a definition of this type that adds properties: the events held so far have them null."""
+        added = [prop for prop in definition.properties if prop not in self.definition.properties]
+        self.definition = definition
+        for prop in added:
+            if definition.properties[prop] == "category":
+                self.labels[prop], self.code_of[prop] = [], {}
+            elif definition.properties[prop] == "float":
+                self.scaled[prop] = FLOAT_SCALE
+        for run in self.runs if added else ():
+            props, valid = self._columns(len(run), {})
+            run.props.update({prop: props[prop] for prop in added})
+            run.valid.update({prop: valid[prop] for prop in added if prop in valid})
+
     def float_values(self, prop: str, values: np.ndarray) -> np.ndarray:
         """The float64 values (NaN = null) of float property ``prop`` as stored in a run."""
         scale = self.scaled.get(prop, 0)
@@ -422,6 +436,15 @@ class EventStore:
 
     def __init__(self, events: dict[str, EventDef]):
         self.types: dict[str, EventTypeStore] = {name: EventTypeStore(d) for name, d in events.items()}
+
+    def adopt(self, events: dict[str, EventDef]) -> None:
+        """Take event definitions that add types or properties (see ``EventTypeStore.adopt``)."""
+        for name, definition in events.items():
+            store = self.types.get(name)
+            if store is None:
+                self.types[name] = EventTypeStore(definition)
+            else:
+                store.adopt(definition)
 
     def __len__(self) -> int:
         return sum(len(t) for t in self.types.values())

@@ -38,6 +38,18 @@ class ProfileStore:
         self.consents: dict[str, BitMap] = {purpose: BitMap() for purpose in schema.consents}
         self.writes = 0  # bumped by every write: readers key caches of derived bitmaps on it
 
+    def adopt(self, schema: Schema) -> None:
+        """Take a schema that adds attributes or consent purposes: every profile has them null or unset."""
+        self.schema = schema
+        for attribute in schema.attributes.values():
+            if attribute.name not in self.indexes:
+                index = make_index(attribute.type)
+                index.grow(len(self.idmap))
+                self.indexes[attribute.name] = index
+        for purpose in schema.consents:
+            self.consents.setdefault(purpose, BitMap())
+        self._wrote()
+
     def _wrote(self) -> None:
         self.writes = getattr(self, "writes", 0) + 1
 

@@ -373,6 +373,20 @@ class GetSchemaResponse(_message.Message):
     schema_json: str
     def __init__(self, schema_json: _Optional[str] = ...) -> None: ...
 
+class UpdateSchemaRequest(_message.Message):
+    __slots__ = ("schema_json",)
+    SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    schema_json: str
+    def __init__(self, schema_json: _Optional[str] = ...) -> None: ...
+
+class UpdateSchemaResponse(_message.Message):
+    __slots__ = ("schema_json", "changes")
+    SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    schema_json: str
+    changes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, schema_json: _Optional[str] = ..., changes: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SnapshotRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

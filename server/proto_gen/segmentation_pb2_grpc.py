@@ -115,6 +115,11 @@ class SegmentationStub:
                 request_serializer=segengine_dot_v1_dot_segmentation__pb2.GetSchemaRequest.SerializeToString,
                 response_deserializer=segengine_dot_v1_dot_segmentation__pb2.GetSchemaResponse.FromString,
                 _registered_method=True)
+        self.UpdateSchema = channel.unary_unary(
+                '/segengine.v1.Segmentation/UpdateSchema',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.UpdateSchemaRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.UpdateSchemaResponse.FromString,
+                _registered_method=True)
         self.Snapshot = channel.unary_unary(
                 '/segengine.v1.Segmentation/Snapshot',
                 request_serializer=segengine_dot_v1_dot_segmentation__pb2.SnapshotRequest.SerializeToString,
@@ -235,6 +240,14 @@ class SegmentationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSchema(self, request, context):
+        """Extend the schema (a logged write): new attributes, event types, event properties, consent
+        purposes, event retention. Removing or retyping anything answers FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Snapshot(self, request, context):
         """Write a snapshot now (servers started with a data directory).
         """
@@ -324,6 +337,11 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.GetSchema,
                     request_deserializer=segengine_dot_v1_dot_segmentation__pb2.GetSchemaRequest.FromString,
                     response_serializer=segengine_dot_v1_dot_segmentation__pb2.GetSchemaResponse.SerializeToString,
+            ),
+            'UpdateSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchema,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.UpdateSchemaRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.UpdateSchemaResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.Snapshot,
@@ -763,6 +781,33 @@ class Segmentation:
             '/segengine.v1.Segmentation/GetSchema',
             segengine_dot_v1_dot_segmentation__pb2.GetSchemaRequest.SerializeToString,
             segengine_dot_v1_dot_segmentation__pb2.GetSchemaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/UpdateSchema',
+            segengine_dot_v1_dot_segmentation__pb2.UpdateSchemaRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.UpdateSchemaResponse.FromString,
             options,
             channel_credentials,
             insecure,
