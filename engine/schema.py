@@ -63,7 +63,9 @@ def _is_name(name: object) -> bool:
 
 def _section(spec: Mapping[str, Any], key: str) -> dict[str, Any]:
     """``spec[key]`` as a dict (absent or null: empty); ValueError if it is not an object."""
-    value = spec.get(key) or {}
+    value = spec.get(key)
+    if value is None:
+        return {}
     if not isinstance(value, Mapping):
         raise ValueError(f"schema {key!r} must be an object of name: definition")
     return dict(value)
