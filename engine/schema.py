@@ -132,7 +132,7 @@ class Schema:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> "Schema":
-        """Build a schema from its JSON form (see the contract); ValueError on a bad definition."""
+        """Build a schema from its JSON form (docs/data.md); ValueError on a bad definition."""
         if not isinstance(spec, Mapping):
             raise ValueError("schema must be a JSON object")
         unknown = [key for key in spec if key not in SCHEMA_KEYS]
@@ -252,7 +252,7 @@ class Schema:
         return f"Schema(attributes={list(self.attributes)}, events={list(self.events)}, consents={list(self.consents)})"
 
 
-#: The contract's example schema, used by the demo, the generator and the tests.
+#: The built-in example schema (docs/data.md), used by the demo, the generator and the tests.
 CONTRACT_SCHEMA: dict[str, Any] = {
     "attributes": {
         "country": {"type": "category"},

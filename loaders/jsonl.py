@@ -197,7 +197,7 @@ def load_jsonl(
 
 
 def load_profiles_jsonl(engine: RecordEngine, path: str | Path, batch_size: int = 10_000, progress: bool = True) -> LoadReport:
-    """Upsert the profile records of a JSON Lines file (one record per line, see the contract)."""
+    """Upsert the profile records of a JSON Lines file (one record per line, see docs/data.md)."""
     schema = engine_schema(engine)
     return load_jsonl(path, schema.validate_profile, engine.upsert_profiles, batch_size, progress)
 

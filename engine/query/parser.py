@@ -1,4 +1,4 @@
-"""Recursive-descent parser: query text -> AST (see CONTRACT.md section 2 for the grammar).
+"""Query parser: query text -> AST (the grammar is in docs/query-language.md).
 
 Every node gets ``pos``, the 1-based column of its first token; columns of literals, names
 and options are recorded with :mod:`engine.query.positions` for the binder's messages.
@@ -7,7 +7,14 @@ single operand is never wrapped. Literals are kept as written: a timestamp given
 string stays a ``str`` until :func:`engine.query.binder.bind` checks it against the schema.
 
 Keywords are case-insensitive and reserved: an attribute, property, event or consent purpose
-whose name is a keyword (``count``, ``last``, ``all``...) must be double-quoted (``"count" > 2``).
+whose name is a keyword (``count``, ``last``, ``all``...) must be double-quoted (``"count" > 2``);
+a keyword where a name belongs is an error that shows the quoted form.
+
+Nesting is bounded: more than ``MAX_DEPTH`` levels of parentheses and ``NOT`` (a DID's WHERE
+counts one level) is an error at the first level too many. The boolean structure is parsed
+with an explicit stack, so no query text can exhaust Python's recursion limit here, and the
+bound keeps every later stage (binder, rules, planner, executor, shard messages, protobuf
+plans) well within theirs.
 
 >>> parse("age >= 30 and not vip = true")
 And(items=(Compare(name='age', op='>=', value=30), Not(item=Compare(name='vip', op='=', value=True))))
