@@ -48,7 +48,10 @@ _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 def parse_query_ts(value: object) -> int:
     """Like :func:`parse_ts`, and a date alone (``2026-11-01``) means midnight UTC (query literals, ``--now``)."""
     if isinstance(value, str) and _DATE_ONLY.fullmatch(value.strip()):
-        return parse_ts(value.strip() + "T00:00:00Z")
+        try:
+            return parse_ts(value.strip() + "T00:00:00Z")
+        except ValueError:
+            raise ValueError(f"malformed date {value!r}") from None
     return parse_ts(value)
 
 
