@@ -129,6 +129,7 @@ def test_grpc_answers_deep_queries_and_refuses_deeper_ones(expected: dict[str, i
         for name, query in queries_at_the_limit().items():
             assert (name, client.count(query, now=NOW)) == (name, expected[name])
             assert (name, len(client.ids(query, now=NOW))) == (name, expected[name])
+            assert (name, client.explain(query, now=NOW).count) == (name, expected[name])
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="segengine.server"):
             with pytest.raises(QueryError, match=f"nests deeper than {MAX_DEPTH} levels .* at column {MAX_DEPTH + 1}"):

@@ -163,7 +163,9 @@ class _Parser:
                 if in_where:
                     raise self.error(f"{tok.value} is not allowed inside WHERE")
                 return getattr(self, f"parse_{tok.value.lower()}")()
-            if self.tokens[self.i + 1].kind == "op" or self.tokens[self.i + 1].value in _PREDICATE_WORDS:
+            after = self.tokens[self.i + 1]
+            if (after.kind == "op" and after.value in CMP_OPS) or (
+                    tok.value not in ("AND", "OR") and after.kind == "keyword" and after.value in _PREDICATE_WORDS):
                 raise self.keyword_as_name()
         raise self.error("unexpected token")
 
