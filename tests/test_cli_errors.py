@@ -184,3 +184,18 @@ def test_now_takes_iso_8601_and_dates(served, capsys) -> None:
     midnight = NOW - NOW % 86_400_000
     assert run(capsys, "query", query, "--count", "--server", address, "--now", format_ts(midnight)[:10]) == (
         0, f"{served.engine.count(query, now=midnight)}\n", "")
+
+
+def test_load_into_a_data_dir_keeps_the_data(capsys, files: Path) -> None:
+    from engine import Engine, Schema
+
+    data_dir = files / "db"
+    status, out, err = run(capsys, "load", "--schema", str(files / "schema.json"), "--data-dir", str(data_dir),
+                           "--profiles", str(files / "p.jsonl"), "--quiet")
+    assert (status, out.splitlines()[-1], err) == (0, "profiles in the engine: 1", "")
+    with Engine(Schema.from_file(data_dir / "schema.json"), shards=1, data_dir=str(data_dir)) as engine:
+        assert engine.ids("age = 3") == ["u1"]
+    status, _, err = run(capsys, "load", "--schema", str(files / "schema.json"), "--profiles", str(files / "p.jsonl"),
+                         "--quiet")
+    assert (status, err) == (0, "checked only: nothing was kept (load into a server with --server, or a data dir "
+                                "with --data-dir)\n")
