@@ -106,3 +106,13 @@ def test_sessions_run_as_doctests() -> None:
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     runner.run(test)
     assert (runner.failures, runner.tries > 20) == (0, True)
+
+
+def test_the_keyword_list_is_complete() -> None:
+    from engine.query.parser import MAX_DEPTH
+    from engine.query.tokens import KEYWORDS
+
+    text = section(DOC, "Lexical rules")
+    listed = re.search(r"\*\*Keywords\*\* are case-insensitive: `([A-Z ]+)`", " ".join(text.split()))
+    assert listed is not None and set(listed.group(1).split()) == KEYWORDS
+    assert f"**{MAX_DEPTH} levels**" in text
