@@ -1,11 +1,11 @@
 """Benchmark segments: each in the segengine language, in hand-written DuckDB SQL and as a NumPy scan.
 
 The three forms must give the same count on any dataset with the generator's schema
-(loaders/generator.py: the contract schema plus ``add_to_cart``). SQL reads the tables of
+(loaders/generator.py: the built-in schema plus ``add_to_cart``). SQL reads the tables of
 ``baselines.DuckDBBaseline`` with the query clock as the named parameter ``$now``; a scan takes
 a ``baselines.NumpyBaseline`` and the clock and returns a bool mask over the profiles.
 
-Contract semantics the SQL has to spell out (see /work/shared/CONTRACT.md, section 2):
+Semantics the SQL has to spell out (docs/query-language.md):
 - a comparison on NULL is false, and ``NOT q`` is the complement, so SQL ``NOT (x)`` is written
   ``(x) IS NOT TRUE`` (plain ``NOT`` would drop the NULL rows);
 - only events with ``ts <= $now`` count; ``WITHIN d`` is ``$now - d < ts <= $now``,

@@ -86,7 +86,7 @@ def make_shards(schema: Schema, shards: int, backend: str, address: str | None,
 
 
 class Engine:
-    """A segmentation engine over ``shards`` shards (see the contract, section 3)."""
+    """A segmentation engine over ``shards`` shards (the Python API of README.md, "Using it")."""
 
     def __init__(self, schema: Schema, shards: int = 1, data_dir: str | None = None, backend: str = "auto",
                  address: str | None = None, durability: dict[str, Any] | None = None):

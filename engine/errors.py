@@ -42,6 +42,12 @@ class DataError(SegengineError, ValueError):
         super().__init__(message)
 
 
+class BadRequest(SegengineError, ValueError):
+    """A request that cannot be read at all (e.g. bytes that are not a valid message)."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
 class SegmentNotFound(SegengineError, KeyError):
     """A saved segment name that does not exist."""
 

@@ -19,6 +19,8 @@ from .timeparse import INT64_MAX, INT64_MIN, parse_ts
 ATTRIBUTE_TYPES = ("category", "int", "float", "bool", "tags", "timestamp")
 PROPERTY_TYPES = ("category", "int", "float", "bool", "timestamp")
 RESERVED_NAMES = frozenset({"id", "event", "ts", "consent"})
+#: The keys a schema JSON object may have.
+SCHEMA_KEYS = ("attributes", "events", "consents")
 MAX_ID_BYTES = 256
 
 
@@ -79,6 +81,20 @@ class EventRecord(NamedTuple):
 
 def _is_name(name: object) -> bool:
     return isinstance(name, str) and name != "" and name not in RESERVED_NAMES
+
+
+def _section(spec: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``spec[key]`` as a dict (absent or null: empty); ValueError if it is not an object."""
+    value = spec.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"schema {key!r} must be an object of name: definition")
+    return dict(value)
+
+
+def _reserved() -> str:
+    return "reserved: " + ", ".join(sorted(RESERVED_NAMES))
 
 
 def check_id(value: object, where: int | str | None) -> str:
@@ -146,30 +162,41 @@ class Schema:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> "Schema":
-        """Build a schema from its JSON form (see the contract); ValueError on a bad definition."""
+        """Build a schema from its JSON form (docs/data.md); ValueError on a bad definition."""
         if not isinstance(spec, Mapping):
             raise ValueError("schema must be a JSON object")
+        unknown = [key for key in spec if key not in SCHEMA_KEYS]
+        if unknown:
+            raise ValueError(f"unknown schema key {unknown[0]!r} (allowed: {', '.join(SCHEMA_KEYS)})")
         attributes: dict[str, AttrDef] = {}
-        for name, definition in dict(spec.get("attributes") or {}).items():
+        for name, definition in _section(spec, "attributes").items():
             kind = definition.get("type") if isinstance(definition, Mapping) else definition
             if not _is_name(name):
-                raise ValueError(f"attribute name {name!r} is empty or reserved")
+                raise ValueError(f"attribute name {name!r} is empty or reserved ({_reserved()})")
             if kind not in ATTRIBUTE_TYPES:
-                raise ValueError(f"attribute {name!r}: unknown type {kind!r}")
+                raise ValueError(f"attribute {name!r}: unknown type {kind!r} (types: {', '.join(ATTRIBUTE_TYPES)})")
             attributes[name] = AttrDef(name, kind)
         events: dict[str, EventDef] = {}
-        for name, definition in dict(spec.get("events") or {}).items():
+        for name, definition in _section(spec, "events").items():
             if not isinstance(name, str) or not name:
                 raise ValueError(f"event name {name!r} is empty")
-            props = dict((definition or {}).get("properties") or {})
+            if definition is not None and not isinstance(definition, Mapping):
+                raise ValueError(f"event {name!r}: expected an object like {{\"properties\": {{...}}}}")
+            props = (definition or {}).get("properties") or {}
+            if not isinstance(props, Mapping):
+                raise ValueError(f"event {name!r}: properties must be an object of name: type")
+            props = dict(props)
             for prop, kind in props.items():
                 if not _is_name(prop):
-                    raise ValueError(f"event {name!r}: property name {prop!r} is empty or reserved")
+                    raise ValueError(f"event {name!r}: property name {prop!r} is empty or reserved ({_reserved()})")
                 if kind not in PROPERTY_TYPES:
-                    raise ValueError(f"event {name!r}, property {prop!r}: unknown type {kind!r}")
+                    raise ValueError(f"event {name!r}, property {prop!r}: unknown type {kind!r} "
+                                     f"(types: {', '.join(PROPERTY_TYPES)})")
             retention = (definition or {}).get("retention")
             events[name] = EventDef(name, props, None if retention is None
                                     else parse_duration(retention, f"event {name!r}"))
+        if not isinstance(spec.get("consents") or (), (list, tuple)):
+            raise ValueError("consents must be a list of purpose names")
         consents = tuple(spec.get("consents") or ())
         if len(set(consents)) != len(consents) or not all(isinstance(c, str) and c for c in consents):
             raise ValueError("consents must be distinct non-empty strings")
@@ -257,7 +284,7 @@ class Schema:
         return f"Schema(attributes={list(self.attributes)}, events={list(self.events)}, consents={list(self.consents)})"
 
 
-#: The contract's example schema, used by the demo, the generator and the tests.
+#: The built-in example schema (docs/data.md), used by the demo, the generator and the tests.
 CONTRACT_SCHEMA: dict[str, Any] = {
     "attributes": {
         "country": {"type": "category"},

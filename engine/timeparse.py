@@ -6,9 +6,12 @@
 1795168800500
 >>> parse_ts(1795168800000)
 1795168800000
+>>> parse_query_ts("2026-11-20")
+1795132800000
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -37,6 +40,19 @@ def parse_ts(value: object) -> int:
         delta = moment - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     raise ValueError(f"expected an ISO 8601 string or integer epoch milliseconds, got {type(value).__name__}")
+
+
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_query_ts(value: object) -> int:
+    """Like :func:`parse_ts`, and a date alone (``2026-11-01``) means midnight UTC (query literals, ``--now``)."""
+    if isinstance(value, str) and _DATE_ONLY.fullmatch(value.strip()):
+        try:
+            return parse_ts(value.strip() + "T00:00:00Z")
+        except ValueError:
+            raise ValueError(f"malformed date {value!r}") from None
+    return parse_ts(value)
 
 
 def format_ts(ms: int) -> str:

@@ -152,18 +152,34 @@ def _decoded_lines(handle, bad_lines: set[int], counter: list[int]) -> Iterator[
 def load_profiles_csv(engine: RecordEngine, path: str | Path, batch_size: int = 10_000, progress: bool = True) -> LoadReport:
     """Upsert the profiles of a CSV file (syntax in the module docstring)."""
     schema = engine_schema(engine)
+    return load_csv(path, lambda header: parse_header(schema, header), row_record, schema.validate_profile,
+                    engine.upsert_profiles, batch_size, progress)
+
+
+def load_csv(
+    path: str | Path,
+    header: Callable[[list[str]], Any],
+    make_record: Callable[[Any, list[str], str], dict],
+    validate: Callable[[dict, str], Any],
+    send: Callable[[list[dict]], int],
+    batch_size: int = 10_000,
+    progress: bool = True,
+    check: Callable[[Any, int, str], None] | None = None,
+) -> LoadReport:
+    """Load a CSV file: ``header(cells)`` reads the header row (DataError stops the load), then each
+    row becomes ``make_record(columns, cells, where)``, is validated (and ``check``-ed) and sent in batches."""
     path = Path(path)
     report = LoadReport()
-    sender = BatchSender(engine.upsert_profiles, report, batch_size)
+    sender = BatchSender(send, report, batch_size)
     bad_lines: set[int] = set()
     bytes_read = [0]
     with open(path, "rb") as handle, progress_bar(path, progress) as bar:
         reader = csv.reader(_decoded_lines(handle, bad_lines, bytes_read), strict=True)
         try:
-            header = next(reader, None)
-            if header is None:
+            first_row = next(reader, None)
+            if first_row is None:
                 return report
-            columns = parse_header(schema, header)
+            columns = header(first_row)
         except (DataError, csv.Error) as exc:
             report.errors.append(str(exc) if isinstance(exc, DataError) else f"line 1: malformed CSV: {exc}")
             return report
@@ -183,8 +199,10 @@ def load_profiles_csv(engine: RecordEngine, path: str | Path, batch_size: int = 
                 report.errors.append(f"{where}: not valid UTF-8")
                 continue
             try:
-                record = row_record(columns, cells, where)
-                schema.validate_profile(record, where)
+                record = make_record(columns, cells, where)
+                validated = validate(record, where)
+                if check is not None:
+                    check(validated, first, where)
             except DataError as exc:
                 report.errors.append(str(exc))
                 continue

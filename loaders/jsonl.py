@@ -40,12 +40,18 @@ class RecordEngine(Protocol):
     def track_events(self, records: Iterable[dict]) -> int: ...
 
 
+#: Event times below this epoch ms (1973-03-03T09:46:40Z) look like epoch seconds given as ms.
+EPOCH_SECONDS_BOUND_MS = 100_000_000_000
+_SUSPECT_LINES_SHOWN = 10
+
+
 @dataclass
 class LoadReport:
-    """The outcome of loading one file: records applied, and one message per rejected line."""
+    """The outcome of loading one file: records applied, one message per rejected line, warnings."""
 
     applied: int = 0
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -53,12 +59,43 @@ class LoadReport:
         return not self.errors
 
     def summary(self, max_errors: int = 20) -> str:
-        """A readable report: the applied count and the first ``max_errors`` errors."""
+        """A readable report: the applied count, the first ``max_errors`` errors, the warnings."""
+        shown = max(max_errors, 0)
         lines = [f"applied {self.applied} records, {len(self.errors)} errors"]
-        lines += [f"  {message}" for message in self.errors[:max_errors]]
-        if len(self.errors) > max_errors:
-            lines.append(f"  ... and {len(self.errors) - max_errors} more errors")
+        lines += [f"  {message}" for message in self.errors[:shown]]
+        if len(self.errors) > shown:
+            lines.append(f"  ... and {len(self.errors) - shown} more errors")
+        lines += [f"  warning: {message}" for message in self.warnings]
         return "\n".join(lines)
+
+
+class TimestampCheck:
+    """Finds event times that look like epoch seconds (epoch ms below 1e11); refuses them if ``strict``."""
+
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+        self.count = 0
+        self.lines: list[int] = []
+
+    def __call__(self, event: Any, number: int, where: str) -> None:
+        """Check one validated event (an ``EventRecord``) read from line ``number``."""
+        if event.ts >= EPOCH_SECONDS_BOUND_MS:
+            return
+        if self.strict:
+            raise DataError(f"{event.ts} is before 1973-03-03T09:46:40Z (epoch ms below 1e11): epoch seconds? "
+                            "ts is epoch milliseconds or ISO 8601 (refused by --strict-timestamps)", where, "ts")
+        self.count += 1
+        if len(self.lines) < _SUSPECT_LINES_SHOWN:
+            self.lines.append(number)
+
+    def warn(self, report: LoadReport) -> None:
+        """Add the warning about suspect timestamps to ``report`` (if there were any)."""
+        if self.count:
+            first = ", ".join(str(n) for n in self.lines) + (", ..." if self.count > len(self.lines) else "")
+            report.warnings.append(
+                f"{self.count} events have a ts before 1973-03-03T09:46:40Z (epoch ms below 1e11: epoch "
+                f"seconds?), at line{'s' if self.count > 1 else ''} {first}; ts is epoch milliseconds or ISO 8601 "
+                "(--strict-timestamps refuses them)")
 
 
 def engine_schema(engine: RecordEngine) -> Schema:
@@ -122,8 +159,10 @@ def load_jsonl(
     send: Callable[[list[dict]], int],
     batch_size: int = 10_000,
     progress: bool = True,
+    check: Callable[[Any, int, str], None] | None = None,
 ) -> LoadReport:
-    """Load a JSON Lines file: ``validate(record, where)`` each line, ``send`` good ones in batches."""
+    """Load a JSON Lines file: ``validate(record, where)`` each line (then ``check(validated, line,
+    where)``, which may raise DataError), ``send`` good ones in batches."""
     path = Path(path)
     report = LoadReport()
     sender = BatchSender(send, report, batch_size)
@@ -143,7 +182,9 @@ def load_jsonl(
                 report.errors.append(f"{where}: malformed JSON: {exc}")
                 continue
             try:
-                validate(record, where)
+                validated = validate(record, where)
+                if check is not None:
+                    check(validated, number, where)
             except DataError as exc:
                 report.errors.append(str(exc))
                 continue
@@ -156,12 +197,19 @@ def load_jsonl(
 
 
 def load_profiles_jsonl(engine: RecordEngine, path: str | Path, batch_size: int = 10_000, progress: bool = True) -> LoadReport:
-    """Upsert the profile records of a JSON Lines file (one record per line, see the contract)."""
+    """Upsert the profile records of a JSON Lines file (one record per line, see docs/data.md)."""
     schema = engine_schema(engine)
     return load_jsonl(path, schema.validate_profile, engine.upsert_profiles, batch_size, progress)
 
 
-def load_events_jsonl(engine: RecordEngine, path: str | Path, batch_size: int = 10_000, progress: bool = True) -> LoadReport:
-    """Track the event records of a JSON Lines file (one record per line, see the contract)."""
+def load_events_jsonl(engine: RecordEngine, path: str | Path, batch_size: int = 10_000, progress: bool = True,
+                      strict_timestamps: bool = False) -> LoadReport:
+    """Track the event records of a JSON Lines file (one record per line, see docs/data.md).
+
+    Times that look like epoch seconds are reported as a warning, or refused with ``strict_timestamps``.
+    """
     schema = engine_schema(engine)
-    return load_jsonl(path, schema.validate_event, engine.track_events, batch_size, progress)
+    check = TimestampCheck(strict_timestamps)
+    report = load_jsonl(path, schema.validate_event, engine.track_events, batch_size, progress, check)
+    check.warn(report)
+    return report

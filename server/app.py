@@ -33,11 +33,10 @@ from grpc_reflection.v1alpha import reflection
 
 from engine import Engine
 
-from .bridge import AsyncServicer
+from .bridge import AsyncServicer, add_to_server
 from .gate import EngineGate
 from .interceptors import AuthInterceptor
 from .proto_gen import segmentation_pb2 as pb
-from .proto_gen import segmentation_pb2_grpc as pb_grpc
 from .servicer import SegmentationServicer
 
 log = logging.getLogger("segengine.server")
@@ -108,8 +107,7 @@ class SegengineServer:
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         service = pb.DESCRIPTOR.services_by_name["Segmentation"]
-        pb_grpc.add_SegmentationServicer_to_server(AsyncServicer(self.servicer, service, self.pool),
-                                                   self.server)
+        add_to_server(AsyncServicer(self.servicer, service, self.pool), service, pb, self.server)
         self.health = aio_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

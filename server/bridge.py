@@ -14,8 +14,9 @@ wraps each of its methods into the coroutine (or async generator) grpc.aio expec
 
 Errors are mapped here, in one place: a ``SegengineError`` becomes the status its class names
 (``grpc_status``) with the text as details and the class name in the trailing metadata
-``segengine-error`` (the client rebuilds the same class); anything else is a bug, logged with its
-traceback and answered INTERNAL.
+``segengine-error`` (the client rebuilds the same class); anything else is a bug, answered INTERNAL.
+Every failed call logs one line (its traceback at debug level only). A request whose bytes do not
+decode (malformed protobuf, a string field that is not UTF-8) answers INVALID_ARGUMENT.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 import grpc
 
-from engine.errors import SegengineError
+from engine.errors import BadRequest, SegengineError
 
 from .gate import WouldWait
 from .interceptors import ERROR_KEY
@@ -64,13 +65,76 @@ class CallContext:
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
-    """End the call with the status ``error`` maps to (see the module docstring)."""
+    """End the call with the status ``error`` maps to (see the module docstring); log one line."""
     if isinstance(error, SegengineError):
         code = getattr(grpc.StatusCode, error.grpc_status, grpc.StatusCode.INTERNAL)
+        log.info("%s failed: %s: %s", method, code.name, _one_line(str(error)))
+        log.debug("%s failed", method, exc_info=error)
         context.set_trailing_metadata(((ERROR_KEY, type(error).__name__),))
         await context.abort(code, str(error))
-    log.error("internal error in %s", method, exc_info=error)
+    log.error("%s failed: INTERNAL: %s: %s", method, type(error).__name__, _one_line(str(error)))
+    log.debug("%s failed", method, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Undecodable:
+    """What a request's bytes decode to when they are not a valid message (answered INVALID_ARGUMENT)."""
+
+    def __init__(self, message_type: str, error: Exception):
+        self.message_type = message_type
+        self.error = error
+
+    def raise_error(self) -> None:
+        """Raise the BadRequest this request answers."""
+        raise BadRequest(f"the request is not a valid {self.message_type} "
+                         f"(malformed protobuf or a string that is not UTF-8): {self.error}")
+
+
+def _checked(request: Any) -> Any:
+    """``request``, or BadRequest if it did not decode."""
+    if isinstance(request, Undecodable):
+        request.raise_error()
+    return request
+
+
+def tolerant_deserializer(message_class: Any) -> Callable[[bytes], Any]:
+    """``message_class.FromString`` that returns an Undecodable instead of raising."""
+    name = message_class.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception as error:  # noqa: BLE001 - any decode failure is the caller's bad request
+            return Undecodable(name, error)
+
+    return decode
+
+
+def add_to_server(handlers: "AsyncServicer", service: Any, messages: Any, server: grpc.aio.Server) -> None:
+    """Register ``handlers`` for ``service`` (a ServiceDescriptor) with tolerant request decoding.
+
+    ``messages`` is the generated ``*_pb2`` module holding the request and response classes.
+    """
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    methods = {}
+    for method in service.methods:
+        request_class = getattr(messages, method.input_type.name)
+        response_class = getattr(messages, method.output_type.name)
+        make = kinds[(method.client_streaming, method.server_streaming)]
+        methods[method.name] = make(getattr(handlers, method.name),
+                                    request_deserializer=tolerant_deserializer(request_class),
+                                    response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, methods),))
+    register = getattr(server, "add_registered_method_handlers", None)
+    if register is not None:
+        register(service.full_name, methods)
 
 
 class _SyncStream:
@@ -103,7 +167,7 @@ class _BlockingRequests:
 
     def __next__(self) -> Any:
         try:
-            return asyncio.run_coroutine_threadsafe(self.requests.__anext__(), self.loop).result()
+            return _checked(asyncio.run_coroutine_threadsafe(self.requests.__anext__(), self.loop).result())
         except StopAsyncIteration:
             raise StopIteration from None
 
@@ -132,6 +196,7 @@ class AsyncServicer:
 
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                _checked(request)
                 if inline:
                     try:
                         return behaviour(request, CallContext(context, on_loop=True))
@@ -148,6 +213,11 @@ class AsyncServicer:
         behaviour = getattr(self.servicer, name)
 
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, Undecodable):
+                try:
+                    request.raise_error()
+                except BadRequest as error:
+                    await abort_with(context, error, name)
             stream = _SyncStream(behaviour(request, CallContext(context)))
             try:
                 while True:

@@ -17,6 +17,8 @@ from typing import Any
 
 from engine.errors import SegengineError
 
+from .cli_support import check_port_free, clock, count, megabytes, port, positive, read_schema, seconds
+
 DEFAULT_SERVER = "127.0.0.1:50051"
 #: Saved segments created by ``serve --demo`` so the quick start has something to watch.
 DEMO_SEGMENTS = {
@@ -38,7 +40,7 @@ def client_args(server_default: str | None = DEFAULT_SERVER) -> tuple:
             else "load into the server at host:port instead of an in-process engine"),
         arg("--token", default=os.environ.get("SEGENGINE_TOKEN"), help="bearer token (default $SEGENGINE_TOKEN)"),
         arg("--tls-ca", default=None, help="PEM file of the CA to trust: connect with TLS"),
-        arg("--timeout", type=float, default=30.0, help="deadline of each call in seconds (default 30)"),
+        arg("--timeout", type=seconds, default=30.0, help="deadline of each call in seconds (default 30)"),
     )
 
 
@@ -52,7 +54,7 @@ def connect(args: argparse.Namespace):
 
 
 def _fail(error: Exception | str) -> int:
-    print(f"error: {error}", file=sys.stderr)
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
     return 1
 
 
@@ -69,11 +71,11 @@ def open_engine(args: argparse.Namespace):
         dataset = generate(args.demo, args.demo_events if args.demo_events is not None else args.demo * 10,
                            seed=args.seed)
     if args.schema:
-        schema = Schema.from_file(args.schema)
+        schema = read_schema(args.schema)
     elif dataset is not None:
         schema = Schema.from_dict(dataset.schema)
     elif args.data_dir and (Path(args.data_dir) / "schema.json").exists():
-        schema = Schema.from_file(Path(args.data_dir) / "schema.json")
+        schema = read_schema(str(Path(args.data_dir) / "schema.json"))
     else:
         schema = Schema.from_dict(CONTRACT_SCHEMA)
     engine = Engine(schema, shards=args.shards, data_dir=args.data_dir)
@@ -101,6 +103,7 @@ def run_serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("SEGENGINE_TOKEN") or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
         refresh_ms=args.refresh_ms, drain_s=args.drain_s, grace_s=args.grace_s,
     )
+    check_port_free(args.host, args.port)  # before the demo is built or the data dir recovered
     engine = open_engine(args)
     try:
         server = SegengineServer(engine, config, owns_engine=True)
@@ -120,22 +123,22 @@ def serve_args() -> tuple:
 
     return (
         arg("--data-dir", default=None, help="durable data directory (default: in memory only)"),
-        arg("--shards", type=int, default=1, help="shards (worker processes when > 1; default 1)"),
+        arg("--shards", type=positive, default=1, help="shards (worker processes when > 1; default 1)"),
         arg("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)"),
-        arg("--port", type=int, default=50051, help="port (default 50051; 0 = any free port, printed)"),
-        arg("--schema", default=None, help="schema JSON file (default: the demo's, data dir's or contract's)"),
-        arg("--demo", type=int, default=0, metavar="N", help="generate and load N demo profiles"),
-        arg("--demo-events", type=int, default=None, help="demo events (default 10 per profile)"),
+        arg("--port", type=port, default=50051, help="port (default 50051; 0 = any free port, printed)"),
+        arg("--schema", default=None, help="schema JSON file (default: the demo's, data dir's or the built-in one)"),
+        arg("--demo", type=count, default=0, metavar="N", help="generate and load N demo profiles"),
+        arg("--demo-events", type=count, default=None, help="demo events (default 10 per profile)"),
         arg("--seed", type=int, default=0, help="demo random seed"),
         arg("--token", default=None, help="require this bearer token (default $SEGENGINE_TOKEN; none = no auth)"),
         arg("--tls-cert", default=None, help="PEM certificate: serve TLS (with --tls-key)"),
         arg("--tls-key", default=None, help="PEM private key of --tls-cert"),
-        arg("--refresh-ms", type=int, default=1000, help="refresh period of time-relative segments (default 1000)"),
-        arg("--max-concurrent-rpcs", type=int, default=128, help="calls in flight before RESOURCE_EXHAUSTED"),
-        arg("--workers", type=int, default=32, help="RPC worker threads (default 32)"),
-        arg("--max-message-mb", type=float, default=16, help="largest request or response (default 16 MB)"),
-        arg("--drain-s", type=float, default=0.0, help="on SIGTERM, seconds NOT_SERVING before refusing calls"),
-        arg("--grace-s", type=float, default=10.0, help="on SIGTERM, seconds in-flight calls may take to finish"),
+        arg("--refresh-ms", type=count, default=1000, help="refresh period of time-relative segments (default 1000)"),
+        arg("--max-concurrent-rpcs", type=positive, default=128, help="calls in flight before RESOURCE_EXHAUSTED"),
+        arg("--workers", type=positive, default=32, help="RPC worker threads (default 32)"),
+        arg("--max-message-mb", type=megabytes, default=16, help="largest request or response (default 16 MB)"),
+        arg("--drain-s", type=seconds, default=0.0, help="on SIGTERM, seconds NOT_SERVING before refusing calls"),
+        arg("--grace-s", type=seconds, default=10.0, help="on SIGTERM, seconds in-flight calls may take to finish"),
     )
 
 
@@ -175,7 +178,8 @@ def query_args() -> tuple:
         arg("query", help="segment query text"),
         arg("--count", action="store_true", help="print the number of profiles only"),
         arg("--explain", action="store_true", help="print the plan with rows and times per step"),
-        arg("--now", type=int, default=None, help="query clock in epoch ms (default: the server's wall clock)"),
+        arg("--now", type=clock, default=None,
+            help="query clock: epoch ms or ISO 8601, e.g. 2026-11-20T10:00:00Z (default: the server's wall clock)"),
         *client_args(),
     )
 
@@ -205,8 +209,8 @@ def run_segments(args: argparse.Namespace) -> int:
                 client.delete_segment(args.params[0])
                 print(f"deleted {args.params[0]}")
             elif args.action == "membership":
-                for name in client.membership(args.params[0], args.only or None):
-                    print(name)
+                names = client.membership(args.params[0], args.only or None)
+                print("\n".join(names) if names else "(no segments)")
             else:
                 with client.watch(args.params) as watch:
                     for change in watch:
@@ -253,13 +257,12 @@ def run_snapshot(args: argparse.Namespace) -> int:
 
 def run_update_schema(args: argparse.Namespace) -> int:
     """Extend a server's schema to the one in a JSON file (it must contain everything of the current one)."""
-    try:
-        spec = json.loads(Path(args.file).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        return _fail(f"cannot read schema {args.file}: {error}")
+    from .cli_support import read_schema
+
+    schema = read_schema(args.file)
     try:
         with connect(args) as client:
-            changes = client.update_schema(spec)
+            changes = client.update_schema(schema)
     except SegengineError as error:
         return _fail(error)
     print("\n".join(changes) if changes else "(no changes)")
@@ -270,27 +273,20 @@ def update_schema_args() -> tuple:
     """Arguments of ``segengine update-schema``."""
     from .cli import arg
 
-    return (arg("file", help="the new schema (JSON): the current one plus the additions"), *client_args())
+    from .cli_support import existing_file
+
+    return (arg("file", type=existing_file, help="the new schema (JSON): the current one plus the additions"),
+            *client_args())
 
 
 # -- load --server ----------------------------------------------------------------------------
 def run_load_remote(args: argparse.Namespace) -> int:
     """``segengine load --server ADDR``: send the files' records to a server in batches."""
-    from loaders.jsonl import load_events_jsonl, load_profiles_jsonl
+    from .cli import load_files
 
-    status = 0
     try:
         with connect(args) as client:
-            for label, path, loader in (("profiles", args.profiles, load_profiles_jsonl),
-                                        ("events", args.events, load_events_jsonl)):
-                if not path:
-                    continue
-                if label == "profiles" and Path(path).suffix.lower() == ".csv":
-                    from loaders.csv_profiles import load_profiles_csv as loader  # noqa: N813
-                started = time.perf_counter()
-                report = loader(client, path, batch_size=args.batch_size, progress=not args.quiet)
-                print(f"{label} {path} ({time.perf_counter() - started:.2f} s): {report.summary(args.max_errors)}")
-                status = status or (0 if report.ok else 1)
+            status = load_files(client, args)
             print(f"profiles on the server: {client.count('ALL')}")
     except SegengineError as error:
         return _fail(error)

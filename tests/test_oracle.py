@@ -146,7 +146,7 @@ def test_utc_midnight_edges(pair: tuple[Engine, NaiveStore]) -> None:
 
 
 def test_window_starting_on_midnight_ending_mid_day(pair: tuple[Engine, NaiveStore]) -> None:
-    """A window [midnight, t] inside one UTC day (regression: it used to select nothing)."""
+    """A window [midnight, t] inside one UTC day selects the events inside it."""
     feed(pair, [], [
         {"id": "prev_day", "event": "page_view", "ts": MIDNIGHT - 1},
         {"id": "at", "event": "page_view", "ts": MIDNIGHT},

@@ -28,6 +28,8 @@ SCAN_WEIGHT = {"Compare": 2, "Between": 2, "In": 1, "Sample": 3, "Did": 4}
 #: extracted into array containers (a cost per row, ~15x the dense cost at 6% density).
 DENSE_US_PER_CONTAINER = 1.3
 ARRAY_US_PER_ROW = 0.0026
+#: Intersections of more operands keep the ascending order (choosing the last one is quadratic).
+COUNT_ORDER_MAX = 64
 
 
 class SampleCache:
@@ -111,7 +113,7 @@ class Executor:
     def _intersect(self, step: Intersect, found: BitMap | None, count_only: bool):
         items = sorted((i for i in step.items if not isinstance(i, Universe)), key=self.estimate)
         excludes = sorted(step.exclude, key=self.estimate, reverse=True)
-        if count_only and found is None and not excludes and len(items) >= 3:
+        if count_only and found is None and not excludes and 3 <= len(items) <= COUNT_ORDER_MAX:
             items = self._count_order(items)
         acc = found
         owned = False  # acc is a bitmap built here (updated in place), not a stored or given one

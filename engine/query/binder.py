@@ -50,7 +50,7 @@ from engine.query.ast import (
 )
 from engine.query.positions import column_of, replace, set_columns
 from engine.query.printer import format_literal
-from engine.timeparse import parse_ts
+from engine.timeparse import parse_query_ts
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _TAGS_ONLY = "supports only HAS, HAS ANY, HAS ALL and IS [NOT] NULL"
@@ -143,10 +143,12 @@ class _Binder:
 
     def _bind_chain(self, node: And | Or, scope: _Scope) -> Node:
         items: list[Node] = []
+        seen: set[Node] = set()
         for child in node.items:
             bound = self.bind(child, scope)
             for item in bound.items if type(bound) is type(node) else (bound,):  # type: ignore[attr-defined]
-                if item not in items:
+                if item not in seen:
+                    seen.add(item)
                     items.append(item)
         if not items:
             raise QueryError(f"empty {type(node).__name__}", node.pos)
@@ -183,7 +185,7 @@ class _Binder:
             return value
         if typ == "timestamp" and (isinstance(value, str) or _is_int(value)):
             try:
-                return parse_ts(value)
+                return parse_query_ts(value)
             except ValueError as exc:
                 raise QueryError(f"invalid timestamp for {what}: {exc}", col, tok) from None
         raise QueryError(f"type mismatch: {what} is {typ}, got {_describe(value)}", col, tok)
@@ -282,7 +284,7 @@ class _Binder:
             return value
         if isinstance(value, str) or _is_int(value):
             try:
-                return parse_ts(value)
+                return parse_query_ts(value)
             except ValueError as exc:
                 raise QueryError(f"invalid {key.upper()} time: {exc}", col, tok) from None
         raise QueryError(f"{key.upper()} needs an ISO 8601 string, epoch milliseconds or NOW", col, tok)

@@ -1,4 +1,4 @@
-"""Recursive-descent parser: query text -> AST (see CONTRACT.md section 2 for the grammar).
+"""Query parser: query text -> AST (the grammar is in docs/query-language.md).
 
 Every node gets ``pos``, the 1-based column of its first token; columns of literals, names
 and options are recorded with :mod:`engine.query.positions` for the binder's messages.
@@ -7,7 +7,14 @@ single operand is never wrapped. Literals are kept as written: a timestamp given
 string stays a ``str`` until :func:`engine.query.binder.bind` checks it against the schema.
 
 Keywords are case-insensitive and reserved: an attribute, property, event or consent purpose
-whose name is a keyword (``count``, ``last``, ``all``...) must be double-quoted (``"count" > 2``).
+whose name is a keyword (``count``, ``last``, ``all``...) must be double-quoted (``"count" > 2``);
+a keyword where a name belongs is an error that shows the quoted form.
+
+Nesting is bounded: more than ``MAX_DEPTH`` levels of parentheses and ``NOT`` (a DID's WHERE
+counts one level) is an error at the first level too many. The boolean structure is parsed
+with an explicit stack, so no query text can exhaust Python's recursion limit here, and the
+bound keeps every later stage (binder, rules, planner, executor, shard messages, protobuf
+plans) well within theirs.
 
 >>> parse("age >= 30 and not vip = true")
 And(items=(Compare(name='age', op='>=', value=30), Not(item=Compare(name='vip', op='=', value=True))))
@@ -15,8 +22,6 @@ And(items=(Compare(name='age', op='>=', value=30), Not(item=Compare(name='vip', 
 Compare(name='signup_at', op='>', value=Now(offset_ms=-604800000))
 """
 from __future__ import annotations
-
-from typing import Callable
 
 from engine.errors import QueryError
 from engine.query.ast import (
@@ -42,6 +47,10 @@ from engine.query.positions import set_columns
 from engine.query.tokens import Token, tokenize
 
 _TOP_LEVEL_ONLY = ("DID", "CONSENTED", "SEGMENT", "SAMPLE")
+#: Keywords that follow an attribute name in a predicate (``x IN``, ``x IS NULL``...).
+_PREDICATE_WORDS = ("IN", "NOT", "BETWEEN", "IS", "HAS")
+#: The deepest nesting of parentheses and NOTs a query may have (a DID's WHERE counts one level).
+MAX_DEPTH = 64
 
 
 def parse(text: str) -> Node:
@@ -55,6 +64,8 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = tokenize(text)
         self.i = 0
+        self.depth = 0  # a DID's WHERE is one level deeper than the DID
+        self.stacks: list[list[_Group]] = []  # the open groups of every parse_or under way
 
     # -- token helpers -------------------------------------------------------------------
 
@@ -84,6 +95,8 @@ class _Parser:
     def expect(self, kind: str, value: object = None, what: str | None = None) -> Token:
         if self.at(kind, value):
             return self.advance()
+        if kind == "name" and self.tok.kind == "keyword":
+            raise self.keyword_as_name()
         raise self.error(f"expected {what or repr(value)}")
 
     def expect_keyword(self, word: str) -> Token:
@@ -100,36 +113,46 @@ class _Parser:
         return node
 
     def parse_or(self, in_where: bool) -> Node:
-        return self._chain("OR", Or, lambda: self.parse_and(in_where))
+        """or_expr up to the first token that cannot continue it (iterative: no recursion per level)."""
+        stack = [_Group(self.tok.column, None)]
+        self.stacks.append(stack)
+        while True:
+            group = stack[-1]
+            group.mark(self.tok.column)
+            while self.at("keyword", "NOT"):
+                self._deeper()
+                group.nots.append(self.advance().column)
+            if self.at("op", "("):
+                self._deeper()
+                open_tok = self.advance()
+                stack.append(_Group(self.tok.column, open_tok))
+                continue
+            operand = self.parse_atom(in_where)
+            while True:
+                group = stack[-1]
+                group.add(operand)
+                if self.accept("keyword", "AND"):
+                    break
+                if self.accept("keyword", "OR"):
+                    group.end_and()
+                    break
+                result = group.result()
+                if group.open is None:
+                    self.stacks.pop()
+                    return result
+                self.expect("op", ")", "')'")
+                stack.pop()
+                operand = result
 
-    def parse_and(self, in_where: bool) -> Node:
-        return self._chain("AND", And, lambda: self.parse_unary(in_where))
-
-    def _chain(self, word: str, cls: type[And] | type[Or], operand: Callable[[], Node]) -> Node:
-        start = self.tok.column
-        first = operand()
-        items = [first]
-        while self.accept("keyword", word):
-            items.append(operand())
-        if len(items) == 1:
-            return first
-        flat: list[Node] = []
-        for item in items:
-            flat.extend(item.items if isinstance(item, cls) else (item,))
-        return cls(tuple(flat), pos=start)
-
-    def parse_unary(self, in_where: bool) -> Node:
-        tok = self.accept("keyword", "NOT")
-        if tok:
-            return Not(self.parse_unary(in_where), pos=tok.column)
-        return self.parse_atom(in_where)
+    def _deeper(self) -> None:
+        """Count one more level of nesting (a NOT or a parenthesis) and refuse past MAX_DEPTH."""
+        depth = self.depth + 1 + sum(len(g.nots) + (g.open is not None) for s in self.stacks for g in s)
+        if depth > MAX_DEPTH:
+            raise self.error(f"query nests deeper than {MAX_DEPTH} levels of parentheses and NOT")
 
     def parse_atom(self, in_where: bool) -> Node:
+        """A predicate or ALL (parenthesised groups are handled by :meth:`parse_or`)."""
         tok = self.tok
-        if self.accept("op", "("):
-            node = self.parse_or(in_where)
-            self.expect("op", ")", "')'")
-            return node
         if tok.kind == "name":
             return self.parse_attr_pred()
         if tok.kind == "keyword":
@@ -140,7 +163,16 @@ class _Parser:
                 if in_where:
                     raise self.error(f"{tok.value} is not allowed inside WHERE")
                 return getattr(self, f"parse_{tok.value.lower()}")()
+            after = self.tokens[self.i + 1]
+            if (after.kind == "op" and after.value in CMP_OPS) or (
+                    tok.value not in ("AND", "OR") and after.kind == "keyword" and after.value in _PREDICATE_WORDS):
+                raise self.keyword_as_name()
         raise self.error("unexpected token")
+
+    def keyword_as_name(self) -> QueryError:
+        """The error for a keyword where a name belongs, showing the name's quoted form."""
+        text = self.tok.text
+        return self.error(f"{text} is a keyword; write a name spelled like a keyword double-quoted: \"{text}\"")
 
     # -- attribute predicates ------------------------------------------------------------
 
@@ -236,7 +268,9 @@ class _Parser:
         fields: dict[str, object] = {}
         cols: dict[str, object] = {"event": event.column}
         if self.accept("keyword", "WHERE"):
+            self.depth += 1
             fields["where"] = self.parse_or(in_where=True)
+            self.depth -= 1
         while self.accept("op", ","):
             opt = self.tok
             if opt.kind != "keyword" or opt.value not in ("COUNT", "WITHIN", "SINCE", "BEFORE", "AFTER"):
@@ -312,3 +346,46 @@ class _Parser:
                 raise self.error("SAMPLE seed must be an integer", stok)
         self.expect("op", ")", "')'")
         return self._with(Sample(percent, seed, pos=kw.column), percent=pcol, seed=scol)
+
+
+class _Group:
+    """One open level of :meth:`_Parser.parse_or`: the query, or a parenthesised group."""
+
+    def __init__(self, start: int, open_tok: Token | None) -> None:
+        self.open = open_tok
+        self.or_start = start
+        self.or_items: list[Node] = []
+        self.and_start = 0
+        self.and_items: list[Node] = []
+        self.nots: list[int] = []  # columns of the NOTs before the operand being parsed
+
+    def mark(self, column: int) -> None:
+        """Note where an AND chain starts (at its first operand)."""
+        if not self.and_items and not self.nots:
+            self.and_start = column
+
+    def add(self, operand: Node) -> None:
+        """Append an operand to the AND chain, wrapped in the NOTs written before it."""
+        while self.nots:
+            operand = Not(operand, pos=self.nots.pop())
+        self.and_items.append(operand)
+
+    def end_and(self) -> None:
+        """Close the AND chain as one operand of the OR chain."""
+        self.or_items.append(_chain(And, self.and_items, self.and_start))
+        self.and_items = []
+
+    def result(self) -> Node:
+        """The group's node: its OR chain (a single operand unwrapped)."""
+        self.end_and()
+        return _chain(Or, self.or_items, self.or_start)
+
+
+def _chain(cls: type[And] | type[Or], items: list[Node], start: int) -> Node:
+    """``items`` joined by ``cls``, nested operands of the same class flattened."""
+    if len(items) == 1:
+        return items[0]
+    flat: list[Node] = []
+    for item in items:
+        flat.extend(item.items if isinstance(item, cls) else (item,))
+    return cls(tuple(flat), pos=start)

@@ -13,6 +13,8 @@ under ``NOT``). Equal segments therefore print the same text.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from engine.query.ast import (
     All,
     And,
@@ -33,16 +35,42 @@ from engine.query.ast import (
 )
 from engine.query.tokens import DURATION_UNITS, is_identifier
 
+#: Texts of already printed nodes, by ``id``.
+Texts = dict[int, str]
+
 #: Units from largest to smallest, for the shortest exact duration text.
 _UNITS_DESC = sorted(DURATION_UNITS.items(), key=lambda kv: -kv[1])
 
 
 def to_text(node: Node) -> str:
-    """The canonical text of a query AST."""
-    printer = _PRINTERS.get(type(node))
-    if printer is None:
-        raise TypeError(f"cannot print {type(node).__name__}")
-    return printer(node)
+    """The canonical text of a query AST (iterative: any depth prints)."""
+    texts: dict[int, str] = {}
+    stack: list[tuple[Node, bool]] = [(node, False)]
+    while stack:
+        current, ready = stack.pop()
+        if id(current) in texts:
+            continue
+        children = _children(current)
+        if ready or not children:
+            printer = _PRINTERS.get(type(current))
+            if printer is None:
+                raise TypeError(f"cannot print {type(current).__name__}")
+            texts[id(current)] = printer(current, texts)
+        else:
+            stack.append((current, True))
+            stack.extend((child, False) for child in children if id(child) not in texts)
+    return texts[id(node)]
+
+
+def _children(node: Node) -> tuple[Node, ...]:
+    """The sub-queries printed inside ``node``."""
+    if isinstance(node, (And, Or)):
+        return tuple(_flat(node))
+    if isinstance(node, Not):
+        return (node.item,)
+    if isinstance(node, Did) and node.where is not None:
+        return (node.where,)
+    return ()
 
 
 def format_name(name: str) -> str:
@@ -84,31 +112,37 @@ def format_literal(value: Value) -> str:
 
 
 def _flat(node: And | Or) -> list[Node]:
+    """The operands of an And/Or with nested ones of the same class spliced in."""
     items: list[Node] = []
-    for item in node.items:
-        items.extend(_flat(item) if type(item) is type(node) else (item,))  # type: ignore[arg-type]
+    pending = list(reversed(node.items))
+    while pending:
+        item = pending.pop()
+        if type(item) is type(node):
+            pending.extend(reversed(item.items))  # type: ignore[attr-defined]
+        else:
+            items.append(item)
     return items
 
 
-def _operand(node: Node, parent: type) -> str:
+def _operand(node: Node, parent: type, texts: Texts) -> str:
     """Text of an operand, parenthesised when it binds looser than ``parent``."""
-    text = to_text(node)
+    text = texts[id(node)]
     needs = isinstance(node, Or) if parent is And else isinstance(node, (And, Or)) if parent is Not else False
     return f"({text})" if needs and len(_flat(node)) > 1 else text  # type: ignore[arg-type]
 
 
-def _and(node: And) -> str:
+def _and(node: And, texts: Texts) -> str:
     items = _flat(node)
-    return " AND ".join(sorted(_operand(i, And) for i in items)) if items else "ALL"
+    return " AND ".join(sorted(_operand(i, And, texts) for i in items)) if items else "ALL"
 
 
-def _or(node: Or) -> str:
+def _or(node: Or, texts: Texts) -> str:
     items = _flat(node)
-    return " OR ".join(sorted(_operand(i, Or) for i in items)) if items else "NOT ALL"
+    return " OR ".join(sorted(_operand(i, Or, texts) for i in items)) if items else "NOT ALL"
 
 
-def _not(node: Not) -> str:
-    return "NOT " + _operand(node.item, Not)
+def _not(node: Not, texts: Texts) -> str:
+    return "NOT " + _operand(node.item, Not, texts)
 
 
 def _compare(node: Compare) -> str:
@@ -144,10 +178,10 @@ def _has(node: Has) -> str:
     return f"{format_name(node.name)} HAS {node.mode.upper()} {_literal_list(node.values)}"
 
 
-def _did(node: Did) -> str:
+def _did(node: Did, texts: Texts) -> str:
     head = format_name(node.event)
     if node.where is not None:
-        head += " WHERE " + to_text(node.where)
+        head += " WHERE " + texts[id(node.where)]
     parts = [head]
     if (node.count_op, node.count_n) != (">=", 1):
         parts.append(f"COUNT {node.count_op} {node.count_n}")
@@ -167,18 +201,22 @@ def _sample(node: Sample) -> str:
     return f"SAMPLE({text}, {node.seed})" if node.seed else f"SAMPLE({text})"
 
 
-_PRINTERS = {
-    All: lambda node: "ALL",
+def _leaf(printer: Callable[[Any], str]) -> Callable[[Any, Texts], str]:
+    return lambda node, texts: printer(node)
+
+
+_PRINTERS: dict[type, Callable[[Any, Texts], str]] = {
+    All: _leaf(lambda node: "ALL"),
     And: _and,
     Or: _or,
     Not: _not,
-    Compare: _compare,
-    In: _in,
-    Between: _between,
-    IsNull: _is_null,
-    Has: _has,
+    Compare: _leaf(_compare),
+    In: _leaf(_in),
+    Between: _leaf(_between),
+    IsNull: _leaf(_is_null),
+    Has: _leaf(_has),
     Did: _did,
-    Consented: lambda node: f"CONSENTED({format_name(node.purpose)})",
-    SegmentRef: lambda node: f"SEGMENT({format_string(node.name)})",
-    Sample: _sample,
+    Consented: _leaf(lambda node: f"CONSENTED({format_name(node.purpose)})"),
+    SegmentRef: _leaf(lambda node: f"SEGMENT({format_string(node.name)})"),
+    Sample: _leaf(_sample),
 }

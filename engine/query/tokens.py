@@ -31,7 +31,9 @@ KEYWORDS = frozenset(
 DURATION_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 #: Operators, longest first so that ``<=`` wins over ``<``.
-OPERATORS = ("!=", "<=", ">=", "=", "<", ">", "(", ")", ",", "-", "+")
+OPERATORS = ("!=", "<>", "<=", ">=", "=", "<", ">", "(", ")", ",", "-", "+")
+#: Operators written in more than one way -> the spelling the AST uses.
+OPERATOR_ALIASES = {"<>": "!="}
 
 _IDENT_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 _IDENT_CHARS = _IDENT_START | frozenset("0123456789")
@@ -92,7 +94,7 @@ def tokenize(text: str) -> list[Token]:
         else:
             for op in OPERATORS:
                 if text.startswith(op, i):
-                    tokens.append(Token("op", op, op, i + 1))
+                    tokens.append(Token("op", op, OPERATOR_ALIASES.get(op, op), i + 1))
                     i += len(op)
                     break
             else:
