@@ -260,11 +260,8 @@ def run_update_schema(args: argparse.Namespace) -> int:
     from .cli_support import read_schema
 
     schema = read_schema(args.file)
-    try:
-        with connect(args) as client:
-            changes = client.update_schema(schema)
-    except SegengineError as error:
-        return _fail(error)
+    with connect(args) as client:
+        changes = client.update_schema(schema)
     print("\n".join(changes) if changes else "(no changes)")
     return 0
 
