@@ -128,11 +128,11 @@ def shard_chunks(path: Path, shard: int = 0) -> dict[tuple[int, int], bytes]:
 
 
 def snapshot_index(path: Path, part: dict, snapshot_id: int, shard: int = 0) -> tuple[int, list[int]]:
-    """(frames, chunk CRCs) from the index (chunk 0) of a format-3 part, checked against the part and the chunks."""
+    """(frames, chunk CRCs) from the index (chunk 0) of a format-4 part, checked against the part and the chunks."""
     chunks = shard_chunks(path, shard)
     key = pack_key(snapshot_id, 0)
     fmt, lengths, crcs = msgpack.unpackb(unseal(key, chunks[(snapshot_id, 0)]))
-    assert fmt == part["format"] == 3 and sum(lengths) == part["bytes"] and len(crcs) == part["chunks"]
+    assert fmt == part["format"] == 4 and sum(lengths) == part["bytes"] and len(crcs) == part["chunks"]
     assert sorted(chunks) == [(snapshot_id, n) for n in range(len(crcs) + 1)]  # no other snapshot, no gap
     bodies = [chunks[(snapshot_id, n)] for n in range(1, len(crcs) + 1)]
     assert all(len(body) <= chunk_store.CHUNK_BYTES <= 1 << 20 for body in bodies)

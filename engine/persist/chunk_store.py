@@ -53,10 +53,12 @@ import numpy as np
 from .errors import DataCorruption
 from .framing import MAX_VALUE, checksum, crc32, delete_current, pack_key, seal, unpack_key, unseal
 from .lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv, close_env, open_env
+from .state_io import FORMAT as STATE_FORMAT
 
-FORMAT = 3
+FORMAT = STATE_FORMAT
+#: Formats of parts holding pickles (read by ``migrate`` only); a part without a format is format 1.
 LEGACY_FORMAT = 1
-FORMATS = (LEGACY_FORMAT, FORMAT)
+LEGACY_FORMATS = (LEGACY_FORMAT, 3)
 DB = "chunks"
 #: Largest chunk (a full chunk fills 256 LMDB pages of 4 KiB).
 CHUNK_BYTES = MAX_VALUE
@@ -82,9 +84,9 @@ class ChunkStore:
         self._lock = threading.Lock()  # one writer or deleter at a time (the reserve is outside LMDB)
 
     # -- writing ----------------------------------------------------------------------------
-    def write(self, snapshot_id: int, frames: list[list[Any]]) -> dict[str, int]:
-        """Write ``frames`` (each a list of bytes-like pieces) as snapshot ``snapshot_id`` durably;
-        returns the part description ``{"format", "chunks", "bytes", "index_crc"}``."""
+    def write(self, snapshot_id: int, frames: list[list[Any]], fmt: int = FORMAT) -> dict[str, int]:
+        """Write ``frames`` (each a list of bytes-like pieces) as snapshot ``snapshot_id`` of format ``fmt``
+        durably; returns the part description ``{"format", "chunks", "bytes", "index_crc"}``."""
         lengths = [sum(memoryview(piece).nbytes for piece in pieces) for pieces in frames]
         index_key = pack_key(snapshot_id, 0)
 
@@ -99,7 +101,7 @@ class ChunkStore:
                 crcs.append(checksum(key, body))
                 if not txn.put(key, body, db=self.db, append=True):
                     raise RuntimeError(f"{self.path}: chunk {number} of snapshot {snapshot_id} is out of key order")
-            index = seal(index_key, msgpack.packb([FORMAT, lengths, crcs]))
+            index = seal(index_key, msgpack.packb([fmt, lengths, crcs]))
             txn.put(index_key, index, db=self.db)
             return crcs, index
 
@@ -110,7 +112,7 @@ class ChunkStore:
             finally:
                 if reserved is not None:
                     self._give_back(reserved)
-        return {"format": FORMAT, "chunks": len(crcs), "bytes": sum(lengths), "index_crc": crc32(index)}
+        return {"format": fmt, "chunks": len(crcs), "bytes": sum(lengths), "index_crc": crc32(index)}
 
     def _chunks(self, frames: list[list[Any]]) -> Iterator[memoryview]:
         """The frames back to back in chunks of at most CHUNK_BYTES: a piece of at least a chunk's size
