@@ -99,6 +99,22 @@ def run_load(args: argparse.Namespace) -> int:
     return status
 
 
+def run_migrate(args: argparse.Namespace) -> int:
+    """Convert a data directory's snapshot from a pickle format (1 or 3) to format 4, in place.
+
+    Exit status 0 when the directory now opens (converted, or nothing to convert), 1 when refused.
+    """
+    from engine.errors import SegengineError
+    from engine.persist.migrate import migrate
+
+    try:
+        migrate(args.data_dir, say=print)
+    except SegengineError as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "generate": Command(
         run_generate,
@@ -134,6 +150,11 @@ COMMANDS: dict[str, Command] = {
                         "saved segments on a server: list | get NAME | create NAME QUERY | delete NAME | "
                         "membership ID | watch [NAME...]", commands.segments_args()),
     "snapshot": Command(commands.run_snapshot, "ask a server to write a snapshot now", commands.client_args()),
+    "migrate": Command(
+        run_migrate,
+        "convert a data directory's snapshot to format 4 (once, with no engine running on the directory)",
+        (arg("data_dir", metavar="DIR", help="the data directory"),),
+    ),
 }
 
 
