@@ -1,20 +1,20 @@
-"""A shard's snapshot parts as checksummed chunks in the shard's LMDB store (formats 3 and 1).
+"""A shard's snapshot parts as checksummed chunks in the shard's LMDB store.
 
 The store is ``<data_dir>/shard-<n>/`` (``data.mdb``, database ``chunks``), opened with
 ``writemap`` by the process that owns the shard. Keys are (snapshot id, chunk number), big-endian
 (``framing.pack_key``), so a snapshot's chunks are consecutive and in order:
 
-- chunks 1..n: the frames of the captured state (``shard_state``) back to back, cut into values
+- chunks 1..n: the frames of the captured part (``state_io``) back to back, cut into values
   of at most ``framing.MAX_VALUE`` bytes (256 LMDB pages exactly); the CRC-32 of each chunk is
   taken over its key and its bytes, so a flipped byte, a cut value or a value under another key
   is found;
 - chunk 0, the **index**, sealed (``framing.seal``): msgpack ``[format, frame lengths, chunk CRCs]``.
 
-Format 3 (written now) differs from format 1 (written before the snapshot files of format 2,
-still read) only in where chunks are cut: a piece of a frame of at least a chunk's size starts a
-new chunk (the chunk before it may then be short), so every full chunk is a slice of the
-captured memory, put without an intermediate copy. Either way the concatenation of chunks 1..n
-is the concatenation of the frames, which is all a reader needs.
+A piece of a frame of at least a chunk's size starts a new chunk (the chunk before it may then be
+short), so every full chunk is a slice of the captured memory, put without an intermediate copy.
+The concatenation of chunks 1..n is the concatenation of the frames, which is all a reader needs.
+The index names the part's format: 4 (``state_io``), or 1 and 3 (pickles, read by ``migrate``
+only; format 1 cut every chunk full).
 
 **Writing** (``write``) is one write transaction: for each chunk, its CRC, then
 ``put(append=True)`` straight from the captured memory (LMDB copies it into the map: with
