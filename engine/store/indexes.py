@@ -43,9 +43,13 @@ def _move(bitmaps: list[BitMap], rows: np.ndarray, old: np.ndarray, new: np.ndar
 
 
 class _KeptUnions:
-    """Mixin: unions of value bitmaps asked for twice are kept (``UnionCache``), never stored in snapshots."""
+    """Mixin of the indexes with a bitmap per label: unions of value bitmaps asked for twice are kept
+    (``UnionCache``, never stored in snapshots)."""
 
     bitmaps: list[BitMap]
+    labels: list[str]
+    code_of: dict[str, int]
+    notnull: BitMap
 
     def _unions(self) -> UnionCache:
         return self.__dict__.setdefault("_kept_unions", UnionCache())
@@ -61,6 +65,13 @@ class _KeptUnions:
         state = dict(self.__dict__)
         state.pop("_kept_unions", None)
         return state
+
+    def _read_labels(self, reader: StateReader, state: dict[str, Any], rows: int) -> None:
+        """Set the labels, their codes, their bitmaps and ``notnull`` from a snapshot part."""
+        self.labels = _strings(state["labels"])
+        self.code_of = {label: code for code, label in enumerate(self.labels)}
+        self.bitmaps = _sized(reader.bitmaps(state["bitmaps"], rows), len(self.labels))
+        self.notnull = reader.bitmap(state["notnull"], rows)
 
 
 def _set_notnull(notnull: BitMap, rows: np.ndarray, valid: np.ndarray) -> None:
@@ -155,10 +166,7 @@ class CategoryIndex(_KeptUnions):
         """An index of ``rows`` rows from its part of a snapshot."""
         index = cls()
         index.codes = GrowableArray.adopt(reader.column(state["codes"], (np.int32,), rows), -1)
-        index.labels = _strings(state["labels"])
-        index.code_of = {label: code for code, label in enumerate(index.labels)}
-        index.bitmaps = _sized(reader.bitmaps(state["bitmaps"], rows), len(index.labels))
-        index.notnull = reader.bitmap(state["notnull"], rows)
+        index._read_labels(reader, state, rows)
         return index
 
 
@@ -331,12 +339,9 @@ class TagsIndex(_KeptUnions):
         """An index of ``rows`` rows from its part of a snapshot."""
         index = cls()
         index.column = GrowableArray.adopt(reader.column(state["column"], (np.int32,), rows), -1)
-        index.labels = _strings(state["labels"])
-        index.code_of = {label: code for code, label in enumerate(index.labels)}
+        index._read_labels(reader, state, rows)
         index.tagsets = [tuple(_codes(tags, len(index.labels))) for tags in state["tagsets"]]
         index.tagset_of = {tags: ident for ident, tags in enumerate(index.tagsets)}
-        index.bitmaps = _sized(reader.bitmaps(state["bitmaps"], rows), len(index.labels))
-        index.notnull = reader.bitmap(state["notnull"], rows)
         return index
 
 
