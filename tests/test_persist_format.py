@@ -347,3 +347,21 @@ def test_a_refusal_crosses_from_a_worker_process_and_migrate_needs_the_directory
     assert migrate(str(tmp_path))["migrated"] is True
     with open_engine(tmp_path, backend="process") as engine:
         assert answers(engine) == expected
+
+
+def test_a_shard_keeps_its_persistence_state_in_one_object(tmp_path: Path) -> None:
+    with open_engine(tmp_path, 1) as engine:
+        write_state(engine)
+        engine.snapshot()
+        shard = engine.shards[0]
+        assert sorted(vars(shard)) == ["did", "events", "executor", "persistence", "profiles", "saved", "schema",
+                                       "segments", "shard_id"]
+        persistence = shard.persistence
+        assert persistence.applied_seq == engine.durable.manifest["wal_seq"] == 14
+        assert persistence.recovered_from == str(tmp_path) and persistence.recovery["snapshot_id"] is None
+        assert persistence.job is not None and persistence.job.status()["format"] == 4
+        assert persistence.store is not None and persistence.store.path == str(tmp_path / "shard-0")
+    assert persistence.job is None and persistence.store is None
+    with open_engine(tmp_path, 1) as engine:
+        assert engine.shards[0].persistence.recovery["snapshot_id"] == 1
+        assert engine.shards[0].persistence.applied_seq == 14
