@@ -6,7 +6,6 @@ and a restored engine answers like one that never stopped, also after further wr
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+from pyroaring import BitMap
 
 from engine import Engine, Schema
 from engine.columns import CategoryColumn, EventBatch, ProfileBatch, TagsColumn, ValueColumn
@@ -273,8 +273,6 @@ def test_a_bitmap_or_run_naming_rows_past_the_profiles_is_refused(tmp_path: Path
     rows = header["state"]["profiles"]["idmap"]["size"]
     live = header["state"]["profiles"]["live"]
     offsets = np.concatenate(([0], np.cumsum(header["bitmaps"]))).tolist()
-    from pyroaring import BitMap
-
     beyond = BitMap([0, rows]).serialize()
     bitmaps = frames[-1][: offsets[live]] + beyond + frames[-1][offsets[live + 1]:]
     header["bitmaps"][live] = len(beyond)
