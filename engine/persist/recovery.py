@@ -7,9 +7,9 @@ after it, applying only this shard's share (``routing.shard_calls``). It works i
 process holds the shard, so shards recover in parallel.
 
 Every logged write reaches a shard through ``apply_logged(seq, ...)``, which skips a record the
-shard already has (``seq <= applied_seq`` of the shard's ``ShardPersistence``). So a respawned worker, which replays the log
-up to its end, is not given the same write twice by the coordinator, and a snapshot part taken
-from a shard that is ahead of the manifest's sequence number replays correctly.
+shard already has (``seq <= shard.persistence.applied_seq``). So a respawned worker, which
+replays the log up to its end, is not given the same write twice by the coordinator, and a
+snapshot part taken from a shard that is ahead of the manifest's sequence number replays correctly.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Any
 
 from ..errors import DataCorruption, SegengineError
 from . import meta, records, snapshot
-from .shard_state import query_compiler
 from .lmdb_env import close_env, open_env
 from .routing import SEGMENT_KINDS, shard_calls
+from .shard_state import query_compiler
 from .wal import DB as WAL_DB
 from .wal import LogScan
 

@@ -18,8 +18,8 @@ from ..exec.did import DidEvaluator
 from ..exec.executor import Executor
 from ..explain import TracingExecutor
 from ..plan.steps import Step
-from ..schema import EventRecord, ProfileUpdate, Schema
 from ..persist.shard_persistence import ShardPersistence
+from ..schema import EventRecord, ProfileUpdate, Schema
 from ..segments import SavedSegments
 from ..store.events import EventStore
 from ..store.memory import release_free_memory, tune_allocator
@@ -54,7 +54,7 @@ class LocalShard:
 
     def adopt(self, profiles: ProfileStore, events: EventStore) -> None:
         """Serve ``profiles`` and ``events`` (new executors, no saved segments; change capture kept)."""
-        capture = getattr(self, "saved", None) is not None and self.saved.capture
+        capture = "saved" in vars(self) and self.saved.capture
         self.profiles = profiles
         self.events = events
         self.did = DidEvaluator(events)
