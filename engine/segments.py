@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numba
 import numpy as np
@@ -51,6 +51,9 @@ from .store.bitmaps import rows_of, to_bitmap, union_all
 from .store.events import NO_TIME, EventStore, EventTypeStore
 from .store.numeric import NumericIndex
 from .store.profiles import ProfileStore
+
+if TYPE_CHECKING:
+    from .persist.state_io import StateReader, StateWriter
 
 #: Re-evaluate a segment over the whole universe when more than this share of rows is touched.
 FULL_FRACTION = 0.25
@@ -539,6 +542,37 @@ class SavedSegments:
         result = {"changes": changes, "lost": self.lost, "at": self.now or 0}
         self.pending, self.pending_size, self.lost = [], 0, False
         return result
+
+    def to_state(self, writer: StateWriter) -> dict[str, Any]:
+        """The saved segments' part of a snapshot: definitions (as query text) in dependency order, members
+        per segment and per row, slots and clock (change capture and sorted columns are not stored)."""
+        defs = [[name, d.text, d.created_ms, d.updated_ms] for name, d in
+                ((name, self.catalog.defs[name]) for name in self.catalog.order)]
+        return {"defs": defs, "bitmaps": {name: writer.bitmap(bitmap) for name, bitmap in self.bitmaps.items()},
+                "slots": self.slots, "slot_names": self.slot_names, "members": writer.array(self.members.bits),
+                "now": self.now}
+
+    def load_state(self, reader: StateReader, state: dict[str, Any], compile_query: Callable[[str], Step]) -> None:
+        """Replace the (empty) segments by their part of a snapshot; ``compile_query`` plans a definition."""
+        rows = len(self.profiles.idmap)
+        for name, text, created_ms, updated_ms in state["defs"]:
+            step = compile_query(text)
+            self.catalog.put(SegmentDef(_check_name(name), text, step, segment_refs(step), is_clocked(step),
+                                        int(created_ms), int(updated_ms)))
+        self.bitmaps.clear()  # the dict is shared (LocalShard.segments)
+        self.bitmaps.update((name, reader.bitmap(bitmap, rows)) for name, bitmap in state["bitmaps"].items())
+        self.slots = {name: int(slot) for name, slot in state["slots"].items()}
+        self.slot_names = list(state["slot_names"])
+        bits = reader.array(state["members"])
+        if bits.dtype != np.uint64 or bits.ndim != 2:
+            raise ValueError("the segment membership bits are not a 2-D uint64 array")
+        self.members.bits = bits
+        names = set(self.catalog.defs)
+        if set(self.bitmaps) != names or set(self.slots) != names or \
+                any(not 0 <= slot < len(self.slot_names) or self.slot_names[slot] != name
+                    for name, slot in self.slots.items()):
+            raise ValueError("the stored segments, their members and their slots do not agree")
+        self.now = None if state["now"] is None else int(state["now"])
 
     @property
     def nbytes(self) -> int:

@@ -128,11 +128,11 @@ def shard_chunks(path: Path, shard: int = 0) -> dict[tuple[int, int], bytes]:
 
 
 def snapshot_index(path: Path, part: dict, snapshot_id: int, shard: int = 0) -> tuple[int, list[int]]:
-    """(frames, chunk CRCs) from the index (chunk 0) of a format-3 part, checked against the part and the chunks."""
+    """(frames, chunk CRCs) from the index (chunk 0) of a format-4 part, checked against the part and the chunks."""
     chunks = shard_chunks(path, shard)
     key = pack_key(snapshot_id, 0)
     fmt, lengths, crcs = msgpack.unpackb(unseal(key, chunks[(snapshot_id, 0)]))
-    assert fmt == part["format"] == 3 and sum(lengths) == part["bytes"] and len(crcs) == part["chunks"]
+    assert fmt == part["format"] == 4 and sum(lengths) == part["bytes"] and len(crcs) == part["chunks"]
     assert sorted(chunks) == [(snapshot_id, n) for n in range(len(crcs) + 1)]  # no other snapshot, no gap
     bodies = [chunks[(snapshot_id, n)] for n in range(1, len(crcs) + 1)]
     assert all(len(body) <= chunk_store.CHUNK_BYTES <= 1 << 20 for body in bodies)
@@ -179,8 +179,9 @@ def test_reopening_with_another_schema_or_shard_count_or_twice_is_refused(tmp_pa
         engine.upsert_profiles([{"id": "u1", "age": 3}])
         with pytest.raises(DataDirMismatch, match="in use by another engine"):
             open_engine(tmp_path, 2)
-    other = dict(CONTRACT_SCHEMA, consents=["email"])
-    with pytest.raises(DataDirMismatch, match="written with another schema"):
+    other = dict(CONTRACT_SCHEMA, attributes=dict(CONTRACT_SCHEMA["attributes"], age={"type": "float"}))
+    with pytest.raises(DataDirMismatch, match=r"written with a schema that this one does not extend \(schema change "
+                                              r"refused: attribute 'age' changes type from int to float"):
         Engine(Schema.from_dict(other), shards=2, backend="local", data_dir=str(tmp_path))
     with pytest.raises(DataDirMismatch, match=r"holds 2 shards; open it with shards=2"):
         open_engine(tmp_path, 3)

@@ -1,10 +1,11 @@
-"""Snapshots: what a capture copies and references, the chunk store (format 3), formats 1 and 2.
+"""Snapshots: what a capture copies and references, the chunk store, format 2 refused.
 
 A capture references the arrays of event runs instead of copying them, which is only correct
 because the event store never changes a run in place: checked here against every kind of event
 write. A snapshot lives in the shard's LMDB store: how frames are cut into chunks, a map that
 grows (with writemap), pages of deleted snapshots reused, a loaded snapshot independent of the
-store (writes after a restart must not reach it), format 1 still read, format 2 refused.
+store (writes after a restart must not reach it), format 2 refused (formats 1 and 3, and format 4
+itself: tests/test_persist_format.py).
 """
 from __future__ import annotations
 
@@ -13,19 +14,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lmdb
-import msgpack
 import numpy as np
 import pytest
 
 from engine import Engine, Schema
 from engine.errors import DataDirMismatch
-from engine.persist import chunk_store, meta, shard_state
+from engine.persist import chunk_store, shard_state
 from engine.persist.arena import CaptureArena
-from engine.persist.framing import MAX_VALUE, checksum, crc32, pack_key, seal, unpack_key
+from engine.persist.framing import unpack_key
 from engine.persist.lmdb_env import close_env, open_env
 from engine.schema import CONTRACT_SCHEMA
 
+from legacy_snapshots import rewrite_manifest
 from test_persist import NOW, QUERIES, answers, open_engine, shard_chunks as stored, write_everything
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
@@ -108,7 +108,7 @@ def test_frames_are_cut_into_chunks_and_the_map_grows(tmp_path: Path) -> None:
             values = {unpack_key(k): bytes(v) for k, v in txn.cursor(db=store.db)}
         # a piece of at least a chunk starts a chunk (its full chunks are slices of it), the rest is joined
         assert [len(values[(7, n)]) for n in range(1, part["chunks"] + 1)] == [5002, chunk, chunk, chunk, chunk, 800]
-        assert part == {"format": 3, "chunks": 6, "bytes": 5002 + big.nbytes + chunk, "index_crc": part["index_crc"]}
+        assert part == {"format": 4, "chunks": 6, "bytes": 5002 + big.nbytes + chunk, "index_crc": part["index_crc"]}
         read = store.read(7, part)
         assert [bytes(frame) for frame in read] == [b"ab" + b"c" * 5000, big.tobytes(), b"tail" + b"x" * (chunk - 4),
                                                      b""]
@@ -179,59 +179,6 @@ def test_writes_after_a_restart_do_not_reach_the_loaded_snapshot(tmp_path: Path)
         assert answers(engine) == expected
 
 
-def write_format_1(path: str, snapshot_id: int, frames: list[bytes]) -> dict[str, int]:
-    """Store ``frames`` as an engine before format 2 did: back to back in chunks of exactly MAX_VALUE."""
-    data = b"".join(frames)
-    bodies = [data[at : at + MAX_VALUE] for at in range(0, len(data), MAX_VALUE)]
-    crcs = [checksum(pack_key(snapshot_id, n), body) for n, body in enumerate(bodies, start=1)]
-    index = seal(pack_key(snapshot_id, 0), msgpack.packb([1, [len(frame) for frame in frames], crcs]))
-    env = lmdb.open(path, max_dbs=1, map_size=1 << 30)
-    with env.begin(write=True, db=env.open_db(b"chunks")) as txn:
-        for n, body in enumerate(bodies, start=1):
-            txn.put(pack_key(snapshot_id, n), body)
-        txn.put(pack_key(snapshot_id, 0), index)
-    env.close()
-    return {"chunks": len(crcs), "bytes": len(data), "index_crc": crc32(index)}  # no "format": 1
-
-
-def rewrite_manifest(path: Path, parts: list[dict[str, Any]]) -> None:
-    env = open_env(str(path / "log"), ("wal", meta.DB))
-    with env.read() as txn:
-        manifest = meta.latest_manifest(txn, env.db(meta.DB), str(path))
-    env.write(lambda txn: meta.put_manifest(txn, env.db(meta.DB), {**manifest, "parts": parts}))
-    close_env(env)
-
-
-def test_a_format_1_snapshot_still_loads_and_is_replaced(tmp_path: Path) -> None:
-    with open_engine(tmp_path, 2) as engine:
-        write_everything(engine)
-        event_writes(engine, 0)
-        engine.upsert_profiles({"id": f"u{i:06d}", "age": i % 90, "country": f"c{i}"} for i in range(100_000))
-        engine.snapshot()
-        write_everything(engine, 100)
-        expected = answers(engine)
-        manifest = dict(engine.durable.manifest)
-    # rewrite the snapshot as an engine before format 2 stored it: the same store, a format-1 part
-    parts = []
-    for shard, part in enumerate(manifest["parts"]):
-        path = str(tmp_path / f"shard-{shard}")
-        store = chunk_store.ChunkStore(path)
-        frames = [bytes(frame) for frame in store.read(1, part)]
-        assert store.delete(set()) == part["chunks"] + 1
-        store.close()
-        parts.append(write_format_1(path, 1, frames))
-        assert parts[-1]["chunks"] > 1
-    rewrite_manifest(tmp_path, parts)
-    with open_engine(tmp_path, 2) as engine:
-        assert answers(engine) == expected
-        engine.snapshot()
-        assert [part["format"] for part in engine.durable.manifest["parts"]] == [3, 3]
-    assert all({snapshot_id for snapshot_id, _ in stored(tmp_path, shard)} == {2} for shard in (0, 1))
-    with open_engine(tmp_path, 2) as engine:
-        assert engine.durable.recovery["snapshot_id"] == 2
-        assert answers(engine) == expected
-
-
 def test_a_format_2_snapshot_is_refused(tmp_path: Path) -> None:
     with open_engine(tmp_path) as engine:
         write_everything(engine)
@@ -239,5 +186,5 @@ def test_a_format_2_snapshot_is_refused(tmp_path: Path) -> None:
         part = engine.durable.manifest["parts"][0]
     rewrite_manifest(tmp_path, [{**part, "format": 2, "file_bytes": 1 << 20, "index_bytes": 100}])
     with pytest.raises(DataDirMismatch, match=r"snapshot 1 in .*shard-0 is in format 2, which this engine does "
-                                              r"not read \(it reads formats 1, 3\)"):
+                                              r"not read \(it reads format 4\)"):
         open_engine(tmp_path)

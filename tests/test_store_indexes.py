@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from engine.columns import CategoryColumn, TagsColumn, ValueColumn, column_from_values
+from engine.persist.state_io import StateReader, StateWriter
 from engine.store.idmap import IdMap, id_hashes
 from engine.store.indexes import BoolIndex, CategoryIndex, TagsIndex
 from engine.store.numeric import NumericIndex
@@ -27,8 +28,12 @@ def test_idmap_survives_many_rehashes() -> None:
         idmap.lookup_or_insert(ids[start : start + 7_000])
     assert idmap.lookup(ids[::997]).tolist() == list(range(0, 50_000, 997))
     assert idmap.ids_of(np.arange(50_000))[12345] == "user-12345"
-    rebuilt = IdMap.from_state(idmap.state())
+    writer = StateWriter()
+    state = idmap.to_state(writer)
+    frames = [np.frombuffer(bytearray(frame), dtype=np.uint8) for frame in writer.capture({}, 0, state).joined()]
+    rebuilt = IdMap.from_state(StateReader(frames, "a test"), state)
     assert rebuilt.lookup(["user-49999", "nope"]).tolist() == [49_999, -1]
+    assert rebuilt.lookup_or_insert(["user-50000", "user-3"])[0].tolist() == [50_000, 3]
 
 
 def test_id_hash_is_little_endian_blake2b_64() -> None:

@@ -5,7 +5,9 @@ page faults, and on a virtual machine that hands freed memory back to its host (
 reporting, as on this project's machines) a page touched for the first time in a while costs
 about 10 us, so a fresh copy runs at ~400 MB/s against ~4 GB/s into memory the process already
 holds. A ``CaptureArena`` keeps the pages of one capture for the next one: ``take`` hands out
-aligned pieces of a few large anonymous mappings (slabs), ``reset`` starts over at the first slab.
+aligned pieces of a few large anonymous mappings (slabs, populated as they are mapped:
+``MAP_POPULATE`` fills new memory about twice as fast as page faults do), ``reset`` starts over at
+the first slab.
 Slabs a capture did not use are unmapped (``trim``), so the arena follows the size of the state.
 The cost is memory: a shard keeps as much as its last capture copied (measured: 0.6 of its
 snapshot's bytes). Marking the slabs MADV_FREE between snapshots (reclaimable under memory
@@ -31,6 +33,8 @@ SLAB_BYTES = 64 << 20
 ALIGN = 64
 #: Extra room given to a slab made for one large piece, so the piece may grow a little.
 HEADROOM = 1 / 8
+#: Slabs are populated as they are mapped: in one pass, not page fault by page fault.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class CaptureArena:
@@ -68,7 +72,7 @@ class CaptureArena:
         """Map a slab big enough for ``nbytes`` at ``index`` (appended, or replacing a slab too small)."""
         size = self.slab_bytes if nbytes <= self.slab_bytes else int(nbytes * (1 + HEADROOM))
         size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-        region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
         self.mapped += size
         slab = (region, np.frombuffer(region, dtype=np.uint8))
         if index == len(self.slabs):

@@ -1,20 +1,20 @@
-"""A shard's snapshot parts as checksummed chunks in the shard's LMDB store (formats 3 and 1).
+"""A shard's snapshot parts as checksummed chunks in the shard's LMDB store.
 
 The store is ``<data_dir>/shard-<n>/`` (``data.mdb``, database ``chunks``), opened with
 ``writemap`` by the process that owns the shard. Keys are (snapshot id, chunk number), big-endian
 (``framing.pack_key``), so a snapshot's chunks are consecutive and in order:
 
-- chunks 1..n: the frames of the captured state (``shard_state``) back to back, cut into values
+- chunks 1..n: the frames of the captured part (``state_io``) back to back, cut into values
   of at most ``framing.MAX_VALUE`` bytes (256 LMDB pages exactly); the CRC-32 of each chunk is
   taken over its key and its bytes, so a flipped byte, a cut value or a value under another key
   is found;
 - chunk 0, the **index**, sealed (``framing.seal``): msgpack ``[format, frame lengths, chunk CRCs]``.
 
-Format 3 (written now) differs from format 1 (written before the snapshot files of format 2,
-still read) only in where chunks are cut: a piece of a frame of at least a chunk's size starts a
-new chunk (the chunk before it may then be short), so every full chunk is a slice of the
-captured memory, put without an intermediate copy. Either way the concatenation of chunks 1..n
-is the concatenation of the frames, which is all a reader needs.
+A piece of a frame of at least a chunk's size starts a new chunk (the chunk before it may then be
+short), so every full chunk is a slice of the captured memory, put without an intermediate copy.
+The concatenation of chunks 1..n is the concatenation of the frames, which is all a reader needs.
+The index names the part's format: 4 (``state_io``), or 1 and 3 (pickles, read by ``migrate``
+only; format 1 cut every chunk full).
 
 **Writing** (``write``) is one write transaction: for each chunk, its CRC, then
 ``put(append=True)`` straight from the captured memory (LMDB copies it into the map: with
@@ -53,10 +53,12 @@ import numpy as np
 from .errors import DataCorruption
 from .framing import MAX_VALUE, checksum, crc32, delete_current, pack_key, seal, unpack_key, unseal
 from .lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv, close_env, open_env
+from .state_io import FORMAT as STATE_FORMAT
 
-FORMAT = 3
+FORMAT = STATE_FORMAT
+#: Formats of parts holding pickles (read by ``migrate`` only); a part without a format is format 1.
 LEGACY_FORMAT = 1
-FORMATS = (LEGACY_FORMAT, FORMAT)
+LEGACY_FORMATS = (LEGACY_FORMAT, 3)
 DB = "chunks"
 #: Largest chunk (a full chunk fills 256 LMDB pages of 4 KiB).
 CHUNK_BYTES = MAX_VALUE
@@ -82,9 +84,9 @@ class ChunkStore:
         self._lock = threading.Lock()  # one writer or deleter at a time (the reserve is outside LMDB)
 
     # -- writing ----------------------------------------------------------------------------
-    def write(self, snapshot_id: int, frames: list[list[Any]]) -> dict[str, int]:
-        """Write ``frames`` (each a list of bytes-like pieces) as snapshot ``snapshot_id`` durably;
-        returns the part description ``{"format", "chunks", "bytes", "index_crc"}``."""
+    def write(self, snapshot_id: int, frames: list[list[Any]], fmt: int = FORMAT) -> dict[str, int]:
+        """Write ``frames`` (each a list of bytes-like pieces) as snapshot ``snapshot_id`` of format ``fmt``
+        durably; returns the part description ``{"format", "chunks", "bytes", "index_crc"}``."""
         lengths = [sum(memoryview(piece).nbytes for piece in pieces) for pieces in frames]
         index_key = pack_key(snapshot_id, 0)
 
@@ -99,7 +101,7 @@ class ChunkStore:
                 crcs.append(checksum(key, body))
                 if not txn.put(key, body, db=self.db, append=True):
                     raise RuntimeError(f"{self.path}: chunk {number} of snapshot {snapshot_id} is out of key order")
-            index = seal(index_key, msgpack.packb([FORMAT, lengths, crcs]))
+            index = seal(index_key, msgpack.packb([fmt, lengths, crcs]))
             txn.put(index_key, index, db=self.db)
             return crcs, index
 
@@ -110,7 +112,7 @@ class ChunkStore:
             finally:
                 if reserved is not None:
                     self._give_back(reserved)
-        return {"format": FORMAT, "chunks": len(crcs), "bytes": sum(lengths), "index_crc": crc32(index)}
+        return {"format": fmt, "chunks": len(crcs), "bytes": sum(lengths), "index_crc": crc32(index)}
 
     def _chunks(self, frames: list[list[Any]]) -> Iterator[memoryview]:
         """The frames back to back in chunks of at most CHUNK_BYTES: a piece of at least a chunk's size

@@ -29,6 +29,11 @@ def schema_text(schema: Schema) -> str:
     return json.dumps(schema.to_dict(), sort_keys=True)
 
 
+def schema_dict(layout: dict[str, Any]) -> dict[str, Any]:
+    """The schema (JSON dict) a layout record holds."""
+    return json.loads(layout["schema"])
+
+
 def read_layout(txn: Any, db: Any, where: str) -> dict[str, Any] | None:
     """The layout record (None for a new data directory)."""
     stored = txn.get(LAYOUT_KEY, db=db)

@@ -7,9 +7,9 @@ after it, applying only this shard's share (``engine.commands.route``). It works
 process holds the shard, so shards recover in parallel.
 
 Every logged write reaches a shard through ``apply_logged(seq, ...)``, which skips a record the
-shard already has (``seq <= shard.applied_seq``). So a respawned worker, which replays the log
-up to its end, is not given the same write twice by the coordinator, and a snapshot part taken
-from a shard that is ahead of the manifest's sequence number replays correctly.
+shard already has (``seq <= shard.persistence.applied_seq``). So a respawned worker, which
+replays the log up to its end, is not given the same write twice by the coordinator, and a
+snapshot part taken from a shard that is ahead of the manifest's sequence number replays correctly.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ..errors import DataCorruption, SegengineError
 from . import meta, records, snapshot
 from .lmdb_env import close_env, open_env
 from ..commands import SEGMENT_KINDS, route
+from .shard_state import query_compiler
 from .wal import DB as WAL_DB
 from .wal import LogScan
 
@@ -43,12 +44,13 @@ def apply_logged(shard: Any, seq: int, method: str, args: tuple) -> Any:
     """Run ``shard.method(*args)`` for log record ``seq`` unless the shard already applied it."""
     if method not in LOGGED_METHODS:
         raise ValueError(f"{method!r} is not a logged shard write")
-    if seq <= shard.applied_seq:
+    persistence = shard.persistence
+    if seq <= persistence.applied_seq:
         return _already_applied(shard, method, args)
     try:
         return getattr(shard, method)(*args)
     finally:
-        shard.applied_seq = seq
+        persistence.applied_seq = seq
 
 
 def _already_applied(shard: Any, method: str, args: tuple) -> Any:
@@ -62,8 +64,9 @@ def _already_applied(shard: Any, method: str, args: tuple) -> Any:
 def recover_shard(shard: Any, data_dir: str) -> dict[str, Any]:
     """Load ``shard`` from ``data_dir``: its newest snapshot part, then its share of the log after it."""
     data_dir = os.path.abspath(data_dir)
-    if getattr(shard, "_recovered_from", None) == data_dir:
-        return dict(shard._recovery)
+    persistence = shard.persistence
+    if persistence.recovered_from == data_dir:
+        return dict(persistence.recovery)
     began = time.perf_counter()
     info: dict[str, Any] = {"shard": shard.shard_id, "snapshot_id": None, "replayed_records": 0, "applied_seq": 0,
                             "log_end": 0, "log_bytes": 0, "torn_tail": None}
@@ -75,8 +78,8 @@ def recover_shard(shard: Any, data_dir: str) -> dict[str, Any]:
         finally:
             close_env(env)
     info["seconds"] = time.perf_counter() - began
-    shard._recovered_from = data_dir
-    shard._recovery = info
+    persistence.recovered_from = data_dir
+    persistence.recovery = info
     return dict(info)
 
 
@@ -90,6 +93,7 @@ def _recover_in(shard: Any, data_dir: str, env: Any, txn: Any, info: dict[str, A
     shards = layout["shards"]
     if shard.shard_id >= shards:
         raise DataCorruption(f"data directory {data_dir} holds {shards} shards, not shard {shard.shard_id}")
+    shard.update_schema(schema.to_dict())  # before the snapshot: its part is read into this schema
     manifest = meta.latest_manifest(txn, meta_db, data_dir)
     after = 0
     if manifest is not None:
@@ -99,14 +103,13 @@ def _recover_in(shard: Any, data_dir: str, env: Any, txn: Any, info: dict[str, A
         info["snapshot"] = snapshot.load(shard, shard_path(data_dir, shard.shard_id), manifest["id"],
                                          manifest["parts"][shard.shard_id])
     else:
-        snapshot.prune(shard_path(data_dir, shard.shard_id), [])
-    shard.update_schema(schema.to_dict())  # the snapshot's state, given every name of the schema
+        snapshot.prune(shard, shard_path(data_dir, shard.shard_id), [])
     scan = LogScan(txn, env.db(WAL_DB), env.path, after)
-    planner = _Planner(shard)
+    persistence = shard.persistence
     for record in scan:
-        if record.seq <= shard.applied_seq:
+        if record.seq <= persistence.applied_seq:
             continue
-        call = route(records.decode(record.kind, record.body), shards, planner.compile)[shard.shard_id]
+        call = route(records.decode(record.kind, record.body), shards, query_compiler(shard.schema))[shard.shard_id]
         if call is None:
             continue
         try:
@@ -116,19 +119,6 @@ def _recover_in(shard: Any, data_dir: str, env: Any, txn: Any, info: dict[str, A
                 raise
             # the same change failed when it was first applied (a race between two definitions)
         info["replayed_records"] += 1
-    shard.applied_seq = max(shard.applied_seq, scan.last)
-    info.update(applied_seq=shard.applied_seq, log_end=scan.last, log_bytes=scan.bytes,
+    persistence.applied_seq = max(persistence.applied_seq, scan.last)
+    info.update(applied_seq=persistence.applied_seq, log_end=scan.last, log_bytes=scan.bytes,
                 torn_tail=scan.torn.seq if scan.torn else None, schema=shard.schema.to_dict())
-
-
-class _Planner:
-    """Query text -> plan against the shard's schema of the moment, for replayed saved-segment definitions."""
-
-    def __init__(self, shard: Any):
-        self.shard = shard
-
-    def compile(self, text: str) -> Any:
-        from ..plan import plan
-        from ..query import bind, parse
-
-        return plan(bind(parse(text), self.shard.schema))

@@ -7,7 +7,7 @@ log's write lock. The directory is an LMDB store (``chunk_store``: database ``ch
 part is described to the coordinator by ``{"format", "chunks", "bytes", "index_crc"}``, which goes
 in the manifest; the snapshot is complete only once the coordinator has committed its manifest
 (with the log position it includes), so the chunks of an unfinished snapshot are ignored, and
-deleted by the next ``prune``.
+deleted by the next ``prune``. The shard's store and running job are in its ``ShardPersistence``.
 
 **Writing** (``start``): the shard's state is captured (the only step that must not overlap a
 write; see ``shard_state``: arrays that writes change are copied into a ``CaptureArena`` kept
@@ -18,11 +18,9 @@ the part. ``prune`` (after the manifest is committed) deletes the previous snaps
 the next snapshot reuses.
 
 **Loading** (``load``): every chunk is verified and copied into fresh arrays (one per frame),
-which the shard's state is restored from; the store's memory is never referred to afterwards.
-
-Format 1 (an engine before the snapshot files of format 2) is the same store and is still read.
-Format 2 (one file ``snap-<id>.seg`` per part, written by development versions only) is not:
-such a data directory is refused with ``DataDirMismatch``.
+which the shard's state is restored from (format 4, ``state_io``); the store's memory is never
+referred to afterwards. A part of format 1 or 3 (pickles) is refused with ``DataDirMismatch``
+naming ``segengine migrate DIR``, which converts it (``migrate``); format 2 is refused.
 """
 from __future__ import annotations
 
@@ -36,8 +34,9 @@ import numpy as np
 
 from . import shard_state
 from .arena import CaptureArena
-from .chunk_store import FORMATS, LEGACY_FORMAT, ChunkStore
+from .chunk_store import FORMAT, LEGACY_FORMAT, LEGACY_FORMATS, ChunkStore
 from .errors import DataCorruption, DataDirMismatch
+from .shard_persistence import ShardPersistence
 
 #: Seconds to wait for the previous owner of a shard directory (an orphaned worker) to exit.
 OWNER_WAIT_S = 10.0
@@ -59,18 +58,24 @@ class ShardStore:
             self._chunks = ChunkStore(self.path)
         return self._chunks
 
-    def write(self, snapshot_id: int, frames: list[list[Any]]) -> dict[str, int]:
+    def write(self, snapshot_id: int, frames: list[list[Any]], fmt: int = FORMAT) -> dict[str, int]:
         """Write the captured ``frames`` as snapshot ``snapshot_id`` durably; returns the part description."""
         store = self.chunks()
         assert store is not None
-        return store.write(snapshot_id, frames)
+        return store.write(snapshot_id, frames, fmt)
 
-    def read(self, snapshot_id: int, part: dict[str, Any]) -> list[np.ndarray]:
-        """The frames of snapshot ``snapshot_id`` (fresh arrays), verified against ``part``."""
+    def read(self, snapshot_id: int, part: dict[str, Any], formats: tuple[int, ...] = (FORMAT,)) -> list[np.ndarray]:
+        """The frames of snapshot ``snapshot_id`` (fresh arrays), verified against ``part``, which must be in
+        one of ``formats`` (DataDirMismatch otherwise)."""
         fmt = part.get("format", LEGACY_FORMAT)
-        if fmt not in FORMATS:
+        if fmt not in formats:
+            data_dir = os.path.dirname(self.path)
+            if fmt in LEGACY_FORMATS:
+                raise DataDirMismatch(f"snapshot {snapshot_id} in {self.path} is in format {fmt} (pickled Python "
+                                      f"objects), which this engine does not load; convert the data directory once, "
+                                      f"with no engine running on it: segengine migrate {data_dir}")
             raise DataDirMismatch(f"snapshot {snapshot_id} in {self.path} is in format {fmt}, which this engine "
-                                  f"does not read (it reads formats {', '.join(map(str, FORMATS))})")
+                                  f"does not read (it reads format {FORMAT})")
         store = self.chunks(create=False)
         if store is None:
             raise DataCorruption(f"snapshot {snapshot_id} in {self.path}: its LMDB store (data.mdb) is missing; "
@@ -119,27 +124,6 @@ def own_directory(path: str, wait_s: float = OWNER_WAIT_S) -> Any:
 
 
 # -- the shard side of the protocol (called through LocalShard methods) -------------------------
-_stores: dict[str, ShardStore] = {}
-_stores_lock = threading.Lock()
-
-
-def store_at(path: str) -> ShardStore:
-    """This process's store of the shard directory ``path`` (opened on first use, i.e. after a worker starts)."""
-    with _stores_lock:
-        store = _stores.get(path)
-        if store is None:
-            store = _stores[path] = ShardStore(path)
-        return store
-
-
-def close_store(path: str) -> None:
-    """Close this process's store at ``path`` (if open)."""
-    with _stores_lock:
-        store = _stores.pop(path, None)
-    if store is not None:
-        store.close()
-
-
 class SnapshotJob:
     """The background write of one captured shard snapshot (its pages stay in the page cache:
     a restarted engine or a respawned worker reads them from memory)."""
@@ -178,14 +162,15 @@ class SnapshotJob:
 
 def start(shard: Any, path: str, snapshot_id: int) -> dict[str, int]:
     """Capture ``shard`` now and write it as snapshot ``snapshot_id`` under ``path`` in the background."""
-    wait(shard)
-    store = store_at(path)
+    persistence: ShardPersistence = shard.persistence
+    persistence.wait()
+    store = persistence.store_at(path)
     began = time.perf_counter()
     store.arena.reset()
     captured = shard_state.capture(shard, store.arena)
     store.arena.trim()
     capture_ms = int((time.perf_counter() - began) * 1000)
-    shard._snapshot_job = SnapshotJob(store, snapshot_id, captured)
+    persistence.job = SnapshotJob(store, snapshot_id, captured)
     return {"bytes": captured.nbytes, "capture_ms": capture_ms, "copied_bytes": captured.copied,
             "referenced_bytes": captured.referenced, "copy_ms": int(captured.copy_s * 1000),
             "new_memory_bytes": store.arena.mapped}
@@ -193,7 +178,7 @@ def start(shard: Any, path: str, snapshot_id: int) -> dict[str, int]:
 
 def status(shard: Any, snapshot_id: int) -> dict[str, int] | None:
     """The written part of snapshot ``snapshot_id`` (None while it is being written)."""
-    job: SnapshotJob | None = getattr(shard, "_snapshot_job", None)
+    job = shard.persistence.job
     if job is None or job.snapshot_id != snapshot_id:
         raise RuntimeError(f"shard {shard.shard_id} is not writing snapshot {snapshot_id}")
     return job.status()
@@ -202,32 +187,22 @@ def status(shard: Any, snapshot_id: int) -> dict[str, int] | None:
 def load(shard: Any, path: str, snapshot_id: int, part: dict[str, Any]) -> dict[str, int]:
     """Replace ``shard``'s data by snapshot ``snapshot_id`` and drop every other snapshot under ``path``."""
     began = time.perf_counter()
-    wait(shard)
-    store = store_at(path)
+    persistence: ShardPersistence = shard.persistence
+    persistence.wait()
+    store = persistence.store_at(path)
     frames = store.read(snapshot_id, part)
     read_ms = int((time.perf_counter() - began) * 1000)
-    shard_state.restore(shard, frames)
+    shard_state.restore(shard, frames, f"snapshot {snapshot_id} in {path}")
     del frames
     store.prune({snapshot_id})
     return {"bytes": part["bytes"], "read_ms": read_ms, "load_ms": int((time.perf_counter() - began) * 1000)}
 
 
-def prune(path: str, keep: list[int]) -> int:
-    """Delete every snapshot under ``path`` but ``keep``; returns the chunks deleted."""
-    return store_at(path).prune(set(keep))
+def prune(shard: Any, path: str, keep: list[int]) -> int:
+    """Delete every snapshot of ``shard`` under ``path`` but ``keep``; returns the chunks deleted."""
+    return shard.persistence.store_at(path).prune(set(keep))
 
 
-def wait(shard: Any) -> None:
-    """Wait for the shard's running snapshot write (if any) to end."""
-    job: SnapshotJob | None = getattr(shard, "_snapshot_job", None)
-    if job is not None:
-        job.done.wait()
-
-
-def finish(shard: Any, path: str) -> None:
-    """Wait for a running snapshot job, then close the store at ``path`` in this process."""
-    job: SnapshotJob | None = getattr(shard, "_snapshot_job", None)
-    if job is not None:
-        job.thread.join()
-    shard._snapshot_job = None
-    close_store(path)
+def finish(shard: Any) -> None:
+    """Wait for a running snapshot job, then close the shard's snapshot store in this process."""
+    shard.persistence.close()

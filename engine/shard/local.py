@@ -18,6 +18,7 @@ from ..exec.did import DidEvaluator
 from ..exec.executor import Executor
 from ..explain import TracingExecutor
 from ..plan.steps import Step
+from ..persist.shard_persistence import ShardPersistence
 from ..schema import EventRecord, ProfileUpdate, Schema
 from ..schema_change import diff
 from ..segments import SavedSegments
@@ -38,7 +39,7 @@ class _SegmentRowsOf:
     def __call__(self, name: str) -> BitMap:
         return self.shard().segment_rows(name)
 
-    def __reduce__(self):  # snapshots pickle the shard
+    def __reduce__(self):  # the legacy snapshot formats (engine.persist.legacy) pickle the shard
         return _SegmentRowsOf, (self.shard(),)
 
 
@@ -49,13 +50,19 @@ class LocalShard:
         tune_allocator()
         self.schema = schema
         self.shard_id = shard_id
-        self.profiles = ProfileStore(schema)
-        self.events = EventStore(schema.events)
-        self.did = DidEvaluator(self.events)
-        self.executor = Executor(self.profiles, self.did, _SegmentRowsOf(self))
-        self.saved = SavedSegments(self.profiles, self.events, self.executor)
+        self.persistence = ShardPersistence()  # log position, recovery, snapshot store (see engine.persist)
+        self.adopt(ProfileStore(schema), EventStore(schema.events))
+
+    def adopt(self, profiles: ProfileStore, events: EventStore) -> None:
+        """Serve ``profiles`` and ``events`` (new executors, no saved segments; change capture kept)."""
+        capture = "saved" in vars(self) and self.saved.capture
+        self.profiles = profiles
+        self.events = events
+        self.did = DidEvaluator(events)
+        self.executor = Executor(profiles, self.did, _SegmentRowsOf(self))
+        self.saved = SavedSegments(profiles, events, self.executor)
+        self.saved.set_capture(capture)
         self.segments: dict[str, BitMap] = self.saved.bitmaps  # name -> members (owned by self.saved)
-        self.applied_seq = 0  # the last write-ahead log record applied (durable engines; see engine.persist)
 
     # -- writes -----------------------------------------------------------------------------
     def upsert(self, updates: list[ProfileUpdate], now: int | None = None) -> int:
@@ -202,13 +209,13 @@ class LocalShard:
         """Delete this shard's snapshot chunks except those of the snapshots ``keep``."""
         from ..persist import recovery, snapshot
 
-        return snapshot.prune(recovery.shard_path(data_dir, self.shard_id), keep)
+        return snapshot.prune(self, recovery.shard_path(data_dir, self.shard_id), keep)
 
     def snapshot_close(self, data_dir: str) -> None:
         """Finish a running snapshot write and close this shard's snapshot store."""
-        from ..persist import recovery, snapshot
+        from ..persist import snapshot
 
-        snapshot.finish(self, recovery.shard_path(data_dir, self.shard_id))
+        snapshot.finish(self)
 
     def stats(self) -> dict[str, Any]:
         """Sizes of this shard's data."""

@@ -31,6 +31,15 @@ class GrowableArray:
         """The logical part of the array (no copy)."""
         return self.data[: self.size]
 
+    @classmethod
+    def adopt(cls, values: np.ndarray, fill: object) -> "GrowableArray":
+        """A growable array whose content is ``values`` (used as is, not copied)."""
+        array = cls.__new__(cls)
+        array.fill = fill
+        array.data = values
+        array.size = len(values)
+        return array
+
     def replace(self, values: np.ndarray) -> None:
         """Replace the whole content (used when restoring a snapshot)."""
         self.data = np.array(values, dtype=self.data.dtype, copy=True)

@@ -19,12 +19,15 @@ import ctypes
 import sys
 from hashlib import blake2b
 from operator import itemgetter
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numba
 import numpy as np
 
 from .growable import GrowableArray
+
+if TYPE_CHECKING:
+    from ..persist.state_io import StateReader, StateWriter
 
 
 def id_hashes(encoded: Sequence[bytes]) -> np.ndarray:
@@ -411,21 +414,27 @@ class IdMap:
         """Bytes allocated by the map."""
         return self.hashes.nbytes + self.offsets.nbytes + self.buffer.nbytes + int(self.table.nbytes)
 
-    def state(self) -> dict[str, np.ndarray]:
-        """Arrays that reconstruct the map (for snapshots)."""
-        return {"hashes": self.hashes.view(), "offsets": self.offsets.view(), "buffer": self.buffer.view()}
+    def to_state(self, writer: StateWriter) -> dict[str, Any]:
+        """The map's part of a snapshot (see engine.persist.state_io)."""
+        return {"size": self.size, "hashes": writer.array(self.hashes.view()),
+                "offsets": writer.array(self.offsets.view()), "buffer": writer.array(self.buffer.view()),
+                "table": writer.array(self.table)}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "IdMap":
-        """Rebuild a map from ``state()``."""
-        idmap = cls()
-        idmap.hashes.replace(state["hashes"])
-        idmap.offsets.replace(state["offsets"])
-        idmap.buffer.replace(state["buffer"])
-        idmap.size = len(state["hashes"])
-        capacity = 1024
-        while idmap.size > cls.MAX_LOAD * capacity:
-            capacity *= 2
-        idmap.table = np.full(capacity, -1, dtype=np.int32)
-        _rehash(idmap.table, idmap.hashes.data, idmap.size)
+    def from_state(cls, reader: StateReader, state: dict[str, Any]) -> "IdMap":
+        """A map from its part of a snapshot."""
+        idmap = cls.__new__(cls)
+        idmap.size = state["size"]
+        idmap.hashes = GrowableArray.adopt(reader.array(state["hashes"]), 0)
+        idmap.offsets = GrowableArray.adopt(reader.array(state["offsets"]), 0)
+        idmap.buffer = GrowableArray.adopt(reader.array(state["buffer"]), 0)
+        idmap.table = reader.array(state["table"])
+        if not (len(idmap.hashes.data) == idmap.size == len(idmap.offsets.data) - 1
+                and idmap.hashes.data.dtype == np.uint64 and idmap.offsets.data.dtype == np.int64
+                and idmap.buffer.data.dtype == np.uint8 and idmap.table.dtype == np.int32
+                and len(idmap.table) & (len(idmap.table) - 1) == 0 and idmap.size < len(idmap.table)
+                and idmap.offsets.data[0] == 0 and idmap.offsets.data[-1] == len(idmap.buffer.data)
+                and bool(np.all(idmap.offsets.data[1:] >= idmap.offsets.data[:-1]))
+                and int(idmap.table.max()) < idmap.size):
+            raise ValueError("the id map's arrays do not agree")
         return idmap

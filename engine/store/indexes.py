@@ -11,7 +11,7 @@ Every index keeps a column (one value per row), a not-null bitmap and one bitmap
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from pyroaring import BitMap
@@ -20,6 +20,9 @@ from ..columns import CategoryColumn, TagsColumn, ValueColumn
 from .bitmaps import group_rows, to_bitmap, union_all
 from .growable import GrowableArray
 from .union_cache import UnionCache
+
+if TYPE_CHECKING:
+    from ..persist.state_io import StateReader, StateWriter
 
 #: Comparison operators as functions (category strings compare by code point, as Python does).
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -40,9 +43,13 @@ def _move(bitmaps: list[BitMap], rows: np.ndarray, old: np.ndarray, new: np.ndar
 
 
 class _KeptUnions:
-    """Mixin: unions of value bitmaps asked for twice are kept (``UnionCache``), never stored in snapshots."""
+    """Mixin of the indexes with a bitmap per label: unions of value bitmaps asked for twice are kept
+    (``UnionCache``, never stored in snapshots)."""
 
     bitmaps: list[BitMap]
+    labels: list[str]
+    code_of: dict[str, int]
+    notnull: BitMap
 
     def _unions(self) -> UnionCache:
         return self.__dict__.setdefault("_kept_unions", UnionCache())
@@ -58,6 +65,13 @@ class _KeptUnions:
         state = dict(self.__dict__)
         state.pop("_kept_unions", None)
         return state
+
+    def _read_labels(self, reader: StateReader, state: dict[str, Any], rows: int) -> None:
+        """Set the labels, their codes, their bitmaps and ``notnull`` from a snapshot part."""
+        self.labels = _strings(state["labels"])
+        self.code_of = {label: code for code, label in enumerate(self.labels)}
+        self.bitmaps = _sized(reader.bitmaps(state["bitmaps"], rows), len(self.labels))
+        self.notnull = reader.bitmap(state["notnull"], rows)
 
 
 def _set_notnull(notnull: BitMap, rows: np.ndarray, valid: np.ndarray) -> None:
@@ -142,6 +156,19 @@ class CategoryIndex(_KeptUnions):
         """Row count for ``label`` (exact)."""
         return len(self.eq(label))
 
+    def to_state(self, writer: StateWriter) -> dict[str, Any]:
+        """The index's part of a snapshot (kept unions are not stored)."""
+        return {"codes": writer.array(self.codes.view()), "labels": self.labels,
+                "bitmaps": writer.bitmaps(self.bitmaps), "notnull": writer.bitmap(self.notnull)}
+
+    @classmethod
+    def from_state(cls, reader: StateReader, state: dict[str, Any], rows: int) -> "CategoryIndex":
+        """An index of ``rows`` rows from its part of a snapshot."""
+        index = cls()
+        index.codes = GrowableArray.adopt(reader.column(state["codes"], (np.int32,), rows), -1)
+        index._read_labels(reader, state, rows)
+        return index
+
 
 class BoolIndex:
     """A bool attribute: int8 per row (-1 null, 0, 1) and the bitmaps of false and true."""
@@ -173,6 +200,20 @@ class BoolIndex:
         """The value of ``row``."""
         code = int(self.column.data[row])
         return None if code < 0 else bool(code)
+
+    def to_state(self, writer: StateWriter) -> dict[str, Any]:
+        """The index's part of a snapshot."""
+        return {"column": writer.array(self.column.view()), "bitmaps": writer.bitmaps(self.bitmaps),
+                "notnull": writer.bitmap(self.notnull)}
+
+    @classmethod
+    def from_state(cls, reader: StateReader, state: dict[str, Any], rows: int) -> "BoolIndex":
+        """An index of ``rows`` rows from its part of a snapshot."""
+        index = cls()
+        index.column = GrowableArray.adopt(reader.column(state["column"], (np.int8,), rows), -1)
+        index.bitmaps = _sized(reader.bitmaps(state["bitmaps"], rows), 2)
+        index.notnull = reader.bitmap(state["notnull"], rows)
+        return index
 
 
 class TagsIndex(_KeptUnions):
@@ -287,3 +328,39 @@ class TagsIndex(_KeptUnions):
         """The tags of ``row``, sorted."""
         ident = int(self.column.data[row])
         return None if ident < 0 else sorted(self.labels[c] for c in self.tagsets[ident])
+
+    def to_state(self, writer: StateWriter) -> dict[str, Any]:
+        """The index's part of a snapshot (kept unions are not stored)."""
+        return {"column": writer.array(self.column.view()), "tagsets": [list(tags) for tags in self.tagsets],
+                "labels": self.labels, "bitmaps": writer.bitmaps(self.bitmaps), "notnull": writer.bitmap(self.notnull)}
+
+    @classmethod
+    def from_state(cls, reader: StateReader, state: dict[str, Any], rows: int) -> "TagsIndex":
+        """An index of ``rows`` rows from its part of a snapshot."""
+        index = cls()
+        index.column = GrowableArray.adopt(reader.column(state["column"], (np.int32,), rows), -1)
+        index._read_labels(reader, state, rows)
+        index.tagsets = [tuple(_codes(tags, len(index.labels))) for tags in state["tagsets"]]
+        index.tagset_of = {tags: ident for ident, tags in enumerate(index.tagsets)}
+        return index
+
+
+def _strings(values: Any) -> list[str]:
+    """``values`` if it is a list of strings (ValueError otherwise)."""
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise ValueError("expected a list of strings")
+    return values
+
+
+def _codes(values: Any, size: int) -> list[int]:
+    """``values`` if it is a list of ints in [0, size) (ValueError otherwise)."""
+    if not isinstance(values, list) or not all(type(value) is int and 0 <= value < size for value in values):
+        raise ValueError(f"expected a list of codes below {size}")
+    return values
+
+
+def _sized(bitmaps: list[BitMap], size: int) -> list[BitMap]:
+    """``bitmaps`` if there are ``size`` of them (ValueError otherwise)."""
+    if len(bitmaps) != size:
+        raise ValueError(f"expected {size} bitmaps, found {len(bitmaps)}")
+    return bitmaps

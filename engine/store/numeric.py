@@ -14,7 +14,7 @@ when one is given. Per-bin min/max let aligned edges skip the exact check.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
@@ -23,6 +23,9 @@ from pyroaring import BitMap
 from ..columns import ValueColumn
 from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
+
+if TYPE_CHECKING:
+    from ..persist.state_io import StateReader, StateWriter
 
 BINS = 16
 #: Finer equi-depth bins (one bitmap each, every row in exactly one) nested in the coarse ones, for
@@ -514,6 +517,43 @@ class NumericIndex:
             if lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_open or hi_open))):
                 return None
         return lo, hi, lo_open, hi_open
+
+    def to_state(self, writer: StateWriter) -> dict[str, Any]:
+        """The index's part of a snapshot (cached bins and kept ranges are not stored)."""
+        by_value = None if self.by_value is None else \
+            [[int(value), writer.bitmap(bitmap)] for value, bitmap in self.by_value.items()]
+        return {"kind": self.kind, "column": writer.array(self.column.view()), "notnull": writer.bitmap(self.notnull),
+                "edges": writer.array(self.edges), "cumulative": writer.bitmaps(self.cumulative),
+                "bin_min": writer.array(self.bin_min), "bin_max": writer.array(self.bin_max),
+                "binned_count": self.binned_count, "by_value": by_value, "fine_edges": writer.array(self.fine_edges),
+                "fine": None if self.fine is None else writer.bitmaps(self.fine),
+                "fine_min": writer.array(self.fine_min), "fine_max": writer.array(self.fine_max),
+                "fine_start": writer.array(self.fine_start)}
+
+    @classmethod
+    def from_state(cls, reader: StateReader, state: dict[str, Any], kind: str, rows: int) -> "NumericIndex":
+        """An index of attribute type ``kind`` over ``rows`` rows from its part of a snapshot."""
+        if state["kind"] != kind:
+            raise ValueError(f"a {state['kind']} index where the schema has a {kind} attribute")
+        index = cls(kind)
+        stored = (np.int8, np.int16, np.int32, np.int64) if kind == "int" else (index.dtype,)
+        index.column = GrowableArray.adopt(reader.column(state["column"], stored, rows), 0)
+        index.notnull = reader.bitmap(state["notnull"], rows)
+        for name in ("edges", "bin_min", "bin_max", "fine_edges", "fine_min", "fine_max"):
+            values = reader.array(state[name])
+            if values.dtype != index.dtype or values.ndim != 1:
+                raise ValueError(f"{name} is {values.dtype}, not {np.dtype(index.dtype)}")
+            setattr(index, name, values)
+        index.fine_start = reader.array(state["fine_start"])
+        index.cumulative = reader.bitmaps(state["cumulative"], rows)
+        index.binned_count = int(state["binned_count"])
+        by_value = state["by_value"]
+        index.by_value = None if by_value is None else \
+            {int(value): reader.bitmap(bitmap, rows) for value, bitmap in by_value}
+        index.fine = None if state["fine"] is None else reader.bitmaps(state["fine"], rows)
+        if len(index.cumulative) != len(index.edges) or index.fine_start.dtype != np.int64:
+            raise ValueError("the bins of a numeric index do not agree")
+        return index
 
     def value(self, row: int) -> int | float | None:
         """The value of ``row`` (None if null)."""

@@ -1,7 +1,7 @@
 """The profile part of one shard: id map, live bitmap, attribute indexes and consent bitmaps."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 from pyroaring import BitMap
@@ -13,7 +13,21 @@ from .idmap import IdMap
 from .indexes import BoolIndex, CategoryIndex, TagsIndex
 from .numeric import NumericIndex
 
+if TYPE_CHECKING:
+    from ..persist.state_io import StateReader, StateWriter
+
 AttributeIndex = CategoryIndex | BoolIndex | TagsIndex | NumericIndex
+
+
+def index_from_state(reader: StateReader, state: dict[str, Any], kind: str, rows: int) -> AttributeIndex:
+    """The index of an attribute of schema type ``kind`` over ``rows`` rows from its part of a snapshot."""
+    if kind == "category":
+        return CategoryIndex.from_state(reader, state, rows)
+    if kind == "bool":
+        return BoolIndex.from_state(reader, state, rows)
+    if kind == "tags":
+        return TagsIndex.from_state(reader, state, rows)
+    return NumericIndex.from_state(reader, state, kind, rows)
 
 
 def make_index(kind: str) -> AttributeIndex:
@@ -48,7 +62,6 @@ class ProfileStore:
                 self.indexes[attribute.name] = index
         for purpose in schema.consents:
             self.consents.setdefault(purpose, BitMap())
-        self._wrote()
 
     def _wrote(self) -> None:
         self.writes = getattr(self, "writes", 0) + 1
@@ -123,6 +136,29 @@ class ProfileStore:
             )
             for i, profile_id in enumerate(batch.ids)
         ]
+
+    def to_state(self, writer: StateWriter) -> dict[str, Any]:
+        """The profiles' part of a snapshot: id map, live rows, attribute indexes by name, consents by purpose."""
+        return {"idmap": self.idmap.to_state(writer), "live": writer.bitmap(self.live), "writes": self.writes,
+                "indexes": {name: index.to_state(writer) for name, index in self.indexes.items()},
+                "consents": {purpose: writer.bitmap(bitmap) for purpose, bitmap in self.consents.items()}}
+
+    @classmethod
+    def from_state(cls, reader: StateReader, state: dict[str, Any], schema: Schema) -> "ProfileStore":
+        """The profiles of ``schema`` from their part of a snapshot (every attribute and purpose must be there)."""
+        store = cls.__new__(cls)
+        store.schema = schema
+        store.idmap = IdMap.from_state(reader, state["idmap"])
+        rows = len(store.idmap)
+        store.live = reader.bitmap(state["live"], rows)
+        store.writes = int(state["writes"])
+        indexes, consents = state["indexes"], state["consents"]
+        if set(indexes) != set(schema.attributes) or set(consents) != set(schema.consents):
+            raise ValueError("the stored attributes or consent purposes are not the schema's")
+        store.indexes = {a.name: index_from_state(reader, indexes[a.name], a.type, rows)
+                         for a in schema.attributes.values()}
+        store.consents = {purpose: reader.bitmap(consents[purpose], rows) for purpose in schema.consents}
+        return store
 
     def profile(self, row: int) -> dict[str, Any]:
         """The current record of ``row``: id, non-null attributes and consents."""
