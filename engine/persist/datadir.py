@@ -83,7 +83,7 @@ class DataDir:
         self.pipeline: WritePipeline | None = None
         self.env: LmdbEnv | None = None
         self.last_snapshot: dict[str, Any] | None = None
-        self._lock_file: Any = _lock_directory(self.path)
+        self._lock_file: Any = lock_directory(self.path)
         self._snapshot_lock = threading.Lock()
         self._stop = threading.Event()
         self._periodic: threading.Thread | None = None
@@ -301,7 +301,7 @@ class DataDir:
             self._lock_file = None
 
 
-def _lock_directory(path: str) -> Any:
+def lock_directory(path: str) -> Any:
     os.makedirs(path, exist_ok=True)
     handle = open(os.path.join(path, "LOCK"), "a+")
     try:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from ..schema import Schema
 from . import meta, shard_state
 from .chunk_store import FORMAT, LEGACY_FORMAT, LEGACY_FORMATS
-from .datadir import _lock_directory
+from .datadir import lock_directory
 from .errors import DataDirMismatch
 from .legacy import restore_legacy
 from .lmdb_env import close_env, open_env
@@ -34,7 +34,7 @@ def migrate(data_dir: str, say: Callable[[str], None] = lambda line: None) -> di
     data_dir = os.path.abspath(data_dir)
     if not os.path.exists(os.path.join(log_path(data_dir), "data.mdb")):
         raise DataDirMismatch(f"{data_dir} is not a segengine data directory (it has no log store)")
-    lock = _lock_directory(data_dir)
+    lock = lock_directory(data_dir)
     env = open_env(log_path(data_dir), (WAL_DB, meta.DB))
     try:
         meta_db = env.db(meta.DB)
