@@ -16,6 +16,7 @@ import numpy as np
 
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
+from .concurrency import PublishLock
 from .errors import DataDirMismatch, DataError, SegmentExists
 from .explain import merge_trees
 from .plan import Step, plan
@@ -50,7 +51,10 @@ class PlanCache:
             if len(self.entries) > self.capacity:
                 self.entries.popitem(last=False)
         else:
-            self.entries.move_to_end(text)
+            try:
+                self.entries.move_to_end(text)
+            except KeyError:  # evicted by another thread meanwhile
+                pass
         return step
 
 
@@ -84,6 +88,7 @@ class Engine:
         self.data_dir = data_dir
         self.plans = PlanCache(schema)
         self.shards = make_shards(schema, shards, backend, address, data_dir)
+        self.publish = PublishLock()  # reads share it, the application of a write holds it alone
         self.closed = False
         # saved segments: definitions here, members in the shards (see engine.segments)
         self.clock = wall_clock_ms  # the clock saved segments follow; tests may replace it
@@ -113,8 +118,9 @@ class Engine:
             return self.durable.write("upsert", (updates, self._write_clock()))
         groups = split_by_shard(updates, lambda u: u.id, self.n_shards)
         now = self._write_clock()
-        applied = sum(n for n in self.shards.call_each("upsert", [(g, now) if g else None for g in groups]) if n)
-        self._publish()
+        with self.publish.writing():
+            applied = sum(n for n in self.shards.call_each("upsert", [(g, now) if g else None for g in groups]) if n)
+            self._publish()
         return applied
 
     def track_events(self, records: Iterable[dict]) -> int:
@@ -124,8 +130,9 @@ class Engine:
             return self.durable.write("events", (events, self._write_clock()))
         groups = split_by_shard(events, lambda e: e.id, self.n_shards)
         now = self._write_clock()
-        applied = sum(n for n in self.shards.call_each("track", [(g, now) if g else None for g in groups]) if n)
-        self._publish()
+        with self.publish.writing():
+            applied = sum(n for n in self.shards.call_each("track", [(g, now) if g else None for g in groups]) if n)
+            self._publish()
         return applied
 
 
@@ -158,8 +165,9 @@ class Engine:
             owners = shards_of(batch.ids, self.n_shards)
             picks = [np.flatnonzero(owners == shard_no) for shard_no in range(self.n_shards)]
             parts = [(take(batch, p), now) if len(p) else None for p in picks]
-        applied = sum(n for n in self.shards.call_each(method, parts) if n)
-        self._publish()
+        with self.publish.writing():
+            applied = sum(n for n in self.shards.call_each(method, parts) if n)
+            self._publish()
         return applied
 
     # -- queries ----------------------------------------------------------------------------
@@ -172,14 +180,16 @@ class Engine:
         step = self.compile(query)
         self._read_segments(step)
         at = wall_clock_ms() if now is None else int(now)
-        return sum(self.shards.call_all("count", step, at))
+        with self.publish.reading():
+            return sum(self.shards.call_all("count", step, at))
 
     def ids(self, query: str, now: int | None = None) -> list[str]:
         """Canonical ids of the segment ``query``, sorted ascending."""
         step = self.compile(query)
         self._read_segments(step)
         at = wall_clock_ms() if now is None else int(now)
-        parts = self.shards.call_all("ids", step, at)
+        with self.publish.reading():
+            parts = self.shards.call_all("ids", step, at)
         if len(parts) == 1:
             return parts[0]
         merged = list(itertools.chain.from_iterable(parts))
@@ -188,7 +198,8 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Per-shard sizes."""
-        shards = self.shards.call_all("stats")
+        with self.publish.reading():
+            shards = self.shards.call_all("stats")
         return {"shards": shards, "profiles": sum(s["profiles"] for s in shards),
                 "events": sum(s["events"] for s in shards)}
 
@@ -198,7 +209,8 @@ class Engine:
         self._read_segments(step)
         at = wall_clock_ms() if now is None else int(now)
         started = time.perf_counter()
-        tree = merge_trees(self.shards.call_all("explain", step, at))
+        with self.publish.reading():
+            tree = merge_trees(self.shards.call_all("explain", step, at))
         return {"query": to_text(bind(parse(query), self.schema)), "now_ms": at, "count": tree.pop("count"),
                 "ms": (time.perf_counter() - started) * 1000, "plan": tree}
 
@@ -220,21 +232,24 @@ class Engine:
         definition = self.catalog.prepare(name, query, step, now)
         if self.durable is not None:
             return self.durable.write("create_segment", (name, query, now, bool(replace)))
-        infos = self.shards.call_all("create_segment", name, query, step, now, bool(replace))
-        self.catalog.put(definition)
-        self._publish()
+        with self.publish.writing():
+            infos = self.shards.call_all("create_segment", name, query, step, now, bool(replace))
+            self.catalog.put(definition)
+            self._publish()
         return _merge_infos(infos)
 
     def get_segment(self, name: str) -> dict[str, Any]:
         """Definition and member count of saved segment ``name``."""
         self.catalog.get(name)
         self._tick()
-        return _merge_infos(self.shards.call_all("segment_info", name))
+        with self.publish.reading():
+            return _merge_infos(self.shards.call_all("segment_info", name))
 
     def list_segments(self) -> list[dict[str, Any]]:
         """``get_segment`` of every saved segment, in dependency order."""
         self._tick()
-        per_shard = self.shards.call_all("segment_infos")
+        with self.publish.reading():
+            per_shard = self.shards.call_all("segment_infos")
         return [_merge_infos(list(infos)) for infos in zip(*per_shard)]
 
     def delete_segment(self, name: str) -> None:
@@ -242,9 +257,10 @@ class Engine:
         self.catalog.check_removable(name)
         if self.durable is not None:
             return self.durable.write("delete_segment", (name,))
-        self.shards.call_all("delete_segment", name)
-        self.catalog.remove(name)
-        self._publish()
+        with self.publish.writing():
+            self.shards.call_all("delete_segment", name)
+            self.catalog.remove(name)
+            self._publish()
 
     def segment_definitions(self) -> list[tuple[str, str]]:
         """(name, query) of every saved segment in dependency order (re-create them in this order)."""
@@ -261,19 +277,21 @@ class Engine:
     def refresh_segments(self, now: int | None = None) -> None:
         """Bring time-relative saved segments to ``now`` (default: the engine clock)."""
         at = self.clock() if now is None else int(now)
-        if len(self.catalog):
-            self.shards.call_all("refresh_segments", at)
-        self._refreshed_at = at
-        self._publish()
+        with self.publish.writing():
+            if len(self.catalog):
+                self.shards.call_all("refresh_segments", at)
+            self._refreshed_at = at
+            self._publish()
 
     def watch(self, segments: Iterable[str] | None = None, capacity: int = DEFAULT_CAPACITY) -> Subscription:
         """Subscribe to membership changes of saved segments (all, or ``segments``); see engine.watch."""
         names = frozenset(segments or ())
         self.catalog.check_refs(names)
-        subscription = self.changes.subscribe(names, capacity)
-        if not self._capturing:
-            self.shards.call_all("capture_changes", True)
-            self._capturing = True
+        with self.publish.writing():
+            subscription = self.changes.subscribe(names, capacity)
+            if not self._capturing:
+                self.shards.call_all("capture_changes", True)
+                self._capturing = True
         return subscription
 
     def _write_clock(self) -> int:
@@ -287,7 +305,7 @@ class Engine:
 
     def _tick(self) -> None:
         """Refresh time-relative segments if they are more than ``refresh_ms`` behind (and auto_refresh)."""
-        if self.auto_refresh and self.refresh_due():
+        if self.auto_refresh and self.refresh_due() and not self.publish.holds_read():
             self.refresh_segments()
 
     def reads_segments(self, query: str) -> bool:
@@ -305,7 +323,8 @@ class Engine:
         owner = shard_of(profile_id, self.n_shards) if isinstance(profile_id, str) else 0
         calls: list[tuple | None] = [None] * self.n_shards
         calls[owner] = (profile_id, *args)
-        return self.shards.call_each(method, calls)[owner]
+        with self.publish.reading():
+            return self.shards.call_each(method, calls)[owner]
 
     def _publish(self) -> None:
         """Hand the shards' recorded membership changes to the watchers (in shard order)."""

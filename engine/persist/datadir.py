@@ -150,20 +150,21 @@ class DataDir:
         elif kind == "delete_segment":
             engine.catalog.check_removable(payload[0])
         calls = shard_calls(kind, payload, engine.n_shards, engine.compile)
-        self._reload_respawned()
-        results = self._send_logged([None if c is None else (seq, *c) for c in calls])
-        if definition is not None:
-            from ..engine import _merge_infos
+        with engine.publish.writing():  # readers see the write on every shard at once
+            self._reload_respawned()
+            results = self._send_logged([None if c is None else (seq, *c) for c in calls])
+            if definition is not None:
+                from ..engine import _merge_infos
 
-            engine.catalog.put(definition)
+                engine.catalog.put(definition)
+                engine._publish()
+                return _merge_infos(results)
+            if kind == "delete_segment":
+                engine.catalog.remove(payload[0])
+                engine._publish()
+                return None
             engine._publish()
-            return _merge_infos(results)
-        if kind == "delete_segment":
-            engine.catalog.remove(payload[0])
-            engine._publish()
-            return None
-        engine._publish()
-        return sum(r for r in results if r)
+            return sum(r for r in results if r)
 
     def _send_logged(self, calls: list[tuple | None]) -> list[Any]:
         """Send a logged write to the shards; after a worker died, reload it and send again.
