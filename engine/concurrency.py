@@ -5,6 +5,10 @@ for the duration of its shard calls; every write's application to the shards (wi
 coordinator's catalog update and change publishing) holds it exclusively, so a write that spans
 shards becomes visible to readers at once. Once a writer waits, new readers wait behind it.
 
+A snapshot's capture ``pins`` the lock (``excluding_writers``): writers wait for it to end, but
+a writer waiting for a pin does not hold readers back (a capture can take a second at 10M
+profiles; reads go on during it).
+
 Both modes are reentrant per thread (a read inside a read or a write, a write inside a write);
 upgrading a read share to a write is refused (RuntimeError) rather than deadlocking. Waiting
 is bounded by an explicit ``timeout`` or, when none is given, by the thread's current
@@ -43,6 +47,7 @@ class PublishLock:
         self.readers = 0  # threads holding a read share
         self.writer: int | None = None  # ident of the thread holding the write
         self.writers_waiting = 0
+        self.pins = 0  # captures in progress (see excluding_writers)
         self._local = threading.local()
 
     # -- per-thread state -------------------------------------------------------------------
@@ -56,6 +61,11 @@ class PublishLock:
     def holds_write(self) -> bool:
         """True if the current thread holds the write."""
         return self.writer == threading.get_ident()
+
+    @property
+    def pinned(self) -> bool:
+        """True while a capture keeps writers out (see ``excluding_writers``)."""
+        return self.pins > 0
 
     @contextmanager
     def deadline(self, seconds: float | None) -> Iterator[None]:
@@ -120,10 +130,16 @@ class PublishLock:
             return True
         if self._held():
             raise RuntimeError("a thread holding a read share of the engine cannot write")
+        limit = self._timeout(timeout)
+        until = None if limit is None else time.monotonic() + limit
         with self.changed:
+            # first wait out captures without holding readers back, then queue ahead of new readers
+            if not self.changed.wait_for(lambda: not self.pins, limit):
+                return False
             self.writers_waiting += 1
             try:
-                ok = self.changed.wait_for(lambda: self.writer is None and not self.readers, self._timeout(timeout))
+                left = None if until is None else max(until - time.monotonic(), 0.0)
+                ok = self.changed.wait_for(lambda: self.writer is None and not self.readers and not self.pins, left)
             finally:
                 self.writers_waiting -= 1
             if not ok:
@@ -151,3 +167,19 @@ class PublishLock:
             yield
         finally:
             self.release_write()
+
+    # -- captures ---------------------------------------------------------------------------
+    @contextmanager
+    def excluding_writers(self, timeout: float | None = None) -> Iterator[None]:
+        """Keep writers out for the block while readers go on (a snapshot's capture)."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.writer is None and not self.writers_waiting,
+                                         self._timeout(timeout)):
+                raise PublishTimeout("deadline exceeded while waiting for the engine")
+            self.pins += 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.pins -= 1
+                self.changed.notify_all()

@@ -208,7 +208,7 @@ class DataDir:
             began = time.perf_counter()
             snapshot_id = (self.manifest["id"] if self.manifest else 0) + 1
             shards = self.engine.shards
-            with self.pipeline.paused() as seq:
+            with self.pipeline.paused() as seq, self.engine.publish.excluding_writers():  # reads go on
                 self._reload_respawned()
                 paused_at = time.perf_counter()
                 logged_at = self.pipeline.bytes_logged
