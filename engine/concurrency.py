@@ -3,7 +3,9 @@
 ``PublishLock`` is a writer-preferring readers/writer lock. Every engine read holds it shared
 for the duration of its shard calls; every write's application to the shards (with the
 coordinator's catalog update and change publishing) holds it exclusively, so a write that spans
-shards becomes visible to readers at once. Once a writer waits, new readers wait behind it.
+shards becomes visible to readers at once. Once a writer waits, new readers wait behind it;
+readers that waited for a write all go in when it ends, before the next writer (so a stream
+of writes cannot starve readers: a reader waits for at most the write running and the next).
 
 A snapshot's capture ``pins`` the lock (``excluding_writers``): writers wait for it to end, but
 a writer waiting for a pin does not hold readers back (a capture can take a second at 10M
@@ -47,6 +49,8 @@ class PublishLock:
         self.readers = 0  # threads holding a read share
         self.writer: int | None = None  # ident of the thread holding the write
         self.writers_waiting = 0
+        self.blocked = 0  # readers waiting for a write to end
+        self.grants = 0  # writes ended (each admits the readers blocked meanwhile)
         self.pins = 0  # captures in progress (see excluding_writers)
         self._local = threading.local()
 
@@ -90,13 +94,20 @@ class PublishLock:
             self._local.shares = self._held() + 1
             return True
         with self.changed:
-            free = lambda: self.writer is None and not self.writers_waiting  # noqa: E731
-            if not blocking:
-                if not free():
-                    return False
-            elif not self.changed.wait_for(free, self._timeout(timeout)):
+            if self.writer is None and not self.writers_waiting:
+                self.readers += 1
+            elif not blocking:
                 return False
-            self.readers += 1
+            else:
+                epoch = self.grants
+                self.blocked += 1
+                self.changed.wait_for(lambda: self.grants != epoch or (self.writer is None and not self.writers_waiting),
+                                      self._timeout(timeout))
+                if self.grants == epoch:  # not admitted by a write's end (release_write counts those in)
+                    self.blocked -= 1
+                    if self.writer is not None or self.writers_waiting:
+                        return False
+                    self.readers += 1
         self._local.shares = 1
         return True
 
@@ -156,6 +167,9 @@ class PublishLock:
             return
         with self.changed:
             self.writer = None
+            self.readers += self.blocked  # the readers that waited go in before the next writer
+            self.blocked = 0
+            self.grants += 1
             self.changed.notify_all()
 
     @contextmanager

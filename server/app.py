@@ -81,7 +81,8 @@ class SegengineServer:
     """A running (after ``start``) gRPC server over one engine.
 
     The server is a grpc.aio server on an event loop of its own thread (``segengine-loop``);
-    blocking engine calls run in a thread pool of ``workers`` threads (see ``server.bridge``).
+    blocking engine calls run in a thread pool of ``workers`` threads, queries known to be heavy
+    in a pool of ``heavy_workers`` threads at a lower OS priority (see ``server.bridge``).
     The methods of this class are called from any other thread.
     """
 

@@ -121,6 +121,29 @@ def test_publish_lock_prefers_writers_and_honours_deadlines():
     assert (lock.readers, lock.writer, lock.writers_waiting) == (0, None, 0)
 
 
+def test_a_stream_of_writes_does_not_starve_readers():
+    lock = PublishLock()
+    stop = threading.Event()
+
+    def write_forever() -> None:
+        while not stop.is_set():
+            with lock.writing():
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=write_forever)
+    writer.start()
+    waits = []
+    try:
+        for _ in range(20):
+            started = time.perf_counter()
+            with lock.reading():
+                waits.append(time.perf_counter() - started)
+    finally:
+        stop.set()
+        writer.join(5)
+    assert len(waits) == 20 and max(waits) < 0.5  # at most the write running and the next, not the stream
+
+
 def test_a_capture_keeps_writers_out_but_not_readers():
     lock = PublishLock()
     wrote = threading.Event()
