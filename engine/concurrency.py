@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 from .errors import SegengineError
 
@@ -122,15 +122,9 @@ class PublishLock:
             if not self.readers:
                 self.changed.notify_all()
 
-    @contextmanager
-    def reading(self, timeout: float | None = None) -> Iterator[None]:
+    def reading(self, timeout: float | None = None) -> ContextManager[None]:
         """Hold a read share for the block (PublishTimeout if it cannot be had in time)."""
-        if not self.acquire_read(timeout):
-            raise PublishTimeout("deadline exceeded while waiting for the engine")
-        try:
-            yield
-        finally:
-            self.release_read()
+        return _holding(self.acquire_read, self.release_read, timeout)
 
     # -- the write --------------------------------------------------------------------------
     def acquire_write(self, timeout: float | None = None) -> bool:
@@ -172,15 +166,9 @@ class PublishLock:
             self.grants += 1
             self.changed.notify_all()
 
-    @contextmanager
-    def writing(self, timeout: float | None = None) -> Iterator[None]:
+    def writing(self, timeout: float | None = None) -> ContextManager[None]:
         """Hold the write for the block (PublishTimeout if it cannot be had in time)."""
-        if not self.acquire_write(timeout):
-            raise PublishTimeout("deadline exceeded while waiting for the engine")
-        try:
-            yield
-        finally:
-            self.release_write()
+        return _holding(self.acquire_write, self.release_write, timeout)
 
     # -- captures ---------------------------------------------------------------------------
     @contextmanager
@@ -197,3 +185,14 @@ class PublishLock:
             with self.changed:
                 self.pins -= 1
                 self.changed.notify_all()
+
+
+@contextmanager
+def _holding(acquire: Callable[[float | None], bool], release: Callable[[], None],
+             timeout: float | None) -> Iterator[None]:
+    if not acquire(timeout):
+        raise PublishTimeout("deadline exceeded while waiting for the engine")
+    try:
+        yield
+    finally:
+        release()
