@@ -39,8 +39,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.closing = False  # set when shutdown starts: watch streams end with UNAVAILABLE
 
     def heavy(self, method: str, request: object) -> bool:
-        """True for a query call (Count, Query, Explain) whose query is known to be heavy."""
-        return method in QUERY_METHODS and self.gate.heavy(getattr(request, "query", ""))
+        """True for a Snapshot and for a query call (Count, Query, Explain) whose query is known to be heavy."""
+        return method == "Snapshot" or (method in QUERY_METHODS and self.gate.heavy(getattr(request, "query", "")))
 
     # -- writes -----------------------------------------------------------------------------
     def UpsertProfiles(self, request: pb.UpsertProfilesRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
