@@ -13,7 +13,8 @@ gate adds what a server needs around each call:
   capture keeps writers out, so reads never wait for a capture); the server's timer refreshes
   them periodically too, so the engine's own read-time refresh is turned off;
 - point reads on the server's event loop never wait (``WouldWait`` instead: the bridge runs
-  them in the thread pool);
+  them in the thread pool), nor, with shard workers, run while a query or a snapshot capture may
+  keep a worker busy;
 - each query's engine time is remembered by query text, so the server can run the queries
   known to be heavy (``heavy``) apart from short calls.
 """
@@ -88,6 +89,9 @@ class EngineGate:
         self.heavy_ms = heavy_ms
         self.costs: dict[str, float] = {}  # query text -> engine ms of its latest run (most recent last)
         self.closing = False
+        self.in_process = getattr(engine.shards, "backend", "local") == "local"
+        self.queries_running = 0
+        self._counting = threading.Lock()
 
     @contextmanager
     def _call(self, context: grpc.ServicerContext | None) -> Iterator[None]:
@@ -119,7 +123,9 @@ class EngineGate:
         For point reads on the server's event loop, which must never block: the read share is
         taken without waiting, and the engine's own read share inside ``fn`` nests in it.
         """
-        if self.closing or self._refresh_wanted() or not self.publish.acquire_read(blocking=False):
+        if self.closing or self._refresh_wanted() or self._workers_busy():
+            raise WouldWait
+        if not self.publish.acquire_read(blocking=False):
             raise WouldWait
         try:
             return fn(*args)
@@ -136,7 +142,13 @@ class EngineGate:
             self._refresh_if_due(context)
         with self._call(context):
             started = time.perf_counter()
-            result = fn(text, *args)
+            with self._counting:
+                self.queries_running += 1
+            try:
+                result = fn(text, *args)
+            finally:
+                with self._counting:
+                    self.queries_running -= 1
         self._remember(text, (time.perf_counter() - started) * 1000)
         return result
 
@@ -153,6 +165,11 @@ class EngineGate:
     def refresh(self, context: grpc.ServicerContext | None = None) -> None:
         """Bring time-relative saved segments to the clock (a write)."""
         self.write(context, self.engine.refresh_segments)
+
+    def _workers_busy(self) -> bool:
+        """Shard workers may be busy with a query or a snapshot capture (a worker serves one request
+        at a time): a round trip to one from the event loop could wait for it."""
+        return not self.in_process and (self.queries_running > 0 or self.publish.pinned)
 
     def _refresh_wanted(self) -> bool:
         """A refresh is due and may run now (a snapshot capture is not keeping writers out)."""
