@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -28,6 +29,7 @@ from engine.schema import CONTRACT_SCHEMA
 from engine.shard.partition import shard_of
 from loaders.generator import generate
 from oracle import NaiveStore
+from server.gate import EngineGate, WouldWait
 from test_segments import DAY, HOUR, NOW, Clock, expand, random_writes
 
 #: Queries covering the executor's shared caches and per-call state: kept ranges and unions
@@ -202,6 +204,24 @@ def _answer(engine: Engine, kind: str, text: str, now: int) -> Any:
     if kind == "ids":
         return engine.ids(text, now=now)
     return engine.explain(text, now=now)["count"]
+
+
+def test_point_reads_leave_the_event_loop_while_a_worker_may_be_busy():
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
+        engine.upsert_profiles([{"id": "a", "vip": True}])
+        gate, on_loop = EngineGate(engine), SimpleNamespace(on_loop=True)
+        assert gate.read(on_loop, engine.membership, "a") == []
+        engine.shards[0].call("_worker_delay", 0.3)  # shard 0 now takes 0.3 s per request
+        counted: list[int] = []
+        query = threading.Thread(target=lambda: counted.append(gate.query(None, engine.count, "vip = TRUE")))
+        query.start()
+        while not gate.queries_running:
+            time.sleep(0.001)
+        with pytest.raises(WouldWait):  # the loop must not wait for the worker busy with the query
+            gate.read(on_loop, engine.membership, "a")
+        query.join(5)
+        engine.shards[0].call("_worker_delay", 0)
+        assert counted == [1] and gate.read(on_loop, engine.membership, "a") == []
 
 
 # -- a write spanning shards is published at once ---------------------------------------------
