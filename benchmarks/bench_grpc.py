@@ -407,6 +407,8 @@ def run(args: argparse.Namespace, data_dir: str | None) -> int:
           f"segment memory {sum(s.get('segment_bytes', 0) for s in stats['shards']) / 1e6:.0f} MB")
 
     if args.contention:
+        print("in-engine (idle)")
+        in_engine(engine, args.profiles, args.samples, 300)
         config = ServerConfig(port=0, workers=args.workers, max_concurrent_rpcs=1024, refresh_ms=args.refresh_ms,
                               max_message_bytes=64 << 20)
         server = SegengineServer(engine, config).start()
