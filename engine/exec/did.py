@@ -21,9 +21,9 @@ from pyroaring import BitMap
 
 from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap, union_all
-from ..store.lru import drop_oldest
 from ..store.events import (DAY_MS, NO_TIME, SCALED_NULL, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore,
                              EventTypeStore, Run)
+from ..store.lru import drop_oldest
 
 #: Presence bucket sizes, coarsest first: whole days, then whole 5-minute slots, then an exact scan.
 BUCKET_LEVELS = (DAY_MS, SLOT_MS)
@@ -272,7 +272,7 @@ def _category_test(node: ast.Node, label: str, now: int) -> bool:
 
 
 class Scratch:
-    """The reused buffers of one DID evaluation (grown on demand, zeroed between uses)."""
+    """The reused buffers of one DID evaluation (grown on demand; the bitsets are left zeroed after each use)."""
 
     def __init__(self) -> None:
         self.member = np.zeros(0, dtype=np.uint64)  # a bitset of the found rows, see gather_rows
