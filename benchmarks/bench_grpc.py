@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 #: The background query of ``--contention query`` (>= 50 ms on an idle server at 10M profiles).
 HEAVY_QUERY = "DID(purchase, WITHIN 7d) OR (vip = TRUE AND DID(page_view, COUNT >= 5, WITHIN 30d))"
 INGEST_BATCH = 10_000
+INGEST_IN_FLIGHT = 4
 CONTENTION_MODES = ("query", "ingest", "snapshot")
 CONTRACT_EXAMPLE = ("country IN ('FR', 'BE') AND age BETWEEN 25 AND 40 "
                     "AND DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d) "
@@ -197,7 +198,8 @@ def _page_views(profiles: int, batches: int, seed: int) -> list[bytes]:
 
 
 async def _ingest(channel: Any, stop: Any, rate: float, messages: list[bytes]) -> dict[str, Any]:
-    """Send a batch every INGEST_BATCH / rate seconds until ``stop`` is set (open loop)."""
+    """Send a batch every INGEST_BATCH / rate seconds until ``stop`` is set (open loop, at most
+    INGEST_IN_FLIGHT batches unacknowledged: a server that cannot keep up shows as a lower rate)."""
     from server.proto_gen import segmentation_pb2 as pb
 
     call = channel.unary_unary("/segengine.v1.Segmentation/LoadEvents", request_serializer=None,
@@ -210,16 +212,21 @@ async def _ingest(channel: Any, stop: Any, rate: float, messages: list[bytes]) -
         applied[0] += (await call(message, timeout=120)).applied
         latencies.append((time.perf_counter() - started) * 1000)
 
-    tasks = []
+    tasks: set[asyncio.Future] = set()
     began = time.perf_counter()
     k = 0
     while not stop.is_set():
         due = began + k * INGEST_BATCH / rate
         if due > time.perf_counter():
             await asyncio.sleep(due - time.perf_counter())
-        tasks.append(asyncio.ensure_future(send(messages[k % len(messages)])))
+        tasks = {t for t in tasks if not t.done()}
+        if len(tasks) >= INGEST_IN_FLIGHT:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            continue
+        tasks.add(asyncio.ensure_future(send(messages[k % len(messages)])))
         k += 1
-    await asyncio.gather(*tasks)
+    if tasks:
+        await asyncio.wait(tasks)
     elapsed = time.perf_counter() - began
     return {"events_per_s": applied[0] / elapsed, "calls": len(latencies),
             "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
@@ -359,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=20_000, help="in-engine membership samples")
     parser.add_argument("--contention", default="", help=f"comma list of background loads: {','.join(CONTENTION_MODES)}")
     parser.add_argument("--ingest-rate", type=float, default=100_000, help="events/s of --contention ingest")
+    parser.add_argument("--heavy-nice", type=int, default=None, help="server: nice of the heavy-query threads")
     parser.add_argument("--data-dir", default=None, help="durable server's directory (default: a temporary one)")
     args = parser.parse_args(argv)
     unknown = set(filter(None, args.contention.split(","))) - set(CONTENTION_MODES)
@@ -411,6 +419,8 @@ def run(args: argparse.Namespace, data_dir: str | None) -> int:
         in_engine(engine, args.profiles, args.samples, 300)
         config = ServerConfig(port=0, workers=args.workers, max_concurrent_rpcs=1024, refresh_ms=args.refresh_ms,
                               max_message_bytes=64 << 20)
+        if args.heavy_nice is not None:
+            config.heavy_nice = args.heavy_nice
         server = SegengineServer(engine, config).start()
         try:
             print(f"contention on {server.address}: {args.duration:.0f} s per phase"
