@@ -154,7 +154,8 @@ class EngineGate:
 
     def heavy(self, text: str) -> bool:
         """True if the latest run of query ``text`` took at least ``heavy_ms`` (unknown: False)."""
-        return self.costs.get(text, 0.0) >= self.heavy_ms
+        cost = self.costs.get(text)
+        return cost is not None and cost >= self.heavy_ms
 
     def _remember(self, text: str, ms: float) -> None:
         self.costs.pop(text, None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -532,3 +533,23 @@ def test_bad_event_columns_name_the_event_and_field(served):
         with pytest.raises(ProfileNotFound):
             served.client.profile(name)
     assert served.client.count("ALL", now=NOW) == len(served.ids)
+
+
+def test_heavy_queries_run_in_the_lower_priority_pool(served):
+    served.server.gate.heavy_ms = 0.0  # every query seen before counts as heavy
+    ran: list[tuple[str, int]] = []
+    count = served.engine.count
+
+    def recorded(*args, **kwargs):
+        ran.append((threading.current_thread().name,
+                    os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return count(*args, **kwargs)
+
+    served.engine.count = recorded
+    try:
+        assert [served.client.count("vip = TRUE") for _ in range(2)] == [served.engine.count("vip = TRUE")] * 2
+    finally:
+        del served.engine.count
+    (first, first_nice), (second, second_nice), _ = ran
+    assert first.startswith("segengine-rpc") and second.startswith("segengine-heavy")
+    assert second_nice == min(first_nice + served.server.config.heavy_nice, 19)
