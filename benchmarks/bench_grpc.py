@@ -26,7 +26,7 @@ flight), each for ``--duration`` s, first idle, then under each background load 
 
 - ``query``: a client looping Count of ``buyers_or_engaged_vips`` (benchmarks/queries.py);
 - ``ingest``: a producer streaming ``LoadEvents`` of 10,000 page views at ``--ingest-rate``
-  events/s (open loop: each batch leaves at its scheduled time) to a durable server;
+  events/s (each batch leaves at its scheduled time, at most 4 unacknowledged) to a durable server;
 - ``snapshot``: Snapshot RPCs back to back on a durable server (prints the capture pauses).
 
 A durable server (``ingest``, ``snapshot``) keeps its data directory in ``--data-dir`` or a
