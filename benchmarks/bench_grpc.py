@@ -18,21 +18,44 @@ bounded time per phase. Phases:
 
 Prints QPS, p50 and p99 per RPC and phase. Time-relative segments follow the wall clock: the
 server's refresh timer runs during the phases, as in production.
+
+With ``--contention query,ingest,snapshot`` it measures instead how a foreground client fares
+while a background client loads the server, against the same client on an idle server:
+Membership (``--concurrency`` calls in flight) and Count of the contract example (one call in
+flight), each for ``--duration`` s, first idle, then under each background load in turn:
+
+- ``query``: a client looping Count of ``buyers_or_engaged_vips`` (benchmarks/queries.py);
+- ``ingest``: a producer streaming ``LoadEvents`` of 10,000 page views at ``--ingest-rate``
+  events/s (each batch leaves at its scheduled time, at most 4 unacknowledged) to a durable server;
+- ``snapshot``: Snapshot RPCs back to back on a durable server (prints the capture pauses).
+
+A durable server (``ingest``, ``snapshot``) keeps its data directory in ``--data-dir`` or a
+temporary directory. Prints p50/p99 per condition and the ratio of each p99 to the idle one.
+
+    python benchmarks/bench_grpc.py --profiles 2000000 --events 10000000 --contention query,ingest,snapshot
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import multiprocessing
+import json
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+#: The background query of ``--contention query`` (>= 50 ms on an idle server at 10M profiles).
+HEAVY_QUERY = "DID(purchase, WITHIN 7d) OR (vip = TRUE AND DID(page_view, COUNT >= 5, WITHIN 30d))"
+INGEST_BATCH = 10_000
+INGEST_IN_FLIGHT = 4
+CONTENTION_MODES = ("query", "ingest", "snapshot")
 CONTRACT_EXAMPLE = ("country IN ('FR', 'BE') AND age BETWEEN 25 AND 40 "
                     "AND DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d) "
                     "AND NOT DID(purchase, WITHIN 7d) AND CONSENTED(email)")
@@ -152,6 +175,135 @@ def run_phase(address: str, label: str, procs: int, concurrency: int, duration: 
     return figures
 
 
+# -- contention: background load ------------------------------------------------------------
+def _page_views(profiles: int, batches: int, seed: int) -> list[bytes]:
+    """``batches`` serialised LoadEvents requests of INGEST_BATCH page views of the last day."""
+    import numpy as np
+
+    from engine.columns import EventBatch, column_from_values
+    from loaders.generator import CATEGORIES
+    from server import convert
+
+    rng = np.random.default_rng(seed)
+    now = time.time_ns() // 1_000_000
+    out = []
+    for _ in range(batches):
+        ids = [f"u{i:08d}" for i in rng.integers(0, profiles, INGEST_BATCH).tolist()]
+        ts = now - rng.integers(0, 86_400_000, INGEST_BATCH)
+        category = column_from_values("category", [CATEGORIES[i] for i in
+                                                   rng.integers(0, len(CATEGORIES), INGEST_BATCH).tolist()])
+        out.append(convert.event_columns(EventBatch("page_view", ids, ts.astype(np.int64),
+                                                    {"category": category})).SerializeToString())
+    return out
+
+
+async def _ingest(channel: Any, stop: Any, rate: float, messages: list[bytes]) -> dict[str, Any]:
+    """Send a batch every INGEST_BATCH / rate seconds until ``stop`` is set (open loop, at most
+    INGEST_IN_FLIGHT batches unacknowledged: a server that cannot keep up shows as a lower rate)."""
+    from server.proto_gen import segmentation_pb2 as pb
+
+    call = channel.unary_unary("/segengine.v1.Segmentation/LoadEvents", request_serializer=None,
+                               response_deserializer=pb.WriteResponse.FromString)
+    latencies: list[float] = []
+    applied = [0]
+
+    async def send(message: bytes) -> None:
+        started = time.perf_counter()
+        applied[0] += (await call(message, timeout=120)).applied
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    tasks: set[asyncio.Future] = set()
+    began = time.perf_counter()
+    k = 0
+    while not stop.is_set():
+        due = began + k * INGEST_BATCH / rate
+        if due > time.perf_counter():
+            await asyncio.sleep(due - time.perf_counter())
+        tasks = {t for t in tasks if not t.done()}
+        if len(tasks) >= INGEST_IN_FLIGHT:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            continue
+        tasks.add(asyncio.ensure_future(send(messages[k % len(messages)])))
+        k += 1
+    if tasks:
+        await asyncio.wait(tasks)
+    elapsed = time.perf_counter() - began
+    return {"events_per_s": applied[0] / elapsed, "calls": len(latencies),
+            "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+
+
+async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: int, rate: float) -> dict[str, Any]:
+    import grpc
+
+    from server.proto_gen import segmentation_pb2 as pb
+    from server.proto_gen import segmentation_pb2_grpc as pb_grpc
+
+    messages = _page_views(profiles, 100, seed=7) if mode == "ingest" else []
+    async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = pb_grpc.SegmentationStub(channel)
+        await channel.channel_ready()
+        ready.set()
+        if mode == "ingest":
+            return await _ingest(channel, stop, rate, messages)
+        latencies: list[float] = []
+        pauses: list[float] = []
+        while not stop.is_set():
+            started = time.perf_counter()
+            if mode == "query":
+                await stub.Count(pb.QueryRequest(query=HEAVY_QUERY), timeout=120)
+            else:
+                detail = json.loads((await stub.Snapshot(pb.SnapshotRequest(), timeout=600)).detail)
+                pauses.append(detail["paused_s"] * 1000)
+            latencies.append((time.perf_counter() - started) * 1000)
+        return {"calls": len(latencies), "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
+                "pause_ms": pauses}
+
+
+def background_process(queue: Any, stop: Any, ready: Any, address: str, mode: str, profiles: int,
+                       rate: float) -> None:
+    """Entry point of the background client: load the server until ``stop`` is set."""
+    queue.put(asyncio.run(_background(address, mode, stop, ready, profiles, rate)))
+
+
+def contention(address: str, args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """The foreground client idle and under each background load; prints p99s and their ratios."""
+    modes = [m for m in args.contention.split(",") if m]
+    ctx = multiprocessing.get_context("spawn")
+
+    def foreground(label: str) -> dict[str, Any]:
+        membership = run_phase(address, f"{label}: Membership", 1, args.concurrency, args.duration,
+                               args.profiles, 0.0, [CONTRACT_EXAMPLE], names)["Membership"]
+        count = run_phase(address, f"{label}: Count example", 1, 1, args.duration, args.profiles, 1.0,
+                          [CONTRACT_EXAMPLE], names)["Count"]
+        return {"membership": membership, "count": count}
+
+    results = {"idle": foreground("idle")}
+    for mode in modes:
+        queue, stop, ready = ctx.Queue(), ctx.Event(), ctx.Event()
+        process = ctx.Process(target=background_process,
+                              args=(queue, stop, ready, address, mode, args.profiles, args.ingest_rate))
+        process.start()
+        ready.wait()
+        time.sleep(1.0)
+        results[mode] = foreground(mode)
+        stop.set()
+        results[mode]["background"] = queue.get()
+        process.join()
+        bg = results[mode]["background"]
+        extra = (f", {bg['events_per_s']:,.0f} events/s acknowledged" if mode == "ingest" else
+                 f", capture pause p50 {percentile(bg['pause_ms'], 0.5):.0f} ms, max {max(bg['pause_ms'], default=0):.0f} ms"
+                 if mode == "snapshot" else "")
+        print(f"  background {mode}: {bg['calls']} calls, p50 {bg['p50']:.1f} ms, p99 {bg['p99']:.1f} ms{extra}")
+    idle = results["idle"]
+    print(f"contention summary ({args.shards} shard(s); Membership {args.concurrency} in flight, Count 1 in flight):")
+    print(f"  {'condition':<10} {'Membership p50/p99 ms':>22} {'p99 x idle':>10} {'Count p50/p99 ms':>18} {'p99 x idle':>10}")
+    for label, r in results.items():
+        m, c = r["membership"], r["count"]
+        print(f"  {label:<10} {m['p50']:>10.2f} / {m['p99']:<9.2f} {m['p99'] / idle['membership']['p99']:>10.2f}"
+              f" {c['p50']:>8.2f} / {c['p99']:<7.2f} {c['p99'] / idle['count']['p99']:>10.2f}")
+    return results
+
+
 # -- the benchmark ----------------------------------------------------------------------------
 def timed_counts(engine: Any) -> list[float]:
     """From now on, the milliseconds of every ``engine.count`` call (the engine's own time of a
@@ -212,7 +364,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--refresh-ms", type=int, default=1000, help="server refresh period of time-relative segments")
     parser.add_argument("--samples", type=int, default=20_000, help="in-engine membership samples")
+    parser.add_argument("--contention", default="", help=f"comma list of background loads: {','.join(CONTENTION_MODES)}")
+    parser.add_argument("--ingest-rate", type=float, default=100_000, help="events/s of --contention ingest")
+    parser.add_argument("--heavy-nice", type=int, default=None, help="server: nice of the heavy-query threads")
+    parser.add_argument("--data-dir", default=None, help="durable server's directory (default: a temporary one)")
     args = parser.parse_args(argv)
+    unknown = set(filter(None, args.contention.split(","))) - set(CONTENTION_MODES)
+    if unknown:
+        parser.error(f"unknown --contention modes {sorted(unknown)}")
+    durable = bool({"ingest", "snapshot"} & set(args.contention.split(",")))
+    data_dir = (args.data_dir or tempfile.mkdtemp(prefix="segengine-bench-")) if durable else None
+    try:
+        return run(args, data_dir)
+    finally:
+        if durable and args.data_dir is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, data_dir: str | None) -> int:
+    """Load, serve and measure (see the module docstring)."""
 
     from engine import Engine, Schema
     from loaders.generator import generate
@@ -221,22 +391,45 @@ def main(argv: list[str] | None = None) -> int:
     events = args.events if args.events is not None else 5 * args.profiles
     started = time.perf_counter()
     ds = generate(args.profiles, events, seed=0)
-    engine = Engine(Schema.from_dict(ds.schema), shards=args.shards)
-    engine.load_profiles(ds.profiles)
+    engine = Engine(Schema.from_dict(ds.schema), shards=args.shards, data_dir=data_dir,
+                    durability={"snapshot_every_s": None, "snapshot_log_bytes": None})
+    step = 1_000_000 if data_dir else None  # a durable engine logs each load: in slices
+    for start in range(0, len(ds.profiles), step or len(ds.profiles)):
+        engine.load_profiles(ds.profiles.slice(start, start + step) if step else ds.profiles)
     for batch in ds.events:
-        engine.load_events(batch)
+        for start in range(0, len(batch), step or len(batch)):
+            engine.load_events(_slice_events(batch, start, start + step) if step else batch)
     del ds
     loaded = time.perf_counter()
     definitions = segment_definitions(args.segments)
     for name, query in definitions.items():
         engine.create_segment(name, query)
     created = time.perf_counter()
+    if data_dir:
+        engine.snapshot()  # the log starts empty, as after a restart
     stats = engine.stats()
     print(f"segengine gRPC benchmark: {stats['profiles']:,} profiles, {stats['events']:,} events, "
           f"{len(definitions)} saved segments ({sum(engine.catalog.get(n).clocked for n in definitions)} "
           f"time-relative), {args.shards} shard(s), refresh every {args.refresh_ms} ms")
     print(f"  generate+load {loaded - started:.1f} s, create segments {created - loaded:.1f} s, "
           f"segment memory {sum(s.get('segment_bytes', 0) for s in stats['shards']) / 1e6:.0f} MB")
+
+    if args.contention:
+        print("in-engine (idle)")
+        in_engine(engine, args.profiles, args.samples, 300)
+        config = ServerConfig(port=0, workers=args.workers, max_concurrent_rpcs=1024, refresh_ms=args.refresh_ms,
+                              max_message_bytes=64 << 20)
+        if args.heavy_nice is not None:
+            config.heavy_nice = args.heavy_nice
+        server = SegengineServer(engine, config).start()
+        try:
+            print(f"contention on {server.address}: {args.duration:.0f} s per phase"
+                  f"{', durable in ' + data_dir if data_dir else ''}")
+            contention(server.address, args, list(definitions))
+        finally:
+            server.stop(grace_s=1)
+            engine.close()
+        return 0
 
     print("phase 1: in-engine")
     count_runs = 500 if args.profiles <= 2_000_000 else 300  # enough for a p99 (not just the max)
@@ -274,6 +467,13 @@ def main(argv: list[str] | None = None) -> int:
           f" (+{grpc_p99 - served['p99']:.2f} ms) and {inside['count_p99_ms']:.2f} ms in-engine back to back"
           f" (+{grpc_p99 - inside['count_p99_ms']:.2f} ms)")
     return 0
+
+
+def _slice_events(batch: Any, start: int, stop: int) -> Any:
+    from engine.columns import EventBatch, slice_column
+
+    return EventBatch(batch.event, batch.ids[start:stop], batch.ts[start:stop],
+                      {k: slice_column(c, start, stop) for k, c in batch.props.items()})
 
 
 if __name__ == "__main__":

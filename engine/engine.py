@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
+from .concurrency import PublishLock
 from .commands import (Command, CreateSegment, DeleteSegment, LoadEvents, LoadProfiles, Track, UpdateSchema, Upsert,
                        applied_count, merged_segment_info, route)
 from .errors import DataDirMismatch, DataError, SegmentExists
@@ -97,6 +98,7 @@ class Engine:
         self.data_dir = data_dir
         self.plans = PlanCache(schema)
         self.shards = make_shards(schema, shards, backend, address, data_dir)
+        self.publish = PublishLock()  # reads share it, the application of a write holds it alone
         self.closed = False
         # saved segments: definitions here, members in the shards (see engine.segments)
         self.clock = wall_clock_ms  # the clock saved segments follow; tests may replace it
@@ -172,18 +174,20 @@ class Engine:
         definition = self._check(command)
         calls = route(command, self.n_shards, self.compile)
         tagged = [None if call is None else (seq, *call) for call in calls]
-        results = self.durable.send(tagged) if self.durable is not None else self.shards.call_each("apply_logged", tagged)
-        result: Any = None
-        if isinstance(command, CreateSegment):
-            self.catalog.put(definition)
-            result = merged_segment_info(results)
-        elif isinstance(command, DeleteSegment):
-            self.catalog.remove(command.name)
-        elif isinstance(command, UpdateSchema):
-            self.adopt_schema(Schema.from_dict(command.spec))
-        else:
-            result = applied_count(results)
-        self._publish()
+        with self.publish.writing():
+            results = self.durable.send(tagged) if self.durable is not None else \
+                self.shards.call_each("apply_logged", tagged)
+            result: Any = None
+            if isinstance(command, CreateSegment):
+                self.catalog.put(definition)
+                result = merged_segment_info(results)
+            elif isinstance(command, DeleteSegment):
+                self.catalog.remove(command.name)
+            elif isinstance(command, UpdateSchema):
+                self.adopt_schema(Schema.from_dict(command.spec))
+            else:
+                result = applied_count(results)
+            self._publish()
         return result
 
     def _check(self, command: Command) -> SegmentDef | None:
@@ -237,14 +241,16 @@ class Engine:
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
         at = wall_clock_ms() if now is None else int(now)
-        return sum(self.shards.call_all("count", step, at))
+        with self.publish.reading():
+            return sum(self.shards.call_all("count", step, at))
 
     def ids(self, query: str, now: int | None = None) -> list[str]:
         """Canonical ids of the segment ``query``, sorted ascending."""
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
         at = wall_clock_ms() if now is None else int(now)
-        parts = self.shards.call_all("ids", step, at)
+        with self.publish.reading():
+            parts = self.shards.call_all("ids", step, at)
         if len(parts) == 1:
             return parts[0]
         merged = list(itertools.chain.from_iterable(parts))
@@ -253,7 +259,8 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Per-shard sizes."""
-        shards = self.shards.call_all("stats")
+        with self.publish.reading():
+            shards = self.shards.call_all("stats")
         return {"shards": shards, "profiles": sum(s["profiles"] for s in shards),
                 "events": sum(s["events"] for s in shards)}
 
@@ -263,7 +270,8 @@ class Engine:
         self._read_segments(refs)
         at = wall_clock_ms() if now is None else int(now)
         started = time.perf_counter()
-        tree = merge_trees(self.shards.call_all("explain", step, at))
+        with self.publish.reading():
+            tree = merge_trees(self.shards.call_all("explain", step, at))
         return {"query": to_text(bind(parse(query), self.schema)), "now_ms": at, "count": tree.pop("count"),
                 "ms": (time.perf_counter() - started) * 1000, "plan": tree}
 
@@ -284,12 +292,14 @@ class Engine:
         """Definition and member count of saved segment ``name``."""
         self.catalog.get(name)
         self._tick()
-        return merged_segment_info(self.shards.call_all("segment_info", name))
+        with self.publish.reading():
+            return merged_segment_info(self.shards.call_all("segment_info", name))
 
     def list_segments(self) -> list[dict[str, Any]]:
         """``get_segment`` of every saved segment, in dependency order."""
         self._tick()
-        per_shard = self.shards.call_all("segment_infos")
+        with self.publish.reading():
+            per_shard = self.shards.call_all("segment_infos")
         return [merged_segment_info(list(infos)) for infos in zip(*per_shard)]
 
     def delete_segment(self, name: str) -> None:
@@ -311,19 +321,21 @@ class Engine:
     def refresh_segments(self, now: int | None = None) -> None:
         """Bring time-relative saved segments to ``now`` (default: the engine clock)."""
         at = self.clock() if now is None else int(now)
-        if len(self.catalog):
-            self.shards.call_all("refresh_segments", at)
-        self._refreshed_at = at
-        self._publish()
+        with self.publish.writing():
+            if len(self.catalog):
+                self.shards.call_all("refresh_segments", at)
+            self._refreshed_at = at
+            self._publish()
 
     def watch(self, segments: Iterable[str] | None = None, capacity: int = DEFAULT_CAPACITY) -> Subscription:
         """Subscribe to membership changes of saved segments (all, or ``segments``); see engine.watch."""
         names = frozenset(segments or ())
         self.catalog.check_refs(names)
-        subscription = self.changes.subscribe(names, capacity)
-        if not self._capturing:
-            self.shards.call_all("capture_changes", True)
-            self._capturing = True
+        with self.publish.writing():
+            subscription = self.changes.subscribe(names, capacity)
+            if not self._capturing:
+                self.shards.call_all("capture_changes", True)
+                self._capturing = True
         return subscription
 
     def _write_clock(self) -> int:
@@ -337,7 +349,7 @@ class Engine:
 
     def _tick(self) -> None:
         """Refresh time-relative segments if they are more than ``refresh_ms`` behind (and auto_refresh)."""
-        if self.auto_refresh and self.refresh_due():
+        if self.auto_refresh and self.refresh_due() and not self.publish.holds_read():
             self.refresh_segments()
 
     def reads_segments(self, query: str) -> bool:
@@ -354,7 +366,8 @@ class Engine:
         owner = shard_of(profile_id, self.n_shards) if isinstance(profile_id, str) else 0
         calls: list[tuple | None] = [None] * self.n_shards
         calls[owner] = (profile_id, *args)
-        return self.shards.call_each(method, calls)[owner]
+        with self.publish.reading():
+            return self.shards.call_each(method, calls)[owner]
 
     def _publish(self) -> None:
         """Hand the shards' recorded membership changes to the watchers (in shard order)."""

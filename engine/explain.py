@@ -64,12 +64,17 @@ class TracingExecutor(Executor):
     """An Executor that records, per plan step, rows yielded, rows given and time taken."""
 
     def trace(self, step: Step, now: int) -> dict[str, Any]:
-        """Evaluate ``step`` at clock ``now``; returns its explain tree (with ``count`` at the root)."""
-        self.root = plan_tree(step)
-        self.path: list[tuple[Step, dict[str, Any]]] = []
-        result = self.evaluate(step, now)
-        self.root["count"] = len(result)
-        return self.root
+        """Evaluate ``step`` at clock ``now``; returns its explain tree (with ``count`` at the root).
+
+        The tree and the path being visited belong to a per-call view (``at``), so one tracer may
+        serve concurrent calls.
+        """
+        call = self.at(now)
+        call.root = plan_tree(step)
+        call.path: list[tuple[Step, dict[str, Any]]] = []
+        result = call.visit(step, None)
+        call.root["count"] = len(result)
+        return call.root
 
     def visit(self, step: Step, found: BitMap | None) -> BitMap:
         if not self.path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -55,6 +56,8 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int = 128
     workers: int = 32
+    heavy_workers: int = 2  # threads for queries known to be heavy (see server.bridge)
+    heavy_nice: int = 10  # how much lower their OS priority is
     token: str | None = None
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
@@ -64,11 +67,21 @@ class ServerConfig:
     grace_s: float = 10.0
 
 
+def lower_priority(nice: int) -> None:
+    """Lower the OS priority of the calling thread by ``nice`` (Linux: per thread; elsewhere a no-op)."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + nice, 19))
+    except (AttributeError, OSError):  # no per-thread priorities here
+        log.debug("cannot lower the priority of heavy query threads", exc_info=True)
+
+
 class SegengineServer:
     """A running (after ``start``) gRPC server over one engine.
 
     The server is a grpc.aio server on an event loop of its own thread (``segengine-loop``);
-    blocking engine calls run in a thread pool of ``workers`` threads (see ``server.bridge``).
+    blocking engine calls run in a thread pool of ``workers`` threads, queries known to be heavy
+    in a pool of ``heavy_workers`` threads at a lower OS priority (see ``server.bridge``).
     The methods of this class are called from any other thread.
     """
 
@@ -79,6 +92,9 @@ class SegengineServer:
         self.gate = EngineGate(engine)
         engine.refresh_ms = self.config.refresh_ms
         self.pool = futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="segengine-rpc")
+        self.heavy_pool = futures.ThreadPoolExecutor(max_workers=max(self.config.heavy_workers, 1),
+                                                     thread_name_prefix="segengine-heavy",
+                                                     initializer=lower_priority, initargs=(self.config.heavy_nice,))
         self.servicer = SegmentationServicer(self.gate, watch_buffer=self.config.watch_buffer)
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="segengine-loop", daemon=True)
@@ -107,7 +123,7 @@ class SegengineServer:
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         service = pb.DESCRIPTOR.services_by_name["Segmentation"]
-        add_to_server(AsyncServicer(self.servicer, service, self.pool), service, pb, self.server)
+        add_to_server(AsyncServicer(self.servicer, service, self.pool, self.heavy_pool), service, pb, self.server)
         self.health = aio_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -182,6 +198,7 @@ class SegengineServer:
             self._timer.join(timeout=5)
         self._stop_loop()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.heavy_pool.shutdown(wait=True, cancel_futures=True)
         if self.owns_engine:
             self.engine.close()
         log.info("segengine stopped")  # before the event: the main thread exits once it is set

@@ -8,7 +8,9 @@ wraps each of its methods into the coroutine (or async generator) grpc.aio expec
   WouldWait instead of waiting): no hand-over to a
   thread, which is most of what a 20 us Membership costs in a thread-pool server. A read that
   would wait (a write or query in flight, a refresh due) goes to the pool like everything else;
-- every other call runs in the server's thread pool;
+- every other call runs in the server's thread pool, except queries known to be heavy
+  (``servicer.heavy(name, request)``), which run in a separate, smaller pool (``heavy_pool``) whose
+  threads have a lower OS priority: where no core is free, short calls go first;
 - streams step their sync generator in the pool, one message at a time; a client stream is
   read by the servicer through a blocking iterator over the async one.
 
@@ -175,9 +177,11 @@ class _BlockingRequests:
 class AsyncServicer:
     """grpc.aio handlers over a blocking servicer (``servicer.Name(request, context)``)."""
 
-    def __init__(self, servicer: Any, service: Any, pool: Executor):
+    def __init__(self, servicer: Any, service: Any, pool: Executor, heavy_pool: Executor | None = None):
         self.servicer = servicer
         self.pool = pool
+        self.heavy_pool = heavy_pool
+        self.heavy = getattr(servicer, "heavy", None)
         for method in service.methods:
             if method.client_streaming:
                 wrapped = self._client_stream(method.name)
@@ -187,8 +191,14 @@ class AsyncServicer:
                 wrapped = self._unary(method.name)
             setattr(self, method.name, wrapped)
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+    async def _run(self, fn: Callable[..., Any], *args: Any, pool: Executor | None = None) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool or self.pool, fn, *args)
+
+    def _pool_for(self, name: str, request: Any) -> Executor:
+        """The heavy pool for a call the servicer knows to be heavy, else the server's pool."""
+        if self.heavy_pool is not None and self.heavy is not None and self.heavy(name, request):
+            return self.heavy_pool
+        return self.pool
 
     def _unary(self, name: str) -> Callable:
         behaviour = getattr(self.servicer, name)
@@ -202,7 +212,7 @@ class AsyncServicer:
                         return behaviour(request, CallContext(context, on_loop=True))
                     except WouldWait:
                         pass
-                return await self._run(behaviour, request, CallContext(context))
+                return await self._run(behaviour, request, CallContext(context), pool=self._pool_for(name, request))
             except Exception as error:  # noqa: BLE001 - the one place errors become statuses
                 await abort_with(context, error, name)
 
@@ -219,9 +229,10 @@ class AsyncServicer:
                 except BadRequest as error:
                     await abort_with(context, error, name)
             stream = _SyncStream(behaviour(request, CallContext(context)))
+            pool = self._pool_for(name, request)
             try:
                 while True:
-                    message = await self._run(stream.step)
+                    message = await self._run(stream.step, pool=pool)
                     if message is _END:
                         return
                     yield message

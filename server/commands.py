@@ -99,7 +99,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-        max_concurrent_rpcs=args.max_concurrent_rpcs, workers=args.workers,
+        max_concurrent_rpcs=args.max_concurrent_rpcs, workers=args.workers, heavy_workers=args.heavy_workers,
         token=args.token or os.environ.get("SEGENGINE_TOKEN") or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
         refresh_ms=args.refresh_ms, drain_s=args.drain_s, grace_s=args.grace_s,
     )
@@ -136,6 +136,8 @@ def serve_args() -> tuple:
         arg("--refresh-ms", type=count, default=1000, help="refresh period of time-relative segments (default 1000)"),
         arg("--max-concurrent-rpcs", type=positive, default=128, help="calls in flight before RESOURCE_EXHAUSTED"),
         arg("--workers", type=positive, default=32, help="RPC worker threads (default 32)"),
+        arg("--heavy-workers", type=positive, default=2,
+            help="threads (at a lower OS priority) for queries whose last run took >= 20 ms (default 2)"),
         arg("--max-message-mb", type=megabytes, default=16, help="largest request or response (default 16 MB)"),
         arg("--drain-s", type=seconds, default=0.0, help="on SIGTERM, seconds NOT_SERVING before refusing calls"),
         arg("--grace-s", type=seconds, default=10.0, help="on SIGTERM, seconds in-flight calls may take to finish"),

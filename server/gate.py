@@ -1,24 +1,27 @@
-"""The one way gRPC handlers reach the engine: deadline-aware calls under a readers-writer lock.
+"""The one way gRPC handlers reach the engine: deadlines, shutdown and due refreshes.
 
-Three kinds of calls:
+Consistency is the engine's: every engine read holds its publish lock (``engine.concurrency``)
+shared and every write's application holds it alone, so readers see the state before or after
+a write, never half of it, and queries run alongside each other and alongside point reads. The
+gate adds what a server needs around each call:
 
-- ``write``: anything that changes the engine (writes, saved segment definitions, refreshes,
-  watch subscriptions): alone, no other call running;
-- ``read``: calls that only read shard data without the executor (Membership, GetProfile,
-  GetSegment, ListSegments): any number at once, alongside queries;
-- ``query``: calls that run the executor (Count, Query, Explain): alongside reads, but one at
-  a time, because a shard's executor keeps scratch state.
-
-Waiting respects the caller's deadline (a call whose deadline passes while it waits fails with
-DEADLINE_EXCEEDED instead of running late). Before a read, or a query that reads saved segments,
-time-relative saved segments that are more than ``refresh_ms`` behind the clock are refreshed
-(as a write); the server's timer does the same periodically, so the engine's own read-time
-refresh is turned off.
-Writers go first: once a write waits, new reads and queries wait behind it.
+- the caller's deadline bounds every wait for the engine inside the call (a call whose deadline
+  passes while it waits fails with DEADLINE_EXCEEDED and never runs);
+- calls are refused once the server shuts down;
+- before a read, or a query that reads saved segments, time-relative saved segments that are
+  more than ``refresh_ms`` behind the clock are refreshed (as a write; skipped while a snapshot
+  capture keeps writers out, so reads never wait for a capture); the server's timer refreshes
+  them periodically too, so the engine's own read-time refresh is turned off;
+- point reads on the server's event loop never wait (``WouldWait`` instead: the bridge runs
+  them in the thread pool), nor, with shard workers, run while a query or a snapshot capture may
+  keep a worker busy;
+- each query's engine time is remembered by query text, so the server can run the queries
+  known to be heavy (``heavy``) apart from short calls.
 """
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -26,8 +29,14 @@ import grpc
 
 from engine import Engine
 from engine.errors import SegengineError
+from engine.store.lru import drop_oldest
 
 T = TypeVar("T")
+
+#: A query whose latest run took at least this long (engine ms) is heavy (see ``EngineGate.heavy``).
+HEAVY_MS = 20.0
+#: Query texts whose latest engine time is remembered.
+COSTS_KEPT = 4096
 
 
 class DeadlineExceeded(SegengineError):
@@ -58,55 +67,6 @@ class WouldWait(Exception):
     """A read on the server's event loop would have to wait (the server runs it in its thread pool)."""
 
 
-class ReadWriteLock:
-    """Many readers or one writer; a waiting writer keeps new readers out."""
-
-    def __init__(self) -> None:
-        self.changed = threading.Condition(threading.Lock())
-        self.readers = 0
-        self.writing = False
-        self.writers_waiting = 0
-
-    def acquire_read(self, timeout: float | None) -> bool:
-        with self.changed:
-            if not self.changed.wait_for(lambda: not self.writing and not self.writers_waiting, timeout):
-                return False
-            self.readers += 1
-            return True
-
-    def release_read(self) -> None:
-        with self.changed:
-            self.readers -= 1
-            if not self.readers:
-                self.changed.notify_all()
-
-    def try_read(self) -> bool:
-        """Take a read share only if no write runs or waits (never blocks on them)."""
-        with self.changed:
-            if self.writing or self.writers_waiting:
-                return False
-            self.readers += 1
-            return True
-
-    def acquire_write(self, timeout: float | None) -> bool:
-        with self.changed:
-            self.writers_waiting += 1
-            try:
-                ok = self.changed.wait_for(lambda: not self.writing and not self.readers, timeout)
-            finally:
-                self.writers_waiting -= 1
-            if ok:
-                self.writing = True
-            else:
-                self.changed.notify_all()  # readers held back by this writer may go on
-            return ok
-
-    def release_write(self) -> None:
-        with self.changed:
-            self.writing = False
-            self.changed.notify_all()
-
-
 def _timeout(context: grpc.ServicerContext | None) -> float | None:
     """Seconds left before the caller's deadline (None = no deadline)."""
     if context is None:
@@ -120,32 +80,30 @@ def _timeout(context: grpc.ServicerContext | None) -> float | None:
 
 
 class EngineGate:
-    """An engine behind a readers-writer lock (see the module docstring)."""
+    """An engine behind deadline handling, shutdown and due refreshes (see the module docstring)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, heavy_ms: float = HEAVY_MS):
         self.engine = engine
         self.engine.auto_refresh = False
-        self.lock = ReadWriteLock()
-        self.executor_lock = threading.Lock()
+        self.publish = engine.publish
+        self.heavy_ms = heavy_ms
+        self.costs: dict[str, float] = {}  # query text -> engine ms of its latest run (most recent last)
         self.closing = False
+        self.in_process = getattr(engine.shards, "backend", "local") == "local"
+        self.queries_running = 0
+        self._counting = threading.Lock()
 
     @contextmanager
-    def _held(self, acquire: Callable[[float | None], bool], release: Callable[[], None],
-              context: grpc.ServicerContext | None) -> Iterator[None]:
+    def _call(self, context: grpc.ServicerContext | None) -> Iterator[None]:
+        """The block as one call: refused when closing, its waits bounded by the caller's deadline."""
         if self.closing:
             raise ShuttingDown("the server is shutting down")
-        if not acquire(_timeout(context)):
-            raise DeadlineExceeded("deadline exceeded while waiting for the engine")
-        try:
-            if context is not None and context.time_remaining() is not None and context.time_remaining() <= 0:
-                raise DeadlineExceeded("deadline exceeded while waiting for the engine")
+        with self.publish.deadline(_timeout(context)):
             yield
-        finally:
-            release()
 
     def write(self, context: grpc.ServicerContext | None, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` alone."""
-        with self._held(self.lock.acquire_write, self.lock.release_write, context):
+        """``fn(*args)``, a call that changes the engine (the engine applies it alone)."""
+        with self._call(context):
             return fn(*args)
 
     def read(self, context: grpc.ServicerContext | None, fn: Callable[..., T], *args: Any) -> T:
@@ -156,44 +114,70 @@ class EngineGate:
         if getattr(context, "on_loop", False):
             return self._read_now(fn, *args)
         self._refresh_if_due(context)
-        with self._held(self.lock.acquire_read, self.lock.release_read, context):
+        with self._call(context):
             return fn(*args)
 
     def _read_now(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` at once, or WouldWait if anything runs or waits (a write, a query, a due refresh).
+        """``fn(*args)`` at once, or WouldWait if it would wait (a write runs or waits, a refresh is due).
 
-        For point reads on the server's event loop, which must never block: holding the
-        executor lock too keeps a query from starting on the same in-process shard meanwhile.
+        For point reads on the server's event loop, which must never block: the read share is
+        taken without waiting, and the engine's own read share inside ``fn`` nests in it.
         """
-        if self.closing or self.engine.refresh_due() or not self.lock.try_read():
+        if self.closing or self._refresh_wanted() or self._workers_busy():
+            raise WouldWait
+        if not self.publish.acquire_read(blocking=False):
             raise WouldWait
         try:
-            if not self.executor_lock.acquire(blocking=False):
-                raise WouldWait
-            try:
-                return fn(*args)
-            finally:
-                self.executor_lock.release()
+            return fn(*args)
         finally:
-            self.lock.release_read()
+            self.publish.release_read()
 
     def query(self, context: grpc.ServicerContext | None, fn: Callable[..., T], text: str, *args: Any) -> T:
-        """``fn(text, *args)`` alongside reads, one query at a time.
+        """``fn(text, *args)`` alongside reads and other queries; its engine time is remembered.
 
         Only a query that reads saved segments waits for a due refresh of time-relative ones;
         others never depend on them (the server's timer keeps refreshing).
         """
         if self.engine.reads_segments(text):
             self._refresh_if_due(context)
-        with self._held(self.lock.acquire_read, self.lock.release_read, context):
-            with self._held(lambda timeout: self.executor_lock.acquire(timeout=-1 if timeout is None else timeout),
-                            self.executor_lock.release, context):
-                return fn(text, *args)
+        with self._call(context):
+            started = time.perf_counter()
+            with self._counting:
+                self.queries_running += 1
+            try:
+                result = fn(text, *args)
+            finally:
+                with self._counting:
+                    self.queries_running -= 1
+        self._remember(text, (time.perf_counter() - started) * 1000)
+        return result
+
+    def heavy(self, text: str) -> bool:
+        """True if the latest run of query ``text`` took at least ``heavy_ms`` (unknown: False)."""
+        cost = self.costs.get(text)
+        return cost is not None and cost >= self.heavy_ms
+
+    def _remember(self, text: str, ms: float) -> None:
+        self.costs.pop(text, None)
+        if len(self.costs) >= COSTS_KEPT:
+            drop_oldest(self.costs)
+        self.costs[text] = ms
 
     def refresh(self, context: grpc.ServicerContext | None = None) -> None:
         """Bring time-relative saved segments to the clock (a write)."""
         self.write(context, self.engine.refresh_segments)
 
+    def _workers_busy(self) -> bool:
+        """Shard workers may be busy with a query or a snapshot capture (a worker serves one request
+        at a time): a round trip to one from the event loop could wait for it."""
+        return not self.in_process and (self.queries_running > 0 or self.publish.pinned)
+
+    def _refresh_wanted(self) -> bool:
+        """A refresh is due and may run now (a snapshot capture is not keeping writers out)."""
+        return self.engine.refresh_due() and not self.publish.pinned
+
     def _refresh_if_due(self, context: grpc.ServicerContext | None) -> None:
-        if self.engine.refresh_due():
-            self.write(context, lambda: self.engine.refresh_segments() if self.engine.refresh_due() else None)
+        if self._refresh_wanted():
+            with self._call(context), self.publish.writing():
+                if self.engine.refresh_due():
+                    self.engine.refresh_segments()

@@ -23,6 +23,8 @@ from .proto_gen import segmentation_pb2_grpc as pb_grpc
 DEFAULT_CHUNK = 10_000
 MAX_CHUNK = 100_000
 WATCH_POLL_S = 0.5
+#: The calls that run the executor (see ``SegmentationServicer.heavy``).
+QUERY_METHODS = frozenset({"Count", "Query", "Explain"})
 
 
 class SegmentationServicer(pb_grpc.SegmentationServicer):
@@ -35,6 +37,10 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.max_watch_buffer = max_watch_buffer
         self.started = time.monotonic()
         self.closing = False  # set when shutdown starts: watch streams end with UNAVAILABLE
+
+    def heavy(self, method: str, request: object) -> bool:
+        """True for a Snapshot and for a query call (Count, Query, Explain) whose query is known to be heavy."""
+        return method == "Snapshot" or (method in QUERY_METHODS and self.gate.heavy(getattr(request, "query", "")))
 
     # -- writes -----------------------------------------------------------------------------
     def UpsertProfiles(self, request: pb.UpsertProfilesRequest, context: grpc.ServicerContext) -> pb.WriteResponse:

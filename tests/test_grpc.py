@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import grpc
@@ -57,6 +59,33 @@ def served():
     s = Served()
     yield s
     s.close()
+
+
+@contextmanager
+def holding(mode, wait: bool = True):
+    """Hold a publish lock mode (``lock.reading()``, ``lock.writing()``) in another thread for the
+    block, as a running query or write would; ``wait=False`` does not wait until it is held."""
+    held, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with mode:
+            held.set()
+            leave.wait()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    try:
+        assert not wait or held.wait(5)
+        yield
+    finally:
+        leave.set()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+def _write_after(publish, done: threading.Event) -> None:
+    with publish.writing():
+        done.set()
 
 
 def status_of(call) -> grpc.StatusCode:
@@ -282,9 +311,7 @@ def test_calls_over_the_concurrency_cap_are_resource_exhausted():
 
 
 def test_deadlines_are_honoured(served):
-    lock = served.server.gate.lock
-    assert lock.acquire_write(None)  # the engine is busy with a write
-    try:
+    with holding(served.engine.publish.writing()):  # the engine is busy with a write
         for call in (lambda: served.client.count("ALL", timeout=0.2),
                      lambda: served.client.membership(served.ids[0], timeout=0.2)):
             with pytest.raises(RpcError, match="DEADLINE_EXCEEDED"):
@@ -292,13 +319,10 @@ def test_deadlines_are_honoured(served):
         # the waiting calls wait in the thread pool: the event loop still answers at once
         health = health_pb2_grpc.HealthStub(served.client.channel)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        lock.release_write()
     assert served.client.count("ALL", timeout=5) == 2000
     assert served.client.membership(served.ids[0], timeout=5) == []
 
 
-# -- saved segments over gRPC: exact under writes and time ------------------------------------
 def test_saved_segments_stay_exact_through_the_api(served):
     c = served.client
     names = {k: SEGMENTS[k] for k in ("fr", "carted_7d", "big_carts", "example", "fr_carted", "new_signups",
@@ -385,21 +409,13 @@ def test_schema_json_round_trips(served):
     assert Schema.from_dict(json.loads(response.schema_json)).to_dict() == served.engine.schema.to_dict()
 
 
-def test_reads_run_alongside_a_query_but_not_alongside_a_write(served):
-    gate = served.server.gate
-    assert gate.executor_lock.acquire()  # a query is running
-    try:
+def test_queries_and_reads_run_alongside_a_query_but_not_alongside_a_write(served):
+    publish = served.engine.publish
+    with holding(publish.reading()):  # a query is running
         assert served.client.membership(served.ids[0], timeout=2) == []  # reads go on
+        assert served.client.count("ALL", timeout=2) == 2000  # so do other queries
         with pytest.raises(RpcError, match="DEADLINE_EXCEEDED"):
-            served.client.count("ALL", timeout=0.2)  # queries take turns
-    finally:
-        gate.executor_lock.release()
-    assert gate.lock.acquire_read(None)  # a read is running: writes wait for it
-    try:
-        with pytest.raises(RpcError, match="DEADLINE_EXCEEDED"):
-            served.client.upsert_profiles([{"id": "w"}], timeout=0.2)
-    finally:
-        gate.lock.release_read()
+            served.client.upsert_profiles([{"id": "w"}], timeout=0.2)  # a write waits for it
     time.sleep(0.1)
     with pytest.raises(ProfileNotFound):
         served.client.profile("w")  # the write whose deadline passed while it waited never ran
@@ -407,27 +423,29 @@ def test_reads_run_alongside_a_query_but_not_alongside_a_write(served):
 
 
 def test_reads_on_the_event_loop_never_wait(served):
-    """A point read on the loop gives way (WouldWait) to a waiting or running write or query,
-    instead of blocking the loop: a read share held there while a writer waits would deadlock."""
-    gate, pid = served.server.gate, served.ids[0]
+    """A point read on the loop gives way (WouldWait) to a waiting or running write instead of
+    blocking the loop (a read share held there while a writer waits would deadlock); a running
+    query does not stop it."""
+    gate, publish, pid = served.server.gate, served.engine.publish, served.ids[0]
     on_loop = SimpleNamespace(on_loop=True)
     assert gate.read(on_loop, served.engine.membership, pid) == []
-    gate.lock.writers_waiting += 1  # a write waits
-    try:
+    query_done = threading.Event()
+    with holding(publish.reading()):  # a query runs: the loop reads alongside it
+        assert gate.read(on_loop, served.engine.membership, pid) == []
+        writer = threading.Thread(target=_write_after, args=(publish, query_done), daemon=True)
+        writer.start()  # a write waits for the query
+        deadline = time.monotonic() + 5
+        while not publish.writers_waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert publish.writers_waiting == 1
         with pytest.raises(WouldWait):
             gate.read(on_loop, served.engine.membership, pid)
-    finally:
-        gate.lock.writers_waiting -= 1
-    assert gate.lock.acquire_write(None)  # a write runs
-    try:
+    writer.join(5)
+    assert query_done.is_set()
+    with holding(publish.writing()):  # a write runs
         with pytest.raises(WouldWait):
             gate.read(on_loop, served.engine.membership, pid)
-    finally:
-        gate.lock.release_write()
-    with gate.executor_lock:  # a query runs
-        with pytest.raises(WouldWait):
-            gate.read(on_loop, served.engine.membership, pid)
-    assert gate.lock.readers == 0 and not gate.executor_lock.locked()
+    assert publish.readers == 0 and publish.writer is None
     assert served.client.membership(pid, timeout=2) == []
 
 
@@ -515,3 +533,23 @@ def test_bad_event_columns_name_the_event_and_field(served):
         with pytest.raises(ProfileNotFound):
             served.client.profile(name)
     assert served.client.count("ALL", now=NOW) == len(served.ids)
+
+
+def test_heavy_queries_run_in_the_lower_priority_pool(served):
+    served.server.gate.heavy_ms = 0.0  # every query seen before counts as heavy
+    ran: list[tuple[str, int]] = []
+    count = served.engine.count
+
+    def recorded(*args, **kwargs):
+        ran.append((threading.current_thread().name,
+                    os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return count(*args, **kwargs)
+
+    served.engine.count = recorded
+    try:
+        assert [served.client.count("vip = TRUE") for _ in range(2)] == [served.engine.count("vip = TRUE")] * 2
+    finally:
+        del served.engine.count
+    (first, first_nice), (second, second_nice), _ = ran
+    assert first.startswith("segengine-rpc") and second.startswith("segengine-heavy")
+    assert second_nice == min(first_nice + served.server.config.heavy_nice, 19)

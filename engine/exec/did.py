@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import numba
 import numpy as np
@@ -20,6 +23,7 @@ from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.events import (DAY_MS, NO_TIME, SCALED_NULL, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore,
                              EventTypeStore, Run)
+from ..store.lru import drop_oldest
 
 #: Presence bucket sizes, coarsest first: whole days, then whole 5-minute slots, then an exact scan.
 BUCKET_LEVELS = (DAY_MS, SLOT_MS)
@@ -267,14 +271,70 @@ def _category_test(node: ast.Node, label: str, now: int) -> bool:
     raise TypeError(f"unsupported property predicate {type(node).__name__}")
 
 
+class Scratch:
+    """The reused buffers of one DID evaluation (grown on demand; the bitsets are left zeroed after each use)."""
+
+    def __init__(self) -> None:
+        self.member = np.zeros(0, dtype=np.uint64)  # a bitset of the found rows, see gather_rows
+        self.levels = np.zeros(0, dtype=np.uint64)  # count bitsets, see count_upto2
+        self.rows = np.empty(0, dtype=np.int32)  # kept rows, see count_upto2
+
+    def member_bits(self, size: int) -> np.ndarray:
+        """A zeroed bitset of at least ``size`` rows (callers clear the bits they set)."""
+        if len(self.member) * 64 < size:
+            self.member = np.zeros(max((size + 63) // 64, int(len(self.member) * 1.25)), dtype=np.uint64)
+        return self.member
+
+    def kept_rows(self, n: int) -> np.ndarray:
+        """An int32 buffer of at least ``n`` entries (count_upto2 compacts kept rows into it)."""
+        if len(self.rows) < n:
+            self.rows = np.empty(max(n, int(len(self.rows) * 1.25)), dtype=np.int32)
+        return self.rows
+
+    def count_levels(self, size: int) -> np.ndarray:
+        """Zeroed count bitsets for ``size`` rows (see count_upto2; emit_upto2 zeroes them again)."""
+        words = 2 * ((size + 63) // 64)
+        if len(self.levels) < words:
+            self.levels = np.zeros(max(words, int(len(self.levels) * 1.25)), dtype=np.uint64)
+        return self.levels
+
+
+class ScratchPool:
+    """A thread-safe free list of ``Scratch`` buffers: each DID evaluation checks one out, so
+    concurrent queries never share buffers, and a quiet shard allocates nothing per query."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self.free: list[Scratch] = []
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def take(self) -> Iterator[Scratch]:
+        """A Scratch for the block, returned to the pool afterwards (dropped if the pool is full)."""
+        with self.lock:
+            scratch = self.free.pop() if self.free else None
+        scratch = scratch or Scratch()
+        clean = False
+        try:
+            yield scratch
+            clean = True
+        finally:
+            if clean:  # an evaluation that raised may leave bits set: do not reuse its buffers
+                with self.lock:
+                    if len(self.free) < self.keep:
+                        self.free.append(scratch)
+
+
 class DidEvaluator:
-    """Evaluates DID predicates against one shard's events."""
+    """Evaluates DID predicates against one shard's events.
+
+    Shared by concurrent queries: per-evaluation buffers come from ``buffers`` (a ScratchPool),
+    and the union cache holds finished bitmaps only.
+    """
 
     def __init__(self, events: EventStore):
         self.events = events
-        self.member = np.zeros(0, dtype=np.uint64)  # a bitset of the found rows, see gather_rows
-        self.levels = np.zeros(0, dtype=np.uint64)  # count bitsets, see count_upto2
-        self.scratch = np.empty(0, dtype=np.int32)  # kept rows, see count_upto2
+        self.buffers = ScratchPool()
         self.union_cache: dict[tuple, BitMap] = {}
 
     def estimate(self, node: ast.Did, now: int | None = None) -> float:
@@ -329,7 +389,7 @@ class DidEvaluator:
         if lo == NO_TIME and hi >= store.max_ts:
             return store.ever
         parts: list[BitMap] = []
-        self._present_parts(store, lo, hi, 0, parts)
+        self._present_parts(store, lo, hi, 0, parts, store.days)
         if len(parts) == 1:
             return parts[0]
         if not parts:
@@ -339,9 +399,10 @@ class DidEvaluator:
             return BitMap.union(*[found & p for p in parts])
         return BitMap.union(*parts)
 
-    def _present_parts(self, store: EventTypeStore, lo: int, hi: int, level: int, parts: list[BitMap]) -> None:
+    def _present_parts(self, store: EventTypeStore, lo: int, hi: int, level: int, parts: list[BitMap],
+                       buckets: dict[int, BitMap]) -> None:
         """Append to ``parts`` bitmaps whose union is the presence in [lo, hi]: whole buckets of
-        ``BUCKET_LEVELS[level]``, finer levels at the edges."""
+        ``BUCKET_LEVELS[level]`` (``buckets``: the bitmaps of that level), finer levels at the edges."""
         if level == len(BUCKET_LEVELS):
             parts.append(self._scan(store, lo, hi))
             return
@@ -351,22 +412,22 @@ class DidEvaluator:
             if not store.has_slots(day) and sum(len(p) for p in store.window(lo, hi)) <= SLOT_BUILD_MIN_EVENTS:
                 parts.append(self._scan(store, lo, hi))
                 return
-            store.ensure_slots(day)
+            buckets = store.ensure_slots(day)  # holds the day's slots even if another query evicts them
         first, last = lo // size, hi // size
         full_lo = first if lo == first * size else first + 1
         full_hi = last if hi == (last + 1) * size - 1 else last - 1
         if full_lo > full_hi:  # no whole bucket inside: one or two partial buckets
             if first == last:
-                self._present_parts(store, lo, hi, level + 1, parts)
+                self._present_parts(store, lo, hi, level + 1, parts, buckets)
             else:
-                self._present_parts(store, lo, last * size - 1, level + 1, parts)
-                self._present_parts(store, last * size, hi, level + 1, parts)
+                self._present_parts(store, lo, last * size - 1, level + 1, parts, buckets)
+                self._present_parts(store, last * size, hi, level + 1, parts, buckets)
             return
-        parts.append(self._buckets_union(store, size, full_lo, full_hi))
+        parts.append(self._buckets_union(store, size, full_lo, full_hi, buckets))
         if full_lo > first:
-            self._present_parts(store, lo, full_lo * size - 1, level + 1, parts)
+            self._present_parts(store, lo, full_lo * size - 1, level + 1, parts, buckets)
         if full_hi < last:
-            self._present_parts(store, (full_hi + 1) * size, hi, level + 1, parts)
+            self._present_parts(store, (full_hi + 1) * size, hi, level + 1, parts, buckets)
 
     @staticmethod
     def _scan(store: EventTypeStore, lo: int, hi: int) -> BitMap:
@@ -374,19 +435,19 @@ class DidEvaluator:
         rows = [part.rows for part in store.window(lo, hi)]
         return to_bitmap(np.concatenate(rows) if len(rows) > 1 else rows[0]) if rows else BitMap()
 
-    def _buckets_union(self, store: EventTypeStore, size: int, first: int, last: int) -> BitMap:
-        """Union of the ``size`` buckets first..last (cached per store generation; do not mutate)."""
+    def _buckets_union(self, store: EventTypeStore, size: int, first: int, last: int,
+                       buckets: dict[int, BitMap]) -> BitMap:
+        """Union of the ``size`` buckets first..last of ``buckets`` (cached per store generation; do not mutate)."""
         key = (id(store), size, first, last, store.generation)
         cached = self.union_cache.get(key)
         if cached is None:
-            buckets = store.buckets(size)
             if last - first + 1 <= len(buckets):
                 bitmaps = [buckets[b] for b in range(first, last + 1) if b in buckets]
             else:
                 bitmaps = [bitmap for b, bitmap in buckets.items() if first <= b <= last]
             cached = union_all(bitmaps)
             if len(self.union_cache) > 256:
-                self.union_cache.pop(next(iter(self.union_cache)))
+                drop_oldest(self.union_cache)
             self.union_cache[key] = cached
         return cached
 
@@ -423,42 +484,30 @@ class DidEvaluator:
         wanted = np.array([test(c, node.count_n) == want for c in range(top + 1)], dtype=bool)
         if top <= 2:
             keeps = self.event_masks(node, store, parts, now, size)
-            levels = self._levels(size)
             dummy = np.empty(0, dtype=bool)
-            for part, keep in zip(parts, keeps):
-                scratch = self._scratch(len(part.rows)) if keep is not None else part.rows
-                count_upto2(part.rows, dummy if keep is None else keep, keep is not None, levels, scratch)
-            wanted = np.append(wanted, wanted[-1]) if top == 1 else wanted  # a count of 2 answers as 1 does
-            return emit_upto2(levels, wanted, _DEBRUIJN_INDEX, total)
+            with self.buffers.take() as buffers:
+                levels = buffers.count_levels(size)
+                for part, keep in zip(parts, keeps):
+                    scratch = buffers.kept_rows(len(part.rows)) if keep is not None else part.rows
+                    count_upto2(part.rows, dummy if keep is None else keep, keep is not None, levels, scratch)
+                wanted = np.append(wanted, wanted[-1]) if top == 1 else wanted  # a count of 2 answers as 1 does
+                return emit_upto2(levels, wanted, _DEBRUIJN_INDEX, total)
         member_rows = rows_of(found) if found is not None and len(found) * 4 < total else None
-        if member_rows is not None:
-            if len(self.member) * 64 < size:
-                self.member = np.zeros(max((size + 63) // 64, int(len(self.member) * 1.25)), dtype=np.uint64)
-            set_bits(self.member, member_rows, True)
-        try:
-            keeps = self.event_masks(node, store, parts, now, size)
-            dummy = np.empty(0, dtype=bool)
-            rows = np.empty(total, dtype=np.int32)
-            n = 0
-            for part, keep in zip(parts, keeps):
-                n = gather_rows(part.rows, dummy if keep is None else keep, keep is not None, self.member,
-                                member_rows is not None, rows, n)
-        finally:
+        with self.buffers.take() as buffers:
+            member = buffers.member_bits(size) if member_rows is not None else buffers.member
             if member_rows is not None:
-                set_bits(self.member, member_rows, False)
+                set_bits(member, member_rows, True)
+            try:
+                keeps = self.event_masks(node, store, parts, now, size)
+                dummy = np.empty(0, dtype=bool)
+                rows = np.empty(total, dtype=np.int32)
+                n = 0
+                for part, keep in zip(parts, keeps):
+                    n = gather_rows(part.rows, dummy if keep is None else keep, keep is not None, member,
+                                    member_rows is not None, rows, n)
+            finally:
+                if member_rows is not None:
+                    set_bits(member, member_rows, False)
         rows = rows[:n]
         rows.sort()  # a row's events side by side: its count is the length of its run
         return runs_passing(rows, wanted, top)
-
-    def _scratch(self, n: int) -> np.ndarray:
-        """A reused int32 buffer of at least ``n`` entries (count_upto2 compacts kept rows into it)."""
-        if len(self.scratch) < n:
-            self.scratch = np.empty(max(n, int(len(self.scratch) * 1.25)), dtype=np.int32)
-        return self.scratch
-
-    def _levels(self, size: int) -> np.ndarray:
-        """Zeroed count bitsets for ``size`` rows (see count_upto2; kept zeroed between uses)."""
-        words = 2 * ((size + 63) // 64)
-        if len(self.levels) < words:
-            self.levels = np.zeros(max(words, int(len(self.levels) * 1.25)), dtype=np.uint64)
-        return self.levels

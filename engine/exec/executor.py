@@ -16,6 +16,7 @@ from ..errors import QueryError, SegmentNotFound
 from ..plan.steps import Intersect, Nothing, Pred, Step, Union, Universe
 from ..query import ast
 from ..store.bitmaps import to_bitmap, union_all
+from ..store.lru import drop_oldest
 from ..store.indexes import BoolIndex, CategoryIndex, TagsIndex
 from ..store.numeric import NumericIndex
 from ..store.profiles import ProfileStore
@@ -33,7 +34,10 @@ COUNT_ORDER_MAX = 64
 
 
 class SampleCache:
-    """SAMPLE bitmaps per (threshold, seed); a row's membership never changes, so only new rows are added."""
+    """SAMPLE bitmaps per (threshold, seed); a row's membership never changes, so only new rows are added.
+
+    Shared by concurrent queries: an entry is replaced whole (a new bitmap), never updated in place.
+    """
 
     def __init__(self) -> None:
         self.entries: dict[tuple[int, int], tuple[BitMap, int]] = {}
@@ -46,7 +50,7 @@ class SampleCache:
             extra = sampled_rows(hashes, covered, np.uint64(seed & (2**64 - 1)), threshold)
             bitmap = bitmap | to_bitmap(extra, assume_sorted=True)
             if len(self.entries) > 64:
-                self.entries.pop(next(iter(self.entries)))
+                drop_oldest(self.entries)
             self.entries[key] = (bitmap, len(hashes))
         return bitmap
 
@@ -57,7 +61,12 @@ class SampleCache:
 
 
 class Executor:
-    """Evaluates plan steps against one shard's profile store (and event store, segments)."""
+    """Evaluates plan steps against one shard's profile store (and event store, segments).
+
+    The caches (``samples``, ``nulls``) are shared by every call; the clock is per call:
+    ``evaluate`` and ``count`` run on a per-call view (``at``), so queries on one shard may run
+    in several threads at once.
+    """
 
     def __init__(self, store: ProfileStore, events=None, segments: Callable[[str], BitMap] | None = None):
         self.store = store
@@ -65,23 +74,29 @@ class Executor:
         self.segments = segments
         self.samples = SampleCache()
         self.nulls: dict[str, tuple[int | None, BitMap]] = {}  # IS NULL bitmaps per attribute
-        self.now = 0
+        self.now = 0  # the clock of this view (see ``at``)
 
     # -- entry points -----------------------------------------------------------------------
+    def at(self, now: int) -> "Executor":
+        """A view of this executor for one call at clock ``now`` (same store and caches)."""
+        call = object.__new__(type(self))
+        call.__dict__.update(self.__dict__)
+        call.now = now
+        return call
+
     def evaluate(self, step: Step, now: int) -> BitMap:
         """The exact set of live rows selected by ``step`` at clock ``now``."""
-        self.now = now
-        return self.visit(step, None)
+        return self.at(now).visit(step, None)
 
     def count(self, step: Step, now: int) -> int:
         """The number of rows selected by ``step``; the last intersection is counted, not built."""
-        self.now = now
+        call = self.at(now)
         if isinstance(step, Intersect):
-            return self._intersect(step, None, count_only=True)
+            return call._intersect(step, None, count_only=True)
         if isinstance(step, Union) and len(step.items) == 2:  # |A| + |B| - |A & B|: the union is never built
-            first, second = (self.visit(item, None) for item in step.items)
+            first, second = (call.visit(item, None) for item in step.items)
             return len(first) + len(second) - first.intersection_cardinality(second)
-        return len(self.visit(step, None))
+        return len(call.visit(step, None))
 
     # -- dispatch ---------------------------------------------------------------------------
     def visit(self, step: Step, found: BitMap | None) -> BitMap:

@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from ..commands import Command, UpdateSchema
+from ..concurrency import PublishLock
 from ..errors import DataCorruption, DataDirMismatch, ShardError
 from ..schema import Schema
 from ..shard.group import ShardGroup
@@ -57,6 +58,7 @@ class Coordinator(Protocol):
     schema: Schema
     n_shards: int
     shards: ShardGroup
+    publish: PublishLock  # held for writing by ``apply``; a snapshot's capture excludes writers
 
     def apply(self, command: Command, seq: int) -> Any:
         """Apply logged ``command`` (log record ``seq``) to the shards and the catalog; its result."""
@@ -218,7 +220,7 @@ class DataDir:
             began = time.perf_counter()
             snapshot_id = (self.manifest["id"] if self.manifest else 0) + 1
             shards = self.engine.shards
-            with self.pipeline.paused() as seq:
+            with self.pipeline.paused() as seq, self.engine.publish.excluding_writers():  # reads go on
                 self._reload_respawned()
                 paused_at = time.perf_counter()
                 logged_at = self.pipeline.bytes_logged

@@ -14,19 +14,17 @@ every reply; Ray: submit every call, then get every result).
 """
 from __future__ import annotations
 
-import threading
 from typing import Any, Iterator, Sequence
 
 
 class ShardGroup(Sequence):
-    """In-process shards, called sequentially."""
+    """In-process shards, called sequentially (from any number of threads at once: reads run
+    alongside each other; the engine's publish lock keeps writes apart from them)."""
 
     backend = "local"
 
     def __init__(self, shards: Sequence[Any]):
         self.shards = list(shards)
-        # in-process shards keep scratch state (executor clock, DID counters): one call at a time
-        self.lock = threading.RLock()
 
     def __getitem__(self, index):  # type: ignore[override]
         return self.shards[index]
@@ -39,9 +37,8 @@ class ShardGroup(Sequence):
 
     def call_each(self, method: str, args_per_shard: Sequence[tuple | None]) -> list[Any]:
         """``shard_i.method(*args_per_shard[i])`` for every shard; None args skip a shard (answer None)."""
-        with self.lock:
-            return [None if args is None else getattr(shard, method)(*args)
-                    for shard, args in zip(self.shards, args_per_shard)]
+        return [None if args is None else getattr(shard, method)(*args)
+                for shard, args in zip(self.shards, args_per_shard)]
 
     def call_all(self, method: str, *args: Any) -> list[Any]:
         """``shard.method(*args)`` on every shard, in shard order."""

@@ -18,6 +18,7 @@ per type, then maintained by later appends like the day bitmaps.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,9 @@ SLOT_MS = 300_000
 SLOT_CACHE_DAYS = 8
 #: A partial-day window with at most this many events is scanned instead of building the day's slots.
 SLOT_BUILD_MIN_EVENTS = 8192
+#: Held while a query builds a structure on demand (slot bitmaps, latest times), so queries in
+#: several threads build each once and see it only when whole.
+_BUILD_LOCK = threading.Lock()
 
 
 #: Float properties are kept as int32 multiples of 1/FLOAT_SCALE (money in cents: half the bytes)
@@ -102,7 +106,7 @@ def time_order(ts: np.ndarray) -> np.ndarray:
     return keys
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def merge_order(a, b):
     """Positions (in a + b concatenated) that merge two time-sorted arrays stably (a first on ties)."""
     na, nb = len(a), len(b)
@@ -127,7 +131,7 @@ def merge_order(a, b):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def max_at(target, rows, ts):
     """target[row] = max(target[row], ts) for each event."""
     for i in range(len(rows)):
@@ -372,17 +376,36 @@ class EventTypeStore:
         """True if the slot bitmaps of UTC ``day`` are kept."""
         return day in self.slot_days
 
-    def ensure_slots(self, day: int) -> None:
-        """Build (or mark recently used) the slot bitmaps of UTC ``day``; keeps at most SLOT_CACHE_DAYS days."""
-        if day in self.slot_days:
-            self.slot_days[day] = self.slot_days.pop(day)  # most recently used last
-            return
-        per_day = DAY_MS // SLOT_MS
-        while len(self.slot_days) >= SLOT_CACHE_DAYS:
-            old = next(iter(self.slot_days))
-            del self.slot_days[old]
-            for slot in range(old * per_day, (old + 1) * per_day):
-                self.slots.pop(slot, None)
+    def ensure_slots(self, day: int) -> dict[int, BitMap]:
+        """Build (or mark recently used) the slot bitmaps of UTC ``day``; keeps at most SLOT_CACHE_DAYS days.
+
+        Returns the slot dict that holds the day. Queries in several threads may call this at once:
+        changes go to a new dict (copy on write, under ``_BUILD_LOCK``), so a dict once returned
+        keeps its days even when a later call evicts them.
+        """
+        with _BUILD_LOCK:
+            slots, days = self.slots, self.slot_days
+            if day in days:
+                if next(reversed(days)) != day:
+                    days = dict(days)
+                    del days[day]
+                    days[day] = None  # most recently used last
+                    self.slot_days = days
+                return slots
+            slots, days = dict(slots), dict(days)
+            per_day = DAY_MS // SLOT_MS
+            while len(days) >= SLOT_CACHE_DAYS:
+                old = next(iter(days))
+                del days[old]
+                for slot in range(old * per_day, (old + 1) * per_day):
+                    slots.pop(slot, None)
+            self._build_slots(day, slots)
+            days[day] = None
+            self.slots, self.slot_days = slots, days
+            return slots
+
+    def _build_slots(self, day: int, slots: dict[int, BitMap]) -> None:
+        """Put the slot bitmaps of UTC ``day`` into ``slots``."""
         per_slot: dict[int, list[np.ndarray]] = {}
         for part in self.window(day * DAY_MS, (day + 1) * DAY_MS - 1):
             base_slot, skew = divmod(part.base, SLOT_MS)
@@ -395,8 +418,7 @@ class EventTypeStore:
                 if stop > start:
                     per_slot.setdefault(base_slot + k, []).append(part.rows[start:stop])
         for slot, parts in per_slot.items():
-            self.slots[slot] = to_bitmap(np.concatenate(parts) if len(parts) > 1 else parts[0])
-        self.slot_days[day] = None
+            slots[slot] = to_bitmap(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
     def window(self, lo: int, hi: int) -> list[Run]:
         """The events with lo <= ts <= hi, as slices (views) of each run."""
@@ -415,13 +437,16 @@ class EventTypeStore:
     def latest_before(self, now: int, size: int) -> np.ndarray:
         """Per row, the latest timestamp of this type with ts <= now (NO_TIME if none)."""
         if self.max_ts <= now:
-            if self.last_ts is None:
-                self.last_ts = GrowableArray(np.int64, NO_TIME)
-                self.last_ts.ensure(size)
-                for run in self.runs:
-                    max_at(self.last_ts.data, run.rows, run.absolute_ts())
-            self.last_ts.ensure(size)
-            return self.last_ts.data[:size]
+            with _BUILD_LOCK:  # built once and published whole: concurrent queries never see it half-built
+                latest = self.last_ts
+                if latest is None:
+                    latest = GrowableArray(np.int64, NO_TIME)
+                    latest.ensure(size)
+                    for run in self.runs:
+                        max_at(latest.data, run.rows, run.absolute_ts())
+                    self.last_ts = latest
+                latest.ensure(size)
+                return latest.data[:size]
         latest = np.full(size, NO_TIME, dtype=np.int64)
         for part in self.window(NO_TIME, now):
             max_at(latest, part.rows, part.absolute_ts())

@@ -23,6 +23,7 @@ from pyroaring import BitMap
 from ..columns import ValueColumn
 from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
+from .lru import drop_oldest
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -425,14 +426,14 @@ class NumericIndex:
             seen = self.__dict__.setdefault("_range_seen", {})
             if seen.pop(key, None) is None:
                 if len(seen) >= RANGE_SEEN:
-                    del seen[next(iter(seen))]
+                    drop_oldest(seen)
                 seen[key] = True
                 return None
             bitmap = self._evaluate(span, None)
             if outside:
                 bitmap = self.notnull - bitmap
             if len(cache) >= RANGE_CACHE:
-                del cache[next(iter(cache))]
+                drop_oldest(cache)
         cache[key] = bitmap  # most recent last
         return bitmap
 
@@ -465,7 +466,7 @@ class NumericIndex:
         if rows is None:
             rows = self._prefix(k) - self._prefix(k - 1)
             if len(cache) >= BIN_CACHE:
-                del cache[next(iter(cache))]
+                drop_oldest(cache)
         cache[k] = rows  # most recent last
         return rows
 

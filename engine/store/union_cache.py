@@ -21,6 +21,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from .bitmaps import to_bitmap, union_all
+from .lru import drop_oldest
 
 #: Unions kept per index (most recently used last).
 UNION_CACHE = 8
@@ -42,12 +43,12 @@ class UnionCache:
         if kept is None:
             if self.seen.pop(codes, None) is None:
                 if len(self.seen) >= UNION_SEEN:
-                    del self.seen[next(iter(self.seen))]
+                    drop_oldest(self.seen)
                 self.seen[codes] = True
                 return None
             kept = union_all([bitmaps[c] for c in sorted(codes)])
             if len(self.kept) >= UNION_CACHE:
-                del self.kept[next(iter(self.kept))]
+                drop_oldest(self.kept)
         self.kept[codes] = kept
         return kept
 

@@ -1,0 +1,198 @@
+"""The engine's publish lock: readers see the state before or after a write, never half of it.
+
+``PublishLock`` is a writer-preferring readers/writer lock. Every engine read holds it shared
+for the duration of its shard calls; every write's application to the shards (with the
+coordinator's catalog update and change publishing) holds it exclusively, so a write that spans
+shards becomes visible to readers at once. Once a writer waits, new readers wait behind it;
+readers that waited for a write all go in when it ends, before the next writer (so a stream
+of writes cannot starve readers: a reader waits for at most the write running and the next).
+
+A snapshot's capture ``pins`` the lock (``excluding_writers``): writers wait for it to end, but
+a writer waiting for a pin does not hold readers back (a capture can take a second at 10M
+profiles; reads go on during it).
+
+Both modes are reentrant per thread (a read inside a read or a write, a write inside a write);
+upgrading a read share to a write is refused (RuntimeError) rather than deadlocking. Waiting
+is bounded by an explicit ``timeout`` or, when none is given, by the thread's current
+``deadline`` (set by a server around a call), and raises ``PublishTimeout`` when it passes.
+
+>>> lock = PublishLock()
+>>> with lock.reading():
+...     with lock.reading():
+...         lock.readers
+1
+>>> with lock.writing():
+...     lock.writer is not None
+True
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Iterator
+
+from .errors import SegengineError
+
+
+class PublishTimeout(SegengineError):
+    """The caller's deadline passed while it waited for the engine."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
+class PublishLock:
+    """A writer-preferring, per-thread reentrant readers/writer lock with deadlines."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition(threading.Lock())
+        self.readers = 0  # threads holding a read share
+        self.writer: int | None = None  # ident of the thread holding the write
+        self.writers_waiting = 0
+        self.blocked = 0  # readers waiting for a write to end
+        self.grants = 0  # writes ended (each admits the readers blocked meanwhile)
+        self.pins = 0  # captures in progress (see excluding_writers)
+        self._local = threading.local()
+
+    # -- per-thread state -------------------------------------------------------------------
+    def _held(self) -> int:
+        return getattr(self._local, "shares", 0)
+
+    def holds_read(self) -> bool:
+        """True if the current thread holds a read share (so it must not write)."""
+        return self._held() > 0
+
+    def holds_write(self) -> bool:
+        """True if the current thread holds the write."""
+        return self.writer == threading.get_ident()
+
+    @property
+    def pinned(self) -> bool:
+        """True while a capture keeps writers out (see ``excluding_writers``)."""
+        return self.pins > 0
+
+    @contextmanager
+    def deadline(self, seconds: float | None) -> Iterator[None]:
+        """Bound every wait of this thread inside the block to ``seconds`` from now (None: no bound)."""
+        previous = getattr(self._local, "until", None)
+        self._local.until = None if seconds is None else time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._local.until = previous
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        if timeout is not None:
+            return max(timeout, 0.0)
+        until = getattr(self._local, "until", None)
+        return None if until is None else max(until - time.monotonic(), 0.0)
+
+    # -- read shares ------------------------------------------------------------------------
+    def acquire_read(self, timeout: float | None = None, blocking: bool = True) -> bool:
+        """Take a read share; False if the timeout passed (or, not ``blocking``, a write runs or waits)."""
+        if self._held() or self.holds_write():
+            self._local.shares = self._held() + 1
+            return True
+        with self.changed:
+            if self.writer is None and not self.writers_waiting:
+                self.readers += 1
+            elif not blocking:
+                return False
+            else:
+                epoch = self.grants
+                self.blocked += 1
+                self.changed.wait_for(lambda: self.grants != epoch or (self.writer is None and not self.writers_waiting),
+                                      self._timeout(timeout))
+                if self.grants == epoch:  # not admitted by a write's end (release_write counts those in)
+                    self.blocked -= 1
+                    if self.writer is not None or self.writers_waiting:
+                        return False
+                    self.readers += 1
+        self._local.shares = 1
+        return True
+
+    def release_read(self) -> None:
+        """Give back a read share taken by this thread."""
+        shares = self._held() - 1
+        self._local.shares = shares
+        if shares or self.holds_write():
+            return
+        with self.changed:
+            self.readers -= 1
+            if not self.readers:
+                self.changed.notify_all()
+
+    def reading(self, timeout: float | None = None) -> ContextManager[None]:
+        """Hold a read share for the block (PublishTimeout if it cannot be had in time)."""
+        return _holding(self.acquire_read, self.release_read, timeout)
+
+    # -- the write --------------------------------------------------------------------------
+    def acquire_write(self, timeout: float | None = None) -> bool:
+        """Take the write (alone: no reader, no other writer); False if the timeout passed."""
+        me = threading.get_ident()
+        if self.writer == me:
+            self._local.writes = getattr(self._local, "writes", 0) + 1
+            return True
+        if self._held():
+            raise RuntimeError("a thread holding a read share of the engine cannot write")
+        limit = self._timeout(timeout)
+        until = None if limit is None else time.monotonic() + limit
+        with self.changed:
+            # first wait out captures without holding readers back, then queue ahead of new readers
+            if not self.changed.wait_for(lambda: not self.pins, limit):
+                return False
+            self.writers_waiting += 1
+            try:
+                left = None if until is None else max(until - time.monotonic(), 0.0)
+                ok = self.changed.wait_for(lambda: self.writer is None and not self.readers and not self.pins, left)
+            finally:
+                self.writers_waiting -= 1
+            if not ok:
+                self.changed.notify_all()  # readers held back by this writer may go on
+                return False
+            self.writer = me
+        self._local.writes = 1
+        return True
+
+    def release_write(self) -> None:
+        """Give back the write taken by this thread."""
+        self._local.writes -= 1
+        if self._local.writes:
+            return
+        with self.changed:
+            self.writer = None
+            self.readers += self.blocked  # the readers that waited go in before the next writer
+            self.blocked = 0
+            self.grants += 1
+            self.changed.notify_all()
+
+    def writing(self, timeout: float | None = None) -> ContextManager[None]:
+        """Hold the write for the block (PublishTimeout if it cannot be had in time)."""
+        return _holding(self.acquire_write, self.release_write, timeout)
+
+    # -- captures ---------------------------------------------------------------------------
+    @contextmanager
+    def excluding_writers(self, timeout: float | None = None) -> Iterator[None]:
+        """Keep writers out for the block while readers go on (a snapshot's capture)."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.writer is None and not self.writers_waiting,
+                                         self._timeout(timeout)):
+                raise PublishTimeout("deadline exceeded while waiting for the engine")
+            self.pins += 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.pins -= 1
+                self.changed.notify_all()
+
+
+@contextmanager
+def _holding(acquire: Callable[[float | None], bool], release: Callable[[], None],
+             timeout: float | None) -> Iterator[None]:
+    if not acquire(timeout):
+        raise PublishTimeout("deadline exceeded while waiting for the engine")
+    try:
+        yield
+    finally:
+        release()
