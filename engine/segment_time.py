@@ -53,6 +53,28 @@ def segment_refs(step: Step) -> frozenset[str]:
     return frozenset(node.name for node in predicates(step) if isinstance(node, ast.SegmentRef))
 
 
+#: Predicates that read no event (a write of events changes their answer only for new profiles).
+PROFILE_PREDICATES = (ast.All, ast.Compare, ast.In, ast.Between, ast.IsNull, ast.Has, ast.Consented,
+                      ast.SegmentRef, ast.Sample)
+
+
+def event_types_read(step: Step) -> frozenset[str] | None:
+    """The event types whose events a plan reads (None: it may read any, for predicates not listed here).
+
+    ``SEGMENT`` references count as reading nothing: changes of a referenced segment reach the
+    segments that read it through ``SavedSegments``' cascade.
+    """
+    read: set[str] = set()
+    for node in predicates(step):
+        if isinstance(node, ast.Did):
+            read.add(node.event)
+            if node.after_last is not None:
+                read.add(node.after_last)
+        elif not isinstance(node, PROFILE_PREDICATES):
+            return None
+    return frozenset(read)
+
+
 def mentions_now(node: ast.Node | None) -> bool:
     """True if ``node`` (or a sub-query) has a ``NOW`` literal."""
     if node is None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numba
 import numpy as np
@@ -46,7 +46,8 @@ from .exec.did import CMP
 from .exec.executor import Executor
 from .plan.steps import Step
 from .query import ast
-from .segment_time import SortedColumn, is_clocked, mentions_now, predicates, segment_refs, time_candidates
+from .segment_time import (SortedColumn, event_types_read, is_clocked, mentions_now, predicates, segment_refs,
+                           time_candidates)
 from .store.bitmaps import rows_of, to_bitmap, union_all
 from .store.events import NO_TIME, EventStore, EventTypeStore
 from .store.numeric import NumericIndex
@@ -432,8 +433,16 @@ class SavedSegments:
         return sorted(slot_names[s] for s in self.members.slots_of(row))  # type: ignore[misc]
 
     # -- keeping current --------------------------------------------------------------------
-    def sync(self, touched: np.ndarray | BitMap | None, now: int | None) -> None:
-        """Bring every segment to clock ``max(now, self.now)`` after a write to rows ``touched``."""
+    def sync(self, touched: np.ndarray | BitMap | None, now: int | None,
+             attributes: Iterable[str] | None = None, events: Iterable[str] | None = None,
+             created: BitMap | None = None) -> None:
+        """Bring every segment to clock ``max(now, self.now)`` after a write to rows ``touched``.
+
+        ``attributes``: the attributes the write may have changed (None: any; event writes change
+        none). ``events``: the event types it added events of (None: any profile data may have
+        changed, so every segment is re-evaluated on ``touched``); then a segment that reads none
+        of them is re-evaluated on ``created`` only (the profiles the write created).
+        """
         if not self.catalog.defs:
             self.now = None  # no materialisation, no clock: the first segment starts at its own
             return
@@ -449,10 +458,18 @@ class SavedSegments:
                     seeds[name] = time_candidates(d.step, before, self.now, self.events, self._attribute_rows)
         if touched is not None and len(touched):
             rows = touched if isinstance(touched, BitMap) else to_bitmap(np.asarray(touched))
-            for column in self.sorted_columns.values():
-                column.touch(rows)
+            changed = self.sorted_columns if attributes is None else [a for a in attributes if a in self.sorted_columns]
+            for name in changed:
+                self.sorted_columns[name].touch(rows)
+            written = None if events is None else frozenset(events)
             for name in self.catalog.order:
-                seeds[name] = seeds[name] | rows if name in seeds else rows
+                seed = rows
+                if written is not None:
+                    reads = event_types_read(self.catalog.defs[name].step)
+                    if reads is not None and not reads & written:
+                        seed = created if created is not None else BitMap()
+                if len(seed):
+                    seeds[name] = seeds[name] | seed if name in seeds else seed
         if seeds:
             self._cascade(seeds, {})
 

@@ -22,6 +22,7 @@ from ..persist.shard_persistence import ShardPersistence
 from ..schema import EventRecord, ProfileUpdate, Schema
 from ..schema_change import diff
 from ..segments import SavedSegments
+from ..store.bitmaps import to_bitmap
 from ..store.events import EventStore
 from ..store.memory import release_free_memory, tune_allocator
 from ..store.profiles import ProfileStore
@@ -71,13 +72,14 @@ class LocalShard:
         ``now`` (epoch ms; None = wall clock) is the clock saved segments are brought to.
         """
         if updates:
-            self.saved.sync(self.profiles.apply_updates(updates), now)
+            self.saved.sync(self.profiles.apply_updates(updates), now, {name for u in updates for name in u.attrs})
         return len(updates)
 
     def track(self, events: list[EventRecord], now: int | None = None) -> int:
         """Append validated events (creating unknown profiles); returns how many were applied."""
         if not events:
             return 0
+        known = len(self.profiles.idmap)
         rows = self.profiles.ensure_rows([e.id for e in events], repeats=True)
         by_type: dict[str, list[int]] = {}
         for position, event in enumerate(events):
@@ -91,20 +93,21 @@ class LocalShard:
             }
             ts = np.fromiter((events[p].ts for p in positions), dtype=np.int64, count=len(positions))
             self.events.types[name].append(rows[positions], ts, columns)
-        self.saved.sync(rows, now)
+        self.saved.sync(rows, now, (), by_type, _created(rows, known))
         return len(events)
 
     def load_profiles(self, batch: ProfileBatch, now: int | None = None) -> int:
         """Apply a columnar profile batch."""
-        self.saved.sync(self.profiles.load_batch(batch), now)
+        self.saved.sync(self.profiles.load_batch(batch), now, batch.columns)
         release_free_memory()
         return len(batch)
 
     def load_events(self, batch: EventBatch, now: int | None = None) -> int:
         """Append a columnar event batch."""
+        known = len(self.profiles.idmap)
         rows = self.profiles.ensure_rows(batch.ids, repeats=True)
         self.events.types[batch.event].append(rows, batch.ts, batch.props)
-        self.saved.sync(rows, now)
+        self.saved.sync(rows, now, (), (batch.event,), _created(rows, known))
         release_free_memory()
         return len(batch)
 
@@ -227,3 +230,8 @@ class LocalShard:
             "segments": len(self.saved.catalog),
             "segment_bytes": self.saved.nbytes,
         }
+
+
+def _created(rows: np.ndarray, known: int) -> BitMap:
+    """The rows of ``rows`` at or past ``known`` (profiles a write created)."""
+    return to_bitmap(np.unique(rows[rows >= known]))
