@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import warnings
 from typing import Any, Sequence
 
 from ..errors import ShardError
@@ -36,7 +37,9 @@ class ShardActor:
 
         from .worker import ShardServer, load_factory
 
-        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray's property reads its own deprecated ``actor_id``
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
         shard = load_factory(factory)(Schema.from_dict(schema_spec), shard_id, data_dir, restarted)
         self.server = ShardServer(shard)
 
