@@ -101,9 +101,10 @@ class ProcessShard(RemoteShard):
     def _spawn(self) -> None:
         """Start a worker (it serves requests from ``next_id`` on) and send it the start message."""
         ctrl, ctrl_theirs = socket.socketpair()
+        bell, bell_theirs = socket.socketpair()
         pairs = [socket.socketpair() for _ in self.pool.lanes]
         counter = os.memfd_create(f"segengine-shard-{self.shard_id}")
-        theirs = [ctrl_theirs.fileno(), counter] + [their.fileno() for _, their in pairs]
+        theirs = [ctrl_theirs.fileno(), counter, bell_theirs.fileno()] + [their.fileno() for _, their in pairs]
         try:
             os.ftruncate(counter, PROGRESS_SIZE)
             self.progress = Progress(counter)
@@ -116,10 +117,12 @@ class ProcessShard(RemoteShard):
                 pass_fds=theirs, stdin=subprocess.DEVNULL, env=env)
         finally:
             ctrl_theirs.close()
+            bell_theirs.close()
             os.close(counter)
             for _, their in pairs:
                 their.close()
         self.ctrl = FrameChannel(ctrl)
+        self.doorbell = bell  # a byte asks a busy worker to read its lanes (see engine.shard.worker.Worker)
         self.started = False  # the start reply has been read
         self.generation += 1
         with self.lock:
@@ -132,6 +135,7 @@ class ProcessShard(RemoteShard):
     def _release_process(self, kill: bool) -> int | None:
         """Close the control socket and reap the worker (killing it if ``kill`` or it overstays); its exit code."""
         self.ctrl.close()
+        self.doorbell.close()
         if kill:
             self.proc.kill()
         try:
@@ -204,8 +208,17 @@ class ProcessShard(RemoteShard):
             try:
                 for request, chan in zip(behind, chans):
                     chan.send(messages.HEADER.pack(request.id) + request.body)  # type: ignore[union-attr]
+                if len(behind) > 1:
+                    self._ring()
             except OSError:
                 pass  # the new worker is gone too: its callers see EOF and replace it
+
+    def _ring(self) -> None:
+        """Ask the worker to read its lanes although it is serving (a hint: a full doorbell has rung)."""
+        try:
+            self.doorbell.send(b"\0", socket.MSG_DONTWAIT)
+        except (BlockingIOError, OSError):
+            pass
 
     @property
     def pid(self) -> int:
@@ -247,6 +260,7 @@ class ProcessShard(RemoteShard):
             if self.closed:
                 raise ShardError(f"shard {self.shard_id} is closed")
             with self.lock:
+                busy = bool(self.pending)  # the worker may be serving: it is not reading its lanes
                 request = _Request(self.next_id, method, body, lane, self.generation)
                 self.next_id += 1
                 self.pending[request.id] = request
@@ -255,6 +269,8 @@ class ProcessShard(RemoteShard):
             frame = messages.HEADER.pack(request.id) + body
             try:
                 chan.send(frame)
+                if busy:
+                    self._ring()
             except OSError:  # the worker is gone (it died while idle): this request fails
                 self._replace_worker(request.generation)
             except BaseException:  # interrupted: the worker must still get this number, or it waits for good

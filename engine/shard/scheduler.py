@@ -48,24 +48,33 @@ class Scheduler:
 
     def take(self) -> Any | None:
         """The request to start now, or None if none may start."""
+        index = self._pick()
+        return None if index is None else self._start(index)
+
+    def runnable(self) -> bool:
+        """Whether ``take`` would return a request."""
+        return self._pick() is not None
+
+    def _pick(self) -> int | None:
+        """The position in ``waiting`` of the request to start now."""
         if self.writing or not self.waiting:
             return None
         first_query = None
-        for index, (item, kind) in enumerate(self.waiting):
+        for index, (_, kind) in enumerate(self.waiting):
             if kind is Access.WRITE:
                 if index == 0 and not self.running:
-                    return self._start(index, item, kind)
+                    return 0
                 break
             if kind is Access.POINT:
-                return self._start(index, item, kind)
+                return index
             if first_query is None:
                 first_query = index
         if first_query is not None and self.queries < self.max_queries:
-            item, kind = self.waiting[first_query]
-            return self._start(first_query, item, kind)
+            return first_query
         return None
 
-    def _start(self, index: int, item: Any, kind: Access) -> Any:
+    def _start(self, index: int) -> Any:
+        item, kind = self.waiting[index]
         del self.waiting[index]
         self.running[id(item)] = kind
         self.queries += kind is Access.QUERY

@@ -40,6 +40,9 @@ THREADS = 4
 #: The worker's GIL switch interval: a point read waits at most this long for a running query to
 #: let it run (Python's default is 5 ms).
 SWITCH_INTERVAL_S = 0.0005
+#: How long an idle worker polls its lanes for the next request before it sleeps
+#: (``SEGENGINE_WORKER_SPIN_US`` overrides it; 0 turns it off). See docs/shards.md for its worth.
+SPIN_S = float(os.environ.get("SEGENGINE_WORKER_SPIN_US", 1000)) / 1e6
 
 
 def open_shard(schema: Schema, shard_id: int, data_dir: str | None = None, respawn: bool = False) -> LocalShard:
@@ -142,15 +145,19 @@ class Worker:
 
     The threads take turns (leader/follower): one waits for requests on the lanes and admits
     them in id order; a thread that finds a request it may start (engine/shard/scheduler.py)
-    serves it, first waking an idle thread to take over the waiting. A request is served by
-    the thread that read it, with no hand-off, when the worker was idle.
+    serves it. So a request that reaches an idle worker is served by the thread that read it,
+    with no hand-off and no other thread woken. While it serves, nobody reads the lanes until
+    the coordinator rings the doorbell (a byte on its own socket, sent with a request to a
+    worker that has other requests in flight): the doorbell thread then wakes an idle thread,
+    which takes over the reading.
     """
 
-    def __init__(self, server: ShardServer, ctrl_fd: int, lane_fds: list[int], progress: Progress,
-                 first_id: int, threads: int = THREADS):
+    def __init__(self, server: ShardServer, ctrl_fd: int, doorbell_fd: int, lane_fds: list[int],
+                 progress: Progress, first_id: int, threads: int = THREADS):
         self.server = server
         self.progress = progress
         self.ctrl_fd = ctrl_fd
+        self.doorbell = socket.socket(fileno=doorbell_fd)
         self.lanes = {fd: _Lane(FrameChannel(socket.socket(fileno=fd))) for fd in lane_fds}
         self.ready = select.poll()
         for fd in [ctrl_fd, *self.lanes]:
@@ -167,7 +174,20 @@ class Worker:
         """Serve until the control socket reaches EOF."""
         for n in range(self.threads):
             threading.Thread(target=self._serve, name=f"shard-worker-{n}", daemon=True).start()
+        threading.Thread(target=self._answer_doorbell, name="shard-doorbell", daemon=True).start()
         self.stopped.wait()
+
+    def _answer_doorbell(self) -> None:
+        """Wake an idle thread to read the lanes each time the coordinator rings."""
+        while True:
+            try:
+                if not self.doorbell.recv(4096):
+                    return
+            except OSError:
+                return
+            with self.cond:
+                if not self.polling:
+                    self.cond.notify()
 
     def _serve(self) -> None:
         cond = self.cond
@@ -176,8 +196,8 @@ class Worker:
             while not self.stopped.is_set():
                 request = self.scheduler.take()
                 if request is not None:
-                    if not self.polling or self.scheduler.waiting:
-                        cond.notify()  # an idle thread waits on the lanes instead, or serves another request
+                    if self.scheduler.runnable():
+                        cond.notify()  # an idle thread serves the next one
                     cond.release()
                     try:
                         self._run(request)
@@ -188,9 +208,10 @@ class Worker:
                     cond.wait()
                 else:
                     self.polling = True
+                    spin = SPIN_S if self.scheduler.idle() else 0.0
                     cond.release()
                     try:
-                        frames = self._read()
+                        frames = self._read(spin)
                     finally:
                         cond.acquire()
                         self.polling = False
@@ -207,11 +228,11 @@ class Worker:
         request.lane.reply(self.server.handle(request.frame))
         self.progress.answer(request.id)
 
-    def _read(self) -> list[tuple[_Lane, bytes]] | None:
-        """The frames the lanes hold once any has some (waiting for them); None once the control
-        socket is closed."""
+    def _read(self, spin_s: float) -> list[tuple[_Lane, bytes]] | None:
+        """The frames the lanes hold once any has some (waiting for them, polling for ``spin_s``
+        first); None once the control socket is closed."""
         frames: list[tuple[_Lane, bytes]] = []
-        for fd, _ in self.ready.poll():
+        for fd, _ in (spin_s and _spin(self.ready, spin_s)) or self.ready.poll():
             if fd == self.ctrl_fd:
                 return None  # nothing comes on it after the start: this is EOF
             lane = self.lanes[fd]
@@ -239,6 +260,18 @@ class Worker:
             self.expected += 1
 
 
+def _spin(ready: "select.poll", seconds: float) -> list[tuple[int, int]]:
+    """Poll for up to ``seconds``, giving the CPU away between polls; the ready sockets' events,
+    or [] if none became ready in time."""
+    clock = time.perf_counter
+    deadline = clock() + seconds
+    while True:
+        events = ready.poll(0)
+        if events or clock() > deadline:
+            return events
+        os.sched_yield()
+
+
 def _watch_parent(parent: int) -> None:
     """End this process soon after the coordinator dies (also when the shard is busy)."""
     while os.getppid() == parent:
@@ -246,14 +279,15 @@ def _watch_parent(parent: int) -> None:
     os._exit(3)
 
 
-def serve(ctrl_fd: int, progress_fd: int, lane_fds: list[int]) -> None:
+def serve(ctrl_fd: int, progress_fd: int, doorbell_fd: int, lane_fds: list[int]) -> None:
     """Serve one shard until the control socket ``ctrl_fd`` reaches EOF.
 
     The first frame on the control socket is the start message ``{"schema", "shard_id",
     "data_dir", "respawn", "first_id", "factory"}`` (msgpack), answered there with this process
     id or the error that stopped the start. Requests come on the lanes ``lane_fds``, numbered
     from ``first_id``; each reply goes back on the lane its request came on. The worker records
-    the requests it starts and answers in the shared file ``progress_fd`` (engine/shard/progress.py).
+    the requests it starts and answers in the shared file ``progress_fd`` (engine/shard/progress.py);
+    a byte on ``doorbell_fd`` asks it to read its lanes while it serves.
     """
     ctrl = FrameChannel(socket.socket(fileno=ctrl_fd))
     progress = Progress(progress_fd)
@@ -270,18 +304,18 @@ def serve(ctrl_fd: int, progress_fd: int, lane_fds: list[int]) -> None:
     except Exception as error:
         ctrl.send(messages.encode_error(0, error))
         return
-    Worker(server, ctrl_fd, lane_fds, progress, int(start["first_id"])).run()
+    Worker(server, ctrl_fd, doorbell_fd, lane_fds, progress, int(start["first_id"])).run()
 
 
 def main(argv: list[str]) -> None:
-    """Entry point: ``python -m engine.shard.worker PARENT_PID CTRL_FD,PROGRESS_FD,LANE_FD,...``."""
+    """Entry point: ``python -m engine.shard.worker PARENT_PID CTRL_FD,PROGRESS_FD,DOORBELL_FD,LANE_FD,...``."""
     parent = int(argv[0])
-    ctrl_fd, progress_fd, *lane_fds = (int(fd) for fd in argv[1].split(","))
+    ctrl_fd, progress_fd, doorbell_fd, *lane_fds = (int(fd) for fd in argv[1].split(","))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the coordinator, which closes its shards
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
     try:
-        serve(ctrl_fd, progress_fd, lane_fds)
+        serve(ctrl_fd, progress_fd, doorbell_fd, lane_fds)
     except (BrokenPipeError, ConnectionResetError):
         pass
 
