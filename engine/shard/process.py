@@ -3,9 +3,9 @@
 Each worker is a fresh interpreter (``python -m engine.shard.worker``: the spawn model, but
 without multiprocessing's re-import of the coordinator's ``__main__``, which would pull gRPC
 into the worker). It is started with its ends of a control socket (the start message and its
-reply; closing it tells the worker to exit), of every lane of its group (engine/shard/lanes.py)
-and of a shared file in which it records the requests it starts and answers
-(engine/shard/progress.py); the sockets carry length-prefixed msgpack frames.
+reply; closing it tells the worker to exit), of every lane of its group (engine/shard/lanes.py),
+of a doorbell socket and of a shared file in which it records the requests it starts and
+answers (engine/shard/progress.py); the lanes carry length-prefixed msgpack frames.
 
 Concurrency (the engine is called from many threads): a caller takes a lane, sends its
 requests into the lane's sockets and reads its own replies from them, so the kernel wakes the
@@ -13,7 +13,8 @@ caller a reply is for and no thread hands replies to another. Requests are sent 
 for all shards, and each shard numbers its requests (ids 1, 2, 3, ...), so every shard sees
 concurrent fan-outs in the same order. A worker admits the requests of all lanes in id order
 and serves them with a few threads: reads at once, writes alone and in id order
-(engine/shard/scheduler.py); a busy worker goes on reading its lanes.
+(engine/shard/scheduler.py). A request sent to a worker that has others in flight also rings
+its doorbell, so that a busy worker reads its lanes (engine/shard/worker.py).
 
 Faults: a dead worker closes all its sockets, so every caller waiting on it sees EOF at once.
 The shared file tells the coordinator which unanswered requests the worker had started. Those

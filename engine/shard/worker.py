@@ -168,6 +168,7 @@ class Worker:
         self.queued: dict[int, _Request] = {}  # read, not yet admitted (an earlier id is missing)
         self.expected = first_id  # the next id to admit
         self.polling = False  # a thread is waiting on the lanes
+        self.rung = False  # the doorbell rang while a thread was reading the lanes
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -186,7 +187,9 @@ class Worker:
             except OSError:
                 return
             with self.cond:
-                if not self.polling:
+                if self.polling:
+                    self.rung = True  # the reader may have drained the lanes before this request came
+                else:
                     self.cond.notify()
 
     def _serve(self) -> None:
@@ -196,8 +199,9 @@ class Worker:
             while not self.stopped.is_set():
                 request = self.scheduler.take()
                 if request is not None:
-                    if self.scheduler.runnable():
-                        cond.notify()  # an idle thread serves the next one
+                    if self.scheduler.runnable() or (self.rung and not self.polling):
+                        self.rung = False
+                        cond.notify()  # an idle thread serves the next request, or reads the lanes
                     cond.release()
                     try:
                         self._run(request)
@@ -207,7 +211,7 @@ class Worker:
                 elif self.polling:
                     cond.wait()
                 else:
-                    self.polling = True
+                    self.polling, self.rung = True, False
                     spin = SPIN_S if self.scheduler.idle() else 0.0
                     cond.release()
                     try:
