@@ -103,10 +103,23 @@ def test_a_killed_actor_fails_the_query_by_name_and_comes_back(delays: Delays) -
             engine.count("ALL")
         assert time.monotonic() - started < 3
         timer.join()
+        wait_restarted(victim, pid)
         owned = engine.shards[0].stats()["profiles"]
         assert engine.count("ALL") == owned  # the restarted in-memory shard is empty
-        assert victim.call("_worker_pid") != pid
         assert engine.shards.respawns() == [0, 1]
+
+
+def wait_restarted(shard, pid: int) -> None:
+    """Wait until Ray has restarted the actor of ``shard`` (calls fail with ShardError until then)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if shard.call("_worker_pid") != pid:
+                return
+        except ShardError:
+            pass
+        assert time.monotonic() < deadline, "the actor did not come back"
+        time.sleep(0.1)
 
 
 def test_a_restarted_durable_actor_reloads_its_data(local_ray: None, tmp_path: Path) -> None:
@@ -118,15 +131,7 @@ def test_a_restarted_durable_actor_reloads_its_data(local_ray: None, tmp_path: P
         owned = [s["profiles"] for s in engine.stats()["shards"]]
         pid = engine.shards[1].call("_worker_pid")
         ray.kill(engine.shards[1].actor, no_restart=False)
-        deadline = time.monotonic() + 60
-        while True:  # calls fail until Ray has noticed the death, then wait for the restart
-            try:
-                if engine.shards[1].call("_worker_pid") != pid:
-                    break
-            except ShardError:
-                pass
-            assert time.monotonic() < deadline, "the actor did not come back"
-            time.sleep(0.1)
+        wait_restarted(engine.shards[1], pid)
         assert [engine.count("ALL"), engine.count("age < 40"), engine.count("age = 90")] == before == [350, 160, 50]
         assert [s["profiles"] for s in engine.stats()["shards"]] == owned
         assert engine.shards.respawns() == [0, 1]
