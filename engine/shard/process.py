@@ -104,11 +104,11 @@ class ProcessShard(RemoteShard):
         ctrl, ctrl_theirs = socket.socketpair()
         bell, bell_theirs = socket.socketpair()
         pairs = [socket.socketpair() for _ in self.pool.lanes]
-        counter = os.memfd_create(f"segengine-shard-{self.shard_id}")
-        theirs = [ctrl_theirs.fileno(), counter, bell_theirs.fileno()] + [their.fileno() for _, their in pairs]
+        progress_fd = os.memfd_create(f"segengine-shard-{self.shard_id}")
+        theirs = [ctrl_theirs.fileno(), progress_fd, bell_theirs.fileno()] + [their.fileno() for _, their in pairs]
         try:
-            os.ftruncate(counter, PROGRESS_SIZE)
-            self.progress = Progress(counter)
+            os.ftruncate(progress_fd, PROGRESS_SIZE)
+            self.progress = Progress(progress_fd)
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
             self.proc = subprocess.Popen(
@@ -119,7 +119,7 @@ class ProcessShard(RemoteShard):
         finally:
             ctrl_theirs.close()
             bell_theirs.close()
-            os.close(counter)
+            os.close(progress_fd)
             for _, their in pairs:
                 their.close()
         self.ctrl = FrameChannel(ctrl)
