@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from engine.schema import CONTRACT_SCHEMA, Schema
-from engine.shard import api
+from engine.shard import api, messages
 from engine.shard.local import LocalShard
 from engine.shard.process import ProcessShard
 from engine.shard.remote import RemoteShard
@@ -61,3 +61,8 @@ def test_the_server_dispatches_the_api_and_the_diagnostics_only() -> None:
     for name in ("__init__", "saved", "_worker_delay", "nosuch", "_SegmentRowsOf"):
         with pytest.raises(AttributeError, match=f"^'{name}' is not a shard method$"):
             server.dispatch(name, ())
+
+
+def test_an_undecodable_request_is_answered_with_its_id() -> None:
+    server = ShardServer(LocalShard(SCHEMA, 0))
+    assert messages.decode_reply(server.handle(messages.HEADER.pack(7) + b"\xc1")) == (7, False, ["FormatError", "", {}])

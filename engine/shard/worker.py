@@ -80,6 +80,7 @@ class ShardServer:
         started = time.perf_counter()
         request_id = 0
         try:
+            (request_id,) = messages.HEADER.unpack_from(frame)  # an undecodable body is answered by id too
             request_id, method, args = messages.decode_request(frame)
             return messages.encode_reply(request_id, self.dispatch(method, args))
         except Exception as error:  # every failure goes back to the coordinator, named
@@ -260,7 +261,11 @@ class Worker:
                 self.queued.setdefault(request_id, _Request(request_id, lane, frame))
         while self.expected in self.queued:
             request = self.queued.pop(self.expected)
-            self.scheduler.admit(request, api.access(messages.peek_method(request.frame)))
+            try:
+                kind = api.access(messages.peek_method(request.frame))
+            except Exception:  # not a request frame: served alone, its error goes back as the reply
+                kind = api.Access.WRITE
+            self.scheduler.admit(request, kind)
             self.expected += 1
 
 
