@@ -98,6 +98,10 @@ Command = Union[Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSe
 COMMANDS: dict[str, type] = {c.kind: c for c in (Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment,
                                                   UpdateSchema)}
 
+#: The LocalShard methods that ``route`` names (run by the shard's ``apply_logged`` only).
+SHARD_METHODS = frozenset({"upsert", "track", "load_profiles", "load_events", "create_segment", "delete_segment",
+                           "update_schema"})
+
 #: Kinds that change saved segment definitions: a replayed one that fails fails as it did live.
 SEGMENT_KINDS = frozenset({CreateSegment.kind, DeleteSegment.kind})
 

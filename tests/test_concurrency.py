@@ -30,6 +30,7 @@ from engine.shard.partition import shard_of
 from loaders.generator import generate
 from oracle import NaiveStore
 from server.gate import EngineGate, WouldWait
+from shard_hooks import Delays
 from test_segments import DAY, HOUR, NOW, Clock, expand, random_writes
 
 #: Queries covering the executor's shared caches and per-call state: kept ranges and unions
@@ -206,12 +207,13 @@ def _answer(engine: Engine, kind: str, text: str, now: int) -> Any:
     return engine.explain(text, now=now)["count"]
 
 
-def test_point_reads_leave_the_event_loop_while_a_worker_may_be_busy():
+def test_point_reads_leave_the_event_loop_while_a_worker_may_be_busy(monkeypatch, tmp_path):
+    delays = Delays.install(monkeypatch, tmp_path)
     with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
         engine.upsert_profiles([{"id": "a", "vip": True}])
         gate, on_loop = EngineGate(engine), SimpleNamespace(on_loop=True)
         assert gate.read(on_loop, engine.membership, "a") == []
-        engine.shards[0].call("_worker_delay", 0.3)  # shard 0 now takes 0.3 s per request
+        delays.set(0, 0.3)  # shard 0 now takes 0.3 s per request
         counted: list[int] = []
         query = threading.Thread(target=lambda: counted.append(gate.query(None, engine.count, "vip = TRUE")))
         query.start()
@@ -220,7 +222,7 @@ def test_point_reads_leave_the_event_loop_while_a_worker_may_be_busy():
         with pytest.raises(WouldWait):  # the loop must not wait for the worker busy with the query
             gate.read(on_loop, engine.membership, "a")
         query.join(5)
-        engine.shards[0].call("_worker_delay", 0)
+        delays.set(0, 0)
         assert counted == [1] and gate.read(on_loop, engine.membership, "a") == []
 
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 import psutil
@@ -18,6 +19,7 @@ from engine import Engine, Schema
 from engine.errors import ShardError
 from engine.schema import CONTRACT_SCHEMA
 from engine.shard.partition import shard_of
+from shard_hooks import Delays
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
 PROFILES = 600
@@ -26,7 +28,13 @@ YOUNG = sum(1 for i in range(PROFILES) if i % 80 < 40)  # profiles with age < 40
 
 
 @pytest.fixture()
-def engine() -> Iterator[Engine]:
+def delays(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Delays:
+    """Workers started in the test can be slowed down."""
+    return Delays.install(monkeypatch, tmp_path)
+
+
+@pytest.fixture()
+def engine(delays: Delays) -> Iterator[Engine]:
     """Three worker processes holding PROFILES profiles."""
     with Engine(SCHEMA, shards=3) as eng:
         eng.upsert_profiles({"id": f"p{i}", "age": i % 80} for i in range(PROFILES))
@@ -41,18 +49,19 @@ def per_shard(n: int = 3) -> list[int]:
     return owned
 
 
-def kill_during(engine: Engine, shard_no: int, call, delay_s: float = 3.0, kill_after_s: float = 0.3):
+def kill_during(engine: Engine, delays: Delays, shard_no: int, call, delay_s: float = 3.0, kill_after_s: float = 0.3):
     """Run ``call()`` while shard ``shard_no`` is slowed down, SIGKILL that worker mid-request.
 
     Returns (the exception raised, seconds from the kill to the exception).
     """
     victim = engine.shards[shard_no]
-    victim.call("_worker_delay", delay_s)
+    delays.set(shard_no, delay_s)
     killed_at: list[float] = []
 
     def kill() -> None:
         killed_at.append(time.monotonic())
         os.kill(victim.pid, signal.SIGKILL)
+        delays.set(shard_no, 0)  # for the new worker
 
     timer = threading.Timer(kill_after_s, kill)
     timer.start()
@@ -66,13 +75,14 @@ def kill_during(engine: Engine, shard_no: int, call, delay_s: float = 3.0, kill_
 
 
 @pytest.mark.parametrize("shard_no", [0, 1, 2])
-def test_kill_mid_count_fails_fast_naming_the_shard_then_respawns(engine: Engine, shard_no: int) -> None:
+def test_kill_mid_count_fails_fast_naming_the_shard_then_respawns(engine: Engine, delays: Delays, shard_no: int) -> None:
     old_pid = engine.shards[shard_no].pid
-    error, elapsed = kill_during(engine, shard_no, lambda: engine.count("ALL"))
+    error, elapsed = kill_during(engine, delays, shard_no, lambda: engine.count("ALL"))
     assert str(error) == f"shard {shard_no} died (exit code -9) while serving count; respawned"
     assert elapsed < DETECTION_S
     shard = engine.shards[shard_no]
     assert shard.pid != old_pid and shard.respawns == 1
+    assert engine.shards.respawns() == [1 if i == shard_no else 0 for i in range(3)]
     # The respawned in-memory shard is empty; the others kept their data and answer at once.
     owned = per_shard()
     assert engine.count("ALL") == PROFILES - owned[shard_no]
@@ -82,12 +92,12 @@ def test_kill_mid_count_fails_fast_naming_the_shard_then_respawns(engine: Engine
     assert engine.count("age < 40") == YOUNG
 
 
-def test_kill_mid_ids_while_other_shards_are_slow(engine: Engine) -> None:
-    engine.shards[2].call("_worker_delay", 0.5)
-    error, elapsed = kill_during(engine, 0, lambda: engine.ids("age >= 0"))
+def test_kill_mid_ids_while_other_shards_are_slow(engine: Engine, delays: Delays) -> None:
+    delays.set(2, 0.5)
+    error, elapsed = kill_during(engine, delays, 0, lambda: engine.ids("age >= 0"))
     assert str(error) == "shard 0 died (exit code -9) while serving ids; respawned"
     assert elapsed < DETECTION_S  # shard 2 is still busy: the failure did not wait for it
-    engine.shards[2].call("_worker_delay", 0)
+    delays.set(2, 0)
     assert len(engine.ids("ALL")) == PROFILES - per_shard()[0]
 
 
@@ -124,13 +134,14 @@ def test_a_worker_killed_during_concurrent_queries(engine: Engine) -> None:
     expected = {str(YOUNG), str(YOUNG - lost)}
     died = "shard 2 died (exit code -9) while serving count; respawned"
     assert set(outcomes) <= expected | {died}
-    assert outcomes.count(died) == 1
+    # every query the worker had started fails: one per client in flight, at most three at once
+    assert 1 <= outcomes.count(died) <= 3
     assert engine.count("ALL") == PROFILES - per_shard()[2]
 
 
-def test_close_during_a_query_does_not_hang(engine: Engine) -> None:
+def test_close_during_a_query_does_not_hang(engine: Engine, delays: Delays) -> None:
     pids = [shard.pid for shard in engine.shards]
-    engine.shards[0].call("_worker_delay", 30)
+    delays.set(0, 30)
     errors: list[Exception] = []
 
     def query() -> None:
@@ -156,8 +167,7 @@ from engine import Engine, Schema
 from engine.schema import CONTRACT_SCHEMA
 engine = Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2)
 engine.upsert_profiles([{"id": "a"}])
-if sys.argv[1] == "busy":
-    engine.shards[0].call("_worker_delay", 60)
+if sys.argv[1] == "busy":  # shard 0 sleeps 60 s in every call (tests/shard_hooks.py)
     import threading
     threading.Thread(target=engine.count, args=("ALL",), daemon=True).start()
     time.sleep(0.3)
@@ -168,10 +178,12 @@ if sys.argv[1] in ("killed", "busy"):
 
 
 @pytest.mark.parametrize("how", ["exits", "killed", "busy"])
-def test_no_worker_outlives_its_coordinator(how: str) -> None:
+def test_no_worker_outlives_its_coordinator(how: str, tmp_path: Path) -> None:
     """Exit without close() (atexit), SIGKILL of the coordinator (EOF), SIGKILL while a worker is busy (watchdog)."""
+    Delays(tmp_path).set(0, 60, "count")
+    env = {**os.environ, **Delays.environment(tmp_path)}
     coordinator = subprocess.Popen([sys.executable, "-c", textwrap.dedent(COORDINATOR), how],
-                                   stdout=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, text=True, env=env)
     pids = [int(p) for p in coordinator.stdout.readline().split()]
     assert len(pids) == 2 and all(_running(pid) for pid in pids)
     if how != "exits":

@@ -1,13 +1,16 @@
-"""Requests to worker processes from many callers at once: lanes, large frames, faults, idle workers.
+"""Requests to worker processes from many callers at once: lanes, large frames, faults, idle
+workers, reads served together and writes alone.
 
 Every test uses real worker processes. See engine/shard/process.py for the protocol: each
 caller takes a lane (its own socket to every worker), sends into it and reads its own replies;
-a worker serves the requests of all lanes in the order they were numbered.
+a worker admits the requests of all lanes in the order they were numbered and serves them in
+the order of engine/shard/scheduler.py. Slow shards come from tests/shard_hooks.py.
 """
 from __future__ import annotations
 
 import gc
 import os
+from pathlib import Path
 import signal
 import threading
 import time
@@ -23,8 +26,15 @@ from engine.schema import CONTRACT_SCHEMA
 from engine.shard.partition import shard_of
 from engine.shard.channel import COALESCE
 from engine.shard.lanes import LANES
+from shard_hooks import Delays
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
+
+
+@pytest.fixture()
+def delays(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Delays:
+    """Workers started in the test can be slowed down."""
+    return Delays.install(monkeypatch, tmp_path)
 
 
 def run_threads(targets: list, timeout_s: float = 60.0) -> None:
@@ -73,11 +83,11 @@ def test_large_batches_and_queries_from_many_threads_interleave() -> None:
         assert engine.ids("age = 79")[:2] == ["p0000079", "p0000159"]
 
 
-def test_requests_wait_in_the_workers_socket_while_it_is_busy() -> None:
+def test_requests_wait_in_the_workers_socket_while_it_is_busy(delays: Delays) -> None:
     with Engine(SCHEMA, shards=2) as engine:
         engine.upsert_profiles({"id": f"p{i}", "age": i % 80} for i in range(100))
         shard = engine.shards[0]
-        shard.call("_worker_delay", 0.3)
+        delays.set(0, 0.3)
         depths: list[int] = []
         counts: list[int] = []
         clients = [lambda: counts.append(engine.count("age < 40")) for _ in range(4)]
@@ -89,17 +99,17 @@ def test_requests_wait_in_the_workers_socket_while_it_is_busy() -> None:
                 time.sleep(0.01)
 
         run_threads(clients + [watch])
-        shard.call("_worker_delay", 0)
+        delays.set(0, 0)
         assert counts == [60] * 4  # profiles p0-p39 and p80-p99
         assert max(depths) == 4  # all four were sent at once, not queued in the coordinator
 
 
-def test_requests_queued_behind_a_killed_one_are_sent_to_the_new_worker() -> None:
+def test_requests_queued_behind_a_killed_one_are_sent_to_the_new_worker(delays: Delays) -> None:
     with Engine(SCHEMA, shards=2) as engine:
         engine.upsert_profiles({"id": f"p{i}", "age": i % 80} for i in range(200))
         victim = engine.shards[0]
         survivors = sum(1 for i in range(200) if shard_of(f"p{i}", 2) == 1)
-        victim.call("_worker_delay", 0.5)
+        delays.set(0, 0.5)
         outcomes: list[str] = []
 
         def client() -> None:
@@ -108,12 +118,16 @@ def test_requests_queued_behind_a_killed_one_are_sent_to_the_new_worker() -> Non
             except ShardError as error:
                 outcomes.append(str(error))
 
-        threading.Timer(0.25, lambda: os.kill(victim.pid, signal.SIGKILL)).start()
-        run_threads([client, client, client])
-        # The one being served fails; the two behind it never started, and the new (empty)
-        # worker answers them.
-        assert sorted(outcomes) == sorted([str(survivors)] * 2 + [
-            "shard 0 died (exit code -9) while serving count; respawned"])
+        def kill() -> None:
+            os.kill(victim.pid, signal.SIGKILL)
+            delays.set(0, 0)
+
+        threading.Timer(0.25, kill).start()
+        run_threads([client, client, client, client])
+        # The three being served (a worker runs up to three queries at once) fail; the one behind
+        # them never started, and the new (empty) worker answers it.
+        assert sorted(outcomes) == sorted([str(survivors)] + [
+            "shard 0 died (exit code -9) while serving count; respawned"] * 3)
         assert victim.respawns == 1 and victim.pending == type(victim.pending)()
 
 
@@ -134,17 +148,22 @@ def test_more_callers_than_lanes_all_get_exact_answers() -> None:
         assert len(engine.shards[0].pool.free) == LANES  # every lane was given back
 
 
-def test_a_lane_given_up_on_is_cleaned_by_its_next_holder() -> None:
+def test_a_lane_given_up_on_is_cleaned_by_its_next_holder(delays: Delays) -> None:
     """A fan-out that fails in one shard leaves the other shard's reply in its lane; the next
     caller on that lane drops it and reads its own answer."""
     with Engine(SCHEMA, shards=2) as engine:
         engine.upsert_profiles({"id": f"p{i}", "age": i % 80} for i in range(100))
-        engine.shards[1].call("_worker_delay", 0.3)
-        threading.Timer(0.1, lambda: os.kill(engine.shards[0].pid, signal.SIGKILL)).start()
-        engine.shards[0].call("_worker_delay", 1.0)  # the kill lands while shard 0 serves this
+        delays.set(1, 0.3)
+        delays.set(0, 1.0)
+
+        def kill() -> None:  # while shard 0 serves the count
+            os.kill(engine.shards[0].pid, signal.SIGKILL)
+            delays.set(0, 0)
+
+        threading.Timer(0.1, kill).start()
         with pytest.raises(ShardError, match=r"^shard 0 died \(exit code -9\) while serving count; respawned$"):
             engine.count("ALL")
-        engine.shards[1].call("_worker_delay", 0)
+        delays.set(1, 0)
         survivors = sum(1 for i in range(100) if shard_of(f"p{i}", 2) == 1)
         assert [engine.count("ALL") for _ in range(3)] == [survivors] * 3
         assert engine.shards[1].pending == {}
@@ -155,7 +174,7 @@ class Interrupted(BaseException):
 
 
 def test_an_interrupted_large_send_is_finished_in_the_background() -> None:
-    """An interrupt while a load batch is being written to a busy worker: the frame is still
+    """An interrupt while a load batch is being written to a stopped worker: the frame is still
     written whole (a half-written frame, or a request number the worker never receives, would
     stall that shard for good), the interrupt reaches the caller, and the engine keeps answering."""
     def interrupt(signum: int, frame: object) -> None:
@@ -163,10 +182,10 @@ def test_an_interrupted_large_send_is_finished_in_the_background() -> None:
 
     with Engine(SCHEMA, shards=2) as engine:
         engine.load_profiles(profile_batch(900_000, 10))  # warm: the interrupt must land in the send
-        engine.shards[0].call("_worker_delay", 1.0)
-        busy = threading.Thread(target=lambda: engine.shards[0].call("stats"))  # worker 0 reads nothing for 1 s
-        busy.start()
-        time.sleep(0.1)
+        worker = engine.shards[0].pid
+        os.kill(worker, signal.SIGSTOP)  # worker 0 reads nothing until SIGCONT
+        resume = threading.Timer(1.0, os.kill, (worker, signal.SIGCONT))
+        resume.start()
         previous = signal.signal(signal.SIGALRM, interrupt)
         signal.setitimer(signal.ITIMER_REAL, 0.3)
         try:
@@ -178,27 +197,26 @@ def test_an_interrupted_large_send_is_finished_in_the_background() -> None:
         counts: list[int] = []
 
         def check() -> None:
-            busy.join()
-            engine.shards[0].call("_worker_delay", 0)
+            resume.join()
             counts.append(engine.count("ALL"))
 
-        run_threads([check], timeout_s=20)  # a half-sent frame stalls shard 0 for good
+        run_threads([check], timeout_s=20)  # a half-sent frame (or one cut by another) stalls shard 0 for good
         owned = sum(1 for i in range(40_000) if shard_of(f"p{i:07d}", 2) == 0)
         assert counts == [10 + owned]  # shard 0's batch was sent whole; shard 1's was not sent
 
 
-def test_workers_report_their_load() -> None:
+def test_workers_report_their_load(delays: Delays) -> None:
     with Engine(SCHEMA, shards=2) as engine:
         before = engine.shards.call_all("_worker_load")
-        engine.shards[0].call("_worker_delay", 0.05)
+        delays.set(0, 0.05)
         engine.count("ALL")
         after = engine.shards.call_all("_worker_load")
-        assert [b["served"] - a["served"] for a, b in zip(before, after)] == [3, 2]  # load calls included
+        assert [b["served"] - a["served"] for a, b in zip(before, after)] == [2, 2]  # the first load call included
         assert after[0]["busy_s"] - before[0]["busy_s"] >= 0.05
 
 
-def test_an_idle_worker_sleeps_after_its_short_spin() -> None:
-    """After a reply a worker polls for the next request for about a millisecond, then sleeps."""
+def test_an_idle_worker_sleeps() -> None:
+    """A worker that has answered everything uses no CPU until the next request."""
     with Engine(SCHEMA, shards=2) as engine:
         engine.count("ALL")
         time.sleep(0.05)
@@ -206,20 +224,54 @@ def test_an_idle_worker_sleeps_after_its_short_spin() -> None:
         time.sleep(1.0)
         after = [_cpu_seconds(shard.pid) for shard in engine.shards]
         assert all(b - a < 0.05 for a, b in zip(before, after)), (before, after)
-        engine.shards.call_all("_worker_spin", 0)
         assert engine.count("ALL") == 0
 
 
-def test_workers_report_the_cpu_they_answered_on() -> None:
-    """A fan-out reads first from workers on the caller's CPU: each worker records its CPU."""
-    cpus = sorted(os.sched_getaffinity(0))
-    with Engine(SCHEMA, shards=2) as engine:
-        assert [shard.worker_cpu() for shard in engine.shards] == [-1, -1]  # nothing answered yet
-        for shard, cpu in zip(engine.shards, (cpus[0], cpus[-1])):
-            os.sched_setaffinity(shard.pid, {cpu})
-        engine.count("ALL")
-        engine.count("ALL")  # a worker records a reply's CPU after sending it: the first is recorded by now
-        assert [shard.worker_cpu() for shard in engine.shards] == [cpus[0], cpus[-1]]
+def test_a_point_read_goes_ahead_of_running_and_queued_queries(delays: Delays) -> None:
+    """With a worker busy on one long count and another waiting behind it, membership and
+    profile calls to that worker are answered while both counts still run."""
+    with Engine(SCHEMA, shards=1, backend="process") as engine:
+        engine.upsert_profiles({"id": f"p{i}", "age": i % 80} for i in range(100))
+        engine.create_segment("young", "age < 40")
+        delays.set(0, 1.0, "count")
+        counts: list[int] = []
+        long = [threading.Thread(target=lambda: counts.append(engine.count("ALL"))) for _ in range(2)]
+        for thread in long:
+            thread.start()
+        time.sleep(0.2)  # the first count is running, the second waits for it
+        answers = [engine.membership("p1"), engine.membership("p41"), engine.profile("p2")["age"]]
+        still_running = [thread.is_alive() for thread in long]
+        for thread in long:
+            thread.join()
+        assert answers == [["young"], [], 2]
+        assert still_running == [True, True]
+        assert counts == [100, 100]
+
+
+def test_a_write_waits_for_earlier_reads_and_later_reads_wait_for_it(delays: Delays) -> None:
+    """Writes keep the order the coordinator numbered them in against every other request."""
+    with Engine(SCHEMA, shards=1, backend="process") as engine:
+        engine.upsert_profiles({"id": f"p{i}", "age": 1} for i in range(10))
+        delays.set(0, 0.6, "count")
+        delays.set(0, 0.3, "apply_logged")
+        finished: list[tuple[str, object]] = []
+
+        def count() -> None:
+            finished.append(("count", engine.count("ALL")))
+
+        def upsert() -> None:
+            finished.append(("upsert", engine.upsert_profiles({"id": f"q{i}", "age": 2} for i in range(5))))
+
+        def profile() -> None:
+            finished.append(("profile", engine.profile("q0")["age"]))
+
+        threads = [threading.Thread(target=target) for target in (count, upsert, profile)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.1)  # numbered in this order
+        for thread in threads:
+            thread.join(10)
+        assert finished == [("count", 10), ("upsert", 5), ("profile", 2)]
 
 
 def test_a_dropped_engine_frees_its_shards_without_a_collection() -> None:

@@ -19,7 +19,9 @@ ray = pytest.importorskip("ray")
 
 from engine import Engine, Schema  # noqa: E402
 from engine.errors import SegmentNotFound, ShardError  # noqa: E402
+from engine.shard.worker import FACTORY_ENV  # noqa: E402
 from loaders.generator import generate  # noqa: E402
+from shard_hooks import FACTORY, Delays  # noqa: E402
 from test_shards import NOW, QUERIES, fill  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -35,15 +37,33 @@ def reference() -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """A local Ray instance for this module."""
+def delay_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tests set the delays of actors built by tests/shard_hooks.py."""
+    return tmp_path_factory.mktemp("delays")
+
+
+@pytest.fixture(scope="module")
+def local_ray(delay_dir: Path) -> Iterator[None]:
+    """A local Ray instance for this module (its workers can import tests/shard_hooks.py)."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    env = Delays.environment(delay_dir)
+    del env[FACTORY_ENV]  # the driver names the factory per engine (see delays below)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": env})
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture()
+def delays(local_ray: None, delay_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Delays:
+    """Actors started in the test can be slowed down."""
+    monkeypatch.setenv(FACTORY_ENV, FACTORY)
+    for path in delay_dir.iterdir():
+        path.unlink()
+    return Delays(delay_dir)
 
 
 def check_same_answers(engine: Engine, reference: Engine) -> None:
@@ -65,22 +85,56 @@ def test_same_answers_on_ray_actors(local_ray: None, reference: Engine) -> None:
         assert "engine.shard.local" in modules and "engine.shard.process" not in modules
 
 
-def test_a_killed_actor_fails_the_query_by_name_and_comes_back(local_ray: None) -> None:
+def test_a_killed_actor_fails_the_query_by_name_and_comes_back(delays: Delays) -> None:
     with Engine(SCHEMA, shards=2, backend="ray") as engine:
         engine.upsert_profiles({"id": f"p{i}"} for i in range(200))
         victim = engine.shards[1]
         pid = victim.call("_worker_pid")
-        victim.call("_worker_delay", 5)
-        timer = threading.Timer(0.3, os.kill, (pid, signal.SIGKILL))
+        delays.set(1, 5)
+
+        def kill() -> None:
+            os.kill(pid, signal.SIGKILL)
+            delays.set(1, 0)
+
+        timer = threading.Timer(0.3, kill)
         timer.start()
         started = time.monotonic()
         with pytest.raises(ShardError, match=r"^shard 1 died while serving count; Ray restarts it"):
             engine.count("ALL")
         assert time.monotonic() - started < 3
         timer.join()
+        wait_restarted(victim, pid)
         owned = engine.shards[0].stats()["profiles"]
         assert engine.count("ALL") == owned  # the restarted in-memory shard is empty
-        assert victim.call("_worker_pid") != pid
+        assert engine.shards.respawns() == [0, 1]
+
+
+def wait_restarted(shard, pid: int) -> None:
+    """Wait until Ray has restarted the actor of ``shard`` (calls fail with ShardError until then)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if shard.call("_worker_pid") != pid:
+                return
+        except ShardError:
+            pass
+        assert time.monotonic() < deadline, "the actor did not come back"
+        time.sleep(0.1)
+
+
+def test_a_restarted_durable_actor_reloads_its_data(local_ray: None, tmp_path: Path) -> None:
+    with Engine(SCHEMA, shards=2, backend="ray", data_dir=str(tmp_path)) as engine:
+        engine.upsert_profiles({"id": f"p{i}", "age": i % 80} for i in range(300))
+        engine.snapshot()
+        engine.upsert_profiles({"id": f"q{i}", "age": 90} for i in range(50))  # in the log only
+        before = [engine.count("ALL"), engine.count("age < 40"), engine.count("age = 90")]
+        owned = [s["profiles"] for s in engine.stats()["shards"]]
+        pid = engine.shards[1].call("_worker_pid")
+        ray.kill(engine.shards[1].actor, no_restart=False)
+        wait_restarted(engine.shards[1], pid)
+        assert [engine.count("ALL"), engine.count("age < 40"), engine.count("age = 90")] == before == [350, 160, 50]
+        assert [s["profiles"] for s in engine.stats()["shards"]] == owned
+        assert engine.shards.respawns() == [0, 1]
 
 
 # -- two Ray nodes on this machine ----------------------------------------------------------------

@@ -125,12 +125,16 @@ def test_a_plan_crosses_to_a_worker_and_back_as_rows(engines: dict[int, Engine])
     assert sum(len(p) for p in parts) == engine.count("country = 'FR'", now=NOW)
 
 
-def test_private_and_unknown_methods_are_refused(engines: dict[int, Engine]) -> None:
+def test_methods_outside_the_shard_api_are_refused(engines: dict[int, Engine]) -> None:
     shard = engines[2].shards[0]
-    with pytest.raises(AttributeError, match="no method 'nosuch'"):
+    with pytest.raises(AttributeError, match="^'nosuch' is not a shard method$"):
         shard.call("nosuch")
-    with pytest.raises(AttributeError, match="not a public shard method"):
-        shard.call("__init__")
+    with pytest.raises(AttributeError, match="^'profiles' is not a shard method$"):
+        engines[2].shards.call_all("profiles")
+    for name in ("__init__", "saved", "_worker_delay"):  # sent anyway: the worker refuses them too
+        with pytest.raises(AttributeError, match=f"^'{name}' is not a shard method$"):
+            shard.request(messages.encode_body(name, ()), name)
+    assert "__getattr__" not in vars(ProcessShard)  # no method is forwarded by its name alone
 
 
 def test_concurrent_queries_from_many_threads(engines: dict[int, Engine]) -> None:
@@ -179,7 +183,7 @@ def test_close_ends_every_worker() -> None:
 def test_fanout_skips_shards_without_work() -> None:
     with start_process_shards(SCHEMA, 2) as shards:
         update = ProfileUpdate("a", {"age": 3}, {})
-        assert fanout(shards, "upsert", [None, ([update],)]) == [None, 1]
+        assert fanout(shards, "apply_logged", [None, (1, "upsert", ([update],))]) == [None, 1]
         assert [s["profiles"] for s in shards.call_all("stats")] == [0, 1]
 
 

@@ -20,14 +20,11 @@ from typing import Any
 from ..errors import DataCorruption, SegengineError
 from . import meta, records, snapshot
 from .lmdb_env import close_env, open_env
-from ..commands import SEGMENT_KINDS, route
+from ..commands import SEGMENT_KINDS, SHARD_METHODS, route
 from .shard_state import query_compiler
 from .wal import DB as WAL_DB
 from .wal import LogScan
 
-#: LocalShard methods a logged write may call.
-LOGGED_METHODS = frozenset({"upsert", "track", "load_profiles", "load_events", "create_segment", "delete_segment",
-                            "update_schema"})
 
 
 def log_path(data_dir: str) -> str:
@@ -42,7 +39,7 @@ def shard_path(data_dir: str, shard_no: int) -> str:
 
 def apply_logged(shard: Any, seq: int, method: str, args: tuple) -> Any:
     """Run ``shard.method(*args)`` for log record ``seq`` unless the shard already applied it."""
-    if method not in LOGGED_METHODS:
+    if method not in SHARD_METHODS:
         raise ValueError(f"{method!r} is not a logged shard write")
     persistence = shard.persistence
     if seq <= persistence.applied_seq:

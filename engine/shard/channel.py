@@ -41,7 +41,7 @@ class FrameChannel:
         self.buffer = bytearray()
         self.start = 0  # where the unread bytes begin in ``buffer``
         self.closed = False
-        self.writer: threading.Thread | None = None  # still writing a large frame for an interrupted caller
+        self.writer: tuple[threading.Thread, threading.Event] | None = None  # a helper writing a large frame
         self.poller: select.poll | None = None  # made on the first wait (see _wait_readable)
 
     def fileno(self) -> int:
@@ -59,30 +59,42 @@ class FrameChannel:
         thread while the main thread waits: Python runs signal handlers in the main thread
         only, so an interrupt (Ctrl-C) raised while the frame goes out cannot leave half of it
         in the socket, which would corrupt the stream for good; the helper finishes the frame,
-        and the next send on this channel waits for it.
+        and the next send on this channel waits for it. (The wait is on an Event, not on
+        ``Thread.join``: a join interrupted by a signal handler's exception marks the thread as
+        stopped while it still runs in CPython 3.11, so the next send would not wait for it.)
         """
         if self.closed:
             raise OSError("channel is closed")
         if self.writer is not None:
-            self.writer.join()
+            self._wait_writer(*self.writer)
             self.writer = None
         header = LENGTH.pack(len(frame))
         if len(frame) <= COALESCE:
             self.sock.sendall(header + frame)
         elif self.shield_sends and threading.current_thread() is threading.main_thread():
             failure: list[OSError] = []
-            self.writer = threading.Thread(target=self._write, args=(header, frame, failure),
-                                           name="segengine-frame-writer", daemon=True)
-            self.writer.start()
-            self.writer.join()  # an interrupt raised here leaves the writer running
+            done = threading.Event()
+            thread = threading.Thread(target=self._write, args=(header, frame, failure, done),
+                                      name="segengine-frame-writer", daemon=True)
+            self.writer = (thread, done)
+            thread.start()
+            done.wait()  # an interrupt raised here leaves the writer running
             self.writer = None
             if failure:
                 raise failure[0]
         else:
             self._write(header, frame)
 
-    def _write(self, header: bytes, frame: bytes, failure: list[OSError] | None = None) -> None:
-        """Send a large frame in two writes (its errors go to ``failure`` when given: a helper thread)."""
+    @staticmethod
+    def _wait_writer(thread: threading.Thread, done: threading.Event) -> None:
+        """Wait until a helper's frame is out (or the helper never started: an interrupt in ``start``)."""
+        while not done.wait(0.5):
+            if thread.ident is None:
+                return
+
+    def _write(self, header: bytes, frame: bytes, failure: list[OSError] | None = None,
+               done: threading.Event | None = None) -> None:
+        """Send a large frame in two writes (from a helper thread: errors go to ``failure``, then ``done`` is set)."""
         try:
             self.sock.sendall(header)
             self.sock.sendall(frame)
@@ -90,6 +102,9 @@ class FrameChannel:
             if failure is None:
                 raise
             failure.append(error)
+        finally:
+            if done is not None:
+                done.set()
 
     def _wait_readable(self) -> None:
         """Sleep until the socket has something to read (or is closed).

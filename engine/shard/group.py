@@ -1,20 +1,23 @@
 """ShardGroup: the shards of one engine, called one by one or all at once.
 
-A group is a sequence of shard handles (each with LocalShard's methods), so
-``for shard in engine.shards`` works for every backend; ``call_each``/``call_all`` fan a
-method out to every shard and return the answers in shard order. Backends override
+A group is a sequence of shard handles (each with the shard API's methods, engine/shard/api.py),
+so ``for shard in engine.shards`` works for every backend; ``call_each``/``call_all`` fan a
+shard API method out to every shard and return the answers in shard order; ``respawns`` tells
+how many times each shard was restarted (and so lost what it held in memory). Backends override
 ``call_each`` to run the shards in parallel (process workers: send every request, then read
 every reply; Ray: submit every call, then get every result).
 
 >>> from engine.schema import Schema, CONTRACT_SCHEMA
 >>> from engine.shard.local import LocalShard
 >>> group = ShardGroup([LocalShard(Schema.from_dict(CONTRACT_SCHEMA), i) for i in range(2)])
->>> [s["shard"] for s in group.call_all("stats")]
-[0, 1]
+>>> [s["shard"] for s in group.call_all("stats")], group.respawns()
+([0, 1], [0, 0])
 """
 from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
+
+from . import api
 
 
 class ShardGroup(Sequence):
@@ -37,6 +40,7 @@ class ShardGroup(Sequence):
 
     def call_each(self, method: str, args_per_shard: Sequence[tuple | None]) -> list[Any]:
         """``shard_i.method(*args_per_shard[i])`` for every shard; None args skip a shard (answer None)."""
+        api.check(method)
         return [None if args is None else getattr(shard, method)(*args)
                 for shard, args in zip(self.shards, args_per_shard)]
 
@@ -45,7 +49,7 @@ class ShardGroup(Sequence):
         return self.call_each(method, [args] * len(self.shards))
 
     def respawns(self) -> list[int]:
-        """How many times each shard's worker was restarted (always 0 in process)."""
+        """How many times each shard was restarted after it died (in-process shards: never)."""
         return [0] * len(self.shards)
 
     def adopt_schema(self, spec: dict[str, Any]) -> None:

@@ -18,8 +18,8 @@ encoding on the shard (both sides cache).
 >>> from engine.query.ast import Compare, Now
 >>> step = Pred(Compare("signup_at", ">", Now(-5)))
 >>> frame = encode_request(7, "count", (step, 1000))
->>> decode_request(frame) == (7, "count", (step, 1000))
-True
+>>> decode_request(frame) == (7, "count", (step, 1000)), peek_method(frame)
+(True, 'count')
 """
 from __future__ import annotations
 
@@ -40,9 +40,6 @@ TUPLE, SET, OBJECT, NDARRAY, BITMAP, FROZEN_BITMAP, FROZEN_SET = 1, 2, 3, 4, 5, 
 
 #: Request ids are 8-byte little-endian unsigned ints in front of each frame.
 HEADER = struct.Struct("<Q")
-#: The counter a worker shares with its coordinator: the id of the last request it has answered,
-#: and the CPU it answered it on (-1 before its first reply).
-REPLIED = struct.Struct("<Qq")
 
 
 def _registry() -> dict[str, tuple[type, tuple[str, ...]]]:
@@ -89,7 +86,10 @@ class PlanDecodings:
 
     def put(self, payload: bytes, step: object) -> None:
         if len(self.entries) >= self.capacity:
-            self.entries.pop(next(iter(self.entries)))
+            try:  # a worker decodes requests in several threads: another may evict the same entry
+                self.entries.pop(next(iter(self.entries)), None)
+            except (RuntimeError, StopIteration):
+                pass
         self.entries[payload] = step
 
 
@@ -190,6 +190,15 @@ def _plan(step: steps.Step) -> msgpack.ExtType:
 def encode_request(request_id: int, method: str, args: tuple) -> bytes:
     """A request frame."""
     return HEADER.pack(request_id) + encode_body(method, args)
+
+
+def peek_method(frame: bytes) -> str:
+    """The method name of a request frame, without decoding its arguments."""
+    marker, size = frame[HEADER.size], frame[HEADER.size + 1]
+    if marker == 0x92 and 0xA0 <= size <= 0xBF:  # [fixstr method, args]: every shard method name
+        start = HEADER.size + 2
+        return bytes(frame[start:start + (size & 0x1F)]).decode()
+    return decode_request(frame)[1]
 
 
 def decode_request(frame: bytes) -> tuple[int, str, tuple]:

@@ -3,25 +3,26 @@
 Each worker is a fresh interpreter (``python -m engine.shard.worker``: the spawn model, but
 without multiprocessing's re-import of the coordinator's ``__main__``, which would pull gRPC
 into the worker). It is started with its ends of a control socket (the start message and its
-reply; closing it tells the worker to exit), of every lane of its group (engine/shard/lanes.py)
-and of a 16-byte shared counter; the sockets carry length-prefixed msgpack frames.
+reply; closing it tells the worker to exit), of every lane of its group (engine/shard/lanes.py),
+of a doorbell socket and of a shared file in which it records the requests it starts and
+answers (engine/shard/progress.py); the lanes carry length-prefixed msgpack frames.
 
 Concurrency (the engine is called from many threads): a caller takes a lane, sends its
 requests into the lane's sockets and reads its own replies from them, so the kernel wakes the
 caller a reply is for and no thread hands replies to another. Requests are sent under one lock
-for all shards, and each shard numbers its requests (ids 1, 2, 3, ...); a worker reads every
-lane and serves the requests strictly in id order, so every shard sees concurrent fan-outs in
-the same order (writes stay ordered) and a busy worker goes from one request to the next
-without waiting for the coordinator. (Before: one socket per worker, and one caller at a time
-read it and woke the others with their replies; each query cost three to four thread switches
-in the coordinator, and a thread hand-off was the slowest step of a query on this VM.)
+for all shards, and each shard numbers its requests (ids 1, 2, 3, ...), so every shard sees
+concurrent fan-outs in the same order. A worker admits the requests of all lanes in id order
+and serves them with a few threads: reads at once, writes alone and in id order
+(engine/shard/scheduler.py). A request sent to a worker that has others in flight also rings
+its doorbell, so that a busy worker reads its lanes (engine/shard/worker.py).
 
 Faults: a dead worker closes all its sockets, so every caller waiting on it sees EOF at once.
-The worker writes the id of its last reply into the shared counter after sending it, which
-tells the coordinator exactly which requests were answered. The oldest unanswered request
-fails with ShardError naming the shard, a new worker is started (``open_shard`` in the worker:
-an in-memory shard comes back empty; a durable one reloads from ``data_dir``), and the later
-unanswered requests, which the dead worker never started, are sent to the new worker.
+The shared file tells the coordinator which unanswered requests the worker had started. Those
+fail with ShardError naming the shard, and so does the oldest unanswered request in any case (a
+worker that died while idle failed nothing yet, and its shard's data may be lost); a new worker
+is started (``open_shard`` in the worker: an in-memory shard comes back empty; a durable one
+reloads from ``data_dir``), and the other unanswered requests, which the dead worker never
+started, are sent to the new worker.
 
 >>> from engine.schema import Schema, CONTRACT_SCHEMA
 >>> shards = start_process_shards(Schema.from_dict(CONTRACT_SCHEMA), 2)
@@ -32,24 +33,25 @@ unanswered requests, which the dead worker never started, are sent to the new wo
 from __future__ import annotations
 
 import atexit
-import mmap
 import os
 import socket
 import subprocess
 import sys
 import threading
 import weakref
-from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ShardError
 from ..schema import Schema
-from . import messages
+from . import api, messages
 from .channel import FrameChannel
-from .cpu import current_cpu
 from .group import ShardGroup
 from .lanes import Lane, LanePool
+from .progress import SIZE as PROGRESS_SIZE
+from .progress import Progress
+from .remote import RemoteShard
+from .worker import FACTORY_ENV
 
 #: The directory that holds the ``engine`` package, put on the workers' PYTHONPATH.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -73,11 +75,11 @@ class _Request:
         self.outcome: tuple[bool, Any] | None = None  # (ok, result or error description) or (False, exception)
 
 
-class ProcessShard:
-    """A handle on one shard served by a worker process; it has the shard's methods.
+class ProcessShard(RemoteShard):
+    """A handle on one shard served by a worker process; it has the shard API's methods.
 
     ``handle.count(step, now)`` sends ``count`` with those arguments to the worker and returns
-    its answer (errors re-raised with their class); any public LocalShard method is forwarded.
+    its answer (errors re-raised with their class).
     """
 
     def __init__(self, schema: Schema, shard_id: int, pool: LanePool, data_dir: str | None = None):
@@ -85,6 +87,7 @@ class ProcessShard:
         self.shard_id = shard_id
         self.pool = pool
         self.data_dir = data_dir
+        self.factory = os.environ.get(FACTORY_ENV, "")  # the worker's shard factory (engine.shard.worker)
         self.send_lock = threading.RLock()  # held while requests are numbered and written, and while the worker is replaced
         self.lock = threading.Lock()  # guards pending, the outcomes and the lanes' sockets to this shard
         self.pending: dict[int, _Request] = {}  # sent and not yet answered, by id
@@ -99,13 +102,13 @@ class ProcessShard:
     def _spawn(self) -> None:
         """Start a worker (it serves requests from ``next_id`` on) and send it the start message."""
         ctrl, ctrl_theirs = socket.socketpair()
+        bell, bell_theirs = socket.socketpair()
         pairs = [socket.socketpair() for _ in self.pool.lanes]
-        counter = os.memfd_create(f"segengine-shard-{self.shard_id}")
-        theirs = [ctrl_theirs.fileno(), counter] + [their.fileno() for _, their in pairs]
+        progress_fd = os.memfd_create(f"segengine-shard-{self.shard_id}")
+        theirs = [ctrl_theirs.fileno(), progress_fd, bell_theirs.fileno()] + [their.fileno() for _, their in pairs]
         try:
-            os.ftruncate(counter, messages.REPLIED.size)
-            self.replied = mmap.mmap(counter, messages.REPLIED.size)
-            messages.REPLIED.pack_into(self.replied, 0, self.next_id - 1, -1)
+            os.ftruncate(progress_fd, PROGRESS_SIZE)
+            self.progress = Progress(progress_fd)
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
             self.proc = subprocess.Popen(
@@ -115,10 +118,12 @@ class ProcessShard:
                 pass_fds=theirs, stdin=subprocess.DEVNULL, env=env)
         finally:
             ctrl_theirs.close()
-            os.close(counter)
+            bell_theirs.close()
+            os.close(progress_fd)
             for _, their in pairs:
                 their.close()
         self.ctrl = FrameChannel(ctrl)
+        self.doorbell = bell  # a byte asks a busy worker to read its lanes (see engine.shard.worker.Worker)
         self.started = False  # the start reply has been read
         self.generation += 1
         with self.lock:
@@ -126,11 +131,12 @@ class ProcessShard:
                 lane.offer(self.shard_id, FrameChannel(ours, shield_sends=True), self.generation)
         self.ctrl.send(messages.pack({"schema": self.schema_spec, "shard_id": self.shard_id,
                                       "data_dir": self.data_dir, "respawn": self.respawns > 0,
-                                      "first_id": self.next_id}))
+                                      "first_id": self.next_id, "factory": self.factory}))
 
     def _release_process(self, kill: bool) -> int | None:
         """Close the control socket and reap the worker (killing it if ``kill`` or it overstays); its exit code."""
         self.ctrl.close()
+        self.doorbell.close()
         if kill:
             self.proc.kill()
         try:
@@ -164,17 +170,22 @@ class ProcessShard:
         return self.proc.pid
 
     def _replace_worker(self, generation: int) -> None:
-        """The worker of ``generation`` died: fail the oldest request it left unanswered, start
-        a new worker and send it the later ones (which the dead worker never started)."""
+        """The worker of ``generation`` died: fail the requests it was serving and the oldest it
+        left unanswered, start a new worker and send it the others (which the dead worker never
+        started)."""
         with self.send_lock:
             if self.generation != generation:
                 return  # another thread replaced this worker already
             start = None if self.started else self._start_reply(wait=False)
             code = self._release_process(kill=True)
-            replied, _ = messages.REPLIED.unpack_from(self.replied)
+            progress = self.progress
             with self.lock:
-                unanswered = [self.pending.pop(i) for i in sorted(i for i in self.pending if i > replied)]
-                failed, behind = (unanswered, []) if self.closed else (unanswered[:1], unanswered[1:])
+                unanswered = [self.pending.pop(i) for i in sorted(i for i in self.pending if not progress.answered(i))]
+                failed: list[_Request] = []
+                behind: list[_Request] = []  # never started: sent to the new worker
+                for k, request in enumerate(unanswered):
+                    failing = self.closed or k == 0 or progress.started(request.id)
+                    (failed if failing else behind).append(request)
                 for request in failed:
                     if self.closed:
                         message = f"shard {self.shard_id} is closed"
@@ -187,7 +198,7 @@ class ProcessShard:
             if self.closed:
                 return
             self.respawns += 1
-            self.replied.close()  # the dead worker's counter (a closed shard keeps it: later callers read it too)
+            progress.close()  # the dead worker's
             self._spawn()
             with self.lock:
                 for request in behind:  # renumbered in their order, ahead of anything sent later
@@ -198,15 +209,17 @@ class ProcessShard:
             try:
                 for request, chan in zip(behind, chans):
                     chan.send(messages.HEADER.pack(request.id) + request.body)  # type: ignore[union-attr]
+                if len(behind) > 1:
+                    self._ring()
             except OSError:
                 pass  # the new worker is gone too: its callers see EOF and replace it
 
-    def worker_cpu(self) -> int:
-        """The CPU the worker answered its last request on (-1 if unknown)."""
+    def _ring(self) -> None:
+        """Ask the worker to read its lanes although it is serving (a hint: a full doorbell has rung)."""
         try:
-            return messages.REPLIED.unpack_from(self.replied)[1]
-        except ValueError:  # the counter of a worker being replaced was just closed
-            return -1
+            self.doorbell.send(b"\0", socket.MSG_DONTWAIT)
+        except (BlockingIOError, OSError):
+            pass
 
     @property
     def pid(self) -> int:
@@ -248,6 +261,7 @@ class ProcessShard:
             if self.closed:
                 raise ShardError(f"shard {self.shard_id} is closed")
             with self.lock:
+                busy = bool(self.pending)  # the worker may be serving: it is not reading its lanes
                 request = _Request(self.next_id, method, body, lane, self.generation)
                 self.next_id += 1
                 self.pending[request.id] = request
@@ -256,6 +270,8 @@ class ProcessShard:
             frame = messages.HEADER.pack(request.id) + body
             try:
                 chan.send(frame)
+                if busy:
+                    self._ring()
             except OSError:  # the worker is gone (it died while idle): this request fails
                 self._replace_worker(request.generation)
             except BaseException:  # interrupted: the worker must still get this number, or it waits for good
@@ -306,8 +322,8 @@ class ProcessShard:
         raise messages.rebuild_error(result, shard_id)
 
     def call(self, method: str, *args: Any) -> Any:
-        """Run ``method(*args)`` on the shard and return its answer."""
-        return self.request(messages.encode_body(method, args), method)
+        """Run shard API method (or worker diagnostic) ``method(*args)`` and return its answer."""
+        return self.request(messages.encode_body(api.check(method, diagnostics=True), args), method)
 
     def request(self, body: bytes, method: str) -> Any:
         """Send an encoded request and return its answer."""
@@ -319,11 +335,6 @@ class ProcessShard:
         finally:
             self.pool.give(lane)
 
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return partial(self.call, name)
-
     def __repr__(self) -> str:
         return f"ProcessShard({self.shard_id}, pid={self.proc.pid})"
 
@@ -332,19 +343,12 @@ def fanout(shards: Sequence[ProcessShard], method: str, args_per_shard: Sequence
     """``method(*args)`` on every shard in parallel (None args skip a shard); answers in shard order.
 
     The requests are sent to every shard in one step under one lock (so concurrent fan-outs
-    reach every shard in the same order: writes stay ordered), then the replies are read: first
-    from the workers that last ran on the caller's CPU, then the others, in shard order. If a
-    shard fails, its failure is raised at once (the lowest shard's among those read by then):
-    the other shards' replies to this request are dropped by the lane's next holder.
-
-    Why that read order: with more runnable processes than CPUs, a worker that shares the
-    caller's CPU starts only when the caller goes to sleep to wait, so it tends to answer last.
-    Waiting for it first, the caller is woken once, by a wake-up on its own CPU, and finds the
-    other replies already there. Waiting first for a worker on another CPU, the caller is
-    woken across CPUs (slow on a VM) while its own CPU's worker is still running, which it then
-    interrupts, and it waits again. On the development VM, placing the processes by hand, the
-    bad order took 0.21-0.24 ms for a 10M ``attrs`` count against 0.13-0.16 ms.
+    reach every shard in the same order: writes stay ordered), then the replies are read in
+    shard order. If a shard fails, its failure is raised at once (the lowest shard's among
+    those read by then): the other shards' replies to this request are dropped by the lane's
+    next holder.
     """
+    api.check(method, diagnostics=True)
     results: list[Any] = [None] * len(shards)
     if all(args is None for args in args_per_shard):
         return results
@@ -365,9 +369,6 @@ def fanout(shards: Sequence[ProcessShard], method: str, args_per_shard: Sequence
                     sent.append((index, shard, shard.send(lane, body, method)))
                 except Exception as exc:  # noqa: BLE001 - raised below (a closed shard)
                     errors.append((index, exc))
-        if len(sent) > 1:
-            here = current_cpu()  # read first from workers on this CPU (the reasons are above)
-            sent.sort(key=lambda item: item[1].worker_cpu() != here)
         for index, shard, request in sent:
             if errors:
                 break

@@ -3,8 +3,10 @@
 Each shard is a ``ShardActor`` holding one shard (built by ``open_shard``) that answers the
 same msgpack request frames as a worker process. Shard i is pinned to the i-th live node
 (round robin; a durable shard's data is on that node's disk), and actors reserve no CPU (a
-shard is mostly idle memory). A dead actor is restarted by Ray
-(``max_restarts=-1``, running ``open_shard`` again); the call in flight fails with ShardError.
+shard is mostly idle memory). A dead actor is restarted by Ray (``max_restarts=-1``, running
+``open_shard`` again, with ``respawn=True``: a durable shard reloads itself from its data
+directory); the call in flight fails with ShardError. ``RayShard.respawns`` is the actor's
+restart count, as Ray's control store (GCS) has it.
 
 ``ray`` is an optional extra (``pip install segengine[ray]``) imported only by this backend.
 With ``address=None`` the backend uses the Ray instance already initialised in this process,
@@ -16,22 +18,30 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from functools import partial
+import warnings
 from typing import Any, Sequence
 
 from ..errors import ShardError
 from ..schema import Schema
-from . import messages
+from . import api, messages
 from .group import ShardGroup
+from .remote import RemoteShard
+from .worker import FACTORY_ENV
 
 
 class ShardActor:
     """The body of a shard actor: one shard behind a ShardServer."""
 
-    def __init__(self, schema_spec: dict, shard_id: int, data_dir: str | None):
-        from .worker import ShardServer, open_shard
+    def __init__(self, schema_spec: dict, shard_id: int, data_dir: str | None, factory: str = ""):
+        import ray
 
-        self.server = ShardServer(open_shard(Schema.from_dict(schema_spec), shard_id, data_dir))
+        from .worker import ShardServer, load_factory
+
+        with warnings.catch_warnings():  # Ray's property reads its own deprecated ``actor_id``
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        shard = load_factory(factory)(Schema.from_dict(schema_spec), shard_id, data_dir, restarted)
+        self.server = ShardServer(shard)
 
     def call(self, frame: bytes) -> bytes:
         """The reply frame to a request frame."""
@@ -44,8 +54,8 @@ class ShardActor:
         return ray.get_runtime_context().get_node_id()
 
 
-class RayShard:
-    """A handle on one shard actor; it has the shard's methods, like ProcessShard."""
+class RayShard(RemoteShard):
+    """A handle on one shard actor; it has the shard API's methods, like ProcessShard."""
 
     def __init__(self, actor: Any, shard_id: int):
         self.actor = actor
@@ -64,13 +74,16 @@ class RayShard:
         raise messages.rebuild_error(result, self.shard_id)
 
     def call(self, method: str, *args: Any) -> Any:
-        """Run ``method(*args)`` on the shard and return its answer."""
-        return _get_all([self], [self.submit(messages.encode_body(method, args))], method)[0]
+        """Run shard API method (or worker diagnostic) ``method(*args)`` and return its answer."""
+        body = messages.encode_body(api.check(method, diagnostics=True), args)
+        return _get_all([self], [self.submit(body)], method)[0]
 
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return partial(self.call, name)
+    @property
+    def respawns(self) -> int:
+        """How many times Ray has restarted this shard's actor."""
+        from ray._private.state import actors  # the actor table of the GCS; ray.util.state needs the dashboard
+
+        return int(actors(self.actor._actor_id.hex()).get("NumRestarts", 0))
 
     def node_id(self) -> str:
         """The Ray node this shard runs on."""
@@ -112,6 +125,7 @@ class RayShardGroup(ShardGroup):
     backend = "ray"
 
     def call_each(self, method: str, args_per_shard: Sequence[tuple | None]) -> list[Any]:
+        api.check(method, diagnostics=True)
         bodies: dict[int, bytes] = {}
         picked, refs = [], []
         for index, (shard, args) in enumerate(zip(self.shards, args_per_shard)):
@@ -127,6 +141,9 @@ class RayShardGroup(ShardGroup):
         for index, answer in zip(picked, answers):
             results[index] = answer
         return results
+
+    def respawns(self) -> list[int]:
+        return [shard.respawns for shard in self.shards]
 
     def close(self) -> None:
         if not self.shards:
@@ -182,10 +199,11 @@ def start_ray_shards(schema: Schema, n: int, address: str | None = None,
     actor = ray.remote(ShardActor)
     nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
     spec = schema.to_dict()
+    factory = os.environ.get(FACTORY_ENV, "")
     group = RayShardGroup([
         RayShard(actor.options(num_cpus=0, max_restarts=-1, max_task_retries=0,
                                scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False))
-                 .remote(spec, i, data_dir), i)
+                 .remote(spec, i, data_dir, factory), i)
         for i in range(n)])
     try:
         group.call_all("stats")

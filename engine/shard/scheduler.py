@@ -1,0 +1,93 @@
+"""The order in which a worker runs its requests: reads together, writes alone, short reads first.
+
+Requests are admitted in id order (the order the coordinator numbered them). ``take`` hands out
+the next one that may start now:
+
+- a write starts only when it is the oldest request waiting and nothing is running; requests
+  after it wait until it has finished (so writes keep the id order against everything);
+- reads before the first waiting write may start while other reads run: point reads
+  (``Access.POINT``) first, whatever queries wait ahead of them, then the oldest query, if
+  fewer than ``max_queries`` queries are running.
+
+Not thread-safe: the worker calls it under its own lock.
+
+>>> from engine.shard.api import Access
+>>> s = Scheduler(max_queries=1)
+>>> for n, kind in enumerate([Access.QUERY, Access.QUERY, Access.POINT, Access.WRITE, Access.POINT]):
+...     s.admit(n, kind)
+>>> s.take(), s.take(), s.take()  # the point read first, then the oldest query
+(2, 0, None)
+>>> s.finish(0); s.take(), s.take()
+(1, None)
+>>> s.finish(2); s.finish(1); s.take(), s.take()
+(3, None)
+>>> s.finish(3); s.take()
+4
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from .api import Access
+
+
+class Scheduler:
+    """Reader/writer ordering of one worker's requests, with point reads ahead of queries."""
+
+    def __init__(self, max_queries: int = 1):
+        self.max_queries = max_queries
+        self.waiting: deque[tuple[Any, Access]] = deque()  # admitted, not started, in id order
+        self.running: dict[int, Access] = {}  # id(item) -> access of the requests being served
+        self.queries = 0  # queries running
+        self.writing = False  # a write is running
+
+    def admit(self, item: Any, kind: Access) -> None:
+        """Queue ``item`` (the next request in id order)."""
+        self.waiting.append((item, kind))
+
+    def take(self) -> Any | None:
+        """The request to start now, or None if none may start."""
+        index = self._pick()
+        return None if index is None else self._start(index)
+
+    def runnable(self) -> bool:
+        """Whether ``take`` would return a request."""
+        return self._pick() is not None
+
+    def _pick(self) -> int | None:
+        """The position in ``waiting`` of the request to start now."""
+        if self.writing or not self.waiting:
+            return None
+        first_query = None
+        for index, (_, kind) in enumerate(self.waiting):
+            if kind is Access.WRITE:
+                if index == 0 and not self.running:
+                    return 0
+                break
+            if kind is Access.POINT:
+                return index
+            if first_query is None:
+                first_query = index
+        if first_query is not None and self.queries < self.max_queries:
+            return first_query
+        return None
+
+    def _start(self, index: int) -> Any:
+        item, kind = self.waiting[index]
+        del self.waiting[index]
+        self.running[id(item)] = kind
+        self.queries += kind is Access.QUERY
+        self.writing = kind is Access.WRITE
+        return item
+
+    def finish(self, item: Any) -> None:
+        """``item`` (returned by ``take``) is done."""
+        kind = self.running.pop(id(item))
+        self.queries -= kind is Access.QUERY
+        if kind is Access.WRITE:
+            self.writing = False
+
+    def idle(self) -> bool:
+        """Nothing waiting or running."""
+        return not self.waiting and not self.running
