@@ -304,6 +304,8 @@ class DataDir:
 
 
 def lock_directory(path: str) -> Any:
+    """Take the exclusive lock of data directory ``path`` (DataDirMismatch naming the holder's pid if taken);
+    the open lock file, held until closed."""
     os.makedirs(path, exist_ok=True)
     handle = open(os.path.join(path, "LOCK"), "a+")
     try:

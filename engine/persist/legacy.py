@@ -14,12 +14,15 @@ on a data directory they trust; the engine refuses them.
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DataCorruption
 from ..store.growable import GrowableArray
+
+if TYPE_CHECKING:
+    from ..shard.local import LocalShard
 
 #: Modules whose classes and functions a legacy part may name (anything else is refused).
 TRUSTED_MODULES = ("engine.", "numpy", "pyroaring", "builtins", "collections", "copyreg")
@@ -30,7 +33,7 @@ SHARD_ATTRIBUTES = frozenset({"profiles", "events", "did", "executor", "saved", 
 
 
 class _Restorer(pickle.Unpickler):
-    def __init__(self, stream: Any, shard: Any, buffers: list[Any]):
+    def __init__(self, stream: Any, shard: LocalShard, buffers: list[Any]):
         super().__init__(stream, buffers=buffers)
         self.shard = shard
         self.schema = shard.schema
@@ -79,7 +82,7 @@ class _ViewReader:
         return self.view[start:end].tobytes()
 
 
-def restore_legacy(shard: Any, frames: list[np.ndarray]) -> None:
+def restore_legacy(shard: LocalShard, frames: list[np.ndarray]) -> None:
     """Replace ``shard``'s data by the legacy part in ``frames`` (fresh writable buffers, one per frame)."""
     state = _Restorer(_ViewReader(frames[0]), shard, list(frames[1:])).load()
     unknown = set(state) - SHARD_ATTRIBUTES - {"applied_seq"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataCorruption, SegengineError
 from . import meta, records, snapshot
@@ -24,6 +24,9 @@ from ..commands import SEGMENT_KINDS, SHARD_METHODS, route
 from .shard_state import query_compiler
 from .wal import DB as WAL_DB
 from .wal import LogScan
+
+if TYPE_CHECKING:
+    from ..shard.local import LocalShard
 
 
 
@@ -37,7 +40,7 @@ def shard_path(data_dir: str, shard_no: int) -> str:
     return os.path.join(data_dir, f"shard-{shard_no}")
 
 
-def apply_logged(shard: Any, seq: int, method: str, args: tuple) -> Any:
+def apply_logged(shard: LocalShard, seq: int, method: str, args: tuple) -> Any:
     """Run ``shard.method(*args)`` for log record ``seq`` unless the shard already applied it."""
     if method not in SHARD_METHODS:
         raise ValueError(f"{method!r} is not a logged shard write")
@@ -50,7 +53,7 @@ def apply_logged(shard: Any, seq: int, method: str, args: tuple) -> Any:
         persistence.applied_seq = seq
 
 
-def _already_applied(shard: Any, method: str, args: tuple) -> Any:
+def _already_applied(shard: LocalShard, method: str, args: tuple) -> Any:
     if method == "create_segment":
         return shard.segment_info(args[0])
     if method in ("delete_segment", "update_schema"):
@@ -58,7 +61,7 @@ def _already_applied(shard: Any, method: str, args: tuple) -> Any:
     return len(args[0])
 
 
-def recover_shard(shard: Any, data_dir: str) -> dict[str, Any]:
+def recover_shard(shard: LocalShard, data_dir: str) -> dict[str, Any]:
     """Load ``shard`` from ``data_dir``: its newest snapshot part, then its share of the log after it."""
     data_dir = os.path.abspath(data_dir)
     persistence = shard.persistence
@@ -80,7 +83,7 @@ def recover_shard(shard: Any, data_dir: str) -> dict[str, Any]:
     return dict(info)
 
 
-def _recover_in(shard: Any, data_dir: str, env: Any, txn: Any, info: dict[str, Any]) -> None:
+def _recover_in(shard: LocalShard, data_dir: str, env: Any, txn: Any, info: dict[str, Any]) -> None:
     meta_db = env.db(meta.DB)
     layout = meta.read_layout(txn, meta_db, data_dir)
     if layout is None:

@@ -22,7 +22,7 @@ is reused from one snapshot to the next, and bitmaps are serialised during the c
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -35,10 +35,13 @@ from ..store.profiles import ProfileStore
 from .arena import CaptureArena
 from .state_io import Capture, StateReader, StateWriter
 
+if TYPE_CHECKING:
+    from ..shard.local import LocalShard
+
 __all__ = ["Capture", "capture", "restore", "event_run_arrays", "query_compiler"]
 
 
-def event_run_arrays(shard: Any) -> Iterator[np.ndarray]:
+def event_run_arrays(shard: LocalShard) -> Iterator[np.ndarray]:
     """The arrays of every event run of ``shard`` (never changed in place: see the module docstring)."""
     for store in shard.events.types.values():
         for runs in store.epochs.values():
@@ -49,7 +52,7 @@ def event_run_arrays(shard: Any) -> Iterator[np.ndarray]:
                 yield from run.valid.values()
 
 
-def capture(shard: Any, arena: CaptureArena | None = None, copy: bool = True) -> Capture:
+def capture(shard: LocalShard, arena: CaptureArena | None = None, copy: bool = True) -> Capture:
     """The frames of ``shard``'s state, independent of later writes to the shard.
 
     Arrays that writes may change are copied (into ``arena`` when given, else fresh memory);
@@ -70,7 +73,7 @@ def query_compiler(schema: Schema) -> Callable[[str], Step]:
     return lambda text: plan(bind(parse(text), schema))
 
 
-def restore(shard: Any, frames: list[Any], where: str = "a snapshot") -> Schema:
+def restore(shard: LocalShard, frames: list[Any], where: str = "a snapshot") -> Schema:
     """Replace ``shard``'s data by the part in ``frames`` (one writable buffer per frame, e.g. fresh
     arrays: the restored arrays are views of them); returns the schema the part was written with.
     The shard's schema must be that one or extend it (names added since start null).

@@ -28,7 +28,7 @@ import fcntl
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from .arena import CaptureArena
 from .chunk_store import FORMAT, LEGACY_FORMAT, LEGACY_FORMATS, ChunkStore
 from .errors import DataCorruption, DataDirMismatch
 from .shard_persistence import ShardPersistence
+
+if TYPE_CHECKING:
+    from ..shard.local import LocalShard
 
 #: Seconds to wait for the previous owner of a shard directory (an orphaned worker) to exit.
 OWNER_WAIT_S = 10.0
@@ -160,7 +163,7 @@ class SnapshotJob:
         return self.part
 
 
-def start(shard: Any, path: str, snapshot_id: int) -> dict[str, int]:
+def start(shard: LocalShard, path: str, snapshot_id: int) -> dict[str, int]:
     """Capture ``shard`` now and write it as snapshot ``snapshot_id`` under ``path`` in the background."""
     persistence: ShardPersistence = shard.persistence
     persistence.wait()
@@ -176,7 +179,7 @@ def start(shard: Any, path: str, snapshot_id: int) -> dict[str, int]:
             "new_memory_bytes": store.arena.mapped}
 
 
-def status(shard: Any, snapshot_id: int) -> dict[str, int] | None:
+def status(shard: LocalShard, snapshot_id: int) -> dict[str, int] | None:
     """The written part of snapshot ``snapshot_id`` (None while it is being written)."""
     job = shard.persistence.job
     if job is None or job.snapshot_id != snapshot_id:
@@ -184,7 +187,7 @@ def status(shard: Any, snapshot_id: int) -> dict[str, int] | None:
     return job.status()
 
 
-def load(shard: Any, path: str, snapshot_id: int, part: dict[str, Any]) -> dict[str, int]:
+def load(shard: LocalShard, path: str, snapshot_id: int, part: dict[str, Any]) -> dict[str, int]:
     """Replace ``shard``'s data by snapshot ``snapshot_id`` and drop every other snapshot under ``path``."""
     began = time.perf_counter()
     persistence: ShardPersistence = shard.persistence
@@ -198,11 +201,11 @@ def load(shard: Any, path: str, snapshot_id: int, part: dict[str, Any]) -> dict[
     return {"bytes": part["bytes"], "read_ms": read_ms, "load_ms": int((time.perf_counter() - began) * 1000)}
 
 
-def prune(shard: Any, path: str, keep: list[int]) -> int:
+def prune(shard: LocalShard, path: str, keep: list[int]) -> int:
     """Delete every snapshot of ``shard`` under ``path`` but ``keep``; returns the chunks deleted."""
     return shard.persistence.store_at(path).prune(set(keep))
 
 
-def finish(shard: Any) -> None:
+def finish(shard: LocalShard) -> None:
     """Wait for a running snapshot job, then close the shard's snapshot store in this process."""
     shard.persistence.close()
