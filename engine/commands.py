@@ -111,15 +111,24 @@ class Erase:
     now: int
 
 
-Command = Union[Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment, UpdateSchema, Merge, Erase]
+@dataclass(frozen=True)
+class Expire:
+    """Delete the events past their type's retention at clock ``now`` (see engine.retention)."""
+
+    kind: ClassVar[str] = "expire"
+    now: int
+
+
+Command = Union[Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment, UpdateSchema, Merge, Erase,
+                Expire]
 
 #: Every command class by its log record kind.
 COMMANDS: dict[str, type] = {c.kind: c for c in (Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment,
-                                                  UpdateSchema, Merge, Erase)}
+                                                  UpdateSchema, Merge, Erase, Expire)}
 
 #: The LocalShard methods that ``route`` names (run by the shard's ``apply_logged`` only).
 SHARD_METHODS = frozenset({"upsert", "track", "load_profiles", "load_events", "create_segment", "delete_segment",
-                           "update_schema", "merge", "erase"})
+                           "update_schema", "merge", "erase", "expire"})
 
 #: Kinds that change saved segment definitions: a replayed one that fails fails as it did live.
 SEGMENT_KINDS = frozenset({CreateSegment.kind, DeleteSegment.kind})
@@ -155,6 +164,8 @@ def route(command: Command, shards: int, compile: Callable[[str], Step] | None) 
         for step in command.steps:
             per_shard[shard_of(step[1], shards)].append(step)
         return [("merge", (steps, command.now)) if steps else None for steps in per_shard]
+    if isinstance(command, Expire):
+        return [("expire", (command.now,))] * shards
     if isinstance(command, Erase):
         groups = split_by_shard(command.ids, lambda i: i, shards)
         return [("erase", (group, command.now)) if group else None for group in groups]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
 from .concurrency import PublishLock
-from .commands import (Command, CreateSegment, DeleteSegment, Erase, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
+from .commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
                        Upsert, applied_count, merged_segment_info, route)
 from .errors import DataDirMismatch, DataError, SegmentExists
 from .explain import merge_trees
@@ -200,6 +200,13 @@ class Engine:
             if not canonical:
                 return 0
             return self.write(Erase(canonical, self._write_clock()))
+
+    def expire(self, now: int | None = None) -> int:
+        """Delete the events past their type's retention at clock ``now`` (default: the engine clock), a
+        logged write; returns how many were deleted."""
+        if not any(e.retention_ms is not None for e in self.schema.events.values()):
+            return 0
+        return self.write(Expire(self.clock() if now is None else int(now)))
 
     def export_profile(self, profile_id: str) -> dict[str, Any] | None:
         """Everything held about the profile ``profile_id`` names (contract section 6), None if unknown."""

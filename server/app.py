@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class ServerConfig:
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
     refresh_ms: int = 1000
+    expire_s: float = 60.0  # events past their type's retention are deleted this often
     watch_buffer: int = 10_000
     drain_s: float = 0.0
     grace_s: float = 10.0
@@ -169,7 +171,15 @@ class SegengineServer:
 
     def _refresh_loop(self) -> None:
         interval = max(self.config.refresh_ms, 10) / 1000
+        expired_at = time.monotonic()
         while not self._timer_stop.wait(interval):
+            if time.monotonic() - expired_at >= self.config.expire_s:
+                expired_at = time.monotonic()
+                try:
+                    self.engine.expire()
+                except Exception:  # noqa: BLE001 - the next round expires them
+                    if not self.gate.closing:
+                        log.exception("expiring events past retention failed")
             if not self.engine.catalog.clocked:
                 continue
             try:

@@ -12,11 +12,13 @@ A merge payload is plain data (it is logged, and crosses process boundaries)::
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..columns import column_from_values
+from ..retention import floor
 from ..store.event_rows import drop_rows, events_of
 
 if TYPE_CHECKING:
@@ -103,8 +105,12 @@ def export(shard: LocalShard, profile_id: str) -> dict[str, Any] | None:
         return None
     events = []
     per_type = events_of(shard.events, np.array([row], dtype=np.int64), len(shard.profiles.idmap))[0]
+    now = time.time_ns() // 1_000_000
     for name, entry in per_type.items():
+        earliest = floor(shard.events.types[name].definition, now)
         for i, ts in enumerate(entry["ts"]):
+            if ts < earliest:
+                continue
             record = {"event": name, "ts": ts}
             record.update((prop, values[i]) for prop, values in entry["props"].items() if values[i] is not None)
             events.append(record)

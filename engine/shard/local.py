@@ -130,6 +130,15 @@ class LocalShard:
         """Erase canonical profiles ``ids`` and their aliases; returns [how many, the aliases' hashes]."""
         return identity_ops.erase(self, ids, now)
 
+    def expire(self, now: int) -> int:
+        """Delete the events past their type's retention at clock ``now``; returns how many."""
+        from ..retention import expire_events
+
+        deleted, rows = expire_events(self.events, now)
+        if deleted:
+            self.saved.sync(rows, now, (), None)
+        return deleted
+
     # -- identity reads (see engine.identity) -------------------------------------------------
     def export_profile(self, profile_id: str) -> dict[str, Any] | None:
         """The contract's export of canonical profile ``profile_id`` (None if not a live profile here)."""
