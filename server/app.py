@@ -60,6 +60,8 @@ class ServerConfig:
     heavy_workers: int = 2  # threads for queries known to be heavy (see server.bridge)
     heavy_nice: int = 10  # how much lower their OS priority is
     token: str | None = None
+    admin_token: str | None = None  # merge, erase, export (see server.interceptors); None: not allowed with a token
+    audit_log: str | None = None  # file the erasures are appended to (also logged as segengine.audit)
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
     refresh_ms: int = 1000
@@ -67,6 +69,18 @@ class ServerConfig:
     watch_buffer: int = 10_000
     drain_s: float = 0.0
     grace_s: float = 10.0
+
+
+def add_audit_file(path: str) -> None:
+    """Append the audit log (``segengine.audit``: erasures) to ``path``, one line per entry."""
+    audit = logging.getLogger("segengine.audit")
+    target = os.path.abspath(path)
+    if any(getattr(h, "baseFilename", None) == target for h in audit.handlers):
+        return
+    handler = logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
 
 
 def lower_priority(nice: int) -> None:
@@ -98,6 +112,9 @@ class SegengineServer:
                                                      thread_name_prefix="segengine-heavy",
                                                      initializer=lower_priority, initargs=(self.config.heavy_nice,))
         self.servicer = SegmentationServicer(self.gate, watch_buffer=self.config.watch_buffer)
+        self.servicer.tokens = (self.config.token, self.config.admin_token)
+        if self.config.audit_log:
+            add_audit_file(self.config.audit_log)
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="segengine-loop", daemon=True)
         self._loop_thread.start()
@@ -119,7 +136,8 @@ class SegengineServer:
         """Create the aio server with its services and bind it (on the loop); the port."""
         size = self.config.max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.config.token)] if self.config.token else None,
+            interceptors=[AuthInterceptor(self.config.token, self.config.admin_token)]
+            if self.config.token or self.config.admin_token else None,
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
                      ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
