@@ -62,19 +62,28 @@ def merge_consent(into: bool | None, source: bool | None) -> bool | None:
 
 
 def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
-    """Apply merge steps in order; returns how many there were."""
+    """Apply merge steps in order; returns how many there were.
+
+    Departures are gathered and applied together (one pass over the event runs), before any later
+    step that names a departing profile.
+    """
+    leaving: dict[str, None] = {}
     for step in steps:
         if step[0] == "out":
-            _leave(shard, step[1], now)
-        else:
-            _receive(shard, step[1], step[2], now)
+            leaving[step[1]] = None
+            continue
+        if step[1] in leaving:
+            _leave(shard, list(leaving), now)
+            leaving.clear()
+        _receive(shard, step[1], step[2], now)
+    _leave(shard, list(leaving), now)
     return len(steps)
 
 
-def _leave(shard: LocalShard, profile_id: str, now: int) -> None:
-    row = live_row(shard, profile_id)
-    if row >= 0:
-        remove_profiles(shard, np.array([row], dtype=np.int64), now)
+def _leave(shard: LocalShard, ids: list[str], now: int) -> None:
+    rows = np.array([row for row in (live_row(shard, i) for i in ids) if row >= 0], dtype=np.int64)
+    if len(rows):
+        remove_profiles(shard, np.unique(rows), now)
 
 
 def remove_profiles(shard: LocalShard, rows: np.ndarray, now: int) -> np.ndarray:

@@ -55,10 +55,27 @@ class AliasStore:
         for number in numbers.tolist():
             if target[number] == row:
                 continue
+            if target[number] >= 0:  # moving from another row (whose departure is applied later)
+                self._unlink(number)
+                self.live -= 1
             target[number] = row
             nxt[number] = head[row]
             head[row] = number
             self.live += 1
+
+    def _unlink(self, number: int) -> None:
+        """Take alias ``number`` out of its row's list."""
+        row = int(self.target.data[number])
+        head, nxt = self.head.data, self.next.data
+        if head[row] == number:
+            head[row] = nxt[number]
+        else:
+            at = int(head[row])
+            while nxt[at] != number:
+                at = int(nxt[at])
+            nxt[at] = nxt[number]
+        nxt[number] = -1
+        self.target.data[number] = -1
 
     def rows_of(self, ids: Sequence[str]) -> np.ndarray:
         """The canonical row of each id (int64), -1 where it is not an alias here."""
