@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from engine.errors import SegengineError
 
@@ -30,6 +31,20 @@ def _pair(line: str, number: int) -> tuple[str, str]:
     return value[0], value[1]
 
 
+def _usage(command: str, message: object) -> int:
+    print(f"segengine {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def _call(args: argparse.Namespace, method: str, *call_args: Any) -> tuple[bool, Any]:
+    """(True, the client method's answer) or (False, the exit status after printing the error)."""
+    try:
+        with connect(args) as client:
+            return True, getattr(client, method)(*call_args)
+    except SegengineError as error:
+        return False, _fail(error)
+
+
 def run_merge(args: argparse.Namespace) -> int:
     """Merge profiles on a server: FROM INTO, or the pairs of --file (applied in order, all or none)."""
     try:
@@ -38,18 +53,13 @@ def run_merge(args: argparse.Namespace) -> int:
         elif len(args.ids) == 2:
             pairs = [(args.ids[0], args.ids[1])]
         else:
-            print("segengine merge: give FROM INTO or --file", file=sys.stderr)
-            return 2
+            return _usage("merge", "give FROM INTO or --file")
     except (OSError, ValueError) as error:
-        print(f"segengine merge: {error}", file=sys.stderr)
-        return 2
-    try:
-        with connect(args) as client:
-            merged = client.merge_many(pairs)
-    except SegengineError as error:
-        return _fail(error)
-    print(f"merged {merged} of {len(pairs)}")
-    return 0
+        return _usage("merge", error)
+    ok, merged = _call(args, "merge_many", pairs)
+    if ok:
+        print(f"merged {merged} of {len(pairs)}")
+    return 0 if ok else merged
 
 
 def run_erase(args: argparse.Namespace) -> int:
@@ -57,27 +67,20 @@ def run_erase(args: argparse.Namespace) -> int:
     try:
         ids = list(args.ids) + (_lines(args.file) if args.file else [])
     except OSError as error:
-        print(f"segengine erase: {error}", file=sys.stderr)
-        return 2
+        return _usage("erase", error)
     if not ids:
-        print("segengine erase: give ids or --file", file=sys.stderr)
-        return 2
-    try:
-        with connect(args) as client:
-            erased = client.delete_profiles(ids)
-    except SegengineError as error:
-        return _fail(error)
-    print(f"erased {erased} profiles")
-    return 0
+        return _usage("erase", "give ids or --file")
+    ok, erased = _call(args, "delete_profiles", ids)
+    if ok:
+        print(f"erased {erased} profiles")
+    return 0 if ok else erased
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Print everything a server holds about one profile as JSON (exit status 1 if unknown)."""
-    try:
-        with connect(args) as client:
-            record = client.export_profile(args.id)
-    except SegengineError as error:
-        return _fail(error)
+    ok, record = _call(args, "export_profile", args.id)
+    if not ok:
+        return record
     if record is None:
         print(f"segengine export: unknown profile {args.id!r}", file=sys.stderr)
         return 1
