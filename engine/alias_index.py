@@ -91,8 +91,8 @@ class AliasIndex:
             return
         live = self.table > DELETED
         keys, values = self.table[live], self.values[live]
-        capacity = len(self.table)
-        while self.size + more > self.MAX_LOAD * capacity / 2 or capacity < 1024:
+        capacity = 1024
+        while self.size + more > self.MAX_LOAD * capacity:
             capacity *= 2
         self.table = np.zeros(capacity, dtype=np.uint64)
         self.values = np.zeros(capacity, dtype=np.uint8)
