@@ -23,7 +23,7 @@ import numpy as np
 from .columns import EventBatch, ProfileBatch
 from .plan.steps import Step
 from .schema import EventRecord, ProfileUpdate
-from .shard.partition import shards_of, split_by_shard
+from .shard.partition import shard_of, shards_of, split_by_shard
 
 #: One shard's share of a command: (LocalShard write method, its arguments), or None.
 ShardCall = Union[tuple[str, tuple], None]
@@ -92,15 +92,43 @@ class UpdateSchema:
     spec: dict[str, Any]
 
 
-Command = Union[Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment, UpdateSchema]
+@dataclass(frozen=True)
+class Merge:
+    """Merges of canonical profiles, as steps carrying their data (see engine.shard.identity_ops):
+    ``("out", id)`` on the shard of ``id``, ``("in", id, payload)`` on the shard of ``id``, in order."""
+
+    kind: ClassVar[str] = "merge"
+    steps: list[tuple]
+    now: int
+
+
+@dataclass(frozen=True)
+class Erase:
+    """Erase canonical profiles ``ids`` and every alias of them (unknown ones are ignored)."""
+
+    kind: ClassVar[str] = "erase"
+    ids: list[str]
+    now: int
+
+
+@dataclass(frozen=True)
+class Expire:
+    """Delete the events past their type's retention at clock ``now`` (see engine.retention)."""
+
+    kind: ClassVar[str] = "expire"
+    now: int
+
+
+Command = Union[Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment, UpdateSchema, Merge, Erase,
+                Expire]
 
 #: Every command class by its log record kind.
 COMMANDS: dict[str, type] = {c.kind: c for c in (Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment,
-                                                  UpdateSchema)}
+                                                  UpdateSchema, Merge, Erase, Expire)}
 
 #: The LocalShard methods that ``route`` names (run by the shard's ``apply_logged`` only).
 SHARD_METHODS = frozenset({"upsert", "track", "load_profiles", "load_events", "create_segment", "delete_segment",
-                           "update_schema"})
+                           "update_schema", "merge", "erase", "expire"})
 
 #: Kinds that change saved segment definitions: a replayed one that fails fails as it did live.
 SEGMENT_KINDS = frozenset({CreateSegment.kind, DeleteSegment.kind})
@@ -131,6 +159,16 @@ def route(command: Command, shards: int, compile: Callable[[str], Step] | None) 
         return [("delete_segment", (command.name,))] * shards
     if isinstance(command, UpdateSchema):
         return [("update_schema", (command.spec,))] * shards
+    if isinstance(command, Merge):
+        per_shard: list[list[tuple]] = [[] for _ in range(shards)]
+        for step in command.steps:
+            per_shard[shard_of(step[1], shards)].append(step)
+        return [("merge", (steps, command.now)) if steps else None for steps in per_shard]
+    if isinstance(command, Expire):
+        return [("expire", (command.now,))] * shards
+    if isinstance(command, Erase):
+        groups = split_by_shard(command.ids, lambda i: i, shards)
+        return [("erase", (group, command.now)) if group else None for group in groups]
     raise TypeError(f"not a write command: {type(command).__name__}")
 
 

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Iterable
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
 from .concurrency import PublishLock
-from .commands import (Command, CreateSegment, DeleteSegment, LoadEvents, LoadProfiles, Track, UpdateSchema, Upsert,
-                       applied_count, merged_segment_info, route)
+from .commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
+                       Upsert, applied_count, merged_segment_info, route)
 from .errors import DataDirMismatch, DataError, SegmentExists
 from .explain import merge_trees
+from .identity import Identity
 from .plan import Step, plan
 from .query import bind, parse, to_text
 from .schema import Schema, check_id
@@ -110,6 +111,7 @@ class Engine:
         self._capturing = False
         self._write_lock = threading.Lock()  # in memory: writes are numbered and applied one at a time
         self._last_seq = 0
+        self.identity = Identity(self)  # aliases: routing index and merge planning (see engine.identity)
         # with a data_dir: recover from it, then log every write before applying it (engine.persist);
         # ``durability``: options of engine.persist.DataDir (snapshot_every_s, snapshot_log_bytes, map_size)
         self.durable: DataDir | None = None
@@ -118,6 +120,7 @@ class Engine:
 
             try:
                 self.durable = DataDir(self, data_dir, **(durability or {}))
+                self.identity.rebuild()
                 if self.durable.schema_unlogged:  # opened with a schema that adds names: log the change
                     self.write(UpdateSchema(self.schema.to_dict()))
             except BaseException:
@@ -156,13 +159,60 @@ class Engine:
         return self.load_events(batch)
 
     def write(self, command: Command) -> Any:
-        """Apply write ``command``: checked, then (with a data_dir) logged durably, then applied in order."""
+        """Apply write ``command``: checked, aliases resolved, then (with a data_dir) logged durably, then
+        applied in order."""
         self._check(command)
-        if self.durable is not None:
-            return self.durable.write(command)
-        with self._write_lock:
-            self._last_seq += 1
-            return self.apply(command, self._last_seq)
+        with self.identity.lock:
+            command = self.identity.resolve_command(command)
+            if self.durable is None:
+                with self._write_lock:
+                    self._last_seq += 1
+                    return self.apply(command, self._last_seq)
+            ticket = self.identity.last_ticket = self.durable.submit(command)
+        return ticket.wait()
+
+    # -- identity (contract section 6; see engine.identity) ---------------------------------
+    def merge(self, from_id: str, into_id: str) -> int:
+        """Make ``from_id`` an alias of ``into_id``, moving its data; returns 1 if anything changed, else 0."""
+        return self.merge_many([(from_id, into_id)])
+
+    def merge_many(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Merges applied in order, all or none (one logged write); returns how many changed anything."""
+        pairs = list(pairs)
+        with self.identity.lock:
+            if self.identity.last_ticket is not None:
+                try:
+                    self.identity.last_ticket.wait()  # every earlier write applied before the sources are read
+                except Exception:
+                    pass  # that write's caller has its error
+            command = self.identity.plan_merges(pairs, self._write_clock())
+            if command is None:
+                return 0
+            self.write(command)
+        return sum(1 for step in command.steps if step[0] == "in")
+
+    def delete_profiles(self, ids: Iterable[str]) -> int:
+        """Erase the canonical profiles ``ids`` name and all their aliases (durable on return); returns how
+        many canonical profiles were erased (unknown ids are ignored)."""
+        ids = [check_id(profile_id, i) for i, profile_id in enumerate(ids)]
+        with self.identity.lock:
+            canonical = sorted(set(self.identity.resolve(ids)))
+            if not canonical:
+                return 0
+            return self.write(Erase(canonical, self._write_clock()))
+
+    def expire(self, now: int | None = None) -> int:
+        """Delete the events past their type's retention at clock ``now`` (default: the engine clock), a
+        logged write; returns how many were deleted."""
+        if not any(e.retention_ms is not None for e in self.schema.events.values()):
+            return 0
+        return self.write(Expire(self.clock() if now is None else int(now)))
+
+    def export_profile(self, profile_id: str) -> dict[str, Any] | None:
+        """Everything held about the profile ``profile_id`` names (contract section 6), None if unknown."""
+        check_id(profile_id, None)
+        self._tick()
+        return self._on_owner("export_profile", self.identity.resolve([profile_id])[0])
 
     def apply(self, command: Command, seq: int) -> Any:
         """Apply ``command`` as write number ``seq`` to the shards, then to the coordinator's catalog.
@@ -185,6 +235,13 @@ class Engine:
                 self.catalog.remove(command.name)
             elif isinstance(command, UpdateSchema):
                 self.adopt_schema(Schema.from_dict(command.spec))
+            elif isinstance(command, Merge):
+                self.identity.applied(command)
+                result = applied_count(results)
+            elif isinstance(command, Erase):
+                result = self.identity.erased(results)
+                if self.durable is not None:
+                    self.durable.note_erasure(seq)
             else:
                 result = applied_count(results)
             self._publish()
@@ -277,7 +334,7 @@ class Engine:
 
     def profile(self, profile_id: str) -> dict[str, Any]:
         """The current record of one profile (ProfileNotFound if unknown)."""
-        return self._on_owner("profile", check_id(profile_id, None))
+        return self._on_owner("profile", self.identity.resolve([check_id(profile_id, None)])[0])
 
     # -- saved segments (definitions here, members in the shards: see engine.segments) -------
     def create_segment(self, name: str, query: str, replace: bool = False) -> dict[str, Any]:
@@ -316,6 +373,8 @@ class Engine:
         if names:
             self.catalog.check_refs(frozenset(names))
         self._tick()
+        if isinstance(profile_id, str):
+            profile_id = self.identity.resolve([profile_id])[0]
         return self._on_owner("membership", profile_id, names)
 
     def refresh_segments(self, now: int | None = None) -> None:

@@ -106,3 +106,9 @@ class SchemaChangeRefused(SegengineError, ValueError):
     """A new schema removes or retypes something of the current one (a schema may only grow)."""
 
     grpc_status = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(SegengineError):
+    """The caller's token does not allow this call (merge, erase and export need the admin token)."""
+
+    grpc_status = "PERMISSION_DENIED"

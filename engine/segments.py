@@ -354,7 +354,7 @@ class SavedSegments:
         self.members = MembershipBits()
         self.now: int | None = None
         self.capture = False
-        self.pending: list[tuple[str, str, np.ndarray | None]] = []
+        self.pending: list[tuple[str, str, np.ndarray | list[str] | None]] = []
         self.pending_size = 0
         self.lost = False
 
@@ -552,10 +552,18 @@ class SavedSegments:
         self.capture = bool(on)
         self.pending, self.pending_size, self.lost = [], 0, False
 
+    def _ids(self, rows: np.ndarray | list[str] | None) -> list[str]:
+        if rows is None:
+            return []
+        return rows if isinstance(rows, list) else self.profiles.idmap.ids_of(rows)
+
+    def pin_changes(self) -> None:
+        """Name the rows of the recorded changes now (before their ids are forgotten by a merge or an erasure)."""
+        self.pending = [(kind, name, None if rows is None else self._ids(rows)) for kind, name, rows in self.pending]
+
     def take_changes(self) -> dict[str, Any]:
         """The changes recorded since the last call: ``{"changes": [[kind, name, ids]], "lost", "at"}``."""
-        ids_of = self.profiles.idmap.ids_of
-        changes = [[kind, name, [] if rows is None else ids_of(rows)] for kind, name, rows in self.pending]
+        changes = [[kind, name, self._ids(rows)] for kind, name, rows in self.pending]
         result = {"changes": changes, "lost": self.lost, "at": self.now or 0}
         self.pending, self.pending_size, self.lost = [], 0, False
         return result

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +60,27 @@ class ServerConfig:
     heavy_workers: int = 2  # threads for queries known to be heavy (see server.bridge)
     heavy_nice: int = 10  # how much lower their OS priority is
     token: str | None = None
+    admin_token: str | None = None  # merge, erase, export (see server.interceptors); None: not allowed with a token
+    audit_log: str | None = None  # file the erasures are appended to (also logged as segengine.audit)
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
     refresh_ms: int = 1000
+    expire_s: float = 60.0  # events past their type's retention are deleted this often
     watch_buffer: int = 10_000
     drain_s: float = 0.0
     grace_s: float = 10.0
+
+
+def add_audit_file(path: str) -> None:
+    """Append the audit log (``segengine.audit``: erasures) to ``path``, one line per entry."""
+    audit = logging.getLogger("segengine.audit")
+    target = os.path.abspath(path)
+    if any(getattr(h, "baseFilename", None) == target for h in audit.handlers):
+        return
+    handler = logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
 
 
 def lower_priority(nice: int) -> None:
@@ -96,6 +112,9 @@ class SegengineServer:
                                                      thread_name_prefix="segengine-heavy",
                                                      initializer=lower_priority, initargs=(self.config.heavy_nice,))
         self.servicer = SegmentationServicer(self.gate, watch_buffer=self.config.watch_buffer)
+        self.servicer.tokens = (self.config.token, self.config.admin_token)
+        if self.config.audit_log:
+            add_audit_file(self.config.audit_log)
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="segengine-loop", daemon=True)
         self._loop_thread.start()
@@ -117,7 +136,8 @@ class SegengineServer:
         """Create the aio server with its services and bind it (on the loop); the port."""
         size = self.config.max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.config.token)] if self.config.token else None,
+            interceptors=[AuthInterceptor(self.config.token, self.config.admin_token)]
+            if self.config.token or self.config.admin_token else None,
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
                      ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
@@ -169,7 +189,15 @@ class SegengineServer:
 
     def _refresh_loop(self) -> None:
         interval = max(self.config.refresh_ms, 10) / 1000
+        expired_at = time.monotonic()
         while not self._timer_stop.wait(interval):
+            if time.monotonic() - expired_at >= self.config.expire_s:
+                expired_at = time.monotonic()
+                try:
+                    self.engine.expire()
+                except Exception:  # noqa: BLE001 - the next round expires them
+                    if not self.gate.closing:
+                        log.exception("expiring events past retention failed")
             if not self.engine.catalog.clocked:
                 continue
             try:

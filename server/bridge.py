@@ -65,6 +65,10 @@ class CallContext:
         """The caller's metadata."""
         return self.context.invocation_metadata()
 
+    def peer(self) -> str:
+        """The caller's address (e.g. ``ipv4:127.0.0.1:50000``)."""
+        return self.context.peer()
+
 
 async def abort_with(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
     """End the call with the status ``error`` maps to (see the module docstring); log one line."""

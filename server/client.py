@@ -174,7 +174,8 @@ class SegengineClient:
         return self._call(self.stub.LoadEvents, convert.event_columns(batch), timeout).applied
 
     def write(self, batches: Iterable[tuple[str, Any]], timeout: float | None = None) -> int:
-        """Stream ``("profiles" | "events", records)`` or ``("event_columns", EventBatch)`` over one call.
+        """Stream ``("profiles" | "events", records)``, ``("event_columns", EventBatch)`` or ``("merges", pairs)``
+        (the admin token) over one call.
 
         Returns the number of records applied.
         """
@@ -188,8 +189,12 @@ class SegengineClient:
                     yield pb.WriteRequest(events=pb.TrackEventsRequest(events=[convert.event_message(r) for r in records]))
                 elif kind == "event_columns":
                     yield pb.WriteRequest(event_columns=convert.event_columns(records))
+                elif kind == "merges":
+                    yield pb.WriteRequest(merges=pb.MergeRequest(
+                        pairs=[pb.MergePair(from_id=f, into_id=i) for f, i in records]))
                 else:
-                    raise ValueError(f"batch kind must be 'profiles', 'events' or 'event_columns', not {kind!r}")
+                    raise ValueError(f"batch kind must be 'profiles', 'events', 'event_columns' or 'merges', "
+                                     f"not {kind!r}")
 
         return self._call(self.stub.Write, requests(), timeout or self.stream_timeout).applied
 
@@ -274,6 +279,25 @@ class SegengineClient:
         response = self._call(self.stub.UpdateSchema, pb.UpdateSchemaRequest(schema_json=json.dumps(spec)))
         self._schema = Schema.from_dict(json.loads(response.schema_json))
         return list(response.changes)
+
+    # -- identity and privacy (the server's admin token) -----------------------------------------
+    def merge(self, from_id: str, into_id: str, timeout: float | None = None) -> int:
+        """Make ``from_id`` an alias of ``into_id``; 1 if anything changed, else 0."""
+        return self.merge_many([(from_id, into_id)], timeout)
+
+    def merge_many(self, pairs: Iterable[tuple[str, str]], timeout: float | None = None) -> int:
+        """Merges applied in order, all or none; how many changed anything."""
+        request = pb.MergeRequest(pairs=[pb.MergePair(from_id=f, into_id=i) for f, i in pairs])
+        return self._call(self.stub.Merge, request, timeout).merged
+
+    def delete_profiles(self, ids: Iterable[str], timeout: float | None = None) -> int:
+        """Erase the canonical profiles ``ids`` name and their aliases; how many canonical profiles."""
+        return self._call(self.stub.DeleteProfiles, pb.DeleteProfilesRequest(ids=list(ids)), timeout).erased
+
+    def export_profile(self, profile_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """Everything held about the profile ``profile_id`` names (contract section 6), None if unknown."""
+        reply = self._call(self.stub.ExportProfile, pb.ExportProfileRequest(id=profile_id), timeout)
+        return json.loads(reply.json) if reply.found else None
 
     def snapshot(self) -> str:
         """Ask the server to write a snapshot now; returns its description."""

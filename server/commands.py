@@ -101,6 +101,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         max_concurrent_rpcs=args.max_concurrent_rpcs, workers=args.workers, heavy_workers=args.heavy_workers,
         token=args.token or os.environ.get("SEGENGINE_TOKEN") or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        admin_token=args.admin_token or os.environ.get("SEGENGINE_ADMIN_TOKEN") or None, audit_log=args.audit_log,
         refresh_ms=args.refresh_ms, drain_s=args.drain_s, grace_s=args.grace_s,
     )
     check_port_free(args.host, args.port)  # before the demo is built or the data dir recovered
@@ -131,6 +132,9 @@ def serve_args() -> tuple:
         arg("--demo-events", type=count, default=None, help="demo events (default 10 per profile)"),
         arg("--seed", type=int, default=0, help="demo random seed"),
         arg("--token", default=None, help="require this bearer token (default $SEGENGINE_TOKEN; none = no auth)"),
+        arg("--admin-token", default=None,
+            help="the token of merge, erase and export (default $SEGENGINE_ADMIN_TOKEN; with --token and none: refused)"),
+        arg("--audit-log", default=None, help="append every erasure (time, caller, number of profiles) to this file"),
         arg("--tls-cert", default=None, help="PEM certificate: serve TLS (with --tls-key)"),
         arg("--tls-key", default=None, help="PEM private key of --tls-cert"),
         arg("--refresh-ms", type=count, default=1000, help="refresh period of time-relative segments (default 1000)"),

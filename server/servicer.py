@@ -7,22 +7,26 @@ which maps them to status codes in one place.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Iterator
 
 import grpc
 
-from engine.errors import DataError
+from engine.errors import DataError, PermissionDenied
 from engine.watch import DEFAULT_CAPACITY
 
 from . import convert
 from .gate import EngineGate, RequestTooLarge, ShuttingDown, Unimplemented
+from .interceptors import ADMIN_DENIED, is_admin
 from .proto_gen import segmentation_pb2 as pb
 from .proto_gen import segmentation_pb2_grpc as pb_grpc
 
 DEFAULT_CHUNK = 10_000
 MAX_CHUNK = 100_000
 WATCH_POLL_S = 0.5
+#: Every erasure is written here: time, caller, number of profiles (never an id).
+audit = logging.getLogger("segengine.audit")
 #: The calls that run the executor (see ``SegmentationServicer.heavy``).
 QUERY_METHODS = frozenset({"Count", "Query", "Explain"})
 
@@ -37,6 +41,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.max_watch_buffer = max_watch_buffer
         self.started = time.monotonic()
         self.closing = False  # set when shutdown starts: watch streams end with UNAVAILABLE
+        self.tokens: tuple[str | None, str | None] = (None, None)  # (read/write, admin): see server.interceptors
 
     def heavy(self, method: str, request: object) -> bool:
         """True for a Snapshot and for a query call (Count, Query, Explain) whose query is known to be heavy."""
@@ -68,6 +73,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 elif request.HasField("event_columns"):
                     batch = convert.event_batch(request.event_columns)
                     applied += self.gate.write(context, self.engine.load_checked_events, batch)
+                elif request.HasField("merges"):
+                    self._check_admin(context)
+                    applied += self.gate.write(context, self.engine.merge_many, _pairs(request.merges))
             except DataError as error:  # name the message; earlier messages stay applied
                 raise DataError(f"message {number}: {error} ({applied} records of earlier messages were applied)",
                                 ) from None
@@ -164,6 +172,32 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             raise Unimplemented("this engine cannot write snapshots")
         result = self.gate.write(context, snapshot)
         return pb.SnapshotResponse(detail="" if result is None else json.dumps(result, sort_keys=True, default=str))
+
+
+    # -- identity and privacy (admin scope: see server.interceptors) ---------------------------
+    def _check_admin(self, context: grpc.ServicerContext) -> None:
+        if not is_admin(context.invocation_metadata(), *self.tokens):
+            raise PermissionDenied(ADMIN_DENIED)
+
+    def Merge(self, request: pb.MergeRequest, context: grpc.ServicerContext) -> pb.MergeResponse:
+        return pb.MergeResponse(merged=self.gate.write(context, self.engine.merge_many, _pairs(request)))
+
+    def DeleteProfiles(self, request: pb.DeleteProfilesRequest,
+                       context: grpc.ServicerContext) -> pb.DeleteProfilesResponse:
+        erased = self.gate.write(context, self.engine.delete_profiles, list(request.ids))
+        audit.info("erasure caller=%s profiles=%d", context.peer(), erased)
+        return pb.DeleteProfilesResponse(erased=erased)
+
+    def ExportProfile(self, request: pb.ExportProfileRequest,
+                      context: grpc.ServicerContext) -> pb.ExportProfileResponse:
+        record = self.gate.read(context, self.engine.export_profile, request.id)
+        if record is None:
+            return pb.ExportProfileResponse(found=False)
+        return pb.ExportProfileResponse(found=True, json=json.dumps(record, sort_keys=True))
+
+
+def _pairs(request: pb.MergeRequest) -> list[tuple[str, str]]:
+    return [(pair.from_id, pair.into_id) for pair in request.pairs]
 
 
 def _version() -> str:

@@ -149,7 +149,7 @@ def test_a_restored_shard_captures_to_the_same_frames() -> None:
         header = msgpack.unpackb(original[0])
         assert sorted(header) == ["applied_seq", "arrays", "bitmaps", "format", "schema", "state"]
         assert header["format"] == 4 and header["schema"] == SCHEMA.to_dict()
-        assert sorted(header["state"]) == ["events", "profiles", "segments"]
+        assert sorted(header["state"]) == ["aliases", "events", "profiles", "segments"]
         assert len(original) == len(header["arrays"]) + 2 and len(original[-1]) == sum(header["bitmaps"])
         restored = LocalShard(SCHEMA, 0)
         assert shard_state.restore(restored, fresh(original)).to_dict() == SCHEMA.to_dict()
@@ -352,7 +352,7 @@ def test_a_shard_keeps_its_persistence_state_in_one_object(tmp_path: Path) -> No
         write_state(engine)
         engine.snapshot()
         shard = engine.shards[0]
-        assert sorted(vars(shard)) == ["did", "events", "executor", "persistence", "profiles", "saved", "schema",
+        assert sorted(vars(shard)) == ["aliases", "did", "events", "executor", "persistence", "profiles", "saved", "schema",
                                        "segments", "shard_id"]
         persistence = shard.persistence
         assert persistence.applied_seq == engine.durable.manifest["wal_seq"] == 14

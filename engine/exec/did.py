@@ -20,6 +20,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..query import ast
+from ..retention import floor as retention_floor
 from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.events import (DAY_MS, NO_TIME, SCALED_NULL, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore,
                              EventTypeStore, Run)
@@ -361,7 +362,7 @@ class DidEvaluator:
             lo = max(lo, _literal(node.since, now))
         if node.within_ms is not None:
             lo = max(lo, now - node.within_ms + 1)
-        return lo, hi
+        return max(lo, retention_floor(self.events.types[node.event].definition, now)), hi
 
     def did(self, node: ast.Did, now: int, found: BitMap | None, live: BitMap) -> BitMap:
         """The rows for which the DID predicate holds (exact within ``found``)."""
@@ -457,6 +458,9 @@ class DidEvaluator:
         latest = None
         if node.after_last is not None:
             latest = self.events.types[node.after_last].latest_before(now, size)
+            earliest = retention_floor(self.events.types[node.after_last].definition, now)
+            if earliest != NO_TIME:
+                latest = np.where(latest < earliest, NO_TIME, latest)
         keeps: list[np.ndarray | None] = []
         for part in parts:
             keep = None if node.where is None else where_mask(node.where, part, store, now)

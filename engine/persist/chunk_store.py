@@ -76,10 +76,14 @@ _ADVANCE_KEY = pack_key(0, 0)
 class ChunkStore:
     """The snapshot chunks of one shard directory (this process owns the directory)."""
 
+    @property
+    def db(self) -> Any:
+        """The chunks database (its handle follows a compacted environment)."""
+        return self.env.db(DB)
+
     def __init__(self, path: str, map_size: int = MAP_SIZE):
         self.path = path
         self.env: LmdbEnv = open_env(path, (DB,), map_size, writemap=True)
-        self.db = self.env.db(DB)
         self._stage = memoryview(bytearray(CHUNK_BYTES))  # joins small pieces into one chunk
         self._lock = threading.Lock()  # one writer or deleter at a time (the reserve is outside LMDB)
 

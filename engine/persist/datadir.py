@@ -73,6 +73,13 @@ class Coordinator(Protocol):
 class DataDir:
     """The open data directory of one engine (see the module docstring)."""
 
+    @property
+    def meta_db(self) -> Any:
+        """The meta database (its handle follows a compacted environment)."""
+        return self.env.db(meta.DB)
+
+    erased_at = 0  # the last log record that erased profiles and no snapshot has compacted for yet
+
     def __init__(self, engine: Coordinator, path: str, snapshot_every_s: float | None = SNAPSHOT_EVERY_S,
                  snapshot_log_bytes: int | None = SNAPSHOT_LOG_BYTES, map_size: int = DEFAULT_MAP_SIZE):
         self.engine = engine
@@ -94,7 +101,6 @@ class DataDir:
         self._respawns = engine.shards.respawns()
         try:
             self.env = open_env(log_path(self.path), (WAL_DB, meta.DB), map_size)
-            self.meta_db = self.env.db(meta.DB)
             self.wal = WriteAheadLog(self.env)
             self._open_layout()
             self._recover()
@@ -145,13 +151,19 @@ class DataDir:
         self.engine.restore_catalog(self.engine.shards.call_all("segment_infos")[0])
         self.recovery = {"snapshot_id": self.manifest["id"] if self.manifest else None, "log_end": end,
                          "torn_tail_cut": cut, "shards": shards, "seconds": time.perf_counter() - began}
+        if end > after:  # the log may hold an erasure of an earlier run: the next snapshot compacts
+            self.erased_at = end
         self.pipeline = WritePipeline(self.env, end + 1, self._apply)
         self.pipeline.bytes_logged = max(info.get("log_bytes", 0) for info in shards)
 
     # -- writes -----------------------------------------------------------------------------
     def write(self, command: Command) -> Any:
         """Log ``command`` durably (group commit), have the engine apply it in log order; its result."""
-        return self.pipeline.submit(command.kind, command, records.encode(command)).wait()
+        return self.submit(command).wait()
+
+    def submit(self, command: Command) -> Any:
+        """Queue ``command`` for the log; the ticket's ``wait()`` returns its result once durable and applied."""
+        return self.pipeline.submit(command.kind, command, records.encode(command))
 
     def _apply(self, kind: str, command: Command, seq: int) -> Any:
         result = self.engine.apply(command, seq)
@@ -239,6 +251,7 @@ class DataDir:
             self._log_bytes_at_snapshot = logged_at
             self._last_snapshot_at = time.monotonic()
             shards.call_all("snapshot_prune", self.path, [snapshot_id])
+            compacted = self._compact_after_erasure(seq)
             self.last_snapshot = {
                 "id": snapshot_id, "wal_seq": seq, "bytes": manifest["bytes"], "paused_s": round(paused_s, 4),
                 "pause_wait_s": round(paused_at - began, 4),
@@ -246,8 +259,25 @@ class DataDir:
                 "copied_bytes": sum(c.get("copied_bytes", 0) for c in captured),
                 "copy_ms": [c.get("copy_ms", 0) for c in captured],
                 "capture_new_memory_bytes": sum(c.get("new_memory_bytes", 0) for c in captured),
-                "seconds": round(time.perf_counter() - began, 4), "log_keys_truncated": truncated}
+                "seconds": round(time.perf_counter() - began, 4), "log_keys_truncated": truncated,
+                "compacted": compacted}
             return dict(self.last_snapshot)
+
+    def note_erasure(self, seq: int) -> None:
+        """Log record ``seq`` erased profiles: the next snapshot that includes it compacts every store."""
+        self.erased_at = max(self.erased_at, seq)
+
+    def _compact_after_erasure(self, seq: int) -> dict[str, Any] | None:
+        """After a snapshot that includes an erasure (the log records naming the erased ids are truncated,
+        older snapshots pruned): rewrite the log store and every shard store without their free pages."""
+        if not self.erased_at or self.erased_at > seq:
+            return None
+        began = time.perf_counter()
+        log_store = self.env.compact()
+        shard_stores = self.engine.shards.call_all("snapshot_compact", self.path)
+        if self.erased_at <= seq:
+            self.erased_at = 0
+        return {"log": log_store, "shards": shard_stores, "seconds": round(time.perf_counter() - began, 4)}
 
     def _wait_for_parts(self, snapshot_id: int) -> list[dict[str, int]]:
         delay = 0.002

@@ -15,6 +15,7 @@ first, through a read-only handle that is closed again before the environment is
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
@@ -37,6 +38,7 @@ class LmdbEnv:
 
     def __init__(self, path: str, names: tuple[str, ...], map_size: int, writemap: bool = False):
         self.path = path
+        self.names, self.writemap = names, writemap
         self.refs = 0
         self._cond = threading.Condition()
         self._active = 0  # open transactions of this process
@@ -115,6 +117,45 @@ class LmdbEnv:
             try:
                 self._cond.wait_for(lambda: self._active == 0)
                 self.env.set_mapsize(size)
+            finally:
+                self._resizing = False
+                self._cond.notify_all()
+
+    def compact(self) -> dict[str, int]:
+        """Rewrite the data file without its free pages, so the bytes of deleted records are in no file.
+
+        Transactions of this process wait meanwhile. The compact copy (``mdb_env_copy2`` with
+        ``MDB_CP_COMPACT``: live pages only, renumbered) is written beside the store, synced, then
+        renamed over ``data.mdb`` and the environment reopened; a crash leaves either file whole.
+        Returns the data file's bytes before and after.
+        """
+        data = os.path.join(self.path, "data.mdb")
+        with self._cond:
+            self._cond.wait_for(lambda: not self._resizing)
+            self._resizing = True
+            try:
+                self._cond.wait_for(lambda: self._active == 0)
+                before = os.path.getsize(data)
+                map_size = self.env.info()["map_size"]
+                scratch = self.path.rstrip(os.sep) + ".compact"
+                shutil.rmtree(scratch, ignore_errors=True)
+                os.makedirs(scratch)
+                self.env.copy(scratch, compact=True)
+                copied = os.path.join(scratch, "data.mdb")
+                with open(copied, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                self.env.close()
+                os.replace(copied, data)
+                shutil.rmtree(scratch, ignore_errors=True)
+                directory = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+                self.env = lmdb.open(self.path, map_size=map_size, max_dbs=max(len(self.names), 1), sync=True,
+                                     metasync=True, max_readers=256, writemap=self.writemap)
+                self.dbs = {name: self.env.open_db(name.encode()) for name in self.names}
+                return {"before": before, "after": os.path.getsize(data)}
             finally:
                 self._resizing = False
                 self._cond.notify_all()

@@ -59,10 +59,14 @@ class Ticket:
 class WritePipeline:
     """Group-committing log writer and in-order applier of one engine."""
 
+    @property
+    def db(self) -> Any:
+        """The log database (its handle follows a compacted environment)."""
+        return self.env.db(WAL_DB)
+
     def __init__(self, env: LmdbEnv, next_seq: int, apply: Callable[[str, Any, int], Any],
                  max_group_bytes: int = 64 << 20):
         self.env = env
-        self.db = env.db(WAL_DB)
         self.apply = apply
         self.next_seq = next_seq
         self.applied = next_seq - 1

@@ -15,7 +15,9 @@ import msgpack
 import numpy as np
 
 from ..columns import CategoryColumn, Column, EventBatch, ProfileBatch, TagsColumn, ValueColumn
-from ..commands import Command, CreateSegment, DeleteSegment, LoadEvents, LoadProfiles, Track, UpdateSchema, Upsert
+from ..commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
+                        Upsert)
+from ..shard import messages
 from ..schema import EventRecord, ProfileUpdate
 
 
@@ -86,6 +88,9 @@ CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
                          lambda p: CreateSegment(p[0], p[1], p[2], bool(p[3]))),
     DeleteSegment.kind: (lambda c: [c.name], lambda p: DeleteSegment(p[0])),
     UpdateSchema.kind: (lambda c: [json.dumps(c.spec, sort_keys=True)], lambda p: UpdateSchema(json.loads(p[0]))),
+    Merge.kind: (lambda c: [c.now, messages.pack(c.steps)], lambda p: Merge(messages.unpack(p[1]), p[0])),
+    Erase.kind: (lambda c: [c.now, list(c.ids)], lambda p: Erase(list(p[1]), p[0])),
+    Expire.kind: (lambda c: [c.now], lambda p: Expire(p[0])),
 }
 
 

@@ -30,6 +30,7 @@ from ..errors import DataCorruption, SchemaChangeRefused
 from ..plan.steps import Step
 from ..schema import Schema
 from ..schema_change import diff
+from ..store.aliases import AliasStore
 from ..store.events import EventStore
 from ..store.profiles import ProfileStore
 from .arena import CaptureArena
@@ -61,7 +62,7 @@ def capture(shard: LocalShard, arena: CaptureArena | None = None, copy: bool = T
     """
     writer = StateWriter(arena, copy)
     state = {"profiles": shard.profiles.to_state(writer), "events": shard.events.to_state(writer),
-             "segments": shard.saved.to_state(writer)}
+             "segments": shard.saved.to_state(writer), "aliases": shard.aliases.to_state(writer)}
     return writer.capture(shard.schema.to_dict(), shard.persistence.applied_seq, state)
 
 
@@ -93,8 +94,10 @@ def restore(shard: LocalShard, frames: list[Any], where: str = "a snapshot") -> 
         events = EventStore.from_state(reader, state["events"], schema.events, len(profiles.idmap))
         profiles.adopt(shard.schema)  # names added since the part was written start null
         events.adopt(shard.schema.events)
+        aliases = AliasStore.from_state(reader, state["aliases"], len(profiles.idmap)) if "aliases" in state \
+            else AliasStore()  # parts written before aliases were kept hold none
         applied_seq = int(reader.applied_seq)
-        shard.adopt(profiles, events)
+        shard.adopt(profiles, events, aliases)
         shard.saved.load_state(reader, state["segments"], query_compiler(shard.schema))
     except DataCorruption:
         shard.adopt(ProfileStore(shard.schema), EventStore(shard.schema.events))

@@ -206,6 +206,13 @@ def prune(shard: LocalShard, path: str, keep: list[int]) -> int:
     return shard.persistence.store_at(path).prune(set(keep))
 
 
+def compact(shard: LocalShard, path: str) -> dict[str, int] | None:
+    """Rewrite ``shard``'s snapshot store under ``path`` without its free pages (None if it has none)."""
+    shard.persistence.wait()
+    store = shard.persistence.store_at(path).chunks(create=False)
+    return store.env.compact() if store is not None else None
+
+
 def finish(shard: LocalShard) -> None:
     """Wait for a running snapshot job, then close the shard's snapshot store in this process."""
     shard.persistence.close()

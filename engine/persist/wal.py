@@ -112,9 +112,13 @@ class LogScan:
 class WriteAheadLog:
     """Reading, cutting and truncating the log (appends happen in ``pipeline.WritePipeline``)."""
 
+    @property
+    def db(self) -> Any:
+        """The log database (its handle follows a compacted environment)."""
+        return self.env.db(DB)
+
     def __init__(self, env: LmdbEnv):
         self.env = env
-        self.db = env.db(DB)
 
     def scan(self, txn: Any, after: int, upto: int | None = None) -> LogScan:
         """The records after ``after`` (up to ``upto``) in ``txn`` (see LogScan)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Protocol
 
+import numpy as np
 from pyroaring import BitMap
 
 from ..plan.steps import Step
@@ -52,6 +53,7 @@ class ShardAPI(Protocol):
     def snapshot_capture(self, data_dir: str, snapshot_id: int) -> dict[str, int]: ...
     def snapshot_prune(self, data_dir: str, keep: list[int]) -> int: ...
     def snapshot_close(self, data_dir: str) -> None: ...
+    def snapshot_compact(self, data_dir: str) -> dict[str, int] | None: ...
 
     # queries
     def count(self, step: Step, now: int) -> int: ...
@@ -67,6 +69,10 @@ class ShardAPI(Protocol):
     def membership(self, profile_id: str, names: list[str] | None) -> list[str]: ...
     def snapshot_status(self, snapshot_id: int) -> dict[str, int] | None: ...
     def stats(self) -> dict[str, Any]: ...
+    def identity_payloads(self, ids: list[str]) -> list[dict[str, Any] | None]: ...
+    def canonical_ids(self, ids: list[str]) -> list[str | None]: ...
+    def alias_hashes(self) -> np.ndarray: ...
+    def export_profile(self, profile_id: str) -> dict[str, Any] | None: ...
 
 
 W, Q, P = Access.WRITE, Access.QUERY, Access.POINT
@@ -74,10 +80,11 @@ W, Q, P = Access.WRITE, Access.QUERY, Access.POINT
 #: Every remote shard method and its access class (the order of ShardAPI).
 ACCESS: dict[str, Access] = {
     "refresh_segments": W, "capture_changes": W, "take_changes": W,
-    "apply_logged": W, "recover": W, "snapshot_capture": W, "snapshot_prune": W, "snapshot_close": W,
+    "apply_logged": W, "recover": W, "snapshot_capture": W, "snapshot_prune": W, "snapshot_close": W, "snapshot_compact": W,
     "count": Q, "rows": Q, "ids": Q, "explain": Q,
     "segment_rows": P, "profile": P, "segment_info": P, "segment_infos": P, "membership": P,
-    "snapshot_status": P, "stats": P,
+    "snapshot_status": P, "stats": P, "identity_payloads": P, "canonical_ids": P, "alias_hashes": P,
+    "export_profile": P,
 }
 #: The names of the remote shard methods.
 METHODS: frozenset[str] = frozenset(ACCESS)

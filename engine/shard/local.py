@@ -23,9 +23,11 @@ from ..schema import EventRecord, ProfileUpdate, Schema
 from ..schema_change import diff
 from ..segments import SavedSegments
 from ..store.bitmaps import to_bitmap
+from ..store.aliases import AliasStore
 from ..store.events import EventStore
 from ..store.memory import release_free_memory, tune_allocator
 from ..store.profiles import ProfileStore
+from . import identity_ops
 
 
 class _SegmentRowsOf:
@@ -54,11 +56,12 @@ class LocalShard:
         self.persistence = ShardPersistence()  # log position, recovery, snapshot store (see engine.persist)
         self.adopt(ProfileStore(schema), EventStore(schema.events))
 
-    def adopt(self, profiles: ProfileStore, events: EventStore) -> None:
-        """Serve ``profiles`` and ``events`` (new executors, no saved segments; change capture kept)."""
+    def adopt(self, profiles: ProfileStore, events: EventStore, aliases: AliasStore | None = None) -> None:
+        """Serve ``profiles``, ``events`` and ``aliases`` (new executors, no saved segments; change capture kept)."""
         capture = "saved" in vars(self) and self.saved.capture
         self.profiles = profiles
         self.events = events
+        self.aliases = aliases if aliases is not None else AliasStore()
         self.did = DidEvaluator(events)
         self.executor = Executor(profiles, self.did, _SegmentRowsOf(self))
         self.saved = SavedSegments(profiles, events, self.executor)
@@ -118,6 +121,40 @@ class LocalShard:
         self.schema = schema
         self.profiles.adopt(schema)
         self.events.adopt(schema.events)
+
+    def merge(self, steps: list[tuple], now: int) -> int:
+        """Apply this shard's steps of a merge command in order (see engine.shard.identity_ops)."""
+        return identity_ops.apply_steps(self, steps, now)
+
+    def erase(self, ids: list[str], now: int) -> list[Any]:
+        """Erase canonical profiles ``ids`` and their aliases; returns [how many, the aliases' hashes]."""
+        return identity_ops.erase(self, ids, now)
+
+    def expire(self, now: int) -> int:
+        """Delete the events past their type's retention at clock ``now``; returns how many."""
+        from ..retention import expire_events
+
+        deleted, rows = expire_events(self.events, now)
+        if deleted:
+            self.saved.sync(rows, now, (), None)
+        return deleted
+
+    # -- identity reads (see engine.identity) -------------------------------------------------
+    def export_profile(self, profile_id: str) -> dict[str, Any] | None:
+        """The contract's export of canonical profile ``profile_id`` (None if not a live profile here)."""
+        return identity_ops.export(self, profile_id)
+
+    def identity_payloads(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        """The merge payload of each canonical id (None where it is not a live profile here)."""
+        return identity_ops.payloads(self, ids)
+
+    def canonical_ids(self, ids: list[str]) -> list[str | None]:
+        """The canonical id of each alias held here (None where an id is not one of this shard's aliases)."""
+        return identity_ops.canonical_ids(self, ids)
+
+    def alias_hashes(self) -> np.ndarray:
+        """The blake2b-64 hash of every alias this shard holds (uint64)."""
+        return self.aliases.hashes()
 
     # -- reads ------------------------------------------------------------------------------
     def count(self, step: Step, now: int) -> int:
@@ -214,6 +251,12 @@ class LocalShard:
 
         return snapshot.prune(self, recovery.shard_path(data_dir, self.shard_id), keep)
 
+    def snapshot_compact(self, data_dir: str) -> dict[str, int] | None:
+        """Rewrite this shard's snapshot store without its free pages (after an erasure); its sizes."""
+        from ..persist import recovery, snapshot
+
+        return snapshot.compact(self, recovery.shard_path(data_dir, self.shard_id))
+
     def snapshot_close(self, data_dir: str) -> None:
         """Finish a running snapshot write and close this shard's snapshot store."""
         from ..persist import snapshot
@@ -229,6 +272,7 @@ class LocalShard:
             "events_by_type": {name: len(t) for name, t in self.events.types.items()},
             "segments": len(self.saved.catalog),
             "segment_bytes": self.saved.nbytes,
+            "aliases": len(self.aliases),
         }
 
 

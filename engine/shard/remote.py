@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from pyroaring import BitMap
 
 from ..plan.steps import Step
@@ -42,6 +43,9 @@ class RemoteShard:
 
     def snapshot_prune(self, data_dir: str, keep: list[int]) -> int:
         return self.call("snapshot_prune", data_dir, keep)
+
+    def snapshot_compact(self, data_dir: str) -> dict[str, int] | None:
+        return self.call("snapshot_compact", data_dir)
 
     def snapshot_close(self, data_dir: str) -> None:
         return self.call("snapshot_close", data_dir)
@@ -80,3 +84,15 @@ class RemoteShard:
 
     def stats(self) -> dict[str, Any]:
         return self.call("stats")
+
+    def identity_payloads(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        return self.call("identity_payloads", ids)
+
+    def canonical_ids(self, ids: list[str]) -> list[str | None]:
+        return self.call("canonical_ids", ids)
+
+    def alias_hashes(self) -> np.ndarray:
+        return self.call("alias_hashes")
+
+    def export_profile(self, profile_id: str) -> dict[str, Any] | None:
+        return self.call("export_profile", profile_id)

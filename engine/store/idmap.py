@@ -282,6 +282,10 @@ def _rehash(table, row_hash, nrows):
         table[slot] = row
 
 
+#: The hash of a forgotten row (no id's blake2b-64 is expected to be 0: a 2**-64 chance per id).
+FORGOTTEN = np.uint64(0)
+
+
 class IdMap:
     """Canonical external id <-> dense row number (0, 1, 2, ... in order of first sight)."""
 
@@ -404,6 +408,20 @@ class IdMap:
         starts = offsets[rows].tolist()
         ends = offsets[np.asarray(rows) + 1].tolist()
         return [blob[s:e].decode("utf-8") for s, e in zip(starts, ends)]
+
+    def forget(self, rows: np.ndarray) -> None:
+        """Make the ids of ``rows`` unknown: their bytes are zeroed and their hash no longer matches.
+
+        The rows keep their numbers (and their table slots, so probing chains stay whole); a later
+        insert of a forgotten id makes a new row.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return
+        offsets, buf = self.offsets.data, self.buffer.data
+        for row in rows.tolist():
+            buf[offsets[row]:offsets[row + 1]] = 0
+        self.hashes.data[rows] = FORGOTTEN
 
     def row_hashes(self) -> np.ndarray:
         """The blake2b-64 hash of every row's id (uint64, no copy)."""

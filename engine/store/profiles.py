@@ -50,6 +50,7 @@ class ProfileStore:
         self.live = BitMap()
         self.indexes: dict[str, AttributeIndex] = {a.name: make_index(a.type) for a in schema.attributes.values()}
         self.consents: dict[str, BitMap] = {purpose: BitMap() for purpose in schema.consents}
+        self.consents_set: dict[str, BitMap] = {purpose: BitMap() for purpose in schema.consents}  # ever set
         self.writes = 0  # bumped by every write: readers key caches of derived bitmaps on it
 
     def adopt(self, schema: Schema) -> None:
@@ -62,6 +63,13 @@ class ProfileStore:
                 self.indexes[attribute.name] = index
         for purpose in schema.consents:
             self.consents.setdefault(purpose, BitMap())
+            self.consents_set.setdefault(purpose, BitMap())
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickled store (legacy snapshots); stores pickled before ``consents_set`` get the granted ones."""
+        self.__dict__.update(state)
+        if "consents_set" not in state:
+            self.consents_set = {purpose: BitMap(bitmap) for purpose, bitmap in self.consents.items()}
 
     def _wrote(self) -> None:
         self.writes = getattr(self, "writes", 0) + 1
@@ -109,6 +117,7 @@ class ProfileStore:
 
     def _set_consent(self, purpose: str, rows: np.ndarray, granted: np.ndarray) -> None:
         bitmap = self.consents[purpose]
+        self.consents_set[purpose].update(to_bitmap(rows))
         if granted.any():
             bitmap.update(to_bitmap(rows[granted]))
         if not granted.all():
@@ -141,7 +150,8 @@ class ProfileStore:
         """The profiles' part of a snapshot: id map, live rows, attribute indexes by name, consents by purpose."""
         return {"idmap": self.idmap.to_state(writer), "live": writer.bitmap(self.live), "writes": self.writes,
                 "indexes": {name: index.to_state(writer) for name, index in self.indexes.items()},
-                "consents": {purpose: writer.bitmap(bitmap) for purpose, bitmap in self.consents.items()}}
+                "consents": {purpose: writer.bitmap(bitmap) for purpose, bitmap in self.consents.items()},
+                "consents_set": {purpose: writer.bitmap(bitmap) for purpose, bitmap in self.consents_set.items()}}
 
     @classmethod
     def from_state(cls, reader: StateReader, state: dict[str, Any], schema: Schema) -> "ProfileStore":
@@ -158,7 +168,41 @@ class ProfileStore:
         store.indexes = {a.name: index_from_state(reader, indexes[a.name], a.type, rows)
                          for a in schema.attributes.values()}
         store.consents = {purpose: reader.bitmap(consents[purpose], rows) for purpose in schema.consents}
+        consents_set = state.get("consents_set")  # parts written before it was kept: the granted ones
+        if consents_set is not None and set(consents_set) != set(schema.consents):
+            raise ValueError("the stored consent purposes are not the schema's")
+        store.consents_set = {purpose: reader.bitmap(consents_set[purpose], rows) if consents_set is not None
+                              else BitMap(store.consents[purpose]) for purpose in schema.consents}
         return store
+
+    def remove_rows(self, rows: np.ndarray, forget: bool = True) -> None:
+        """Take ``rows`` out of the universe: attributes nulled, consents unset, ids forgotten (unless not ``forget``)."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) == 0:
+            return
+        self._wrote()
+        gone = to_bitmap(rows)
+        for name, index in self.indexes.items():
+            index.assign(rows, column_from_values(self.schema.attributes[name].type, [None] * len(rows)))
+        for purpose in self.consents:
+            self.consents[purpose].difference_update(gone)
+            self.consents_set[purpose].difference_update(gone)
+        self.live.difference_update(gone)
+        if forget:
+            self.idmap.forget(rows)
+
+    def attributes_of(self, row: int) -> dict[str, Any]:
+        """The non-null attribute values of ``row`` (tags as sorted lists)."""
+        values = {}
+        for name, index in self.indexes.items():
+            value = index.value(row)
+            if value is not None:
+                values[name] = value
+        return values
+
+    def consents_of(self, row: int) -> dict[str, bool]:
+        """The consent purposes ``row`` has set, with their values."""
+        return {purpose: row in self.consents[purpose] for purpose, bitmap in self.consents_set.items() if row in bitmap}
 
     def profile(self, row: int) -> dict[str, Any]:
         """The current record of ``row``: id, non-null attributes and consents."""

@@ -145,14 +145,16 @@ class BoolList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("profiles", "events", "event_columns")
+    __slots__ = ("profiles", "events", "event_columns", "merges")
     PROFILES_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     EVENT_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    MERGES_FIELD_NUMBER: _ClassVar[int]
     profiles: UpsertProfilesRequest
     events: TrackEventsRequest
     event_columns: EventColumns
-    def __init__(self, profiles: _Optional[_Union[UpsertProfilesRequest, _Mapping]] = ..., events: _Optional[_Union[TrackEventsRequest, _Mapping]] = ..., event_columns: _Optional[_Union[EventColumns, _Mapping]] = ...) -> None: ...
+    merges: MergeRequest
+    def __init__(self, profiles: _Optional[_Union[UpsertProfilesRequest, _Mapping]] = ..., events: _Optional[_Union[TrackEventsRequest, _Mapping]] = ..., event_columns: _Optional[_Union[EventColumns, _Mapping]] = ..., merges: _Optional[_Union[MergeRequest, _Mapping]] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
     __slots__ = ("applied",)
@@ -396,3 +398,49 @@ class SnapshotResponse(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     detail: str
     def __init__(self, detail: _Optional[str] = ...) -> None: ...
+
+class MergePair(_message.Message):
+    __slots__ = ("from_id", "into_id")
+    FROM_ID_FIELD_NUMBER: _ClassVar[int]
+    INTO_ID_FIELD_NUMBER: _ClassVar[int]
+    from_id: str
+    into_id: str
+    def __init__(self, from_id: _Optional[str] = ..., into_id: _Optional[str] = ...) -> None: ...
+
+class MergeRequest(_message.Message):
+    __slots__ = ("pairs",)
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    pairs: _containers.RepeatedCompositeFieldContainer[MergePair]
+    def __init__(self, pairs: _Optional[_Iterable[_Union[MergePair, _Mapping]]] = ...) -> None: ...
+
+class MergeResponse(_message.Message):
+    __slots__ = ("merged",)
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    merged: int
+    def __init__(self, merged: _Optional[int] = ...) -> None: ...
+
+class DeleteProfilesRequest(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteProfilesResponse(_message.Message):
+    __slots__ = ("erased",)
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    erased: int
+    def __init__(self, erased: _Optional[int] = ...) -> None: ...
+
+class ExportProfileRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ExportProfileResponse(_message.Message):
+    __slots__ = ("found", "json")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    json: str
+    def __init__(self, found: _Optional[bool] = ..., json: _Optional[str] = ...) -> None: ...

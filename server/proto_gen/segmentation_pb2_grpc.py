@@ -125,6 +125,21 @@ class SegmentationStub:
                 request_serializer=segengine_dot_v1_dot_segmentation__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=segengine_dot_v1_dot_segmentation__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.Merge = channel.unary_unary(
+                '/segengine.v1.Segmentation/Merge',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.MergeRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.MergeResponse.FromString,
+                _registered_method=True)
+        self.DeleteProfiles = channel.unary_unary(
+                '/segengine.v1.Segmentation/DeleteProfiles',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.DeleteProfilesRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.DeleteProfilesResponse.FromString,
+                _registered_method=True)
+        self.ExportProfile = channel.unary_unary(
+                '/segengine.v1.Segmentation/ExportProfile',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.ExportProfileRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.ExportProfileResponse.FromString,
+                _registered_method=True)
 
 
 class SegmentationServicer:
@@ -255,6 +270,28 @@ class SegmentationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Merge(self, request, context):
+        """Identity and privacy (contract section 6); these need the admin token when the server has one.
+        Merges applied in order, all or none: each from_id becomes an alias of its into_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProfiles(self, request, context):
+        """Erase the canonical profiles the ids name, and all their aliases; durable when answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportProfile(self, request, context):
+        """Everything held about one profile (an alias names its canonical profile).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -347,6 +384,21 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=segengine_dot_v1_dot_segmentation__pb2.SnapshotRequest.FromString,
                     response_serializer=segengine_dot_v1_dot_segmentation__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Merge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Merge,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.MergeRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.MergeResponse.SerializeToString,
+            ),
+            'DeleteProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProfiles,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.DeleteProfilesRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.DeleteProfilesResponse.SerializeToString,
+            ),
+            'ExportProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportProfile,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.ExportProfileRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.ExportProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -835,6 +887,87 @@ class Segmentation:
             '/segengine.v1.Segmentation/Snapshot',
             segengine_dot_v1_dot_segmentation__pb2.SnapshotRequest.SerializeToString,
             segengine_dot_v1_dot_segmentation__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Merge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/Merge',
+            segengine_dot_v1_dot_segmentation__pb2.MergeRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.MergeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/DeleteProfiles',
+            segengine_dot_v1_dot_segmentation__pb2.DeleteProfilesRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.DeleteProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/ExportProfile',
+            segengine_dot_v1_dot_segmentation__pb2.ExportProfileRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.ExportProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

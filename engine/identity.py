@@ -1,0 +1,212 @@
+"""Identity resolution at the coordinator: aliases on every write path, and planning merges.
+
+Every write names canonical ids by the time it is logged: ``resolve_command`` replaces each id
+that is an alias by its canonical id (the ``AliasIndex`` says which shard holds the alias, that
+shard answers with the canonical id), so a logged command routes by its ids' hashes alone and a
+shard replays its share without knowing any alias.
+
+A merge is logged with the data it moves (``engine.commands.Merge``): ``plan_merges`` resolves
+each pair in order (earlier pairs of the batch included), reads the source profiles' data from
+their shards, and produces the steps each shard applies: ``("out", source)`` on the source's
+shard and ``("in", target, payload)`` on the target's, with merges inside the batch folded into
+the payloads. ``lock`` is held from the resolution of a write to its submission to the log, and
+by a merge from its planning until it is applied, so no write resolved against an older alias
+state is logged after a merge.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from .alias_index import AliasIndex
+from .columns import EventBatch, ProfileBatch
+from .commands import Command, LoadEvents, LoadProfiles, Merge, Track, Upsert
+from .errors import DataError
+from .schema import check_id
+from .shard.identity_ops import merge_consent
+from .shard.partition import shard_of
+from .store.idmap import pack_ids, packed_hashes
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+Payload = dict[str, Any]
+
+
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """The blake2b-64 hash of each id (uint64)."""
+    if not ids:
+        return np.zeros(0, dtype=np.uint64)
+    return packed_hashes(*pack_ids(ids))
+
+
+def empty_payload(profile_id: str) -> Payload:
+    """The payload of a profile with no data (an unknown source, or a target created by the merge)."""
+    return {"attrs": {}, "consents": {}, "events": {}, "aliases": [profile_id]}
+
+
+def combine(target: Payload, source: Payload) -> Payload:
+    """``source`` merged into ``target`` by the contract's rules (as the target's shard applies them)."""
+    consents = {}
+    for purpose in {**target["consents"], **source["consents"]}:
+        consents[purpose] = merge_consent(target["consents"].get(purpose), source["consents"].get(purpose))
+    events = {name: {"ts": list(e["ts"]), "props": {p: list(v) for p, v in e["props"].items()}}
+              for name, e in target["events"].items()}
+    for name, extra in source["events"].items():
+        entry = events.setdefault(name, {"ts": [], "props": {}})
+        before, added = len(entry["ts"]), len(extra["ts"])
+        for prop in {*entry["props"], *extra["props"]}:
+            values = entry["props"].setdefault(prop, [None] * before)
+            values.extend(extra["props"].get(prop, [None] * added))
+        entry["ts"].extend(extra["ts"])
+    return {"attrs": {**source["attrs"], **target["attrs"]}, "consents": consents, "events": events,
+            "aliases": [*target["aliases"], *source["aliases"]]}
+
+
+class Identity:
+    """The coordinator's alias routing and merge planning for one engine."""
+
+    def __init__(self, engine: Engine):
+        self._engine = weakref.ref(engine)  # no reference cycle: a dropped engine frees its shards at once
+        self.index = AliasIndex()
+        self.lock = threading.RLock()
+        self.last_ticket: Any = None  # the last write submitted to the durable log
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this serves."""
+        engine = self._engine()
+        assert engine is not None, "the engine is gone"
+        return engine
+
+    # -- resolution -------------------------------------------------------------------------
+    def resolve(self, ids: list[str]) -> list[str]:
+        """The canonical id of each id (an id that is no alias is its own)."""
+        if not len(self.index) or not ids:
+            return list(ids)
+        owners = self.index.lookup(id_hashes(ids))
+        hits = np.flatnonzero(owners >= 0)
+        if len(hits) == 0:
+            return list(ids)
+        n = self.engine.n_shards
+        asked: list[list[int]] = [[] for _ in range(n)]
+        for position in hits.tolist():
+            asked[int(owners[position])].append(position)
+        calls = [([ids[p] for p in positions],) if positions else None for positions in asked]
+        answers = self.engine.shards.call_each("canonical_ids", calls)
+        out = list(ids)
+        for positions, answer in zip(asked, answers):
+            for position, canonical in zip(positions, answer or ()):
+                if canonical is not None:
+                    out[position] = canonical
+        return out
+
+    def resolve_command(self, command: Command) -> Command:
+        """``command`` with every alias it names replaced by its canonical id."""
+        if not len(self.index):
+            return command
+        if isinstance(command, Upsert):
+            ids = self.resolve([u.id for u in command.updates])
+            return Upsert([u if u.id == i else u._replace(id=i) for u, i in zip(command.updates, ids)], command.now)
+        if isinstance(command, Track):
+            ids = self.resolve([e.id for e in command.events])
+            return Track([e if e.id == i else e._replace(id=i) for e, i in zip(command.events, ids)], command.now)
+        if isinstance(command, LoadProfiles):
+            batch = command.batch
+            return LoadProfiles(ProfileBatch(self.resolve(list(batch.ids)), batch.columns, batch.consents), command.now)
+        if isinstance(command, LoadEvents):
+            batch = command.batch
+            return LoadEvents(EventBatch(batch.event, self.resolve(list(batch.ids)), batch.ts, batch.props), command.now)
+        return command
+
+    # -- merges -----------------------------------------------------------------------------
+    def plan_merges(self, pairs: Iterable[tuple[str, str]], now: int) -> Merge | None:
+        """The merge command of ``pairs`` (applied in order), None if none of them changes anything."""
+        pairs = list(pairs)
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise DataError("a merge is a pair (from_id, into_id)", i, "merge")
+            check_id(pair[0], i)
+            check_id(pair[1], i)
+        named = list(dict.fromkeys(p for pair in pairs for p in pair))
+        canonical = dict(zip(named, self.resolve(named)))
+        overlay: dict[str, str] = {}
+
+        def resolve(profile_id: str) -> str:
+            current = canonical[profile_id]
+            while current in overlay:
+                current = overlay[current]
+            return current
+
+        resolved: list[tuple[str, str] | None] = []
+        for source, target in pairs:
+            rf, ri = resolve(source), resolve(target)
+            if rf == ri:
+                resolved.append(None)
+                continue
+            overlay[rf] = ri
+            resolved.append((rf, ri))
+        sources = list(dict.fromkeys(pair[0] for pair in resolved if pair is not None))
+        if not sources:
+            return None
+        sim: dict[str, Payload] = {}
+        for profile_id, payload in zip(sources, self._payloads(sources)):
+            if payload is not None:
+                sim[profile_id] = payload
+        wanted = set(sources)
+        steps: list[tuple] = []
+        for pair in resolved:
+            if pair is None:
+                continue
+            rf, ri = pair
+            moved = sim.pop(rf, None)
+            if moved is None:
+                moved = empty_payload(rf)
+            else:
+                steps.append(("out", rf))
+            steps.append(("in", ri, moved))
+            if ri in wanted:
+                sim[ri] = combine(sim.get(ri) or empty_payload(ri), moved)
+        return Merge(steps, now)
+
+    def _payloads(self, ids: list[str]) -> list[Payload | None]:
+        """The payload of each canonical id from its shard (None: not a live profile)."""
+        n = self.engine.n_shards
+        asked: list[list[int]] = [[] for _ in range(n)]
+        for position, profile_id in enumerate(ids):
+            asked[shard_of(profile_id, n)].append(position)
+        calls = [([ids[p] for p in positions],) if positions else None for positions in asked]
+        with self.engine.publish.reading():
+            answers = self.engine.shards.call_each("identity_payloads", calls)
+        out: list[Payload | None] = [None] * len(ids)
+        for positions, answer in zip(asked, answers):
+            for position, payload in zip(positions, answer or ()):
+                out[position] = payload
+        return out
+
+    def applied(self, command: Merge) -> None:
+        """Route the aliases a merge created (called when it is applied)."""
+        n = self.engine.n_shards
+        for step in command.steps:
+            if step[0] == "in":
+                aliases = list(step[2]["aliases"])
+                self.index.put(id_hashes(aliases), np.full(len(aliases), shard_of(step[1], n), dtype=np.uint8))
+
+    def erased(self, results: list[Any]) -> int:
+        """Forget the routes of erased aliases (called when an erase is applied); the number erased."""
+        erased = 0
+        for result in results:
+            if result:
+                erased += int(result[0])
+                self.index.remove(np.asarray(result[1], dtype=np.uint64))
+        return erased
+
+    def rebuild(self) -> None:
+        """Rebuild the routing index from the aliases the shards hold (after recovery)."""
+        self.index = AliasIndex()
+        for shard_no, hashes in enumerate(self.engine.shards.call_all("alias_hashes")):
+            hashes = np.asarray(hashes, dtype=np.uint64)
+            self.index.put(hashes, np.full(len(hashes), shard_no, dtype=np.uint8))

@@ -1,0 +1,92 @@
+"""Retention of events per type (``"retention": "400d"`` in the schema): the query-time rule and expiry.
+
+At clock ``now``, an event of a type with retention ``r`` exists only if ``ts > now - r``:
+``floor(definition, now)`` is the least timestamp that still exists (NO_TIME without retention),
+the one bound every reader of events (DID, AFTER LAST, aggregates, SEQUENCE, export) applies.
+``expire_events`` deletes the events below the floor for good.
+
+>>> from engine.schema import EventDef
+>>> floor(EventDef("view", {}, 1000), now=5000), floor(EventDef("view", {}), now=5000) == NO_TIME
+(4001, True)
+"""
+from __future__ import annotations
+
+import numpy as np
+from pyroaring import BitMap
+
+from .schema import EventDef
+from .store.bitmaps import to_bitmap
+from .store.events import EPOCH_BITS, NO_TIME, EventStore, EventTypeStore
+
+
+def floor(definition: EventDef, now: int) -> int:
+    """The least timestamp of ``definition``'s type that exists at clock ``now``."""
+    if definition.retention_ms is None:
+        return NO_TIME
+    return now - definition.retention_ms + 1
+
+
+def expire_type(store: EventTypeStore, cutoff: int) -> np.ndarray:
+    """Delete the events of ``store`` with ``ts <= cutoff``; returns their rows (with repeats)."""
+    gone: list[np.ndarray] = []
+    for epoch in sorted(store.epochs):
+        base = epoch << EPOCH_BITS
+        if base > cutoff:
+            break
+        kept_runs = []
+        for run in store.epochs[epoch]:
+            offset = cutoff - base
+            cut = len(run) if offset >= (1 << EPOCH_BITS) - 1 else \
+                int(np.searchsorted(run.ts, np.uint32(offset), side="right"))
+            if cut:
+                gone.append(run.rows[:cut])
+            if cut < len(run):
+                kept_runs.append(run.slice(cut, len(run)) if cut else run)
+        if kept_runs:
+            store.epochs[epoch] = kept_runs
+        else:
+            del store.epochs[epoch]
+    if not gone:
+        return np.zeros(0, dtype=np.int32)
+    rows = np.concatenate(gone)
+    store.count -= len(rows)
+    _reindex(store, cutoff, rows)
+    store.generation += 1
+    return rows
+
+
+def _reindex(store: EventTypeStore, cutoff: int, rows: np.ndarray) -> None:
+    """Day bitmaps, ``ever`` and latest times after the events up to ``cutoff`` (of ``rows``) went."""
+    from .store.events import DAY_MS
+
+    edge = cutoff // DAY_MS
+    for day in [d for d in store.days if d < edge]:
+        del store.days[day]
+    if edge in store.days:
+        remaining = [part.rows for part in store.window(edge * DAY_MS, (edge + 1) * DAY_MS - 1)]
+        if remaining:
+            store.days[edge] = to_bitmap(np.concatenate(remaining))
+        else:
+            del store.days[edge]
+    store.slots, store.slot_days = {}, {}  # rebuilt on demand from the remaining events
+    touched = to_bitmap(rows)
+    still = [bitmap & touched for bitmap in store.days.values()]
+    store.ever = (store.ever - touched) | (BitMap.union(*still) if still else BitMap())
+    if store.last_ts is not None:
+        latest = store.last_ts.view()
+        latest[latest <= cutoff] = NO_TIME
+
+
+def expire_events(events: EventStore, now: int) -> tuple[int, np.ndarray]:
+    """Delete every event past its type's retention at clock ``now``; (how many, the rows touched)."""
+    deleted = 0
+    touched: list[np.ndarray] = []
+    for store in events.types.values():
+        lowest = floor(store.definition, now)
+        if lowest == NO_TIME:
+            continue
+        rows = expire_type(store, lowest - 1)
+        deleted += len(rows)
+        if len(rows):
+            touched.append(np.unique(rows))
+    return deleted, (np.unique(np.concatenate(touched)) if touched else np.zeros(0, dtype=np.int64))

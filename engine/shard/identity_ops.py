@@ -1,0 +1,158 @@
+"""A shard's part of identity resolution: what a profile holds (for a merge or an export), and
+applying the steps of a logged merge.
+
+A merge payload is plain data (it is logged, and crosses process boundaries)::
+
+    {"attrs": {name: value}, "consents": {purpose: bool}, "aliases": [ids],
+     "events": {event type: {"ts": [epoch ms], "props": {name: [values, None = null]}}}}
+
+``aliases`` holds the merged-away id itself and every alias it had. A step is ``("out", id)``
+(the canonical profile ``id`` of this shard leaves: its row, events and aliases are dropped) or
+``("in", id, payload)`` (``payload`` merged into ``id``, created if unknown).
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..columns import column_from_values
+from ..retention import floor
+from ..store.event_rows import drop_rows, events_of
+
+if TYPE_CHECKING:
+    from .local import LocalShard
+
+
+def live_row(shard: LocalShard, profile_id: str) -> int:
+    """The row of canonical profile ``profile_id`` on ``shard``, -1 if it is not a live profile there."""
+    row = shard.profiles.idmap.lookup_one(profile_id)
+    return row if row >= 0 and row in shard.profiles.live else -1
+
+
+def payloads(shard: LocalShard, ids: list[str]) -> list[dict[str, Any] | None]:
+    """The merge payload of each canonical id (None where it is not a live profile here)."""
+    rows = [live_row(shard, profile_id) for profile_id in ids]
+    found = [row for row in rows if row >= 0]
+    per_row = dict(zip(found, events_of(shard.events, np.array(found, dtype=np.int64), len(shard.profiles.idmap))))
+    out: list[dict[str, Any] | None] = []
+    for profile_id, row in zip(ids, rows):
+        if row < 0:
+            out.append(None)
+            continue
+        out.append({"attrs": shard.profiles.attributes_of(row), "consents": shard.profiles.consents_of(row),
+                    "events": per_row[row], "aliases": [profile_id, *shard.aliases.aliases_of(row)]})
+    return out
+
+
+def canonical_ids(shard: LocalShard, ids: list[str]) -> list[str | None]:
+    """The canonical id of each alias held here (None where ``id`` is not one of this shard's aliases)."""
+    rows = shard.aliases.rows_of(ids)
+    return [None if row < 0 else shard.profiles.idmap.id_of(row) for row in rows.tolist()]
+
+
+def merge_consent(into: bool | None, source: bool | None) -> bool | None:
+    """A merged consent purpose: withdrawn if either is withdrawn, else granted if either is, else unset."""
+    if into is None:
+        return source
+    if source is None:
+        return into
+    return into and source
+
+
+def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
+    """Apply merge steps in order; returns how many there were.
+
+    Departures are gathered and applied together (one pass over the event runs), before any later
+    step that names a departing profile.
+    """
+    leaving: dict[str, None] = {}
+    for step in steps:
+        if step[0] == "out":
+            leaving[step[1]] = None
+            continue
+        if step[1] in leaving:
+            _leave(shard, list(leaving), now)
+            leaving.clear()
+        _receive(shard, step[1], step[2], now)
+    _leave(shard, list(leaving), now)
+    return len(steps)
+
+
+def _leave(shard: LocalShard, ids: list[str], now: int) -> None:
+    rows = np.array([row for row in (live_row(shard, i) for i in ids) if row >= 0], dtype=np.int64)
+    if len(rows):
+        remove_profiles(shard, np.unique(rows), now)
+
+
+def remove_profiles(shard: LocalShard, rows: np.ndarray, now: int) -> np.ndarray:
+    """Take canonical ``rows`` out of the shard: aliases, events, attributes, consents, saved-segment
+    memberships (exits recorded under their ids), then their ids. Returns the dropped aliases' hashes."""
+    hashes = [shard.aliases.drop_hashes(row) for row in rows.tolist()]
+    drop_rows(shard.events, rows, len(shard.profiles.idmap))
+    shard.profiles.remove_rows(rows, forget=False)
+    shard.saved.sync(rows, now)
+    if shard.saved.capture:
+        shard.saved.pin_changes()
+    shard.profiles.idmap.forget(rows)
+    return np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+
+
+def erase(shard: LocalShard, ids: list[str], now: int) -> list[Any]:
+    """Erase the canonical profiles ``ids`` held here; returns [how many, the hashes of their aliases]."""
+    rows = np.unique(np.array([r for r in (live_row(shard, i) for i in ids) if r >= 0], dtype=np.int64))
+    if len(rows) == 0:
+        return [0, np.zeros(0, dtype=np.uint64)]
+    return [len(rows), remove_profiles(shard, rows, now)]
+
+
+def export(shard: LocalShard, profile_id: str) -> dict[str, Any] | None:
+    """The contract's export of canonical profile ``profile_id`` (None if it is not a live profile here)."""
+    row = live_row(shard, profile_id)
+    if row < 0:
+        return None
+    events = []
+    per_type = events_of(shard.events, np.array([row], dtype=np.int64), len(shard.profiles.idmap))[0]
+    now = time.time_ns() // 1_000_000
+    for name, entry in per_type.items():
+        earliest = floor(shard.events.types[name].definition, now)
+        for i, ts in enumerate(entry["ts"]):
+            if ts < earliest:
+                continue
+            record = {"event": name, "ts": ts}
+            record.update((prop, values[i]) for prop, values in entry["props"].items() if values[i] is not None)
+            events.append(record)
+    events.sort(key=lambda e: (e["ts"], e["event"]))
+    return {"id": profile_id, "aliases": sorted(shard.aliases.aliases_of(row)),
+            "attributes": shard.profiles.attributes_of(row), "consent": shard.profiles.consents_of(row),
+            "events": events}
+
+
+def _receive(shard: LocalShard, profile_id: str, payload: dict[str, Any], now: int) -> None:
+    profiles = shard.profiles
+    known = len(profiles.idmap)
+    row = int(profiles.ensure_rows([profile_id])[0])
+    rows = np.array([row], dtype=np.int64)
+    profiles._wrote()
+    for name, value in payload["attrs"].items():
+        index = profiles.indexes.get(name)
+        if index is not None and index.value(row) is None:
+            index.assign(rows, column_from_values(profiles.schema.attributes[name].type, [value]))
+    current = profiles.consents_of(row)
+    for purpose, granted in payload["consents"].items():
+        if purpose in profiles.consents:
+            merged = merge_consent(current.get(purpose), bool(granted))
+            profiles._set_consent(purpose, rows, np.array([merged], dtype=bool))
+    for name, events in payload["events"].items():
+        store = shard.events.types[name]
+        kinds = store.definition.properties
+        ts = np.asarray(events["ts"], dtype=np.int64)
+        columns = {prop: column_from_values(kinds[prop], list(values))
+                   for prop, values in events["props"].items() if prop in kinds}
+        store.append(np.full(len(ts), row, dtype=np.int32), ts, columns)
+    shard.aliases.add([alias for alias in payload["aliases"] if alias != profile_id], row)
+    created = rows if row >= known else rows[:0]
+    from ..store.bitmaps import to_bitmap
+
+    shard.saved.sync(rows, now, None, None, to_bitmap(created))

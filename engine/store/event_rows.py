@@ -1,0 +1,99 @@
+"""Per-profile reads and removals in an event store: the events of some rows, and dropping them.
+
+Runs are never changed in place (see engine.store.events): a removal builds new runs without
+the dropped rows' events and takes the rows out of the day, slot and ``ever`` bitmaps.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .bitmaps import to_bitmap
+from .events import NO_TIME, EventStore, EventTypeStore, Run
+
+
+def _values(store: EventTypeStore, prop: str, kind: str, run: Run, picks: np.ndarray) -> list[Any]:
+    """The Python values (None = null) of property ``prop`` of the events ``picks`` of ``run``."""
+    column = run.props[prop][picks]
+    if kind == "category":
+        labels = store.labels[prop]
+        return [None if code < 0 else labels[code] for code in column.tolist()]
+    if kind == "float":
+        values = store.float_values(prop, column)
+        return [None if v != v else v for v in values.tolist()]
+    if kind == "bool":
+        return [None if code < 0 else bool(code) for code in column.tolist()]
+    valid = run.valid[prop][picks]
+    return [v if ok else None for v, ok in zip(column.tolist(), valid.tolist())]
+
+
+def events_of(events: EventStore, rows: np.ndarray, size: int) -> list[dict[str, dict[str, Any]]]:
+    """Per row of ``rows`` (a shard of ``size`` rows): per event type, ``{"ts": [...], "props": {name: [...]}}``
+    of its events in time order (types without events left out)."""
+    position = np.full(size, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    out: list[dict[str, dict[str, Any]]] = [{} for _ in range(len(rows))]
+    picked = to_bitmap(np.asarray(rows))
+    for name, store in events.types.items():
+        if not store.ever.intersect(picked):
+            continue
+        kinds = store.definition.properties
+        for run in store.runs:
+            where = position[run.rows]
+            picks = np.flatnonzero(where >= 0)
+            if len(picks) == 0:
+                continue
+            owners = where[picks].tolist()
+            ts = (run.ts[picks].astype(np.int64) + run.base).tolist()
+            props = {prop: _values(store, prop, kind, run, picks) for prop, kind in kinds.items()}
+            for i, owner in enumerate(owners):
+                entry = out[owner].setdefault(name, {"ts": [], "props": {prop: [] for prop in kinds}})
+                entry["ts"].append(ts[i])
+                for prop, values in props.items():
+                    entry["props"][prop].append(values[i])
+    return out
+
+
+def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
+    """Delete every event of ``rows`` (a shard of ``size`` rows); returns how many were deleted."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return 0
+    gone = to_bitmap(rows)
+    mask = np.zeros(size, dtype=bool)
+    mask[rows] = True
+    deleted = 0
+    for store in events.types.values():
+        if not store.ever.intersect(gone):
+            continue
+        for epoch, runs in list(store.epochs.items()):
+            kept_runs = []
+            for run in runs:
+                keep = ~mask[run.rows]
+                kept = int(keep.sum())
+                deleted_here = len(run) - kept
+                if deleted_here == 0:
+                    kept_runs.append(run)
+                    continue
+                store.count -= deleted_here
+                deleted += deleted_here
+                if kept:
+                    kept_runs.append(run.take(np.flatnonzero(keep)))
+            if kept_runs:
+                store.epochs[epoch] = kept_runs
+            else:
+                del store.epochs[epoch]
+        for buckets in (store.days, store.slots):
+            for key in list(buckets):
+                bitmap = buckets[key] - gone
+                if len(bitmap) or buckets is store.slots:
+                    buckets[key] = bitmap
+                else:
+                    del buckets[key]
+        store.ever = store.ever - gone
+        if store.last_ts is not None:
+            inside = rows[rows < store.last_ts.size]
+            store.last_ts.data[inside] = NO_TIME
+        store.generation += 1
+    return deleted

@@ -1,0 +1,80 @@
+"""Erasure on disk: after ``snapshot()``, no file under the data_dir holds an erased id's bytes
+(write-ahead log, snapshot stores and their free pages included), at 1, 2 and 3 shards."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, Schema
+from engine.schema import CONTRACT_SCHEMA
+
+SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
+NOW = 1_800_000_000_000
+
+
+CHUNK = 1 << 24
+
+
+def file_pieces(path: str, overlap: int) -> list[bytes]:
+    """The data of a (possibly sparse) file in overlapping pieces; holes read as zeros and are skipped."""
+    pieces = []
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        fd = handle.fileno()
+        position = 0
+        while position < size:
+            try:
+                start = os.lseek(fd, position, os.SEEK_DATA)
+            except OSError:  # no data past position
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            at = start
+            while at < end:
+                handle.seek(at)
+                pieces.append(handle.read(min(CHUNK + overlap, end - at)))
+                at += CHUNK
+            position = end
+    return pieces
+
+
+def files_holding(root: Path, needles: list[bytes]) -> dict[str, list[str]]:
+    """Per needle, the files under ``root`` whose bytes contain it."""
+    found: dict[str, list[str]] = {}
+    overlap = max(len(n) for n in needles)
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            pieces = file_pieces(path, overlap)
+            for needle in needles:
+                if any(needle in piece for piece in pieces):
+                    found.setdefault(needle.decode(), []).append(os.path.relpath(path, root))
+    return found
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_no_file_holds_an_erased_id_after_a_snapshot(tmp_path: Path, shards: int) -> None:
+    erased = [f"erase-me-{i:04d}-canary" for i in range(40)]
+    aliases = [f"alias-of-{i:04d}-canary" for i in range(40)]
+    kept = [f"keep-me-{i:04d}-canary" for i in range(40)]
+    with Engine(SCHEMA, shards=shards, data_dir=str(tmp_path)) as engine:
+        engine.upsert_profiles([{"id": pid, "age": i} for i, pid in enumerate(erased + kept)])
+        engine.track_events([{"id": pid, "event": "purchase", "ts": NOW - i, "amount": 1.0}
+                             for i, pid in enumerate(erased + kept)])
+        engine.snapshot()  # the erased ids are in a snapshot, then in free pages once it is replaced
+        engine.merge_many(list(zip(aliases, erased)))
+        engine.snapshot()
+        needles = [pid.encode() for pid in erased + aliases]
+        assert files_holding(tmp_path, needles)  # the canary finds them before the erasure
+        assert engine.delete_profiles(erased[:20] + aliases[20:]) == 40
+        summary = engine.snapshot()
+        assert summary["compacted"] is not None
+        assert files_holding(tmp_path, needles) == {}
+        assert set(files_holding(tmp_path, [pid.encode() for pid in kept])) == set(kept)
+        assert engine.ids("ALL", now=NOW) == sorted(kept)
+    with Engine(SCHEMA, shards=shards, data_dir=str(tmp_path)) as engine:
+        assert engine.ids("ALL", now=NOW) == sorted(kept)
+        assert engine.count("DID(purchase)", now=NOW) == 40
+        engine.upsert_profiles([{"id": "after-reopen"}])
+    assert files_holding(tmp_path, needles) == {}
