@@ -1,0 +1,125 @@
+"""SEQUENCE(step THEN step ..., options) over one shard's events.
+
+The window's events of the steps' types are gathered once, each with a bit per step it
+satisfies (its type and that step's WHERE), and sorted by (row, time). Per row, a greedy scan
+finds, for each candidate first event in time order, the earliest completion: step i's event is
+the first event after step i - 1's with step i's bit and a strictly later time. The earliest
+completion never moves back as the start moves forward, so every step keeps one forward-only
+cursor and a row costs O(k * its events). Without SPAN the first start decides; with SPAN the
+row holds as soon as one start completes within the span.
+
+>>> rows = np.array([0, 0, 0, 1, 1], dtype=np.int64)
+>>> ts = np.array([5, 5, 9, 1, 2], dtype=np.int64)
+>>> flags = np.array([1, 2, 2, 2, 1], dtype=np.uint64)
+>>> holding_rows(rows, ts, flags, 2, 0, False).tolist()
+[0]
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from pyroaring import BitMap
+
+from ..query import ast
+from ..store.bitmaps import rows_of, to_bitmap
+from ..store.events import NO_TIME, EventStore
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_holds(ts, flags, a, b, k, span, use_span, cursors):
+    """Whether events a..b-1 (one row, sorted by time) hold a chain of the k steps."""
+    for step in range(k):
+        cursors[step] = a
+    for s in range(a, b):
+        if not flags[s] & np.uint64(1):
+            continue
+        if s > a and cursors[0] > s:  # an earlier start with the same time was already tried
+            continue
+        cursors[0] = s
+        t_prev = ts[s]
+        for step in range(1, k):
+            bit = np.uint64(1) << np.uint64(step)
+            p = cursors[step]
+            while p < b and not ((flags[p] & bit) and ts[p] > t_prev):
+                p += 1
+            cursors[step] = p
+            if p == b:
+                return False  # later starts complete no earlier
+            t_prev = ts[p]
+        if not use_span or t_prev - ts[s] <= span:
+            return True
+        # the next start with the same time completes at the same time: skip them
+        q = s + 1
+        while q < b and ts[q] == ts[s]:
+            q += 1
+        cursors[0] = q
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def holding_rows(rows, ts, flags, k, span, use_span):
+    """The distinct rows (events sorted by row, then time) that hold the sequence."""
+    out = np.empty(len(rows), dtype=np.int64)
+    cursors = np.empty(k, dtype=np.int64)
+    n = 0
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and rows[j] == rows[i]:
+            j += 1
+        if _row_holds(ts, flags, i, j, k, span, use_span, cursors):
+            out[n] = rows[i]
+            n += 1
+        i = j
+    return out[:n]
+
+
+def window_of(node: ast.Sequence, now: int) -> tuple[int, int]:
+    """The inclusive [lo, hi] timestamp window that bounds every step's event."""
+    def at(value: int | ast.Now) -> int:
+        return now + value.offset_ms if isinstance(value, ast.Now) else int(value)
+
+    lo, hi = NO_TIME, now
+    if node.before is not None:
+        hi = min(hi, at(node.before) - 1)
+    if node.since is not None:
+        lo = max(lo, at(node.since))
+    if node.within_ms is not None:
+        lo = max(lo, now - node.within_ms + 1)
+    return lo, hi
+
+
+def sequence_rows(events: EventStore, node: ast.Sequence, now: int, found: BitMap | None, base: BitMap) -> BitMap:
+    """The rows of ``base`` that hold ``node`` at clock ``now`` (exact within ``found``)."""
+    from .did import where_mask as mask_of  # did.py imports this module
+
+    lo, hi = window_of(node, now)
+    if lo > hi:
+        return BitMap()
+    member = rows_of(found) if found is not None else None
+    rows_l, ts_l, flags_l = [], [], []
+    for event in dict.fromkeys(step.event for step in node.steps):
+        store = events.types[event]
+        for part in store.window(lo, hi):
+            flags = np.zeros(len(part), dtype=np.uint64)
+            for i, step in enumerate(node.steps):
+                if step.event != event:
+                    continue
+                bit = np.uint64(1) << np.uint64(i)
+                if step.where is None:
+                    flags |= bit
+                else:
+                    flags[mask_of(step.where, part, store, now)] |= bit
+            keep = flags != 0
+            if member is not None and len(member) * 4 < len(part):
+                keep &= np.isin(part.rows, member)
+            rows_l.append(part.rows[keep].astype(np.int64))
+            ts_l.append(part.absolute_ts()[keep])
+            flags_l.append(flags[keep])
+    if not rows_l:
+        return BitMap()
+    rows, ts, flags = np.concatenate(rows_l), np.concatenate(ts_l), np.concatenate(flags_l)
+    order = np.lexsort((ts, rows))
+    span = node.span_ms if node.span_ms is not None else 0
+    hits = holding_rows(rows[order], ts[order], flags[order], len(node.steps), span, node.span_ms is not None)
+    return base & to_bitmap(hits.astype(np.uint32), assume_sorted=True)
