@@ -88,6 +88,24 @@ def segment_fsum(starts, values):
     return sums, bad
 
 
+@numba.njit(cache=True, nogil=True)
+def rows_in(rows, words):
+    """Per event, whether its row's bit is set in the bitset ``words`` (bit r of word r // 64)."""
+    out = np.empty(len(rows), dtype=np.bool_)
+    for i in range(len(rows)):
+        row = np.int64(rows[i])
+        out[i] = (row >> 6) < len(words) and (words[row >> 6] >> np.uint64(row & 63)) & np.uint64(1) != 0
+    return out
+
+
+def bitset_of(bitmap: BitMap) -> np.ndarray:
+    """A bitset (uint64 words) of the rows of ``bitmap``, for :func:`rows_in`."""
+    rows = rows_of(bitmap).astype(np.int64)
+    words = np.zeros((int(rows[-1]) >> 6) + 1 if len(rows) else 0, dtype=np.uint64)
+    np.bitwise_or.at(words, rows >> 6, np.left_shift(np.uint64(1), (rows & 63).astype(np.uint64)))
+    return words
+
+
 def exact_sum(values: np.ndarray) -> float:
     """The correctly rounded sum of float64 values (an overflowing sum is an infinity of its sign)."""
     total = sum((Fraction(float(v)) for v in values), Fraction(0))
@@ -160,15 +178,16 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
 
     ``parts``/``keeps``: the window's events and the masks of those counted (None: all).
     """
-    member = rows_of(found) if found is not None else None
+    total = sum(len(part) for part in parts)
+    member = bitset_of(found) if found is not None and len(found) * 4 < total else None
     picks: list[np.ndarray] = []
     for part, keep in zip(parts, keeps):
         pick = np.ones(len(part), dtype=bool) if keep is None else keep
-        if member is not None and len(member) * 4 < len(part):
-            pick = pick & np.isin(part.rows, member)
+        if member is not None:
+            pick = pick & rows_in(part.rows, member)
         picks.append(pick)
     rows = np.concatenate([part.rows[pick] for part, pick in zip(parts, picks)]) if parts else np.empty(0, np.int32)
-    order = np.argsort(rows, kind="stable")
+    order = np.argsort(rows)  # any order within a row: the sum is exact, min and max are exact
     rows = rows[order]
     if len(rows):
         starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))

@@ -401,7 +401,7 @@ class DidEvaluator:
 
     def sequence(self, node: ast.Sequence, now: int, found: BitMap | None, live: BitMap) -> BitMap:
         """The rows for which a SEQUENCE holds (see :mod:`engine.exec.sequence`; exact within ``found``)."""
-        return sequence_rows(self.events, node, now, found, found if found is not None else live)
+        return sequence_rows(self.events, node, now, found, found if found is not None else live, self.present)
 
     def present(self, store: EventTypeStore, lo: int, hi: int, found: BitMap | None = None) -> BitMap:
         """Rows with at least one event of ``store``'s type with lo <= ts <= hi (exact within ``found``;

@@ -1,7 +1,9 @@
 """SEQUENCE(step THEN step ..., options) over one shard's events.
 
-The window's events of the steps' types are gathered once, each with a bit per step it
-satisfies (its type and that step's WHERE), and sorted by (row, time). Per row, a greedy scan
+Only rows with an event of every step's type in the window can hold (an intersection of
+presence bitmaps, within the found set); their window events of the steps' types are gathered
+once, each with a bit per step it satisfies (its type and that step's WHERE), and sorted by
+(row, time). Per row, a greedy scan
 finds, for each candidate first event in time order, the earliest completion: step i's event is
 the first event after step i - 1's with step i's bit and a strictly later time. The earliest
 completion never moves back as the start moves forward, so every step keeps one forward-only
@@ -16,13 +18,16 @@ row holds as soon as one start completes within the span.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numba
 import numpy as np
 from pyroaring import BitMap
 
 from ..query import ast
-from ..store.bitmaps import rows_of, to_bitmap
-from ..store.events import NO_TIME, EventStore
+from ..store.bitmaps import to_bitmap
+from ..store.events import NO_TIME, EventStore, EventTypeStore
+from .aggregate import bitset_of, rows_in
 
 
 @numba.njit(cache=True, nogil=True)
@@ -74,6 +79,47 @@ def holding_rows(rows, ts, flags, k, span, use_span):
     return out[:n]
 
 
+@numba.njit(cache=True, nogil=True)
+def _popcount(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(cache=True, nogil=True)
+def bit_ranks(rows, words):
+    """Per row (each set in the bitset ``words``), its rank among the set rows."""
+    before = np.empty(len(words), dtype=np.int64)
+    total = 0
+    for w in range(len(words)):
+        before[w] = total
+        total += _popcount(words[w])
+    out = np.empty(len(rows), dtype=np.int64)
+    for i in range(len(rows)):
+        row = np.int64(rows[i])
+        w = row >> 6
+        below = words[w] & ((np.uint64(1) << np.uint64(row & 63)) - np.uint64(1))
+        out[i] = before[w] + _popcount(below)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def stable_group_order(groups, n_groups):
+    """The permutation that sorts ``groups`` (ints in 0..n_groups-1) keeping equal ones in order (a counting sort)."""
+    starts = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(len(groups)):
+        starts[groups[i] + 1] += 1
+    for g in range(n_groups):
+        starts[g + 1] += starts[g]
+    out = np.empty(len(groups), dtype=np.int64)
+    for i in range(len(groups)):
+        g = groups[i]
+        out[starts[g]] = i
+        starts[g] += 1
+    return out
+
+
 def window_of(node: ast.Sequence, now: int) -> tuple[int, int]:
     """The inclusive [lo, hi] timestamp window that bounds every step's event."""
     def at(value: int | ast.Now) -> int:
@@ -89,18 +135,30 @@ def window_of(node: ast.Sequence, now: int) -> tuple[int, int]:
     return lo, hi
 
 
-def sequence_rows(events: EventStore, node: ast.Sequence, now: int, found: BitMap | None, base: BitMap) -> BitMap:
-    """The rows of ``base`` that hold ``node`` at clock ``now`` (exact within ``found``)."""
+def sequence_rows(events: EventStore, node: ast.Sequence, now: int, found: BitMap | None, base: BitMap,
+                  present: Callable[[EventTypeStore, int, int, BitMap], BitMap]) -> BitMap:
+    """The rows of ``base`` that hold ``node`` at clock ``now`` (exact within ``found``).
+
+    ``present(store, lo, hi, found)``: the rows with an event of the store's type in [lo, hi]
+    (exact within ``found``).
+    """
     from .did import where_mask as mask_of  # did.py imports this module
 
     lo, hi = window_of(node, now)
     if lo > hi:
         return BitMap()
-    member = rows_of(found) if found is not None else None
+    # only rows with an event of every step's type in the window can hold: their events alone are read
+    candidates = found if found is not None else base
+    for event in sorted(set(step.event for step in node.steps), key=lambda e: len(events.types[e].ever)):
+        candidates = candidates & present(events.types[event], lo, hi, candidates)
+        if not candidates:
+            return BitMap()
+    member = bitset_of(candidates)
     rows_l, ts_l, flags_l = [], [], []
     for event in dict.fromkeys(step.event for step in node.steps):
         store = events.types[event]
         for part in store.window(lo, hi):
+            part = part.take(np.flatnonzero(rows_in(part.rows, member)))
             flags = np.zeros(len(part), dtype=np.uint64)
             for i, step in enumerate(node.steps):
                 if step.event != event:
@@ -111,15 +169,15 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, found: BitMa
                 else:
                     flags[mask_of(step.where, part, store, now)] |= bit
             keep = flags != 0
-            if member is not None and len(member) * 4 < len(part):
-                keep &= np.isin(part.rows, member)
             rows_l.append(part.rows[keep].astype(np.int64))
             ts_l.append(part.absolute_ts()[keep])
             flags_l.append(flags[keep])
     if not rows_l:
         return BitMap()
     rows, ts, flags = np.concatenate(rows_l), np.concatenate(ts_l), np.concatenate(flags_l)
-    order = np.lexsort((ts, rows))
+    by_time = np.argsort(ts, kind="stable")  # a merge of the parts' time-ordered runs
+    groups = bit_ranks(rows[by_time], member)
+    order = by_time[stable_group_order(groups, len(candidates))]
     span = node.span_ms if node.span_ms is not None else 0
     hits = holding_rows(rows[order], ts[order], flags[order], len(node.steps), span, node.span_ms is not None)
     return base & to_bitmap(hits.astype(np.uint32), assume_sorted=True)
