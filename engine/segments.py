@@ -332,7 +332,7 @@ class RestrictedExecutor(Executor):
             self.member[rows] = False
         keeps = self.events.event_masks(node, store, parts, self.now, size)
         if node.aggregates:
-            return aggregate_rows(self.events, node, store, parts, keeps, None, found)
+            return aggregate_rows(self.events, node, store, (lo, hi), parts, keeps, found, found)
         hits = [part.rows if keep is None else part.rows[keep] for part, keep in zip(parts, keeps)]
         counted, counts = np.unique(np.concatenate(hits) if hits else np.empty(0, np.int64), return_counts=True)
         per_row = np.zeros(len(rows), dtype=np.int64)

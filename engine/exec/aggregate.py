@@ -1,7 +1,7 @@
 """DID aggregate options (SUM, AVG, MIN, MAX) over the events a DID counts.
 
 The counted events of the window (WHERE, AFTER LAST and the found set applied) are grouped by
-row with one stable sort; per row, the count and each aggregate of the non-null property values
+row with a counting sort on each row's rank among the window's rows (:mod:`.grouping`); per row, the count and each aggregate of the non-null property values
 are computed and tested. ``SUM`` is exact: each row's values go through Shewchuk's
 non-overlapping partials and the same final rounding as ``math.fsum``, so it is the correctly
 rounded sum whatever the order of the events. Float properties kept as scaled int32 codes are
@@ -24,8 +24,9 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..query import ast
-from ..store.bitmaps import rows_of, to_bitmap
+from ..store.bitmaps import to_bitmap
 from ..store.events import SCALED_NULL, EventTypeStore, Run
+from .grouping import bit_ranks, bitset_of, rows_in, stable_group_order
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
@@ -86,24 +87,6 @@ def segment_fsum(starts, values):
                 hi = x
         sums[k] = hi
     return sums, bad
-
-
-@numba.njit(cache=True, nogil=True)
-def rows_in(rows, words):
-    """Per event, whether its row's bit is set in the bitset ``words`` (bit r of word r // 64)."""
-    out = np.empty(len(rows), dtype=np.bool_)
-    for i in range(len(rows)):
-        row = np.int64(rows[i])
-        out[i] = (row >> 6) < len(words) and (words[row >> 6] >> np.uint64(row & 63)) & np.uint64(1) != 0
-    return out
-
-
-def bitset_of(bitmap: BitMap) -> np.ndarray:
-    """A bitset (uint64 words) of the rows of ``bitmap``, for :func:`rows_in`."""
-    rows = rows_of(bitmap).astype(np.int64)
-    words = np.zeros((int(rows[-1]) >> 6) + 1 if len(rows) else 0, dtype=np.uint64)
-    np.bitwise_or.at(words, rows >> 6, np.left_shift(np.uint64(1), (rows & 63).astype(np.uint64)))
-    return words
 
 
 def exact_sum(values: np.ndarray) -> float:
@@ -172,12 +155,14 @@ def _values(store: EventTypeStore, part: Run, prop: str) -> tuple[np.ndarray, np
     return values, ~np.isnan(values)
 
 
-def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeStore, parts: list[Run],
-                   keeps: list[np.ndarray | None], found: BitMap | None, base: BitMap) -> BitMap:
+def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeStore, window: tuple[int, int],
+                   parts: list[Run], keeps: list[np.ndarray | None], found: BitMap | None, base: BitMap) -> BitMap:
     """The rows of ``base`` for which a DID with aggregate options holds (exact within ``found``).
 
-    ``parts``/``keeps``: the window's events and the masks of those counted (None: all).
+    ``window``: the inclusive time window; ``parts``/``keeps``: its events and the masks of those
+    counted (None: all).
     """
+    lo, hi = window
     total = sum(len(part) for part in parts)
     member = bitset_of(found) if found is not None and len(found) * 4 < total else None
     picks: list[np.ndarray] = []
@@ -187,7 +172,10 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
             pick = pick & rows_in(part.rows, member)
         picks.append(pick)
     rows = np.concatenate([part.rows[pick] for part, pick in zip(parts, picks)]) if parts else np.empty(0, np.int32)
-    order = np.argsort(rows)  # any order within a row: the sum is exact, min and max are exact
+    # group by row with a counting sort on the row's rank among the rows with an event here
+    window_rows = evaluator.present(store, lo, hi) if member is None else evaluator.present(store, lo, hi, found) & found
+    words = bitset_of(window_rows)
+    order = stable_group_order(bit_ranks(rows, words), len(window_rows))
     rows = rows[order]
     if len(rows):
         starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))

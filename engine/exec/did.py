@@ -397,7 +397,7 @@ class DidEvaluator:
         parts = store.window(lo, hi) if lo <= hi else []
         size = max(int(live.max()) + 1 if live else 0, int(store.ever.max()) + 1 if store.ever else 0)
         keeps = self.event_masks(node, store, parts, now, size)
-        return aggregate_rows(self, node, store, parts, keeps, found, found if found is not None else live)
+        return aggregate_rows(self, node, store, (lo, hi), parts, keeps, found, found if found is not None else live)
 
     def sequence(self, node: ast.Sequence, now: int, found: BitMap | None, live: BitMap) -> BitMap:
         """The rows for which a SEQUENCE holds (see :mod:`engine.exec.sequence`; exact within ``found``)."""

@@ -27,7 +27,7 @@ from pyroaring import BitMap
 from ..query import ast
 from ..store.bitmaps import to_bitmap
 from ..store.events import NO_TIME, EventStore, EventTypeStore
-from .aggregate import bitset_of, rows_in
+from .grouping import bit_ranks, bitset_of, rows_in, stable_group_order
 
 
 @numba.njit(cache=True, nogil=True)
@@ -77,47 +77,6 @@ def holding_rows(rows, ts, flags, k, span, use_span):
             n += 1
         i = j
     return out[:n]
-
-
-@numba.njit(cache=True, nogil=True)
-def _popcount(x):
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
-
-
-@numba.njit(cache=True, nogil=True)
-def bit_ranks(rows, words):
-    """Per row (each set in the bitset ``words``), its rank among the set rows."""
-    before = np.empty(len(words), dtype=np.int64)
-    total = 0
-    for w in range(len(words)):
-        before[w] = total
-        total += _popcount(words[w])
-    out = np.empty(len(rows), dtype=np.int64)
-    for i in range(len(rows)):
-        row = np.int64(rows[i])
-        w = row >> 6
-        below = words[w] & ((np.uint64(1) << np.uint64(row & 63)) - np.uint64(1))
-        out[i] = before[w] + _popcount(below)
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def stable_group_order(groups, n_groups):
-    """The permutation that sorts ``groups`` (ints in 0..n_groups-1) keeping equal ones in order (a counting sort)."""
-    starts = np.zeros(n_groups + 1, dtype=np.int64)
-    for i in range(len(groups)):
-        starts[groups[i] + 1] += 1
-    for g in range(n_groups):
-        starts[g + 1] += starts[g]
-    out = np.empty(len(groups), dtype=np.int64)
-    for i in range(len(groups)):
-        g = groups[i]
-        out[starts[g]] = i
-        starts[g] += 1
-    return out
 
 
 def window_of(node: ast.Sequence, now: int) -> tuple[int, int]:
