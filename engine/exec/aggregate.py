@@ -36,6 +36,55 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @numba.njit(cache=True, nogil=True)
+def _fsum(values, a, b, partials):
+    """The correctly rounded sum of values[a:b] (as math.fsum) and whether a partial overflowed."""
+    if b - a == 1:
+        return values[a], False
+    if b - a == 2:  # one IEEE addition is correctly rounded
+        total = values[a] + values[a + 1]
+        return total, not math.isfinite(total)
+    m = 0
+    for i in range(a, b):
+        x = values[i]
+        j = 0
+        for p in range(m):
+            y = partials[p]
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo != 0.0:
+                partials[j] = lo
+                j += 1
+            x = hi
+        m = j
+        if x != 0.0:
+            if not math.isfinite(x):
+                return 0.0, True
+            partials[m] = x
+            m += 1
+    if m == 0:
+        return 0.0, False
+    n = m - 1
+    hi = partials[n]
+    lo = 0.0
+    while n > 0:
+        x = hi
+        n -= 1
+        y = partials[n]
+        hi = x + y
+        lo = y - (hi - x)
+        if lo != 0.0:
+            break
+    if n > 0 and ((lo < 0.0 and partials[n - 1] < 0.0) or (lo > 0.0 and partials[n - 1] > 0.0)):
+        y = lo * 2.0
+        x = hi + y
+        if y == x - hi:
+            hi = x
+    return hi, False
+
+
+@numba.njit(cache=True, nogil=True)
 def segment_fsum(starts, values):
     """Per segment ``values[starts[k]:starts[k + 1]]``: its correctly rounded sum (as math.fsum) and
     whether a partial overflowed (then the sum is not valid)."""
@@ -44,49 +93,46 @@ def segment_fsum(starts, values):
     bad = np.zeros(g, dtype=np.bool_)
     partials = np.empty(128, dtype=np.float64)
     for k in range(g):
-        a = starts[k]
         b = starts[k + 1] if k + 1 < g else len(values)
-        m = 0
-        for i in range(a, b):
-            x = values[i]
-            j = 0
-            for p in range(m):
-                y = partials[p]
-                if abs(x) < abs(y):
-                    x, y = y, x
-                hi = x + y
-                lo = y - (hi - x)
-                if lo != 0.0:
-                    partials[j] = lo
-                    j += 1
-                x = hi
-            m = j
-            if x != 0.0:
-                if not math.isfinite(x):
-                    bad[k] = True
-                    break
-                partials[m] = x
-                m += 1
-        if bad[k] or m == 0:
-            continue
-        n = m - 1
-        hi = partials[n]
-        lo = 0.0
-        while n > 0:
-            x = hi
-            n -= 1
-            y = partials[n]
-            hi = x + y
-            lo = y - (hi - x)
-            if lo != 0.0:
-                break
-        if n > 0 and ((lo < 0.0 and partials[n - 1] < 0.0) or (lo > 0.0 and partials[n - 1] > 0.0)):
-            y = lo * 2.0
-            x = hi + y
-            if y == x - hi:
-                hi = x
-        sums[k] = hi
+        if b > starts[k]:
+            sums[k], bad[k] = _fsum(values, starts[k], b, partials)
     return sums, bad
+
+
+@numba.njit(cache=True, nogil=True)
+def group_values(starts, values, valid):
+    """Per row group (``starts`` into row-ordered events), its non-null values packed: (packed values,
+    their group starts, the number of values per group)."""
+    g = len(starts)
+    packed = np.empty(len(values), dtype=values.dtype)
+    vstarts = np.empty(g, dtype=np.int64)
+    counts = np.zeros(g, dtype=np.int64)
+    n = 0
+    for k in range(g):
+        b = starts[k + 1] if k + 1 < g else len(values)
+        vstarts[k] = n
+        for i in range(starts[k], b):
+            if valid[i]:
+                packed[n] = values[i]
+                n += 1
+        counts[k] = n - vstarts[k]
+    return packed[:n], vstarts, counts
+
+
+@numba.njit(cache=True, nogil=True)
+def group_extreme(values, vstarts, counts, want_max):
+    """Per group with values, its least (or greatest) value (0 for a group without values)."""
+    out = np.zeros(len(vstarts), dtype=values.dtype)
+    for k in range(len(vstarts)):
+        if counts[k] == 0:
+            continue
+        best = values[vstarts[k]]
+        for i in range(vstarts[k] + 1, vstarts[k] + counts[k]):
+            v = values[i]
+            if (v > best) if want_max else (v < best):
+                best = v
+        out[k] = best
+    return out
 
 
 def exact_sum(values: np.ndarray) -> float:
@@ -195,27 +241,34 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
 
 
 def _aggregate_test(agg: ast.Aggregate, starts: np.ndarray, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Per row group (``starts`` into row-sorted ``values``), whether the aggregate condition holds."""
-    groups = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(values))))[valid]
-    values = values[valid]
-    n_valid = np.bincount(groups, minlength=len(starts))
-    has = n_valid > 0
-    vstarts = np.flatnonzero(np.concatenate(([True], groups[1:] != groups[:-1]))) if len(groups) else groups
-    result = np.zeros(len(starts), dtype=bool)
+    """Per row group (``starts`` into row-ordered ``values``), whether the aggregate condition holds."""
+    packed, vstarts, counts = group_values(starts.astype(np.int64), values, valid)
+    has = counts > 0
     if agg.func in ("SUM", "AVG"):
-        sums, bad = segment_fsum(vstarts.astype(np.int64), values.astype(np.float64))
-        for k in np.flatnonzero(bad):
-            stop = vstarts[k + 1] if k + 1 < len(vstarts) else len(values)
-            sums[k] = exact_sum(values[vstarts[k]:stop])
+        floats = packed.astype(np.float64)
+        sums = np.zeros(len(starts), dtype=np.float64)
+        if len(starts):
+            sums, bad = _group_sums(floats, vstarts, counts)
+            for k in np.flatnonzero(bad):
+                sums[k] = exact_sum(floats[vstarts[k]:vstarts[k] + counts[k]])
         if agg.func == "SUM":
-            total = np.zeros(len(starts), dtype=np.float64)
-            total[has] = sums
-            return compare(total, agg.op, agg.value)
-        computed = sums / n_valid[has]
-    elif len(values):
-        reduce = np.minimum if agg.func == "MIN" else np.maximum
-        computed = reduce.reduceat(values, vstarts)
-    else:
+            return compare(sums, agg.op, agg.value)
+        result = np.zeros(len(starts), dtype=bool)
+        result[has] = compare(sums[has] / counts[has], agg.op, agg.value)
         return result
-    result[has] = compare(computed, agg.op, agg.value)
+    extremes = group_extreme(packed, vstarts, counts, agg.func == "MAX")
+    result = np.zeros(len(starts), dtype=bool)
+    result[has] = compare(extremes[has], agg.op, agg.value)
     return result
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_sums(values, vstarts, counts):
+    """Per group, the exact sum of its packed values (0 for none) and whether a partial overflowed."""
+    sums = np.zeros(len(vstarts), dtype=np.float64)
+    bad = np.zeros(len(vstarts), dtype=np.bool_)
+    partials = np.empty(128, dtype=np.float64)
+    for k in range(len(vstarts)):
+        if counts[k]:
+            sums[k], bad[k] = _fsum(values, vstarts[k], vstarts[k] + counts[k], partials)
+    return sums, bad
