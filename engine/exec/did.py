@@ -360,8 +360,8 @@ class DidEvaluator:
         """An upper bound of the rows a SEQUENCE selects: the fewest rows that ever had a step's event."""
         return float(min(len(self.events.types[step.event].ever) for step in node.steps))
 
-    def window_of(self, node: ast.Did, now: int) -> tuple[int, int]:
-        """The inclusive [lo, hi] timestamp window of a DID's time options."""
+    def window_of(self, node: ast.Did | ast.Sequence, now: int) -> tuple[int, int]:
+        """The inclusive [lo, hi] timestamp window of a DID's (or SEQUENCE's) time options."""
         lo, hi = NO_TIME, now
         if node.before is not None:
             hi = min(hi, _literal(node.before, now) - 1)
@@ -401,7 +401,8 @@ class DidEvaluator:
 
     def sequence(self, node: ast.Sequence, now: int, found: BitMap | None, live: BitMap) -> BitMap:
         """The rows for which a SEQUENCE holds (see :mod:`engine.exec.sequence`; exact within ``found``)."""
-        return sequence_rows(self.events, node, now, found, found if found is not None else live, self.present)
+        window = self.window_of(node, now)
+        return sequence_rows(self.events, node, now, window, found, found if found is not None else live, self.present)
 
     def present(self, store: EventTypeStore, lo: int, hi: int, found: BitMap | None = None) -> BitMap:
         """Rows with at least one event of ``store``'s type with lo <= ts <= hi (exact within ``found``;

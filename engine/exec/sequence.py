@@ -26,7 +26,7 @@ from pyroaring import BitMap
 
 from ..query import ast
 from ..store.bitmaps import to_bitmap
-from ..store.events import NO_TIME, EventStore, EventTypeStore
+from ..store.events import EventStore, EventTypeStore
 from .grouping import bit_ranks, bitset_of, rows_in, stable_group_order
 
 
@@ -79,31 +79,17 @@ def holding_rows(rows, ts, flags, k, span, use_span):
     return out[:n]
 
 
-def window_of(node: ast.Sequence, now: int) -> tuple[int, int]:
-    """The inclusive [lo, hi] timestamp window that bounds every step's event."""
-    def at(value: int | ast.Now) -> int:
-        return now + value.offset_ms if isinstance(value, ast.Now) else int(value)
-
-    lo, hi = NO_TIME, now
-    if node.before is not None:
-        hi = min(hi, at(node.before) - 1)
-    if node.since is not None:
-        lo = max(lo, at(node.since))
-    if node.within_ms is not None:
-        lo = max(lo, now - node.within_ms + 1)
-    return lo, hi
-
-
-def sequence_rows(events: EventStore, node: ast.Sequence, now: int, found: BitMap | None, base: BitMap,
-                  present: Callable[[EventTypeStore, int, int, BitMap], BitMap]) -> BitMap:
+def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tuple[int, int], found: BitMap | None,
+                  base: BitMap, present: Callable[[EventTypeStore, int, int, BitMap], BitMap]) -> BitMap:
     """The rows of ``base`` that hold ``node`` at clock ``now`` (exact within ``found``).
 
+    ``window``: the inclusive [lo, hi] of event times that bounds every step's event;
     ``present(store, lo, hi, found)``: the rows with an event of the store's type in [lo, hi]
     (exact within ``found``).
     """
     from .did import where_mask as mask_of  # did.py imports this module
 
-    lo, hi = window_of(node, now)
+    lo, hi = window
     if lo > hi:
         return BitMap()
     # only rows with an event of every step's type in the window can hold: their events alone are read

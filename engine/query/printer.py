@@ -193,12 +193,7 @@ def _did(node: Did, texts: Texts) -> str:
     if (node.count_op, node.count_n) != implicit:
         parts.append(f"COUNT {node.count_op} {node.count_n}")
     parts.extend(sorted(_aggregate(a) for a in node.aggregates))
-    if node.within_ms is not None:
-        parts.append("WITHIN " + format_duration(node.within_ms))
-    if node.since is not None:
-        parts.append("SINCE " + format_literal(node.since))
-    if node.before is not None:
-        parts.append("BEFORE " + format_literal(node.before))
+    parts.extend(_time_options(node))
     if node.after_last is not None:
         parts.append("AFTER LAST " + format_name(node.after_last))
     return "DID(" + ", ".join(parts) + ")"
@@ -217,13 +212,20 @@ def _sequence(node: Sequence, texts: Texts) -> str:
     parts = [" THEN ".join(texts[id(step)] for step in node.steps)]
     if node.span_ms is not None:
         parts.append("SPAN " + format_duration(node.span_ms))
+    parts.extend(_time_options(node))
+    return "SEQUENCE(" + ", ".join(parts) + ")"
+
+
+def _time_options(node: Did | Sequence) -> list[str]:
+    """The WITHIN, SINCE and BEFORE options of a DID or SEQUENCE, in that order."""
+    parts = []
     if node.within_ms is not None:
         parts.append("WITHIN " + format_duration(node.within_ms))
     if node.since is not None:
         parts.append("SINCE " + format_literal(node.since))
     if node.before is not None:
         parts.append("BEFORE " + format_literal(node.before))
-    return "SEQUENCE(" + ", ".join(parts) + ")"
+    return parts
 
 
 def _bucket(node: Bucket) -> str:
