@@ -311,5 +311,5 @@ def test_explain_reports_estimates_and_rows() -> None:
                              {"id": "b", "event": "purchase", "ts": NOW - 5, "amount": 1.0}])
         tree = engine.explain("DID(purchase, SUM(amount) > 100) OR SEQUENCE(page_view THEN purchase)", now=NOW)
         assert tree["count"] == 2
-        assert sorted((c["text"], c["rows"]) for c in tree["plan"]["children"]) == [
-            ("DID(purchase, SUM(amount) > 100)", 1), ("SEQUENCE(page_view THEN purchase)", 1)]
+        assert sorted((c["text"], c["estimate"], c["rows"]) for c in tree["plan"]["children"]) == [
+            ("DID(purchase, SUM(amount) > 100)", 2.0, 1), ("SEQUENCE(page_view THEN purchase)", 1.0, 1)]
