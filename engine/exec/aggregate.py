@@ -209,8 +209,7 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
     counted (None: all).
     """
     lo, hi = window
-    total = sum(len(part) for part in parts)
-    member = bitset_of(found) if found is not None and len(found) * 4 < total else None
+    member = bitset_of(found) if found is not None else None  # a cheap test that shrinks the grouping
     picks: list[np.ndarray] = []
     for part, keep in zip(parts, keeps):
         pick = np.ones(len(part), dtype=bool) if keep is None else keep
