@@ -79,6 +79,45 @@ def holding_rows(rows, ts, flags, k, span, use_span):
     return out[:n]
 
 
+def _end_times(store: EventTypeStore, lo: int, hi: int, member: np.ndarray,
+               n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The window's times of the last step's type for the member rows, ordered by (row rank, time):
+    (times, offsets per row rank)."""
+    rows_l, ts_l = [], []
+    for part in store.window(lo, hi):
+        inside = rows_in(part.rows, member)
+        rows_l.append(part.rows[inside])
+        ts_l.append(part.absolute_ts()[inside])
+    rows = np.concatenate(rows_l) if rows_l else np.empty(0, np.int32)
+    ts = np.concatenate(ts_l) if ts_l else np.empty(0, np.int64)
+    by_time = np.argsort(ts, kind="stable")
+    ranks = bit_ranks(rows[by_time], member)
+    order = stable_group_order(ranks, n_rows)
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    np.add.at(offsets, ranks + 1, 1)
+    return ts[by_time][order], np.cumsum(offsets)
+
+
+@numba.njit(cache=True, nogil=True)
+def before_an_end(rows, ts, base, member, end_ts, offsets, span, use_span):
+    """Per event of a member row, whether an end event of its row follows strictly after it (within
+    ``span`` when ``use_span``): only such events can start or continue a chain."""
+    out = np.zeros(len(rows), dtype=np.bool_)
+    rank_of = bit_ranks(rows, member)
+    for i in range(len(rows)):
+        t = base + np.int64(ts[i])
+        a, b = offsets[rank_of[i]], offsets[rank_of[i] + 1]
+        while a < b:  # the first end time > t
+            mid = (a + b) // 2
+            if end_ts[mid] > t:
+                b = mid
+            else:
+                a = mid + 1
+        end = offsets[rank_of[i] + 1]
+        out[i] = a < end and (not use_span or end_ts[a] - t <= span)
+    return out
+
+
 def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tuple[int, int], found: BitMap | None,
                   base: BitMap, present: Callable[[EventTypeStore, int, int, BitMap], BitMap]) -> BitMap:
     """The rows of ``base`` that hold ``node`` at clock ``now`` (exact within ``found``).
@@ -99,11 +138,20 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
         if not candidates:
             return BitMap()
     member = bitset_of(candidates)
+    last = node.steps[-1].event
+    ends = _end_times(events.types[last], lo, hi, member, len(candidates))
+    span = node.span_ms if node.span_ms is not None else 0
     rows_l, ts_l, flags_l = [], [], []
     for event in dict.fromkeys(step.event for step in node.steps):
         store = events.types[event]
         for part in store.window(lo, hi):
-            part = part.take(np.flatnonzero(rows_in(part.rows, member)))
+            if event == last:
+                picks = np.flatnonzero(rows_in(part.rows, member))
+            else:  # an earlier step's event serves only if a last-type event follows within the span
+                picks = np.flatnonzero(rows_in(part.rows, member))
+                picks = picks[before_an_end(part.rows[picks], part.ts[picks], part.base, member, *ends, span,
+                                            node.span_ms is not None)]
+            part = part.take(picks)
             flags = np.zeros(len(part), dtype=np.uint64)
             for i, step in enumerate(node.steps):
                 if step.event != event:
@@ -123,6 +171,5 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
     by_time = np.argsort(ts, kind="stable")  # a merge of the parts' time-ordered runs
     groups = bit_ranks(rows[by_time], member)
     order = by_time[stable_group_order(groups, len(candidates))]
-    span = node.span_ms if node.span_ms is not None else 0
     hits = holding_rows(rows[order], ts[order], flags[order], len(node.steps), span, node.span_ms is not None)
     return base & to_bitmap(hits.astype(np.uint32), assume_sorted=True)
