@@ -2,7 +2,8 @@
 
 Only rows with an event of every step's type in the window can hold (an intersection of
 presence bitmaps, within the found set); their window events of the steps' types are gathered
-once, each with a bit per step it satisfies (its type and that step's WHERE), and sorted by
+once (an earlier step's event only if an event of the last step's type follows it within the
+span), each with a bit per step it satisfies (its type and that step's WHERE), and sorted by
 (row, time). Per row, a greedy scan
 finds, for each candidate first event in time order, the earliest completion: step i's event is
 the first event after step i - 1's with step i's bit and a strictly later time. The earliest
