@@ -220,6 +220,37 @@ def _latest(pids, ts, n, no_time):
 
 
 @numba.njit(cache=True)
+def _sequence_mask(pids, ts, step, k, span, n):
+    """Per profile, whether events (sorted by pid, then ts; ``step`` = the step index each event can
+    serve, -1 none) hold steps 0..k-1 in strictly increasing time within ``span``: every first event
+    is tried, each later step takes the earliest fitting event."""
+    out = np.zeros(n, dtype=np.bool_)
+    i = 0
+    while i < len(pids):
+        j = i
+        while j < len(pids) and pids[j] == pids[i]:
+            j += 1
+        for s in range(i, j):
+            if step[s] != 0:
+                continue
+            t = ts[s]
+            want = 1
+            for q in range(s + 1, j):
+                if ts[q] - ts[s] > span:
+                    break
+                if step[q] == want and ts[q] > t:
+                    t = ts[q]
+                    want += 1
+                    if want == k:
+                        break
+            if want == k:
+                out[pids[i]] = True
+                break
+        i = j
+    return out
+
+
+@numba.njit(cache=True)
 def _splitmix_sample(hashes, seed, threshold):
     out = np.empty(len(hashes), dtype=np.bool_)
     golden = np.uint64(0x9E3779B97F4A7C15)
@@ -440,6 +471,40 @@ class NumpyBaseline:
         if keep is None:
             return _count_rows(ev.pid[part], self.n)
         return _count_rows_kept(ev.pid[part], keep, self.n)
+
+    def bucket_between(self, seed: int, lo: int, hi: int) -> np.ndarray:
+        """BUCKET(seed) BETWEEN lo AND hi, as the difference of two samples."""
+        seed64 = np.uint64(seed & (2**64 - 1))
+        return _splitmix_sample(self.hashes, seed64, hi + 1) & ~_splitmix_sample(self.hashes, seed64, lo)
+
+    def did_aggregate(self, event: str, now: int, prop: str, func: str, op: str, value: float, *,
+                      within: int) -> np.ndarray:
+        """Per profile, ``func`` (sum or avg) of the non-null ``prop`` of its ``event`` events in the
+        window compared with ``value`` (a sum of nothing is 0, an average of nothing is null: false)."""
+        ev = self.events[event]
+        part = ev.window(now - within + 1, now)
+        valid = ev.valid[prop][part]
+        pid = ev.pid[part][valid]
+        total = np.bincount(pid, weights=ev.values[prop][part][valid], minlength=self.n)
+        if func == "sum":
+            return OPS[op](total, value)
+        count = np.bincount(pid, minlength=self.n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (count > 0) & OPS[op](total / np.maximum(count, 1), value)
+
+    def sequence(self, types: tuple[str, ...], now: int, *, span: int, within: int) -> np.ndarray:
+        """Profiles with events of ``types`` (distinct types) in strictly increasing time, the last at most
+        ``span`` after the first, every event in the window."""
+        pids, times, steps = [], [], []
+        for index, event in enumerate(types):
+            ev = self.events[event]
+            part = ev.window(now - within + 1, now)
+            pids.append(ev.pid[part])
+            times.append(ev.ts[part])
+            steps.append(np.full(part.stop - part.start, index, np.int8))
+        pid, ts, step = np.concatenate(pids), np.concatenate(times), np.concatenate(steps)
+        order = np.lexsort((ts, pid))
+        return _sequence_mask(pid[order], ts[order], step[order], len(types), span, self.n)
 
     def did(self, event: str, now: int, *, count: tuple[str, int] = (">=", 1), **options) -> np.ndarray:
         """The DID predicate as a bool mask: the count of matching events satisfies ``count``."""

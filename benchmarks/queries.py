@@ -316,6 +316,69 @@ def event_queries(now_ms: int = NOW_MS) -> list[Query]:
     ]
 
 
+def _bucket_sql(seed: int, lo: int, hi: int, where: str) -> str:
+    """SQL: count of profiles satisfying ``where`` whose BUCKET(seed) lies in [lo, hi] (as _sample_sql)."""
+    m = "18446744073709551615::UHUGEINT"
+    return f"""
+WITH s0 AS (SELECT (xor(h, {seed}::UBIGINT)::UHUGEINT + 11400714819323198485::UHUGEINT) & {m} AS x
+            FROM profiles WHERE {where}),
+     s1 AS (SELECT (xor(x, x >> 30) * 13787848793156543929::UHUGEINT) & {m} AS x FROM s0),
+     s2 AS (SELECT (xor(x, x >> 27) * 10723151780598845931::UHUGEINT) & {m} AS x FROM s1)
+SELECT count(*) FROM s2 WHERE xor(x, x >> 31)::UBIGINT % 10000 BETWEEN {lo} AND {hi}"""
+
+
+def _sequence_sql(types: tuple[str, ...], span: int, within: int) -> str:
+    """SQL: profiles with events of ``types`` in strictly increasing time, the last at most ``span``
+    after the first, all in the window: per first event, the earliest next step (greedy), by self-joins."""
+    window = f"ts <= $now AND ts > $now - {within}"
+    steps = [f"s0 AS (SELECT pid, ts AS t0, ts AS t FROM events WHERE type = '{types[0]}' AND {window})"]
+    for i, kind in enumerate(types[1:], start=1):
+        steps.append(
+            f"s{i} AS (SELECT a.pid, a.t0, min(e.ts) AS t FROM s{i - 1} a JOIN events e ON e.pid = a.pid "
+            f"AND e.type = '{kind}' AND e.ts <= $now AND e.ts > $now - {within} "
+            f"AND e.ts > a.t AND e.ts <= a.t0 + {span} GROUP BY a.pid, a.t0)")
+    return f"WITH {', '.join(steps)} SELECT count(DISTINCT pid) FROM s{len(types) - 1}"
+
+
+def behaviour_queries(now_ms: int = NOW_MS) -> list[Query]:
+    """Segments with aggregates, sequences and buckets (docs/query-language.md, section 5 of the contract)."""
+    return [
+        Query(
+            "spent_over_100_30d", "events",
+            "DID(purchase, SUM(amount) > 100, WITHIN 30d)",
+            f"SELECT count(*) FROM (SELECT pid FROM events WHERE type = 'purchase' AND ts <= $now AND {_within(30)} "
+            "GROUP BY pid HAVING coalesce(sum(amount), 0) > 100)",
+            lambda b, now: b.did_aggregate("purchase", now, "amount", "sum", ">", 100, within=30 * DAY),
+            "SUM of no values is 0: only buyers can exceed 100",
+        ),
+        Query(
+            "fr_be_avg_cart_14d", "events",
+            "country IN ('FR', 'BE') AND DID(cart_abandoned, AVG(cart_value) > 80, COUNT >= 2, WITHIN 14d)",
+            "SELECT count(*) FROM profiles WHERE country IN ('FR', 'BE') AND pid IN (SELECT pid FROM events "
+            f"WHERE type = 'cart_abandoned' AND ts <= $now AND {_within(14)} GROUP BY pid "
+            "HAVING count(*) >= 2 AND avg(cart_value) > 80)",
+            lambda b, now: b.cat_in("country", "FR", "BE")
+            & b.did_aggregate("cart_abandoned", now, "cart_value", "avg", ">", 80, within=14 * DAY)
+            & b.did("cart_abandoned", now, within=14 * DAY, count=(">=", 2)),
+            "AVG ignores nulls; a profile with only null values has no average",
+        ),
+        Query(
+            "funnel_1d_30d", "events",
+            "SEQUENCE(page_view THEN cart_abandoned THEN purchase, SPAN 1d, WITHIN 30d)",
+            _sequence_sql(("page_view", "cart_abandoned", "purchase"), DAY, 30 * DAY),
+            lambda b, now: b.sequence(("page_view", "cart_abandoned", "purchase"), now, span=DAY, within=30 * DAY),
+            "strictly increasing times, the last at most a day after the first",
+        ),
+        Query(
+            "variant_a_email", "attr",
+            "BUCKET(42) BETWEEN 1000 AND 5499 AND CONSENTED(email)",
+            _bucket_sql(42, 1000, 5499, "consent_email"),
+            lambda b, now: b.bucket_between(42, 1000, 5499) & b.consent("email"),
+            "one kept bitmap per (seed, range)",
+        ),
+    ]
+
+
 def all_queries(now_ms: int = NOW_MS) -> list[Query]:
     """Every benchmark segment, attribute ones first."""
-    return attribute_queries(now_ms) + event_queries(now_ms)
+    return attribute_queries(now_ms) + event_queries(now_ms) + behaviour_queries(now_ms)

@@ -2,7 +2,8 @@
 
 ``plan_tree`` gives the static tree of a plan (one node per step, children in plan order:
 an intersection's operands, then its excluded operands). ``TracingExecutor`` evaluates a plan
-like the ``Executor`` it extends and fills in, per node, the rows it yielded (within the rows it
+like the ``Executor`` it extends and fills in, per node, the planner's estimate of its rows
+(``estimate``, the figure that orders an intersection's operands), the rows it yielded (within the rows it
 was given: an intersection hands its survivors to the next operand), the rows it was given
 (``input_rows``; -1 = the whole universe) and its wall time. A step an intersection skipped
 because nothing survived keeps ``visited`` false. ``merge_trees`` adds up the trees of shards.
@@ -50,8 +51,8 @@ def _label(step: Step) -> tuple[str, str]:
 def plan_tree(step: Step, negated: bool = False) -> dict[str, Any]:
     """The static explain tree of ``step`` with zeroed statistics."""
     kind, text = _label(step)
-    node: dict[str, Any] = {"step": "NOT" if negated else kind, "text": text, "rows": 0, "input_rows": -1,
-                            "ms": 0.0, "visited": False, "children": []}
+    node: dict[str, Any] = {"step": "NOT" if negated else kind, "text": text, "estimate": 0.0, "rows": 0,
+                            "input_rows": -1, "ms": 0.0, "visited": False, "children": []}
     if negated and kind != "PRED":
         node["text"] = kind
     excluded = step.exclude if isinstance(step, Intersect) else ()
@@ -91,6 +92,7 @@ class TracingExecutor(Executor):
             self.path.pop()
         node["ms"] += (time.perf_counter() - started) * 1000
         node["visited"] = True
+        node["estimate"] = self._rows_estimate(step)
         node["input_rows"] = -1 if found is None else len(found)
         node["rows"] = len(result) if found is None else result.intersection_cardinality(found)
         return result
@@ -100,7 +102,7 @@ def merge_trees(trees: list[dict[str, Any]]) -> dict[str, Any]:
     """Add up explain trees of the same plan from several shards (rows, input rows, times)."""
     first = trees[0]
     merged = {key: value for key, value in first.items() if key != "children"}
-    for key in ("rows", "ms", "count"):
+    for key in ("estimate", "rows", "ms", "count"):
         if key in first:
             merged[key] = sum(t[key] for t in trees)
     given = [t["input_rows"] for t in trees if t["visited"]]

@@ -9,7 +9,12 @@ exact without a full re-scan:
   only if it depends on ``now``; the events that change status are those between the old and
   the new edge: ``(hi(t0), hi(t1)]`` enter, ``[lo(t0), lo(t1))`` leave. ``AFTER LAST f`` also
   moves for rows with an ``f`` event in ``(t0, t1]``. A ``WHERE`` that mentions ``NOW`` can
-  change any event's status, so every row that ever had such an event is a candidate.
+  change any event's status, so every row that ever had such an event is a candidate. Aggregate
+  options read the same events as the count, so the same rows are the candidates.
+- ``SEQUENCE(...)`` depends on each row's events of the steps' types inside its window alone
+  (SPAN does not move with the clock): the rows with such an event between the old and the new
+  edges, for every step type, are the candidates (every row with such an event when a step's
+  ``WHERE`` mentions ``NOW``).
 - An attribute compared with ``NOW +/- d`` changes for rows whose value lies between the
   literal's old and new value (an index range query).
 - ``SEGMENT('x')`` is handled by the caller: the rows whose membership of ``x`` changed.
@@ -55,7 +60,7 @@ def segment_refs(step: Step) -> frozenset[str]:
 
 #: Predicates that read no event (a write of events changes their answer only for new profiles).
 PROFILE_PREDICATES = (ast.All, ast.Compare, ast.In, ast.Between, ast.IsNull, ast.Has, ast.Consented,
-                      ast.SegmentRef, ast.Sample)
+                      ast.SegmentRef, ast.Sample, ast.Bucket)
 
 
 def event_types_read(step: Step) -> frozenset[str] | None:
@@ -70,6 +75,8 @@ def event_types_read(step: Step) -> frozenset[str] | None:
             read.add(node.event)
             if node.after_last is not None:
                 read.add(node.after_last)
+        elif isinstance(node, ast.Sequence):
+            read.update(step.event for step in node.steps)
         elif not isinstance(node, PROFILE_PREDICATES):
             return None
     return frozenset(read)
@@ -86,7 +93,7 @@ def mentions_now(node: ast.Node | None) -> bool:
         values = node.values
     elif isinstance(node, ast.Between):
         values = (node.lo, node.hi)
-    elif isinstance(node, ast.Did):
+    elif isinstance(node, (ast.Did, ast.Sequence)):
         values = (node.since, node.before)
     if any(isinstance(v, ast.Now) for v in values):
         return True
@@ -99,7 +106,7 @@ def is_clocked(step: Step) -> bool:
     Every DID is clocked: only events with ``ts <= now`` count, so a future-dated event starts
     counting when the clock reaches it.
     """
-    return any(isinstance(node, ast.Did) or mentions_now(node) for node in predicates(step))
+    return any(isinstance(node, (ast.Did, ast.Sequence)) or mentions_now(node) for node in predicates(step))
 
 
 def time_candidates(step: Step, t0: int, t1: int, events: EventStore, attribute_rows: AttributeRows) -> BitMap:
@@ -108,6 +115,8 @@ def time_candidates(step: Step, t0: int, t1: int, events: EventStore, attribute_
     for node in predicates(step):
         if isinstance(node, ast.Did):
             parts.extend(_did_candidates(node, t0, t1, events))
+        elif isinstance(node, ast.Sequence):
+            parts.extend(_sequence_candidates(node, t0, t1, events))
         elif mentions_now(node):
             parts.extend(_attribute_candidates(node, t0, t1, attribute_rows))
     return union_all(parts)
@@ -119,7 +128,7 @@ def _at(value: int | ast.Now | None, now: int) -> int | None:
     return now + value.offset_ms if isinstance(value, ast.Now) else int(value)
 
 
-def _window(node: ast.Did, now: int) -> tuple[int | None, int]:
+def _window(node: ast.Did | ast.Sequence, now: int) -> tuple[int | None, int]:
     """The inclusive [lo, hi] of counted timestamps at clock ``now`` (lo None = unbounded)."""
     hi = now
     before = _at(node.before, now)
@@ -149,6 +158,21 @@ def _did_candidates(node: ast.Did, t0: int, t1: int, events: EventStore) -> list
         parts += _rows_between(store, lo0, lo1 - 1)  # events that aged out
     if node.after_last is not None:
         parts += _rows_between(events.types[node.after_last], t0 + 1, t1)  # a newer "last" event
+    return parts
+
+
+def _sequence_candidates(node: ast.Sequence, t0: int, t1: int, events: EventStore) -> list[BitMap]:
+    lo0, hi0 = _window(node, t0)
+    lo1, hi1 = _window(node, t1)
+    parts: list[BitMap] = []
+    for event in dict.fromkeys(step.event for step in node.steps):
+        store = events.types[event]
+        if any(mentions_now(step.where) for step in node.steps if step.event == event):
+            parts.append(store.ever)
+            continue
+        parts += _rows_between(store, hi0 + 1, hi1)  # events that started to count
+        if lo0 is not None and lo1 is not None:
+            parts += _rows_between(store, lo0, lo1 - 1)  # events that aged out
     return parts
 
 

@@ -42,6 +42,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from .errors import ProfileNotFound, QueryError, SegmentExists, SegmentInUse, SegmentNotFound
+from .exec.aggregate import aggregate_rows
 from .exec.did import CMP
 from .exec.executor import Executor
 from .plan.steps import Step
@@ -296,7 +297,7 @@ class RestrictedExecutor(Executor):
     def reads_latest_time(node: ast.Did) -> bool:
         """True for the DID forms evaluated from latest event times."""
         form = (node.count_op, node.count_n)
-        return (node.where is None and node.after_last is None and node.before is None
+        return (node.where is None and node.after_last is None and node.before is None and not node.aggregates
                 and (form in PRESENT or form in ABSENT))
 
     def pred_Did(self, node: ast.Did, found: BitMap | None) -> BitMap:
@@ -330,6 +331,8 @@ class RestrictedExecutor(Executor):
         finally:
             self.member[rows] = False
         keeps = self.events.event_masks(node, store, parts, self.now, size)
+        if node.aggregates:
+            return aggregate_rows(self.events, node, store, (lo, hi), parts, keeps, found, found)
         hits = [part.rows if keep is None else part.rows[keep] for part, keep in zip(parts, keeps)]
         counted, counts = np.unique(np.concatenate(hits) if hits else np.empty(0, np.int64), return_counts=True)
         per_row = np.zeros(len(rows), dtype=np.int64)

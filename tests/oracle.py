@@ -16,14 +16,18 @@ come in as BOUND ASTs (``engine.query.bind(parse(text), schema)``); only the par
 """
 from __future__ import annotations
 
+import math
 import operator
+from fractions import Fraction
 from hashlib import blake2b
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from engine.query.ast import (
+    Aggregate,
     All,
     And,
     Between,
+    Bucket,
     Compare,
     Consented,
     Did,
@@ -36,6 +40,7 @@ from engine.query.ast import (
     Or,
     Sample,
     SegmentRef,
+    Sequence,
 )
 from engine.timeparse import parse_ts
 
@@ -60,10 +65,40 @@ def splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def bucket(profile_id: str, seed: int) -> int:
+    """``BUCKET(seed)`` of one id, exactly as the contract states it."""
+    h = int.from_bytes(blake2b(profile_id.encode("utf-8"), digest_size=8).digest(), "little")
+    return splitmix64(h ^ seed) % 10000
+
+
 def sampled(profile_id: str, percent: float, seed: int) -> bool:
     """``SAMPLE(percent, seed)`` membership of one id, exactly as the contract states it."""
-    h = int.from_bytes(blake2b(profile_id.encode("utf-8"), digest_size=8).digest(), "little")
-    return splitmix64(h ^ seed) % 10000 < round(percent * 100)
+    return bucket(profile_id, seed) < round(percent * 100)
+
+
+def exact_sum(values: list[float]) -> float:
+    """The correctly rounded sum (``math.fsum``; an overflowing sum is an infinity of its sign)."""
+    try:
+        return math.fsum(values)
+    except OverflowError:  # an intermediate partial overflowed: round the exact rational instead
+        total = sum((Fraction(v) for v in values), Fraction(0))
+        try:
+            return float(total)
+        except OverflowError:
+            return math.copysign(math.inf, total)
+
+
+def aggregate_holds(agg: Aggregate, values: list[Any]) -> bool:
+    """An aggregate condition over the non-null values of the counted events (null: false)."""
+    if agg.func == "SUM":
+        result: Any = exact_sum([float(v) for v in values])
+    elif not values:
+        return False
+    elif agg.func == "AVG":
+        result = exact_sum([float(v) for v in values]) / len(values)
+    else:
+        result = min(values) if agg.func == "MIN" else max(values)
+    return CMP[agg.op](result, agg.value)
 
 
 class Event(NamedTuple):
@@ -157,6 +192,10 @@ class NaiveStore:
             return sampled(pid, node.percent, node.seed)  # type: ignore[attr-defined]
         if kind is Did:
             return self._did(node, pid, now)  # type: ignore[arg-type]
+        if kind is Sequence:
+            return self._sequence(node, pid, now)  # type: ignore[arg-type]
+        if kind is Bucket:
+            return bucket_test(node, bucket(pid, node.seed))  # type: ignore[arg-type]
         if kind is SegmentRef:
             raise NotImplementedError("the oracle does not evaluate SEGMENT(...)")
         return value_test(node, self.attrs[pid], now)
@@ -168,9 +207,10 @@ class NaiveStore:
         if node.after_last is not None:
             prior = [e.ts for e in seen if e.event == node.after_last]
             if not prior:
-                return CMP[node.count_op](0, node.count_n)
+                return CMP[node.count_op](0, node.count_n) and all(aggregate_holds(a, []) for a in node.aggregates)
             lower = max(prior)
         count = 0
+        counted: list[Event] = []
         for e in seen:
             if e.event != node.event:
                 continue
@@ -185,7 +225,44 @@ class NaiveStore:
             if lower is not None and not e.ts > lower:
                 continue
             count += 1
-        return CMP[node.count_op](count, node.count_n)
+            counted.append(e)
+        return CMP[node.count_op](count, node.count_n) and all(
+            aggregate_holds(a, [e.props[a.prop] for e in counted if a.prop in e.props]) for a in node.aggregates)
+
+    def _sequence(self, node: Sequence, pid: str, now: int) -> bool:
+        """``SEQUENCE(...)``: try every chain of events, one per step, in strictly increasing time."""
+        seen = [e for e in self.events[pid] if e.ts <= now and in_window(node, e.ts, now)]
+        candidates = [[e for e in seen if e.event == step.event and (step.where is None or value_test(
+            step.where, e.props, now))] for step in node.steps]
+
+        def chain(i: int, after: int, first: int) -> bool:
+            if i == len(candidates):
+                return True
+            for e in candidates[i]:
+                if e.ts > after and (node.span_ms is None or e.ts - (e.ts if i == 0 else first) <= node.span_ms):
+                    if chain(i + 1, e.ts, e.ts if i == 0 else first):
+                        return True
+            return False
+
+        return chain(0, -(2**63), 0)
+
+
+def in_window(node: Did | Sequence, ts: int, now: int) -> bool:
+    """The time options WITHIN, SINCE and BEFORE of ``node`` (``ts <= now`` is checked apart)."""
+    if node.within_ms is not None and not now - node.within_ms < ts:
+        return False
+    if node.since is not None and not ts >= resolve(node.since, now):
+        return False
+    return node.before is None or ts < resolve(node.before, now)
+
+
+def bucket_test(node: Bucket, value: int) -> bool:
+    """A BUCKET comparison, BETWEEN or IN on the profile's bucket value."""
+    if node.op == "IN":
+        return (value in node.values) != node.negated
+    if node.op == "BETWEEN":
+        return (node.values[0] <= value <= node.values[1]) != node.negated
+    return CMP[node.op](value, node.values[0])
 
 
 def resolve(value: Any, now: int) -> Any:

@@ -298,15 +298,69 @@ def _did_option() -> st.SearchStrategy[tuple[str, str]]:
     )
 
 
+#: Literals aggregates are compared with: property values, sums of a few of them, absent values.
+AGGREGATE_LITERALS = FLOAT_LITERALS + [69.99, 70.49, 170.5, 241.0, 100.5, 0.1, 1e300, -1e300, 2e300, 39.98]
+
+
+def _aggregate_options(event: str) -> st.SearchStrategy[list[str]]:
+    """Zero to two aggregate options over the event type's float properties."""
+    props = [p for p, k in CONTRACT_SCHEMA["events"][event]["properties"].items() if k in ("int", "float")]
+    if not props:
+        return st.just([])
+    option = st.builds(lambda f, p, op, v: f"{f}({p}) {op} {_number(v)}", st.sampled_from(["SUM", "AVG", "MIN", "MAX",
+                                                                                         "sum"]),
+                       st.sampled_from(props), st.sampled_from(CMP_OPS), st.sampled_from(AGGREGATE_LITERALS))
+    return st.lists(option, max_size=2)
+
+
 @st.composite
-def did_preds(draw: st.DrawFn) -> str:
-    """``DID(event [WHERE ...], options...)`` with distinct options in random order."""
+def did_preds(draw: st.DrawFn, aggregates: bool = False) -> str:
+    """``DID(event [WHERE ...], options...)`` with distinct options in random order (and, with
+    ``aggregates``, often aggregate options)."""
     event = draw(st.sampled_from(EVENT_TYPES))
     parts = [event]
     if draw(st.booleans()):
         parts[0] += " WHERE " + draw(where_queries(event))
-    options = draw(st.lists(_did_option(), max_size=4, unique_by=lambda o: o[0]))
-    return "DID(" + ", ".join(parts + [text for _, text in options]) + ")"
+    options = [text for _, text in draw(st.lists(_did_option(), max_size=4, unique_by=lambda o: o[0]))]
+    if aggregates or draw(st.integers(0, 3)) == 0:
+        options += draw(_aggregate_options(event))
+    options = draw(st.permutations(options))
+    return "DID(" + ", ".join(parts + list(options)) + ")"
+
+
+@st.composite
+def sequence_preds(draw: st.DrawFn) -> str:
+    """``SEQUENCE(step THEN step ..., options...)``: 2-4 steps, often of one type in a row."""
+    steps = []
+    for _ in range(draw(st.integers(2, 4))):
+        event = steps[-1][0] if steps and draw(st.integers(0, 2)) == 0 else draw(st.sampled_from(EVENT_TYPES))
+        where = " WHERE " + draw(where_queries(event)) if draw(st.integers(0, 2)) == 0 else ""
+        steps.append((event, where))
+    options = draw(st.lists(st.one_of(
+        st.builds(lambda d: ("SPAN", f"SPAN {d}"), _duration()),
+        st.builds(lambda d: ("WITHIN", f"WITHIN {d}"), _duration()),
+        st.builds(lambda t: ("SINCE", f"SINCE {t}"), _time_literal()),
+        st.builds(lambda t: ("BEFORE", f"BEFORE {t}"), _time_literal()),
+    ), max_size=3, unique_by=lambda o: o[0]))
+    body = " THEN ".join(e + w for e, w in steps)
+    return "SEQUENCE(" + ", ".join([body] + [text for _, text in options]) + ")"
+
+
+BUCKET_SEEDS = ["0", "1", "42", str(2**64 - 1), "123456789"]
+BUCKET_VALUES = [-5, -1, 0, 1, 999, 1000, 4999, 5000, 5499, 9998, 9999, 10000, 10**30]
+
+
+def bucket_preds() -> st.SearchStrategy[str]:
+    """``BUCKET(seed)`` comparisons, [NOT] BETWEEN and [NOT] IN, literals in and out of 0..9999."""
+    value = st.sampled_from(BUCKET_VALUES).map(str)
+    seed = st.sampled_from(BUCKET_SEEDS)
+    neg = st.sampled_from(["", "NOT "])
+    return st.one_of(
+        st.builds(lambda s, op, v: f"BUCKET({s}) {op} {v}", seed, st.sampled_from(CMP_OPS), value),
+        st.builds(lambda s, n, lo, hi: f"BUCKET({s}) {n}BETWEEN {lo} AND {hi}", seed, neg, value, value),
+        st.builds(lambda s, n, vs: f"bucket({s}) {n}IN ({', '.join(vs)})", seed, neg, st.lists(value, min_size=1,
+                                                                                              max_size=4)),
+    )
 
 
 def special_preds() -> st.SearchStrategy[str]:
@@ -321,8 +375,18 @@ def special_preds() -> st.SearchStrategy[str]:
 
 def queries(max_leaves: int = 5) -> st.SearchStrategy[str]:
     """A random query text covering every predicate form, nested AND/OR/NOT."""
-    leaves = st.one_of(attribute_preds(), did_preds(), special_preds())
+    leaves = st.one_of(attribute_preds(), did_preds(), special_preds(), sequence_preds(), bucket_preds())
     return st.recursive(leaves, _combine, max_leaves=max_leaves)
+
+
+def behaviour_queries() -> st.SearchStrategy[str]:
+    """An aggregate DID, a SEQUENCE or a BUCKET, its negation, or two of them combined."""
+    leaf = st.one_of(did_preds(aggregates=True), sequence_preds(), bucket_preds())
+    return st.one_of(
+        leaf,
+        leaf.map(lambda q: f"NOT {q}"),
+        st.builds(lambda a, kw, b: f"{a} {kw} {b}", leaf, st.sampled_from(["AND", "OR"]), leaf),
+    )
 
 
 def did_queries() -> st.SearchStrategy[str]:

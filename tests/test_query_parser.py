@@ -80,7 +80,7 @@ def test_keywords_are_case_insensitive_and_upper_cased_in_value() -> None:
     assert [(t.kind, t.value) for t in toks[:-1]] == [("keyword", "DID")] * 3 + [("keyword", "WITHIN")]
     assert KEYWORDS == set(
         "AND OR NOT IN BETWEEN IS NULL HAS ANY ALL TRUE FALSE NOW DID WHERE COUNT WITHIN SINCE "
-        "BEFORE AFTER LAST CONSENTED SEGMENT SAMPLE".split()
+        "BEFORE AFTER LAST CONSENTED SEGMENT SAMPLE SEQUENCE BUCKET SUM AVG MIN MAX THEN SPAN".split()
     )
 
 
@@ -244,7 +244,7 @@ def test_segment_and_sample() -> None:
         ("DID(e, WITHIN 7)", "expected a duration like 7d", 15),
         ("DID(e, SINCE 1.5)", "expected an ISO 8601 string, epoch milliseconds or NOW", 14),
         ("DID(e, AFTER cart)", "expected LAST", 14),
-        ("DID(e, FOO)", "expected COUNT, WITHIN, SINCE, BEFORE or AFTER LAST", 8),
+        ("DID(e, FOO)", "expected COUNT, SUM, AVG, MIN, MAX, WITHIN, SINCE, BEFORE or AFTER LAST", 8),
         ("DID(e WHERE DID(f))", "DID is not allowed inside WHERE", 13),
         ("DID(e WHERE CONSENTED(email))", "CONSENTED is not allowed inside WHERE", 13),
         ("DID('e')", "expected an event name", 5),

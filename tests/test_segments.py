@@ -32,6 +32,13 @@ SEGMENTS = {
     "example": ("country IN ('FR', 'BE') AND age BETWEEN 25 AND 40"
                 " AND DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d)"
                 " AND NOT DID(purchase, WITHIN 7d) AND CONSENTED(email)"),
+    "spenders_30d": "DID(purchase, SUM(amount) > 100, WITHIN 30d)",
+    "low_spend_7d": "DID(purchase, SUM(amount) < 10, WITHIN 7d)",
+    "avg_carts": "DID(cart_abandoned, AVG(cart_value) > 80, COUNT >= 2, WITHIN 14d)",
+    "funnel": "SEQUENCE(page_view THEN cart_abandoned THEN purchase, SPAN 1d, WITHIN 30d)",
+    "repeat_carts": "SEQUENCE(cart_abandoned WHERE cart_value > 50 THEN cart_abandoned, SINCE NOW - 3d)",
+    "variant_a": "BUCKET(42) BETWEEN 1000 AND 5499",
+    "holdout_carted": "BUCKET(42) < 1000 AND NOT SEGMENT('carted_7d')",
     "fr_carted": "SEGMENT('fr') AND SEGMENT('carted_7d')",
     "fr_carted_or_new": "SEGMENT('fr_carted') OR (SEGMENT('new_signups') AND NOT SEGMENT('email'))",
 }
@@ -97,6 +104,8 @@ def random_writes(rng: random.Random, ids: list[str], now: int, n: int) -> tuple
             record = {"id": pid, "event": event, "ts": now + rng.randrange(-10 * DAY, 2 * HOUR)}
             if event == "cart_abandoned":
                 record["cart_value"] = rng.choice([10.0, 60.0, 120.0, None])
+            if event == "purchase":
+                record["amount"] = rng.choice([5.0, 49.99, 120.5, None])
             events.append(record)
     return profiles, events
 

@@ -52,6 +52,14 @@ QUERIES = [
     "DID(purchase, COUNT = 0) AND DID(page_view, WITHIN 1d)",
     "NOT DID(purchase WHERE NOT amount < 20)",
     "(country = 'FR' OR vip = TRUE) AND NOT (age < 30 OR DID(purchase, WITHIN 30d))",
+    "DID(purchase, SUM(amount) > 100, WITHIN 30d)",
+    "DID(purchase, SUM(amount) < 10, WITHIN 30d) AND NOT DID(cart_abandoned, AVG(cart_value) >= 50)",
+    "country IN ('FR', 'BE') AND DID(cart_abandoned, AVG(cart_value) > 80, COUNT >= 2, WITHIN 14d)",
+    "DID(purchase, MIN(amount) < 20, MAX(amount) >= 100)",
+    "SEQUENCE(page_view THEN cart_abandoned THEN purchase, SPAN 1d, WITHIN 30d)",
+    "SEQUENCE(add_to_cart WHERE cart_value > 50 THEN add_to_cart THEN purchase) OR SAMPLE(1, 5)",
+    "BUCKET(42) BETWEEN 1000 AND 5499 AND CONSENTED(email)",
+    "BUCKET(7) NOT IN (0, 1, 9999) AND NOT BUCKET(7) < 5000 AND NOT SAMPLE(60, 7)",
 ]
 
 

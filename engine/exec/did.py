@@ -25,6 +25,8 @@ from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.events import (DAY_MS, NO_TIME, SCALED_NULL, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore,
                              EventTypeStore, Run)
 from ..store.lru import drop_oldest
+from .aggregate import aggregate_rows, holds_at_zero
+from .sequence import sequence_rows
 
 #: Presence bucket sizes, coarsest first: whole days, then whole 5-minute slots, then an exact scan.
 BUCKET_LEVELS = (DAY_MS, SLOT_MS)
@@ -344,6 +346,8 @@ class DidEvaluator:
         selects most of the universe: the rows that ever had such an event stand for it."""
         store = self.events.types[node.event]
         ever = float(len(store.ever))
+        if node.aggregates and holds_at_zero(node):
+            return ever * 4  # most of the universe: rows without events are in
         if now is None or CMP[node.count_op](0, node.count_n):
             return ever
         lo, hi = self.window_of(node, now)
@@ -353,8 +357,12 @@ class DidEvaluator:
         need = node.count_n + 1 if node.count_op == ">" else max(node.count_n, 1)
         return min(ever, events / need)
 
-    def window_of(self, node: ast.Did, now: int) -> tuple[int, int]:
-        """The inclusive [lo, hi] timestamp window of a DID's time options."""
+    def estimate_sequence(self, node: ast.Sequence) -> float:
+        """An upper bound of the rows a SEQUENCE selects: the fewest rows that ever had a step's event."""
+        return float(min(len(self.events.types[step.event].ever) for step in node.steps))
+
+    def window_of(self, node: ast.Did | ast.Sequence, now: int) -> tuple[int, int]:
+        """The inclusive [lo, hi] timestamp window of a DID's (or SEQUENCE's) time options."""
         lo, hi = NO_TIME, now
         if node.before is not None:
             hi = min(hi, _literal(node.before, now) - 1)
@@ -368,6 +376,8 @@ class DidEvaluator:
         """The rows for which the DID predicate holds (exact within ``found``)."""
         store = self.events.types[node.event]
         lo, hi = self.window_of(node, now)
+        if node.aggregates:
+            return self.aggregated(node, store, lo, hi, now, found, live)
         test = CMP[node.count_op]
         at_zero = test(0, node.count_n)
         simple = node.where is None and node.after_last is None
@@ -381,6 +391,19 @@ class DidEvaluator:
         if at_zero:
             return (found if found is not None else live) - to_bitmap(rows, assume_sorted=True)
         return to_bitmap(rows, assume_sorted=True)
+
+    def aggregated(self, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int, found: BitMap | None,
+                   live: BitMap) -> BitMap:
+        """A DID with aggregate options (see :mod:`engine.exec.aggregate`; exact within ``found``)."""
+        parts = store.window(lo, hi) if lo <= hi else []
+        size = max(int(live.max()) + 1 if live else 0, int(store.ever.max()) + 1 if store.ever else 0)
+        keeps = self.event_masks(node, store, parts, now, size)
+        return aggregate_rows(self, node, store, (lo, hi), parts, keeps, found, found if found is not None else live)
+
+    def sequence(self, node: ast.Sequence, now: int, found: BitMap | None, live: BitMap) -> BitMap:
+        """The rows for which a SEQUENCE holds (see :mod:`engine.exec.sequence`; exact within ``found``)."""
+        window = self.window_of(node, now)
+        return sequence_rows(self.events, node, now, window, found, found if found is not None else live, self.present)
 
     def present(self, store: EventTypeStore, lo: int, hi: int, found: BitMap | None = None) -> BitMap:
         """Rows with at least one event of ``store``'s type with lo <= ts <= hi (exact within ``found``;

@@ -20,10 +20,10 @@ from ..store.lru import drop_oldest
 from ..store.indexes import BoolIndex, CategoryIndex, TagsIndex
 from ..store.numeric import NumericIndex
 from ..store.profiles import ProfileStore
-from .sample import sample_threshold, sampled_rows
+from .sample import bucket_ranges, bucket_rows, sample_threshold
 
 #: Extra cost weight of predicates that scan values (ranges, samples, events) when ordering an AND.
-SCAN_WEIGHT = {"Compare": 2, "Between": 2, "In": 1, "Sample": 3, "Did": 4}
+SCAN_WEIGHT = {"Compare": 2, "Between": 2, "In": 1, "Sample": 3, "Bucket": 3, "Did": 4, "Sequence": 6}
 #: Cost model of building an intersection (CRoaring, measured at 10M rows): a result denser than
 #: 4096 rows per 65536 keeps bitset containers (a fixed cost per container); a sparser one is
 #: extracted into array containers (a cost per row, ~15x the dense cost at 6% density).
@@ -34,20 +34,25 @@ COUNT_ORDER_MAX = 64
 
 
 class SampleCache:
-    """SAMPLE bitmaps per (threshold, seed); a row's membership never changes, so only new rows are added.
+    """Bucket-range bitmaps per (lo, hi, seed): the rows whose BUCKET(seed) lies in [lo, hi] (a SAMPLE
+    is the range [0, threshold - 1]); a row's bucket never changes, so only new rows are added.
 
     Shared by concurrent queries: an entry is replaced whole (a new bitmap), never updated in place.
     """
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[int, int], tuple[BitMap, int]] = {}
+        self.entries: dict[tuple[int, int, int], tuple[BitMap, int]] = {}
 
     def rows(self, hashes: np.ndarray, threshold: int, seed: int) -> BitMap:
         """Rows (of every row ever created) in SAMPLE at ``threshold``/10000 with ``seed``."""
-        key = (threshold, seed)
+        return self.range_rows(hashes, 0, threshold - 1, seed)
+
+    def range_rows(self, hashes: np.ndarray, lo: int, hi: int, seed: int) -> BitMap:
+        """Rows (of every row ever created) whose BUCKET(seed) lies in [lo, hi]."""
+        key = (lo, hi, seed)
         bitmap, covered = self.entries.get(key, (BitMap(), 0))
         if covered < len(hashes):
-            extra = sampled_rows(hashes, covered, np.uint64(seed & (2**64 - 1)), threshold)
+            extra = bucket_rows(hashes, covered, np.uint64(seed & (2**64 - 1)), lo, hi)
             bitmap = bitmap | to_bitmap(extra, assume_sorted=True)
             if len(self.entries) > 64:
                 drop_oldest(self.entries)
@@ -56,7 +61,11 @@ class SampleCache:
 
     def kept(self, threshold: int, seed: int, rows: int) -> BitMap | None:
         """The bitmap of ``rows(...)`` if it is cached and covers all ``rows`` rows, else None."""
-        bitmap, covered = self.entries.get((threshold, seed), (None, 0))
+        return self.kept_range(0, threshold - 1, seed, rows)
+
+    def kept_range(self, lo: int, hi: int, seed: int, rows: int) -> BitMap | None:
+        """The bitmap of ``range_rows(...)`` if it is cached and covers all ``rows`` rows, else None."""
+        bitmap, covered = self.entries.get((lo, hi, seed), (None, 0))
         return bitmap if covered >= rows else None
 
 
@@ -176,6 +185,10 @@ class Executor:
             return self.store.indexes[node.name].kept_outside(self._value(node.lo), self._value(node.hi))
         if isinstance(node, ast.Sample):
             return self.samples.kept(sample_threshold(node.percent), node.seed, len(self.store.idmap.row_hashes()))
+        if isinstance(node, ast.Bucket):
+            ranges = bucket_ranges(node)
+            if len(ranges) == 1:
+                return self.samples.kept_range(*ranges[0], node.seed, len(self.store.idmap.row_hashes()))
         return None
 
     def _count_order(self, items: list[Step]) -> list[Step]:
@@ -268,6 +281,11 @@ class Executor:
             return float(min(sizes) if node.mode == "all" else min(sum(sizes), len(index.notnull)))
         if isinstance(node, ast.Sample):
             return len(self.store.live) * node.percent / 100 * weight
+        if isinstance(node, ast.Bucket):
+            share = sum(hi - lo + 1 for lo, hi in bucket_ranges(node)) / 10000
+            return len(self.store.live) * share * weight
+        if isinstance(node, ast.Sequence) and self.events is not None:
+            return self.events.estimate_sequence(node) * weight
         if isinstance(node, ast.Did) and self.events is not None:
             return self.events.estimate(node) * weight
         if index is not None:
@@ -383,6 +401,16 @@ class Executor:
         if self.segments is None:
             raise SegmentNotFound(f"unknown segment {node.name!r}")
         return self.segments(node.name)
+
+    def pred_Bucket(self, node: ast.Bucket, found: BitMap | None) -> BitMap:
+        hashes = self.store.idmap.row_hashes()
+        rows = union_all([self.samples.range_rows(hashes, lo, hi, node.seed) for lo, hi in bucket_ranges(node)])
+        return rows & (found if found is not None else self.store.live)
+
+    def pred_Sequence(self, node: ast.Sequence, found: BitMap | None) -> BitMap:
+        if self.events is None:
+            raise QueryError("this engine has no event store")
+        return self.events.sequence(node, self.now, found, self.store.live)
 
     def pred_Did(self, node: ast.Did, found: BitMap | None) -> BitMap:
         if self.events is None:

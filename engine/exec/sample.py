@@ -1,4 +1,4 @@
-"""SAMPLE(p, seed): splitmix64 over the blake2b-64 hash of each canonical id.
+"""SAMPLE(p, seed) and BUCKET(seed): splitmix64 over the blake2b-64 hash of each canonical id.
 
 >>> splitmix64_py(0)
 16294208416658607535
@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
+from ..plan.rules import bucket_ranges
+
+__all__ = ["bucket_ranges", "bucket_rows", "sample_threshold", "splitmix64_py"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -28,12 +32,15 @@ def sample_threshold(percent: float) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def sampled_rows(hashes, start, seed, threshold):
-    """Rows ``r >= start`` whose splitmix64(hashes[r] ^ seed) % 10000 < threshold."""
+def bucket_rows(hashes, start, seed, lo, hi):
+    """Rows ``r >= start`` whose bucket splitmix64(hashes[r] ^ seed) % 10000 lies in [lo, hi]."""
     out = np.empty(len(hashes) - start, dtype=np.uint32)
     n = 0
     ten_k = np.uint64(10000)
-    limit = np.uint64(threshold)
+    if hi < lo:
+        return out[:0]
+    low = np.uint64(lo)
+    high = np.uint64(hi)
     s30 = np.uint64(30)
     s27 = np.uint64(27)
     s31 = np.uint64(31)
@@ -42,7 +49,8 @@ def sampled_rows(hashes, start, seed, threshold):
         x = (x ^ (x >> s30)) * _MUL1
         x = (x ^ (x >> s27)) * _MUL2
         x = x ^ (x >> s31)
-        if x % ten_k < limit:
+        b = x % ten_k
+        if b >= low and b <= high:
             out[n] = row
             n += 1
     return out[:n]

@@ -7,10 +7,17 @@ And(items=(Compare(name='a', op='=', value=1), Compare(name='b', op='=', value=2
 In(name='c', values=('BE', 'FR'), negated=False)
 >>> simplify_not(Not(Not(Compare("a", "=", 1))))
 Compare(name='a', op='=', value=1)
+>>> split_buckets(Bucket(7, "!=", (0,)))
+Bucket(seed=7, op='BETWEEN', values=(1, 9999), negated=False)
+>>> bucket_ranges(Bucket(7, "IN", (3, 4, 9, -1), negated=True))
+[(0, 2), (5, 8), (10, 9999)]
 """
 from __future__ import annotations
 
-from ..query.ast import All, And, Compare, In, IsNull, Node, Not, Or
+from ..query.ast import All, And, Bucket, Compare, In, IsNull, Node, Not, Or
+
+#: BUCKET values are 0..BUCKETS - 1.
+BUCKETS = 10000
 
 
 def flatten(node: Node) -> Node:
@@ -69,4 +76,48 @@ def fold_in(node: Node) -> Node:
     return items[0] if len(items) == 1 else Or(tuple(items))
 
 
-RULES = (flatten, simplify_not, fold_in, flatten)
+def bucket_ranges(node: Bucket) -> list[tuple[int, int]]:
+    """The disjoint, ascending inclusive ranges of bucket values (within 0..9999) that ``node`` selects."""
+    top = BUCKETS - 1
+    if node.op == "IN":
+        ranges = [(v, v) for v in sorted(set(node.values))]
+    elif node.op == "BETWEEN":
+        ranges = [(node.values[0], node.values[1])]
+    else:
+        v = node.values[0]
+        ranges = {"<": [(0, v - 1)], "<=": [(0, v)], ">": [(v + 1, top)], ">=": [(v, top)], "=": [(v, v)],
+                  "!=": [(0, v - 1), (v + 1, top)]}[node.op]
+    clipped = [(max(lo, 0), min(hi, top)) for lo, hi in ranges if max(lo, 0) <= min(hi, top)]
+    merged: list[tuple[int, int]] = []
+    for lo, hi in clipped:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    if not node.negated:
+        return merged
+    outside, start = [], 0
+    for lo, hi in merged:
+        if lo > start:
+            outside.append((start, lo - 1))
+        start = hi + 1
+    return outside + ([(start, top)] if start <= top else [])
+
+
+def split_buckets(node: Node) -> Node:
+    """Every BUCKET predicate as ``BUCKET(s) BETWEEN lo AND hi`` per selected range (one kept bitmap
+    each), ALL when it selects every bucket, an empty range when none."""
+    if isinstance(node, Bucket):
+        ranges = bucket_ranges(node)
+        if ranges == [(0, BUCKETS - 1)]:
+            return All()
+        items = [Bucket(node.seed, "BETWEEN", r) for r in ranges] or [Bucket(node.seed, "BETWEEN", (1, 0))]
+        return items[0] if len(items) == 1 else Or(tuple(items))
+    if isinstance(node, Not):
+        return Not(split_buckets(node.item))
+    if isinstance(node, (And, Or)):
+        return type(node)(tuple(split_buckets(c) for c in node.items))
+    return node
+
+
+RULES = (flatten, simplify_not, fold_in, split_buckets, flatten)

@@ -135,13 +135,28 @@ class Has(Node):
     values: tuple[str, ...]
 
 
+#: Aggregate functions of a DID option, as written.
+AGG_FUNCS = ("SUM", "AVG", "MIN", "MAX")
+
+
+@dataclass(frozen=True)
+class Aggregate(Node):
+    """A DID option ``func(prop) op value``: func one of AGG_FUNCS over an int or float property."""
+
+    func: str
+    prop: str
+    op: str
+    value: int | float
+
+
 @dataclass(frozen=True)
 class Did(Node):
     """``DID(event [WHERE where], options...)``.
 
     ``within_ms``: WITHIN duration; ``since``/``before``: SINCE/BEFORE instants (int epoch ms
-    after binding, or Now); ``after_last``: the event type of AFTER LAST; the count condition
-    defaults to ``COUNT >= 1``.
+    after binding, or Now); ``after_last``: the event type of AFTER LAST; ``aggregates``: the
+    aggregate options (sorted after binding). The count condition defaults to ``COUNT >= 1``, or
+    to ``COUNT >= 0`` (no condition) when an aggregate option is given.
     """
 
     event: str
@@ -152,9 +167,49 @@ class Did(Node):
     since: int | Now | None = None
     before: int | Now | None = None
     after_last: str | None = None
+    aggregates: tuple[Aggregate, ...] = ()
 
     def children(self) -> tuple[Node, ...]:
         return (self.where,) if self.where is not None else ()
+
+
+@dataclass(frozen=True)
+class SeqStep(Node):
+    """One step of a SEQUENCE: an event type and an optional WHERE over its properties."""
+
+    event: str
+    where: Node | None = None
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.where,) if self.where is not None else ()
+
+
+@dataclass(frozen=True)
+class Sequence(Node):
+    """``SEQUENCE(step THEN step ..., options...)``: events of the steps in strictly increasing time.
+
+    ``span_ms``: SPAN (last minus first event time at most this); ``within_ms``/``since``/``before``
+    bound every step's event as in DID.
+    """
+
+    steps: tuple[SeqStep, ...]
+    span_ms: int | None = None
+    within_ms: int | None = None
+    since: int | Now | None = None
+    before: int | Now | None = None
+
+    def children(self) -> tuple[Node, ...]:
+        return tuple(step.where for step in self.steps if step.where is not None)
+
+
+@dataclass(frozen=True)
+class Bucket(Node):
+    """``BUCKET(seed) op ...``: op one of CMP_OPS (one value), ``IN`` (values) or ``BETWEEN`` (lo, hi)."""
+
+    seed: int
+    op: str
+    values: tuple[int, ...]
+    negated: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,13 @@ from typing import Any, Mapping
 
 from engine.errors import QueryError
 from engine.query.ast import (
+    AGG_FUNCS,
     CMP_OPS,
+    Aggregate,
     All,
     And,
     Between,
+    Bucket,
     Compare,
     Consented,
     Did,
@@ -46,6 +49,8 @@ from engine.query.ast import (
     Or,
     Sample,
     SegmentRef,
+    Sequence,
+    SeqStep,
     Value,
 )
 from engine.query.positions import column_of, replace, set_columns
@@ -53,6 +58,10 @@ from engine.query.printer import format_literal
 from engine.timeparse import parse_query_ts
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: BUCKET(seed) takes values 0..BUCKET_COUNT - 1.
+BUCKET_COUNT = 10000
+#: The most steps a SEQUENCE may have (one bit per step in the executor).
+MAX_STEPS = 64
 _TAGS_ONLY = "supports only HAS, HAS ANY, HAS ALL and IS [NOT] NULL"
 
 
@@ -112,6 +121,10 @@ def _sorted_unique(values: tuple[Value, ...]) -> tuple[Value, ...]:
         if not out or _value_key(out[-1])[:2] != _value_key(value)[:2]:
             out.append(value)
     return tuple(out)
+
+
+def _aggregate_key(node: Aggregate) -> tuple:
+    return (node.func, node.prop, node.op, _value_key(node.value))
 
 
 def _is_int(value: Any) -> bool:
@@ -276,9 +289,77 @@ class _Binder:
                 changes[key] = self._when(node, key, value)
         if node.after_last is not None:
             self._event(node, node.after_last, "after_last")
+        if node.aggregates:
+            bound = {self._aggregate(a, event, node.event) for a in node.aggregates}
+            changes["aggregates"] = tuple(sorted(bound, key=_aggregate_key))
         return replace(node, **changes) if changes else node
 
-    def _when(self, node: Did, key: str, value: Any) -> int | Now:
+    def _aggregate(self, node: Aggregate, event: Any, event_name: str) -> Aggregate:
+        """Check an aggregate option: an int or float property, a comparison, a number."""
+        if node.func not in AGG_FUNCS:
+            raise QueryError(f"unknown aggregate {node.func!r}", node.pos, node.func)
+        props = dict(event.properties)
+        col = column_of(node, "prop")
+        if node.prop not in props:
+            raise QueryError(f"unknown property {node.prop!r} of event {event_name!r}", col, node.prop)
+        if props[node.prop] not in ("int", "float"):
+            message = (f"{node.func} needs an int or float property, property {node.prop!r} of event "
+                       f"{event_name!r} is {props[node.prop]}")
+            raise QueryError(message, col, node.prop)
+        if node.op not in CMP_OPS:
+            raise QueryError(f"bad {node.func} operator {node.op!r}", column_of(node, "op"), node.op)
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise QueryError(f"{node.func} needs a number to compare with", column_of(node, "value"), _token(value))
+        return node
+
+    def bind_Sequence(self, node: Sequence, scope: _Scope) -> Node:
+        self._top_level(node, scope, "SEQUENCE")
+        if len(node.steps) < 2:
+            raise QueryError("SEQUENCE needs at least two steps: step THEN step", node.pos, "SEQUENCE")
+        if len(node.steps) > MAX_STEPS:
+            raise QueryError(f"SEQUENCE has at most {MAX_STEPS} steps", node.pos, "SEQUENCE")
+        steps = []
+        for step in node.steps:
+            event = self._event(step, step.event, "event")
+            if step.where is not None:
+                props = _Scope("property", dict(event.properties), step.event)
+                step = replace(step, where=self.bind(step.where, props))
+            steps.append(step)
+        changes: dict[str, Any] = {"steps": tuple(steps)}
+        for key in ("span_ms", "within_ms"):
+            value = getattr(node, key)
+            if value is not None and (not _is_int(value) or value < 0):
+                word = key.split("_")[0].upper()
+                raise QueryError(f"{word} needs a non-negative duration", column_of(node, key), _token(value))
+        for key in ("since", "before"):
+            value = getattr(node, key)
+            if value is not None:
+                changes[key] = self._when(node, key, value)
+        return replace(node, **changes)
+
+    def bind_Bucket(self, node: Bucket, scope: _Scope) -> Node:
+        self._top_level(node, scope, "BUCKET")
+        if not _is_int(node.seed) or not 0 <= node.seed < 2**64:
+            col = column_of(node, "seed")
+            raise QueryError("BUCKET seed must be an integer in 0..2**64-1", col, _token(node.seed))
+        arity = {"IN": None, "BETWEEN": 2}.get(node.op, 1)
+        if node.op not in CMP_OPS + ("IN", "BETWEEN") or not node.values or (
+                arity is not None and len(node.values) != arity) or (node.negated and arity == 1):
+            raise QueryError(f"bad BUCKET comparison {node.op!r}", column_of(node, "op"), node.op)
+        for i, value in enumerate(node.values):
+            if not _is_int(value):
+                col = column_of(node, "values", i)
+                raise QueryError("BUCKET is compared with integers", col, _token(value))
+        # buckets are 0..9999: clamping to -1..10000 keeps every comparison's answer
+        values = tuple(min(max(v, -1), BUCKET_COUNT) for v in node.values)
+        if node.op == "IN":
+            values = tuple(sorted(set(values)))
+        new = replace(node, values=values)
+        set_columns(new, {"values": None})
+        return new
+
+    def _when(self, node: Did | Sequence, key: str, value: Any) -> int | Now:
         col, tok = column_of(node, key), _token(value)
         if isinstance(value, Now):
             return value

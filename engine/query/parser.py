@@ -25,10 +25,13 @@ from __future__ import annotations
 
 from engine.errors import QueryError
 from engine.query.ast import (
+    AGG_FUNCS,
     CMP_OPS,
+    Aggregate,
     All,
     And,
     Between,
+    Bucket,
     Compare,
     Consented,
     Did,
@@ -41,12 +44,14 @@ from engine.query.ast import (
     Or,
     Sample,
     SegmentRef,
+    Sequence,
+    SeqStep,
     Value,
 )
 from engine.query.positions import set_columns
 from engine.query.tokens import Token, tokenize
 
-_TOP_LEVEL_ONLY = ("DID", "CONSENTED", "SEGMENT", "SAMPLE")
+_TOP_LEVEL_ONLY = ("DID", "CONSENTED", "SEGMENT", "SAMPLE", "SEQUENCE", "BUCKET")
 #: Keywords that follow an attribute name in a predicate (``x IN``, ``x IS NULL``...).
 _PREDICATE_WORDS = ("IN", "NOT", "BETWEEN", "IS", "HAS")
 #: The deepest nesting of parentheses and NOTs a query may have (a DID's WHERE counts one level).
@@ -271,10 +276,14 @@ class _Parser:
             self.depth += 1
             fields["where"] = self.parse_or(in_where=True)
             self.depth -= 1
+        aggregates: list[Aggregate] = []
         while self.accept("op", ","):
             opt = self.tok
+            if opt.kind == "keyword" and opt.value in AGG_FUNCS:
+                aggregates.append(self.parse_aggregate())
+                continue
             if opt.kind != "keyword" or opt.value not in ("COUNT", "WITHIN", "SINCE", "BEFORE", "AFTER"):
-                raise self.error("expected COUNT, WITHIN, SINCE, BEFORE or AFTER LAST")
+                raise self.error("expected COUNT, SUM, AVG, MIN, MAX, WITHIN, SINCE, BEFORE or AFTER LAST")
             if opt.value in cols:
                 raise self.error(f"duplicate {opt.value} option")
             self.advance()
@@ -301,7 +310,108 @@ class _Parser:
                 last = self.expect("name", None, "an event name")
                 fields["after_last"], cols["after_last"] = last.value, last.column
         self.expect("op", ")", "')'")
+        if aggregates:
+            fields["aggregates"] = tuple(aggregates)
+            if "COUNT" not in cols:  # no implicit COUNT >= 1 next to an aggregate
+                fields["count_op"], fields["count_n"] = ">=", 0
         return self._with(Did(event.value, pos=did.column, **fields), **cols)  # type: ignore[arg-type]
+
+    def parse_aggregate(self) -> Aggregate:
+        """agg "(" property ")" cmp number, as a DID option."""
+        func = self.advance()
+        self.expect("op", "(", "'('")
+        prop = self.expect("name", None, "a property name")
+        self.expect("op", ")", "')'")
+        op = self.tok
+        if not (op.kind == "op" and op.value in CMP_OPS):
+            raise self.error(f"expected a comparison operator after {func.value}(...)")
+        self.advance()
+        value_tok = self.tok
+        value, vcol = self.parse_literal()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(f"{func.value} needs a number to compare with", value_tok)
+        node = Aggregate(func.value, prop.value, op.value, value, pos=func.column)  # type: ignore[arg-type]
+        return self._with(node, prop=prop.column, op=op.column, value=vcol)  # type: ignore[return-value]
+
+    def parse_sequence(self) -> Node:
+        kw = self.expect_keyword("SEQUENCE")
+        self.expect("op", "(", "'('")
+        steps = [self.parse_step()]
+        while self.accept("keyword", "THEN"):
+            steps.append(self.parse_step())
+        if len(steps) < 2:
+            raise self.error("SEQUENCE needs at least two steps: step THEN step")
+        fields: dict[str, object] = {}
+        cols: dict[str, object] = {}
+        while self.accept("op", ","):
+            opt = self.tok
+            if opt.kind != "keyword" or opt.value not in ("SPAN", "WITHIN", "SINCE", "BEFORE"):
+                raise self.error("expected SPAN, WITHIN, SINCE or BEFORE")
+            if opt.value in cols:
+                raise self.error(f"duplicate {opt.value} option")
+            self.advance()
+            cols[opt.value] = opt.column
+            if opt.value in ("SPAN", "WITHIN"):
+                dur = self.expect("duration", None, "a duration like 7d")
+                key = "span_ms" if opt.value == "SPAN" else "within_ms"
+                fields[key], cols[key] = dur.value, dur.column
+            else:
+                key = opt.value.lower()
+                fields[key], cols[key] = self.parse_when()
+        self.expect("op", ")", "')'")
+        return self._with(Sequence(tuple(steps), pos=kw.column, **fields), **cols)  # type: ignore[arg-type]
+
+    def parse_step(self) -> SeqStep:
+        """step = event_name [ WHERE prop_query ]."""
+        event = self.expect("name", None, "an event name")
+        where = None
+        if self.accept("keyword", "WHERE"):
+            self.depth += 1
+            where = self.parse_or(in_where=True)
+            self.depth -= 1
+        node = SeqStep(event.value, where, pos=event.column)  # type: ignore[arg-type]
+        return self._with(node, event=event.column)  # type: ignore[return-value]
+
+    def parse_bucket(self) -> Node:
+        kw = self.expect_keyword("BUCKET")
+        self.expect("op", "(", "'('")
+        seed, scol = self.parse_int("BUCKET seed must be an integer")
+        self.expect("op", ")", "')'")
+        tok = self.tok
+        if tok.kind == "op" and tok.value in CMP_OPS:
+            self.advance()
+            value, vcol = self.parse_int("BUCKET is compared with integers")
+            node = Bucket(seed, tok.value, (value,), pos=kw.column)  # type: ignore[arg-type]
+            return self._with(node, seed=scol, op=tok.column, values=(vcol,))
+        negated = bool(self.accept("keyword", "NOT"))
+        word = self.tok
+        if self.accept("keyword", "BETWEEN"):
+            lo, lo_col = self.parse_int("BUCKET is compared with integers")
+            self.expect_keyword("AND")
+            hi, hi_col = self.parse_int("BUCKET is compared with integers")
+            node = Bucket(seed, "BETWEEN", (lo, hi), negated, pos=kw.column)
+            return self._with(node, seed=scol, op=tok.column, values=(lo_col, hi_col))
+        if self.accept("keyword", "IN"):
+            self.expect("op", "(", "'('")
+            values, cols = [], []
+            while True:
+                value, col = self.parse_int("BUCKET is compared with integers")
+                values.append(value)
+                cols.append(col)
+                if not self.accept("op", ","):
+                    break
+            self.expect("op", ")", "')'")
+            node = Bucket(seed, "IN", tuple(values), negated, pos=kw.column)
+            return self._with(node, seed=scol, op=tok.column, values=tuple(cols))
+        raise self.error("expected a comparison, BETWEEN or IN after BUCKET(seed)", word if negated else tok)
+
+    def parse_int(self, message: str) -> tuple[int, int]:
+        """An integer literal (optionally negative); returns (value, column)."""
+        tok = self.tok
+        value, col = self.parse_literal()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(message, tok)
+        return value, col
 
     def parse_when(self) -> tuple[str | int | Now, int]:
         """when = string (ISO 8601) | integer (epoch ms) | NOW time."""

@@ -16,9 +16,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from engine.query.ast import (
+    Aggregate,
     All,
     And,
     Between,
+    Bucket,
     Compare,
     Consented,
     Did,
@@ -31,6 +33,8 @@ from engine.query.ast import (
     Or,
     Sample,
     SegmentRef,
+    Sequence,
+    SeqStep,
     Value,
 )
 from engine.query.tokens import DURATION_UNITS, is_identifier
@@ -68,8 +72,10 @@ def _children(node: Node) -> tuple[Node, ...]:
         return tuple(_flat(node))
     if isinstance(node, Not):
         return (node.item,)
-    if isinstance(node, Did) and node.where is not None:
+    if isinstance(node, (Did, SeqStep)) and node.where is not None:
         return (node.where,)
+    if isinstance(node, Sequence):
+        return node.steps
     return ()
 
 
@@ -183,17 +189,53 @@ def _did(node: Did, texts: Texts) -> str:
     if node.where is not None:
         head += " WHERE " + texts[id(node.where)]
     parts = [head]
-    if (node.count_op, node.count_n) != (">=", 1):
+    implicit = (">=", 0) if node.aggregates else (">=", 1)
+    if (node.count_op, node.count_n) != implicit:
         parts.append(f"COUNT {node.count_op} {node.count_n}")
+    parts.extend(sorted(_aggregate(a) for a in node.aggregates))
+    parts.extend(_time_options(node))
+    if node.after_last is not None:
+        parts.append("AFTER LAST " + format_name(node.after_last))
+    return "DID(" + ", ".join(parts) + ")"
+
+
+def _aggregate(node: Aggregate) -> str:
+    return f"{node.func}({format_name(node.prop)}) {node.op} {format_literal(node.value)}"
+
+
+def _step(node: SeqStep, texts: Texts) -> str:
+    head = format_name(node.event)
+    return head + " WHERE " + texts[id(node.where)] if node.where is not None else head
+
+
+def _sequence(node: Sequence, texts: Texts) -> str:
+    parts = [" THEN ".join(texts[id(step)] for step in node.steps)]
+    if node.span_ms is not None:
+        parts.append("SPAN " + format_duration(node.span_ms))
+    parts.extend(_time_options(node))
+    return "SEQUENCE(" + ", ".join(parts) + ")"
+
+
+def _time_options(node: Did | Sequence) -> list[str]:
+    """The WITHIN, SINCE and BEFORE options of a DID or SEQUENCE, in that order."""
+    parts = []
     if node.within_ms is not None:
         parts.append("WITHIN " + format_duration(node.within_ms))
     if node.since is not None:
         parts.append("SINCE " + format_literal(node.since))
     if node.before is not None:
         parts.append("BEFORE " + format_literal(node.before))
-    if node.after_last is not None:
-        parts.append("AFTER LAST " + format_name(node.after_last))
-    return "DID(" + ", ".join(parts) + ")"
+    return parts
+
+
+def _bucket(node: Bucket) -> str:
+    head = f"BUCKET({node.seed})"
+    neg = "NOT " if node.negated else ""
+    if node.op == "IN":
+        return f"{head} {neg}IN ({', '.join(str(v) for v in node.values)})"
+    if node.op == "BETWEEN":
+        return f"{head} {neg}BETWEEN {node.values[0]} AND {node.values[1]}"
+    return f"{head} {node.op} {node.values[0]}"
 
 
 def _sample(node: Sample) -> str:
@@ -219,4 +261,7 @@ _PRINTERS: dict[type, Callable[[Any, Texts], str]] = {
     Consented: _leaf(lambda node: f"CONSENTED({format_name(node.purpose)})"),
     SegmentRef: _leaf(lambda node: f"SEGMENT({format_string(node.name)})"),
     Sample: _leaf(_sample),
+    SeqStep: _step,
+    Sequence: _sequence,
+    Bucket: _leaf(_bucket),
 }

@@ -1,0 +1,273 @@
+"""DID aggregate options (SUM, AVG, MIN, MAX) over the events a DID counts.
+
+The counted events of the window (WHERE, AFTER LAST and the found set applied) are grouped by
+row with a counting sort on each row's rank among the window's rows (:mod:`.grouping`); per row, the count and each aggregate of the non-null property values
+are computed and tested. ``SUM`` is exact: each row's values go through Shewchuk's
+non-overlapping partials and the same final rounding as ``math.fsum``, so it is the correctly
+rounded sum whatever the order of the events. Float properties kept as scaled int32 codes are
+decoded to their exact float64 values first.
+
+>>> segment_fsum(np.array([0, 3]), np.array([1e100, 1.0, -1e100, 0.1, 0.2]))[0].tolist()
+[1.0, 0.30000000000000004]
+>>> compare(np.array([9007199254740992.0]), ">", 2**53 + 1).tolist()
+[False]
+"""
+from __future__ import annotations
+
+import math
+import operator
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import numba
+import numpy as np
+from pyroaring import BitMap
+
+from ..query import ast
+from ..store.bitmaps import to_bitmap
+from ..store.events import SCALED_NULL, EventTypeStore, Run
+from .grouping import bit_ranks, bitset_of, rows_in, stable_group_order
+
+if TYPE_CHECKING:
+    from .did import DidEvaluator
+
+CMP = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _fsum(values, a, b, partials):
+    """The correctly rounded sum of values[a:b] (as math.fsum) and whether a partial overflowed."""
+    if b - a == 1:
+        return values[a], False
+    if b - a == 2:  # one IEEE addition is correctly rounded
+        total = values[a] + values[a + 1]
+        return total, not math.isfinite(total)
+    m = 0
+    for i in range(a, b):
+        x = values[i]
+        j = 0
+        for p in range(m):
+            y = partials[p]
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo != 0.0:
+                partials[j] = lo
+                j += 1
+            x = hi
+        m = j
+        if x != 0.0:
+            if not math.isfinite(x):
+                return 0.0, True
+            partials[m] = x
+            m += 1
+    if m == 0:
+        return 0.0, False
+    n = m - 1
+    hi = partials[n]
+    lo = 0.0
+    while n > 0:
+        x = hi
+        n -= 1
+        y = partials[n]
+        hi = x + y
+        lo = y - (hi - x)
+        if lo != 0.0:
+            break
+    if n > 0 and ((lo < 0.0 and partials[n - 1] < 0.0) or (lo > 0.0 and partials[n - 1] > 0.0)):
+        y = lo * 2.0
+        x = hi + y
+        if y == x - hi:
+            hi = x
+    return hi, False
+
+
+@numba.njit(cache=True, nogil=True)
+def segment_fsum(starts, values):
+    """Per segment ``values[starts[k]:starts[k + 1]]``: its correctly rounded sum (as math.fsum) and
+    whether a partial overflowed (then the sum is not valid)."""
+    g = len(starts)
+    sums = np.zeros(g, dtype=np.float64)
+    bad = np.zeros(g, dtype=np.bool_)
+    partials = np.empty(128, dtype=np.float64)
+    for k in range(g):
+        b = starts[k + 1] if k + 1 < g else len(values)
+        if b > starts[k]:
+            sums[k], bad[k] = _fsum(values, starts[k], b, partials)
+    return sums, bad
+
+
+@numba.njit(cache=True, nogil=True)
+def group_values(starts, values, valid):
+    """Per row group (``starts`` into row-ordered events), its non-null values packed: (packed values,
+    their group starts, the number of values per group)."""
+    g = len(starts)
+    packed = np.empty(len(values), dtype=values.dtype)
+    vstarts = np.empty(g, dtype=np.int64)
+    counts = np.zeros(g, dtype=np.int64)
+    n = 0
+    for k in range(g):
+        b = starts[k + 1] if k + 1 < g else len(values)
+        vstarts[k] = n
+        for i in range(starts[k], b):
+            if valid[i]:
+                packed[n] = values[i]
+                n += 1
+        counts[k] = n - vstarts[k]
+    return packed[:n], vstarts, counts
+
+
+@numba.njit(cache=True, nogil=True)
+def group_extreme(values, vstarts, counts, want_max):
+    """Per group with values, its least (or greatest) value (0 for a group without values)."""
+    out = np.zeros(len(vstarts), dtype=values.dtype)
+    for k in range(len(vstarts)):
+        if counts[k] == 0:
+            continue
+        best = values[vstarts[k]]
+        for i in range(vstarts[k] + 1, vstarts[k] + counts[k]):
+            v = values[i]
+            if (v > best) if want_max else (v < best):
+                best = v
+        out[k] = best
+    return out
+
+
+def exact_sum(values: np.ndarray) -> float:
+    """The correctly rounded sum of float64 values (an overflowing sum is an infinity of its sign)."""
+    total = sum((Fraction(float(v)) for v in values), Fraction(0))
+    try:
+        return float(total)
+    except OverflowError:
+        return math.copysign(math.inf, total)
+
+
+def _float_bounds(literal: int) -> tuple[float, float]:
+    """The greatest float64 <= ``literal`` and the least float64 >= it."""
+    try:
+        f = float(literal)
+    except OverflowError:
+        return (np.finfo(np.float64).max, math.inf) if literal > 0 else (-math.inf, -np.finfo(np.float64).max)
+    exact = int(f) if math.isfinite(f) else None
+    if exact == literal:
+        return f, f
+    if exact is not None and exact < literal:
+        return f, math.nextafter(f, math.inf)
+    return math.nextafter(f, -math.inf), f
+
+
+def compare(values: np.ndarray, op: str, literal: int | float) -> np.ndarray:
+    """``values op literal`` exactly as Python compares numbers (float64 or int64 values)."""
+    if values.dtype.kind == "f" and isinstance(literal, int):
+        lo, hi = _float_bounds(literal)
+        if lo == hi:
+            return CMP[op](values, lo)
+        below, above = values <= lo, values >= hi
+        return {"<": below, "<=": below, ">": above, ">=": above,
+                "=": np.zeros(len(values), dtype=bool), "!=": np.ones(len(values), dtype=bool)}[op]
+    if values.dtype.kind == "i" and isinstance(literal, float):
+        if math.isnan(literal):
+            return np.full(len(values), op == "!=")
+        if math.isinf(literal):
+            return np.full(len(values), CMP[op](0, literal))
+        floor, ceil = math.floor(literal), math.ceil(literal)
+        if floor == ceil:
+            return compare(values, op, floor)
+        below, above = compare(values, "<=", floor), compare(values, ">=", ceil)
+        return {"<": below, "<=": below, ">": above, ">=": above,
+                "=": np.zeros(len(values), dtype=bool), "!=": np.ones(len(values), dtype=bool)}[op]
+    if values.dtype.kind == "i" and not INT64_MIN <= literal <= INT64_MAX:
+        return np.full(len(values), CMP[op](0, 1 if literal > 0 else -1) if op not in ("=", "!=") else op == "!=")
+    return CMP[op](values, literal)
+
+
+def holds_at_zero(node: ast.Did) -> bool:
+    """Whether the DID holds for a row with no counted event (SUM 0; AVG, MIN, MAX null)."""
+    if not CMP[node.count_op](0, node.count_n):
+        return False
+    return all(a.func == "SUM" and CMP[a.op](0.0, a.value) for a in node.aggregates)
+
+
+def _values(store: EventTypeStore, part: Run, prop: str) -> tuple[np.ndarray, np.ndarray]:
+    """A property's values in a window part (float64 exact values, or int64) and its not-null mask."""
+    values = part.props[prop]
+    if store.definition.properties[prop] == "int":
+        return values, part.valid[prop]
+    if store.scaled.get(prop, 0):
+        valid = values != SCALED_NULL
+        return store.float_values(prop, values), valid
+    return values, ~np.isnan(values)
+
+
+def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeStore, window: tuple[int, int],
+                   parts: list[Run], keeps: list[np.ndarray | None], found: BitMap | None, base: BitMap) -> BitMap:
+    """The rows of ``base`` for which a DID with aggregate options holds (exact within ``found``).
+
+    ``window``: the inclusive time window; ``parts``/``keeps``: its events and the masks of those
+    counted (None: all).
+    """
+    lo, hi = window
+    member = bitset_of(found) if found is not None else None  # a cheap test that shrinks the grouping
+    picks: list[np.ndarray] = []
+    for part, keep in zip(parts, keeps):
+        pick = np.ones(len(part), dtype=bool) if keep is None else keep
+        if member is not None:
+            pick = pick & rows_in(part.rows, member)
+        picks.append(pick)
+    rows = np.concatenate([part.rows[pick] for part, pick in zip(parts, picks)]) if parts else np.empty(0, np.int32)
+    # group by row with a counting sort on the row's rank among the rows with an event here
+    window_rows = evaluator.present(store, lo, hi) if member is None else evaluator.present(store, lo, hi, found) & found
+    words = bitset_of(window_rows)
+    order = stable_group_order(bit_ranks(rows, words), len(window_rows))
+    rows = rows[order]
+    if len(rows):
+        starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+    else:
+        starts = np.empty(0, dtype=np.int64)
+    distinct = rows[starts]
+    counts = np.diff(np.append(starts, len(rows)))
+    passing = compare(counts.astype(np.int64), node.count_op, node.count_n)
+    for agg in node.aggregates:
+        pieces = [_values(store, part, agg.prop) for part in parts]
+        values = np.concatenate([v[pick] for (v, _), pick in zip(pieces, picks)]) if parts else np.empty(0)
+        valid = np.concatenate([ok[pick] for (_, ok), pick in zip(pieces, picks)]) if parts else np.empty(0, bool)
+        passing &= _aggregate_test(agg, starts, values[order], valid[order])
+    if holds_at_zero(node):
+        return base - to_bitmap(distinct[~passing].astype(np.uint32), assume_sorted=True)
+    return base & to_bitmap(distinct[passing].astype(np.uint32), assume_sorted=True)
+
+
+def _aggregate_test(agg: ast.Aggregate, starts: np.ndarray, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row group (``starts`` into row-ordered ``values``), whether the aggregate condition holds."""
+    packed, vstarts, counts = group_values(starts.astype(np.int64), values, valid)
+    has = counts > 0
+    if agg.func in ("SUM", "AVG"):
+        floats = packed.astype(np.float64)
+        sums = np.zeros(len(starts), dtype=np.float64)
+        if len(starts):
+            sums, bad = _group_sums(floats, vstarts, counts)
+            for k in np.flatnonzero(bad):
+                sums[k] = exact_sum(floats[vstarts[k]:vstarts[k] + counts[k]])
+        if agg.func == "SUM":
+            return compare(sums, agg.op, agg.value)
+        result = np.zeros(len(starts), dtype=bool)
+        result[has] = compare(sums[has] / counts[has], agg.op, agg.value)
+        return result
+    extremes = group_extreme(packed, vstarts, counts, agg.func == "MAX")
+    result = np.zeros(len(starts), dtype=bool)
+    result[has] = compare(extremes[has], agg.op, agg.value)
+    return result
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_sums(values, vstarts, counts):
+    """Per group, the exact sum of its packed values (0 for none) and whether a partial overflowed."""
+    sums = np.zeros(len(vstarts), dtype=np.float64)
+    bad = np.zeros(len(vstarts), dtype=np.bool_)
+    partials = np.empty(128, dtype=np.float64)
+    for k in range(len(vstarts)):
+        if counts[k]:
+            sums[k], bad[k] = _fsum(values, vstarts[k], vstarts[k] + counts[k], partials)
+    return sums, bad

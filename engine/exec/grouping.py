@@ -1,0 +1,81 @@
+"""Grouping a window's events by row without a comparison sort: row bitsets, ranks, counting sorts.
+
+>>> words = bitset_of(BitMap([3, 64, 200]))
+>>> rows_in(np.array([3, 4, 200, 9999]), words).tolist(), bit_ranks(np.array([200, 3, 64]), words).tolist()
+([True, False, True, False], [2, 0, 1])
+>>> stable_group_order(np.array([1, 0, 1, 0]), 2).tolist()
+[1, 3, 0, 2]
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from pyroaring import BitMap
+
+from ..store.bitmaps import rows_of
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_bits(words, rows):
+    for i in range(len(rows)):
+        row = np.int64(rows[i])
+        words[row >> 6] |= np.uint64(1) << np.uint64(row & 63)
+
+
+def bitset_of(bitmap: BitMap) -> np.ndarray:
+    """A bitset (uint64 words, bit r of word r // 64) of the rows of ``bitmap``."""
+    rows = rows_of(bitmap)
+    words = np.zeros((int(rows[-1]) >> 6) + 1 if len(rows) else 0, dtype=np.uint64)
+    _fill_bits(words, rows)
+    return words
+
+
+@numba.njit(cache=True, nogil=True)
+def rows_in(rows, words):
+    """Per event, whether its row's bit is set in the bitset ``words``."""
+    out = np.empty(len(rows), dtype=np.bool_)
+    for i in range(len(rows)):
+        row = np.int64(rows[i])
+        out[i] = (row >> 6) < len(words) and (words[row >> 6] >> np.uint64(row & 63)) & np.uint64(1) != 0
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _popcount(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(cache=True, nogil=True)
+def bit_ranks(rows, words):
+    """Per row (each set in the bitset ``words``), its rank among the set rows."""
+    before = np.empty(len(words), dtype=np.int64)
+    total = 0
+    for w in range(len(words)):
+        before[w] = total
+        total += _popcount(words[w])
+    out = np.empty(len(rows), dtype=np.int64)
+    for i in range(len(rows)):
+        row = np.int64(rows[i])
+        w = row >> 6
+        below = words[w] & ((np.uint64(1) << np.uint64(row & 63)) - np.uint64(1))
+        out[i] = before[w] + _popcount(below)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def stable_group_order(groups, n_groups):
+    """The permutation that sorts ``groups`` (ints in 0..n_groups-1), equal ones kept in order (a counting sort)."""
+    starts = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(len(groups)):
+        starts[groups[i] + 1] += 1
+    for g in range(n_groups):
+        starts[g + 1] += starts[g]
+    out = np.empty(len(groups), dtype=np.int64)
+    for i in range(len(groups)):
+        g = groups[i]
+        out[starts[g]] = i
+        starts[g] += 1
+    return out
