@@ -34,10 +34,17 @@ class RetentionStore(IdentityStore):
         return event not in self.retention or ts > now - self.retention[event]
 
     def _did(self, node: Any, pid: str, now: int) -> bool:
+        return self._with_existing(pid, now, lambda: super(RetentionStore, self)._did(node, pid, now))
+
+    def _sequence(self, node: Any, pid: str, now: int) -> bool:
+        return self._with_existing(pid, now, lambda: super(RetentionStore, self)._sequence(node, pid, now))
+
+    def _with_existing(self, pid: str, now: int, evaluate: Any) -> bool:
+        """``evaluate()`` with the profile's events reduced to those that exist at ``now``."""
         held = self.events[pid]
         self.events[pid] = [e for e in held if self.exists(e.event, e.ts, now)]
         try:
-            return super()._did(node, pid, now)
+            return evaluate()
         finally:
             self.events[pid] = held
 

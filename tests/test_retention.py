@@ -27,14 +27,24 @@ SPEC["events"]["cart_abandoned"]["retention"] = "12h"
 SCHEMA = Schema.from_dict(SPEC)
 QUERIES = ["DID(page_view)", "DID(page_view, COUNT >= 2)", "DID(page_view, COUNT = 0)", "DID(cart_abandoned)",
            "DID(purchase, AFTER LAST cart_abandoned)", "DID(purchase, AFTER LAST cart_abandoned, COUNT = 0)",
-           "DID(page_view, WITHIN 5d)", "DID(purchase)", "DID(page_view, AFTER LAST purchase)"]
+           "DID(page_view, WITHIN 5d)", "DID(purchase)", "DID(page_view, AFTER LAST purchase)",
+           "SEQUENCE(page_view THEN cart_abandoned)", "SEQUENCE(page_view THEN purchase, SPAN 2d)",
+           "SEQUENCE(cart_abandoned THEN page_view THEN purchase, WITHIN 5d)",
+           "DID(cart_abandoned, SUM(cart_value) > 50)", "DID(cart_abandoned, MAX(cart_value) < 30)",
+           "DID(purchase, AVG(amount) > 20)"]
 CLOCKS = [NOW, NOW - DAY, NOW + DAY, NOW + 2 * DAY + 7]
 
 
 def random_events(seed: int, count: int = 300) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    return [{"id": f"p{rng.randrange(40)}", "event": rng.choice(["page_view", "cart_abandoned", "purchase"]),
-             "ts": NOW - rng.randrange(-DAY, 6 * DAY)} for _ in range(count)]
+    events = [{"id": f"p{rng.randrange(40)}", "event": rng.choice(["page_view", "cart_abandoned", "purchase"]),
+               "ts": NOW - rng.randrange(-DAY, 6 * DAY)} for _ in range(count)]
+    for event in events:
+        if event["event"] == "cart_abandoned":
+            event["cart_value"] = rng.choice([None, 10.0, 25.5, 60.0])
+        elif event["event"] == "purchase":
+            event["amount"] = rng.choice([None, 5.0, 19.99, 40.0])
+    return events
 
 
 def assert_matches(engine: Engine, oracle: RetentionStore, now: int) -> None:

@@ -370,7 +370,9 @@ class DidEvaluator:
             lo = max(lo, _literal(node.since, now))
         if node.within_ms is not None:
             lo = max(lo, now - node.within_ms + 1)
-        return max(lo, retention_floor(self.events.types[node.event].definition, now)), hi
+        if isinstance(node, ast.Did):  # a SEQUENCE's steps take their own types' floors (engine.exec.sequence)
+            lo = max(lo, retention_floor(self.events.types[node.event].definition, now))
+        return lo, hi
 
     def did(self, node: ast.Did, now: int, found: BitMap | None, live: BitMap) -> BitMap:
         """The rows for which the DID predicate holds (exact within ``found``)."""

@@ -26,6 +26,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..query import ast
+from ..retention import floor as retention_floor
 from ..store.bitmaps import to_bitmap
 from ..store.events import EventStore, EventTypeStore
 from .grouping import bit_ranks, bitset_of, rows_in, stable_group_order
@@ -130,22 +131,24 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
     from .did import where_mask as mask_of  # did.py imports this module
 
     lo, hi = window
-    if lo > hi:
+    # each step's events start at the window's start or its type's retention floor, the later
+    lows = {step.event: max(lo, retention_floor(events.types[step.event].definition, now)) for step in node.steps}
+    if max(lows.values()) > hi:
         return BitMap()
     # only rows with an event of every step's type in the window can hold: their events alone are read
     candidates = found if found is not None else base
-    for event in sorted(set(step.event for step in node.steps), key=lambda e: len(events.types[e].ever)):
-        candidates = candidates & present(events.types[event], lo, hi, candidates)
+    for event in sorted(lows, key=lambda e: len(events.types[e].ever)):
+        candidates = candidates & present(events.types[event], lows[event], hi, candidates)
         if not candidates:
             return BitMap()
     member = bitset_of(candidates)
     last = node.steps[-1].event
-    ends = _end_times(events.types[last], lo, hi, member, len(candidates))
+    ends = _end_times(events.types[last], lows[last], hi, member, len(candidates))
     span = node.span_ms if node.span_ms is not None else 0
     rows_l, ts_l, flags_l = [], [], []
     for event in dict.fromkeys(step.event for step in node.steps):
         store = events.types[event]
-        for part in store.window(lo, hi):
+        for part in store.window(lows[event], hi):
             if event == last:
                 picks = np.flatnonzero(rows_in(part.rows, member))
             else:  # an earlier step's event serves only if a last-type event follows within the span
