@@ -401,12 +401,8 @@ class DidEvaluator:
 
     def sequence(self, node: ast.Sequence, now: int, found: BitMap | None, live: BitMap) -> BitMap:
         """The rows for which a SEQUENCE holds (see :mod:`engine.exec.sequence`; exact within ``found``)."""
-        windows = {step.event: self.type_window(node, step.event, now) for step in node.steps}
-        return sequence_rows(self.events, node, now, windows, found, found if found is not None else live, self.present)
-
-    def type_window(self, node: ast.Sequence, event: str, now: int) -> tuple[int, int]:
-        """The inclusive [lo, hi] of the times of ``event``'s events that a SEQUENCE's time options admit."""
-        return self.window_of(node, now)
+        window = self.window_of(node, now)
+        return sequence_rows(self.events, node, now, window, found, found if found is not None else live, self.present)
 
     def present(self, store: EventTypeStore, lo: int, hi: int, found: BitMap | None = None) -> BitMap:
         """Rows with at least one event of ``store``'s type with lo <= ts <= hi (exact within ``found``;

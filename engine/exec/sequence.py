@@ -119,33 +119,33 @@ def before_an_end(rows, ts, base, member, end_ts, offsets, span, use_span):
     return out
 
 
-def sequence_rows(events: EventStore, node: ast.Sequence, now: int, windows: dict[str, tuple[int, int]],
-                  found: BitMap | None, base: BitMap, present: Callable[[EventTypeStore, int, int, BitMap], BitMap]
-                  ) -> BitMap:
+def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tuple[int, int], found: BitMap | None,
+                  base: BitMap, present: Callable[[EventTypeStore, int, int, BitMap], BitMap]) -> BitMap:
     """The rows of ``base`` that hold ``node`` at clock ``now`` (exact within ``found``).
 
-    ``windows``: per step event type, the inclusive [lo, hi] of the times of its events that count;
+    ``window``: the inclusive [lo, hi] of event times that bounds every step's event;
     ``present(store, lo, hi, found)``: the rows with an event of the store's type in [lo, hi]
     (exact within ``found``).
     """
     from .did import where_mask as mask_of  # did.py imports this module
 
-    if any(lo > hi for lo, hi in windows.values()):
+    lo, hi = window
+    if lo > hi:
         return BitMap()
     # only rows with an event of every step's type in the window can hold: their events alone are read
     candidates = found if found is not None else base
     for event in sorted(set(step.event for step in node.steps), key=lambda e: len(events.types[e].ever)):
-        candidates = candidates & present(events.types[event], *windows[event], candidates)
+        candidates = candidates & present(events.types[event], lo, hi, candidates)
         if not candidates:
             return BitMap()
     member = bitset_of(candidates)
     last = node.steps[-1].event
-    ends = _end_times(events.types[last], *windows[last], member, len(candidates))
+    ends = _end_times(events.types[last], lo, hi, member, len(candidates))
     span = node.span_ms if node.span_ms is not None else 0
     rows_l, ts_l, flags_l = [], [], []
     for event in dict.fromkeys(step.event for step in node.steps):
         store = events.types[event]
-        for part in store.window(*windows[event]):
+        for part in store.window(lo, hi):
             if event == last:
                 picks = np.flatnonzero(rows_in(part.rows, member))
             else:  # an earlier step's event serves only if a last-type event follows within the span
