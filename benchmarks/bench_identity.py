@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--merge-batches", type=int, default=20)
     parser.add_argument("--erase", type=int, default=10_000)
-    parser.add_argument("--aliases", type=int, default=1_000_000)
+    parser.add_argument("--aliases", type=int, default=100_000)
     args = parser.parse_args()
     now = 1_800_000_000_000
     ds = generate(args.profiles, args.events, seed=1, now_ms=now)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..columns import column_from_values
 from ..retention import floor
+from ..store.bitmaps import to_bitmap
 from ..store.event_rows import drop_rows, events_of
 
 if TYPE_CHECKING:
@@ -65,19 +66,40 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
     """Apply merge steps in order; returns how many there were.
 
     Departures are gathered and applied together (one pass over the event runs), before any later
-    step that names a departing profile.
+    step that names a departing profile; attribute fills are gathered per attribute and written
+    before any departure (one index write per attribute); saved segments are synced once.
     """
     leaving: dict[str, None] = {}
+    fills: dict[str, dict[int, Any]] = {}
+    received: dict[int, None] = {}
+    known = len(shard.profiles.idmap)
     for step in steps:
         if step[0] == "out":
             leaving[step[1]] = None
             continue
         if step[1] in leaving:
+            _fill(shard, fills)
             _leave(shard, list(leaving), now)
             leaving.clear()
-        _receive(shard, step[1], step[2], now)
+        received[_receive(shard, step[1], step[2], fills)] = None
+    _fill(shard, fills)
     _leave(shard, list(leaving), now)
+    if received:
+        rows = np.fromiter(received, dtype=np.int64, count=len(received))
+        shard.saved.sync(rows, now, None, None, to_bitmap(rows[rows >= known]))
     return len(steps)
+
+
+def _fill(shard: LocalShard, fills: dict[str, dict[int, Any]]) -> None:
+    """Write the gathered attribute fills (row -> value per attribute), then forget them."""
+    profiles = shard.profiles
+    for name, values in fills.items():
+        if not values:
+            continue
+        rows = np.fromiter(values, dtype=np.int64, count=len(values))
+        profiles.indexes[name].assign(rows, column_from_values(profiles.schema.attributes[name].type,
+                                                               list(values.values())))
+    fills.clear()
 
 
 def _leave(shard: LocalShard, ids: list[str], now: int) -> None:
@@ -129,16 +151,17 @@ def export(shard: LocalShard, profile_id: str) -> dict[str, Any] | None:
             "events": events}
 
 
-def _receive(shard: LocalShard, profile_id: str, payload: dict[str, Any], now: int) -> None:
+def _receive(shard: LocalShard, profile_id: str, payload: dict[str, Any], fills: dict[str, dict[int, Any]]) -> int:
+    """Merge ``payload`` into ``profile_id`` (created if unknown), its attribute fills into ``fills``; its row."""
     profiles = shard.profiles
-    known = len(profiles.idmap)
     row = int(profiles.ensure_rows([profile_id])[0])
     rows = np.array([row], dtype=np.int64)
     profiles._wrote()
     for name, value in payload["attrs"].items():
         index = profiles.indexes.get(name)
-        if index is not None and index.value(row) is None:
-            index.assign(rows, column_from_values(profiles.schema.attributes[name].type, [value]))
+        pending = fills.setdefault(name, {})
+        if index is not None and row not in pending and index.value(row) is None:
+            pending[row] = value
     current = profiles.consents_of(row)
     for purpose, granted in payload["consents"].items():
         if purpose in profiles.consents:
@@ -152,7 +175,4 @@ def _receive(shard: LocalShard, profile_id: str, payload: dict[str, Any], now: i
                    for prop, values in events["props"].items() if prop in kinds}
         store.append(np.full(len(ts), row, dtype=np.int32), ts, columns)
     shard.aliases.add([alias for alias in payload["aliases"] if alias != profile_id], row)
-    created = rows if row >= known else rows[:0]
-    from ..store.bitmaps import to_bitmap
-
-    shard.saved.sync(rows, now, None, None, to_bitmap(created))
+    return row
