@@ -104,11 +104,15 @@ class LanePool:
         with self.cond:
             self.free.append(lane)
             if self.waiting:
-                self.cond.notify()
+                self.cond.notify_all()  # a taker, or ``close`` waiting for every lane
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close every lane's sockets once all lanes are back (or after ``timeout_s``)."""
         with self.cond:
-            self.cond.wait_for(lambda: len(self.free) == len(self.lanes), timeout_s)
+            self.waiting += 1  # so that ``give`` wakes this wait
+            try:
+                self.cond.wait_for(lambda: len(self.free) == len(self.lanes), timeout_s)
+            finally:
+                self.waiting -= 1
         for lane in self.lanes:
             lane.close()
