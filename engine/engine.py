@@ -26,7 +26,7 @@ from .query import bind, parse, to_text
 from .schema import Schema, check_id
 from .schema_change import diff
 from .segment_time import segment_refs
-from .segments import SegmentCatalog, SegmentDef
+from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import ShardGroup
 from .shard.partition import shard_of
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription

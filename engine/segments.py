@@ -1,7 +1,6 @@
 """Saved segments: named queries materialised per shard and kept current on every write.
 
-``SegmentCatalog`` holds the definitions (name -> query text, plan, the segments it reads) and
-refuses unknown references and reference cycles; the coordinator and every shard keep one.
+The definitions live in a ``SegmentCatalog`` (``engine.segment_catalog``).
 
 ``SavedSegments`` is one shard's materialisation: a Roaring bitmap of members per segment, plus
 ``MembershipBits``, a per-row bitset of the segments the row is in (so "which segments is this
@@ -18,33 +17,21 @@ The materialisation has one clock, ``now``, that only moves forward: asking for 
 time keeps the current one. Every change of membership is recorded, in order, while change
 capture is on (the coordinator turns it on while someone watches): ``take_changes`` hands them
 over as plain lists ``[kind, segment, [ids]]``.
-
->>> from engine.plan.steps import Pred, Universe
->>> from engine.query.ast import SegmentRef
->>> catalog = SegmentCatalog()
->>> catalog.put(catalog.prepare("a", "ALL", Universe(), now=0))
->>> catalog.put(catalog.prepare("b", "SEGMENT('a')", Pred(SegmentRef("a")), now=0))
->>> catalog.order
-['a', 'b']
->>> catalog.prepare("a", "SEGMENT('b')", Pred(SegmentRef("b")), now=0)
-Traceback (most recent call last):
-...
-engine.errors.QueryError: segment reference cycle: a -> b -> a
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numba
 import numpy as np
 from pyroaring import BitMap
 
-from .errors import ProfileNotFound, QueryError, SegmentExists, SegmentInUse, SegmentNotFound
+from .errors import ProfileNotFound, SegmentExists, SegmentInUse, SegmentNotFound
 from .exec.aggregate import aggregate_rows
 from .exec.did import CMP
 from .exec.executor import Executor
+from .segment_catalog import SegmentCatalog, SegmentDef, check_segment_name
 from .plan.steps import Step
 from .query import ast
 from .segment_time import (SortedColumn, event_types_read, is_clocked, mentions_now, predicates, segment_refs,
@@ -65,136 +52,6 @@ MAX_PENDING_CHANGES = 1_000_000
 LATEST_TIME_SHARE = 1 / 64
 PRESENT = frozenset({(">=", 1), (">", 0), ("!=", 0)})
 ABSENT = frozenset({("=", 0), ("<", 1), ("<=", 0)})
-
-
-@dataclass(frozen=True)
-class SegmentDef:
-    """One saved segment's definition."""
-
-    name: str
-    text: str
-    step: Step
-    refs: frozenset[str]
-    clocked: bool
-    created_ms: int
-    updated_ms: int
-
-
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 256:
-        raise QueryError("a segment name must be a non-empty string of at most 256 UTF-8 bytes")
-    return name
-
-
-@dataclass
-class SegmentCatalog:
-    """Saved segment definitions, their dependencies and a dependency (topological) order."""
-
-    defs: dict[str, SegmentDef] = field(default_factory=dict)
-    order: list[str] = field(default_factory=list)
-    clocked: bool = False  # some segment is time-relative
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.defs
-
-    def __len__(self) -> int:
-        return len(self.defs)
-
-    def get(self, name: str) -> SegmentDef:
-        """The definition of ``name`` (SegmentNotFound if unknown)."""
-        try:
-            return self.defs[name]
-        except KeyError:
-            raise SegmentNotFound(f"unknown segment {name!r}") from None
-
-    def check_refs(self, refs: frozenset[str]) -> None:
-        """Raise SegmentNotFound for the first (sorted) unknown name in ``refs``."""
-        for name in sorted(refs):
-            if name not in self.defs:
-                raise SegmentNotFound(f"unknown segment {name!r}")
-
-    def prepare(self, name: str, text: str, step: Step, now: int) -> SegmentDef:
-        """A definition of ``name`` as ``step``, checked against this catalog (not yet stored).
-
-        Raises SegmentNotFound for a reference to an unknown segment and QueryError for a
-        reference cycle (``a -> b -> a``), naming the cycle.
-        """
-        _check_name(name)
-        refs = segment_refs(step)
-        self.check_refs(refs - {name})
-        path = self._path_to(name, refs)
-        if path is not None:
-            raise QueryError("segment reference cycle: " + " -> ".join([name, *path]))
-        old = self.defs.get(name)
-        return SegmentDef(name, text, step, refs, is_clocked(step), old.created_ms if old else now, now)
-
-    def _path_to(self, target: str, starts: frozenset[str]) -> list[str] | None:
-        """A reference path from one of ``starts`` to ``target`` (depth first), or None."""
-        seen: set[str] = set()
-
-        def walk(name: str) -> list[str] | None:
-            if name == target:
-                return [name]
-            if name in seen or name not in self.defs:
-                return None
-            seen.add(name)
-            for ref in sorted(self.defs[name].refs):
-                tail = walk(ref)
-                if tail is not None:
-                    return [name, *tail]
-            return None
-
-        for start in sorted(starts):
-            path = walk(start)
-            if path is not None:
-                return path
-        return None
-
-    def put(self, definition: SegmentDef) -> None:
-        """Store a prepared definition and recompute the dependency order."""
-        self.defs[definition.name] = definition
-        self._reorder()
-
-    def remove(self, name: str) -> SegmentDef:
-        """Delete ``name``; SegmentInUse if another segment reads it."""
-        definition = self.check_removable(name)
-        del self.defs[name]
-        self._reorder()
-        return definition
-
-    def check_removable(self, name: str) -> SegmentDef:
-        """The definition of ``name``; SegmentNotFound if unknown, SegmentInUse if another segment reads it."""
-        definition = self.get(name)
-        users = self.readers(name)
-        if users:
-            raise SegmentInUse(f"segment {name!r} is read by {', '.join(repr(u) for u in users)}")
-        return definition
-
-    def readers(self, name: str) -> list[str]:
-        """Segments that reference ``name`` directly, sorted."""
-        return sorted(other for other, d in self.defs.items() if name in d.refs and other != name)
-
-    def _reorder(self) -> None:
-        """Kahn's algorithm, ties broken by name: dependencies before the segments reading them."""
-        pending = {name: set(d.refs) & self.defs.keys() for name, d in self.defs.items()}
-        order: list[str] = []
-        ready = sorted(name for name, deps in pending.items() if not deps)
-        while ready:
-            name = ready.pop(0)
-            order.append(name)
-            del pending[name]
-            for other, deps in pending.items():
-                if name in deps:
-                    deps.discard(name)
-                    if not deps:
-                        ready.append(other)
-            ready.sort()
-        self.order = order
-        self.clocked = any(d.clocked for d in self.defs.values())
-
-    def definitions(self) -> list[tuple[str, str]]:
-        """(name, query text) of every segment in dependency order (re-creating them in this order works)."""
-        return [(name, self.defs[name].text) for name in self.order]
 
 
 class MembershipBits:
@@ -585,7 +442,7 @@ class SavedSegments:
         rows = len(self.profiles.idmap)
         for name, text, created_ms, updated_ms in state["defs"]:
             step = compile_query(text)
-            self.catalog.put(SegmentDef(_check_name(name), text, step, segment_refs(step), is_clocked(step),
+            self.catalog.put(SegmentDef(check_segment_name(name), text, step, segment_refs(step), is_clocked(step),
                                         int(created_ms), int(updated_ms)))
         self.bitmaps.clear()  # the dict is shared (LocalShard.segments)
         self.bitmaps.update((name, reader.bitmap(bitmap, rows)) for name, bitmap in state["bitmaps"].items())
