@@ -37,6 +37,7 @@ class SegmentDef:
 
 
 def check_segment_name(name: object) -> str:
+    """``name`` if it can name a saved segment (QueryError otherwise)."""
     if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 256:
         raise QueryError("a segment name must be a non-empty string of at most 256 UTF-8 bytes")
     return name
