@@ -207,10 +207,10 @@ def write_report(out: Path, info: dict[str, Any]) -> Path:
     matplotlib.use("Agg")
     raw = out / "raw"
     runs = {json.loads(p.read_text())["args"]["profiles"]: json.loads(p.read_text())
-            for p in raw.glob("compare-*.json")}
+            for p in [*raw.glob("compare-*.json"), *raw.glob("large-*.json")]}
     if not runs:
         raise SystemExit(f"no compare-*.json under {raw}")
-    largest = max(runs)
+    largest = max(n for n in runs if "numpy_ms" in runs[n]["queries"][0])  # the largest with every baseline
     plot_queries(runs[largest], out / "queries.png")
     plot_scaling(runs, out / "scaling.png")
     plot_throughput(runs, out / "throughput.png")
@@ -221,19 +221,25 @@ def write_report(out: Path, info: dict[str, Any]) -> Path:
              f"{info['ram_gib']} GiB RAM, {info['os']}, Python {info['python']}. Sizes: {sizes} profiles with 5 "
              "events each (the generator's data, fixed seed and clock). Medians; the machine may be shared, so "
              "compare ratios within one run rather than absolute times across runs.", "",
-             f"Reproduce: `python benchmarks/report.py --sizes {','.join(str(n) for n in sorted(runs))}`.", "",
+             f"Reproduce: `python benchmarks/report.py --sizes {','.join(str(n) for n in sorted(runs) if n <= largest)}"
+             f"{' --large' if max(runs) > largest else ''}`.", "",
              "![per-query latency](queries.png)", "",
              "## Geometric means", "",
              "| profiles | kind | segengine ms | DuckDB ms | NumPy ms | DuckDB/seg | NumPy/seg | counts agree |",
              "|---:|---|---:|---:|---:|---:|---:|---|"]
     for n in sorted(runs):
         rows = runs[n]["queries"]
+        numpy = "numpy_ms" in rows[0]
         for kind in ("attr", "events"):
+            def numpy_geomean(key: str, form: str) -> str:
+                return form.format(geomean(rows, key, kind)) if numpy else "-"  # noqa: B023 (used at once)
+
             if any(r["kind"] == kind for r in rows):
                 lines.append(f"| {n:,} | {kind} | {geomean(rows, 'segengine_ms', kind):.3f} | "
-                             f"{geomean(rows, 'duckdb_ms', kind):.2f} | {geomean(rows, 'numpy_ms', kind):.2f} | "
+                             f"{geomean(rows, 'duckdb_ms', kind):.2f} | "
+                             f"{numpy_geomean('numpy_ms', '{:.2f}')} | "
                              f"{geomean(rows, 'duckdb_over_segengine', kind):.1f}x | "
-                             f"{geomean(rows, 'numpy_over_segengine', kind):.1f}x | "
+                             f"{numpy_geomean('numpy_over_segengine', '{:.1f}x')} | "
                              f"{'yes' if not runs[n]['mismatches'] else 'NO: ' + ', '.join(runs[n]['mismatches'])} |")
     lines += ["", f"## Every query at {largest:,} profiles", "",
               "| query | kind | count | segengine ms | DuckDB ms | NumPy ms | DuckDB/seg | NumPy/seg |",
@@ -241,6 +247,17 @@ def write_report(out: Path, info: dict[str, Any]) -> Path:
     for r in runs[largest]["queries"]:
         lines.append(f"| {r['name']} | {r['kind']} | {r['count']:,} | {r['segengine_ms']:.3f} | {r['duckdb_ms']:.2f} | "
                      f"{r['numpy_ms']:.2f} | {r['duckdb_over_segengine']:.1f}x | {r['numpy_over_segengine']:.1f}x |")
+    for n in sorted(runs):
+        if n > largest:
+            lines += ["", f"## Every query at {n:,} profiles (DuckDB on a database file in its own process; no NumPy)",
+                      "", f"`python benchmarks/large.py --profiles {n}`", "",
+                      "| query | kind | count | segengine ms | DuckDB ms | DuckDB/seg |", "|---|---|---:|---:|---:|---:|"]
+            lines += [f"| {r['name']} | {r['kind']} | {r['count']:,} | {r['segengine_ms']:.3f} | {r['duckdb_ms']:.2f} | "
+                      f"{r['duckdb_over_segengine']:.1f}x |" for r in runs[n]["queries"]]
+            restart = runs[n]["segengine"]["restart"]
+            lines += ["", f"Snapshot {restart['snapshot_s']:.1f} s; restart to serving {restart['to_serving_s']:.1f} s "
+                          f"reading {restart['data_dir_bytes'] / 2**30:.1f} GiB ({restart['read_rate_mb_s']:,.0f} MB/s"
+                          f"{', page cache dropped first' if restart['cold_cache'] else ', page cache warm'})."]
     lines += ["", "## Scaling", "", "![latency as profiles grow](scaling.png)", "",
               "## Throughput", "", "![throughput by client threads](throughput.png)", "",
               "## Load and memory", "", "![load rates and memory](load-memory.png)", "",
@@ -274,13 +291,15 @@ def main(argv: list[str] | None = None) -> int:
         info = json.loads((raw / "machine.json").read_text())
     else:
         info = machine()
-        sizes = [int(s) for s in args.sizes.split(",")] + ([LARGE] if args.large else [])
+        sizes = [int(s) for s in args.sizes.split(",")]
         for stale in raw.glob("*.json"):
             stale.unlink()
         for n in sizes:
             run("compare.py", ["--profiles", str(n), "--events", str(5 * n), "--repeat", str(args.repeat),
                                "--clients", args.clients, "--qps-seconds", str(args.qps_seconds)],
                 raw / f"compare-{n}.json")
+        if args.large:  # compare.py keeps every baseline in memory: large.py streams, DuckDB on a file
+            run("large.py", ["--profiles", str(LARGE), "--repeat", str(args.repeat), "--cold"], raw / f"large-{LARGE}.json")
         if not args.skip_services:
             n, seconds = str(sizes[0]), str(args.service_seconds)
             run("bench_grpc.py", ["--profiles", n, "--duration", seconds], raw / f"grpc-{n}.json")

@@ -24,3 +24,14 @@ def test_report_runs_compare_and_writes_plots_and_index(tmp_path):
     every_query = index.split("## Every query at 6,000 profiles")[1].split("## Scaling")[0]
     rows = [line for line in every_query.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(small["queries"])  # the header, then one row per query
+
+
+def test_large_streams_chunks_and_agrees_with_duckdb_on_a_file(tmp_path):
+    out = tmp_path / "large.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "large.py"), "--profiles", "3000", "--chunk", "1000",
+                           "--repeat", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["mismatches"] == [] and report["segengine"]["restart"]["same_answers"] is True
+    assert report["segengine_load"]["profiles"] == 3000 and report["segengine_load"]["events"] == 15000
+    assert {r["name"] for r in report["queries"]} == set(report["duckdb"]["queries"])
