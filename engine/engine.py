@@ -12,18 +12,22 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
 from .concurrency import PublishLock
 from .commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
                        Upsert, applied_count, merged_segment_info, route)
-from .errors import DataDirMismatch, DataError, SegmentExists
+from .errors import DataDirMismatch, DataError, QueryError, SegmentExists
+from .export_formats import write_members
 from .explain import merge_trees
 from .identity import Identity
+from .member_export import CHUNK_ROWS, MemberChunk, check_attributes, read_chunks
 from .plan import Step, plan
+from .plan.steps import Pred
 from .query import bind, parse, to_text
+from .query.ast import SegmentRef
 from .schema import Schema, check_id
 from .schema_change import diff
 from .segment_history import SizeHistory
@@ -31,6 +35,7 @@ from .segment_time import segment_refs
 from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import ShardGroup
 from .shard.partition import shard_of
+from .store.bitmaps import rows_of
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
 
 if TYPE_CHECKING:
@@ -403,6 +408,36 @@ class Engine:
         self.catalog.get(name)
         self._tick()
         return self.history.points(name, None if since is None else int(since), None if until is None else int(until))
+
+    # -- member export (engine.member_export, engine.export_formats) ---------------------------
+    def member_chunks(self, attributes: Iterable[str], segment: str | None = None, query: str | None = None,
+                      now: int | None = None, chunk_rows: int = CHUNK_ROWS) -> Iterator[MemberChunk]:
+        """The members of saved segment ``segment`` or of ``query`` (exactly one; ``now`` is the query's clock)
+        with ``attributes``, as chunks of at most ``chunk_rows`` rows per shard (see engine.member_export)."""
+        if (segment is None) == (query is None):
+            raise QueryError("export the members of a saved segment or of a query (exactly one of them)")
+        attributes = check_attributes(self.schema, list(attributes))
+        if segment is not None:
+            self.catalog.get(segment)
+            self._tick()
+            step: Step = Pred(SegmentRef(segment))
+        else:
+            step, refs = self.plans.entry(query)  # type: ignore[arg-type]
+            self._read_segments(refs)
+        at = wall_clock_ms() if now is None else int(now)
+        with self.publish.reading():
+            members = [rows_of(rows) for rows in self.shards.call_all("rows", step, at)]
+        return read_chunks(self.shards, self.publish, members, attributes, chunk_rows)
+
+    def export_members(self, out: str | BinaryIO, attributes: Iterable[str], format: str = "csv",
+                       segment: str | None = None, query: str | None = None, now: int | None = None,
+                       chunk_rows: int = CHUNK_ROWS) -> int:
+        """Write the members of saved segment ``segment`` or of ``query`` with ``attributes`` to ``out`` (a path or
+        a binary file) as ``format`` ("csv", "jsonl" or "parquet"), streamed chunk by chunk; returns the rows written."""
+        attributes = check_attributes(self.schema, list(attributes))
+        chunks = self.member_chunks(attributes, segment, query, now, chunk_rows)
+        kinds = [(name, self.schema.attributes[name].type) for name in attributes]
+        return write_members(chunks, kinds, format, out)
 
     def _segment_sizes(self) -> dict[str, int]:
         """Every saved segment's member count (under the publish lock)."""

@@ -104,7 +104,7 @@ def test_thinning_step_by_step_equals_thinning_at_once() -> None:
 @pytest.mark.parametrize("shards", [1, 2])
 def test_writes_and_refreshes_make_points_at_the_engine_clock(shards: int) -> None:
     clock = Clock(T)
-    with Engine(SCHEMA, shards=shards) as eng:
+    with Engine(SCHEMA, shards=shards, backend="local") as eng:  # two in-process shards: sizes are summed
         eng.clock = clock
         eng.create_segment("fr", "country = 'FR'")
         eng.create_segment("carted", "DID(cart_abandoned, WITHIN 1h)")

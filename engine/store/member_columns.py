@@ -38,23 +38,22 @@ def _present(rows: np.ndarray, chunk: Any, notnull: Any) -> np.ndarray:
     return valid
 
 
-def _coded(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the distinct non-negative codes, codes renumbered into them with -1 kept)."""
-    distinct = np.unique(codes[codes >= 0])
-    renumbered = np.full(len(codes), -1, dtype=np.int32)
+def _coded(codes: np.ndarray, universe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct non-negative codes (< ``universe``), codes renumbered into them with -1 kept)."""
     present = codes >= 0
-    renumbered[present] = np.searchsorted(distinct, codes[present])
-    return distinct, renumbered
+    used = np.zeros(universe + 1, dtype=bool)
+    used[codes[present]] = True
+    renumber = np.cumsum(used, dtype=np.int32) - 1
+    return np.flatnonzero(used), np.where(present, renumber[codes], -1).astype(np.int32)
 
 
 def _column(index: Any, rows: np.ndarray, chunk: Any) -> dict[str, Any]:
     if isinstance(index, CategoryIndex):
-        distinct, values = _coded(index.codes.data[rows])
+        distinct, values = _coded(index.codes.data[rows], len(index.labels))
         return {"kind": "category", "values": values, "labels": [index.labels[c] for c in distinct.tolist()]}
     if isinstance(index, TagsIndex):
-        distinct, values = _coded(index.column.data[rows])
-        labels = [sorted(index.labels[c] for c in index.tagsets[s]) for s in distinct.tolist()]
-        return {"kind": "tags", "values": values, "labels": labels}
+        distinct, values = _coded(index.column.data[rows], len(index.tagsets))
+        return {"kind": "tags", "values": values, "labels": [index.sorted_labels(s) for s in distinct.tolist()]}
     if isinstance(index, BoolIndex):
         return {"kind": "bool", "values": index.column.data[rows].astype(np.int8)}
     assert isinstance(index, NumericIndex), type(index)
