@@ -53,9 +53,9 @@ def check_attributes(schema: Schema, attributes: list[str]) -> list[str]:
     seen: set[str] = set()
     for position, name in enumerate(attributes):
         if not isinstance(name, str) or name not in schema.attributes:
-            raise DataError(f"unknown attribute {name!r} (attribute {position + 1} of the export)", None, str(name))
+            raise DataError(f"unknown attribute (attribute {position + 1} of the export)", None, str(name))
         if name in seen:
-            raise DataError(f"attribute {name!r} is named twice in the export", None, name)
+            raise DataError("named twice in the export's attributes", None, name)
         seen.add(name)
     return list(attributes)
 

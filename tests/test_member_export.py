@@ -129,7 +129,7 @@ def test_a_query_export_to_a_path(engine: Engine, tmp_path: Path) -> None:
 
 def test_bad_exports_are_refused_before_anything_is_written(engine: Engine, tmp_path: Path) -> None:
     path = str(tmp_path / "out.csv")
-    with pytest.raises(DataError, match="unknown attribute 'nope' \\(attribute 2 of the export\\)"):
+    with pytest.raises(DataError, match="field 'nope': unknown attribute \\(attribute 2 of the export\\)"):
         engine.export_members(path, ["age", "nope"], segment="some")
     with pytest.raises(DataError, match="named twice"):
         engine.export_members(path, ["age", "age"], segment="some")
