@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from .columns import EventBatch, ProfileBatch
 from .concurrency import PublishLock
 from .commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
                        Upsert, applied_count, merged_segment_info, route)
-from .errors import DataDirMismatch, DataError, QueryError, SegmentExists
+from .errors import DataDirMismatch, DataError, QueryError, SegmentExists, ShardError
 from .export_formats import write_members
 from .explain import merge_trees
 from .identity import Identity
@@ -41,6 +42,9 @@ from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
 if TYPE_CHECKING:
     from .persist import DataDir
     from .persist.history_store import HistoryStore
+
+
+log = logging.getLogger("segengine.engine")
 
 
 def wall_clock_ms() -> int:
@@ -455,7 +459,11 @@ class Engine:
         now = getattr(command, "now", None)
         if now is None or not len(self.catalog):
             return
-        sizes = self._segment_sizes()
+        try:
+            sizes = self._segment_sizes()
+        except ShardError:  # the write is applied: its caller gets its result; the next write notes the sizes
+            log.warning("reading segment sizes after a write failed; their history misses this write", exc_info=True)
+            return
         if definition is not None:
             self.history.start(definition.name, now, sizes[definition.name],
                                self.history.stamp(definition.text, definition.updated_ms))

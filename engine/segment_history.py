@@ -194,6 +194,11 @@ class SizeHistory:
             ops, self.ops = self.ops, []
             return ops
 
+    def requeue(self, ops: list[Operation]) -> None:
+        """Put back operations a store failed to write, before those queued since."""
+        with self.lock:
+            self.ops[:0] = ops
+
     def _sink(self) -> list[Operation]:
         """Where changes are queued: the store's queue if durable, else a list nobody keeps."""
         return self.ops if self.durable else []

@@ -91,7 +91,11 @@ class HistoryStore:
                 return 0
             ops = self.history.take_ops()
             if ops:
-                self.env.write(lambda txn: self._apply(txn, ops))
+                try:
+                    self.env.write(lambda txn: self._apply(txn, ops))
+                except BaseException:
+                    self.history.requeue(ops)  # the next flush tries them again
+                    raise
                 self.flushes += 1
             return len(ops)
 
@@ -126,7 +130,7 @@ class HistoryStore:
         while not self._stop.wait(every_s):
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - the operations stay lost; the next flush goes on
+            except Exception:  # noqa: BLE001 - the operations stay queued; the next flush tries again
                 log.exception("flushing segment size history to %s failed", self.path)
 
     def close(self) -> None:
