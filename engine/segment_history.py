@@ -51,10 +51,6 @@ class SizeSeries:
         self.sizes = array("q", sizes)
         self.settled = 0  # points before this index are older than a day and already thinned
 
-    def last_size(self) -> int | None:
-        """The latest size, None if there is no point."""
-        return self.sizes[-1] if self.sizes else None
-
     def record(self, at: int, size: int, ops: list[Operation]) -> None:
         """Size ``size`` at clock ``at`` (not before the last point): a point if it changed, one per second."""
         times, sizes = self.times, self.sizes
