@@ -154,7 +154,12 @@ class ParquetWriter:
 
 
 class ByteChunks(io.RawIOBase):
-    """A write-only binary sink whose bytes are taken out in pieces as they come (for streaming a file)."""
+    """A write-only binary sink whose bytes are taken out in pieces as they come (for streaming a file).
+
+    >>> sink = ByteChunks()
+    >>> sink.write(b"abc"), sink.write(b"de"), sink.take(piece_bytes=2), sink.tell()
+    (3, 2, [b'ab', b'cd', b'e'], 5)
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ import pytest
 
 from engine import DataError, Engine, QueryError, Schema
 from engine.errors import BadRequest, SegmentNotFound
+from engine.export_formats import ByteChunks, open_writer
 from engine.schema import CONTRACT_SCHEMA
 from server.app import SegengineServer, ServerConfig
 from server.cli import main
@@ -116,6 +117,21 @@ def test_each_format_reads_back_as_the_members_and_their_attributes(engine: Engi
         if fmt == "csv":
             got, want = fix_tags(got, attributes), fix_tags(want, attributes)
         assert got == want
+
+
+def test_a_streamed_parquet_file_of_many_row_groups_reads_back(engine: Engine) -> None:
+    sink = ByteChunks()  # what the server streams: bytes taken out as they are written
+    pieces: list[bytes] = []
+    chunks = engine.member_chunks(ATTRIBUTES, segment="some", chunk_rows=50)
+    writer = open_writer("parquet", sink, [(name, KINDS[name]) for name in ATTRIBUTES])
+    for chunk in chunks:
+        writer.write(chunk)
+        pieces.extend(sink.take(piece_bytes=1000))
+    writer.close()
+    pieces.extend(sink.take(piece_bytes=1000))
+    data = b"".join(pieces)
+    assert len(pieces) > 3 and pq.ParquetFile(io.BytesIO(data)).num_row_groups > 3
+    assert read_back("parquet", data, ATTRIBUTES) == expected(engine, "SEGMENT('some')", ATTRIBUTES)
 
 
 def test_a_query_export_to_a_path(engine: Engine, tmp_path: Path) -> None:

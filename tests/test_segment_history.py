@@ -87,7 +87,6 @@ def test_thinning_step_by_step_equals_thinning_at_once() -> None:
         at, size = T, 0
         history.start("s", at, size)
         raw.append((at, size))
-        checks = []
         for _ in range(300):
             at += rng.choice([1_000, 7_000, 30_000, 65_000, HOUR, DAY_MS // 3])
             size = size + rng.choice([-1, 1]) if rng.random() < 0.9 else size
@@ -95,7 +94,6 @@ def test_thinning_step_by_step_equals_thinning_at_once() -> None:
             if raw[-1][1] != size:
                 raw.append((at, size))
             if rng.random() < 0.2:
-                checks.append(at)
                 assert history.points("s") == naive(raw, at)
         assert history.points("s") == naive(raw, at)
 
