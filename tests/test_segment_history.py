@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,28 @@ def test_writes_and_refreshes_make_points_at_the_engine_clock(shards: int) -> No
         assert eng.segment_history("carted", since=T + 2_500, until=T + 2_400 + HOUR - 1) == [(T + 2_500, 2)]
         with pytest.raises(SegmentNotFound):
             eng.segment_history("nope")
+
+
+def test_the_servers_refresh_timer_records_exits_caused_by_time_alone() -> None:
+    from server.app import SegengineServer, ServerConfig
+    from server.client import SegengineClient
+
+    clock = Clock(T)
+    with Engine(SCHEMA, shards=1) as eng:
+        eng.clock = clock
+        server = SegengineServer(eng, ServerConfig(port=0, refresh_ms=20)).start()
+        try:
+            with SegengineClient(server.address) as client:
+                client.create_segment("carted", "DID(cart_abandoned, WITHIN 1h)")
+                clock.now = T + 1_000
+                client.track_events([{"id": "u1", "event": "cart_abandoned", "ts": T + 500}])
+                clock.now = T + 2 * HOUR  # no write: only the server's timer moves the segment
+                deadline = time.monotonic() + 10
+                while len(client.segment_history("carted")) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert client.segment_history("carted") == [(T, 0), (T + 1_000, 1), (T + 2 * HOUR, 0)]
+        finally:
+            server.stop(grace_s=0)
 
 
 def test_delete_drops_the_history_and_replace_starts_a_new_one() -> None:
