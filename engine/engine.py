@@ -8,31 +8,43 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
+import os
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
 from .concurrency import PublishLock
 from .commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
                        Upsert, applied_count, merged_segment_info, route)
-from .errors import DataDirMismatch, DataError, SegmentExists
+from .errors import DataDirMismatch, DataError, QueryError, SegmentExists, ShardError
+from .export_formats import write_members
 from .explain import merge_trees
 from .identity import Identity
+from .member_export import CHUNK_ROWS, MemberChunk, check_attributes, read_chunks
 from .plan import Step, plan
+from .plan.steps import Pred
 from .query import bind, parse, to_text
+from .query.ast import SegmentRef
 from .schema import Schema, check_id
 from .schema_change import diff
+from .segment_history import SizeHistory
 from .segment_time import segment_refs
 from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import ShardGroup
 from .shard.partition import shard_of
+from .store.bitmaps import rows_of
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
 
 if TYPE_CHECKING:
     from .persist import DataDir
+    from .persist.history_store import HistoryStore
+
+
+log = logging.getLogger("segengine.engine")
 
 
 def wall_clock_ms() -> int:
@@ -112,6 +124,9 @@ class Engine:
         self._write_lock = threading.Lock()  # in memory: writes are numbered and applied one at a time
         self._last_seq = 0
         self.identity = Identity(self)  # aliases: routing index and merge planning (see engine.identity)
+        # every saved segment's size over time (engine.segment_history); durable in data_dir/history
+        self.history = SizeHistory(durable=data_dir is not None)
+        self.history_store: HistoryStore | None = None
         # with a data_dir: recover from it, then log every write before applying it (engine.persist);
         # ``durability``: options of engine.persist.DataDir (snapshot_every_s, snapshot_log_bytes, map_size)
         self.durable: DataDir | None = None
@@ -123,7 +138,10 @@ class Engine:
                 self.identity.rebuild()
                 if self.durable.schema_unlogged:  # opened with a schema that adds names: log the change
                     self.write(UpdateSchema(self.schema.to_dict()))
+                self._open_history(data_dir)
             except BaseException:
+                if self.history_store is not None:
+                    self.history_store.close()
                 if self.durable is not None:
                     self.durable.close()
                 self.shards.close()
@@ -245,6 +263,7 @@ class Engine:
             else:
                 result = applied_count(results)
             self._publish()
+            self._record_sizes(command, definition)
         return result
 
     def _check(self, command: Command) -> SegmentDef | None:
@@ -383,8 +402,90 @@ class Engine:
         with self.publish.writing():
             if len(self.catalog):
                 self.shards.call_all("refresh_segments", at)
+                self.history.observe(at, self._segment_sizes())
             self._refreshed_at = at
             self._publish()
+
+    def segment_history(self, name: str, since: int | None = None, until: int | None = None) -> list[tuple[int, int]]:
+        """Saved segment ``name``'s sizes over time: ``(time ms, size)`` points with ``since <= time <= until``
+        (see engine.segment_history; SegmentNotFound if unknown)."""
+        self.catalog.get(name)
+        self._tick()
+        return self.history.points(name, None if since is None else int(since), None if until is None else int(until))
+
+    # -- member export (engine.member_export, engine.export_formats) ---------------------------
+    def member_chunks(self, attributes: Iterable[str], segment: str | None = None, query: str | None = None,
+                      now: int | None = None, chunk_rows: int = CHUNK_ROWS) -> Iterator[MemberChunk]:
+        """The members of saved segment ``segment`` or of ``query`` (exactly one; ``now`` is the query's clock)
+        with ``attributes``, as chunks of at most ``chunk_rows`` rows per shard (see engine.member_export)."""
+        if (segment is None) == (query is None):
+            raise QueryError("export the members of a saved segment or of a query (exactly one of them)")
+        attributes = check_attributes(self.schema, list(attributes))
+        if segment is not None:
+            self.catalog.get(segment)
+            self._tick()
+            step: Step = Pred(SegmentRef(segment))
+        else:
+            step, refs = self.plans.entry(query)  # type: ignore[arg-type]
+            self._read_segments(refs)
+        at = wall_clock_ms() if now is None else int(now)
+        with self.publish.reading():
+            members = [rows_of(rows) for rows in self.shards.call_all("rows", step, at)]
+        return read_chunks(self.shards, self.publish, members, attributes, chunk_rows)
+
+    def export_members(self, out: str | BinaryIO, attributes: Iterable[str], format: str = "csv",
+                       segment: str | None = None, query: str | None = None, now: int | None = None,
+                       chunk_rows: int = CHUNK_ROWS) -> int:
+        """Write the members of saved segment ``segment`` or of ``query`` with ``attributes`` to ``out`` (a path or
+        a binary file) as ``format`` ("csv", "jsonl" or "parquet"), streamed chunk by chunk; returns the rows written."""
+        attributes = check_attributes(self.schema, list(attributes))
+        chunks = self.member_chunks(attributes, segment, query, now, chunk_rows)
+        kinds = [(name, self.schema.attributes[name].type) for name in attributes]
+        return write_members(chunks, kinds, format, out)
+
+    def _segment_sizes(self) -> dict[str, int]:
+        """Every saved segment's member count (under the publish lock)."""
+        sizes: dict[str, int] = {}
+        for part in self.shards.call_all("segment_sizes"):
+            for name, size in part.items():
+                sizes[name] = sizes.get(name, 0) + size
+        return sizes
+
+    def _record_sizes(self, command: Command, definition: SegmentDef | None) -> None:
+        """After applying ``command``: note the saved segments' sizes at its clock in their histories."""
+        if isinstance(command, DeleteSegment):
+            self.history.drop(command.name)
+            return
+        now = getattr(command, "now", None)
+        if now is None or not len(self.catalog):
+            return
+        try:
+            sizes = self._segment_sizes()
+        except ShardError:  # the write is applied: its caller gets its result; the next write notes the sizes
+            log.warning("reading segment sizes after a write failed; their history misses this write", exc_info=True)
+            return
+        if definition is not None:
+            self.history.start(definition.name, now, sizes[definition.name],
+                               self.history.stamp(definition.text, definition.updated_ms))
+        self.history.observe(now, sizes)
+
+    def _open_history(self, data_dir: str) -> None:
+        """Load the stored size histories of the recovered segments, note their sizes now, start flushing."""
+        from .persist.history_store import HistoryStore
+
+        self.history_store = HistoryStore(os.path.join(data_dir, "history"), self.history)
+        definitions = [self.catalog.get(name) for name in self.catalog.order]
+        self.history_store.load({d.name: self.history.stamp(d.text, d.updated_ms) for d in definitions})
+        if definitions:
+            with self.publish.reading():
+                sizes = self._segment_sizes()
+                infos = [info for part in self.shards.call_all("segment_infos") for info in part]
+            at = max(info["as_of_ms"] for info in infos) or self.clock()  # the recovered segments' clock
+            for d in definitions:
+                if d.name not in self.history.series:
+                    self.history.start(d.name, at, sizes[d.name], self.history.stamp(d.text, d.updated_ms))
+            self.history.observe(at, sizes)
+        self.history_store.start()
 
     def watch(self, segments: Iterable[str] | None = None, capacity: int = DEFAULT_CAPACITY) -> Subscription:
         """Subscribe to membership changes of saved segments (all, or ``segments``); see engine.watch."""
@@ -457,6 +558,8 @@ class Engine:
         self.closed = True
         if self.durable is not None:
             self.durable.close()
+        if self.history_store is not None:
+            self.history_store.close()
         self.changes.close_all()
         self.shards.close()
 

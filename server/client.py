@@ -14,8 +14,9 @@ embedded API, so code (and the JSONL loaders) can use a client where it used an 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -298,6 +299,43 @@ class SegengineClient:
         """Everything held about the profile ``profile_id`` names (contract section 6), None if unknown."""
         reply = self._call(self.stub.ExportProfile, pb.ExportProfileRequest(id=profile_id), timeout)
         return json.loads(reply.json) if reply.found else None
+
+    # -- activation -------------------------------------------------------------------------
+    def segment_history(self, name: str, since: int | None = None, until: int | None = None,
+                        timeout: float | None = None) -> list[tuple[int, int]]:
+        """Saved segment ``name``'s size over time: ``(time ms, size)`` points with ``since <= time <= until``."""
+        request = pb.SegmentHistoryRequest(name=name, since_ms=since, until_ms=until)
+        return [(p.time_ms, p.size) for p in self._call(self.stub.SegmentHistory, request, timeout).points]
+
+    def iter_export(self, attributes: Iterable[str], format: str = "csv", segment: str | None = None,
+                    query: str | None = None, now: int | None = None) -> Iterator[tuple[bytes, int]]:
+        """The bytes of a member export file in pieces, each with the members written up to its end."""
+        request = pb.ExportMembersRequest(segment=segment or "", query=query or "", attributes=list(attributes),
+                                          format=format, now_ms=now or 0)
+        try:
+            for chunk in self.stub.ExportMembers(request, timeout=self.stream_timeout, metadata=self.metadata):
+                yield chunk.data, chunk.rows
+        except grpc.RpcError as error:
+            raise _translate(error) from None
+
+    def export_members(self, out: str | BinaryIO, attributes: Iterable[str], format: str = "csv",
+                       segment: str | None = None, query: str | None = None, now: int | None = None) -> int:
+        """Write the members of saved segment ``segment`` or of ``query`` with ``attributes`` to ``out`` (a path,
+        written whole or not at all, or a binary file) as ``format``; returns the members written."""
+        if isinstance(out, str):
+            partial = out + ".part"
+            try:
+                with open(partial, "wb") as handle:
+                    rows = self.export_members(handle, attributes, format, segment, query, now)
+                os.replace(partial, out)
+            finally:
+                if os.path.exists(partial):
+                    os.remove(partial)
+            return rows
+        rows = 0
+        for data, rows in self.iter_export(attributes, format, segment, query, now):
+            out.write(data)
+        return rows
 
     def snapshot(self) -> str:
         """Ask the server to write a snapshot now; returns its description."""

@@ -14,6 +14,7 @@ from typing import Iterator
 import grpc
 
 from engine.errors import DataError, PermissionDenied
+from engine.export_formats import ByteChunks, open_writer
 from engine.watch import DEFAULT_CAPACITY
 
 from . import convert
@@ -44,8 +45,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.tokens: tuple[str | None, str | None] = (None, None)  # (read/write, admin): see server.interceptors
 
     def heavy(self, method: str, request: object) -> bool:
-        """True for a Snapshot and for a query call (Count, Query, Explain) whose query is known to be heavy."""
-        return method == "Snapshot" or (method in QUERY_METHODS and self.gate.heavy(getattr(request, "query", "")))
+        """True for a Snapshot, a member export, and a query call (Count, Query, Explain) whose query is known to
+        be heavy."""
+        return method in ("Snapshot", "ExportMembers") or (method in QUERY_METHODS and self.gate.heavy(getattr(request, "query", "")))
 
     # -- writes -----------------------------------------------------------------------------
     def UpsertProfiles(self, request: pb.UpsertProfilesRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
@@ -194,6 +196,33 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         if record is None:
             return pb.ExportProfileResponse(found=False)
         return pb.ExportProfileResponse(found=True, json=json.dumps(record, sort_keys=True))
+
+
+    # -- activation: size history, member export --------------------------------------------
+    def SegmentHistory(self, request: pb.SegmentHistoryRequest,
+                       context: grpc.ServicerContext) -> pb.SegmentHistoryResponse:
+        since = request.since_ms if request.HasField("since_ms") else None
+        until = request.until_ms if request.HasField("until_ms") else None
+        points = self.gate.read(context, self.engine.segment_history, request.name, since, until)
+        return pb.SegmentHistoryResponse(points=[pb.SizePoint(time_ms=t, size=n) for t, n in points])
+
+    def ExportMembers(self, request: pb.ExportMembersRequest,
+                      context: grpc.ServicerContext) -> Iterator[pb.ExportMembersChunk]:
+        attributes = list(request.attributes)
+        chunks = self.gate.read(context, self.engine.member_chunks, attributes, request.segment or None,
+                                request.query or None, request.now_ms or None)
+        sink = ByteChunks()
+        writer = open_writer(request.format or "csv", sink, [(a, self.engine.schema.attributes[a].type)
+                                                             for a in attributes])
+        rows = 0
+        while (chunk := self.gate.read(context, next, chunks, None)) is not None:
+            writer.write(chunk)
+            rows += len(chunk)
+            for piece in sink.take():
+                yield pb.ExportMembersChunk(data=piece, rows=rows)
+        writer.close()
+        for piece in sink.take():
+            yield pb.ExportMembersChunk(data=piece, rows=rows)
 
 
 def _pairs(request: pb.MergeRequest) -> list[tuple[str, str]]:

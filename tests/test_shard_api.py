@@ -52,7 +52,7 @@ def test_every_method_is_a_read_or_a_write() -> None:
     assert {n for n in api.READS if api.access(n) is api.Access.QUERY} == {"count", "rows", "ids", "explain"}
     assert {n for n in api.READS if api.access(n) is api.Access.POINT} == {
         "segment_rows", "profile", "segment_info", "segment_infos", "membership", "snapshot_status", "stats",
-        "identity_payloads", "canonical_ids", "alias_hashes", "export_profile"}
+        "identity_payloads", "canonical_ids", "alias_hashes", "export_profile", "segment_sizes", "member_columns"}
     assert all(api.access(name) is api.Access.POINT for name in api.DIAGNOSTICS)
 
 

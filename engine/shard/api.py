@@ -73,6 +73,8 @@ class ShardAPI(Protocol):
     def canonical_ids(self, ids: list[str]) -> list[str | None]: ...
     def alias_hashes(self) -> np.ndarray: ...
     def export_profile(self, profile_id: str) -> dict[str, Any] | None: ...
+    def segment_sizes(self) -> dict[str, int]: ...
+    def member_columns(self, rows: np.ndarray, attributes: list[str]) -> dict[str, Any]: ...
 
 
 W, Q, P = Access.WRITE, Access.QUERY, Access.POINT
@@ -84,7 +86,7 @@ ACCESS: dict[str, Access] = {
     "count": Q, "rows": Q, "ids": Q, "explain": Q,
     "segment_rows": P, "profile": P, "segment_info": P, "segment_infos": P, "membership": P,
     "snapshot_status": P, "stats": P, "identity_payloads": P, "canonical_ids": P, "alias_hashes": P,
-    "export_profile": P,
+    "export_profile": P, "segment_sizes": P, "member_columns": P,
 }
 #: The names of the remote shard methods.
 METHODS: frozenset[str] = frozenset(ACCESS)

@@ -25,6 +25,7 @@ from ..segments import SavedSegments
 from ..store.bitmaps import to_bitmap
 from ..store.aliases import AliasStore
 from ..store.events import EventStore
+from ..store.member_columns import member_columns
 from ..store.memory import release_free_memory, tune_allocator
 from ..store.profiles import ProfileStore
 from . import identity_ops
@@ -207,6 +208,14 @@ class LocalShard:
     def membership(self, profile_id: str, names: list[str] | None) -> list[str]:
         """Saved segments (sorted) that ``profile_id`` is in, among ``names`` if given."""
         return self.saved.membership(profile_id, names)
+
+    def segment_sizes(self) -> dict[str, int]:
+        """This shard's member count of every saved segment."""
+        return {name: len(members) for name, members in self.saved.bitmaps.items()}
+
+    def member_columns(self, rows: np.ndarray, attributes: list[str]) -> dict[str, Any]:
+        """Ids and ``attributes`` of the live rows among sorted ``rows`` (see engine.store.member_columns)."""
+        return member_columns(self.profiles, rows, attributes)
 
     def refresh_segments(self, now: int) -> None:
         """Bring time-relative saved segments to clock ``now``."""

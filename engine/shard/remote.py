@@ -96,3 +96,9 @@ class RemoteShard:
 
     def export_profile(self, profile_id: str) -> dict[str, Any] | None:
         return self.call("export_profile", profile_id)
+
+    def segment_sizes(self) -> dict[str, int]:
+        return self.call("segment_sizes")
+
+    def member_columns(self, rows: np.ndarray, attributes: list[str]) -> dict[str, Any]:
+        return self.call("member_columns", rows, attributes)

@@ -409,6 +409,10 @@ class IdMap:
         ends = offsets[np.asarray(rows) + 1].tolist()
         return [blob[s:e].decode("utf-8") for s, e in zip(starts, ends)]
 
+    def packed(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of ``rows`` as one UTF-8 buffer (uint8) and ``len(rows) + 1`` offsets (int64)."""
+        return _subset(self.buffer.data, self.offsets.data, np.asarray(rows, dtype=np.int64))
+
     def forget(self, rows: np.ndarray) -> None:
         """Make the ids of ``rows`` unknown: their bytes are zeroed and their hash no longer matches.
 

@@ -64,6 +64,7 @@ class _KeptUnions:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.pop("_kept_unions", None)
+        state.pop("_sorted_labels", None)
         return state
 
     def _read_labels(self, reader: StateReader, state: dict[str, Any], rows: int) -> None:
@@ -323,6 +324,14 @@ class TagsIndex(_KeptUnions):
         """Rows whose tag set contains ``label`` (stored bitmap: do not mutate)."""
         code = self.code_of.get(label)
         return self.bitmaps[code] if code is not None else BitMap()
+
+    def sorted_labels(self, ident: int) -> list[str]:
+        """The labels of tag set ``ident``, sorted (remembered: tag sets never change once interned)."""
+        memo = self.__dict__.setdefault("_sorted_labels", {})
+        labels = memo.get(ident)
+        if labels is None:
+            labels = memo[ident] = sorted(self.labels[c] for c in self.tagsets[ident])
+        return labels
 
     def value(self, row: int) -> list[str] | None:
         """The tags of ``row``, sorted."""

@@ -446,3 +446,49 @@ class ExportProfileResponse(_message.Message):
     found: bool
     json: str
     def __init__(self, found: _Optional[bool] = ..., json: _Optional[str] = ...) -> None: ...
+
+class SegmentHistoryRequest(_message.Message):
+    __slots__ = ("name", "since_ms", "until_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    since_ms: int
+    until_ms: int
+    def __init__(self, name: _Optional[str] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ...) -> None: ...
+
+class SizePoint(_message.Message):
+    __slots__ = ("time_ms", "size")
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    time_ms: int
+    size: int
+    def __init__(self, time_ms: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class SegmentHistoryResponse(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[SizePoint]
+    def __init__(self, points: _Optional[_Iterable[_Union[SizePoint, _Mapping]]] = ...) -> None: ...
+
+class ExportMembersRequest(_message.Message):
+    __slots__ = ("segment", "query", "attributes", "format", "now_ms")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    query: str
+    attributes: _containers.RepeatedScalarFieldContainer[str]
+    format: str
+    now_ms: int
+    def __init__(self, segment: _Optional[str] = ..., query: _Optional[str] = ..., attributes: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
+class ExportMembersChunk(_message.Message):
+    __slots__ = ("data", "rows")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    rows: int
+    def __init__(self, data: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...

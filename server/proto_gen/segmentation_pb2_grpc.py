@@ -140,6 +140,16 @@ class SegmentationStub:
                 request_serializer=segengine_dot_v1_dot_segmentation__pb2.ExportProfileRequest.SerializeToString,
                 response_deserializer=segengine_dot_v1_dot_segmentation__pb2.ExportProfileResponse.FromString,
                 _registered_method=True)
+        self.SegmentHistory = channel.unary_unary(
+                '/segengine.v1.Segmentation/SegmentHistory',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.SegmentHistoryRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.SegmentHistoryResponse.FromString,
+                _registered_method=True)
+        self.ExportMembers = channel.unary_stream(
+                '/segengine.v1.Segmentation/ExportMembers',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.ExportMembersRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.ExportMembersChunk.FromString,
+                _registered_method=True)
 
 
 class SegmentationServicer:
@@ -292,6 +302,23 @@ class SegmentationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SegmentHistory(self, request, context):
+        """Activation.
+        A saved segment's size over time: a point when it changed, at most one a second, one a minute
+        for points older than a day, none older than 90 days (NOT_FOUND for an unknown segment).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportMembers(self, request, context):
+        """A saved segment's (or a query's) members with chosen attributes, streamed as the bytes of a
+        CSV, JSON Lines or Parquet file: concatenate the chunks' data in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -399,6 +426,16 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.ExportProfile,
                     request_deserializer=segengine_dot_v1_dot_segmentation__pb2.ExportProfileRequest.FromString,
                     response_serializer=segengine_dot_v1_dot_segmentation__pb2.ExportProfileResponse.SerializeToString,
+            ),
+            'SegmentHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.SegmentHistory,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.SegmentHistoryRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.SegmentHistoryResponse.SerializeToString,
+            ),
+            'ExportMembers': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportMembers,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.ExportMembersRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.ExportMembersChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -968,6 +1005,60 @@ class Segmentation:
             '/segengine.v1.Segmentation/ExportProfile',
             segengine_dot_v1_dot_segmentation__pb2.ExportProfileRequest.SerializeToString,
             segengine_dot_v1_dot_segmentation__pb2.ExportProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SegmentHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/SegmentHistory',
+            segengine_dot_v1_dot_segmentation__pb2.SegmentHistoryRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.SegmentHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/segengine.v1.Segmentation/ExportMembers',
+            segengine_dot_v1_dot_segmentation__pb2.ExportMembersRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.ExportMembersChunk.FromString,
             options,
             channel_credentials,
             insecure,
