@@ -190,7 +190,7 @@ def holds_at_zero(node: ast.Did) -> bool:
     return all(a.func == "SUM" and CMP[a.op](0.0, a.value) for a in node.aggregates)
 
 
-def _values(store: EventTypeStore, part: Run, prop: str) -> tuple[np.ndarray, np.ndarray]:
+def property_values(store: EventTypeStore, part: Run, prop: str) -> tuple[np.ndarray, np.ndarray]:
     """A property's values in a window part (float64 exact values, or int64) and its not-null mask."""
     values = part.props[prop]
     if store.definition.properties[prop] == "int":
@@ -230,7 +230,7 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
     counts = np.diff(np.append(starts, len(rows)))
     passing = compare(counts.astype(np.int64), node.count_op, node.count_n)
     for agg in node.aggregates:
-        pieces = [_values(store, part, agg.prop) for part in parts]
+        pieces = [property_values(store, part, agg.prop) for part in parts]
         values = np.concatenate([v[pick] for (v, _), pick in zip(pieces, picks)]) if parts else np.empty(0)
         valid = np.concatenate([ok[pick] for (_, ok), pick in zip(pieces, picks)]) if parts else np.empty(0, bool)
         passing &= _aggregate_test(agg, starts, values[order], valid[order])
