@@ -83,14 +83,14 @@ def check(ds: Dataset, cases: list[tuple[str, int, str, list | None]], overlaps:
             assert engine.overlap(texts, now=NOW) == [[len(a & b) for b in answers] for a in answers], texts
 
 
-@settings(SETTINGS, max_examples=12)
+@settings(SETTINGS, max_examples=10)
 @given(ds=datasets(), cases=st.lists(CASE, min_size=8, max_size=8),
        overlaps=st.lists(st.lists(queries(3), min_size=1, max_size=4), min_size=2, max_size=2))
 def test_breakdown_and_overlap_match_the_oracle(ds: Dataset, cases: list, overlaps: list[list[str]]) -> None:
     check(ds, cases, overlaps, shards=1)
 
 
-@settings(SETTINGS, max_examples=4)
+@settings(SETTINGS, max_examples=3)
 @given(ds=datasets(min_ids=300, max_ids=600, max_events=800, max_batches=6), cases=st.lists(CASE, min_size=8, max_size=8),
        overlaps=st.lists(st.lists(queries(3), min_size=2, max_size=5), min_size=1, max_size=1))
 def test_breakdown_and_overlap_match_the_oracle_large(ds: Dataset, cases: list, overlaps: list[list[str]]) -> None:
@@ -99,7 +99,7 @@ def test_breakdown_and_overlap_match_the_oracle_large(ds: Dataset, cases: list, 
 
 
 @pytest.mark.parametrize("shards", [2, 3])
-@settings(SETTINGS, max_examples=2)
+@settings(SETTINGS, max_examples=1)
 @given(ds=datasets(max_events=300), cases=st.lists(CASE, min_size=12, max_size=12),
        overlaps=st.lists(st.lists(queries(3), min_size=2, max_size=4), min_size=2, max_size=2))
 def test_breakdown_and_overlap_match_the_oracle_sharded(shards: int, ds: Dataset, cases: list,

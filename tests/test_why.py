@@ -101,13 +101,13 @@ def check_why(ds: Dataset, cases: list[tuple[str, int]], shards: int, seed: int)
                     check_facts(node, oracle, pid, now)
 
 
-@settings(SETTINGS, max_examples=12)
+@settings(SETTINGS, max_examples=8)
 @given(ds=datasets(), cases=st.lists(st.tuples(queries(), clocks()), min_size=4, max_size=4), seed=st.integers(0, 99))
 def test_why_agrees_with_count(ds: Dataset, cases: list[tuple[str, int]], seed: int) -> None:
     check_why(ds, cases, shards=1, seed=seed)
 
 
-@settings(SETTINGS, max_examples=8)
+@settings(SETTINGS, max_examples=6)
 @given(ds=datasets(max_events=600), cases=st.lists(st.tuples(behaviour_queries(), clocks()), min_size=4, max_size=4),
        seed=st.integers(0, 99))
 def test_why_agrees_with_count_on_behaviour(ds: Dataset, cases: list[tuple[str, int]], seed: int) -> None:
