@@ -22,6 +22,7 @@ engine.errors.QueryError: argument 'bins': edges must be strictly increasing, bu
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Hashable, Iterable
 
 from .errors import QueryError
@@ -45,10 +46,14 @@ def check_breakdown(schema: Schema, by: Any, bins: Iterable[Any] | None) -> list
     if bins is None:
         raise QueryError(f"argument 'bins': a breakdown by {by!r} ({'an' if definition.type == 'int' else 'a'} {definition.type} attribute) needs bins: "
                          f"at least 2 strictly increasing edges")
-    edges = list(bins)
-    for position, edge in enumerate(edges, 1):
-        if isinstance(edge, bool) or not isinstance(edge, (int, float)) or not math.isfinite(edge):
+    edges: list[int | float] = []
+    for position, edge in enumerate(bins, 1):
+        if isinstance(edge, bool) or not isinstance(edge, numbers.Real) or not math.isfinite(edge):
             raise QueryError(f"argument 'bins': edge {position} is not a finite number: {edge!r}")
+        edge = int(edge) if isinstance(edge, numbers.Integral) else float(edge)
+        if isinstance(edge, int) and not -2**63 <= edge < 2**63:
+            raise QueryError(f"argument 'bins': edge {position} is outside the 64-bit integer range: {edge}")
+        edges.append(edge)
     if len(edges) < 2:
         raise QueryError(f"argument 'bins': give at least 2 edges (a bin is [lo, hi) between consecutive "
                          f"edges), not {len(edges)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -149,6 +150,7 @@ def test_breakdown_keys_and_order(engine: Engine) -> None:
         (10, 19.99): 1, (19.99, 20): 1, None: 3}
     assert engine.breakdown("ALL", "signup_at", now=NOW, bins=[NOW - 1000, NOW]) == {(NOW - 1000, NOW): 1, None: 3}
     assert engine.breakdown("country = 'XX'", "country", now=NOW) == {}
+    assert engine.breakdown("ALL", "age", now=NOW, bins=np.array([17, 18, 65])) == {(17, 18): 1, (18, 65): 2, None: 1}
 
 
 def test_overlap_matrix(engine: Engine) -> None:
@@ -181,6 +183,7 @@ def test_overlap_of_saved_segments(engine: Engine) -> None:
     ("signup_at", [0, "2026-01-01"], "argument 'bins': edge 2 is not a finite number: '2026-01-01'"),
     ("age", [0, float("inf")], "argument 'bins': edge 2 is not a finite number: inf"),
     ("age", [True, 2], "argument 'bins': edge 1 is not a finite number: True"),
+    ("age", [0, 2**63], "argument 'bins': edge 2 is outside the 64-bit integer range: 9223372036854775808"),
     ("age", [1], "argument 'bins': give at least 2 edges (a bin is [lo, hi) between consecutive edges), not 1"),
 ])
 def test_breakdown_argument_errors(engine: Engine, by: str, bins: Any, message: str) -> None:
