@@ -63,6 +63,6 @@ def overlap_counts(answers: list[BitMap]) -> list[list[int]]:
     for i in range(size):
         matrix[i][i] = len(answers[i])
         for j in range(i + 1, size):
-            both = answers[i] is answers[j] and matrix[i][i] or answers[i].intersection_cardinality(answers[j])
-            matrix[i][j] = matrix[j][i] = both
+            same = answers[i] is answers[j]  # one query asked twice
+            matrix[i][j] = matrix[j][i] = matrix[i][i] if same else answers[i].intersection_cardinality(answers[j])
     return matrix
