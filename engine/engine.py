@@ -23,7 +23,7 @@ from .errors import DataDirMismatch, DataError, QueryError, SegmentExists
 from .explain import merge_trees
 from .identity import Identity
 from .plan import Step, plan
-from .query import bind, parse, to_text
+from .query import Node, bind, parse, to_text
 from .schema import Schema, check_id
 from .schema_change import diff
 from .segment_time import segment_refs
@@ -42,28 +42,34 @@ def wall_clock_ms() -> int:
 
 
 class PlanCache:
-    """LRU cache of compiled plans, and the saved segments each reads, keyed by query text."""
+    """LRU cache of compiled plans, the saved segments each reads, and the bound query, keyed by query text."""
 
     def __init__(self, schema: Schema, capacity: int = 4096):
         self.schema = schema
         self.capacity = capacity
-        self.entries: OrderedDict[str, tuple[Step, frozenset[str]]] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[Step, frozenset[str], Node]] = OrderedDict()
         self.lock = threading.Lock()
 
-    def entry(self, text: str) -> tuple[Step, frozenset[str]]:
-        """(plan, saved segments it reads) of ``text``, parsed, bound and planned once."""
+    def compiled(self, text: str) -> tuple[Step, frozenset[str], Node]:
+        """(plan, saved segments it reads, bound query) of ``text``, parsed, bound and planned once."""
         with self.lock:
             hit = self.entries.get(text)
             if hit is not None:
                 self.entries.move_to_end(text)
                 return hit
-        step = plan(bind(parse(text), self.schema))
-        hit = (step, segment_refs(step))
+        node = bind(parse(text), self.schema)
+        step = plan(node)
+        hit = (step, segment_refs(step), node)
         with self.lock:
             self.entries[text] = hit
             if len(self.entries) > self.capacity:
                 self.entries.popitem(last=False)
         return hit
+
+    def entry(self, text: str) -> tuple[Step, frozenset[str]]:
+        """(plan, saved segments it reads) of ``text``."""
+        step, refs, _ = self.compiled(text)
+        return step, refs
 
     def get(self, text: str) -> Step:
         """The plan of ``text``."""
@@ -370,9 +376,8 @@ class Engine:
         (see engine.exec.why; ``events``: also the deciding events of DID and SEQUENCE). ProfileNotFound
         for an unknown id."""
         check_id(profile_id, None)
-        _, refs = self.plans.entry(query)
+        _, refs, node = self.plans.compiled(query)
         self._read_segments(refs)
-        node = bind(parse(query), self.schema)
         at = wall_clock_ms() if now is None else int(now)
         canonical = self.identity.resolve([profile_id])[0]
         tree = self._on_owner("why", canonical, node, at, bool(events))
