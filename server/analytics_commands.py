@@ -9,6 +9,8 @@
 key     count
 FR         12
 (null)      3
+>>> parse_bins("0,18.5,2026-11-20T10:00:00Z")
+[0, 18.5, 1795168800000]
 >>> describe({"kind": "did", "facts": {"event": "purchase", "count": 2, "first_ts": 0, "last_ts": 1000}}, {})
 '2 purchase events counted, first 1970-01-01T00:00:00Z, last 1970-01-01T00:00:01Z'
 """

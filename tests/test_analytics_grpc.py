@@ -127,5 +127,11 @@ def test_cli_breakdown_overlap_why(served, capsys: pytest.CaptureFixture) -> Non
         "last 2026-11-19T10:00:00.123Z]\n"
         "  ✗ NOT CONSENTED(email)\n"
         "    ✓ CONSENTED(email)    [email consent granted]\n")
+    assert main(["why", "fixed", "DID(purchase, WITHIN 7d) OR vip = TRUE", "--truth-only", *connection]) == 0
+    assert capsys.readouterr().out == (
+        "fixed is in the segment at 2026-11-20T10:00:00.123Z\n"
+        "✓ DID(purchase, WITHIN 1w) OR vip = TRUE\n"
+        "  ✓ DID(purchase, WITHIN 1w)\n"
+        "  ✗ vip = TRUE    [vip is null]\n")
     assert main(["why", "nobody", "ALL", *connection]) == 1
     assert capsys.readouterr().err == "error: unknown profile 'nobody'\n"
