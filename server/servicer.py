@@ -205,7 +205,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     def Overlap(self, request: pb.OverlapRequest, context: grpc.ServicerContext) -> pb.OverlapResponse:
         now = request.now_ms or wall_clock_ms()
-        matrix = self.gate.read(context, self.engine.overlap, list(request.queries), now)
+        matrix = self.gate.queries(context, self.engine.overlap, list(request.queries), now)
         return analytics_convert.overlap_message(matrix, now)
 
     def Why(self, request: pb.WhyRequest, context: grpc.ServicerContext) -> pb.WhyResponse:
