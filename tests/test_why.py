@@ -16,10 +16,10 @@ from engine.query.ast import Did
 from engine.schema import CONTRACT_SCHEMA
 
 try:
-    from oracle import CMP, NaiveStore, bucket
+    from oracle import CMP, NaiveStore, bucket, in_window, value_test
     from strategies import DAY, NOW, Dataset, behaviour_queries, clocks, datasets, queries
 except ImportError:  # tests/ imported as a package
-    from tests.oracle import CMP, NaiveStore, bucket
+    from tests.oracle import CMP, NaiveStore, bucket, in_window, value_test
     from tests.strategies import DAY, NOW, Dataset, behaviour_queries, clocks, datasets, queries
 
 SCHEMA = Schema.from_dict(CONTRACT_SCHEMA)
@@ -61,8 +61,6 @@ def check_facts(node: dict[str, Any], oracle: NaiveStore, pid: str, now: int) ->
 
 def counted_events(oracle: NaiveStore, did: Did, pid: str, now: int) -> list[int]:
     """The times of the events the DID counts for ``pid`` (the oracle's own rules)."""
-    from oracle import in_window, value_test
-
     seen = [e for e in oracle.events[pid] if e.ts <= now]
     lower = None
     if did.after_last is not None:
