@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
+from .analytics import check_breakdown, merge_breakdown, merge_overlap
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
 from .concurrency import PublishLock
@@ -27,7 +28,7 @@ from .identity import Identity
 from .member_export import CHUNK_ROWS, MemberChunk, check_attributes, read_chunks
 from .plan import Step, plan
 from .plan.steps import Pred
-from .query import bind, parse, to_text
+from .query import Node, bind, parse, to_text
 from .query.ast import SegmentRef
 from .schema import Schema, check_id
 from .schema_change import diff
@@ -53,28 +54,34 @@ def wall_clock_ms() -> int:
 
 
 class PlanCache:
-    """LRU cache of compiled plans, and the saved segments each reads, keyed by query text."""
+    """LRU cache of compiled plans, the saved segments each reads, and the bound query, keyed by query text."""
 
     def __init__(self, schema: Schema, capacity: int = 4096):
         self.schema = schema
         self.capacity = capacity
-        self.entries: OrderedDict[str, tuple[Step, frozenset[str]]] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[Step, frozenset[str], Node]] = OrderedDict()
         self.lock = threading.Lock()
 
-    def entry(self, text: str) -> tuple[Step, frozenset[str]]:
-        """(plan, saved segments it reads) of ``text``, parsed, bound and planned once."""
+    def compiled(self, text: str) -> tuple[Step, frozenset[str], Node]:
+        """(plan, saved segments it reads, bound query) of ``text``, parsed, bound and planned once."""
         with self.lock:
             hit = self.entries.get(text)
             if hit is not None:
                 self.entries.move_to_end(text)
                 return hit
-        step = plan(bind(parse(text), self.schema))
-        hit = (step, segment_refs(step))
+        node = bind(parse(text), self.schema)
+        step = plan(node)
+        hit = (step, segment_refs(step), node)
         with self.lock:
             self.entries[text] = hit
             if len(self.entries) > self.capacity:
                 self.entries.popitem(last=False)
         return hit
+
+    def entry(self, text: str) -> tuple[Step, frozenset[str]]:
+        """(plan, saved segments it reads) of ``text``."""
+        step, refs, _ = self.compiled(text)
+        return step, refs
 
     def get(self, text: str) -> Step:
         """The plan of ``text``."""
@@ -350,6 +357,50 @@ class Engine:
             tree = merge_trees(self.shards.call_all("explain", step, at))
         return {"query": to_text(bind(parse(query), self.schema)), "now_ms": at, "count": tree.pop("count"),
                 "ms": (time.perf_counter() - started) * 1000, "plan": tree}
+
+    # -- analytics (see engine.analytics and docs/analytics.md) -------------------------------
+    def breakdown(self, query: str, by: str, now: int | None = None,
+                  bins: Iterable[int | float] | None = None) -> dict[Any, int]:
+        """The members of ``query`` counted by the value of attribute ``by``: value (category, bool),
+        each tag (tags), or bin ``(lo, hi)`` of consecutive ``bins`` edges (int, float, timestamp); null
+        members under None; keys with count 0 left out. One clock and one state for the whole call."""
+        edges = check_breakdown(self.schema, by, bins)
+        step, refs = self.plans.entry(query)
+        self._read_segments(refs)
+        at = wall_clock_ms() if now is None else int(now)
+        with self.publish.reading():
+            parts = self.shards.call_all("breakdown", step, at, by, edges)
+        return merge_breakdown(parts, edges)
+
+    def overlap(self, queries: Iterable[str], now: int | None = None) -> list[list[int]]:
+        """``m[i][j]``: the profiles in both ``queries[i]`` and ``queries[j]``, at one clock and one state."""
+        texts = list(queries)
+        entries = []
+        for position, text in enumerate(texts):
+            try:
+                entries.append(self.plans.entry(text))
+            except QueryError as error:
+                raise QueryError(f"argument 'queries', query {position}: {error}") from None
+        self._read_segments(frozenset().union(*(refs for _, refs in entries)))
+        at = wall_clock_ms() if now is None else int(now)
+        if not texts:
+            return []
+        with self.publish.reading():
+            parts = self.shards.call_all("overlap", [step for step, _ in entries], at)
+        return merge_overlap(parts, len(texts))
+
+    def why(self, profile_id: str, query: str, now: int | None = None, events: bool = True) -> dict[str, Any]:
+        """Why profile ``profile_id`` (an alias names its canonical profile) is or is not in ``query``:
+        ``{"id", "now_ms", "tree"}``, the tree's nodes ``{"text", "kind", "value", "facts", "children"}``
+        (see engine.exec.why; ``events``: also the deciding events of DID and SEQUENCE). ProfileNotFound
+        for an unknown id."""
+        check_id(profile_id, None)
+        _, refs, node = self.plans.compiled(query)
+        self._read_segments(refs)
+        at = wall_clock_ms() if now is None else int(now)
+        canonical = self.identity.resolve([profile_id])[0]
+        tree = self._on_owner("why", canonical, node, at, bool(events))
+        return {"id": canonical, "now_ms": at, "tree": tree}
 
     def profile(self, profile_id: str) -> dict[str, Any]:
         """The current record of one profile (ProfileNotFound if unknown)."""

@@ -27,7 +27,7 @@ from engine.errors import SegengineError
 from engine.schema import Schema
 from engine.watch import Change
 
-from . import convert
+from . import analytics_convert, convert
 from .interceptors import ERROR_KEY
 from .proto_gen import segmentation_pb2 as pb
 from .proto_gen import segmentation_pb2_grpc as pb_grpc
@@ -336,6 +336,25 @@ class SegengineClient:
         for data, rows in self.iter_export(attributes, format, segment, query, now):
             out.write(data)
         return rows
+
+    # -- analytics (see docs/analytics.md) -----------------------------------------------------
+    def breakdown(self, query: str, by: str, now: int | None = None, bins: Iterable[int | float] | None = None,
+                  timeout: float | None = None) -> dict[Any, int]:
+        """The members of ``query`` counted by the value (or bin) of attribute ``by`` (as Engine.breakdown)."""
+        request = pb.BreakdownRequest(query=query, now_ms=now or 0, by=by, bins=analytics_convert.bins_values(bins))
+        return analytics_convert.breakdown_dict(self._call(self.stub.Breakdown, request, timeout))
+
+    def overlap(self, queries: Iterable[str], now: int | None = None, timeout: float | None = None) -> list[list[int]]:
+        """``m[i][j]``: the profiles in both ``queries[i]`` and ``queries[j]`` (as Engine.overlap)."""
+        request = pb.OverlapRequest(queries=list(queries), now_ms=now or 0)
+        return analytics_convert.overlap_matrix(self._call(self.stub.Overlap, request, timeout))
+
+    def why(self, profile_id: str, query: str, now: int | None = None, events: bool = True,
+            timeout: float | None = None) -> dict[str, Any]:
+        """Why a profile is or is not in ``query`` (as Engine.why; ProfileNotFound for an unknown id)."""
+        request = pb.WhyRequest(id=profile_id, query=query, now_ms=now or 0, truth_only=not events)
+        reply = self._call(self.stub.Why, request, timeout)
+        return {"id": reply.id, "now_ms": reply.now_ms, "tree": analytics_convert.why_dict(reply.tree)}
 
     def snapshot(self) -> str:
         """Ask the server to write a snapshot now; returns its description."""

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import grpc
 
 from engine import Engine
-from engine.errors import SegengineError
+from engine.errors import QueryError, SegengineError
 from engine.store.lru import drop_oldest
 
 T = TypeVar("T")
@@ -140,17 +140,34 @@ class EngineGate:
         """
         if self.engine.reads_segments(text):
             self._refresh_if_due(context)
-        with self._call(context):
+        with self._call(context), self._running():
             started = time.perf_counter()
-            with self._counting:
-                self.queries_running += 1
-            try:
-                result = fn(text, *args)
-            finally:
-                with self._counting:
-                    self.queries_running -= 1
+            result = fn(text, *args)
         self._remember(text, (time.perf_counter() - started) * 1000)
         return result
+
+    def queries(self, context: grpc.ServicerContext | None, fn: Callable[..., T], texts: list[str], *args: Any) -> T:
+        """``fn(texts, *args)``: one call that runs several queries (an overlap), as ``query`` runs one
+        (its time is not remembered: no single text names it)."""
+        try:
+            reads = any(self.engine.reads_segments(text) for text in texts)
+        except QueryError:
+            reads = False  # the call itself reports the bad query, naming its position
+        if reads:
+            self._refresh_if_due(context)
+        with self._call(context), self._running():
+            return fn(texts, *args)
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """Count the block as a query in flight (see ``_workers_busy``)."""
+        with self._counting:
+            self.queries_running += 1
+        try:
+            yield
+        finally:
+            with self._counting:
+                self.queries_running -= 1
 
     def heavy(self, text: str) -> bool:
         """True if the latest run of query ``text`` took at least ``heavy_ms`` (unknown: False)."""

@@ -13,11 +13,12 @@ from typing import Iterator
 
 import grpc
 
+from engine.engine import wall_clock_ms
 from engine.errors import DataError, PermissionDenied
 from engine.export_formats import ByteChunks, open_writer
 from engine.watch import DEFAULT_CAPACITY
 
-from . import convert
+from . import analytics_convert, convert
 from .gate import EngineGate, RequestTooLarge, ShuttingDown, Unimplemented
 from .interceptors import ADMIN_DENIED, is_admin
 from .proto_gen import segmentation_pb2 as pb
@@ -29,7 +30,7 @@ WATCH_POLL_S = 0.5
 #: Every erasure is written here: time, caller, number of profiles (never an id).
 audit = logging.getLogger("segengine.audit")
 #: The calls that run the executor (see ``SegmentationServicer.heavy``).
-QUERY_METHODS = frozenset({"Count", "Query", "Explain"})
+QUERY_METHODS = frozenset({"Count", "Query", "Explain", "Breakdown", "Why"})
 
 
 class SegmentationServicer(pb_grpc.SegmentationServicer):
@@ -196,6 +197,27 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         if record is None:
             return pb.ExportProfileResponse(found=False)
         return pb.ExportProfileResponse(found=True, json=json.dumps(record, sort_keys=True))
+
+    # -- analytics (see docs/analytics.md) -----------------------------------------------------
+    def Breakdown(self, request: pb.BreakdownRequest, context: grpc.ServicerContext) -> pb.BreakdownResponse:
+        now = request.now_ms or wall_clock_ms()
+        counts = self.gate.query(context, self.engine.breakdown, request.query, request.by, now,
+                                 analytics_convert.request_bins(request.bins))
+        return analytics_convert.breakdown_message(counts, now)
+
+    def Overlap(self, request: pb.OverlapRequest, context: grpc.ServicerContext) -> pb.OverlapResponse:
+        now = request.now_ms or wall_clock_ms()
+        matrix = self.gate.queries(context, self.engine.overlap, list(request.queries), now)
+        return analytics_convert.overlap_message(matrix, now)
+
+    def Why(self, request: pb.WhyRequest, context: grpc.ServicerContext) -> pb.WhyResponse:
+        result = self.gate.query(context, self._why, request.query, request.id, self._now(request),
+                                 not request.truth_only)
+        return pb.WhyResponse(id=result["id"], now_ms=result["now_ms"],
+                              tree=analytics_convert.why_message(result["tree"]))
+
+    def _why(self, query: str, profile_id: str, now: int | None, events: bool) -> dict:
+        return self.engine.why(profile_id, query, now, events)
 
 
     # -- activation: size history, member export --------------------------------------------

@@ -190,7 +190,7 @@ def holds_at_zero(node: ast.Did) -> bool:
     return all(a.func == "SUM" and CMP[a.op](0.0, a.value) for a in node.aggregates)
 
 
-def _values(store: EventTypeStore, part: Run, prop: str) -> tuple[np.ndarray, np.ndarray]:
+def property_values(store: EventTypeStore, part: Run, prop: str) -> tuple[np.ndarray, np.ndarray]:
     """A property's values in a window part (float64 exact values, or int64) and its not-null mask."""
     values = part.props[prop]
     if store.definition.properties[prop] == "int":
@@ -299,7 +299,7 @@ def _fast_test(agg: ast.Aggregate, store: EventTypeStore, parts: list[Run], slot
     """Per slot, whether the aggregate condition holds, and whether that is left undecided."""
     nvals = np.zeros(n, dtype=np.int64)
     undecided = np.zeros(n, dtype=bool)
-    pieces = [_values(store, part, agg.prop) for part in parts]
+    pieces = [property_values(store, part, agg.prop) for part in parts]
     if agg.func in ("MIN", "MAX"):
         dtype = pieces[0][0].dtype if pieces else np.float64
         extremes = np.zeros(n, dtype=dtype)
@@ -368,7 +368,7 @@ def exact_aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventT
     counts = np.diff(np.append(starts, len(rows)))
     passing = compare(counts.astype(np.int64), node.count_op, node.count_n)
     for agg in node.aggregates:
-        pieces = [_values(store, part, agg.prop) for part in parts]
+        pieces = [property_values(store, part, agg.prop) for part in parts]
         values = np.concatenate([v[pick] for (v, _), pick in zip(pieces, picks)]) if parts else np.empty(0)
         valid = np.concatenate([ok[pick] for (_, ok), pick in zip(pieces, picks)]) if parts else np.empty(0, bool)
         passing &= _aggregate_test(agg, starts, values[order], valid[order])

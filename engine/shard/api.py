@@ -15,7 +15,7 @@ Every method is classified by how it may share a shard with other calls (``ACCES
   point read may run alongside queries and other point reads, and goes ahead of queued queries.
 
 >>> sorted(name for name, access in ACCESS.items() if access is Access.QUERY)
-['count', 'explain', 'ids', 'rows']
+['breakdown', 'count', 'explain', 'ids', 'overlap', 'rows', 'why']
 >>> check("count"), check("_worker_pid", diagnostics=True)
 ('count', '_worker_pid')
 >>> check("__init__")
@@ -31,6 +31,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..plan.steps import Step
+from ..query.ast import Node
 
 
 class Access(enum.Enum):
@@ -60,6 +61,9 @@ class ShardAPI(Protocol):
     def rows(self, step: Step, now: int) -> BitMap: ...
     def ids(self, step: Step, now: int) -> list[str]: ...
     def explain(self, step: Step, now: int) -> dict[str, Any]: ...
+    def breakdown(self, step: Step, now: int, by: str, bins: list[int | float] | None) -> list[list[Any]]: ...
+    def overlap(self, steps: list[Step], now: int) -> list[list[int]]: ...
+    def why(self, profile_id: str, node: Node, now: int, with_events: bool) -> dict[str, Any]: ...
 
     # point reads
     def segment_rows(self, name: str) -> BitMap: ...
@@ -83,7 +87,7 @@ W, Q, P = Access.WRITE, Access.QUERY, Access.POINT
 ACCESS: dict[str, Access] = {
     "refresh_segments": W, "capture_changes": W, "take_changes": W,
     "apply_logged": W, "recover": W, "snapshot_capture": W, "snapshot_prune": W, "snapshot_close": W, "snapshot_compact": W,
-    "count": Q, "rows": Q, "ids": Q, "explain": Q,
+    "count": Q, "rows": Q, "ids": Q, "explain": Q, "breakdown": Q, "overlap": Q, "why": Q,
     "segment_rows": P, "profile": P, "segment_info": P, "segment_infos": P, "membership": P,
     "snapshot_status": P, "stats": P, "identity_payloads": P, "canonical_ids": P, "alias_hashes": P,
     "export_profile": P, "segment_sizes": P, "member_columns": P,

@@ -14,10 +14,13 @@ from pyroaring import BitMap
 
 from ..columns import EventBatch, ProfileBatch, column_from_values
 from ..errors import ProfileNotFound
+from ..exec.breakdown import breakdown_counts, overlap_counts
 from ..exec.did import DidEvaluator
 from ..exec.executor import Executor
+from ..exec.why import explain_row
 from ..explain import TracingExecutor
 from ..plan.steps import Step
+from ..query.ast import Node
 from ..persist.shard_persistence import ShardPersistence
 from ..schema import EventRecord, ProfileUpdate, Schema
 from ..schema_change import diff
@@ -187,6 +190,27 @@ class LocalShard:
         tracer = TracingExecutor(self.profiles, self.did, self.segment_rows)
         tracer.samples = self.executor.samples
         return tracer.trace(step, now)
+
+    # -- analytics (see engine.exec.breakdown and engine.exec.why) ----------------------------
+    def breakdown(self, step: Step, now: int, by: str, bins: list[int | float] | None) -> list[list[Any]]:
+        """``[key, count]`` of the rows ``step`` selects per value (or bin position) of attribute ``by``."""
+        return breakdown_counts(self.profiles, self.executor.evaluate(step, now), by, bins)
+
+    def overlap(self, steps: list[Step], now: int) -> list[list[int]]:
+        """The pairwise intersection sizes of the answers of ``steps`` (each distinct step evaluated once)."""
+        answers: dict[Step, BitMap] = {}
+        for step in steps:
+            if step not in answers:
+                answers[step] = self.executor.evaluate(step, now)
+        return overlap_counts([answers[step] for step in steps])
+
+    def why(self, profile_id: str, node: Node, now: int, with_events: bool) -> dict[str, Any]:
+        """The explanation tree of the bound query ``node`` for canonical profile ``profile_id``
+        (ProfileNotFound if it is not live here)."""
+        row = self.profiles.idmap.lookup_one(profile_id)
+        if row < 0 or row not in self.profiles.live:
+            raise ProfileNotFound(f"unknown profile {profile_id!r}")
+        return explain_row(self, row, node, now, with_events)
 
     # -- saved segments (see engine.segments) -----------------------------------------------
     def create_segment(self, name: str, text: str, step: Step, now: int, replace: bool) -> dict[str, Any]:

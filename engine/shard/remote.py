@@ -11,6 +11,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..plan.steps import Step
+from ..query.ast import Node
 
 
 class RemoteShard:
@@ -62,6 +63,15 @@ class RemoteShard:
 
     def explain(self, step: Step, now: int) -> dict[str, Any]:
         return self.call("explain", step, now)
+
+    def breakdown(self, step: Step, now: int, by: str, bins: list[int | float] | None) -> list[list[Any]]:
+        return self.call("breakdown", step, now, by, bins)
+
+    def overlap(self, steps: list[Step], now: int) -> list[list[int]]:
+        return self.call("overlap", steps, now)
+
+    def why(self, profile_id: str, node: Node, now: int, with_events: bool) -> dict[str, Any]:
+        return self.call("why", profile_id, node, now, with_events)
 
     # point reads
     def segment_rows(self, name: str) -> BitMap:

@@ -492,3 +492,112 @@ class ExportMembersChunk(_message.Message):
     data: bytes
     rows: int
     def __init__(self, data: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class BreakdownRequest(_message.Message):
+    __slots__ = ("query", "now_ms", "by", "bins")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    now_ms: int
+    by: str
+    bins: _containers.RepeatedCompositeFieldContainer[Value]
+    def __init__(self, query: _Optional[str] = ..., now_ms: _Optional[int] = ..., by: _Optional[str] = ..., bins: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+
+class Bin(_message.Message):
+    __slots__ = ("lo", "hi")
+    LO_FIELD_NUMBER: _ClassVar[int]
+    HI_FIELD_NUMBER: _ClassVar[int]
+    lo: Value
+    hi: Value
+    def __init__(self, lo: _Optional[_Union[Value, _Mapping]] = ..., hi: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+
+class BreakdownEntry(_message.Message):
+    __slots__ = ("value", "bool_value", "bin", "null", "count")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BIN_FIELD_NUMBER: _ClassVar[int]
+    NULL_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    bool_value: bool
+    bin: Bin
+    null: _struct_pb2.NullValue
+    count: int
+    def __init__(self, value: _Optional[str] = ..., bool_value: _Optional[bool] = ..., bin: _Optional[_Union[Bin, _Mapping]] = ..., null: _Optional[_Union[_struct_pb2.NullValue, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class BreakdownResponse(_message.Message):
+    __slots__ = ("entries", "now_ms")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[BreakdownEntry]
+    now_ms: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[BreakdownEntry, _Mapping]]] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
+class OverlapRequest(_message.Message):
+    __slots__ = ("queries", "now_ms")
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedScalarFieldContainer[str]
+    now_ms: int
+    def __init__(self, queries: _Optional[_Iterable[str]] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
+class OverlapRow(_message.Message):
+    __slots__ = ("counts",)
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class OverlapResponse(_message.Message):
+    __slots__ = ("rows", "now_ms")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[OverlapRow]
+    now_ms: int
+    def __init__(self, rows: _Optional[_Iterable[_Union[OverlapRow, _Mapping]]] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
+class WhyRequest(_message.Message):
+    __slots__ = ("id", "query", "now_ms", "truth_only")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    TRUTH_ONLY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    query: str
+    now_ms: int
+    truth_only: bool
+    def __init__(self, id: _Optional[str] = ..., query: _Optional[str] = ..., now_ms: _Optional[int] = ..., truth_only: _Optional[bool] = ...) -> None: ...
+
+class WhyNode(_message.Message):
+    __slots__ = ("text", "kind", "value", "facts", "matched_ts", "children")
+    class FactsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_TS_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    kind: str
+    value: bool
+    facts: _containers.MessageMap[str, Value]
+    matched_ts: _containers.RepeatedScalarFieldContainer[int]
+    children: _containers.RepeatedCompositeFieldContainer[WhyNode]
+    def __init__(self, text: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[bool] = ..., facts: _Optional[_Mapping[str, Value]] = ..., matched_ts: _Optional[_Iterable[int]] = ..., children: _Optional[_Iterable[_Union[WhyNode, _Mapping]]] = ...) -> None: ...
+
+class WhyResponse(_message.Message):
+    __slots__ = ("id", "now_ms", "tree")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    TREE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    now_ms: int
+    tree: WhyNode
+    def __init__(self, id: _Optional[str] = ..., now_ms: _Optional[int] = ..., tree: _Optional[_Union[WhyNode, _Mapping]] = ...) -> None: ...

@@ -150,6 +150,21 @@ class SegmentationStub:
                 request_serializer=segengine_dot_v1_dot_segmentation__pb2.ExportMembersRequest.SerializeToString,
                 response_deserializer=segengine_dot_v1_dot_segmentation__pb2.ExportMembersChunk.FromString,
                 _registered_method=True)
+        self.Breakdown = channel.unary_unary(
+                '/segengine.v1.Segmentation/Breakdown',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.BreakdownRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.BreakdownResponse.FromString,
+                _registered_method=True)
+        self.Overlap = channel.unary_unary(
+                '/segengine.v1.Segmentation/Overlap',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.OverlapRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.OverlapResponse.FromString,
+                _registered_method=True)
+        self.Why = channel.unary_unary(
+                '/segengine.v1.Segmentation/Why',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.WhyRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.WhyResponse.FromString,
+                _registered_method=True)
 
 
 class SegmentationServicer:
@@ -319,6 +334,28 @@ class SegmentationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Breakdown(self, request, context):
+        """Analytics (contract section 7). The members of a query counted by the value of an attribute.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Overlap(self, request, context):
+        """The pairwise overlaps of several queries, at one clock and one state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Why(self, request, context):
+        """Why one profile is or is not in a query: the query's tree with each node's truth and the facts
+        that decided it. NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -436,6 +473,21 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.ExportMembers,
                     request_deserializer=segengine_dot_v1_dot_segmentation__pb2.ExportMembersRequest.FromString,
                     response_serializer=segengine_dot_v1_dot_segmentation__pb2.ExportMembersChunk.SerializeToString,
+            ),
+            'Breakdown': grpc.unary_unary_rpc_method_handler(
+                    servicer.Breakdown,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.BreakdownRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.BreakdownResponse.SerializeToString,
+            ),
+            'Overlap': grpc.unary_unary_rpc_method_handler(
+                    servicer.Overlap,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.OverlapRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.OverlapResponse.SerializeToString,
+            ),
+            'Why': grpc.unary_unary_rpc_method_handler(
+                    servicer.Why,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.WhyRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.WhyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1059,6 +1111,87 @@ class Segmentation:
             '/segengine.v1.Segmentation/ExportMembers',
             segengine_dot_v1_dot_segmentation__pb2.ExportMembersRequest.SerializeToString,
             segengine_dot_v1_dot_segmentation__pb2.ExportMembersChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Breakdown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/Breakdown',
+            segengine_dot_v1_dot_segmentation__pb2.BreakdownRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.BreakdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Overlap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/Overlap',
+            segengine_dot_v1_dot_segmentation__pb2.OverlapRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.OverlapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Why(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/Why',
+            segengine_dot_v1_dot_segmentation__pb2.WhyRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.WhyResponse.FromString,
             options,
             channel_credentials,
             insecure,
