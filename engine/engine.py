@@ -20,6 +20,7 @@ from .commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, Loa
                        Upsert, applied_count, merged_segment_info, route)
 from .errors import DataDirMismatch, DataError, SegmentExists
 from .explain import merge_trees
+from .observed import WriteCounters
 from .identity import Identity
 from .plan import Step, plan
 from .query import bind, parse, to_text
@@ -111,6 +112,7 @@ class Engine:
         self._capturing = False
         self._write_lock = threading.Lock()  # in memory: writes are numbered and applied one at a time
         self._last_seq = 0
+        self.writes = WriteCounters()  # applied batches and records by command kind (for metrics)
         self.identity = Identity(self)  # aliases: routing index and merge planning (see engine.identity)
         # with a data_dir: recover from it, then log every write before applying it (engine.persist);
         # ``durability``: options of engine.persist.DataDir (snapshot_every_s, snapshot_log_bytes, map_size)
@@ -245,6 +247,7 @@ class Engine:
             else:
                 result = applied_count(results)
             self._publish()
+        self.writes.add(command.kind, result if isinstance(result, int) else 0)
         return result
 
     def _check(self, command: Command) -> SegmentDef | None:
