@@ -17,7 +17,8 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
-from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (CollectorRegistry, Gauge, Histogram, ProcessCollector, disable_created_metrics,
+                               generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from engine.errors import SegengineError
@@ -36,6 +37,7 @@ class ServerMetrics:
     """The metrics registry of one server and the call observations (see the module docstring)."""
 
     def __init__(self, gate: Any, started: float | None = None):
+        disable_created_metrics()  # no ``*_created`` series (process-wide: Prometheus ignores them in this format)
         self.registry = CollectorRegistry(auto_describe=False)
         self.rpc_seconds = Histogram("segengine_rpc_duration_seconds", "Calls by transport, method and status code",
                                      ("transport", "method", "code"), buckets=RPC_BUCKETS, registry=self.registry)
