@@ -21,6 +21,8 @@ function el(tag, attrs, ...children) {
 }
 
 const fmt = (n) => Number(n).toLocaleString("en-US");
+const CHART_BARS = 12; // the largest keys get a bar each, the rest one "(other)" bar
+let attributeTypes = {}; // attribute name -> type, from the schema
 
 // -- query: count, plan, error at its column, breakdown -------------------------------------
 function showError(query, error) {
@@ -60,8 +62,10 @@ async function fetchBreakdown(query, by) {
 }
 
 function drawChart(result) {
-  const rows = result.counts.map((c) => ({ label: c.key === null ? "(null)" : Array.isArray(c.key) ? c.key.join("–") : String(c.key), count: c.count }));
-  if (result.other) rows.push({ label: "(other)", count: result.other });
+  const all = result.counts.map((c) => ({ label: c.key === null ? "(null)" : Array.isArray(c.key) ? c.key.join("–") : String(c.key), count: c.count }));
+  const rows = all.slice(0, CHART_BARS);
+  const rest = all.slice(CHART_BARS).reduce((sum, r) => sum + r.count, 0) + (result.other || 0);
+  if (rest) rows.push({ label: "(other)", count: rest });
   const width = 520, rowHeight = 24, labelWidth = 120, countWidth = 80;
   const max = Math.max(1, ...rows.map((r) => r.count));
   const ns = "http://www.w3.org/2000/svg";
@@ -109,6 +113,7 @@ async function runQuery(event) {
 async function loadSchema() {
   const schema = await api("GET", "/v1/schema");
   if (!schema.ok) return schema;
+  attributeTypes = Object.fromEntries(Object.entries(schema.data.attributes).map(([name, spec]) => [name, spec.type || spec]));
   const names = Object.entries(schema.data.attributes)
     .filter(([, spec]) => ["category", "bool"].includes(spec.type || spec))
     .map(([name]) => name).sort();
@@ -145,7 +150,9 @@ async function lookupProfile(event) {
   if (!profile.ok) { out.replaceChildren(el("div", { class: "error", id: "profile-error" }, profile.data.error.message)); return; }
   const items = [];
   for (const [key, value] of Object.entries(profile.data)) {
-    items.push(el("dt", {}, key), el("dd", { "data-field": key }, typeof value === "object" && value !== null ? JSON.stringify(value) : String(value)));
+    const shown = attributeTypes[key] === "timestamp" && typeof value === "number" ? new Date(value).toISOString()
+      : typeof value === "object" && value !== null ? JSON.stringify(value) : String(value);
+    items.push(el("dt", {}, key), el("dd", { "data-field": key }, shown));
   }
   items.push(el("dt", {}, "segments"), el("dd", { id: "profile-segments" }, member.ok ? member.data.segments.join(", ") || "(none)" : member.data.error.message));
   out.replaceChildren(el("dl", {}, ...items));
