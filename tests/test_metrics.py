@@ -95,3 +95,26 @@ def test_alert_rules_name_documented_metrics():
     named = set(re.findall(r"\b((?:segengine|process)_[a-z_]+?)(?:_bucket|_count)?\b[\[{)\s]", rules))
     assert named and named <= documented_metrics(), named - documented_metrics()
     assert (ROOT / DOC).read_text().count("alert: ") == 8
+
+
+def test_streams_refusals_and_health_checks_are_observed():
+    engine = Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=1)
+    config = ServerConfig(port=0, http_port=0, refresh_ms=0, token="t0k")
+    server = SegengineServer(engine, config, owns_engine=True).start()
+    client, stranger = SegengineClient(server.address, token="t0k"), SegengineClient(server.address)
+    try:
+        http = HttpClient(f"http://127.0.0.1:{server.http_port}")
+        assert client.write([("profiles", [{"id": "a", "age": 3}]), ("profiles", [{"id": "b"}])]) == 2
+        assert client.ids("ALL", chunk_size=1) == ["a", "b"]
+        with pytest.raises(Exception, match="missing or invalid bearer token"):
+            stranger.count("ALL")
+        assert client.health() == "SERVING"
+        metrics = scraped(http)["segengine_rpc_duration_seconds"]
+        counted = {dict(key[1:])["method"] + " " + dict(key[1:])["code"]: n
+                   for key, n in metrics.items() if key[0] == ("count", "count")}
+        assert counted == {"Write OK": 1, "Query OK": 1, "Count UNAUTHENTICATED": 1,
+                           "grpc.health.v1.Health/Check OK": 1}
+    finally:
+        client.close()
+        stranger.close()
+        server.stop(grace_s=1)
