@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 from engine.errors import BadRequest, DataError
 
 from ..gate import EngineGate, RequestTooLarge
-from ..servicer import MAX_CHUNK, _version
+from ..servicer import MAX_CHUNK, server_stats
 from .breakdown import breakdown_counts
 
 #: Ids per page when the request does not say.
@@ -244,15 +244,7 @@ def get_schema(req: ApiRequest) -> dict[str, Any]:
 
 def stats(req: ApiRequest) -> dict[str, Any]:
     """Sizes and state, as the gRPC Stats call answers them."""
-    engine = req.engine
-    sizes = req.gate.read(req.call, engine.stats)
-    by_type: dict[str, int] = {}
-    for shard in sizes["shards"]:
-        for name, n in shard.get("events_by_type", {}).items():
-            by_type[name] = by_type.get(name, 0) + n
-    return {"profiles": sizes["profiles"], "events": sizes["events"], "shards": len(sizes["shards"]),
-            "segments": len(engine.catalog), "events_by_type": by_type, "watchers": len(engine.changes.subscribers),
-            "uptime_s": time.monotonic() - req.started, "version": _version()}
+    return server_stats(req.gate, req.call, req.started)
 
 
 @dataclass(frozen=True)
