@@ -22,11 +22,12 @@ EVENTS = [{"id": f"u{i:02d}", "event": "purchase", "ts": NOW - i * 3_600_000, "a
 class HttpServed:
     """A server with an HTTP port over 20 known profiles, a gRPC client and a checking HTTP client."""
 
-    def __init__(self, token: str | None = None, admin_token: str | None = None):
+    def __init__(self, token: str | None = None, admin_token: str | None = None, **config_options):
         self.engine = Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=1)
         self.engine.upsert_profiles(PROFILES)
         self.engine.track_events(EVENTS)
-        config = ServerConfig(port=0, http_port=0, refresh_ms=0, token=token, admin_token=admin_token)
+        config = ServerConfig(port=0, http_port=0, refresh_ms=0, token=token, admin_token=admin_token,
+                              **config_options)
         self.server = SegengineServer(self.engine, config, owns_engine=True).start()
         self.grpc = SegengineClient(self.server.address, token=token)
         self.http = HttpClient(f"http://127.0.0.1:{self.server.http_port}", token=token)
@@ -77,6 +78,21 @@ def test_request_errors(served):
     assert answer.json["error"]["message"] == "field 'now_ms' must be an integer, got bool"
     answer = http.call("POST", "/v1/count", {"query": "ALL"}, headers={"X-Timeout-Ms": "soon"})
     assert answer.json["error"]["message"] == "X-Timeout-Ms must be a number of milliseconds, got 'soon'"
+
+
+def test_unknown_routes_and_large_bodies():
+    served = HttpServed(max_message_bytes=1000)
+    try:
+        answer = served.http.call("GET", "/v1/nope", check=False)
+        assert answer.status == 404
+        assert answer.json == {"error": {"code": "NOT_FOUND", "position": None,
+                                         "message": "no API route GET /v1/nope (see /openapi.json)"}}
+        answer = served.http.call("POST", "/v1/profiles", [{"id": f"big{i}"} for i in range(100)])
+        assert (answer.status, answer.json["error"]["code"]) == (429, "RESOURCE_EXHAUSTED")
+        assert answer.json["error"]["message"] == "the request body is over the limit of 1000 bytes"
+        assert served.engine.count("ALL") == 20
+    finally:
+        served.close()
 
 
 def test_ids_pages_with_a_cursor(served):

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from engine.errors import BadRequest, DataError, QueryError, SegengineError
 
-from ..gate import WouldWait
+from ..gate import RequestTooLarge, WouldWait
 from ..interceptors import DENIED, is_admin
 from ..metrics import CONTENT_TYPE, error_code
 from .api import ROUTES, ApiRequest, HttpCall, Route, parse_json, parse_records
@@ -46,6 +46,12 @@ HTTP_STATUS = {
     "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500,
 }
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"})
+
+
+class NoRoute(SegengineError):
+    """A request for a path or method the API does not have."""
+
+    grpc_status = "NOT_FOUND"
 
 
 class Unauthenticated(SegengineError):
@@ -96,6 +102,7 @@ class WebFront:
         self.app.router.add_static("/console/", CONSOLE_DIR)
         for route in ROUTES:
             self.app.router.add_route(route.http_method, route.path, self._endpoint(route))
+        self.app.router.add_route("*", "/v1/{tail:.*}", self.no_route)
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -132,6 +139,10 @@ class WebFront:
         return web.FileResponse(CONSOLE_DIR / "index.html")
 
     # -- the API ----------------------------------------------------------------------------
+    async def no_route(self, request: web.Request) -> web.Response:
+        status, body = error_body(NoRoute(f"no API route {request.method} {request.path} (see /openapi.json)"))
+        return _json(body, status)
+
     def _authorize(self, header: str) -> None:
         if not self.token and not self.admin_token:
             return
@@ -178,7 +189,10 @@ class WebFront:
                 return route.run(base(HttpCall(True, timeout_s, authorization)))
             except WouldWait:
                 pass
-        text = await request.text() if route.body != "none" else ""
+        try:
+            text = await request.text() if route.body != "none" else ""
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestTooLarge(f"the request body is over the limit of {request.client_max_size} bytes") from None
         ndjson = request.content_type in NDJSON_TYPES
 
         def job() -> Any:
