@@ -78,6 +78,9 @@ def test_request_errors(served):
     assert answer.json["error"]["message"] == "field 'now_ms' must be an integer, got bool"
     answer = http.call("POST", "/v1/count", {"query": "ALL"}, headers={"X-Timeout-Ms": "soon"})
     assert answer.json["error"]["message"] == "X-Timeout-Ms must be a number of milliseconds, got 'soon'"
+    answer = http.call("POST", "/v1/count", {"query": "ALL"}, headers={"X-Timeout-Ms": "0.000001"})
+    assert (answer.status, answer.json["error"]) == (504, {"code": "DEADLINE_EXCEEDED", "position": None,
+                                                           "message": "deadline exceeded before the call started"})
 
 
 def test_unknown_routes_and_large_bodies():
