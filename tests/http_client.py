@@ -30,15 +30,16 @@ class OpenApiChecker:
                       for path in document["paths"]]
         self.checked = 0
 
-    def template(self, path: str) -> str:
-        """The document's path template matching ``path`` (AssertionError if none)."""
-        found = [template for pattern, template in self.paths if pattern.match(path.split("?")[0])]
-        assert len(found) == 1, f"{path} matches {len(found)} paths of the OpenAPI document"
-        return found[0]
+    def template(self, method: str, path: str) -> str:
+        """The document's path template of ``method path`` (a literal path before a templated one)."""
+        found = [template for pattern, template in self.paths
+                 if pattern.match(path.split("?")[0]) and method.lower() in self.document["paths"][template]]
+        assert found, f"{method} {path} is not in the OpenAPI document"
+        return min(found, key=lambda template: template.count("{"))
 
     def check(self, method: str, path: str, answer: Answer) -> None:
         """AssertionError unless ``answer`` is what the document says ``method path`` answers."""
-        operation = self.document["paths"][self.template(path)][method.lower()]
+        operation = self.document["paths"][self.template(method, path)][method.lower()]
         response = operation["responses"].get(str(answer.status))
         assert response is not None, f"{method} {path} answered {answer.status}, not in the document"
         schema = response["content"]["application/json"]["schema"]

@@ -213,6 +213,34 @@ def test_token_auth_health_and_readiness():
     assert served.server.serving is False
 
 
+def test_admin_calls_need_the_admin_token(tmp_path):
+    served = HttpServed(token="rw", admin_token="adm", audit_log=str(tmp_path / "audit.log"))
+    try:
+        http = served.http
+        denied = http.call("POST", "/v1/merge", {"pairs": [["u01", "u00"]]})
+        assert (denied.status, denied.json["error"]) == (403, {"code": "PERMISSION_DENIED", "position": None,
+                                                               "message": "this call needs the admin token"})
+        assert http.call("GET", "/v1/profiles/u00/export", token="").status == 401
+        assert http.call("POST", "/v1/merge", {"pairs": [["u01", "u00"]]}, token="adm").json == {"merged": 1}
+        exported = http.call("GET", "/v1/profiles/u01/export", token="adm").json
+        assert (exported["found"], exported["profile"]["id"], exported["profile"]["aliases"]) == (True, "u00", ["u01"])
+        assert http.call("GET", "/v1/profiles/zz/export", token="adm").json == {"found": False, "profile": None}
+        answer = http.call("POST", "/v1/merge", {"pairs": [["u02"]]}, token="adm")
+        assert answer.json["error"]["message"] == "field 'pairs' must be an array of [from_id, into_id] pairs of strings"
+        assert http.call("POST", "/v1/profiles/delete", {"ids": ["u00", "u05", "zz"]}, token="adm").json == \
+            {"erased": 2}
+        assert served.engine.count("ALL") == 17
+        assert "erasure caller=http:127.0.0.1 profiles=2" in (tmp_path / "audit.log").read_text()
+        spec = {**CONTRACT_SCHEMA, "consents": [*CONTRACT_SCHEMA["consents"], "calls"]}
+        answer = http.call("PUT", "/v1/schema", spec)
+        assert answer.json["changes"] == ["consent calls"]
+        assert answer.json["schema"]["consents"][-1] == "calls"
+        answer = http.call("POST", "/v1/snapshot")
+        assert (answer.status, answer.json["error"]["code"]) == (400, "FAILED_PRECONDITION")
+    finally:
+        served.close()
+
+
 def test_every_answer_was_checked_against_the_openapi_document(served):
     checker = served.http.checker
     assert checker.checked > 0

@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping
 
 from engine.errors import BadRequest, DataError
 
-from ..gate import EngineGate, RequestTooLarge
-from ..servicer import MAX_CHUNK, server_stats
+from ..gate import EngineGate, RequestTooLarge, Unimplemented
+from ..servicer import MAX_CHUNK, audit, server_stats
 from .breakdown import breakdown_counts
 
 #: Ids per page when the request does not say.
@@ -30,8 +30,10 @@ DEFAULT_PAGE = 1000
 class HttpCall:
     """The gate's view of one HTTP request (deadline, where it runs), like ``server.bridge.CallContext``."""
 
-    def __init__(self, on_loop: bool = False, timeout_s: float | None = None, authorization: str = ""):
+    def __init__(self, on_loop: bool = False, timeout_s: float | None = None, authorization: str = "",
+                 peer: str = ""):
         self.on_loop = on_loop
+        self.peer = peer  # the caller's address (the audit log names it)
         self.until = None if timeout_s is None else time.monotonic() + timeout_s
         self.authorization = authorization
 
@@ -247,6 +249,45 @@ def stats(req: ApiRequest) -> dict[str, Any]:
     return server_stats(req.gate, req.call, req.started)
 
 
+def update_schema(req: ApiRequest) -> dict[str, Any]:
+    """Extend the schema (add attributes, event types, properties, consents, retention)."""
+    if not isinstance(req.body, dict):
+        raise BadRequest("the request body must be the new schema, a JSON object")
+    result = req.gate.write(req.call, req.engine.update_schema, req.body)
+    return {"schema": result["schema"], "changes": result["changes"]}
+
+
+def snapshot(req: ApiRequest) -> dict[str, Any]:
+    """Take a snapshot now (durable servers)."""
+    take = getattr(req.engine, "snapshot", None)
+    if take is None:
+        raise Unimplemented("this engine cannot write snapshots")
+    return {"detail": json.loads(json.dumps(req.gate.write(req.call, take), default=str))}
+
+
+# -- identity and privacy (the admin token) ---------------------------------------------------
+def merge(req: ApiRequest) -> dict[str, Any]:
+    """Merge profiles: each ``[from_id, into_id]`` pair in order, all or none."""
+    pairs = req.field("pairs", list, required=True)
+    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(i, str) for i in p) for p in pairs):
+        raise BadRequest("field 'pairs' must be an array of [from_id, into_id] pairs of strings")
+    return {"merged": req.gate.write(req.call, req.engine.merge_many, [tuple(p) for p in pairs])}
+
+
+def delete_profiles(req: ApiRequest) -> dict[str, Any]:
+    """Erase profiles and their aliases (durable on return); how many canonical profiles were erased."""
+    ids = req.field("ids", list, required=True)
+    erased = req.gate.write(req.call, req.engine.delete_profiles, ids)
+    audit.info("erasure caller=%s profiles=%d", req.call.peer, erased)
+    return {"erased": erased}
+
+
+def export_profile(req: ApiRequest) -> dict[str, Any]:
+    """Everything held about a profile (aliases, attributes, consents, events), or found false."""
+    record = req.gate.read(req.call, req.engine.export_profile, req.path["id"])
+    return {"found": record is not None, "profile": record}
+
+
 @dataclass(frozen=True)
 class Route:
     """One endpoint: HTTP method and path, the gRPC method it mirrors, its function and how it runs."""
@@ -259,6 +300,7 @@ class Route:
     query: bool = False  # evaluates a query: runs in the heavy pool once known to be heavy
     body: str = "none"  # "json" (an object), "records" (a JSON array or NDJSON) or "none"
     status: int = 200
+    admin: bool = False  # needs the admin token (as the gRPC identity calls do)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -276,4 +318,9 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/segments/{name}", "DeleteSegment", delete_segment),
     Route("GET", "/v1/schema", "GetSchema", get_schema, inline=True),
     Route("GET", "/v1/stats", "Stats", stats),
+    Route("PUT", "/v1/schema", "UpdateSchema", update_schema, body="json"),
+    Route("POST", "/v1/snapshot", "Snapshot", snapshot),
+    Route("POST", "/v1/merge", "Merge", merge, body="json", admin=True),
+    Route("POST", "/v1/profiles/delete", "DeleteProfiles", delete_profiles, body="json", admin=True),
+    Route("GET", "/v1/profiles/{id}/export", "ExportProfile", export_profile, inline=True, admin=True),
 )

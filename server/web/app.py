@@ -27,10 +27,10 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from engine.errors import BadRequest, DataError, QueryError, SegengineError
+from engine.errors import BadRequest, DataError, PermissionDenied, QueryError, SegengineError
 
 from ..gate import RequestTooLarge, WouldWait
-from ..interceptors import DENIED, is_admin
+from ..interceptors import ADMIN_DENIED, DENIED, is_admin
 from ..metrics import CONTENT_TYPE, error_code
 from .api import ROUTES, ApiRequest, HttpCall, Route, parse_json, parse_records
 from .openapi import openapi_document
@@ -143,12 +143,16 @@ class WebFront:
         status, body = error_body(NoRoute(f"no API route {request.method} {request.path} (see /openapi.json)"))
         return _json(body, status)
 
-    def _authorize(self, header: str) -> None:
+    def _authorize(self, header: str, admin: bool) -> None:
+        """As ``server.interceptors.AuthInterceptor``: Unauthenticated or PermissionDenied unless allowed."""
         if not self.token and not self.admin_token:
             return
         if is_admin((("authorization", header),), self.token, self.admin_token):
             return
-        if self.expected is not None and hmac.compare_digest(header.encode(), self.expected):
+        member = self.expected is None or hmac.compare_digest(header.encode(), self.expected)
+        if admin and member and header:
+            raise PermissionDenied(ADMIN_DENIED)
+        if member and not admin:
             return
         raise Unauthenticated(DENIED)
 
@@ -160,7 +164,7 @@ class WebFront:
             metrics.call_started("http")
             code = "OK"
             try:
-                self._authorize(request.headers.get("Authorization", ""))
+                self._authorize(request.headers.get("Authorization", ""), route.admin)
                 result = await self._run(route, request)
                 return _json(result, route.status)
             except Exception as error:  # noqa: BLE001 - the one place API errors become responses
@@ -182,11 +186,12 @@ class WebFront:
         timeout = request.headers.get("X-Timeout-Ms")
         timeout_s = _timeout_s(timeout) if timeout else None
         authorization = request.headers.get("Authorization", "")
+        peer = f"http:{request.remote}"
         base = partial(ApiRequest, self.server.gate, path=request.match_info, params=request.query,
                        started=self.server.started)
         if route.inline:
             try:
-                return route.run(base(HttpCall(True, timeout_s, authorization)))
+                return route.run(base(HttpCall(True, timeout_s, authorization, peer)))
             except WouldWait:
                 pass
         try:
@@ -201,7 +206,7 @@ class WebFront:
                 body = parse_records(text, ndjson)
             elif route.body == "json":
                 body = parse_json(text) if text.strip() else {}
-            api_request = base(HttpCall(False, timeout_s, authorization), body=body)
+            api_request = base(HttpCall(False, timeout_s, authorization, peer), body=body)
             return route.run(api_request)
 
         pool = self.server.pool

@@ -66,6 +66,14 @@ SCHEMAS: dict[str, Any] = {
     "Deleted": obj({"deleted": STRING}),
     "Schema": {"type": "object", "required": ["attributes", "events", "consents"],
                "description": "the schema JSON of docs/data.md"},
+    "SchemaChange": obj({"schema": ref("Schema"), "changes": {"type": "array", "items": STRING}}),
+    "SnapshotResponse": obj({"detail": {"type": "object"}}),
+    "MergeRequest": obj({"pairs": {"type": "array", "items": {"type": "array", "items": STRING,
+                                                                "minItems": 2, "maxItems": 2}}}),
+    "MergeResponse": obj({"merged": COUNT}),
+    "DeleteProfilesRequest": obj({"ids": {"type": "array", "items": STRING}}),
+    "DeleteProfilesResponse": obj({"erased": COUNT}),
+    "ExportResponse": obj({"found": BOOLEAN, "profile": {"type": ["object", "null"]}}),
     "Stats": obj({"profiles": COUNT, "events": COUNT, "shards": COUNT, "segments": COUNT,
                   "events_by_type": {"type": "object", "additionalProperties": COUNT}, "watchers": COUNT,
                   "uptime_s": NUMBER, "version": STRING}),
@@ -90,6 +98,13 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, str]] = {
     ("delete", "/v1/segments/{name}"): ("Delete a saved segment (DeleteSegment)", None, 200, "Deleted"),
     ("get", "/v1/schema"): ("The schema (GetSchema)", None, 200, "Schema"),
     ("get", "/v1/stats"): ("Sizes and state (Stats)", None, 200, "Stats"),
+    ("put", "/v1/schema"): ("Extend the schema (UpdateSchema)", "Schema", 200, "SchemaChange"),
+    ("post", "/v1/snapshot"): ("Take a snapshot now (Snapshot)", None, 200, "SnapshotResponse"),
+    ("post", "/v1/merge"): ("Merge profiles, all or none (Merge; admin token)", "MergeRequest", 200, "MergeResponse"),
+    ("post", "/v1/profiles/delete"): ("Erase profiles and their aliases (DeleteProfiles; admin token)",
+                                      "DeleteProfilesRequest", 200, "DeleteProfilesResponse"),
+    ("get", "/v1/profiles/{id}/export"): ("Everything held about a profile (ExportProfile; admin token)", None, 200,
+                                          "ExportResponse"),
 }
 ERROR_STATUSES = ("400", "401", "403", "404", "409", "429", "500", "503", "504")
 
