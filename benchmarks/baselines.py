@@ -69,23 +69,40 @@ class DuckDBBaseline:
     events(pid INTEGER, type VARCHAR, ts BIGINT (epoch ms), <every property of every type>)
     """
 
-    def __init__(self, dataset, threads: int | None = None, hashes: np.ndarray | None = None,
-                 pids: list[np.ndarray] | None = None):
-        self.con = duckdb.connect(":memory:")
+    def __init__(self, dataset=None, threads: int | None = None, hashes: np.ndarray | None = None,
+                 pids: list[np.ndarray] | None = None, path: str = ":memory:"):
+        self.con = duckdb.connect(path)
         self.con.execute(f"SET threads = {threads or os.cpu_count() or 1}")
         self.con.execute("SET preserve_insertion_order = false")
         self.con.execute("SET enable_progress_bar = false")
-        started = time.perf_counter()
-        self._load_profiles(dataset, hashes)
-        self.profile_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        self._load_events(dataset, pids)
-        self.event_seconds = time.perf_counter() - started
+        self.profile_seconds = self.event_seconds = 0.0
+        self.loaded = 0  # profiles so far: the pid of the next chunk's first profile
+        if dataset is not None:
+            self.append(dataset, hashes, pids)
 
-    def _load_profiles(self, dataset, hashes: np.ndarray | None) -> None:
+    def append(self, dataset, hashes: np.ndarray | None = None, pids: list[np.ndarray] | None = None) -> None:
+        """Load ``dataset`` (the whole data set, or the next chunk of one: see loaders.chunks), its
+        profiles numbered from ``self.loaded`` on; events reference profiles of the same chunk."""
+        first = self.loaded == 0
+        started = time.perf_counter()
+        self._load_profiles(dataset, hashes, first)
+        self.profile_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        self._load_events(dataset, pids, first)
+        self.event_seconds += time.perf_counter() - started
+        self.loaded += len(dataset.profiles)
+
+    def _store(self, table: str, select: str, create: bool, order: str = "") -> None:
+        """CREATE ``table`` from ``select`` (sorted by ``order``), or append to it."""
+        if create:
+            self.con.execute(f"CREATE TABLE {table} AS {select}{' ORDER BY ' + order if order else ''}")
+        else:
+            self.con.execute(f"INSERT INTO {table} {select}")
+
+    def _load_profiles(self, dataset, hashes: np.ndarray | None, create: bool = True) -> None:
         batch = dataset.profiles
         n = len(batch)
-        arrays: dict[str, np.ndarray] = {"pid": np.arange(n, dtype=np.int32)}
+        arrays: dict[str, np.ndarray] = {"pid": np.arange(self.loaded, self.loaded + n, dtype=np.int32)}
         selects = ["pid"]
         tags_sql: list[tuple[str, TagsColumn]] = []
         for name, attr in dataset.schema["attributes"].items():
@@ -116,7 +133,7 @@ class DuckDBBaseline:
         selects.append("h")
         joins = []
         for name, col in tags_sql:
-            flat = {"row": np.repeat(np.arange(n, dtype=np.int32), np.diff(col.offsets)),
+            flat = {"row": np.repeat(np.arange(self.loaded, self.loaded + n, dtype=np.int32), np.diff(col.offsets)),
                     "code": np.asarray(col.values, dtype=np.int32)}
             self.con.register(f"flat_{name}", flat)
             self.con.execute(f"CREATE TEMP TABLE t_{name} AS SELECT row, list(DISTINCT "
@@ -124,20 +141,20 @@ class DuckDBBaseline:
             self.con.unregister(f"flat_{name}")
             joins.append(f"LEFT JOIN t_{name} ON t_{name}.row = src.pid")
         self.con.register("src", arrays)
-        self.con.execute(f"CREATE TABLE profiles AS SELECT {', '.join(selects)} FROM src {' '.join(joins)}")
+        self._store("profiles", f"SELECT {', '.join(selects)} FROM src {' '.join(joins)}", create)
         self.con.unregister("src")
         for name, _ in tags_sql:
             self.con.execute(f"DROP TABLE t_{name}")
 
-    def _load_events(self, dataset, pids: list[np.ndarray] | None) -> None:
-        """One CREATE TABLE ... ORDER BY type, ts over the concatenation of every batch."""
+    def _load_events(self, dataset, pids: list[np.ndarray] | None, create: bool = True) -> None:
+        """One CREATE TABLE ... ORDER BY type, ts over the concatenation of every batch (or an INSERT)."""
         props: dict[str, str] = {}
         for definition in dataset.schema["events"].values():
             for prop, kind in definition["properties"].items():
                 props.setdefault(prop, kind)
         batches = [b for b in dataset.events if len(b)]
         if pids is None:
-            row_of = {pid: row for row, pid in enumerate(dataset.profiles.ids)}
+            row_of = {pid: row for row, pid in enumerate(dataset.profiles.ids, self.loaded)}
             pids = [event_pids(b, row_of) for b in dataset.events]
             del row_of
         pid_parts = [p for b, p in zip(dataset.events, pids) if len(b)]
@@ -176,7 +193,7 @@ class DuckDBBaseline:
                 arrays[f"{prop}__valid"] = cat(valid).astype(bool)
                 selects.append(f"CASE WHEN {prop}__valid THEN {prop}__v::{sql_type} END AS \"{prop}\"")
         self.con.register("ev_src", arrays)
-        self.con.execute(f"CREATE TABLE events AS SELECT {', '.join(selects)} FROM ev_src ORDER BY type, ts")
+        self._store("events", f"SELECT {', '.join(selects)} FROM ev_src", create, order="type, ts")
         self.con.unregister("ev_src")
 
     def count(self, sql: str, now: int) -> int:

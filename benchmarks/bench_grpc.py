@@ -368,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-rate", type=float, default=100_000, help="events/s of --contention ingest")
     parser.add_argument("--heavy-nice", type=int, default=None, help="server: nice of the heavy-query threads")
     parser.add_argument("--data-dir", default=None, help="durable server's directory (default: a temporary one)")
+    parser.add_argument("--json", dest="json_out", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     unknown = set(filter(None, args.contention.split(","))) - set(CONTENTION_MODES)
     if unknown:
@@ -466,6 +467,8 @@ def run(args: argparse.Namespace, data_dir: str | None) -> int:
     print(f"  Count p99 {grpc_p99:.2f} ms over gRPC vs {served['p99']:.2f} ms in-engine for the same calls"
           f" (+{grpc_p99 - served['p99']:.2f} ms) and {inside['count_p99_ms']:.2f} ms in-engine back to back"
           f" (+{grpc_p99 - inside['count_p99_ms']:.2f} ms)")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"args": vars(args), **figures}, indent=2))
     return 0
 
 

@@ -18,6 +18,7 @@ grew by exactly the acknowledged events.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import shutil
 import statistics
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-s", type=float, default=20.0, help="seconds producers get to encode before the clock starts")
     parser.add_argument("--data-dir", default=None, help="default: a temporary directory, removed at the end")
     parser.add_argument("--skip-records", action="store_true", help="only the columnar phase")
+    parser.add_argument("--json", dest="json_out", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
     from engine import Engine, Schema
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  stored events grew by {after - before:,}; acknowledged {acknowledged:,}:"
               f" {'OK' if after - before == acknowledged else 'MISMATCH'}")
         engine.close()
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps({"args": vars(args), **figures}, indent=2))
         return 0 if after - before == acknowledged else 1
     finally:
         if args.data_dir is None:

@@ -120,6 +120,7 @@ def main() -> None:
                         help="seconds before each of them (periodic snapshots are minutes apart; on a VM that "
                              "returns freed memory to its host, memory freed seconds ago is cold again)")
     parser.add_argument("--data-dir", default=None, help="default: a temporary directory (removed)")
+    parser.add_argument("--json", dest="json_out", default=None, help="also write the report to this JSON file")
     args = parser.parse_args()
 
     base = Path(args.data_dir or tempfile.mkdtemp(prefix="segengine-bench-"))
@@ -195,6 +196,8 @@ def main() -> None:
     if args.data_dir is None:
         shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(report, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -258,6 +258,14 @@ def measure_throughput(eng: Engine, shards: int, queries: list[Query], now: int,
     return {"shards": shards, "clients": clients, "seconds": seconds, "qps": qps}
 
 
+def client_counts(text: str) -> list[int]:
+    """``--clients``: one count or a comma list of positive counts."""
+    counts = [int(part) for part in text.split(",")]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive client counts, got {text!r}")
+    return counts
+
+
 def fmt_ratio(x: float) -> str:
     return f"{x:8.1f}x" if x < 1000 else f"{x:8.0f}x"
 
@@ -277,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--now-ms", type=int, default=NOW_MS, help="the data's clock, passed to every query")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="DuckDB threads")
-    parser.add_argument("--clients", type=int, default=4,
-                        help="client threads of the throughput run (every query in turn, counts)")
+    parser.add_argument("--clients", type=client_counts, default=[4],
+                        help="client threads of the throughput run (every query in turn, counts); a comma list "
+                             "(1,2,4) runs one throughput run per count")
     parser.add_argument("--qps-seconds", type=float, default=3.0, help="length of each throughput run (0: skip)")
     parser.add_argument("--extra-clocks", type=int, default=2,
                         help="also check the counts (untimed) at this many other clocks: before the newest events "
@@ -376,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
               f"numpy {geo('numpy_ms'):.2f} ms; duck/seg {geo('duckdb_over_segengine'):.1f}x, "
               f"numpy/seg {geo('numpy_over_segengine'):.1f}x")
 
-    report["throughput"] = measure_throughput(eng, args.shards, queries, now, args.clients, args.qps_seconds)
+    report["throughput_by_clients"] = [measure_throughput(eng, args.shards, queries, now, clients, args.qps_seconds)
+                                       for clients in args.clients]
+    report["throughput"] = report["throughput_by_clients"][-1]
 
     cost = overhead(eng, now)
     report["overhead"] = cost
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         report["sharded"] = sharded_run(dataset, args.also_shards, queries, rows, counts, now, args.repeat,
                                         mismatches)
         eng = report["sharded"].pop("engine")
-        report["sharded"]["throughput"] = measure_throughput(eng, args.also_shards, queries, now, args.clients,
+        report["sharded"]["throughput"] = measure_throughput(eng, args.also_shards, queries, now, args.clients[-1],
                                                              args.qps_seconds)
 
     by_name = {q.name: q for q in queries}

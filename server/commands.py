@@ -177,7 +177,8 @@ def run_query(args: argparse.Namespace) -> int:
 def _print_plan(node: dict[str, Any], depth: int) -> None:
     label = node["step"] + (f" {node['text']}" if node["text"] and node["text"] != node["step"] else "")
     given = "all" if node["input_rows"] < 0 else str(node["input_rows"])
-    stats = f"{node['rows']} of {given} rows, {node['ms']:.3f} ms" if node["visited"] else "skipped"
+    estimate = f"estimated {node['estimate']:.0f}, "
+    stats = f"{estimate}{node['rows']} of {given} rows, {node['ms']:.3f} ms" if node["visited"] else f"{estimate}skipped"
     print(f"{'  ' * depth}{label}  [{stats}]")
     for child in node["children"]:
         _print_plan(child, depth + 1)

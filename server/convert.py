@@ -199,13 +199,14 @@ def segment_message(info: dict[str, Any]) -> pb.Segment:
 def plan_message(node: dict[str, Any]) -> pb.PlanNode:
     """An explain tree node as a PlanNode."""
     return pb.PlanNode(step=node["step"], text=node["text"], rows=node["rows"], input_rows=node["input_rows"],
-                       ms=node["ms"], visited=node["visited"], children=[plan_message(c) for c in node["children"]])
+                       ms=node["ms"], visited=node["visited"], estimate=node["estimate"], children=[plan_message(c) for c in node["children"]])
 
 
 def plan_dict(node: pb.PlanNode) -> dict[str, Any]:
     """A PlanNode as the engine's explain tree dict."""
     return {"step": node.step, "text": node.text, "rows": node.rows, "input_rows": node.input_rows, "ms": node.ms,
-            "visited": node.visited, "children": [plan_dict(c) for c in node.children]}
+            "visited": node.visited, "estimate": node.estimate,
+            "children": [plan_dict(c) for c in node.children]}
 
 
 def changes_message(changes: list[Change]) -> pb.WatchSegmentsResponse:

@@ -125,6 +125,9 @@ def test_explain(served):
     assert result.count == served.engine.count(EXAMPLE, now=NOW)
     assert result.plan["step"] == "AND" and len(result.plan["children"]) == 5
     assert result.now_ms == NOW and result.query.startswith("CONSENTED(email)")
+    local = served.engine.explain(EXAMPLE, now=NOW)["plan"]
+    assert [c["estimate"] for c in result.plan["children"]] == [c["estimate"] for c in local["children"]]
+    assert any(c["estimate"] > 0 for c in result.plan["children"])
 
 
 def test_writes_unary_and_client_stream(served):

@@ -185,7 +185,7 @@ class IdsChunk(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PlanNode(_message.Message):
-    __slots__ = ("step", "text", "rows", "input_rows", "ms", "visited", "children")
+    __slots__ = ("step", "text", "rows", "input_rows", "ms", "visited", "children", "estimate")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,7 @@ class PlanNode(_message.Message):
     MS_FIELD_NUMBER: _ClassVar[int]
     VISITED_FIELD_NUMBER: _ClassVar[int]
     CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     step: str
     text: str
     rows: int
@@ -200,7 +201,8 @@ class PlanNode(_message.Message):
     ms: float
     visited: bool
     children: _containers.RepeatedCompositeFieldContainer[PlanNode]
-    def __init__(self, step: _Optional[str] = ..., text: _Optional[str] = ..., rows: _Optional[int] = ..., input_rows: _Optional[int] = ..., ms: _Optional[float] = ..., visited: _Optional[bool] = ..., children: _Optional[_Iterable[_Union[PlanNode, _Mapping]]] = ...) -> None: ...
+    estimate: float
+    def __init__(self, step: _Optional[str] = ..., text: _Optional[str] = ..., rows: _Optional[int] = ..., input_rows: _Optional[int] = ..., ms: _Optional[float] = ..., visited: _Optional[bool] = ..., children: _Optional[_Iterable[_Union[PlanNode, _Mapping]]] = ..., estimate: _Optional[float] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("query", "now_ms", "count", "ms", "plan")

@@ -1,0 +1,206 @@
+"""segengine vs DuckDB at a size larger than a one-shot generation fits in memory (100M profiles).
+
+    python benchmarks/large.py [--profiles 100000000] [--events-per-profile 5] [--chunk 2000000]
+                               [--repeat 5] [--data-dir DIR] [--duckdb-file FILE] [--cold] [--json out.json]
+
+1. segengine (shards 1, durable in --data-dir): the data set is generated chunk by chunk
+   (``loaders.chunks``: bounded memory) and loaded through the columnar path; load rates and
+   resident bytes per profile and per event are reported. Each compare.py query is timed (median
+   of --repeat warm runs), then a snapshot is written, the engine is closed and reopened from the
+   data dir (restart to serving, with the bytes read and the read rate), and the counts are checked.
+2. DuckDB, in its own process, regenerates the same chunks into a database file and times the same
+   queries' SQL (warm runs). The NumPy scan is left out at this size.
+The counts must agree (exit status 1 otherwise); ratios are DuckDB's median over segengine's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+for path in (str(HERE.parent), str(HERE)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from compare import rss_bytes, timed  # noqa: E402
+from queries import NOW_MS, all_queries  # noqa: E402
+
+
+def chunks(args: argparse.Namespace, events_too: bool = True):
+    """The data set's chunks (the same in every process: a function of the arguments)."""
+    from loaders.chunks import generate_chunks
+
+    return generate_chunks(args.profiles, args.profiles * args.events_per_profile, seed=args.seed, now_ms=NOW_MS,
+                           chunk=args.chunk, events_too=events_too)
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes allocated on disk under ``path`` (an LMDB file's map size is sparse: blocks, not its length)."""
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+
+
+def drop_page_cache() -> bool:
+    """Ask the kernel to drop clean page-cache pages (root only); whether it worked."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def segengine_run(args: argparse.Namespace, data_dir: Path) -> dict:
+    """Load, time the queries, snapshot, restart; the figures and each query's count and median."""
+    from engine import Engine, Schema
+    from loaders.generator import DEMO_SCHEMA
+
+    schema = Schema.from_dict(DEMO_SCHEMA)
+    base = rss_bytes()
+    eng = Engine(schema, shards=1, data_dir=str(data_dir),
+                 durability={"snapshot_every_s": None, "snapshot_log_bytes": None})
+    empty = rss_bytes()
+    generate_s = profile_s = event_s = 0.0
+    started = time.perf_counter()
+    for chunk in chunks(args, events_too=False):  # every profile first, so memory splits by kind
+        generate_s += time.perf_counter() - started
+        t = time.perf_counter()
+        eng.load_profiles(chunk.profiles)
+        profile_s += time.perf_counter() - t
+        started = time.perf_counter()
+    after_profiles = rss_bytes()
+    print(f"  loaded {eng.stats()['profiles']:,} profiles", flush=True)
+    n_events = 0
+    started = time.perf_counter()
+    for chunk in chunks(args):
+        generate_s += time.perf_counter() - started
+        t = time.perf_counter()
+        for batch in chunk.events:
+            eng.load_events(batch)
+            n_events += len(batch)
+        event_s += time.perf_counter() - t
+        print(f"  loaded {n_events:,} events", flush=True)
+        del chunk
+        started = time.perf_counter()
+    after_events = rss_bytes()
+    stats = eng.stats()
+    load = {"profiles": stats["profiles"], "events": stats["events"], "generate_s": generate_s,
+            "profile_load_s": profile_s, "event_load_s": event_s,
+            "profiles_per_s": stats["profiles"] / profile_s, "events_per_s": n_events / event_s,
+            "engine_start_rss_bytes": empty - base,
+            "bytes_per_profile": (after_profiles - empty) / max(stats["profiles"], 1),
+            "bytes_per_event": (after_events - after_profiles) / max(n_events, 1)}
+    print(f"segengine load: {load['profiles_per_s']:,.0f} profiles/s, {load['events_per_s']:,.0f} events/s "
+          f"(durable, shards 1); {load['bytes_per_profile']:.1f} B/profile, {load['bytes_per_event']:.1f} B/event",
+          flush=True)
+    queries = {}
+    for q in all_queries():
+        count = eng.count(q.seg, now=NOW_MS)
+        first, ms, _ = timed(lambda q=q: eng.count(q.seg, now=NOW_MS), args.repeat)
+        queries[q.name] = {"kind": q.kind, "count": count, "segengine_ms": ms, "segengine_first_ms": first}
+        print(f"  {q.name:<28} {count:>12,} {ms:>10.2f} ms", flush=True)
+    t = time.perf_counter()
+    snap = eng.snapshot()
+    snapshot_s = time.perf_counter() - t
+    eng.close()
+    on_disk = dir_bytes(data_dir)
+    cold = args.cold and drop_page_cache()
+    t = time.perf_counter()
+    eng = Engine(schema, shards=1, data_dir=str(data_dir))
+    restart_s = time.perf_counter() - t
+    same = all(eng.count(q.seg, now=NOW_MS) == queries[q.name]["count"] for q in all_queries())
+    eng.close()
+    restart = {"snapshot_s": snapshot_s, "snapshot_bytes": snap.get("bytes"), "data_dir_bytes": on_disk,
+               "cold_cache": cold, "to_serving_s": restart_s, "read_rate_mb_s": on_disk / 1e6 / restart_s,
+               "same_answers": same}
+    print(f"snapshot {snapshot_s:.1f} s; restart to serving {restart_s:.1f} s ({on_disk / 2**30:.2f} GiB on disk, "
+          f"{restart['read_rate_mb_s']:,.0f} MB/s{', page cache dropped' if cold else ''}); same answers: {same}",
+          flush=True)
+    return {"load": load, "restart": restart, "queries": queries}
+
+
+def duckdb_run(args: argparse.Namespace) -> dict:
+    """(In its own process.) Load the chunks into a DuckDB file and time every query's SQL."""
+    from baselines import DuckDBBaseline
+
+    duck = DuckDBBaseline(threads=args.threads, path=args.duckdb_file)
+    if args.duckdb_memory:
+        duck.con.execute(f"SET memory_limit = '{args.duckdb_memory}'")
+    for chunk in chunks(args):
+        duck.append(chunk)
+        print(f"  duckdb loaded {duck.loaded:,} profiles", flush=True)
+    load = {"profile_load_s": duck.profile_seconds, "event_load_s": duck.event_seconds,
+            "file_bytes": Path(args.duckdb_file).stat().st_size}
+    queries = {}
+    for q in all_queries():
+        count = duck.count(q.sql, NOW_MS)
+        first, ms, _ = timed(lambda q=q: duck.count(q.sql, NOW_MS), args.repeat)
+        queries[q.name] = {"count": count, "duckdb_ms": ms, "duckdb_first_ms": first}
+        print(f"  duckdb {q.name:<28} {count:>12,} {ms:>10.2f} ms", flush=True)
+    duck.close()
+    return {"load": load, "queries": queries}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profiles", type=int, default=100_000_000)
+    parser.add_argument("--events-per-profile", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=2_000_000, help="profiles per generated chunk")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="DuckDB threads")
+    parser.add_argument("--duckdb-memory", default="8GB", help="DuckDB memory_limit ('' for its default)")
+    parser.add_argument("--data-dir", default=None, help="segengine's data dir (default: a temporary one, removed)")
+    parser.add_argument("--duckdb-file", default=None, help="DuckDB database file (default: a temporary one, removed)")
+    parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before the restart (needs root)")
+    parser.add_argument("--duckdb-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.duckdb_worker:
+        print(json.dumps(duckdb_run(args)))
+        return 0
+    scratch = Path(tempfile.mkdtemp(prefix="segengine-large-"))
+    data_dir = Path(args.data_dir) if args.data_dir else scratch / "data"
+    duck_file = args.duckdb_file or str(scratch / "duck.db")
+    try:
+        print(f"# {args.profiles:,} profiles, {args.profiles * args.events_per_profile:,} events, chunks of "
+              f"{args.chunk:,}", flush=True)
+        seg = segengine_run(args, data_dir)
+        print("# DuckDB in its own process, on a database file", flush=True)
+        command = [sys.executable, __file__, "--duckdb-worker", "--duckdb-file", duck_file,
+                   *[f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                     ("profiles", "events_per_profile", "chunk", "seed", "repeat", "threads", "duckdb_memory")]]
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+        duck = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    mismatches = []
+    rows = []
+    for name, s in seg["queries"].items():
+        d = duck["queries"][name]
+        if s["count"] != d["count"]:
+            mismatches.append(name)
+        rows.append({"name": name, **s, **d, "duckdb_over_segengine": d["duckdb_ms"] / s["segengine_ms"]})
+    print(f"\n{'query':<28} {'count':>12} {'seg ms':>9} {'duck ms':>10} {'duck/seg':>9}")
+    for r in rows:
+        flag = "" if r["name"] not in mismatches else "  MISMATCH"
+        print(f"{r['name']:<28} {r['count']:>12,} {r['segengine_ms']:>9.2f} {r['duckdb_ms']:>10.2f} "
+              f"{r['duckdb_over_segengine']:>8.1f}x{flag}")
+    geo = statistics.geometric_mean([r["duckdb_over_segengine"] for r in rows])
+    print(f"geometric mean of DuckDB/segengine: {geo:.1f}x")
+    report = {"args": {**vars(args), "events": args.profiles * args.events_per_profile}, "segengine": seg,
+              "duckdb": duck, "segengine_load": seg["load"], "queries": rows, "mismatches": mismatches}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2))
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
