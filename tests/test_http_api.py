@@ -3,6 +3,9 @@ its errors (the same message and position as gRPC), token auth, and every answer
 the OpenAPI document the server serves."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from engine import Engine, Schema
@@ -211,6 +214,22 @@ def test_token_auth_health_and_readiness():
     finally:
         served.close()
     assert served.server.serving is False
+
+
+def test_readyz_turns_503_while_shutdown_drains():
+    served = HttpServed(drain_s=1.0)
+    assert served.http.call("GET", "/readyz").status == 200
+    stopping = threading.Thread(target=served.close)
+    stopping.start()
+    try:
+        deadline = time.monotonic() + 0.8
+        while served.server.serving and time.monotonic() < deadline:
+            time.sleep(0.01)
+        answer = served.http.call("GET", "/readyz")
+        assert (answer.status, answer.json) == (503, {"status": "not ready"})
+        assert served.http.call("POST", "/v1/count", {"query": "ALL"}).json == {"count": 20}  # still serving
+    finally:
+        stopping.join()
 
 
 def test_admin_calls_need_the_admin_token(tmp_path):
