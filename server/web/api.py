@@ -33,13 +33,17 @@ class HttpCall:
     def __init__(self, on_loop: bool = False, timeout_s: float | None = None, authorization: str = "",
                  peer: str = ""):
         self.on_loop = on_loop
-        self.peer = peer  # the caller's address (the audit log names it)
+        self._peer = peer
         self.until = None if timeout_s is None else time.monotonic() + timeout_s
         self.authorization = authorization
 
     def time_remaining(self) -> float | None:
         """Seconds left before the request's deadline (``X-Timeout-Ms``; None: no deadline)."""
         return None if self.until is None else self.until - time.monotonic()
+
+    def peer(self) -> str:
+        """The caller's address (e.g. ``http:127.0.0.1``; the audit log names it)."""
+        return self._peer
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         """The request's credentials as gRPC metadata (``server.interceptors.is_admin`` reads them)."""
@@ -59,6 +63,7 @@ class ApiRequest:
 
     @property
     def engine(self) -> Any:
+        """The engine behind the gate."""
         return self.gate.engine
 
     def field(self, name: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
@@ -278,7 +283,7 @@ def delete_profiles(req: ApiRequest) -> dict[str, Any]:
     """Erase profiles and their aliases (durable on return); how many canonical profiles were erased."""
     ids = req.field("ids", list, required=True)
     erased = req.gate.write(req.call, req.engine.delete_profiles, ids)
-    audit.info("erasure caller=%s profiles=%d", req.call.peer, erased)
+    audit.info("erasure caller=%s profiles=%d", req.call.peer(), erased)
     return {"erased": erased}
 
 
