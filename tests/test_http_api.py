@@ -3,8 +3,13 @@ its errors (the same message and position as gRPC), token auth, and every answer
 the OpenAPI document the server serves."""
 from __future__ import annotations
 
+import json
+import shutil
+import ssl
+import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -265,3 +270,24 @@ def test_every_answer_was_checked_against_the_openapi_document(served):
     assert checker.checked > 0
     assert sorted(checker.document["paths"]) == sorted({route.path for route in __import__(
         "server.web.api", fromlist=["ROUTES"]).ROUTES})
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_server_serves_https(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    engine = Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=1)
+    config = ServerConfig(port=0, http_port=0, tls_cert=str(cert), tls_key=str(key), token="t")
+    server = SegengineServer(engine, config, owns_engine=True).start()
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        request = urllib.request.Request(f"https://127.0.0.1:{server.http_port}/v1/count", data=b'{"query": "ALL"}',
+                                         headers={"Authorization": "Bearer t"}, method="POST")
+        with urllib.request.urlopen(request, context=trusted, timeout=30) as answer:
+            assert json.loads(answer.read()) == {"count": 0}
+        with pytest.raises(Exception):  # plain HTTP is refused
+            urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/healthz", timeout=5).read()
+    finally:
+        server.stop(grace_s=1)

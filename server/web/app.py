@@ -11,6 +11,8 @@
   "position"}}`` (the gRPC status name, the same message, the query's 1-based column or null);
 - ``/openapi.json``: the API's OpenAPI 3.1 document; ``/`` and ``/console/...``: the web console.
 
+With the server's TLS certificate and key, this port serves HTTPS.
+
 Health, metrics, the OpenAPI document and the console's files need no token (they hold no
 profile data); the console sends the token the user types with each API call.
 """
@@ -20,6 +22,7 @@ import asyncio
 import hmac
 import json
 import logging
+import ssl
 import time
 from functools import partial
 from pathlib import Path
@@ -114,10 +117,19 @@ class WebFront:
         """Listen on ``host:port`` (0: a free port); the port."""
         self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.server.config.grace_s)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_port=False)
+        site = web.TCPSite(self.runner, host, port, reuse_port=False, ssl_context=self._tls())
         await site.start()
         self.port = self.runner.addresses[0][1]
         return self.port
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """With the server's TLS certificate and key, HTTPS on this port too (tokens never travel in clear)."""
+        config = self.server.config
+        if not config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        return context
 
     async def stop(self) -> None:
         """Stop listening; requests in flight get up to the server's grace period."""
