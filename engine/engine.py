@@ -20,8 +20,8 @@ from .commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, Loa
                        Upsert, applied_count, merged_segment_info, route)
 from .errors import DataDirMismatch, DataError, SegmentExists
 from .explain import merge_trees
-from .observed import WriteCounters
 from .identity import Identity
+from .observed import WriteCounters
 from .plan import Step, plan
 from .query import bind, parse, to_text
 from .schema import Schema, check_id

@@ -192,6 +192,13 @@ class SegengineServer:
         """host:port the server listens on."""
         return f"{self.config.host}:{self.port}"
 
+    @property
+    def http_url(self) -> str | None:
+        """The base URL of the HTTP port (https with TLS), None without one."""
+        if self.http_port is None:
+            return None
+        return f"{'https' if self.config.tls_cert else 'http'}://{self.config.host}:{self.http_port}/"
+
     def start(self) -> "SegengineServer":
         """Start serving (returns self)."""
         # A query thread holding the GIL makes the event loop wait up to the switch interval
@@ -205,7 +212,7 @@ class SegengineServer:
         self._timer.start()
         log.info("segengine serving on %s%s", self.address, " (TLS)" if self.config.tls_cert else "")
         if self.http_port is not None:
-            log.info("segengine HTTP (metrics, API, console) on http://%s:%d/", self.config.host, self.http_port)
+            log.info("segengine HTTP (metrics, API, console) on %s", self.http_url)
         return self
 
     async def _start(self) -> None:

@@ -116,8 +116,8 @@ def run_serve(args: argparse.Namespace) -> int:
     server.install_signal_handlers()
     server.start()
     print(f"segengine serving on {server.address}", flush=True)
-    if server.http_port is not None:
-        print(f"segengine HTTP (metrics, JSON API, console) on http://{args.host}:{server.http_port}/", flush=True)
+    if server.http_url is not None:
+        print(f"segengine HTTP (metrics, JSON API, console) on {server.http_url}", flush=True)
     server.wait()
     return 0
 

@@ -2,7 +2,11 @@
 docs/operations.md lists are exactly the ones served, and their values follow the calls made."""
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -118,3 +122,29 @@ def test_streams_refusals_and_health_checks_are_observed():
         client.close()
         stranger.close()
         server.stop(grace_s=1)
+
+
+@pytest.mark.slow  # a server process of its own: ~5 s of imports and startup
+def test_serve_command_opens_the_http_port():
+    """``segengine serve --http-port 0``: prints the URL, is ready, serves metrics; SIGTERM ends it with 0."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--demo", "300", "--port", "0",
+                                "--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env=env, cwd=str(ROOT))
+    try:
+        url = None
+        for line in process.stdout:
+            if line.startswith("segengine HTTP (metrics, JSON API, console) on "):
+                url = line.rsplit(" ", 1)[1].strip()
+                break
+        assert url is not None and re.fullmatch(r"http://127\.0\.0\.1:\d+/", url)
+        http = HttpClient(url.rstrip("/"))
+        assert http.call("GET", "/readyz").json == {"status": "ready"}
+        assert scraped(http)["segengine_profiles"][()] == 300
+        assert http.call("GET", "/v1/segments").status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
