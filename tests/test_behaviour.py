@@ -125,6 +125,21 @@ def expect(pair: tuple[Engine, NaiveStore], text: str, ids: list[str], now: int 
     assert assert_same(pair[0], pair[1], text, now) == ids
 
 
+def test_sums_and_averages_at_their_exact_value(pair: tuple[Engine, NaiveStore]) -> None:
+    """Literals equal to, and one ulp either side of, each profile's exact SUM and AVG: the engine's
+    compensated sums leave such rows to the exact path, and every answer equals the oracle's."""
+    sets = [v for v in ADVERSARIAL if max(map(abs, v)) < 1e300]
+    feed(pair, [{"id": f"p{k}"} for k in range(len(sets))],
+         [{"id": f"p{k}", "event": "purchase", "ts": NOW - 1000 - i, "amount": value}
+          for k, values in enumerate(sets) for i, value in enumerate(values)])
+    for values in sets:
+        total = math.fsum(values)
+        for func, exact in (("SUM", total), ("AVG", total / len(values))):
+            for literal in (exact, math.nextafter(exact, math.inf), math.nextafter(exact, -math.inf)):
+                for op in ("=", "<", ">="):
+                    assert_same(pair[0], pair[1], f"DID(purchase, {func}(amount) {op} {literal!r})", NOW)
+
+
 def test_aggregates(pair: tuple[Engine, NaiveStore]) -> None:
     """SUM of nothing is 0, AVG/MIN/MAX of nothing are null, nulls are ignored, no implicit COUNT."""
     feed(pair, [{"id": "none"}], [

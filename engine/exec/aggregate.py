@@ -24,9 +24,9 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..query import ast
-from ..store.bitmaps import to_bitmap
+from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import SCALED_NULL, EventTypeStore, Run
-from .grouping import bit_ranks, bitset_of, rows_in, stable_group_order
+from .grouping import bit_ranks, bitset_of, popcount, rank_bases, rows_in, stable_group_order
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
@@ -206,10 +206,148 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
     """The rows of ``base`` for which a DID with aggregate options holds (exact within ``found``).
 
     ``window``: the inclusive time window; ``parts``/``keeps``: its events and the masks of those
-    counted (None: all).
+    counted (None: all). Each counted event's slot is its row's rank among the window's rows (a
+    bitset of them stays in cache); one pass per aggregate accumulates per slot (compensated sums,
+    extremes), with no sort. A SUM or AVG whose compensated value is too close to the literal for
+    its error bound to decide (rare: within about 1e-15 of the sum of magnitudes) is decided again
+    by :func:`exact_aggregate_rows` on those rows only.
     """
     lo, hi = window
-    member = bitset_of(found) if found is not None else None  # a cheap test that shrinks the grouping
+    member = bitset_of(found) if found is not None else None  # a cheap test that shrinks the work
+    window_rows = evaluator.present(store, lo, hi) if member is None else evaluator.present(store, lo, hi, found) & found
+    words = bitset_of(window_rows)
+    before = rank_bases(words)
+    n = len(window_rows)
+    counts = np.zeros(n, dtype=np.int64)
+    slots = []
+    for part, keep in zip(parts, keeps):
+        pick = np.ones(len(part), dtype=bool) if keep is None else keep
+        slots.append(_slots(part.rows, pick, words, before, counts))
+    passing = compare(counts, node.count_op, node.count_n)
+    unsure = np.zeros(n, dtype=bool)
+    for agg in node.aggregates:
+        holds, undecided = _fast_test(agg, store, parts, slots, n)
+        passing &= holds
+        unsure |= undecided
+    counted = counts > 0
+    distinct = rows_of(window_rows)
+    unsure &= counted
+    if unsure.any():  # decide those rows exactly; their other tests are redone there too
+        redo = to_bitmap(distinct[unsure].astype(np.uint32), assume_sorted=True)
+        exact = exact_aggregate_rows(evaluator, node, store, window, parts, keeps, redo, redo)
+        passing[unsure] = [int(row) in exact for row in distinct[unsure]]
+    if holds_at_zero(node):
+        return base - to_bitmap(distinct[counted & ~passing].astype(np.uint32), assume_sorted=True)
+    return base & to_bitmap(distinct[counted & passing].astype(np.uint32), assume_sorted=True)
+
+
+@numba.njit(cache=True, nogil=True)
+def _slots(rows, pick, words, before, counts):
+    """Per event of a part, its row's rank among the rows set in ``words`` (-1: not picked, or its
+    row not set), counted in ``counts``; ``before``: the set bits before each word."""
+    out = np.full(len(rows), -1, dtype=np.int64)
+    for i in range(len(rows)):
+        if not pick[i]:
+            continue
+        row = np.int64(rows[i])
+        w = row >> 6
+        if w >= len(words):
+            continue
+        bit = np.uint64(1) << np.uint64(row & 63)
+        if words[w] & bit == 0:
+            continue
+        k = before[w] + popcount(words[w] & (bit - np.uint64(1)))
+        out[i] = k
+        counts[k] += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_sums(slots, values, valid, sums, errors, magnitudes, nvals):
+    """Per slot, Neumaier's compensated sum of its non-null values (sum + error term), the sum of
+    their magnitudes and their number."""
+    for i in range(len(slots)):
+        k = slots[i]
+        if k < 0 or not valid[i]:
+            continue
+        x = values[i]
+        t = sums[k] + x
+        if abs(sums[k]) >= abs(x):
+            errors[k] += (sums[k] - t) + x
+        else:
+            errors[k] += (x - t) + sums[k]
+        sums[k] = t
+        magnitudes[k] += abs(x)
+        nvals[k] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_extremes(slots, values, valid, extremes, nvals, want_max):
+    """Per slot, the least (or greatest) of its non-null values and their number."""
+    for i in range(len(slots)):
+        k = slots[i]
+        if k < 0 or not valid[i]:
+            continue
+        x = values[i]
+        if nvals[k] == 0 or ((x > extremes[k]) if want_max else (x < extremes[k])):
+            extremes[k] = x
+        nvals[k] += 1
+
+
+def _fast_test(agg: ast.Aggregate, store: EventTypeStore, parts: list[Run], slots: list[np.ndarray],
+               n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot, whether the aggregate condition holds, and whether that is left undecided."""
+    nvals = np.zeros(n, dtype=np.int64)
+    undecided = np.zeros(n, dtype=bool)
+    pieces = [_values(store, part, agg.prop) for part in parts]
+    if agg.func in ("MIN", "MAX"):
+        dtype = pieces[0][0].dtype if pieces else np.float64
+        extremes = np.zeros(n, dtype=dtype)
+        for (values, valid), part_slots in zip(pieces, slots):
+            _accumulate_extremes(part_slots, values, valid, extremes, nvals, agg.func == "MAX")
+        has = nvals > 0
+        holds = np.zeros(n, dtype=bool)
+        holds[has] = compare(extremes[has], agg.op, agg.value)
+        return holds, undecided
+    sums, errors, magnitudes = np.zeros(n), np.zeros(n), np.zeros(n)
+    for (values, valid), part_slots in zip(pieces, slots):
+        _accumulate_sums(part_slots, values.astype(np.float64, copy=False), valid, sums, errors, magnitudes, nvals)
+    total = sums + errors
+    # |exact - total| <= 2u|exact| + 2n u^2 sum|x| for Neumaier's sum (u = 2^-53); the slack also
+    # covers the final rounding of the exact sum and of AVG's division
+    bound = 2.0**-51 * np.abs(total) + (nvals + 4) * 2.0**-100 * magnitudes
+    literal = _as_float(agg.value)
+    has = nvals > 0
+    if agg.func == "SUM":
+        value, slack = total, bound
+    else:
+        safe = np.maximum(nvals, 1)
+        value, slack = total / safe, bound / safe
+    slack = slack + 2.0**-50 * np.maximum(np.abs(value), abs(literal) if math.isfinite(literal) else 0.0) + 1e-300
+    undecided = (~np.isfinite(value)) | (~np.isfinite(magnitudes)) | (np.abs(value - literal) <= slack)
+    if not math.isfinite(literal):
+        undecided[:] = True
+    holds = compare(value, agg.op, agg.value)
+    if agg.func == "AVG":
+        undecided &= has
+        holds &= has
+    return holds, undecided
+
+
+def _as_float(value: int | float) -> float:
+    """The literal as a float64 (an int too large for one: infinity, so its rows are decided exactly)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def exact_aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeStore, window: tuple[int, int],
+                         parts: list[Run], keeps: list[np.ndarray | None], found: BitMap | None,
+                         base: BitMap) -> BitMap:
+    """``aggregate_rows`` by exact grouping: rows grouped by a counting sort, SUM as ``math.fsum``."""
+    lo, hi = window
+    member = bitset_of(found) if found is not None else None
     picks: list[np.ndarray] = []
     for part, keep in zip(parts, keeps):
         pick = np.ones(len(part), dtype=bool) if keep is None else keep

@@ -41,7 +41,7 @@ def rows_in(rows, words):
 
 
 @numba.njit(cache=True, nogil=True)
-def _popcount(x):
+def popcount(x):
     x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
     x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
@@ -49,19 +49,26 @@ def _popcount(x):
 
 
 @numba.njit(cache=True, nogil=True)
-def bit_ranks(rows, words):
-    """Per row (each set in the bitset ``words``), its rank among the set rows."""
+def rank_bases(words):
+    """Per word of the bitset ``words``, the number of bits set in the words before it."""
     before = np.empty(len(words), dtype=np.int64)
     total = 0
     for w in range(len(words)):
         before[w] = total
-        total += _popcount(words[w])
+        total += popcount(words[w])
+    return before
+
+
+@numba.njit(cache=True, nogil=True)
+def bit_ranks(rows, words):
+    """Per row (each set in the bitset ``words``), its rank among the set rows."""
+    before = rank_bases(words)
     out = np.empty(len(rows), dtype=np.int64)
     for i in range(len(rows)):
         row = np.int64(rows[i])
         w = row >> 6
         below = words[w] & ((np.uint64(1) << np.uint64(row & 63)) - np.uint64(1))
-        out[i] = before[w] + _popcount(below)
+        out[i] = before[w] + popcount(below)
     return out
 
 
