@@ -26,6 +26,7 @@ from .export_formats import write_members
 from .explain import merge_trees
 from .identity import Identity
 from .member_export import CHUNK_ROWS, MemberChunk, check_attributes, read_chunks
+from .observed import WriteCounters
 from .plan import Step, plan
 from .plan.steps import Pred
 from .query import Node, bind, parse, to_text
@@ -130,6 +131,7 @@ class Engine:
         self._capturing = False
         self._write_lock = threading.Lock()  # in memory: writes are numbered and applied one at a time
         self._last_seq = 0
+        self.writes = WriteCounters()  # applied batches and records by command kind (for metrics)
         self.identity = Identity(self)  # aliases: routing index and merge planning (see engine.identity)
         # every saved segment's size over time (engine.segment_history); durable in data_dir/history
         self.history = SizeHistory(durable=data_dir is not None)
@@ -271,6 +273,7 @@ class Engine:
                 result = applied_count(results)
             self._publish()
             self._record_sizes(command, definition)
+        self.writes.add(command.kind, result if isinstance(result, int) else 0)
         return result
 
     def _check(self, command: Command) -> SegmentDef | None:

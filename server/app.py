@@ -8,6 +8,10 @@ RESOURCE_EXHAUSTED. A timer thread refreshes time-relative saved segments every
 ``refresh_ms`` so watchers see exits caused by time alone (reads also refresh them when they
 are that much behind).
 
+With ``http_port`` (``segengine serve --http-port N``) the same event loop also serves HTTP on
+that port (``server.web``): Prometheus metrics (``server.metrics``; gRPC calls are observed by an
+interceptor), ``/healthz`` and ``/readyz``, the JSON API and the web console.
+
 Shutdown (``stop``; SIGTERM/SIGINT with ``install_signal_handlers``): health goes NOT_SERVING,
 the server keeps serving for ``drain_s`` (so load balancers notice), then stops accepting
 calls, ends watch streams with UNAVAILABLE, lets in-flight calls finish for up to ``grace_s``,
@@ -26,7 +30,7 @@ import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,6 +44,10 @@ from .gate import EngineGate
 from .interceptors import AuthInterceptor
 from .proto_gen import segmentation_pb2 as pb
 from .servicer import SegmentationServicer
+
+if TYPE_CHECKING:  # the optional ``http`` extra (aiohttp, prometheus-client): imported only with an HTTP port
+    from .metrics import ServerMetrics
+    from .web.app import WebFront
 
 log = logging.getLogger("segengine.server")
 
@@ -69,6 +77,7 @@ class ServerConfig:
     watch_buffer: int = 10_000
     drain_s: float = 0.0
     grace_s: float = 10.0
+    http_port: int | None = None  # metrics, health, the JSON API and the console on this port (0: any); None: off
 
 
 def add_audit_file(path: str) -> None:
@@ -113,6 +122,15 @@ class SegengineServer:
                                                      initializer=lower_priority, initargs=(self.config.heavy_nice,))
         self.servicer = SegmentationServicer(self.gate, watch_buffer=self.config.watch_buffer)
         self.servicer.tokens = (self.config.token, self.config.admin_token)
+        self.started = time.monotonic()
+        self.serving = False  # started and not shutting down (``/readyz``)
+        self.metrics: ServerMetrics | None = None
+        self.web: WebFront | None = None
+        self.http_port: int | None = None
+        if self.config.http_port is not None:
+            from .metrics import ServerMetrics
+
+            self.metrics = ServerMetrics(self.gate, self.started)
         if self.config.audit_log:
             add_audit_file(self.config.audit_log)
         self.loop = asyncio.new_event_loop()
@@ -135,9 +153,15 @@ class SegengineServer:
     async def _build(self) -> int:
         """Create the aio server with its services and bind it (on the loop); the port."""
         size = self.config.max_message_bytes
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.metrics is not None:
+            from .metrics import MetricsInterceptor
+
+            interceptors.append(MetricsInterceptor(self.metrics))  # outermost: sees refused calls too
+        if self.config.token or self.config.admin_token:
+            interceptors.append(AuthInterceptor(self.config.token, self.config.admin_token))
         self.server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.config.token, self.config.admin_token)]
-            if self.config.token or self.config.admin_token else None,
+            interceptors=interceptors or None,
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
                      ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
@@ -168,6 +192,13 @@ class SegengineServer:
         """host:port the server listens on."""
         return f"{self.config.host}:{self.port}"
 
+    @property
+    def http_url(self) -> str | None:
+        """The base URL of the HTTP port (https with TLS), None without one."""
+        if self.http_port is None:
+            return None
+        return f"{'https' if self.config.tls_cert else 'http'}://{self.config.host}:{self.http_port}/"
+
     def start(self) -> "SegengineServer":
         """Start serving (returns self)."""
         # A query thread holding the GIL makes the event loop wait up to the switch interval
@@ -180,12 +211,20 @@ class SegengineServer:
         self._on_loop(self._start())
         self._timer.start()
         log.info("segengine serving on %s%s", self.address, " (TLS)" if self.config.tls_cert else "")
+        if self.http_port is not None:
+            log.info("segengine HTTP (metrics, API, console) on %s", self.http_url)
         return self
 
     async def _start(self) -> None:
+        if self.metrics is not None:
+            from .web.app import WebFront
+
+            self.web = WebFront(self)
+            self.http_port = await self.web.start(self.config.host, self.config.http_port or 0)
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
 
     def _refresh_loop(self) -> None:
         interval = max(self.config.refresh_ms, 10) / 1000
@@ -212,15 +251,19 @@ class SegengineServer:
             self.stopped.wait()
             return
         grace = self.config.grace_s if grace_s is None else grace_s
+        self.serving = False
         self._on_loop(self.health.enter_graceful_shutdown())
         if self.config.drain_s > 0:
             threading.Event().wait(self.config.drain_s)
         self._timer_stop.set()
         # new calls are refused; calls in flight go on for up to ``grace`` seconds
         done = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
+        web_done = asyncio.run_coroutine_threadsafe(self.web.stop(), self.loop) if self.web is not None else None
         self.servicer.closing = True
         self.engine.changes.close_all()  # watch streams end with UNAVAILABLE
         done.result()
+        if web_done is not None:
+            web_done.result()
         self.gate.closing = True
         if self._timer.is_alive():
             self._timer.join(timeout=5)

@@ -102,9 +102,11 @@ def run_serve(args: argparse.Namespace) -> int:
         max_concurrent_rpcs=args.max_concurrent_rpcs, workers=args.workers, heavy_workers=args.heavy_workers,
         token=args.token or os.environ.get("SEGENGINE_TOKEN") or None, tls_cert=args.tls_cert, tls_key=args.tls_key,
         admin_token=args.admin_token or os.environ.get("SEGENGINE_ADMIN_TOKEN") or None, audit_log=args.audit_log,
-        refresh_ms=args.refresh_ms, drain_s=args.drain_s, grace_s=args.grace_s,
+        refresh_ms=args.refresh_ms, drain_s=args.drain_s, grace_s=args.grace_s, http_port=args.http_port,
     )
     check_port_free(args.host, args.port)  # before the demo is built or the data dir recovered
+    if args.http_port:
+        check_port_free(args.host, args.http_port)
     engine = open_engine(args)
     try:
         server = SegengineServer(engine, config, owns_engine=True)
@@ -114,6 +116,8 @@ def run_serve(args: argparse.Namespace) -> int:
     server.install_signal_handlers()
     server.start()
     print(f"segengine serving on {server.address}", flush=True)
+    if server.http_url is not None:
+        print(f"segengine HTTP (metrics, JSON API, console) on {server.http_url}", flush=True)
     server.wait()
     return 0
 
@@ -127,6 +131,9 @@ def serve_args() -> tuple:
         arg("--shards", type=positive, default=1, help="shards (worker processes when > 1; default 1)"),
         arg("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)"),
         arg("--port", type=port, default=50051, help="port (default 50051; 0 = any free port, printed)"),
+        arg("--http-port", type=port, default=None,
+            help="also serve /metrics, /healthz, /readyz, the JSON API and the web console on this port "
+                 "(0 = any free port, printed; needs the 'http' extra)"),
         arg("--schema", default=None, help="schema JSON file (default: the demo's, data dir's or the built-in one)"),
         arg("--demo", type=count, default=0, metavar="N", help="generate and load N demo profiles"),
         arg("--demo-events", type=count, default=None, help="demo events (default 10 per profile)"),

@@ -150,15 +150,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     # -- operations -------------------------------------------------------------------------
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
-        stats = self.gate.read(context, self.engine.stats)
-        by_type: dict[str, int] = {}
-        for shard in stats["shards"]:
-            for name, count in shard.get("events_by_type", {}).items():
-                by_type[name] = by_type.get(name, 0) + count
-        return pb.StatsResponse(profiles=stats["profiles"], events=stats["events"], shards=len(stats["shards"]),
-                                segments=len(self.engine.catalog), events_by_type=by_type,
-                                watchers=len(self.engine.changes.subscribers),
-                                uptime_s=time.monotonic() - self.started, version=_version())
+        return pb.StatsResponse(**server_stats(self.gate, context, self.started))
 
     def GetSchema(self, request: pb.GetSchemaRequest, context: grpc.ServicerContext) -> pb.GetSchemaResponse:
         return pb.GetSchemaResponse(schema_json=json.dumps(self.engine.schema.to_dict(), sort_keys=True))
@@ -249,6 +241,19 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
 def _pairs(request: pb.MergeRequest) -> list[tuple[str, str]]:
     return [(pair.from_id, pair.into_id) for pair in request.pairs]
+
+
+def server_stats(gate: EngineGate, context: grpc.ServicerContext | None, started: float) -> dict[str, object]:
+    """The fields of a Stats answer (also the HTTP API's): sizes, events by type, watchers, uptime, version."""
+    engine = gate.engine
+    stats = gate.read(context, engine.stats)
+    by_type: dict[str, int] = {}
+    for shard in stats["shards"]:
+        for name, count in shard.get("events_by_type", {}).items():
+            by_type[name] = by_type.get(name, 0) + count
+    return {"profiles": stats["profiles"], "events": stats["events"], "shards": len(stats["shards"]),
+            "segments": len(engine.catalog), "events_by_type": by_type, "watchers": len(engine.changes.subscribers),
+            "uptime_s": time.monotonic() - started, "version": _version()}
 
 
 def _version() -> str:

@@ -14,11 +14,13 @@ committed meanwhile; only their acknowledgements wait.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from ..errors import SegengineError
+from ..observed import LatencyHistogram
 from .lmdb_env import LmdbEnv
 from .wal import DB as WAL_DB
 from .wal import put_record
@@ -73,6 +75,7 @@ class WritePipeline:
         self.max_group_bytes = max_group_bytes
         self.bytes_logged = 0
         self.commits = 0
+        self.commit_latency = LatencyHistogram()  # seconds per group commit (fsync included)
         self.broken: BaseException | None = None
         self._queue: deque[Ticket] = deque()
         self._cond = threading.Condition()
@@ -149,7 +152,9 @@ class WritePipeline:
                 return sum(put_record(txn, self.db, first + i, t.kind, t.body) for i, t in enumerate(group))
 
             try:
+                began = time.perf_counter()
                 stored = self.env.write(fill)
+                self.commit_latency.observe(time.perf_counter() - began)
             except BaseException as exc:  # the log's state is unknown: refuse further writes
                 self.broken = exc
                 for ticket in group:
