@@ -262,7 +262,7 @@ class SegengineClient:
         s = self._call(self.stub.Stats, pb.StatsRequest())
         return {"profiles": s.profiles, "events": s.events, "shards": s.shards, "segments": s.segments,
                 "events_by_type": dict(s.events_by_type), "watchers": s.watchers, "uptime_s": s.uptime_s,
-                "version": s.version}
+                "version": s.version, "destinations": [convert.destination_dict(d) for d in s.destinations]}
 
     @property
     def schema(self) -> Schema:
@@ -298,6 +298,22 @@ class SegengineClient:
         """Everything held about the profile ``profile_id`` names (contract section 6), None if unknown."""
         reply = self._call(self.stub.ExportProfile, pb.ExportProfileRequest(id=profile_id), timeout)
         return json.loads(reply.json) if reply.found else None
+
+    def add_destination(self, segment: str, url: str, secret: str, name: str | None = None,
+                        **options: float) -> dict[str, Any]:
+        """Deliver saved segment ``segment``'s entries and exits to webhook ``url`` (admin token); its info."""
+        request = pb.AddDestinationRequest(name=name or "", segment=segment, url=url, secret=secret,
+                                           options=pb.DestinationOptions(**options))
+        return convert.destination_dict(self._call(self.stub.AddDestination, request))
+
+    def remove_destination(self, name: str) -> None:
+        """Stop delivering to destination ``name`` and forget it (admin token)."""
+        self._call(self.stub.RemoveDestination, pb.RemoveDestinationRequest(name=name))
+
+    def list_destinations(self) -> list[dict[str, Any]]:
+        """Every destination: definition (no secret), delivery state, counters and lag."""
+        reply = self._call(self.stub.ListDestinations, pb.ListDestinationsRequest())
+        return [convert.destination_dict(d) for d in reply.destinations]
 
     def snapshot(self) -> str:
         """Ask the server to write a snapshot now; returns its description."""

@@ -155,7 +155,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         return pb.StatsResponse(profiles=stats["profiles"], events=stats["events"], shards=len(stats["shards"]),
                                 segments=len(self.engine.catalog), events_by_type=by_type,
                                 watchers=len(self.engine.changes.subscribers),
-                                uptime_s=time.monotonic() - self.started, version=_version())
+                                uptime_s=time.monotonic() - self.started, version=_version(),
+                                destinations=[convert.destination_message(d) for d in stats["destinations"]])
 
     def GetSchema(self, request: pb.GetSchemaRequest, context: grpc.ServicerContext) -> pb.GetSchemaResponse:
         return pb.GetSchemaResponse(schema_json=json.dumps(self.engine.schema.to_dict(), sort_keys=True))
@@ -194,6 +195,22 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         if record is None:
             return pb.ExportProfileResponse(found=False)
         return pb.ExportProfileResponse(found=True, json=json.dumps(record, sort_keys=True))
+
+    # -- destinations (webhooks; adding and removing are admin calls: see server.interceptors) ---
+    def AddDestination(self, request: pb.AddDestinationRequest, context: grpc.ServicerContext) -> pb.Destination:
+        info = self.gate.write(context, self.engine.add_destination, request.segment, request.url, request.secret,
+                               request.name or None, **convert.destination_options(request.options))
+        return convert.destination_message(info)
+
+    def RemoveDestination(self, request: pb.RemoveDestinationRequest,
+                          context: grpc.ServicerContext) -> pb.RemoveDestinationResponse:
+        self.gate.write(context, self.engine.remove_destination, request.name)
+        return pb.RemoveDestinationResponse()
+
+    def ListDestinations(self, request: pb.ListDestinationsRequest,
+                         context: grpc.ServicerContext) -> pb.ListDestinationsResponse:
+        infos = self.gate.read(context, self.engine.list_destinations)
+        return pb.ListDestinationsResponse(destinations=[convert.destination_message(d) for d in infos])
 
 
 def _pairs(request: pb.MergeRequest) -> list[tuple[str, str]]:
