@@ -6,6 +6,7 @@ which maps them to status codes in one place.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -198,8 +199,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     # -- destinations (webhooks; adding and removing are admin calls: see server.interceptors) ---
     def AddDestination(self, request: pb.AddDestinationRequest, context: grpc.ServicerContext) -> pb.Destination:
-        info = self.gate.write(context, self.engine.add_destination, request.segment, request.url, request.secret,
-                               request.name or None, **convert.destination_options(request.options))
+        add = functools.partial(self.engine.add_destination, **convert.destination_options(request.options))
+        info = self.gate.write(context, add, request.segment, request.url, request.secret, request.name or None)
         return convert.destination_message(info)
 
     def RemoveDestination(self, request: pb.RemoveDestinationRequest,

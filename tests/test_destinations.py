@@ -55,7 +55,7 @@ def test_entries_and_exits_are_posted_in_order_and_signed(receiver: Receiver) ->
                        (4, "exited", "u5"), (5, "entered", "u0"), (6, "entered", "u9")]
         assert {c["segment"] for c in receiver.changes()} == {"older"}
         assert all(isinstance(c["at_ms"], int) for c in receiver.changes())
-        assert receiver.bad_signatures == 0 and receiver.out_of_order == 0
+        assert receiver.bad_signatures == 0 and receiver.gaps == 0
         assert receiver.view("older") == members(engine, "older") == {"u0", "u3", "u4", "u9"}
         stats = engine.stats()["destinations"][0]
         assert (stats["state"], stats["pending"], stats["delivered"], stats["failures"]) == ("idle", 0, 6, 0)
@@ -96,7 +96,7 @@ def test_a_failing_receiver_gets_retries_in_order_and_loses_nothing(receiver: Re
         assert receiver.view("buyers") == members(engine, "buyers")
         ids = [c["change_id"] for c in receiver.changes()]
         assert ids == sorted(ids) and ids == list(range(1, len(ids) + 1))  # each batch acknowledged once, in order
-        assert receiver.out_of_order == 0 and receiver.duplicates == 0 and receiver.bad_signatures == 0
+        assert receiver.gaps == 0 and receiver.duplicates == 0 and receiver.bad_signatures == 0
         stats = engine.list_destinations()[0]
         assert (stats["failures"], stats["retries"], stats["last_error"]) == (4, 4, "HTTP 500")
         assert receiver.requests == stats["batches"] + 4

@@ -31,7 +31,8 @@ class Receiver:
         self.requests = 0
         self.bad_signatures = 0
         self.duplicates = 0
-        self.out_of_order = 0
+        self.gaps = 0  # change ids skipped (a batch sent before a restart and never received)
+        self.delay_s = 0.0  # seconds each request takes
         self.failures_left = 0
         self.fail_status = 500
         self.port = port
@@ -102,6 +103,8 @@ class Receiver:
     def handle(self, body: bytes, signature: str) -> int:
         """Check, record and apply one request; the status to answer."""
         expected = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+        if self.delay_s:
+            time.sleep(self.delay_s)
         with self.lock:
             self.requests += 1
             if not hmac.compare_digest(expected, signature):
@@ -118,7 +121,7 @@ class Receiver:
                     self.duplicates += 1
                     continue
                 if change["change_id"] != self.last_change.get(key, 0) + 1:
-                    self.out_of_order += 1
+                    self.gaps += 1
                 self.last_change[key] = change["change_id"]
                 members = self.members.setdefault(change["segment"], set())
                 if change["change"] == "entered":

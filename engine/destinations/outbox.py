@@ -1,8 +1,11 @@
 """One destination's outbox: the changes still to deliver, the batch in flight, the receiver's view.
 
 Invariant: applying the pending changes, in order, to ``acked`` plus the batch in flight gives
-the segment's current members. So an outbox can always be rebuilt from the members and the
-receiver's view (``reconcile``): after a restart, after an overflow, when it is created.
+the segment's current members. ``unsure`` holds the ids whose state at the receiver is not known
+(the ids of every batch sent and not acknowledged: the receiver may have applied it; after a crash
+also the ids of such batches sent before it, until their current state is acknowledged). So an
+outbox can always be rebuilt from the members, the receiver's view and the unsure ids
+(``reconcile``): after a restart, after an overflow, when it is created.
 
 A change is a tuple ``(kind, profile id, at_ms, enqueued monotonic s, erased)``; a batch gets its
 change ids (``sent + 1 ...``) when it is formed, and keeps them until acknowledged.
@@ -107,6 +110,7 @@ class Batch:
     body: bytes | None = None
     attempts: int = 0
     maybe_seen: bool = False  # some request for it may have reached the receiver
+    was_unsure: set[str] = field(default_factory=set)  # its ids that were unsure before it was formed
 
     def encode(self, destination: str, segment: str) -> bytes:
         """The request body (JSON), encoded once per content."""
@@ -147,8 +151,8 @@ class Outbox:
         self.acked: set[str] = set(stored.acked) if stored else set()
         self.acked_change_id = stored.acked_change_id if stored else 0
         self.sent_change_id = stored.sent_change_id if stored else 0
-        #: ids of a batch sent before a restart and never acknowledged: the receiver may have applied it
-        self.suspect: set[str] = {pid for _, pid in stored.inflight} if stored else set()
+        #: ids whose state at the receiver is unknown (see the module docstring)
+        self.unsure: set[str] = set(stored.unsure) if stored else set()
         self.pending: deque[tuple[str, str, int, float, bool]] = deque()
         self.inflight: Batch | None = None
         self.needs_resync = False
@@ -163,20 +167,17 @@ class Outbox:
 
     # -- filling (from the engine, under its write lock) ------------------------------------
     def reconcile(self, members: Iterable[str], at_ms: int) -> None:
-        """Replace the pending changes by the difference between the receiver's view and ``members``
-        (plus the current state of every id a lost in-flight batch named). No batch may be in flight."""
+        """Replace the pending changes by the difference between the receiver's view and ``members``,
+        plus the current state of every unsure id. No batch may be in flight."""
         now = time.monotonic()
         members = set(members)
         with self.cond:
             assert self.inflight is None, "reconcile with a batch in flight"
-            exits = self.acked - members
-            entries = members - self.acked
-            exits |= (self.suspect - members) - exits
-            entries |= (self.suspect & members) - entries
+            exits = (self.acked - members) | (self.unsure - members)
+            entries = (members - self.acked) | (self.unsure & members)
             self.pending.clear()
             self.pending.extend((EXITED, pid, at_ms, now, False) for pid in sorted(exits))
             self.pending.extend((ENTERED, pid, at_ms, now, False) for pid in sorted(entries))
-            self.suspect = set()
             self.needs_resync = False
             self.cond.notify_all()
 
@@ -214,10 +215,11 @@ class Outbox:
         """Drop every pending change of ``ids``; an id the receiver may hold gets one exit (marked erased),
         whose id is never stored. Returns the ids dropped from the stored view."""
         with self.cond:
-            told = (self.acked | self.suspect) & ids
+            unsure = self.unsure
+            if self.inflight is not None and not self.inflight.maybe_seen:  # the receiver never saw it
+                unsure = unsure - ({c.profile_id for c in self.inflight.changes} - self.inflight.was_unsure)
+            told = (self.acked | unsure) & ids
             if self.inflight is not None:
-                if self.inflight.maybe_seen:
-                    told |= {c.profile_id for c in self.inflight.changes if c.profile_id in ids}
                 kept = [c for c in self.inflight.changes if c.profile_id not in ids]
                 if len(kept) != len(self.inflight.changes):
                     self.inflight.changes = kept
@@ -227,9 +229,8 @@ class Outbox:
             now = time.monotonic()
             self.pending.extend((EXITED, pid, at_ms, now, True) for pid in sorted(told))
             self.acked -= ids
-            self.suspect -= ids
-            inflight = self._inflight_pairs()
-            self.store.forget(self.name, sorted(ids), self.acked_change_id, self.sent_change_id, inflight)
+            self.unsure -= ids
+            self.store.forget(self.name, sorted(ids))
             self.cond.notify_all()
             return sorted(told)
 
@@ -249,15 +250,17 @@ class Outbox:
             for offset in range(take):
                 kind, pid, at_ms, enqueued, erased = popleft()
                 changes.append(BatchChange(first + offset, kind, pid, at_ms, enqueued, erased))
+            ids = {c.profile_id for c in changes if not c.erased}  # an erased id is never stored
+            batch = Batch(changes, was_unsure=ids & self.unsure)
+            try:
+                self.store.sent(self.name, self.acked_change_id, first + take - 1, ids)
+            except BaseException:
+                self.pending.extendleft((c.kind, c.profile_id, c.at_ms, c.enqueued, c.erased) for c in reversed(changes))
+                raise
             self.sent_change_id = first + take - 1
-            self.inflight = Batch(changes)
-            self.store.sent(self.name, self.acked_change_id, self.sent_change_id, self._inflight_pairs())
-            return self.inflight
-
-    def _inflight_pairs(self) -> list[tuple[str, str]]:
-        if self.inflight is None:
-            return []
-        return [(c.kind, c.profile_id) for c in self.inflight.changes if not c.erased]
+            self.unsure |= ids
+            self.inflight = batch
+            return batch
 
     def acknowledge(self, batch: Batch) -> None:
         """The receiver acknowledged ``batch``: apply it to the view (stored first)."""
@@ -273,6 +276,7 @@ class Outbox:
             self.store.acknowledged(self.name, entered, exited, last, self.sent_change_id)
             self.acked.update(entered)
             self.acked.difference_update(exited)
+            self.unsure.difference_update(state)
             self.acked_change_id = last
             self.inflight = None
             self.failing_since = 0.0

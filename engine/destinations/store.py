@@ -5,8 +5,10 @@ Databases (keys and values are small; every write is one durable transaction):
 - ``defs``: destination name -> its definition (JSON: segment, url, secret, options, created_ms);
 - ``acked``: ``name NUL profile id`` -> empty: the members the receiver has acknowledged (the
   receiver's view: every acknowledged ``entered`` adds a key, every acknowledged ``exited`` removes it);
-- ``progress``: name -> msgpack ``{"acked": last acknowledged change id, "sent": last change id
-  sent, "inflight": [[kind, id], ...] of the batch sent and not yet acknowledged}``;
+- ``unsure``: ``name NUL profile id`` -> empty: the ids whose state at the receiver is unknown: every
+  id of a batch is added before the batch is sent and removed when it is acknowledged (so after a
+  crash these are the ids the receiver may hold differently from ``acked``);
+- ``progress``: name -> msgpack ``{"acked": last acknowledged change id, "sent": last change id sent}``;
 - ``meta``: ``applied_seq`` -> the last destination command of the write-ahead log applied here.
 
 An engine without a data directory uses ``NullStore`` (nothing is kept).
@@ -21,7 +23,7 @@ import msgpack
 
 from ..persist.lmdb_env import close_env, open_env
 
-NAMES = ("defs", "acked", "progress", "meta")
+NAMES = ("defs", "acked", "unsure", "progress", "meta")
 APPLIED_SEQ = b"applied_seq"
 #: The store is small: its map starts at 1 GiB (it doubles when full).
 MAP_SIZE = 1 << 30
@@ -33,13 +35,13 @@ class StoredDestination:
 
     definition: dict[str, Any]
     acked: set[str] = field(default_factory=set)
+    unsure: set[str] = field(default_factory=set)
     acked_change_id: int = 0
     sent_change_id: int = 0
-    inflight: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _progress(acked: int, sent: int, inflight: Iterable[tuple[str, str]]) -> bytes:
-    return msgpack.packb({"acked": acked, "sent": sent, "inflight": [list(pair) for pair in inflight]})
+def _progress(acked: int, sent: int) -> bytes:
+    return msgpack.packb({"acked": acked, "sent": sent})
 
 
 def _member_key(name: str, profile_id: str) -> bytes:
@@ -61,14 +63,15 @@ class NullStore:
     def remove(self, name: str, seq: int) -> None:
         """Forget destination ``name`` and everything kept for it."""
 
-    def sent(self, name: str, acked: int, sent: int, inflight: list[tuple[str, str]]) -> None:
-        """Record, before it is sent, the batch ``inflight`` whose last change id is ``sent``."""
+    def sent(self, name: str, acked: int, sent: int, ids: Iterable[str]) -> None:
+        """Record, before it is sent, a batch of the changes of ``ids`` whose last change id is ``sent``."""
 
     def acknowledged(self, name: str, entered: list[str], exited: list[str], acked: int, sent: int) -> None:
-        """The receiver acknowledged the batch in flight: update its view and position."""
+        """The receiver acknowledged the batch in flight (of the ids ``entered`` + ``exited``, by their final
+        state): update its view and position."""
 
-    def forget(self, name: str, ids: list[str], acked: int, sent: int, inflight: list[tuple[str, str]]) -> None:
-        """Erasure: drop ``ids`` from the receiver's view kept here and store the batch in flight without them."""
+    def forget(self, name: str, ids: list[str]) -> None:
+        """Erasure: drop ``ids`` from the receiver's view and from the unsure ids kept here."""
 
     def compact(self) -> dict[str, int] | None:
         """Rewrite the store without its free pages (None: nothing to rewrite)."""
@@ -105,12 +108,12 @@ class DestinationStore(NullStore):
                 if stored is not None:
                     progress = msgpack.unpackb(raw)
                     stored.acked_change_id, stored.sent_change_id = progress["acked"], progress["sent"]
-                    stored.inflight = [(kind, pid) for kind, pid in progress["inflight"]]
-            for key, _ in txn.cursor(db=self.env.db("acked")):
-                name, _, profile_id = bytes(key).partition(b"\0")
-                stored = found.get(name.decode())
-                if stored is not None:
-                    stored.acked.add(profile_id.decode())
+            for db in ("acked", "unsure"):
+                for key, _ in txn.cursor(db=self.env.db(db)):
+                    name, _, profile_id = bytes(key).partition(b"\0")
+                    stored = found.get(name.decode())
+                    if stored is not None:
+                        getattr(stored, db).add(profile_id.decode())
         return list(found.values())
 
     def put(self, definition: dict[str, Any], seq: int) -> None:
@@ -119,7 +122,7 @@ class DestinationStore(NullStore):
         def fill(txn: Any) -> None:
             self._drop_members(txn, name)
             txn.put(name.encode(), json.dumps(definition, sort_keys=True).encode(), db=self.env.db("defs"))
-            txn.put(name.encode(), _progress(0, 0, []), db=self.env.db("progress"))
+            txn.put(name.encode(), _progress(0, 0), db=self.env.db("progress"))
             txn.put(APPLIED_SEQ, str(seq).encode(), db=self.env.db("meta"))
 
         self.env.write(fill)
@@ -135,32 +138,44 @@ class DestinationStore(NullStore):
 
     def _drop_members(self, txn: Any, name: str) -> None:
         prefix = name.encode() + b"\0"
-        cursor = txn.cursor(db=self.env.db("acked"))
-        if cursor.set_range(prefix):
-            while cursor.key().startswith(prefix):
-                if not cursor.delete():
-                    break
+        for db in ("acked", "unsure"):
+            cursor = txn.cursor(db=self.env.db(db))
+            if cursor.set_range(prefix):
+                while cursor.key().startswith(prefix):
+                    if not cursor.delete():
+                        break
 
-    def sent(self, name: str, acked: int, sent: int, inflight: list[tuple[str, str]]) -> None:
-        self.env.write(lambda txn: txn.put(name.encode(), _progress(acked, sent, inflight), db=self.env.db("progress")))
-
-    def acknowledged(self, name: str, entered: list[str], exited: list[str], acked: int, sent: int) -> None:
+    def sent(self, name: str, acked: int, sent: int, ids: Iterable[str]) -> None:
         def fill(txn: Any) -> None:
-            members = self.env.db("acked")
-            for profile_id in exited:
-                txn.delete(_member_key(name, profile_id), db=members)
-            for profile_id in entered:
-                txn.put(_member_key(name, profile_id), b"", db=members)
-            txn.put(name.encode(), _progress(acked, sent, []), db=self.env.db("progress"))
+            unsure = self.env.db("unsure")
+            for profile_id in ids:
+                txn.put(_member_key(name, profile_id), b"", db=unsure)
+            txn.put(name.encode(), _progress(acked, sent), db=self.env.db("progress"))
 
         self.env.write(fill)
 
-    def forget(self, name: str, ids: list[str], acked: int, sent: int, inflight: list[tuple[str, str]]) -> None:
+    def acknowledged(self, name: str, entered: list[str], exited: list[str], acked: int, sent: int) -> None:
         def fill(txn: Any) -> None:
-            members = self.env.db("acked")
+            members, unsure = self.env.db("acked"), self.env.db("unsure")
+            for profile_id in exited:
+                key = _member_key(name, profile_id)
+                txn.delete(key, db=members)
+                txn.delete(key, db=unsure)
+            for profile_id in entered:
+                key = _member_key(name, profile_id)
+                txn.put(key, b"", db=members)
+                txn.delete(key, db=unsure)
+            txn.put(name.encode(), _progress(acked, sent), db=self.env.db("progress"))
+
+        self.env.write(fill)
+
+    def forget(self, name: str, ids: list[str]) -> None:
+        def fill(txn: Any) -> None:
+            members, unsure = self.env.db("acked"), self.env.db("unsure")
             for profile_id in ids:
-                txn.delete(_member_key(name, profile_id), db=members)
-            txn.put(name.encode(), _progress(acked, sent, inflight), db=self.env.db("progress"))
+                key = _member_key(name, profile_id)
+                txn.delete(key, db=members)
+                txn.delete(key, db=unsure)
 
         self.env.write(fill)
 
