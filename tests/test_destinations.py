@@ -225,3 +225,23 @@ def test_backoff_is_capped_full_jitter() -> None:
     waits = [backoff_s(failures, 0.5, 4.0, rng) for failures in range(1, 200)]
     assert all(0 <= w <= 4.0 for w in waits)
     assert max(waits[:1]) <= 0.5 and max(waits[10:]) > 2.0
+
+
+def test_an_outbox_over_max_pending_is_rebuilt_from_the_members(receiver: Receiver) -> None:
+    with Engine(SCHEMA, shards=2, backend="local") as engine:
+        engine.upsert_profiles([{"id": f"u{i}", "age": 60} for i in range(4)])
+        engine.create_segment("older", "age >= 50")
+        engine.add_destination("older", receiver.url, SECRET, batch_size=2, max_pending=5, **FAST)
+        wait_drained(engine)
+        receiver.stop()
+        for round_ in range(5):  # 40 changes, far over max_pending: the history is dropped
+            engine.upsert_profiles([{"id": f"u{i}", "age": 10 if (i + round_) % 2 else 70} for i in range(8)])
+        stats = engine.list_destinations()[0]
+        assert stats["state"] == "resync" and stats["pending"] <= 2  # only the batch in flight is kept
+        receiver.start()
+        wait_drained(engine)
+        stats = engine.list_destinations()[0]
+        assert stats["resyncs"] == 1
+        assert receiver.view("older") == members(engine, "older") == {"u0", "u2", "u4", "u6"}
+        # the net differences from what the receiver acknowledged, not the 40 changes
+        assert len(receiver.changes()) < 4 + 2 + 8
