@@ -509,9 +509,9 @@ class Engine:
         if self.closed:
             return
         self.closed = True
-        self.destinations.close()
         if self.durable is not None:
-            self.durable.close()
+            self.durable.close()  # queued writes are applied first, erasures included
+        self.destinations.close()
         self.changes.close_all()
         self.shards.close()
 

@@ -241,6 +241,8 @@ class Outbox:
         with self.cond:
             if self.inflight is None and not self.pending and wait_s > 0 and not self.closed:
                 self.cond.wait(wait_s)
+            if self.closed:
+                return None
             if self.inflight is not None or not self.pending or self.needs_resync:
                 return self.inflight
             take = min(len(self.pending), self.definition.options.batch_size)
@@ -265,7 +267,7 @@ class Outbox:
     def acknowledge(self, batch: Batch) -> None:
         """The receiver acknowledged ``batch``: apply it to the view (stored first)."""
         with self.cond:
-            if batch is not self.inflight:
+            if batch is not self.inflight or self.closed:  # closed: the destination was removed or the engine stops
                 return
             state: dict[str, bool] = {}
             for c in batch.changes:

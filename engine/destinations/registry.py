@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Callable, Iterable, Protocol
 
 from ..commands import AddDestination, Command, RemoveDestination
@@ -173,9 +172,10 @@ class Destinations:
         with self.source.publish.writing():
             for stored in store.load():
                 definition = DestinationDef.from_dict(stored.definition)
-                if definition.segment not in self.source.catalog:
-                    log.warning("destination %s follows segment %s, which does not exist; not delivering",
+                if definition.segment not in self.source.catalog:  # its adding failed when it was applied
+                    log.warning("destination %s follows segment %s, which does not exist; forgetting it",
                                 definition.name, definition.segment)
+                    store.remove(definition.name, store.applied_seq)
                     continue
                 outbox = Outbox(definition, store, stored)
                 self.source.capture_changes()
@@ -215,21 +215,8 @@ class Destinations:
         """Every destination's definition and delivery state, by name (never a secret)."""
         return [self.outboxes[name].stats() for name in sorted(self.outboxes)]
 
-    def drained(self) -> bool:
-        """True when no destination has a change left to deliver."""
-        return all(not box.pending_count() and not box.needs_resync for box in self.outboxes.values())
-
 
 def _definition(command: AddDestination) -> DestinationDef:
     return DestinationDef(command.name, command.segment, command.url, command.secret,
                           DeliveryOptions.from_dict(command.options), command.now)
 
-
-def wait_drained(destinations: Destinations, timeout_s: float) -> bool:
-    """Wait up to ``timeout_s`` for every destination to drain; True if they did."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if destinations.drained():
-            return True
-        time.sleep(0.01)
-    return destinations.drained()
