@@ -7,6 +7,8 @@ Layout of ``data_dir``::
     log/            LMDB, owned by the coordinator: ``wal`` (write-ahead log), ``meta`` (layout, manifest)
     shard-<n>/      LMDB, owned by the process holding shard n: database ``chunks``, its part of
                     the current snapshot (see ``snapshot`` and ``chunk_store``)
+    destinations/   LMDB, owned by the coordinator: webhook destinations and their positions
+                    (``engine.destinations.store``; opened through ``Coordinator.restore_destinations``)
 
 Opening checks the layout (schema and shard count), then every shard recovers itself in its
 own process, in parallel (``recovery.recover_shard``: newest snapshot part, then its share of
