@@ -135,9 +135,16 @@ class Deliverer:
             self.outbox.cond.notify_all()
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(wait_s)
-        self.poster.close()
+        if not self.thread.is_alive():  # else the thread closes it when its request ends
+            self.poster.close()
 
     def _run(self) -> None:
+        try:
+            self._deliver()
+        finally:
+            self.poster.close()
+
+    def _deliver(self) -> None:
         outbox = self.outbox
         options = outbox.definition.options
         while not self.stop.is_set():
