@@ -245,3 +245,34 @@ def test_an_outbox_over_max_pending_is_rebuilt_from_the_members(receiver: Receiv
         assert receiver.view("older") == members(engine, "older") == {"u0", "u2", "u4", "u6"}
         # the net differences from what the receiver acknowledged, not the 40 changes
         assert len(receiver.changes()) < 4 + 2 + 8
+
+
+def test_an_erasure_exit_survives_a_rebuild_of_the_outbox(receiver: Receiver) -> None:
+    with Engine(SCHEMA, shards=1) as engine:
+        engine.upsert_profiles([{"id": f"u{i}", "age": 60} for i in range(4)])
+        engine.create_segment("older", "age >= 50")
+        engine.add_destination("older", receiver.url, SECRET, max_pending=3, **FAST)
+        wait_drained(engine)
+        receiver.stop()
+        engine.upsert_profiles([{"id": f"n{i}", "age": 70} for i in range(5)])  # over max_pending: a rebuild
+        assert engine.delete_profiles(["u0"]) == 1  # before or after the rebuild: the exit is sent
+        receiver.start()
+        wait_drained(engine)
+        erased = [(c["change"], c["profile_id"]) for c in receiver.changes() if c.get("erased")]
+        assert erased == [("exited", "u0")]
+        assert receiver.view("older") == members(engine, "older") == {"u1", "u2", "u3"} | {f"n{i}" for i in range(5)}
+
+
+def test_a_rebuild_keeps_the_erasure_exits_queued_before_it() -> None:
+    from engine.destinations.outbox import DeliveryOptions, DestinationDef, Outbox
+
+    box = Outbox(DestinationDef("d", "s", "http://127.0.0.1:1/", "k", DeliveryOptions(max_pending=3)))
+    box.reconcile(["u0", "u1"], at_ms=1)
+    box.acknowledge(box.next_batch())
+    box.offer_many("entered", ["n0", "n1", "n2", "n3"], at_ms=2)  # over max_pending: dropped
+    assert box.needs_resync and not box.pending
+    assert box.erase({"u0"}, at_ms=3) == ["u0"]
+    box.reconcile(["u1", "n0", "n1", "n2", "n3"], at_ms=4)
+    assert [(kind, pid, erased) for kind, pid, _, _, erased in box.pending] == [
+        ("exited", "u0", True), ("entered", "n0", False), ("entered", "n1", False), ("entered", "n2", False),
+        ("entered", "n3", False)]

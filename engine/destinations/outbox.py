@@ -12,7 +12,7 @@ change ids (``sent + 1 ...``) when it is formed, and keeps them until acknowledg
 
 >>> box = Outbox(DestinationDef("d", "vip", "http://127.0.0.1:1/", "s", DeliveryOptions()))
 >>> box.reconcile(["u1", "u2"], at_ms=5)
->>> box.offer("exited", "u1", 6); box.offer("entered", "u3", 6)
+>>> box.offer_many("exited", ["u1"], 6); box.offer_many("entered", ["u3"], 6)
 >>> batch = box.next_batch(); [(c.change_id, c.kind, c.profile_id) for c in batch.changes]
 [(1, 'entered', 'u1'), (2, 'entered', 'u2'), (3, 'exited', 'u1'), (4, 'entered', 'u3')]
 >>> box.acknowledge(batch); sorted(box.acked), box.pending_count()
@@ -175,41 +175,36 @@ class Outbox:
             assert self.inflight is None, "reconcile with a batch in flight"
             exits = (self.acked - members) | (self.unsure - members)
             entries = (members - self.acked) | (self.unsure & members)
+            erasures = [change for change in self.pending if change[4]]  # their ids are in no view any more
             self.pending.clear()
+            self.pending.extend(erasures)
             self.pending.extend((EXITED, pid, at_ms, now, False) for pid in sorted(exits))
             self.pending.extend((ENTERED, pid, at_ms, now, False) for pid in sorted(entries))
             self.needs_resync = False
             self.cond.notify_all()
 
-    def offer(self, kind: str, profile_id: str, at_ms: int) -> None:
-        """Append one change (dropped while the outbox waits to be rebuilt)."""
-        with self.cond:
-            if self.needs_resync:
-                return
-            self.pending.append((kind, profile_id, at_ms, time.monotonic(), False))
-            if len(self.pending) > self.definition.options.max_pending:
-                self.pending.clear()
-                self.needs_resync = True
-            self.cond.notify_all()
-
     def offer_many(self, kind: str, ids: list[str], at_ms: int) -> None:
-        """Append one change per id of ``ids``."""
+        """Append one change per id of ``ids`` (dropped while the outbox waits to be rebuilt)."""
         with self.cond:
             if self.needs_resync:
                 return
             now = time.monotonic()
             self.pending.extend((kind, pid, at_ms, now, False) for pid in ids)
             if len(self.pending) > self.definition.options.max_pending:
-                self.pending.clear()
+                self._drop_pending()
                 self.needs_resync = True
             self.cond.notify_all()
 
     def lose(self) -> None:
         """Changes were lost upstream: rebuild from the members once the batch in flight is acknowledged."""
         with self.cond:
-            self.pending.clear()
+            self._drop_pending()
             self.needs_resync = True
             self.cond.notify_all()
+
+    def _drop_pending(self) -> None:
+        """Drop the pending changes but the erasure exits (a rebuild cannot bring those back)."""
+        self.pending = deque(change for change in self.pending if change[4])
 
     def erase(self, ids: set[str], at_ms: int) -> list[str]:
         """Drop every pending change of ``ids``; an id the receiver may hold gets one exit (marked erased),
