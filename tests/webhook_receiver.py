@@ -30,6 +30,7 @@ class Receiver:
         self.last_change: dict[str, int] = {}
         self.requests = 0
         self.bad_signatures = 0
+        self.torn = 0  # requests cut short by the sender's death
         self.duplicates = 0
         self.gaps = 0  # change ids skipped (a batch sent before a restart and never received)
         self.delay_s = 0.0  # seconds each request takes
@@ -64,7 +65,13 @@ class Receiver:
                 super().finish()
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request (kill -9): nothing to answer
+                    with receiver.lock:
+                        receiver.torn += 1
+                    self.close_connection = True
+                    return
                 status = receiver.handle(body, self.headers.get("X-Segengine-Signature", ""))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
