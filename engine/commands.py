@@ -119,12 +119,42 @@ class Expire:
     now: int
 
 
+@dataclass(frozen=True)
+class AddDestination:
+    """Deliver the entries and exits of saved segment ``segment`` to webhook ``url`` as destination ``name``.
+
+    The record holds the secret that signs the requests (see engine.destinations): the data
+    directory is as confidential as the secrets of its destinations. ``options``: delivery
+    settings (batch size, timeout, backoff) as plain numbers.
+    """
+
+    kind: ClassVar[str] = "add_destination"
+    name: str
+    segment: str
+    url: str
+    secret: str
+    options: dict[str, float]
+    now: int
+
+
+@dataclass(frozen=True)
+class RemoveDestination:
+    """Stop delivering to destination ``name`` and forget it (its secret and its position)."""
+
+    kind: ClassVar[str] = "remove_destination"
+    name: str
+
+
 Command = Union[Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment, UpdateSchema, Merge, Erase,
-                Expire]
+                Expire, AddDestination, RemoveDestination]
 
 #: Every command class by its log record kind.
 COMMANDS: dict[str, type] = {c.kind: c for c in (Upsert, Track, LoadProfiles, LoadEvents, CreateSegment, DeleteSegment,
-                                                  UpdateSchema, Merge, Erase, Expire)}
+                                                  UpdateSchema, Merge, Erase, Expire, AddDestination,
+                                                  RemoveDestination)}
+
+#: Kinds applied by the coordinator alone (no shard takes part; see engine.destinations).
+COORDINATOR_KINDS = frozenset({AddDestination.kind, RemoveDestination.kind})
 
 #: The LocalShard methods that ``route`` names (run by the shard's ``apply_logged`` only).
 SHARD_METHODS = frozenset({"upsert", "track", "load_profiles", "load_events", "create_segment", "delete_segment",
@@ -169,6 +199,8 @@ def route(command: Command, shards: int, compile: Callable[[str], Step] | None) 
     if isinstance(command, Erase):
         groups = split_by_shard(command.ids, lambda i: i, shards)
         return [("erase", (group, command.now)) if group else None for group in groups]
+    if isinstance(command, (AddDestination, RemoveDestination)):
+        return [None] * shards
     raise TypeError(f"not a write command: {type(command).__name__}")
 
 

@@ -19,8 +19,10 @@ from .analytics import check_breakdown, merge_breakdown, merge_overlap
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
 from .concurrency import PublishLock
-from .commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
-                       Upsert, applied_count, merged_segment_info, route)
+from .commands import (COORDINATOR_KINDS, AddDestination, Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents,
+                       LoadProfiles, Merge, RemoveDestination, Track, UpdateSchema, Upsert, applied_count,
+                       merged_segment_info, route)
+from .destinations import Destinations
 from .errors import DataDirMismatch, DataError, QueryError, SegmentExists, ShardError
 from .export_formats import write_members
 from .explain import merge_trees
@@ -127,6 +129,7 @@ class Engine:
         self.auto_refresh = True  # False: only refresh_segments() does (a server refreshes from its own timer)
         self.catalog = SegmentCatalog()
         self.changes = ChangeHub()
+        self.destinations = Destinations(self)  # webhooks fed by the same changes (see engine.destinations)
         self._refreshed_at = 0
         self._capturing = False
         self._write_lock = threading.Lock()  # in memory: writes are numbered and applied one at a time
@@ -151,10 +154,12 @@ class Engine:
             except BaseException:
                 if self.history_store is not None:
                     self.history_store.close()
+                self.destinations.close()
                 if self.durable is not None:
                     self.durable.close()
                 self.shards.close()
                 raise
+        self.destinations.start()
 
     # -- writes: every change is one command on one path (see engine.commands) --------------
     def upsert_profiles(self, records: Iterable[dict]) -> int:
@@ -269,10 +274,14 @@ class Engine:
                 result = self.identity.erased(results)
                 if self.durable is not None:
                     self.durable.note_erasure(seq)
+            elif command.kind in COORDINATOR_KINDS:
+                result = self.destinations.apply(command, seq)
             else:
                 result = applied_count(results)
             self._publish()
             self._record_sizes(command, definition)
+            if isinstance(command, Erase):
+                self.destinations.erase(command.ids)  # after the exits the erasure caused were queued
         self.writes.add(command.kind, result if isinstance(result, int) else 0)
         return result
 
@@ -285,6 +294,9 @@ class Engine:
             return self.catalog.prepare(command.name, command.query, step, command.now)
         if isinstance(command, DeleteSegment):
             self.catalog.check_removable(command.name)
+            self.destinations.check_segment_removable(command.name)
+        if isinstance(command, (AddDestination, RemoveDestination)):
+            self.destinations.check(command)
         if isinstance(command, UpdateSchema):
             diff(self.schema, Schema.from_dict(command.spec))
         return None
@@ -348,7 +360,7 @@ class Engine:
         with self.publish.reading():
             shards = self.shards.call_all("stats")
         return {"shards": shards, "profiles": sum(s["profiles"] for s in shards),
-                "events": sum(s["events"] for s in shards)}
+                "events": sum(s["events"] for s in shards), "destinations": self.destinations.list()}
 
     def explain(self, query: str, now: int | None = None) -> dict[str, Any]:
         """The plan of ``query`` as a tree with, per step, rows selected and time taken (summed over shards)."""
@@ -552,6 +564,45 @@ class Engine:
                 self._capturing = True
         return subscription
 
+    # -- destinations (webhooks of saved segments; see engine.destinations) ------------------
+    def add_destination(self, segment: str, url: str, secret: str, name: str | None = None,
+                        **options: float) -> dict[str, Any]:
+        """Deliver the entries and exits of saved segment ``segment`` to webhook ``url``, signed with
+        ``secret`` (a logged write). ``name`` defaults to ``segment``; ``options``: batch_size,
+        timeout_s, retry_base_s, retry_max_s, max_pending. The receiver first gets every current
+        member as entered. Returns the destination's info (never the secret)."""
+        command = AddDestination(segment if name is None else name, segment, url, secret, dict(options),
+                                 self._write_clock())
+        return self.write(command)
+
+    def remove_destination(self, name: str) -> None:
+        """Stop delivering to destination ``name`` and forget it (DestinationNotFound if unknown)."""
+        self.write(RemoveDestination(name))
+
+    def list_destinations(self) -> list[dict[str, Any]]:
+        """Every destination: segment, url, options, delivery state, counters and lag (never the secret)."""
+        return self.destinations.list()
+
+    def segment_members(self, name: str) -> list[str]:
+        """The current members of saved segment ``name``, sorted (for a caller that holds the write lock)."""
+        step = self.compile("SEGMENT('" + name.replace("'", "''") + "')")
+        parts = self.shards.call_all("ids", step, self.clock())
+        return sorted(itertools.chain.from_iterable(parts)) if len(parts) > 1 else parts[0]
+
+    def capture_changes(self) -> None:
+        """Have the shards record membership changes (for a caller that holds the write lock)."""
+        if not self._capturing:
+            self.shards.call_all("capture_changes", True)
+            self._capturing = True
+
+    def restore_destinations(self, data_dir: str, logged: Any) -> None:
+        """Open the destinations of a recovered data directory (see Destinations.recover)."""
+        self.destinations.recover(data_dir, logged)
+
+    def compact_destinations(self) -> dict[str, int] | None:
+        """Rewrite the destinations' store without its free pages (after an erasure)."""
+        return self.destinations.compact()
+
     def _write_clock(self) -> int:
         now = self.clock()
         self._refreshed_at = now
@@ -587,15 +638,18 @@ class Engine:
         """Hand the shards' recorded membership changes to the watchers (in shard order)."""
         if not self._capturing:
             return
-        if not self.changes:
+        if not self.changes and not self.destinations:
             self.shards.call_all("capture_changes", False)
             self._capturing = False
             return
         for taken in self.shards.call_all("take_changes"):
             if taken["lost"]:
                 self.changes.overflow_all()
+                self.destinations.lose()
             elif taken["changes"]:
-                self.changes.publish(taken["changes"], taken["at"])
+                if self.changes:
+                    self.changes.publish(taken["changes"], taken["at"])
+                self.destinations.offer(taken["changes"], taken["at"])
 
     # -- durability (engines with a data_dir; see engine.persist) ----------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -611,9 +665,10 @@ class Engine:
             return
         self.closed = True
         if self.durable is not None:
-            self.durable.close()
+            self.durable.close()  # queued writes are applied first, erasures included
         if self.history_store is not None:
             self.history_store.close()
+        self.destinations.close()
         self.changes.close_all()
         self.shards.close()
 

@@ -112,3 +112,18 @@ class PermissionDenied(SegengineError):
     """The caller's token does not allow this call (merge, erase and export need the admin token)."""
 
     grpc_status = "PERMISSION_DENIED"
+
+
+class DestinationNotFound(SegengineError, KeyError):
+    """A destination (webhook) name that does not exist."""
+
+    grpc_status = "NOT_FOUND"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "destination not found"
+
+
+class DestinationExists(SegengineError):
+    """Adding a destination whose name is taken."""
+
+    grpc_status = "ALREADY_EXISTS"

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import analytics_commands, commands, export_commands, history_commands, identity_commands, info_commands
+from . import (analytics_commands, commands, destination_commands, export_commands, history_commands, identity_commands,
+               info_commands)
 from .cli_support import CliError, check_utf8, count, existing_file, positive, read_schema
 
 
@@ -175,6 +176,7 @@ COMMANDS: dict[str, Command] = {
     **history_commands.commands(),
     **export_commands.commands(),
     **analytics_commands.commands(),
+    **destination_commands.commands(),
     "migrate": Command(
         run_migrate,
         "convert a data directory's snapshot to format 4 (once, with no engine running on the directory)",

@@ -263,7 +263,7 @@ class SegengineClient:
         s = self._call(self.stub.Stats, pb.StatsRequest())
         return {"profiles": s.profiles, "events": s.events, "shards": s.shards, "segments": s.segments,
                 "events_by_type": dict(s.events_by_type), "watchers": s.watchers, "uptime_s": s.uptime_s,
-                "version": s.version}
+                "version": s.version, "destinations": [convert.destination_dict(d) for d in s.destinations]}
 
     @property
     def schema(self) -> Schema:
@@ -355,6 +355,23 @@ class SegengineClient:
         request = pb.WhyRequest(id=profile_id, query=query, now_ms=now or 0, truth_only=not events)
         reply = self._call(self.stub.Why, request, timeout)
         return {"id": reply.id, "now_ms": reply.now_ms, "tree": analytics_convert.why_dict(reply.tree)}
+
+    # -- webhook destinations (see docs/activation.md) -------------------------------------------
+    def add_destination(self, segment: str, url: str, secret: str, name: str | None = None,
+                        **options: float) -> dict[str, Any]:
+        """Deliver saved segment ``segment``'s entries and exits to webhook ``url`` (admin token); its info."""
+        request = pb.AddDestinationRequest(name=name or "", segment=segment, url=url, secret=secret,
+                                           options=pb.DestinationOptions(**options))
+        return convert.destination_dict(self._call(self.stub.AddDestination, request))
+
+    def remove_destination(self, name: str) -> None:
+        """Stop delivering to destination ``name`` and forget it (admin token)."""
+        self._call(self.stub.RemoveDestination, pb.RemoveDestinationRequest(name=name))
+
+    def list_destinations(self) -> list[dict[str, Any]]:
+        """Every destination: definition (no secret), delivery state, counters and lag."""
+        reply = self._call(self.stub.ListDestinations, pb.ListDestinationsRequest())
+        return [convert.destination_dict(d) for d in reply.destinations]
 
     def snapshot(self) -> str:
         """Ask the server to write a snapshot now; returns its description."""

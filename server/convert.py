@@ -220,3 +220,25 @@ def change(message: pb.SegmentChange) -> Change:
     """A SegmentChange as an engine Change."""
     return Change(message.seq, CHANGE_OF_KIND.get(message.kind, "unspecified"), message.segment, message.id,
                   message.at_ms)
+
+
+#: DestinationOptions fields (0 in a request means the engine's default).
+DESTINATION_OPTIONS = ("batch_size", "timeout_s", "retry_base_s", "retry_max_s", "max_pending")
+
+
+def destination_options(message: pb.DestinationOptions) -> dict[str, float]:
+    """The options a request sets (its non-zero fields)."""
+    return {name: getattr(message, name) for name in DESTINATION_OPTIONS if getattr(message, name)}
+
+
+def destination_message(info: dict[str, Any]) -> pb.Destination:
+    """A Destination message from ``Engine.list_destinations``' form."""
+    fields = {name: info[name] for name in pb.Destination.DESCRIPTOR.fields_by_name if name != "options"}
+    return pb.Destination(options=pb.DestinationOptions(**info["options"]), **fields)
+
+
+def destination_dict(message: pb.Destination) -> dict[str, Any]:
+    """``Engine.list_destinations``' form of a Destination message."""
+    info: dict[str, Any] = {name: getattr(message, name) for name in pb.Destination.DESCRIPTOR.fields_by_name}
+    info["options"] = {name: getattr(message.options, name) for name in DESTINATION_OPTIONS}
+    return info

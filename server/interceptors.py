@@ -3,7 +3,8 @@
 ``AuthInterceptor`` rejects calls without ``authorization: Bearer <token>`` with
 UNAUTHENTICATED, except the health service (load balancers probe it without credentials).
 Two scopes: the read/write token, and the admin token, which also allows the identity and
-privacy calls (``ADMIN_METHODS``: merge, erase, export; merges inside ``Write`` are checked by
+privacy calls and adding or removing a destination (``ADMIN_METHODS``: merge, erase, export,
+add/remove destination; merges inside ``Write`` are checked by
 the servicer with ``is_admin``). A call of an admin method with the read/write token answers
 PERMISSION_DENIED.
 Errors are mapped to statuses in ``server.bridge``.
@@ -19,7 +20,8 @@ ERROR_KEY = "segengine-error"
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
 DENIED = "missing or invalid bearer token"
 ADMIN_DENIED = "this call needs the admin token"
-ADMIN_METHODS = frozenset(f"/segengine.v1.Segmentation/{name}" for name in ("Merge", "DeleteProfiles", "ExportProfile"))
+ADMIN_METHODS = frozenset(f"/segengine.v1.Segmentation/{name}" for name in (
+    "Merge", "DeleteProfiles", "ExportProfile", "AddDestination", "RemoveDestination"))
 
 
 def bearer(metadata: Any) -> bytes:

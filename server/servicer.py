@@ -6,6 +6,7 @@ which maps them to status codes in one place.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -150,7 +151,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     # -- operations -------------------------------------------------------------------------
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
-        return pb.StatsResponse(**server_stats(self.gate, context, self.started))
+        fields = server_stats(self.gate, context, self.started)
+        destinations = [convert.destination_message(d) for d in fields.pop("destinations")]
+        return pb.StatsResponse(**fields, destinations=destinations)
 
     def GetSchema(self, request: pb.GetSchemaRequest, context: grpc.ServicerContext) -> pb.GetSchemaResponse:
         return pb.GetSchemaResponse(schema_json=json.dumps(self.engine.schema.to_dict(), sort_keys=True))
@@ -237,6 +240,21 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         writer.close()
         for piece in sink.take():
             yield pb.ExportMembersChunk(data=piece, rows=rows)
+    # -- destinations (webhooks; adding and removing are admin calls: see server.interceptors) ---
+    def AddDestination(self, request: pb.AddDestinationRequest, context: grpc.ServicerContext) -> pb.Destination:
+        add = functools.partial(self.engine.add_destination, **convert.destination_options(request.options))
+        info = self.gate.write(context, add, request.segment, request.url, request.secret, request.name or None)
+        return convert.destination_message(info)
+
+    def RemoveDestination(self, request: pb.RemoveDestinationRequest,
+                          context: grpc.ServicerContext) -> pb.RemoveDestinationResponse:
+        self.gate.write(context, self.engine.remove_destination, request.name)
+        return pb.RemoveDestinationResponse()
+
+    def ListDestinations(self, request: pb.ListDestinationsRequest,
+                         context: grpc.ServicerContext) -> pb.ListDestinationsResponse:
+        infos = self.gate.read(context, self.engine.list_destinations)
+        return pb.ListDestinationsResponse(destinations=[convert.destination_message(d) for d in infos])
 
 
 def _pairs(request: pb.MergeRequest) -> list[tuple[str, str]]:
@@ -253,7 +271,7 @@ def server_stats(gate: EngineGate, context: grpc.ServicerContext | None, started
             by_type[name] = by_type.get(name, 0) + count
     return {"profiles": stats["profiles"], "events": stats["events"], "shards": len(stats["shards"]),
             "segments": len(engine.catalog), "events_by_type": by_type, "watchers": len(engine.changes.subscribers),
-            "uptime_s": time.monotonic() - started, "version": _version()}
+            "uptime_s": time.monotonic() - started, "version": _version(), "destinations": stats["destinations"]}
 
 
 def _version() -> str:

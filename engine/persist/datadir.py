@@ -7,6 +7,8 @@ Layout of ``data_dir``::
     log/            LMDB, owned by the coordinator: ``wal`` (write-ahead log), ``meta`` (layout, manifest)
     shard-<n>/      LMDB, owned by the process holding shard n: database ``chunks``, its part of
                     the current snapshot (see ``snapshot`` and ``chunk_store``)
+    destinations/   LMDB, owned by the coordinator: webhook destinations and their positions
+                    (``engine.destinations.store``; opened through ``Coordinator.restore_destinations``)
 
 Opening checks the layout (schema and shard count), then every shard recovers itself in its
 own process, in parallel (``recovery.recover_shard``: newest snapshot part, then its share of
@@ -30,7 +32,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from ..commands import Command, UpdateSchema
+from ..commands import COORDINATOR_KINDS, Command, UpdateSchema
 from ..concurrency import PublishLock
 from ..errors import DataCorruption, DataDirMismatch, ShardError
 from ..schema import Schema
@@ -40,7 +42,7 @@ from .lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv, close_env, open_env
 from .pipeline import WritePipeline
 from .recovery import log_path
 from .wal import DB as WAL_DB
-from .wal import WriteAheadLog
+from .wal import LogScan, WriteAheadLog
 
 log = logging.getLogger("segengine.persist")
 
@@ -68,6 +70,13 @@ class Coordinator(Protocol):
 
     def adopt_schema(self, schema: Schema) -> None:
         """Take the schema the shards recovered to (it extends the engine's)."""
+
+    def restore_destinations(self, data_dir: str, logged: Callable[[int], list[tuple[int, Command]]]) -> None:
+        """Open the destinations kept under ``data_dir``; ``logged(after)``: the coordinator's commands
+        logged after record ``after``."""
+
+    def compact_destinations(self) -> dict[str, int] | None:
+        """Rewrite the destinations' store without its free pages."""
 
 
 class DataDir:
@@ -149,12 +158,22 @@ class DataDir:
         if schemas:
             self.engine.adopt_schema(Schema.from_dict(json.loads(schemas.pop())))
         self.engine.restore_catalog(self.engine.shards.call_all("segment_infos")[0])
+        self.engine.restore_destinations(self.path, self.coordinator_commands)
         self.recovery = {"snapshot_id": self.manifest["id"] if self.manifest else None, "log_end": end,
                          "torn_tail_cut": cut, "shards": shards, "seconds": time.perf_counter() - began}
         if end > after:  # the log may hold an erasure of an earlier run: the next snapshot compacts
             self.erased_at = end
         self.pipeline = WritePipeline(self.env, end + 1, self._apply)
         self.pipeline.bytes_logged = max(info.get("log_bytes", 0) for info in shards)
+
+    def coordinator_commands(self, after: int) -> list[tuple[int, Command]]:
+        """(seq, command) of the logged commands after record ``after`` that the coordinator alone applies
+        (the log before the snapshot is gone: what the coordinator applied before it was stored then)."""
+        after = max(after, self.manifest["wal_seq"] if self.manifest else 0)
+        with self.env.read() as txn:
+            return [(record.seq, records.decode(record.kind, record.body))
+                    for record in LogScan(txn, self.env.db(WAL_DB), self.env.path, after)
+                    if record.kind in COORDINATOR_KINDS]
 
     # -- writes -----------------------------------------------------------------------------
     def write(self, command: Command) -> Any:
@@ -275,9 +294,11 @@ class DataDir:
         began = time.perf_counter()
         log_store = self.env.compact()
         shard_stores = self.engine.shards.call_all("snapshot_compact", self.path)
+        destinations = self.engine.compact_destinations()
         if self.erased_at <= seq:
             self.erased_at = 0
-        return {"log": log_store, "shards": shard_stores, "seconds": round(time.perf_counter() - began, 4)}
+        return {"log": log_store, "shards": shard_stores, "destinations": destinations,
+                "seconds": round(time.perf_counter() - began, 4)}
 
     def _wait_for_parts(self, snapshot_id: int) -> list[dict[str, int]]:
         delay = 0.002

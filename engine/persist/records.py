@@ -15,8 +15,8 @@ import msgpack
 import numpy as np
 
 from ..columns import CategoryColumn, Column, EventBatch, ProfileBatch, TagsColumn, ValueColumn
-from ..commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
-                        Upsert)
+from ..commands import (AddDestination, Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
+                        RemoveDestination, Upsert)
 from ..shard import messages
 from ..schema import EventRecord, ProfileUpdate
 
@@ -91,6 +91,9 @@ CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     Merge.kind: (lambda c: [c.now, messages.pack(c.steps)], lambda p: Merge(messages.unpack(p[1]), p[0])),
     Erase.kind: (lambda c: [c.now, list(c.ids)], lambda p: Erase(list(p[1]), p[0])),
     Expire.kind: (lambda c: [c.now], lambda p: Expire(p[0])),
+    AddDestination.kind: (lambda c: [c.name, c.segment, c.url, c.secret, json.dumps(c.options, sort_keys=True), c.now],
+                          lambda p: AddDestination(p[0], p[1], p[2], p[3], json.loads(p[4]), p[5])),
+    RemoveDestination.kind: (lambda c: [c.name], lambda p: RemoveDestination(p[0])),
 }
 
 

@@ -341,7 +341,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("profiles", "events", "shards", "segments", "events_by_type", "watchers", "uptime_s", "version")
+    __slots__ = ("profiles", "events", "shards", "segments", "events_by_type", "watchers", "uptime_s", "version", "destinations")
     class EventsByTypeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -357,6 +357,7 @@ class StatsResponse(_message.Message):
     WATCHERS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
     profiles: int
     events: int
     shards: int
@@ -365,7 +366,8 @@ class StatsResponse(_message.Message):
     watchers: int
     uptime_s: float
     version: str
-    def __init__(self, profiles: _Optional[int] = ..., events: _Optional[int] = ..., shards: _Optional[int] = ..., segments: _Optional[int] = ..., events_by_type: _Optional[_Mapping[str, int]] = ..., watchers: _Optional[int] = ..., uptime_s: _Optional[float] = ..., version: _Optional[str] = ...) -> None: ...
+    destinations: _containers.RepeatedCompositeFieldContainer[Destination]
+    def __init__(self, profiles: _Optional[int] = ..., events: _Optional[int] = ..., shards: _Optional[int] = ..., segments: _Optional[int] = ..., events_by_type: _Optional[_Mapping[str, int]] = ..., watchers: _Optional[int] = ..., uptime_s: _Optional[float] = ..., version: _Optional[str] = ..., destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ...) -> None: ...
 
 class GetSchemaRequest(_message.Message):
     __slots__ = ()
@@ -601,3 +603,91 @@ class WhyResponse(_message.Message):
     now_ms: int
     tree: WhyNode
     def __init__(self, id: _Optional[str] = ..., now_ms: _Optional[int] = ..., tree: _Optional[_Union[WhyNode, _Mapping]] = ...) -> None: ...
+
+class DestinationOptions(_message.Message):
+    __slots__ = ("batch_size", "timeout_s", "retry_base_s", "retry_max_s", "max_pending")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BASE_S_FIELD_NUMBER: _ClassVar[int]
+    RETRY_MAX_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_PENDING_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    timeout_s: float
+    retry_base_s: float
+    retry_max_s: float
+    max_pending: int
+    def __init__(self, batch_size: _Optional[int] = ..., timeout_s: _Optional[float] = ..., retry_base_s: _Optional[float] = ..., retry_max_s: _Optional[float] = ..., max_pending: _Optional[int] = ...) -> None: ...
+
+class AddDestinationRequest(_message.Message):
+    __slots__ = ("name", "segment", "url", "secret", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    segment: str
+    url: str
+    secret: str
+    options: DestinationOptions
+    def __init__(self, name: _Optional[str] = ..., segment: _Optional[str] = ..., url: _Optional[str] = ..., secret: _Optional[str] = ..., options: _Optional[_Union[DestinationOptions, _Mapping]] = ...) -> None: ...
+
+class Destination(_message.Message):
+    __slots__ = ("name", "segment", "url", "state", "pending", "oldest_pending_age_s", "delivered", "batches", "failures", "retries", "resyncs", "last_error", "last_error_ms", "last_delivery_ms", "acked_change_id", "sent_change_id", "options", "created_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_PENDING_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    RESYNCS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_DELIVERY_MS_FIELD_NUMBER: _ClassVar[int]
+    ACKED_CHANGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SENT_CHANGE_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    segment: str
+    url: str
+    state: str
+    pending: int
+    oldest_pending_age_s: float
+    delivered: int
+    batches: int
+    failures: int
+    retries: int
+    resyncs: int
+    last_error: str
+    last_error_ms: int
+    last_delivery_ms: int
+    acked_change_id: int
+    sent_change_id: int
+    options: DestinationOptions
+    created_ms: int
+    def __init__(self, name: _Optional[str] = ..., segment: _Optional[str] = ..., url: _Optional[str] = ..., state: _Optional[str] = ..., pending: _Optional[int] = ..., oldest_pending_age_s: _Optional[float] = ..., delivered: _Optional[int] = ..., batches: _Optional[int] = ..., failures: _Optional[int] = ..., retries: _Optional[int] = ..., resyncs: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_ms: _Optional[int] = ..., last_delivery_ms: _Optional[int] = ..., acked_change_id: _Optional[int] = ..., sent_change_id: _Optional[int] = ..., options: _Optional[_Union[DestinationOptions, _Mapping]] = ..., created_ms: _Optional[int] = ...) -> None: ...
+
+class RemoveDestinationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveDestinationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDestinationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDestinationsResponse(_message.Message):
+    __slots__ = ("destinations",)
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    destinations: _containers.RepeatedCompositeFieldContainer[Destination]
+    def __init__(self, destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ...) -> None: ...

@@ -165,6 +165,21 @@ class SegmentationStub:
                 request_serializer=segengine_dot_v1_dot_segmentation__pb2.WhyRequest.SerializeToString,
                 response_deserializer=segengine_dot_v1_dot_segmentation__pb2.WhyResponse.FromString,
                 _registered_method=True)
+        self.AddDestination = channel.unary_unary(
+                '/segengine.v1.Segmentation/AddDestination',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.AddDestinationRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.Destination.FromString,
+                _registered_method=True)
+        self.RemoveDestination = channel.unary_unary(
+                '/segengine.v1.Segmentation/RemoveDestination',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.RemoveDestinationRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.RemoveDestinationResponse.FromString,
+                _registered_method=True)
+        self.ListDestinations = channel.unary_unary(
+                '/segengine.v1.Segmentation/ListDestinations',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.ListDestinationsRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.ListDestinationsResponse.FromString,
+                _registered_method=True)
 
 
 class SegmentationServicer:
@@ -356,6 +371,26 @@ class SegmentationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddDestination(self, request, context):
+        """Destinations (webhooks): the entries and exits of a saved segment POSTed to a URL, signed.
+        Adding and removing need the admin token when the server has one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDestination(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDestinations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -488,6 +523,21 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.Why,
                     request_deserializer=segengine_dot_v1_dot_segmentation__pb2.WhyRequest.FromString,
                     response_serializer=segengine_dot_v1_dot_segmentation__pb2.WhyResponse.SerializeToString,
+            ),
+            'AddDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDestination,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.AddDestinationRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.Destination.SerializeToString,
+            ),
+            'RemoveDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDestination,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.RemoveDestinationRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.RemoveDestinationResponse.SerializeToString,
+            ),
+            'ListDestinations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDestinations,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.ListDestinationsRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.ListDestinationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1192,6 +1242,87 @@ class Segmentation:
             '/segengine.v1.Segmentation/Why',
             segengine_dot_v1_dot_segmentation__pb2.WhyRequest.SerializeToString,
             segengine_dot_v1_dot_segmentation__pb2.WhyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/AddDestination',
+            segengine_dot_v1_dot_segmentation__pb2.AddDestinationRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.Destination.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/RemoveDestination',
+            segengine_dot_v1_dot_segmentation__pb2.RemoveDestinationRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.RemoveDestinationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDestinations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/ListDestinations',
+            segengine_dot_v1_dot_segmentation__pb2.ListDestinationsRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.ListDestinationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,7 +76,9 @@ SCHEMAS: dict[str, Any] = {
     "ExportResponse": obj({"found": BOOLEAN, "profile": {"type": ["object", "null"]}}),
     "Stats": obj({"profiles": COUNT, "events": COUNT, "shards": COUNT, "segments": COUNT,
                   "events_by_type": {"type": "object", "additionalProperties": COUNT}, "watchers": COUNT,
-                  "uptime_s": NUMBER, "version": STRING}),
+                  "uptime_s": NUMBER, "version": STRING,
+                  "destinations": {"type": "array", "description": "webhook destinations' delivery state and lag "
+                                   "(docs/activation.md)", "items": {"type": "object"}}}),
 }
 
 #: (HTTP method, path) -> (summary, request schema or None, success status, response schema).
