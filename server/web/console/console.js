@@ -103,8 +103,9 @@ function niceStep(raw, type) {
   return type === "float" ? step : Math.max(1, Math.round(step));
 }
 
-// Bins chosen from the range of the members' values: decades, then twice 100 even parts of the
-// filled range, then about 10 round bins over it (four breakdowns, all on bitmaps).
+// Bins chosen from the range of the members' values: decades, then three times 25 even parts of
+// the filled range, then about 10 round bins over it (five breakdowns on bitmaps; a breakdown's cost
+// grows with its bins, so several rounds of few bins beat one of many).
 async function autoBins(query, by, type) {
   const coarse = [-9e18];
   for (let k = 18; k >= 0; k--) coarse.push(-(10 ** k));
@@ -115,10 +116,10 @@ async function autoBins(query, by, type) {
   if (!answer.ok) return answer;
   let range = filledRange(answer.data.counts);
   if (!range) return { ok: true, bins: null, data: answer.data };
-  for (let round = 0; round < 2; round++) {  // each round finds the filled range to 1/100 of the last range
+  for (let round = 0; round < 3; round++) {  // each round finds the filled range to 1/25 of the last range
     const [lo, hi] = range, fine = [];
-    for (let i = 0; i <= 100; i++) {
-      const edge = lo + (hi - lo) * i / 100;
+    for (let i = 0; i <= 25; i++) {
+      const edge = lo + (hi - lo) * i / 25;
       const value = type === "float" ? edge : Math.round(edge);
       if (!fine.length || value > fine[fine.length - 1]) fine.push(value);
     }
