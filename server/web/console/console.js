@@ -276,8 +276,11 @@ async function loadHistory(name, cell) {
   cell.replaceChildren(answer.ok ? sparkline(answer.data.points, name) : answer.data.error.message);
 }
 
-async function loadOverlap(segments) {
+const OVERLAP_MAX = 20; // the heat map shows the first saved segments listed, at most this many
+
+async function loadOverlap(listed) {
   const box = $("overlap");
+  const segments = listed.slice(0, OVERLAP_MAX);
   if (segments.length < 2) { box.replaceChildren(el("span", { class: "muted" }, "(two saved segments or more)")); return; }
   const queries = segments.map((s) => `SEGMENT('${s.name.replace(/'/g, "''")}')`);
   const answer = await api("POST", "/v1/overlap", { queries });
@@ -292,7 +295,9 @@ async function loadOverlap(segments) {
       fmt(m[i][j]));
     return cell;
   })));
-  box.replaceChildren(el("table", { id: "overlap-table" }, el("thead", {}, head), el("tbody", {}, ...body)));
+  const table = el("table", { id: "overlap-table" }, el("thead", {}, head), el("tbody", {}, ...body));
+  box.replaceChildren(table);
+  if (listed.length > OVERLAP_MAX) box.append(el("div", { class: "muted" }, `the first ${OVERLAP_MAX} of ${listed.length} saved segments`));
 }
 
 async function loadSegments() {
