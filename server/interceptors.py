@@ -7,6 +7,8 @@ privacy calls and adding or removing a destination (``ADMIN_METHODS``: merge, er
 add/remove destination; merges inside ``Write`` are checked by
 the servicer with ``is_admin``). A call of an admin method with the read/write token answers
 PERMISSION_DENIED.
+``Why`` is not an admin method: like ``GetProfile`` it shows what the read/write scope already reads
+(docs/grpc.md, "Auth and TLS").
 Errors are mapped to statuses in ``server.bridge``.
 """
 from __future__ import annotations

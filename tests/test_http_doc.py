@@ -1,6 +1,6 @@
 """The examples of docs/http-api.md, run in order against a fresh server: each ``http`` block is a
 request (method and path, optional headers, a blank line, the body) and the ``json`` block after it
-the exact answer ("..." stands for any value)."""
+the exact answer ("..." stands for any value), or a ``csv`` block the exact file an export answers."""
 from __future__ import annotations
 
 import json
@@ -41,8 +41,8 @@ def matches(expected: Any, got: Any) -> bool:
 
 def test_http_api_examples_run_as_written():
     found = blocks(DOC)
-    pairs = [(a, b) for a, b in zip(found, found[1:]) if a.lang == "http" and b.lang == "json"]
-    assert len(pairs) == 7
+    pairs = [(a, b) for a, b in zip(found, found[1:]) if a.lang == "http" and b.lang in ("json", "csv")]
+    assert len(pairs) == 14
     engine = Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=1)
     server = SegengineServer(engine, ServerConfig(port=0, http_port=0, refresh_ms=0), owns_engine=True).start()
     try:
@@ -52,6 +52,9 @@ def test_http_api_examples_run_as_written():
             content_type = headers.pop("Content-Type", "application/json")
             answer = http.call(method, path, body.encode() if body else None, content_type=content_type,
                                headers=headers)
+            if response.lang == "csv":
+                assert answer.text.replace("\r\n", "\n") == response.text, f"{DOC} line {request.line}: {answer.text}"
+                continue
             expected = json.loads(response.text)
             assert matches(expected, answer.json), f"{DOC} line {request.line}: {answer.text}"
     finally:

@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from engine.engine import wall_clock_ms
 from engine.errors import BadRequest, DataError
+from engine.export_formats import ByteChunks, open_writer
 
 from ..gate import EngineGate, RequestTooLarge, Unimplemented
 from ..servicer import MAX_CHUNK, audit, server_stats
-from .breakdown import breakdown_counts
 
 #: Ids per page when the request does not say.
 DEFAULT_PAGE = 1000
@@ -83,6 +84,16 @@ class ApiRequest:
     def query_text(self) -> str:
         """The ``query`` field (required)."""
         return self.field("query", str, required=True)
+
+    def param_ms(self, name: str) -> int | None:
+        """Query-string parameter ``name`` as epoch ms (None if absent; BadRequest naming it unless an integer)."""
+        text = self.params.get(name)
+        if text is None or text == "":
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise BadRequest(f"parameter {name!r} must be an integer (epoch ms), got {text!r}") from None
 
     def now(self) -> int | None:
         """The ``now_ms`` field (epoch ms; absent, null or 0: the wall clock)."""
@@ -199,13 +210,33 @@ def explain(req: ApiRequest) -> dict[str, Any]:
 
 
 def breakdown(req: ApiRequest) -> dict[str, Any]:
-    """The query's members counted by the value of an attribute (``server.web.breakdown``)."""
+    """The query's members counted by an attribute's value, tag or bin (``Engine.breakdown``): keys in the
+    engine's order (bins by edge, other keys largest first, null last), a bin's key ``[lo, hi]``."""
     by = req.field("by", str, required=True)
     bins = req.field("bins", list)
-    now = req.now() or time.time_ns() // 1_000_000
-    result = req.gate.query(req.call, lambda text, at: breakdown_counts(req.engine, text, by, at, bins),
-                            req.query_text(), now)
-    return {"by": by, "now_ms": now, **result}
+    now = req.now() or wall_clock_ms()
+    counts = req.gate.query(req.call, req.engine.breakdown, req.query_text(), by, now, bins)
+    rows = [{"key": list(key) if isinstance(key, tuple) else key, "count": int(n)} for key, n in counts.items()]
+    return {"by": by, "now_ms": now, "counts": rows}
+
+
+def overlap(req: ApiRequest) -> dict[str, Any]:
+    """``matrix[i][j]``: the profiles in both ``queries[i]`` and ``queries[j]`` (``Engine.overlap``)."""
+    queries = req.field("queries", list, required=True)
+    for position, text in enumerate(queries):
+        if not isinstance(text, str):
+            raise BadRequest(f"field 'queries': query {position} must be a string, got {type(text).__name__}")
+    now = req.now() or wall_clock_ms()
+    return {"now_ms": now, "matrix": req.gate.queries(req.call, req.engine.overlap, queries, now)}
+
+
+def why(req: ApiRequest) -> dict[str, Any]:
+    """Why a profile is or is not in the query's segment: the query's tree with each node's truth and
+    deciding facts (``Engine.why``; ``truth_only`` leaves out the deciding events)."""
+    profile_id = req.field("id", str, required=True)
+    events = not req.field("truth_only", bool, False)
+    now = req.now()
+    return req.gate.query(req.call, lambda text: req.engine.why(profile_id, text, now, events), req.query_text())
 
 
 # -- profiles ---------------------------------------------------------------------------------
@@ -235,6 +266,13 @@ def get_segment(req: ApiRequest) -> dict[str, Any]:
 def list_segments(req: ApiRequest) -> dict[str, Any]:
     """Every saved segment, in dependency order."""
     return {"segments": req.gate.read(req.call, req.engine.list_segments)}
+
+
+def segment_history(req: ApiRequest) -> dict[str, Any]:
+    """A saved segment's sizes over time (``?since_ms=&until_ms=``: only points between them, inclusive)."""
+    since, until = req.param_ms("since_ms"), req.param_ms("until_ms")
+    points = req.gate.read(req.call, req.engine.segment_history, req.path["name"], since, until)
+    return {"name": req.path["name"], "points": [{"time_ms": t, "size": n} for t, n in points]}
 
 
 def delete_segment(req: ApiRequest) -> dict[str, Any]:
@@ -293,6 +331,56 @@ def export_profile(req: ApiRequest) -> dict[str, Any]:
     return {"found": record is not None, "profile": record}
 
 
+# -- member export (a streamed file) -----------------------------------------------------------
+#: The ``Content-Type`` of each export format.
+EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson",
+                "parquet": "application/vnd.apache.parquet"}
+
+
+class MemberStream:
+    """A member export's file, produced piece by piece: ``next_piece`` in the server's pool until None."""
+
+    def __init__(self, req: ApiRequest, format: str, attributes: list[str], chunks: Any):
+        self.req, self.format, self.chunks = req, format, chunks
+        self.content_type = EXPORT_TYPES[format]
+        self.sink = ByteChunks()
+        schema = req.engine.schema.attributes
+        self.writer = open_writer(format, self.sink, [(name, schema[name].type) for name in attributes])
+        self.pending: list[bytes] = []
+        self.rows = 0
+        self.done = False
+
+    def next_piece(self) -> bytes | None:
+        """The file's next bytes (one chunk of members is read and written as needed), None at the end."""
+        while not self.pending:
+            if self.done:
+                return None
+            chunk = self.req.gate.read(self.req.call, next, self.chunks, None)
+            if chunk is None:
+                self.writer.close()
+                self.done = True
+            else:
+                self.writer.write(chunk)
+                self.rows += len(chunk)
+            self.pending.extend(piece for piece in self.sink.take() if piece)
+        return self.pending.pop(0)
+
+
+def export_members(req: ApiRequest) -> MemberStream:
+    """A saved segment's (``segment``) or a query's (``query``) members with ``attributes``, as the bytes of a
+    ``format`` file (csv, jsonl or parquet), streamed (``Engine.member_chunks``, as gRPC ExportMembers)."""
+    attributes = req.field("attributes", list, [])
+    for position, name in enumerate(attributes):
+        if not isinstance(name, str):
+            raise BadRequest(f"field 'attributes': attribute {position} must be a string, got {type(name).__name__}")
+    format = req.field("format", str, "csv")
+    if format not in EXPORT_TYPES:
+        raise BadRequest(f"unknown export format {format!r} (expected one of {', '.join(EXPORT_TYPES)})")
+    segment, query = req.field("segment", str), req.field("query", str)
+    chunks = req.gate.read(req.call, req.engine.member_chunks, attributes, segment, query, req.now())
+    return MemberStream(req, format, attributes, chunks)
+
+
 @dataclass(frozen=True)
 class Route:
     """One endpoint: HTTP method and path, the gRPC method it mirrors, its function and how it runs."""
@@ -306,6 +394,8 @@ class Route:
     body: str = "none"  # "json" (an object), "records" (a JSON array or NDJSON) or "none"
     status: int = 200
     admin: bool = False  # needs the admin token (as the gRPC identity calls do)
+    heavy: bool = False  # always runs in the heavy pool (a member export, as over gRPC)
+    stream: bool = False  # answers a MemberStream (a file streamed in pieces), not JSON
 
 
 ROUTES: tuple[Route, ...] = (
@@ -315,12 +405,16 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/ids", "Query", ids, query=True, body="json"),
     Route("POST", "/v1/explain", "Explain", explain, query=True, body="json"),
     Route("POST", "/v1/breakdown", "Breakdown", breakdown, query=True, body="json"),
+    Route("POST", "/v1/overlap", "Overlap", overlap, body="json"),
+    Route("POST", "/v1/why", "Why", why, query=True, body="json"),
     Route("GET", "/v1/profiles/{id}", "GetProfile", get_profile, inline=True),
     Route("GET", "/v1/profiles/{id}/segments", "Membership", membership, inline=True),
     Route("GET", "/v1/segments", "ListSegments", list_segments),
     Route("POST", "/v1/segments", "CreateSegment", create_segment, body="json", status=201),
     Route("GET", "/v1/segments/{name}", "GetSegment", get_segment, inline=True),
     Route("DELETE", "/v1/segments/{name}", "DeleteSegment", delete_segment),
+    Route("GET", "/v1/segments/{name}/history", "SegmentHistory", segment_history, inline=True),
+    Route("POST", "/v1/members/export", "ExportMembers", export_members, body="json", heavy=True, stream=True),
     Route("GET", "/v1/schema", "GetSchema", get_schema, inline=True),
     Route("GET", "/v1/stats", "Stats", stats),
     Route("PUT", "/v1/schema", "UpdateSchema", update_schema, body="json"),

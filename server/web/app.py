@@ -35,7 +35,7 @@ from engine.errors import BadRequest, DataError, PermissionDenied, QueryError, S
 from ..gate import RequestTooLarge, WouldWait
 from ..interceptors import ADMIN_DENIED, DENIED, is_admin
 from ..metrics import CONTENT_TYPE, error_code
-from .api import ROUTES, ApiRequest, HttpCall, Route, parse_json, parse_records
+from .api import ROUTES, ApiRequest, HttpCall, MemberStream, Route, parse_json, parse_records
 from .openapi import openapi_document
 
 log = logging.getLogger("segengine.server")
@@ -172,19 +172,26 @@ class WebFront:
             return
         raise Unauthenticated(DENIED)
 
-    def _endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         metrics = self.metrics
 
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
             metrics.call_started("http")
             code = "OK"
+            streaming: list[web.StreamResponse] = []  # a streamed file's response, once its status is sent
             try:
                 self._authorize(request.headers.get("Authorization", ""), route.admin)
                 body = await self._run(route, request)
+                if isinstance(body, MemberStream):
+                    return await self._stream(request, body, streaming)
                 return web.Response(body=body, status=route.status, content_type="application/json")
             except Exception as error:  # noqa: BLE001 - the one place API errors become responses
                 code = error_code(error)
+                if streaming:  # the status is sent: the client sees the file cut short (no final chunk)
+                    log.error("HTTP %s failed while streaming: %s: %s: %s", route.name, code, type(error).__name__,
+                              error)
+                    raise
                 status, body = error_body(error)
                 if code == "INTERNAL":
                     log.error("HTTP %s failed: INTERNAL: %s: %s", route.name, type(error).__name__, error)
@@ -198,8 +205,27 @@ class WebFront:
         handle.__name__ = route.name
         return handle
 
-    async def _run(self, route: Route, request: web.Request) -> bytes:
-        """The route's answer as JSON bytes (encoded in the pool, but for point reads answered on the loop)."""
+    async def _stream(self, request: web.Request, stream: MemberStream,
+                      streaming: list[web.StreamResponse]) -> web.StreamResponse:
+        """Send a streamed file: its first piece is made before the status is sent (so an error there is
+        still a JSON error), the others as the client takes them."""
+        loop = asyncio.get_running_loop()
+        pool = self.server.heavy_pool or self.server.pool
+        piece = await loop.run_in_executor(pool, stream.next_piece)
+        response = web.StreamResponse(status=200, headers={
+            "Content-Type": stream.content_type,
+            "Content-Disposition": f'attachment; filename="members.{stream.format}"'})
+        streaming.append(response)
+        await response.prepare(request)
+        while piece is not None:
+            await response.write(piece)
+            piece = await loop.run_in_executor(pool, stream.next_piece)
+        await response.write_eof()
+        return response
+
+    async def _run(self, route: Route, request: web.Request) -> Any:
+        """The route's answer as JSON bytes (encoded in the pool, but for point reads answered on the loop), or
+        a route's MemberStream."""
         timeout = request.headers.get("X-Timeout-Ms")
         timeout_s = _timeout_s(timeout) if timeout else None
         authorization = request.headers.get("Authorization", "")
@@ -224,10 +250,13 @@ class WebFront:
             elif route.body == "json":
                 body = parse_json(text) if text.strip() else {}
             api_request = base(HttpCall(False, timeout_s, authorization, peer), body=body)
-            return _encode(route.run(api_request))
+            answer = route.run(api_request)
+            return answer if route.stream else _encode(answer)
 
         pool = self.server.pool
-        if route.query and self.server.heavy_pool is not None:
+        if route.heavy and self.server.heavy_pool is not None:
+            pool = self.server.heavy_pool
+        elif route.query and self.server.heavy_pool is not None:
             query = _peek_query(text)
             if query and self.server.gate.heavy(query):
                 pool = self.server.heavy_pool

@@ -52,8 +52,27 @@ SCHEMAS: dict[str, Any] = {
     "PlanNode": obj({"step": STRING, "text": STRING, "estimate": NUMBER, "rows": INTEGER, "input_rows": INTEGER,
                      "ms": NUMBER, "visited": BOOLEAN, "children": {"type": "array", "items": ref("PlanNode")}}),
     "ExplainResponse": obj({"query": STRING, "now_ms": INTEGER, "count": COUNT, "ms": NUMBER, "plan": ref("PlanNode")}),
-    "BreakdownResponse": obj({"by": STRING, "now_ms": INTEGER, "other": COUNT,
-                              "counts": {"type": "array", "items": obj({"key": VALUE, "count": COUNT})}}),
+    "BreakdownResponse": obj({"by": STRING, "now_ms": INTEGER, "counts": {"type": "array", "items": obj({
+        "key": {"type": ["string", "boolean", "array", "null"], "items": NUMBER, "minItems": 2, "maxItems": 2,
+                "description": "a value or tag, [lo, hi] for the bin lo <= v < hi, null for null"},
+        "count": COUNT})}}),
+    "OverlapRequest": obj({"queries": {"type": "array", "items": QUERY}, "now_ms": NOW_MS}, required=("queries",)),
+    "OverlapResponse": obj({"now_ms": INTEGER, "matrix": {"type": "array", "items": {"type": "array", "items": COUNT},
+                                                          "description": "matrix[i][j]: in both queries i and j"}}),
+    "WhyRequest": obj({"id": STRING, "query": QUERY, "now_ms": NOW_MS,
+                       "truth_only": {"type": "boolean", "description": "leave out the deciding events"}},
+                      required=("id", "query")),
+    "WhyNode": obj({"text": STRING, "kind": STRING, "value": BOOLEAN,
+                    "facts": {"type": "object", "description": "what decided the node (docs/analytics.md)"},
+                    "children": {"type": "array", "items": ref("WhyNode")}}),
+    "WhyResponse": obj({"id": STRING, "now_ms": INTEGER, "tree": ref("WhyNode")}),
+    "SegmentHistory": obj({"name": STRING, "points": {"type": "array", "items": obj({"time_ms": INTEGER,
+                                                                                     "size": COUNT})}}),
+    "ExportMembersRequest": obj({
+        "segment": {"type": ["string", "null"], "description": "a saved segment (or give query)"},
+        "query": {"type": ["string", "null"], "description": "a query (or give segment)"},
+        "attributes": {"type": "array", "items": STRING, "description": "columns after id, in this order"},
+        "format": {"enum": ["csv", "jsonl", "parquet"]}, "now_ms": NOW_MS}, required=()),
     "Profile": {"type": "object", "required": ["id"], "properties": {
         "id": STRING, "consent": {"type": "object", "additionalProperties": BOOLEAN}},
         "additionalProperties": VALUE},
@@ -89,8 +108,16 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, str]] = {
     ("post", "/v1/ids"): ("One page of a segment's sorted ids (Query)", "IdsRequest", 200, "IdsPage"),
     ("post", "/v1/explain"): ("A query's plan with estimated and actual rows (Explain)", "QueryRequest", 200,
                               "ExplainResponse"),
-    ("post", "/v1/breakdown"): ("A segment's members counted by an attribute's value", "BreakdownRequest", 200,
+    ("post", "/v1/breakdown"): ("A query's members counted by an attribute's value, tag or bin (Breakdown)",
+                                "BreakdownRequest", 200,
                                 "BreakdownResponse"),
+    ("post", "/v1/overlap"): ("The pairwise overlaps of several queries (Overlap)", "OverlapRequest", 200,
+                              "OverlapResponse"),
+    ("post", "/v1/why"): ("Why a profile is or is not in a query's segment (Why)", "WhyRequest", 200, "WhyResponse"),
+    ("get", "/v1/segments/{name}/history"): ("A saved segment's size over time (SegmentHistory)", None, 200,
+                                             "SegmentHistory"),
+    ("post", "/v1/members/export"): ("Members with chosen attributes as a CSV, JSON Lines or Parquet file, streamed "
+                                     "(ExportMembers)", "ExportMembersRequest", 200, "file"),
     ("get", "/v1/profiles/{id}"): ("One profile's record (GetProfile)", None, 200, "Profile"),
     ("get", "/v1/profiles/{id}/segments"): ("The saved segments a profile is in (Membership)", None, 200,
                                             "Membership"),
@@ -108,6 +135,12 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str | None, int, str]] = {
     ("get", "/v1/profiles/{id}/export"): ("Everything held about a profile (ExportProfile; admin token)", None, 200,
                                           "ExportResponse"),
 }
+#: The answer of a member export (``"file"`` above): the file's bytes, typed by its format.
+FILE_CONTENT = {
+    "text/csv": {"schema": STRING},
+    "application/x-ndjson": {"schema": STRING},
+    "application/vnd.apache.parquet": {"schema": {"type": "string", "contentMediaType": "application/vnd.apache.parquet"}},
+}
 ERROR_STATUSES = ("400", "401", "403", "404", "409", "429", "500", "503", "504")
 
 
@@ -117,6 +150,10 @@ def _parameters(path: str, method: str) -> list[dict[str, Any]]:
     if path.endswith("/segments") and "{id}" in path:
         params.append({"name": "segment", "in": "query", "required": False, "schema": {"type": "array", "items": STRING},
                        "description": "only these saved segments (repeat the parameter)"})
+    if path.endswith("/history"):
+        params += [{"name": name, "in": "query", "required": False, "schema": INTEGER,
+                    "description": f"only points with time_ms {op} this (epoch ms)"}
+                   for name, op in (("since_ms", ">="), ("until_ms", "<="))]
     params.append({"name": "X-Timeout-Ms", "in": "header", "required": False, "schema": NUMBER,
                    "description": "the request's deadline in milliseconds"})
     return params
@@ -133,7 +170,8 @@ def openapi_document() -> dict[str, Any]:
     for (method, path), (summary, request, status, response) in OPERATIONS.items():
         operation: dict[str, Any] = {
             "summary": summary, "parameters": _parameters(path, method),
-            "responses": {str(status): {"description": "success", "content": _json_content(response)},
+            "responses": {str(status): {"description": "success", "content": FILE_CONTENT if response == "file"
+                                        else _json_content(response)},
                           **{code: {"description": "an error", "content": _json_content("Error")}
                              for code in ERROR_STATUSES}},
         }
