@@ -11,7 +11,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
@@ -331,6 +331,27 @@ class Engine:
             tree = merge_trees(self.shards.call_all("explain", step, at))
         return {"query": to_text(bind(parse(query), self.schema)), "now_ms": at, "count": tree.pop("count"),
                 "ms": (time.perf_counter() - started) * 1000, "plan": tree}
+
+    def lookalike(self, seed: str | Sequence[str], within: str = "ALL", size: int | None = None,
+                  threshold: float | None = None, now: int | None = None) -> dict[str, Any]:
+        """The profiles of ``within`` outside ``seed`` (a query or a list of ids) ranked by resemblance to it.
+
+        Returns the ``size`` best (and/or those scoring at least ``threshold``, scores in [0, 1]) with
+        the features that drove each score, and the model's top features (see engine.lookalike).
+        """
+        from . import lookalike
+
+        lookalike.check_request(seed, size, threshold)
+        within_step, refs = self.plans.entry(within)
+        if isinstance(seed, str):
+            seed_plan: Any = self.plans.entry(seed)[0]
+            refs = refs | self.plans.entry(seed)[1]
+        else:
+            seed_plan = lookalike.seed_ids_by_shard(list(seed), self.n_shards, self.identity.resolve)
+        self._read_segments(refs)
+        at = wall_clock_ms() if now is None else int(now)
+        with self.publish.reading():
+            return lookalike.run(self.shards, self.schema, self.compile, seed_plan, within_step, size, threshold, at)
 
     def profile(self, profile_id: str) -> dict[str, Any]:
         """The current record of one profile (ProfileNotFound if unknown)."""

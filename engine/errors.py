@@ -112,3 +112,15 @@ class PermissionDenied(SegengineError):
     """The caller's token does not allow this call (merge, erase and export need the admin token)."""
 
     grpc_status = "PERMISSION_DENIED"
+
+
+class LookalikeError(SegengineError, ValueError):
+    """A lookalike request that cannot be served: an empty seed, a seed covering every candidate, a bad size."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class MissingExtra(SegengineError, RuntimeError):
+    """A feature that needs an optional dependency which is not installed (the message names the extra)."""
+
+    grpc_status = "FAILED_PRECONDITION"

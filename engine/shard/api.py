@@ -15,7 +15,7 @@ Every method is classified by how it may share a shard with other calls (``ACCES
   point read may run alongside queries and other point reads, and goes ahead of queued queries.
 
 >>> sorted(name for name, access in ACCESS.items() if access is Access.QUERY)
-['count', 'explain', 'ids', 'rows']
+['count', 'explain', 'ids', 'lookalike_counts', 'lookalike_sample', 'lookalike_score', 'rows']
 >>> check("count"), check("_worker_pid", diagnostics=True)
 ('count', '_worker_pid')
 >>> check("__init__")
@@ -60,6 +60,11 @@ class ShardAPI(Protocol):
     def rows(self, step: Step, now: int) -> BitMap: ...
     def ids(self, step: Step, now: int) -> list[str]: ...
     def explain(self, step: Step, now: int) -> dict[str, Any]: ...
+    def lookalike_counts(self, seed: Step | list, within: Step, now: int) -> dict[str, Any]: ...
+    def lookalike_sample(self, seed: Step | list, within: Step, features: list[Step], positives: Step,
+                         negatives: Step, now: int) -> dict[str, Any]: ...
+    def lookalike_score(self, seed: Step | list, within: Step, features: list[Step], model: dict[str, Any],
+                        now: int) -> dict[str, Any]: ...
 
     # point reads
     def segment_rows(self, name: str) -> BitMap: ...
@@ -82,6 +87,7 @@ ACCESS: dict[str, Access] = {
     "refresh_segments": W, "capture_changes": W, "take_changes": W,
     "apply_logged": W, "recover": W, "snapshot_capture": W, "snapshot_prune": W, "snapshot_close": W, "snapshot_compact": W,
     "count": Q, "rows": Q, "ids": Q, "explain": Q,
+    "lookalike_counts": Q, "lookalike_sample": Q, "lookalike_score": Q,
     "segment_rows": P, "profile": P, "segment_info": P, "segment_infos": P, "membership": P,
     "snapshot_status": P, "stats": P, "identity_payloads": P, "canonical_ids": P, "alias_hashes": P,
     "export_profile": P,

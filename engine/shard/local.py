@@ -14,6 +14,7 @@ from pyroaring import BitMap
 
 from ..columns import EventBatch, ProfileBatch, column_from_values
 from ..errors import ProfileNotFound
+from ..exec import lookalike
 from ..exec.did import DidEvaluator
 from ..exec.executor import Executor
 from ..explain import TracingExecutor
@@ -186,6 +187,21 @@ class LocalShard:
         tracer = TracingExecutor(self.profiles, self.did, self.segment_rows)
         tracer.samples = self.executor.samples
         return tracer.trace(step, now)
+
+    # -- lookalikes (see engine.lookalike and engine.exec.lookalike) -------------------------
+    def lookalike_counts(self, seed: Step | list, within: Step, now: int) -> dict[str, Any]:
+        """Seed size, unknown seed ids, candidates and this shard's feature vocabulary."""
+        return lookalike.counts(self, seed, within, now)
+
+    def lookalike_sample(self, seed: Step | list, within: Step, features: list[Step], positives: Step,
+                         negatives: Step, now: int) -> dict[str, Any]:
+        """The training rows of this shard (sampled seed and candidates) as packed feature bits."""
+        return lookalike.sample(self, seed, within, features, positives, negatives, now)
+
+    def lookalike_score(self, seed: Step | list, within: Step, features: list[Step], model: dict[str, Any],
+                        now: int) -> dict[str, Any]:
+        """This shard's best candidates under ``model``: ids, scores and top features."""
+        return lookalike.score(self, seed, within, features, model, now)
 
     # -- saved segments (see engine.segments) -----------------------------------------------
     def create_segment(self, name: str, text: str, step: Step, now: int, replace: bool) -> dict[str, Any]:

@@ -63,6 +63,17 @@ class RemoteShard:
     def explain(self, step: Step, now: int) -> dict[str, Any]:
         return self.call("explain", step, now)
 
+    def lookalike_counts(self, seed: Step | list, within: Step, now: int) -> dict[str, Any]:
+        return self.call("lookalike_counts", seed, within, now)
+
+    def lookalike_sample(self, seed: Step | list, within: Step, features: list[Step], positives: Step,
+                         negatives: Step, now: int) -> dict[str, Any]:
+        return self.call("lookalike_sample", seed, within, features, positives, negatives, now)
+
+    def lookalike_score(self, seed: Step | list, within: Step, features: list[Step], model: dict[str, Any],
+                        now: int) -> dict[str, Any]:
+        return self.call("lookalike_score", seed, within, features, model, now)
+
     # point reads
     def segment_rows(self, name: str) -> BitMap:
         return self.call("segment_rows", name)
