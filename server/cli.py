@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import commands, identity_commands, info_commands
+from . import commands, identity_commands, info_commands, lookalike_command
 from .cli_support import CliError, check_utf8, count, existing_file, positive, read_schema
 
 
@@ -172,6 +172,7 @@ COMMANDS: dict[str, Command] = {
                              commands.update_schema_args()),
     **info_commands.commands(),
     **identity_commands.commands(),
+    **lookalike_command.commands(),
     "migrate": Command(
         run_migrate,
         "convert a data directory's snapshot to format 4 (once, with no engine running on the directory)",

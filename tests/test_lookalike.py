@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+import engine.lookalike as lookalike
 from engine import DataError, Engine, Schema
 from engine.errors import LookalikeError
 from loaders.generator import generate
@@ -65,7 +66,10 @@ def test_no_single_pattern_part_captures_the_group(eng, halves, everything):
         assert roc_auc_score(labels, [profile_id in hits for profile_id in ids]) < 0.85, part
 
 
-def test_scores_are_the_weights_of_the_features_each_profile_is_in(eng, halves, everything):
+def check_scores(eng, everything):
+    """Each score is the logistic function of the intercept plus the weights of the features the
+    profile is in (by the engine's own answer to each feature's query); its features are the first
+    three of those with a positive weight, by decreasing weight."""
     weights = everything["model"]["weights"]
     members = {w["feature"]: set(eng.ids(w["feature"], now=NOW)) for w in weights}
     for profile in everything["profiles"][:25] + everything["profiles"][-25:]:
@@ -74,6 +78,18 @@ def test_scores_are_the_weights_of_the_features_each_profile_is_in(eng, halves, 
         positive = sorted((w for w in weights if w["weight"] > 0 and profile["id"] in members[w["feature"]]),
                           key=lambda w: (-w["weight"], w["feature"]))
         assert profile["features"] == [w["feature"] for w in positive[:3]]
+
+
+def test_scores_are_the_weights_of_the_features_each_profile_is_in(eng, halves, everything):
+    assert everything["trained_on"]["pairs"] == 0
+    check_scores(eng, everything)
+
+
+def test_pairwise_features_are_scored_as_the_and_of_their_parts(eng, halves, monkeypatch):
+    monkeypatch.setattr(lookalike, "PAIR_BASE", 4)
+    result = eng.lookalike(halves[0], size=200, now=NOW)
+    assert result["trained_on"]["pairs"] == 6
+    check_scores(eng, result)
 
 
 def test_top_profiles_are_sorted_exclude_the_seed_and_match_the_full_ranking(eng, halves, everything):
@@ -94,6 +110,7 @@ def test_the_same_ranking_at_every_shard_count(ds, halves):
             for batch in ds.events:
                 engine.load_events(batch)
             results.append(engine.lookalike(halves[0], size=30, now=NOW))
+            assert set(results[-1].pop("ms")) == {"sample", "train", "score"}  # milliseconds per round
     assert results[0] == results[1]
 
 
