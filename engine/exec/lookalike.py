@@ -12,6 +12,7 @@ bitmap (or, for a feature holding most rows, to every row and back off its compl
 """
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numba
@@ -79,6 +80,29 @@ def counts(shard: LocalShard, seed: Seed, within: Step, now: int) -> dict[str, A
     return {"seed": len(rows), "unknown": unknown, "candidates": candidates, "vocabulary": vocabulary(shard)}
 
 
+class FeatureCache:
+    """The feature bitmaps of the lookalike calls in progress on a shard, by call token, from the
+    sample round to the score round (the engine's read lock keeps the data unchanged in between).
+    At most ``capacity`` calls are kept; a missing entry is computed again."""
+
+    def __init__(self, capacity: int = 2):
+        self.capacity = capacity
+        self.entries: dict[int, list[BitMap]] = {}
+        self.lock = threading.Lock()
+
+    def put(self, token: int, bitmaps: list[BitMap]) -> None:
+        """Keep ``bitmaps`` for call ``token`` (dropping the oldest call past ``capacity``)."""
+        with self.lock:
+            self.entries[token] = bitmaps
+            while len(self.entries) > self.capacity:
+                del self.entries[next(iter(self.entries))]
+
+    def take(self, token: int) -> list[BitMap] | None:
+        """The bitmaps kept for call ``token`` (forgotten here), or None."""
+        with self.lock:
+            return self.entries.pop(token, None)
+
+
 def feature_bitmaps(shard: LocalShard, features: list[Step], now: int) -> list[BitMap]:
     """Each feature's rows (stored bitmaps among them: never mutated)."""
     call = shard.executor.at(now)
@@ -96,13 +120,14 @@ def membership_bits(rows: np.ndarray, bitmaps: list[BitMap]) -> np.ndarray:
 
 
 def sample(shard: LocalShard, seed: Seed, within: Step, features: list[Step], positives: Step,
-           negatives: Step, now: int) -> dict[str, Any]:
+           negatives: Step, now: int, token: int) -> dict[str, Any]:
     """The training rows of this shard: the sampled seed rows and the sampled candidates, each as
     id hashes and a packed membership matrix; and each feature's row count."""
     rows, _ = seed_rows(shard, seed, now)
     call = shard.executor.at(now)
     candidates = call.visit(within, None) - rows
     bitmaps = feature_bitmaps(shard, features, now)
+    shard.lookalike_features.put(token, bitmaps)
     hashes = shard.profiles.idmap.row_hashes()
     out: dict[str, Any] = {"feature_rows": np.array([len(b) for b in bitmaps], dtype=np.int64),
                            "live": len(shard.profiles.live)}
@@ -115,7 +140,7 @@ def sample(shard: LocalShard, seed: Seed, within: Step, features: list[Step], po
 
 
 def score(shard: LocalShard, seed: Seed, within: Step, features: list[Step], model: dict[str, Any],
-          now: int) -> dict[str, Any]:
+          now: int, token: int) -> dict[str, Any]:
     """The candidates whose score (a logit) is at least ``model["min_logit"]``, at most
     ``model["size"]`` of the highest (ties to the smaller id): ids, scores and each one's top features.
 
@@ -126,7 +151,8 @@ def score(shard: LocalShard, seed: Seed, within: Step, features: list[Step], mod
     rows, _ = seed_rows(shard, seed, now)
     call = shard.executor.at(now)
     candidates = call.visit(within, None) - rows
-    bitmaps = _weighted_bitmaps(shard, features, model, now)
+    base = shard.lookalike_features.take(token)
+    bitmaps = _weighted_bitmaps(base if base is not None else feature_bitmaps(shard, features, now), model)
     scores = np.zeros(len(shard.profiles.idmap), dtype=np.float32)
     live = shard.profiles.live
     for bitmap, weight, dense, _ in bitmaps:
@@ -144,10 +170,8 @@ def score(shard: LocalShard, seed: Seed, within: Step, features: list[Step], mod
     return {"ids": ids, "scores": logits, "reasons": _reasons(chosen, bitmaps, model["credit"])}
 
 
-def _weighted_bitmaps(shard: LocalShard, features: list[Step], model: dict[str, Any],
-                      now: int) -> list[tuple[BitMap, np.float32, bool, int]]:
+def _weighted_bitmaps(base: list[BitMap], model: dict[str, Any]) -> list[tuple[BitMap, np.float32, bool, int]]:
     """(rows, weight, dense, feature number) of every feature and pair with a non-zero weight."""
-    base = feature_bitmaps(shard, features, now)
     weights = np.asarray(model["weights"], dtype=np.float32)
     dense = np.asarray(model["dense"], dtype=bool)
     out = []

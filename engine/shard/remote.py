@@ -67,12 +67,12 @@ class RemoteShard:
         return self.call("lookalike_counts", seed, within, now)
 
     def lookalike_sample(self, seed: Step | list, within: Step, features: list[Step], positives: Step,
-                         negatives: Step, now: int) -> dict[str, Any]:
-        return self.call("lookalike_sample", seed, within, features, positives, negatives, now)
+                         negatives: Step, now: int, token: int) -> dict[str, Any]:
+        return self.call("lookalike_sample", seed, within, features, positives, negatives, now, token)
 
     def lookalike_score(self, seed: Step | list, within: Step, features: list[Step], model: dict[str, Any],
-                        now: int) -> dict[str, Any]:
-        return self.call("lookalike_score", seed, within, features, model, now)
+                        now: int, token: int) -> dict[str, Any]:
+        return self.call("lookalike_score", seed, within, features, model, now, token)
 
     # point reads
     def segment_rows(self, name: str) -> BitMap:
