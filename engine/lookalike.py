@@ -242,16 +242,10 @@ def run(shards: ShardGroup, schema: Schema, compile_query: Callable[[str], Step]
     spec = {"weights": model.weights, "pairs": model.pairs, "intercept": model.intercept, "dense": dense,
             "size": size, "min_logit": min_logit, "credit": model.credit()}
     scored = shards.call_each("lookalike_score", [(seeds[i], within, steps, spec, now, token) for i in range(n)])
-    found = [(float(logit), profile_id, reasons) for part in scored
-             for profile_id, logit, reasons in zip(part["ids"], part["scores"].tolist(), part["reasons"].tolist())]
-    found.sort(key=lambda item: (-item[0], item[1]))
-    if size is not None:
-        found = found[:size]
+    profiles = _merge(scored, model.names, size)
     clock.append(time.perf_counter())
     return {
-        "profiles": [{"id": profile_id, "score": _probability(logit),
-                      "features": [model.names[j] for j in reasons if j >= 0]}
-                     for logit, profile_id, reasons in found],
+        "profiles": profiles,
         "top_features": model.top(TOP_FEATURES),
         "seed": seed_size,
         "unknown_seed_ids": unknown,
@@ -263,6 +257,24 @@ def run(shards: ShardGroup, schema: Schema, compile_query: Callable[[str], Step]
     }
 
 
-def _probability(logit: float) -> float:
-    """The logistic function of ``logit``."""
-    return 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
+def _merge(parts: list[dict[str, Any]], names: list[str], size: int | None) -> list[dict[str, Any]]:
+    """The shards' best candidates as one list, by decreasing score then id (the first ``size``)."""
+    ids = list(itertools.chain.from_iterable(part["ids"] for part in parts))
+    logits = np.concatenate([part["scores"] for part in parts])
+    credited = np.vstack([part["reasons"] for part in parts])
+    order = np.lexsort((np.array(ids), -logits)) if len(parts) > 1 and ids else np.arange(len(ids))
+    if size is not None:
+        order = order[:size]
+    return [{"id": ids[i], "score": score, "features": [names[j] for j in reasons if j >= 0]}
+            for i, score, reasons in zip(order.tolist(), probability(logits[order]).tolist(),
+                                         credited[order].tolist())]
+
+
+def probability(logits: np.ndarray) -> np.ndarray:
+    """The logistic function of ``logits`` (without overflow).
+
+    >>> probability(np.array([0.0, 800.0, -800.0])).tolist()
+    [0.5, 1.0, 0.0]
+    """
+    small = np.exp(-np.abs(logits))
+    return np.where(logits >= 0, 1.0 / (1.0 + small), small / (1.0 + small))
