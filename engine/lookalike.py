@@ -37,6 +37,7 @@ from .plan.steps import Step
 from .query.printer import format_literal, format_name, format_string
 from .schema import Schema, check_id
 from .shard.group import ShardGroup
+from .exec.lookalike import VALUE_SAMPLE
 from .shard.partition import shards_of
 
 #: Most frequent labels of each category attribute (and tags of each tags attribute) used as features.
@@ -109,12 +110,23 @@ def name_features(schema: Schema, vocabularies: Sequence[dict[str, Any]]) -> lis
         elif kind == "timestamp":
             features += [f"{name} >= NOW - {window}" for window in TIMESTAMP_WINDOWS]
         else:
-            parts = [v["values"][attribute.name] for v in vocabularies if attribute.name in v["values"]]
-            features += numeric_features(attribute.name, kind, np.concatenate(parts) if parts else np.empty(0))
+            features += numeric_features(attribute.name, kind, _value_sample(vocabularies, attribute.name))
     features += [f"CONSENTED({format_name(purpose)})" for purpose in schema.consents]
     for event in schema.events:
         features += [template.format(e=format_name(event)) for template in EVENT_FEATURES]
     return features
+
+
+def _value_sample(vocabularies: Sequence[dict[str, Any]], name: str) -> np.ndarray:
+    """The values of attribute ``name`` at the ``VALUE_SAMPLE`` rows with the smallest id hashes of all shards."""
+    parts = [v["values"][name] for v in vocabularies if name in v["values"]]
+    if not parts:
+        return np.empty(0)
+    values = np.concatenate([part[0] for part in parts])
+    hashes = np.concatenate([part[1] for part in parts])
+    if len(values) > VALUE_SAMPLE:
+        values = values[np.argpartition(hashes, VALUE_SAMPLE)[:VALUE_SAMPLE]]
+    return values
 
 
 @dataclass
@@ -222,6 +234,8 @@ def run(shards: ShardGroup, schema: Schema, compile_query: Callable[[str], Step]
     if seed_size == 0:
         raise LookalikeError(f"none of the {len(unknown)} seed ids is a live profile" if unknown
                              else "the seed has no profiles")
+    if sum(c["within"] for c in counted) == 0:
+        raise LookalikeError("within selects no profiles: nothing to rank")
     if candidates == 0:
         raise LookalikeError(f"the seed ({seed_size} profiles) covers every profile of within: nothing is left to rank")
     names = name_features(schema, [c["vocabulary"] for c in counted])

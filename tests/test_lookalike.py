@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+import engine.exec.lookalike as shard_lookalike
 import engine.lookalike as lookalike
 from engine import DataError, Engine, Schema
 from engine.errors import LookalikeError
@@ -102,7 +103,9 @@ def test_top_profiles_are_sorted_exclude_the_seed_and_match_the_full_ranking(eng
     assert keys == sorted(keys)
 
 
-def test_the_same_ranking_at_every_shard_count(ds, halves):
+def test_the_same_ranking_at_every_shard_count(ds, halves, monkeypatch):
+    for module in (lookalike, shard_lookalike):  # numeric bin edges from a sample of 500 values
+        monkeypatch.setattr(module, "VALUE_SAMPLE", 500)
     results = []
     for shards in (1, 3):
         with Engine(Schema.from_dict(ds.schema), shards=shards, backend="local") as engine:
@@ -143,6 +146,7 @@ def test_unknown_seed_ids_are_reported_and_aliases_resolved(eng, halves):
     (["nobody", "ghost"], {"size": 5}, "none of the 2 seed ids is a live profile"),
     ("ALL", {"size": 5}, "the seed (10000 profiles) covers every profile of within: nothing is left to rank"),
     ("vip = TRUE", {"size": 5, "within": "vip = TRUE"}, "covers every profile of within"),
+    ("vip = TRUE", {"size": 5, "within": "age > 200"}, "within selects no profiles: nothing to rank"),
     ("vip = TRUE", {}, "give size (how many profiles) or threshold (the lowest score), or both"),
     ("vip = TRUE", {"size": 0}, "size must be a positive integer, not 0"),
     ("vip = TRUE", {"threshold": 1.5}, "threshold must be a score between 0 and 1, not 1.5"),

@@ -21,7 +21,7 @@ from pyroaring import BitMap
 
 from ..plan.steps import Step
 from ..store.bitmaps import rows_of, to_bitmap
-from ..store.indexes import BoolIndex, CategoryIndex, TagsIndex
+from ..store.indexes import CategoryIndex, TagsIndex
 from ..store.numeric import NumericIndex
 
 if TYPE_CHECKING:
@@ -43,17 +43,21 @@ def add_weight(scores, rows, weight):
 
 
 def vocabulary(shard: LocalShard) -> dict[str, Any]:
-    """What features this shard's data offers: value counts per category and tag label, and a
-    sample of each int and float attribute's values."""
+    """What features this shard's data offers: value counts per category and tag label, and for each
+    int and float attribute the values of its ``VALUE_SAMPLE`` rows with the smallest id hashes
+    (with those hashes: the coordinator keeps the smallest of all shards, the same sample at any
+    shard count)."""
     labels: dict[str, dict[str, int]] = {}
-    values: dict[str, np.ndarray] = {}
+    values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    hashes = shard.profiles.idmap.row_hashes()
     for name, index in shard.profiles.indexes.items():
         if isinstance(index, (CategoryIndex, TagsIndex)):
             labels[name] = {label: len(bitmap) for label, bitmap in zip(index.labels, index.bitmaps) if bitmap}
         elif isinstance(index, NumericIndex) and index.kind in ("int", "float"):
             rows = rows_of(index.notnull)
-            step = max(1, len(rows) // VALUE_SAMPLE)
-            values[name] = index.column.data[rows[::step]].astype(np.float64)
+            if len(rows) > VALUE_SAMPLE:
+                rows = rows[np.argpartition(hashes[rows], VALUE_SAMPLE)[:VALUE_SAMPLE]]
+            values[name] = (index.column.data[rows].astype(np.float64), hashes[rows].copy())
     return {"labels": labels, "values": values}
 
 
@@ -76,8 +80,9 @@ def seed_rows(shard: LocalShard, seed: Seed, now: int) -> tuple[BitMap, list[str
 def counts(shard: LocalShard, seed: Seed, within: Step, now: int) -> dict[str, Any]:
     """Seed size, unknown seed ids, candidates (``within`` minus the seed) and the vocabulary."""
     rows, unknown = seed_rows(shard, seed, now)
-    candidates = shard.executor.evaluate(within, now).difference_cardinality(rows)
-    return {"seed": len(rows), "unknown": unknown, "candidates": candidates, "vocabulary": vocabulary(shard)}
+    within_rows = shard.executor.evaluate(within, now)
+    return {"seed": len(rows), "unknown": unknown, "within": len(within_rows),
+            "candidates": within_rows.difference_cardinality(rows), "vocabulary": vocabulary(shard)}
 
 
 class FeatureCache:
