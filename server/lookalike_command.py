@@ -40,7 +40,8 @@ def run_lookalike(args: argparse.Namespace) -> int:
         raise CliError("give --size N, --threshold X, or both", status=2)
     seed = args.seed_query if args.seed_query is not None else read_ids(args.seed_ids)
     with connect(args) as client:
-        result = client.lookalike(seed, within=args.within, size=args.size, threshold=args.threshold, now=args.now)
+        result = client.lookalike(seed, within=args.within, size=args.size, threshold=args.threshold, now=args.now,
+                                  timeout=args.timeout)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
