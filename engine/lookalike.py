@@ -23,6 +23,7 @@ off by default.
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import random
@@ -273,15 +274,22 @@ def run(shards: ShardGroup, schema: Schema, compile_query: Callable[[str], Step]
 
 def _merge(parts: list[dict[str, Any]], names: list[str], size: int | None) -> list[dict[str, Any]]:
     """The shards' best candidates as one list, by decreasing score then id (the first ``size``)."""
-    ids = list(itertools.chain.from_iterable(part["ids"] for part in parts))
-    logits = np.concatenate([part["scores"] for part in parts])
-    credited = np.vstack([part["reasons"] for part in parts])
-    order = np.lexsort((np.array(ids), -logits)) if len(parts) > 1 and ids else np.arange(len(ids))
-    if size is not None:
-        order = order[:size]
-    return [{"id": ids[i], "score": score, "features": [names[j] for j in reasons if j >= 0]}
-            for i, score, reasons in zip(order.tolist(), probability(logits[order]).tolist(),
-                                         credited[order].tolist())]
+    enabled = gc.isenabled()
+    gc.disable()  # a million small lists and dicts would set off many collections of the young generations
+    try:
+        ids = list(itertools.chain.from_iterable(part["ids"] for part in parts))
+        logits = np.concatenate([part["scores"] for part in parts])
+        credited = np.vstack([part["reasons"] for part in parts])
+        order = np.lexsort((np.array(ids), -logits)) if len(parts) > 1 and ids else np.arange(len(ids))
+        if size is not None:
+            order = order[:size]
+        reasons = list(map(tuple, credited[order].tolist()))
+        named = {key: [names[j] for j in key if j >= 0] for key in set(reasons)}
+        return [{"id": ids[i], "score": score, "features": list(named[key])}
+                for i, score, key in zip(order.tolist(), probability(logits[order]).tolist(), reasons)]
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def probability(logits: np.ndarray) -> np.ndarray:
