@@ -343,9 +343,10 @@ class Engine:
 
         lookalike.check_request(seed, size, threshold)
         within_step, refs = self.plans.entry(within)
+        seed_plan: Any
         if isinstance(seed, str):
-            seed_plan: Any = self.plans.entry(seed)[0]
-            refs = refs | self.plans.entry(seed)[1]
+            seed_plan, seed_refs = self.plans.entry(seed)
+            refs = refs | seed_refs
         else:
             seed_plan = lookalike.seed_ids_by_shard(list(seed), self.n_shards, self.identity.resolve)
         self._read_segments(refs)

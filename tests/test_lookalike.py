@@ -135,7 +135,25 @@ def test_a_query_seed_and_within(eng):
         {"vip = TRUE", "country = 'FR'"} & {t["feature"] for t in result["top_features"][:3]}
 
 
-def test_unknown_seed_ids_are_reported_and_aliases_resolved(eng, halves):
+def test_a_saved_segment_as_the_seed(eng):
+    eng.create_segment("fr_vips", "country = 'FR' AND vip = TRUE")
+    assert eng.lookalike("SEGMENT('fr_vips')", size=20, now=NOW)["profiles"] == \
+        eng.lookalike("country = 'FR' AND vip = TRUE", size=20, now=NOW)["profiles"]
+
+
+def test_seed_ids_resolve_aliases():
+    schema = Schema.from_dict(generate(0, 0, now_ms=NOW).schema)
+    with Engine(schema, shards=2, backend="local") as small:
+        small.upsert_profiles([{"id": f"p{i:02d}", "country": "FR" if i % 2 else "DE", "vip": i < 10}
+                               for i in range(60)])
+        small.merge("old-account", "p01")
+        result = small.lookalike(["old-account", "p03", "p03", "p05", "nobody"], size=60, now=NOW)
+        assert (result["seed"], result["unknown_seed_ids"], result["candidates"]) == (3, ["nobody"], 57)
+        assert {p["id"] for p in result["profiles"]} == {f"p{i:02d}" for i in range(60)} - {"p01", "p03", "p05"}
+        assert result["profiles"][0]["features"][:1] == ["vip = TRUE"]
+
+
+def test_unknown_seed_ids_are_reported(eng, halves):
     result = eng.lookalike(halves[0][:50] + ["nobody", "ghost"], size=5, now=NOW)
     assert result["seed"] == 50
     assert result["unknown_seed_ids"] == ["ghost", "nobody"]
