@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Sequence
 
 from .analytics import check_breakdown, merge_breakdown, merge_overlap
 from .batch_check import check_event_batch
@@ -416,6 +416,28 @@ class Engine:
         canonical = self.identity.resolve([profile_id])[0]
         tree = self._on_owner("why", canonical, node, at, bool(events))
         return {"id": canonical, "now_ms": at, "tree": tree}
+
+    def lookalike(self, seed: str | Sequence[str], within: str = "ALL", size: int | None = None,
+                  threshold: float | None = None, now: int | None = None) -> dict[str, Any]:
+        """The profiles of ``within`` outside ``seed`` (a query or a list of ids) ranked by resemblance to it.
+
+        Returns the ``size`` best (and/or those scoring at least ``threshold``, scores in [0, 1]) with
+        the features that drove each score, and the model's top features (see engine.lookalike).
+        """
+        from . import lookalike
+
+        lookalike.check_request(seed, size, threshold)
+        within_step, refs = self.plans.entry(within)
+        seed_plan: Any
+        if isinstance(seed, str):
+            seed_plan, seed_refs = self.plans.entry(seed)
+            refs = refs | seed_refs
+        else:
+            seed_plan = lookalike.seed_ids_by_shard(list(seed), self.n_shards, self.identity.resolve)
+        self._read_segments(refs)
+        at = wall_clock_ms() if now is None else int(now)
+        with self.publish.reading():
+            return lookalike.run(self.shards, self.schema, self.compile, seed_plan, within_step, size, threshold, at)
 
     def profile(self, profile_id: str) -> dict[str, Any]:
         """The current record of one profile (ProfileNotFound if unknown)."""

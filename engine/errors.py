@@ -127,3 +127,15 @@ class DestinationExists(SegengineError):
     """Adding a destination whose name is taken."""
 
     grpc_status = "ALREADY_EXISTS"
+
+
+class LookalikeError(SegengineError, ValueError):
+    """A lookalike request that cannot be served: an empty seed, a seed covering every candidate, a bad size."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class MissingExtra(SegengineError, RuntimeError):
+    """A feature that needs an optional dependency which is not installed (the message names the extra)."""
+
+    grpc_status = "FAILED_PRECONDITION"

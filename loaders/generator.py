@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from engine.columns import CategoryColumn, EventBatch, ProfileBatch, TagsColumn, ValueColumn
 from engine.schema import CONTRACT_SCHEMA
+
+from . import planted
+from .planted import PlantedGroup
 
 #: The contract schema plus an ``add_to_cart`` event: the schema of every generated dataset.
 DEMO_SCHEMA: dict = copy.deepcopy(CONTRACT_SCHEMA)
@@ -65,12 +68,16 @@ class Dataset:
     now_ms: int
     profiles: ProfileBatch
     events: list[EventBatch]
+    planted: list[str] = field(default_factory=list)  # the ids of the planted group (see loaders.planted)
 
 
-def generate(profiles: int, events: int, seed: int = 0, now_ms: int | None = None) -> Dataset:
+def generate(profiles: int, events: int, seed: int = 0, now_ms: int | None = None,
+             plant: PlantedGroup | None = None) -> Dataset:
     """Generate ``profiles`` profiles and exactly ``events`` events ending at ``now_ms``.
 
     ``now_ms`` defaults to the wall clock; the same seed and ``now_ms`` give the same dataset.
+    ``plant``: also plant a hidden group (``loaders.planted``; it adds events, so the total exceeds
+    ``events``); without it the dataset is unchanged.
     """
     if profiles < 0 or events < 0:
         raise ValueError("profiles and events must be >= 0")
@@ -79,7 +86,10 @@ def generate(profiles: int, events: int, seed: int = 0, now_ms: int | None = Non
     now = int(time.time() * 1000) if now_ms is None else int(now_ms)
     rng = np.random.default_rng(seed)
     batch, activity = _profiles(rng, profiles, now)
-    return Dataset(copy.deepcopy(DEMO_SCHEMA), now, batch, _events(rng, batch.ids, activity, events, now))
+    dataset = Dataset(copy.deepcopy(DEMO_SCHEMA), now, batch, _events(rng, batch.ids, activity, events, now))
+    if plant is not None:
+        dataset.planted = planted.plant(dataset.profiles, dataset.events, plant, seed, now)
+    return dataset
 
 
 # -- sampling helpers -------------------------------------------------------------------------

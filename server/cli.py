@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import (analytics_commands, commands, destination_commands, export_commands, history_commands, identity_commands,
-               info_commands)
+               info_commands, lookalike_command)
 from .cli_support import CliError, check_utf8, count, existing_file, positive, read_schema
 
 
@@ -177,6 +177,7 @@ COMMANDS: dict[str, Command] = {
     **export_commands.commands(),
     **analytics_commands.commands(),
     **destination_commands.commands(),
+    **lookalike_command.commands(),
     "migrate": Command(
         run_migrate,
         "convert a data directory's snapshot to format 4 (once, with no engine running on the directory)",

@@ -222,6 +222,21 @@ class SegengineClient:
         result = self._call(self.stub.Explain, pb.QueryRequest(query=query, now_ms=now or 0))
         return Explanation(result.query, result.now_ms, result.count, result.ms, convert.plan_dict(result.plan))
 
+    def lookalike(self, seed: str | Iterable[str], within: str = "ALL", size: int | None = None,
+                  threshold: float | None = None, now: int | None = None,
+                  timeout: float | None = None) -> dict[str, Any]:
+        """``Engine.lookalike`` on the server: ``seed`` a query or ids; the result as that method's dict
+        (without timings). Its deadline defaults to the stream timeout (it trains a model)."""
+        request = pb.LookalikeRequest(within=within, size=size or 0, now_ms=now or 0)
+        if isinstance(seed, str):
+            request.seed_query = seed
+        else:
+            request.seed_ids.values.extend(seed)
+        if threshold is not None:
+            request.threshold = threshold
+        response = self._call(self.stub.Lookalike, request, timeout or self.stream_timeout)
+        return convert.lookalike_result(response)
+
     # -- profiles ---------------------------------------------------------------------------
     def profile(self, profile_id: str) -> dict[str, Any]:
         """The current record of one profile (ProfileNotFound if unknown)."""

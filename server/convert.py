@@ -242,3 +242,28 @@ def destination_dict(message: pb.Destination) -> dict[str, Any]:
     info: dict[str, Any] = {name: getattr(message, name) for name in pb.Destination.DESCRIPTOR.fields_by_name}
     info["options"] = {name: getattr(message.options, name) for name in DESTINATION_OPTIONS}
     return info
+
+
+def lookalike_message(result: dict[str, Any]) -> pb.LookalikeResponse:
+    """An ``Engine.lookalike`` result as a LookalikeResponse."""
+    trained = result["trained_on"]
+    return pb.LookalikeResponse(
+        profiles=[pb.LookalikeProfile(id=p["id"], score=p["score"], features=p["features"]) for p in result["profiles"]],
+        top_features=[pb.FeatureWeight(**w) for w in result["top_features"]],
+        seed=result["seed"], unknown_seed_ids=result["unknown_seed_ids"], candidates=result["candidates"],
+        positives=trained["positives"], negatives=trained["negatives"], features=trained["features"],
+        pairs=trained["pairs"],
+        intercept=result["model"]["intercept"], weights=[pb.FeatureWeight(**w) for w in result["model"]["weights"]])
+
+
+def lookalike_result(message: pb.LookalikeResponse) -> dict[str, Any]:
+    """A LookalikeResponse as the dict ``Engine.lookalike`` returns (without its timings)."""
+    weights = lambda items: [{"feature": w.feature, "weight": w.weight} for w in items]  # noqa: E731
+    return {
+        "profiles": [{"id": p.id, "score": p.score, "features": list(p.features)} for p in message.profiles],
+        "top_features": weights(message.top_features),
+        "seed": message.seed, "unknown_seed_ids": list(message.unknown_seed_ids), "candidates": message.candidates,
+        "trained_on": {"positives": message.positives, "negatives": message.negatives, "features": message.features,
+                       "pairs": message.pairs},
+        "model": {"intercept": message.intercept, "weights": weights(message.weights)},
+    }

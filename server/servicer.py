@@ -32,6 +32,8 @@ WATCH_POLL_S = 0.5
 audit = logging.getLogger("segengine.audit")
 #: The calls that run the executor (see ``SegmentationServicer.heavy``).
 QUERY_METHODS = frozenset({"Count", "Query", "Explain", "Breakdown", "Why"})
+#: Calls that always run in the heavy pool (a snapshot, a member export, a model trained and every profile scored).
+HEAVY_METHODS = frozenset({"Snapshot", "ExportMembers", "Lookalike"})
 
 
 class SegmentationServicer(pb_grpc.SegmentationServicer):
@@ -47,9 +49,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.tokens: tuple[str | None, str | None] = (None, None)  # (read/write, admin): see server.interceptors
 
     def heavy(self, method: str, request: object) -> bool:
-        """True for a Snapshot, a member export, and a query call (Count, Query, Explain) whose query is known to
-        be heavy."""
-        return method in ("Snapshot", "ExportMembers") or (method in QUERY_METHODS and self.gate.heavy(getattr(request, "query", "")))
+        """True for the HEAVY_METHODS, and for a query call (Count, Query, Explain, Breakdown, Why) whose query
+        is known to be heavy."""
+        return method in HEAVY_METHODS or (method in QUERY_METHODS and self.gate.heavy(getattr(request, "query", "")))
 
     # -- writes -----------------------------------------------------------------------------
     def UpsertProfiles(self, request: pb.UpsertProfilesRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
@@ -105,6 +107,13 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         result = self.gate.query(context, self.engine.explain, request.query, self._now(request))
         return pb.ExplainResponse(query=result["query"], now_ms=result["now_ms"], count=result["count"],
                                   ms=result["ms"], plan=convert.plan_message(result["plan"]))
+
+    def Lookalike(self, request: pb.LookalikeRequest, context: grpc.ServicerContext) -> pb.LookalikeResponse:
+        seed = request.seed_query if request.WhichOneof("seed") != "seed_ids" else list(request.seed_ids.values)
+        threshold = request.threshold if request.HasField("threshold") else None
+        result = self.gate.read(context, self.engine.lookalike, seed, request.within or "ALL", request.size or None,
+                                threshold, request.now_ms or None)
+        return convert.lookalike_message(result)
 
     # -- profiles ---------------------------------------------------------------------------
     def GetProfile(self, request: pb.GetProfileRequest, context: grpc.ServicerContext) -> pb.ProfileRecord:

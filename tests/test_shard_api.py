@@ -49,8 +49,9 @@ def test_every_method_is_a_read_or_a_write() -> None:
     writes = set(api.METHODS) - api.READS
     assert writes == {"refresh_segments", "capture_changes", "take_changes", "apply_logged", "recover",
                       "snapshot_capture", "snapshot_prune", "snapshot_close", "snapshot_compact"}
-    assert {n for n in api.READS if api.access(n) is api.Access.QUERY} == {"count", "rows", "ids", "explain",
-                                                                          "breakdown", "overlap", "why"}
+    assert {n for n in api.READS if api.access(n) is api.Access.QUERY} == {
+        "count", "rows", "ids", "explain", "breakdown", "overlap", "why", "lookalike_counts", "lookalike_sample",
+        "lookalike_score"}
     assert {n for n in api.READS if api.access(n) is api.Access.POINT} == {
         "segment_rows", "profile", "segment_info", "segment_infos", "membership", "snapshot_status", "stats",
         "identity_payloads", "canonical_ids", "alias_hashes", "export_profile", "segment_sizes", "member_columns"}

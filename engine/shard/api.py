@@ -15,7 +15,7 @@ Every method is classified by how it may share a shard with other calls (``ACCES
   point read may run alongside queries and other point reads, and goes ahead of queued queries.
 
 >>> sorted(name for name, access in ACCESS.items() if access is Access.QUERY)
-['breakdown', 'count', 'explain', 'ids', 'overlap', 'rows', 'why']
+['breakdown', 'count', 'explain', 'ids', 'lookalike_counts', 'lookalike_sample', 'lookalike_score', 'overlap', 'rows', 'why']
 >>> check("count"), check("_worker_pid", diagnostics=True)
 ('count', '_worker_pid')
 >>> check("__init__")
@@ -64,6 +64,11 @@ class ShardAPI(Protocol):
     def breakdown(self, step: Step, now: int, by: str, bins: list[int | float] | None) -> list[list[Any]]: ...
     def overlap(self, steps: list[Step], now: int) -> list[list[int]]: ...
     def why(self, profile_id: str, node: Node, now: int, with_events: bool) -> dict[str, Any]: ...
+    def lookalike_counts(self, seed: Step | list, within: Step, now: int) -> dict[str, Any]: ...
+    def lookalike_sample(self, seed: Step | list, within: Step, features: list[Step], positives: Step,
+                         negatives: Step, now: int, token: int) -> dict[str, Any]: ...
+    def lookalike_score(self, seed: Step | list, within: Step, features: list[Step], model: dict[str, Any],
+                        now: int, token: int) -> dict[str, Any]: ...
 
     # point reads
     def segment_rows(self, name: str) -> BitMap: ...
@@ -88,6 +93,7 @@ ACCESS: dict[str, Access] = {
     "refresh_segments": W, "capture_changes": W, "take_changes": W,
     "apply_logged": W, "recover": W, "snapshot_capture": W, "snapshot_prune": W, "snapshot_close": W, "snapshot_compact": W,
     "count": Q, "rows": Q, "ids": Q, "explain": Q, "breakdown": Q, "overlap": Q, "why": Q,
+    "lookalike_counts": Q, "lookalike_sample": Q, "lookalike_score": Q,
     "segment_rows": P, "profile": P, "segment_info": P, "segment_infos": P, "membership": P,
     "snapshot_status": P, "stats": P, "identity_payloads": P, "canonical_ids": P, "alias_hashes": P,
     "export_profile": P, "segment_sizes": P, "member_columns": P,

@@ -15,6 +15,7 @@ from pyroaring import BitMap
 from ..columns import EventBatch, ProfileBatch, column_from_values
 from ..errors import ProfileNotFound
 from ..exec.breakdown import breakdown_counts, overlap_counts
+from ..exec import lookalike
 from ..exec.did import DidEvaluator
 from ..exec.executor import Executor
 from ..exec.why import explain_row
@@ -71,6 +72,7 @@ class LocalShard:
         self.saved = SavedSegments(profiles, events, self.executor)
         self.saved.set_capture(capture)
         self.segments: dict[str, BitMap] = self.saved.bitmaps  # name -> members (owned by self.saved)
+        self.lookalike_features = lookalike.FeatureCache()  # a lookalike call's feature bitmaps, between its rounds
 
     # -- writes -----------------------------------------------------------------------------
     def upsert(self, updates: list[ProfileUpdate], now: int | None = None) -> int:
@@ -211,6 +213,22 @@ class LocalShard:
         if row < 0 or row not in self.profiles.live:
             raise ProfileNotFound(f"unknown profile {profile_id!r}")
         return explain_row(self, row, node, now, with_events)
+
+    # -- lookalikes (see engine.lookalike and engine.exec.lookalike) -------------------------
+    def lookalike_counts(self, seed: Step | list, within: Step, now: int) -> dict[str, Any]:
+        """Seed size, unknown seed ids, candidates and this shard's feature vocabulary."""
+        return lookalike.counts(self, seed, within, now)
+
+    def lookalike_sample(self, seed: Step | list, within: Step, features: list[Step], positives: Step,
+                         negatives: Step, now: int, token: int) -> dict[str, Any]:
+        """The training rows of this shard (sampled seed and candidates) as packed feature bits; the
+        feature bitmaps are kept for the ``lookalike_score`` call with the same ``token``."""
+        return lookalike.sample(self, seed, within, features, positives, negatives, now, token)
+
+    def lookalike_score(self, seed: Step | list, within: Step, features: list[Step], model: dict[str, Any],
+                        now: int, token: int) -> dict[str, Any]:
+        """This shard's best candidates under ``model``: ids, scores and top features."""
+        return lookalike.score(self, seed, within, features, model, now, token)
 
     # -- saved segments (see engine.segments) -----------------------------------------------
     def create_segment(self, name: str, text: str, step: Step, now: int, replace: bool) -> dict[str, Any]:

@@ -73,6 +73,17 @@ class RemoteShard:
     def why(self, profile_id: str, node: Node, now: int, with_events: bool) -> dict[str, Any]:
         return self.call("why", profile_id, node, now, with_events)
 
+    def lookalike_counts(self, seed: Step | list, within: Step, now: int) -> dict[str, Any]:
+        return self.call("lookalike_counts", seed, within, now)
+
+    def lookalike_sample(self, seed: Step | list, within: Step, features: list[Step], positives: Step,
+                         negatives: Step, now: int, token: int) -> dict[str, Any]:
+        return self.call("lookalike_sample", seed, within, features, positives, negatives, now, token)
+
+    def lookalike_score(self, seed: Step | list, within: Step, features: list[Step], model: dict[str, Any],
+                        now: int, token: int) -> dict[str, Any]:
+        return self.call("lookalike_score", seed, within, features, model, now, token)
+
     # point reads
     def segment_rows(self, name: str) -> BitMap:
         return self.call("segment_rows", name)

@@ -691,3 +691,63 @@ class ListDestinationsResponse(_message.Message):
     DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
     destinations: _containers.RepeatedCompositeFieldContainer[Destination]
     def __init__(self, destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ...) -> None: ...
+
+class LookalikeRequest(_message.Message):
+    __slots__ = ("seed_query", "seed_ids", "within", "size", "threshold", "now_ms")
+    SEED_QUERY_FIELD_NUMBER: _ClassVar[int]
+    SEED_IDS_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    seed_query: str
+    seed_ids: StringList
+    within: str
+    size: int
+    threshold: float
+    now_ms: int
+    def __init__(self, seed_query: _Optional[str] = ..., seed_ids: _Optional[_Union[StringList, _Mapping]] = ..., within: _Optional[str] = ..., size: _Optional[int] = ..., threshold: _Optional[float] = ..., now_ms: _Optional[int] = ...) -> None: ...
+
+class LookalikeProfile(_message.Message):
+    __slots__ = ("id", "score", "features")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    score: float
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FeatureWeight(_message.Message):
+    __slots__ = ("feature", "weight")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    weight: float
+    def __init__(self, feature: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class LookalikeResponse(_message.Message):
+    __slots__ = ("profiles", "top_features", "seed", "unknown_seed_ids", "candidates", "positives", "negatives", "features", "pairs", "intercept", "weights")
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    TOP_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_SEED_IDS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    INTERCEPT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    profiles: _containers.RepeatedCompositeFieldContainer[LookalikeProfile]
+    top_features: _containers.RepeatedCompositeFieldContainer[FeatureWeight]
+    seed: int
+    unknown_seed_ids: _containers.RepeatedScalarFieldContainer[str]
+    candidates: int
+    positives: int
+    negatives: int
+    features: int
+    pairs: int
+    intercept: float
+    weights: _containers.RepeatedCompositeFieldContainer[FeatureWeight]
+    def __init__(self, profiles: _Optional[_Iterable[_Union[LookalikeProfile, _Mapping]]] = ..., top_features: _Optional[_Iterable[_Union[FeatureWeight, _Mapping]]] = ..., seed: _Optional[int] = ..., unknown_seed_ids: _Optional[_Iterable[str]] = ..., candidates: _Optional[int] = ..., positives: _Optional[int] = ..., negatives: _Optional[int] = ..., features: _Optional[int] = ..., pairs: _Optional[int] = ..., intercept: _Optional[float] = ..., weights: _Optional[_Iterable[_Union[FeatureWeight, _Mapping]]] = ...) -> None: ...

@@ -180,6 +180,11 @@ class SegmentationStub:
                 request_serializer=segengine_dot_v1_dot_segmentation__pb2.ListDestinationsRequest.SerializeToString,
                 response_deserializer=segengine_dot_v1_dot_segmentation__pb2.ListDestinationsResponse.FromString,
                 _registered_method=True)
+        self.Lookalike = channel.unary_unary(
+                '/segengine.v1.Segmentation/Lookalike',
+                request_serializer=segengine_dot_v1_dot_segmentation__pb2.LookalikeRequest.SerializeToString,
+                response_deserializer=segengine_dot_v1_dot_segmentation__pb2.LookalikeResponse.FromString,
+                _registered_method=True)
 
 
 class SegmentationServicer:
@@ -391,6 +396,13 @@ class SegmentationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lookalike(self, request, context):
+        """Lookalikes: the profiles of `within` outside the seed, ranked by how much they resemble it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -538,6 +550,11 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.ListDestinations,
                     request_deserializer=segengine_dot_v1_dot_segmentation__pb2.ListDestinationsRequest.FromString,
                     response_serializer=segengine_dot_v1_dot_segmentation__pb2.ListDestinationsResponse.SerializeToString,
+            ),
+            'Lookalike': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lookalike,
+                    request_deserializer=segengine_dot_v1_dot_segmentation__pb2.LookalikeRequest.FromString,
+                    response_serializer=segengine_dot_v1_dot_segmentation__pb2.LookalikeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1323,6 +1340,33 @@ class Segmentation:
             '/segengine.v1.Segmentation/ListDestinations',
             segengine_dot_v1_dot_segmentation__pb2.ListDestinationsRequest.SerializeToString,
             segengine_dot_v1_dot_segmentation__pb2.ListDestinationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lookalike(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segengine.v1.Segmentation/Lookalike',
+            segengine_dot_v1_dot_segmentation__pb2.LookalikeRequest.SerializeToString,
+            segengine_dot_v1_dot_segmentation__pb2.LookalikeResponse.FromString,
             options,
             channel_credentials,
             insecure,
