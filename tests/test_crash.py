@@ -33,18 +33,21 @@ def start_writer(data_dir: Path, cycle: int, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-def kill_at_random(process: subprocess.Popen, rng: random.Random, max_delay_s: float) -> str:
-    """Wait for the writer to be ready, let it write for a random time, SIGKILL it; its stdout."""
+def kill_at_random(process: subprocess.Popen, rng: random.Random, max_delay_s: float, after_ack: bool = False) -> str:
+    """Wait for the writer to be ready (and, with ``after_ack``, for its first acknowledged write, so a
+    loaded machine still kills during acknowledged writes), let it write for a random time, SIGKILL it;
+    its stdout."""
     assert process.stdout is not None
     first = process.stdout.readline()
     if first != "ready\n":
         process.kill()
         raise AssertionError(f"writer did not start: {first!r} {process.stderr.read() if process.stderr else ''}")
+    acked = process.stdout.readline() if after_ack else ""
     time.sleep(rng.uniform(0.0, max_delay_s))
     os.kill(process.pid, signal.SIGKILL)
     out, err = process.communicate()
     assert process.returncode == -signal.SIGKILL, err
-    return out
+    return acked + out
 
 
 def crash_cycles(tmp_path: Path, cycles: int, seed: int, max_delay_s: float = 1.5, *args: str) -> dict[str, int]:
@@ -53,7 +56,7 @@ def crash_cycles(tmp_path: Path, cycles: int, seed: int, max_delay_s: float = 1.
     acks = Acks()
     summary: dict[str, int] = {}
     for cycle in range(cycles):
-        acks.read(kill_at_random(start_writer(data_dir, cycle, *args), rng, max_delay_s))
+        acks.read(kill_at_random(start_writer(data_dir, cycle, *args), rng, max_delay_s, after_ack=cycle == 0))
         with Engine(SCHEMA, shards=2, data_dir=str(data_dir), backend="local",
                     durability={"snapshot_every_s": None, "snapshot_log_bytes": None}) as engine:
             summary = check(engine, acks)
