@@ -5,7 +5,8 @@ Presence in a window ("had at least one / no event") is one union of whole-day b
 ``EventTypeStore.ensure_slots``; a partial day with few events is scanned instead) and the rows
 of the events in the two partial edge slots. Counts, WHERE and AFTER LAST scan only the events
 inside the window (found by binary search in each time-ordered run): counts up to two in
-per-row bitsets (``count_upto2``), larger ones by sorting the window's rows.
+per-row bitsets (``count_upto2``), up to 255 in per-row saturating uint8 counters
+(``count_upto``), larger ones by sorting the window's rows.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ BUCKET_LEVELS = (DAY_MS, SLOT_MS)
 
 CMP = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 TIME_MAX = np.iinfo(np.int64).max
+#: Counts up to this are kept in per-row uint8 counters (count_upto); larger ones sort the window's rows.
+COUNTER_TOP = 255
 
 
 #: Count conditions that mean "at least one matching event" / "no matching event".
@@ -135,6 +138,49 @@ def emit_upto2(levels, wanted, debruijn_index, bound):
             low = hits & (~hits + np.uint64(1))
             out[n] = word * 64 + debruijn_index[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
             n += 1
+            hits ^= low
+    return out[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def count_upto(rows, keep, use_keep, member, use_member, counts, seen, top):
+    """Count kept events of member rows per row, saturating at ``top`` (<= 255): ``counts[row]``
+    (uint8) and bit r of ``seen`` (set on a row's first event, so emit_counts visits only counted rows).
+
+    One pass over the window, no sort: a row that reached ``top`` is skipped (its answer is known).
+    """
+    cap = np.uint8(top)
+    for i in range(len(rows)):
+        if use_keep and not keep[i]:
+            continue
+        row = np.int64(rows[i])
+        if use_member and not (member[row >> 6] >> np.uint64(row & 63)) & np.uint64(1):
+            continue
+        c = counts[row]
+        if c == cap:
+            continue
+        if c == 0:
+            seen[row >> 6] |= np.uint64(1) << np.uint64(row & 63)
+        counts[row] = c + np.uint8(1)
+
+
+@numba.njit(cache=True, nogil=True)
+def emit_counts(counts, seen, wanted, debruijn_index, bound):
+    """The rows (ascending) counted by count_upto whose count c has wanted[c]; zeroes ``counts`` and ``seen``."""
+    out = np.empty(bound, dtype=np.int64)
+    n = 0
+    for word in range(len(seen)):
+        hits = seen[word]
+        if hits == np.uint64(0):
+            continue
+        seen[word] = np.uint64(0)
+        while hits != np.uint64(0):
+            low = hits & (~hits + np.uint64(1))
+            row = word * 64 + debruijn_index[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+            if wanted[counts[row]]:
+                out[n] = row
+                n += 1
+            counts[row] = 0
             hits ^= low
     return out[:n]
 
@@ -281,6 +327,8 @@ class Scratch:
         self.member = np.zeros(0, dtype=np.uint64)  # a bitset of the found rows, see gather_rows
         self.levels = np.zeros(0, dtype=np.uint64)  # count bitsets, see count_upto2
         self.rows = np.empty(0, dtype=np.int32)  # kept rows, see count_upto2
+        self.counts = np.zeros(0, dtype=np.uint8)  # per-row counters, see count_upto
+        self.seen = np.zeros(0, dtype=np.uint64)  # rows with a count, see count_upto
 
     def member_bits(self, size: int) -> np.ndarray:
         """A zeroed bitset of at least ``size`` rows (callers clear the bits they set)."""
@@ -300,6 +348,16 @@ class Scratch:
         if len(self.levels) < words:
             self.levels = np.zeros(max(words, int(len(self.levels) * 1.25)), dtype=np.uint64)
         return self.levels
+
+
+    def row_counters(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zeroed uint8 counters and a zeroed bitset for ``size`` rows (see count_upto; emit_counts zeroes them)."""
+        if len(self.counts) < size:
+            self.counts = np.zeros(max(size, int(len(self.counts) * 1.25)), dtype=np.uint8)
+        words = (size + 63) // 64
+        if len(self.seen) < words:
+            self.seen = np.zeros(max(words, int(len(self.seen) * 1.25)), dtype=np.uint64)
+        return self.counts, self.seen
 
 
 class ScratchPool:
@@ -529,6 +587,12 @@ class DidEvaluator:
             try:
                 keeps = self.event_masks(node, store, parts, now, size)
                 dummy = np.empty(0, dtype=bool)
+                if top <= COUNTER_TOP:
+                    counts, seen = buffers.row_counters(size)
+                    for part, keep in zip(parts, keeps):
+                        count_upto(part.rows, dummy if keep is None else keep, keep is not None, member,
+                                   member_rows is not None, counts, seen, top)
+                    return emit_counts(counts, seen, wanted, _DEBRUIJN_INDEX, total)
                 rows = np.empty(total, dtype=np.int32)
                 n = 0
                 for part, keep in zip(parts, keeps):
