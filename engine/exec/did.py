@@ -28,6 +28,7 @@ from ..store.events import (DAY_MS, NO_TIME, SCALED_NULL, SLOT_BUILD_MIN_EVENTS,
 from ..store.lru import drop_oldest
 from .aggregate import aggregate_rows, holds_at_zero
 from .sequence import sequence_rows
+from .where_bins import present_where
 
 #: Presence bucket sizes, coarsest first: whole days, then whole 5-minute slots, then an exact scan.
 BUCKET_LEVELS = (DAY_MS, SLOT_MS)
@@ -445,6 +446,11 @@ class DidEvaluator:
             return self.present(store, lo, hi, found)
         if simple and (node.count_op, node.count_n) in ABSENT:
             return (found if found is not None else live) - self.present(store, lo, hi, found)
+        presence = (node.count_op, node.count_n) in PRESENT or (node.count_op, node.count_n) in ABSENT
+        if presence and node.where is not None and node.after_last is None:
+            hit = present_where(self, node, store, lo, hi, now, found)  # None: the WHERE is scanned
+            if hit is not None:
+                return hit if not at_zero else (found if found is not None else live) - hit
         size = int(live.max()) + 1 if live else 0
         # a count that holds at zero: the universe minus the counted rows whose count fails
         rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)

@@ -1,0 +1,136 @@
+"""Kept bitmaps of one event property: per value bin, the rows with such an event per UTC day and ever.
+
+A category or bool property has one bin per code (and one for null). A numeric property (int or
+float) has bins on a fixed 1-2-5 series of edges (0, ±0.01, ±0.02, ±0.05, ±0.1, ... ±5e15): each
+edge is a bin of its own (the events whose value equals it) and so is each open interval between
+two neighbouring edges, so a comparison with a literal on an edge (``cart_value > 50``) is a union
+of whole bins, and only a literal strictly inside an interval leaves one bin to check event by
+event. The edges do not depend on the data, so bins never move and every write only adds to them.
+
+>>> [bin_bounds(int(k)) for k in bin_keys("float", np.array([50.0, 75.5]), None)]
+[(50.0, 50.0), (50.0, 100.0)]
+>>> int(bin_keys("float", np.array([np.nan]), None)[0]) == NULL_BIN
+True
+"""
+from __future__ import annotations
+
+import numpy as np
+from pyroaring import BitMap
+
+from .bitmaps import group_rows, to_bitmap
+
+DAY_MS = 86_400_000
+#: The bin of null values.
+NULL_BIN = -1
+#: Property kinds that get bins (timestamps compare with NOW-relative literals: they are scanned).
+BINNED_KINDS = frozenset({"category", "bool", "int", "float"})
+
+
+def _edges() -> np.ndarray:
+    positive = [m * 10.0 ** e for e in range(-2, 16) for m in (1, 2, 5)]
+    positive = [float(f"{v:.2e}") for v in positive]  # 0.01, not 0.010000000000000002
+    return np.array(sorted([-v for v in positive] + [0.0] + positive), dtype=np.float64)
+
+
+#: The bin edges of numeric properties (ascending).
+EDGES = _edges()
+
+
+def bin_bounds(key: int) -> tuple[float, float]:
+    """The (lo, hi) of a numeric bin: lo == hi for an edge's own bin, else the open interval (lo, hi)."""
+    i, point = divmod(key, 2)
+    if point:
+        return float(EDGES[i]), float(EDGES[i])
+    lo = float(EDGES[i - 1]) if i > 0 else -np.inf
+    hi = float(EDGES[i]) if i < len(EDGES) else np.inf
+    return lo, hi
+
+
+def bin_keys(kind: str, values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """The bin of each value (int64; NULL_BIN for null). ``values``: codes for category and bool (-1 =
+    null), float64 (NaN = null) for floats, int64 with the ``valid`` mask for ints."""
+    if kind in ("category", "bool"):
+        keys = np.asarray(values).astype(np.int64)
+        keys[keys < 0] = NULL_BIN
+        return keys
+    numbers = np.asarray(values, dtype=np.float64)
+    at = np.searchsorted(EDGES, numbers, side="left")
+    point = EDGES[np.minimum(at, len(EDGES) - 1)] == numbers
+    keys = 2 * at.astype(np.int64) + point
+    null = np.isnan(numbers) if valid is None else ~np.asarray(valid, dtype=bool)
+    keys[null] = NULL_BIN
+    return keys
+
+
+class PropertyBitmaps:
+    """Per bin of one event property: ``days[bin][day]`` (rows with such an event that UTC day) and
+    ``ever[bin]`` (rows with such an event at any time). Empty bitmaps are not kept."""
+
+    def __init__(self, prop: str, kind: str):
+        self.prop = prop
+        self.kind = kind
+        self.days: dict[int, dict[int, BitMap]] = {}
+        self.ever: dict[int, BitMap] = {}
+
+    def add(self, keys: np.ndarray, rows: np.ndarray, ts: np.ndarray) -> None:
+        """Add events (bins, rows, int64 timestamps; any order)."""
+        if len(rows) == 0:
+            return
+        day = np.asarray(ts, dtype=np.int64) // DAY_MS
+        first = int(day.min())
+        span = int(day.max()) - first + 1
+        combined = (keys + 1) * span + (day - first)  # NULL_BIN -> 0
+        for key, picked in group_rows(np.asarray(rows), combined):
+            bin_key, offset = divmod(key, span)
+            bitmap = to_bitmap(picked, assume_sorted=True)
+            per_day = self.days.setdefault(bin_key - 1, {})
+            known = per_day.get(first + offset)
+            if known is None:
+                per_day[first + offset] = bitmap
+            else:
+                known |= bitmap
+            ever = self.ever.get(bin_key - 1)
+            if ever is None:
+                self.ever[bin_key - 1] = bitmap.copy()
+            else:
+                ever |= bitmap
+
+    def drop(self, gone: BitMap) -> None:
+        """Remove the rows ``gone`` (their events were deleted)."""
+        for key in list(self.ever):
+            self.ever[key] -= gone
+            per_day = self.days[key]
+            for day in list(per_day):
+                per_day[day] -= gone
+                if not per_day[day]:
+                    del per_day[day]
+            if not self.ever[key]:
+                del self.ever[key], self.days[key]
+
+    def expire(self, edge_day: int, keys: np.ndarray, rows: np.ndarray, touched: BitMap) -> None:
+        """After the events before some instant of ``edge_day`` went: drop the earlier days, rebuild
+        ``edge_day`` from its remaining events (``keys``, ``rows``), and recompute ``ever`` for the
+        rows ``touched`` (those that lost events)."""
+        for key in list(self.days):
+            per_day = self.days[key]
+            for day in [d for d in per_day if d <= edge_day]:
+                del per_day[day]
+        for key, picked in group_rows(np.asarray(rows), keys):
+            self.days.setdefault(key, {})[edge_day] = to_bitmap(picked, assume_sorted=True)
+        for key in list(self.days):
+            per_day = self.days[key]
+            still = [bitmap & touched for bitmap in per_day.values()]
+            ever = (self.ever[key] - touched) | (BitMap.union(*still) if still else BitMap())
+            if ever:
+                self.ever[key] = ever
+            else:
+                del self.ever[key], self.days[key]
+
+    def nbytes(self) -> int:
+        """Serialized bytes of every bitmap (what Roaring holds, about)."""
+        return sum(len(b.serialize()) for per_day in self.days.values() for b in per_day.values()) \
+            + sum(len(b.serialize()) for b in self.ever.values())
+
+    def same_as(self, other: "PropertyBitmaps") -> bool:
+        """True if both hold the same bins, days and rows."""
+        return self.ever == other.ever and self.days == other.days
