@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from pyroaring import BitMap
 
-from .bitmaps import group_rows, to_bitmap
+from .bitmaps import group_rows, to_bitmap, union_all
 
 DAY_MS = 86_400_000
 #: The bin of null values.
@@ -79,21 +79,29 @@ class PropertyBitmaps:
         day = np.asarray(ts, dtype=np.int64) // DAY_MS
         first = int(day.min())
         span = int(day.max()) - first + 1
-        combined = (keys + 1) * span + (day - first)  # NULL_BIN -> 0
-        for key, picked in group_rows(np.asarray(rows), combined):
-            bin_key, offset = divmod(key, span)
-            bitmap = to_bitmap(picked, assume_sorted=True)
+        combined = (np.asarray(keys, dtype=np.int64) + 1) * span + (day - first)  # NULL_BIN -> 0
+        order = np.argsort(combined, kind="stable")  # a radix sort of int64 keys
+        combined = combined[order]
+        rows = np.asarray(rows)[order]
+        cuts = (np.flatnonzero(combined[1:] != combined[:-1]) + 1).tolist()
+        added: dict[int, list[BitMap]] = {}
+        for start, stop in zip([0, *cuts], [*cuts, len(rows)]):
+            bin_key, offset = divmod(int(combined[start]), span)
+            bitmap = to_bitmap(rows[start:stop])
             per_day = self.days.setdefault(bin_key - 1, {})
             known = per_day.get(first + offset)
             if known is None:
                 per_day[first + offset] = bitmap
             else:
                 known |= bitmap
-            ever = self.ever.get(bin_key - 1)
+            added.setdefault(bin_key - 1, []).append(bitmap)
+        for key, bitmaps in added.items():
+            union = union_all(bitmaps)
+            ever = self.ever.get(key)
             if ever is None:
-                self.ever[bin_key - 1] = bitmap.copy()
+                self.ever[key] = union
             else:
-                ever |= bitmap
+                ever |= union
 
     def drop(self, gone: BitMap) -> None:
         """Remove the rows ``gone`` (their events were deleted)."""
