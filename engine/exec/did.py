@@ -36,8 +36,11 @@ BUCKET_LEVELS = (DAY_MS, SLOT_MS)
 
 CMP = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 TIME_MAX = np.iinfo(np.int64).max
-#: Counts up to this are kept in per-row uint8 counters (count_upto); larger ones sort the window's rows.
+#: Counts up to this are kept in per-row uint8 counters (count_upto) when the window holds at least
+#: 1/COUNTER_MIN_DENSITY events per row (reading the counters out costs a pass over every row);
+#: otherwise the window's rows are sorted.
 COUNTER_TOP = 255
+COUNTER_MIN_DENSITY = 4
 
 
 #: Count conditions that mean "at least one matching event" / "no matching event".
@@ -210,7 +213,6 @@ class Scratch:
         self.levels = np.zeros(0, dtype=np.uint64)  # count bitsets, see count_upto2
         self.rows = np.empty(0, dtype=np.int32)  # kept rows, see count_upto2
         self.counts = np.zeros(0, dtype=np.uint8)  # per-row counters, see count_upto
-        self.seen = np.zeros(0, dtype=np.uint64)  # rows with a count, see count_upto
 
     def member_bits(self, size: int) -> np.ndarray:
         """A zeroed bitset of at least ``size`` rows (callers clear the bits they set)."""
@@ -232,14 +234,11 @@ class Scratch:
         return self.levels
 
 
-    def row_counters(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Zeroed uint8 counters and a zeroed bitset for ``size`` rows (see count_upto; emit_counts zeroes them)."""
+    def row_counters(self, size: int) -> np.ndarray:
+        """Zeroed uint8 counters for at least ``size`` rows, a multiple of 8 (see count_upto; emit_counts zeroes them)."""
         if len(self.counts) < size:
-            self.counts = np.zeros(max(size, int(len(self.counts) * 1.25)), dtype=np.uint8)
-        words = (size + 63) // 64
-        if len(self.seen) < words:
-            self.seen = np.zeros(max(words, int(len(self.seen) * 1.25)), dtype=np.uint64)
-        return self.counts, self.seen
+            self.counts = np.zeros((max(size, int(len(self.counts) * 1.25)) + 7) // 8 * 8, dtype=np.uint8)
+        return self.counts
 
 
 class ScratchPool:
@@ -474,12 +473,12 @@ class DidEvaluator:
             try:
                 keeps = self.event_masks(node, store, parts, now, size)
                 dummy = np.empty(0, dtype=bool)
-                if top <= COUNTER_TOP:
-                    counts, seen = buffers.row_counters(size)
+                if top <= COUNTER_TOP and total * COUNTER_MIN_DENSITY >= size:
+                    counts = buffers.row_counters(size)
                     for part, keep in zip(parts, keeps):
                         count_upto(part.rows, dummy if keep is None else keep, keep is not None, member,
-                                   member_rows is not None, counts, seen, top)
-                    return emit_counts(counts, seen, wanted, _DEBRUIJN_INDEX, total)
+                                   member_rows is not None, counts, top)
+                    return emit_counts(counts, wanted, total)
                 rows = np.empty(total, dtype=np.int32)
                 n = 0
                 for part, keep in zip(parts, keeps):

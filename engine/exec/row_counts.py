@@ -1,7 +1,7 @@
 """Per-row event counts over a DID's window without sorting it (numba kernels, ``nogil``).
 
 Counts up to two live in two interleaved bitsets of one bit per row (``count_upto2``), counts up
-to 255 in saturating uint8 counters plus a bitset of the counted rows (``count_upto``); both read
+to 255 in saturating uint8 counters per row (``count_upto``); both read
 the passing rows out in ascending order (``emit_upto2``, ``emit_counts``) and leave their buffers
 zeroed. ``runs_passing`` measures the runs of sorted rows, for larger counts.
 """
@@ -71,11 +71,13 @@ def emit_upto2(levels, wanted, debruijn_index, bound):
 
 
 @numba.njit(cache=True, nogil=True)
-def count_upto(rows, keep, use_keep, member, use_member, counts, seen, top):
-    """Count kept events of member rows per row, saturating at ``top`` (<= 255): ``counts[row]``
-    (uint8) and bit r of ``seen`` (set on a row's first event, so emit_counts visits only counted rows).
+def count_upto(rows, keep, use_keep, member, use_member, counts, top):
+    """Count kept events of member rows per row in ``counts`` (uint8), saturating at ``top`` (<= 255).
 
-    One pass over the window, no sort: a row that reached ``top`` is skipped (its answer is known).
+    Events not kept, or of rows not in the bitset ``member``, are skipped before their counter is
+    touched; the increment itself does not branch (it adds ``count < top``). Measured on
+    the 2.3M page views of a 30-day window over 1M rows: 6.5 ms, against 15 ms to gather and sort
+    the rows, and 17 ms for a version that branched and marked counted rows in a bitset.
     """
     cap = np.uint8(top)
     for i in range(len(rows)):
@@ -85,31 +87,25 @@ def count_upto(rows, keep, use_keep, member, use_member, counts, seen, top):
         if use_member and not (member[row >> 6] >> np.uint64(row & 63)) & np.uint64(1):
             continue
         c = counts[row]
-        if c == cap:
-            continue
-        if c == 0:
-            seen[row >> 6] |= np.uint64(1) << np.uint64(row & 63)
-        counts[row] = c + np.uint8(1)
+        counts[row] = c + np.uint8(c < cap)
 
 
 @numba.njit(cache=True, nogil=True)
-def emit_counts(counts, seen, wanted, debruijn_index, bound):
-    """The rows (ascending) counted by count_upto whose count c has wanted[c]; zeroes ``counts`` and ``seen``."""
+def emit_counts(counts, wanted, bound):
+    """The rows (ascending) whose count c in ``counts`` (uint8, a multiple of 8 long) is not 0 and has
+    wanted[c]; zeroes ``counts``. Eight counters are tested at once (zero words are skipped)."""
     out = np.empty(bound, dtype=np.int64)
     n = 0
-    for word in range(len(seen)):
-        hits = seen[word]
-        if hits == np.uint64(0):
+    words = counts.view(np.uint64)
+    for w in range(len(words)):
+        if words[w] == np.uint64(0):
             continue
-        seen[word] = np.uint64(0)
-        while hits != np.uint64(0):
-            low = hits & (~hits + np.uint64(1))
-            row = word * 64 + debruijn_index[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
-            if wanted[counts[row]]:
-                out[n] = row
+        for r in range(w * 8, w * 8 + 8):
+            c = counts[r]
+            if c != 0 and wanted[c]:
+                out[n] = r
                 n += 1
-            counts[row] = 0
-            hits ^= low
+        words[w] = np.uint64(0)
     return out[:n]
 
 
