@@ -14,6 +14,7 @@ True
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from pyroaring import BitMap
 
@@ -62,6 +63,24 @@ def bin_keys(kind: str, values: np.ndarray, valid: np.ndarray | None) -> np.ndar
     return keys
 
 
+@numba.njit(cache=True, nogil=True)
+def bucket_order(groups, size):
+    """A counting sort of ``groups`` (ints in [0, size)): (positions in group order, stable; starts,
+    where group g occupies order[starts[g]:starts[g + 1]])."""
+    starts = np.zeros(size + 1, dtype=np.int64)
+    for g in groups:
+        starts[g + 1] += 1
+    for g in range(size):
+        starts[g + 1] += starts[g]
+    at = starts[:-1].copy()
+    order = np.empty(len(groups), dtype=np.int64)
+    for i in range(len(groups)):
+        g = groups[i]
+        order[at[g]] = i
+        at[g] += 1
+    return order, starts
+
+
 class PropertyBitmaps:
     """Per bin of one event property: ``days[bin][day]`` (rows with such an event that UTC day) and
     ``ever[bin]`` (rows with such an event at any time). Empty bitmaps are not kept."""
@@ -79,22 +98,27 @@ class PropertyBitmaps:
         day = np.asarray(ts, dtype=np.int64) // DAY_MS
         first = int(day.min())
         span = int(day.max()) - first + 1
-        combined = (np.asarray(keys, dtype=np.int64) + 1) * span + (day - first)  # NULL_BIN -> 0
-        order = np.argsort(combined, kind="stable")  # a radix sort of int64 keys
-        combined = combined[order]
+        present = np.flatnonzero(np.bincount(np.asarray(keys, dtype=np.int64) - NULL_BIN))  # the bins used
+        dense = np.zeros(int(present[-1]) + 1, dtype=np.int64)
+        dense[present] = np.arange(len(present))
+        groups = (dense[keys - NULL_BIN] * span + (day - first))
+        if len(present) * span <= 4 * len(rows) + 65536:
+            order, starts = bucket_order(groups, len(present) * span)
+        else:  # a sparse key space: sort
+            order = np.argsort(groups, kind="stable")
+            starts = np.searchsorted(groups[order], np.arange(len(present) * span + 1))
         rows = np.asarray(rows)[order]
-        cuts = (np.flatnonzero(combined[1:] != combined[:-1]) + 1).tolist()
         added: dict[int, list[BitMap]] = {}
-        for start, stop in zip([0, *cuts], [*cuts, len(rows)]):
-            bin_key, offset = divmod(int(combined[start]), span)
-            bitmap = to_bitmap(rows[start:stop])
-            per_day = self.days.setdefault(bin_key - 1, {})
-            known = per_day.get(first + offset)
+        for group in np.flatnonzero(starts[1:] > starts[:-1]).tolist():
+            bin_key, day_key = int(present[group // span]) + NULL_BIN, first + group % span
+            bitmap = to_bitmap(rows[starts[group]:starts[group + 1]])
+            per_day = self.days.setdefault(bin_key, {})
+            known = per_day.get(day_key)
             if known is None:
-                per_day[first + offset] = bitmap
+                per_day[day_key] = bitmap
             else:
                 known |= bitmap
-            added.setdefault(bin_key - 1, []).append(bitmap)
+            added.setdefault(bin_key, []).append(bitmap)
         for key, bitmaps in added.items():
             union = union_all(bitmaps)
             ever = self.ever.get(key)
