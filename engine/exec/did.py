@@ -27,7 +27,7 @@ from ..store.events import (DAY_MS, NO_TIME, SCALED_NULL, SLOT_BUILD_MIN_EVENTS,
                              EventTypeStore, Run)
 from ..store.lru import drop_oldest
 from .aggregate import aggregate_rows, holds_at_zero
-from .row_counts import _DEBRUIJN_INDEX, count_upto, count_upto2, emit_counts, emit_upto2, runs_passing
+from .row_counts import DEBRUIJN_INDEX, count_upto, count_upto2, emit_counts, emit_upto2, runs_passing
 from .sequence import sequence_rows
 from .where_bins import present_where
 
@@ -233,9 +233,9 @@ class Scratch:
             self.levels = np.zeros(max(words, int(len(self.levels) * 1.25)), dtype=np.uint64)
         return self.levels
 
-
     def row_counters(self, size: int) -> np.ndarray:
-        """Zeroed uint8 counters for at least ``size`` rows, a multiple of 8 (see count_upto; emit_counts zeroes them)."""
+        """Zeroed uint8 counters for at least ``size`` rows, a multiple of 8 long (see count_upto;
+        emit_counts zeroes them)."""
         if len(self.counts) < size:
             self.counts = np.zeros((max(size, int(len(self.counts) * 1.25)) + 7) // 8 * 8, dtype=np.uint8)
         return self.counts
@@ -464,7 +464,7 @@ class DidEvaluator:
                     scratch = buffers.kept_rows(len(part.rows)) if keep is not None else part.rows
                     count_upto2(part.rows, dummy if keep is None else keep, keep is not None, levels, scratch)
                 wanted = np.append(wanted, wanted[-1]) if top == 1 else wanted  # a count of 2 answers as 1 does
-                return emit_upto2(levels, wanted, _DEBRUIJN_INDEX, total)
+                return emit_upto2(levels, wanted, DEBRUIJN_INDEX, total)
         member_rows = rows_of(found) if found is not None and len(found) * 4 < total else None
         with self.buffers.take() as buffers:
             member = buffers.member_bits(size) if member_rows is not None else buffers.member
