@@ -166,3 +166,26 @@ def test_bins_of_edge_values() -> None:
     assert int(keys[7]) == -1
     ints = bin_keys("int", np.array([3, 2, 2**60]), np.array([True, True, False]))
     assert [bin_bounds(int(k)) for k in ints[:2]] == [(2.0, 5.0), (2.0, 2.0)] and int(ints[2]) == -1
+
+
+@pytest.mark.parametrize("rows_in_store", [40, 100_000])  # dense windows count in uint8 counters, sparse ones sort
+def test_counts_up_to_and_past_the_counter_cap(rows_in_store: int) -> None:
+    """Row r has r * 7 % 300 events in the window: COUNT tests around 3, 5, 255 and 256 select exactly."""
+    from pyroaring import BitMap
+
+    from engine.exec.did import DidEvaluator
+
+    store = EventStore({"act": EventDef("act", {})})
+    per_row = {r: r * 7 % 300 for r in range(40)}
+    rows = np.repeat(np.arange(40), [per_row[r] for r in range(40)])
+    ts = NOW - np.random.default_rng(5).integers(0, 5 * DAY_MS, len(rows))
+    store.types["act"].append(rows, ts, {})
+    live = BitMap(range(rows_in_store))
+    evaluator = DidEvaluator(store)
+    for op, n in [(">=", 3), (">", 5), (">=", 255), (">=", 256), ("<", 256), ("=", 259), ("<=", 5)]:
+        node = bind(parse(f"DID(act, COUNT {op} {n}, WITHIN 6d)"), Schema.from_dict(
+            {"attributes": {}, "events": {"act": {"properties": {}}}, "consents": []}))
+        got = sorted(evaluator.did(node, NOW, None, live))
+        test = {">=": lambda c: c >= n, ">": lambda c: c > n, "<": lambda c: c < n, "=": lambda c: c == n,
+                "<=": lambda c: c <= n}[op]
+        assert got == [r for r in range(rows_in_store) if test(per_row.get(r, 0))], (op, n)
