@@ -430,7 +430,7 @@ class EventTypeStore:
     def bin_keys(self, prop: str, values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """The bins (``engine.store.property_bitmaps``) of stored values of property ``prop``."""
         kind = self.definition.properties[prop]
-        return bin_keys(kind, self.float_values(prop, values) if kind == "float" else values, valid)
+        return bin_keys(kind, values, valid, self.scaled.get(prop, 0) if kind == "float" else 0)
 
     def property_bitmaps(self, prop: str) -> PropertyBitmaps | None:
         """The kept bin bitmaps of ``prop`` (built from the events on first use), or None if its kind has no bins."""

@@ -21,6 +21,7 @@ from pyroaring import BitMap
 from .bitmaps import group_rows, to_bitmap, union_all
 
 DAY_MS = 86_400_000
+SCALED_NULL = np.iinfo(np.int32).min  # as engine.store.events
 #: The bin of null values.
 NULL_BIN = -1
 #: Property kinds that get bins (timestamps compare with NOW-relative literals: they are scanned).
@@ -35,6 +36,9 @@ def _edges() -> np.ndarray:
 
 #: The bin edges of numeric properties (ascending).
 EDGES = _edges()
+#: Scaled float codes (value * 100, engine.store.events) compare with the edges times 100: exact,
+#: since every edge times 100 is an integer that decodes back to the edge.
+assert all((EDGES * 100 == np.round(EDGES * 100)) & (np.round(EDGES * 100) / 100 == EDGES))
 
 
 def bin_bounds(key: int) -> tuple[float, float]:
@@ -47,20 +51,42 @@ def bin_bounds(key: int) -> tuple[float, float]:
     return lo, hi
 
 
-def bin_keys(kind: str, values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+def bin_keys(kind: str, values: np.ndarray, valid: np.ndarray | None, scale: int = 0) -> np.ndarray:
     """The bin of each value (int64; NULL_BIN for null). ``values``: codes for category and bool (-1 =
-    null), float64 (NaN = null) for floats, int64 with the ``valid`` mask for ints."""
+    null), for floats float64 (NaN = null) or, with ``scale``, int32 codes of value * scale
+    (SCALED_NULL = null), int64 with the ``valid`` mask for ints."""
     if kind in ("category", "bool"):
         keys = np.asarray(values).astype(np.int64)
         keys[keys < 0] = NULL_BIN
         return keys
-    numbers = np.asarray(values, dtype=np.float64)
-    at = np.searchsorted(EDGES, numbers, side="left")
-    point = EDGES[np.minimum(at, len(EDGES) - 1)] == numbers
-    keys = 2 * at.astype(np.int64) + point
-    null = np.isnan(numbers) if valid is None else ~np.asarray(valid, dtype=bool)
-    keys[null] = NULL_BIN
-    return keys
+    no_mask = np.zeros(0, dtype=np.bool_)
+    if scale:
+        return numeric_bins(values, EDGES * scale, np.int64(SCALED_NULL), True, no_mask, False)
+    if valid is None:
+        return numeric_bins(np.asarray(values, dtype=np.float64), EDGES, np.int64(0), False, no_mask, False)
+    return numeric_bins(np.asarray(values), EDGES, np.int64(0), False, np.asarray(valid, dtype=np.bool_), True)
+
+
+@numba.njit(cache=True, nogil=True)
+def numeric_bins(values, edges, null_code, use_null_code, valid, use_valid):
+    """Per value, 2i + 1 if it equals edges[i], else 2i with i the first edge above it; NULL_BIN for
+    null (not ``valid``, equal to ``null_code``, or NaN). One binary search per value."""
+    out = np.empty(len(values), dtype=np.int64)
+    m = len(edges)
+    for i in range(len(values)):
+        v = values[i]
+        if (use_valid and not valid[i]) or (use_null_code and v == null_code) or v != v:
+            out[i] = -1
+            continue
+        lo, hi = 0, m
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if edges[mid] < v:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[i] = 2 * lo + (1 if lo < m and edges[lo] == v else 0)
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
