@@ -22,6 +22,7 @@ from engine.retention import expire_type
 from engine.schema import CONTRACT_SCHEMA, EventDef
 from engine.store.event_rows import drop_rows
 from engine.store.events import DAY_MS, EventStore
+from engine.store.property_bitmaps import EDGES
 
 try:
     from oracle_identity import IdentityStore
@@ -189,3 +190,20 @@ def test_counts_up_to_and_past_the_counter_cap(rows_in_store: int) -> None:
         test = {">=": lambda c: c >= n, ">": lambda c: c > n, "<": lambda c: c < n, "=": lambda c: c == n,
                 "<=": lambda c: c <= n}[op]
         assert got == [r for r in range(rows_in_store) if test(per_row.get(r, 0))], (op, n)
+
+
+def test_kept_bin_bitmaps_survive_a_schema_change_and_float_widening() -> None:
+    """Adding a property keeps the other properties' bitmaps exact; a float that stops fitting in
+    scaled codes (0.001) changes how values are stored, not their bins."""
+    store = EventStore({"act": EventDef("act", dict(KINDS))})
+    apply(store, "append", 1)
+    typed = store.types["act"]
+    for prop in KINDS:
+        typed.property_bitmaps(prop)
+    store.adopt({"act": EventDef("act", {**KINDS, "extra": "float"})})
+    typed.append(np.array([3, 4]), np.array([NOW, NOW - DAY_MS]),
+                 {"amount": column_from_values("float", [0.001, 50.0]), "extra": column_from_values("float", [1.5, None])})
+    assert typed.scaled["amount"] == 0
+    for prop in [*KINDS, "extra"]:
+        assert typed.property_bitmaps(prop).same_as(typed.build_property_bitmaps(prop)), prop
+    assert sorted(typed.property_bitmaps("extra").ever) == [-1, 2 * int(np.searchsorted(EDGES, 1.5))]
