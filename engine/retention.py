@@ -70,6 +70,12 @@ def _reindex(store: EventTypeStore, cutoff: int, rows: np.ndarray) -> None:
             del store.days[edge]
     store.slots, store.slot_days = {}, {}  # rebuilt on demand from the remaining events
     touched = to_bitmap(rows)
+    if store.prop_bitmaps:
+        remaining_parts = store.window(edge * DAY_MS, (edge + 1) * DAY_MS - 1)
+        edge_rows = np.concatenate([part.rows for part in remaining_parts]) if remaining_parts else np.zeros(0, np.int32)
+        for prop, kept in store.prop_bitmaps.items():
+            keys = [store.bin_keys(prop, part.props[prop], part.valid.get(prop)) for part in remaining_parts]
+            kept.expire(edge, np.concatenate(keys) if keys else np.zeros(0, np.int64), edge_rows, touched)
     still = [bitmap & touched for bitmap in store.days.values()]
     store.ever = (store.ever - touched) | (BitMap.union(*still) if still else BitMap())
     if store.last_ts is not None:

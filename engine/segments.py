@@ -31,6 +31,7 @@ from .errors import ProfileNotFound, SegmentExists, SegmentInUse, SegmentNotFoun
 from .exec.aggregate import aggregate_rows
 from .exec.did import CMP
 from .exec.executor import Executor
+from .exec.where_bins import present_where
 from .segment_catalog import SegmentCatalog, SegmentDef, check_segment_name
 from .plan.steps import Step
 from .query import ast
@@ -144,7 +145,8 @@ class RestrictedExecutor(Executor):
     A presence DID (``DID(e[, WITHIN d | SINCE t])`` and its ``COUNT = 0`` form) reads each
     row's latest event time instead of the events of the window: a row has such an event iff its
     latest one is in the window, unless its latest event is in the future, and those rows (rare)
-    are checked the usual way. Any other DID first picks the window's events of the found rows
+    are checked the usual way. A presence DID with a WHERE that splits by property intersects the
+    found rows with the kept bin bitmaps (``engine.exec.where_bins``). Any other DID first picks the window's events of the found rows
     (one pass over their rows), then applies WHERE, AFTER LAST and the count to those only.
     """
 
@@ -157,10 +159,23 @@ class RestrictedExecutor(Executor):
         return (node.where is None and node.after_last is None and node.before is None and not node.aggregates
                 and (form in PRESENT or form in ABSENT))
 
+    @staticmethod
+    def reads_bins(node: ast.Did) -> bool:
+        """True for the DID forms evaluated from the kept bin bitmaps of their WHERE (if it splits by property)."""
+        form = (node.count_op, node.count_n)
+        return (node.where is not None and node.after_last is None and not node.aggregates
+                and (form in PRESENT or form in ABSENT))
+
     def pred_Did(self, node: ast.Did, found: BitMap | None) -> BitMap:
         form = (node.count_op, node.count_n)
         if found is None or len(found) > LATEST_TIME_SHARE * len(self.store.live):
             return super().pred_Did(node, found)
+        if self.reads_bins(node):
+            store = self.events.events.types[node.event]
+            lo, hi = self.events.window_of(node, self.now)
+            hit = present_where(self.events, node, store, lo, hi, self.now, found)
+            if hit is not None:
+                return found & hit if form in PRESENT else found - hit
         if not self.reads_latest_time(node):
             return self._count_few(node, found)
         store = self.events.events.types[node.event]

@@ -92,6 +92,8 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
                 else:
                     del buckets[key]
         store.ever = store.ever - gone
+        for kept in store.prop_bitmaps.values():
+            kept.drop(gone)
         if store.last_ts is not None:
             inside = rows[rows < store.last_ts.size]
             store.last_ts.data[inside] = NO_TIME

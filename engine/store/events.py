@@ -30,6 +30,7 @@ from ..columns import CategoryColumn, Column, ValueColumn
 from ..schema import EventDef
 from .bitmaps import to_bitmap
 from .growable import GrowableArray
+from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -205,12 +206,15 @@ class EventTypeStore:
         self.code_of: dict[str, dict[str, int]] = {p: {} for p in self.labels}
         # float property -> FLOAT_SCALE while its values are kept as scaled int32 (0: float64 with NaN)
         self.scaled: dict[str, int] = {p: FLOAT_SCALE for p, t in definition.properties.items() if t == "float"}
+        # property -> its kept bin bitmaps: built on the first query that can use them, then kept by every write
+        self.prop_bitmaps: dict[str, PropertyBitmaps] = {}
         self.generation = 0
 
     def __getstate__(self) -> dict:
         """The state to pickle (snapshots): the slot bitmaps are a query cache, rebuilt on demand."""
         state = dict(self.__dict__)
         state["slots"], state["slot_days"] = {}, {}
+        state["prop_bitmaps"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -220,6 +224,7 @@ class EventTypeStore:
         if "slot_days" not in state:
             state["slots"], state["slot_days"] = {}, {}
         state.setdefault("scaled", {})
+        state.setdefault("prop_bitmaps", {})
         self.__dict__.update(state)
 
     def adopt(self, definition: EventDef) -> None:
@@ -319,6 +324,8 @@ class EventTypeStore:
                                          {k: v[start:stop] for k, v in props.items()},
                                          {k: v[start:stop] for k, v in valid.items()}))
         self._index(rows, ts)
+        for prop, kept in self.prop_bitmaps.items():
+            kept.add(self.bin_keys(prop, props[prop], valid.get(prop)), rows, ts)
         self.count += len(rows)
         self.generation += 1
 
@@ -420,6 +427,36 @@ class EventTypeStore:
         for slot, parts in per_slot.items():
             slots[slot] = to_bitmap(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
+    def bin_keys(self, prop: str, values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """The bins (``engine.store.property_bitmaps``) of stored values of property ``prop``."""
+        kind = self.definition.properties[prop]
+        return bin_keys(kind, values, valid, self.scaled.get(prop, 0) if kind == "float" else 0)
+
+    def property_bitmaps(self, prop: str) -> PropertyBitmaps | None:
+        """The kept bin bitmaps of ``prop`` (built from the events on first use), or None if its kind has no bins."""
+        kept = self.prop_bitmaps.get(prop)
+        if kept is not None:
+            return kept
+        kind = self.definition.properties[prop]
+        if kind not in BINNED_KINDS:
+            return None
+        with _BUILD_LOCK:  # built once and published whole (a new dict)
+            kept = self.prop_bitmaps.get(prop)
+            if kept is None:
+                kept = self.build_property_bitmaps(prop)
+                self.prop_bitmaps = {**self.prop_bitmaps, prop: kept}
+        return kept
+
+    def build_property_bitmaps(self, prop: str) -> PropertyBitmaps:
+        """The bin bitmaps of ``prop`` computed from every stored event."""
+        kept = PropertyBitmaps(prop, self.definition.properties[prop])
+        runs = self.runs
+        if runs:
+            keys = np.concatenate([self.bin_keys(prop, run.props[prop], run.valid.get(prop)) for run in runs])
+            kept.add(keys, np.concatenate([run.rows for run in runs]),
+                     np.concatenate([run.absolute_ts() for run in runs]))
+        return kept
+
     def window(self, lo: int, hi: int) -> list[Run]:
         """The events with lo <= ts <= hi, as slices (views) of each run."""
         if lo > hi:
@@ -520,7 +557,8 @@ class EventTypeStore:
         """Approximate bytes held by the runs and day bitmaps."""
         total = sum(r.ts.nbytes + r.rows.nbytes + sum(v.nbytes for v in r.props.values())
                     + sum(v.nbytes for v in r.valid.values()) for r in self.runs)
-        return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()])
+        return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()]) \
+            + sum(kept.nbytes() for kept in self.prop_bitmaps.values())
 
 
 class EventStore:
