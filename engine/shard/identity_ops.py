@@ -4,7 +4,8 @@ applying the steps of a logged merge.
 A merge payload is plain data (it is logged, and crosses process boundaries)::
 
     {"attrs": {name: value}, "consents": {purpose: bool}, "aliases": [ids],
-     "events": {event type: {"ts": [epoch ms], "props": {name: [values, None = null]}}}}
+     "events": {event type: {"ts": [epoch ms], "props": {name: [values, None = null]},
+                             "event_ids": [event id or None] (only when one of them has one)}}}
 
 ``aliases`` holds the merged-away id itself and every alias it had. A step is ``("out", id)``
 (the canonical profile ``id`` of this shard leaves: its row, events and aliases are dropped) or
@@ -139,10 +140,13 @@ def export(shard: LocalShard, profile_id: str) -> dict[str, Any] | None:
     now = time.time_ns() // 1_000_000
     for name, entry in per_type.items():
         earliest = floor(shard.events.types[name].definition, now)
+        event_ids = entry.get("event_ids")
         for i, ts in enumerate(entry["ts"]):
             if ts < earliest:
                 continue
             record = {"event": name, "ts": ts}
+            if event_ids is not None and event_ids[i] is not None:
+                record["event_id"] = event_ids[i]
             record.update((prop, values[i]) for prop, values in entry["props"].items() if values[i] is not None)
             events.append(record)
     events.sort(key=lambda e: (e["ts"], e["event"]))
@@ -173,6 +177,9 @@ def _receive(shard: LocalShard, profile_id: str, payload: dict[str, Any], fills:
         ts = np.asarray(events["ts"], dtype=np.int64)
         columns = {prop: column_from_values(kinds[prop], list(values))
                    for prop, values in events["props"].items() if prop in kinds}
-        store.append(np.full(len(ts), row, dtype=np.int32), ts, columns)
+        owners = np.full(len(ts), row, dtype=np.int32)
+        event_ids = events.get("event_ids")
+        eids = None if event_ids is None else shard.events.event_ids.acquire(owners, list(event_ids))
+        store.append(owners, ts, columns, eids)
     shard.aliases.add([alias for alias in payload["aliases"] if alias != profile_id], row)
     return row

@@ -30,7 +30,8 @@ def _values(store: EventTypeStore, prop: str, kind: str, run: Run, picks: np.nda
 
 def events_of(events: EventStore, rows: np.ndarray, size: int) -> list[dict[str, dict[str, Any]]]:
     """Per row of ``rows`` (a shard of ``size`` rows): per event type, ``{"ts": [...], "props": {name: [...]}}``
-    of its events in time order (types without events left out)."""
+    of its events in time order (types without events left out), with ``"event_ids": [id or None, ...]``
+    when one of them has an event id."""
     position = np.full(size, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
     out: list[dict[str, dict[str, Any]]] = [{} for _ in range(len(rows))]
@@ -47,11 +48,16 @@ def events_of(events: EventStore, rows: np.ndarray, size: int) -> list[dict[str,
             owners = where[picks].tolist()
             ts = (run.ts[picks].astype(np.int64) + run.base).tolist()
             props = {prop: _values(store, prop, kind, run, picks) for prop, kind in kinds.items()}
+            eids = None if run.eids is None else events.event_ids.ids_of(run.eids[picks])
             for i, owner in enumerate(owners):
                 entry = out[owner].setdefault(name, {"ts": [], "props": {prop: [] for prop in kinds}})
+                if eids is not None and eids[i] is not None and "event_ids" not in entry:
+                    entry["event_ids"] = [None] * len(entry["ts"])
                 entry["ts"].append(ts[i])
                 for prop, values in props.items():
                     entry["props"][prop].append(values[i])
+                if "event_ids" in entry:
+                    entry["event_ids"].append(None if eids is None else eids[i])
     return out
 
 
@@ -64,6 +70,7 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
     mask = np.zeros(size, dtype=bool)
     mask[rows] = True
     deleted = 0
+    released: list[np.ndarray] = []
     for store in events.types.values():
         if not store.ever.intersect(gone):
             continue
@@ -78,6 +85,8 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
                     continue
                 store.count -= deleted_here
                 deleted += deleted_here
+                if run.eids is not None:
+                    released.append(run.eids[~keep])
                 if kept:
                     kept_runs.append(run.take(np.flatnonzero(keep)))
             if kept_runs:
@@ -96,4 +105,6 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
             inside = rows[rows < store.last_ts.size]
             store.last_ts.data[inside] = NO_TIME
         store.generation += 1
+    if released:
+        events.release_event_ids(np.concatenate(released))
     return deleted
