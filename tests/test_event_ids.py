@@ -245,3 +245,21 @@ def test_a_snapshot_part_without_event_ids_is_read() -> None:
     shard_state.restore(restored, [np.frombuffer(bytearray(frame), dtype=np.uint8) for frame in frames])
     assert len(restored.events) == 1 and len(restored.events.event_ids) == 0
     assert restored.track([SCHEMA.validate_event({"id": "a", "event": "purchase", "ts": NOW, "event_id": "r"})] * 2) == 1
+
+
+def test_jsonl_and_csv_files_carry_event_ids(tmp_path: Path) -> None:
+    from loaders.csv_events import load_events_csv
+    from loaders.jsonl import load_events_jsonl
+
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text(f'{{"id": "a", "event": "purchase", "ts": {NOW}, "event_id": "o1"}}\n'
+                     f'{{"id": "a", "event": "purchase", "ts": {NOW}, "event_id": ""}}\n'
+                     f'{{"id": "a", "event": "purchase", "ts": {NOW}, "event_id": "o1"}}\n')
+    csv = tmp_path / "events.csv"
+    csv.write_text(f"id,event,ts,event_id,amount\na,purchase,{NOW},o1,2\na,purchase,{NOW},o2,\nb,purchase,{NOW},,3\n")
+    with Engine(SCHEMA, shards=1) as engine:
+        report = load_events_jsonl(engine, jsonl, progress=False)
+        assert (report.applied, report.errors) == (1, ["line 2, field 'event_id': event_id must be a non-empty string"])
+        report = load_events_csv(engine, csv, progress=False)
+        assert (report.applied, report.errors) == (2, [])
+        assert sorted(e.get("event_id", "-") for e in engine.export_profile("a")["events"]) == ["o1", "o2"]
