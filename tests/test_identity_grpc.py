@@ -100,3 +100,16 @@ def test_event_ids_over_grpc(server: SegengineServer) -> None:
             {"event": "page_view", "ts": NOW - 3}, {"event": "page_view", "ts": NOW - 3},
             {"event": "page_view", "ts": NOW - 3, "event_id": "v-1"},
             {"event": "purchase", "ts": NOW - 2, "event_id": "o-1", "amount": 1.5}]
+
+
+def test_the_export_example_of_the_grpc_doc(server: SegengineServer) -> None:
+    """docs/grpc.md's export example is what ExportProfile answers for the data it shows."""
+    from doc_blocks import blocks
+
+    (block,) = [b for b in blocks("docs/grpc.md", "json") if '"aliases"' in b.text]
+    with SegengineClient(server.address, token="root") as admin:
+        admin.upsert_profiles([{"id": "u2", "country": "FR", "consent": {"email": True}}])
+        admin.track_events([{"id": "anon-7", "event": "purchase", "ts": 1795168800000, "amount": 35.9,
+                             "event_id": "order-5512"}])
+        assert admin.merge("anon-7", "u2") == 1
+        assert admin.export_profile("anon-7") == json.loads(block.text)
