@@ -194,10 +194,14 @@ class Identity:
     def applied(self, command: Merge) -> None:
         """Route the aliases a merge created (called when it is applied)."""
         n = self.engine.n_shards
+        aliases: list[str] = []
+        owners: list[int] = []
         for step in command.steps:
             if step[0] == "in":
-                aliases = list(step[2]["aliases"])
-                self.index.put(id_hashes(aliases), np.full(len(aliases), shard_of(step[1], n), dtype=np.uint8))
+                aliases.extend(step[2]["aliases"])
+                owners.extend([shard_of(step[1], n)] * len(step[2]["aliases"]))
+        if aliases:  # in step order: an alias moved twice in one command ends on its last shard
+            self.index.put(id_hashes(aliases), np.array(owners, dtype=np.uint8))
 
     def erased(self, results: list[Any]) -> int:
         """Forget the routes of erased aliases (called when an erase is applied); the number erased."""
