@@ -263,3 +263,16 @@ def test_jsonl_and_csv_files_carry_event_ids(tmp_path: Path) -> None:
         report = load_events_csv(engine, csv, progress=False)
         assert (report.applied, report.errors) == (2, [])
         assert sorted(e.get("event_id", "-") for e in engine.export_profile("a")["events"]) == ["o1", "o2"]
+
+
+def test_the_writer_keeps_event_ids() -> None:
+    import io
+    import json
+
+    from loaders.writer import event_records, write_events
+
+    batch = EventBatch("purchase", ["a", "b"], np.array([NOW, NOW + 1]), {}, ['o"1', None])
+    handle = io.StringIO()
+    write_events(batch, SCHEMA, handle, "ms")
+    assert [json.loads(line) for line in handle.getvalue().splitlines()] == list(event_records(batch)) == [
+        {"id": "a", "event": "purchase", "ts": NOW, "event_id": 'o"1'}, {"id": "b", "event": "purchase", "ts": NOW + 1}]
