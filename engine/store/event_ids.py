@@ -4,7 +4,7 @@ An entry is one distinct (row, event id) pair with the number of stored events t
 (``refs``): an event run keeps, per event, the number of its entry (int32, -1: no event id), so
 the id is held exactly as long as one of its events is stored. The id's UTF-8 bytes live in one
 growable buffer; an open-addressing table of int32 entry numbers (at most 70% full) is keyed by
-the id's blake2b-64 hash mixed with the row, and a numba kernel probes and inserts whole batches,
+a 64-bit hash of the id's bytes and the row, and a numba kernel probes and inserts whole batches,
 comparing rows and bytes (exact: two ids never meet by a hash collision). An entry whose last
 event goes (retention, erasure, a merge moving the events away) is dead: its bytes are zeroed
 and it never matches again; ``EventStore`` compacts the entries when the dead ones outnumber the
@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from .growable import GrowableArray
-from .idmap import pack_ids, packed_hashes
+from .idmap import pack_ids
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -37,14 +37,35 @@ if TYPE_CHECKING:
 MAX_EVENT_ID_BYTES = 128
 #: The key of a dead entry (no live key is 0: ``_keys`` maps 0 to 1).
 DEAD = np.uint64(0)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _keys(hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The table key of each (id hash, row): never 0."""
-    keys = hashes ^ ((rows.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
-    keys[keys == DEAD] = 1
-    return keys
+@numba.njit(inline="always")
+def _mix(h):
+    """The splitmix64 finaliser."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _keys(buf, offsets, rows):
+    """The table key of each (packed id, row): the id's 8-byte little-endian words folded through the
+    splitmix64 finaliser with its length and row; never 0. Equal keys are checked by row and bytes, so
+    this only needs to spread ids over the table (a blake2b per id cost five times as much)."""
+    n = len(offsets) - 1
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        start, end = offsets[i], offsets[i + 1]
+        h = _mix(np.uint64(end - start) ^ ((np.uint64(rows[i]) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)))
+        j = start
+        while j < end:
+            word = np.uint64(0)
+            for k in range(min(8, end - j)):
+                word |= np.uint64(buf[j + k]) << np.uint64(8 * k)
+            h = _mix(h ^ word)
+            j += 8
+        out[i] = h if h != 0 else np.uint64(1)
+    return out
 
 
 @numba.njit(cache=True)
@@ -139,7 +160,7 @@ class EventIdStore:
     def _query(self, rows: np.ndarray, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         q_buf, q_off = pack_ids(ids)
         q_row = np.asarray(rows, dtype=np.int32)
-        return _keys(packed_hashes(q_buf, q_off), q_row), q_row, q_off, q_buf
+        return _keys(q_buf, q_off, q_row), q_row, q_off, q_buf
 
     def _find(self, rows: np.ndarray, ids: Sequence[str], insert: bool) -> tuple[np.ndarray, np.ndarray]:
         """(entry of each (row, id), whether this call inserted it)."""
