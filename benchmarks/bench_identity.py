@@ -12,7 +12,10 @@ generator's dataset, it measures:
    stores, against a snapshot before it;
 3. export: ``export_profile`` of a profile given 1,000 events (median and max of 20 calls);
 4. memory: bytes per alias held by the shards (``AliasStore``) and by the coordinator's index,
-   beyond the alias ids' own bytes (an in-process engine with ``--aliases`` aliases).
+   beyond the alias ids' own bytes (an in-process engine with ``--aliases`` aliases);
+5. event ids: bytes per event id beyond its own bytes (the shard's ``EventIdStore`` and the runs'
+   entry column) and the columnar load time with and without ids, for ``--event-ids`` events
+   carrying 36-character ids (UUID text) over a quarter as many profiles (in-process, 1 shard).
 """
 from __future__ import annotations
 
@@ -102,6 +105,38 @@ def bench_alias_memory(schema: Schema, aliases: int) -> dict[str, float]:
                 "total_beyond_id_each": round((shard_bytes + index_bytes) / aliases, 1)}
 
 
+def bench_event_id_memory(schema: Schema, count: int) -> dict[str, float]:
+    import uuid
+
+    import numpy as np
+
+    from engine.columns import EventBatch
+
+    pids = [f"p{i % max(count // 4, 1)}" for i in range(count)]
+    ts = 1_800_000_000_000 - np.arange(count, dtype=np.int64) * 1000
+    event_ids = [str(uuid.UUID(int=i)) for i in range(count)]
+    timings = {}
+    for label, ids in (("without", None), ("with", event_ids)):
+        with Engine(schema, shards=1, backend="local") as engine:
+            began = time.perf_counter()
+            for start in range(0, count, 1_000_000):
+                engine.load_events(EventBatch("page_view", pids[start:start + 1_000_000], ts[start:start + 1_000_000],
+                                              {}, None if ids is None else ids[start:start + 1_000_000]))
+            timings[label] = time.perf_counter() - began
+            if ids is not None:
+                events = engine.shards[0].events
+                store = events.event_ids
+                column = sum(run.eids.nbytes for t in events.types.values() for run in t.runs if run.eids is not None)
+                used = (store.size * (8 + 8 + 4 + 4) + len(store.table) * 4 + column)  # logical sizes, no slack
+                allocated = store.nbytes - store.buffer.nbytes + column
+                id_bytes = sum(len(i) for i in event_ids)
+                retried = engine.load_events(EventBatch("page_view", pids[:100_000], ts[:100_000], {}, ids[:100_000]))
+                assert retried == 0 and len(store) == count
+    return {"event_ids": count, "id_bytes_each": round(id_bytes / count, 1),
+            "bytes_each_used": round(used / count, 1), "bytes_each_allocated": round(allocated / count, 1),
+            "load_s_without_ids": round(timings["without"], 2), "load_s_with_ids": round(timings["with"], 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profiles", type=int, default=200_000)
@@ -111,10 +146,15 @@ def main() -> None:
     parser.add_argument("--merge-batches", type=int, default=20)
     parser.add_argument("--erase", type=int, default=10_000)
     parser.add_argument("--aliases", type=int, default=100_000)
+    parser.add_argument("--event-ids", type=int, default=1_000_000)
+    parser.add_argument("--only-event-ids", action="store_true", help="measure the event ids only")
     args = parser.parse_args()
     now = 1_800_000_000_000
     ds = generate(args.profiles, args.events, seed=1, now_ms=now)
     schema = Schema.from_dict(ds.schema)
+    if args.only_event_ids:
+        print("event id memory", bench_event_id_memory(schema, args.event_ids))
+        return
     with tempfile.TemporaryDirectory() as data_dir:
         with Engine(schema, shards=args.shards, data_dir=data_dir,
                     durability={"snapshot_every_s": None, "snapshot_log_bytes": None}) as engine:
@@ -128,6 +168,7 @@ def main() -> None:
             print("erasure", bench_erasure(engine, ids, args.erase))
             print("export", bench_export(engine, now))
     print("alias memory", bench_alias_memory(schema, args.aliases))
+    print("event id memory", bench_event_id_memory(schema, args.event_ids))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 
 from .columns import CategoryColumn, EventBatch, ValueColumn
 from .errors import DataError
-from .schema import MAX_ID_BYTES, Schema
+from .schema import MAX_ID_BYTES, Schema, check_event_id
 
 #: The numpy dtype kind each property type is stored as.
 VALUE_KINDS = {"int": "i", "timestamp": "i", "float": "f", "bool": "b"}
@@ -50,6 +50,12 @@ def check_event_batch(schema: Schema, batch: EventBatch) -> None:
         raise DataError(f"expected {n} integer epoch-ms timestamps", None, "ts")
     if not all(type(value) is str and value for value in batch.ids) or max(map(len, batch.ids), default=0) > MAX_ID_BYTES // 4:
         check_ids(batch.ids)
+    if batch.event_ids is not None:
+        if not isinstance(batch.event_ids, list) or len(batch.event_ids) != n:
+            raise DataError(f"expected {n} event ids (None for an event without one)", None, "event_ids")
+        for i, value in enumerate(batch.event_ids):
+            if value is not None:
+                check_event_id(value, i)
     for name, column in batch.props.items():
         kind = definition.properties.get(name)
         if kind is None:

@@ -68,20 +68,24 @@ class ProfileBatch:
 
 @dataclass
 class EventBatch:
-    """M events of one type: profile ids, epoch-ms timestamps and property columns."""
+    """M events of one type: profile ids, epoch-ms timestamps, property columns and, optionally, event ids
+    (None where an event has none; an event whose profile already holds its event id is ignored)."""
 
     event: str
     ids: list[str]
     ts: np.ndarray  # int64
     props: dict[str, Column] = field(default_factory=dict)
+    event_ids: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def take(self, picks: np.ndarray) -> "EventBatch":
         """The events at positions ``picks`` (an index array) of this batch."""
-        return EventBatch(self.event, [self.ids[i] for i in picks.tolist()], np.asarray(self.ts)[picks],
-                          {name: take_column(col, picks) for name, col in self.props.items()})
+        positions = picks.tolist()
+        return EventBatch(self.event, [self.ids[i] for i in positions], np.asarray(self.ts)[picks],
+                          {name: take_column(col, picks) for name, col in self.props.items()},
+                          None if self.event_ids is None else [self.event_ids[i] for i in positions])
 
 
 def slice_column(col: Column, start: int, stop: int) -> Column:

@@ -53,7 +53,8 @@ def combine(target: Payload, source: Payload) -> Payload:
     consents = {}
     for purpose in {**target["consents"], **source["consents"]}:
         consents[purpose] = merge_consent(target["consents"].get(purpose), source["consents"].get(purpose))
-    events = {name: {"ts": list(e["ts"]), "props": {p: list(v) for p, v in e["props"].items()}}
+    events = {name: {"ts": list(e["ts"]), "props": {p: list(v) for p, v in e["props"].items()},
+                     **({"event_ids": list(e["event_ids"])} if "event_ids" in e else {})}
               for name, e in target["events"].items()}
     for name, extra in source["events"].items():
         entry = events.setdefault(name, {"ts": [], "props": {}})
@@ -61,6 +62,8 @@ def combine(target: Payload, source: Payload) -> Payload:
         for prop in {*entry["props"], *extra["props"]}:
             values = entry["props"].setdefault(prop, [None] * before)
             values.extend(extra["props"].get(prop, [None] * added))
+        if "event_ids" in entry or "event_ids" in extra:  # every event moves, repeated event ids included
+            entry.setdefault("event_ids", [None] * before).extend(extra.get("event_ids", [None] * added))
         entry["ts"].extend(extra["ts"])
     return {"attrs": {**source["attrs"], **target["attrs"]}, "consents": consents, "events": events,
             "aliases": [*target["aliases"], *source["aliases"]]}
@@ -119,7 +122,8 @@ class Identity:
             return LoadProfiles(ProfileBatch(self.resolve(list(batch.ids)), batch.columns, batch.consents), command.now)
         if isinstance(command, LoadEvents):
             batch = command.batch
-            return LoadEvents(EventBatch(batch.event, self.resolve(list(batch.ids)), batch.ts, batch.props), command.now)
+            return LoadEvents(EventBatch(batch.event, self.resolve(list(batch.ids)), batch.ts, batch.props,
+                                         batch.event_ids), command.now)
         return command
 
     # -- merges -----------------------------------------------------------------------------
@@ -190,10 +194,14 @@ class Identity:
     def applied(self, command: Merge) -> None:
         """Route the aliases a merge created (called when it is applied)."""
         n = self.engine.n_shards
+        aliases: list[str] = []
+        owners: list[int] = []
         for step in command.steps:
             if step[0] == "in":
-                aliases = list(step[2]["aliases"])
-                self.index.put(id_hashes(aliases), np.full(len(aliases), shard_of(step[1], n), dtype=np.uint8))
+                aliases.extend(step[2]["aliases"])
+                owners.extend([shard_of(step[1], n)] * len(step[2]["aliases"]))
+        if aliases:  # in step order: an alias moved twice in one command ends on its last shard
+            self.index.put(id_hashes(aliases), np.array(owners, dtype=np.uint8))
 
     def erased(self, results: list[Any]) -> int:
         """Forget the routes of erased aliases (called when an erase is applied); the number erased."""

@@ -26,8 +26,9 @@ def floor(definition: EventDef, now: int) -> int:
     return now - definition.retention_ms + 1
 
 
-def expire_type(store: EventTypeStore, cutoff: int) -> np.ndarray:
-    """Delete the events of ``store`` with ``ts <= cutoff``; returns their rows (with repeats)."""
+def expire_type(store: EventTypeStore, cutoff: int, released: list[np.ndarray] | None = None) -> np.ndarray:
+    """Delete the events of ``store`` with ``ts <= cutoff``; returns their rows (with repeats). The event
+    id entries of the deleted events are added to ``released``."""
     gone: list[np.ndarray] = []
     for epoch in sorted(store.epochs):
         base = epoch << EPOCH_BITS
@@ -40,6 +41,8 @@ def expire_type(store: EventTypeStore, cutoff: int) -> np.ndarray:
                 int(np.searchsorted(run.ts, np.uint32(offset), side="right"))
             if cut:
                 gone.append(run.rows[:cut])
+                if run.eids is not None and released is not None:
+                    released.append(run.eids[:cut])
             if cut < len(run):
                 kept_runs.append(run.slice(cut, len(run)) if cut else run)
         if kept_runs:
@@ -87,12 +90,15 @@ def expire_events(events: EventStore, now: int) -> tuple[int, np.ndarray]:
     """Delete every event past its type's retention at clock ``now``; (how many, the rows touched)."""
     deleted = 0
     touched: list[np.ndarray] = []
+    released: list[np.ndarray] = []
     for store in events.types.values():
         lowest = floor(store.definition, now)
         if lowest == NO_TIME:
             continue
-        rows = expire_type(store, lowest - 1)
+        rows = expire_type(store, lowest - 1, released)
         deleted += len(rows)
         if len(rows):
             touched.append(np.unique(rows))
+    if released:
+        events.release_event_ids(np.concatenate(released))  # their ids are forgotten with them
     return deleted, (np.unique(np.concatenate(touched)) if touched else np.zeros(0, dtype=np.int64))

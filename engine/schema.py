@@ -18,10 +18,12 @@ from .timeparse import INT64_MAX, INT64_MIN, parse_ts
 
 ATTRIBUTE_TYPES = ("category", "int", "float", "bool", "tags", "timestamp")
 PROPERTY_TYPES = ("category", "int", "float", "bool", "timestamp")
-RESERVED_NAMES = frozenset({"id", "event", "ts", "consent"})
+RESERVED_NAMES = frozenset({"id", "event", "ts", "consent", "event_id"})
 #: The keys a schema JSON object may have.
 SCHEMA_KEYS = ("attributes", "events", "consents")
 MAX_ID_BYTES = 256
+#: The longest event id (``"event_id"`` of an event record), in UTF-8 bytes.
+MAX_EVENT_ID_BYTES = 128
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,14 @@ class ProfileUpdate(NamedTuple):
 
 
 class EventRecord(NamedTuple):
-    """A validated event: profile id, event type, epoch ms and typed properties (None = null)."""
+    """A validated event: profile id, event type, epoch ms, typed properties (None = null) and its event id
+    (None: none; an event whose profile holds its event id already is ignored)."""
 
     id: str
     event: str
     ts: int
     props: dict[str, Any]
+    event_id: str | None = None
 
 
 def _is_name(name: object) -> bool:
@@ -103,6 +107,15 @@ def check_id(value: object, where: int | str | None) -> str:
         raise DataError("id must be a non-empty string", where, "id")
     if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_ID_BYTES:
         raise DataError(f"id is longer than {MAX_ID_BYTES} UTF-8 bytes", where, "id")
+    return value
+
+
+def check_event_id(value: object, where: int | str | None) -> str:
+    """Validate an event id: a non-empty UTF-8 string of at most 128 bytes."""
+    if not isinstance(value, str) or value == "":
+        raise DataError("event_id must be a non-empty string", where, "event_id")
+    if len(value) > MAX_EVENT_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_EVENT_ID_BYTES:
+        raise DataError(f"event_id is longer than {MAX_EVENT_ID_BYTES} UTF-8 bytes", where, "event_id")
     return value
 
 
@@ -271,14 +284,18 @@ class Schema:
         except ValueError as exc:
             raise DataError(str(exc), where, "ts") from None
         props: dict[str, Any] = {}
+        event_id = None
         for name, value in record.items():
             if name in ("id", "event", "ts"):
+                continue
+            if name == "event_id":  # null: no event id, like an absent one
+                event_id = None if value is None else check_event_id(value, where)
                 continue
             kind = definition.properties.get(name)
             if kind is None:
                 raise DataError(f"unknown property of event {event_name!r}", where, name)
             props[name] = coerce_value(kind, value, where, name)
-        return EventRecord(profile_id, event_name, ts, props)
+        return EventRecord(profile_id, event_name, ts, props, event_id)
 
     def __repr__(self) -> str:
         return f"Schema(attributes={list(self.attributes)}, events={list(self.events)}, consents={list(self.consents)})"

@@ -1,6 +1,7 @@
 """Load events from CSV: a header row with ``id``, ``event`` and ``ts``, then one event per row.
 
-The other columns are event property names (of any event type of the schema); each row fills the
+An optional ``event_id`` column gives events their event ids (an empty cell: none). The other
+columns are event property names (of any event type of the schema); each row fills the
 properties of its own event type and leaves the other columns empty. Cells follow the profile CSV
 rules (:mod:`loaders.csv_profiles`): an empty cell is absent, ``null`` (any case) is null, numbers
 and ``true``/``false`` as text; ``ts`` is ISO 8601 with an offset or ``Z``, or integer epoch
@@ -14,6 +15,8 @@ milliseconds.
 {'id': 'u1', 'event': 'purchase', 'ts': '2026-11-20T10:00:00Z', 'amount': 19.5}
 >>> event_record(schema, columns, ["u2", "page_view", "1795168800000", "", "shoes"], "line 3")
 {'id': 'u2', 'event': 'page_view', 'ts': 1795168800000, 'category': 'shoes'}
+>>> event_record(schema, ["id", "event", "ts", "event_id"], ["u1", "purchase", "5", "order-7"], "line 4")
+{'id': 'u1', 'event': 'purchase', 'ts': 5, 'event_id': 'order-7'}
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from .csv_profiles import CELL_PARSERS, _timestamp_cell, load_csv
 from .jsonl import LoadReport, RecordEngine, TimestampCheck, engine_schema
 
 REQUIRED = ("id", "event", "ts")
+EVENT_ID = "event_id"
 
 
 def parse_event_header(schema: Schema, header: list[str]) -> list[str]:
@@ -36,8 +40,8 @@ def parse_event_header(schema: Schema, header: list[str]) -> list[str]:
         name = raw.strip()
         if name in columns:
             raise DataError("repeated column", "line 1", name)
-        if name not in REQUIRED and name not in known:
-            raise DataError("unknown column (not id, event, ts or an event property)", "line 1", name)
+        if name not in REQUIRED and name != EVENT_ID and name not in known:
+            raise DataError("unknown column (not id, event, ts, event_id or an event property)", "line 1", name)
         columns.append(name)
     for name in REQUIRED:
         if name not in columns:
@@ -59,6 +63,9 @@ def event_record(schema: Schema, columns: list[str], cells: list[str], where: st
     for name in columns:
         text = row[name]
         if name in REQUIRED or text == "":
+            continue
+        if name == EVENT_ID:
+            record[EVENT_ID] = None if text.strip().lower() == "null" else text
             continue
         kind = definition.properties.get(name)
         if kind is None:

@@ -76,6 +76,10 @@ def write_events(batch: EventBatch, schema: Schema, handle: TextIO, ts_format: s
         line = np.strings.add(line, _timestamp_fragments(_prefix("ts"), ts, ts_format))
         for name, col in batch.props.items():
             line = np.strings.add(line, column_fragments(name, kinds[name], slice_column(col, start, stop), ts_format))
+        if batch.event_ids is not None:
+            event_ids = batch.event_ids[start:stop]
+            text = np.array([encode_basestring(e) if e is not None else "" for e in event_ids], dtype=_TEXT)
+            line = np.strings.add(line, _masked(_prefix("event_id"), text, np.array([e is not None for e in event_ids])))
         _write_lines(handle, line)
 
 
@@ -200,10 +204,12 @@ def profile_records(batch: ProfileBatch) -> Iterator[dict]:
 
 
 def event_records(batch: EventBatch) -> Iterator[dict]:
-    """One event record per event (null properties omitted, ``ts`` as epoch ms)."""
+    """One event record per event (null properties omitted, ``ts`` as epoch ms, ``event_id`` when it has one)."""
     props = {name: column_values(col) for name, col in batch.props.items()}
     for i, (profile_id, ts) in enumerate(zip(batch.ids, batch.ts.tolist())):
         record: dict = {"id": profile_id, "event": batch.event, "ts": ts}
+        if batch.event_ids is not None and batch.event_ids[i] is not None:
+            record["event_id"] = batch.event_ids[i]
         for name, values in props.items():
             if values[i] is not None:
                 record[name] = values[i]

@@ -84,6 +84,8 @@ def event_record(message: pb.EventRecord, where: int) -> dict[str, Any]:
     if message.HasField("ts"):
         record["ts"] = from_value(message.ts)
     record.update(_fields(message.properties, where, "a property"))
+    if message.event_id:
+        record["event_id"] = message.event_id
     return record
 
 
@@ -103,7 +105,12 @@ def event_batch(message: pb.EventColumns) -> EventBatch:
     if len(message.ts_ms) != n:
         raise DataError(f"{len(message.ts_ms)} timestamps for {n} events", None, "ts")
     props = {name: _property_column(column, n, name) for name, column in message.properties.items()}
-    return EventBatch(message.event, list(message.ids), np.array(message.ts_ms, dtype=np.int64), props)
+    event_ids = None
+    if len(message.event_ids):
+        if len(message.event_ids) != n:
+            raise DataError(f"{len(message.event_ids)} event ids for {n} events", None, "event_ids")
+        event_ids = [value or None for value in message.event_ids]
+    return EventBatch(message.event, list(message.ids), np.array(message.ts_ms, dtype=np.int64), props, event_ids)
 
 
 def _property_column(column: pb.PropertyColumn, n: int, name: str) -> Column:
@@ -135,6 +142,8 @@ def _valid(column: pb.PropertyColumn, n: int, name: str) -> np.ndarray:
 def event_columns(batch: EventBatch) -> pb.EventColumns:
     """An EventBatch as EventColumns (what a producer sends to LoadEvents)."""
     message = pb.EventColumns(event=batch.event, ids=batch.ids, ts_ms=np.asarray(batch.ts, dtype=np.int64).tolist())
+    if batch.event_ids is not None:
+        message.event_ids.extend(value or "" for value in batch.event_ids)
     for name, column in batch.props.items():
         target = message.properties[name]
         if isinstance(column, CategoryColumn):
@@ -178,7 +187,9 @@ def event_message(record: dict[str, Any]) -> pb.EventRecord:
     if record.get("ts") is not None:
         message.ts.CopyFrom(to_value(record["ts"]))
     for name, value in record.items():
-        if name not in ("id", "event", "ts"):
+        if name == "event_id" and isinstance(value, str):
+            message.event_id = value
+        elif name not in ("id", "event", "ts"):
             message.properties[name].CopyFrom(to_value(value))
     return message
 

@@ -1,9 +1,10 @@
 """Crash writer for identity: merges and erasures acknowledged on stdout, snapshots meanwhile.
 
 ``python tests/identity_crash_writer.py DATA_DIR CYCLE`` opens a 2-shard engine on DATA_DIR and
-loops, per step ``i`` (ids ``c<cycle>-<i>-...``): upsert a source and a target (one event each)
-and a profile to erase, merge the source into the target (``M <i>`` once acknowledged), erase the
-third (``X <i>``). A thread snapshots every 0.1 s, so kills also land in snapshots and compactions.
+loops, per step ``i`` (ids ``c<cycle>-<i>-...``): upsert a source and a target (one event each,
+with event ids) and a profile to erase, merge the source into the target (``M <i>`` once
+acknowledged), send the two events again (a producer's retry: ignored, their ids are held), erase
+the third (``X <i>``). A thread snapshots every 0.1 s, so kills also land in snapshots and compactions.
 """
 from __future__ import annotations
 
@@ -33,11 +34,13 @@ def main() -> None:
     while True:
         base = f"c{cycle}-{i}"
         engine.upsert_profiles([{"id": f"{base}-src", "age": i}, {"id": f"{base}-dst"}, {"id": f"{base}-gone"}])
-        engine.track_events([{"id": f"{base}-src", "event": "page_view", "ts": TS},
-                             {"id": f"{base}-dst", "event": "page_view", "ts": TS + 1}])
+        events = [{"id": f"{base}-src", "event": "page_view", "ts": TS, "event_id": f"{base}-e-src"},
+                  {"id": f"{base}-dst", "event": "page_view", "ts": TS + 1, "event_id": f"{base}-e-dst"}]
+        engine.track_events(events)
         print(f"W {i}", flush=True)
         engine.merge(f"{base}-src", f"{base}-dst")
         print(f"M {i}", flush=True)
+        assert engine.track_events(events) == 0
         engine.delete_profiles([f"{base}-gone"])
         print(f"X {i}", flush=True)
         i += 1

@@ -1,7 +1,10 @@
-"""The naive oracle (tests/oracle.py) with identity: merges and aliases, erasure, export (contract section 6).
+"""The naive oracle (tests/oracle.py) with identity: merges and aliases, erasure, export, event ids
+(contract section 6).
 
 Written straight from the contract, sharing nothing with the engine: aliases are a dict alias ->
-canonical id, a merge moves events and fills attributes and consents record by record.
+canonical id, a merge moves events and fills attributes and consents record by record, and an
+event's ``event_id`` is kept among its properties: an event is ignored when its canonical
+profile's list of events holds one with the same id (so an id is held exactly while its event is).
 
 >>> from engine.schema import CONTRACT_SCHEMA
 >>> store = IdentityStore(CONTRACT_SCHEMA)
@@ -9,6 +12,9 @@ canonical id, a merge moves events and fills attributes and consents record by r
 >>> store.merge("a", "b"); store.merge("x", "a")
 >>> sorted(store.attrs), store.attrs["b"], store.consents["b"], store.resolve("x")
 (['b'], {'age': 3}, {'email': False}, 'b')
+>>> store.track([{"id": "a", "event": "page_view", "ts": 5, "event_id": "e"},
+...              {"id": "b", "event": "page_view", "ts": 6, "event_id": "e"}])
+1
 """
 from __future__ import annotations
 
@@ -35,9 +41,20 @@ class IdentityStore(NaiveStore):
         """Upserts, each applied to the canonical profile its id names."""
         super().upsert([{**r, "id": self.resolve(r["id"])} for r in records])
 
-    def track(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Events, each added to the canonical profile its id names."""
-        super().track([{**r, "id": self.resolve(r["id"])} for r in records])
+    def track(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Events, each added to the canonical profile its id names unless that profile holds an event
+        with its ``event_id``; returns how many were added."""
+        applied = 0
+        for record in records:
+            canonical = self.resolve(record["id"])
+            event_id = record.get("event_id")
+            if event_id is not None and any(e.props.get("event_id") == event_id for e in self.events.get(canonical, ())):
+                continue
+            super().track([{**{k: v for k, v in record.items() if k != "event_id"}, "id": canonical}])
+            if event_id is not None:
+                self.events[canonical][-1].props["event_id"] = event_id
+            applied += 1
+        return applied
 
     def merge(self, from_id: str, into_id: str) -> None:
         """``from_id`` becomes an alias of ``into_id`` (section 6's rules)."""

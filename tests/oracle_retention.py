@@ -6,6 +6,7 @@ At clock ``now`` an event of a type with retention ``r`` exists only if ``ts > n
 >>> schema = {"attributes": {}, "events": {"v": {"properties": {}, "retention": "1s"}}, "consents": []}
 >>> store = RetentionStore(schema)
 >>> store.track([{"id": "a", "event": "v", "ts": 0}, {"id": "a", "event": "v", "ts": 1500}])
+2
 >>> store.expire(1000), store.expire(2600), [e.ts for e in store.events["a"]]
 (1, 1, [])
 """

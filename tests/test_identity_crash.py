@@ -1,5 +1,6 @@
 """kill -9 during merges and erasures: no acknowledged merge is lost, no erased profile comes back,
-and an unacknowledged merge is whole or absent (never the source's events on both or on neither)."""
+an unacknowledged merge is whole or absent (never the source's events on both or on neither), and
+the event ids of acknowledged events are held after recovery (a retry is ignored)."""
 from __future__ import annotations
 
 import random
@@ -48,4 +49,7 @@ def test_kill_9_during_merges_and_erasures(tmp_path: Path, monkeypatch) -> None:
                         assert engine.export_profile(src)["id"] == dst
                     if i in seen["X"]:
                         assert gone not in live and engine.export_profile(gone) is None, gone
+                    retry = [{"id": p, "event": "page_view", "ts": NOW, "event_id": f"{base}-e-{p[-3:]}"}
+                             for p in (src, dst)]
+                    assert engine.track_events(retry) == 0, base  # the acknowledged events' ids are held
     assert sum(len(a["M"]) for a in acked.values()) > 0 and sum(len(a["X"]) for a in acked.values()) > 0

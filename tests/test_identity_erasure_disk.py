@@ -1,5 +1,6 @@
-"""Erasure on disk: after ``snapshot()``, no file under the data_dir holds an erased id's bytes
-(write-ahead log, snapshot stores and their free pages included), at 1, 2 and 3 shards."""
+"""Erasure on disk: after ``snapshot()``, no file under the data_dir holds an erased id's bytes, nor
+the event ids of its events (write-ahead log, snapshot stores and their free pages included), at 1, 2
+and 3 shards."""
 from __future__ import annotations
 
 import os
@@ -60,21 +61,28 @@ def test_no_file_holds_an_erased_id_after_a_snapshot(tmp_path: Path, shards: int
     kept = [f"keep-me-{i:04d}-canary" for i in range(40)]
     with Engine(SCHEMA, shards=shards, data_dir=str(tmp_path)) as engine:
         engine.upsert_profiles([{"id": pid, "age": i} for i, pid in enumerate(erased + kept)])
-        engine.track_events([{"id": pid, "event": "purchase", "ts": NOW - i, "amount": 1.0}
-                             for i, pid in enumerate(erased + kept)])
+        engine.track_events([{"id": pid, "event": "purchase", "ts": NOW - i, "amount": 1.0,
+                              "event_id": f"order-of-{pid}"} for i, pid in enumerate(erased + kept)])
         engine.snapshot()  # the erased ids are in a snapshot, then in free pages once it is replaced
+        engine.track_events([{"id": alias, "event": "page_view", "ts": NOW, "event_id": f"view-by-{alias}"}
+                             for alias in aliases])  # events of the aliases-to-be, merged into erased profiles
         engine.merge_many(list(zip(aliases, erased)))
         engine.snapshot()
-        needles = [pid.encode() for pid in erased + aliases]
+        event_ids = [f"order-of-{pid}" for pid in erased] + [f"view-by-{alias}" for alias in aliases]
+        needles = [pid.encode() for pid in erased + aliases + event_ids]
         assert files_holding(tmp_path, needles)  # the canary finds them before the erasure
         assert engine.delete_profiles(erased[:20] + aliases[20:]) == 40
         summary = engine.snapshot()
         assert summary["compacted"] is not None
         assert files_holding(tmp_path, needles) == {}
         assert set(files_holding(tmp_path, [pid.encode() for pid in kept])) == set(kept)
+        assert set(files_holding(tmp_path, [f"order-of-{pid}".encode() for pid in kept])) == {
+            f"order-of-{pid}" for pid in kept}
         assert engine.ids("ALL", now=NOW) == sorted(kept)
     with Engine(SCHEMA, shards=shards, data_dir=str(tmp_path)) as engine:
         assert engine.ids("ALL", now=NOW) == sorted(kept)
         assert engine.count("DID(purchase)", now=NOW) == 40
+        assert engine.track_events([{"id": pid, "event": "purchase", "ts": NOW, "event_id": f"order-of-{pid}"}
+                                    for pid in kept]) == 0
         engine.upsert_profiles([{"id": "after-reopen"}])
     assert files_holding(tmp_path, needles) == {}

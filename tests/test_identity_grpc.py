@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Schema
-from engine.errors import PermissionDenied
+from engine.errors import DataError, PermissionDenied
 from engine.schema import CONTRACT_SCHEMA
 from server.app import SegengineServer, ServerConfig
 from server.cli import main
@@ -76,3 +76,40 @@ def test_cli_merge_erase_export(server: SegengineServer, tmp_path: Path, capsys:
     assert "erased 1 profiles" in capsys.readouterr().out
     assert main(["export", "b", *connection]) == 1
     assert main(["erase", "b", "--server", server.address, "--token", "rw"]) == 1
+
+
+def test_event_ids_over_grpc(server: SegengineServer) -> None:
+    """EventRecord.event_id, EventColumns.event_ids and the Write stream: a retried event is not applied."""
+    import numpy as np
+
+    from engine.columns import EventBatch
+
+    with SegengineClient(server.address, token="rw") as writer, SegengineClient(server.address, token="root") as admin:
+        events = [{"id": "a", "event": "purchase", "ts": NOW - 2, "amount": 1.5, "event_id": "o-1"},
+                  {"id": "a", "event": "purchase", "ts": NOW - 1, "event_id": "o-1"}]
+        assert writer.track_events(events) == 1
+        assert writer.write([("events", events)]) == 0
+        batch = EventBatch("page_view", ["a", "a", "b"], np.array([NOW - 3, NOW - 3, NOW - 3], dtype=np.int64), {},
+                           ["v-1", None, "v-1"])
+        assert writer.load_events(batch) == 3
+        assert writer.write([("event_columns", batch)]) == 1
+        with pytest.raises(DataError, match="record 0, field 'event_id': event_id is longer than 128 UTF-8 bytes"):
+            writer.track_events([{**events[0], "event_id": "x" * 129}])
+        exported = admin.export_profile("a")["events"]  # the order within a tie is unspecified
+        assert sorted(exported, key=lambda e: (e["ts"], e.get("event_id", ""))) == [
+            {"event": "page_view", "ts": NOW - 3}, {"event": "page_view", "ts": NOW - 3},
+            {"event": "page_view", "ts": NOW - 3, "event_id": "v-1"},
+            {"event": "purchase", "ts": NOW - 2, "event_id": "o-1", "amount": 1.5}]
+
+
+def test_the_export_example_of_the_grpc_doc(server: SegengineServer) -> None:
+    """docs/grpc.md's export example is what ExportProfile answers for the data it shows."""
+    from doc_blocks import blocks
+
+    (block,) = [b for b in blocks("docs/grpc.md", "json") if '"aliases"' in b.text]
+    with SegengineClient(server.address, token="root") as admin:
+        admin.upsert_profiles([{"id": "u2", "country": "FR", "consent": {"email": True}}])
+        admin.track_events([{"id": "anon-7", "event": "purchase", "ts": 1795168800000, "amount": 35.9,
+                             "event_id": "order-5512"}])
+        assert admin.merge("anon-7", "u2") == 1
+        assert admin.export_profile("anon-7") == json.loads(block.text)

@@ -25,7 +25,7 @@ def test_unknown_top_level_schema_keys_are_refused_with_the_allowed_ones() -> No
      "attribute 'a': unknown type 'string' (types: category, int, float, bool, tags, timestamp)"),
     ({"events": {"e": {"properties": {"p": "tags"}}}},
      "event 'e', property 'p': unknown type 'tags' (types: category, int, float, bool, timestamp)"),
-    ({"attributes": {"ts": {"type": "int"}}}, "attribute name 'ts' is empty or reserved (reserved: consent, event, id, ts)"),
+    ({"attributes": {"ts": {"type": "int"}}}, "attribute name 'ts' is empty or reserved (reserved: consent, event, event_id, id, ts)"),
     ({"attributes": []}, "schema 'attributes' must be an object of name: definition"),
     ({"events": {"e": {"properties": ["p"]}}}, "event 'e': properties must be an object of name: type"),
     ({"consents": "email"}, "consents must be a list of purpose names"),
@@ -121,8 +121,8 @@ def test_csv_events_load_with_per_type_properties(tmp_path: Path) -> None:
 def test_csv_event_headers_are_checked(tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     for header, error in (("id,event,amount", "line 1, field 'ts': missing column"),
-                          ("id,event,ts,colour", "line 1, field 'colour': unknown column (not id, event, ts or an "
-                                                 "event property)"),
+                          ("id,event,ts,colour", "line 1, field 'colour': unknown column (not id, event, ts, event_id "
+                                                 "or an event property)"),
                           ("id,event,ts,ts", "line 1, field 'ts': repeated column")):
         path.write_text(header + "\nu1,purchase,1795165200000\n")
         with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=1) as engine:

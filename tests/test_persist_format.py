@@ -80,7 +80,9 @@ def write_state(engine: Engine, start: int = 0) -> None:
     engine.upsert_profiles({"id": f"p{i}", "age": None, "country": "IT", "interests": ["tech"], "consent": {"email": False}}
                            for i in range(start, start + 400, 9))
     engine.track_events({"id": f"p{i % 400}", "event": "view", "ts": NOW - (i * 7919) % (9 * DAY),
-                         **({"page": f"p{i % 300}"} if i % 7 else {})} for i in range(start, start + 1500))
+                         **({"page": f"p{i % 300}"} if i % 7 else {}),
+                         **({"event_id": f"v{i % 1000}"} if i % 3 == 0 else {})}  # some repeat: ignored
+                        for i in range(start, start + 1500))
     engine.track_events({"id": f"p{i % 300}", "event": "order", "ts": NOW - (i * 104_729) % (6 * DAY),
                          **({"amount": 0.5 * (i % 90), "qty": i % 5, "gift": i % 4 == 0,
                              "shipped_at": NOW - (i % 8) * DAY, "channel": ["web", "app"][i % 2]} if i % 6 else {})}
@@ -96,7 +98,8 @@ def write_state(engine: Engine, start: int = 0) -> None:
         {"sms": np.arange(60) % 2 == 1}))
     engine.load_events(EventBatch("order", ids, np.full(60, NOW - 5, np.int64),
                                   {"amount": ValueColumn(np.full(60, 99.0), np.ones(60, bool)),
-                                   "qty": ValueColumn(np.arange(60), np.arange(60) % 3 != 0)}))
+                                   "qty": ValueColumn(np.arange(60), np.arange(60) % 3 != 0)},
+                                  [f"o{i % 40}" if i % 2 else None for i in range(60)]))
     if start:
         engine.create_segment("adults", "age >= 21", replace=True)
         engine.create_segment("late", "vip = true")  # takes the slot "gone" left
@@ -117,7 +120,8 @@ def answers(engine: Engine, now: int = NOW) -> dict[str, Any]:
             "segments": [(s["name"], s["query"], s["count"], s["time_relative"], s["created_ms"], s["updated_ms"])
                          for s in engine.list_segments()],
             "membership": {f"p{i}": engine.membership(f"p{i}") for i in range(0, 400, 13)},
-            "profiles": [engine.profile(f"p{i}") for i in (0, 9, 14, 27, 399)] + [engine.profile("q5")]}
+            "profiles": [engine.profile(f"p{i}") for i in (0, 9, 14, 27, 399)] + [engine.profile("q5")],
+            "exports": [engine.export_profile(f"p{i}") for i in (0, 3, 9, 399)] + [engine.export_profile("q41")]}
 
 
 def in_memory(rounds: int, shards: int = 2) -> Engine:
@@ -149,7 +153,8 @@ def test_a_restored_shard_captures_to_the_same_frames() -> None:
         header = msgpack.unpackb(original[0])
         assert sorted(header) == ["applied_seq", "arrays", "bitmaps", "format", "schema", "state"]
         assert header["format"] == 4 and header["schema"] == SCHEMA.to_dict()
-        assert sorted(header["state"]) == ["aliases", "events", "profiles", "segments"]
+        assert sorted(header["state"]) == ["aliases", "event_ids", "events", "profiles", "segments"]
+        assert shard.events.event_ids.live > 0
         assert len(original) == len(header["arrays"]) + 2 and len(original[-1]) == sum(header["bitmaps"])
         restored = LocalShard(SCHEMA, 0)
         assert shard_state.restore(restored, fresh(original)).to_dict() == SCHEMA.to_dict()
@@ -352,7 +357,7 @@ def test_a_shard_keeps_its_persistence_state_in_one_object(tmp_path: Path) -> No
         write_state(engine)
         engine.snapshot()
         shard = engine.shards[0]
-        assert sorted(vars(shard)) == ["aliases", "did", "events", "executor", "persistence", "profiles", "saved", "schema",
+        assert sorted(vars(shard)) == ["aliases", "did", "events", "executor", "lookalike_features", "persistence", "profiles", "saved", "schema",
                                        "segments", "shard_id"]
         persistence = shard.persistence
         assert persistence.applied_seq == engine.durable.manifest["wal_seq"] == 14

@@ -64,13 +64,18 @@ def _decode_profile_batch(packed: tuple) -> ProfileBatch:
 
 
 def _encode_event_batch(batch: EventBatch) -> Any:
-    return [batch.event, list(batch.ids), _array(np.asarray(batch.ts, dtype=np.int64)),
-            {name: _column(col) for name, col in batch.props.items()}]
+    packed = [batch.event, list(batch.ids), _array(np.asarray(batch.ts, dtype=np.int64)),
+              {name: _column(col) for name, col in batch.props.items()}]
+    if batch.event_ids is not None:
+        packed.append(list(batch.event_ids))
+    return packed
 
 
 def _decode_event_batch(packed: tuple) -> EventBatch:
-    event, ids, ts, props = packed
-    return EventBatch(event, list(ids), _from_array(ts), {name: _from_column(col) for name, col in props.items()})
+    event, ids, ts, props = packed[:4]
+    event_ids = list(packed[4]) if len(packed) > 4 else None  # records without the column have no event ids
+    return EventBatch(event, list(ids), _from_array(ts), {name: _from_column(col) for name, col in props.items()},
+                      event_ids)
 
 
 #: command kind -> (command to msgpack-able data, unpacked data to command); the bodies of the

@@ -3,7 +3,8 @@
 The part holds the shard's schema (its JSON dict), the last log record it applied and the state
 of its stores, each written by the store's own ``to_state`` and read by its ``from_state``: the
 profile store (id map, live rows, attribute indexes, consents), the event store (per type: runs,
-day bitmaps, ``ever``, latest times, labels, float scales) and the saved segments (definitions as
+day bitmaps, ``ever``, latest times, labels, float scales), the event ids (``event_ids``: the
+entries a run's ``eids`` column numbers; a part without it holds none), the aliases and the saved segments (definitions as
 query text, re-planned on load; members per segment and per row; slots; clock).
 
 Not stored, rebuilt empty and refilled on demand: the executors' caches (SAMPLE bitmaps, IS NULL
@@ -51,6 +52,8 @@ def event_run_arrays(shard: LocalShard) -> Iterator[np.ndarray]:
                 yield run.rows
                 yield from run.props.values()
                 yield from run.valid.values()
+                if run.eids is not None:
+                    yield run.eids
 
 
 def capture(shard: LocalShard, arena: CaptureArena | None = None, copy: bool = True) -> Capture:
@@ -62,7 +65,8 @@ def capture(shard: LocalShard, arena: CaptureArena | None = None, copy: bool = T
     """
     writer = StateWriter(arena, copy)
     state = {"profiles": shard.profiles.to_state(writer), "events": shard.events.to_state(writer),
-             "segments": shard.saved.to_state(writer), "aliases": shard.aliases.to_state(writer)}
+             "segments": shard.saved.to_state(writer), "aliases": shard.aliases.to_state(writer),
+             "event_ids": shard.events.event_ids.to_state(writer)}
     return writer.capture(shard.schema.to_dict(), shard.persistence.applied_seq, state)
 
 
@@ -91,7 +95,8 @@ def restore(shard: LocalShard, frames: list[Any], where: str = "a snapshot") -> 
                              f"{reader.schema}") from None
         state = reader.state
         profiles = ProfileStore.from_state(reader, state["profiles"], schema)
-        events = EventStore.from_state(reader, state["events"], schema.events, len(profiles.idmap))
+        events = EventStore.from_state(reader, state["events"], schema.events, len(profiles.idmap),
+                                       state.get("event_ids"))  # parts written before event ids were kept hold none
         profiles.adopt(shard.schema)  # names added since the part was written start null
         events.adopt(shard.schema.events)
         aliases = AliasStore.from_state(reader, state["aliases"], len(profiles.idmap)) if "aliases" in state \

@@ -4,7 +4,8 @@ applying the steps of a logged merge.
 A merge payload is plain data (it is logged, and crosses process boundaries)::
 
     {"attrs": {name: value}, "consents": {purpose: bool}, "aliases": [ids],
-     "events": {event type: {"ts": [epoch ms], "props": {name: [values, None = null]}}}}
+     "events": {event type: {"ts": [epoch ms], "props": {name: [values, None = null]},
+                             "event_ids": [event id or None] (only when one of them has one)}}}
 
 ``aliases`` holds the merged-away id itself and every alias it had. A step is ``("out", id)``
 (the canonical profile ``id`` of this shard leaves: its row, events and aliases are dropped) or
@@ -72,16 +73,20 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
     leaving: dict[str, None] = {}
     fills: dict[str, dict[int, Any]] = {}
     received: dict[int, None] = {}
+    arriving: list[tuple] = []
     known = len(shard.profiles.idmap)
     for step in steps:
         if step[0] == "out":
             leaving[step[1]] = None
             continue
         if step[1] in leaving:
+            received.update(dict.fromkeys(_receive(shard, arriving, fills)))
+            arriving.clear()
             _fill(shard, fills)
             _leave(shard, list(leaving), now)
             leaving.clear()
-        received[_receive(shard, step[1], step[2], fills)] = None
+        arriving.append(step)
+    received.update(dict.fromkeys(_receive(shard, arriving, fills)))
     _fill(shard, fills)
     _leave(shard, list(leaving), now)
     if received:
@@ -139,10 +144,13 @@ def export(shard: LocalShard, profile_id: str) -> dict[str, Any] | None:
     now = time.time_ns() // 1_000_000
     for name, entry in per_type.items():
         earliest = floor(shard.events.types[name].definition, now)
+        event_ids = entry.get("event_ids")
         for i, ts in enumerate(entry["ts"]):
             if ts < earliest:
                 continue
             record = {"event": name, "ts": ts}
+            if event_ids is not None and event_ids[i] is not None:
+                record["event_id"] = event_ids[i]
             record.update((prop, values[i]) for prop, values in entry["props"].items() if values[i] is not None)
             events.append(record)
     events.sort(key=lambda e: (e["ts"], e["event"]))
@@ -151,28 +159,63 @@ def export(shard: LocalShard, profile_id: str) -> dict[str, Any] | None:
             "events": events}
 
 
-def _receive(shard: LocalShard, profile_id: str, payload: dict[str, Any], fills: dict[str, dict[int, Any]]) -> int:
-    """Merge ``payload`` into ``profile_id`` (created if unknown), its attribute fills into ``fills``; its row."""
+def _receive(shard: LocalShard, steps: list[tuple], fills: dict[str, dict[int, Any]]) -> list[int]:
+    """Merge each ``("in", id, payload)`` step's payload into ``id`` (created if unknown), in order, the
+    attribute fills into ``fills``; returns the target rows. The steps are applied together: one id-map
+    call, one consent write per purpose, one append per event type, one alias insert."""
+    if not steps:
+        return []
     profiles = shard.profiles
-    row = int(profiles.ensure_rows([profile_id])[0])
-    rows = np.array([row], dtype=np.int64)
+    rows = profiles.ensure_rows([step[1] for step in steps]).tolist()
     profiles._wrote()
-    for name, value in payload["attrs"].items():
-        index = profiles.indexes.get(name)
-        pending = fills.setdefault(name, {})
-        if index is not None and row not in pending and index.value(row) is None:
-            pending[row] = value
-    current = profiles.consents_of(row)
-    for purpose, granted in payload["consents"].items():
-        if purpose in profiles.consents:
-            merged = merge_consent(current.get(purpose), bool(granted))
-            profiles._set_consent(purpose, rows, np.array([merged], dtype=bool))
-    for name, events in payload["events"].items():
-        store = shard.events.types[name]
-        kinds = store.definition.properties
-        ts = np.asarray(events["ts"], dtype=np.int64)
-        columns = {prop: column_from_values(kinds[prop], list(values))
-                   for prop, values in events["props"].items() if prop in kinds}
-        store.append(np.full(len(ts), row, dtype=np.int32), ts, columns)
-    shard.aliases.add([alias for alias in payload["aliases"] if alias != profile_id], row)
-    return row
+    consents: dict[int, dict[str, bool | None]] = {}  # row -> every purpose set so far, merged
+    named: dict[str, dict[int, None]] = {}  # purpose -> rows whose payloads named it
+    events: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    aliases: list[str] = []
+    alias_rows: list[int] = []
+    for row, (_, profile_id, payload) in zip(rows, steps):
+        for name, value in payload["attrs"].items():
+            index = profiles.indexes.get(name)
+            pending = fills.setdefault(name, {})
+            if index is not None and row not in pending and index.value(row) is None:
+                pending[row] = value
+        if payload["consents"]:
+            current = consents.get(row)
+            if current is None:
+                current = consents[row] = dict(profiles.consents_of(row))
+            for purpose, granted in payload["consents"].items():
+                if purpose in profiles.consents:
+                    current[purpose] = merge_consent(current.get(purpose), bool(granted))
+                    named.setdefault(purpose, {})[row] = None
+        for name, entry in payload["events"].items():
+            events.setdefault(name, []).append((row, entry))
+        moved = [alias for alias in payload["aliases"] if alias != profile_id]
+        aliases.extend(moved)
+        alias_rows.extend([row] * len(moved))
+    for purpose, touched in named.items():
+        target = np.fromiter(touched, dtype=np.int64, count=len(touched))
+        profiles._set_consent(purpose, target, np.array([bool(consents[r][purpose]) for r in touched], dtype=bool))
+    for name, entries in events.items():
+        _append_moved(shard, name, entries)
+    shard.aliases.add_many(aliases, alias_rows)
+    return rows
+
+
+def _append_moved(shard: LocalShard, name: str, entries: list[tuple[int, dict[str, Any]]]) -> None:
+    """Append the moved events of type ``name`` (per target row, a payload's events of that type) at once;
+    their event ids are held by their new rows."""
+    store = shard.events.types[name]
+    kinds = store.definition.properties
+    counts = [len(entry["ts"]) for _, entry in entries]
+    owners = np.repeat(np.array([row for row, _ in entries], dtype=np.int32), counts)
+    ts = np.fromiter((t for _, entry in entries for t in entry["ts"]), dtype=np.int64, count=len(owners))
+    columns = {}
+    for prop, kind in kinds.items():
+        if any(prop in entry["props"] for _, entry in entries):
+            values = [v for (_, entry), n in zip(entries, counts) for v in entry["props"].get(prop, [None] * n)]
+            columns[prop] = column_from_values(kind, values)
+    eids = None
+    if any("event_ids" in entry for _, entry in entries):
+        event_ids = [e for (_, entry), n in zip(entries, counts) for e in entry.get("event_ids", [None] * n)]
+        eids = shard.events.event_ids.acquire(owners, event_ids)
+    store.append(owners, ts, columns, eids)

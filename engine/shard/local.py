@@ -85,14 +85,18 @@ class LocalShard:
         return len(updates)
 
     def track(self, events: list[EventRecord], now: int | None = None) -> int:
-        """Append validated events (creating unknown profiles); returns how many were applied."""
+        """Append validated events (creating unknown profiles); returns how many were applied (an event
+        whose profile holds its event id already, or an earlier event of the batch holds it, is not)."""
         if not events:
             return 0
         known = len(self.profiles.idmap)
         rows = self.profiles.ensure_rows([e.id for e in events], repeats=True)
+        keep, eids = self.events.event_ids.admit(rows, [e.event_id for e in events])
+        with_ids = bool((eids >= 0).any())
         by_type: dict[str, list[int]] = {}
         for position, event in enumerate(events):
-            by_type.setdefault(event.event, []).append(position)
+            if keep[position]:
+                by_type.setdefault(event.event, []).append(position)
         for name, positions in by_type.items():
             definition = self.schema.events[name]
             columns = {
@@ -101,9 +105,9 @@ class LocalShard:
                 if any(prop in events[p].props for p in positions)
             }
             ts = np.fromiter((events[p].ts for p in positions), dtype=np.int64, count=len(positions))
-            self.events.types[name].append(rows[positions], ts, columns)
+            self.events.types[name].append(rows[positions], ts, columns, eids[positions] if with_ids else None)
         self.saved.sync(rows, now, (), by_type, _created(rows, known))
-        return len(events)
+        return int(keep.sum())
 
     def load_profiles(self, batch: ProfileBatch, now: int | None = None) -> int:
         """Apply a columnar profile batch."""
@@ -115,10 +119,18 @@ class LocalShard:
         """Append a columnar event batch."""
         known = len(self.profiles.idmap)
         rows = self.profiles.ensure_rows(batch.ids, repeats=True)
-        self.events.types[batch.event].append(rows, batch.ts, batch.props)
+        if batch.event_ids is None:
+            self.events.types[batch.event].append(rows, batch.ts, batch.props)
+            applied = len(batch)
+        else:
+            keep, eids = self.events.event_ids.admit(rows, batch.event_ids)
+            picks = np.flatnonzero(keep)
+            kept = batch if len(picks) == len(batch) else batch.take(picks)
+            self.events.types[batch.event].append(rows[picks], kept.ts, kept.props, eids[picks])
+            applied = len(picks)
         self.saved.sync(rows, now, (), (batch.event,), _created(rows, known))
         release_free_memory()
-        return len(batch)
+        return applied
 
     def update_schema(self, spec: dict[str, Any]) -> None:
         """Take a schema that extends this shard's (see engine.schema_change): new names start null."""

@@ -45,14 +45,18 @@ class AliasStore:
 
     def add(self, aliases: Sequence[str], row: int) -> None:
         """Record ``aliases`` (ids known nowhere else on this shard) as aliases of canonical ``row``."""
+        self.add_many(list(aliases), [row] * len(aliases))
+
+    def add_many(self, aliases: list[str], rows: list[int]) -> None:
+        """Record each of ``aliases`` as an alias of the canonical row beside it, in order (one id-map call)."""
         if not aliases:
             return
-        numbers, before = self.ids.lookup_or_insert(list(aliases))
+        numbers, before = self.ids.lookup_or_insert(aliases)
         self.target.ensure(len(self.ids))
         self.next.ensure(len(self.ids))
-        self.head.ensure(row + 1)
+        self.head.ensure(max(rows) + 1)
         target, nxt, head = self.target.data, self.next.data, self.head.data
-        for number in numbers.tolist():
+        for number, row in zip(numbers.tolist(), rows):
             if target[number] == row:
                 continue
             if target[number] >= 0:  # moving from another row (whose departure is applied later)

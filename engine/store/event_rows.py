@@ -7,10 +7,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from .bitmaps import to_bitmap
 from .events import NO_TIME, EventStore, EventTypeStore, Run
+
+
+@numba.njit(cache=True, nogil=True)
+def marked(rows, mask):
+    """The positions ``i`` with ``mask[rows[i]]`` (int64, in order): two passes, no temporary per event."""
+    count = 0
+    for i in range(len(rows)):
+        if mask[rows[i]]:
+            count += 1
+    out = np.empty(count, dtype=np.int64)
+    k = 0
+    for i in range(len(rows)):
+        if mask[rows[i]]:
+            out[k] = i
+            k += 1
+    return out
 
 
 def _values(store: EventTypeStore, prop: str, kind: str, run: Run, picks: np.ndarray) -> list[Any]:
@@ -30,9 +47,11 @@ def _values(store: EventTypeStore, prop: str, kind: str, run: Run, picks: np.nda
 
 def events_of(events: EventStore, rows: np.ndarray, size: int) -> list[dict[str, dict[str, Any]]]:
     """Per row of ``rows`` (a shard of ``size`` rows): per event type, ``{"ts": [...], "props": {name: [...]}}``
-    of its events in time order (types without events left out)."""
+    of its events in time order (types without events left out), with ``"event_ids": [id or None, ...]``
+    when one of them has an event id."""
     position = np.full(size, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
+    mask = position >= 0  # one byte per row: the scan's lookups stay in cache
     out: list[dict[str, dict[str, Any]]] = [{} for _ in range(len(rows))]
     picked = to_bitmap(np.asarray(rows))
     for name, store in events.types.items():
@@ -40,18 +59,22 @@ def events_of(events: EventStore, rows: np.ndarray, size: int) -> list[dict[str,
             continue
         kinds = store.definition.properties
         for run in store.runs:
-            where = position[run.rows]
-            picks = np.flatnonzero(where >= 0)
+            picks = marked(run.rows, mask)
             if len(picks) == 0:
                 continue
-            owners = where[picks].tolist()
+            owners = position[run.rows[picks]].tolist()
             ts = (run.ts[picks].astype(np.int64) + run.base).tolist()
             props = {prop: _values(store, prop, kind, run, picks) for prop, kind in kinds.items()}
+            eids = None if run.eids is None else events.event_ids.ids_of(run.eids[picks])
             for i, owner in enumerate(owners):
                 entry = out[owner].setdefault(name, {"ts": [], "props": {prop: [] for prop in kinds}})
+                if eids is not None and eids[i] is not None and "event_ids" not in entry:
+                    entry["event_ids"] = [None] * len(entry["ts"])
                 entry["ts"].append(ts[i])
                 for prop, values in props.items():
                     entry["props"][prop].append(values[i])
+                if "event_ids" in entry:
+                    entry["event_ids"].append(None if eids is None else eids[i])
     return out
 
 
@@ -64,21 +87,24 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
     mask = np.zeros(size, dtype=bool)
     mask[rows] = True
     deleted = 0
+    released: list[np.ndarray] = []
     for store in events.types.values():
         if not store.ever.intersect(gone):
             continue
         for epoch, runs in list(store.epochs.items()):
             kept_runs = []
             for run in runs:
-                keep = ~mask[run.rows]
-                kept = int(keep.sum())
-                deleted_here = len(run) - kept
-                if deleted_here == 0:
+                hits = marked(run.rows, mask)
+                if len(hits) == 0:
                     kept_runs.append(run)
                     continue
-                store.count -= deleted_here
-                deleted += deleted_here
-                if kept:
+                store.count -= len(hits)
+                deleted += len(hits)
+                if run.eids is not None:
+                    released.append(run.eids[hits])
+                if len(hits) < len(run):
+                    keep = np.ones(len(run), dtype=bool)
+                    keep[hits] = False
                     kept_runs.append(run.take(np.flatnonzero(keep)))
             if kept_runs:
                 store.epochs[epoch] = kept_runs
@@ -98,4 +124,6 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
             inside = rows[rows < store.last_ts.size]
             store.last_ts.data[inside] = NO_TIME
         store.generation += 1
+    if released:
+        events.release_event_ids(np.concatenate(released))
     return deleted

@@ -29,6 +29,7 @@ from pyroaring import BitMap
 from ..columns import CategoryColumn, Column, ValueColumn
 from ..schema import EventDef
 from .bitmaps import to_bitmap
+from .event_ids import EventIdStore
 from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
 
@@ -46,6 +47,8 @@ SLOT_MS = 300_000
 SLOT_CACHE_DAYS = 8
 #: A partial-day window with at most this many events is scanned instead of building the day's slots.
 SLOT_BUILD_MIN_EVENTS = 8192
+#: Dead event id entries tolerated before ``EventStore.release_event_ids`` compacts (beyond the live count).
+COMPACT_MIN_DEAD = 1 << 16
 #: Held while a query builds a structure on demand (slot bitmaps, latest times), so queries in
 #: several threads build each once and see it only when whole.
 _BUILD_LOCK = threading.Lock()
@@ -149,6 +152,7 @@ class Run:
     rows: np.ndarray  # int32
     props: dict[str, np.ndarray]
     valid: dict[str, np.ndarray] = field(default_factory=dict)  # int/timestamp properties: not-null mask
+    eids: np.ndarray | None = None  # int32 event id entries (-1: none; see engine.store.event_ids), None: no ids
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -160,7 +164,8 @@ class Run:
     def slice(self, start: int, stop: int) -> "Run":
         """Events ``start:stop`` (views)."""
         return Run(self.base, self.ts[start:stop], self.rows[start:stop],
-                   {k: v[start:stop] for k, v in self.props.items()}, {k: v[start:stop] for k, v in self.valid.items()})
+                   {k: v[start:stop] for k, v in self.props.items()}, {k: v[start:stop] for k, v in self.valid.items()},
+                   None if self.eids is None else self.eids[start:stop])
 
     def window(self, lo: int, hi: int) -> "Run | None":
         """The events with lo <= ts <= hi, or None if there are none."""
@@ -174,7 +179,11 @@ class Run:
     def take(self, order: np.ndarray) -> "Run":
         """This run's events reordered/subset by ``order``."""
         return Run(self.base, self.ts[order], self.rows[order], {k: v[order] for k, v in self.props.items()},
-                   {k: v[order] for k, v in self.valid.items()})
+                   {k: v[order] for k, v in self.valid.items()}, None if self.eids is None else self.eids[order])
+
+    def event_ids(self) -> np.ndarray:
+        """The event id entry of each event (-1: none)."""
+        return self.eids if self.eids is not None else np.full(len(self), -1, dtype=np.int32)
 
 
 def _merge(a: Run, b: Run) -> Run:
@@ -184,9 +193,10 @@ def _merge(a: Run, b: Run) -> Run:
     def merged(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.concatenate([x, y]).take(order)
 
+    eids = None if a.eids is None and b.eids is None else merged(a.event_ids(), b.event_ids())
     return Run(a.base, merged(a.ts, b.ts), merged(a.rows, b.rows),
                {k: merged(a.props[k], b.props[k]) for k in a.props},
-               {k: merged(a.valid[k], b.valid[k]) for k in a.valid})
+               {k: merged(a.valid[k], b.valid[k]) for k in a.valid}, eids)
 
 
 class EventTypeStore:
@@ -303,18 +313,25 @@ class EventTypeStore:
                 valid[prop] = np.zeros(size, bool) if column is None else np.array(column.valid, bool)
         return props, valid
 
-    def append(self, rows: np.ndarray, ts: np.ndarray, columns: dict[str, Column]) -> None:
-        """Add events (rows, int64 epoch-ms timestamps, property columns; absent property = null)."""
+    def append(self, rows: np.ndarray, ts: np.ndarray, columns: dict[str, Column],
+               eids: np.ndarray | None = None) -> None:
+        """Add events (rows, int64 epoch-ms timestamps, property columns; absent property = null; ``eids``:
+        their event id entries, -1 for none, or None when no event has an id)."""
         if len(rows) == 0:
             return
         ts = np.asarray(ts, dtype=np.int64)
         rows = np.array(rows, dtype=np.int32)  # a copy: a run must not share memory with the caller's batch
+        if eids is not None:
+            eids = np.array(eids, dtype=np.int32)
+            if not bool((eids >= 0).any()):
+                eids = None
         props, valid = self._columns(len(rows), columns)
         if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
             order = time_order(ts)
             ts, rows = ts[order], rows[order]
             props = {k: v[order] for k, v in props.items()}
             valid = {k: v[order] for k, v in valid.items()}
+            eids = None if eids is None else eids[order]
         first, last = int(ts[0]) >> EPOCH_BITS, int(ts[-1]) >> EPOCH_BITS
         cuts = np.searchsorted(ts, np.arange(first + 1, last + 1, dtype=np.int64) << EPOCH_BITS).tolist()
         for epoch, start, stop in zip(range(first, last + 1), [0, *cuts], [*cuts, len(ts)]):
@@ -322,7 +339,8 @@ class EventTypeStore:
                 base = epoch << EPOCH_BITS
                 self._add_run(epoch, Run(base, (ts[start:stop] - base).astype(np.uint32), rows[start:stop],
                                          {k: v[start:stop] for k, v in props.items()},
-                                         {k: v[start:stop] for k, v in valid.items()}))
+                                         {k: v[start:stop] for k, v in valid.items()},
+                                         None if eids is None else eids[start:stop]))
         self._index(rows, ts)
         for prop, kept in self.prop_bitmaps.items():
             kept.add(self.bin_keys(prop, props[prop], valid.get(prop)), rows, ts)
@@ -493,10 +511,13 @@ class EventTypeStore:
         """The type's part of a snapshot: runs (referenced: never changed in place), day bitmaps, ``ever``,
         latest times, category labels and float scales (slot bitmaps are not stored)."""
         def run_state(run: Run) -> dict[str, Any]:
-            return {"base": run.base, "ts": writer.array(run.ts, immutable=True),
-                    "rows": writer.array(run.rows, immutable=True),
-                    "props": {k: writer.array(v, immutable=True) for k, v in run.props.items()},
-                    "valid": {k: writer.array(v, immutable=True) for k, v in run.valid.items()}}
+            state = {"base": run.base, "ts": writer.array(run.ts, immutable=True),
+                     "rows": writer.array(run.rows, immutable=True),
+                     "props": {k: writer.array(v, immutable=True) for k, v in run.props.items()},
+                     "valid": {k: writer.array(v, immutable=True) for k, v in run.valid.items()}}
+            if run.eids is not None:
+                state["eids"] = writer.array(run.eids, immutable=True)
+            return state
 
         return {"epochs": [[epoch, [run_state(run) for run in runs]] for epoch, runs in self.epochs.items()],
                 "days": [[day, writer.bitmap(bitmap)] for day, bitmap in self.days.items()],
@@ -532,6 +553,7 @@ class EventTypeStore:
         ts, run_rows = reader.array(state["ts"]), reader.array(state["rows"])
         props = {prop: reader.array(ref) for prop, ref in state["props"].items()}
         valid = {prop: reader.array(ref) for prop, ref in state["valid"].items()}
+        eids = reader.array(state["eids"]) if "eids" in state else None  # runs of parts without event ids have none
         size = len(ts)
         kinds = self.definition.properties
         wanted = {prop: self._stored_dtypes(prop, kind) for prop, kind in kinds.items()}
@@ -540,9 +562,10 @@ class EventTypeStore:
                 or any(a.shape != (size,) for a in (ts, run_rows, *props.values(), *valid.values())) \
                 or any(props[p].dtype not in wanted[p] for p in props) \
                 or any(v.dtype != np.bool_ for v in valid.values()) \
+                or (eids is not None and (eids.dtype != np.int32 or eids.shape != (size,))) \
                 or (size and (int(run_rows.min()) < 0 or int(run_rows.max()) >= rows)):
             raise ValueError(f"a run of {self.definition.name} does not match the schema or the profiles")
-        return Run(epoch << EPOCH_BITS, ts, run_rows, props, valid)
+        return Run(epoch << EPOCH_BITS, ts, run_rows, props, valid, eids)
 
     def _stored_dtypes(self, prop: str, kind: str) -> tuple[np.dtype, ...]:
         """The dtypes a run may store property ``prop`` of type ``kind`` in."""
@@ -556,16 +579,36 @@ class EventTypeStore:
     def nbytes(self) -> int:
         """Approximate bytes held by the runs and day bitmaps."""
         total = sum(r.ts.nbytes + r.rows.nbytes + sum(v.nbytes for v in r.props.values())
-                    + sum(v.nbytes for v in r.valid.values()) for r in self.runs)
+                    + sum(v.nbytes for v in r.valid.values()) + (0 if r.eids is None else r.eids.nbytes)
+                    for r in self.runs)
         return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()]) \
             + sum(kept.nbytes() for kept in self.prop_bitmaps.values())
 
 
 class EventStore:
-    """Every event type of one shard."""
+    """Every event type of one shard, and the event ids its events carry."""
 
     def __init__(self, events: dict[str, EventDef]):
         self.types: dict[str, EventTypeStore] = {name: EventTypeStore(d) for name, d in events.items()}
+        self.event_ids = EventIdStore()
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickled store (the legacy snapshot formats hold no event ids)."""
+        state.setdefault("event_ids", EventIdStore())
+        self.__dict__.update(state)
+
+    def release_event_ids(self, entries: np.ndarray) -> None:
+        """Events with these event id entries were deleted (see ``EventIdStore.release``); compacts the
+        entries once the dead ones outnumber the live ones (every run's column renumbered)."""
+        self.event_ids.release(entries)
+        ids = self.event_ids
+        if ids.dead <= max(ids.live, COMPACT_MIN_DEAD):
+            return
+        self.event_ids, mapping = ids.compacted()
+        for store in self.types.values():
+            for run in store.runs:
+                if run.eids is not None:  # a new array: runs are never changed in place
+                    run.eids = np.where(run.eids >= 0, mapping[np.maximum(run.eids, 0)], -1).astype(np.int32)
 
     def adopt(self, events: dict[str, EventDef]) -> None:
         """Take event definitions that add types or properties (see ``EventTypeStore.adopt``)."""
@@ -585,11 +628,23 @@ class EventStore:
 
     @classmethod
     def from_state(cls, reader: StateReader, state: dict[str, Any], events: dict[str, EventDef],
-                   rows: int) -> "EventStore":
-        """The events of ``events`` from their part of a snapshot (every type must be there)."""
+                   rows: int, event_ids: dict[str, Any] | None = None) -> "EventStore":
+        """The events of ``events`` from their part of a snapshot (every type must be there) and the
+        event ids' part (``event_ids``; None: the part holds none)."""
         if set(state) != set(events):
             raise ValueError("the stored event types are not the schema's")
         store = cls.__new__(cls)
         store.types = {name: EventTypeStore.from_state(reader, state[name], definition, rows)
                        for name, definition in events.items()}
+        store.event_ids = EventIdStore() if event_ids is None else EventIdStore.from_state(reader, event_ids, rows)
+        held = np.zeros(store.event_ids.size, dtype=np.int64)
+        for typed in store.types.values():
+            for run in typed.runs:
+                if run.eids is not None:
+                    used = run.eids[run.eids >= 0]
+                    if len(used) and int(used.max()) >= store.event_ids.size:
+                        raise ValueError(f"a run of {typed.definition.name} names an event id the part does not hold")
+                    held += np.bincount(used, minlength=store.event_ids.size)
+        if not np.array_equal(held, store.event_ids.refs.view()):
+            raise ValueError("the event ids' counts do not match the runs")
         return store

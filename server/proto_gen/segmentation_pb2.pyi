@@ -56,7 +56,7 @@ class ProfileRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., consent: _Optional[_Mapping[str, bool]] = ...) -> None: ...
 
 class EventRecord(_message.Message):
-    __slots__ = ("id", "event", "ts", "properties")
+    __slots__ = ("id", "event", "ts", "properties", "event_id")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,11 +68,13 @@ class EventRecord(_message.Message):
     EVENT_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     event: str
     ts: Value
     properties: _containers.MessageMap[str, Value]
-    def __init__(self, id: _Optional[str] = ..., event: _Optional[str] = ..., ts: _Optional[_Union[Value, _Mapping]] = ..., properties: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+    event_id: str
+    def __init__(self, id: _Optional[str] = ..., event: _Optional[str] = ..., ts: _Optional[_Union[Value, _Mapping]] = ..., properties: _Optional[_Mapping[str, Value]] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class UpsertProfilesRequest(_message.Message):
     __slots__ = ("profiles",)
@@ -87,7 +89,7 @@ class TrackEventsRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ...) -> None: ...
 
 class EventColumns(_message.Message):
-    __slots__ = ("event", "ids", "ts_ms", "properties")
+    __slots__ = ("event", "ids", "ts_ms", "properties", "event_ids")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,11 +101,13 @@ class EventColumns(_message.Message):
     IDS_FIELD_NUMBER: _ClassVar[int]
     TS_MS_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     event: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     ts_ms: _containers.RepeatedScalarFieldContainer[int]
     properties: _containers.MessageMap[str, PropertyColumn]
-    def __init__(self, event: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., ts_ms: _Optional[_Iterable[int]] = ..., properties: _Optional[_Mapping[str, PropertyColumn]] = ...) -> None: ...
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., ts_ms: _Optional[_Iterable[int]] = ..., properties: _Optional[_Mapping[str, PropertyColumn]] = ..., event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PropertyColumn(_message.Message):
     __slots__ = ("categories", "float_values", "int_values", "bool_values", "valid")
