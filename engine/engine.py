@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Sequence
 
 from .analytics import check_breakdown, merge_breakdown, merge_overlap
@@ -29,16 +28,16 @@ from .explain import merge_trees
 from .identity import Identity
 from .member_export import CHUNK_ROWS, MemberChunk, check_attributes, read_chunks
 from .observed import WriteCounters
-from .plan import Step, plan
+from .plan_cache import PlanCache
+from .plan import Step
 from .plan.steps import Pred
-from .query import Node, bind, parse, to_text
+from .query import bind, parse, to_text
 from .query.ast import SegmentRef
 from .schema import Schema, check_id
 from .schema_change import diff
 from .segment_history import SizeHistory
-from .segment_time import segment_refs
 from .segment_catalog import SegmentCatalog, SegmentDef
-from .shard.group import ShardGroup
+from .shard.group import make_shards
 from .shard.partition import shard_of
 from .store.bitmaps import rows_of
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
@@ -54,59 +53,6 @@ log = logging.getLogger("segengine.engine")
 def wall_clock_ms() -> int:
     """The current UTC time in epoch milliseconds."""
     return time.time_ns() // 1_000_000
-
-
-class PlanCache:
-    """LRU cache of compiled plans, the saved segments each reads, and the bound query, keyed by query text."""
-
-    def __init__(self, schema: Schema, capacity: int = 4096):
-        self.schema = schema
-        self.capacity = capacity
-        self.entries: OrderedDict[str, tuple[Step, frozenset[str], Node]] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def compiled(self, text: str) -> tuple[Step, frozenset[str], Node]:
-        """(plan, saved segments it reads, bound query) of ``text``, parsed, bound and planned once."""
-        with self.lock:
-            hit = self.entries.get(text)
-            if hit is not None:
-                self.entries.move_to_end(text)
-                return hit
-        node = bind(parse(text), self.schema)
-        step = plan(node)
-        hit = (step, segment_refs(step), node)
-        with self.lock:
-            self.entries[text] = hit
-            if len(self.entries) > self.capacity:
-                self.entries.popitem(last=False)
-        return hit
-
-    def entry(self, text: str) -> tuple[Step, frozenset[str]]:
-        """(plan, saved segments it reads) of ``text``."""
-        step, refs, _ = self.compiled(text)
-        return step, refs
-
-    def get(self, text: str) -> Step:
-        """The plan of ``text``."""
-        return self.entry(text)[0]
-
-
-def make_shards(schema: Schema, shards: int, backend: str, address: str | None,
-                data_dir: str | None = None) -> ShardGroup:
-    """Start ``shards`` shards on ``backend`` ("local", "process" or "ray"; "auto": local for 1, else process)."""
-    if backend == "local" or (backend == "auto" and shards == 1):
-        from .shard.local import LocalShard
-
-        return ShardGroup([LocalShard(schema, i) for i in range(shards)])
-    if backend in ("process", "auto"):
-        from .shard.process import start_process_shards
-
-        return start_process_shards(schema, shards, data_dir)
-    if backend == "ray":
-        from .shard.ray_backend import start_ray_shards
-
-        return start_ray_shards(schema, shards, address, data_dir)
-    raise ValueError(f"unknown backend {backend!r} (expected 'local', 'process' or 'ray')")
 
 
 class Engine:

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 from pyroaring import BitMap
 
-from .errors import ProfileNotFound, SegmentExists, SegmentInUse, SegmentNotFound
+from .errors import ProfileNotFound, SegmentExists, SegmentNotFound
 from .exec.aggregate import aggregate_rows
 from .exec.did import CMP
 from .exec.executor import Executor

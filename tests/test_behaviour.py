@@ -204,7 +204,7 @@ def test_sequences(pair: tuple[Engine, NaiveStore]) -> None:
     expect(pair, f"SEQUENCE({funnel})", ["funnel", "slow"])
     expect(pair, f"SEQUENCE({funnel}, SPAN 1d)", ["funnel", "slow"])
     expect(pair, f"SEQUENCE({funnel}, SPAN 2s)", ["slow"])
-    expect(pair, f"SEQUENCE(page_view WHERE category = 'shoes' THEN cart_abandoned THEN purchase, SPAN 1d)",
+    expect(pair, "SEQUENCE(page_view WHERE category = 'shoes' THEN cart_abandoned THEN purchase, SPAN 1d)",
            ["funnel"])
     expect(pair, f"SEQUENCE({funnel}, WITHIN 10d)", ["slow"])
     expect(pair, f"SEQUENCE({funnel}, SINCE {base}, BEFORE {base + DAY})", [])

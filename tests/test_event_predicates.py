@@ -8,7 +8,7 @@ end inside UTC days, and clocks sit on midnights.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest

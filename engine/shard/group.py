@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
+from ..schema import Schema
 from . import api
 
 
@@ -67,3 +68,21 @@ class ShardGroup(Sequence):
             closer = getattr(type(shard), "close", None)
             if closer is not None:
                 closer(shard)
+
+
+def make_shards(schema: Schema, shards: int, backend: str, address: str | None,
+                data_dir: str | None = None) -> ShardGroup:
+    """Start ``shards`` shards on ``backend`` ("local", "process" or "ray"; "auto": local for 1, else process)."""
+    if backend == "local" or (backend == "auto" and shards == 1):
+        from .local import LocalShard
+
+        return ShardGroup([LocalShard(schema, i) for i in range(shards)])
+    if backend in ("process", "auto"):
+        from .process import start_process_shards
+
+        return start_process_shards(schema, shards, data_dir)
+    if backend == "ray":
+        from .ray_backend import start_ray_shards
+
+        return start_ray_shards(schema, shards, address, data_dir)
+    raise ValueError(f"unknown backend {backend!r} (expected 'local', 'process' or 'ray')")
