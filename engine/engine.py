@@ -18,7 +18,7 @@ from .columns import EventBatch, ProfileBatch
 from .concurrency import PublishLock
 from .commands import (Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents, LoadProfiles, Merge, Track, UpdateSchema,
                        Upsert, applied_count, merged_segment_info, route)
-from .errors import DataDirMismatch, DataError, SegmentExists
+from .errors import BadRequest, DataDirMismatch, DataError, SegmentExists
 from .explain import merge_trees
 from .identity import Identity
 from .plan import Step, plan
@@ -29,6 +29,7 @@ from .segment_time import segment_refs
 from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import ShardGroup
 from .shard.partition import shard_of
+from .timeparse import check_clock
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
 
 if TYPE_CHECKING:
@@ -38,6 +39,16 @@ if TYPE_CHECKING:
 def wall_clock_ms() -> int:
     """The current UTC time in epoch milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def query_clock(now: int | None) -> int:
+    """The clock of a query: the wall clock for None, else ``now`` (BadRequest past +-2**62 ms)."""
+    if now is None:
+        return wall_clock_ms()
+    try:
+        return check_clock(now)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(str(exc)) from None
 
 
 class PlanCache:
@@ -297,7 +308,7 @@ class Engine:
         """Number of live profiles in the segment ``query`` at clock ``now`` (epoch ms; None = wall clock)."""
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         with self.publish.reading():
             return sum(self.shards.call_all("count", step, at))
 
@@ -305,7 +316,7 @@ class Engine:
         """Canonical ids of the segment ``query``, sorted ascending."""
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         with self.publish.reading():
             parts = self.shards.call_all("ids", step, at)
         if len(parts) == 1:
@@ -325,7 +336,7 @@ class Engine:
         """The plan of ``query`` as a tree with, per step, rows selected and time taken (summed over shards)."""
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         started = time.perf_counter()
         with self.publish.reading():
             tree = merge_trees(self.shards.call_all("explain", step, at))

@@ -8,8 +8,18 @@ class SegengineError(Exception):
     grpc_status: str = "INTERNAL"
 
 
+#: Longest token (in characters) quoted whole in an error message; longer ones are cut with "...".
+MAX_QUOTED_TOKEN = 60
+
+
 class QueryError(SegengineError, ValueError):
-    """A malformed or ill-typed segment query; the message names the 1-based column and token."""
+    """A malformed or ill-typed segment query; the message names the 1-based column and token.
+
+    A long token is quoted by its start (a 1 MB string literal makes no error message):
+
+    >>> print(QueryError("unterminated string", 5, "y" * 100))
+    unterminated string at column 5 near 'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy...'
+    """
 
     grpc_status = "INVALID_ARGUMENT"
 
@@ -19,7 +29,8 @@ class QueryError(SegengineError, ValueError):
         if column is not None:
             where = f"column {column}"
             if token is not None:
-                where += f" near {token!r}"
+                shown = token if len(token) <= MAX_QUOTED_TOKEN else token[:MAX_QUOTED_TOKEN] + "..."
+                where += f" near {shown!r}"
             message = f"{message} at {where}"
         super().__init__(message)
 
