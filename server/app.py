@@ -9,9 +9,10 @@ RESOURCE_EXHAUSTED. A timer thread refreshes time-relative saved segments every
 are that much behind).
 
 Shutdown (``stop``; SIGTERM/SIGINT with ``install_signal_handlers``): health goes NOT_SERVING,
-the server keeps serving for ``drain_s`` (so load balancers notice), then stops accepting
-calls, ends watch streams with UNAVAILABLE, lets in-flight calls finish for up to ``grace_s``,
-and closes the engine if it owns it.
+the server keeps serving for ``drain_s`` (so load balancers notice), then answers every new
+call UNAVAILABLE, ends watch streams with UNAVAILABLE, lets the calls in flight finish for up to
+``grace_s`` (a client stream in flight may go on sending), then stops gRPC (a call that reaches
+it in that instant may see CANCELLED) and closes the engine if it owns it.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ log = logging.getLogger("segengine.server")
 
 #: The GIL switch interval while serving (seconds).
 SWITCH_INTERVAL_S = 0.0005
+#: After the calls in flight finished, the seconds gRPC itself gets to stop (refusals still answering).
+STOP_GRACE_S = 1.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name
 
 
@@ -143,7 +146,8 @@ class SegengineServer:
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         service = pb.DESCRIPTOR.services_by_name["Segmentation"]
-        add_to_server(AsyncServicer(self.servicer, service, self.pool, self.heavy_pool), service, pb, self.server)
+        self.handlers = AsyncServicer(self.servicer, service, self.pool, self.heavy_pool)
+        add_to_server(self.handlers, service, pb, self.server)
         self.health = aio_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -216,11 +220,16 @@ class SegengineServer:
         if self.config.drain_s > 0:
             threading.Event().wait(self.config.drain_s)
         self._timer_stop.set()
-        # new calls are refused; calls in flight go on for up to ``grace`` seconds
-        done = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
+        # new calls are refused (UNAVAILABLE); calls in flight go on for up to ``grace`` seconds
+        started = time.monotonic()
+        self.handlers.closing = True
         self.servicer.closing = True
         self.engine.changes.close_all()  # watch streams end with UNAVAILABLE
-        done.result()
+        self._on_loop(self.handlers.drained(grace))
+        # then gRPC stops: what is left are refusals, and calls it received but never handed over
+        # (it cancels those; waiting the whole grace for them would only delay the exit)
+        remaining = max(0.0, grace - (time.monotonic() - started))
+        self._on_loop(self.server.stop(min(remaining, STOP_GRACE_S)))
         self.gate.closing = True
         if self._timer.is_alive():
             self._timer.join(timeout=5)
