@@ -12,6 +12,17 @@ class SegengineError(Exception):
 MAX_QUOTED_TOKEN = 60
 
 
+def quoted(value: object, limit: int = MAX_QUOTED_TOKEN) -> str:
+    """``repr(value)`` for an error message, cut after ``limit`` characters of a long value.
+
+    >>> quoted("ab"), quoted("x" * 100, 5)
+    ("'ab'", "'xxxxx...'")
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit] + "...")
+    return repr(value)
+
+
 class QueryError(SegengineError, ValueError):
     """A malformed or ill-typed segment query; the message names the 1-based column and token.
 
@@ -29,8 +40,7 @@ class QueryError(SegengineError, ValueError):
         if column is not None:
             where = f"column {column}"
             if token is not None:
-                shown = token if len(token) <= MAX_QUOTED_TOKEN else token[:MAX_QUOTED_TOKEN] + "..."
-                where += f" near {shown!r}"
+                where += f" near {quoted(token)}"
             message = f"{message} at {where}"
         super().__init__(message)
 

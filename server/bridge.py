@@ -39,8 +39,8 @@ log = logging.getLogger("segengine.server")
 
 #: Methods tried on the event loop first (point reads of a few microseconds).
 INLINE = frozenset({"Membership", "GetProfile", "GetSegment", "GetSchema"})
-#: Longest status details sent (characters); a longer error text is cut with "...".
-MAX_DETAILS = 1000
+#: Most bytes of status details sent (percent-encoded); a longer error text is cut with "...".
+MAX_DETAILS_BYTES = 4000
 _END = object()
 
 
@@ -85,14 +85,22 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BaseException, me
     await context.abort(grpc.StatusCode.INTERNAL, status_details(f"internal error: {type(error).__name__}: {error}"))
 
 
-def status_details(text: str, limit: int = MAX_DETAILS) -> str:
-    """An error's text as status details: cut to ``limit`` characters, since gRPC refuses trailers
-    past 16 KiB and percent-encodes every byte outside printable ASCII (up to 12 bytes a character).
+def status_details(text: str, budget: int = MAX_DETAILS_BYTES) -> str:
+    """An error's text as status details, cut so that it stays within ``budget`` bytes as sent:
+    gRPC refuses trailers past 8 KiB (soft limit) and percent-encodes every byte outside
+    printable ASCII (so a 4-byte character takes 12).
 
-    >>> status_details("x" * 2000, 10)
-    'xxxxxxxxxx...'
+    >>> status_details("x" * 2000, 10), status_details("\U0001F600" * 10, 30)
+    ('xxxxxxxxxx...', '\U0001f600\U0001f600...')
     """
-    return text if len(text) <= limit else text[:limit] + "..."
+    if len(text) * 12 <= budget:
+        return text
+    cost = 0
+    for at, char in enumerate(text):
+        cost += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "surrogatepass"))
+        if cost > budget:
+            return text[:at] + "..."
+    return text
 
 
 def _one_line(text: str, limit: int = 500) -> str:

@@ -14,8 +14,8 @@ through a real gRPC server (Count and Explain, as well-formed requests and as ra
   ``QueryRequest`` (``INVALID_ARGUMENT`` naming the message);
 - the server answers a valid Count after every case.
 
-The default run draws a few thousand cases; ``python -m pytest tests/test_query_fuzz.py -m slow``
-draws 100,000 per target (see docs/benchmarks.md for the last run).
+The default run draws 2,800 cases; ``python -m pytest tests/test_query_fuzz.py -m slow`` draws
+100,000 through the Engine and 100,000 through gRPC.
 """
 from __future__ import annotations
 
@@ -239,6 +239,31 @@ def test_huge_error_texts_reach_grpc_clients_cut(server) -> None:
             details = caught.value.details()
             assert len(details) <= 1003 and " at column " in details
         assert count(pb.QueryRequest(query="ALL", now_ms=NOW), timeout=60).count == len(PROFILES)
+
+
+def test_float_attributes_compare_with_any_integer_exactly() -> None:
+    # an int past the float range made OverflowError (found by the 100k run); 2**53 + 1 was rounded
+    with Engine(SCHEMA, shards=1) as engine:
+        engine.upsert_profiles([{"id": "a", "cart_value": 1.5}, {"id": "b", "cart_value": 9007199254740992.0}])
+        huge = "9" * 400
+        counts = [engine.count(q, now=NOW) for q in (
+            f"cart_value NOT BETWEEN {huge} AND 1", f"cart_value < {huge}", f"cart_value > -{huge}",
+            f"cart_value = {huge}", f"cart_value IN ({huge}, 1.5)", f"cart_value > {huge}",
+            "cart_value < 9007199254740993", "cart_value >= 9007199254740993", "cart_value > 9007199254740991")]
+        assert counts == [2, 2, 2, 0, 1, 0, 2, 0, 1]
+
+
+def test_long_non_ascii_error_texts_fit_grpc_trailers(server) -> None:
+    # "unknown segment '<100,000 emoji>'" cut at 1000 characters was still 12 KB percent-encoded:
+    # past the client's 8 KiB soft limit (RESOURCE_EXHAUSTED, at random)
+    with grpc.insecure_channel(server.address) as channel:
+        count = channel.unary_unary("/segengine.v1.Segmentation/Count", request_serializer=pb.QueryRequest.SerializeToString,
+                                    response_deserializer=pb.CountResponse.FromString)
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as caught:
+                count(pb.QueryRequest(query="SEGMENT('" + "\U0001F600" * 100_000 + "')", now_ms=NOW), timeout=60)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert caught.value.details() == "unknown segment '" + "\U0001F600" * 60 + "...'"
 
 
 FUZZ = settings(deadline=None, database=None, derandomize=True, print_blob=True,
