@@ -22,7 +22,7 @@ from .commands import (COORDINATOR_KINDS, AddDestination, Command, CreateSegment
                        LoadProfiles, Merge, RemoveDestination, Track, UpdateSchema, Upsert, applied_count,
                        merged_segment_info, route)
 from .destinations import Destinations
-from .errors import DataDirMismatch, DataError, QueryError, SegmentExists, ShardError
+from .errors import BadRequest, DataDirMismatch, DataError, QueryError, SegmentExists, ShardError
 from .export_formats import write_members
 from .explain import merge_trees
 from .identity import Identity
@@ -40,6 +40,7 @@ from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import make_shards
 from .shard.partition import shard_of
 from .store.bitmaps import rows_of
+from .timeparse import check_clock
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
 
 if TYPE_CHECKING:
@@ -53,6 +54,16 @@ log = logging.getLogger("segengine.engine")
 def wall_clock_ms() -> int:
     """The current UTC time in epoch milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def query_clock(now: int | None) -> int:
+    """The clock of a query: the wall clock for None, else ``now`` (BadRequest past +-2**62 ms)."""
+    if now is None:
+        return wall_clock_ms()
+    try:
+        return check_clock(now)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(str(exc)) from None
 
 
 class Engine:
@@ -284,7 +295,7 @@ class Engine:
         """Number of live profiles in the segment ``query`` at clock ``now`` (epoch ms; None = wall clock)."""
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         with self.publish.reading():
             return sum(self.shards.call_all("count", step, at))
 
@@ -292,7 +303,7 @@ class Engine:
         """Canonical ids of the segment ``query``, sorted ascending."""
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         with self.publish.reading():
             parts = self.shards.call_all("ids", step, at)
         if len(parts) == 1:
@@ -312,7 +323,7 @@ class Engine:
         """The plan of ``query`` as a tree with, per step, rows selected and time taken (summed over shards)."""
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         started = time.perf_counter()
         with self.publish.reading():
             tree = merge_trees(self.shards.call_all("explain", step, at))
@@ -328,7 +339,7 @@ class Engine:
         edges = check_breakdown(self.schema, by, bins)
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         with self.publish.reading():
             parts = self.shards.call_all("breakdown", step, at, by, edges)
         return merge_breakdown(parts, edges)
@@ -343,7 +354,7 @@ class Engine:
             except QueryError as error:
                 raise QueryError(f"argument 'queries', query {position}: {error}") from None
         self._read_segments(frozenset().union(*(refs for _, refs in entries)))
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         if not texts:
             return []
         with self.publish.reading():
@@ -358,7 +369,7 @@ class Engine:
         check_id(profile_id, None)
         _, refs, node = self.plans.compiled(query)
         self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         canonical = self.identity.resolve([profile_id])[0]
         tree = self._on_owner("why", canonical, node, at, bool(events))
         return {"id": canonical, "now_ms": at, "tree": tree}
@@ -381,7 +392,7 @@ class Engine:
         else:
             seed_plan = lookalike.seed_ids_by_shard(list(seed), self.n_shards, self.identity.resolve)
         self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         with self.publish.reading():
             return lookalike.run(self.shards, self.schema, self.compile, seed_plan, within_step, size, threshold, at)
 
@@ -462,7 +473,7 @@ class Engine:
         else:
             step, refs = self.plans.entry(query)  # type: ignore[arg-type]
             self._read_segments(refs)
-        at = wall_clock_ms() if now is None else int(now)
+        at = query_clock(now)
         with self.publish.reading():
             members = [rows_of(rows) for rows in self.shards.call_all("rows", step, at)]
         return read_chunks(self.shards, self.publish, members, attributes, chunk_rows)

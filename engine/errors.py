@@ -8,8 +8,29 @@ class SegengineError(Exception):
     grpc_status: str = "INTERNAL"
 
 
+#: Longest token (in characters) quoted whole in an error message; longer ones are cut with "...".
+MAX_QUOTED_TOKEN = 60
+
+
+def quoted(value: object, limit: int = MAX_QUOTED_TOKEN) -> str:
+    """``repr(value)`` for an error message, cut after ``limit`` characters of a long value.
+
+    >>> quoted("ab"), quoted("x" * 100, 5)
+    ("'ab'", "'xxxxx...'")
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit] + "...")
+    return repr(value)
+
+
 class QueryError(SegengineError, ValueError):
-    """A malformed or ill-typed segment query; the message names the 1-based column and token."""
+    """A malformed or ill-typed segment query; the message names the 1-based column and token.
+
+    A long token is quoted by its start (a 1 MB string literal makes no error message):
+
+    >>> print(QueryError("unterminated string", 5, "y" * 100))
+    unterminated string at column 5 near 'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy...'
+    """
 
     grpc_status = "INVALID_ARGUMENT"
 
@@ -19,7 +40,7 @@ class QueryError(SegengineError, ValueError):
         if column is not None:
             where = f"column {column}"
             if token is not None:
-                where += f" near {token!r}"
+                where += f" near {quoted(token)}"
             message = f"{message} at {where}"
         super().__init__(message)
 

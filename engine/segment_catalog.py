@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import QueryError, SegmentInUse, SegmentNotFound
+from .errors import QueryError, SegmentInUse, SegmentNotFound, quoted
 from .plan.steps import Step
 from .segment_time import is_clocked, segment_refs
 
@@ -62,13 +62,13 @@ class SegmentCatalog:
         try:
             return self.defs[name]
         except KeyError:
-            raise SegmentNotFound(f"unknown segment {name!r}") from None
+            raise SegmentNotFound(f"unknown segment {quoted(name)}") from None
 
     def check_refs(self, refs: frozenset[str]) -> None:
         """Raise SegmentNotFound for the first (sorted) unknown name in ``refs``."""
         for name in sorted(refs):
             if name not in self.defs:
-                raise SegmentNotFound(f"unknown segment {name!r}")
+                raise SegmentNotFound(f"unknown segment {quoted(name)}")
 
     def prepare(self, name: str, text: str, step: Step, now: int) -> SegmentDef:
         """A definition of ``name`` as ``step``, checked against this catalog (not yet stored).

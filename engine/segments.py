@@ -27,7 +27,7 @@ import numba
 import numpy as np
 from pyroaring import BitMap
 
-from .errors import ProfileNotFound, SegmentExists, SegmentNotFound
+from .errors import ProfileNotFound, SegmentExists, SegmentNotFound, quoted
 from .exec.aggregate import aggregate_rows
 from .exec.did import CMP
 from .exec.executor import Executor
@@ -284,7 +284,7 @@ class SavedSegments:
         try:
             return self.bitmaps[name]
         except KeyError:
-            raise SegmentNotFound(f"unknown segment {name!r}") from None
+            raise SegmentNotFound(f"unknown segment {quoted(name)}") from None
 
     def info(self, name: str) -> dict[str, Any]:
         """Plain-data description of segment ``name``, with this shard's member count."""
@@ -302,7 +302,7 @@ class SavedSegments:
             slots = self.slots
             for name in names:
                 if name not in slots:
-                    raise SegmentNotFound(f"unknown segment {name!r}")
+                    raise SegmentNotFound(f"unknown segment {quoted(name)}")
             return sorted({name for name in names if self.members.has(row, slots[name])})
         slot_names = self.slot_names
         return sorted(slot_names[s] for s in self.members.slots_of(row))  # type: ignore[misc]

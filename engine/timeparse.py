@@ -14,9 +14,22 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
+from .errors import quoted
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+#: The largest duration a query may write, and the widest query clock: ``now`` +- a duration
+#: stays within int64 (2**62 ms is about 146 million years).
+MAX_DURATION_MS = 2**62 - 1
+MAX_CLOCK_MS = 2**62
+
+
+def check_clock(now: int) -> int:
+    """``now`` as an int if it is a query clock the engine accepts (|now| <= 2**62 ms), else ValueError."""
+    if isinstance(now, bool) or not -MAX_CLOCK_MS <= int(now) <= MAX_CLOCK_MS:
+        raise ValueError(f"query clock now={now!r} is outside -2**62..2**62 epoch milliseconds")
+    return int(now)
 
 
 def parse_ts(value: object) -> int:
@@ -30,13 +43,13 @@ def parse_ts(value: object) -> int:
     if isinstance(value, str):
         text = value.strip()
         if len(text) < 10:
-            raise ValueError(f"malformed timestamp {value!r}")
+            raise ValueError(f"malformed timestamp {quoted(value)}")
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            raise ValueError(f"malformed timestamp {value!r} (expected ISO 8601 with offset or Z)") from None
+            raise ValueError(f"malformed timestamp {quoted(value)} (expected ISO 8601 with offset or Z)") from None
         if moment.tzinfo is None:
-            raise ValueError(f"timestamp {value!r} has no offset or Z")
+            raise ValueError(f"timestamp {quoted(value)} has no offset or Z")
         delta = moment - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     raise ValueError(f"expected an ISO 8601 string or integer epoch milliseconds, got {type(value).__name__}")
@@ -51,7 +64,7 @@ def parse_query_ts(value: object) -> int:
         try:
             return parse_ts(value.strip() + "T00:00:00Z")
         except ValueError:
-            raise ValueError(f"malformed date {value!r}") from None
+            raise ValueError(f"malformed date {quoted(value)}") from None
     return parse_ts(value)
 
 

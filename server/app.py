@@ -13,9 +13,10 @@ that port (``server.web``): Prometheus metrics (``server.metrics``; gRPC calls a
 interceptor), ``/healthz`` and ``/readyz``, the JSON API and the web console.
 
 Shutdown (``stop``; SIGTERM/SIGINT with ``install_signal_handlers``): health goes NOT_SERVING,
-the server keeps serving for ``drain_s`` (so load balancers notice), then stops accepting
-calls, ends watch streams with UNAVAILABLE, lets in-flight calls finish for up to ``grace_s``,
-and closes the engine if it owns it.
+the server keeps serving for ``drain_s`` (so load balancers notice), then answers every new
+call UNAVAILABLE, ends watch streams with UNAVAILABLE, lets the calls in flight finish for up to
+``grace_s`` (a client stream in flight may go on sending), then stops gRPC (a call that reaches
+it in that instant may see CANCELLED) and closes the engine if it owns it.
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ log = logging.getLogger("segengine.server")
 
 #: The GIL switch interval while serving (seconds).
 SWITCH_INTERVAL_S = 0.0005
+#: After the calls in flight finished, the seconds gRPC itself gets to stop (refusals still answering).
+STOP_GRACE_S = 1.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmentation"].full_name
 
 
@@ -167,7 +170,8 @@ class SegengineServer:
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         service = pb.DESCRIPTOR.services_by_name["Segmentation"]
-        add_to_server(AsyncServicer(self.servicer, service, self.pool, self.heavy_pool), service, pb, self.server)
+        self.handlers = AsyncServicer(self.servicer, service, self.pool, self.heavy_pool)
+        add_to_server(self.handlers, service, pb, self.server)
         self.health = aio_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -256,12 +260,17 @@ class SegengineServer:
         if self.config.drain_s > 0:
             threading.Event().wait(self.config.drain_s)
         self._timer_stop.set()
-        # new calls are refused; calls in flight go on for up to ``grace`` seconds
-        done = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
+        # new calls are refused (UNAVAILABLE); calls in flight go on for up to ``grace`` seconds
+        started = time.monotonic()
         web_done = asyncio.run_coroutine_threadsafe(self.web.stop(), self.loop) if self.web is not None else None
+        self.handlers.closing = True
         self.servicer.closing = True
         self.engine.changes.close_all()  # watch streams end with UNAVAILABLE
-        done.result()
+        self._on_loop(self.handlers.drained(grace))
+        # then gRPC stops: what is left are refusals, and calls it received but never handed over
+        # (it cancels those; waiting the whole grace for them would only delay the exit)
+        remaining = max(0.0, grace - (time.monotonic() - started))
+        self._on_loop(self.server.stop(min(remaining, STOP_GRACE_S)))
         if web_done is not None:
             web_done.result()
         self.gate.closing = True

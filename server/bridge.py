@@ -32,13 +32,15 @@ import grpc
 
 from engine.errors import BadRequest, SegengineError
 
-from .gate import WouldWait
+from .gate import ShuttingDown, WouldWait
 from .interceptors import ERROR_KEY
 
 log = logging.getLogger("segengine.server")
 
 #: Methods tried on the event loop first (point reads of a few microseconds).
 INLINE = frozenset({"Membership", "GetProfile", "GetSegment", "GetSchema"})
+#: Most bytes of status details sent (percent-encoded); a longer error text is cut with "...".
+MAX_DETAILS_BYTES = 4000
 _END = object()
 
 
@@ -77,10 +79,28 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BaseException, me
         log.info("%s failed: %s: %s", method, code.name, _one_line(str(error)))
         log.debug("%s failed", method, exc_info=error)
         context.set_trailing_metadata(((ERROR_KEY, type(error).__name__),))
-        await context.abort(code, str(error))
+        await context.abort(code, status_details(str(error)))
     log.error("%s failed: INTERNAL: %s: %s", method, type(error).__name__, _one_line(str(error)))
     log.debug("%s failed", method, exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+    await context.abort(grpc.StatusCode.INTERNAL, status_details(f"internal error: {type(error).__name__}: {error}"))
+
+
+def status_details(text: str, budget: int = MAX_DETAILS_BYTES) -> str:
+    """An error's text as status details, cut so that it stays within ``budget`` bytes as sent:
+    gRPC refuses trailers past 8 KiB (soft limit) and percent-encodes every byte outside
+    printable ASCII (so a 4-byte character takes 12).
+
+    >>> status_details("x" * 2000, 10), status_details("\U0001F600" * 10, 30)
+    ('xxxxxxxxxx...', '\U0001f600\U0001f600...')
+    """
+    if len(text) * 12 <= budget:
+        return text
+    cost = 0
+    for at, char in enumerate(text):
+        cost += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "surrogatepass"))
+        if cost > budget:
+            return text[:at] + "..."
+    return text
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -179,13 +199,20 @@ class _BlockingRequests:
 
 
 class AsyncServicer:
-    """grpc.aio handlers over a blocking servicer (``servicer.Name(request, context)``)."""
+    """grpc.aio handlers over a blocking servicer (``servicer.Name(request, context)``).
+
+    It counts the calls its handlers are running (``in_flight``); once ``closing`` is set it
+    answers every new call UNAVAILABLE itself, so a shutdown can wait for the calls in flight
+    (``drained``) before gRPC stops accepting connections.
+    """
 
     def __init__(self, servicer: Any, service: Any, pool: Executor, heavy_pool: Executor | None = None):
         self.servicer = servicer
         self.pool = pool
         self.heavy_pool = heavy_pool
         self.heavy = getattr(servicer, "heavy", None)
+        self.closing = False
+        self.in_flight = 0  # changed on the event loop only
         for method in service.methods:
             if method.client_streaming:
                 wrapped = self._client_stream(method.name)
@@ -194,6 +221,21 @@ class AsyncServicer:
             else:
                 wrapped = self._unary(method.name)
             setattr(self, method.name, wrapped)
+
+    def _enter(self) -> None:
+        """Count one more call in flight, or refuse it once closing."""
+        if self.closing:
+            raise ShuttingDown("the server is shutting down")
+        self.in_flight += 1
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no call is in flight (True), or ``timeout`` seconds (False)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.in_flight > 0:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def _run(self, fn: Callable[..., Any], *args: Any, pool: Executor | None = None) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool or self.pool, fn, *args)
@@ -210,6 +252,10 @@ class AsyncServicer:
 
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                self._enter()
+            except ShuttingDown as error:
+                await abort_with(context, error, name)
+            try:
                 _checked(request)
                 if inline:
                     try:
@@ -219,6 +265,8 @@ class AsyncServicer:
                 return await self._run(behaviour, request, CallContext(context), pool=self._pool_for(name, request))
             except Exception as error:  # noqa: BLE001 - the one place errors become statuses
                 await abort_with(context, error, name)
+            finally:
+                self.in_flight -= 1
 
         handler.__name__ = name
         return handler
@@ -227,23 +275,30 @@ class AsyncServicer:
         behaviour = getattr(self.servicer, name)
 
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if isinstance(request, Undecodable):
-                try:
-                    request.raise_error()
-                except BadRequest as error:
-                    await abort_with(context, error, name)
-            stream = _SyncStream(behaviour(request, CallContext(context)))
-            pool = self._pool_for(name, request)
             try:
-                while True:
-                    message = await self._run(stream.step, pool=pool)
-                    if message is _END:
-                        return
-                    yield message
-            except Exception as error:  # noqa: BLE001
+                self._enter()
+            except ShuttingDown as error:
                 await abort_with(context, error, name)
+            try:
+                if isinstance(request, Undecodable):
+                    try:
+                        request.raise_error()
+                    except BadRequest as error:
+                        await abort_with(context, error, name)
+                stream = _SyncStream(behaviour(request, CallContext(context)))
+                pool = self._pool_for(name, request)
+                try:
+                    while True:
+                        message = await self._run(stream.step, pool=pool)
+                        if message is _END:
+                            return
+                        yield message
+                except Exception as error:  # noqa: BLE001
+                    await abort_with(context, error, name)
+                finally:
+                    self.pool.submit(stream.close)
             finally:
-                self.pool.submit(stream.close)
+                self.in_flight -= 1
 
         handler.__name__ = name
         return handler
@@ -252,11 +307,17 @@ class AsyncServicer:
         behaviour = getattr(self.servicer, name)
 
         async def handler(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self._enter()
+            except ShuttingDown as error:
+                await abort_with(context, error, name)
             blocking = _BlockingRequests(requests, asyncio.get_running_loop())
             try:
                 return await self._run(behaviour, blocking, CallContext(context))
             except Exception as error:  # noqa: BLE001
                 await abort_with(context, error, name)
+            finally:
+                self.in_flight -= 1
 
         handler.__name__ = name
         return handler

@@ -6,6 +6,7 @@ import pytest
 
 from engine.columns import CategoryColumn, TagsColumn, ValueColumn, column_from_values
 from engine.persist.state_io import StateReader, StateWriter
+from engine.store import idmap as idmap_module
 from engine.store.idmap import IdMap, id_hashes
 from engine.store.indexes import BoolIndex, CategoryIndex, TagsIndex
 from engine.store.numeric import NumericIndex
@@ -34,6 +35,44 @@ def test_idmap_survives_many_rehashes() -> None:
     rebuilt = IdMap.from_state(StateReader(frames, "a test"), state)
     assert rebuilt.lookup(["user-49999", "nope"]).tolist() == [49_999, -1]
     assert rebuilt.lookup_or_insert(["user-50000", "user-3"])[0].tolist() == [50_000, 3]
+
+
+def snapshot_round_trip(part, restore):
+    """``restore(reader, state)`` of ``part.to_state`` through real snapshot frames."""
+    writer = StateWriter()
+    state = part.to_state(writer)
+    frames = [np.frombuffer(bytearray(frame), dtype=np.uint8) for frame in writer.capture({}, 0, state).joined()]
+    return restore(StateReader(frames, "a test"), state)
+
+
+def test_idmap_offsets_are_uint32_until_the_buffer_passes_the_limit(monkeypatch) -> None:
+    idmap = IdMap()
+    idmap.lookup_or_insert(["abc", "de"])
+    assert idmap.offsets.data.dtype == np.uint32
+    monkeypatch.setattr(idmap_module, "MAX_NARROW_OFFSET", 10)  # stands for 4 GiB
+    rows, _ = idmap.lookup_or_insert(["fghij", "abc", "klmnop"])
+    assert (idmap.offsets.data.dtype, rows.tolist()) == (np.int64, [2, 0, 3])
+    assert idmap.offsets.view().tolist() == [0, 3, 5, 10, 16]
+    assert idmap.lookup(["klmnop", "de", "x"]).tolist() == [3, 1, -1] and idmap.id_of(2) == "fghij"
+    rebuilt = snapshot_round_trip(idmap, lambda reader, state: IdMap.from_state(reader, state))
+    assert rebuilt.ids_of(np.arange(4)) == ["abc", "de", "fghij", "klmnop"]
+
+
+def test_code_columns_take_the_narrowest_type_and_widen() -> None:
+    category, tags = CategoryIndex(), TagsIndex()
+    category.grow(300)
+    tags.grow(300)
+    category.assign(np.arange(3), column_from_values("category", ["FR", None, "BE"]))
+    tags.assign(np.arange(2), column_from_values("tags", [("a",), ()]))
+    assert (category.codes.data.dtype, tags.column.data.dtype) == (np.int8, np.int8)
+    labels = [f"c{i}" for i in range(300)]
+    category.assign(np.arange(300), column_from_values("category", labels))
+    tags.assign(np.arange(300), column_from_values("tags", [(f"t{i % 20}", f"t{i % 17}") for i in range(300)]))
+    assert (category.codes.data.dtype, tags.column.data.dtype) == (np.int16, np.int16)
+    assert [category.value(r) for r in (0, 2, 299)] == ["c0", "c2", "c299"] and list(category.eq("FR")) == []
+    assert list(category.eq("c299")) == [299] and tags.value(299) == sorted({"t19", f"t{299 % 17}"})
+    restored = snapshot_round_trip(category, lambda reader, state: CategoryIndex.from_state(reader, state, 300))
+    assert restored.codes.data.dtype == np.int16 and restored.value(150) == "c150"
 
 
 def test_id_hash_is_little_endian_blake2b_64() -> None:

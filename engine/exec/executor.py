@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from pyroaring import BitMap
 
-from ..errors import QueryError, SegmentNotFound
+from ..errors import QueryError, SegmentNotFound, quoted
 from ..plan.steps import Intersect, Nothing, Pred, Step, Union, Universe
 from ..query import ast
 from ..store.bitmaps import to_bitmap, union_all
@@ -399,7 +399,7 @@ class Executor:
 
     def pred_SegmentRef(self, node: ast.SegmentRef, found: BitMap | None) -> BitMap:
         if self.segments is None:
-            raise SegmentNotFound(f"unknown segment {node.name!r}")
+            raise SegmentNotFound(f"unknown segment {quoted(node.name)}")
         return self.segments(node.name)
 
     def pred_Bucket(self, node: ast.Bucket, found: BitMap | None) -> BitMap:

@@ -18,9 +18,11 @@ collides with a keyword must be double-quoted: ``"count" > 3``.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from engine.errors import QueryError
+from engine.timeparse import MAX_DURATION_MS
 
 KEYWORDS = frozenset(
     "AND OR NOT IN BETWEEN IS NULL HAS ANY ALL TRUE FALSE NOW DID WHERE COUNT WITHIN SINCE "
@@ -38,6 +40,8 @@ OPERATOR_ALIASES = {"<>": "!="}
 _IDENT_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 _IDENT_CHARS = _IDENT_START | frozenset("0123456789")
 _DIGITS = frozenset("0123456789")
+#: A UTF-16 surrogate code point: a Python str may hold one, UTF-8 text cannot.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,11 @@ def is_identifier(name: str) -> bool:
 
 def tokenize(text: str) -> list[Token]:
     """Split query text into tokens, ending with one ``eof`` token; QueryError on bad input."""
+    if not text.isascii():
+        surrogate = _SURROGATE.search(text)
+        if surrogate:
+            raise QueryError("a lone surrogate is not a character (query text must be valid Unicode)",
+                             surrogate.start() + 1, surrogate.group())
     tokens: list[Token] = []
     i, n = 0, len(text)
     while i < n:
@@ -152,7 +161,9 @@ def _scan_number(text: str, i: int) -> tuple[Token, int]:
         end = _scan_ident(text, j) if text[j] != "." else j + 1
         suffix = text[j:end]
         if not is_float and suffix in DURATION_UNITS:
-            ms = int(text[i:j]) * DURATION_UNITS[suffix]
+            ms = int(text[i:j]) * DURATION_UNITS[suffix] if j - i <= 30 else MAX_DURATION_MS + 1
+            if ms > MAX_DURATION_MS:
+                raise QueryError("duration out of range (at most 2**62 - 1 ms)", i + 1, text[i:end])
             return Token("duration", text[i:end], ms, i + 1), end
         raise QueryError("invalid number or duration (units: s m h d w)", i + 1, text[i:end])
     word = text[i:j]

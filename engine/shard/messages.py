@@ -9,7 +9,9 @@ message, attributes]]``. Values that msgpack has no type for travel as extension
   ``engine.query.ast``, ``engine.columns`` and ``engine.schema``;
 - tuples (``TUPLE``) and sets (``SET``), so that lists, tuples and sets come back as they went;
 - numpy arrays (``NDARRAY``): dtype, shape and the raw bytes;
-- Roaring bitmaps (``BITMAP``): their portable ``serialize()`` bytes.
+- Roaring bitmaps (``BITMAP``): their portable ``serialize()`` bytes;
+- integers outside msgpack's -2**63..2**64-1 (``BIG_INT``, a query literal such as
+  ``amount > 18446744073709551616``): their decimal digits.
 
 A plan is encoded once per Step object on the coordinator and decoded once per distinct
 encoding on the shard (both sides cache).
@@ -20,6 +22,8 @@ encoding on the shard (both sides cache).
 >>> frame = encode_request(7, "count", (step, 1000))
 >>> decode_request(frame) == (7, "count", (step, 1000)), peek_method(frame)
 (True, 'count')
+>>> unpack(pack([2**64, -2**63 - 1]))
+[18446744073709551616, -9223372036854775809]
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from .. import columns, errors, schema
 from ..plan import steps
 from ..query import ast
 
-TUPLE, SET, OBJECT, NDARRAY, BITMAP, FROZEN_BITMAP, FROZEN_SET = 1, 2, 3, 4, 5, 6, 7
+TUPLE, SET, OBJECT, NDARRAY, BITMAP, FROZEN_BITMAP, FROZEN_SET, BIG_INT = 1, 2, 3, 4, 5, 6, 7, 8
 
 #: Request ids are 8-byte little-endian unsigned ints in front of each frame.
 HEADER = struct.Struct("<Q")
@@ -102,6 +106,8 @@ def _default(value: Any) -> msgpack.ExtType:
     kind = type(value)
     if kind is tuple:
         return msgpack.ExtType(TUPLE, pack(list(value)))
+    if kind is int:  # msgpack calls back only for an int out of its range
+        return msgpack.ExtType(BIG_INT, str(value).encode("ascii"))
     if kind.__name__ in CLASSES and CLASSES[kind.__name__][0] is kind:
         return msgpack.ExtType(OBJECT, _pack_object(value))
     if isinstance(value, np.ndarray):
@@ -160,6 +166,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return set(unpack(data))
     if code == FROZEN_SET:
         return frozenset(unpack(data))
+    if code == BIG_INT:
+        return int(data)
     return msgpack.ExtType(code, data)
 
 

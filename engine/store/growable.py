@@ -40,6 +40,18 @@ class GrowableArray:
         array.size = len(values)
         return array
 
+    def widen_to_hold(self, largest: int) -> None:
+        """Widen a signed integer array (int8 -> int16 -> int32 -> int64) so it holds values up to ``largest``.
+
+        >>> g = GrowableArray(np.int8, fill=-1); g.ensure(2); g.widen_to_hold(200); g.data.dtype, g.data[:2]
+        (dtype('int16'), array([-1, -1], dtype=int16))
+        """
+        for dtype in (np.int8, np.int16, np.int32, np.int64):
+            if largest <= np.iinfo(dtype).max:
+                break
+        if np.dtype(dtype).itemsize > self.data.dtype.itemsize:
+            self.data = self.data.astype(dtype)
+
     def replace(self, values: np.ndarray) -> None:
         """Replace the whole content (used when restoring a snapshot)."""
         self.data = np.array(values, dtype=self.data.dtype, copy=True)

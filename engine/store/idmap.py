@@ -1,9 +1,9 @@
 """External id <-> row map of one shard, without a Python object per profile.
 
-Ids are stored as UTF-8 bytes in one growable buffer with int64 offsets; a row also keeps the
-64-bit blake2b hash of its id (the same hash SAMPLE uses). An open-addressing table of int32
-rows keyed by that hash gives lookups; numba kernels probe and insert whole batches.
-About 8 (hash) + 8 (offset) + len(id) + 6-11 (table) bytes per profile.
+Ids are stored as UTF-8 bytes in one growable buffer with uint32 offsets (int64 once the buffer
+passes 4 GiB); a row also keeps the 64-bit blake2b hash of its id (the same hash SAMPLE uses).
+An open-addressing table of int32 rows keyed by that hash gives lookups; numba kernels probe and
+insert whole batches. About 8 (hash) + 4 (offset) + len(id) + 6-11 (table) bytes per profile.
 
 >>> m = IdMap()
 >>> m.lookup_or_insert(["a", "b", "a"])[0].tolist()
@@ -282,6 +282,9 @@ def _rehash(table, row_hash, nrows):
         table[slot] = row
 
 
+#: The largest buffer offset kept in uint32 offsets (past it, offsets are int64).
+MAX_NARROW_OFFSET = 2**32 - 1
+
 #: The hash of a forgotten row (no id's blake2b-64 is expected to be 0: a 2**-64 chance per id).
 FORGOTTEN = np.uint64(0)
 
@@ -293,7 +296,7 @@ class IdMap:
 
     def __init__(self) -> None:
         self.hashes = GrowableArray(np.uint64, 0)
-        self.offsets = GrowableArray(np.int64, 0)
+        self.offsets = GrowableArray(np.uint32, 0)
         self.offsets.ensure(1)
         self.buffer = GrowableArray(np.uint8, 0, capacity=16384)
         self.table = np.full(1024, -1, dtype=np.int32)
@@ -313,6 +316,8 @@ class IdMap:
         self.hashes.ensure(needed)
         self.offsets.ensure(needed + 1)
         used = int(self.offsets.data[self.size])
+        if used + nbytes > MAX_NARROW_OFFSET and self.offsets.data.dtype != np.int64:
+            self.offsets.data = self.offsets.data.astype(np.int64)
         self.buffer.ensure(used + nbytes)
         # logical sizes follow the row count, not the reservation
         self.hashes.size = self.size
@@ -452,7 +457,7 @@ class IdMap:
         idmap.buffer = GrowableArray.adopt(reader.array(state["buffer"]), 0)
         idmap.table = reader.array(state["table"])
         if not (len(idmap.hashes.data) == idmap.size == len(idmap.offsets.data) - 1
-                and idmap.hashes.data.dtype == np.uint64 and idmap.offsets.data.dtype == np.int64
+                and idmap.hashes.data.dtype == np.uint64 and idmap.offsets.data.dtype in (np.uint32, np.int64)
                 and idmap.buffer.data.dtype == np.uint8 and idmap.table.dtype == np.int32
                 and len(idmap.table) & (len(idmap.table) - 1) == 0 and idmap.size < len(idmap.table)
                 and idmap.offsets.data[0] == 0 and idmap.offsets.data[-1] == len(idmap.buffer.data)

@@ -75,6 +75,10 @@ class _KeptUnions:
         self.notnull = reader.bitmap(state["notnull"], rows)
 
 
+#: The types a code column may have (snapshots written before narrowing hold int32).
+CODE_TYPES = (np.int8, np.int16, np.int32, np.int64)
+
+
 def _set_notnull(notnull: BitMap, rows: np.ndarray, valid: np.ndarray) -> None:
     if valid.any():
         notnull.update(to_bitmap(rows[valid]))
@@ -83,12 +87,16 @@ def _set_notnull(notnull: BitMap, rows: np.ndarray, valid: np.ndarray) -> None:
 
 
 class CategoryIndex(_KeptUnions):
-    """A category attribute: int32 codes per row (-1 = null) and a bitmap per label."""
+    """A category attribute: a code per row (-1 = null) and a bitmap per label.
+
+    Codes take the narrowest signed type that holds every label's code so far (int8 up to 127
+    labels: one byte per profile for a country), widened when more labels arrive.
+    """
 
     kind = "category"
 
     def __init__(self) -> None:
-        self.codes = GrowableArray(np.int32, -1)
+        self.codes = GrowableArray(np.int8, -1)
         self.labels: list[str] = []
         self.code_of: dict[str, int] = {}
         self.bitmaps: list[BitMap] = []
@@ -110,7 +118,8 @@ class CategoryIndex(_KeptUnions):
         """Set the value of each of ``rows`` (unique) to the matching entry of ``column``."""
         mapping = np.array([self._code(label) for label in column.labels] + [-1], dtype=np.int32)
         new = mapping[np.where(column.codes < 0, len(column.labels), column.codes)]
-        old = self.codes.data[rows]
+        self.codes.widen_to_hold(len(self.labels))
+        old = self.codes.data[rows].astype(np.int32)
         _move(self.bitmaps, rows, old, new)
         _set_notnull(self.notnull, rows, new >= 0)
         self.codes.data[rows] = new
@@ -166,7 +175,7 @@ class CategoryIndex(_KeptUnions):
     def from_state(cls, reader: StateReader, state: dict[str, Any], rows: int) -> "CategoryIndex":
         """An index of ``rows`` rows from its part of a snapshot."""
         index = cls()
-        index.codes = GrowableArray.adopt(reader.column(state["codes"], (np.int32,), rows), -1)
+        index.codes = GrowableArray.adopt(reader.column(state["codes"], CODE_TYPES, rows), -1)
         index._read_labels(reader, state, rows)
         return index
 
@@ -218,12 +227,13 @@ class BoolIndex:
 
 
 class TagsIndex(_KeptUnions):
-    """A tags attribute: an interned tag-set id per row (-1 null) and a bitmap per tag."""
+    """A tags attribute: an interned tag-set id per row (-1 null; the narrowest signed type that
+    holds every id so far) and a bitmap per tag."""
 
     kind = "tags"
 
     def __init__(self) -> None:
-        self.column = GrowableArray(np.int32, -1)
+        self.column = GrowableArray(np.int8, -1)
         self.tagsets: list[tuple[int, ...]] = []
         self.tagset_of: dict[tuple[int, ...], int] = {}
         self.labels: list[str] = []
@@ -260,7 +270,8 @@ class TagsIndex(_KeptUnions):
             new_sets = self._intern_by_mask(len(rows), value_rows, codes, valid)
         else:
             new_sets = self._intern_by_loop(value_rows, codes, valid)
-        old_sets = self.column.data[rows]
+        self.column.widen_to_hold(len(self.tagsets))
+        old_sets = self.column.data[rows].astype(np.int32)
         changed = old_sets != new_sets
         if changed.any():
             self._move(rows[changed], old_sets[changed], new_sets[changed])
@@ -347,7 +358,7 @@ class TagsIndex(_KeptUnions):
     def from_state(cls, reader: StateReader, state: dict[str, Any], rows: int) -> "TagsIndex":
         """An index of ``rows`` rows from its part of a snapshot."""
         index = cls()
-        index.column = GrowableArray.adopt(reader.column(state["column"], (np.int32,), rows), -1)
+        index.column = GrowableArray.adopt(reader.column(state["column"], CODE_TYPES, rows), -1)
         index._read_labels(reader, state, rows)
         index.tagsets = [tuple(_codes(tags, len(index.labels))) for tags in state["tagsets"]]
         index.tagset_of = {tags: ident for ident, tags in enumerate(index.tagsets)}

@@ -88,6 +88,30 @@ def _distinct_if_few(values: np.ndarray) -> np.ndarray | None:
     return np.flatnonzero(np.bincount(values - low)) + low
 
 
+def float_bound(value: int | float, low: bool, is_open: bool) -> tuple[float, bool]:
+    """A bound of a range over float values as a float bound that selects the same floats.
+
+    An int is compared exactly (as Python compares numbers): one that no float equals becomes the
+    nearest float inside the range, closed; one past the float range becomes an infinity.
+
+    >>> float_bound(2**53 + 1, True, True), float_bound(2**53 + 1, False, True)
+    ((9007199254740994.0, False), (9007199254740992.0, False))
+    >>> float_bound(10**400, False, False), float_bound(-(10**400), False, False)
+    ((inf, False), (-inf, False))
+    """
+    if isinstance(value, float):
+        return value, is_open
+    try:
+        f = float(value)
+    except OverflowError:
+        return (math.inf if value > 0 else -math.inf), False
+    if int(f) == value:
+        return f, is_open
+    if low:
+        return (f if f > value else math.nextafter(f, math.inf)), False
+    return (f if f < value else math.nextafter(f, -math.inf)), False
+
+
 class NumericIndex:
     """An int/timestamp (int64) or float (float64) attribute with range-encoded bins."""
 
@@ -513,8 +537,10 @@ class NumericIndex:
             if lo is not None and hi is not None and lo > hi:
                 return None
         else:
-            lo = None if lo is None else float(lo)
-            hi = None if hi is None else float(hi)
+            if lo is not None:
+                lo, lo_open = float_bound(lo, True, lo_open)
+            if hi is not None:
+                hi, hi_open = float_bound(hi, False, hi_open)
             if lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_open or hi_open))):
                 return None
         return lo, hi, lo_open, hi_open
