@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import Any, Callable, Iterable, Protocol
 
 from ..commands import AddDestination, Command, RemoveDestination
@@ -57,7 +58,7 @@ class Destinations:
     """Every destination of one engine (see the module docstring)."""
 
     def __init__(self, source: SegmentSource):
-        self.source = source
+        self.source = weakref.proxy(source)  # no reference cycle: a dropped engine frees its shards at once
         self.outboxes: dict[str, Outbox] = {}
         self.deliverers: dict[str, Deliverer] = {}
         self.store: NullStore = NullStore()
