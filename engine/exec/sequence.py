@@ -8,8 +8,9 @@ satisfies (its type and that step's WHERE), merged by time and grouped by row wi
 sort. Per row, a linear pass turns them into the intervals of times at which an event of the
 scanned step would complete a chain (``scan_intervals``); one sweep in time order over the scanned
 step's events inside the intervals' span decides the rest with one bit test per event
-(``interval_hits``: a row's bit is set while one of its intervals covers the current time). When every type serves several steps, the per-row greedy ``holding_rows``
-decides from all the gathered events.
+(``interval_hits``: a row's bit is set while one of its intervals covers the current time; a
+WHERE on the scanned step is tested on the events inside intervals only). When every type serves
+several steps, the per-row greedy ``holding_rows`` decides from all the gathered events.
 
 >>> rows = np.array([0, 0, 0, 1, 1], dtype=np.int64)
 >>> ts = np.array([5, 5, 9, 1, 2], dtype=np.int64)
@@ -221,43 +222,45 @@ def scan_intervals(ts, flags, offsets, k, h, span, use_span, lo, hi):
 
 
 @numba.njit(cache=True, nogil=True)
-def interval_hits(rows, ts, base, irows, ia, ib, by_a, by_b, active, done, first_only, out, n):
+def interval_hits(rows, ts, base, starts, start_ends, start_rows, ends, end_rows, active, done, first_only, out, n):
     """A sweep in time order over events (rows, uint32 times from ``base``, sorted by time) against
-    intervals (row ``irows[j]``, inclusive times [ia[j], ib[j]], disjoint per row; ``by_a``/``by_b``:
-    their orders by start/end): a row's bit in the bitset ``active`` is set while one of its
-    intervals covers the current time, so each event costs one bit test. With ``first_only``, a hit
-    writes its row to ``out`` and sets it in the bitset ``done`` (a done row is never activated again);
-    else each hit writes its position. Returns the new length of ``out`` (from ``n``); ``active`` is
-    left clear."""
-    count, size = len(ia), len(rows)
+    inclusive time intervals, disjoint per row, given sorted by start (``starts``, their ends and
+    rows) and by end (``ends``, their rows): a row's bit in the bitset ``active`` is set while one
+    of its intervals covers the current time, so each event costs one bit test. With
+    ``first_only``, a hit writes its row to ``out`` and sets it in the bitset ``done`` (a done row is
+    never activated again); else each hit writes its position. Returns the new length of ``out``
+    (from ``n``); ``active`` is left clear."""
+    count, size = len(starts), len(rows)
     pa = pb = i = live = 0
     while i < size:
         t = base + np.int64(ts[i])
-        while pb < count and ib[by_b[pb]] < t:  # intervals that ended: their rows go inactive
-            row = irows[by_b[pb]]
+        while pb < count and ends[pb] < t:  # intervals that ended: their rows go inactive
+            row = end_rows[pb]
             bit = np.uint64(1) << np.uint64(row & 63)
             if active[row >> 6] & bit:
                 active[row >> 6] &= ~bit
                 live -= 1
             pb += 1
-        while pa < count and ia[by_a[pa]] <= t:  # intervals that started and have not ended
-            j = by_a[pa]
-            row = irows[j]
+        while pa < count and starts[pa] <= t:  # intervals that started and have not ended
+            row = start_rows[pa]
             bit = np.uint64(1) << np.uint64(row & 63)
-            if ib[j] >= t and not (done[row >> 6] | active[row >> 6]) & bit:
+            if start_ends[pa] >= t and not (done[row >> 6] | active[row >> 6]) & bit:
                 active[row >> 6] |= bit
                 live += 1
             pa += 1
         # until the next start or end, the active rows stay the same
         change = np.int64(1) << np.int64(62)
         if pa < count:
-            change = ia[by_a[pa]]
+            change = starts[pa]
         if pb < count:
-            change = min(change, ib[by_b[pb]] + 1)
+            change = min(change, ends[pb] + 1)
         if live == 0:  # nothing to test before the next change: skip to it
             if pa == count:
                 break
-            x, y = i, size
+            step = 1  # galloping: the next change is usually near
+            while i + step < size and base + np.int64(ts[i + step]) < change:
+                step *= 2
+            x, y = i + step // 2, min(i + step, size)
             while x < y:
                 mid = (x + y) // 2
                 if base + np.int64(ts[mid]) < change:
@@ -281,7 +284,7 @@ def interval_hits(rows, ts, base, irows, ia, ib, by_a, by_b, active, done, first
                 n += 1
             i += 1
     for j in range(count):
-        row = irows[j]
+        row = start_rows[j]
         active[row >> 6] &= ~(np.uint64(1) << np.uint64(row & 63))
     return n
 
@@ -350,18 +353,14 @@ def _gathered(events: EventStore, node: ast.Sequence, types: list[str], lows: di
     return group_by_rank(ts, ranks, flags, n_rows)  # the counting sort keeps the time order within a row
 
 
-def _scanned_step(events: EventStore, node: ast.Sequence, lows: dict[str, int], hi: int) -> int | None:
+def _scanned_step(node: ast.Sequence, sizes: dict[str, int]) -> int | None:
     """The step to scan rather than gather: of the steps whose type no other step uses, the one with
-    the most window events (None if every type serves several steps)."""
+    the most window events (``sizes`` per type; None if every type serves several steps)."""
     uses: dict[str, int] = {}
     for step in node.steps:
         uses[step.event] = uses.get(step.event, 0) + 1
     single = [i for i, step in enumerate(node.steps) if uses[step.event] == 1]
-    if not single:
-        return None
-    sizes = {i: sum(len(part) for part in events.types[node.steps[i].event].window(lows[node.steps[i].event], hi))
-             for i in single}
-    return max(single, key=lambda i: sizes[i])
+    return max(single, key=lambda i: sizes[node.steps[i].event]) if single else None
 
 
 def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tuple[int, int], found: BitMap | None,
@@ -372,6 +371,8 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
     ``present(store, lo, hi, found)``: the rows with an event of the store's type in [lo, hi]
     (exact within ``found``).
     """
+    from .did import where_mask  # did.py imports this module
+
     lo, hi = window
     # each step's events start at the window's start or its type's retention floor, the later
     lows = {step.event: max(lo, retention_floor(events.types[step.event].definition, now)) for step in node.steps}
@@ -387,7 +388,8 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
     k = len(node.steps)
     span = node.span_ms if node.span_ms is not None else 0
     use_span = node.span_ms is not None
-    h = _scanned_step(events, node, lows, hi)
+    sizes = {event: sum(len(part) for part in events.types[event].window(low, hi)) for event, low in lows.items()}
+    h = _scanned_step(node, sizes)
     types = list(dict.fromkeys(step.event for i, step in enumerate(node.steps) if i != h))
     ts, flags, offsets = _gathered(events, node, types, lows, hi, member, len(candidates), now)
     if h is None:
@@ -401,19 +403,18 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
         return BitMap()
     irows = np.repeat(rows_of(candidates).astype(np.int64), np.diff(spans))
     by_a, by_b = time_order(ia), time_order(ib)
+    sweep = ia[by_a], ib[by_a], irows[by_a], ib[by_b], irows[by_b]
     active = np.zeros(len(member), dtype=np.uint64)
     done = np.zeros(len(member), dtype=np.uint64)
-    hit_rows = []
+    hits = []
     for part in store.window(int(ia.min()), int(ib.max())):
         if scanned.where is None:
             out = np.empty(len(candidates), dtype=np.int64)
-            n = interval_hits(part.rows, part.ts, part.base, irows, ia, ib, by_a, by_b, active, done, True, out, 0)
-            hit_rows.append(out[:n])
-        else:
+            n = interval_hits(part.rows, part.ts, part.base, *sweep, active, done, True, out, 0)
+            hits.append(out[:n])
+        else:  # the events inside intervals, then the WHERE on those only
             out = np.empty(len(part), dtype=np.int64)
-            n = interval_hits(part.rows, part.ts, part.base, irows, ia, ib, by_a, by_b, active, done, False, out, 0)
-            picked = part.take(out[:n])
-            hit_rows.append(picked.rows[_step_flags(node, scanned.event, picked, store, now) != 0])
-    if not hit_rows:
-        return BitMap()
-    return base & to_bitmap(np.concatenate(hit_rows))
+            n = interval_hits(part.rows, part.ts, part.base, *sweep, active, done, False, out, 0)
+            inside = part.take(out[:n])
+            hits.append(inside.rows[where_mask(scanned.where, inside, store, now)])
+    return base & to_bitmap(np.concatenate(hits)) if hits else BitMap()
