@@ -255,7 +255,8 @@ def test_sequence_scanned_step_at_every_position(pair: tuple[Engine, NaiveStore]
     expect(pair, f"SEQUENCE({funnel}, SPAN 2s, SINCE {base + 1}, BEFORE {base + 2001})", [])
     expect(pair, "SEQUENCE(page_view THEN page_view THEN purchase, SPAN 2s)", ["noise"])
     expect(pair, "SEQUENCE(page_view THEN page_view)", ["noise", "two_starts"])
-    expect(pair, "SEQUENCE(page_view THEN purchase, SPAN 1s)", ["mid_tie", "noise", "partial", "tied", "tied_end"])
+    expect(pair, "SEQUENCE(page_view THEN purchase, SPAN 1s)",
+           ["mid_tie", "noise", "partial", "tied", "tied_end"])
 
 
 def test_buckets(pair: tuple[Engine, NaiveStore]) -> None:

@@ -371,8 +371,6 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
     ``present(store, lo, hi, found)``: the rows with an event of the store's type in [lo, hi]
     (exact within ``found``).
     """
-    from .did import where_mask  # did.py imports this module
-
     lo, hi = window
     # each step's events start at the window's start or its type's retention floor, the later
     lows = {step.event: max(lo, retention_floor(events.types[step.event].definition, now)) for step in node.steps}
@@ -396,14 +394,22 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
         ranks = np.repeat(np.arange(len(candidates), dtype=np.int64), np.diff(offsets))
         hits = holding_rows(ranks, ts, flags, k, span, use_span)
         return base & to_bitmap(rows_of(candidates)[hits], assume_sorted=True)
-    scanned = node.steps[h]
-    store = events.types[scanned.event]
-    ia, ib, spans = scan_intervals(ts, flags, offsets, k, h, span, use_span, lows[scanned.event], hi)
+    ia, ib, per_row = scan_intervals(ts, flags, offsets, k, h, span, use_span, lows[node.steps[h].event], hi)
+    return base & _scanned_hits(events, node.steps[h], now, candidates, member, ia, ib, per_row)
+
+
+def _scanned_hits(events: EventStore, scanned: ast.SeqStep, now: int, candidates: BitMap, member: np.ndarray,
+                  ia: np.ndarray, ib: np.ndarray, per_row: np.ndarray) -> BitMap:
+    """The candidate rows with an event of the ``scanned`` step inside one of their intervals (inclusive
+    [ia, ib], ``per_row`` offsets by rank in ``candidates``; ``member``: their bitset)."""
+    from .did import where_mask  # did.py imports this module
+
     if not len(ia):
         return BitMap()
-    irows = np.repeat(rows_of(candidates).astype(np.int64), np.diff(spans))
-    by_a, by_b = time_order(ia), time_order(ib)
-    sweep = ia[by_a], ib[by_a], irows[by_a], ib[by_b], irows[by_b]
+    store = events.types[scanned.event]
+    rows = np.repeat(rows_of(candidates).astype(np.int64), np.diff(per_row))
+    by_start, by_end = time_order(ia), time_order(ib)
+    sweep = ia[by_start], ib[by_start], rows[by_start], ib[by_end], rows[by_end]
     active = np.zeros(len(member), dtype=np.uint64)
     done = np.zeros(len(member), dtype=np.uint64)
     hits = []
@@ -417,4 +423,4 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
             n = interval_hits(part.rows, part.ts, part.base, *sweep, active, done, False, out, 0)
             inside = part.take(out[:n])
             hits.append(inside.rows[where_mask(scanned.where, inside, store, now)])
-    return base & to_bitmap(np.concatenate(hits)) if hits else BitMap()
+    return to_bitmap(np.concatenate(hits)) if hits else BitMap()
