@@ -215,6 +215,50 @@ def test_sequences(pair: tuple[Engine, NaiveStore]) -> None:
     expect(pair, f"SEQUENCE({funnel})", [], now=base + DAY - 1)
 
 
+def test_sequence_scanned_step_at_every_position(pair: tuple[Engine, NaiveStore]) -> None:
+    """The step with the most events is scanned against intervals built from the other steps: first,
+    middle and last position, WHERE on it, rows with only some steps, ties, SPAN and windows to the
+    ms, same-type steps, events of one type in several runs."""
+    base = NOW - 10 * DAY
+
+    def chain(pid: str, *events: tuple[str, int]) -> list[dict[str, Any]]:
+        return [{"id": pid, "event": event, "ts": base + at} for event, at in events]
+
+    events = [
+        *chain("exact", ("page_view", 0), ("cart_abandoned", 1000), ("purchase", 2000)),
+        *chain("over", ("page_view", 0), ("cart_abandoned", 1000)),
+        *chain("two_starts", ("cart_abandoned", 1000), ("purchase", 2001)),
+        *chain("tied", ("page_view", 1000), ("cart_abandoned", 1000), ("purchase", 1500)),
+        *chain("tied_end", ("page_view", 0), ("cart_abandoned", 1000), ("purchase", 1000)),
+        *chain("partial", ("page_view", 0), ("purchase", 1)),
+        *chain("noise", ("cart_abandoned", 5000), ("purchase", 6000)),
+        *chain("noise", *[("page_view", at) for at in [*range(0, 4000, 200), *range(5200, 6000, 200)]]),
+        *chain("mid", ("cart_abandoned", 0), ("page_view", 1), ("purchase", 2000)),
+        *chain("mid_tie", ("cart_abandoned", 0), ("page_view", 0), ("purchase", 5)),
+        *chain("mid_over", ("cart_abandoned", 0), ("page_view", 1000), ("purchase", 2001)),
+        *chain("tail", ("cart_abandoned", 0), ("purchase", 1), ("page_view", 2000)),
+        *chain("tail_over", ("cart_abandoned", 0), ("purchase", 1), ("page_view", 2001)),
+    ]
+    events[0]["category"] = "shoes"
+    feed(pair, [], events + [{"id": "two_starts", "event": "page_view", "ts": base, "category": "shoes"}])
+    # a later, smaller batch: a second run of each type
+    feed(pair, [], [*chain("over", ("purchase", 2001)), *chain("two_starts", ("page_view", 1))])
+    funnel = "page_view THEN cart_abandoned THEN purchase"
+    expect(pair, f"SEQUENCE({funnel}, SPAN 2s)", ["exact", "two_starts"])
+    expect(pair, "SEQUENCE(cart_abandoned THEN page_view THEN purchase, SPAN 2s)", ["mid", "noise"])
+    expect(pair, "SEQUENCE(cart_abandoned THEN purchase THEN page_view, SPAN 2s)", ["tail"])
+    expect(pair, "SEQUENCE(cart_abandoned THEN purchase THEN page_view)", ["tail", "tail_over"])
+    expect(pair, f"SEQUENCE(page_view WHERE category = 'shoes' THEN cart_abandoned THEN purchase, SPAN 2s)",
+           ["exact"])
+    expect(pair, f"SEQUENCE({funnel})", ["exact", "noise", "over", "two_starts"])
+    expect(pair, f"SEQUENCE({funnel}, SPAN 2s, SINCE {base + 1}, BEFORE {base + 2002})", ["two_starts"])
+    expect(pair, f"SEQUENCE({funnel}, SPAN 2s, SINCE {base + 1}, BEFORE {base + 2001})", [])
+    expect(pair, "SEQUENCE(page_view THEN page_view THEN purchase, SPAN 2s)", ["noise"])
+    expect(pair, "SEQUENCE(page_view THEN page_view)", ["noise", "two_starts"])
+    expect(pair, "SEQUENCE(page_view THEN purchase, SPAN 1s)",
+           ["mid_tie", "noise", "partial", "tied", "tied_end"])
+
+
 def test_buckets(pair: tuple[Engine, NaiveStore]) -> None:
     """BUCKET(seed) is the SAMPLE hash; any integer literal; low > high selects nothing."""
     ids = [f"p{i}" for i in range(300)]

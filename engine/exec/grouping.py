@@ -86,3 +86,41 @@ def stable_group_order(groups, n_groups):
         out[starts[g]] = i
         starts[g] += 1
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_ranked(rows, ts, base, words, before, value, out_ts, out_ranks, out_values, n):
+    """Append the events (rows, uint32 times from ``base``) whose row is set in the bitset ``words``
+    to ``out_*`` from position ``n``: int64 time, the row's rank (``before``: ``rank_bases(words)``)
+    and ``value``. Returns the new length."""
+    for i in range(len(rows)):
+        row = np.int64(rows[i])
+        w = row >> 6
+        if w < len(words):
+            bit = np.uint64(1) << np.uint64(row & 63)
+            if words[w] & bit:
+                out_ts[n] = base + np.int64(ts[i])
+                out_ranks[n] = before[w] + popcount(words[w] & (bit - np.uint64(1)))
+                out_values[n] = value
+                n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def group_by_rank(ts, ranks, values, n_groups):
+    """``ts`` and ``values`` grouped by ``ranks`` (ints in 0..n_groups-1) with a counting sort that
+    keeps the order within a group, and the offsets of the groups: (ts, values, offsets)."""
+    offsets = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(len(ranks)):
+        offsets[ranks[i] + 1] += 1
+    for g in range(n_groups):
+        offsets[g + 1] += offsets[g]
+    fill = offsets[:-1].copy()
+    out_ts = np.empty_like(ts)
+    out_values = np.empty_like(values)
+    for i in range(len(ranks)):
+        g = ranks[i]
+        out_ts[fill[g]] = ts[i]
+        out_values[fill[g]] = values[i]
+        fill[g] += 1
+    return out_ts, out_values, offsets

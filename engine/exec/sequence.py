@@ -1,21 +1,27 @@
 """SEQUENCE(step THEN step ..., options) over one shard's events.
 
-Only rows with an event of every step's type in the window can hold (an intersection of
-presence bitmaps, within the found set); their window events of the steps' types are gathered
-once (an earlier step's event only if an event of the last step's type follows it within the
-span), each with a bit per step it satisfies (its type and that step's WHERE), and sorted by
-(row, time). Per row, a greedy scan
-finds, for each candidate first event in time order, the earliest completion: step i's event is
-the first event after step i - 1's with step i's bit and a strictly later time. The earliest
-completion never moves back as the start moves forward, so every step keeps one forward-only
-cursor and a row costs O(k * its events). Without SPAN the first start decides; with SPAN the
-row holds as soon as one start completes within the span.
+Only rows with an event of every step's type in the window can hold (an intersection of presence
+bitmaps, within the found set). One step whose type no other step uses, the one with the most
+window events (the "scanned step"), is never gathered: the events of the other steps' types of
+the candidate rows are gathered (a bitset test per window event), each with a bit per step it
+satisfies (its type and that step's WHERE), merged by time and grouped by row with a counting
+sort. Per row, a linear pass turns them into the intervals of times at which an event of the
+scanned step would complete a chain (``scan_intervals``); one sweep in time order over the scanned
+step's events inside the intervals' span decides the rest with one bit test per event
+(``interval_hits``: a row's bit is set while one of its intervals covers the current time; a
+WHERE on the scanned step is tested on the events inside intervals only). When every type serves
+several steps, the per-row greedy ``holding_rows`` decides from all the gathered events.
 
 >>> rows = np.array([0, 0, 0, 1, 1], dtype=np.int64)
 >>> ts = np.array([5, 5, 9, 1, 2], dtype=np.int64)
 >>> flags = np.array([1, 2, 2, 2, 1], dtype=np.uint64)
 >>> holding_rows(rows, ts, flags, 2, 0, False).tolist()
 [0]
+>>> # steps 0 and 2 gathered, step 1 scanned: times strictly between 10 and 20, within SPAN 15 of 10
+>>> ia, ib, offsets = scan_intervals(np.array([10, 20], np.int64), np.array([1, 4], np.uint64),
+...                                  np.array([0, 2], np.int64), 3, 1, 15, True, 0, 100)
+>>> list(zip(ia.tolist(), ib.tolist())), offsets.tolist()
+([(11, 19)], [0, 1])
 """
 from __future__ import annotations
 
@@ -27,9 +33,9 @@ from pyroaring import BitMap
 
 from ..query import ast
 from ..retention import floor as retention_floor
-from ..store.bitmaps import to_bitmap
-from ..store.events import EventStore, EventTypeStore
-from .grouping import bit_ranks, bitset_of, rows_in, stable_group_order
+from ..store.bitmaps import rows_of, to_bitmap
+from ..store.events import EventStore, EventTypeStore, time_order
+from .grouping import bit_ranks, bitset_of, gather_ranked, group_by_rank, rank_bases, rows_in
 
 
 @numba.njit(cache=True, nogil=True)
@@ -81,43 +87,280 @@ def holding_rows(rows, ts, flags, k, span, use_span):
     return out[:n]
 
 
-def _end_times(store: EventTypeStore, lo: int, hi: int, member: np.ndarray,
-               n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The window's times of the last step's type for the member rows, ordered by (row rank, time):
-    (times, offsets per row rank)."""
-    rows_l, ts_l = [], []
-    for part in store.window(lo, hi):
-        inside = rows_in(part.rows, member)
-        rows_l.append(part.rows[inside])
-        ts_l.append(part.absolute_ts()[inside])
-    rows = np.concatenate(rows_l) if rows_l else np.empty(0, np.int32)
-    ts = np.concatenate(ts_l) if ts_l else np.empty(0, np.int64)
-    by_time = np.argsort(ts, kind="stable")
-    ranks = bit_ranks(rows[by_time], member)
-    order = stable_group_order(ranks, n_rows)
-    offsets = np.zeros(n_rows + 1, dtype=np.int64)
-    np.add.at(offsets, ranks + 1, 1)
-    return ts[by_time][order], np.cumsum(offsets)
+@numba.njit(cache=True, nogil=True)
+def _earliest_completions(ts, flags, a, b, h, cursors, out_start, out_done):
+    """Per start (an event with bit 0 of events a..b-1, sorted by time; equal start times once), in time
+    order: its time and the earliest time at which steps 0..h-1 complete from it. Returns how many.
+
+    Step i's event is the first after step i - 1's with bit i and a strictly later time; that
+    completion never moves back as the start moves forward, so each step keeps a forward cursor.
+    """
+    for step in range(1, h):
+        cursors[step] = a
+    n = 0
+    for s in range(a, b):
+        if not flags[s] & np.uint64(1) or (n > 0 and ts[s] == out_start[n - 1]):
+            continue
+        t_prev = ts[s]
+        for step in range(1, h):
+            bit = np.uint64(1) << np.uint64(step)
+            p = cursors[step]
+            while p < b and not ((flags[p] & bit) and ts[p] > t_prev):
+                p += 1
+            cursors[step] = p
+            if p == b:
+                return n  # later starts complete no earlier
+            t_prev = ts[p]
+        out_start[n] = ts[s]
+        out_done[n] = t_prev
+        n += 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
-def before_an_end(rows, ts, base, member, end_ts, offsets, span, use_span):
-    """Per event of a member row, whether an end event of its row follows strictly after it (within
-    ``span`` when ``use_span``): only such events can start or continue a chain."""
-    out = np.zeros(len(rows), dtype=np.bool_)
-    rank_of = bit_ranks(rows, member)
-    for i in range(len(rows)):
-        t = base + np.int64(ts[i])
-        a, b = offsets[rank_of[i]], offsets[rank_of[i] + 1]
-        while a < b:  # the first end time > t
-            mid = (a + b) // 2
-            if end_ts[mid] > t:
-                b = mid
+def _latest_starts(ts, flags, a, b, k, h, cursors, last, out_end, out_begin):
+    """Per end (an event with bit k - 1 of events a..b-1, sorted by time), in time order: its time and
+    the latest time of step h + 1's event in a chain of steps h+1..k-1 ending at it. Returns how many.
+
+    Step j's event is the last before step j + 1's with bit j and a strictly earlier time; that
+    never moves back as the end moves forward, so each step keeps a forward cursor.
+    """
+    for step in range(h + 1, k - 1):
+        cursors[step] = a
+        last[step] = -1
+    end_bit = np.uint64(1) << np.uint64(k - 1)
+    n = 0
+    for e in range(a, b):
+        if not flags[e] & end_bit:
+            continue
+        bound = ts[e]
+        chained = True
+        for step in range(k - 2, h, -1):
+            bit = np.uint64(1) << np.uint64(step)
+            p = cursors[step]
+            while p < b and ts[p] < bound:
+                if flags[p] & bit:
+                    last[step] = p
+                p += 1
+            cursors[step] = p
+            if last[step] < 0:
+                chained = False
+                break
+            bound = ts[last[step]]
+        if chained:
+            out_end[n] = ts[e]
+            out_begin[n] = bound
+            n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def scan_intervals(ts, flags, offsets, k, h, span, use_span, lo, hi):
+    """Per row (its gathered events offsets[r]:offsets[r + 1], sorted by time; bit i: the event may
+    serve step i != h), the inclusive time intervals [a, b] within [lo, hi] at which an event of step
+    ``h`` completes a chain of the k steps: (a, b, offsets per row). A row's intervals are disjoint
+    and in time order (the candidates come with nondecreasing a and b, so overlaps are merged).
+
+    With steps before h, each start contributes (its earliest completion, ...]; with steps after,
+    each end [..., the latest start of its chain); with ``use_span`` the first and last times are at
+    most ``span`` apart (a start pairs with the latest end within the span).
+    """
+    n_rows = len(offsets) - 1
+    size = len(ts)
+    ia = np.empty(size, dtype=np.int64)
+    ib = np.empty(size, dtype=np.int64)
+    out_offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    start_t = np.empty(size, dtype=np.int64)
+    done_t = np.empty(size, dtype=np.int64)
+    end_t = np.empty(size, dtype=np.int64)
+    begin_t = np.empty(size, dtype=np.int64)
+    cursors = np.empty(k, dtype=np.int64)
+    last = np.empty(k, dtype=np.int64)
+    n = 0
+    for r in range(n_rows):
+        a, b = offsets[r], offsets[r + 1]
+        ns = _earliest_completions(ts, flags, a, b, h, cursors, start_t, done_t) if h > 0 else 0
+        ne = _latest_starts(ts, flags, a, b, k, h, cursors, last, end_t, begin_t) if h < k - 1 else 0
+        m = 0  # intervals of this row, before clipping to [lo, hi]
+        if h == 0:
+            m = ne if use_span else min(ne, 1)
+        elif h == k - 1:
+            m = ns if use_span else min(ns, 1)
+        elif ne > 0:
+            m = ns if use_span else min(ns, 1)
+        j = -1
+        for i in range(m):
+            if h == 0:
+                x = ne - 1 if not use_span else i
+                first = end_t[x] - span if use_span else lo
+                final = begin_t[x] - 1
+            elif h == k - 1:
+                first = done_t[i] + 1
+                final = start_t[i] + span if use_span else hi
             else:
-                a = mid + 1
-        end = offsets[rank_of[i] + 1]
-        out[i] = a < end and (not use_span or end_ts[a] - t <= span)
-    return out
+                if use_span:
+                    while j + 1 < ne and end_t[j + 1] <= start_t[i] + span:
+                        j += 1
+                else:
+                    j = ne - 1
+                if j < 0:
+                    continue
+                first = done_t[i] + 1
+                final = begin_t[j] - 1
+            first = max(first, lo)
+            final = min(final, hi)
+            if first > final:
+                continue
+            if n > out_offsets[r] and first <= ib[n - 1] + 1:  # overlaps or touches the previous one
+                ib[n - 1] = max(ib[n - 1], final)
+            else:
+                ia[n] = first
+                ib[n] = final
+                n += 1
+        out_offsets[r + 1] = n
+    return ia[:n], ib[:n], out_offsets
+
+
+@numba.njit(cache=True, nogil=True)
+def interval_hits(rows, ts, base, starts, start_ends, start_rows, ends, end_rows, active, done, first_only, out, n):
+    """A sweep in time order over events (rows, uint32 times from ``base``, sorted by time) against
+    inclusive time intervals, disjoint per row, given sorted by start (``starts``, their ends and
+    rows) and by end (``ends``, their rows): a row's bit in the bitset ``active`` is set while one
+    of its intervals covers the current time, so each event costs one bit test. With
+    ``first_only``, a hit writes its row to ``out`` and sets it in the bitset ``done`` (a done row is
+    never activated again); else each hit writes its position. Returns the new length of ``out``
+    (from ``n``); ``active`` is left clear."""
+    count, size = len(starts), len(rows)
+    pa = pb = i = live = 0
+    while i < size:
+        t = base + np.int64(ts[i])
+        while pb < count and ends[pb] < t:  # intervals that ended: their rows go inactive
+            row = end_rows[pb]
+            bit = np.uint64(1) << np.uint64(row & 63)
+            if active[row >> 6] & bit:
+                active[row >> 6] &= ~bit
+                live -= 1
+            pb += 1
+        while pa < count and starts[pa] <= t:  # intervals that started and have not ended
+            row = start_rows[pa]
+            bit = np.uint64(1) << np.uint64(row & 63)
+            if start_ends[pa] >= t and not (done[row >> 6] | active[row >> 6]) & bit:
+                active[row >> 6] |= bit
+                live += 1
+            pa += 1
+        # until the next start or end, the active rows stay the same
+        change = np.int64(1) << np.int64(62)
+        if pa < count:
+            change = starts[pa]
+        if pb < count:
+            change = min(change, ends[pb] + 1)
+        if live == 0:  # nothing to test before the next change: skip to it
+            if pa == count:
+                break
+            step = 1  # galloping: the next change is usually near
+            while i + step < size and base + np.int64(ts[i + step]) < change:
+                step *= 2
+            x, y = i + step // 2, min(i + step, size)
+            while x < y:
+                mid = (x + y) // 2
+                if base + np.int64(ts[mid]) < change:
+                    x = mid + 1
+                else:
+                    y = mid
+            i = x  # > i: the change is later than the current event
+            continue
+        while i < size and base + np.int64(ts[i]) < change:
+            row = np.int64(rows[i])
+            w = row >> 6
+            if w < len(active) and active[w] >> np.uint64(row & 63) & np.uint64(1):
+                if first_only:
+                    out[n] = row
+                    bit = np.uint64(1) << np.uint64(row & 63)
+                    done[w] |= bit
+                    active[w] &= ~bit
+                    live -= 1
+                else:
+                    out[n] = i
+                n += 1
+            i += 1
+    for j in range(count):
+        row = start_rows[j]
+        active[row >> 6] &= ~(np.uint64(1) << np.uint64(row & 63))
+    return n
+
+
+def _step_flags(node: ast.Sequence, event: str, part, store: EventTypeStore, now: int) -> np.ndarray:
+    """Per event of ``part`` (of type ``event``), one bit per step it satisfies (type and WHERE)."""
+    from .did import where_mask  # did.py imports this module
+
+    flags = np.zeros(len(part), dtype=np.uint64)
+    for i, step in enumerate(node.steps):
+        if step.event == event:
+            bit = np.uint64(1) << np.uint64(i)
+            if step.where is None:
+                flags |= bit
+            else:
+                flags[where_mask(step.where, part, store, now)] |= bit
+    return flags
+
+
+@numba.njit(cache=True, nogil=True)
+def merged_by_time(ts_a, ranks_a, flags_a, ts_b, ranks_b, flags_b):
+    """Two time-ordered event lists (time, row rank, step bits) merged into one (``a`` first on ties)."""
+    na, nb = len(ts_a), len(ts_b)
+    ts = np.empty(na + nb, dtype=np.int64)
+    ranks = np.empty(na + nb, dtype=np.int64)
+    flags = np.empty(na + nb, dtype=np.uint64)
+    i = j = 0
+    for k in range(na + nb):
+        if j == nb or (i < na and ts_a[i] <= ts_b[j]):
+            ts[k], ranks[k], flags[k] = ts_a[i], ranks_a[i], flags_a[i]
+            i += 1
+        else:
+            ts[k], ranks[k], flags[k] = ts_b[j], ranks_b[j], flags_b[j]
+            j += 1
+    return ts, ranks, flags
+
+
+def _gathered(events: EventStore, node: ast.Sequence, types: list[str], lows: dict[str, int], hi: int,
+              member: np.ndarray, n_rows: int, now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The window events of ``types`` of the rows in the bitset ``member`` (that serve some step), grouped
+    by the rows' ranks and sorted by time within a row: (times, step bits, offsets per rank)."""
+    before = rank_bases(member)
+    runs = []  # (times, ranks, step bits) of each run's window, in time order
+    for event in types:
+        store = events.types[event]
+        bits = np.uint64(sum(1 << i for i, step in enumerate(node.steps) if step.event == event))
+        wheres = any(step.where is not None for step in node.steps if step.event == event)
+        for part in store.window(lows[event], hi):
+            if wheres:
+                part = part.take(np.flatnonzero(rows_in(part.rows, member)))
+                flags = _step_flags(node, event, part, store, now)
+                keep = flags != 0
+                runs.append((part.ts[keep].astype(np.int64) + part.base, bit_ranks(part.rows[keep], member),
+                             flags[keep]))
+            else:
+                size = len(part)
+                out = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.uint64)
+                n = gather_ranked(part.rows, part.ts, part.base, member, before, bits, *out, 0)
+                runs.append(tuple(column[:n] for column in out))
+    if not runs:
+        return np.empty(0, np.int64), np.empty(0, np.uint64), np.zeros(n_rows + 1, np.int64)
+    while len(runs) > 1:  # pairwise merges of the time-ordered runs, smallest first
+        runs.sort(key=lambda run: len(run[0]))
+        runs = [merged_by_time(*runs[0], *runs[1]), *runs[2:]]
+    ts, ranks, flags = runs[0]
+    return group_by_rank(ts, ranks, flags, n_rows)  # the counting sort keeps the time order within a row
+
+
+def _scanned_step(node: ast.Sequence, sizes: dict[str, int]) -> int | None:
+    """The step to scan rather than gather: of the steps whose type no other step uses, the one with
+    the most window events (``sizes`` per type; None if every type serves several steps)."""
+    uses: dict[str, int] = {}
+    for step in node.steps:
+        uses[step.event] = uses.get(step.event, 0) + 1
+    single = [i for i, step in enumerate(node.steps) if uses[step.event] == 1]
+    return max(single, key=lambda i: sizes[node.steps[i].event]) if single else None
 
 
 def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tuple[int, int], found: BitMap | None,
@@ -128,8 +371,6 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
     ``present(store, lo, hi, found)``: the rows with an event of the store's type in [lo, hi]
     (exact within ``found``).
     """
-    from .did import where_mask as mask_of  # did.py imports this module
-
     lo, hi = window
     # each step's events start at the window's start or its type's retention floor, the later
     lows = {step.event: max(lo, retention_floor(events.types[step.event].definition, now)) for step in node.steps}
@@ -142,38 +383,44 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
         if not candidates:
             return BitMap()
     member = bitset_of(candidates)
-    last = node.steps[-1].event
-    ends = _end_times(events.types[last], lows[last], hi, member, len(candidates))
+    k = len(node.steps)
     span = node.span_ms if node.span_ms is not None else 0
-    rows_l, ts_l, flags_l = [], [], []
-    for event in dict.fromkeys(step.event for step in node.steps):
-        store = events.types[event]
-        for part in store.window(lows[event], hi):
-            if event == last:
-                picks = np.flatnonzero(rows_in(part.rows, member))
-            else:  # an earlier step's event serves only if a last-type event follows within the span
-                picks = np.flatnonzero(rows_in(part.rows, member))
-                picks = picks[before_an_end(part.rows[picks], part.ts[picks], part.base, member, *ends, span,
-                                            node.span_ms is not None)]
-            part = part.take(picks)
-            flags = np.zeros(len(part), dtype=np.uint64)
-            for i, step in enumerate(node.steps):
-                if step.event != event:
-                    continue
-                bit = np.uint64(1) << np.uint64(i)
-                if step.where is None:
-                    flags |= bit
-                else:
-                    flags[mask_of(step.where, part, store, now)] |= bit
-            keep = flags != 0
-            rows_l.append(part.rows[keep].astype(np.int64))
-            ts_l.append(part.absolute_ts()[keep])
-            flags_l.append(flags[keep])
-    if not rows_l:
+    use_span = node.span_ms is not None
+    sizes = {event: sum(len(part) for part in events.types[event].window(low, hi)) for event, low in lows.items()}
+    h = _scanned_step(node, sizes)
+    types = list(dict.fromkeys(step.event for i, step in enumerate(node.steps) if i != h))
+    ts, flags, offsets = _gathered(events, node, types, lows, hi, member, len(candidates), now)
+    if h is None:
+        ranks = np.repeat(np.arange(len(candidates), dtype=np.int64), np.diff(offsets))
+        hits = holding_rows(ranks, ts, flags, k, span, use_span)
+        return base & to_bitmap(rows_of(candidates)[hits], assume_sorted=True)
+    ia, ib, per_row = scan_intervals(ts, flags, offsets, k, h, span, use_span, lows[node.steps[h].event], hi)
+    return base & _scanned_hits(events, node.steps[h], now, candidates, member, ia, ib, per_row)
+
+
+def _scanned_hits(events: EventStore, scanned: ast.SeqStep, now: int, candidates: BitMap, member: np.ndarray,
+                  ia: np.ndarray, ib: np.ndarray, per_row: np.ndarray) -> BitMap:
+    """The candidate rows with an event of the ``scanned`` step inside one of their intervals (inclusive
+    [ia, ib], ``per_row`` offsets by rank in ``candidates``; ``member``: their bitset)."""
+    from .did import where_mask  # did.py imports this module
+
+    if not len(ia):
         return BitMap()
-    rows, ts, flags = np.concatenate(rows_l), np.concatenate(ts_l), np.concatenate(flags_l)
-    by_time = np.argsort(ts, kind="stable")  # a merge of the parts' time-ordered runs
-    groups = bit_ranks(rows[by_time], member)
-    order = by_time[stable_group_order(groups, len(candidates))]
-    hits = holding_rows(rows[order], ts[order], flags[order], len(node.steps), span, node.span_ms is not None)
-    return base & to_bitmap(hits.astype(np.uint32), assume_sorted=True)
+    store = events.types[scanned.event]
+    rows = np.repeat(rows_of(candidates).astype(np.int64), np.diff(per_row))
+    by_start, by_end = time_order(ia), time_order(ib)
+    sweep = ia[by_start], ib[by_start], rows[by_start], ib[by_end], rows[by_end]
+    active = np.zeros(len(member), dtype=np.uint64)
+    done = np.zeros(len(member), dtype=np.uint64)
+    hits = []
+    for part in store.window(int(ia.min()), int(ib.max())):
+        if scanned.where is None:
+            out = np.empty(len(candidates), dtype=np.int64)
+            n = interval_hits(part.rows, part.ts, part.base, *sweep, active, done, True, out, 0)
+            hits.append(out[:n])
+        else:  # the events inside intervals, then the WHERE on those only
+            out = np.empty(len(part), dtype=np.int64)
+            n = interval_hits(part.rows, part.ts, part.base, *sweep, active, done, False, out, 0)
+            inside = part.take(out[:n])
+            hits.append(inside.rows[where_mask(scanned.where, inside, store, now)])
+    return to_bitmap(np.concatenate(hits)) if hits else BitMap()

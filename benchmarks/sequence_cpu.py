@@ -1,0 +1,105 @@
+"""CPU time of SEQUENCE queries in an in-process engine (one shard), optionally against the SEQUENCE
+evaluator of another git revision in the same process.
+
+    python benchmarks/sequence_cpu.py [--profiles 1000000] [--repeat 7] [--against REV] [--only funnel,two]
+
+Times ``Engine.count`` with ``time.thread_time()`` (CPU time of the calling thread: an in-process
+shard runs there), so a loaded machine changes the figures far less than wall-clock time does.
+With ``--against REV``, ``engine/exec/sequence.py`` of that revision is loaded as a second module
+and each query runs with both evaluators in turn; the counts must agree (else MISMATCH, exit 1).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+import engine.exec.did as did  # noqa: E402
+from engine import Engine, Schema  # noqa: E402
+from loaders.generator import generate  # noqa: E402
+
+NOW_MS = 1_790_000_000_000
+QUERIES = {
+    "funnel": "SEQUENCE(page_view THEN cart_abandoned THEN purchase, SPAN 1d, WITHIN 30d)",
+    "funnel_nospan": "SEQUENCE(page_view THEN cart_abandoned THEN purchase, WITHIN 30d)",
+    "two": "SEQUENCE(page_view THEN purchase, SPAN 2h, WITHIN 7d)",
+    "where": "SEQUENCE(add_to_cart WHERE category = 'shoes' THEN purchase WHERE amount > 50, SPAN 1d, WITHIN 30d)",
+    "pv_where": "SEQUENCE(page_view WHERE category = 'shoes' THEN cart_abandoned THEN purchase, SPAN 1d, WITHIN 30d)",
+    "since": "SEQUENCE(page_view THEN add_to_cart THEN purchase, SPAN 1h, SINCE NOW - 20d, BEFORE NOW - 5d)",
+    "middle": "SEQUENCE(add_to_cart THEN page_view THEN purchase, SPAN 1d, WITHIN 30d)",
+    "last": "SEQUENCE(purchase THEN page_view, SPAN 1h, WITHIN 30d)",
+    "same": "SEQUENCE(page_view THEN page_view THEN purchase, SPAN 1d, WITHIN 14d)",
+    "and_fr": "country = 'FR' AND SEQUENCE(page_view THEN cart_abandoned THEN purchase, SPAN 1d, WITHIN 30d)",
+}
+
+
+def module_at(rev: str) -> ModuleType:
+    """engine/exec/sequence.py as of git revision ``rev``, loaded as a module of the engine package."""
+    text = subprocess.run(["git", "show", f"{rev}:engine/exec/sequence.py"], cwd=HERE.parent, check=True,
+                          capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "sequence_at_rev.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("engine.exec.sequence_at_rev", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpu_ms(eng: Engine, query: str, repeat: int) -> tuple[int, float]:
+    """(count, median CPU ms of ``repeat`` calls after a warm-up call)."""
+    count = eng.count(query, now=NOW_MS)
+    samples = []
+    for _ in range(repeat):
+        started = time.thread_time()
+        eng.count(query, now=NOW_MS)
+        samples.append((time.thread_time() - started) * 1e3)
+    return count, statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--against", help="a git revision whose SEQUENCE evaluator runs too")
+    parser.add_argument("--only", help="comma-separated query names")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(QUERIES)
+    other = module_at(args.against) if args.against else None
+    current = did.sequence_rows
+    ds = generate(args.profiles, 5 * args.profiles, seed=7, now_ms=NOW_MS)
+    eng = Engine(Schema.from_dict(ds.schema), shards=1)
+    eng.load_profiles(ds.profiles)
+    for batch in ds.events:
+        eng.load_events(batch)
+    print(f"| query | count | CPU ms |{f' CPU ms at {args.against} |' if other else ''}")
+    print(f"|---|---:|---:|{'---:|' if other else ''}")
+    status = 0
+    for name in names:
+        did.sequence_rows = current
+        count, ms = cpu_ms(eng, QUERIES[name], args.repeat)
+        line = f"| {name} | {count:,} | {ms:.1f} |"
+        if other is not None:
+            did.sequence_rows = other.sequence_rows
+            other_count, other_ms = cpu_ms(eng, QUERIES[name], args.repeat)
+            did.sequence_rows = current
+            line += f" {other_ms:.1f} |" + ("" if other_count == count else f" MISMATCH: {other_count:,}")
+            status |= other_count != count
+        print(line, flush=True)
+    eng.close()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
