@@ -34,8 +34,10 @@ def members(engine: Engine, segment: str) -> set[str]:
 
 
 def wait_drained(engine: Engine, timeout_s: float = 20.0) -> None:
+    """Until the destination is idle: nothing pending and no rebuild owed (pending can touch 0 while
+    an outbox over max_pending still waits for its rebuild)."""
     deadline = time.monotonic() + timeout_s
-    while engine.list_destinations()[0]["pending"]:
+    while (stats := engine.list_destinations()[0])["pending"] or stats["state"] != "idle":
         assert time.monotonic() < deadline, engine.list_destinations()
         time.sleep(0.01)
 

@@ -67,7 +67,7 @@ def check_drained(data_dir: Path, receiver: Receiver) -> dict[str, int]:
     try:
         with SegengineClient(address) as client:
             deadline = time.monotonic() + 60
-            while client.list_destinations()[0]["pending"]:
+            while (stats := client.list_destinations()[0])["pending"] or stats["state"] != "idle":
                 assert time.monotonic() < deadline, client.list_destinations()
                 time.sleep(0.05)
             members = set(client.ids("SEGMENT('hot')"))

@@ -50,7 +50,7 @@ def test_destination_rpcs(server: SegengineServer, receiver: Receiver) -> None:
         writer.upsert_profiles([{"id": "b", "country": "FR"}, {"id": "a", "country": "BE"}])
         receiver.wait_for(lambda: receiver.view("fr") == {"b"})
         deadline = time.monotonic() + 10
-        while writer.list_destinations()[0]["pending"]:
+        while (stats := writer.list_destinations()[0])["pending"] or stats["state"] != "idle":
             assert time.monotonic() < deadline
             time.sleep(0.01)
         [listed] = writer.list_destinations()
