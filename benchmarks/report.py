@@ -38,7 +38,10 @@ def run(script: str, args: list[str], json_path: Path) -> dict[str, Any] | None:
     if done.returncode != 0 or not json_path.exists():
         print(f"{script} failed with status {done.returncode}", file=sys.stderr)
         return None
-    return json.loads(json_path.read_text())
+    figures = json.loads(json_path.read_text())
+    figures.get("args", {}).pop("json_out", None)  # an absolute path of this machine: kept out of the report
+    json_path.write_text(json.dumps(figures, indent=2))
+    return figures
 
 
 def machine() -> dict[str, Any]:
