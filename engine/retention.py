@@ -16,7 +16,8 @@ from pyroaring import BitMap
 
 from .schema import EventDef
 from .store.bitmaps import to_bitmap
-from .store.events import EPOCH_BITS, NO_TIME, EventStore, EventTypeStore
+from .store.events import NO_TIME, EventStore, EventTypeStore
+from .store.runs import EPOCH_BITS
 
 
 def floor(definition: EventDef, now: int) -> int:

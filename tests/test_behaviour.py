@@ -248,7 +248,7 @@ def test_sequence_scanned_step_at_every_position(pair: tuple[Engine, NaiveStore]
     expect(pair, "SEQUENCE(cart_abandoned THEN page_view THEN purchase, SPAN 2s)", ["mid", "noise"])
     expect(pair, "SEQUENCE(cart_abandoned THEN purchase THEN page_view, SPAN 2s)", ["tail"])
     expect(pair, "SEQUENCE(cart_abandoned THEN purchase THEN page_view)", ["tail", "tail_over"])
-    expect(pair, f"SEQUENCE(page_view WHERE category = 'shoes' THEN cart_abandoned THEN purchase, SPAN 2s)",
+    expect(pair, "SEQUENCE(page_view WHERE category = 'shoes' THEN cart_abandoned THEN purchase, SPAN 2s)",
            ["exact"])
     expect(pair, f"SEQUENCE({funnel})", ["exact", "noise", "over", "two_starts"])
     expect(pair, f"SEQUENCE({funnel}, SPAN 2s, SINCE {base + 1}, BEFORE {base + 2002})", ["two_starts"])

@@ -17,18 +17,8 @@ from engine.columns import CategoryColumn, ValueColumn
 from engine.exec.did import DidEvaluator, scaled_bounds
 from engine.query import ast
 from engine.schema import EventDef
-from engine.store.events import (
-    DAY_MS,
-    EPOCH_SPAN,
-    HOUR_MS,
-    SCALED_NULL,
-    SLOT_MS,
-    EventStore,
-    decode_scaled,
-    encode_scaled,
-    merge_order,
-    time_order,
-)
+from engine.store.events import DAY_MS, HOUR_MS, SLOT_MS, EventStore
+from engine.store.runs import EPOCH_SPAN, SCALED_NULL, decode_scaled, encode_scaled, merge_order, time_order
 from engine.store.idmap import IdMap, dedupe_keys, object_addresses, pack_ids, packed_hashes
 
 try:

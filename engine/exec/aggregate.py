@@ -25,7 +25,8 @@ from pyroaring import BitMap
 
 from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap
-from ..store.events import SCALED_NULL, EventTypeStore, Run
+from ..store.events import EventTypeStore
+from ..store.runs import SCALED_NULL, Run
 from .grouping import bit_ranks, bitset_of, popcount, rank_bases, rows_in, stable_group_order
 
 if TYPE_CHECKING:

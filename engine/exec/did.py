@@ -23,9 +23,9 @@ from pyroaring import BitMap
 from ..query import ast
 from ..retention import floor as retention_floor
 from ..store.bitmaps import rows_of, to_bitmap, union_all
-from ..store.events import (DAY_MS, NO_TIME, SCALED_NULL, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore,
-                             EventTypeStore, Run)
+from ..store.events import DAY_MS, NO_TIME, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore, EventTypeStore
 from ..store.lru import drop_oldest
+from ..store.runs import SCALED_NULL, Run
 from .aggregate import aggregate_rows, holds_at_zero
 from .row_counts import DEBRUIJN_INDEX, count_upto, count_upto2, emit_counts, emit_upto2, runs_passing
 from .sequence import sequence_rows

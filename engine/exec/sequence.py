@@ -34,7 +34,8 @@ from pyroaring import BitMap
 from ..query import ast
 from ..retention import floor as retention_floor
 from ..store.bitmaps import rows_of, to_bitmap
-from ..store.events import EventStore, EventTypeStore, time_order
+from ..store.events import EventStore, EventTypeStore
+from ..store.runs import time_order
 from .grouping import bit_ranks, bitset_of, gather_ranked, group_by_rank, rank_bases, rows_in
 
 

@@ -11,7 +11,8 @@ import numba
 import numpy as np
 
 from .bitmaps import to_bitmap
-from .events import NO_TIME, EventStore, EventTypeStore, Run
+from .events import NO_TIME, EventStore, EventTypeStore
+from .runs import Run
 
 
 @numba.njit(cache=True, nogil=True)

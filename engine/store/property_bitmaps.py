@@ -19,9 +19,9 @@ import numpy as np
 from pyroaring import BitMap
 
 from .bitmaps import group_rows, to_bitmap, union_all
+from .runs import SCALED_NULL
 
 DAY_MS = 86_400_000
-SCALED_NULL = np.iinfo(np.int32).min  # as engine.store.events
 #: The bin of null values.
 NULL_BIN = -1
 #: Property kinds that get bins (timestamps compare with NOW-relative literals: they are scanned).
