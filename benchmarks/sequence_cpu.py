@@ -1,12 +1,14 @@
 """CPU time of SEQUENCE queries in an in-process engine (one shard), optionally against the SEQUENCE
 evaluator of another git revision in the same process.
 
-    python benchmarks/sequence_cpu.py [--profiles 1000000] [--repeat 7] [--against REV] [--only funnel,two]
+    python benchmarks/sequence_cpu.py [--profiles 1000000] [--repeat 7] [--against REV] [--only funnel,two] [--phases]
 
 Times ``Engine.count`` with ``time.thread_time()`` (CPU time of the calling thread: an in-process
 shard runs there), so a loaded machine changes the figures far less than wall-clock time does.
 With ``--against REV``, ``engine/exec/sequence.py`` of that revision is loaded as a second module
 and each query runs with both evaluators in turn; the counts must agree (else MISMATCH, exit 1).
+With ``--phases``, each query's CPU time is also split by the kernels of ``engine.exec.sequence``
+it calls (medians of ``--repeat`` runs; the rest is bitmap work and Python).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
 import engine.exec.did as did  # noqa: E402
+import engine.exec.sequence as sequence  # noqa: E402
 from engine import Engine, Schema  # noqa: E402
 from loaders.generator import generate  # noqa: E402
 
@@ -68,12 +71,49 @@ def cpu_ms(eng: Engine, query: str, repeat: int) -> tuple[int, float]:
     return count, statistics.median(samples)
 
 
+PHASES = ("present", "gather_keys", "merged_keys", "group_keys", "unpacked", "scan_intervals", "holding_rows",
+          "interval_hits")
+
+
+def phase_ms(eng: Engine, query: str, repeat: int) -> dict[str, float]:
+    """Median CPU ms per kernel of ``engine.exec.sequence`` (and the presence bitmaps) over ``repeat`` calls."""
+    spent: dict[str, float] = {}
+    originals = {name: getattr(sequence, name) for name in PHASES if name != "present"}
+    original_present = did.DidEvaluator.present
+
+    def timed(name: str, work):
+        def call(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return work(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.thread_time() - started
+        return call
+
+    samples: dict[str, list[float]] = {name: [] for name in PHASES}
+    try:
+        for name, work in originals.items():
+            setattr(sequence, name, timed(name, work))
+        did.DidEvaluator.present = timed("present", original_present)
+        for _ in range(repeat):
+            spent.clear()
+            eng.count(query, now=NOW_MS)
+            for name in PHASES:
+                samples[name].append(spent.get(name, 0.0) * 1e3)
+    finally:
+        for name, work in originals.items():
+            setattr(sequence, name, work)
+        did.DidEvaluator.present = original_present
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--against", help="a git revision whose SEQUENCE evaluator runs too")
     parser.add_argument("--only", help="comma-separated query names")
+    parser.add_argument("--phases", action="store_true", help="also split each query's CPU time by kernel")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(QUERIES)
     other = module_at(args.against) if args.against else None
@@ -97,6 +137,9 @@ def main() -> int:
             line += f" {other_ms:.1f} |" + ("" if other_count == count else f" MISMATCH: {other_count:,}")
             status |= other_count != count
         print(line, flush=True)
+        if args.phases:
+            phases = phase_ms(eng, QUERIES[name], args.repeat)
+            print("    " + ", ".join(f"{phase} {ms:.1f}" for phase, ms in phases.items() if ms), flush=True)
     eng.close()
     return status
 

@@ -259,6 +259,29 @@ def test_sequence_scanned_step_at_every_position(pair: tuple[Engine, NaiveStore]
            ["mid_tie", "noise", "partial", "tied", "tied_end"])
 
 
+def test_sequence_over_millennia_with_many_steps(pair: tuple[Engine, NaiveStore]) -> None:
+    """A window of 814,453 days with 16 steps does not fit time, row rank and step bits in one int64
+    key: the gathered events are grouped as separate columns, with the same answers as 3 steps."""
+    base = NOW - 10 * DAY
+    far = 814_453 * DAY  # 47 bits of milliseconds
+    alternating = [("page_view", "cart_abandoned")[i % 2] for i in range(15)]
+
+    def chain(pid: str, steps: int, last: int) -> list[dict[str, Any]]:
+        return [{"id": pid, "event": event, "ts": base + i} for i, event in enumerate(alternating[:steps])] + [
+            {"id": pid, "event": "purchase", "ts": base + last}]
+
+    feed(pair, [], [*chain("long", 15, far), *chain("long_over", 15, far + 1), *chain("one_short", 14, far),
+                    *chain("tied", 15, 14), *chain("gap", 2, far + 2)])
+    now = base + far + DAY
+    many = " THEN ".join([*alternating, "purchase"])
+    expect(pair, f"SEQUENCE({many})", ["long", "long_over"], now=now)
+    expect(pair, f"SEQUENCE({many}, SPAN 814453d)", ["long"], now=now)
+    expect(pair, f"SEQUENCE({many}, SPAN 814453d, SINCE {base + 1})", [], now=now)
+    funnel = "page_view THEN cart_abandoned THEN purchase"
+    expect(pair, f"SEQUENCE({funnel}, SPAN 814453d)", ["long", "long_over", "one_short", "tied"], now=now)
+    expect(pair, f"SEQUENCE({funnel})", ["gap", "long", "long_over", "one_short", "tied"], now=now)
+
+
 def test_buckets(pair: tuple[Engine, NaiveStore]) -> None:
     """BUCKET(seed) is the SAMPLE hash; any integer literal; low > high selects nothing."""
     ids = [f"p{i}" for i in range(300)]

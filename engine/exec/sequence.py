@@ -37,6 +37,7 @@ from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventStore, EventTypeStore
 from ..store.runs import time_order
 from .grouping import bit_ranks, bitset_of, gather_ranked, group_by_rank, rank_bases, rows_in
+from .sequence_keys import gather_keys, group_keys, key_layout, merged_keys, packed_keys, unpacked
 
 
 @numba.njit(cache=True, nogil=True)
@@ -323,31 +324,64 @@ def merged_by_time(ts_a, ranks_a, flags_a, ts_b, ranks_b, flags_b):
     return ts, ranks, flags
 
 
+def _where_events(node: ast.Sequence, event: str, part, store: EventTypeStore, member: np.ndarray,
+                  now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The events of ``part`` (of type ``event``) of the rows in the bitset ``member`` that serve some
+    step (its type and WHERE): (int64 times, row ranks, step bits)."""
+    part = part.take(np.flatnonzero(rows_in(part.rows, member)))
+    flags = _step_flags(node, event, part, store, now)
+    keep = flags != 0
+    return part.ts[keep].astype(np.int64) + part.base, bit_ranks(part.rows[keep], member), flags[keep]
+
+
 def _gathered(events: EventStore, node: ast.Sequence, types: list[str], lows: dict[str, int], hi: int,
               member: np.ndarray, n_rows: int, now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The window events of ``types`` of the rows in the bitset ``member`` (that serve some step), grouped
-    by the rows' ranks and sorted by time within a row: (times, step bits, offsets per rank)."""
+    by the rows' ranks and sorted by time within a row: (times, step bits, offsets per rank). The events
+    travel as packed int64 keys (:mod:`engine.exec.sequence_keys`) when their times fit."""
+    parts = [(event, part) for event in types for part in events.types[event].window(lows[event], hi)]
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.uint64), np.zeros(n_rows + 1, np.int64)
+    t0 = min(part.base + int(part.ts[0]) for _, part in parts)
+    t1 = max(part.base + int(part.ts[-1]) for _, part in parts)
+    layout = key_layout(t0, t1, n_rows, len(node.steps))
+    if layout is None:
+        return _gathered_columns(events, node, parts, member, n_rows, now)
+    before = rank_bases(member)
+    runs = []  # each run's window as time-ordered keys
+    for event, part in parts:
+        store = events.types[event]
+        if any(step.where is not None for step in node.steps if step.event == event):
+            runs.append(packed_keys(*_where_events(node, event, part, store, member, now), layout))
+        else:
+            bits = sum(1 << i for i, step in enumerate(node.steps) if step.event == event)
+            out = np.empty(len(part), np.int64)
+            n = gather_keys(part.rows, part.ts, part.base, member, before, bits, t0, layout.time_shift,
+                            layout.steps, out, 0)
+            runs.append(out[:n])
+    while len(runs) > 1:  # pairwise merges of the time-ordered runs, smallest first
+        runs.sort(key=len)
+        runs = [merged_keys(runs[0], runs[1]), *runs[2:]]
+    keys, offsets = group_keys(runs[0], layout.steps, (1 << layout.rank_bits) - 1, n_rows)
+    return (*unpacked(keys, layout), offsets)
+
+
+def _gathered_columns(events: EventStore, node: ast.Sequence, parts: list, member: np.ndarray, n_rows: int,
+                      now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_gathered`` with times, ranks and step bits as three arrays, for windows too long to pack."""
     before = rank_bases(member)
     runs = []  # (times, ranks, step bits) of each run's window, in time order
-    for event in types:
+    for event, part in parts:
         store = events.types[event]
-        bits = np.uint64(sum(1 << i for i, step in enumerate(node.steps) if step.event == event))
-        wheres = any(step.where is not None for step in node.steps if step.event == event)
-        for part in store.window(lows[event], hi):
-            if wheres:
-                part = part.take(np.flatnonzero(rows_in(part.rows, member)))
-                flags = _step_flags(node, event, part, store, now)
-                keep = flags != 0
-                runs.append((part.ts[keep].astype(np.int64) + part.base, bit_ranks(part.rows[keep], member),
-                             flags[keep]))
-            else:
-                size = len(part)
-                out = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.uint64)
-                n = gather_ranked(part.rows, part.ts, part.base, member, before, bits, *out, 0)
-                runs.append(tuple(column[:n] for column in out))
-    if not runs:
-        return np.empty(0, np.int64), np.empty(0, np.uint64), np.zeros(n_rows + 1, np.int64)
-    while len(runs) > 1:  # pairwise merges of the time-ordered runs, smallest first
+        if any(step.where is not None for step in node.steps if step.event == event):
+            runs.append(_where_events(node, event, part, store, member, now))
+        else:
+            bits = np.uint64(sum(1 << i for i, step in enumerate(node.steps) if step.event == event))
+            size = len(part)
+            out = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.uint64)
+            n = gather_ranked(part.rows, part.ts, part.base, member, before, bits, *out, 0)
+            runs.append(tuple(column[:n] for column in out))
+    while len(runs) > 1:
         runs.sort(key=lambda run: len(run[0]))
         runs = [merged_by_time(*runs[0], *runs[1]), *runs[2:]]
     ts, ranks, flags = runs[0]
