@@ -49,12 +49,13 @@ def vocabulary(shard: LocalShard) -> dict[str, Any]:
     shard count)."""
     labels: dict[str, dict[str, int]] = {}
     values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    hashes = shard.profiles.idmap.row_hashes()
+    hashes = None  # every row's id hash, computed once if an attribute needs it
     for name, index in shard.profiles.indexes.items():
         if isinstance(index, (CategoryIndex, TagsIndex)):
             labels[name] = {label: len(bitmap) for label, bitmap in zip(index.labels, index.bitmaps) if bitmap}
         elif isinstance(index, NumericIndex) and index.kind in ("int", "float"):
             rows = rows_of(index.notnull)
+            hashes = shard.profiles.idmap.row_hashes() if hashes is None else hashes
             if len(rows) > VALUE_SAMPLE:
                 rows = rows[np.argpartition(hashes[rows], VALUE_SAMPLE)[:VALUE_SAMPLE]]
             values[name] = (index.column.data[rows].astype(np.float64), hashes[rows].copy())
@@ -133,14 +134,14 @@ def sample(shard: LocalShard, seed: Seed, within: Step, features: list[Step], po
     candidates = call.visit(within, None) - rows
     bitmaps = feature_bitmaps(shard, features, now)
     shard.lookalike_features.put(token, bitmaps)
-    hashes = shard.profiles.idmap.row_hashes()
+    idmap = shard.profiles.idmap
     out: dict[str, Any] = {"feature_rows": np.array([len(b) for b in bitmaps], dtype=np.int64),
                            "live": len(shard.profiles.live)}
     for key, picked in (("positives", rows & call.visit(positives, None)),
                         ("negatives", candidates & call.visit(negatives, None))):
         chosen = rows_of(picked)
         out[key] = membership_bits(chosen, bitmaps)
-        out[key + "_hashes"] = hashes[chosen].copy()
+        out[key + "_hashes"] = idmap.hashes_of(chosen)
     return out
 
 
