@@ -109,6 +109,25 @@ def test_idmap_table_is_sized_for_one_large_batch_and_widens_past_the_narrow_row
     assert restored.table.dtype == np.uint64 and restored.lookup(["w5", "u00000005"]).tolist() == [300_005, -1]
 
 
+def test_idmap_rows_of_low_hashes_hold_the_smallest_hashes_as_rows_arrive() -> None:
+    idmap = IdMap()
+    idmap.lookup_or_insert([f"p{i}" for i in range(30_000)])
+    rows, hashes = idmap.low_hash_rows(1_000)  # 30,000 // 4,000 = 7: below 2**62
+    every = idmap.row_hashes()
+    assert rows.tolist() == np.flatnonzero(every < 2**62).tolist() and hashes.tolist() == every[rows].tolist()
+    idmap.lookup_or_insert([f"q{i}" for i in range(40_000)])  # 70,000 // 4,000 = 17: below 2**60
+    rows, hashes = idmap.low_hash_rows(1_000)
+    every = idmap.row_hashes()
+    assert rows.tolist() == np.flatnonzero(every < 2**60).tolist() and hashes.tolist() == every[rows].tolist()
+    subset = np.arange(0, 70_000, 3)
+    inside = np.intersect1d(rows, subset)
+    assert len(inside) >= 1_000
+    assert sorted(every[inside])[:1_000] == sorted(every[subset])[:1_000]
+    assert len(idmap.low_hash_rows(100_000)[0]) == 70_000  # fewer rows than 4 x count: every row
+    idmap.forget(rows[:1])
+    assert idmap.low_hash_rows(1_000)[1][0] == 0  # a forgotten row's hash is FORGOTTEN
+
+
 def legacy_idmap_state(writer: StateWriter, ids: list[str], forgotten: list[int]) -> dict:
     """The map's state in the layout with a blake2b hash per row and an int32 table (0 = forgotten)."""
     buf, offsets = idmap_module.pack_ids(ids)

@@ -49,16 +49,26 @@ def vocabulary(shard: LocalShard) -> dict[str, Any]:
     shard count)."""
     labels: dict[str, dict[str, int]] = {}
     values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    hashes = None  # every row's id hash, computed once if an attribute needs it
+    idmap = shard.profiles.idmap
+    hashes = None  # every row's id hash, computed only if the rows of low hashes fall short
     for name, index in shard.profiles.indexes.items():
         if isinstance(index, (CategoryIndex, TagsIndex)):
             labels[name] = {label: len(bitmap) for label, bitmap in zip(index.labels, index.bitmaps) if bitmap}
         elif isinstance(index, NumericIndex) and index.kind in ("int", "float"):
             rows = rows_of(index.notnull)
-            hashes = shard.profiles.idmap.row_hashes() if hashes is None else hashes
-            if len(rows) > VALUE_SAMPLE:
-                rows = rows[np.argpartition(hashes[rows], VALUE_SAMPLE)[:VALUE_SAMPLE]]
-            values[name] = (index.column.data[rows].astype(np.float64), hashes[rows].copy())
+            if len(rows) <= VALUE_SAMPLE:
+                values[name] = (index.column.data[rows].astype(np.float64), idmap.hashes_of(rows))
+                continue
+            low_rows, low_hashes = idmap.low_hash_rows(VALUE_SAMPLE)
+            picked = rows_of(to_bitmap(low_rows, assume_sorted=True) & index.notnull)
+            if len(picked) > VALUE_SAMPLE:
+                rows, row_hashes = picked, low_hashes[np.searchsorted(low_rows, picked)]
+            else:
+                hashes = idmap.row_hashes() if hashes is None else hashes
+                row_hashes = hashes[rows]
+            smallest = np.argpartition(row_hashes, VALUE_SAMPLE)[:VALUE_SAMPLE]
+            rows = rows[smallest]
+            values[name] = (index.column.data[rows].astype(np.float64), row_hashes[smallest])
     return {"labels": labels, "values": values}
 
 

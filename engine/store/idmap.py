@@ -261,6 +261,7 @@ class IdMap:
     MAX_LOAD = 0.8  # live entries and tombstones over capacity
     FILL_AFTER_GROWTH = 0.75  # a table sized for one large batch starts this full
     growth = 1.5  # the least a growing table (or array) grows by
+    _low_hashes: tuple[int, int, np.ndarray, np.ndarray] | None = None  # see low_hash_rows
 
     def __init__(self, growth: float | None = None) -> None:
         if growth is not None:
@@ -423,6 +424,7 @@ class IdMap:
             buf[offsets[row]:offsets[row + 1]] = 0
         self.forgotten.update(rows.tolist())
         self.buried += len(rows)
+        self._low_hashes = None
 
     def row_hashes(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The blake2b-64 hash of the id of each row in ``[start, stop)`` (uint64, computed; FORGOTTEN for
@@ -444,6 +446,30 @@ class IdMap:
         if self.forgotten and len(rows):
             hashes[[row in self.forgotten for row in rows.tolist()]] = FORGOTTEN
         return hashes
+
+    def low_hash_rows(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows ascending, their blake2b-64 hashes) of every row whose hash is below ``2**(64 - bits)``,
+        ``bits`` the most that leaves at least ``4 * count`` rows expected (0: every row).
+
+        The ``k`` rows of any set with the smallest hashes are among them whenever ``k`` of that set are.
+        Cached: a later call hashes only the rows added since (a forget clears the cache).
+        """
+        bits = max(0, (self.size // (4 * count)).bit_length() - 1)
+        cached = self._low_hashes
+        if cached is None or cached[0] > bits:
+            cached = (bits, 0, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint64))
+        known, covered, rows, hashes = cached
+        parts_rows, parts_hashes = [rows], [hashes]
+        if known < bits:
+            keep = (hashes >> np.uint64(64 - bits)) == 0
+            parts_rows, parts_hashes = [rows[keep]], [hashes[keep]]
+        for start in range(covered, self.size, 1 << 20):
+            chunk = self.row_hashes(start, start + (1 << 20))
+            picks = np.flatnonzero((chunk >> np.uint64(64 - bits)) == 0) if bits else np.arange(len(chunk))
+            parts_rows.append(picks + start)
+            parts_hashes.append(chunk[picks])
+        self._low_hashes = (bits, self.size, np.concatenate(parts_rows), np.concatenate(parts_hashes))
+        return self._low_hashes[2], self._low_hashes[3]
 
     @property
     def nbytes(self) -> int:
