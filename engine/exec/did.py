@@ -27,6 +27,7 @@ from ..store.events import DAY_MS, NO_TIME, SLOT_BUILD_MIN_EVENTS, SLOT_MS, Even
 from ..store.lru import drop_oldest
 from ..store.runs import SCALED_NULL, Run
 from .aggregate import aggregate_rows, holds_at_zero
+from .count_levels import rows_passing, window_levels
 from .row_counts import DEBRUIJN_INDEX, count_upto, count_upto2, emit_counts, emit_upto2, runs_passing
 from .sequence import sequence_rows
 from .where_bins import present_where
@@ -278,6 +279,7 @@ class DidEvaluator:
         self.events = events
         self.buffers = ScratchPool()
         self.union_cache: dict[tuple, BitMap] = {}
+        self.levels_cache: dict[tuple, list[BitMap]] = {}  # count levels of whole days, see count_levels
 
     def estimate(self, node: ast.Did, now: int | None = None) -> float:
         """An upper bound of the rows a DID selects: the rows that ever had such an event, and (at
@@ -331,6 +333,12 @@ class DidEvaluator:
             hit = present_where(self, node, store, lo, hi, now, found)  # None: the WHERE is scanned
             if hit is not None:
                 return hit if not at_zero else (found if found is not None else live) - hit
+        need = node.count_n if node.count_op in (">=", "<") else node.count_n + 1
+        if need >= 2:
+            wanted = [test(c, node.count_n) for c in range(need + 1)]
+            levels = window_levels(self, node, store, lo, hi, now, found, wanted)  # None: the events are counted
+            if levels is not None:
+                return rows_passing(levels, wanted, found if found is not None else live)
         size = int(live.max()) + 1 if live else 0
         # a count that holds at zero: the universe minus the counted rows whose count fails
         rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)
