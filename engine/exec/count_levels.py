@@ -32,8 +32,29 @@ from .where_bins import _whole_days, bin_verdicts, group_by_property
 if TYPE_CHECKING:
     from .did import DidEvaluator
 
-#: Kept whole-day levels per evaluator (each up to CAP bitmaps).
-LEVELS_CACHE = 64
+#: Kept whole-day levels per evaluator: each up to CAP bitmaps, and once an edge needs them, the
+#: levels below the top as bitsets (1 bit per row and level: 1.25 MB per level at 10M rows).
+LEVELS_CACHE = 16
+
+
+class WholeLevels:
+    """The levels 1..top of the counts over whole days (or all time), and their lower levels as
+    bitsets (``bits[j - 1]``: level j, one bit per row) for looking up the rows an edge touches."""
+
+    def __init__(self, levels: Levels, rows: int):
+        self.levels = levels
+        self.rows = rows
+        self.bits: np.ndarray | None = None
+
+    def bitsets(self, upto: int) -> np.ndarray:
+        """The levels 1..upto as bitsets (a 2-d uint64 array; built once, then kept)."""
+        bits = self.bits
+        if bits is None or len(bits) < upto:
+            bits = np.zeros((upto, (self.rows + 63) // 64), dtype=np.uint64)
+            for j in range(min(upto, len(self.levels))):
+                fill_bits(bits[j], rows_of(self.levels[j]))
+            self.bits = bits
+        return bits
 
 
 def needed_levels(wanted: list[bool]) -> list[int]:
@@ -65,6 +86,49 @@ def add_members(rows, counts, top):
     for i in range(len(rows)):
         c = counts[rows[i]]
         counts[rows[i]] = c + np.uint8(c < cap)
+
+
+@numba.njit(cache=True, nogil=True)
+def fill_bits(words, rows):
+    """Set the bits of ``rows`` in a bitset."""
+    for i in range(len(rows)):
+        words[rows[i] >> 6] |= np.uint64(1) << np.uint64(rows[i] & 63)
+
+
+@numba.njit(cache=True, nogil=True)
+def add_memberships(rows, bits, upto, total):
+    """Add to total[i] the number of the bitsets bits[0..upto) that hold rows[i] (bitsets are nested)."""
+    for i in range(len(rows)):
+        row = np.int64(rows[i])
+        word = row >> 6
+        if word >= bits.shape[1]:
+            continue
+        bit = np.uint64(1) << np.uint64(row & 63)
+        for j in range(upto):
+            if bits[j, word] & bit == np.uint64(0):
+                break
+            total[i] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def tally(rows, counts, top):
+    """(the distinct ``rows`` in first-seen order, their numbers of repeats capped at ``top``), from
+    zeroed uint8 ``counts`` (one per row), which are left zeroed; no sort and no pass over every row."""
+    cap = np.uint8(top)
+    for i in range(len(rows)):
+        c = counts[rows[i]]
+        counts[rows[i]] = c + np.uint8(c < cap)
+    out = np.empty(len(rows), dtype=np.int64)
+    found = np.empty(len(rows), dtype=np.int64)
+    n = 0
+    for i in range(len(rows)):
+        c = counts[rows[i]]
+        if c != 0:
+            out[n] = rows[i]
+            found[n] = c
+            n += 1
+            counts[rows[i]] = 0
+    return out[:n], found[:n]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -140,9 +204,9 @@ def _whole_levels(evaluator: DidEvaluator, store: EventTypeStore, sources: list[
 
 
 def _edge_counts(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore, spans: list[tuple[int, int]],
-                 now: int, within: BitMap | None) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, ascending; their numbers of events in ``spans`` that pass the WHERE), of the rows of
-    ``within`` when given."""
+                 now: int, within: BitMap | None, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, in no order; their numbers of events in ``spans`` that pass the WHERE, capped at ``top``),
+    of the rows of ``within`` when given."""
     from .did import set_bits, where_mask  # did.py imports this module
     from .where_bins import member_positions
 
@@ -164,26 +228,24 @@ def _edge_counts(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore, 
         finally:
             if member_rows is not None:
                 set_bits(member, member_rows, False)
-    if not found:
-        return np.zeros(0, np.int32), np.zeros(0, np.int64)
-    return np.unique(np.concatenate(found), return_counts=True)
+        if not found:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        rows = np.concatenate(found) if len(found) > 1 else found[0]
+        return tally(rows, buffers.row_counters(int(rows.max()) + 1), top)
 
 
-def _with_edges(whole: Levels, rows: np.ndarray, counts: np.ndarray, needed: list[int]) -> dict[int, BitMap]:
+def _with_edges(whole: WholeLevels, rows: np.ndarray, counts: np.ndarray, needed: list[int]) -> dict[int, BitMap]:
     """The levels ``needed`` of the whole-day counts ``whole`` plus the edge counts of ``rows``."""
     def level(j: int) -> BitMap:
-        return whole[j - 1] if j <= len(whole) else BitMap()
+        return whole.levels[j - 1] if j <= len(whole.levels) else BitMap()
 
     if len(rows) == 0:
         return {j: level(j) for j in needed}
-    touched = to_bitmap(rows, assume_sorted=True)
     total = counts.astype(np.int64)
-    for j in range(1, max(needed)):  # a row in W[j] is in level j anyway: below that, count memberships
-        inside = rows_of(level(j) & touched)
-        if len(inside) == 0:
-            break
-        total[np.searchsorted(rows, inside)] += 1
-    return {j: level(j) | to_bitmap(rows[total >= j], assume_sorted=True) for j in needed}
+    upto = max(needed) - 1  # a row in W[j] is in level j anyway: below that, count its memberships
+    if upto and whole.levels:
+        add_memberships(rows, whole.bitsets(upto), upto, total)
+    return {j: level(j) | to_bitmap(rows[total >= j]) for j in needed}
 
 
 def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int,
@@ -208,7 +270,8 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     key = ("levels", id(store), node.where, all_time, first, last, top, store.generation)
     whole = evaluator.levels_cache.get(key)
     if whole is None:
-        whole = _whole_levels(evaluator, store, sources, first, last, all_time, top)
+        whole = WholeLevels(_whole_levels(evaluator, store, sources, first, last, all_time, top),
+                            int(store.ever.max()) + 1 if store.ever else 0)
         if len(evaluator.levels_cache) >= LEVELS_CACHE:
             drop_oldest(evaluator.levels_cache)
         evaluator.levels_cache[key] = whole
@@ -219,5 +282,5 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
         if hi > (last + 1) * DAY_MS - 1:  # type: ignore[operator]
             spans.append(((last + 1) * DAY_MS, hi))  # type: ignore[operator]
     within = found if found is not None and len(found) * 4 < len(store.ever) else None
-    rows, counts = _edge_counts(evaluator, node, store, spans, now, within) if spans else (np.zeros(0), None)
+    rows, counts = _edge_counts(evaluator, node, store, spans, now, within, top) if spans else (np.zeros(0), None)
     return _with_edges(whole, rows, counts, needed)

@@ -26,8 +26,9 @@ from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.events import DAY_MS, NO_TIME, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore, EventTypeStore
 from ..store.lru import drop_oldest
 from ..store.runs import SCALED_NULL, Run
+from .after_last import present_after_last
 from .aggregate import aggregate_rows, holds_at_zero
-from .count_levels import rows_passing, window_levels
+from .count_levels import WholeLevels, rows_passing, window_levels
 from .row_counts import DEBRUIJN_INDEX, count_upto, count_upto2, emit_counts, emit_upto2, runs_passing
 from .sequence import sequence_rows
 from .where_bins import present_where
@@ -279,7 +280,7 @@ class DidEvaluator:
         self.events = events
         self.buffers = ScratchPool()
         self.union_cache: dict[tuple, BitMap] = {}
-        self.levels_cache: dict[tuple, list[BitMap]] = {}  # count levels of whole days, see count_levels
+        self.levels_cache: dict[tuple, WholeLevels] = {}  # count levels of whole days, see count_levels
 
     def estimate(self, node: ast.Did, now: int | None = None) -> float:
         """An upper bound of the rows a DID selects: the rows that ever had such an event, and (at
@@ -329,6 +330,12 @@ class DidEvaluator:
         if simple and (node.count_op, node.count_n) in ABSENT:
             return (found if found is not None else live) - self.present(store, lo, hi, found)
         presence = (node.count_op, node.count_n) in PRESENT or (node.count_op, node.count_n) in ABSENT
+        if presence and node.where is None and node.after_last is not None:
+            after = self.events.types[node.after_last]
+            earliest = retention_floor(after.definition, now)
+            hit = present_after_last(store, after, lo, hi, now, earliest, found)  # None: the events are scanned
+            if hit is not None:
+                return hit if not at_zero else (found if found is not None else live) - hit
         if presence and node.where is not None and node.after_last is None:
             hit = present_where(self, node, store, lo, hi, now, found)  # None: the WHERE is scanned
             if hit is not None:
