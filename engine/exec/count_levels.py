@@ -224,7 +224,9 @@ def _edge_counts(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore, 
                 if member_rows is not None:
                     part = part.take(member_positions(part.rows, member))
                 if len(part):
-                    found.append(part.rows if node.where is None else part.rows[where_mask(node.where, part, store, now)])
+                    rows = part.rows if node.where is None else part.rows[where_mask(node.where, part, store, now)]
+                    if len(rows):
+                        found.append(rows)
         finally:
             if member_rows is not None:
                 set_bits(member, member_rows, False)

@@ -199,6 +199,8 @@ def _union_levels(a: Levels, b: Levels) -> Levels:
 
 def _split(keys: np.ndarray, rows: np.ndarray, days: np.ndarray | None):
     """[(key, its events' rows, their days)] per distinct key (events keep their order within a key)."""
+    if len(keys) == 0:
+        return []
     if len(keys) and bool((keys == keys[0]).all()):
         return [(int(keys[0]), rows, days)]
     order = np.argsort(keys, kind="stable")
