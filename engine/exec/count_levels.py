@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 
 #: Kept whole-day levels per evaluator: each up to CAP bitmaps, and once an edge needs them, the
 #: levels below the top as bitsets (1 bit per row and level: 1.25 MB per level at 10M rows).
-LEVELS_CACHE = 16
+LEVELS_CACHE = 8
+#: A found set this many times smaller than the rows that ever had such an event keeps a count up
+#: to 2 on the event counter (``count_upto2``, no pass over the levels), and filters the edge events.
+NARROW = 4
 
 
 class WholeLevels:
@@ -258,7 +261,8 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     counts the events. Do not mutate the bitmaps."""
     top = len(wanted) - 1
     needed = needed_levels(wanted)
-    if node.after_last is not None or top > CAP:
+    narrow = found is not None and len(found) * NARROW < len(store.ever)
+    if node.after_last is not None or top > CAP or (top <= 2 and narrow):
         return None
     if lo > hi or not store.runs or not needed:
         return {j: BitMap() for j in needed}
@@ -283,6 +287,6 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
             spans.append((lo, first * DAY_MS - 1))
         if hi > (last + 1) * DAY_MS - 1:  # type: ignore[operator]
             spans.append(((last + 1) * DAY_MS, hi))  # type: ignore[operator]
-    within = found if found is not None and len(found) * 4 < len(store.ever) else None
+    within = found if narrow else None
     rows, counts = _edge_counts(evaluator, node, store, spans, now, within, top) if spans else (np.zeros(0), None)
     return _with_edges(whole, rows, counts, needed)
