@@ -53,7 +53,7 @@ QUERIES = [
     "DID(page_view, AFTER LAST purchase, WITHIN 5d)",
     "DID(purchase, AFTER LAST page_view)",
 ]
-CLOCKS = [NOW, MIDNIGHT - 1, MID_DAY]
+CLOCKS = [NOW + 2 * DAY, MIDNIGHT - 1, MID_DAY]  # the first is past every event
 
 
 def events(rng: random.Random, ids: list[str], spread: int) -> list[dict[str, Any]]:
@@ -85,7 +85,7 @@ def check(engine: Engine, oracle: RetentionStore) -> None:
             assert engine.ids(text, now=now) == sorted(oracle.evaluate(node, now)), f"{text} (now={now})"
 
 
-@pytest.mark.parametrize("shards", [1, 2, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("shards", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_counts_from_levels_match_the_oracle_through_writes_merges_erasure_and_expiry(shards: int) -> None:
     rng = random.Random(shards)
     ids = [f"p{i:02d}" for i in range(40)]

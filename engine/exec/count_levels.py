@@ -268,7 +268,9 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
         return {j: BitMap() for j in needed}
     all_time = lo == NO_TIME and hi >= store.max_ts
     first, last = _whole_days(lo, hi)
-    if not all_time and first is not None and first > last:
+    if hi >= store.max_ts:
+        last = hi // DAY_MS  # no event after hi: hi's day counts as whole (a clock past the newest event)
+    if not all_time and first is not None and first > last:  # type: ignore[operator]
         return None
     sources = _sources(node, store)
     if sources is None:
