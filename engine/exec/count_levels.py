@@ -27,7 +27,7 @@ from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.count_levels import CAP, WHOLE_TYPE, Levels
 from ..store.events import DAY_MS, NO_TIME, EventTypeStore
 from ..store.lru import drop_oldest
-from .where_bins import _whole_days, bin_verdicts, group_by_property
+from .where_bins import whole_days, bin_verdicts, group_by_property
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
@@ -267,7 +267,7 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     if lo > hi or not store.runs or not needed:
         return {j: BitMap() for j in needed}
     all_time = lo == NO_TIME and hi >= store.max_ts
-    first, last = _whole_days(lo, hi)
+    first, last = whole_days(lo, hi)
     if hi >= store.max_ts:
         last = hi // DAY_MS  # no event after hi: hi's day counts as whole (a clock past the newest event)
     if not all_time and first is not None and first > last:  # type: ignore[operator]
