@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 #: Kept whole-day levels per evaluator: each up to CAP bitmaps, and once an edge needs them, the
 #: levels below the top as bitsets (1 bit per row and level: 1.25 MB per level at 10M rows).
 LEVELS_CACHE = 8
-#: A found set this many times smaller than the rows that ever had such an event keeps a count up
-#: to 2 on the event counter (``count_upto2``, no pass over the levels), and filters the edge events.
+#: A found set this many times smaller than the rows that ever had such an event filters the edge
+#: events. A count up to 2 within any found set stays on the event counter (``count_upto2``: one
+#: pass over the window's events, measured cheaper than the levels when the DID is not alone).
 NARROW = 4
 
 
@@ -262,7 +263,7 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     top = len(wanted) - 1
     needed = needed_levels(wanted)
     narrow = found is not None and len(found) * NARROW < len(store.ever)
-    if node.after_last is not None or top > CAP or (top <= 2 and narrow):
+    if node.after_last is not None or top > CAP or (top <= 2 and found is not None):
         return None
     if lo > hi or not store.runs or not needed:
         return {j: BitMap() for j in needed}
