@@ -80,6 +80,7 @@ def _reindex(store: EventTypeStore, cutoff: int, rows: np.ndarray) -> None:
         for prop, kept in store.prop_bitmaps.items():
             keys = [store.bin_keys(prop, part.props[prop], part.valid.get(prop)) for part in remaining_parts]
             kept.expire(edge, np.concatenate(keys) if keys else np.zeros(0, np.int64), edge_rows, touched)
+    store.expire_levels(edge)
     still = [bitmap & touched for bitmap in store.days.values()]
     store.ever = (store.ever - touched) | (BitMap.union(*still) if still else BitMap())
     if store.last_ts is not None:

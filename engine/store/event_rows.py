@@ -121,6 +121,8 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
         store.ever = store.ever - gone
         for kept in store.prop_bitmaps.values():
             kept.drop(gone)
+        if store.count_levels is not None:
+            store.count_levels.drop(gone)
         if store.last_ts is not None:
             inside = rows[rows < store.last_ts.size]
             store.last_ts.data[inside] = NO_TIME

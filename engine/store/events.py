@@ -27,6 +27,7 @@ from pyroaring import BitMap
 from ..columns import CategoryColumn, Column, ValueColumn
 from ..schema import EventDef
 from .bitmaps import to_bitmap
+from .count_levels import WHOLE_TYPE, CountLevels, build_levels
 from .event_ids import EventIdStore
 from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
@@ -71,6 +72,8 @@ class EventTypeStore:
         self.scaled: dict[str, int] = {p: FLOAT_SCALE for p, t in definition.properties.items() if t == "float"}
         # property -> its kept bin bitmaps: built on the first query that can use them, then kept by every write
         self.prop_bitmaps: dict[str, PropertyBitmaps] = {}
+        # levels 2.. of the per-row counts (engine.store.count_levels): built on first use, then kept
+        self.count_levels: CountLevels | None = None
         self.generation = 0
 
     def __getstate__(self) -> dict:
@@ -78,6 +81,7 @@ class EventTypeStore:
         state = dict(self.__dict__)
         state["slots"], state["slot_days"] = {}, {}
         state["prop_bitmaps"] = {}
+        state["count_levels"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -88,6 +92,7 @@ class EventTypeStore:
             state["slots"], state["slot_days"] = {}, {}
         state.setdefault("scaled", {})
         state.setdefault("prop_bitmaps", {})
+        state.setdefault("count_levels", None)
         self.__dict__.update(state)
 
     def adopt(self, definition: EventDef) -> None:
@@ -194,9 +199,16 @@ class EventTypeStore:
                                          {k: v[start:stop] for k, v in props.items()},
                                          {k: v[start:stop] for k, v in valid.items()},
                                          None if eids is None else eids[start:stop]))
+        days = ts // DAY_MS
+        if self.count_levels is not None:  # before _index: the levels add to the day bitmaps as they were
+            self.count_levels.add(np.zeros(len(rows), np.int64), days, rows, {WHOLE_TYPE: self.days},
+                                  {WHOLE_TYPE: self.ever})
         self._index(rows, ts)
         for prop, kept in self.prop_bitmaps.items():
-            kept.add(self.bin_keys(prop, props[prop], valid.get(prop)), rows, ts)
+            keys = self.bin_keys(prop, props[prop], valid.get(prop))
+            if kept.levels is not None:
+                kept.levels.add(keys, days, rows, kept.days, kept.ever)
+            kept.add(keys, rows, ts)
         self.count += len(rows)
         self.generation += 1
 
@@ -328,6 +340,50 @@ class EventTypeStore:
                      np.concatenate([run.absolute_ts() for run in runs]))
         return kept
 
+    def levels(self, prop: str | None = None) -> CountLevels:
+        """The kept count levels of the whole type (``prop`` None: key WHOLE_TYPE, level 1 in ``days``
+        and ``ever``) or of the bins of ``prop`` (level 1 in its PropertyBitmaps); built on first use."""
+        kept = None if prop is None else self.property_bitmaps(prop)
+        levels = self.count_levels if kept is None else kept.levels
+        if levels is not None:
+            return levels
+        with _BUILD_LOCK:  # built once and published whole
+            levels = self.count_levels if kept is None else kept.levels
+            if levels is None:
+                levels = self.build_levels(prop)
+                if kept is None:
+                    self.count_levels = levels
+                else:
+                    kept.levels = levels
+        return levels
+
+    def build_levels(self, prop: str | None = None) -> CountLevels:
+        """The count levels of the whole type or of ``prop``'s bins, computed from every stored event."""
+        keys, days, rows = self.keyed_events(prop, self.runs)
+        return build_levels(keys, days, rows)
+
+    def keyed_events(self, prop: str | None, parts: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(key, UTC day, row) of every event of ``parts``: the key is WHOLE_TYPE, or its bin of ``prop``."""
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        rows = np.concatenate([part.rows for part in parts])
+        days = np.concatenate([part.absolute_ts() for part in parts]) // DAY_MS
+        if prop is None:
+            return np.zeros(len(rows), np.int64), days, rows
+        keys = np.concatenate([self.bin_keys(prop, part.props[prop], part.valid.get(prop)) for part in parts])
+        return keys, days, rows
+
+    def expire_levels(self, edge_day: int) -> None:
+        """Recount the kept count levels after the events before some instant of ``edge_day`` went."""
+        kept_levels = [(None, self.count_levels)] + [(prop, kept.levels) for prop, kept in self.prop_bitmaps.items()]
+        edge_parts = self.window(edge_day * DAY_MS, (edge_day + 1) * DAY_MS - 1)
+        runs = self.runs
+        for prop, levels in kept_levels:
+            if levels is not None:
+                edge_keys, _, edge_rows = self.keyed_events(prop, edge_parts)
+                all_keys, _, all_rows = self.keyed_events(prop, runs)
+                levels.expire(edge_day, edge_keys, edge_rows, all_keys, all_rows)
+
     def window(self, lo: int, hi: int) -> list[Run]:
         """The events with lo <= ts <= hi, as slices (views) of each run."""
         if lo > hi:
@@ -435,7 +491,8 @@ class EventTypeStore:
                     + sum(v.nbytes for v in r.valid.values()) + (0 if r.eids is None else r.eids.nbytes)
                     for r in self.runs)
         return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()]) \
-            + sum(kept.nbytes() for kept in self.prop_bitmaps.values())
+            + sum(kept.nbytes() for kept in self.prop_bitmaps.values()) \
+            + (self.count_levels.nbytes() if self.count_levels is not None else 0)
 
 
 class EventStore:
