@@ -158,7 +158,10 @@ def _leave(shard: LocalShard, ids: list[str], now: int) -> None:
 def remove_profiles(shard: LocalShard, rows: np.ndarray, now: int) -> np.ndarray:
     """Take canonical ``rows`` out of the shard: aliases, events, attributes, consents, saved-segment
     memberships (exits recorded under their ids), then their ids. Returns the dropped aliases' hashes."""
-    hashes = [shard.aliases.drop_hashes(row) for row in rows.tolist()]
+    heads = shard.aliases.head.view()
+    with_aliases = rows[rows < len(heads)]
+    with_aliases = with_aliases[heads[with_aliases] >= 0]  # most rows have no alias: skip them at once
+    hashes = [shard.aliases.drop_hashes(row) for row in with_aliases.tolist()]
     drop_rows(shard.events, rows, len(shard.profiles.idmap))
     shard.profiles.remove_rows(rows, forget=False)
     shard.saved.sync(rows, now)
