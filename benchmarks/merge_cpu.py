@@ -7,7 +7,8 @@ data directory), then calls ``merge_many`` ``--batches`` times with ``--batch`` 
 them across shards, as ``bench_identity.py`` does (sources: generated profiles; targets: fresh ids
 chosen by shard), after one warm-up batch. Prints merges per second by wall time and the CPU
 seconds per batch spent by the coordinator and by each worker (read from /proc, so a loaded
-machine inflates the wall time far more than the CPU time).
+machine inflates the wall time far more than the CPU time), and the log's mean group commit time
+(fsync included) and bytes per batch.
 """
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ def main() -> None:
                 engine.load_events(batch)
             pairs = merge_pairs(list(ds.profiles.ids), args.shards, (args.batches + 1) * args.batch)
             engine.merge_many(pairs[:args.batch])  # warm-up: kernels compiled or loaded from the cache
+            pipeline = engine.durable.pipeline
+            commits, commit_s, logged = pipeline.commit_latency.count, pipeline.commit_latency.total, pipeline.bytes_logged
             workers, own, wall = children_cpu(), time.process_time(), time.perf_counter()
             for start in range(args.batch, len(pairs), args.batch):
                 engine.merge_many(pairs[start:start + args.batch])
@@ -86,9 +89,12 @@ def main() -> None:
             after = children_cpu()
             used = sorted((after[pid] - workers.get(pid, 0.0) for pid in after), reverse=True)
             merges = args.batches * args.batch
+            commit_ms = (pipeline.commit_latency.total - commit_s) * 1e3 / max(pipeline.commit_latency.count - commits, 1)
+            log_kb = (pipeline.bytes_logged - logged) / 1024 / args.batches
             print(f"{args.profiles} profiles, {args.events} events, {args.shards} shards: {merges} merges in "
                   f"{wall:.2f} s = {merges / wall:.0f} merges/s (wall); CPU ms per batch: coordinator "
-                  f"{own * 1e3 / args.batches:.0f}, workers {[round(u * 1e3 / args.batches) for u in used[:args.shards]]}")
+                  f"{own * 1e3 / args.batches:.0f}, workers {[round(u * 1e3 / args.batches) for u in used[:args.shards]]}; "
+                  f"log: {commit_ms:.1f} ms per commit, {log_kb:.0f} KiB per batch")
 
 
 if __name__ == "__main__":
