@@ -28,6 +28,8 @@ from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventTypeStore
 from ..store.runs import SCALED_NULL, Run
 from .grouping import bit_ranks, bitset_of, popcount, rank_bases, rows_in, stable_group_order
+from .scaled_sums import (COUNT, GREATEST, LEAST, MAX_VALUES, RESIDUAL, RESIDUAL_BITS, STATE_WIDTH, SUM, VALUES,
+                          accumulate_scaled, correctly_rounded_sums, residual_bits)
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
@@ -214,11 +216,30 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
     by :func:`exact_aggregate_rows` on those rows only.
     """
     lo, hi = window
-    member = bitset_of(found) if found is not None else None  # a cheap test that shrinks the work
-    window_rows = evaluator.present(store, lo, hi) if member is None else evaluator.present(store, lo, hi, found) & found
+    window_rows = evaluator.present(store, lo, hi) if found is None else evaluator.present(store, lo, hi, found) & found
     words = bitset_of(window_rows)
     before = rank_bases(words)
     n = len(window_rows)
+    if all(_integer_path(store, agg.prop) for agg in node.aggregates):
+        counts, passing, unsure = _scaled_tests(node, store, parts, keeps, words, before, n)
+    else:
+        counts, passing, unsure = _float_tests(node, store, parts, keeps, words, before, n)
+    counted = counts > 0
+    distinct = rows_of(window_rows)
+    unsure &= counted
+    if unsure.any():  # decide those rows exactly; their other tests are redone there too
+        redo = to_bitmap(distinct[unsure].astype(np.uint32), assume_sorted=True)
+        exact = exact_aggregate_rows(evaluator, node, store, window, parts, keeps, redo, redo)
+        passing[unsure] = [int(row) in exact for row in distinct[unsure]]
+    if holds_at_zero(node):
+        return base - to_bitmap(distinct[counted & ~passing].astype(np.uint32), assume_sorted=True)
+    return base & to_bitmap(distinct[counted & passing].astype(np.uint32), assume_sorted=True)
+
+
+def _float_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps: list[np.ndarray | None],
+                 words: np.ndarray, before: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slot: the events counted, whether the count and every aggregate hold, and whether that is
+    left undecided (compensated float64 sums)."""
     counts = np.zeros(n, dtype=np.int64)
     slots = []
     for part, keep in zip(parts, keeps):
@@ -230,16 +251,69 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
         holds, undecided = _fast_test(agg, store, parts, slots, n)
         passing &= holds
         unsure |= undecided
-    counted = counts > 0
-    distinct = rows_of(window_rows)
-    unsure &= counted
-    if unsure.any():  # decide those rows exactly; their other tests are redone there too
-        redo = to_bitmap(distinct[unsure].astype(np.uint32), assume_sorted=True)
-        exact = exact_aggregate_rows(evaluator, node, store, window, parts, keeps, redo, redo)
-        passing[unsure] = [int(row) in exact for row in distinct[unsure]]
-    if holds_at_zero(node):
-        return base - to_bitmap(distinct[counted & ~passing].astype(np.uint32), assume_sorted=True)
-    return base & to_bitmap(distinct[counted & passing].astype(np.uint32), assume_sorted=True)
+    return counts, passing, unsure
+
+
+def _integer_path(store: EventTypeStore, prop: str) -> bool:
+    """Whether a property's values are scaled int32 codes that :mod:`.scaled_sums` sums exactly."""
+    scale = store.scaled.get(prop, 0)
+    return store.definition.properties[prop] == "float" and scale != 0 and residual_bits(scale) == RESIDUAL_BITS
+
+
+def _scaled_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps: list[np.ndarray | None],
+                  words: np.ndarray, before: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_float_tests`` for scaled float properties: one pass per property over the window's events
+    into per-slot records of integer sums (:mod:`.scaled_sums`); only rows with over MAX_VALUES
+    values near the literal are left undecided."""
+    props = list(dict.fromkeys(agg.prop for agg in node.aggregates))
+    dummy = np.empty(0, dtype=bool)
+    states: dict[str, np.ndarray] = {}
+    for i, prop in enumerate(props):
+        state = np.zeros((n, STATE_WIDTH), dtype=np.int64)
+        for part, keep in zip(parts, keeps):
+            accumulate_scaled(part.rows, dummy if keep is None else keep, keep is not None, words, before,
+                              part.props[prop], state, i == 0, store.scaled[prop])
+        states[prop] = state
+    counts = np.ascontiguousarray(states[props[0]][:, COUNT])
+    passing = compare(counts, node.count_op, node.count_n)
+    unsure = np.zeros(n, dtype=bool)
+    for agg in node.aggregates:
+        holds, undecided = _scaled_test(agg, states[agg.prop], store.scaled[agg.prop])
+        passing &= holds
+        unsure |= undecided
+    return counts, passing, unsure
+
+
+def _scaled_test(agg: ast.Aggregate, state: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot, whether the aggregate holds (exact), and whether its row has too many values for
+    the integer sums (then it is left undecided)."""
+    nvals = state[:, VALUES]
+    has = nvals > 0
+    holds = np.zeros(len(state), dtype=bool)
+    if agg.func in ("MIN", "MAX"):
+        codes = state[:, LEAST if agg.func == "MIN" else GREATEST]
+        holds[has] = compare(codes[has] / scale, agg.op, agg.value)
+        return holds, np.zeros(len(state), dtype=bool)
+    sums, residuals = state[:, SUM], state[:, RESIDUAL]
+    estimate = sums / scale  # the exact sum is within |R| * 2**-RESIDUAL_BITS / scale of C / scale
+    drift = np.abs(residuals) * (2.0**-RESIDUAL_BITS / scale * 1.01)
+    literal = _as_float(agg.value)
+    if agg.func == "AVG":
+        safe = np.maximum(nvals, 1)
+        estimate, drift = estimate / safe, drift / safe
+    slack = drift + 2.0**-50 * (np.abs(estimate) + (abs(literal) if math.isfinite(literal) else 0.0)) + 1e-300
+    near = np.abs(estimate - literal) <= slack if math.isfinite(literal) else np.ones(len(state), dtype=bool)
+    if agg.func == "AVG":
+        near &= has
+    crowded = nvals >= MAX_VALUES
+    holds[:] = compare(estimate, agg.op, agg.value)
+    exact = np.flatnonzero(near & ~crowded)
+    if len(exact):
+        value = correctly_rounded_sums(sums[exact], residuals[exact], scale)
+        holds[exact] = compare(value if agg.func == "SUM" else value / nvals[exact], agg.op, agg.value)
+    if agg.func == "AVG":
+        holds &= has
+    return holds, crowded & near
 
 
 @numba.njit(cache=True, nogil=True)

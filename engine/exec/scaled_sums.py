@@ -1,0 +1,155 @@
+"""Exact DID aggregates of a float property kept as scaled int32 codes, in integer arithmetic.
+
+A value stored as code ``c`` is the float64 ``d = c / scale`` (correctly rounded). Per row, one
+pass over the window's events accumulates the count, and per property the number of values, the
+sum of codes ``C``, the extreme codes, and ``R``, the sum of the residuals ``r = scale * d - c``
+as integers in units of ``2**-RESIDUAL_BITS`` (each ``r`` is an exact float64 and a multiple of
+that unit for scale 100). Both sums are exact int64, so the exact sum of the row's values is
+``(C + R * 2**-RESIDUAL_BITS) / scale``: a row's ``SUM`` is decided from ``C / scale`` when it lies
+further from the literal than the residuals and a few ulps can move it, and otherwise computed
+exactly (the correctly rounded sum, as ``math.fsum``) by :func:`correctly_rounded_sums`.
+
+Codes 10, 20 and -30 of one row (0.1 + 0.2 - 0.3, whose exact sum is not 0):
+
+>>> state = np.zeros((1, STATE_WIDTH), dtype=np.int64)
+>>> accumulate_scaled(np.zeros(3, np.int32), np.empty(0, np.bool_), False, np.array([1], np.uint64),
+...                   np.zeros(1, np.int64), np.array([10, 20, -30], np.int32), state, True, 100)
+>>> correctly_rounded_sums(state[:, SUM], state[:, RESIDUAL], 100).tolist() == [math.fsum([0.1, 0.2, -0.3])]
+True
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ..store.runs import SCALED_NULL
+from .grouping import popcount
+
+#: Columns of the per-row state: events counted, then per property its values, sum of codes,
+#: sum of residuals, least and greatest code.
+COUNT, VALUES, SUM, RESIDUAL, LEAST, GREATEST = range(6)
+STATE_WIDTH = 6
+#: Residuals are counted in units of 2**-RESIDUAL_BITS: the ulp of the least nonzero |value| (1/scale).
+RESIDUAL_BITS = 59
+#: Rows with more values than this in a window leave the integer path (C and R stay far from overflow).
+MAX_VALUES = 1 << 22
+_SPLIT = 134217729.0  # 2**27 + 1, Dekker's splitter
+
+
+def residual_bits(scale: int) -> int:
+    """The exponent ``k`` such that every value ``c / scale`` (c an int32) is a multiple of ``2**-k``."""
+    return 53 - math.frexp(1.0 / scale)[1]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _times_scale(d, scale):
+    """``scale * d`` as ``p + e`` exactly (Dekker's product; ``scale`` fits in 26 bits)."""
+    p = d * scale
+    t = _SPLIT * d
+    hi = t - (t - d)
+    lo = d - hi
+    return p, (hi * scale - p) + lo * scale
+
+
+@numba.njit(cache=True, nogil=True)
+def accumulate_scaled(rows, pick, use_pick, words, before, codes, state, counting, scale):
+    """Accumulate a window part's events into ``state`` (one row per rank, see :data:`STATE_WIDTH`).
+
+    An event counts when ``pick`` holds (if ``use_pick``) and its row is set in the bitset ``words``;
+    its slot is the row's rank (``before``: set bits before each word). ``counting``: also count the
+    events (column COUNT); the property columns take the non-null codes only.
+    """
+    unit = 2.0 ** RESIDUAL_BITS
+    for i in range(len(rows)):
+        if use_pick and not pick[i]:
+            continue
+        row = np.int64(rows[i])
+        w = row >> 6
+        if w >= len(words):
+            continue
+        bit = np.uint64(1) << np.uint64(row & 63)
+        if words[w] & bit == 0:
+            continue
+        k = before[w] + popcount(words[w] & (bit - np.uint64(1)))
+        if counting:
+            state[k, COUNT] += 1
+        c = codes[i]
+        if c == SCALED_NULL:
+            continue
+        d = c / scale
+        p, e = _times_scale(d, scale)
+        r = (p - c) + e  # exact: p - c by Sterbenz, and the sum is representable
+        n = state[k, VALUES]
+        if n == 0 or c < state[k, LEAST]:
+            state[k, LEAST] = c
+        if n == 0 or c > state[k, GREATEST]:
+            state[k, GREATEST] = c
+        state[k, VALUES] = n + 1
+        state[k, SUM] += c
+        state[k, RESIDUAL] += np.int64(r * unit)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sign_of_sum(terms, partials):
+    """The sign of the exact sum of ``terms`` (Shewchuk's partials; no overflow possible here)."""
+    m = 0
+    for i in range(len(terms)):
+        x = terms[i]
+        j = 0
+        for q in range(m):
+            y = partials[q]
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo != 0.0:
+                partials[j] = lo
+                j += 1
+            x = hi
+        m = j
+        if x != 0.0:
+            partials[m] = x
+            m += 1
+    if m == 0:
+        return 0
+    return 1 if partials[m - 1] > 0.0 else -1  # the largest partial carries the sign
+
+
+@numba.njit(cache=True, nogil=True)
+def _even(x):
+    return (np.int64(np.float64(x).view(np.int64)) & 1) == 0
+
+
+@numba.njit(cache=True, nogil=True)
+def correctly_rounded_sums(sums, residuals, scale):
+    """Per row, the float64 nearest (ties to even) to ``(C + R * 2**-RESIDUAL_BITS) / scale``: the
+    ``math.fsum`` of its values (``sums`` = C, ``residuals`` = R; |C| < 2**53)."""
+    out = np.empty(len(sums), dtype=np.float64)
+    terms = np.empty(6, dtype=np.float64)
+    partials = np.empty(16, dtype=np.float64)
+    unit = 2.0 ** -RESIDUAL_BITS
+    for k in range(len(sums)):
+        c = np.float64(sums[k])
+        r_hi = np.float64(residuals[k] >> 32) * (4294967296.0 * unit)  # both parts exact
+        r_lo = np.float64(residuals[k] & 0xFFFFFFFF) * unit
+        q = (c + (r_hi + r_lo)) / scale
+        for _ in range(64):  # q moves by one ulp a step; it starts within a few
+            p, e = _times_scale(q, scale)
+            up = np.nextafter(q, np.inf)
+            terms[0], terms[1], terms[2], terms[3], terms[4] = c, r_hi, r_lo, -p, -e
+            terms[5] = -(up - q) * 0.5 * scale  # exact: a power of two times scale
+            s = _sign_of_sum(terms, partials)  # the sign of scale * (exact - midpoint above q)
+            if s > 0 or (s == 0 and _even(up)):
+                q = up
+                continue
+            down = np.nextafter(q, -np.inf)
+            terms[5] = (q - down) * 0.5 * scale
+            s = _sign_of_sum(terms, partials)
+            if s < 0 or (s == 0 and _even(down)):
+                q = down
+                continue
+            break
+        out[k] = q
+    return out
