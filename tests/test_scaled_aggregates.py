@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine, Schema
-from engine.exec.scaled_sums import (GREATEST, LEAST, RESIDUAL, RESIDUAL_BITS, STATE_WIDTH, SUM, VALUES,
+from engine.exec.scaled_sums import (EXTREMES_WIDTH, GREATEST, LEAST, RESIDUAL_BITS, SUM, VALUES, accumulate_residuals,
                                      accumulate_scaled, correctly_rounded_sums, residual_bits)
 from engine.schema import CONTRACT_SCHEMA
 from engine.store.runs import SCALED_NULL
@@ -31,20 +31,22 @@ CODE = st.integers(min_value=-(2**31) + 1, max_value=2**31 - 1)
 SMALL_CODE = st.integers(min_value=-20_000, max_value=20_000)
 
 
-def row_states(groups: list[list[int]]) -> np.ndarray:
-    """The per-row states of ``groups`` (codes per row; SCALED_NULL is a null), rows interleaved."""
+def row_states(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The per-row records and residual sums of ``groups`` (codes per row; SCALED_NULL is a null),
+    the rows' events interleaved."""
     rows = np.array([k for k, g in enumerate(groups) for _ in g], dtype=np.int32)
     codes = np.array([c for g in groups for c in g], dtype=np.int32)
     order = np.argsort(np.arange(len(rows)) % 7, kind="stable")  # not grouped by row
     words = np.zeros(len(groups) // 64 + 1, dtype=np.uint64)
     for k in range(len(groups)):
         words[k >> 6] |= np.uint64(1) << np.uint64(k & 63)
-    before = np.array([bin(int(w)).count("1") for w in words], dtype=np.int64).cumsum() - [
-        bin(int(w)).count("1") for w in words]
-    state = np.zeros((len(groups), STATE_WIDTH), dtype=np.int64)
-    accumulate_scaled(rows[order], np.empty(0, np.bool_), False, words, before.astype(np.int64), codes[order],
-                      state, True, 100)
-    return state
+    before = np.zeros(len(words), dtype=np.int64)  # fewer than 64 rows: one word
+    state = np.zeros((len(groups), EXTREMES_WIDTH), dtype=np.int64)
+    residuals = np.zeros(len(groups), dtype=np.int64)
+    pick = np.empty(0, np.bool_)
+    accumulate_scaled(rows[order], pick, False, words, before, codes[order], state, True)
+    accumulate_residuals(rows[order], pick, False, words, before, codes[order], residuals, 100)
+    return state, residuals
 
 
 def test_residual_unit_matches_the_scale() -> None:
@@ -57,8 +59,8 @@ def test_residual_unit_matches_the_scale() -> None:
 def test_integer_sums_give_fsum_min_and_max(groups: list[list[int]]) -> None:
     """Per row: the correctly rounded sum equals math.fsum of the values c / 100; the extremes and
     the number of values are those of the non-null codes."""
-    state = row_states(groups)
-    sums = correctly_rounded_sums(state[:, SUM], state[:, RESIDUAL], 100)
+    state, residuals = row_states(groups)
+    sums = correctly_rounded_sums(state[:, SUM], residuals, 100)
     for k, group in enumerate(groups):
         codes = [c for c in group if c != SCALED_NULL]
         assert state[k, VALUES] == len(codes)
@@ -72,8 +74,8 @@ def test_integer_sums_give_fsum_min_and_max(groups: list[list[int]]) -> None:
                                     [0.07] * 100])
 def test_sums_that_cents_put_on_a_tie(values: list[float]) -> None:
     """Sums whose cents land exactly on a round number, where the residuals alone decide."""
-    state = row_states([[round(v * 100) for v in values]])
-    assert correctly_rounded_sums(state[:, SUM], state[:, RESIDUAL], 100)[0] == math.fsum(values)
+    state, residuals = row_states([[round(v * 100) for v in values]])
+    assert correctly_rounded_sums(state[:, SUM], residuals, 100)[0] == math.fsum(values)
 
 
 # -- the engine against the naive evaluator ---------------------------------------------------------------

@@ -28,8 +28,8 @@ from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventTypeStore
 from ..store.runs import SCALED_NULL, Run
 from .grouping import bit_ranks, bitset_of, popcount, rank_bases, rows_in, stable_group_order
-from .scaled_sums import (COUNT, GREATEST, LEAST, MAX_VALUES, RESIDUAL, RESIDUAL_BITS, STATE_WIDTH, SUM, VALUES,
-                          accumulate_scaled, correctly_rounded_sums, residual_bits)
+from .scaled_sums import (COUNT, EXTREMES_WIDTH, GREATEST, LEAST, MAX_VALUES, RESIDUAL_BITS, SUM, SUMS_WIDTH, VALUES,
+                          accumulate_residuals, accumulate_scaled, correctly_rounded_sums, residual_bits, sum_estimates)
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
@@ -210,22 +210,22 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
 
     ``window``: the inclusive time window; ``parts``/``keeps``: its events and the masks of those
     counted (None: all). Each counted event's slot is its row's rank among the window's rows (a
-    bitset of them stays in cache); one pass per aggregate accumulates per slot (compensated sums,
-    extremes), with no sort. A SUM or AVG whose compensated value is too close to the literal for
-    its error bound to decide (rare: within about 1e-15 of the sum of magnitudes) is decided again
-    by :func:`exact_aggregate_rows` on those rows only.
+    bitset of them stays in cache); events are accumulated per slot with no sort: for properties
+    kept as scaled codes, integer records in one pass (:func:`_scaled_tests`), else one pass per
+    aggregate of compensated sums or extremes (:func:`_float_tests`). A SUM or AVG that these cannot
+    decide (compensated sums within their error bound of the literal, rare: within about 1e-15 of
+    the sum of magnitudes) is decided again by :func:`exact_aggregate_rows` on those rows only.
     """
     lo, hi = window
     window_rows = evaluator.present(store, lo, hi) if found is None else evaluator.present(store, lo, hi, found) & found
     words = bitset_of(window_rows)
     before = rank_bases(words)
-    n = len(window_rows)
-    if all(_integer_path(store, agg.prop) for agg in node.aggregates):
-        counts, passing, unsure = _scaled_tests(node, store, parts, keeps, words, before, n)
-    else:
-        counts, passing, unsure = _float_tests(node, store, parts, keeps, words, before, n)
-    counted = counts > 0
     distinct = rows_of(window_rows)
+    if all(_integer_path(store, agg.prop) for agg in node.aggregates):
+        counts, passing, unsure = _scaled_tests(node, store, parts, keeps, words, before, distinct)
+    else:
+        counts, passing, unsure = _float_tests(node, store, parts, keeps, words, before, len(distinct))
+    counted = counts > 0
     unsure &= counted
     if unsure.any():  # decide those rows exactly; their other tests are redone there too
         redo = to_bitmap(distinct[unsure].astype(np.uint32), assume_sorted=True)
@@ -261,59 +261,68 @@ def _integer_path(store: EventTypeStore, prop: str) -> bool:
 
 
 def _scaled_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps: list[np.ndarray | None],
-                  words: np.ndarray, before: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``_float_tests`` for scaled float properties: one pass per property over the window's events
-    into per-slot records of integer sums (:mod:`.scaled_sums`); only rows with over MAX_VALUES
-    values near the literal are left undecided."""
+                  words: np.ndarray, before: np.ndarray,
+                  distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_float_tests`` for scaled float properties (``distinct``: the rows of the slots): one pass
+    per property over the window's events into per-slot integer records (:mod:`.scaled_sums`), and
+    one over the events of the rows whose SUM or AVG lies on or near its literal; only rows with
+    over MAX_VALUES values near a literal are left undecided."""
+    n = len(distinct)
     props = list(dict.fromkeys(agg.prop for agg in node.aggregates))
     dummy = np.empty(0, dtype=bool)
     states: dict[str, np.ndarray] = {}
     for i, prop in enumerate(props):
-        state = np.zeros((n, STATE_WIDTH), dtype=np.int64)
+        extremes = any(agg.prop == prop and agg.func in ("MIN", "MAX") for agg in node.aggregates)
+        state = np.zeros((n, EXTREMES_WIDTH if extremes else SUMS_WIDTH), dtype=np.int64)
         for part, keep in zip(parts, keeps):
             accumulate_scaled(part.rows, dummy if keep is None else keep, keep is not None, words, before,
-                              part.props[prop], state, i == 0, store.scaled[prop])
+                              part.props[prop], state, i == 0)
         states[prop] = state
-    counts = np.ascontiguousarray(states[props[0]][:, COUNT])
+    counts = states[props[0]][:, COUNT]
     passing = compare(counts, node.count_op, node.count_n)
     unsure = np.zeros(n, dtype=bool)
     for agg in node.aggregates:
-        holds, undecided = _scaled_test(agg, states[agg.prop], store.scaled[agg.prop])
+        state, scale = states[agg.prop], store.scaled[agg.prop]
+        nvals = np.ascontiguousarray(state[:, VALUES])
+        has = nvals > 0
+        holds = np.zeros(n, dtype=bool)
+        if agg.func in ("MIN", "MAX"):
+            codes = state[:, LEAST if agg.func == "MIN" else GREATEST]
+            holds[has] = compare(codes[has] / scale, agg.op, agg.value)
+            passing &= holds
+            continue
+        literal = _as_float(agg.value)
+        sums = np.ascontiguousarray(state[:, SUM])
+        value, near = sum_estimates(sums, nvals, scale, literal if math.isfinite(literal) else 0.0, agg.func == "AVG")
+        if not math.isfinite(literal):  # an int literal beyond the float range: compare exact sums
+            near = has.copy() if agg.func == "AVG" else np.ones(n, dtype=bool)
+        holds[:] = compare(value, agg.op, agg.value)
+        crowded = near & (nvals >= MAX_VALUES)
+        exact = np.flatnonzero(near & ~crowded)
+        if len(exact):
+            holds[exact] = _exact_scaled(agg, parts, keeps, distinct[exact], sums[exact], nvals[exact], scale)
+        if agg.func == "AVG":
+            holds &= has
         passing &= holds
-        unsure |= undecided
+        unsure |= crowded
     return counts, passing, unsure
 
 
-def _scaled_test(agg: ast.Aggregate, state: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per slot, whether the aggregate holds (exact), and whether its row has too many values for
-    the integer sums (then it is left undecided)."""
-    nvals = state[:, VALUES]
-    has = nvals > 0
-    holds = np.zeros(len(state), dtype=bool)
-    if agg.func in ("MIN", "MAX"):
-        codes = state[:, LEAST if agg.func == "MIN" else GREATEST]
-        holds[has] = compare(codes[has] / scale, agg.op, agg.value)
-        return holds, np.zeros(len(state), dtype=bool)
-    sums, residuals = state[:, SUM], state[:, RESIDUAL]
-    estimate = sums / scale  # the exact sum is within |R| * 2**-RESIDUAL_BITS / scale of C / scale
-    drift = np.abs(residuals) * (2.0**-RESIDUAL_BITS / scale * 1.01)
-    literal = _as_float(agg.value)
+def _exact_scaled(agg: ast.Aggregate, parts: list[Run], keeps: list[np.ndarray | None], rows: np.ndarray,
+                  sums: np.ndarray, nvals: np.ndarray, scale: int) -> np.ndarray:
+    """Whether a SUM or AVG holds for ``rows`` (ascending; their sums of codes and numbers of values
+    given), from their exact sums: a pass over the window's events of those rows adds up residuals."""
+    words = bitset_of(to_bitmap(rows, assume_sorted=True))
+    before = rank_bases(words)
+    residuals = np.zeros(len(rows), dtype=np.int64)
+    dummy = np.empty(0, dtype=bool)
+    for part, keep in zip(parts, keeps):
+        accumulate_residuals(part.rows, dummy if keep is None else keep, keep is not None, words, before,
+                             part.props[agg.prop], residuals, scale)
+    total = correctly_rounded_sums(sums, residuals, scale)
     if agg.func == "AVG":
-        safe = np.maximum(nvals, 1)
-        estimate, drift = estimate / safe, drift / safe
-    slack = drift + 2.0**-50 * (np.abs(estimate) + (abs(literal) if math.isfinite(literal) else 0.0)) + 1e-300
-    near = np.abs(estimate - literal) <= slack if math.isfinite(literal) else np.ones(len(state), dtype=bool)
-    if agg.func == "AVG":
-        near &= has
-    crowded = nvals >= MAX_VALUES
-    holds[:] = compare(estimate, agg.op, agg.value)
-    exact = np.flatnonzero(near & ~crowded)
-    if len(exact):
-        value = correctly_rounded_sums(sums[exact], residuals[exact], scale)
-        holds[exact] = compare(value if agg.func == "SUM" else value / nvals[exact], agg.op, agg.value)
-    if agg.func == "AVG":
-        holds &= has
-    return holds, crowded & near
+        total = total / np.maximum(nvals, 1)
+    return compare(total, agg.op, agg.value)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -1,20 +1,24 @@
 """Exact DID aggregates of a float property kept as scaled int32 codes, in integer arithmetic.
 
 A value stored as code ``c`` is the float64 ``d = c / scale`` (correctly rounded). Per row, one
-pass over the window's events accumulates the count, and per property the number of values, the
-sum of codes ``C``, the extreme codes, and ``R``, the sum of the residuals ``r = scale * d - c``
-as integers in units of ``2**-RESIDUAL_BITS`` (each ``r`` is an exact float64 and a multiple of
-that unit for scale 100). Both sums are exact int64, so the exact sum of the row's values is
-``(C + R * 2**-RESIDUAL_BITS) / scale``: a row's ``SUM`` is decided from ``C / scale`` when it lies
-further from the literal than the residuals and a few ulps can move it, and otherwise computed
-exactly (the correctly rounded sum, as ``math.fsum``) by :func:`correctly_rounded_sums`.
+pass over the window's events accumulates the count and, per property, the number of values,
+the sum of codes ``C`` (exact int64) and, when MIN or MAX asks, the extreme codes. The exact sum
+of a row's values differs from ``C / scale`` by the sum of the representation errors ``d - c /
+scale``, each at most half an ulp of ``d``: a row whose ``SUM`` or ``AVG`` lies further from the
+literal than that and a few ulps is decided by ``C / scale``. For the others (a sum of cents
+exactly on the literal), a second pass over the window's events of those rows only adds up
+``R``, the residuals ``r = scale * d - c`` (each an exact float64 and, for scale 100, a multiple
+of ``2**-RESIDUAL_BITS``) as exact int64 units, and :func:`correctly_rounded_sums` turns
+``(C + R * 2**-RESIDUAL_BITS) / scale`` into the correctly rounded sum (as ``math.fsum``).
 
 Codes 10, 20 and -30 of one row (0.1 + 0.2 - 0.3, whose exact sum is not 0):
 
->>> state = np.zeros((1, STATE_WIDTH), dtype=np.int64)
->>> accumulate_scaled(np.zeros(3, np.int32), np.empty(0, np.bool_), False, np.array([1], np.uint64),
-...                   np.zeros(1, np.int64), np.array([10, 20, -30], np.int32), state, True, 100)
->>> correctly_rounded_sums(state[:, SUM], state[:, RESIDUAL], 100).tolist() == [math.fsum([0.1, 0.2, -0.3])]
+>>> state = np.zeros((1, SUMS_WIDTH), dtype=np.int64)
+>>> rows, codes, words, before = np.zeros(3, np.int32), np.array([10, 20, -30], np.int32), np.ones(1, np.uint64), np.zeros(1, np.int64)
+>>> accumulate_scaled(rows, np.empty(0, np.bool_), False, words, before, codes, state, True)
+>>> residuals = np.zeros(1, dtype=np.int64)
+>>> accumulate_residuals(rows, np.empty(0, np.bool_), False, words, before, codes, residuals, 100)
+>>> correctly_rounded_sums(state[:, SUM], residuals, 100).tolist() == [math.fsum([0.1, 0.2, -0.3])]
 True
 """
 from __future__ import annotations
@@ -27,14 +31,16 @@ import numpy as np
 from ..store.runs import SCALED_NULL
 from .grouping import popcount
 
-#: Columns of the per-row state: events counted, then per property its values, sum of codes,
-#: sum of residuals, least and greatest code.
-COUNT, VALUES, SUM, RESIDUAL, LEAST, GREATEST = range(6)
-STATE_WIDTH = 6
+#: Columns of the per-row state: events counted, then the property's values and sum of codes; with
+#: extremes, also the least and the greatest code (SUMS_WIDTH or EXTREMES_WIDTH columns).
+COUNT, VALUES, SUM, LEAST, GREATEST = range(5)
+SUMS_WIDTH, EXTREMES_WIDTH = 3, 5
 #: Residuals are counted in units of 2**-RESIDUAL_BITS: the ulp of the least nonzero |value| (1/scale).
 RESIDUAL_BITS = 59
 #: Rows with more values than this in a window leave the integer path (C and R stay far from overflow).
-MAX_VALUES = 1 << 22
+MAX_VALUES = 1 << 21
+#: |c| < 2**CODE_BITS for every code, so each representation error is below 2**(CODE_BITS - 53) / scale.
+CODE_BITS = 31
 _SPLIT = 134217729.0  # 2**27 + 1, Dekker's splitter
 
 
@@ -54,14 +60,15 @@ def _times_scale(d, scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def accumulate_scaled(rows, pick, use_pick, words, before, codes, state, counting, scale):
-    """Accumulate a window part's events into ``state`` (one row per rank, see :data:`STATE_WIDTH`).
+def accumulate_scaled(rows, pick, use_pick, words, before, codes, state, counting):
+    """Accumulate a window part's events into ``state`` (one row per rank, SUMS_WIDTH or
+    EXTREMES_WIDTH columns).
 
     An event counts when ``pick`` holds (if ``use_pick``) and its row is set in the bitset ``words``;
     its slot is the row's rank (``before``: set bits before each word). ``counting``: also count the
     events (column COUNT); the property columns take the non-null codes only.
     """
-    unit = 2.0 ** RESIDUAL_BITS
+    extremes = state.shape[1] > LEAST
     for i in range(len(rows)):
         if use_pick and not pick[i]:
             continue
@@ -78,17 +85,61 @@ def accumulate_scaled(rows, pick, use_pick, words, before, codes, state, countin
         c = codes[i]
         if c == SCALED_NULL:
             continue
-        d = c / scale
-        p, e = _times_scale(d, scale)
-        r = (p - c) + e  # exact: p - c by Sterbenz, and the sum is representable
         n = state[k, VALUES]
-        if n == 0 or c < state[k, LEAST]:
-            state[k, LEAST] = c
-        if n == 0 or c > state[k, GREATEST]:
-            state[k, GREATEST] = c
         state[k, VALUES] = n + 1
         state[k, SUM] += c
-        state[k, RESIDUAL] += np.int64(r * unit)
+        if extremes:
+            if n == 0 or c < state[k, LEAST]:
+                state[k, LEAST] = c
+            if n == 0 or c > state[k, GREATEST]:
+                state[k, GREATEST] = c
+
+
+@numba.njit(cache=True, nogil=True)
+def accumulate_residuals(rows, pick, use_pick, words, before, codes, residuals, scale):
+    """Add each counted non-null event's residual ``scale * (c / scale) - c``, in units of
+    ``2**-RESIDUAL_BITS``, to ``residuals`` at its row's rank (events picked as in accumulate_scaled)."""
+    unit = 2.0 ** RESIDUAL_BITS
+    for i in range(len(rows)):
+        if use_pick and not pick[i]:
+            continue
+        row = np.int64(rows[i])
+        w = row >> 6
+        if w >= len(words):
+            continue
+        bit = np.uint64(1) << np.uint64(row & 63)
+        if words[w] & bit == 0:
+            continue
+        c = codes[i]
+        if c == SCALED_NULL:
+            continue
+        p, e = _times_scale(c / scale, scale)
+        r = (p - c) + e  # exact: p - c by Sterbenz, and the sum is representable
+        residuals[before[w] + popcount(words[w] & (bit - np.uint64(1)))] += np.int64(r * unit)
+
+
+@numba.njit(cache=True, nogil=True)
+def sum_estimates(sums, nvals, scale, literal, average):
+    """Per row, ``C / scale`` (or over the number of values, ``average``) and whether the exact
+    SUM (AVG) may lie on the other side of ``literal`` or on it (then it is computed exactly)."""
+    n = len(sums)
+    value = np.empty(n, dtype=np.float64)
+    near = np.empty(n, dtype=np.bool_)
+    drift_per_value = 2.0 ** (CODE_BITS - 53) / scale
+    for k in range(n):
+        count = nvals[k]
+        v = sums[k] / scale
+        drift = count * drift_per_value
+        if average:
+            if count == 0:
+                value[k] = 0.0
+                near[k] = False
+                continue
+            v = v / count
+            drift = drift / count
+        value[k] = v
+        near[k] = abs(v - literal) <= drift + 2.0**-50 * (abs(v) + abs(literal)) + 1e-300
+    return value, near
 
 
 @numba.njit(cache=True, nogil=True)
