@@ -45,7 +45,7 @@ def row_states(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     residuals = np.zeros(len(groups), dtype=np.int64)
     pick = np.empty(0, np.bool_)
     accumulate_scaled(rows[order], pick, False, words, before, codes[order], state, True)
-    accumulate_residuals(rows[order], pick, False, words, before, codes[order], residuals, 100)
+    accumulate_residuals(rows[order], pick, False, np.arange(len(groups), dtype=np.int64), codes[order], residuals, 100)
     return state, residuals
 
 
@@ -159,3 +159,15 @@ def test_window_edges_inside_a_day(pair: tuple[Engine, NaiveStore]) -> None:
                        EDGE_NOW) == ["edges"]
     assert assert_same(engine, oracle, "DID(cart_abandoned, AVG(cart_value) = 40, WITHIN 30d)", EDGE_NOW) == \
         ["outside"]
+
+
+def test_residuals_only_of_the_near_rows() -> None:
+    """Rows that share their low 16 bits with a near row pass the filter but add nothing; picked
+    events only; nulls add nothing."""
+    rows = np.array([5, 65541, 131077, 65541, 65541, 65541], dtype=np.int32)
+    codes = np.array([10, 10, 10, 20, SCALED_NULL, 7], dtype=np.int32)
+    pick = np.array([True, True, True, True, True, False])
+    residuals = np.zeros(1, dtype=np.int64)
+    accumulate_residuals(rows, pick, True, np.array([65541], dtype=np.int64), codes, residuals, 100)
+    sums = correctly_rounded_sums(np.array([30], dtype=np.int64), residuals, 100)
+    assert sums.tolist() == [math.fsum([0.1, 0.2])]

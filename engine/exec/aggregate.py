@@ -312,12 +312,11 @@ def _exact_scaled(agg: ast.Aggregate, parts: list[Run], keeps: list[np.ndarray |
                   sums: np.ndarray, nvals: np.ndarray, scale: int) -> np.ndarray:
     """Whether a SUM or AVG holds for ``rows`` (ascending; their sums of codes and numbers of values
     given), from their exact sums: a pass over the window's events of those rows adds up residuals."""
-    words = bitset_of(to_bitmap(rows, assume_sorted=True))
-    before = rank_bases(words)
     residuals = np.zeros(len(rows), dtype=np.int64)
     dummy = np.empty(0, dtype=bool)
+    near = rows.astype(np.int64)
     for part, keep in zip(parts, keeps):
-        accumulate_residuals(part.rows, dummy if keep is None else keep, keep is not None, words, before,
+        accumulate_residuals(part.rows, dummy if keep is None else keep, keep is not None, near,
                              part.props[agg.prop], residuals, scale)
     total = correctly_rounded_sums(sums, residuals, scale)
     if agg.func == "AVG":
