@@ -28,8 +28,8 @@ from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventTypeStore
 from ..store.runs import SCALED_NULL, Run
 from .grouping import bit_ranks, bitset_of, popcount, rank_bases, rows_in, stable_group_order
-from .scaled_sums import (COUNT, EXTREMES_WIDTH, GREATEST, LEAST, MAX_VALUES, RESIDUAL_BITS, SUM, SUMS_WIDTH, VALUES,
-                          accumulate_residuals, accumulate_scaled, correctly_rounded_sums, residual_bits, sum_estimates)
+from .scaled_sums import (EXTREMES_WIDTH, GREATEST, LEAST, MAX_VALUES, RESIDUAL_BITS, SUM, SUMS_WIDTH, accumulate_residuals,
+                          accumulate_scaled, correctly_rounded_sums, counts_of, residual_bits, sum_estimates, values_of)
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
@@ -278,12 +278,12 @@ def _scaled_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps:
             accumulate_scaled(part.rows, dummy if keep is None else keep, keep is not None, words, before,
                               part.props[prop], state, i == 0)
         states[prop] = state
-    counts = states[props[0]][:, COUNT]
+    counts = counts_of(states[props[0]])
     passing = compare(counts, node.count_op, node.count_n)
     unsure = np.zeros(n, dtype=bool)
     for agg in node.aggregates:
         state, scale = states[agg.prop], store.scaled[agg.prop]
-        nvals = np.ascontiguousarray(state[:, VALUES])
+        nvals = values_of(state)
         has = nvals > 0
         holds = np.zeros(n, dtype=bool)
         if agg.func in ("MIN", "MAX"):

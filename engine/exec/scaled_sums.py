@@ -31,10 +31,12 @@ import numpy as np
 from ..store.runs import SCALED_NULL
 from .grouping import popcount
 
-#: Columns of the per-row state: events counted, then the property's values and sum of codes; with
-#: extremes, also the least and the greatest code (SUMS_WIDTH or EXTREMES_WIDTH columns).
-COUNT, VALUES, SUM, LEAST, GREATEST = range(5)
-SUMS_WIDTH, EXTREMES_WIDTH = 3, 5
+#: Columns of the per-row state (16 or 32 bytes: a record never straddles a cache line): the events
+#: counted (high 32 bits) and the property's values (low 32 bits), the sum of codes, and with
+#: extremes, the least and the greatest code (SUMS_WIDTH or EXTREMES_WIDTH columns).
+COUNTS, SUM, LEAST, GREATEST = range(4)
+SUMS_WIDTH, EXTREMES_WIDTH = 2, 4
+_EVENT = 1 << 32
 #: Residuals are counted in units of 2**-RESIDUAL_BITS: the ulp of the least nonzero |value| (1/scale).
 RESIDUAL_BITS = 59
 #: Rows with more values than this in a window leave the integer path (C and R stay far from overflow).
@@ -42,6 +44,16 @@ MAX_VALUES = 1 << 21
 #: |c| < 2**CODE_BITS for every code, so each representation error is below 2**(CODE_BITS - 53) / scale.
 CODE_BITS = 31
 _SPLIT = 134217729.0  # 2**27 + 1, Dekker's splitter
+
+
+def counts_of(state: np.ndarray) -> np.ndarray:
+    """Per row of a state, the events counted."""
+    return state[:, COUNTS] >> 32
+
+
+def values_of(state: np.ndarray) -> np.ndarray:
+    """Per row of a state, the property's non-null values."""
+    return state[:, COUNTS] & 0xFFFFFFFF
 
 
 def residual_bits(scale: int) -> int:
@@ -66,7 +78,7 @@ def accumulate_scaled(rows, pick, use_pick, words, before, codes, state, countin
 
     An event counts when ``pick`` holds (if ``use_pick``) and its row is set in the bitset ``words``;
     its slot is the row's rank (``before``: set bits before each word). ``counting``: also count the
-    events (column COUNT); the property columns take the non-null codes only.
+    events; the property columns take the non-null codes only.
     """
     extremes = state.shape[1] > LEAST
     for i in range(len(rows)):
@@ -80,13 +92,13 @@ def accumulate_scaled(rows, pick, use_pick, words, before, codes, state, countin
         if words[w] & bit == 0:
             continue
         k = before[w] + popcount(words[w] & (bit - np.uint64(1)))
-        if counting:
-            state[k, COUNT] += 1
         c = codes[i]
         if c == SCALED_NULL:
+            if counting:
+                state[k, COUNTS] += _EVENT
             continue
-        n = state[k, VALUES]
-        state[k, VALUES] = n + 1
+        n = state[k, COUNTS] & 0xFFFFFFFF
+        state[k, COUNTS] += _EVENT + 1 if counting else 1
         state[k, SUM] += c
         if extremes:
             if n == 0 or c < state[k, LEAST]:
