@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from engine import Engine, Schema
 from engine.exec.scaled_sums import (EXTREMES_WIDTH, GREATEST, LEAST, RESIDUAL_BITS, SUM, accumulate_residuals,
-                                     accumulate_scaled, correctly_rounded_sums, counts_of, residual_bits, values_of)
+                                     accumulate_scaled, correctly_rounded_sums, counts_of, rank_table, residual_bits,
+                                     values_of)
 from engine.schema import CONTRACT_SCHEMA
 from engine.store.runs import SCALED_NULL
 
@@ -40,11 +41,10 @@ def row_states(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     words = np.zeros(len(groups) // 64 + 1, dtype=np.uint64)
     for k in range(len(groups)):
         words[k >> 6] |= np.uint64(1) << np.uint64(k & 63)
-    before = np.zeros(len(words), dtype=np.int64)  # fewer than 64 rows: one word
     state = np.zeros((len(groups), EXTREMES_WIDTH), dtype=np.int64)
     residuals = np.zeros(len(groups), dtype=np.int64)
     pick = np.empty(0, np.bool_)
-    accumulate_scaled(rows[order], pick, False, words, before, codes[order], state, True)
+    accumulate_scaled(rows[order], pick, False, rank_table(words), codes[order], state, True)
     accumulate_residuals(rows[order], pick, False, np.arange(len(groups), dtype=np.int64), codes[order], residuals, 100)
     return state, residuals
 

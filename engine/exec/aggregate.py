@@ -28,8 +28,9 @@ from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventTypeStore
 from ..store.runs import SCALED_NULL, Run
 from .grouping import bit_ranks, bitset_of, popcount, rank_bases, rows_in, stable_group_order
-from .scaled_sums import (EXTREMES_WIDTH, GREATEST, LEAST, MAX_VALUES, RESIDUAL_BITS, SUM, SUMS_WIDTH, accumulate_residuals,
-                          accumulate_scaled, correctly_rounded_sums, counts_of, residual_bits, sum_estimates, values_of)
+from .scaled_sums import (COUNTS, EXTREMES_WIDTH, GREATEST, LEAST, MAX_VALUES, OP_CODES, RESIDUAL_BITS, SUM, SUMS_WIDTH,
+                          accumulate_residuals, accumulate_scaled, correctly_rounded_sums, counts_of, rank_table,
+                          residual_bits, sum_tests, values_of)
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
@@ -219,12 +220,11 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
     lo, hi = window
     window_rows = evaluator.present(store, lo, hi) if found is None else evaluator.present(store, lo, hi, found) & found
     words = bitset_of(window_rows)
-    before = rank_bases(words)
     distinct = rows_of(window_rows)
     if all(_integer_path(store, agg.prop) for agg in node.aggregates):
-        counts, passing, unsure = _scaled_tests(node, store, parts, keeps, words, before, distinct)
+        counts, passing, unsure = _scaled_tests(node, store, parts, keeps, words, distinct)
     else:
-        counts, passing, unsure = _float_tests(node, store, parts, keeps, words, before, len(distinct))
+        counts, passing, unsure = _float_tests(node, store, parts, keeps, words, len(distinct))
     counted = counts > 0
     unsure &= counted
     if unsure.any():  # decide those rows exactly; their other tests are redone there too
@@ -237,9 +237,10 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
 
 
 def _float_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps: list[np.ndarray | None],
-                 words: np.ndarray, before: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 words: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per slot: the events counted, whether the count and every aggregate hold, and whether that is
     left undecided (compensated float64 sums)."""
+    before = rank_bases(words)
     counts = np.zeros(n, dtype=np.int64)
     slots = []
     for part, keep in zip(parts, keeps):
@@ -261,13 +262,13 @@ def _integer_path(store: EventTypeStore, prop: str) -> bool:
 
 
 def _scaled_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps: list[np.ndarray | None],
-                  words: np.ndarray, before: np.ndarray,
-                  distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  words: np.ndarray, distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_float_tests`` for scaled float properties (``distinct``: the rows of the slots): one pass
     per property over the window's events into per-slot integer records (:mod:`.scaled_sums`), and
     one over the events of the rows whose SUM or AVG lies on or near its literal; only rows with
     over MAX_VALUES values near a literal are left undecided."""
     n = len(distinct)
+    table = rank_table(words)
     props = list(dict.fromkeys(agg.prop for agg in node.aggregates))
     dummy = np.empty(0, dtype=bool)
     states: dict[str, np.ndarray] = {}
@@ -275,36 +276,31 @@ def _scaled_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps:
         extremes = any(agg.prop == prop and agg.func in ("MIN", "MAX") for agg in node.aggregates)
         state = np.zeros((n, EXTREMES_WIDTH if extremes else SUMS_WIDTH), dtype=np.int64)
         for part, keep in zip(parts, keeps):
-            accumulate_scaled(part.rows, dummy if keep is None else keep, keep is not None, words, before,
-                              part.props[prop], state, i == 0)
+            accumulate_scaled(part.rows, dummy if keep is None else keep, keep is not None, table, part.props[prop],
+                              state, i == 0)
         states[prop] = state
     counts = counts_of(states[props[0]])
     passing = compare(counts, node.count_op, node.count_n)
     unsure = np.zeros(n, dtype=bool)
     for agg in node.aggregates:
         state, scale = states[agg.prop], store.scaled[agg.prop]
-        nvals = values_of(state)
-        has = nvals > 0
-        holds = np.zeros(n, dtype=bool)
         if agg.func in ("MIN", "MAX"):
+            has = values_of(state) > 0
+            holds = np.zeros(n, dtype=bool)
             codes = state[:, LEAST if agg.func == "MIN" else GREATEST]
             holds[has] = compare(codes[has] / scale, agg.op, agg.value)
             passing &= holds
             continue
-        literal = _as_float(agg.value)
-        sums = np.ascontiguousarray(state[:, SUM])
-        value, near = sum_estimates(sums, nvals, scale, literal if math.isfinite(literal) else 0.0, agg.func == "AVG")
-        if not math.isfinite(literal):  # an int literal beyond the float range: compare exact sums
-            near = has.copy() if agg.func == "AVG" else np.ones(n, dtype=bool)
-        holds[:] = compare(value, agg.op, agg.value)
-        crowded = near & (nvals >= MAX_VALUES)
-        exact = np.flatnonzero(near & ~crowded)
+        lo, hi = (agg.value, agg.value) if isinstance(agg.value, float) else _float_bounds(agg.value)
+        holds, near = sum_tests(state, scale, OP_CODES[agg.op], lo, hi, agg.func == "AVG")
+        exact = np.flatnonzero(near)
         if len(exact):
-            holds[exact] = _exact_scaled(agg, parts, keeps, distinct[exact], sums[exact], nvals[exact], scale)
-        if agg.func == "AVG":
-            holds &= has
+            nvals = state[exact, COUNTS] & 0xFFFFFFFF
+            crowded = nvals >= MAX_VALUES
+            unsure[exact[crowded]] = True
+            exact, nvals = exact[~crowded], nvals[~crowded]
+            holds[exact] = _exact_scaled(agg, parts, keeps, distinct[exact], state[exact, SUM], nvals, scale)
         passing &= holds
-        unsure |= crowded
     return counts, passing, unsure
 
 

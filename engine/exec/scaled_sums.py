@@ -15,7 +15,7 @@ Codes 10, 20 and -30 of one row (0.1 + 0.2 - 0.3, whose exact sum is not 0):
 
 >>> state = np.zeros((1, SUMS_WIDTH), dtype=np.int64)
 >>> rows, codes, no_pick = np.zeros(3, np.int32), np.array([10, 20, -30], np.int32), np.empty(0, np.bool_)
->>> accumulate_scaled(rows, no_pick, False, np.ones(1, np.uint64), np.zeros(1, np.int64), codes, state, True)
+>>> accumulate_scaled(rows, no_pick, False, rank_table(np.ones(1, np.uint64)), codes, state, True)
 >>> residuals = np.zeros(1, dtype=np.int64)
 >>> accumulate_residuals(rows, no_pick, False, np.zeros(1, np.int64), codes, residuals, 100)
 >>> correctly_rounded_sums(state[:, SUM], residuals, 100).tolist() == [math.fsum([0.1, 0.2, -0.3])]
@@ -72,12 +72,12 @@ def _times_scale(d, scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def accumulate_scaled(rows, pick, use_pick, words, before, codes, state, counting):
+def accumulate_scaled(rows, pick, use_pick, table, codes, state, counting):
     """Accumulate a window part's events into ``state`` (one row per rank, SUMS_WIDTH or
     EXTREMES_WIDTH columns).
 
-    An event counts when ``pick`` holds (if ``use_pick``) and its row is set in the bitset ``words``;
-    its slot is the row's rank (``before``: set bits before each word). ``counting``: also count the
+    An event counts when ``pick`` holds (if ``use_pick``) and its row is set in the bitset of the
+    rank ``table`` (:func:`rank_table`); its slot is the row's rank. ``counting``: also count the
     events; the property columns take the non-null codes only.
     """
     extremes = state.shape[1] > LEAST
@@ -85,13 +85,14 @@ def accumulate_scaled(rows, pick, use_pick, words, before, codes, state, countin
         if use_pick and not pick[i]:
             continue
         row = np.int64(rows[i])
-        w = row >> 6
-        if w >= len(words):
+        w = (row >> 6) * 2
+        if w >= len(table):
             continue
         bit = np.uint64(1) << np.uint64(row & 63)
-        if words[w] & bit == 0:
+        word = table[w]
+        if word & bit == 0:
             continue
-        k = before[w] + popcount(words[w] & (bit - np.uint64(1)))
+        k = np.int64(table[w + 1]) + popcount(word & (bit - np.uint64(1)))
         c = codes[i]
         if c == SCALED_NULL:
             if counting:
@@ -137,27 +138,72 @@ def accumulate_residuals(rows, pick, use_pick, near, codes, residuals, scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def sum_estimates(sums, nvals, scale, literal, average):
-    """Per row, ``C / scale`` (or over the number of values, ``average``) and whether the exact
-    SUM (AVG) may lie on the other side of ``literal`` or on it (then it is computed exactly)."""
-    n = len(sums)
-    value = np.empty(n, dtype=np.float64)
+def rank_table(words):
+    """The bitset ``words`` interleaved with the number of bits set before each word (one cache
+    line holds both for four words): ``[word 0, 0, word 1, popcount(word 0), ...]``."""
+    table = np.empty(2 * len(words), dtype=np.uint64)
+    total = 0
+    for w in range(len(words)):
+        table[2 * w] = words[w]
+        table[2 * w + 1] = np.uint64(total)
+        total += popcount(words[w])
+    return table
+
+
+#: Operator codes of :func:`sum_tests`.
+OP_CODES = {"=": 0, "!=": 1, "<": 2, "<=": 3, ">": 4, ">=": 5}
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _holds(v, op, lo, hi):
+    """``v op literal`` exactly, where lo <= literal <= hi are the nearest float64 (lo == hi: it is one)."""
+    if lo == hi:
+        if op == 0:
+            return v == lo
+        if op == 1:
+            return v != lo
+        if op == 2:
+            return v < lo
+        if op == 3:
+            return v <= lo
+        if op == 4:
+            return v > lo
+        return v >= lo
+    if op == 0:
+        return False
+    if op == 1:
+        return True
+    if op <= 3:
+        return v <= lo
+    return v >= hi
+
+
+@numba.njit(cache=True, nogil=True)
+def sum_tests(state, scale, op, lo, hi, average):
+    """Per row of ``state``: whether ``C / scale`` (over the number of values, with ``average``)
+    ``op`` the literal (bounded by the float64 ``lo`` <= literal <= ``hi``), and whether the exact
+    SUM (AVG) may lie on its other side or on it (then it must be computed exactly). An AVG of no
+    values holds for none."""
+    n = state.shape[0]
+    holds = np.empty(n, dtype=np.bool_)
     near = np.empty(n, dtype=np.bool_)
     drift_per_value = 2.0 ** (CODE_BITS - 53) / scale
+    size = abs(lo) if math.isfinite(lo) else 0.0
     for k in range(n):
-        count = nvals[k]
-        v = sums[k] / scale
+        count = state[k, COUNTS] & 0xFFFFFFFF
+        v = state[k, SUM] / scale
         drift = count * drift_per_value
         if average:
             if count == 0:
-                value[k] = 0.0
+                holds[k] = False
                 near[k] = False
                 continue
             v = v / count
             drift = drift / count
-        value[k] = v
-        near[k] = abs(v - literal) <= drift + 2.0**-50 * (abs(v) + abs(literal)) + 1e-300
-    return value, near
+        slack = drift + 2.0**-50 * (abs(v) + size) + 1e-300
+        holds[k] = _holds(v, op, lo, hi)
+        near[k] = abs(v - lo) <= slack or abs(v - hi) <= slack
+    return holds, near
 
 
 @numba.njit(cache=True, nogil=True)
