@@ -143,6 +143,8 @@ def test_round_literals(pair: tuple[Engine, NaiveStore]) -> None:
     assert assert_same(engine, oracle, "DID(purchase, SUM(amount) > 0, SUM(amount) < 0.01)") == ["cancel"]
     assert assert_same(engine, oracle, "DID(purchase, AVG(amount) = 80, COUNT >= 2)") == ["avg80"]
     assert assert_same(engine, oracle, "DID(purchase, MIN(amount) = 0.1, MAX(amount) <= 0.1)") == ["tenths"]
+    assert assert_same(engine, oracle, "DID(purchase, SUM(amount) = 1, MAX(amount) = 0.1)") == ["tenths"]
+    assert assert_same(engine, oracle, "DID(purchase, AVG(amount) < 80.01, MIN(amount) >= 79.99)") == ["avg80"]
     assert assert_same(engine, oracle, "DID(purchase, SUM(amount) < 0.01)") == ["cancel", "edges", "middle",
                                                                                  "nothing", "outside"]
     everyone = ["edges", "middle", "nothing", "outside"] + sorted(ROWS)

@@ -5,7 +5,8 @@ row with a counting sort on each row's rank among the window's rows (:mod:`.grou
 are computed and tested. ``SUM`` is exact: each row's values go through Shewchuk's
 non-overlapping partials and the same final rounding as ``math.fsum``, so it is the correctly
 rounded sum whatever the order of the events. Float properties kept as scaled int32 codes are
-decoded to their exact float64 values first.
+summed in integers by :mod:`.scaled_sums` when a SUM or AVG asks, else decoded to their exact
+float64 values first.
 
 >>> segment_fsum(np.array([0, 3]), np.array([1e100, 1.0, -1e100, 0.1, 0.2]))[0].tolist()
 [1.0, 0.30000000000000004]
@@ -221,7 +222,8 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
     window_rows = evaluator.present(store, lo, hi) if found is None else evaluator.present(store, lo, hi, found) & found
     words = bitset_of(window_rows)
     distinct = rows_of(window_rows)
-    if all(_integer_path(store, agg.prop) for agg in node.aggregates):
+    sums = any(agg.func in ("SUM", "AVG") for agg in node.aggregates)  # MIN/MAX alone: the float pass is faster
+    if sums and all(_integer_path(store, agg.prop) for agg in node.aggregates):
         counts, passing, unsure = _scaled_tests(node, store, parts, keeps, words, distinct)
     else:
         counts, passing, unsure = _float_tests(node, store, parts, keeps, words, len(distinct))
