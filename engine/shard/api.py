@@ -13,6 +13,9 @@ Every method is classified by how it may share a shard with other calls (``ACCES
   reads, and each other while ``QUERIES_OVERLAP`` (the executor's clock and scratch are per call).
 - ``POINT``: a short read outside the executor (``membership``, ``profile``, ``stats``...). A
   point read may run alongside queries and other point reads, and goes ahead of queued queries.
+- ``PREPARE``: ``prepare_logged``, which works out the next write while reads go on
+  (engine/shard/prepared.py). It runs alongside reads like a point read, never alongside a
+  write, and is not counted as a query.
 
 >>> sorted(name for name, access in ACCESS.items() if access is Access.QUERY)
 ['breakdown', 'count', 'explain', 'ids', 'lookalike_counts', 'lookalike_sample', 'lookalike_score', 'overlap', 'rows', 'why']
@@ -40,6 +43,7 @@ class Access(enum.Enum):
     WRITE = "write"
     QUERY = "query"
     POINT = "point"
+    PREPARE = "prepare"
 
 
 class ShardAPI(Protocol):
@@ -50,6 +54,7 @@ class ShardAPI(Protocol):
     def capture_changes(self, on: bool) -> None: ...
     def take_changes(self) -> dict[str, Any]: ...
     def apply_logged(self, seq: int, method: str, args: tuple) -> Any: ...
+    def prepare_logged(self, seq: int, method: str, args: tuple) -> bool: ...
     def recover(self, data_dir: str) -> dict[str, Any]: ...
     def snapshot_capture(self, data_dir: str, snapshot_id: int) -> dict[str, int]: ...
     def snapshot_prune(self, data_dir: str, keep: list[int]) -> int: ...
@@ -97,10 +102,11 @@ ACCESS: dict[str, Access] = {
     "segment_rows": P, "profile": P, "segment_info": P, "segment_infos": P, "membership": P,
     "snapshot_status": P, "stats": P, "identity_payloads": P, "canonical_ids": P, "alias_hashes": P,
     "export_profile": P, "segment_sizes": P, "member_columns": P,
+    "prepare_logged": Access.PREPARE,
 }
 #: The names of the remote shard methods.
 METHODS: frozenset[str] = frozenset(ACCESS)
-#: The methods that only read (queries and point reads); the others are writes.
+#: The methods that only read (queries, point reads and the prepare of a write); the others are writes.
 READS: frozenset[str] = frozenset(name for name, access in ACCESS.items() if access is not Access.WRITE)
 
 #: Whether two queries may run at once on one shard (the executor's clock and scratch are per call).

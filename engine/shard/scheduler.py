@@ -6,8 +6,8 @@ the next one that may start now:
 - a write starts only when it is the oldest request waiting and nothing is running; requests
   after it wait until it has finished (so writes keep the id order against everything);
 - reads before the first waiting write may start while other reads run: point reads
-  (``Access.POINT``) first, whatever queries wait ahead of them, then the oldest query, if
-  fewer than ``max_queries`` queries are running.
+  (``Access.POINT``) and the prepare of a write (``Access.PREPARE``) first, whatever queries
+  wait ahead of them, then the oldest query, if fewer than ``max_queries`` queries are running.
 
 Not thread-safe: the worker calls it under its own lock.
 
@@ -65,7 +65,7 @@ class Scheduler:
                 if index == 0 and not self.running:
                     return 0
                 break
-            if kind is Access.POINT:
+            if kind is Access.POINT or kind is Access.PREPARE:
                 return index
             if first_query is None:
                 first_query = index

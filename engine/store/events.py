@@ -18,7 +18,9 @@ per type, then maintained by later appends like the day bitmaps.
 """
 from __future__ import annotations
 
+import array
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +52,52 @@ COMPACT_MIN_DEAD = 1 << 16
 #: Held while a query builds a structure on demand (slot bitmaps, latest times), so queries in
 #: several threads build each once and see it only when whole.
 _BUILD_LOCK = threading.Lock()
+
+
+def slot_bitmaps(rows: np.ndarray, ts: np.ndarray) -> dict[int, BitMap]:
+    """The rows of events sorted by time per 5-minute slot (``ts // SLOT_MS``): one sort of
+    (slot, row) keys, then one bitmap per slot from a slice of the sorted rows."""
+    slots = ts // SLOT_MS
+    first = int(slots[0])
+    keys = np.sort(((slots - first) << 32) | rows.astype(np.int64))
+    offsets = keys >> 32
+    cuts = (np.flatnonzero(offsets[1:] != offsets[:-1]) + 1).tolist()
+    starts, stops = [0, *cuts], [*cuts, len(keys)]
+    blob = memoryview((keys & 0xFFFFFFFF).astype(np.uint32).tobytes())
+    out: dict[int, BitMap] = {}
+    for offset, start, stop in zip(offsets[starts].tolist(), starts, stops):
+        part = array.array("I")
+        part.frombytes(blob[4 * start:4 * stop])
+        out[first + offset] = BitMap(part)
+    return out
+
+
+def _with_run(runs: list[Run], run: Run) -> list[Run]:
+    """A new list: ``runs`` plus ``run``, neighbouring runs of similar size merged (the old list is unchanged)."""
+    runs = [*runs, run]
+    while len(runs) >= 2 and len(runs[-2]) <= 2 * len(runs[-1]):
+        last = runs.pop()
+        runs[-1] = merge_runs(runs[-1], last)
+    return runs
+
+
+@dataclass
+class AppendPlan:
+    """Events of one type ready to be made visible (``EventTypeStore.plan_append``/``commit_append``).
+
+    ``epochs``: per epoch, (the epoch's runs the plan was made from, those runs with the new run
+    merged in, the new run). ``days``: the new rows per UTC day; ``slots``: per day of
+    ``slot_days`` (the days whose slots were kept when the plan was made), the new rows per slot.
+    """
+
+    rows: np.ndarray
+    ts: np.ndarray
+    props: dict[str, np.ndarray]
+    valid: dict[str, np.ndarray]
+    epochs: dict[int, tuple[list[Run] | None, list[Run], Run]]
+    days: dict[int, BitMap]
+    slots: dict[int, dict[int, BitMap]]
+    slot_days: frozenset[int]
 
 
 class EventTypeStore:
@@ -170,8 +218,23 @@ class EventTypeStore:
                eids: np.ndarray | None = None) -> None:
         """Add events (rows, int64 epoch-ms timestamps, property columns; absent property = null; ``eids``:
         their event id entries, -1 for none, or None when no event has an id)."""
+        plan = self.plan_append(rows, ts, columns, eids, may_change=True)
+        if plan is not None:
+            self.commit_append(plan)
+
+    def plan_append(self, rows: np.ndarray, ts: np.ndarray, columns: dict[str, Column],
+                    eids: np.ndarray | None = None, may_change: bool = False) -> AppendPlan | None:
+        """Everything ``append`` computes before it changes what readers see: the sorted events, their
+        runs (merged into their epochs' runs as new lists), day and slot bitmaps.
+
+        Without ``may_change`` the store is only read, and None comes back when the events need a
+        change first (a category label or a float that the store does not encode yet): the caller
+        then appends them at commit time. None also for no events.
+        """
         if len(rows) == 0:
-            return
+            return None
+        if not may_change and not self._encodes(columns):
+            return None
         ts = np.asarray(ts, dtype=np.int64)
         rows = np.array(rows, dtype=np.int32)  # a copy: a run must not share memory with the caller's batch
         if eids is not None:
@@ -187,68 +250,98 @@ class EventTypeStore:
             eids = None if eids is None else eids[order]
         first, last = int(ts[0]) >> EPOCH_BITS, int(ts[-1]) >> EPOCH_BITS
         cuts = np.searchsorted(ts, np.arange(first + 1, last + 1, dtype=np.int64) << EPOCH_BITS).tolist()
+        epochs: dict[int, tuple[list[Run] | None, list[Run], Run]] = {}
         for epoch, start, stop in zip(range(first, last + 1), [0, *cuts], [*cuts, len(ts)]):
             if stop > start:
                 base = epoch << EPOCH_BITS
-                self._add_run(epoch, Run(base, (ts[start:stop] - base).astype(np.uint32), rows[start:stop],
-                                         {k: v[start:stop] for k, v in props.items()},
-                                         {k: v[start:stop] for k, v in valid.items()},
-                                         None if eids is None else eids[start:stop]))
-        self._index(rows, ts)
-        for prop, kept in self.prop_bitmaps.items():
-            kept.add(self.bin_keys(prop, props[prop], valid.get(prop)), rows, ts)
-        self.count += len(rows)
-        self.generation += 1
+                run = Run(base, (ts[start:stop] - base).astype(np.uint32), rows[start:stop],
+                          {k: v[start:stop] for k, v in props.items()},
+                          {k: v[start:stop] for k, v in valid.items()},
+                          None if eids is None else eids[start:stop])
+                known = self.epochs.get(epoch)
+                epochs[epoch] = (known, _with_run(known or [], run), run)
+        days, slots, slot_days = self._day_bitmaps(rows, ts)
+        return AppendPlan(rows, ts, props, valid, epochs, days, slots, slot_days)
 
-    def _add_run(self, epoch: int, run: Run) -> None:
-        runs = self.epochs.setdefault(epoch, [])
-        runs.append(run)
-        while len(runs) >= 2 and len(runs[-2]) <= 2 * len(runs[-1]):
-            last = runs.pop()
-            runs[-1] = merge_runs(runs[-1], last)
-
-    def buckets(self, size_ms: int) -> dict[int, BitMap]:
-        """The presence bitmaps at granularity ``size_ms`` (DAY_MS, or SLOT_MS: only the days in ``slot_days``)."""
-        return self.days if size_ms == DAY_MS else self.slots
-
-    def _index(self, rows: np.ndarray, ts: np.ndarray) -> None:
-        """Index events sorted by time: day bitmaps, slots of the cached days, ``ever``, ``last_ts``."""
-        first, last = int(ts[0]) // DAY_MS, int(ts[-1]) // DAY_MS
-        cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * DAY_MS).tolist()
-        added = []
-        for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
-            if stop == start:
-                continue
-            bitmap = to_bitmap(rows[start:stop])
-            added.append(bitmap)
+    def commit_append(self, plan: AppendPlan) -> None:
+        """Make the events of ``plan`` (made against this store as it is now) visible."""
+        for epoch, (known, runs, run) in plan.epochs.items():
+            # the runs merged at plan time, unless the epoch's runs changed since (then merge again)
+            self.epochs[epoch] = runs if self.epochs.get(epoch) is known else _with_run(self.epochs.get(epoch, []), run)
+        rows, ts = plan.rows, plan.ts
+        for day, bitmap in plan.days.items():
             known = self.days.get(day)
             if known is None:
                 self.days[day] = bitmap
             else:
                 known |= bitmap
             if day in self.slot_days:
-                self._index_slots(rows[start:stop], ts[start:stop])
-        if len(added) > 1:
-            self.ever |= BitMap.union(*added)
-        else:
-            self.ever |= added[0]
+                if day in plan.slot_days:
+                    for slot, part in plan.slots.get(day, {}).items():
+                        kept = self.slots.get(slot)
+                        if kept is None:
+                            self.slots[slot] = part
+                        else:
+                            kept |= part
+                else:  # a query started keeping this day's slots after the plan was made
+                    start, stop = np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]).tolist()
+                    self._index_slots(rows[start:stop], ts[start:stop])
+        added = list(plan.days.values())
+        self.ever |= BitMap.union(*added) if len(added) > 1 else added[0]
         if self.last_ts is not None:
             self.last_ts.ensure(int(rows.max()) + 1)
             max_at(self.last_ts.data, rows, ts)
         self.max_ts = max(self.max_ts, int(ts[-1]))
+        for prop, kept_bins in self.prop_bitmaps.items():
+            kept_bins.add(self.bin_keys(prop, plan.props[prop], plan.valid.get(prop)), rows, ts)
+        self.count += len(rows)
+        self.generation += 1
+
+    def _encodes(self, columns: dict[str, Column]) -> bool:
+        """True if the store encodes ``columns`` as it is: every category label known, every float
+        property's values representable in its present encoding."""
+        for prop, column in columns.items():
+            kind = self.definition.properties.get(prop)
+            if kind == "category":
+                assert isinstance(column, CategoryColumn)
+                code_of = self.code_of[prop]
+                if any(label not in code_of for label in column.labels):
+                    return False
+            elif kind == "float" and self.scaled.get(prop, 0):
+                assert isinstance(column, ValueColumn)
+                values = np.asarray(column.values, dtype=np.float64)
+                if encode_scaled(values, np.asarray(column.valid, dtype=bool), self.scaled[prop]) is None:
+                    return False
+        return True
+
+    def _day_bitmaps(self, rows: np.ndarray, ts: np.ndarray) -> tuple[dict[int, BitMap], dict[int, dict[int, BitMap]],
+                                                                      frozenset[int]]:
+        """For events sorted by time: their rows per UTC day, per 5-minute slot of the days whose slots
+        are kept now, and those days."""
+        first, last = int(ts[0]) // DAY_MS, int(ts[-1]) // DAY_MS
+        cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * DAY_MS).tolist()
+        slot_days = frozenset(self.slot_days)
+        days: dict[int, BitMap] = {}
+        slots: dict[int, dict[int, BitMap]] = {}
+        for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
+            if stop > start:
+                days[day] = to_bitmap(rows[start:stop])
+                if day in slot_days:
+                    slots[day] = slot_bitmaps(rows[start:stop], ts[start:stop])
+        return days, slots, slot_days
+
+    def buckets(self, size_ms: int) -> dict[int, BitMap]:
+        """The presence bitmaps at granularity ``size_ms`` (DAY_MS, or SLOT_MS: only the days in ``slot_days``)."""
+        return self.days if size_ms == DAY_MS else self.slots
 
     def _index_slots(self, rows: np.ndarray, ts: np.ndarray) -> None:
         """Add events (sorted by time, of days in ``slot_days``) to the slot bitmaps."""
-        first, last = int(ts[0]) // SLOT_MS, int(ts[-1]) // SLOT_MS
-        cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * SLOT_MS).tolist()
-        for slot, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
-            if stop > start:
-                bitmap = to_bitmap(rows[start:stop])
-                known = self.slots.get(slot)
-                if known is None:
-                    self.slots[slot] = bitmap
-                else:
-                    known |= bitmap
+        for slot, bitmap in slot_bitmaps(rows, ts).items():
+            known = self.slots.get(slot)
+            if known is None:
+                self.slots[slot] = bitmap
+            else:
+                known |= bitmap
 
     def has_slots(self, day: int) -> bool:
         """True if the slot bitmaps of UTC ``day`` are kept."""
