@@ -95,9 +95,32 @@ class AppendPlan:
     props: dict[str, np.ndarray]
     valid: dict[str, np.ndarray]
     epochs: dict[int, tuple[list[Run] | None, list[Run], Run]]
-    days: dict[int, BitMap]
-    slots: dict[int, dict[int, BitMap]]
+    days: dict[int, Grown]
+    slots: dict[int, dict[int, Grown]]
     slot_days: frozenset[int]
+    ever: Grown
+
+
+#: A bitmap a write grows: (the bitmap the plan saw or None, a copy of it with the new rows, the new rows).
+Grown = tuple[BitMap | None, BitMap, BitMap]
+
+
+def _grown(old: BitMap | None, part: BitMap) -> Grown:
+    """``old`` grown by ``part`` as a new bitmap (``old`` is unchanged)."""
+    return old, part if old is None else old | part, part
+
+
+def _install(target: dict[int, BitMap], key: int, grown: Grown) -> None:
+    """Put the grown bitmap in ``target[key]`` if that still holds the bitmap the plan saw; else OR the
+    new rows into whatever it holds now."""
+    old, merged, part = grown
+    current = target.get(key)
+    if current is old:
+        target[key] = merged
+    elif current is None:
+        target[key] = part
+    else:
+        current |= part
 
 
 class EventTypeStore:
@@ -261,7 +284,9 @@ class EventTypeStore:
                 known = self.epochs.get(epoch)
                 epochs[epoch] = (known, _with_run(known or [], run), run)
         days, slots, slot_days = self._day_bitmaps(rows, ts)
-        return AppendPlan(rows, ts, props, valid, epochs, days, slots, slot_days)
+        added = [part for _, _, part in days.values()]
+        ever = _grown(self.ever, BitMap.union(*added) if len(added) > 1 else added[0])
+        return AppendPlan(rows, ts, props, valid, epochs, days, slots, slot_days, ever)
 
     def commit_append(self, plan: AppendPlan) -> None:
         """Make the events of ``plan`` (made against this store as it is now) visible."""
@@ -269,25 +294,20 @@ class EventTypeStore:
             # the runs merged at plan time, unless the epoch's runs changed since (then merge again)
             self.epochs[epoch] = runs if self.epochs.get(epoch) is known else _with_run(self.epochs.get(epoch, []), run)
         rows, ts = plan.rows, plan.ts
-        for day, bitmap in plan.days.items():
-            known = self.days.get(day)
-            if known is None:
-                self.days[day] = bitmap
-            else:
-                known |= bitmap
+        for day, grown in plan.days.items():
+            _install(self.days, day, grown)
             if day in self.slot_days:
                 if day in plan.slot_days:
-                    for slot, part in plan.slots.get(day, {}).items():
-                        kept = self.slots.get(slot)
-                        if kept is None:
-                            self.slots[slot] = part
-                        else:
-                            kept |= part
+                    for slot, slot_grown in plan.slots.get(day, {}).items():
+                        _install(self.slots, slot, slot_grown)
                 else:  # a query started keeping this day's slots after the plan was made
                     start, stop = np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]).tolist()
                     self._index_slots(rows[start:stop], ts[start:stop])
-        added = list(plan.days.values())
-        self.ever |= BitMap.union(*added) if len(added) > 1 else added[0]
+        old, merged, part = plan.ever
+        if self.ever is old:
+            self.ever = merged
+        else:
+            self.ever |= part
         if self.last_ts is not None:
             self.last_ts.ensure(int(rows.max()) + 1)
             max_at(self.last_ts.data, rows, ts)
@@ -314,25 +334,23 @@ class EventTypeStore:
                     return False
         return True
 
-    def _day_bitmaps(self, rows: np.ndarray, ts: np.ndarray) -> tuple[dict[int, BitMap], dict[int, dict[int, BitMap]],
+    def _day_bitmaps(self, rows: np.ndarray, ts: np.ndarray) -> tuple[dict[int, Grown], dict[int, dict[int, Grown]],
                                                                       frozenset[int]]:
-        """For events sorted by time: their rows per UTC day, per 5-minute slot of the days whose slots
-        are kept now, and those days."""
+        """For events sorted by time: the day bitmaps grown by their rows, the slot bitmaps of the days
+        whose slots are kept now grown likewise, and those days."""
         first, last = int(ts[0]) // DAY_MS, int(ts[-1]) // DAY_MS
         cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * DAY_MS).tolist()
-        slot_days = frozenset(self.slot_days)
-        days: dict[int, BitMap] = {}
-        slots: dict[int, dict[int, BitMap]] = {}
+        with _BUILD_LOCK:  # the slot days and their bitmaps as one query's ensure_slots left them
+            slot_days, kept_slots = frozenset(self.slot_days), self.slots
+        days: dict[int, Grown] = {}
+        slots: dict[int, dict[int, Grown]] = {}
         for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
             if stop > start:
-                days[day] = to_bitmap(rows[start:stop])
+                days[day] = _grown(self.days.get(day), to_bitmap(rows[start:stop]))
                 if day in slot_days:
-                    slots[day] = slot_bitmaps(rows[start:stop], ts[start:stop])
+                    slots[day] = {slot: _grown(kept_slots.get(slot), part)
+                                  for slot, part in slot_bitmaps(rows[start:stop], ts[start:stop]).items()}
         return days, slots, slot_days
-
-    def buckets(self, size_ms: int) -> dict[int, BitMap]:
-        """The presence bitmaps at granularity ``size_ms`` (DAY_MS, or SLOT_MS: only the days in ``slot_days``)."""
-        return self.days if size_ms == DAY_MS else self.slots
 
     def _index_slots(self, rows: np.ndarray, ts: np.ndarray) -> None:
         """Add events (sorted by time, of days in ``slot_days``) to the slot bitmaps."""
