@@ -8,8 +8,9 @@ bench_grpc.py), then writes ``--batches`` columnar batches of 10,000 page views 
 (as bench_grpc.py's ``--contention ingest`` producer does) and times each with
 ``time.thread_time()`` (CPU time of the calling thread, where an in-process shard runs, so a
 loaded machine changes the figures far less than wall time does). The exclusive part is timed
-from the moment the write takes the engine's publish lock to the moment it gives it back. Run it
-with PYTHONPATH pointing at another checkout to compare revisions.
+from the moment the write takes the engine's publish lock to the moment it gives it back. The
+engine is imported from PYTHONPATH first (then from this checkout), so
+``PYTHONPATH=OTHER_CHECKOUT python benchmarks/write_publish_cpu.py`` times another revision.
 """
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent))  # after PYTHONPATH: another checkout there is the one timed
 
 import numpy as np  # noqa: E402
 
-from bench_grpc import segment_definitions  # noqa: E402
-from engine import Engine, Schema  # noqa: E402
+from engine import Engine, Schema  # noqa: E402  (before bench_grpc, which puts this checkout first)
 from engine.columns import EventBatch, column_from_values  # noqa: E402
 from loaders.generator import CATEGORIES, generate  # noqa: E402
+
+from bench_grpc import segment_definitions  # noqa: E402
 
 BATCH = 10_000
 

@@ -18,9 +18,7 @@ per type, then maintained by later appends like the day bitmaps.
 """
 from __future__ import annotations
 
-import array
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,8 +30,8 @@ from .bitmaps import to_bitmap
 from .event_ids import EventIdStore
 from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
-from .runs import (EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, merge_runs,
-                   time_order)
+from .append_plan import AppendPlan, Grown, grown, install, slot_bitmaps, with_run
+from .runs import EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, time_order
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -52,75 +50,6 @@ COMPACT_MIN_DEAD = 1 << 16
 #: Held while a query builds a structure on demand (slot bitmaps, latest times), so queries in
 #: several threads build each once and see it only when whole.
 _BUILD_LOCK = threading.Lock()
-
-
-def slot_bitmaps(rows: np.ndarray, ts: np.ndarray) -> dict[int, BitMap]:
-    """The rows of events sorted by time per 5-minute slot (``ts // SLOT_MS``): one sort of
-    (slot, row) keys, then one bitmap per slot from a slice of the sorted rows."""
-    slots = ts // SLOT_MS
-    first = int(slots[0])
-    keys = np.sort(((slots - first) << 32) | rows.astype(np.int64))
-    offsets = keys >> 32
-    cuts = (np.flatnonzero(offsets[1:] != offsets[:-1]) + 1).tolist()
-    starts, stops = [0, *cuts], [*cuts, len(keys)]
-    blob = memoryview((keys & 0xFFFFFFFF).astype(np.uint32).tobytes())
-    out: dict[int, BitMap] = {}
-    for offset, start, stop in zip(offsets[starts].tolist(), starts, stops):
-        part = array.array("I")
-        part.frombytes(blob[4 * start:4 * stop])
-        out[first + offset] = BitMap(part)
-    return out
-
-
-def _with_run(runs: list[Run], run: Run) -> list[Run]:
-    """A new list: ``runs`` plus ``run``, neighbouring runs of similar size merged (the old list is unchanged)."""
-    runs = [*runs, run]
-    while len(runs) >= 2 and len(runs[-2]) <= 2 * len(runs[-1]):
-        last = runs.pop()
-        runs[-1] = merge_runs(runs[-1], last)
-    return runs
-
-
-@dataclass
-class AppendPlan:
-    """Events of one type ready to be made visible (``EventTypeStore.plan_append``/``commit_append``).
-
-    ``epochs``: per epoch, (the epoch's runs the plan was made from, those runs with the new run
-    merged in, the new run). ``days``: the new rows per UTC day; ``slots``: per day of
-    ``slot_days`` (the days whose slots were kept when the plan was made), the new rows per slot.
-    """
-
-    rows: np.ndarray
-    ts: np.ndarray
-    props: dict[str, np.ndarray]
-    valid: dict[str, np.ndarray]
-    epochs: dict[int, tuple[list[Run] | None, list[Run], Run]]
-    days: dict[int, Grown]
-    slots: dict[int, dict[int, Grown]]
-    slot_days: frozenset[int]
-    ever: Grown
-
-
-#: A bitmap a write grows: (the bitmap the plan saw or None, a copy of it with the new rows, the new rows).
-Grown = tuple[BitMap | None, BitMap, BitMap]
-
-
-def _grown(old: BitMap | None, part: BitMap) -> Grown:
-    """``old`` grown by ``part`` as a new bitmap (``old`` is unchanged)."""
-    return old, part if old is None else old | part, part
-
-
-def _install(target: dict[int, BitMap], key: int, grown: Grown) -> None:
-    """Put the grown bitmap in ``target[key]`` if that still holds the bitmap the plan saw; else OR the
-    new rows into whatever it holds now."""
-    old, merged, part = grown
-    current = target.get(key)
-    if current is old:
-        target[key] = merged
-    elif current is None:
-        target[key] = part
-    else:
-        current |= part
 
 
 class EventTypeStore:
@@ -282,24 +211,24 @@ class EventTypeStore:
                           {k: v[start:stop] for k, v in valid.items()},
                           None if eids is None else eids[start:stop])
                 known = self.epochs.get(epoch)
-                epochs[epoch] = (known, _with_run(known or [], run), run)
+                epochs[epoch] = (known, with_run(known or [], run), run)
         days, slots, slot_days = self._day_bitmaps(rows, ts)
         added = [part for _, _, part in days.values()]
-        ever = _grown(self.ever, BitMap.union(*added) if len(added) > 1 else added[0])
+        ever = grown(self.ever, BitMap.union(*added) if len(added) > 1 else added[0])
         return AppendPlan(rows, ts, props, valid, epochs, days, slots, slot_days, ever)
 
     def commit_append(self, plan: AppendPlan) -> None:
         """Make the events of ``plan`` (made against this store as it is now) visible."""
         for epoch, (known, runs, run) in plan.epochs.items():
             # the runs merged at plan time, unless the epoch's runs changed since (then merge again)
-            self.epochs[epoch] = runs if self.epochs.get(epoch) is known else _with_run(self.epochs.get(epoch, []), run)
+            self.epochs[epoch] = runs if self.epochs.get(epoch) is known else with_run(self.epochs.get(epoch, []), run)
         rows, ts = plan.rows, plan.ts
-        for day, grown in plan.days.items():
-            _install(self.days, day, grown)
+        for day, day_grown in plan.days.items():
+            install(self.days, day, day_grown)
             if day in self.slot_days:
                 if day in plan.slot_days:
                     for slot, slot_grown in plan.slots.get(day, {}).items():
-                        _install(self.slots, slot, slot_grown)
+                        install(self.slots, slot, slot_grown)
                 else:  # a query started keeping this day's slots after the plan was made
                     start, stop = np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]).tolist()
                     self._index_slots(rows[start:stop], ts[start:stop])
@@ -346,15 +275,15 @@ class EventTypeStore:
         slots: dict[int, dict[int, Grown]] = {}
         for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
             if stop > start:
-                days[day] = _grown(self.days.get(day), to_bitmap(rows[start:stop]))
+                days[day] = grown(self.days.get(day), to_bitmap(rows[start:stop]))
                 if day in slot_days:
-                    slots[day] = {slot: _grown(kept_slots.get(slot), part)
-                                  for slot, part in slot_bitmaps(rows[start:stop], ts[start:stop]).items()}
+                    slots[day] = {slot: grown(kept_slots.get(slot), part)
+                                  for slot, part in slot_bitmaps(rows[start:stop], ts[start:stop], SLOT_MS).items()}
         return days, slots, slot_days
 
     def _index_slots(self, rows: np.ndarray, ts: np.ndarray) -> None:
         """Add events (sorted by time, of days in ``slot_days``) to the slot bitmaps."""
-        for slot, bitmap in slot_bitmaps(rows, ts).items():
+        for slot, bitmap in slot_bitmaps(rows, ts, SLOT_MS).items():
             known = self.slots.get(slot)
             if known is None:
                 self.slots[slot] = bitmap
