@@ -31,8 +31,8 @@ from .count_levels import WHOLE_TYPE, CountLevels, build_levels
 from .event_ids import EventIdStore
 from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
-from .runs import (EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, merge_runs,
-                   time_order)
+from .append_plan import AppendPlan, Grown, grown, install, slot_bitmaps, with_run
+from .runs import EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, time_order
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -175,8 +175,23 @@ class EventTypeStore:
                eids: np.ndarray | None = None) -> None:
         """Add events (rows, int64 epoch-ms timestamps, property columns; absent property = null; ``eids``:
         their event id entries, -1 for none, or None when no event has an id)."""
+        plan = self.plan_append(rows, ts, columns, eids, may_change=True)
+        if plan is not None:
+            self.commit_append(plan)
+
+    def plan_append(self, rows: np.ndarray, ts: np.ndarray, columns: dict[str, Column],
+                    eids: np.ndarray | None = None, may_change: bool = False) -> AppendPlan | None:
+        """Everything ``append`` computes before it changes what readers see: the sorted events, their
+        runs (merged into their epochs' runs as new lists), day and slot bitmaps.
+
+        Without ``may_change`` the store is only read, and None comes back when the events need a
+        change first (a category label or a float that the store does not encode yet): the caller
+        then appends them at commit time. None also for no events.
+        """
         if len(rows) == 0:
-            return
+            return None
+        if not may_change and not self._encodes(columns):
+            return None
         ts = np.asarray(ts, dtype=np.int64)
         rows = np.array(rows, dtype=np.int32)  # a copy: a run must not share memory with the caller's batch
         if eids is not None:
@@ -192,75 +207,100 @@ class EventTypeStore:
             eids = None if eids is None else eids[order]
         first, last = int(ts[0]) >> EPOCH_BITS, int(ts[-1]) >> EPOCH_BITS
         cuts = np.searchsorted(ts, np.arange(first + 1, last + 1, dtype=np.int64) << EPOCH_BITS).tolist()
+        epochs: dict[int, tuple[list[Run] | None, list[Run], Run]] = {}
         for epoch, start, stop in zip(range(first, last + 1), [0, *cuts], [*cuts, len(ts)]):
             if stop > start:
                 base = epoch << EPOCH_BITS
-                self._add_run(epoch, Run(base, (ts[start:stop] - base).astype(np.uint32), rows[start:stop],
-                                         {k: v[start:stop] for k, v in props.items()},
-                                         {k: v[start:stop] for k, v in valid.items()},
-                                         None if eids is None else eids[start:stop]))
+                run = Run(base, (ts[start:stop] - base).astype(np.uint32), rows[start:stop],
+                          {k: v[start:stop] for k, v in props.items()},
+                          {k: v[start:stop] for k, v in valid.items()},
+                          None if eids is None else eids[start:stop])
+                known = self.epochs.get(epoch)
+                epochs[epoch] = (known, with_run(known or [], run), run)
+        days, slots, slot_days = self._day_bitmaps(rows, ts)
+        added = [part for _, _, part in days.values()]
+        ever = grown(self.ever, BitMap.union(*added) if len(added) > 1 else added[0])
+        return AppendPlan(rows, ts, props, valid, epochs, days, slots, slot_days, ever)
+
+    def commit_append(self, plan: AppendPlan) -> None:
+        """Make the events of ``plan`` (made against this store as it is now) visible."""
+        for epoch, (known, runs, run) in plan.epochs.items():
+            # the runs merged at plan time, unless the epoch's runs changed since (then merge again)
+            self.epochs[epoch] = runs if self.epochs.get(epoch) is known else with_run(self.epochs.get(epoch, []), run)
+        rows, ts = plan.rows, plan.ts
         days = ts // DAY_MS
-        if self.count_levels is not None:  # before _index: the levels add to the day bitmaps as they were
+        if self.count_levels is not None:  # before the day bitmaps grow: the levels add to them as they were
             self.count_levels.add(np.zeros(len(rows), np.int64), days, rows, {WHOLE_TYPE: self.days},
                                   {WHOLE_TYPE: self.ever})
-        self._index(rows, ts)
+        for day, day_grown in plan.days.items():
+            install(self.days, day, day_grown)
+            if day in self.slot_days:
+                if day in plan.slot_days:
+                    for slot, slot_grown in plan.slots.get(day, {}).items():
+                        install(self.slots, slot, slot_grown)
+                else:  # a query started keeping this day's slots after the plan was made
+                    start, stop = np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]).tolist()
+                    self._index_slots(rows[start:stop], ts[start:stop])
+        old, merged, part = plan.ever
+        if self.ever is old:
+            self.ever = merged
+        else:
+            self.ever |= part
+        if self.last_ts is not None:
+            self.last_ts.ensure(int(rows.max()) + 1)
+            max_at(self.last_ts.data, rows, ts)
+        self.max_ts = max(self.max_ts, int(ts[-1]))
         for prop, kept in self.prop_bitmaps.items():
-            keys = self.bin_keys(prop, props[prop], valid.get(prop))
-            if kept.levels is not None:
+            keys = self.bin_keys(prop, plan.props[prop], plan.valid.get(prop))
+            if kept.levels is not None:  # likewise before the bins' day bitmaps grow
                 kept.levels.add(keys, days, rows, kept.days, kept.ever)
             kept.add(keys, rows, ts)
         self.count += len(rows)
         self.generation += 1
 
-    def _add_run(self, epoch: int, run: Run) -> None:
-        runs = self.epochs.setdefault(epoch, [])
-        runs.append(run)
-        while len(runs) >= 2 and len(runs[-2]) <= 2 * len(runs[-1]):
-            last = runs.pop()
-            runs[-1] = merge_runs(runs[-1], last)
+    def _encodes(self, columns: dict[str, Column]) -> bool:
+        """True if the store encodes ``columns`` as it is: every category label known, every float
+        property's values representable in its present encoding."""
+        for prop, column in columns.items():
+            kind = self.definition.properties.get(prop)
+            if kind == "category":
+                assert isinstance(column, CategoryColumn)
+                code_of = self.code_of[prop]
+                if any(label not in code_of for label in column.labels):
+                    return False
+            elif kind == "float" and self.scaled.get(prop, 0):
+                assert isinstance(column, ValueColumn)
+                values = np.asarray(column.values, dtype=np.float64)
+                if encode_scaled(values, np.asarray(column.valid, dtype=bool), self.scaled[prop]) is None:
+                    return False
+        return True
 
-    def buckets(self, size_ms: int) -> dict[int, BitMap]:
-        """The presence bitmaps at granularity ``size_ms`` (DAY_MS, or SLOT_MS: only the days in ``slot_days``)."""
-        return self.days if size_ms == DAY_MS else self.slots
-
-    def _index(self, rows: np.ndarray, ts: np.ndarray) -> None:
-        """Index events sorted by time: day bitmaps, slots of the cached days, ``ever``, ``last_ts``."""
+    def _day_bitmaps(self, rows: np.ndarray, ts: np.ndarray) -> tuple[dict[int, Grown], dict[int, dict[int, Grown]],
+                                                                      frozenset[int]]:
+        """For events sorted by time: the day bitmaps grown by their rows, the slot bitmaps of the days
+        whose slots are kept now grown likewise, and those days."""
         first, last = int(ts[0]) // DAY_MS, int(ts[-1]) // DAY_MS
         cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * DAY_MS).tolist()
-        added = []
+        with _BUILD_LOCK:  # the slot days and their bitmaps as one query's ensure_slots left them
+            slot_days, kept_slots = frozenset(self.slot_days), self.slots
+        days: dict[int, Grown] = {}
+        slots: dict[int, dict[int, Grown]] = {}
         for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
-            if stop == start:
-                continue
-            bitmap = to_bitmap(rows[start:stop])
-            added.append(bitmap)
-            known = self.days.get(day)
-            if known is None:
-                self.days[day] = bitmap
-            else:
-                known |= bitmap
-            if day in self.slot_days:
-                self._index_slots(rows[start:stop], ts[start:stop])
-        if len(added) > 1:
-            self.ever |= BitMap.union(*added)
-        else:
-            self.ever |= added[0]
-        if self.last_ts is not None:
-            self.last_ts.ensure(int(rows.max()) + 1)
-            max_at(self.last_ts.data, rows, ts)
-        self.max_ts = max(self.max_ts, int(ts[-1]))
+            if stop > start:
+                days[day] = grown(self.days.get(day), to_bitmap(rows[start:stop]))
+                if day in slot_days:
+                    slots[day] = {slot: grown(kept_slots.get(slot), part)
+                                  for slot, part in slot_bitmaps(rows[start:stop], ts[start:stop], SLOT_MS).items()}
+        return days, slots, slot_days
 
     def _index_slots(self, rows: np.ndarray, ts: np.ndarray) -> None:
         """Add events (sorted by time, of days in ``slot_days``) to the slot bitmaps."""
-        first, last = int(ts[0]) // SLOT_MS, int(ts[-1]) // SLOT_MS
-        cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * SLOT_MS).tolist()
-        for slot, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
-            if stop > start:
-                bitmap = to_bitmap(rows[start:stop])
-                known = self.slots.get(slot)
-                if known is None:
-                    self.slots[slot] = bitmap
-                else:
-                    known |= bitmap
+        for slot, bitmap in slot_bitmaps(rows, ts, SLOT_MS).items():
+            known = self.slots.get(slot)
+            if known is None:
+                self.slots[slot] = bitmap
+            else:
+                known |= bitmap
 
     def has_slots(self, day: int) -> bool:
         """True if the slot bitmaps of UTC ``day`` are kept."""
