@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import Engine, Schema
 from engine.query import bind, parse
 from engine.schema import CONTRACT_SCHEMA, EventDef
 from engine.store.count_levels import CAP
+from engine.store import events as events_module
 from engine.store.events import EventStore
 
 try:
@@ -155,3 +157,22 @@ def test_kept_count_levels_equal_a_rebuild_after_random_writes(before: list, aft
         for prop in KINDS:
             kept = typed.prop_bitmaps[prop].levels
             assert kept is not None and kept.same_as(typed.build_levels(prop)), (prop, op)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(writes=operations(), events_per_slice=st.integers(1, 40))
+def test_levels_built_in_slices_equal_levels_built_at_once(writes: list, events_per_slice: int) -> None:
+    """The build reads the stored events in slices (bounded scratch memory at 100M profiles): any
+    slice size gives the levels of one pass over all the events."""
+    store = EventStore({"act": EventDef("act", dict(KINDS))})
+    for op, seed in writes:
+        apply(store, op, seed)
+    typed = store.types["act"]
+    whole = [typed.build_levels(prop) for prop in (None, *KINDS)]
+    saved = events_module.LEVEL_BUILD_EVENTS
+    events_module.LEVEL_BUILD_EVENTS = events_per_slice
+    try:
+        sliced = [typed.build_levels(prop) for prop in (None, *KINDS)]
+    finally:
+        events_module.LEVEL_BUILD_EVENTS = saved
+    assert all(a.same_as(b) for a, b in zip(whole, sliced))

@@ -14,6 +14,8 @@ running sum of their levels, never a pass over the events.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import numba
 import numpy as np
 from pyroaring import BitMap
@@ -177,10 +179,24 @@ class CountLevels:
         return self.ever == other.ever and self.days == other.days
 
 
-def build_levels(keys: np.ndarray, days: np.ndarray, rows: np.ndarray) -> CountLevels:
-    """The levels of a set of events (per event: key, UTC day, row), computed from scratch."""
+def build_levels(slices: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> CountLevels:
+    """The levels of a set of events given in slices (per event: key, UTC day, row), computed from
+    scratch: each slice is added on top of the level 1 of the slices before it."""
     levels = CountLevels()
-    levels.add(keys, days, rows, {}, {})
+    firsts: dict[int, dict[int, BitMap]] = {}
+    ever_firsts: dict[int, BitMap] = {}
+    for keys, days, rows in slices:
+        levels.add(keys, days, rows, firsts, ever_firsts)
+        for key, key_rows, key_days in _split(np.asarray(keys, np.int64), np.asarray(rows, np.int64), days):
+            order, starts, day_keys = _group(key_days)
+            per_day = firsts.setdefault(key, {})
+            for g, day in enumerate(day_keys.tolist()):
+                added = to_bitmap(key_rows[order[starts[g]:starts[g + 1]]])
+                if day in per_day:
+                    per_day[day] |= added
+                else:
+                    per_day[day] = added
+            ever_firsts[key] = ever_firsts[key] | to_bitmap(key_rows) if key in ever_firsts else to_bitmap(key_rows)
     return levels
 
 

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
 
 DAY_MS = 86_400_000
+#: Events per slice when count levels are built from the stored events.
+LEVEL_BUILD_EVENTS = 1 << 22
 HOUR_MS = 3_600_000
 NO_TIME = np.iinfo(np.int64).min
 #: Presence buckets inside a day (built on demand for the days where window edges fall).
@@ -398,9 +400,10 @@ class EventTypeStore:
         return levels
 
     def build_levels(self, prop: str | None = None) -> CountLevels:
-        """The count levels of the whole type or of ``prop``'s bins, computed from every stored event."""
-        keys, days, rows = self.keyed_events(prop, self.runs)
-        return build_levels(keys, days, rows)
+        """The count levels of the whole type or of ``prop``'s bins, computed from every stored event
+        (in slices of LEVEL_BUILD_EVENTS events, so the build's scratch memory stays bounded)."""
+        return build_levels(self.keyed_events(prop, [run.slice(start, start + LEVEL_BUILD_EVENTS)])
+                            for run in self.runs for start in range(0, len(run), LEVEL_BUILD_EVENTS))
 
     def keyed_events(self, prop: str | None, parts: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(key, UTC day, row) of every event of ``parts``: the key is WHOLE_TYPE, or its bin of ``prop``."""
