@@ -45,6 +45,21 @@ def add_levels(a: Levels, b: Levels, top: int) -> Levels:
     return out
 
 
+def grown_levels(old_first: BitMap, old_levels: Levels, batch_first: BitMap, batch_levels: Levels) -> Levels:
+    """Levels 2..CAP once a batch's counts (level 1 ``batch_first``, then ``batch_levels``) are added
+    to the old ones (``old_first``, ``old_levels``). Counts only grow, so each old level is joined by
+    the batch's rows that reach it: the sum is taken over the batch's rows only, and a write costs
+    in proportion to its rows, not to every row holding such events."""
+    touched = [old_first & batch_first, *[level & batch_first for level in old_levels]]
+    summed = add_levels(touched, [batch_first, *batch_levels], CAP)  # levels 1.. of the batch's rows
+    out: Levels = []
+    for j in range(1, max(len(old_levels) + 1, len(summed))):  # summed[j] is level j + 1
+        old = old_levels[j - 1] if j - 1 < len(old_levels) else None
+        new = summed[j] if j < len(summed) else None
+        out.append(old if new is None else new if old is None else old | new)
+    return out
+
+
 @numba.njit(cache=True, nogil=True)
 def level_records(rows, order, starts, counter, cap):
     """For each group g (the events order[starts[g]:starts[g + 1]]), the rows that reach count j,
@@ -115,9 +130,9 @@ class CountLevels:
                     if g in new_days:  # no row of the batch was there that day: the batch's levels join
                         per_day[day] = _union_levels(per_day.get(day, []), new_days[g])
                     continue
-                merged = add_levels([old_first, *per_day.get(day, [])], [batch_first, *new_days.get(g, [])], CAP)
-                if len(merged) > 1:
-                    per_day[day] = merged[1:]
+                day_levels = grown_levels(old_first, per_day.get(day, []), batch_first, new_days.get(g, []))
+                if day_levels:
+                    per_day[day] = day_levels
             if not per_day:
                 del self.days[key]
             whole = upper_levels(key_rows, np.arange(len(key_rows)), np.array([0, len(key_rows)]))
@@ -127,9 +142,9 @@ class CountLevels:
                 if 0 in whole:
                     self.ever[key] = _union_levels(self.ever.get(key, []), whole[0])
                 continue
-            merged = add_levels([old_ever, *self.ever.get(key, [])], [batch_ever, *whole.get(0, [])], CAP)
-            if len(merged) > 1:
-                self.ever[key] = merged[1:]
+            ever_levels = grown_levels(old_ever, self.ever.get(key, []), batch_ever, whole.get(0, []))
+            if ever_levels:
+                self.ever[key] = ever_levels
 
     def drop(self, gone: BitMap) -> None:
         """Remove the rows ``gone`` (their events were deleted)."""
