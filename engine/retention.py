@@ -30,6 +30,12 @@ def floor(definition: EventDef, now: int) -> int:
 def expire_type(store: EventTypeStore, cutoff: int, released: list[np.ndarray] | None = None) -> np.ndarray:
     """Delete the events of ``store`` with ``ts <= cutoff``; returns their rows (with repeats). The event
     id entries of the deleted events are added to ``released``."""
+    with store.level_builds.lock:  # a count-level build running now would miss the expiry
+        store.level_builds.invalidate()
+        return _expire_type(store, cutoff, released)
+
+
+def _expire_type(store: EventTypeStore, cutoff: int, released: list[np.ndarray] | None) -> np.ndarray:
     gone: list[np.ndarray] = []
     for epoch in sorted(store.epochs):
         base = epoch << EPOCH_BITS

@@ -5,12 +5,17 @@ pass it) and more spread over 20 days, many on midnights +-1 ms, written out of 
 tests sit on the levels' edges (exactly k events and k - 1, the cap 8 and 9), windows that start
 and end inside a day, WHERE bins (passing whole, or with a literal inside a bin: counted from the
 events), AFTER LAST, and go through merges, erasure and expiry. The first round of queries
-builds the levels; every later one sees them kept by the writes.
+builds the levels (in the calling thread here: SEGENGINE_LEVELS_SYNC); every later one sees them
+kept by the writes. The last tests build in the background, with writes and erasures during the
+build.
 """
 from __future__ import annotations
 
 import copy
 import random
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +28,8 @@ from engine.query import bind, parse
 from engine.schema import CONTRACT_SCHEMA, EventDef
 from engine.store.count_levels import CAP
 from engine.store import events as events_module
+from engine.store import levels_build
+from engine.store.event_rows import drop_rows
 from engine.store.events import EventStore
 
 try:
@@ -56,6 +63,14 @@ QUERIES = [
     "DID(purchase, AFTER LAST page_view)",
 ]
 CLOCKS = [NOW + 2 * DAY, MIDNIGHT - 1, MID_DAY]  # the first is past every event
+
+
+@pytest.fixture(autouse=True, scope="module")
+def levels_built_by_the_caller() -> Iterator[None]:
+    """The first query that wants levels builds them (worker processes inherit the setting)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGENGINE_LEVELS_SYNC", "1")
+        yield
 
 
 def events(rng: random.Random, ids: list[str], spread: int) -> list[dict[str, Any]]:
@@ -153,10 +168,10 @@ def test_kept_count_levels_equal_a_rebuild_after_random_writes(before: list, aft
         typed.levels(prop)
     for op, seed in after:
         apply(store, op, seed)
-        assert typed.count_levels is not None and typed.count_levels.same_as(typed.build_levels()), op
+        assert typed.count_levels is not None and typed.count_levels.same_as(typed.build_levels(None, typed.runs)), op
         for prop in KINDS:
             kept = typed.prop_bitmaps[prop].levels
-            assert kept is not None and kept.same_as(typed.build_levels(prop)), (prop, op)
+            assert kept is not None and kept.same_as(typed.build_levels(prop, typed.runs)), (prop, op)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -168,11 +183,79 @@ def test_levels_built_in_slices_equal_levels_built_at_once(writes: list, events_
     for op, seed in writes:
         apply(store, op, seed)
     typed = store.types["act"]
-    whole = [typed.build_levels(prop) for prop in (None, *KINDS)]
+    whole = [typed.build_levels(prop, typed.runs) for prop in (None, *KINDS)]
     saved = events_module.LEVEL_BUILD_EVENTS
     events_module.LEVEL_BUILD_EVENTS = events_per_slice
     try:
-        sliced = [typed.build_levels(prop) for prop in (None, *KINDS)]
+        sliced = [typed.build_levels(prop, typed.runs) for prop in (None, *KINDS)]
     finally:
         events_module.LEVEL_BUILD_EVENTS = saved
     assert all(a.same_as(b) for a, b in zip(whole, sliced))
+
+
+def _gated(typed: Any, gate: threading.Event) -> None:
+    """Make the first build of ``typed``'s levels wait for ``gate`` before it reads the events."""
+    build = typed.build_levels
+    calls = []
+
+    def gated_build(prop: str | None, runs: list) -> Any:
+        if not calls:
+            calls.append(prop)
+            assert gate.wait(30)
+        return build(prop, runs)
+
+    typed.build_levels = gated_build
+
+
+def _installed(typed: Any, prop: str | None) -> Any:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        levels = typed.count_levels if prop is None else typed.prop_bitmaps[prop].levels
+        if levels is not None:
+            return levels
+        time.sleep(0.01)
+    raise AssertionError("the levels were never installed")
+
+
+@pytest.mark.parametrize("rounds", [0, levels_build.CATCH_UP_ROUNDS])
+@pytest.mark.parametrize("prop", [None, "kind", "amount"])
+def test_a_background_build_catches_up_with_appends_committed_during_it(
+        rounds: int, prop: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build reads the events as they were when it began; the appends committed meanwhile are
+    recounted before the levels are installed (rounds 0: only in the last round, under the lock)."""
+    monkeypatch.delenv("SEGENGINE_LEVELS_SYNC")
+    monkeypatch.setattr(levels_build, "CATCH_UP_ROUNDS", rounds)
+    store = EventStore({"act": EventDef("act", dict(KINDS))})
+    for seed in range(3):
+        apply(store, "append", seed)
+    typed = store.types["act"]
+    gate = threading.Event()
+    _gated(typed, gate)
+    assert typed.levels(prop) is None  # being built: the caller counts the events
+    for seed in range(3, 9):
+        apply(store, "append", seed)
+    gate.set()
+    levels = _installed(typed, prop)
+    assert levels.same_as(typed.build_levels(prop, typed.runs))
+    apply(store, "append", 9)  # kept by the writes from now on
+    assert levels.same_as(typed.build_levels(prop, typed.runs))
+
+
+def test_an_erasure_during_a_background_build_drops_it_and_the_next_query_starts_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEGENGINE_LEVELS_SYNC")
+    store = EventStore({"act": EventDef("act", dict(KINDS))})
+    for seed in range(4):
+        apply(store, "append", seed)
+    typed = store.types["act"]
+    gate = threading.Event()
+    _gated(typed, gate)
+    assert typed.levels() is None
+    drop_rows(store, np.arange(0, 50, 3), 50)
+    gate.set()
+    deadline = time.monotonic() + 30
+    while typed.level_builds.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert typed.count_levels is None  # the stale build was dropped
+    assert typed.levels() is None  # a new build
+    assert _installed(typed, None).same_as(typed.build_levels(None, typed.runs))

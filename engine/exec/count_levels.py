@@ -182,6 +182,7 @@ def _whole_levels(evaluator: DidEvaluator, store: EventTypeStore, sources: list[
         counts = buffers.row_counters(size)
         for prop, key in sources:
             levels = store.levels(prop)
+            assert levels is not None  # window_levels checked
             if prop is None:
                 firsts, ever = store.days, store.ever
             else:
@@ -276,6 +277,8 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     sources = _sources(node, store)
     if sources is None:
         return None
+    if any([store.levels(prop) is None for prop in {prop for prop, _ in sources}]):
+        return None  # being built: count the events meanwhile
     key = ("levels", id(store), node.where, all_time, first, last, top, store.generation)
     whole = evaluator.levels_cache.get(key)
     if whole is None:

@@ -49,14 +49,16 @@ def grown_levels(old_first: BitMap, old_levels: Levels, batch_first: BitMap, bat
     """Levels 2..CAP once a batch's counts (level 1 ``batch_first``, then ``batch_levels``) are added
     to the old ones (``old_first``, ``old_levels``). Counts only grow, so each old level is joined by
     the batch's rows that reach it: the sum is taken over the batch's rows only, and a write costs
-    in proportion to its rows, not to every row holding such events."""
+    in proportion to its rows, not to every row holding such events. The old levels grow in place
+    (writes commit while no query reads), so a write copies no level bitmap."""
     touched = [old_first & batch_first, *[level & batch_first for level in old_levels]]
     summed = add_levels(touched, [batch_first, *batch_levels], CAP)  # levels 1.. of the batch's rows
-    out: Levels = []
-    for j in range(1, max(len(old_levels) + 1, len(summed))):  # summed[j] is level j + 1
-        old = old_levels[j - 1] if j - 1 < len(old_levels) else None
-        new = summed[j] if j < len(summed) else None
-        out.append(old if new is None else new if old is None else old | new)
+    out = list(old_levels)
+    for j in range(1, len(summed)):  # summed[j] is level j + 1
+        if j - 1 < len(out):
+            out[j - 1] |= summed[j]
+        else:
+            out.append(summed[j])
     return out
 
 
@@ -183,6 +185,15 @@ class CountLevels:
             found = upper_levels(key_rows, np.arange(len(key_rows)), np.array([0, len(key_rows)]))
             if 0 in found:
                 self.ever[key] = found[0]
+
+    def join(self, other: "CountLevels") -> None:
+        """Add the levels of ``other``, whose rows hold no level here (rows recounted after a drop)."""
+        for key, per_day in other.days.items():
+            mine = self.days.setdefault(key, {})
+            for day, levels in per_day.items():
+                mine[day] = _union_levels(mine.get(day, []), levels)
+        for key, levels in other.ever.items():
+            self.ever[key] = _union_levels(self.ever.get(key, []), levels)
 
     def nbytes(self) -> int:
         """Serialized bytes of every level bitmap (what Roaring holds, about)."""

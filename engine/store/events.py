@@ -28,6 +28,7 @@ from ..columns import CategoryColumn, Column, ValueColumn
 from ..schema import EventDef
 from .bitmaps import to_bitmap
 from .count_levels import WHOLE_TYPE, CountLevels, build_levels
+from .levels_build import LevelBuilds
 from .event_ids import EventIdStore
 from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
@@ -76,6 +77,7 @@ class EventTypeStore:
         self.prop_bitmaps: dict[str, PropertyBitmaps] = {}
         # levels 2.. of the per-row counts (engine.store.count_levels): built on first use, then kept
         self.count_levels: CountLevels | None = None
+        self.level_builds = LevelBuilds(self)  # count levels being built in the background
         self.generation = 0
 
     def __getstate__(self) -> dict:
@@ -84,6 +86,7 @@ class EventTypeStore:
         state["slots"], state["slot_days"] = {}, {}
         state["prop_bitmaps"] = {}
         state["count_levels"] = None
+        del state["level_builds"]
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -96,6 +99,7 @@ class EventTypeStore:
         state.setdefault("prop_bitmaps", {})
         state.setdefault("count_levels", None)
         self.__dict__.update(state)
+        self.level_builds = LevelBuilds(self)
 
     def adopt(self, definition: EventDef) -> None:
         """Take a definition of this type that adds properties: the events held so far have them null."""
@@ -128,9 +132,11 @@ class EventTypeStore:
             codes = encode_scaled(values, valid, scale)
             if codes is not None:
                 return codes
-            for run in self.runs:  # new float64 arrays: the runs' old arrays are unchanged
-                run.props[prop] = decode_scaled(run.props[prop], scale)
-            self.scaled[prop] = 0
+            with self.level_builds.lock:  # a build reading the old codes would bin them wrongly
+                self.level_builds.invalidate()
+                for run in self.runs:  # new float64 arrays: the runs' old arrays are unchanged
+                    run.props[prop] = decode_scaled(run.props[prop], scale)
+                self.scaled[prop] = 0
         return np.where(valid, values, np.nan)
 
     def __len__(self) -> int:
@@ -226,6 +232,11 @@ class EventTypeStore:
 
     def commit_append(self, plan: AppendPlan) -> None:
         """Make the events of ``plan`` (made against this store as it is now) visible."""
+        with self.level_builds.lock:  # a count-level build sees the commit whole
+            self.level_builds.appended(plan.rows)
+            self._commit_append(plan)
+
+    def _commit_append(self, plan: AppendPlan) -> None:
         for epoch, (known, runs, run) in plan.epochs.items():
             # the runs merged at plan time, unless the epoch's runs changed since (then merge again)
             self.epochs[epoch] = runs if self.epochs.get(epoch) is known else with_run(self.epochs.get(epoch, []), run)
@@ -382,28 +393,31 @@ class EventTypeStore:
                      np.concatenate([run.absolute_ts() for run in runs]))
         return kept
 
-    def levels(self, prop: str | None = None) -> CountLevels:
+    def levels(self, prop: str | None = None) -> CountLevels | None:
         """The kept count levels of the whole type (``prop`` None: key WHOLE_TYPE, level 1 in ``days``
-        and ``ever``) or of the bins of ``prop`` (level 1 in its PropertyBitmaps); built on first use."""
+        and ``ever``) or of the bins of ``prop`` (level 1 in its PropertyBitmaps); None while they are
+        being built (the first call starts the build: engine.store.levels_build)."""
         kept = None if prop is None else self.property_bitmaps(prop)
         levels = self.count_levels if kept is None else kept.levels
-        if levels is not None:
-            return levels
-        with _BUILD_LOCK:  # built once and published whole
+        if levels is None:
+            self.level_builds.start(prop)
             levels = self.count_levels if kept is None else kept.levels
-            if levels is None:
-                levels = self.build_levels(prop)
-                if kept is None:
-                    self.count_levels = levels
-                else:
-                    kept.levels = levels
         return levels
 
-    def build_levels(self, prop: str | None = None) -> CountLevels:
-        """The count levels of the whole type or of ``prop``'s bins, computed from every stored event
+    def install_levels(self, prop: str | None, levels: CountLevels) -> None:
+        """Keep ``levels`` (exact for the events as they are) as the count levels of ``prop``."""
+        if prop is None:
+            self.count_levels = levels
+        else:
+            kept = self.prop_bitmaps.get(prop)
+            if kept is not None:
+                kept.levels = levels
+
+    def build_levels(self, prop: str | None, runs: list[Run]) -> CountLevels:
+        """The count levels of the whole type or of ``prop``'s bins, computed from the events of ``runs``
         (in slices of LEVEL_BUILD_EVENTS events, so the build's scratch memory stays bounded)."""
         return build_levels(self.keyed_events(prop, [run.slice(start, start + LEVEL_BUILD_EVENTS)])
-                            for run in self.runs for start in range(0, len(run), LEVEL_BUILD_EVENTS))
+                            for run in runs for start in range(0, len(run), LEVEL_BUILD_EVENTS))
 
     def keyed_events(self, prop: str | None, parts: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(key, UTC day, row) of every event of ``parts``: the key is WHOLE_TYPE, or its bin of ``prop``."""
