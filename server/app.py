@@ -39,6 +39,7 @@ from grpc_health.v1.health import aio as aio_health
 from grpc_reflection.v1alpha import reflection
 
 from engine import Engine
+from engine.concurrency import PublishLock
 from engine.priority import lower_thread_priority
 
 from .bridge import AsyncServicer, add_to_server
@@ -96,9 +97,12 @@ def add_audit_file(path: str) -> None:
     audit.setLevel(logging.INFO)
 
 
-def lower_priority(nice: int) -> None:
-    """Lower the OS priority of the calling thread by ``nice`` (Linux: per thread; elsewhere a no-op)."""
+def heavy_thread(publish: PublishLock, nice: int) -> None:
+    """Make the calling thread one of the heavy pool: its OS priority ``nice`` lower (Linux: per
+    thread; elsewhere a no-op), its engine reads heavy (a write waits for them without holding
+    other readers back: engine.concurrency)."""
     lower_thread_priority(nice)
+    publish.heavy_reads()
 
 
 class SegengineServer:
@@ -119,7 +123,8 @@ class SegengineServer:
         self.pool = futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="segengine-rpc")
         self.heavy_pool = futures.ThreadPoolExecutor(max_workers=max(self.config.heavy_workers, 1),
                                                      thread_name_prefix="segengine-heavy",
-                                                     initializer=lower_priority, initargs=(self.config.heavy_nice,))
+                                                     initializer=heavy_thread,
+                                                     initargs=(self.engine.publish, self.config.heavy_nice))
         self.servicer = SegmentationServicer(self.gate, watch_buffer=self.config.watch_buffer)
         self.servicer.tokens = (self.config.token, self.config.admin_token)
         self.started = time.monotonic()

@@ -160,6 +160,49 @@ def test_a_capture_keeps_writers_out_but_not_readers():
     assert wrote.is_set() and lock.pins == 0
 
 
+def test_a_writer_waits_for_heavy_reads_without_holding_point_reads_back():
+    """A heavy read (an analyst's query) holds a share; a writer waits for it, but other readers
+    go on meanwhile, new heavy reads wait behind the writer, and the writer goes in once the
+    heavy read ends."""
+    lock = PublishLock()
+    heavy_in, heavy_out, wrote = threading.Event(), threading.Event(), threading.Event()
+    second_heavy: list[bool] = []
+
+    def heavy_reader() -> None:
+        lock.heavy_reads()
+        with lock.reading():
+            heavy_in.set()
+            assert heavy_out.wait(5)
+
+    def writer() -> None:
+        with lock.writing():
+            wrote.set()
+
+    def another_heavy_read() -> None:
+        lock.heavy_reads()
+        second_heavy.append(lock.acquire_read(blocking=False))
+
+    threads = [threading.Thread(target=heavy_reader)]
+    threads[0].start()
+    assert heavy_in.wait(5)
+    threads.append(threading.Thread(target=writer))
+    threads[1].start()
+    deadline = time.monotonic() + 5
+    while not lock.writers_pending and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert lock.writers_pending == 1 and not wrote.is_set()
+    assert lock.acquire_read(blocking=False)  # a point read goes on
+    lock.release_read()
+    checker = threading.Thread(target=another_heavy_read)
+    checker.start()
+    checker.join(5)
+    assert second_heavy == [False]  # a new heavy read waits behind the writer
+    heavy_out.set()
+    for thread in threads:
+        thread.join(5)
+    assert wrote.is_set() and lock.heavy == 0 and lock.readers == 0
+
+
 # -- queries at once on one in-process shard --------------------------------------------------
 def dense_engine() -> Engine:
     """A one-shard in-process engine with generated data plus 20k page views a day for 12 days,

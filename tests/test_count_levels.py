@@ -198,11 +198,11 @@ def _gated(typed: Any, gate: threading.Event) -> None:
     build = typed.build_levels
     calls = []
 
-    def gated_build(prop: str | None, runs: list) -> Any:
+    def gated_build(prop: str | None, runs: list, pause_s: float = 0.0) -> Any:
         if not calls:
             calls.append(prop)
             assert gate.wait(30)
-        return build(prop, runs)
+        return build(prop, runs, pause_s)
 
     typed.build_levels = gated_build
 

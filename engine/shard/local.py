@@ -345,6 +345,7 @@ class LocalShard:
             "segments": len(self.saved.catalog),
             "segment_bytes": self.saved.nbytes,
             "aliases": len(self.aliases),
+            "levels_building": sum(t.level_builds.building() for t in self.events.types.values()),
         }
 
 

@@ -19,6 +19,8 @@ per type, then maintained by later appends like the day bitmaps.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 
 DAY_MS = 86_400_000
 #: Events per slice when count levels are built from the stored events.
-LEVEL_BUILD_EVENTS = 1 << 22
+LEVEL_BUILD_EVENTS = 1 << 20
 HOUR_MS = 3_600_000
 NO_TIME = np.iinfo(np.int64).min
 #: Presence buckets inside a day (built on demand for the days where window edges fall).
@@ -413,11 +415,18 @@ class EventTypeStore:
             if kept is not None:
                 kept.levels = levels
 
-    def build_levels(self, prop: str | None, runs: list[Run]) -> CountLevels:
+    def build_levels(self, prop: str | None, runs: list[Run], pause_s: float = 0.0) -> CountLevels:
         """The count levels of the whole type or of ``prop``'s bins, computed from the events of ``runs``
-        (in slices of LEVEL_BUILD_EVENTS events, so the build's scratch memory stays bounded)."""
-        return build_levels(self.keyed_events(prop, [run.slice(start, start + LEVEL_BUILD_EVENTS)])
-                            for run in runs for start in range(0, len(run), LEVEL_BUILD_EVENTS))
+        (in slices of LEVEL_BUILD_EVENTS events, so the build's scratch memory stays bounded; ``pause_s``
+        between slices lets the threads of other calls run)."""
+        def slices() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            for run in runs:
+                for start in range(0, len(run), LEVEL_BUILD_EVENTS):
+                    yield self.keyed_events(prop, [run.slice(start, start + LEVEL_BUILD_EVENTS)])
+                    if pause_s:
+                        time.sleep(pause_s)
+
+        return build_levels(slices())
 
     def keyed_events(self, prop: str | None, parts: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(key, UTC day, row) of every event of ``parts``: the key is WHOLE_TYPE, or its bin of ``prop``."""

@@ -40,6 +40,8 @@ log = logging.getLogger("segengine")
 BUILD_NICE = 10
 #: Catch-up rounds outside the commit lock before the last one, taken holding it.
 CATCH_UP_ROUNDS = 3
+#: The builder's pause between slices of events, so the threads of calls get the interpreter.
+PAUSE_S = 0.002
 
 
 def synchronous() -> bool:
@@ -79,6 +81,10 @@ class LevelBuilds:
             runs = self.store.runs
         threading.Thread(target=self._run, args=(build, runs), name=f"levels-{prop or 'type'}", daemon=True).start()
 
+    def building(self) -> int:
+        """How many builds are running."""
+        return len(self.running)
+
     def appended(self, rows: np.ndarray) -> None:
         """A commit appended events to ``rows`` (hold ``lock``)."""
         for build in self.running.values():
@@ -93,7 +99,7 @@ class LevelBuilds:
     def _run(self, build: _Build, runs: list) -> None:
         lower_thread_priority(BUILD_NICE)
         try:
-            levels = self.store.build_levels(build.prop, runs)
+            levels = self.store.build_levels(build.prop, runs, PAUSE_S)
             seen = 0
             for _ in range(CATCH_UP_ROUNDS):
                 with self.lock:
