@@ -31,7 +31,7 @@ from ..store.bitmaps import to_bitmap
 from ..store.aliases import AliasStore
 from ..store.events import EventStore
 from ..store.member_columns import member_columns
-from ..store.memory import release_free_memory, tune_allocator
+from ..store.memory import release_after_bulk, tune_allocator
 from ..store.profiles import ProfileStore
 from . import identity_ops
 from .prepared import PREPARED_METHODS, PreparedEvents, commit_load_events, plan_load_events
@@ -118,7 +118,7 @@ class LocalShard:
     def load_profiles(self, batch: ProfileBatch, now: int | None = None) -> int:
         """Apply a columnar profile batch."""
         self.saved.sync(self.profiles.load_batch(batch), now, batch.columns)
-        release_free_memory()
+        release_after_bulk(len(batch))
         return len(batch)
 
     def load_events(self, batch: EventBatch, now: int | None = None, plan: PreparedEvents | None = None) -> int:

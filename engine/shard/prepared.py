@@ -24,7 +24,7 @@ from pyroaring import BitMap
 from ..columns import EventBatch
 from ..store.bitmaps import to_bitmap
 from ..store.events import AppendPlan
-from ..store.memory import release_free_memory
+from ..store.memory import release_after_bulk
 from ..store.profiles import RowPlan
 
 if TYPE_CHECKING:
@@ -79,5 +79,5 @@ def commit_load_events(shard: LocalShard, plan: PreparedEvents) -> int:
         store.append(rows[picks], kept.ts, kept.props, eids[picks])
         applied = len(picks)
     shard.saved.sync(plan.touched, plan.now, (), (batch.event,), plan.rows.created())
-    release_free_memory()
+    release_after_bulk(len(batch))
     return applied
