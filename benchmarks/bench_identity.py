@@ -148,10 +148,14 @@ def main() -> None:
     parser.add_argument("--aliases", type=int, default=100_000)
     parser.add_argument("--event-ids", type=int, default=1_000_000)
     parser.add_argument("--only-event-ids", action="store_true", help="measure the event ids only")
+    parser.add_argument("--only-alias-memory", action="store_true", help="measure the memory of aliases only")
     args = parser.parse_args()
     now = 1_800_000_000_000
     ds = generate(args.profiles, args.events, seed=1, now_ms=now)
     schema = Schema.from_dict(ds.schema)
+    if args.only_alias_memory:
+        print("alias memory", bench_alias_memory(schema, args.aliases))
+        return
     if args.only_event_ids:
         print("event id memory", bench_event_id_memory(schema, args.event_ids))
         return

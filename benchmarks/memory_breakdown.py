@@ -66,8 +66,8 @@ def main() -> None:
     print(f"{n:,} profiles: RSS {(rss_bytes() - empty) / n:.1f} B/profile, load {n / seconds:,.0f} profiles/s")
     store = engine.shards[0].profiles
     idmap = store.idmap
-    print(f"id map: hashes {idmap.hashes.nbytes / n:.1f}, offsets {idmap.offsets.nbytes / n:.1f} "
-          f"({idmap.offsets.data.dtype}), ids {idmap.buffer.nbytes / n:.1f}, table {idmap.table.nbytes / n:.1f}")
+    print(f"id map: offsets {idmap.offsets.nbytes / n:.1f} ({idmap.offsets.data.dtype}), ids {idmap.buffer.nbytes / n:.1f}, "
+          f"table {idmap.table.nbytes / n:.1f} ({idmap.table.dtype}, {n / len(idmap.table):.0%} full)")
     for name, index in store.indexes.items():
         parts = {key: held_bytes(value) / n for key, value in vars(index).items()}
         shown = ", ".join(f"{key} {size:.2f}" for key, size in parts.items() if size >= 0.01)

@@ -1,8 +1,9 @@
 """The coordinator's routing index of aliases: alias id hash -> shard of its canonical profile.
 
 An open-addressing table of blake2b-64 hashes (uint64, 0 = empty, 1 = deleted) beside the shard
-number of each (uint8), kept at most 70% full (deleted slots included): 9 bytes per slot, so
-13-26 bytes per alias. The shard holding the canonical profile resolves the alias exactly (its
+number of each (uint8), of any capacity (a hash's high 32 bits scaled to it), kept at most 80% full
+(deleted slots included) and grown by 30% (or to 75% full for a large batch): 9 bytes per slot,
+so 11-15 bytes per alias. The shard holding the canonical profile resolves the alias exactly (its
 ``AliasStore`` compares the bytes); the index only says which shard to ask.
 
 >>> index = AliasIndex()
@@ -28,11 +29,17 @@ def _keys(hashes: np.ndarray) -> np.ndarray:
     return keys
 
 
+@numba.njit(inline="always")
+def _home(key, capacity):
+    """The home slot of ``key`` (a uniform hash): its high 32 bits scaled to the table."""
+    return np.int64(((key >> np.uint64(32)) * np.uint64(capacity)) >> np.uint64(32))
+
+
 @numba.njit(cache=True)
 def _find(table, keys, out):
-    mask = len(table) - 1
+    capacity = len(table)
     for i in range(len(keys)):
-        slot = np.int64((keys[i] * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(20)) & mask
+        slot = _home(keys[i], capacity)
         out[i] = -1
         while True:
             at = table[slot]
@@ -41,17 +48,17 @@ def _find(table, keys, out):
             if at == keys[i]:
                 out[i] = slot
                 break
-            slot = (slot + 1) & mask
+            slot = slot + 1 if slot + 1 < capacity else 0
 
 
 @numba.njit(cache=True)
 def _insert(table, values, keys, shards):
     """Insert or overwrite; returns (new keys, deleted slots reused)."""
-    mask = len(table) - 1
+    capacity = len(table)
     added = 0
     reused = 0
     for i in range(len(keys)):
-        slot = np.int64((keys[i] * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(20)) & mask
+        slot = _home(keys[i], capacity)
         free = -1
         while True:
             at = table[slot]
@@ -68,14 +75,16 @@ def _insert(table, values, keys, shards):
                 values[slot] = shards[i]
                 added += 1
                 break
-            slot = (slot + 1) & mask
+            slot = slot + 1 if slot + 1 < capacity else 0
     return added, reused
 
 
 class AliasIndex:
     """Alias hash -> shard number of its canonical profile."""
 
-    MAX_LOAD = 0.7
+    MAX_LOAD = 0.8  # live and deleted slots over capacity
+    FILL_AFTER_GROWTH = 0.75  # a table sized for one large batch starts this full
+    GROWTH = 1.3  # a growing table grows by this much, unless that would leave it under half full
 
     def __init__(self) -> None:
         self.table = np.zeros(1024, dtype=np.uint64)
@@ -91,9 +100,9 @@ class AliasIndex:
             return
         live = self.table > DELETED
         keys, values = self.table[live], self.values[live]
-        capacity = 1024
-        while self.size + more > self.MAX_LOAD * capacity:
-            capacity *= 2
+        needed = self.size + more
+        capacity = max(1024, int(needed / self.FILL_AFTER_GROWTH) + 1,
+                       min(int(len(self.table) * self.GROWTH), int(needed / 0.5)))
         self.table = np.zeros(capacity, dtype=np.uint64)
         self.values = np.zeros(capacity, dtype=np.uint8)
         self.size = self.used = 0

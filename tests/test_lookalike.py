@@ -181,3 +181,21 @@ def test_a_bad_seed_id_or_query_names_its_position(eng):
         eng.lookalike(["u00000001", ""], size=3, now=NOW)
     with pytest.raises(ValueError, match="column"):
         eng.lookalike("age >", size=3, now=NOW)
+
+
+def test_vocabulary_samples_the_values_of_the_rows_with_the_smallest_id_hashes(monkeypatch) -> None:
+    data = generate(3_000, 0, seed=5, now_ms=1_800_000_000_000)
+    monkeypatch.setattr(shard_lookalike, "VALUE_SAMPLE", 50)  # stands for 20,000: 3,000 rows keep 8x as many
+    with Engine(Schema.from_dict(data.schema), shards=1, backend="local") as eng:
+        eng.load_profiles(data.profiles)
+        shard = eng.shards[0]
+        hashes = shard.profiles.idmap.row_hashes()
+        for _ in range(2):  # the rows of low hashes are cached between calls
+            values = shard_lookalike.vocabulary(shard)["values"]
+            for name in ("age", "cart_value"):
+                index = shard.profiles.indexes[name]
+                rows = np.array(sorted(index.notnull), dtype=np.int64)
+                smallest = rows[np.argsort(hashes[rows])[:50]]
+                got_values, got_hashes = values[name]
+                assert sorted(got_hashes.tolist()) == sorted(hashes[smallest].tolist())
+                assert sorted(got_values.tolist()) == sorted(index.column.data[smallest].astype(float).tolist())

@@ -7,6 +7,7 @@ import pytest
 from engine.columns import CategoryColumn, TagsColumn, ValueColumn, column_from_values
 from engine.persist.state_io import StateReader, StateWriter
 from engine.store import idmap as idmap_module
+from engine.store.growable import GrowableArray
 from engine.store.idmap import IdMap, id_hashes
 from engine.store.indexes import BoolIndex, CategoryIndex, TagsIndex
 from engine.store.numeric import NumericIndex
@@ -56,6 +57,116 @@ def test_idmap_offsets_are_uint32_until_the_buffer_passes_the_limit(monkeypatch)
     assert idmap.lookup(["klmnop", "de", "x"]).tolist() == [3, 1, -1] and idmap.id_of(2) == "fghij"
     rebuilt = snapshot_round_trip(idmap, lambda reader, state: IdMap.from_state(reader, state))
     assert rebuilt.ids_of(np.arange(4)) == ["abc", "de", "fghij", "klmnop"]
+
+
+def test_idmap_forgets_rows_through_rehashes_and_snapshots() -> None:
+    idmap = IdMap()
+    ids = [f"u{i:08d}" for i in range(3_000)] + ["ünïcödé-" * 5, "x"]
+    idmap.lookup_or_insert(ids)
+    idmap.forget(np.array([1, 3001, 1, 7]))
+    assert idmap.lookup(["u00000001", "x", "u00000007", "u00000002"]).tolist() == [-1, -1, -1, 2]
+    assert (idmap.lookup_one("u00000001"), idmap.lookup_one("u00000002"), idmap.buried) == (-1, 2, 3)
+    assert idmap.id_of(1) == "\x00" * 9 and idmap.lookup(["\x00" * 9]).tolist() == [-1]
+    rows, before = idmap.lookup_or_insert(["x", "u00000001", "u00000003"])
+    assert (rows.tolist(), before) == ([3002, 3003, 3], 3002)
+    with pytest.raises(IndexError, match="no row 3004 in an id map of 3004 rows"):
+        idmap.forget(np.array([0, 3004]))
+    idmap.lookup_or_insert([f"v{i}" for i in range(10_000)])  # grows the table: tombstones are dropped
+    assert (idmap.buried, len(idmap.table), idmap.table.dtype) == (0, 17_339, np.uint32)
+    restored = snapshot_round_trip(idmap, lambda reader, state: IdMap.from_state(reader, state))
+    for m in (idmap, restored):
+        assert m.lookup(["u00000001", "x", "u00000007", "ünïcödé-" * 5, "v9999"]).tolist() == [3003, 3002, -1, 3000, 13_003]
+        assert list(m.forgotten) == [1, 7, 3001]
+        expected = id_hashes([i.encode() for i in ids[:9]]).tolist()
+        expected[1] = expected[7] = 0
+        assert m.row_hashes(0, 9).tolist() == expected
+        assert m.hashes_of(np.array([8, 7, 0])).tolist() == [expected[8], 0, expected[0]]
+        assert m.row_hashes()[3003] == id_hashes([b"u00000001"])[0] and len(m.row_hashes(13_000)) == 4
+
+
+def test_idmap_lookups_agree_on_every_path() -> None:
+    ids = ["", "a", "é", "u00000001", "u0000000", "12345678", "123456789", "x" * 17, "日本語のid", "\x00"]
+    idmap = IdMap()
+    rows, _ = idmap.lookup_or_insert(ids)
+    assert rows.tolist() == list(range(len(ids)))
+    assert [idmap.lookup_one(i) for i in ids + ["b", "1234567"]] == list(range(len(ids))) + [-1, -1]
+    assert idmap.lookup(ids[::-1] + ["b"]).tolist() == list(range(len(ids)))[::-1] + [-1]
+    assert idmap.ids_of(np.arange(len(ids))) == ids
+
+
+def test_idmap_table_is_sized_for_one_large_batch_and_widens_past_the_narrow_row_bits(monkeypatch) -> None:
+    idmap = IdMap()
+    ids = [f"u{i:08d}" for i in range(300_000)]
+    idmap.lookup_or_insert(ids)
+    assert (len(idmap.table), idmap.row_bits, idmap.table.dtype) == (400_001, 19, np.uint32)
+    monkeypatch.setattr(idmap_module, "MAX_NARROW_ROW_BITS", 19)  # stands for 28 (268M slots)
+    idmap.lookup_or_insert([f"w{i}" for i in range(100_000)])
+    assert (len(idmap.table), idmap.row_bits, idmap.table.dtype) == (600_001, 20, np.uint64)
+    idmap.forget(np.array([5]))
+    assert idmap.lookup(["u00000004", "u00000005", "w99999"]).tolist() == [4, -1, 399_999]
+    assert idmap.lookup_one("w0") == 300_000 and idmap.lookup_one("u00000005") == -1
+    restored = snapshot_round_trip(idmap, lambda reader, state: IdMap.from_state(reader, state))
+    assert restored.table.dtype == np.uint64 and restored.lookup(["w5", "u00000005"]).tolist() == [300_005, -1]
+
+
+def test_idmap_rows_of_low_hashes_hold_the_smallest_hashes_as_rows_arrive() -> None:
+    idmap = IdMap()
+    idmap.lookup_or_insert([f"p{i}" for i in range(30_000)])
+    rows, hashes = idmap.low_hash_rows(1_000)  # 30,000 // 4,000 = 7: below 2**62
+    every = idmap.row_hashes()
+    assert rows.tolist() == np.flatnonzero(every < 2**62).tolist() and hashes.tolist() == every[rows].tolist()
+    idmap.lookup_or_insert([f"q{i}" for i in range(40_000)])  # 70,000 // 4,000 = 17: below 2**60
+    rows, hashes = idmap.low_hash_rows(1_000)
+    every = idmap.row_hashes()
+    assert rows.tolist() == np.flatnonzero(every < 2**60).tolist() and hashes.tolist() == every[rows].tolist()
+    subset = np.arange(0, 70_000, 3)
+    inside = np.intersect1d(rows, subset)
+    assert len(inside) >= 1_000
+    assert sorted(every[inside])[:1_000] == sorted(every[subset])[:1_000]
+    assert len(idmap.low_hash_rows(100_000)[0]) == 70_000  # fewer rows than 4 x count: every row
+    idmap.forget(rows[:1])
+    assert idmap.low_hash_rows(1_000)[1][0] == 0  # a forgotten row's hash is FORGOTTEN
+
+
+def legacy_idmap_state(writer: StateWriter, ids: list[str], forgotten: list[int]) -> dict:
+    """The map's state in the layout with a blake2b hash per row and an int32 table (0 = forgotten)."""
+    buf, offsets = idmap_module.pack_ids(ids)
+    hashes = id_hashes([i.encode() for i in ids])
+    hashes[forgotten] = 0
+    buffer = buf.copy()
+    for row in forgotten:
+        buffer[offsets[row]:offsets[row + 1]] = 0
+    return {"size": len(ids), "hashes": writer.array(hashes), "offsets": writer.array(offsets.astype(np.uint32)),
+            "buffer": writer.array(buffer), "table": writer.array(np.full(1024, -1, dtype=np.int32))}
+
+
+def test_idmap_reads_the_layout_with_a_hash_per_row() -> None:
+    ids = [f"id-{i}" for i in range(2_000)]
+    writer = StateWriter()
+    state = legacy_idmap_state(writer, ids, [3, 10])
+    frames = [np.frombuffer(bytearray(frame), dtype=np.uint8) for frame in writer.capture({}, 0, state).joined()]
+    idmap = IdMap.from_state(StateReader(frames, "a test"), state)
+    assert idmap.lookup(["id-0", "id-3", "id-10", "id-1999", "nope"]).tolist() == [0, -1, -1, 1999, -1]
+    assert (list(idmap.forgotten), len(idmap.table)) == ([3, 10], 2_667)
+    assert idmap.lookup_or_insert(["id-3"])[0].tolist() == [2_000]
+    pickled = IdMap.__new__(IdMap)  # a pickle of the same layout (segengine migrate)
+    pickled.__setstate__({"size": 2, "hashes": GrowableArray.adopt(id_hashes([b"a", b"b"]), 0),
+                          "offsets": GrowableArray.adopt(np.array([0, 1, 2], dtype=np.uint32), 0),
+                          "buffer": GrowableArray.adopt(np.frombuffer(b"ab", dtype=np.uint8).copy(), 0),
+                          "table": np.full(1024, -1, dtype=np.int32)})
+    assert pickled.lookup(["b", "a", "c"]).tolist() == [1, 0, -1] and not pickled.forgotten
+
+
+def test_idmap_refuses_a_table_that_does_not_match_its_ids() -> None:
+    idmap = IdMap()
+    idmap.lookup_or_insert([f"r{i}" for i in range(100)])
+    writer = StateWriter()
+    state = idmap.to_state(writer)
+    frames = [bytearray(frame) for frame in writer.capture({}, 0, state).joined()]
+    table = np.frombuffer(frames[state["table"] + 1], dtype=np.uint32)
+    table[np.flatnonzero(table)[0]] = 0  # a row lost from the table
+    with pytest.raises(ValueError, match="the id map's table does not agree with its ids"):
+        IdMap.from_state(StateReader([np.frombuffer(f, dtype=np.uint8) for f in frames], "a test"), state)
 
 
 def test_code_columns_take_the_narrowest_type_and_widen() -> None:

@@ -16,6 +16,7 @@ from ..errors import QueryError, SegmentNotFound, quoted
 from ..plan.steps import Intersect, Nothing, Pred, Step, Union, Universe
 from ..query import ast
 from ..store.bitmaps import to_bitmap, union_all
+from ..store.idmap import IdMap
 from ..store.lru import drop_oldest
 from ..store.indexes import BoolIndex, CategoryIndex, TagsIndex
 from ..store.numeric import NumericIndex
@@ -35,28 +36,35 @@ COUNT_ORDER_MAX = 64
 
 class SampleCache:
     """Bucket-range bitmaps per (lo, hi, seed): the rows whose BUCKET(seed) lies in [lo, hi] (a SAMPLE
-    is the range [0, threshold - 1]); a row's bucket never changes, so only new rows are added.
+    is the range [0, threshold - 1]); a row's bucket never changes, so only new rows are added (their
+    id hashes computed from the id map a chunk at a time).
 
     Shared by concurrent queries: an entry is replaced whole (a new bitmap), never updated in place.
     """
 
+    CHUNK = 1 << 20  # rows hashed at a time
+
     def __init__(self) -> None:
         self.entries: dict[tuple[int, int, int], tuple[BitMap, int]] = {}
 
-    def rows(self, hashes: np.ndarray, threshold: int, seed: int) -> BitMap:
+    def rows(self, idmap: IdMap, threshold: int, seed: int) -> BitMap:
         """Rows (of every row ever created) in SAMPLE at ``threshold``/10000 with ``seed``."""
-        return self.range_rows(hashes, 0, threshold - 1, seed)
+        return self.range_rows(idmap, 0, threshold - 1, seed)
 
-    def range_rows(self, hashes: np.ndarray, lo: int, hi: int, seed: int) -> BitMap:
+    def range_rows(self, idmap: IdMap, lo: int, hi: int, seed: int) -> BitMap:
         """Rows (of every row ever created) whose BUCKET(seed) lies in [lo, hi]."""
         key = (lo, hi, seed)
         bitmap, covered = self.entries.get(key, (BitMap(), 0))
-        if covered < len(hashes):
-            extra = bucket_rows(hashes, covered, np.uint64(seed & (2**64 - 1)), lo, hi)
-            bitmap = bitmap | to_bitmap(extra, assume_sorted=True)
+        rows = len(idmap)
+        if covered < rows:
+            parts = [bitmap]
+            for start in range(covered, rows, self.CHUNK):
+                extra = bucket_rows(idmap.row_hashes(start, start + self.CHUNK), 0, np.uint64(seed & (2**64 - 1)), lo, hi)
+                parts.append(to_bitmap(extra + np.uint32(start), assume_sorted=True))
+            bitmap = union_all(parts)
             if len(self.entries) > 64:
                 drop_oldest(self.entries)
-            self.entries[key] = (bitmap, len(hashes))
+            self.entries[key] = (bitmap, rows)
         return bitmap
 
     def kept(self, threshold: int, seed: int, rows: int) -> BitMap | None:
@@ -184,11 +192,11 @@ class Executor:
                                                                            NumericIndex):
             return self.store.indexes[node.name].kept_outside(self._value(node.lo), self._value(node.hi))
         if isinstance(node, ast.Sample):
-            return self.samples.kept(sample_threshold(node.percent), node.seed, len(self.store.idmap.row_hashes()))
+            return self.samples.kept(sample_threshold(node.percent), node.seed, len(self.store.idmap))
         if isinstance(node, ast.Bucket):
             ranges = bucket_ranges(node)
             if len(ranges) == 1:
-                return self.samples.kept_range(*ranges[0], node.seed, len(self.store.idmap.row_hashes()))
+                return self.samples.kept_range(*ranges[0], node.seed, len(self.store.idmap))
         return None
 
     def _count_order(self, items: list[Step]) -> list[Step]:
@@ -394,7 +402,7 @@ class Executor:
         return self.store.consents[node.purpose]
 
     def pred_Sample(self, node: ast.Sample, found: BitMap | None) -> BitMap:
-        rows = self.samples.rows(self.store.idmap.row_hashes(), sample_threshold(node.percent), node.seed)
+        rows = self.samples.rows(self.store.idmap, sample_threshold(node.percent), node.seed)
         return rows & (found if found is not None else self.store.live)
 
     def pred_SegmentRef(self, node: ast.SegmentRef, found: BitMap | None) -> BitMap:
@@ -403,8 +411,8 @@ class Executor:
         return self.segments(node.name)
 
     def pred_Bucket(self, node: ast.Bucket, found: BitMap | None) -> BitMap:
-        hashes = self.store.idmap.row_hashes()
-        rows = union_all([self.samples.range_rows(hashes, lo, hi, node.seed) for lo, hi in bucket_ranges(node)])
+        idmap = self.store.idmap
+        rows = union_all([self.samples.range_rows(idmap, lo, hi, node.seed) for lo, hi in bucket_ranges(node)])
         return rows & (found if found is not None else self.store.live)
 
     def pred_Sequence(self, node: ast.Sequence, found: BitMap | None) -> BitMap:

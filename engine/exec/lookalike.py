@@ -49,15 +49,26 @@ def vocabulary(shard: LocalShard) -> dict[str, Any]:
     shard count)."""
     labels: dict[str, dict[str, int]] = {}
     values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    hashes = shard.profiles.idmap.row_hashes()
+    idmap = shard.profiles.idmap
+    hashes = None  # every row's id hash, computed only if the rows of low hashes fall short
     for name, index in shard.profiles.indexes.items():
         if isinstance(index, (CategoryIndex, TagsIndex)):
             labels[name] = {label: len(bitmap) for label, bitmap in zip(index.labels, index.bitmaps) if bitmap}
         elif isinstance(index, NumericIndex) and index.kind in ("int", "float"):
             rows = rows_of(index.notnull)
-            if len(rows) > VALUE_SAMPLE:
-                rows = rows[np.argpartition(hashes[rows], VALUE_SAMPLE)[:VALUE_SAMPLE]]
-            values[name] = (index.column.data[rows].astype(np.float64), hashes[rows].copy())
+            if len(rows) <= VALUE_SAMPLE:
+                values[name] = (index.column.data[rows].astype(np.float64), idmap.hashes_of(rows))
+                continue
+            low_rows, low_hashes = idmap.low_hash_rows(VALUE_SAMPLE)
+            picked = rows_of(to_bitmap(low_rows, assume_sorted=True) & index.notnull)
+            if len(picked) > VALUE_SAMPLE:
+                rows, row_hashes = picked, low_hashes[np.searchsorted(low_rows, picked)]
+            else:
+                hashes = idmap.row_hashes() if hashes is None else hashes
+                row_hashes = hashes[rows]
+            smallest = np.argpartition(row_hashes, VALUE_SAMPLE)[:VALUE_SAMPLE]
+            rows = rows[smallest]
+            values[name] = (index.column.data[rows].astype(np.float64), row_hashes[smallest])
     return {"labels": labels, "values": values}
 
 
@@ -133,14 +144,14 @@ def sample(shard: LocalShard, seed: Seed, within: Step, features: list[Step], po
     candidates = call.visit(within, None) - rows
     bitmaps = feature_bitmaps(shard, features, now)
     shard.lookalike_features.put(token, bitmaps)
-    hashes = shard.profiles.idmap.row_hashes()
+    idmap = shard.profiles.idmap
     out: dict[str, Any] = {"feature_rows": np.array([len(b) for b in bitmaps], dtype=np.int64),
                            "live": len(shard.profiles.live)}
     for key, picked in (("positives", rows & call.visit(positives, None)),
                         ("negatives", candidates & call.visit(negatives, None))):
         chosen = rows_of(picked)
         out[key] = membership_bits(chosen, bitmaps)
-        out[key + "_hashes"] = hashes[chosen].copy()
+        out[key + "_hashes"] = idmap.hashes_of(chosen)
     return out
 
 

@@ -88,7 +88,7 @@ class RowExplainer:
 
     def bucket(self, seed: int) -> int:
         """BUCKET(seed) of this row's canonical id."""
-        row_hash = int(self.shard.profiles.idmap.row_hashes()[self.row])
+        row_hash = int(self.shard.profiles.idmap.hashes_of([self.row])[0])
         return splitmix64_py(row_hash ^ (seed & MASK64)) % 10000
 
     def facts_sample(self, node: ast.Sample) -> dict[str, Any]:

@@ -22,22 +22,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+from pyroaring import BitMap
 
 from .growable import GrowableArray
-from .idmap import FORGOTTEN, IdMap
+from .idmap import IdMap
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
+
+
+#: How much the alias arrays grow by when full (less than the profiles' 1.5: aliases arrive in small batches).
+GROWTH = 1.3
 
 
 class AliasStore:
     """Alias id -> canonical row, and the aliases of each canonical row."""
 
     def __init__(self) -> None:
-        self.ids = IdMap()
-        self.target = GrowableArray(np.int32, -1)
-        self.next = GrowableArray(np.int32, -1)
-        self.head = GrowableArray(np.int32, -1)
+        self.ids = IdMap(growth=GROWTH)
+        self.target = GrowableArray(np.int32, -1, growth=GROWTH)
+        self.next = GrowableArray(np.int32, -1, growth=GROWTH)
+        self.head = GrowableArray(np.int32, -1, growth=GROWTH)
         self.live = 0
 
     def __len__(self) -> int:
@@ -122,14 +127,13 @@ class AliasStore:
     def drop_hashes(self, row: int) -> np.ndarray:
         """``drop(row)``, returning the blake2b-64 hashes of the dropped aliases (uint64)."""
         numbers = self._numbers(row)
-        hashes = self.ids.row_hashes()[np.array(numbers, dtype=np.int64)].copy()
+        hashes = self.ids.hashes_of(np.array(numbers, dtype=np.int64))
         self.drop(row)
         return hashes
 
     def hashes(self) -> np.ndarray:
         """The blake2b-64 hash of every alias held (uint64)."""
-        kept = np.flatnonzero(self.target.view() >= 0)
-        return self.ids.row_hashes()[kept]
+        return self.ids.hashes_of(np.flatnonzero(self.target.view() >= 0))
 
     @property
     def nbytes(self) -> int:
@@ -149,6 +153,8 @@ class AliasStore:
         store.target = GrowableArray.adopt(reader.array(state["target"]), -1)
         store.next = GrowableArray.adopt(reader.array(state["next"]), -1)
         store.head = GrowableArray.adopt(reader.array(state["head"]), -1)
+        for part in (store.ids, store.ids.offsets, store.ids.buffer, store.target, store.next, store.head):
+            part.growth = GROWTH
         store.live = int(state["live"])
         n = len(store.ids)
         target, nxt, head = store.target.data, store.next.data, store.head.data
@@ -157,6 +163,6 @@ class AliasStore:
                 and int((target >= 0).sum()) == store.live
                 and (n == 0 or (int(target.max()) < rows and int(nxt.max()) < n))
                 and (len(head) == 0 or int(head.max()) < n)
-                and bool(np.all(store.ids.row_hashes()[target < 0] == FORGOTTEN))):
+                and store.ids.forgotten == BitMap(np.flatnonzero(target < 0).tolist())):
             raise ValueError("the alias arrays do not agree")
         return store

@@ -9,19 +9,29 @@ from __future__ import annotations
 import numpy as np
 
 
-class GrowableArray:
-    """A NumPy array whose logical length only grows; new slots hold ``fill``."""
+def _filled(capacity: int, fill: object, dtype: np.dtype | type) -> np.ndarray:
+    """``capacity`` slots of ``fill``; zeros come from zeroed pages, resident only once written."""
+    return np.zeros(capacity, dtype=dtype) if fill == 0 else np.full(capacity, fill, dtype=dtype)
 
-    def __init__(self, dtype: np.dtype | type, fill: object = 0, capacity: int = 1024):
+
+class GrowableArray:
+    """A NumPy array whose logical length only grows; new slots hold ``fill``. A full array grows by
+    ``growth`` (and 1024 slots)."""
+
+    growth = 1.5
+
+    def __init__(self, dtype: np.dtype | type, fill: object = 0, capacity: int = 1024, growth: float | None = None):
+        if growth is not None:
+            self.growth = growth
         self.fill = fill
-        self.data = np.full(capacity, fill, dtype=dtype)
+        self.data = _filled(capacity, fill, dtype)
         self.size = 0
 
     def ensure(self, size: int) -> None:
         """Make rows ``[0, size)`` addressable (new rows get ``fill``)."""
         if size > len(self.data):
-            capacity = max(size, int(len(self.data) * 1.5) + 1024)
-            grown = np.full(capacity, self.fill, dtype=self.data.dtype)
+            capacity = max(size, int(len(self.data) * self.growth) + 1024)
+            grown = _filled(capacity, self.fill, self.data.dtype)
             grown[: self.size] = self.data[: self.size]
             self.data = grown
         if size > self.size:

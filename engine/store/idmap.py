@@ -1,9 +1,9 @@
 """External id <-> row map of one shard, without a Python object per profile.
 
 Ids are stored as UTF-8 bytes in one growable buffer with uint32 offsets (int64 once the buffer
-passes 4 GiB); a row also keeps the 64-bit blake2b hash of its id (the same hash SAMPLE uses).
-An open-addressing table of int32 rows keyed by that hash gives lookups; numba kernels probe and
-insert whole batches. About 8 (hash) + 4 (offset) + len(id) + 6-11 (table) bytes per profile.
+passes 4 GiB); an open-addressing table of tagged row numbers (see ``IdMap``) keyed by the ids'
+table hash gives lookups; numba kernels probe and insert whole batches. Nothing else is kept per
+row: about 4 (offset) + len(id) + 5-7.5 (table) bytes per profile.
 
 >>> m = IdMap()
 >>> m.lookup_or_insert(["a", "b", "a"])[0].tolist()
@@ -17,135 +17,18 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from hashlib import blake2b
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numba
 import numpy as np
+from pyroaring import BitMap
 
 from .growable import GrowableArray
+from .idhash import buffer_word_hash, id_hashes, pack_ids, packed_hashes, table_hashes, word_hash  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
-
-
-def id_hashes(encoded: Sequence[bytes]) -> np.ndarray:
-    """blake2b-64 (little-endian) of each encoded id, as uint64."""
-    digests = b"".join([blake2b(item, digest_size=8).digest() for item in encoded])
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
-
-
-def _pack(encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(item) for item in encoded), dtype=np.int64, count=len(encoded))
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
-
-
-def pack_ids(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The UTF-8 bytes of ``ids`` in one buffer (uint8) and their offsets (int64, len(ids) + 1).
-
-    All-ASCII batches (the usual case) are encoded in one piece, without a bytes object per id.
-    """
-    joined = "".join(ids)
-    data = joined.encode("utf-8")
-    if len(data) != len(joined):  # some id is not ASCII: its UTF-8 length differs from its length
-        return _pack([item.encode("utf-8") for item in ids])
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), out=offsets[1:])
-    return np.frombuffer(data, dtype=np.uint8), offsets
-
-
-_IV = np.array([0x6A09E667F3BCC908, 0xBB67AE8584CAA73B, 0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1,
-                0x510E527FADE682D1, 0x9B05688C2B3E6C1F, 0x1F83D9ABFB41BD6B, 0x5BE0CD19137E2179], dtype=np.uint64)
-_SIGMA = np.array([
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
-    [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3],
-    [11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4],
-    [7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8],
-    [9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13],
-    [2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9],
-    [12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11],
-    [13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10],
-    [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5],
-    [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0],
-], dtype=np.int64)
-
-
-@numba.njit(inline="always")
-def _rotr(x, n):
-    return (x >> np.uint64(n)) | (x << np.uint64(64 - n))
-
-
-@numba.njit(inline="always")
-def _mix(a, b, c, d, x, y):
-    a = a + b + x
-    d = _rotr(d ^ a, 32)
-    c = c + d
-    b = _rotr(b ^ c, 24)
-    a = a + b + y
-    d = _rotr(d ^ a, 16)
-    c = c + d
-    b = _rotr(b ^ c, 63)
-    return a, b, c, d
-
-
-@numba.njit(cache=True)
-def blake2b64(buf, offsets, iv, sigma):
-    """blake2b with an 8-byte digest (RFC 7693) of each ``buf[offsets[i]:offsets[i+1]]``, read little-endian."""
-    n = len(offsets) - 1
-    out = np.empty(n, dtype=np.uint64)
-    h = np.empty(8, dtype=np.uint64)
-    m = np.empty(16, dtype=np.uint64)
-    for i in range(n):
-        start = offsets[i]
-        length = offsets[i + 1] - start
-        for k in range(8):
-            h[k] = iv[k]
-        h[0] ^= np.uint64(0x01010008)  # digest length 8, no key, fanout 1, depth 1
-        done = 0
-        while True:
-            take = min(length - done, 128)
-            last = done + take == length
-            for w in range(16):
-                m[w] = np.uint64(0)
-            for k in range(take):
-                m[k >> 3] |= np.uint64(buf[start + done + k]) << np.uint64((k & 7) * 8)
-            done += take
-            v0, v1, v2, v3, v4, v5, v6, v7 = h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
-            v8, v9, v10, v11 = iv[0], iv[1], iv[2], iv[3]
-            v12 = iv[4] ^ np.uint64(done)  # byte counter (ids are far below 2**64 bytes)
-            v13 = iv[5]
-            v14 = ~iv[6] if last else iv[6]
-            v15 = iv[7]
-            for r in range(12):
-                s = sigma[r % 10]
-                v0, v4, v8, v12 = _mix(v0, v4, v8, v12, m[s[0]], m[s[1]])
-                v1, v5, v9, v13 = _mix(v1, v5, v9, v13, m[s[2]], m[s[3]])
-                v2, v6, v10, v14 = _mix(v2, v6, v10, v14, m[s[4]], m[s[5]])
-                v3, v7, v11, v15 = _mix(v3, v7, v11, v15, m[s[6]], m[s[7]])
-                v0, v5, v10, v15 = _mix(v0, v5, v10, v15, m[s[8]], m[s[9]])
-                v1, v6, v11, v12 = _mix(v1, v6, v11, v12, m[s[10]], m[s[11]])
-                v2, v7, v8, v13 = _mix(v2, v7, v8, v13, m[s[12]], m[s[13]])
-                v3, v4, v9, v14 = _mix(v3, v4, v9, v14, m[s[14]], m[s[15]])
-            h[0] ^= v0 ^ v8
-            h[1] ^= v1 ^ v9
-            h[2] ^= v2 ^ v10
-            h[3] ^= v3 ^ v11
-            h[4] ^= v4 ^ v12
-            h[5] ^= v5 ^ v13
-            h[6] ^= v6 ^ v14
-            h[7] ^= v7 ^ v15
-            if last:
-                break
-        out[i] = h[0]
-    return out
-
-
-def packed_hashes(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """blake2b-64 (little-endian, as ``id_hashes``) of each packed id."""
-    return blake2b64(buf, offsets, _IV, _SIGMA)
 
 
 @numba.njit(cache=True)
@@ -234,22 +117,34 @@ def dedupe_keys(keys):
     return first[:count], inverse
 
 
+@numba.njit(inline="always")
+def _home(h, capacity):
+    """The home slot of hash ``h``: its high 32 bits scaled to the table (any capacity below 2**32)."""
+    return np.int64(((h >> np.uint64(32)) * np.uint64(capacity)) >> np.uint64(32))
+
+
 @numba.njit(cache=True)
-def _probe(table, row_hash, offsets, buf, nrows, q_hash, q_off, q_buf, out, insert):
-    mask = len(table) - 1
+def _probe(table, row_bits, offsets, buf, nrows, q_hash, q_off, q_buf, out, insert):
+    """Find (and with ``insert``, add) each query id; returns the new row count."""
+    capacity = len(table)
+    tag_bits = table.itemsize * 8 - row_bits
+    row_mask = np.uint64((1 << row_bits) - 1)
+    tag_mask = np.uint64((1 << tag_bits) - 1)
     for i in range(len(q_hash)):
         h = q_hash[i]
-        slot = np.int64(h & np.uint64(mask))
-        qs = q_off[i]
-        qlen = q_off[i + 1] - qs
+        slot = _home(h, capacity)
+        tag = (h & tag_mask) << np.uint64(row_bits)
+        qs = np.int64(q_off[i])
+        qlen = np.int64(q_off[i + 1]) - qs
         found = -1
         while True:
-            row = table[slot]
-            if row < 0:
+            entry = np.uint64(table[slot])
+            if entry == 0:
                 break
-            if row_hash[row] == h:
-                start = offsets[row]
-                if offsets[row + 1] - start == qlen:
+            if entry & ~row_mask == tag and entry & row_mask != row_mask:
+                row = np.int64(entry & row_mask) - 1
+                start = np.int64(offsets[row])
+                if np.int64(offsets[row + 1]) - start == qlen:
                     same = True
                     for k in range(qlen):
                         if buf[start + k] != q_buf[qs + k]:
@@ -258,69 +153,162 @@ def _probe(table, row_hash, offsets, buf, nrows, q_hash, q_off, q_buf, out, inse
                     if same:
                         found = row
                         break
-            slot = (slot + 1) & mask
+            slot += 1
+            if slot == capacity:
+                slot = 0
         if found < 0 and insert:
             found = nrows
-            row_hash[found] = h
-            start = offsets[found]
+            start = np.int64(offsets[found])
             for k in range(qlen):
                 buf[start + k] = q_buf[qs + k]
             offsets[found + 1] = start + qlen
-            table[slot] = found
+            table[slot] = tag | np.uint64(found + 1)
             nrows += 1
         out[i] = found
     return nrows
 
 
 @numba.njit(cache=True)
-def _rehash(table, row_hash, nrows):
-    mask = len(table) - 1
-    for row in range(nrows):
-        slot = np.int64(row_hash[row] & np.uint64(mask))
-        while table[slot] >= 0:
-            slot = (slot + 1) & mask
-        table[slot] = row
+def _fill(table, row_bits, offsets, buf, rows):
+    """Enter ``rows`` (ids known distinct) into an empty ``table``, their hashes computed from their bytes."""
+    capacity = len(table)
+    tag_bits = table.itemsize * 8 - row_bits
+    tag_mask = np.uint64((1 << tag_bits) - 1)
+    for i in range(len(rows)):
+        row = rows[i]
+        start = np.int64(offsets[row])
+        h = buffer_word_hash(buf, start, np.int64(offsets[row + 1]) - start)
+        slot = _home(h, capacity)
+        while table[slot] != 0:
+            slot += 1
+            if slot == capacity:
+                slot = 0
+        table[slot] = ((h & tag_mask) << np.uint64(row_bits)) | np.uint64(row + 1)
+
+
+@numba.njit(cache=True)
+def _bury(table, row_bits, offsets, buf, rows):
+    """Turn the entries of ``rows`` into tombstones (all row bits set): probes pass them, nothing matches."""
+    capacity = len(table)
+    row_mask = np.uint64((1 << row_bits) - 1)
+    for i in range(len(rows)):
+        row = rows[i]
+        start = np.int64(offsets[row])
+        slot = _home(buffer_word_hash(buf, start, np.int64(offsets[row + 1]) - start), capacity)
+        while True:
+            entry = np.uint64(table[slot])
+            if entry == 0:
+                break
+            if entry & row_mask == np.uint64(row + 1):
+                table[slot] = entry | row_mask
+                break
+            slot += 1
+            if slot == capacity:
+                slot = 0
 
 
 #: The largest buffer offset kept in uint32 offsets (past it, offsets are int64).
 MAX_NARROW_OFFSET = 2**32 - 1
 
-#: The hash of a forgotten row (no id's blake2b-64 is expected to be 0: a 2**-64 chance per id).
+#: The most row bits a uint32 table entry holds (leaving at least 4 tag bits); larger tables are uint64.
+MAX_NARROW_ROW_BITS = 28
+
+#: The blake2b-64 hash reported for a forgotten row (no id's blake2b-64 is expected to be 0).
 FORGOTTEN = np.uint64(0)
 
 
+@numba.njit(cache=True)
+def _census(table, row_bits):
+    """(live entries, tombstones, largest row + 1 named by a live entry) of a table."""
+    row_mask = np.uint64((1 << row_bits) - 1)
+    live = 0
+    buried = 0
+    top = 0
+    for slot in range(len(table)):
+        entry = np.uint64(table[slot])
+        if entry == 0:
+            continue
+        part = entry & row_mask
+        if part == row_mask:
+            buried += 1
+        else:
+            live += 1
+            top = max(top, np.int64(part))
+    return live, buried, top
+
+
+def _new_table(capacity: int) -> tuple[np.ndarray, int]:
+    """An empty table of ``capacity`` slots (zeroed pages: only the touched ones are resident) and its row bits."""
+    if capacity >= 2**32:
+        raise OverflowError("an id map holds fewer than 2**32 * MAX_LOAD rows")
+    row_bits = capacity.bit_length()
+    return np.zeros(capacity, dtype=np.uint32 if row_bits <= MAX_NARROW_ROW_BITS else np.uint64), row_bits
+
+
 class IdMap:
-    """Canonical external id <-> dense row number (0, 1, 2, ... in order of first sight)."""
+    """Canonical external id <-> dense row number (0, 1, 2, ... in order of first sight).
 
-    MAX_LOAD = 0.7
+    Ids are UTF-8 bytes in one buffer with uint32 offsets (int64 past 4 GiB). The probe table is
+    open-addressed (linear probing, any capacity: a hash's high 32 bits scaled to it) over entries
+    ``tag << row_bits | (row + 1)``: ``row_bits`` the bit length of the capacity, the tag the low bits
+    of the id's 64-bit table hash (``buffer_word_hash``) that fit beside it in a uint32 (uint64 past
+    ``MAX_NARROW_ROW_BITS``); 0 is empty, all row bits set a tombstone (a forgotten row). The tag
+    rules out most slots without reading an id; hashes are recomputed from the ids' bytes when the
+    table grows. The blake2b-64 hash that SAMPLE, BUCKET and lookalikes use is computed on demand
+    (``row_hashes``, ``hashes_of``), not kept. About 4 (offset) + len(id) + 5-7.5 (table) bytes per row.
+    """
 
-    def __init__(self) -> None:
-        self.hashes = GrowableArray(np.uint64, 0)
-        self.offsets = GrowableArray(np.uint32, 0)
+    MAX_LOAD = 0.8  # live entries and tombstones over capacity
+    FILL_AFTER_GROWTH = 0.75  # a table sized for one large batch starts this full
+    growth = 1.5  # the least a growing table (or array) grows by
+    _low_hashes: tuple[int, int, np.ndarray, np.ndarray] | None = None  # see low_hash_rows
+
+    def __init__(self, growth: float | None = None) -> None:
+        if growth is not None:
+            self.growth = growth
+        self.offsets = GrowableArray(np.uint32, 0, growth=growth)
         self.offsets.ensure(1)
-        self.buffer = GrowableArray(np.uint8, 0, capacity=16384)
-        self.table = np.full(1024, -1, dtype=np.int32)
+        self.buffer = GrowableArray(np.uint8, 0, capacity=16384, growth=growth)
+        self.table, self.row_bits = _new_table(1024)
         self.size = 0
+        self.buried = 0  # tombstones in the table
+        self.forgotten = BitMap()
 
     def __len__(self) -> int:
         return self.size
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also from a legacy snapshot's layout (a blake2b hash per row, an int32 table of rows)."""
+        if "hashes" not in state:
+            self.__dict__.update(state)
+            return
+        self.size = state["size"]
+        self.offsets, self.buffer = state["offsets"], state["buffer"]
+        self.forgotten = BitMap(np.flatnonzero(state["hashes"].view()[: self.size] == FORGOTTEN).tolist())
+        self._rebuild(self._capacity_for(self.size))
+
+    def _capacity_for(self, rows: int) -> int:
+        return max(1024, int(rows / self.FILL_AFTER_GROWTH) + 1)
+
+    def _rebuild(self, capacity: int) -> None:
+        """A new table of ``capacity`` slots holding every row not forgotten (no tombstones)."""
+        self.table, self.row_bits = _new_table(capacity)
+        keep = np.ones(self.size, dtype=np.bool_)
+        if self.forgotten:
+            keep[np.frombuffer(self.forgotten.to_array(), dtype=np.uint32)] = False
+        _fill(self.table, self.row_bits, self.offsets.data, self.buffer.data, np.flatnonzero(keep))
+        self.buried = 0
+
     def _reserve(self, rows: int, nbytes: int) -> None:
         needed = self.size + rows
-        if needed > self.MAX_LOAD * len(self.table):
-            capacity = len(self.table)
-            while needed > self.MAX_LOAD * capacity:
-                capacity *= 2
-            self.table = np.full(capacity, -1, dtype=np.int32)
-            _rehash(self.table, self.hashes.data, self.size)
-        self.hashes.ensure(needed)
+        if needed + self.buried > self.MAX_LOAD * len(self.table):
+            self._rebuild(max(self._capacity_for(needed), int(len(self.table) * self.growth)))
         self.offsets.ensure(needed + 1)
         used = int(self.offsets.data[self.size])
         if used + nbytes > MAX_NARROW_OFFSET and self.offsets.data.dtype != np.int64:
             self.offsets.data = self.offsets.data.astype(np.int64)
         self.buffer.ensure(used + nbytes)
         # logical sizes follow the row count, not the reservation
-        self.hashes.size = self.size
         self.offsets.size = self.size + 1
         self.buffer.size = used
 
@@ -351,10 +339,10 @@ class IdMap:
 
     def _lookup_or_insert(self, ids: Sequence[str]) -> tuple[np.ndarray, int]:
         q_buf, q_off = pack_ids(ids)
-        q_hash = packed_hashes(q_buf, q_off)
+        q_hash = table_hashes(q_buf, q_off)
         out = np.empty(len(ids), dtype=np.int64)
         before = self.size
-        _probe(self.table, self.hashes.data, self.offsets.data, self.buffer.data, self.size,
+        _probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
                q_hash, q_off, q_buf, out, False)
         missing = np.flatnonzero(out < 0)
         if len(missing) == 0:
@@ -364,10 +352,9 @@ class IdMap:
             q_hash = q_hash[missing]
         self._reserve(len(missing), len(q_buf))
         inserted = np.empty(len(missing), dtype=np.int64)
-        self.size = int(_probe(self.table, self.hashes.data, self.offsets.data, self.buffer.data, self.size,
+        self.size = int(_probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
                                q_hash, q_off, q_buf, inserted, True))
         out[missing] = inserted
-        self.hashes.size = self.size
         self.offsets.size = self.size + 1
         self.buffer.size = int(self.offsets.data[self.size])
         return out, before
@@ -375,28 +362,30 @@ class IdMap:
     def lookup(self, ids: Sequence[str]) -> np.ndarray:
         """Rows of ``ids`` (int64), -1 where unknown."""
         q_buf, q_off = pack_ids(ids)
-        q_hash = packed_hashes(q_buf, q_off)
         out = np.empty(len(ids), dtype=np.int64)
-        _probe(self.table, self.hashes.data, self.offsets.data, self.buffer.data, self.size,
-               q_hash, q_off, q_buf, out, False)
+        _probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
+               table_hashes(q_buf, q_off), q_off, q_buf, out, False)
         return out
 
     def lookup_one(self, profile_id: str) -> int:
         """Row of one id, -1 if unknown (the point-lookup path: no arrays built, no kernel call)."""
         key = profile_id.encode("utf-8")
-        h = int.from_bytes(blake2b(key, digest_size=8).digest(), "little")
-        table, hashes, offsets, buf = self.table, self.hashes.data, self.offsets.data, self.buffer.data
-        mask = len(table) - 1
-        slot = h & mask
+        h = word_hash(key)
+        table, offsets, buf, row_bits = self.table, self.offsets.data, self.buffer.data, self.row_bits
+        capacity = len(table)
+        row_mask = (1 << row_bits) - 1
+        tag = (h & ((1 << (table.itemsize * 8 - row_bits)) - 1)) << row_bits
+        slot = ((h >> 32) * capacity) >> 32
         while True:
-            row = int(table[slot])
-            if row < 0:
+            entry = int(table[slot])
+            if entry == 0:
                 return -1
-            if int(hashes[row]) == h:
+            if entry & ~row_mask == tag and entry & row_mask != row_mask:
+                row = (entry & row_mask) - 1
                 start, end = int(offsets[row]), int(offsets[row + 1])
                 if end - start == len(key) and buf[start:end].tobytes() == key:
                     return row
-            slot = (slot + 1) & mask
+            slot = slot + 1 if slot + 1 < capacity else 0
 
     def id_of(self, row: int) -> str:
         """The external id of ``row``."""
@@ -419,49 +408,106 @@ class IdMap:
         return _subset(self.buffer.data, self.offsets.data, np.asarray(rows, dtype=np.int64))
 
     def forget(self, rows: np.ndarray) -> None:
-        """Make the ids of ``rows`` unknown: their bytes are zeroed and their hash no longer matches.
+        """Make the ids of ``rows`` unknown: their table entries become tombstones and their bytes are zeroed.
 
-        The rows keep their numbers (and their table slots, so probing chains stay whole); a later
-        insert of a forgotten id makes a new row.
+        The rows keep their numbers; a later insert of a forgotten id makes a new row.
         """
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) and (rows[0] < 0 or rows[-1] >= self.size):
+            raise IndexError(f"no row {rows[0] if rows[0] < 0 else rows[-1]} in an id map of {self.size} rows")
+        rows = rows[[row not in self.forgotten for row in rows.tolist()]] if self.forgotten else rows
         if len(rows) == 0:
             return
         offsets, buf = self.offsets.data, self.buffer.data
+        _bury(self.table, self.row_bits, offsets, buf, rows)
         for row in rows.tolist():
             buf[offsets[row]:offsets[row + 1]] = 0
-        self.hashes.data[rows] = FORGOTTEN
+        self.forgotten.update(rows.tolist())
+        self.buried += len(rows)
+        self._low_hashes = None
 
-    def row_hashes(self) -> np.ndarray:
-        """The blake2b-64 hash of every row's id (uint64, no copy)."""
-        return self.hashes.view()
+    def row_hashes(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The blake2b-64 hash of the id of each row in ``[start, stop)`` (uint64, computed; FORGOTTEN for
+        a forgotten row)."""
+        stop = self.size if stop is None else min(stop, self.size)
+        if stop <= start:
+            return np.empty(0, dtype=np.uint64)
+        hashes = packed_hashes(self.buffer.data, self.offsets.data[start : stop + 1].astype(np.int64))
+        if self.forgotten:
+            gone = np.frombuffer(self.forgotten.to_array(), dtype=np.uint32).astype(np.int64)
+            gone = gone[(gone >= start) & (gone < stop)]
+            hashes[gone - start] = FORGOTTEN
+        return hashes
+
+    def hashes_of(self, rows: np.ndarray) -> np.ndarray:
+        """The blake2b-64 hash of the id of each of ``rows`` (uint64; FORGOTTEN for a forgotten row)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        hashes = packed_hashes(*self.packed(rows))
+        if self.forgotten and len(rows):
+            hashes[[row in self.forgotten for row in rows.tolist()]] = FORGOTTEN
+        return hashes
+
+    def low_hash_rows(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows ascending, their blake2b-64 hashes) of every row whose hash is below ``2**(64 - bits)``,
+        ``bits`` the most that leaves at least ``4 * count`` rows expected (0: every row).
+
+        The ``k`` rows of any set with the smallest hashes are among them whenever ``k`` of that set are.
+        Cached: a later call hashes only the rows added since (a forget clears the cache).
+        """
+        bits = max(0, (self.size // (4 * count)).bit_length() - 1)
+        cached = self._low_hashes
+        if cached is None or cached[0] > bits:
+            cached = (bits, 0, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint64))
+        known, covered, rows, hashes = cached
+        parts_rows, parts_hashes = [rows], [hashes]
+        if known < bits:
+            keep = (hashes >> np.uint64(64 - bits)) == 0
+            parts_rows, parts_hashes = [rows[keep]], [hashes[keep]]
+        for start in range(covered, self.size, 1 << 20):
+            chunk = self.row_hashes(start, start + (1 << 20))
+            picks = np.flatnonzero((chunk >> np.uint64(64 - bits)) == 0) if bits else np.arange(len(chunk))
+            parts_rows.append(picks + start)
+            parts_hashes.append(chunk[picks])
+        self._low_hashes = (bits, self.size, np.concatenate(parts_rows), np.concatenate(parts_hashes))
+        return self._low_hashes[2], self._low_hashes[3]
 
     @property
     def nbytes(self) -> int:
         """Bytes allocated by the map."""
-        return self.hashes.nbytes + self.offsets.nbytes + self.buffer.nbytes + int(self.table.nbytes)
+        return self.offsets.nbytes + self.buffer.nbytes + int(self.table.nbytes)
 
     def to_state(self, writer: StateWriter) -> dict[str, Any]:
         """The map's part of a snapshot (see engine.persist.state_io)."""
-        return {"size": self.size, "hashes": writer.array(self.hashes.view()),
-                "offsets": writer.array(self.offsets.view()), "buffer": writer.array(self.buffer.view()),
-                "table": writer.array(self.table)}
+        return {"size": self.size, "offsets": writer.array(self.offsets.view()),
+                "buffer": writer.array(self.buffer.view()), "table": writer.array(self.table),
+                "forgotten": writer.bitmap(self.forgotten)}
 
     @classmethod
     def from_state(cls, reader: StateReader, state: dict[str, Any]) -> "IdMap":
-        """A map from its part of a snapshot."""
+        """A map from its part of a snapshot (also the layout with a blake2b hash per row and an int32
+        table of rows: its table is rebuilt)."""
         idmap = cls.__new__(cls)
-        idmap.size = state["size"]
-        idmap.hashes = GrowableArray.adopt(reader.array(state["hashes"]), 0)
+        size = idmap.size = state["size"]
         idmap.offsets = GrowableArray.adopt(reader.array(state["offsets"]), 0)
         idmap.buffer = GrowableArray.adopt(reader.array(state["buffer"]), 0)
-        idmap.table = reader.array(state["table"])
-        if not (len(idmap.hashes.data) == idmap.size == len(idmap.offsets.data) - 1
-                and idmap.hashes.data.dtype == np.uint64 and idmap.offsets.data.dtype in (np.uint32, np.int64)
-                and idmap.buffer.data.dtype == np.uint8 and idmap.table.dtype == np.int32
-                and len(idmap.table) & (len(idmap.table) - 1) == 0 and idmap.size < len(idmap.table)
-                and idmap.offsets.data[0] == 0 and idmap.offsets.data[-1] == len(idmap.buffer.data)
-                and bool(np.all(idmap.offsets.data[1:] >= idmap.offsets.data[:-1]))
-                and int(idmap.table.max()) < idmap.size):
-            raise ValueError("the id map's arrays do not agree")
+        offsets, buffer = idmap.offsets.data, idmap.buffer.data
+        if not (len(offsets) == size + 1 and offsets.dtype in (np.uint32, np.int64) and buffer.dtype == np.uint8
+                and offsets[0] == 0 and offsets[-1] == len(buffer) and bool(np.all(offsets[1:] >= offsets[:-1]))):
+            raise ValueError("the id map's offsets do not agree with its ids")
+        if "hashes" in state:
+            hashes = reader.array(state["hashes"])
+            if not (hashes.dtype == np.uint64 and len(hashes) == size):
+                raise ValueError("the id map's hashes do not agree with its ids")
+            idmap.forgotten = BitMap(np.flatnonzero(hashes == FORGOTTEN).tolist())
+            idmap._rebuild(idmap._capacity_for(size))
+            return idmap
+        idmap.forgotten = reader.bitmap(state["forgotten"], rows=size)
+        table = idmap.table = reader.array(state["table"])
+        idmap.row_bits = len(table).bit_length()
+        wide = idmap.row_bits > MAX_NARROW_ROW_BITS
+        if not (1024 <= len(table) < 2**32 and table.dtype == (np.uint64 if wide else np.uint32)):
+            raise ValueError("the id map's table has a wrong size or type")
+        live, idmap.buried, top = _census(table, idmap.row_bits)
+        if not (live == size - len(idmap.forgotten) and top <= size and live + idmap.buried < len(table)):
+            raise ValueError("the id map's table does not agree with its ids")
         return idmap
