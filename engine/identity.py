@@ -7,9 +7,11 @@ shard replays its share without knowing any alias.
 
 A merge is logged with the data it moves (``engine.commands.Merge``): ``plan_merges`` resolves
 each pair in order (earlier pairs of the batch included), reads the source profiles' data from
-their shards, and produces the steps each shard applies: ``("out", source)`` on the source's
-shard and ``("in", target, payload)`` on the target's, with merges inside the batch folded into
-the payloads. ``lock`` is held from the resolution of a write to its submission to the log, and
+their shards (one call per shard for the whole batch), and produces the steps each shard applies:
+``("out", source)`` on the source's shard and ``("in", target, payload)`` on the target's, with
+merges inside the batch folded into the payloads, and, last, one ``("events", anchor, batches)``
+per shard that receives events: every moved event in one columnar batch per event type, named by
+the profile it ends on (the end of its source's chain in the batch). ``lock`` is held from the resolution of a write to its submission to the log, and
 by a merge from its planning until it is applied, so no write resolved against an older alias
 state is logged after a merge.
 """
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from .alias_index import AliasIndex
-from .columns import EventBatch, ProfileBatch
+from .columns import CategoryColumn, Column, EventBatch, ProfileBatch, ValueColumn
 from .commands import Command, LoadEvents, LoadProfiles, Merge, Track, Upsert
 from .errors import DataError
 from .schema import check_id
@@ -67,6 +69,39 @@ def combine(target: Payload, source: Payload) -> Payload:
         entry["ts"].extend(extra["ts"])
     return {"attrs": {**source["attrs"], **target["attrs"]}, "consents": consents, "events": events,
             "aliases": [*target["aliases"], *source["aliases"]]}
+
+
+def concat_columns(columns: list[Column]) -> Column:
+    """One column of the values of ``columns`` (all of one kind; category labels unified)."""
+    if len(columns) == 1:
+        return columns[0]
+    first = columns[0]
+    if isinstance(first, CategoryColumn):
+        labels = list(dict.fromkeys(label for column in columns for label in column.labels))  # type: ignore[union-attr]
+        index = {label: code for code, label in enumerate(labels)}
+        parts = []
+        for column in columns:
+            assert isinstance(column, CategoryColumn)
+            mapping = np.array([index[label] for label in column.labels] + [-1], dtype=np.int32)
+            codes = np.asarray(column.codes)
+            parts.append(mapping[np.where(codes < 0, len(column.labels), codes)])
+        return CategoryColumn(np.concatenate(parts), labels)
+    assert all(isinstance(column, ValueColumn) for column in columns), "moved events have no tags"
+    return ValueColumn(np.concatenate([column.values for column in columns]),  # type: ignore[union-attr]
+                       np.concatenate([column.valid for column in columns]))  # type: ignore[union-attr]
+
+
+def concat_batches(batches: list[EventBatch]) -> EventBatch:
+    """One batch of the events of ``batches`` (one event type, the same properties in each)."""
+    if len(batches) == 1:
+        return batches[0]
+    event_ids = None
+    if any(batch.event_ids is not None for batch in batches):
+        event_ids = [i for batch in batches for i in (batch.event_ids or [None] * len(batch))]
+    return EventBatch(batches[0].event, [i for batch in batches for i in batch.ids],
+                      np.concatenate([np.asarray(batch.ts, dtype=np.int64) for batch in batches]),
+                      {prop: concat_columns([batch.props[prop] for batch in batches]) for prop in batches[0].props},
+                      event_ids)
 
 
 class Identity:
@@ -156,10 +191,8 @@ class Identity:
         sources = list(dict.fromkeys(pair[0] for pair in resolved if pair is not None))
         if not sources:
             return None
-        sim: dict[str, Payload] = {}
-        for profile_id, payload in zip(sources, self._payloads(sources)):
-            if payload is not None:
-                sim[profile_id] = payload
+        found, batches = self._sources(sources)
+        sim = {profile_id: payload for profile_id, payload in zip(sources, found) if payload is not None}
         wanted = set(sources)
         steps: list[tuple] = []
         for pair in resolved:
@@ -174,10 +207,18 @@ class Identity:
             steps.append(("in", ri, moved))
             if ri in wanted:
                 sim[ri] = combine(sim.get(ri) or empty_payload(ri), moved)
+
+        def final(profile_id: str) -> str:
+            while profile_id in overlay:
+                profile_id = overlay[profile_id]
+            return profile_id
+
+        steps.extend(self._event_steps(batches, {source: final(source) for source in sources}))
         return Merge(steps, now)
 
-    def _payloads(self, ids: list[str]) -> list[Payload | None]:
-        """The payload of each canonical id from its shard (None: not a live profile)."""
+    def _sources(self, ids: list[str]) -> tuple[list[Payload | None], dict[str, list[EventBatch]]]:
+        """The payload (without events) of each canonical id from its shard (None: not a live profile),
+        and their events: per event type, a batch from each shard that holds some (named by source)."""
         n = self.engine.n_shards
         asked: list[list[int]] = [[] for _ in range(n)]
         for position, profile_id in enumerate(ids):
@@ -186,10 +227,36 @@ class Identity:
         with self.engine.publish.reading():
             answers = self.engine.shards.call_each("identity_payloads", calls)
         out: list[Payload | None] = [None] * len(ids)
+        batches: dict[str, list[EventBatch]] = {}
         for positions, answer in zip(asked, answers):
-            for position, payload in zip(positions, answer or ()):
+            if not answer:
+                continue
+            for position, payload in zip(positions, answer["payloads"]):
                 out[position] = payload
-        return out
+            for name, batch in answer["events"].items():
+                batches.setdefault(name, []).append(batch)
+        return out, batches
+
+    def _event_steps(self, batches: dict[str, list[EventBatch]], final: dict[str, str]) -> list[tuple]:
+        """The ``("events", anchor, {event type: batch})`` step of each shard that receives moved events:
+        each source's events renamed to ``final[source]`` (where they end) and sent to its shard."""
+        n = self.engine.n_shards
+        shard_by_source = {source: shard_of(target, n) for source, target in final.items()}
+        per_shard: list[dict[str, list[EventBatch]]] = [{} for _ in range(n)]
+        for name, parts in batches.items():
+            for batch in parts:
+                owners = np.fromiter((shard_by_source[i] for i in batch.ids), dtype=np.int64, count=len(batch))
+                for shard_no in np.unique(owners).tolist():
+                    picks = np.flatnonzero(owners == shard_no)
+                    part = batch if len(picks) == len(batch) else batch.take(picks)
+                    per_shard[shard_no].setdefault(name, []).append(
+                        EventBatch(name, [final[i] for i in part.ids], part.ts, part.props, part.event_ids))
+        steps: list[tuple] = []
+        for received in per_shard:
+            if received:
+                merged = {name: concat_batches(parts) for name, parts in received.items()}
+                steps.append(("events", next(iter(merged.values())).ids[0], merged))
+        return steps
 
     def applied(self, command: Merge) -> None:
         """Route the aliases a merge created (called when it is applied)."""

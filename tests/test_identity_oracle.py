@@ -262,3 +262,19 @@ def test_an_erasure_survives_a_restart(tmp_path: Path) -> None:
             engine.snapshot()
         with Engine(SCHEMA, shards=shards, data_dir=str(path)) as engine:
             assert engine.ids("ALL", now=NOW) == ["b"] and engine.export_profile("x") is None
+
+
+def test_a_logged_merge_whose_payload_carries_its_events_still_applies() -> None:
+    """Merge records whose payloads hold the events in lists (the planner sends them as an events step
+    now) replay as before: the events land on the target, the source becomes its alias."""
+    from engine.commands import Merge
+
+    with Engine(SCHEMA, shards=1, backend="local") as eng:
+        eng.upsert_profiles([{"id": "a", "age": 40}, {"id": "b"}])
+        eng.track_events([{"id": "a", "event": "purchase", "ts": NOW - DAY, "amount": 5.0}])
+        payload = {"attrs": {"age": 40}, "consents": {}, "aliases": ["a"],
+                   "events": {"purchase": {"ts": [NOW - DAY], "props": {"amount": [5.0], "category": [None]}}}}
+        eng.write(Merge([("out", "a"), ("in", "b", payload)], NOW))
+        assert eng.ids("ALL", now=NOW) == ["b"]
+        assert eng.export_profile("a") == {"id": "b", "aliases": ["a"], "attributes": {"age": 40}, "consent": {},
+                                           "events": [{"event": "purchase", "ts": NOW - DAY, "amount": 5.0}]}

@@ -8,8 +8,12 @@ A merge payload is plain data (it is logged, and crosses process boundaries)::
                              "event_ids": [event id or None] (only when one of them has one)}}}
 
 ``aliases`` holds the merged-away id itself and every alias it had. A step is ``("out", id)``
-(the canonical profile ``id`` of this shard leaves: its row, events and aliases are dropped) or
-``("in", id, payload)`` (``payload`` merged into ``id``, created if unknown).
+(the canonical profile ``id`` of this shard leaves: its row, events and aliases are dropped),
+``("in", id, payload)`` (``payload`` merged into ``id``, created if unknown) or, last among a
+shard's steps, ``("events", anchor, {event type: EventBatch})``: the moved events in columns, each
+named by the canonical profile that receives it (``anchor`` is one of them: it routes the step).
+The planner sends events that way (their payloads' ``events`` are empty); payloads that carry
+their events in lists are applied as such (logs written so).
 """
 from __future__ import annotations
 
@@ -18,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..columns import column_from_values
+from ..columns import EventBatch, column_from_values
 from ..retention import floor
 from ..store.bitmaps import to_bitmap
-from ..store.event_rows import drop_rows, events_of
+from ..store.event_rows import drop_rows, event_batches, events_of
 
 if TYPE_CHECKING:
     from .local import LocalShard
@@ -33,19 +37,31 @@ def live_row(shard: LocalShard, profile_id: str) -> int:
     return row if row >= 0 and row in shard.profiles.live else -1
 
 
-def payloads(shard: LocalShard, ids: list[str]) -> list[dict[str, Any] | None]:
-    """The merge payload of each canonical id (None where it is not a live profile here)."""
-    rows = [live_row(shard, profile_id) for profile_id in ids]
-    found = [row for row in rows if row >= 0]
-    per_row = dict(zip(found, events_of(shard.events, np.array(found, dtype=np.int64), len(shard.profiles.idmap))))
-    out: list[dict[str, Any] | None] = []
-    for profile_id, row in zip(ids, rows):
-        if row < 0:
-            out.append(None)
-            continue
-        out.append({"attrs": shard.profiles.attributes_of(row), "consents": shard.profiles.consents_of(row),
-                    "events": per_row[row], "aliases": [profile_id, *shard.aliases.aliases_of(row)]})
-    return out
+def live_rows(shard: LocalShard, ids: list[str]) -> np.ndarray:
+    """The row of each canonical id (int64), -1 where it is not a live profile here."""
+    rows = shard.profiles.idmap.lookup(list(ids)) if ids else np.zeros(0, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    known = np.flatnonzero(rows >= 0)
+    if len(known):
+        alive = np.fromiter((row in shard.profiles.live for row in rows[known].tolist()), dtype=bool, count=len(known))
+        rows[known[~alive]] = -1
+    return rows
+
+
+def payloads(shard: LocalShard, ids: list[str]) -> dict[str, Any]:
+    """What the merge sources ``ids`` (canonical ids) hold here: ``{"payloads": [payload without events,
+    None where an id is not a live profile here], "events": {event type: EventBatch}}``, the events of
+    every source in one batch per type, each named by its source's id."""
+    rows = live_rows(shard, ids)
+    found = np.flatnonzero(rows >= 0)
+    out: list[dict[str, Any] | None] = [None] * len(ids)
+    profiles, aliases = shard.profiles, shard.aliases
+    for position, row in zip(found.tolist(), rows[found].tolist()):
+        profile_id = ids[position]
+        out[position] = {"attrs": profiles.attributes_of(row), "consents": profiles.consents_of(row),
+                         "events": {}, "aliases": [profile_id, *aliases.aliases_of(row)]}
+    events = event_batches(shard.events, rows[found], [ids[p] for p in found.tolist()], len(profiles.idmap))
+    return {"payloads": out, "events": events}
 
 
 def canonical_ids(shard: LocalShard, ids: list[str]) -> list[str | None]:
@@ -68,16 +84,21 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
 
     Departures are gathered and applied together (one pass over the event runs), before any later
     step that names a departing profile; attribute fills are gathered per attribute and written
-    before any departure (one index write per attribute); saved segments are synced once.
+    before any departure (one index write per attribute); moved events in columns are appended
+    last (one append per event type); saved segments are synced once.
     """
     leaving: dict[str, None] = {}
     fills: dict[str, dict[int, Any]] = {}
     received: dict[int, None] = {}
     arriving: list[tuple] = []
+    moved: list[dict[str, EventBatch]] = []
     known = len(shard.profiles.idmap)
     for step in steps:
         if step[0] == "out":
             leaving[step[1]] = None
+            continue
+        if step[0] == "events":
+            moved.append(step[2])
             continue
         if step[1] in leaving:
             received.update(dict.fromkeys(_receive(shard, arriving, fills)))
@@ -89,10 +110,30 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
     received.update(dict.fromkeys(_receive(shard, arriving, fills)))
     _fill(shard, fills)
     _leave(shard, list(leaving), now)
+    for batches in moved:
+        received.update(dict.fromkeys(_append_batches(shard, batches)))
     if received:
         rows = np.fromiter(received, dtype=np.int64, count=len(received))
         shard.saved.sync(rows, now, None, None, to_bitmap(rows[rows >= known]))
     return len(steps)
+
+
+def _append_batches(shard: LocalShard, batches: dict[str, EventBatch]) -> list[int]:
+    """Append moved events (one batch per event type, each event named by its live canonical profile
+    here); their event ids are held by their new rows. Returns the rows that received events."""
+    received: list[int] = []
+    for name, batch in batches.items():
+        if not len(batch):
+            continue
+        targets = dict.fromkeys(batch.ids)  # few targets, many events: look each up once
+        found = dict(zip(targets, shard.profiles.idmap.lookup(list(targets)).tolist()))
+        rows = np.fromiter((found[i] for i in batch.ids), dtype=np.int64, count=len(batch.ids))
+        assert bool((rows >= 0).all()), "moved events name a profile this shard does not hold"
+        owners = rows.astype(np.int32)
+        eids = None if batch.event_ids is None else shard.events.event_ids.acquire(owners, batch.event_ids)
+        shard.events.types[name].append(owners, batch.ts, batch.props, eids)
+        received.extend(found.values())
+    return received
 
 
 def _fill(shard: LocalShard, fills: dict[str, dict[int, Any]]) -> None:
@@ -108,7 +149,8 @@ def _fill(shard: LocalShard, fills: dict[str, dict[int, Any]]) -> None:
 
 
 def _leave(shard: LocalShard, ids: list[str], now: int) -> None:
-    rows = np.array([row for row in (live_row(shard, i) for i in ids) if row >= 0], dtype=np.int64)
+    rows = live_rows(shard, ids)
+    rows = rows[rows >= 0]
     if len(rows):
         remove_profiles(shard, np.unique(rows), now)
 
@@ -116,7 +158,10 @@ def _leave(shard: LocalShard, ids: list[str], now: int) -> None:
 def remove_profiles(shard: LocalShard, rows: np.ndarray, now: int) -> np.ndarray:
     """Take canonical ``rows`` out of the shard: aliases, events, attributes, consents, saved-segment
     memberships (exits recorded under their ids), then their ids. Returns the dropped aliases' hashes."""
-    hashes = [shard.aliases.drop_hashes(row) for row in rows.tolist()]
+    heads = shard.aliases.head.view()
+    with_aliases = rows[rows < len(heads)]
+    with_aliases = with_aliases[heads[with_aliases] >= 0]  # most rows have no alias: skip them at once
+    hashes = [shard.aliases.drop_hashes(row) for row in with_aliases.tolist()]
     drop_rows(shard.events, rows, len(shard.profiles.idmap))
     shard.profiles.remove_rows(rows, forget=False)
     shard.saved.sync(rows, now)
@@ -177,7 +222,7 @@ def _receive(shard: LocalShard, steps: list[tuple], fills: dict[str, dict[int, A
         for name, value in payload["attrs"].items():
             index = profiles.indexes.get(name)
             pending = fills.setdefault(name, {})
-            if index is not None and row not in pending and index.value(row) is None:
+            if index is not None and row not in pending and row not in index.notnull:
                 pending[row] = value
         if payload["consents"]:
             current = consents.get(row)

@@ -162,8 +162,8 @@ class LocalShard:
         """The contract's export of canonical profile ``profile_id`` (None if not a live profile here)."""
         return identity_ops.export(self, profile_id)
 
-    def identity_payloads(self, ids: list[str]) -> list[dict[str, Any] | None]:
-        """The merge payload of each canonical id (None where it is not a live profile here)."""
+    def identity_payloads(self, ids: list[str]) -> dict[str, Any]:
+        """What the merge sources ``ids`` hold here: payloads and events (see identity_ops.payloads)."""
         return identity_ops.payloads(self, ids)
 
     def canonical_ids(self, ids: list[str]) -> list[str | None]:

@@ -106,7 +106,7 @@ class RemoteShard:
     def stats(self) -> dict[str, Any]:
         return self.call("stats")
 
-    def identity_payloads(self, ids: list[str]) -> list[dict[str, Any] | None]:
+    def identity_payloads(self, ids: list[str]) -> dict[str, Any]:
         return self.call("identity_payloads", ids)
 
     def canonical_ids(self, ids: list[str]) -> list[str | None]:

@@ -10,6 +10,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..columns import CategoryColumn, Column, EventBatch, ValueColumn
 from .bitmaps import to_bitmap
 from .events import NO_TIME, EventStore, EventTypeStore
 from .runs import Run
@@ -79,6 +80,59 @@ def events_of(events: EventStore, rows: np.ndarray, size: int) -> list[dict[str,
     return out
 
 
+def _column(store: EventTypeStore, prop: str, kind: str, raw: np.ndarray, valid: np.ndarray | None) -> Column:
+    """Stored values of property ``prop`` (as a run keeps them) as a column an append takes back."""
+    if kind == "category":
+        labels = store.labels[prop]
+        codes = raw.astype(np.int32)
+        used = np.unique(codes[codes >= 0])  # only the labels these events use
+        mapping = np.full(len(labels) + 1, -1, dtype=np.int32)
+        mapping[used] = np.arange(len(used), dtype=np.int32)
+        return CategoryColumn(mapping[codes], [labels[code] for code in used.tolist()])
+    if kind == "float":
+        values = store.float_values(prop, raw).astype(np.float64, copy=False)
+        return ValueColumn(values, ~np.isnan(values))
+    if kind == "bool":
+        return ValueColumn(raw == 1, raw >= 0)
+    assert valid is not None
+    return ValueColumn(raw.astype(np.int64, copy=False), valid)
+
+
+def event_batches(events: EventStore, rows: np.ndarray, ids: list[str], size: int) -> dict[str, EventBatch]:
+    """The events of ``rows`` (distinct rows of a shard of ``size`` rows) as one batch per event type that
+    has some, each event named by the id beside its row in ``ids``; one pass over each run of a type
+    that some of the rows ever had. Within a batch the events are grouped by run, each run's in time order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return {}
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    mask = np.zeros(size, dtype=bool)
+    mask[rows] = True
+    picked = to_bitmap(rows)
+    out: dict[str, EventBatch] = {}
+    for name, store in events.types.items():
+        if not store.ever.intersect(picked):
+            continue
+        parts = [(run, picks) for run in store.runs for picks in (marked(run.rows, mask),) if len(picks)]
+        if not parts:
+            continue
+        owners = order[np.searchsorted(sorted_rows, np.concatenate([run.rows[p] for run, p in parts]))]
+        ts = np.concatenate([run.ts[p].astype(np.int64) + run.base for run, p in parts])
+        props = {}
+        for prop, kind in store.definition.properties.items():
+            raw = np.concatenate([run.props[prop][p] for run, p in parts])
+            valid = np.concatenate([run.valid[prop][p] for run, p in parts]) if prop in parts[0][0].valid else None
+            props[prop] = _column(store, prop, kind, raw, valid)
+        event_ids = None
+        if any(run.eids is not None for run, _ in parts):
+            entries = np.concatenate([run.event_ids()[p] for run, p in parts])
+            if bool((entries >= 0).any()):
+                event_ids = events.event_ids.ids_of(entries)
+        out[name] = EventBatch(name, [ids[i] for i in owners.tolist()], ts, props, event_ids)
+    return out
+
+
 def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
     """Delete every event of ``rows`` (a shard of ``size`` rows); returns how many were deleted."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -106,13 +160,13 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
                 if len(hits) < len(run):
                     keep = np.ones(len(run), dtype=bool)
                     keep[hits] = False
-                    kept_runs.append(run.take(np.flatnonzero(keep)))
+                    kept_runs.append(run.take(keep))  # a boolean mask: no index array is built
             if kept_runs:
                 store.epochs[epoch] = kept_runs
             else:
                 del store.epochs[epoch]
         for buckets in (store.days, store.slots):
-            for key in list(buckets):
+            for key in [key for key, bitmap in buckets.items() if bitmap.intersect(gone)]:
                 bitmap = buckets[key] - gone
                 if len(bitmap) or buckets is store.slots:
                     buckets[key] = bitmap

@@ -289,7 +289,8 @@ class TagsIndex(_KeptUnions):
             value_bits = np.left_shift(np.uint64(1), codes.astype(np.uint64))
             starts = np.flatnonzero(np.diff(np.r_[-1, value_rows]))  # first value of each non-empty row
             bits[value_rows[starts]] = np.bitwise_or.reduceat(value_bits, starts)
-        if len(self.labels) <= 20:  # a lookup table over every possible mask beats a hash-based unique
+        # a lookup table over every possible mask beats a sort-based unique, unless the table dwarfs the batch
+        if len(self.labels) <= 20 and (1 << len(self.labels)) <= 8 * n + 4096:
             present = np.bincount(bits.astype(np.int64), minlength=1 << len(self.labels))
             unique_bits = np.flatnonzero(present).astype(np.uint64)
             slot = np.zeros(len(present), dtype=np.int64)
@@ -347,7 +348,7 @@ class TagsIndex(_KeptUnions):
     def value(self, row: int) -> list[str] | None:
         """The tags of ``row``, sorted."""
         ident = int(self.column.data[row])
-        return None if ident < 0 else sorted(self.labels[c] for c in self.tagsets[ident])
+        return None if ident < 0 else list(self.sorted_labels(ident))
 
     def to_state(self, writer: StateWriter) -> dict[str, Any]:
         """The index's part of a snapshot (kept unions are not stored)."""
