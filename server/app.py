@@ -39,6 +39,7 @@ from grpc_health.v1.health import aio as aio_health
 from grpc_reflection.v1alpha import reflection
 
 from engine import Engine
+from engine.priority import lower_thread_priority
 
 from .bridge import AsyncServicer, add_to_server
 from .gate import EngineGate
@@ -97,11 +98,7 @@ def add_audit_file(path: str) -> None:
 
 def lower_priority(nice: int) -> None:
     """Lower the OS priority of the calling thread by ``nice`` (Linux: per thread; elsewhere a no-op)."""
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + nice, 19))
-    except (AttributeError, OSError):  # no per-thread priorities here
-        log.debug("cannot lower the priority of heavy query threads", exc_info=True)
+    lower_thread_priority(nice)
 
 
 class SegengineServer:

@@ -19,7 +19,7 @@ import pytest
 
 from engine import Engine, Schema
 from engine.errors import DataDirMismatch
-from engine.persist import chunk_store, shard_state
+from engine.persist import chunk_store, shard_state, snapshot
 from engine.persist.arena import CaptureArena
 from engine.persist.framing import unpack_key
 from engine.persist.lmdb_env import close_env, open_env
@@ -85,6 +85,17 @@ def test_a_capture_does_not_follow_later_writes_and_reuses_its_memory(tmp_path: 
         restored.clock = lambda: NOW
         shard_state.restore(restored.shards[0], frames)
         assert plain_answers(restored) == expected
+
+
+def test_a_part_is_written_at_a_lower_os_priority(tmp_path: Path) -> None:
+    """The thread writing a part lowers its nice value by WRITER_NICE (capped at 19); the serving
+    threads keep theirs."""
+    with open_engine(tmp_path) as engine:
+        write_everything(engine)
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        engine.snapshot()
+        assert engine.shards[0].persistence.job.nice == min(before + snapshot.WRITER_NICE, 19)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
 def used_bytes(path: Path, shard: int = 0) -> int:

@@ -45,10 +45,12 @@ def test_remote_handles_have_exactly_the_remote_methods_with_the_same_signatures
     assert issubclass(ProcessShard, RemoteShard)
 
 
-def test_every_method_is_a_read_or_a_write() -> None:
-    writes = set(api.METHODS) - api.READS
+def test_every_method_is_a_read_a_write_or_a_snapshot_step() -> None:
+    writes = {n for n in api.METHODS if api.access(n) is api.Access.WRITE}
     assert writes == {"refresh_segments", "capture_changes", "take_changes", "apply_logged", "recover",
-                      "snapshot_capture", "snapshot_prune", "snapshot_close", "snapshot_compact"}
+                      "snapshot_close", "snapshot_compact"}
+    assert set(api.METHODS) - api.READS - writes == {"snapshot_capture", "snapshot_prune"}
+    assert all(api.access(n) is api.Access.SNAPSHOT for n in ("snapshot_capture", "snapshot_prune"))
     assert {n for n in api.READS if api.access(n) is api.Access.QUERY} == {
         "count", "rows", "ids", "explain", "breakdown", "overlap", "why", "lookalike_counts", "lookalike_sample",
         "lookalike_score"}

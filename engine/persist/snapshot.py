@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..priority import lower_thread_priority
 from . import shard_state
 from .arena import CaptureArena
 from .chunk_store import FORMAT, LEGACY_FORMAT, LEGACY_FORMATS, ChunkStore
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 
 #: Seconds to wait for the previous owner of a shard directory (an orphaned worker) to exit.
 OWNER_WAIT_S = 10.0
+#: How much lower the OS priority of the thread writing a snapshot part is (``SEGENGINE_SNAPSHOT_NICE``
+#: overrides it; 0 keeps the serving threads' priority). See ``SnapshotJob``.
+WRITER_NICE = int(os.environ.get("SEGENGINE_SNAPSHOT_NICE", 10))
 
 
 class ShardStore:
@@ -129,12 +133,20 @@ def own_directory(path: str, wait_s: float = OWNER_WAIT_S) -> Any:
 # -- the shard side of the protocol (called through LocalShard methods) -------------------------
 class SnapshotJob:
     """The background write of one captured shard snapshot (its pages stay in the page cache:
-    a restarted engine or a respawned worker reads them from memory)."""
+    a restarted engine or a respawned worker reads them from memory).
+
+    The writing thread runs at a lower OS priority (``WRITER_NICE``): where no core is free, the
+    kernel runs the threads serving calls first. It holds the GIL only between LMDB's and the
+    CRC's C calls (microseconds per chunk of up to 1 MB, which those calls write and checksum
+    with the GIL released), so a serving thread rarely waits for the GIL of the lower-priority
+    thread.
+    """
 
     def __init__(self, store: ShardStore, snapshot_id: int, captured: shard_state.Capture):
         self.snapshot_id = snapshot_id
         self.part: dict[str, int] | None = None
         self.error: BaseException | None = None
+        self.nice: int | None = None  # the writing thread's nice value, once lowered
         self.done = threading.Event()
         self.started = time.perf_counter()
         self._captured: shard_state.Capture | None = captured
@@ -144,6 +156,8 @@ class SnapshotJob:
     def _run(self, store: ShardStore) -> None:
         captured, self._captured = self._captured, None  # the frames are released once written
         assert captured is not None
+        if WRITER_NICE:
+            self.nice = lower_thread_priority(WRITER_NICE)
         try:
             part = store.write(self.snapshot_id, captured.frames)
             part["write_ms"] = int((time.perf_counter() - self.started) * 1000)

@@ -13,6 +13,10 @@ Every method is classified by how it may share a shard with other calls (``ACCES
   reads, and each other while ``QUERIES_OVERLAP`` (the executor's clock and scratch are per call).
 - ``POINT``: a short read outside the executor (``membership``, ``profile``, ``stats``...). A
   point read may run alongside queries and other point reads, and goes ahead of queued queries.
+- ``SNAPSHOT``: a snapshot step that reads the shard's data without changing it (``snapshot_capture``)
+  or changes only its snapshot store (``snapshot_prune``). It keeps writes out but runs alongside
+  queries and point reads (taking a query's place, ahead of queued queries), so a capture pauses
+  the shard's writes, not its readers.
 
 >>> sorted(name for name, access in ACCESS.items() if access is Access.QUERY)
 ['breakdown', 'count', 'explain', 'ids', 'lookalike_counts', 'lookalike_sample', 'lookalike_score', 'overlap', 'rows', 'why']
@@ -40,6 +44,7 @@ class Access(enum.Enum):
     WRITE = "write"
     QUERY = "query"
     POINT = "point"
+    SNAPSHOT = "snapshot"
 
 
 class ShardAPI(Protocol):
@@ -86,12 +91,12 @@ class ShardAPI(Protocol):
     def member_columns(self, rows: np.ndarray, attributes: list[str]) -> dict[str, Any]: ...
 
 
-W, Q, P = Access.WRITE, Access.QUERY, Access.POINT
+W, Q, P, S = Access.WRITE, Access.QUERY, Access.POINT, Access.SNAPSHOT
 
 #: Every remote shard method and its access class (the order of ShardAPI).
 ACCESS: dict[str, Access] = {
     "refresh_segments": W, "capture_changes": W, "take_changes": W,
-    "apply_logged": W, "recover": W, "snapshot_capture": W, "snapshot_prune": W, "snapshot_close": W, "snapshot_compact": W,
+    "apply_logged": W, "recover": W, "snapshot_capture": S, "snapshot_prune": S, "snapshot_close": W, "snapshot_compact": W,
     "count": Q, "rows": Q, "ids": Q, "explain": Q, "breakdown": Q, "overlap": Q, "why": Q,
     "lookalike_counts": Q, "lookalike_sample": Q, "lookalike_score": Q,
     "segment_rows": P, "profile": P, "segment_info": P, "segment_infos": P, "membership": P,
@@ -100,8 +105,8 @@ ACCESS: dict[str, Access] = {
 }
 #: The names of the remote shard methods.
 METHODS: frozenset[str] = frozenset(ACCESS)
-#: The methods that only read (queries and point reads); the others are writes.
-READS: frozenset[str] = frozenset(name for name, access in ACCESS.items() if access is not Access.WRITE)
+#: The methods that only read (queries and point reads).
+READS: frozenset[str] = frozenset(name for name, access in ACCESS.items() if access in (Access.QUERY, Access.POINT))
 
 #: Whether two queries may run at once on one shard (the executor's clock and scratch are per call).
 QUERIES_OVERLAP = True

@@ -6,8 +6,10 @@ the next one that may start now:
 - a write starts only when it is the oldest request waiting and nothing is running; requests
   after it wait until it has finished (so writes keep the id order against everything);
 - reads before the first waiting write may start while other reads run: point reads
-  (``Access.POINT``) first, whatever queries wait ahead of them, then the oldest query, if
-  fewer than ``max_queries`` queries are running.
+  (``Access.POINT``) first, whatever queries wait ahead of them, then a snapshot step
+  (``Access.SNAPSHOT``: it keeps writes out, not reads), then the oldest query; a snapshot step
+  and a query start only while fewer than ``max_queries`` of them are running (so a thread
+  stays free for point reads).
 
 Not thread-safe: the worker calls it under its own lock.
 
@@ -23,6 +25,13 @@ Not thread-safe: the worker calls it under its own lock.
 (3, None)
 >>> s.finish(3); s.take()
 4
+>>> s.finish(4)
+>>> for n, kind in enumerate([Access.QUERY, Access.SNAPSHOT, Access.POINT, Access.WRITE], start=5):
+...     s.admit(n, kind)
+>>> s.take(), s.take(), s.take()  # the snapshot step runs alongside reads, ahead of the queued query
+(7, 6, None)
+>>> s.finish(6); s.take()
+5
 """
 from __future__ import annotations
 
@@ -30,6 +39,9 @@ from collections import deque
 from typing import Any
 
 from .api import Access
+
+#: The requests that take a query's place (see the module docstring).
+_QUERY_PLACES = (Access.QUERY, Access.SNAPSHOT)
 
 
 class Scheduler:
@@ -39,7 +51,7 @@ class Scheduler:
         self.max_queries = max_queries
         self.waiting: deque[tuple[Any, Access]] = deque()  # admitted, not started, in id order
         self.running: dict[int, Access] = {}  # id(item) -> access of the requests being served
-        self.queries = 0  # queries running
+        self.queries = 0  # queries and snapshot steps running
         self.writing = False  # a write is running
 
     def admit(self, item: Any, kind: Access) -> None:
@@ -59,7 +71,7 @@ class Scheduler:
         """The position in ``waiting`` of the request to start now."""
         if self.writing or not self.waiting:
             return None
-        first_query = None
+        first_query = first_snapshot = None
         for index, (_, kind) in enumerate(self.waiting):
             if kind is Access.WRITE:
                 if index == 0 and not self.running:
@@ -67,24 +79,26 @@ class Scheduler:
                 break
             if kind is Access.POINT:
                 return index
-            if first_query is None:
+            if kind is Access.SNAPSHOT:
+                first_snapshot = index if first_snapshot is None else first_snapshot
+            elif first_query is None:
                 first_query = index
-        if first_query is not None and self.queries < self.max_queries:
-            return first_query
+        if self.queries < self.max_queries:
+            return first_snapshot if first_snapshot is not None else first_query
         return None
 
     def _start(self, index: int) -> Any:
         item, kind = self.waiting[index]
         del self.waiting[index]
         self.running[id(item)] = kind
-        self.queries += kind is Access.QUERY
+        self.queries += kind in _QUERY_PLACES
         self.writing = kind is Access.WRITE
         return item
 
     def finish(self, item: Any) -> None:
         """``item`` (returned by ``take``) is done."""
         kind = self.running.pop(id(item))
-        self.queries -= kind is Access.QUERY
+        self.queries -= kind in _QUERY_PLACES
         if kind is Access.WRITE:
             self.writing = False
 
