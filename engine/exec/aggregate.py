@@ -5,7 +5,8 @@ row with a counting sort on each row's rank among the window's rows (:mod:`.grou
 are computed and tested. ``SUM`` is exact: each row's values go through Shewchuk's
 non-overlapping partials and the same final rounding as ``math.fsum``, so it is the correctly
 rounded sum whatever the order of the events. Float properties kept as scaled int32 codes are
-decoded to their exact float64 values first.
+summed in integers by :mod:`.scaled_sums` when a SUM or AVG asks, else decoded to their exact
+float64 values first.
 
 >>> segment_fsum(np.array([0, 3]), np.array([1e100, 1.0, -1e100, 0.1, 0.2]))[0].tolist()
 [1.0, 0.30000000000000004]
@@ -28,6 +29,9 @@ from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventTypeStore
 from ..store.runs import SCALED_NULL, Run
 from .grouping import bit_ranks, bitset_of, popcount, rank_bases, rows_in, stable_group_order
+from .scaled_sums import (COUNTS, EXTREMES_WIDTH, GREATEST, LEAST, MAX_VALUES, OP_CODES, RESIDUAL_BITS, SUM, SUMS_WIDTH,
+                          accumulate_residuals, accumulate_scaled, correctly_rounded_sums, counts_of, rank_table,
+                          residual_bits, sum_tests, values_of)
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
@@ -208,17 +212,37 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
 
     ``window``: the inclusive time window; ``parts``/``keeps``: its events and the masks of those
     counted (None: all). Each counted event's slot is its row's rank among the window's rows (a
-    bitset of them stays in cache); one pass per aggregate accumulates per slot (compensated sums,
-    extremes), with no sort. A SUM or AVG whose compensated value is too close to the literal for
-    its error bound to decide (rare: within about 1e-15 of the sum of magnitudes) is decided again
-    by :func:`exact_aggregate_rows` on those rows only.
+    bitset of them stays in cache); events are accumulated per slot with no sort: for properties
+    kept as scaled codes, integer records in one pass (:func:`_scaled_tests`), else one pass per
+    aggregate of compensated sums or extremes (:func:`_float_tests`). A SUM or AVG that these cannot
+    decide (compensated sums within their error bound of the literal, rare: within about 1e-15 of
+    the sum of magnitudes) is decided again by :func:`exact_aggregate_rows` on those rows only.
     """
     lo, hi = window
-    member = bitset_of(found) if found is not None else None  # a cheap test that shrinks the work
-    window_rows = evaluator.present(store, lo, hi) if member is None else evaluator.present(store, lo, hi, found) & found
+    window_rows = evaluator.present(store, lo, hi) if found is None else evaluator.present(store, lo, hi, found) & found
     words = bitset_of(window_rows)
+    distinct = rows_of(window_rows)
+    sums = any(agg.func in ("SUM", "AVG") for agg in node.aggregates)  # MIN/MAX alone: the float pass is faster
+    if sums and all(_integer_path(store, agg.prop) for agg in node.aggregates):
+        counts, passing, unsure = _scaled_tests(node, store, parts, keeps, words, distinct)
+    else:
+        counts, passing, unsure = _float_tests(node, store, parts, keeps, words, len(distinct))
+    counted = counts > 0
+    unsure &= counted
+    if unsure.any():  # decide those rows exactly; their other tests are redone there too
+        redo = to_bitmap(distinct[unsure].astype(np.uint32), assume_sorted=True)
+        exact = exact_aggregate_rows(evaluator, node, store, window, parts, keeps, redo, redo)
+        passing[unsure] = [int(row) in exact for row in distinct[unsure]]
+    if holds_at_zero(node):
+        return base - to_bitmap(distinct[counted & ~passing].astype(np.uint32), assume_sorted=True)
+    return base & to_bitmap(distinct[counted & passing].astype(np.uint32), assume_sorted=True)
+
+
+def _float_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps: list[np.ndarray | None],
+                 words: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slot: the events counted, whether the count and every aggregate hold, and whether that is
+    left undecided (compensated float64 sums)."""
     before = rank_bases(words)
-    n = len(window_rows)
     counts = np.zeros(n, dtype=np.int64)
     slots = []
     for part, keep in zip(parts, keeps):
@@ -230,16 +254,72 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
         holds, undecided = _fast_test(agg, store, parts, slots, n)
         passing &= holds
         unsure |= undecided
-    counted = counts > 0
-    distinct = rows_of(window_rows)
-    unsure &= counted
-    if unsure.any():  # decide those rows exactly; their other tests are redone there too
-        redo = to_bitmap(distinct[unsure].astype(np.uint32), assume_sorted=True)
-        exact = exact_aggregate_rows(evaluator, node, store, window, parts, keeps, redo, redo)
-        passing[unsure] = [int(row) in exact for row in distinct[unsure]]
-    if holds_at_zero(node):
-        return base - to_bitmap(distinct[counted & ~passing].astype(np.uint32), assume_sorted=True)
-    return base & to_bitmap(distinct[counted & passing].astype(np.uint32), assume_sorted=True)
+    return counts, passing, unsure
+
+
+def _integer_path(store: EventTypeStore, prop: str) -> bool:
+    """Whether a property's values are scaled int32 codes that :mod:`.scaled_sums` sums exactly."""
+    scale = store.scaled.get(prop, 0)
+    return store.definition.properties[prop] == "float" and scale != 0 and residual_bits(scale) == RESIDUAL_BITS
+
+
+def _scaled_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps: list[np.ndarray | None],
+                  words: np.ndarray, distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_float_tests`` for scaled float properties (``distinct``: the rows of the slots): one pass
+    per property over the window's events into per-slot integer records (:mod:`.scaled_sums`), and
+    one over the events of the rows whose SUM or AVG lies on or near its literal; only rows with
+    over MAX_VALUES values near a literal are left undecided."""
+    n = len(distinct)
+    table = rank_table(words)
+    props = list(dict.fromkeys(agg.prop for agg in node.aggregates))
+    dummy = np.empty(0, dtype=bool)
+    states: dict[str, np.ndarray] = {}
+    for i, prop in enumerate(props):
+        extremes = any(agg.prop == prop and agg.func in ("MIN", "MAX") for agg in node.aggregates)
+        state = np.zeros((n, EXTREMES_WIDTH if extremes else SUMS_WIDTH), dtype=np.int64)
+        for part, keep in zip(parts, keeps):
+            accumulate_scaled(part.rows, dummy if keep is None else keep, keep is not None, table, part.props[prop],
+                              state, i == 0)
+        states[prop] = state
+    counts = counts_of(states[props[0]])
+    passing = compare(counts, node.count_op, node.count_n)
+    unsure = np.zeros(n, dtype=bool)
+    for agg in node.aggregates:
+        state, scale = states[agg.prop], store.scaled[agg.prop]
+        if agg.func in ("MIN", "MAX"):
+            has = values_of(state) > 0
+            holds = np.zeros(n, dtype=bool)
+            codes = state[:, LEAST if agg.func == "MIN" else GREATEST]
+            holds[has] = compare(codes[has] / scale, agg.op, agg.value)
+            passing &= holds
+            continue
+        lo, hi = (agg.value, agg.value) if isinstance(agg.value, float) else _float_bounds(agg.value)
+        holds, near = sum_tests(state, scale, OP_CODES[agg.op], lo, hi, agg.func == "AVG")
+        exact = np.flatnonzero(near)
+        if len(exact):
+            nvals = state[exact, COUNTS] & 0xFFFFFFFF
+            crowded = nvals >= MAX_VALUES
+            unsure[exact[crowded]] = True
+            exact, nvals = exact[~crowded], nvals[~crowded]
+            holds[exact] = _exact_scaled(agg, parts, keeps, distinct[exact], state[exact, SUM], nvals, scale)
+        passing &= holds
+    return counts, passing, unsure
+
+
+def _exact_scaled(agg: ast.Aggregate, parts: list[Run], keeps: list[np.ndarray | None], rows: np.ndarray,
+                  sums: np.ndarray, nvals: np.ndarray, scale: int) -> np.ndarray:
+    """Whether a SUM or AVG holds for ``rows`` (ascending; their sums of codes and numbers of values
+    given), from their exact sums: a pass over the window's events of those rows adds up residuals."""
+    residuals = np.zeros(len(rows), dtype=np.int64)
+    dummy = np.empty(0, dtype=bool)
+    near = rows.astype(np.int64)
+    for part, keep in zip(parts, keeps):
+        accumulate_residuals(part.rows, dummy if keep is None else keep, keep is not None, near,
+                             part.props[agg.prop], residuals, scale)
+    total = correctly_rounded_sums(sums, residuals, scale)
+    if agg.func == "AVG":
+        total = total / np.maximum(nvals, 1)
+    return compare(total, agg.op, agg.value)
 
 
 @numba.njit(cache=True, nogil=True)
