@@ -261,7 +261,7 @@ def write_report(out: Path, info: dict[str, Any]) -> Path:
                       f"{bound[r.get('ratio_is_lower_bound', False)]}{r['duckdb_over_segengine']:.1f}x |"
                       for r in runs[n]["queries"]]
             if any(r.get("ratio_is_lower_bound") for r in runs[n]["queries"]):
-                lines += ["", f"\"> \": DuckDB was interrupted at its time budget (`--duckdb-budget-s`); the geometric "
+                lines += ["", "\"> \": DuckDB was interrupted at its time budget (`--duckdb-budget-s`); the geometric "
                               "means count such a query at the budget."]
             restart = runs[n]["segengine"]["restart"]
             lines += ["", f"Snapshot {restart['snapshot_s']:.1f} s; restart to serving {restart['to_serving_s']:.1f} s "
