@@ -141,12 +141,13 @@ def bin_verdicts(node: ast.Node, kind: str, labels: list[str] | None, keys: list
 
 @numba.njit(cache=True, nogil=True)
 def member_positions(rows, member):
-    """Positions of the events whose row is set in the bitset ``member``."""
+    """Positions of the events whose row is set in the bitset ``member`` (rows past its end are not set)."""
     out = np.empty(len(rows), dtype=np.int64)
+    words = len(member)
     n = 0
     for i in range(len(rows)):
         row = np.int64(rows[i])
-        if (member[row >> 6] >> np.uint64(row & 63)) & np.uint64(1):
+        if (row >> 6) < words and (member[row >> 6] >> np.uint64(row & 63)) & np.uint64(1):
             out[n] = i
             n += 1
     return out[:n]
