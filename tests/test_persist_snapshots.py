@@ -98,6 +98,36 @@ def test_a_part_is_written_at_a_lower_os_priority(tmp_path: Path) -> None:
         assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
+def test_a_capture_past_its_copy_budget_is_written_before_the_next_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With less memory than the copy needs (here a budget of 0 bytes), a capture references what it
+    would copy and the part is written before the snapshot call returns (writers wait meanwhile):
+    the snapshot holds exactly the state of its log position, and later writes replay on top."""
+    monkeypatch.setenv("SEGENGINE_SNAPSHOT_COPY_BUDGET", "0")
+    with open_engine(tmp_path) as engine:
+        write_everything(engine)
+        event_writes(engine, 0)
+        expected = plain_answers(engine)
+        summary = engine.snapshot()
+        assert engine.shards[0].persistence.job.thread is None  # written in the capture call
+        assert summary["in_place"] == [1]
+        after_snapshot = plain_answers(engine)
+        assert after_snapshot == expected
+        write_everything(engine, 100)
+        later = plain_answers(engine)
+        snapshot_id, part = engine.durable.manifest["id"], engine.durable.manifest["parts"][0]
+    monkeypatch.delenv("SEGENGINE_SNAPSHOT_COPY_BUDGET")
+    store = snapshot.ShardStore(str(tmp_path / "shard-0"))
+    frames = store.read(snapshot_id, part)  # the snapshot alone holds the state it captured
+    store.close()
+    with Engine(SCHEMA, shards=1, backend="local") as restored:
+        restored.clock = lambda: NOW
+        shard_state.restore(restored.shards[0], frames)
+        assert plain_answers(restored) == expected
+    with open_engine(tmp_path) as reopened:
+        assert plain_answers(reopened) == later
+
+
 def used_bytes(path: Path, shard: int = 0) -> int:
     """Bytes of a shard store's data file up to its last page (the store may be open in this process)."""
     env = open_env(str(path / f"shard-{shard}"), (chunk_store.DB,), writemap=True)

@@ -277,6 +277,7 @@ class DataDir:
                 "capture_ms": [c["capture_ms"] for c in captured], "write_ms": [p.get("write_ms", 0) for p in parts],
                 "copied_bytes": sum(c.get("copied_bytes", 0) for c in captured),
                 "copy_ms": [c.get("copy_ms", 0) for c in captured],
+                "in_place": [c.get("in_place", 0) for c in captured],
                 "capture_new_memory_bytes": sum(c.get("new_memory_bytes", 0) for c in captured),
                 "seconds": round(time.perf_counter() - began, 4), "log_keys_truncated": truncated,
                 "compacted": compacted}

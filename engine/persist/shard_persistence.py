@@ -41,7 +41,8 @@ class ShardPersistence:
     def close(self) -> None:
         """Wait for the running snapshot write, then release the snapshot store."""
         if self.job is not None:
-            self.job.thread.join()
+            if self.job.thread is not None:
+                self.job.thread.join()
             self.job = None
         if self.store is not None:
             self.store.close()

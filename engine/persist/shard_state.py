@@ -56,14 +56,16 @@ def event_run_arrays(shard: LocalShard) -> Iterator[np.ndarray]:
                     yield run.eids
 
 
-def capture(shard: LocalShard, arena: CaptureArena | None = None, copy: bool = True) -> Capture:
+def capture(shard: LocalShard, arena: CaptureArena | None = None, copy: bool = True,
+            budget: int | None = None) -> Capture:
     """The frames of ``shard``'s state, independent of later writes to the shard.
 
     Arrays that writes may change are copied (into ``arena`` when given, else fresh memory);
     event-run arrays, which never change, are referenced. ``copy=False`` references everything
-    (the frames then follow later writes: only for a shard that is not written meanwhile).
+    (the frames then follow later writes: only for a shard that is not written meanwhile); so do
+    the arrays past a copy ``budget`` of bytes (the capture is then ``in_place``).
     """
-    writer = StateWriter(arena, copy)
+    writer = StateWriter(arena, copy, budget)
     state = {"profiles": shard.profiles.to_state(writer), "events": shard.events.to_state(writer),
              "segments": shard.saved.to_state(writer), "aliases": shard.aliases.to_state(writer),
              "event_ids": shard.events.event_ids.to_state(writer)}

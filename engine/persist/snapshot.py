@@ -42,6 +42,8 @@ from .shard_persistence import ShardPersistence
 if TYPE_CHECKING:
     from ..shard.local import LocalShard
 
+#: Memory a capture leaves available (bytes): past it, the capture references what it would copy.
+COPY_RESERVE = 2 << 30
 #: Seconds to wait for the previous owner of a shard directory (an orphaned worker) to exit.
 OWNER_WAIT_S = 10.0
 #: How much lower the OS priority of the thread writing a snapshot part is (``SEGENGINE_SNAPSHOT_NICE``
@@ -150,13 +152,17 @@ class SnapshotJob:
         self.done = threading.Event()
         self.started = time.perf_counter()
         self._captured: shard_state.Capture | None = captured
+        self.thread: threading.Thread | None = None
+        if captured.in_place:  # frames that later writes would change: written now, before any write
+            self._run(store)
+            return
         self.thread = threading.Thread(target=self._run, args=(store,), name=f"snapshot-{snapshot_id}", daemon=True)
         self.thread.start()
 
     def _run(self, store: ShardStore) -> None:
         captured, self._captured = self._captured, None  # the frames are released once written
         assert captured is not None
-        if WRITER_NICE:
+        if WRITER_NICE and self.thread is not None:
             self.nice = lower_thread_priority(WRITER_NICE)
         try:
             part = store.write(self.snapshot_id, captured.frames)
@@ -184,13 +190,36 @@ def start(shard: LocalShard, path: str, snapshot_id: int) -> dict[str, int]:
     store = persistence.store_at(path)
     began = time.perf_counter()
     store.arena.reset()
-    captured = shard_state.capture(shard, store.arena)
+    captured = shard_state.capture(shard, store.arena, budget=copy_budget(store.arena.nbytes))
     store.arena.trim()
     capture_ms = int((time.perf_counter() - began) * 1000)
     persistence.job = SnapshotJob(store, snapshot_id, captured)
     return {"bytes": captured.nbytes, "capture_ms": capture_ms, "copied_bytes": captured.copied,
             "referenced_bytes": captured.referenced, "copy_ms": int(captured.copy_s * 1000),
-            "new_memory_bytes": store.arena.mapped}
+            "new_memory_bytes": store.arena.mapped, "in_place": int(captured.in_place)}
+
+
+def copy_budget(held: int) -> int | None:
+    """Bytes a capture may copy: the arena's memory (``held``) plus the memory available beyond a
+    reserve (``COPY_RESERVE``); None where the system does not say (no limit). The environment
+    variable ``SEGENGINE_SNAPSHOT_COPY_BUDGET`` sets it in bytes instead."""
+    forced = os.environ.get("SEGENGINE_SNAPSHOT_COPY_BUDGET")
+    if forced is not None:
+        return int(forced)
+    available = memory_available()
+    return None if available is None else held + max(available - COPY_RESERVE, 0)
+
+
+def memory_available() -> int | None:
+    """The kernel's estimate of the memory available without swapping (bytes), or None."""
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def status(shard: LocalShard, snapshot_id: int) -> dict[str, int] | None:

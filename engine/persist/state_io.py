@@ -38,11 +38,13 @@ ARRAY_DTYPES = frozenset({"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8"
 class Capture:
     """The frames of a captured part: ``frames[i]`` is a list of bytes-like pieces (frame 0: the header)."""
 
-    def __init__(self, frames: list[list[Any]], copied: int, referenced: int, copy_s: float = 0.0):
+    def __init__(self, frames: list[list[Any]], copied: int, referenced: int, copy_s: float = 0.0,
+                 in_place: bool = False):
         self.frames = frames
         self.copied = copied
         self.referenced = referenced
         self.copy_s = copy_s
+        self.in_place = in_place  # some array that writes change is referenced: write before the next write
 
     @property
     def lengths(self) -> list[int]:
@@ -63,9 +65,11 @@ class Capture:
 class StateWriter:
     """Collects the buffers of a state tree as frames (see the module docstring)."""
 
-    def __init__(self, arena: CaptureArena | None = None, copy: bool = True):
+    def __init__(self, arena: CaptureArena | None = None, copy: bool = True, budget: int | None = None):
         self.arena = arena
         self.copy = copy
+        self.budget = budget  # bytes of arrays it may copy (None: any); past it, arrays are referenced
+        self.in_place = False
         self.arrays: list[list[Any]] = []
         self.array_frames: list[list[Any]] = []
         self.bitmap_lengths: list[int] = []
@@ -82,9 +86,11 @@ class StateWriter:
         if not values.flags.c_contiguous:
             values = np.ascontiguousarray(values)
         raw = values.reshape(-1).view(np.uint8)
-        if immutable or not self.copy:
+        over_budget = self.budget is not None and self.copied + raw.nbytes > self.budget
+        if immutable or not self.copy or over_budget:
             piece: Any = raw
             self.referenced += raw.nbytes
+            self.in_place |= over_budget and not immutable
         else:
             began = time.perf_counter()
             piece = np.empty(raw.nbytes, dtype=np.uint8) if self.arena is None else self.arena.take(raw.nbytes)
@@ -113,7 +119,7 @@ class StateWriter:
                                 "arrays": self.arrays, "bitmaps": self.bitmap_lengths, "state": state})
         self.copied += len(header)
         frames = [[header], *self.array_frames, self.bitmap_pieces]
-        return Capture(frames, self.copied, self.referenced, self.copy_s)
+        return Capture(frames, self.copied, self.referenced, self.copy_s, self.in_place)
 
 
 class StateReader:
