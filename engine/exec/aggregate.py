@@ -29,7 +29,7 @@ from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventTypeStore
 from ..store.runs import SCALED_NULL, Run
 from .grouping import bit_ranks, bitset_of, popcount, rank_bases, rows_in, stable_group_order
-from .scaled_sums import (COUNTS, EXTREMES_WIDTH, GREATEST, LEAST, MAX_VALUES, OP_CODES, RESIDUAL_BITS, SUM, SUMS_WIDTH,
+from .scaled_sums import (COUNTS, EXTREMES_WIDTH, GREATEST, LEAST, MAX_VALUES, OP_CODES, RESIDUAL_BITS, SUM, SUMS_WIDTH, add_partial,
                           accumulate_residuals, accumulate_scaled, correctly_rounded_sums, counts_of, rank_table,
                           residual_bits, sum_tests, values_of)
 
@@ -50,24 +50,10 @@ def _fsum(values, a, b, partials):
         return total, not math.isfinite(total)
     m = 0
     for i in range(a, b):
-        x = values[i]
-        j = 0
-        for p in range(m):
-            y = partials[p]
-            if abs(x) < abs(y):
-                x, y = y, x
-            hi = x + y
-            lo = y - (hi - x)
-            if lo != 0.0:
-                partials[j] = lo
-                j += 1
-            x = hi
-        m = j
-        if x != 0.0:
-            if not math.isfinite(x):
-                return 0.0, True
-            partials[m] = x
-            m += 1
+        grown = add_partial(partials, m, values[i])
+        if grown > 0 and not math.isfinite(partials[grown - 1]):  # the largest partial overflowed
+            return 0.0, True
+        m = grown
     if m == 0:
         return 0.0, False
     n = m - 1

@@ -207,26 +207,32 @@ def sum_tests(state, scale, op, lo, hi, average):
 
 
 @numba.njit(cache=True, nogil=True)
+def add_partial(partials, m, x):
+    """Add ``x`` exactly to Shewchuk's non-overlapping partials ``partials[:m]`` (increasing
+    magnitude); returns their new count. The largest partial, if any, is ``partials[count - 1]``."""
+    j = 0
+    for q in range(m):
+        y = partials[q]
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo != 0.0:
+            partials[j] = lo
+            j += 1
+        x = hi
+    if x != 0.0:
+        partials[j] = x
+        j += 1
+    return j
+
+
+@numba.njit(cache=True, nogil=True)
 def _sign_of_sum(terms, partials):
     """The sign of the exact sum of ``terms`` (Shewchuk's partials; no overflow possible here)."""
     m = 0
     for i in range(len(terms)):
-        x = terms[i]
-        j = 0
-        for q in range(m):
-            y = partials[q]
-            if abs(x) < abs(y):
-                x, y = y, x
-            hi = x + y
-            lo = y - (hi - x)
-            if lo != 0.0:
-                partials[j] = lo
-                j += 1
-            x = hi
-        m = j
-        if x != 0.0:
-            partials[m] = x
-            m += 1
+        m = add_partial(partials, m, terms[i])
     if m == 0:
         return 0
     return 1 if partials[m - 1] > 0.0 else -1  # the largest partial carries the sign
