@@ -4,7 +4,8 @@ part of it that holds the publish lock exclusively (readers wait only for that p
     python benchmarks/write_publish_cpu.py [--profiles 2000000] [--batches 20] [--segments 200]
 
 Loads ``--profiles`` generated profiles with 5 events each, saves ``--segments`` segments (those of
-bench_grpc.py), then writes ``--batches`` columnar batches of 10,000 page views of known profiles
+bench_grpc.py), runs bench_grpc.py's background query once and waits for the count levels it
+starts building (unless ``--cold``), then writes ``--batches`` columnar batches of 10,000 page views of known profiles
 (as bench_grpc.py's ``--contention ingest`` producer does) and times each with
 ``time.thread_time()`` (CPU time of the calling thread, where an in-process shard runs, so a
 loaded machine changes the figures far less than wall time does). The exclusive part is timed
@@ -30,7 +31,7 @@ from engine import Engine, Schema  # noqa: E402  (before bench_grpc, which puts 
 from engine.columns import EventBatch, column_from_values  # noqa: E402
 from loaders.generator import CATEGORIES, generate  # noqa: E402
 
-from bench_grpc import segment_definitions  # noqa: E402
+from bench_grpc import HEAVY_QUERY, segment_definitions, warm_up  # noqa: E402
 
 BATCH = 10_000
 
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=2_000_000)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--segments", type=int, default=200)
+    parser.add_argument("--cold", action="store_true",
+                        help="skip bench_grpc's background query, so no count levels are kept by the writes")
     args = parser.parse_args()
     ds = generate(args.profiles, 5 * args.profiles, seed=0)
     engine = Engine(Schema.from_dict(ds.schema), shards=1, backend="local")
@@ -77,6 +80,8 @@ def main() -> None:
     del ds
     for name, query in segment_definitions(args.segments).items():
         engine.create_segment(name, query)
+    if not args.cold:  # the count levels it uses are built, then kept by every write (as in bench_grpc.py)
+        warm_up(engine, HEAVY_QUERY)
     rng = np.random.default_rng(1)
     now = time.time_ns() // 1_000_000
     batches = [page_views(rng, args.profiles, now) for _ in range(args.batches + 3)]

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import Engine, Schema
+from engine.columns import column_from_values
 from engine.query import bind, parse
 from engine.schema import CONTRACT_SCHEMA, EventDef
 from engine.store.count_levels import CAP
@@ -259,3 +260,24 @@ def test_an_erasure_during_a_background_build_drops_it_and_the_next_query_starts
     assert typed.count_levels is None  # the stale build was dropped
     assert typed.levels() is None  # a new build
     assert _installed(typed, None).same_as(typed.build_levels(None, typed.runs))
+
+
+@pytest.mark.parametrize("prop", [None, "kind"])
+def test_levels_installed_between_an_appends_prepare_and_its_commit_count_its_events(prop: str | None) -> None:
+    """A prepared append works out what it adds to the levels it sees; levels installed after the
+    prepare (a build finishing in between) get the append's events at its commit instead."""
+    store = EventStore({"act": EventDef("act", dict(KINDS))})
+    for seed in range(3):
+        apply(store, "append", seed)
+    typed = store.types["act"]
+    typed.property_bitmaps("kind")
+    rng = np.random.default_rng(11)
+    rows = rng.integers(0, 50, 200)
+    ts = NOW - rng.integers(0, 5 * DAY, 200)
+    columns = {"kind": column_from_values("category", [["a", "b", "c"][int(i)] for i in rng.integers(0, 3, 200)])}
+    plan = typed.plan_append(rows, ts, columns)
+    assert plan is not None and prop not in plan.levels
+    assert typed.levels(prop) is not None  # installed now (built by the caller here)
+    typed.commit_append(plan)
+    levels = typed.count_levels if prop is None else typed.prop_bitmaps[prop].levels
+    assert levels.same_as(typed.build_levels(prop, typed.runs))

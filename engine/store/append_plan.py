@@ -9,11 +9,12 @@ lists and grown copies of the presence bitmaps, built without changing the store
 from __future__ import annotations
 
 import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pyroaring import BitMap
 
+from .count_levels import CountLevels, LevelsPart
 from .runs import Run, merge_runs
 
 
@@ -66,6 +67,9 @@ class AppendPlan:
     slots: dict[int, dict[int, Grown]]
     slot_days: frozenset[int]
     ever: Grown
+    bins: dict[str, np.ndarray] = field(default_factory=dict)  # per kept binned property, each event's bin
+    # per kept count levels (None: the whole type, else a property) as the plan saw them: what to OR in
+    levels: dict[str | None, tuple[CountLevels, list[LevelsPart]]] = field(default_factory=dict)
 
 
 #: A bitmap a write grows: (the bitmap the plan saw or None, a copy of it with the new rows, the new rows).

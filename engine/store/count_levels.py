@@ -28,6 +28,8 @@ CAP = 8
 WHOLE_TYPE = 0
 
 Levels = list[BitMap]  # levels[j - 1] = the rows whose count is >= j (nested; empty top levels left off)
+#: A planned addition: (key, UTC day or None for all time, the levels 2.. to OR in).
+LevelsPart = tuple[int, "int | None", Levels]
 
 
 def add_levels(a: Levels, b: Levels, top: int) -> Levels:
@@ -45,21 +47,16 @@ def add_levels(a: Levels, b: Levels, top: int) -> Levels:
     return out
 
 
-def grown_levels(old_first: BitMap, old_levels: Levels, batch_first: BitMap, batch_levels: Levels) -> Levels:
-    """Levels 2..CAP once a batch's counts (level 1 ``batch_first``, then ``batch_levels``) are added
-    to the old ones (``old_first``, ``old_levels``). Counts only grow, so each old level is joined by
-    the batch's rows that reach it: the sum is taken over the batch's rows only, and a write costs
-    in proportion to its rows, not to every row holding such events. The old levels grow in place
-    (writes commit while no query reads), so a write copies no level bitmap."""
+def _grown_part(old_first: BitMap | None, old_levels: Levels, batch_rows: np.ndarray, batch_levels: Levels) -> Levels:
+    """The levels 2.. that the rows of a batch (its rows ``batch_rows``, their levels 2..
+    ``batch_levels``) reach once added to the old counts (level 1 ``old_first``, then ``old_levels``)."""
+    if old_first is None:
+        return batch_levels
+    batch_first = to_bitmap(batch_rows)
+    if not old_first.intersect(batch_first):
+        return batch_levels  # no row of the batch was there: the batch's levels join as they are
     touched = [old_first & batch_first, *[level & batch_first for level in old_levels]]
-    summed = add_levels(touched, [batch_first, *batch_levels], CAP)  # levels 1.. of the batch's rows
-    out = list(old_levels)
-    for j in range(1, len(summed)):  # summed[j] is level j + 1
-        if j - 1 < len(out):
-            out[j - 1] |= summed[j]
-        else:
-            out.append(summed[j])
-    return out
+    return add_levels(touched, [batch_first, *batch_levels], CAP)[1:]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -116,37 +113,44 @@ class CountLevels:
             ever_firsts: dict[int, BitMap]) -> None:
         """Count new events (per event: its key, UTC day and row). ``firsts[key][day]`` and
         ``ever_firsts[key]``: level 1 as it was before these events (the caller adds them to it after)."""
+        self.apply(self.plan_add(keys, days, rows, firsts, ever_firsts))
+
+    def plan_add(self, keys: np.ndarray, days: np.ndarray, rows: np.ndarray, firsts: dict[int, dict[int, BitMap]],
+                 ever_firsts: dict[int, BitMap]) -> list[LevelsPart]:
+        """What ``add`` ORs into the levels, worked out without changing them (an append's prepare,
+        while queries read): per key and day (None: all time), the levels 2.. the new events' rows
+        reach. Counts only grow, so each level is joined by the rows that reach it, and the sum is
+        taken over the new events' rows only: the cost follows the batch, not the store."""
+        parts: list[LevelsPart] = []
         if len(rows) == 0:
-            return
+            return parts
         rows = np.asarray(rows, dtype=np.int64)
         keys = np.asarray(keys, dtype=np.int64)
         for key, key_rows, key_days in _split(keys, rows, days):
             order, starts, day_keys = _group(key_days)
             new_days = upper_levels(key_rows, order, starts)
-            per_day = self.days.setdefault(key, {})
+            per_day = self.days.get(key, {})
             known_firsts = firsts.get(key, {})
             for g, day in enumerate(day_keys.tolist()):
-                old_first = known_firsts.get(day)
-                if old_first is None or not old_first.intersect(
-                        batch_first := to_bitmap(key_rows[order[starts[g]:starts[g + 1]]])):
-                    if g in new_days:  # no row of the batch was there that day: the batch's levels join
-                        per_day[day] = _union_levels(per_day.get(day, []), new_days[g])
-                    continue
-                day_levels = grown_levels(old_first, per_day.get(day, []), batch_first, new_days.get(g, []))
-                if day_levels:
-                    per_day[day] = day_levels
-            if not per_day:
-                del self.days[key]
+                part = _grown_part(known_firsts.get(day), per_day.get(day, []),
+                                   key_rows[order[starts[g]:starts[g + 1]]], new_days.get(g, []))
+                if part:
+                    parts.append((key, day, part))
             whole = upper_levels(key_rows, np.arange(len(key_rows)), np.array([0, len(key_rows)]))
-            old_ever = ever_firsts.get(key)
-            batch_ever = to_bitmap(key_rows)
-            if old_ever is None or not old_ever.intersect(batch_ever):
-                if 0 in whole:
-                    self.ever[key] = _union_levels(self.ever.get(key, []), whole[0])
-                continue
-            ever_levels = grown_levels(old_ever, self.ever.get(key, []), batch_ever, whole.get(0, []))
-            if ever_levels:
-                self.ever[key] = ever_levels
+            part = _grown_part(ever_firsts.get(key), self.ever.get(key, []), key_rows, whole.get(0, []))
+            if part:
+                parts.append((key, None, part))
+        return parts
+
+    def apply(self, parts: list[LevelsPart]) -> None:
+        """OR planned parts into the levels, in place (writes commit while no query reads)."""
+        for key, day, part in parts:
+            levels = self.ever.setdefault(key, []) if day is None else self.days.setdefault(key, {}).setdefault(day, [])
+            for j, bitmap in enumerate(part):
+                if j < len(levels):
+                    levels[j] |= bitmap
+                else:
+                    levels.append(bitmap)
 
     def drop(self, gone: BitMap) -> None:
         """Remove the rows ``gone`` (their events were deleted)."""

@@ -230,7 +230,20 @@ class EventTypeStore:
         days, slots, slot_days = self._day_bitmaps(rows, ts)
         added = [part for _, _, part in days.values()]
         ever = grown(self.ever, BitMap.union(*added) if len(added) > 1 else added[0])
-        return AppendPlan(rows, ts, props, valid, epochs, days, slots, slot_days, ever)
+        plan = AppendPlan(rows, ts, props, valid, epochs, days, slots, slot_days, ever)
+        self._plan_levels(plan)
+        return plan
+
+    def _plan_levels(self, plan: AppendPlan) -> None:
+        """Work out what the plan's events add to the kept count levels (commit ORs it in)."""
+        day_of = plan.ts // DAY_MS
+        for prop, kept in list(self.prop_bitmaps.items()):
+            plan.bins[prop] = keys = self.bin_keys(prop, plan.props[prop], plan.valid.get(prop))
+            if kept.levels is not None:
+                plan.levels[prop] = (kept.levels, kept.levels.plan_add(keys, day_of, plan.rows, kept.days, kept.ever))
+        if self.count_levels is not None:
+            plan.levels[None] = (self.count_levels, self.count_levels.plan_add(
+                np.zeros(len(plan.rows), np.int64), day_of, plan.rows, {WHOLE_TYPE: self.days}, {WHOLE_TYPE: self.ever}))
 
     def commit_append(self, plan: AppendPlan) -> None:
         """Make the events of ``plan`` (made against this store as it is now) visible."""
@@ -245,8 +258,12 @@ class EventTypeStore:
         rows, ts = plan.rows, plan.ts
         days = ts // DAY_MS
         if self.count_levels is not None:  # before the day bitmaps grow: the levels add to them as they were
-            self.count_levels.add(np.zeros(len(rows), np.int64), days, rows, {WHOLE_TYPE: self.days},
-                                  {WHOLE_TYPE: self.ever})
+            planned = plan.levels.get(None)
+            if planned is not None and planned[0] is self.count_levels:
+                self.count_levels.apply(planned[1])
+            else:  # installed since the plan was made
+                self.count_levels.add(np.zeros(len(rows), np.int64), days, rows, {WHOLE_TYPE: self.days},
+                                      {WHOLE_TYPE: self.ever})
         for day, day_grown in plan.days.items():
             install(self.days, day, day_grown)
             if day in self.slot_days:
@@ -266,9 +283,15 @@ class EventTypeStore:
             max_at(self.last_ts.data, rows, ts)
         self.max_ts = max(self.max_ts, int(ts[-1]))
         for prop, kept in self.prop_bitmaps.items():
-            keys = self.bin_keys(prop, plan.props[prop], plan.valid.get(prop))
+            keys = plan.bins.get(prop)
+            if keys is None:  # a query built the property's bins since the plan was made
+                keys = self.bin_keys(prop, plan.props[prop], plan.valid.get(prop))
             if kept.levels is not None:  # likewise before the bins' day bitmaps grow
-                kept.levels.add(keys, days, rows, kept.days, kept.ever)
+                planned = plan.levels.get(prop)
+                if planned is not None and planned[0] is kept.levels:
+                    kept.levels.apply(planned[1])
+                else:
+                    kept.levels.add(keys, days, rows, kept.days, kept.ever)
             kept.add(keys, rows, ts)
         self.count += len(rows)
         self.generation += 1
