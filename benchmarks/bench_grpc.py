@@ -325,12 +325,11 @@ def timed_counts(engine: Any) -> list[float]:
 def warm_up(engine: Any, query: str, limit_s: float = 120.0) -> float:
     """Run ``query`` once and wait until the kept structures it starts building in the background
     are built (at most ``limit_s``), so the phases measure a warm engine; returns the seconds."""
+    from compare import settled
+
     started = time.perf_counter()
     engine.count(query)
-    while time.perf_counter() - started < limit_s:
-        if not any(shard.get("levels_building") for shard in engine.stats()["shards"]):
-            break
-        time.sleep(0.2)
+    settled(engine, limit_s)
     return time.perf_counter() - started
 
 
