@@ -11,8 +11,8 @@ A snapshot's capture ``pins`` the lock (``excluding_writers``): writers wait for
 a writer waiting for a pin does not hold readers back (a capture can take a second at 10M
 profiles; reads go on during it).
 
-Likewise for heavy reads: a thread marked ``heavy_reads`` (a server's pool for the queries known
-to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
+Likewise for heavy reads: a background thread (``engine.priority``: a server's pool for the
+queries known to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
 without holding other readers back (new heavy reads wait behind it), then queues as above, so
 a point read never waits for an analyst's query through a write queued behind it.
 
@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from typing import Callable, ContextManager, Iterator
 
 from .errors import SegengineError
+from .priority import is_background_thread
 
 
 class PublishTimeout(SegengineError):
@@ -74,10 +75,6 @@ class PublishLock:
         """True if the current thread holds the write."""
         return self.writer == threading.get_ident()
 
-    def heavy_reads(self) -> None:
-        """Mark the calling thread's reads as heavy (long queries): see the module's docstring."""
-        self._local.heavy = True
-
     @property
     def pinned(self) -> bool:
         """True while a capture keeps writers out (see ``excluding_writers``)."""
@@ -105,7 +102,7 @@ class PublishLock:
         if self._held() or self.holds_write():
             self._local.shares = self._held() + 1
             return True
-        heavy = getattr(self._local, "heavy", False)
+        heavy = is_background_thread()
 
         def free() -> bool:
             return self.writer is None and not self.writers_waiting and not (heavy and self.writers_pending)

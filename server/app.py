@@ -39,7 +39,6 @@ from grpc_health.v1.health import aio as aio_health
 from grpc_reflection.v1alpha import reflection
 
 from engine import Engine
-from engine.concurrency import PublishLock
 from engine.priority import lower_thread_priority
 
 from .bridge import AsyncServicer, add_to_server
@@ -97,12 +96,10 @@ def add_audit_file(path: str) -> None:
     audit.setLevel(logging.INFO)
 
 
-def heavy_thread(publish: PublishLock, nice: int) -> None:
-    """Make the calling thread one of the heavy pool: its OS priority ``nice`` lower (Linux: per
-    thread; elsewhere a no-op), its engine reads heavy (a write waits for them without holding
-    other readers back: engine.concurrency)."""
+def lower_priority(nice: int) -> None:
+    """Make the calling thread a background thread ``nice`` lower in OS priority (Linux: per thread;
+    elsewhere a no-op): see engine.priority."""
     lower_thread_priority(nice)
-    publish.heavy_reads()
 
 
 class SegengineServer:
@@ -123,8 +120,7 @@ class SegengineServer:
         self.pool = futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="segengine-rpc")
         self.heavy_pool = futures.ThreadPoolExecutor(max_workers=max(self.config.heavy_workers, 1),
                                                      thread_name_prefix="segengine-heavy",
-                                                     initializer=heavy_thread,
-                                                     initargs=(self.engine.publish, self.config.heavy_nice))
+                                                     initializer=lower_priority, initargs=(self.config.heavy_nice,))
         self.servicer = SegmentationServicer(self.gate, watch_buffer=self.config.watch_buffer)
         self.servicer.tokens = (self.config.token, self.config.admin_token)
         self.started = time.monotonic()

@@ -23,6 +23,7 @@ import pytest
 from engine import Engine, Schema
 from engine.columns import EventBatch, column_from_values
 from engine.concurrency import PublishLock, PublishTimeout
+from engine.priority import lower_thread_priority
 from engine.errors import ProfileNotFound
 from engine.query import bind, parse
 from engine.schema import CONTRACT_SCHEMA
@@ -169,7 +170,7 @@ def test_a_writer_waits_for_heavy_reads_without_holding_point_reads_back():
     second_heavy: list[bool] = []
 
     def heavy_reader() -> None:
-        lock.heavy_reads()
+        lower_thread_priority(0)  # a background thread (its priority as it is)
         with lock.reading():
             heavy_in.set()
             assert heavy_out.wait(5)
@@ -179,7 +180,7 @@ def test_a_writer_waits_for_heavy_reads_without_holding_point_reads_back():
             wrote.set()
 
     def another_heavy_read() -> None:
-        lock.heavy_reads()
+        lower_thread_priority(0)
         second_heavy.append(lock.acquire_read(blocking=False))
 
     threads = [threading.Thread(target=heavy_reader)]
@@ -442,3 +443,23 @@ def test_concurrent_calls_match_the_oracle_at_a_serial_order(tmp_path, shards, b
                 durability={"snapshot_every_s": None, "snapshot_log_bytes": None}) as reopened:
         for text in CHECKED[:-1]:
             assert reopened.ids(text, now=NOW) == sorted(oracle.evaluate(bound[text], NOW)), text
+
+
+def test_a_background_threads_calls_run_at_a_lower_priority_in_the_workers():
+    """A heavy query's thread (a background thread: engine.priority) has its share of the work
+    served by each worker on a thread of lower OS priority; other callers' requests are not."""
+    from engine.shard.worker import BACKGROUND_NICE
+
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2) as engine:
+        normal = engine.shards.call_all("_worker_nice")
+        got: list[list[int]] = []
+
+        def background_call() -> None:
+            lower_thread_priority(1)
+            got.append(engine.shards.call_all("_worker_nice"))
+
+        thread = threading.Thread(target=background_call)
+        thread.start()
+        thread.join(30)
+        assert got == [[min(n + BACKGROUND_NICE, 19) for n in normal]]
+        assert engine.shards.call_all("_worker_nice") == normal  # the serving threads kept their priority

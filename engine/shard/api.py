@@ -128,6 +128,7 @@ DIAGNOSTICS: dict[str, str] = {
     "_worker_pid": "this worker's process id",
     "_worker_modules": "the imported modules whose names start with one of the given prefixes",
     "_worker_load": "requests served so far and the seconds spent serving them",
+    "_worker_nice": "the OS priority (nice value) of the thread serving this request",
 }
 
 
