@@ -55,11 +55,25 @@ def rss_bytes() -> int:
     return total
 
 
-def timed(fn, repeat: int) -> tuple[float, float, object]:
-    """(first-call ms, median ms over ``repeat`` further calls, first result)."""
+def settled(engine: Engine, limit_s: float = 300.0) -> float:
+    """Wait until ``engine``'s shards build nothing in the background (the count levels a query's
+    first run started building: engine/store/levels_build.py), at most ``limit_s``; the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        if not any(shard.get("levels_building") for shard in engine.stats()["shards"]):
+            break
+        time.sleep(0.1)
+    return time.perf_counter() - started
+
+
+def timed(fn, repeat: int, engine: Engine | None = None) -> tuple[float, float, object]:
+    """(first-call ms, median ms over ``repeat`` further calls, first result); with ``engine``, the
+    further calls wait until what the first one started building in the background is built."""
     started = time.perf_counter()
     result = fn()
     first = (time.perf_counter() - started) * 1e3
+    if engine is not None:
+        settled(engine)
     samples = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -238,7 +252,7 @@ def sharded_run(dataset, shards: int, queries: list[Query], rows: list[dict], co
         if got != counts[q.name][0]:
             mismatches.append(f"{q.name}@shards={shards}")
             print(f"!!! MISMATCH {q.name} with shards={shards}: {got} vs {counts[q.name][0]}", flush=True)
-        first, ms, _ = timed(lambda: eng.count(q.seg, now=now), repeat)
+        first, ms, _ = timed(lambda: eng.count(q.seg, now=now), repeat, eng)
         row.update({"sharded_ms": ms, "sharded_first_ms": first, "duckdb_over_sharded": row["duckdb_ms"] / ms,
                     "numpy_over_sharded": row["numpy_ms"] / ms})
         print(f"{q.name:<28} {q.kind:<6} {ms:>9.3f} {first:>9.3f} {row['segengine_ms']:>9.3f} "
@@ -365,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'numpy ms':>9} {'duck/seg':>9} {'numpy/seg':>9}")
     print("\n" + header + "\n" + "-" * len(header), flush=True)
     for q in queries:
-        seg_first, seg_ms, _ = timed(lambda: eng.count(q.seg, now=now), args.repeat)
+        seg_first, seg_ms, _ = timed(lambda: eng.count(q.seg, now=now), args.repeat, eng)
         duck_first, duck_ms, _ = timed(lambda: duck.count(q.sql, now), args.repeat)
         np_first, np_ms, _ = timed(lambda: int(q.scan(scan, now).sum()), args.repeat)
         row = {"name": q.name, "kind": q.kind, "seg": q.seg, "count": counts[q.name][0],

@@ -108,7 +108,7 @@ def segengine_run(args: argparse.Namespace, data_dir: Path) -> dict:
     queries = {}
     for q in all_queries():
         count = eng.count(q.seg, now=NOW_MS)
-        first, ms, _ = timed(lambda q=q: eng.count(q.seg, now=NOW_MS), args.repeat)
+        first, ms, _ = timed(lambda q=q: eng.count(q.seg, now=NOW_MS), args.repeat, eng)
         queries[q.name] = {"kind": q.kind, "count": count, "segengine_ms": ms, "segengine_first_ms": first}
         print(f"  {q.name:<28} {count:>12,} {ms:>10.2f} ms", flush=True)
     t = time.perf_counter()

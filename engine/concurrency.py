@@ -11,6 +11,11 @@ A snapshot's capture ``pins`` the lock (``excluding_writers``): writers wait for
 a writer waiting for a pin does not hold readers back (a capture can take a second at 10M
 profiles; reads go on during it).
 
+Likewise for heavy reads: a background thread (``engine.priority``: a server's pool for the
+queries known to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
+without holding other readers back (new heavy reads wait behind it), then queues as above, so
+a point read never waits for an analyst's query through a write queued behind it.
+
 Both modes are reentrant per thread (a read inside a read or a write, a write inside a write);
 upgrading a read share to a write is refused (RuntimeError) rather than deadlocking. Waiting
 is bounded by an explicit ``timeout`` or, when none is given, by the thread's current
@@ -33,6 +38,7 @@ from contextlib import contextmanager
 from typing import Callable, ContextManager, Iterator
 
 from .errors import SegengineError
+from .priority import is_background_thread
 
 
 class PublishTimeout(SegengineError):
@@ -52,6 +58,9 @@ class PublishLock:
         self.blocked = 0  # readers waiting for a write to end
         self.grants = 0  # writes ended (each admits the readers blocked meanwhile)
         self.pins = 0  # captures in progress (see excluding_writers)
+        self.heavy = 0  # read shares of threads marked heavy_reads
+        self.heavy_blocked = 0  # of the blocked readers, those of heavy threads
+        self.writers_pending = 0  # writers waiting for the heavy reads to end (other readers go on)
         self._local = threading.local()
 
     # -- per-thread state -------------------------------------------------------------------
@@ -93,22 +102,31 @@ class PublishLock:
         if self._held() or self.holds_write():
             self._local.shares = self._held() + 1
             return True
+        heavy = is_background_thread()
+
+        def free() -> bool:
+            return self.writer is None and not self.writers_waiting and not (heavy and self.writers_pending)
+
         with self.changed:
-            if self.writer is None and not self.writers_waiting:
+            if free():
                 self.readers += 1
+                self.heavy += heavy
             elif not blocking:
                 return False
             else:
                 epoch = self.grants
                 self.blocked += 1
-                self.changed.wait_for(lambda: self.grants != epoch or (self.writer is None and not self.writers_waiting),
-                                      self._timeout(timeout))
+                self.heavy_blocked += heavy
+                self.changed.wait_for(lambda: self.grants != epoch or free(), self._timeout(timeout))
                 if self.grants == epoch:  # not admitted by a write's end (release_write counts those in)
                     self.blocked -= 1
-                    if self.writer is not None or self.writers_waiting:
+                    self.heavy_blocked -= heavy
+                    if not free():
                         return False
                     self.readers += 1
+                    self.heavy += heavy
         self._local.shares = 1
+        self._local.heavy_share = heavy
         return True
 
     def release_read(self) -> None:
@@ -119,6 +137,10 @@ class PublishLock:
             return
         with self.changed:
             self.readers -= 1
+            if getattr(self._local, "heavy_share", False):
+                self.heavy -= 1
+                if not self.heavy:
+                    self.changed.notify_all()
             if not self.readers:
                 self.changed.notify_all()
 
@@ -138,8 +160,17 @@ class PublishLock:
         limit = self._timeout(timeout)
         until = None if limit is None else time.monotonic() + limit
         with self.changed:
-            # first wait out captures without holding readers back, then queue ahead of new readers
+            # first wait out captures without holding readers back, then the heavy reads (holding back
+            # only new heavy ones), then queue ahead of new readers
             if not self.changed.wait_for(lambda: not self.pins, limit):
+                return False
+            self.writers_pending += 1
+            try:
+                ok = self.changed.wait_for(lambda: not self.heavy, limit)
+            finally:
+                self.writers_pending -= 1
+            if not ok:
+                self.changed.notify_all()  # heavy readers held back by this writer may go on
                 return False
             self.writers_waiting += 1
             try:
@@ -162,7 +193,8 @@ class PublishLock:
         with self.changed:
             self.writer = None
             self.readers += self.blocked  # the readers that waited go in before the next writer
-            self.blocked = 0
+            self.heavy += self.heavy_blocked
+            self.blocked = self.heavy_blocked = 0
             self.grants += 1
             self.changed.notify_all()
 

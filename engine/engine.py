@@ -39,6 +39,7 @@ from .segment_history import SizeHistory
 from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import make_shards
 from .shard.partition import shard_of
+from .shard.prepared import PREPARED_METHODS
 from .store.bitmaps import rows_of
 from .timeparse import check_clock
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
@@ -213,6 +214,8 @@ class Engine:
         definition = self._check(command)
         calls = route(command, self.n_shards, self.compile)
         tagged = [None if call is None else (seq, *call) for call in calls]
+        if any(call is not None and call[0] in PREPARED_METHODS for call in calls):
+            self._prepare(tagged)
         with self.publish.writing():
             results = self.durable.send(tagged) if self.durable is not None else \
                 self.shards.call_each("apply_logged", tagged)
@@ -241,6 +244,14 @@ class Engine:
                 self.destinations.erase(command.ids)  # after the exits the erasure caused were queued
         self.writes.add(command.kind, result if isinstance(result, int) else 0)
         return result
+
+    def _prepare(self, calls: list[tuple | None]) -> None:
+        """Let the shards work out a write before its exclusive commit, while reads go on
+        (engine/shard/prepared.py); a shard whose worker died meanwhile does the whole write at commit."""
+        try:
+            self.shards.call_each("prepare_logged", calls)
+        except ShardError:
+            log.warning("a shard could not prepare a write; it applies it whole")
 
     def _check(self, command: Command) -> SegmentDef | None:
         """The catalog's checks of a segment command (raises); the definition a CreateSegment puts."""

@@ -30,6 +30,12 @@ def floor(definition: EventDef, now: int) -> int:
 def expire_type(store: EventTypeStore, cutoff: int, released: list[np.ndarray] | None = None) -> np.ndarray:
     """Delete the events of ``store`` with ``ts <= cutoff``; returns their rows (with repeats). The event
     id entries of the deleted events are added to ``released``."""
+    with store.level_builds.lock:  # a count-level build running now would miss the expiry
+        store.level_builds.invalidate()
+        return _expire_type(store, cutoff, released)
+
+
+def _expire_type(store: EventTypeStore, cutoff: int, released: list[np.ndarray] | None) -> np.ndarray:
     gone: list[np.ndarray] = []
     for epoch in sorted(store.epochs):
         base = epoch << EPOCH_BITS
@@ -80,6 +86,7 @@ def _reindex(store: EventTypeStore, cutoff: int, rows: np.ndarray) -> None:
         for prop, kept in store.prop_bitmaps.items():
             keys = [store.bin_keys(prop, part.props[prop], part.valid.get(prop)) for part in remaining_parts]
             kept.expire(edge, np.concatenate(keys) if keys else np.zeros(0, np.int64), edge_rows, touched)
+    store.expire_levels(edge)
     still = [bitmap & touched for bitmap in store.days.values()]
     store.ever = (store.ever - touched) | (BitMap.union(*still) if still else BitMap())
     if store.last_ts is not None:

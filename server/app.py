@@ -97,7 +97,8 @@ def add_audit_file(path: str) -> None:
 
 
 def lower_priority(nice: int) -> None:
-    """Lower the OS priority of the calling thread by ``nice`` (Linux: per thread; elsewhere a no-op)."""
+    """Make the calling thread a background thread ``nice`` lower in OS priority (Linux: per thread;
+    elsewhere a no-op): see engine.priority."""
     lower_thread_priority(nice)
 
 

@@ -10,8 +10,9 @@ gate adds what a server needs around each call:
 - calls are refused once the server shuts down;
 - before a read, or a query that reads saved segments, time-relative saved segments that are
   more than ``refresh_ms`` behind the clock are refreshed (as a write; skipped while a snapshot
-  capture keeps writers out, so reads never wait for a capture); the server's timer refreshes
-  them periodically too, so the engine's own read-time refresh is turned off;
+  capture keeps writers out or a heavy query runs, so reads never wait for either); the
+  server's timer refreshes them periodically too, so the engine's own read-time refresh is
+  turned off;
 - point reads on the server's event loop never wait (``WouldWait`` instead: the bridge runs
   them in the thread pool), nor, with shard workers, run while a query or a snapshot capture may
   keep a worker busy;
@@ -190,8 +191,9 @@ class EngineGate:
         return not self.in_process and (self.queries_running > 0 or self.publish.pinned)
 
     def _refresh_wanted(self) -> bool:
-        """A refresh is due and may run now (a snapshot capture is not keeping writers out)."""
-        return self.engine.refresh_due() and not self.publish.pinned
+        """A refresh is due and may run now: no snapshot capture keeps writers out and no heavy query
+        runs (the refresh would wait for it; the server's timer refreshes once it ends)."""
+        return self.engine.refresh_due() and not self.publish.pinned and not self.publish.heavy
 
     def _refresh_if_due(self, context: grpc.ServicerContext | None) -> None:
         if self._refresh_wanted():

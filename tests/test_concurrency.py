@@ -23,6 +23,7 @@ import pytest
 from engine import Engine, Schema
 from engine.columns import EventBatch, column_from_values
 from engine.concurrency import PublishLock, PublishTimeout
+from engine.priority import lower_thread_priority
 from engine.errors import ProfileNotFound
 from engine.query import bind, parse
 from engine.schema import CONTRACT_SCHEMA
@@ -158,6 +159,49 @@ def test_a_capture_keeps_writers_out_but_not_readers():
         lock.release_read()
     writer.join(5)
     assert wrote.is_set() and lock.pins == 0
+
+
+def test_a_writer_waits_for_heavy_reads_without_holding_point_reads_back():
+    """A heavy read (an analyst's query) holds a share; a writer waits for it, but other readers
+    go on meanwhile, new heavy reads wait behind the writer, and the writer goes in once the
+    heavy read ends."""
+    lock = PublishLock()
+    heavy_in, heavy_out, wrote = threading.Event(), threading.Event(), threading.Event()
+    second_heavy: list[bool] = []
+
+    def heavy_reader() -> None:
+        lower_thread_priority(0)  # a background thread (its priority as it is)
+        with lock.reading():
+            heavy_in.set()
+            assert heavy_out.wait(5)
+
+    def writer() -> None:
+        with lock.writing():
+            wrote.set()
+
+    def another_heavy_read() -> None:
+        lower_thread_priority(0)
+        second_heavy.append(lock.acquire_read(blocking=False))
+
+    threads = [threading.Thread(target=heavy_reader)]
+    threads[0].start()
+    assert heavy_in.wait(5)
+    threads.append(threading.Thread(target=writer))
+    threads[1].start()
+    deadline = time.monotonic() + 5
+    while not lock.writers_pending and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert lock.writers_pending == 1 and not wrote.is_set()
+    assert lock.acquire_read(blocking=False)  # a point read goes on
+    lock.release_read()
+    checker = threading.Thread(target=another_heavy_read)
+    checker.start()
+    checker.join(5)
+    assert second_heavy == [False]  # a new heavy read waits behind the writer
+    heavy_out.set()
+    for thread in threads:
+        thread.join(5)
+    assert wrote.is_set() and lock.heavy == 0 and lock.readers == 0
 
 
 # -- queries at once on one in-process shard --------------------------------------------------
@@ -399,3 +443,23 @@ def test_concurrent_calls_match_the_oracle_at_a_serial_order(tmp_path, shards, b
                 durability={"snapshot_every_s": None, "snapshot_log_bytes": None}) as reopened:
         for text in CHECKED[:-1]:
             assert reopened.ids(text, now=NOW) == sorted(oracle.evaluate(bound[text], NOW)), text
+
+
+def test_a_background_threads_calls_run_at_a_lower_priority_in_the_workers():
+    """A heavy query's thread (a background thread: engine.priority) has its share of the work
+    served by each worker on a thread of lower OS priority; other callers' requests are not."""
+    from engine.shard.worker import BACKGROUND_NICE
+
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2) as engine:
+        normal = engine.shards.call_all("_worker_nice")
+        got: list[list[int]] = []
+
+        def background_call() -> None:
+            lower_thread_priority(1)
+            got.append(engine.shards.call_all("_worker_nice"))
+
+        thread = threading.Thread(target=background_call)
+        thread.start()
+        thread.join(30)
+        assert got == [[min(n + BACKGROUND_NICE, 19) for n in normal]]
+        assert engine.shards.call_all("_worker_nice") == normal  # the serving threads kept their priority

@@ -357,8 +357,8 @@ def test_a_shard_keeps_its_persistence_state_in_one_object(tmp_path: Path) -> No
         write_state(engine)
         engine.snapshot()
         shard = engine.shards[0]
-        assert sorted(vars(shard)) == ["aliases", "did", "events", "executor", "lookalike_features", "persistence", "profiles", "saved", "schema",
-                                       "segments", "shard_id"]
+        assert sorted(vars(shard)) == ["aliases", "did", "events", "executor", "lookalike_features", "persistence",
+                                       "prepared", "profiles", "saved", "schema", "segments", "shard_id"]
         persistence = shard.persistence
         assert persistence.applied_seq == engine.durable.manifest["wal_seq"] == 14
         assert persistence.recovered_from == str(tmp_path) and persistence.recovery["snapshot_id"] is None

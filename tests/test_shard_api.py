@@ -57,6 +57,7 @@ def test_every_method_is_a_read_a_write_or_a_snapshot_step() -> None:
     assert {n for n in api.READS if api.access(n) is api.Access.POINT} == {
         "segment_rows", "profile", "segment_info", "segment_infos", "membership", "snapshot_status", "stats",
         "identity_payloads", "canonical_ids", "alias_hashes", "export_profile", "segment_sizes", "member_columns"}
+    assert {n for n in api.READS if api.access(n) is api.Access.PREPARE} == {"prepare_logged"}
     assert all(api.access(name) is api.Access.POINT for name in api.DIAGNOSTICS)
 
 

@@ -6,7 +6,9 @@ Presence in a window ("had at least one / no event") is one union of whole-day b
 of the events in the two partial edge slots. Counts, WHERE and AFTER LAST scan only the events
 inside the window (found by binary search in each time-ordered run): counts up to two in
 per-row bitsets (``count_upto2``), up to 255 in per-row saturating uint8 counters
-(``count_upto``), larger ones by sorting the window's rows.
+(``count_upto``), larger ones by sorting the window's rows. Counts from 2 to 8 over windows with
+a whole day come from kept count levels (``engine.exec.count_levels``) and AFTER LAST presence
+from per-row latest times (``engine.exec.after_last``) where those apply.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.events import DAY_MS, NO_TIME, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore, EventTypeStore
 from ..store.lru import drop_oldest
 from ..store.runs import SCALED_NULL, Run
+from .after_last import present_after_last
 from .aggregate import aggregate_rows, holds_at_zero
+from .count_levels import WholeLevels, rows_passing, window_levels
 from .row_counts import DEBRUIJN_INDEX, count_upto, count_upto2, emit_counts, emit_upto2, runs_passing
 from .sequence import sequence_rows
 from .where_bins import present_where
@@ -278,6 +282,7 @@ class DidEvaluator:
         self.events = events
         self.buffers = ScratchPool()
         self.union_cache: dict[tuple, BitMap] = {}
+        self.levels_cache: dict[tuple, WholeLevels] = {}  # count levels of whole days, see count_levels
 
     def estimate(self, node: ast.Did, now: int | None = None) -> float:
         """An upper bound of the rows a DID selects: the rows that ever had such an event, and (at
@@ -327,10 +332,22 @@ class DidEvaluator:
         if simple and (node.count_op, node.count_n) in ABSENT:
             return (found if found is not None else live) - self.present(store, lo, hi, found)
         presence = (node.count_op, node.count_n) in PRESENT or (node.count_op, node.count_n) in ABSENT
+        if presence and node.where is None and node.after_last is not None:
+            after = self.events.types[node.after_last]
+            earliest = retention_floor(after.definition, now)
+            hit = present_after_last(store, after, lo, hi, now, earliest, found)  # None: the events are scanned
+            if hit is not None:
+                return hit if not at_zero else (found if found is not None else live) - hit
         if presence and node.where is not None and node.after_last is None:
             hit = present_where(self, node, store, lo, hi, now, found)  # None: the WHERE is scanned
             if hit is not None:
                 return hit if not at_zero else (found if found is not None else live) - hit
+        need = node.count_n if node.count_op in (">=", "<") else node.count_n + 1
+        if need >= 2:
+            wanted = [test(c, node.count_n) for c in range(need + 1)]
+            levels = window_levels(self, node, store, lo, hi, now, found, wanted)  # None: the events are counted
+            if levels is not None:
+                return rows_passing(levels, wanted, found if found is not None else live)
         size = int(live.max()) + 1 if live else 0
         # a count that holds at zero: the universe minus the counted rows whose count fails
         rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)

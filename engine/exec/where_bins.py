@@ -181,7 +181,7 @@ def scan_where(evaluator: DidEvaluator, store: EventTypeStore, where: ast.Node, 
     return to_bitmap(np.concatenate(found)) if found else BitMap()
 
 
-def _whole_days(lo: int, hi: int) -> tuple[int | None, int | None]:
+def whole_days(lo: int, hi: int) -> tuple[int | None, int | None]:
     """The first and last UTC day wholly inside [lo, hi] (None: unbounded on that side)."""
     first = None if lo == NO_TIME else -(-lo // DAY_MS)
     last = (hi + 1) // DAY_MS - 1
@@ -233,7 +233,7 @@ def present_where(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     if lo > hi or not store.runs:
         return BitMap()
     all_time = lo == NO_TIME and hi >= store.max_ts
-    first, last = _whole_days(lo, hi)
+    first, last = whole_days(lo, hi)
     if not all_time and first is not None and first > last:
         return None
     within = found if found is not None and len(found) * FOUND_RATIO < len(store.ever) else None

@@ -17,6 +17,9 @@ Every method is classified by how it may share a shard with other calls (``ACCES
   or changes only its snapshot store (``snapshot_prune``). It keeps writes out but runs alongside
   queries and point reads (taking a query's place, ahead of queued queries), so a capture pauses
   the shard's writes, not its readers.
+- ``PREPARE``: ``prepare_logged``, which works out the next write while reads go on
+  (engine/shard/prepared.py). It runs alongside reads like a point read, never alongside a
+  write, and is not counted as a query.
 
 >>> sorted(name for name, access in ACCESS.items() if access is Access.QUERY)
 ['breakdown', 'count', 'explain', 'ids', 'lookalike_counts', 'lookalike_sample', 'lookalike_score', 'overlap', 'rows', 'why']
@@ -45,6 +48,7 @@ class Access(enum.Enum):
     QUERY = "query"
     POINT = "point"
     SNAPSHOT = "snapshot"
+    PREPARE = "prepare"
 
 
 class ShardAPI(Protocol):
@@ -55,6 +59,7 @@ class ShardAPI(Protocol):
     def capture_changes(self, on: bool) -> None: ...
     def take_changes(self) -> dict[str, Any]: ...
     def apply_logged(self, seq: int, method: str, args: tuple) -> Any: ...
+    def prepare_logged(self, seq: int, method: str, args: tuple) -> bool: ...
     def recover(self, data_dir: str) -> dict[str, Any]: ...
     def snapshot_capture(self, data_dir: str, snapshot_id: int) -> dict[str, int]: ...
     def snapshot_prune(self, data_dir: str, keep: list[int]) -> int: ...
@@ -102,11 +107,13 @@ ACCESS: dict[str, Access] = {
     "segment_rows": P, "profile": P, "segment_info": P, "segment_infos": P, "membership": P,
     "snapshot_status": P, "stats": P, "identity_payloads": P, "canonical_ids": P, "alias_hashes": P,
     "export_profile": P, "segment_sizes": P, "member_columns": P,
+    "prepare_logged": Access.PREPARE,
 }
 #: The names of the remote shard methods.
 METHODS: frozenset[str] = frozenset(ACCESS)
-#: The methods that only read (queries and point reads).
-READS: frozenset[str] = frozenset(name for name, access in ACCESS.items() if access in (Access.QUERY, Access.POINT))
+#: The methods that only read (queries, point reads and the prepare of a write).
+READS: frozenset[str] = frozenset(name for name, access in ACCESS.items()
+                                  if access in (Access.QUERY, Access.POINT, Access.PREPARE))
 
 #: Whether two queries may run at once on one shard (the executor's clock and scratch are per call).
 QUERIES_OVERLAP = True
@@ -121,6 +128,7 @@ DIAGNOSTICS: dict[str, str] = {
     "_worker_pid": "this worker's process id",
     "_worker_modules": "the imported modules whose names start with one of the given prefixes",
     "_worker_load": "requests served so far and the seconds spent serving them",
+    "_worker_nice": "the OS priority (nice value) of the thread serving this request",
 }
 
 

@@ -6,6 +6,7 @@ boundary as msgpack.
 """
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Any
 
@@ -30,9 +31,12 @@ from ..store.bitmaps import to_bitmap
 from ..store.aliases import AliasStore
 from ..store.events import EventStore
 from ..store.member_columns import member_columns
-from ..store.memory import release_free_memory, tune_allocator
+from ..store.memory import release_after_bulk, tune_allocator
 from ..store.profiles import ProfileStore
 from . import identity_ops
+from .prepared import PREPARED_METHODS, PreparedEvents, commit_load_events, plan_load_events
+
+log = logging.getLogger(__name__)
 
 
 class _SegmentRowsOf:
@@ -59,11 +63,13 @@ class LocalShard:
         self.schema = schema
         self.shard_id = shard_id
         self.persistence = ShardPersistence()  # log position, recovery, snapshot store (see engine.persist)
+        self.prepared: PreparedEvents | None = None  # the next write, worked out by prepare_logged
         self.adopt(ProfileStore(schema), EventStore(schema.events))
 
     def adopt(self, profiles: ProfileStore, events: EventStore, aliases: AliasStore | None = None) -> None:
         """Serve ``profiles``, ``events`` and ``aliases`` (new executors, no saved segments; change capture kept)."""
         capture = "saved" in vars(self) and self.saved.capture
+        self.prepared = None
         self.profiles = profiles
         self.events = events
         self.aliases = aliases if aliases is not None else AliasStore()
@@ -112,25 +118,12 @@ class LocalShard:
     def load_profiles(self, batch: ProfileBatch, now: int | None = None) -> int:
         """Apply a columnar profile batch."""
         self.saved.sync(self.profiles.load_batch(batch), now, batch.columns)
-        release_free_memory()
+        release_after_bulk(len(batch))
         return len(batch)
 
-    def load_events(self, batch: EventBatch, now: int | None = None) -> int:
-        """Append a columnar event batch."""
-        known = len(self.profiles.idmap)
-        rows = self.profiles.ensure_rows(batch.ids, repeats=True)
-        if batch.event_ids is None:
-            self.events.types[batch.event].append(rows, batch.ts, batch.props)
-            applied = len(batch)
-        else:
-            keep, eids = self.events.event_ids.admit(rows, batch.event_ids)
-            picks = np.flatnonzero(keep)
-            kept = batch if len(picks) == len(batch) else batch.take(picks)
-            self.events.types[batch.event].append(rows[picks], kept.ts, kept.props, eids[picks])
-            applied = len(picks)
-        self.saved.sync(rows, now, (), (batch.event,), _created(rows, known))
-        release_free_memory()
-        return applied
+    def load_events(self, batch: EventBatch, now: int | None = None, plan: PreparedEvents | None = None) -> int:
+        """Append a columnar event batch (``plan``: the write as ``prepare_logged`` worked it out)."""
+        return commit_load_events(self, plan if plan is not None else plan_load_events(self, batch, now))
 
     def update_schema(self, spec: dict[str, Any]) -> None:
         """Take a schema that extends this shard's (see engine.schema_change): new names start null."""
@@ -284,10 +277,26 @@ class LocalShard:
         return self.saved.take_changes()
 
     # -- durability (see engine.persist: shards recover and snapshot themselves) ---------------
+    def prepare_logged(self, seq: int, method: str, args: tuple) -> bool:
+        """Work out the write ``method(*args)`` of log record ``seq`` without changing what readers see
+        (engine/shard/prepared.py); ``apply_logged(seq, ...)`` then commits it. False if there is
+        nothing to prepare (the commit then does the whole write)."""
+        self.prepared = None
+        if method not in PREPARED_METHODS or seq <= self.persistence.applied_seq:
+            return False
+        try:
+            self.prepared = plan_load_events(self, *args, seq=seq)
+        except Exception:  # the commit works the write out again and raises its error where it belongs
+            log.exception("preparing write %d failed; it is applied without a prepare phase", seq)
+        return self.prepared is not None
+
     def apply_logged(self, seq: int, method: str, args: tuple) -> Any:
         """Apply the write ``method(*args)`` of log record ``seq``, unless this shard already has it."""
         from ..persist.recovery import apply_logged
 
+        plan, self.prepared = self.prepared, None
+        if plan is not None and method in PREPARED_METHODS and plan.valid_for(self, seq):
+            args = (*args, plan)
         return apply_logged(self, seq, method, args)
 
     def recover(self, data_dir: str) -> dict[str, Any]:
@@ -336,6 +345,7 @@ class LocalShard:
             "segments": len(self.saved.catalog),
             "segment_bytes": self.saved.nbytes,
             "aliases": len(self.aliases),
+            "levels_building": sum(t.level_builds.building() for t in self.events.types.values()),
         }
 
 

@@ -44,6 +44,15 @@ TUPLE, SET, OBJECT, NDARRAY, BITMAP, FROZEN_BITMAP, FROZEN_SET, BIG_INT = 1, 2, 
 
 #: Request ids are 8-byte little-endian unsigned ints in front of each frame.
 HEADER = struct.Struct("<Q")
+#: Set in a request frame's id by a background caller (engine.priority): the worker serves the
+#: request at a lower OS priority. Replies carry the id without it.
+BACKGROUND = 1 << 63
+
+
+def request_id(frame: bytes) -> tuple[int, bool]:
+    """(request id, sent by a background caller) of a request frame."""
+    (raw,) = HEADER.unpack_from(frame)
+    return raw & ~BACKGROUND, bool(raw & BACKGROUND)
 
 
 def _registry() -> dict[str, tuple[type, tuple[str, ...]]]:
@@ -211,9 +220,8 @@ def peek_method(frame: bytes) -> str:
 
 def decode_request(frame: bytes) -> tuple[int, str, tuple]:
     """(request id, method, args) of a request frame."""
-    (request_id,) = HEADER.unpack_from(frame)
     method, args = unpack(memoryview(frame)[HEADER.size:])
-    return request_id, method, tuple(args)
+    return request_id(frame)[0], method, tuple(args)
 
 
 def encode_reply(request_id: int, result: Any) -> bytes:

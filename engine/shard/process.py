@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ShardError
+from ..priority import is_background_thread
 from ..schema import Schema
 from . import api, messages
 from .channel import FrameChannel
@@ -64,7 +65,7 @@ _live: "weakref.WeakSet[ProcessShard]" = weakref.WeakSet()
 class _Request:
     """One request sent to a worker: what a re-send needs, and once answered, its outcome."""
 
-    __slots__ = ("id", "method", "body", "lane", "generation", "outcome")
+    __slots__ = ("id", "method", "body", "lane", "generation", "outcome", "background")
 
     def __init__(self, request_id: int, method: str, body: bytes, lane: Lane, generation: int):
         self.id = request_id
@@ -73,6 +74,11 @@ class _Request:
         self.lane = lane
         self.generation = generation  # of the worker it was sent to
         self.outcome: tuple[bool, Any] | None = None  # (ok, result or error description) or (False, exception)
+        self.background = is_background_thread()  # the worker serves it at a lower priority
+
+    def frame(self) -> bytes:
+        """The request frame (its id flagged if a background thread sent it)."""
+        return messages.HEADER.pack(self.id | (messages.BACKGROUND if self.background else 0)) + self.body
 
 
 class ProcessShard(RemoteShard):
@@ -208,7 +214,7 @@ class ProcessShard(RemoteShard):
                 chans = [request.lane.peek(self.shard_id, self.generation) for request in behind]
             try:
                 for request, chan in zip(behind, chans):
-                    chan.send(messages.HEADER.pack(request.id) + request.body)  # type: ignore[union-attr]
+                    chan.send(request.frame())  # type: ignore[union-attr]
                 if len(behind) > 1:
                     self._ring()
             except OSError:
@@ -267,7 +273,7 @@ class ProcessShard(RemoteShard):
                 self.pending[request.id] = request
                 chan = lane.channel(self.shard_id, request.generation)
             assert chan is not None, "every lane has a socket to the current worker"
-            frame = messages.HEADER.pack(request.id) + body
+            frame = request.frame()
             try:
                 chan.send(frame)
                 if busy:

@@ -36,6 +36,9 @@ class RemoteShard:
     def apply_logged(self, seq: int, method: str, args: tuple) -> Any:
         return self.call("apply_logged", seq, method, args)
 
+    def prepare_logged(self, seq: int, method: str, args: tuple) -> bool:
+        return self.call("prepare_logged", seq, method, args)
+
     def recover(self, data_dir: str) -> dict[str, Any]:
         return self.call("recover", data_dir)
 

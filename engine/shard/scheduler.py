@@ -6,10 +6,10 @@ the next one that may start now:
 - a write starts only when it is the oldest request waiting and nothing is running; requests
   after it wait until it has finished (so writes keep the id order against everything);
 - reads before the first waiting write may start while other reads run: point reads
-  (``Access.POINT``) first, whatever queries wait ahead of them, then a snapshot step
-  (``Access.SNAPSHOT``: it keeps writes out, not reads), then the oldest query; a snapshot step
-  and a query start only while fewer than ``max_queries`` of them are running (so a thread
-  stays free for point reads).
+  (``Access.POINT``) and the prepare of a write (``Access.PREPARE``) first, whatever queries
+  wait ahead of them, then a snapshot step (``Access.SNAPSHOT``: it keeps writes out, not reads),
+  then the oldest query; a snapshot step and a query start only while fewer than
+  ``max_queries`` of them are running (so a thread stays free for point reads).
 
 Not thread-safe: the worker calls it under its own lock.
 
@@ -77,7 +77,7 @@ class Scheduler:
                 if index == 0 and not self.running:
                     return 0
                 break
-            if kind is Access.POINT:
+            if kind is Access.POINT or kind is Access.PREPARE:
                 return index
             if kind is Access.SNAPSHOT:
                 first_snapshot = index if first_snapshot is None else first_snapshot

@@ -5,7 +5,9 @@ methods (engine/shard/api.py) or one of the worker's diagnostics; any other name
 The process backend runs it in a fresh interpreter (``python -m engine.shard.worker
 PARENT_PID FDS``) whose ``Worker`` reads requests from every lane of its group and serves them
 with a few threads in the order of engine/shard/scheduler.py: reads together, writes alone in
-id order, point reads ahead of queued queries. The Ray backend runs the same ``ShardServer``
+id order, point reads ahead of queued queries. A request whose frame is flagged ``BACKGROUND``
+(sent by a background thread of the coordinator: a heavy query) runs on a thread of lower OS
+priority, so where no core is free the short calls' threads run first. The Ray backend runs the same ``ShardServer``
 inside an actor. Neither imports gRPC or protobuf.
 
 The shard is built by ``open_shard``, or by the factory named ``module:function`` in the start
@@ -26,6 +28,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..priority import run_in_background
 from ..schema import Schema
 from . import api, messages
 from .channel import FrameChannel
@@ -37,6 +40,8 @@ from .scheduler import Scheduler
 FACTORY_ENV = "SEGENGINE_SHARD_FACTORY"
 #: Threads serving requests in a process worker (one of them reads the lanes while the others serve).
 THREADS = 4
+#: How much lower the OS priority of a background caller's request is (a heavy query's share).
+BACKGROUND_NICE = 10
 #: The worker's GIL switch interval: a point read waits at most this long for a running query to
 #: let it run (Python's default is 5 ms).
 SWITCH_INTERVAL_S = 0.0005
@@ -80,7 +85,7 @@ class ShardServer:
         started = time.perf_counter()
         request_id = 0
         try:
-            (request_id,) = messages.HEADER.unpack_from(frame)  # an undecodable body is answered by id too
+            request_id = messages.request_id(frame)[0]  # an undecodable body is answered by id too
             request_id, method, args = messages.decode_request(frame)
             return messages.encode_reply(request_id, self.dispatch(method, args))
         except Exception as error:  # every failure goes back to the coordinator, named
@@ -106,6 +111,10 @@ class ShardServer:
     def _worker_modules(self, prefixes: list[str]) -> list[str]:
         """The imported modules whose names start with one of ``prefixes``."""
         return sorted(name for name in sys.modules if name.startswith(tuple(prefixes)))
+
+    def _worker_nice(self) -> int:
+        """The nice value of the thread serving this request (lower priority for background callers)."""
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     def _worker_load(self) -> dict[str, float]:
         """Requests served so far, and the seconds spent serving them (a worker's utilisation)."""
@@ -135,10 +144,10 @@ class _Lane:
 
 
 class _Request:
-    __slots__ = ("id", "lane", "frame")
+    __slots__ = ("id", "lane", "frame", "background")
 
-    def __init__(self, request_id: int, lane: _Lane, frame: bytes):
-        self.id, self.lane, self.frame = request_id, lane, frame
+    def __init__(self, request_id: int, lane: _Lane, frame: bytes, background: bool):
+        self.id, self.lane, self.frame, self.background = request_id, lane, frame, background
 
 
 class Worker:
@@ -230,7 +239,11 @@ class Worker:
 
     def _run(self, request: _Request) -> None:
         self.progress.start(request.id)
-        request.lane.reply(self.server.handle(request.frame))
+        if request.background:  # a heavy call's share: at a lower priority, so short calls go first
+            reply = run_in_background(lambda: self.server.handle(request.frame), BACKGROUND_NICE)
+        else:
+            reply = self.server.handle(request.frame)
+        request.lane.reply(reply)
         self.progress.answer(request.id)
 
     def _read(self, spin_s: float) -> list[tuple[_Lane, bytes]] | None:
@@ -256,9 +269,9 @@ class Worker:
         again when it cannot tell whether it went out) is dropped.
         """
         for lane, frame in frames:
-            (request_id,) = messages.HEADER.unpack_from(frame)
+            request_id, background = messages.request_id(frame)
             if request_id >= self.expected:
-                self.queued.setdefault(request_id, _Request(request_id, lane, frame))
+                self.queued.setdefault(request_id, _Request(request_id, lane, frame, background))
         while self.expected in self.queued:
             request = self.queued.pop(self.expected)
             try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numba
 import numpy as np
+from pyroaring import BitMap
 
 from ..columns import CategoryColumn, Column, EventBatch, ValueColumn
 from .bitmaps import to_bitmap
@@ -144,41 +145,52 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
     deleted = 0
     released: list[np.ndarray] = []
     for store in events.types.values():
-        if not store.ever.intersect(gone):
-            continue
-        for epoch, runs in list(store.epochs.items()):
-            kept_runs = []
-            for run in runs:
-                hits = marked(run.rows, mask)
-                if len(hits) == 0:
-                    kept_runs.append(run)
-                    continue
-                store.count -= len(hits)
-                deleted += len(hits)
-                if run.eids is not None:
-                    released.append(run.eids[hits])
-                if len(hits) < len(run):
-                    keep = np.ones(len(run), dtype=bool)
-                    keep[hits] = False
-                    kept_runs.append(run.take(keep))  # a boolean mask: no index array is built
-            if kept_runs:
-                store.epochs[epoch] = kept_runs
-            else:
-                del store.epochs[epoch]
-        for buckets in (store.days, store.slots):
-            for key in [key for key, bitmap in buckets.items() if bitmap.intersect(gone)]:
-                bitmap = buckets[key] - gone
-                if len(bitmap) or buckets is store.slots:
-                    buckets[key] = bitmap
-                else:
-                    del buckets[key]
-        store.ever = store.ever - gone
-        for kept in store.prop_bitmaps.values():
-            kept.drop(gone)
-        if store.last_ts is not None:
-            inside = rows[rows < store.last_ts.size]
-            store.last_ts.data[inside] = NO_TIME
-        store.generation += 1
+        if store.ever.intersect(gone):
+            with store.level_builds.lock:  # a count-level build running now would miss the deletion
+                store.level_builds.invalidate()
+                deleted += _drop_type_rows(store, rows, gone, mask, released)
     if released:
         events.release_event_ids(np.concatenate(released))
+    return deleted
+
+
+def _drop_type_rows(store: EventTypeStore, rows: np.ndarray, gone: BitMap, mask: np.ndarray,
+                    released: list[np.ndarray]) -> int:
+    """Delete the events of one type whose row is set in ``mask`` (``gone``: the same rows); returns how many."""
+    deleted = 0
+    for epoch, runs in list(store.epochs.items()):
+        kept_runs = []
+        for run in runs:
+            hits = marked(run.rows, mask)
+            if len(hits) == 0:
+                kept_runs.append(run)
+                continue
+            store.count -= len(hits)
+            deleted += len(hits)
+            if run.eids is not None:
+                released.append(run.eids[hits])
+            if len(hits) < len(run):
+                keep = np.ones(len(run), dtype=bool)
+                keep[hits] = False
+                kept_runs.append(run.take(keep))  # a boolean mask: no index array is built
+        if kept_runs:
+            store.epochs[epoch] = kept_runs
+        else:
+            del store.epochs[epoch]
+    for buckets in (store.days, store.slots):
+        for key in [key for key, bitmap in buckets.items() if bitmap.intersect(gone)]:
+            bitmap = buckets[key] - gone
+            if len(bitmap) or buckets is store.slots:
+                buckets[key] = bitmap
+            else:
+                del buckets[key]
+    store.ever = store.ever - gone
+    for kept in store.prop_bitmaps.values():
+        kept.drop(gone)
+    if store.count_levels is not None:
+        store.count_levels.drop(gone)
+    if store.last_ts is not None:
+        inside = rows[rows < store.last_ts.size]
+        store.last_ts.data[inside] = NO_TIME
+    store.generation += 1
     return deleted

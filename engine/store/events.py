@@ -19,6 +19,8 @@ per type, then maintained by later appends like the day bitmaps.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,16 +29,20 @@ from pyroaring import BitMap
 from ..columns import CategoryColumn, Column, ValueColumn
 from ..schema import EventDef
 from .bitmaps import to_bitmap
+from .count_levels import WHOLE_TYPE, CountLevels, build_levels
+from .levels_build import LevelBuilds
 from .event_ids import EventIdStore
 from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
-from .runs import (EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, merge_runs,
-                   time_order)
+from .append_plan import AppendPlan, Grown, grown, install, slot_bitmaps, with_run
+from .runs import EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, time_order
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
 
 DAY_MS = 86_400_000
+#: Events per slice when count levels are built from the stored events.
+LEVEL_BUILD_EVENTS = 1 << 20
 HOUR_MS = 3_600_000
 NO_TIME = np.iinfo(np.int64).min
 #: Presence buckets inside a day (built on demand for the days where window edges fall).
@@ -71,6 +77,9 @@ class EventTypeStore:
         self.scaled: dict[str, int] = {p: FLOAT_SCALE for p, t in definition.properties.items() if t == "float"}
         # property -> its kept bin bitmaps: built on the first query that can use them, then kept by every write
         self.prop_bitmaps: dict[str, PropertyBitmaps] = {}
+        # levels 2.. of the per-row counts (engine.store.count_levels): built on first use, then kept
+        self.count_levels: CountLevels | None = None
+        self.level_builds = LevelBuilds(self)  # count levels being built in the background
         self.generation = 0
 
     def __getstate__(self) -> dict:
@@ -78,6 +87,8 @@ class EventTypeStore:
         state = dict(self.__dict__)
         state["slots"], state["slot_days"] = {}, {}
         state["prop_bitmaps"] = {}
+        state["count_levels"] = None
+        del state["level_builds"]
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -88,7 +99,9 @@ class EventTypeStore:
             state["slots"], state["slot_days"] = {}, {}
         state.setdefault("scaled", {})
         state.setdefault("prop_bitmaps", {})
+        state.setdefault("count_levels", None)
         self.__dict__.update(state)
+        self.level_builds = LevelBuilds(self)
 
     def adopt(self, definition: EventDef) -> None:
         """Take a definition of this type that adds properties: the events held so far have them null."""
@@ -121,9 +134,11 @@ class EventTypeStore:
             codes = encode_scaled(values, valid, scale)
             if codes is not None:
                 return codes
-            for run in self.runs:  # new float64 arrays: the runs' old arrays are unchanged
-                run.props[prop] = decode_scaled(run.props[prop], scale)
-            self.scaled[prop] = 0
+            with self.level_builds.lock:  # a build reading the old codes would bin them wrongly
+                self.level_builds.invalidate()
+                for run in self.runs:  # new float64 arrays: the runs' old arrays are unchanged
+                    run.props[prop] = decode_scaled(run.props[prop], scale)
+                self.scaled[prop] = 0
         return np.where(valid, values, np.nan)
 
     def __len__(self) -> int:
@@ -170,8 +185,23 @@ class EventTypeStore:
                eids: np.ndarray | None = None) -> None:
         """Add events (rows, int64 epoch-ms timestamps, property columns; absent property = null; ``eids``:
         their event id entries, -1 for none, or None when no event has an id)."""
+        plan = self.plan_append(rows, ts, columns, eids, may_change=True)
+        if plan is not None:
+            self.commit_append(plan)
+
+    def plan_append(self, rows: np.ndarray, ts: np.ndarray, columns: dict[str, Column],
+                    eids: np.ndarray | None = None, may_change: bool = False) -> AppendPlan | None:
+        """Everything ``append`` computes before it changes what readers see: the sorted events, their
+        runs (merged into their epochs' runs as new lists), day and slot bitmaps.
+
+        Without ``may_change`` the store is only read, and None comes back when the events need a
+        change first (a category label or a float that the store does not encode yet): the caller
+        then appends them at commit time. None also for no events.
+        """
         if len(rows) == 0:
-            return
+            return None
+        if not may_change and not self._encodes(columns):
+            return None
         ts = np.asarray(ts, dtype=np.int64)
         rows = np.array(rows, dtype=np.int32)  # a copy: a run must not share memory with the caller's batch
         if eids is not None:
@@ -187,68 +217,128 @@ class EventTypeStore:
             eids = None if eids is None else eids[order]
         first, last = int(ts[0]) >> EPOCH_BITS, int(ts[-1]) >> EPOCH_BITS
         cuts = np.searchsorted(ts, np.arange(first + 1, last + 1, dtype=np.int64) << EPOCH_BITS).tolist()
+        epochs: dict[int, tuple[list[Run] | None, list[Run], Run]] = {}
         for epoch, start, stop in zip(range(first, last + 1), [0, *cuts], [*cuts, len(ts)]):
             if stop > start:
                 base = epoch << EPOCH_BITS
-                self._add_run(epoch, Run(base, (ts[start:stop] - base).astype(np.uint32), rows[start:stop],
-                                         {k: v[start:stop] for k, v in props.items()},
-                                         {k: v[start:stop] for k, v in valid.items()},
-                                         None if eids is None else eids[start:stop]))
-        self._index(rows, ts)
-        for prop, kept in self.prop_bitmaps.items():
-            kept.add(self.bin_keys(prop, props[prop], valid.get(prop)), rows, ts)
-        self.count += len(rows)
-        self.generation += 1
+                run = Run(base, (ts[start:stop] - base).astype(np.uint32), rows[start:stop],
+                          {k: v[start:stop] for k, v in props.items()},
+                          {k: v[start:stop] for k, v in valid.items()},
+                          None if eids is None else eids[start:stop])
+                known = self.epochs.get(epoch)
+                epochs[epoch] = (known, with_run(known or [], run), run)
+        days, slots, slot_days = self._day_bitmaps(rows, ts)
+        added = [part for _, _, part in days.values()]
+        ever = grown(self.ever, BitMap.union(*added) if len(added) > 1 else added[0])
+        plan = AppendPlan(rows, ts, props, valid, epochs, days, slots, slot_days, ever)
+        self._plan_levels(plan)
+        return plan
 
-    def _add_run(self, epoch: int, run: Run) -> None:
-        runs = self.epochs.setdefault(epoch, [])
-        runs.append(run)
-        while len(runs) >= 2 and len(runs[-2]) <= 2 * len(runs[-1]):
-            last = runs.pop()
-            runs[-1] = merge_runs(runs[-1], last)
+    def _plan_levels(self, plan: AppendPlan) -> None:
+        """Work out what the plan's events add to the kept count levels (commit ORs it in)."""
+        day_of = plan.ts // DAY_MS
+        for prop, kept in list(self.prop_bitmaps.items()):
+            plan.bins[prop] = keys = self.bin_keys(prop, plan.props[prop], plan.valid.get(prop))
+            if kept.levels is not None:
+                plan.levels[prop] = (kept.levels, kept.levels.plan_add(keys, day_of, plan.rows, kept.days, kept.ever))
+        if self.count_levels is not None:
+            plan.levels[None] = (self.count_levels, self.count_levels.plan_add(
+                np.zeros(len(plan.rows), np.int64), day_of, plan.rows, {WHOLE_TYPE: self.days}, {WHOLE_TYPE: self.ever}))
 
-    def buckets(self, size_ms: int) -> dict[int, BitMap]:
-        """The presence bitmaps at granularity ``size_ms`` (DAY_MS, or SLOT_MS: only the days in ``slot_days``)."""
-        return self.days if size_ms == DAY_MS else self.slots
+    def commit_append(self, plan: AppendPlan) -> None:
+        """Make the events of ``plan`` (made against this store as it is now) visible."""
+        with self.level_builds.lock:  # a count-level build sees the commit whole
+            self.level_builds.appended(plan.rows)
+            self._commit_append(plan)
 
-    def _index(self, rows: np.ndarray, ts: np.ndarray) -> None:
-        """Index events sorted by time: day bitmaps, slots of the cached days, ``ever``, ``last_ts``."""
-        first, last = int(ts[0]) // DAY_MS, int(ts[-1]) // DAY_MS
-        cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * DAY_MS).tolist()
-        added = []
-        for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
-            if stop == start:
-                continue
-            bitmap = to_bitmap(rows[start:stop])
-            added.append(bitmap)
-            known = self.days.get(day)
-            if known is None:
-                self.days[day] = bitmap
-            else:
-                known |= bitmap
+    def _commit_append(self, plan: AppendPlan) -> None:
+        for epoch, (known, runs, run) in plan.epochs.items():
+            # the runs merged at plan time, unless the epoch's runs changed since (then merge again)
+            self.epochs[epoch] = runs if self.epochs.get(epoch) is known else with_run(self.epochs.get(epoch, []), run)
+        rows, ts = plan.rows, plan.ts
+        days = ts // DAY_MS
+        if self.count_levels is not None:  # before the day bitmaps grow: the levels add to them as they were
+            planned = plan.levels.get(None)
+            if planned is not None and planned[0] is self.count_levels:
+                self.count_levels.apply(planned[1])
+            else:  # installed since the plan was made
+                self.count_levels.add(np.zeros(len(rows), np.int64), days, rows, {WHOLE_TYPE: self.days},
+                                      {WHOLE_TYPE: self.ever})
+        for day, day_grown in plan.days.items():
+            install(self.days, day, day_grown)
             if day in self.slot_days:
-                self._index_slots(rows[start:stop], ts[start:stop])
-        if len(added) > 1:
-            self.ever |= BitMap.union(*added)
+                if day in plan.slot_days:
+                    for slot, slot_grown in plan.slots.get(day, {}).items():
+                        install(self.slots, slot, slot_grown)
+                else:  # a query started keeping this day's slots after the plan was made
+                    start, stop = np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]).tolist()
+                    self._index_slots(rows[start:stop], ts[start:stop])
+        old, merged, part = plan.ever
+        if self.ever is old:
+            self.ever = merged
         else:
-            self.ever |= added[0]
+            self.ever |= part
         if self.last_ts is not None:
             self.last_ts.ensure(int(rows.max()) + 1)
             max_at(self.last_ts.data, rows, ts)
         self.max_ts = max(self.max_ts, int(ts[-1]))
+        for prop, kept in self.prop_bitmaps.items():
+            keys = plan.bins.get(prop)
+            if keys is None:  # a query built the property's bins since the plan was made
+                keys = self.bin_keys(prop, plan.props[prop], plan.valid.get(prop))
+            if kept.levels is not None:  # likewise before the bins' day bitmaps grow
+                planned = plan.levels.get(prop)
+                if planned is not None and planned[0] is kept.levels:
+                    kept.levels.apply(planned[1])
+                else:
+                    kept.levels.add(keys, days, rows, kept.days, kept.ever)
+            kept.add(keys, rows, ts)
+        self.count += len(rows)
+        self.generation += 1
+
+    def _encodes(self, columns: dict[str, Column]) -> bool:
+        """True if the store encodes ``columns`` as it is: every category label known, every float
+        property's values representable in its present encoding."""
+        for prop, column in columns.items():
+            kind = self.definition.properties.get(prop)
+            if kind == "category":
+                assert isinstance(column, CategoryColumn)
+                code_of = self.code_of[prop]
+                if any(label not in code_of for label in column.labels):
+                    return False
+            elif kind == "float" and self.scaled.get(prop, 0):
+                assert isinstance(column, ValueColumn)
+                values = np.asarray(column.values, dtype=np.float64)
+                if encode_scaled(values, np.asarray(column.valid, dtype=bool), self.scaled[prop]) is None:
+                    return False
+        return True
+
+    def _day_bitmaps(self, rows: np.ndarray, ts: np.ndarray) -> tuple[dict[int, Grown], dict[int, dict[int, Grown]],
+                                                                      frozenset[int]]:
+        """For events sorted by time: the day bitmaps grown by their rows, the slot bitmaps of the days
+        whose slots are kept now grown likewise, and those days."""
+        first, last = int(ts[0]) // DAY_MS, int(ts[-1]) // DAY_MS
+        cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * DAY_MS).tolist()
+        with _BUILD_LOCK:  # the slot days and their bitmaps as one query's ensure_slots left them
+            slot_days, kept_slots = frozenset(self.slot_days), self.slots
+        days: dict[int, Grown] = {}
+        slots: dict[int, dict[int, Grown]] = {}
+        for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
+            if stop > start:
+                days[day] = grown(self.days.get(day), to_bitmap(rows[start:stop]))
+                if day in slot_days:
+                    slots[day] = {slot: grown(kept_slots.get(slot), part)
+                                  for slot, part in slot_bitmaps(rows[start:stop], ts[start:stop], SLOT_MS).items()}
+        return days, slots, slot_days
 
     def _index_slots(self, rows: np.ndarray, ts: np.ndarray) -> None:
         """Add events (sorted by time, of days in ``slot_days``) to the slot bitmaps."""
-        first, last = int(ts[0]) // SLOT_MS, int(ts[-1]) // SLOT_MS
-        cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * SLOT_MS).tolist()
-        for slot, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
-            if stop > start:
-                bitmap = to_bitmap(rows[start:stop])
-                known = self.slots.get(slot)
-                if known is None:
-                    self.slots[slot] = bitmap
-                else:
-                    known |= bitmap
+        for slot, bitmap in slot_bitmaps(rows, ts, SLOT_MS).items():
+            known = self.slots.get(slot)
+            if known is None:
+                self.slots[slot] = bitmap
+            else:
+                known |= bitmap
 
     def has_slots(self, day: int) -> bool:
         """True if the slot bitmaps of UTC ``day`` are kept."""
@@ -327,6 +417,61 @@ class EventTypeStore:
             kept.add(keys, np.concatenate([run.rows for run in runs]),
                      np.concatenate([run.absolute_ts() for run in runs]))
         return kept
+
+    def levels(self, prop: str | None = None) -> CountLevels | None:
+        """The kept count levels of the whole type (``prop`` None: key WHOLE_TYPE, level 1 in ``days``
+        and ``ever``) or of the bins of ``prop`` (level 1 in its PropertyBitmaps); None while they are
+        being built (the first call starts the build: engine.store.levels_build)."""
+        kept = None if prop is None else self.property_bitmaps(prop)
+        levels = self.count_levels if kept is None else kept.levels
+        if levels is None:
+            self.level_builds.start(prop)
+            levels = self.count_levels if kept is None else kept.levels
+        return levels
+
+    def install_levels(self, prop: str | None, levels: CountLevels) -> None:
+        """Keep ``levels`` (exact for the events as they are) as the count levels of ``prop``."""
+        if prop is None:
+            self.count_levels = levels
+        else:
+            kept = self.prop_bitmaps.get(prop)
+            if kept is not None:
+                kept.levels = levels
+
+    def build_levels(self, prop: str | None, runs: list[Run], pause_s: float = 0.0) -> CountLevels:
+        """The count levels of the whole type or of ``prop``'s bins, computed from the events of ``runs``
+        (in slices of LEVEL_BUILD_EVENTS events, so the build's scratch memory stays bounded; ``pause_s``
+        between slices lets the threads of other calls run)."""
+        def slices() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            for run in runs:
+                for start in range(0, len(run), LEVEL_BUILD_EVENTS):
+                    yield self.keyed_events(prop, [run.slice(start, start + LEVEL_BUILD_EVENTS)])
+                    if pause_s:
+                        time.sleep(pause_s)
+
+        return build_levels(slices())
+
+    def keyed_events(self, prop: str | None, parts: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(key, UTC day, row) of every event of ``parts``: the key is WHOLE_TYPE, or its bin of ``prop``."""
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        rows = np.concatenate([part.rows for part in parts])
+        days = np.concatenate([part.absolute_ts() for part in parts]) // DAY_MS
+        if prop is None:
+            return np.zeros(len(rows), np.int64), days, rows
+        keys = np.concatenate([self.bin_keys(prop, part.props[prop], part.valid.get(prop)) for part in parts])
+        return keys, days, rows
+
+    def expire_levels(self, edge_day: int) -> None:
+        """Recount the kept count levels after the events before some instant of ``edge_day`` went."""
+        kept_levels = [(None, self.count_levels)] + [(prop, kept.levels) for prop, kept in self.prop_bitmaps.items()]
+        edge_parts = self.window(edge_day * DAY_MS, (edge_day + 1) * DAY_MS - 1)
+        runs = self.runs
+        for prop, levels in kept_levels:
+            if levels is not None:
+                edge_keys, _, edge_rows = self.keyed_events(prop, edge_parts)
+                all_keys, _, all_rows = self.keyed_events(prop, runs)
+                levels.expire(edge_day, edge_keys, edge_rows, all_keys, all_rows)
 
     def window(self, lo: int, hi: int) -> list[Run]:
         """The events with lo <= ts <= hi, as slices (views) of each run."""
@@ -435,7 +580,8 @@ class EventTypeStore:
                     + sum(v.nbytes for v in r.valid.values()) + (0 if r.eids is None else r.eids.nbytes)
                     for r in self.runs)
         return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()]) \
-            + sum(kept.nbytes() for kept in self.prop_bitmaps.values())
+            + sum(kept.nbytes() for kept in self.prop_bitmaps.values()) \
+            + (self.count_levels.nbytes() if self.count_levels is not None else 0)
 
 
 class EventStore:

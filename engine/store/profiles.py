@@ -1,7 +1,9 @@
 """The profile part of one shard: id map, live bitmap, attribute indexes and consent bitmaps."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 from pyroaring import BitMap
@@ -9,7 +11,7 @@ from pyroaring import BitMap
 from ..columns import ProfileBatch, column_from_values, column_value
 from ..schema import ProfileUpdate, Schema
 from .bitmaps import to_bitmap
-from .idmap import IdMap
+from .idmap import IdMap, dedupe_keys, object_addresses
 from .indexes import BoolIndex, CategoryIndex, TagsIndex
 from .numeric import NumericIndex
 
@@ -17,6 +19,42 @@ if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
 
 AttributeIndex = CategoryIndex | BoolIndex | TagsIndex | NumericIndex
+
+#: Ids looked up per id map call while a write is planned (a thread switch may happen between calls).
+LOOKUP_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """The rows a batch of ids will have, worked out without changing the store (``ProfileStore.plan_rows``).
+
+    ``rows``: per id, its row; an unknown id has the row it will get (``known`` + its rank among
+    ``new_ids``). ``new_ids``: the distinct unknown ids in order of first sight. ``known``: the
+    row count the plan assumes.
+    """
+
+    rows: np.ndarray
+    new_ids: list[str]
+    known: int
+
+    def created(self) -> BitMap:
+        """The rows the plan creates."""
+        return BitMap(range(self.known, self.known + len(self.new_ids)))
+
+
+def _distinct(ids: Sequence[str]) -> tuple[Sequence[str], np.ndarray | None]:
+    """(each distinct id once, in order of first sight; each id's position among them), or (ids, None)
+    when the ids hardly repeat. Repeats that are one string object are found without hashing."""
+    addresses = object_addresses(ids) if isinstance(ids, list) else None
+    if addresses is not None:
+        first, inverse = dedupe_keys(addresses)
+        picks = first.tolist()
+        distinct = [ids[picks[0]]] if len(picks) == 1 else list(itemgetter(*picks)(ids))
+    else:
+        seen: dict[str, int] = {}
+        inverse = np.fromiter((seen.setdefault(i, len(seen)) for i in ids), dtype=np.int64, count=len(ids))
+        distinct = list(seen)
+    return (distinct, inverse) if len(distinct) * 4 < len(ids) * 3 else (ids, None)
 
 
 def index_from_state(reader: StateReader, state: dict[str, Any], kind: str, rows: int) -> AttributeIndex:
@@ -86,13 +124,33 @@ class ProfileStore:
 
         ``repeats``: the ids likely repeat (event batches), so each distinct id is hashed once.
         """
-        rows, before = self.idmap.lookup_or_insert(ids, repeats)
-        if len(self.idmap) > before:
+        return self.take_rows(self.plan_rows(ids, repeats))
+
+    def plan_rows(self, ids: Sequence[str], repeats: bool = False) -> RowPlan:
+        """The rows ``ids`` have or will get (read only: the write's prepare phase; see ``take_rows``).
+
+        ``repeats``: the ids likely repeat (event batches), so each distinct id is looked up once.
+        """
+        known = len(self.idmap)
+        distinct, inverse = _distinct(ids) if repeats and len(ids) > 4096 else (ids, None)
+        found = np.concatenate([self.idmap.lookup(distinct[start:start + LOOKUP_CHUNK])
+                                for start in range(0, len(distinct), LOOKUP_CHUNK)] or [np.empty(0, np.int64)])
+        missing = np.flatnonzero(found < 0)
+        new_ids: dict[str, int] = {}
+        for position, profile_id in zip(missing.tolist(), [distinct[i] for i in missing.tolist()]):
+            found[position] = known + new_ids.setdefault(profile_id, len(new_ids))
+        return RowPlan(found if inverse is None else found[inverse], list(new_ids), known)
+
+    def take_rows(self, plan: RowPlan) -> np.ndarray:
+        """The rows of a plan made against this store's present state, creating its new profiles."""
+        if plan.new_ids:
+            rows, before = self.idmap.lookup_or_insert(plan.new_ids)
+            if before != plan.known or len(self.idmap) != before + len(plan.new_ids):
+                raise RuntimeError("a row plan was applied to a store that changed after it was made")
             self._wrote()
             self._grow(len(self.idmap))
-            new_rows = rows[rows >= before]
-            self.live.update(to_bitmap(new_rows))
-        return rows
+            self.live.update(plan.created())
+        return plan.rows
 
     def apply_updates(self, updates: Iterable[ProfileUpdate]) -> np.ndarray:
         """Apply validated upserts in order (later ones win per field); returns the touched rows."""

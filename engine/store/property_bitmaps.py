@@ -19,6 +19,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from .bitmaps import group_rows, to_bitmap, union_all
+from .count_levels import CountLevels
 from .runs import SCALED_NULL
 
 DAY_MS = 86_400_000
@@ -116,6 +117,7 @@ class PropertyBitmaps:
         self.kind = kind
         self.days: dict[int, dict[int, BitMap]] = {}
         self.ever: dict[int, BitMap] = {}
+        self.levels: CountLevels | None = None  # levels 2.. of the counts per bin, built on first use
 
     def add(self, keys: np.ndarray, rows: np.ndarray, ts: np.ndarray) -> None:
         """Add events (bins, rows, int64 timestamps; any order)."""
@@ -155,6 +157,8 @@ class PropertyBitmaps:
 
     def drop(self, gone: BitMap) -> None:
         """Remove the rows ``gone`` (their events were deleted)."""
+        if self.levels is not None:
+            self.levels.drop(gone)
         for key in list(self.ever):
             self.ever[key] -= gone
             per_day = self.days[key]
@@ -187,7 +191,8 @@ class PropertyBitmaps:
     def nbytes(self) -> int:
         """Serialized bytes of every bitmap (what Roaring holds, about)."""
         return sum(len(b.serialize()) for per_day in self.days.values() for b in per_day.values()) \
-            + sum(len(b.serialize()) for b in self.ever.values())
+            + sum(len(b.serialize()) for b in self.ever.values()) \
+            + (self.levels.nbytes() if self.levels is not None else 0)
 
     def same_as(self, other: "PropertyBitmaps") -> bool:
         """True if both hold the same bins, days and rows."""
