@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Sequence
@@ -35,7 +34,7 @@ from .query import bind, parse, to_text
 from .query.ast import SegmentRef
 from .schema import Schema, check_id
 from .schema_change import diff
-from .segment_history import SizeHistory
+from .segment_sizes import SegmentSizes
 from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import make_shards
 from .shard.partition import shard_of
@@ -46,7 +45,6 @@ from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
 
 if TYPE_CHECKING:
     from .persist import DataDir
-    from .persist.history_store import HistoryStore
 
 
 log = logging.getLogger("segengine.engine")
@@ -94,9 +92,8 @@ class Engine:
         self._last_seq = 0
         self.writes = WriteCounters()  # applied batches and records by command kind (for metrics)
         self.identity = Identity(self)  # aliases: routing index and merge planning (see engine.identity)
-        # every saved segment's size over time (engine.segment_history); durable in data_dir/history
-        self.history = SizeHistory(durable=data_dir is not None)
-        self.history_store: HistoryStore | None = None
+        # every saved segment's size over time (engine.segment_sizes); durable in data_dir/history
+        self.sizes = SegmentSizes(self, durable=data_dir is not None)
         # with a data_dir: recover from it, then log every write before applying it (engine.persist);
         # ``durability``: options of engine.persist.DataDir (snapshot_every_s, snapshot_log_bytes, map_size)
         self.durable: DataDir | None = None
@@ -108,10 +105,9 @@ class Engine:
                 self.identity.rebuild()
                 if self.durable.schema_unlogged:  # opened with a schema that adds names: log the change
                     self.write(UpdateSchema(self.schema.to_dict()))
-                self._open_history(data_dir)
+                self.sizes.open(data_dir)
             except BaseException:
-                if self.history_store is not None:
-                    self.history_store.close()
+                self.sizes.close()
                 self.destinations.close()
                 if self.durable is not None:
                     self.durable.close()
@@ -239,7 +235,7 @@ class Engine:
             else:
                 result = applied_count(results)
             self._publish()
-            self._record_sizes(command, definition)
+            self.sizes.after_write(command, definition)
             if isinstance(command, Erase):
                 self.destinations.erase(command.ids)  # after the exits the erasure caused were queued
         self.writes.add(command.kind, result if isinstance(result, int) else 0)
@@ -458,7 +454,7 @@ class Engine:
         with self.publish.writing():
             if len(self.catalog):
                 self.shards.call_all("refresh_segments", at)
-                self.history.observe(at, self._segment_sizes())
+                self.sizes.observe(at)
             self._refreshed_at = at
             self._publish()
 
@@ -467,7 +463,7 @@ class Engine:
         (see engine.segment_history; SegmentNotFound if unknown)."""
         self.catalog.get(name)
         self._tick()
-        return self.history.points(name, None if since is None else int(since), None if until is None else int(until))
+        return self.sizes.points(name, None if since is None else int(since), None if until is None else int(until))
 
     # -- member export (engine.member_export, engine.export_formats) ---------------------------
     def member_chunks(self, attributes: Iterable[str], segment: str | None = None, query: str | None = None,
@@ -498,50 +494,6 @@ class Engine:
         chunks = self.member_chunks(attributes, segment, query, now, chunk_rows)
         kinds = [(name, self.schema.attributes[name].type) for name in attributes]
         return write_members(chunks, kinds, format, out)
-
-    def _segment_sizes(self) -> dict[str, int]:
-        """Every saved segment's member count (under the publish lock)."""
-        sizes: dict[str, int] = {}
-        for part in self.shards.call_all("segment_sizes"):
-            for name, size in part.items():
-                sizes[name] = sizes.get(name, 0) + size
-        return sizes
-
-    def _record_sizes(self, command: Command, definition: SegmentDef | None) -> None:
-        """After applying ``command``: note the saved segments' sizes at its clock in their histories."""
-        if isinstance(command, DeleteSegment):
-            self.history.drop(command.name)
-            return
-        now = getattr(command, "now", None)
-        if now is None or not len(self.catalog):
-            return
-        try:
-            sizes = self._segment_sizes()
-        except ShardError:  # the write is applied: its caller gets its result; the next write notes the sizes
-            log.warning("reading segment sizes after a write failed; their history misses this write", exc_info=True)
-            return
-        if definition is not None:
-            self.history.start(definition.name, now, sizes[definition.name],
-                               self.history.stamp(definition.text, definition.updated_ms))
-        self.history.observe(now, sizes)
-
-    def _open_history(self, data_dir: str) -> None:
-        """Load the stored size histories of the recovered segments, note their sizes now, start flushing."""
-        from .persist.history_store import HistoryStore
-
-        self.history_store = HistoryStore(os.path.join(data_dir, "history"), self.history)
-        definitions = [self.catalog.get(name) for name in self.catalog.order]
-        self.history_store.load({d.name: self.history.stamp(d.text, d.updated_ms) for d in definitions})
-        if definitions:
-            with self.publish.reading():
-                sizes = self._segment_sizes()
-                infos = [info for part in self.shards.call_all("segment_infos") for info in part]
-            at = max(info["as_of_ms"] for info in infos) or self.clock()  # the recovered segments' clock
-            for d in definitions:
-                if d.name not in self.history.series:
-                    self.history.start(d.name, at, sizes[d.name], self.history.stamp(d.text, d.updated_ms))
-            self.history.observe(at, sizes)
-        self.history_store.start()
 
     def watch(self, segments: Iterable[str] | None = None, capacity: int = DEFAULT_CAPACITY) -> Subscription:
         """Subscribe to membership changes of saved segments (all, or ``segments``); see engine.watch."""
@@ -656,8 +608,7 @@ class Engine:
         self.closed = True
         if self.durable is not None:
             self.durable.close()  # queued writes are applied first, erasures included
-        if self.history_store is not None:
-            self.history_store.close()
+        self.sizes.close()
         self.destinations.close()
         self.changes.close_all()
         self.shards.close()
