@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from engine import DataError, Engine, QueryError, Schema
 from engine.errors import (ProfileNotFound, SegengineError, SegmentExists, SegmentInUse, SegmentNotFound,
                            WatchOverflow)
+from engine.priority import lower_thread_priority
 from loaders.generator import generate
 from server.app import SegengineServer, ServerConfig
 from server.gate import WouldWait
@@ -376,6 +377,44 @@ def test_timer_refresh_reaches_watchers_without_reads():
             s.clock.now += 2 * HOUR  # nobody reads: the server's timer refreshes
             change = next(c for c in watch if c.id == "t1")
         assert (change.kind, change.id, change.at_ms) == ("exited", "t1", NOW + 2 * HOUR)
+    finally:
+        s.close()
+
+
+def test_a_heavy_query_holds_point_reads_back_neither_itself_nor_through_a_due_refresh():
+    """While a heavy query (a background thread's read share) runs and a refresh of time-relative
+    segments is due, point reads go on: the read skips the refresh and the timer's refresh waits
+    for the heavy read without holding them back; it goes in once the heavy read ends."""
+    s = Served(profiles=100)
+    try:
+        s.client.create_segment("carted_1h", "DID(cart_abandoned, WITHIN 1h)")
+        s.client.track_events([{"id": "h1", "event": "cart_abandoned", "ts": NOW}])
+        assert s.client.membership("h1") == ["carted_1h"]
+        held, leave = threading.Event(), threading.Event()
+
+        def heavy_query() -> None:
+            lower_thread_priority(0)  # a background thread: its reads are heavy
+            with s.engine.publish.reading():
+                held.set()
+                leave.wait(10)
+
+        thread = threading.Thread(target=heavy_query)
+        thread.start()
+        try:
+            assert held.wait(5)
+            s.clock.now += 2 * HOUR  # a refresh is due: h1 leaves carted_1h once it runs
+            deadline = time.monotonic() + 5
+            while not s.engine.publish.writers_pending and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert s.engine.publish.writers_pending == 1  # the timer's refresh waits for the heavy read
+            assert s.client.membership("h1", timeout=2) == ["carted_1h"]  # read before the refresh
+        finally:
+            leave.set()
+            thread.join(5)
+        deadline = time.monotonic() + 5
+        while s.engine.refresh_due() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert s.client.membership("h1", timeout=2) == []
     finally:
         s.close()
 
