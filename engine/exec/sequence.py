@@ -37,6 +37,7 @@ from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventStore, EventTypeStore
 from ..store.runs import time_order
 from .grouping import bit_ranks, bitset_of, gather_ranked, group_by_rank, rank_bases, rows_in
+from .sequence_index import indexed_sequence_rows
 from .sequence_keys import gather_keys, group_keys, key_layout, merged_keys, packed_keys, unpacked
 
 
@@ -417,6 +418,8 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
         candidates = candidates & present(events.types[event], lows[event], hi, candidates)
         if not candidates:
             return BitMap()
+    if all(step.where is None for step in node.steps):
+        return base & indexed_sequence_rows(events, node, lows, hi, candidates)
     member = bitset_of(candidates)
     k = len(node.steps)
     span = node.span_ms if node.span_ms is not None else 0

@@ -11,7 +11,8 @@ never changed once written (a merge or a wider dtype makes new arrays), so reade
 snapshots may hold their arrays (a run and its value codes: ``engine.store.runs``).
 
 Per type the store also keeps a Roaring bitmap of the rows that had such an event per UTC day,
-the rows that ever had one, and (once AFTER LAST asks for it) each row's latest timestamp.
+the rows that ever had one, (once AFTER LAST asks for it) each row's latest timestamp, and (once a
+SEQUENCE reads a run) the run's events grouped by row (``engine.store.row_index``).
 Bitmaps per 5-minute slot (which a presence query needs inside the two partial days at the
 edges of its window) are built on demand for a day and kept for at most ``SLOT_CACHE_DAYS`` days
 per type, then maintained by later appends like the day bitmaps.
@@ -30,6 +31,7 @@ from .bitmaps import to_bitmap
 from .event_ids import EventIdStore
 from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
+from .row_index import RowIndex, build_row_index
 from .runs import (EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, merge_runs,
                    time_order)
 
@@ -328,6 +330,17 @@ class EventTypeStore:
                      np.concatenate([run.absolute_ts() for run in runs]))
         return kept
 
+    def row_index(self, run: Run) -> RowIndex:
+        """The events of ``run`` (one of this store's runs, not a slice) grouped by row: built on first use
+        and kept on the run (a run never changes, and a merge or removal makes new runs without one)."""
+        index = run.row_index
+        if index is not None:
+            return index
+        with _BUILD_LOCK:  # built once and published whole
+            if run.row_index is None:
+                run.row_index = build_row_index(run.rows, run.ts)
+            return run.row_index
+
     def window(self, lo: int, hi: int) -> list[Run]:
         """The events with lo <= ts <= hi, as slices (views) of each run."""
         if lo > hi:
@@ -435,7 +448,8 @@ class EventTypeStore:
                     + sum(v.nbytes for v in r.valid.values()) + (0 if r.eids is None else r.eids.nbytes)
                     for r in self.runs)
         return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()]) \
-            + sum(kept.nbytes() for kept in self.prop_bitmaps.values())
+            + sum(kept.nbytes() for kept in self.prop_bitmaps.values()) \
+            + sum(run.row_index.nbytes for run in self.runs if run.row_index is not None)
 
 
 class EventStore:
