@@ -45,14 +45,15 @@ def test_row_slices_match_a_naive_grouping() -> None:
     rng = np.random.default_rng(5)
     for _ in range(200):
         n = int(rng.integers(0, 80))
-        rows = rng.integers(0, 12, n).astype(np.int32)
+        rows = rng.integers(0, int(rng.choice([12, 2000])), n).astype(np.int32)  # dense or sparse rows
         ts = np.sort(rng.integers(0, 60, n)).astype(np.uint32)
         index = build_row_index(rows, ts)
-        wanted = np.unique(rng.integers(0, 14, int(rng.integers(0, 14)))).astype(np.int64)
+        wanted = np.unique(np.concatenate([rng.choice(rows, min(n, 5)) if n else [], rng.integers(0, 2100, 8)]))
+        wanted = wanted.astype(np.int64)
         lo, hi = sorted(int(x) for x in rng.integers(-5, 65, 2))
         base = int(rng.integers(0, 3)) * 10
         for clip in (True, False):
-            a, b = row_slices(index.keys, index.starts, index.times, base, wanted, base + lo, base + hi, clip)
+            a, b = row_slices(*index.lookup, base, wanted, base + lo, base + hi, clip)
             for i, row in enumerate(wanted.tolist()):
                 times = sorted(int(t) for r, t in zip(rows.tolist(), ts.tolist()) if r == row)
                 expected = [t for t in times if lo <= t <= hi] if clip else times if hi >= 0 else []
@@ -63,11 +64,11 @@ def test_row_slices_at_the_extremes_of_a_window() -> None:
     """A window from the int64 minimum, one past the epoch, and one that ends before the run."""
     index = build_row_index(np.array([3, 3, 7], np.int32), np.array([0, 5, EPOCH_SPAN - 1], np.uint32))
     rows = np.array([3, 7])
-    a, b = row_slices(index.keys, index.starts, index.times, EDGE, rows, np.iinfo(np.int64).min, EDGE + EPOCH_SPAN)
+    a, b = row_slices(*index.lookup, EDGE, rows, np.iinfo(np.int64).min, EDGE + EPOCH_SPAN)
     assert (b - a).tolist() == [2, 1]
-    a, b = row_slices(index.keys, index.starts, index.times, EDGE, rows, EDGE + EPOCH_SPAN, EDGE + 2 * EPOCH_SPAN)
+    a, b = row_slices(*index.lookup, EDGE, rows, EDGE + EPOCH_SPAN, EDGE + 2 * EPOCH_SPAN)
     assert (b - a).tolist() == [0, 0]
-    a, b = row_slices(index.keys, index.starts, index.times, EDGE, rows, 0, EDGE - 1)
+    a, b = row_slices(*index.lookup, EDGE, rows, 0, EDGE - 1)
     assert (b - a).tolist() == [0, 0]
 
 

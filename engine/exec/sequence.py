@@ -1,8 +1,10 @@
 """SEQUENCE(step THEN step ..., options) over one shard's events.
 
 Only rows with an event of every step's type in the window can hold (an intersection of presence
-bitmaps, within the found set). One step whose type no other step uses, the one with the most
-window events (the "scanned step"), is never gathered: the events of the other steps' types of
+bitmaps, within the found set). Without a WHERE on any step, those rows are decided from their
+own events through the runs' row indexes (:mod:`engine.exec.sequence_index`). Else one step whose
+type no other step uses, the one with the most window events (the "scanned step"), is never
+gathered: the events of the other steps' types of
 the candidate rows are gathered (a bitset test per window event), each with a bit per step it
 satisfies (its type and that step's WHERE), merged by time and grouped by row with a counting
 sort. Per row, a linear pass turns them into the intervals of times at which an event of the

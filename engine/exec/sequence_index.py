@@ -17,10 +17,10 @@ so the arrays stay plain arguments.
 >>> a, b = np.array([0]), np.array([3])
 >>> rows, bounds = np.array([0, 0, 0]), np.array([6, 1, 10])
 >>> out = np.full(3, NONE)
->>> latest_before(times, 0, a, b, rows, bounds, np.full(3, 2), out); out.tolist() == [5, NONE, 9]
+>>> latest_before(times, 0, a, b, rows, bounds, bounds, -1, 2, out); out.tolist() == [5, NONE, 9]
 True
 >>> out = np.full(3, NONE)
->>> earliest_after(times, 0, a, b, rows, bounds, np.full(3, 8), out); out.tolist() == [NONE, 5, NONE]
+>>> earliest_after(times, 0, a, b, rows, bounds, bounds, -1, 8, out); out.tolist() == [NONE, 5, NONE]
 True
 """
 from __future__ import annotations
@@ -33,52 +33,68 @@ from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventStore
 from ..store.row_index import row_slices
-from ..store.runs import EPOCH_BITS, EPOCH_SPAN
+from ..store.runs import EPOCH_BITS, EPOCH_SPAN, Run
 
 NONE = np.iinfo(np.int64).min
 
 
 @numba.njit(cache=True, nogil=True)
-def latest_before(times, base, a, b, rows, bounds, floors, out):
-    """out[e] = max(out[e], the latest time in [floors[e], bounds[e]) among row rows[e]'s events
-    times[a[r]:b[r]] (uint32 from ``base``)); out keeps NONE where neither has one."""
+def _first_at_least(times, x, y, value):
+    """The first position in [x, y) of sorted uint32 ``times`` holding a time >= value (y if none),
+    galloping forward from x (the searches of one row's ends move forward: short hops, warm lines)."""
+    if x == y or np.int64(times[x]) >= value:
+        return x
+    step = 1
+    while x + step < y and np.int64(times[x + step]) < value:
+        step *= 2
+    lo, hi = x + step // 2 + 1, min(x + step, y)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if np.int64(times[mid]) < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, nogil=True)
+def latest_before(times, base, a, b, rows, bounds, edges, span, low, out):
+    """out[e] = max(out[e], the latest time in [floor, bounds[e]) among row rows[e]'s events
+    times[a[r]:b[r]] (uint32 from ``base``)), floor being ``low`` and, with ``span`` >= 0, at least
+    edges[e] - span; out keeps NONE where neither has one. Consecutive
+    entries of a row with nondecreasing bounds continue the search where the previous one stopped."""
+    last_row, last_bound, p = -1, NONE, 0
     for e in range(len(rows)):
         r = rows[e]
         x, y = a[r], b[r]
-        limit = bounds[e] - 1 - base  # times <= limit
-        if x == y or limit < 0:
+        if x == y:
             continue
-        lo, size = x, y - x  # branch-free: the loads of several searches overlap
-        while size > 1:
-            half = size >> 1
-            lo = lo + half if np.int64(times[lo + half - 1]) <= limit else lo
-            size -= half
-        lo += size if np.int64(times[lo]) <= limit else 0
-        if lo > x:
-            t = base + np.int64(times[lo - 1])
-            if t > out[e] and t >= floors[e]:
+        start = p if r == last_row and bounds[e] >= last_bound else x
+        p = _first_at_least(times, start, y, bounds[e] - base)  # times before p are < bounds[e]
+        last_row, last_bound = r, bounds[e]
+        if p > x:
+            t = base + np.int64(times[p - 1])
+            if t > out[e] and t >= low and (span < 0 or t >= edges[e] - span):
                 out[e] = t
 
 
 @numba.njit(cache=True, nogil=True)
-def earliest_after(times, base, a, b, rows, bounds, ceilings, out):
-    """out[e] = min(out[e], the earliest time in (bounds[e], ceilings[e]] among row rows[e]'s events),
-    NONE standing for none (see ``latest_before``)."""
+def earliest_after(times, base, a, b, rows, bounds, edges, span, high, out):
+    """out[e] = min(out[e], the earliest time in (bounds[e], ceiling] among row rows[e]'s events),
+    ceiling being ``high`` and, with ``span`` >= 0, at most edges[e] + span; NONE standing for none
+    (see ``latest_before``)."""
+    last_row, last_bound, p = -1, NONE, 0
     for e in range(len(rows)):
         r = rows[e]
         x, y = a[r], b[r]
-        limit = bounds[e] + 1 - base  # times >= limit
         if x == y:
             continue
-        lo, size = x, y - x  # branch-free, as in latest_before
-        while size > 1:
-            half = size >> 1
-            lo = lo + half if np.int64(times[lo + half - 1]) < limit else lo
-            size -= half
-        lo += size if np.int64(times[lo]) < limit else 0
-        if lo < y:
-            t = base + np.int64(times[lo])
-            if t <= ceilings[e] and (out[e] == NONE or t < out[e]):
+        start = p if r == last_row and bounds[e] >= last_bound else x
+        p = _first_at_least(times, start, y, bounds[e] + 1 - base)
+        last_row, last_bound = r, bounds[e]
+        if p < y:
+            t = base + np.int64(times[p])
+            if t <= high and (span < 0 or t <= edges[e] + span) and (out[e] == NONE or t < out[e]):
                 out[e] = t
 
 
@@ -110,19 +126,34 @@ def edge_events(times, base, a, b, latest, every, edge):
     return rows[:k], out[:k]
 
 
+@numba.njit(cache=True, nogil=True)
+def compacted(owners, edges, found):
+    """The entries whose ``found`` is not NONE, moved to the front of the three arrays: how many."""
+    n = 0
+    for e in range(len(owners)):
+        if found[e] != NONE:
+            owners[n], edges[n], found[n] = owners[e], edges[e], found[e]
+            n += 1
+    return n
+
+
+def _runs(events: EventStore, event: str, low: int, hi: int) -> list[tuple[int, Run]]:
+    """(base, run) of each run of ``event`` whose epoch [low, hi] reaches."""
+    store = events.types[event]
+    return [(epoch << EPOCH_BITS, run) for epoch in sorted(store.epochs)
+            if epoch << EPOCH_BITS <= hi and (epoch << EPOCH_BITS) + EPOCH_SPAN - 1 >= low
+            for run in store.epochs[epoch]]
+
+
 def _sources(events: EventStore, event: str, low: int, hi: int, rows: np.ndarray, clip: bool) -> list[tuple]:
     """Per run of ``event`` that [low, hi] reaches: (its row-grouped times, base, and per candidate row
     of ``rows`` the slice [a, b) of its window events; without ``clip``, of all its events there)."""
     store = events.types[event]
     out = []
-    for epoch in sorted(store.epochs):
-        base = epoch << EPOCH_BITS
-        if base > hi or base + EPOCH_SPAN - 1 < low:
-            continue
-        for run in store.epochs[epoch]:
-            index = store.row_index(run)
-            a, b = row_slices(index.keys, index.starts, index.times, base, rows, low, hi, clip)
-            out.append((index.times, base, a, b))
+    for base, run in _runs(events, event, low, hi):
+        index = store.row_index(run)
+        a, b = row_slices(*index.lookup, base, rows, low, hi, clip)
+        out.append((index.times, base, a, b))
     return out
 
 
@@ -134,7 +165,8 @@ def indexed_sequence_rows(events: EventStore, node: ast.Sequence, lows: dict[str
     steps = list(node.steps)
 
     def window_events(event: str) -> int:
-        return sum(len(part) for part in events.types[event].window(lows[event], hi))
+        return sum(stop - start for _, run in _runs(events, event, lows[event], hi)
+                   for start, stop in (run.window_bounds(lows[event], hi),))
 
     backward = window_events(steps[-1].event) <= window_events(steps[0].event)
     if backward:
@@ -158,16 +190,14 @@ def indexed_sequence_rows(events: EventStore, node: ast.Sequence, lows: dict[str
     bounds = edges
     for step in steps[1:]:
         # every event of a chain lies in the window and, with SPAN d, within d of its end (start)
-        if backward:
-            limits = np.maximum(edges - node.span_ms, lows[step.event]) if every else np.full(len(owners), lows[step.event])
-        else:
-            limits = np.minimum(edges + node.span_ms, hi) if every else np.full(len(owners), hi)
+        span = node.span_ms if every else -1
         found = np.full(len(owners), NONE, dtype=np.int64)
         for times, base, a, b in sources[step.event]:
-            (latest_before if backward else earliest_after)(times, base, a, b, owners, bounds, limits, found)
-        chained = found != NONE
-        owners, edges, bounds = owners[chained], edges[chained], found[chained]
-    if every:
-        length = edges - bounds if backward else bounds - edges
-        owners = owners[length <= node.span_ms]
-    return to_bitmap(rows[owners])
+            if backward:
+                latest_before(times, base, a, b, owners, bounds, edges, span, lows[step.event], found)
+            else:
+                earliest_after(times, base, a, b, owners, bounds, edges, span, hi, found)
+        n = compacted(owners, edges, found)
+        owners, edges, bounds = owners[:n], edges[:n], found[:n]
+    # the chains left complete within the window and the SPAN; one run's ends come in row order
+    return to_bitmap(rows[owners], assume_sorted=len(sources[steps[0].event]) == 1)

@@ -140,13 +140,18 @@ class Run:
                    {k: v[start:stop] for k, v in self.props.items()}, {k: v[start:stop] for k, v in self.valid.items()},
                    None if self.eids is None else self.eids[start:stop])
 
-    def window(self, lo: int, hi: int) -> "Run | None":
-        """The events with lo <= ts <= hi, or None if there are none."""
+    def window_bounds(self, lo: int, hi: int) -> tuple[int, int]:
+        """The positions [start, stop) of the events with lo <= ts <= hi."""
         lo_off, hi_off = max(lo - self.base, 0), min(hi - self.base, EPOCH_SPAN - 1)
         if lo_off > hi_off:
-            return None
+            return 0, 0
         start = int(np.searchsorted(self.ts, np.uint32(lo_off), side="left"))
         stop = int(np.searchsorted(self.ts, np.uint32(hi_off), side="right"))
+        return start, max(start, stop)
+
+    def window(self, lo: int, hi: int) -> "Run | None":
+        """The events with lo <= ts <= hi, or None if there are none."""
+        start, stop = self.window_bounds(lo, hi)
         return self.slice(start, stop) if stop > start else None
 
     def take(self, order: np.ndarray) -> "Run":
