@@ -1,17 +1,18 @@
 """SEQUENCE without WHERE, per candidate row, from each run's events grouped by row.
 
 Every run of a step's type that the window reaches has a ``RowIndex`` (``engine.store.row_index``):
-per row, its event times in order. ``row_slices`` finds each candidate row's window events in each
-such run (one forward galloping search over the run's rows, the candidates ascending). Then,
-backwards from each event of the last step (an *end*): step j's event is the latest of its type
-strictly before step j + 1's, one binary search per run in the row's slice (``latest_before``).
+per row, its event times in order. ``row_slices`` finds each candidate row's events in each such
+run (a rank in the run's row bitset, or a forward galloping search over its sorted rows: the
+candidates ascend). Then, backwards from each window event of the last step (an *end*): step j's
+event is the latest of its type strictly before step j + 1's, one search per run in the row's
+times (``latest_before``; a row's ends come in time order, so its searches only move forward).
 For a given end that greedy yields the latest first event of any chain, so the row holds iff for
 some end the chain completes and, with ``SPAN d``, its first event is at most d before the end;
 without ``SPAN`` the row's latest end decides. Forwards, symmetrically, from each event of the first
-step with the earliest next events (``earliest_after``). The direction whose starting step's type has
-fewer of the candidates' window events is taken, so the cost follows the rare steps: (k - 1) binary
-searches per end (or start), never a pass over the other steps' events. Each kernel reads one run,
-so the arrays stay plain arguments.
+step with the earliest next events (``earliest_after``). The direction whose starting step's type
+has more window events is avoided, so the cost follows the rare steps: (k - 1) searches per end (or
+start), never a pass over the other steps' events. Each kernel reads one run, so the arrays stay
+plain arguments.
 
 >>> times = np.array([1, 5, 9], np.uint32)  # one row's events of a run, base 0
 >>> a, b = np.array([0]), np.array([3])
@@ -188,9 +189,8 @@ def indexed_sequence_rows(events: EventStore, node: ast.Sequence, lows: dict[str
         owners = np.flatnonzero(edges != NONE)
         edges = edges[owners]
     bounds = edges
+    span = node.span_ms if every else -1  # every event of a chain lies within SPAN of its end (start)
     for step in steps[1:]:
-        # every event of a chain lies in the window and, with SPAN d, within d of its end (start)
-        span = node.span_ms if every else -1
         found = np.full(len(owners), NONE, dtype=np.int64)
         for times, base, a, b in sources[step.event]:
             if backward:
