@@ -8,7 +8,8 @@ shard runs there), so a loaded machine changes the figures far less than wall-cl
 With ``--against REV``, ``engine/exec/sequence.py`` of that revision is loaded as a second module
 and each query runs with both evaluators in turn; the counts must agree (else MISMATCH, exit 1).
 With ``--phases``, each query's CPU time is also split by the kernels of ``engine.exec.sequence``
-it calls (medians of ``--repeat`` runs; the rest is bitmap work and Python).
+it calls (medians of ``--repeat`` runs; the rest is bitmap work and Python). At the end it prints
+the bytes of the runs' row indexes the queries built (``engine.store.row_index``) per event type.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ if str(HERE.parent) not in sys.path:
 
 import engine.exec.did as did  # noqa: E402
 import engine.exec.sequence as sequence  # noqa: E402
+import engine.exec.sequence_index as sequence_index  # noqa: E402
 from engine import Engine, Schema  # noqa: E402
 from loaders.generator import generate  # noqa: E402
 
@@ -72,13 +74,15 @@ def cpu_ms(eng: Engine, query: str, repeat: int) -> tuple[int, float]:
 
 
 PHASES = ("present", "gather_keys", "merged_keys", "group_keys", "unpacked", "scan_intervals", "holding_rows",
-          "interval_hits")
+          "interval_hits", "row_slices", "latest_before", "earliest_after", "edge_events")
+INDEX_PHASES = ("row_slices", "latest_before", "earliest_after", "edge_events")  # engine.exec.sequence_index
 
 
 def phase_ms(eng: Engine, query: str, repeat: int) -> dict[str, float]:
     """Median CPU ms per kernel of ``engine.exec.sequence`` (and the presence bitmaps) over ``repeat`` calls."""
     spent: dict[str, float] = {}
-    originals = {name: getattr(sequence, name) for name in PHASES if name != "present"}
+    modules = {name: sequence_index if name in INDEX_PHASES else sequence for name in PHASES if name != "present"}
+    originals = {name: getattr(modules[name], name) for name in modules}
     original_present = did.DidEvaluator.present
 
     def timed(name: str, work):
@@ -93,7 +97,7 @@ def phase_ms(eng: Engine, query: str, repeat: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in PHASES}
     try:
         for name, work in originals.items():
-            setattr(sequence, name, timed(name, work))
+            setattr(modules[name], name, timed(name, work))
         did.DidEvaluator.present = timed("present", original_present)
         for _ in range(repeat):
             spent.clear()
@@ -102,7 +106,7 @@ def phase_ms(eng: Engine, query: str, repeat: int) -> dict[str, float]:
                 samples[name].append(spent.get(name, 0.0) * 1e3)
     finally:
         for name, work in originals.items():
-            setattr(sequence, name, work)
+            setattr(modules[name], name, work)
         did.DidEvaluator.present = original_present
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -140,6 +144,14 @@ def main() -> int:
         if args.phases:
             phases = phase_ms(eng, QUERIES[name], args.repeat)
             print("    " + ", ".join(f"{phase} {ms:.1f}" for phase, ms in phases.items() if ms), flush=True)
+    store = getattr(eng.shards[0], "events", None)  # an in-process shard
+    if store is not None:
+        total = sum(len(typed) for typed in store.types.values())
+        for name, typed in store.types.items():
+            size = sum(run.row_index.nbytes for run in typed.runs if run.row_index is not None)
+            if size:
+                print(f"row indexes of {name}: {size / 2**20:.1f} MiB, {size / len(typed):.2f} B per {name} event, "
+                      f"{size / total:.2f} B per event of the store")
     eng.close()
     return status
 

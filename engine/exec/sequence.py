@@ -1,8 +1,10 @@
 """SEQUENCE(step THEN step ..., options) over one shard's events.
 
 Only rows with an event of every step's type in the window can hold (an intersection of presence
-bitmaps, within the found set). One step whose type no other step uses, the one with the most
-window events (the "scanned step"), is never gathered: the events of the other steps' types of
+bitmaps, within the found set). Without a WHERE on any step, those rows are decided from their
+own events through the runs' row indexes (:mod:`engine.exec.sequence_index`). Else one step whose
+type no other step uses, the one with the most window events (the "scanned step"), is never
+gathered: the events of the other steps' types of
 the candidate rows are gathered (a bitset test per window event), each with a bit per step it
 satisfies (its type and that step's WHERE), merged by time and grouped by row with a counting
 sort. Per row, a linear pass turns them into the intervals of times at which an event of the
@@ -37,6 +39,7 @@ from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventStore, EventTypeStore
 from ..store.runs import time_order
 from .grouping import bit_ranks, bitset_of, gather_ranked, group_by_rank, rank_bases, rows_in
+from .sequence_index import indexed_sequence_rows
 from .sequence_keys import gather_keys, group_keys, key_layout, merged_keys, packed_keys, unpacked
 
 
@@ -417,6 +420,8 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
         candidates = candidates & present(events.types[event], lows[event], hi, candidates)
         if not candidates:
             return BitMap()
+    if all(step.where is None for step in node.steps):
+        return base & indexed_sequence_rows(events, node, lows, hi, candidates)
     member = bitset_of(candidates)
     k = len(node.steps)
     span = node.span_ms if node.span_ms is not None else 0

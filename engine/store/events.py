@@ -11,7 +11,8 @@ never changed once written (a merge or a wider dtype makes new arrays), so reade
 snapshots may hold their arrays (a run and its value codes: ``engine.store.runs``).
 
 Per type the store also keeps a Roaring bitmap of the rows that had such an event per UTC day,
-the rows that ever had one, and (once AFTER LAST asks for it) each row's latest timestamp.
+the rows that ever had one, (once AFTER LAST asks for it) each row's latest timestamp, and (once a
+SEQUENCE reads a run) the run's events grouped by row (``engine.store.row_index``).
 Bitmaps per 5-minute slot (which a presence query needs inside the two partial days at the
 edges of its window) are built on demand for a day and kept for at most ``SLOT_CACHE_DAYS`` days
 per type, then maintained by later appends like the day bitmaps.
@@ -36,6 +37,7 @@ from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
 from .append_plan import AppendPlan, Grown, grown, install, slot_bitmaps, with_run
 from .runs import EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, time_order
+from .row_index import RowIndex, build_row_index
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -473,6 +475,17 @@ class EventTypeStore:
                 all_keys, _, all_rows = self.keyed_events(prop, runs)
                 levels.expire(edge_day, edge_keys, edge_rows, all_keys, all_rows)
 
+    def row_index(self, run: Run) -> RowIndex:
+        """The events of ``run`` (one of this store's runs, not a slice) grouped by row: built on first use
+        and kept on the run (a run never changes, and a merge or removal makes new runs without one)."""
+        index = run.row_index
+        if index is not None:
+            return index
+        with _BUILD_LOCK:  # built once and published whole
+            if run.row_index is None:
+                run.row_index = build_row_index(run.rows, run.ts)
+            return run.row_index
+
     def window(self, lo: int, hi: int) -> list[Run]:
         """The events with lo <= ts <= hi, as slices (views) of each run."""
         if lo > hi:
@@ -581,7 +594,8 @@ class EventTypeStore:
                     for r in self.runs)
         return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()]) \
             + sum(kept.nbytes() for kept in self.prop_bitmaps.values()) \
-            + (self.count_levels.nbytes() if self.count_levels is not None else 0)
+            + (self.count_levels.nbytes() if self.count_levels is not None else 0) \
+            + sum(run.row_index.nbytes for run in self.runs if run.row_index is not None)
 
 
 class EventStore:

@@ -3,14 +3,19 @@
 A run holds events sorted by time: uint32 offsets from its epoch's ``base``, profile rows
 (int32), property columns (category codes in the narrowest int type, floats as int32 hundredths
 while they round-trip exactly) and not-null masks of int/timestamp properties. Runs are never
-changed once written; a merge makes new arrays (see engine.store.events).
+changed once written; a merge makes new arrays (see engine.store.events). A run may carry the
+index of its events by row (``engine.store.row_index``), built on first use.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
+
+if TYPE_CHECKING:
+    from .row_index import RowIndex
 
 EPOCH_BITS = 32
 EPOCH_SPAN = 1 << EPOCH_BITS
@@ -115,9 +120,15 @@ class Run:
     props: dict[str, np.ndarray]
     valid: dict[str, np.ndarray] = field(default_factory=dict)  # int/timestamp properties: not-null mask
     eids: np.ndarray | None = None  # int32 event id entries (-1: none; see engine.store.event_ids), None: no ids
+    # the events grouped by row (engine.store.row_index), a cache built on first use; never in a snapshot
+    row_index: RowIndex | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def __getstate__(self) -> dict:
+        """The state to pickle: the row index is a cache, rebuilt on demand."""
+        return {**self.__dict__, "row_index": None}
 
     def absolute_ts(self) -> np.ndarray:
         """Timestamps as int64 epoch ms."""
@@ -129,13 +140,18 @@ class Run:
                    {k: v[start:stop] for k, v in self.props.items()}, {k: v[start:stop] for k, v in self.valid.items()},
                    None if self.eids is None else self.eids[start:stop])
 
-    def window(self, lo: int, hi: int) -> "Run | None":
-        """The events with lo <= ts <= hi, or None if there are none."""
+    def window_bounds(self, lo: int, hi: int) -> tuple[int, int]:
+        """The positions [start, stop) of the events with lo <= ts <= hi."""
         lo_off, hi_off = max(lo - self.base, 0), min(hi - self.base, EPOCH_SPAN - 1)
         if lo_off > hi_off:
-            return None
+            return 0, 0
         start = int(np.searchsorted(self.ts, np.uint32(lo_off), side="left"))
         stop = int(np.searchsorted(self.ts, np.uint32(hi_off), side="right"))
+        return start, max(start, stop)
+
+    def window(self, lo: int, hi: int) -> "Run | None":
+        """The events with lo <= ts <= hi, or None if there are none."""
+        start, stop = self.window_bounds(lo, hi)
         return self.slice(start, stop) if stop > start else None
 
     def take(self, order: np.ndarray) -> "Run":

@@ -1,0 +1,203 @@
+"""SEQUENCE without WHERE, per candidate row, from each run's events grouped by row.
+
+Every run of a step's type that the window reaches has a ``RowIndex`` (``engine.store.row_index``):
+per row, its event times in order. ``row_slices`` finds each candidate row's events in each such
+run (a rank in the run's row bitset, or a forward galloping search over its sorted rows: the
+candidates ascend). Then, backwards from each window event of the last step (an *end*): step j's
+event is the latest of its type strictly before step j + 1's, one search per run in the row's
+times (``latest_before``; a row's ends come in time order, so its searches only move forward).
+For a given end that greedy yields the latest first event of any chain, so the row holds iff for
+some end the chain completes and, with ``SPAN d``, its first event is at most d before the end;
+without ``SPAN`` the row's latest end decides. Forwards, symmetrically, from each event of the first
+step with the earliest next events (``earliest_after``). The direction whose starting step's type
+has more window events is avoided, so the cost follows the rare steps: (k - 1) searches per end (or
+start), never a pass over the other steps' events. Each kernel reads one run, so the arrays stay
+plain arguments.
+
+>>> times = np.array([1, 5, 9], np.uint32)  # one row's events of a run, base 0
+>>> a, b = np.array([0]), np.array([3])
+>>> rows, bounds = np.array([0, 0, 0]), np.array([6, 1, 10])
+>>> out = np.full(3, NONE)
+>>> latest_before(times, 0, a, b, rows, bounds, bounds, -1, 2, out); out.tolist() == [5, NONE, 9]
+True
+>>> out = np.full(3, NONE)
+>>> earliest_after(times, 0, a, b, rows, bounds, bounds, -1, 8, out); out.tolist() == [NONE, 5, NONE]
+True
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from pyroaring import BitMap
+
+from ..query import ast
+from ..store.bitmaps import rows_of, to_bitmap
+from ..store.events import EventStore
+from ..store.row_index import row_slices
+from ..store.runs import EPOCH_BITS, EPOCH_SPAN, Run
+
+NONE = np.iinfo(np.int64).min
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_at_least(times, x, y, value):
+    """The first position in [x, y) of sorted uint32 ``times`` holding a time >= value (y if none),
+    galloping forward from x (the searches of one row's ends move forward: short hops, warm lines)."""
+    if x == y or np.int64(times[x]) >= value:
+        return x
+    step = 1
+    while x + step < y and np.int64(times[x + step]) < value:
+        step *= 2
+    lo, hi = x + step // 2 + 1, min(x + step, y)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if np.int64(times[mid]) < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, nogil=True)
+def latest_before(times, base, a, b, rows, bounds, edges, span, low, out):
+    """out[e] = max(out[e], the latest time in [floor, bounds[e]) among row rows[e]'s events
+    times[a[r]:b[r]] (uint32 from ``base``)), floor being ``low`` and, with ``span`` >= 0, at least
+    edges[e] - span; out keeps NONE where neither has one. Consecutive
+    entries of a row with nondecreasing bounds continue the search where the previous one stopped."""
+    last_row, last_bound, p = -1, NONE, 0
+    for e in range(len(rows)):
+        r = rows[e]
+        x, y = a[r], b[r]
+        if x == y:
+            continue
+        start = p if r == last_row and bounds[e] >= last_bound else x
+        p = _first_at_least(times, start, y, bounds[e] - base)  # times before p are < bounds[e]
+        last_row, last_bound = r, bounds[e]
+        if p > x:
+            t = base + np.int64(times[p - 1])
+            if t > out[e] and t >= low and (span < 0 or t >= edges[e] - span):
+                out[e] = t
+
+
+@numba.njit(cache=True, nogil=True)
+def earliest_after(times, base, a, b, rows, bounds, edges, span, high, out):
+    """out[e] = min(out[e], the earliest time in (bounds[e], ceiling] among row rows[e]'s events),
+    ceiling being ``high`` and, with ``span`` >= 0, at most edges[e] + span; NONE standing for none
+    (see ``latest_before``)."""
+    last_row, last_bound, p = -1, NONE, 0
+    for e in range(len(rows)):
+        r = rows[e]
+        x, y = a[r], b[r]
+        if x == y:
+            continue
+        start = p if r == last_row and bounds[e] >= last_bound else x
+        p = _first_at_least(times, start, y, bounds[e] + 1 - base)
+        last_row, last_bound = r, bounds[e]
+        if p < y:
+            t = base + np.int64(times[p])
+            if t <= high and (span < 0 or t <= edges[e] + span) and (out[e] == NONE or t < out[e]):
+                out[e] = t
+
+
+@numba.njit(cache=True, nogil=True)
+def edge_events(times, base, a, b, latest, every, edge):
+    """The events a chain may start from. With ``every``: each row's events (rows, times, in row
+    order; equal times of a row once). Else ``edge`` (per row, NONE: none yet) takes each row's
+    latest (``latest``) or earliest event, and nothing is returned."""
+    n = len(a)
+    size = int((b - a).sum()) if every else 0
+    rows = np.empty(size, dtype=np.int64)
+    out = np.empty(size, dtype=np.int64)
+    k = 0
+    for r in range(n):
+        x, y = a[r], b[r]
+        if x == y:
+            continue
+        if not every:
+            t = base + np.int64(times[y - 1] if latest else times[x])
+            if edge[r] == NONE or (t > edge[r] if latest else t < edge[r]):
+                edge[r] = t
+            continue
+        for p in range(x, y):
+            if p > x and times[p] == times[p - 1]:
+                continue
+            rows[k] = r
+            out[k] = base + np.int64(times[p])
+            k += 1
+    return rows[:k], out[:k]
+
+
+@numba.njit(cache=True, nogil=True)
+def compacted(owners, edges, found):
+    """The entries whose ``found`` is not NONE, moved to the front of the three arrays: how many."""
+    n = 0
+    for e in range(len(owners)):
+        if found[e] != NONE:
+            owners[n], edges[n], found[n] = owners[e], edges[e], found[e]
+            n += 1
+    return n
+
+
+def _runs(events: EventStore, event: str, low: int, hi: int) -> list[tuple[int, Run]]:
+    """(base, run) of each run of ``event`` whose epoch [low, hi] reaches."""
+    store = events.types[event]
+    return [(epoch << EPOCH_BITS, run) for epoch in sorted(store.epochs)
+            if epoch << EPOCH_BITS <= hi and (epoch << EPOCH_BITS) + EPOCH_SPAN - 1 >= low
+            for run in store.epochs[epoch]]
+
+
+def _sources(events: EventStore, event: str, low: int, hi: int, rows: np.ndarray, clip: bool) -> list[tuple]:
+    """Per run of ``event`` that [low, hi] reaches: (its row-grouped times, base, and per candidate row
+    of ``rows`` the slice [a, b) of its window events; without ``clip``, of all its events there)."""
+    store = events.types[event]
+    out = []
+    for base, run in _runs(events, event, low, hi):
+        index = store.row_index(run)
+        a, b = row_slices(*index.lookup, base, rows, low, hi, clip)
+        out.append((index.times, base, a, b))
+    return out
+
+
+def indexed_sequence_rows(events: EventStore, node: ast.Sequence, lows: dict[str, int], hi: int,
+                          candidates: BitMap) -> BitMap:
+    """The rows of ``candidates`` that hold ``node`` (no step has a WHERE); each step's events lie in
+    [lows[its type], hi]."""
+    rows = rows_of(candidates).astype(np.int64)
+    steps = list(node.steps)
+
+    def window_events(event: str) -> int:
+        return sum(stop - start for _, run in _runs(events, event, lows[event], hi)
+                   for start, stop in (run.window_bounds(lows[event], hi),))
+
+    backward = window_events(steps[-1].event) <= window_events(steps[0].event)
+    if backward:
+        steps.reverse()  # walk from the last step to the first
+    # the starting step's events are the window's; later steps search a row's events and check the window
+    sources = {event: _sources(events, event, lows[event], hi, rows, event == steps[0].event)
+               for event in dict.fromkeys(step.event for step in steps)}
+    every = node.span_ms is not None
+    if every:
+        parts = [edge_events(times, base, a, b, backward, True, rows) for times, base, a, b in sources[steps[0].event]]
+        if not parts:
+            return BitMap()
+        owners = np.concatenate([part[0] for part in parts])
+        edges = np.concatenate([part[1] for part in parts])
+    else:  # the latest end (earliest start) decides
+        edges = np.full(len(rows), NONE, dtype=np.int64)
+        for times, base, a, b in sources[steps[0].event]:
+            edge_events(times, base, a, b, backward, False, edges)
+        owners = np.flatnonzero(edges != NONE)
+        edges = edges[owners]
+    bounds = edges
+    span = node.span_ms if every else -1  # every event of a chain lies within SPAN of its end (start)
+    for step in steps[1:]:
+        found = np.full(len(owners), NONE, dtype=np.int64)
+        for times, base, a, b in sources[step.event]:
+            if backward:
+                latest_before(times, base, a, b, owners, bounds, edges, span, lows[step.event], found)
+            else:
+                earliest_after(times, base, a, b, owners, bounds, edges, span, hi, found)
+        n = compacted(owners, edges, found)
+        owners, edges, bounds = owners[:n], edges[:n], found[:n]
+    # the chains left complete within the window and the SPAN; one run's ends come in row order
+    return to_bitmap(rows[owners], assume_sorted=len(sources[steps[0].event]) == 1)
