@@ -8,7 +8,7 @@ shard replays its share without knowing any alias.
 A merge is logged with the data it moves (``engine.commands.Merge``): ``plan_merges`` resolves
 each pair in order (earlier pairs of the batch included), reads the source profiles' data from
 their shards (one call per shard for the whole batch), and produces the steps each shard applies:
-``("out", source)`` on the source's shard and ``("in", target, payload)`` on the target's, with
+``("out", source, its events per type)`` on the source's shard and ``("in", target, payload)`` on the target's, with
 merges inside the batch folded into the payloads, and, last, one ``("events", anchor, batches)``
 per shard that receives events: every moved event in one columnar batch per event type, named by
 the profile it ends on (the end of its source's chain in the batch). ``lock`` is held from the resolution of a write to its submission to the log, and
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -102,6 +103,17 @@ def concat_batches(batches: list[EventBatch]) -> EventBatch:
                       np.concatenate([np.asarray(batch.ts, dtype=np.int64) for batch in batches]),
                       {prop: concat_columns([batch.props[prop] for batch in batches]) for prop in batches[0].props},
                       event_ids)
+
+
+def event_counts(batches: dict[str, list[EventBatch]]) -> dict[str, dict[str, int]]:
+    """Per profile id, its number of events per type in ``batches`` (event type -> batches)."""
+    counts: dict[str, dict[str, int]] = {}
+    for name, parts in batches.items():
+        for batch in parts:
+            for profile_id, n in Counter(batch.ids).items():
+                per_type = counts.setdefault(profile_id, {})
+                per_type[name] = per_type.get(name, 0) + n
+    return counts
 
 
 class Identity:
@@ -192,6 +204,7 @@ class Identity:
         if not sources:
             return None
         found, batches = self._sources(sources)
+        counts = event_counts(batches)
         sim = {profile_id: payload for profile_id, payload in zip(sources, found) if payload is not None}
         wanted = set(sources)
         steps: list[tuple] = []
@@ -203,7 +216,7 @@ class Identity:
             if moved is None:
                 moved = empty_payload(rf)
             else:
-                steps.append(("out", rf))
+                steps.append(("out", rf, counts.get(rf, {})))
             steps.append(("in", ri, moved))
             if ri in wanted:
                 sim[ri] = combine(sim.get(ri) or empty_payload(ri), moved)

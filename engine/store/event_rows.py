@@ -1,7 +1,14 @@
-"""Per-profile reads and removals in an event store: the events of some rows, and dropping them.
+"""Per-profile reads and removals in an event store: the events of some rows, and deleting them.
 
-Runs are never changed in place (see engine.store.events): a removal builds new runs without
-the dropped rows' events and takes the rows out of the day, slot and ``ever`` bitmaps.
+Runs are never changed in place (see engine.store.events). Deleting the events of some rows takes
+the rows out of the day, slot, ``ever`` and bin bitmaps and the latest times at once, and either
+rebuilds the runs without their events (``drop_rows``: erasure) or marks the rows ``dead`` in each
+type and leaves their events in the runs (``bury_rows``: a merge's departures, so a merge costs no
+copy of the runs). A reader of runs never reports a dead row: readers size per-row arrays by
+``EventTypeStore.row_bound()`` and intersect what they find with live rows, candidates or
+bitmaps, which hold no dead row. ``compact`` rebuilds a type's runs without its dead events once
+they pass an eighth of its live events (and ``drop_rows`` does it for the types it rebuilds anyway;
+a snapshot capture for all), so they cost at most that much memory.
 """
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ from typing import Any
 
 import numba
 import numpy as np
+
+from pyroaring import BitMap
 
 from ..columns import CategoryColumn, Column, EventBatch, ValueColumn
 from .bitmaps import to_bitmap
@@ -133,8 +142,51 @@ def event_batches(events: EventStore, rows: np.ndarray, ids: list[str], size: in
     return out
 
 
+def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap) -> None:
+    """Take ``rows`` (``gone``) out of ``store``'s day, slot, ``ever`` and bin bitmaps and latest times."""
+    for buckets in (store.days, store.slots):
+        for key in [key for key, bitmap in buckets.items() if bitmap.intersect(gone)]:
+            bitmap = buckets[key] - gone
+            if len(bitmap) or buckets is store.slots:
+                buckets[key] = bitmap
+            else:
+                del buckets[key]
+    store.ever = store.ever - gone
+    for kept in store.prop_bitmaps.values():
+        kept.drop(gone)
+    if store.last_ts is not None:
+        inside = rows[rows < store.last_ts.size]
+        store.last_ts.data[inside] = NO_TIME
+
+
+def _remove_marked(events: EventStore, store: EventTypeStore, mask: np.ndarray, released: list[np.ndarray]) -> int:
+    """Rebuild the runs of ``store`` without the events whose row is set in ``mask``; returns how many went
+    (their event id entries are added to ``released``)."""
+    deleted = 0
+    for epoch, runs in list(store.epochs.items()):
+        kept_runs = []
+        for run in runs:
+            hits = marked(run.rows, mask)
+            if len(hits) == 0:
+                kept_runs.append(run)
+                continue
+            deleted += len(hits)
+            if run.eids is not None:
+                released.append(run.eids[hits])
+            if len(hits) < len(run):
+                keep = np.ones(len(run), dtype=bool)
+                keep[hits] = False
+                kept_runs.append(run.take(keep))  # a boolean mask: no index array is built
+        if kept_runs:
+            store.epochs[epoch] = kept_runs
+        else:
+            del store.epochs[epoch]
+    return deleted
+
+
 def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
-    """Delete every event of ``rows`` (a shard of ``size`` rows); returns how many were deleted."""
+    """Delete every event of ``rows`` (a shard of ``size`` rows) from the runs, with the events of the
+    rows deleted by marking in the types it touches; returns how many events of ``rows`` were deleted."""
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         return 0
@@ -146,39 +198,65 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
     for store in events.types.values():
         if not store.ever.intersect(gone):
             continue
-        for epoch, runs in list(store.epochs.items()):
-            kept_runs = []
-            for run in runs:
-                hits = marked(run.rows, mask)
-                if len(hits) == 0:
-                    kept_runs.append(run)
-                    continue
-                store.count -= len(hits)
-                deleted += len(hits)
-                if run.eids is not None:
-                    released.append(run.eids[hits])
-                if len(hits) < len(run):
-                    keep = np.ones(len(run), dtype=bool)
-                    keep[hits] = False
-                    kept_runs.append(run.take(keep))  # a boolean mask: no index array is built
-            if kept_runs:
-                store.epochs[epoch] = kept_runs
-            else:
-                del store.epochs[epoch]
-        for buckets in (store.days, store.slots):
-            for key in [key for key, bitmap in buckets.items() if bitmap.intersect(gone)]:
-                bitmap = buckets[key] - gone
-                if len(bitmap) or buckets is store.slots:
-                    buckets[key] = bitmap
-                else:
-                    del buckets[key]
-        store.ever = store.ever - gone
-        for kept in store.prop_bitmaps.values():
-            kept.drop(gone)
-        if store.last_ts is not None:
-            inside = rows[rows < store.last_ts.size]
-            store.last_ts.data[inside] = NO_TIME
+        dead = np.frombuffer(store.dead.to_array(), dtype=np.uint32)
+        mask[dead] = True
+        hits = _remove_marked(events, store, mask, released) - store.dead_events
+        mask[dead] = False  # a dead row is never one of ``rows`` (those are live)
+        store.count -= hits
+        deleted += hits
+        store.dead, store.dead_events = BitMap(), 0
+        _unindex(store, rows, gone)
         store.generation += 1
     if released:
         events.release_event_ids(np.concatenate(released))
     return deleted
+
+
+def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | None) -> None:
+    """Delete every event of ``rows`` by marking: the rows leave every bitmap and join ``dead``, their
+    events stay in the runs (no read sees them) until ``compact`` removes them. ``counts``: the number
+    of events of ``rows`` per type (None: counted here, one pass over the runs of the types they had)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return
+    gone = to_bitmap(rows)
+    for name, store in events.types.items():
+        held = store.ever & gone
+        if not held:
+            continue
+        if counts is None:
+            mask = np.zeros(store.row_bound(), dtype=bool)
+            mask[rows[rows < len(mask)]] = True
+            n = sum(int(np.count_nonzero(mask[run.rows])) for run in store.runs)
+        else:
+            n = int(counts.get(name, 0))
+        store.count -= n
+        store.dead_events += n
+        store.dead |= held
+        _unindex(store, rows, gone)
+        store.generation += 1
+
+
+#: The events deleted by marking that a type keeps in its runs: at most this share of its live events
+#: (compacted beyond it), or fewer than COMPACT_MIN_DEAD_EVENTS.
+COMPACT_DEAD_SHARE = 8
+COMPACT_MIN_DEAD_EVENTS = 1 << 16
+
+
+def compact(events: EventStore, force: bool = False) -> int:
+    """Remove from the runs the events deleted by marking, in every type holding more of them than
+    its share allows (``force``: every type holding any); returns how many events were removed."""
+    removed = 0
+    released: list[np.ndarray] = []
+    for store in events.types.values():
+        if not store.dead_events and not store.dead:
+            continue
+        if not force and (store.dead_events < COMPACT_MIN_DEAD_EVENTS
+                          or store.dead_events * COMPACT_DEAD_SHARE < store.count):
+            continue
+        removed += _remove_marked(events, store, store.dead_mask(), released)
+        store.dead, store.dead_events = BitMap(), 0
+        store.generation += 1
+    if released:
+        events.release_event_ids(np.concatenate(released))
+    return removed
