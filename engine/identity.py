@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -103,17 +102,6 @@ def concat_batches(batches: list[EventBatch]) -> EventBatch:
                       np.concatenate([np.asarray(batch.ts, dtype=np.int64) for batch in batches]),
                       {prop: concat_columns([batch.props[prop] for batch in batches]) for prop in batches[0].props},
                       event_ids)
-
-
-def event_counts(batches: dict[str, list[EventBatch]]) -> dict[str, dict[str, int]]:
-    """Per profile id, its number of events per type in ``batches`` (event type -> batches)."""
-    counts: dict[str, dict[str, int]] = {}
-    for name, parts in batches.items():
-        for batch in parts:
-            for profile_id, n in Counter(batch.ids).items():
-                per_type = counts.setdefault(profile_id, {})
-                per_type[name] = per_type.get(name, 0) + n
-    return counts
 
 
 class Identity:
@@ -203,8 +191,7 @@ class Identity:
         sources = list(dict.fromkeys(pair[0] for pair in resolved if pair is not None))
         if not sources:
             return None
-        found, batches = self._sources(sources)
-        counts = event_counts(batches)
+        found, batches, counts = self._sources(sources)
         sim = {profile_id: payload for profile_id, payload in zip(sources, found) if payload is not None}
         wanted = set(sources)
         steps: list[tuple] = []
@@ -216,7 +203,7 @@ class Identity:
             if moved is None:
                 moved = empty_payload(rf)
             else:
-                steps.append(("out", rf, counts.get(rf, {})))
+                steps.append(("out", rf, counts.get(rf, {})))  # a target created in this batch holds none
             steps.append(("in", ri, moved))
             if ri in wanted:
                 sim[ri] = combine(sim.get(ri) or empty_payload(ri), moved)
@@ -229,9 +216,11 @@ class Identity:
         steps.extend(self._event_steps(batches, {source: final(source) for source in sources}))
         return Merge(steps, now)
 
-    def _sources(self, ids: list[str]) -> tuple[list[Payload | None], dict[str, list[EventBatch]]]:
+    def _sources(self, ids: list[str]) -> tuple[list[Payload | None], dict[str, list[EventBatch]],
+                                                dict[str, dict[str, int]]]:
         """The payload (without events) of each canonical id from its shard (None: not a live profile),
-        and their events: per event type, a batch from each shard that holds some (named by source)."""
+        their events (per event type, a batch from each shard that holds some, named by source), and
+        the number of events per type of each live one."""
         n = self.engine.n_shards
         asked: list[list[int]] = [[] for _ in range(n)]
         for position, profile_id in enumerate(ids):
@@ -241,14 +230,17 @@ class Identity:
             answers = self.engine.shards.call_each("identity_payloads", calls)
         out: list[Payload | None] = [None] * len(ids)
         batches: dict[str, list[EventBatch]] = {}
+        counts: dict[str, dict[str, int]] = {}
         for positions, answer in zip(asked, answers):
             if not answer:
                 continue
-            for position, payload in zip(positions, answer["payloads"]):
+            for position, payload, numbers in zip(positions, answer["payloads"], answer["counts"]):
                 out[position] = payload
+                if numbers is not None:
+                    counts[ids[position]] = numbers
             for name, batch in answer["events"].items():
                 batches.setdefault(name, []).append(batch)
-        return out, batches
+        return out, batches, counts
 
     def _event_steps(self, batches: dict[str, list[EventBatch]], final: dict[str, str]) -> list[tuple]:
         """The ``("events", anchor, {event type: batch})`` step of each shard that receives moved events:

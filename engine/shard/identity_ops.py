@@ -52,8 +52,9 @@ def live_rows(shard: LocalShard, ids: list[str]) -> np.ndarray:
 
 def payloads(shard: LocalShard, ids: list[str]) -> dict[str, Any]:
     """What the merge sources ``ids`` (canonical ids) hold here: ``{"payloads": [payload without events,
-    None where an id is not a live profile here], "events": {event type: EventBatch}}``, the events of
-    every source in one batch per type, each named by its source's id."""
+    None where an id is not a live profile here], "events": {event type: EventBatch}, "counts": [{event
+    type: number of events} or None]}``, the events of every source in one batch per type, each named
+    by its source's id."""
     rows = live_rows(shard, ids)
     found = np.flatnonzero(rows >= 0)
     out: list[dict[str, Any] | None] = [None] * len(ids)
@@ -62,8 +63,14 @@ def payloads(shard: LocalShard, ids: list[str]) -> dict[str, Any]:
         profile_id = ids[position]
         out[position] = {"attrs": profiles.attributes_of(row), "consents": profiles.consents_of(row),
                          "events": {}, "aliases": [profile_id, *aliases.aliases_of(row)]}
-    events = event_batches(shard.events, rows[found], [ids[p] for p in found.tolist()], len(profiles.idmap))
-    return {"payloads": out, "events": events}
+    events, per_type = event_batches(shard.events, rows[found], [ids[p] for p in found.tolist()], len(profiles.idmap))
+    counts: list[dict[str, int] | None] = [None] * len(ids)
+    for position in found.tolist():
+        counts[position] = {}
+    for name, numbers in per_type.items():
+        for position, n in zip(found[numbers > 0].tolist(), numbers[numbers > 0].tolist()):
+            counts[position][name] = n  # type: ignore[index]
+    return {"payloads": out, "events": events, "counts": counts}
 
 
 def canonical_ids(shard: LocalShard, ids: list[str]) -> list[str | None]:

@@ -7,38 +7,23 @@ type and leaves their events in the runs (``bury_rows``: a merge's departures, s
 copy of the runs). A reader of runs never reports a dead row: readers size per-row arrays by
 ``EventTypeStore.row_bound()`` and intersect what they find with live rows, candidates or
 bitmaps, which hold no dead row. ``compact`` rebuilds a type's runs without its dead events once
-they pass an eighth of its live events (and ``drop_rows`` does it for the types it rebuilds anyway;
-a snapshot capture for all), so they cost at most that much memory.
+they pass a sixteenth of its live events (and ``drop_rows`` does it for the types it rebuilds
+anyway; a snapshot capture for all), so they cost at most that share of the runs' memory. The
+events of some live rows are found through the shard's event locator (``engine.store.event_locator``).
 """
 from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 
 from pyroaring import BitMap
 
 from ..columns import CategoryColumn, Column, EventBatch, ValueColumn
 from .bitmaps import to_bitmap
+from .event_locator import locate, marked
 from .events import NO_TIME, EventStore, EventTypeStore
 from .runs import Run
-
-
-@numba.njit(cache=True, nogil=True)
-def marked(rows, mask):
-    """The positions ``i`` with ``mask[rows[i]]`` (int64, in order): two passes, no temporary per event."""
-    count = 0
-    for i in range(len(rows)):
-        if mask[rows[i]]:
-            count += 1
-    out = np.empty(count, dtype=np.int64)
-    k = 0
-    for i in range(len(rows)):
-        if mask[rows[i]]:
-            out[k] = i
-            k += 1
-    return out
 
 
 def _values(store: EventTypeStore, prop: str, kind: str, run: Run, picks: np.ndarray) -> list[Any]:
@@ -62,30 +47,23 @@ def events_of(events: EventStore, rows: np.ndarray, size: int) -> list[dict[str,
     when one of them has an event id."""
     position = np.full(size, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
-    mask = position >= 0  # one byte per row: the scan's lookups stay in cache
     out: list[dict[str, dict[str, Any]]] = [{} for _ in range(len(rows))]
-    picked = to_bitmap(np.asarray(rows))
-    for name, store in events.types.items():
-        if not store.ever.intersect(picked):
-            continue
+    for name, run, picks in locate(events, rows, size):
+        store = events.types[name]
         kinds = store.definition.properties
-        for run in store.runs:
-            picks = marked(run.rows, mask)
-            if len(picks) == 0:
-                continue
-            owners = position[run.rows[picks]].tolist()
-            ts = (run.ts[picks].astype(np.int64) + run.base).tolist()
-            props = {prop: _values(store, prop, kind, run, picks) for prop, kind in kinds.items()}
-            eids = None if run.eids is None else events.event_ids.ids_of(run.eids[picks])
-            for i, owner in enumerate(owners):
-                entry = out[owner].setdefault(name, {"ts": [], "props": {prop: [] for prop in kinds}})
-                if eids is not None and eids[i] is not None and "event_ids" not in entry:
-                    entry["event_ids"] = [None] * len(entry["ts"])
-                entry["ts"].append(ts[i])
-                for prop, values in props.items():
-                    entry["props"][prop].append(values[i])
-                if "event_ids" in entry:
-                    entry["event_ids"].append(None if eids is None else eids[i])
+        owners = position[run.rows[picks]].tolist()
+        ts = (run.ts[picks].astype(np.int64) + run.base).tolist()
+        props = {prop: _values(store, prop, kind, run, picks) for prop, kind in kinds.items()}
+        eids = None if run.eids is None else events.event_ids.ids_of(run.eids[picks])
+        for i, owner in enumerate(owners):
+            entry = out[owner].setdefault(name, {"ts": [], "props": {prop: [] for prop in kinds}})
+            if eids is not None and eids[i] is not None and "event_ids" not in entry:
+                entry["event_ids"] = [None] * len(entry["ts"])
+            entry["ts"].append(ts[i])
+            for prop, values in props.items():
+                entry["props"][prop].append(values[i])
+            if "event_ids" in entry:
+                entry["event_ids"].append(None if eids is None else eids[i])
     return out
 
 
@@ -107,26 +85,26 @@ def _column(store: EventTypeStore, prop: str, kind: str, raw: np.ndarray, valid:
     return ValueColumn(raw.astype(np.int64, copy=False), valid)
 
 
-def event_batches(events: EventStore, rows: np.ndarray, ids: list[str], size: int) -> dict[str, EventBatch]:
-    """The events of ``rows`` (distinct rows of a shard of ``size`` rows) as one batch per event type that
-    has some, each event named by the id beside its row in ``ids``; one pass over each run of a type
-    that some of the rows ever had. Within a batch the events are grouped by run, each run's in time order."""
+def event_batches(events: EventStore, rows: np.ndarray, ids: list[str],
+                  size: int) -> tuple[dict[str, EventBatch], dict[str, np.ndarray]]:
+    """The events of ``rows`` (distinct live rows of a shard of ``size`` rows) as one batch per event type
+    that has some, each event named by the id beside its row in ``ids``, found through the event
+    locator; and per such type, the number of events of each row (int64, beside ``rows``). Within a
+    batch the events are grouped by run, each run's in time order."""
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
-        return {}
+        return {}, {}
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
-    mask = np.zeros(size, dtype=bool)
-    mask[rows] = True
-    picked = to_bitmap(rows)
+    per_type: dict[str, list[tuple[Run, np.ndarray]]] = {}
+    for name, run, picks in locate(events, rows, size):
+        per_type.setdefault(name, []).append((run, picks))
     out: dict[str, EventBatch] = {}
-    for name, store in events.types.items():
-        if not store.ever.intersect(picked):
-            continue
-        parts = [(run, picks) for run in store.runs for picks in (marked(run.rows, mask),) if len(picks)]
-        if not parts:
-            continue
+    counts: dict[str, np.ndarray] = {}
+    for name, parts in per_type.items():
+        store = events.types[name]
         owners = order[np.searchsorted(sorted_rows, np.concatenate([run.rows[p] for run, p in parts]))]
+        counts[name] = np.bincount(owners, minlength=len(rows))
         ts = np.concatenate([run.ts[p].astype(np.int64) + run.base for run, p in parts])
         props = {}
         for prop, kind in store.definition.properties.items():
@@ -139,7 +117,7 @@ def event_batches(events: EventStore, rows: np.ndarray, ids: list[str], size: in
             if bool((entries >= 0).any()):
                 event_ids = events.event_ids.ids_of(entries)
         out[name] = EventBatch(name, [ids[i] for i in owners.tolist()], ts, props, event_ids)
-    return out
+    return out, counts
 
 
 def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap) -> None:
@@ -239,7 +217,7 @@ def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | Non
 
 #: The events deleted by marking that a type keeps in its runs: at most this share of its live events
 #: (compacted beyond it), or fewer than COMPACT_MIN_DEAD_EVENTS.
-COMPACT_DEAD_SHARE = 8
+COMPACT_DEAD_SHARE = 16
 COMPACT_MIN_DEAD_EVENTS = 1 << 16
 
 

@@ -469,10 +469,18 @@ class EventStore:
     def __init__(self, events: dict[str, EventDef]):
         self.types: dict[str, EventTypeStore] = {name: EventTypeStore(d) for name, d in events.items()}
         self.event_ids = EventIdStore()
+        self.locator: Any = None  # per-row event lookup (engine.store.event_locator), built on first use
+
+    def __getstate__(self) -> dict:
+        """The state to pickle: the event locator is an index, built again on demand."""
+        state = dict(self.__dict__)
+        state.pop("locator", None)
+        return state
 
     def __setstate__(self, state: dict) -> None:
         """Restore a pickled store (the legacy snapshot formats hold no event ids)."""
         state.setdefault("event_ids", EventIdStore())
+        state["locator"] = None
         self.__dict__.update(state)
 
     def release_event_ids(self, entries: np.ndarray) -> None:
@@ -512,6 +520,7 @@ class EventStore:
         if set(state) != set(events):
             raise ValueError("the stored event types are not the schema's")
         store = cls.__new__(cls)
+        store.locator = None
         store.types = {name: EventTypeStore.from_state(reader, state[name], definition, rows)
                        for name, definition in events.items()}
         store.event_ids = EventIdStore() if event_ids is None else EventIdStore.from_state(reader, event_ids, rows)
