@@ -121,15 +121,15 @@ def event_batches(events: EventStore, rows: np.ndarray, ids: list[str],
 
 
 def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap) -> None:
-    """Take ``rows`` (``gone``) out of ``store``'s day, slot, ``ever`` and bin bitmaps and latest times."""
+    """Take ``rows`` (``gone``) out of ``store``'s day, slot, ``ever`` and bin bitmaps and latest times
+    (in place, as appends add to them: no copy of a bitmap the rows are not in)."""
     for buckets in (store.days, store.slots):
-        for key in [key for key, bitmap in buckets.items() if bitmap.intersect(gone)]:
-            bitmap = buckets[key] - gone
-            if len(bitmap) or buckets is store.slots:
-                buckets[key] = bitmap
-            else:
-                del buckets[key]
-    store.ever = store.ever - gone
+        for key, bitmap in list(buckets.items()):
+            if bitmap.intersect(gone):
+                bitmap.difference_update(gone)
+                if not bitmap and buckets is store.days:
+                    del buckets[key]
+    store.ever.difference_update(gone)
     for kept in store.prop_bitmaps.values():
         kept.drop(gone)
     if store.last_ts is not None:
