@@ -71,3 +71,25 @@ def test_rows_deleted_by_marking_and_rebuilds() -> None:
     second = events.locator
     assert located(events, wanted) == naive(events, wanted)
     assert events.locator is not second
+
+
+def test_compaction_removes_dead_events_past_their_share() -> None:
+    from engine.store.event_rows import COMPACT_DEAD_SHARE, COMPACT_MIN_DEAD_EVENTS, compact
+
+    rng = np.random.default_rng(4)
+    events = EventStore({"view": EventDef("view", {})})
+    n = 4 * COMPACT_MIN_DEAD_EVENTS
+    rows = rng.integers(0, ROWS, n)
+    events.types["view"].append(rows, rng.integers(0, 10**9, n), {})
+    store = events.types["view"]
+    few = np.arange(10)  # far fewer dead events than the minimum: kept
+    bury_rows(events, few, None)
+    assert compact(events) == 0 and store.dead_events == int(np.isin(rows, few).sum())
+    many = np.arange(10, ROWS // 2)  # past both the minimum and a sixteenth of the live events: compacted
+    bury_rows(events, many, None)
+    dead = int(np.isin(rows, np.arange(ROWS // 2)).sum())
+    assert dead >= COMPACT_MIN_DEAD_EVENTS and dead * COMPACT_DEAD_SHARE >= n - dead
+    assert store.dead_events == dead and store.count == n - dead
+    assert compact(events) == dead
+    assert store.dead_events == 0 and not store.dead and sum(len(run) for run in store.runs) == n - dead
+    assert not any(np.isin(run.rows, many).any() for run in store.runs)
