@@ -137,7 +137,7 @@ def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap) -> None:
         store.last_ts.data[inside] = NO_TIME
 
 
-def _remove_marked(events: EventStore, store: EventTypeStore, mask: np.ndarray, released: list[np.ndarray]) -> int:
+def _remove_marked(store: EventTypeStore, mask: np.ndarray, released: list[np.ndarray]) -> int:
     """Rebuild the runs of ``store`` without the events whose row is set in ``mask``; returns how many went
     (their event id entries are added to ``released``)."""
     deleted = 0
@@ -178,7 +178,7 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
             continue
         dead = np.frombuffer(store.dead.to_array(), dtype=np.uint32)
         mask[dead] = True
-        hits = _remove_marked(events, store, mask, released) - store.dead_events
+        hits = _remove_marked(store, mask, released) - store.dead_events
         mask[dead] = False  # a dead row is never one of ``rows`` (those are live)
         store.count -= hits
         deleted += hits
@@ -232,7 +232,7 @@ def compact(events: EventStore, force: bool = False) -> int:
         if not force and (store.dead_events < COMPACT_MIN_DEAD_EVENTS
                           or store.dead_events * COMPACT_DEAD_SHARE < store.count):
             continue
-        removed += _remove_marked(events, store, store.dead_mask(), released)
+        removed += _remove_marked(store, store.dead_mask(), released)
         store.dead, store.dead_events = BitMap(), 0
         store.generation += 1
     if released:
