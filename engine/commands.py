@@ -95,7 +95,7 @@ class UpdateSchema:
 @dataclass(frozen=True)
 class Merge:
     """Merges of canonical profiles, as steps carrying their data (see engine.shard.identity_ops):
-    ``("out", id)`` on the shard of ``id``, ``("in", id, payload)`` on the shard of ``id``, in order."""
+    ``("out", id, counts)`` on the shard of ``id``, ``("in", id, payload)`` on the shard of ``id``, in order."""
 
     kind: ClassVar[str] = "merge"
     steps: list[tuple]

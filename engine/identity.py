@@ -8,7 +8,7 @@ shard replays its share without knowing any alias.
 A merge is logged with the data it moves (``engine.commands.Merge``): ``plan_merges`` resolves
 each pair in order (earlier pairs of the batch included), reads the source profiles' data from
 their shards (one call per shard for the whole batch), and produces the steps each shard applies:
-``("out", source)`` on the source's shard and ``("in", target, payload)`` on the target's, with
+``("out", source, its events per type)`` on the source's shard and ``("in", target, payload)`` on the target's, with
 merges inside the batch folded into the payloads, and, last, one ``("events", anchor, batches)``
 per shard that receives events: every moved event in one columnar batch per event type, named by
 the profile it ends on (the end of its source's chain in the batch). ``lock`` is held from the resolution of a write to its submission to the log, and
@@ -191,7 +191,7 @@ class Identity:
         sources = list(dict.fromkeys(pair[0] for pair in resolved if pair is not None))
         if not sources:
             return None
-        found, batches = self._sources(sources)
+        found, batches, counts = self._sources(sources)
         sim = {profile_id: payload for profile_id, payload in zip(sources, found) if payload is not None}
         wanted = set(sources)
         steps: list[tuple] = []
@@ -203,7 +203,7 @@ class Identity:
             if moved is None:
                 moved = empty_payload(rf)
             else:
-                steps.append(("out", rf))
+                steps.append(("out", rf, counts.get(rf, {})))  # a target created in this batch holds none
             steps.append(("in", ri, moved))
             if ri in wanted:
                 sim[ri] = combine(sim.get(ri) or empty_payload(ri), moved)
@@ -216,9 +216,11 @@ class Identity:
         steps.extend(self._event_steps(batches, {source: final(source) for source in sources}))
         return Merge(steps, now)
 
-    def _sources(self, ids: list[str]) -> tuple[list[Payload | None], dict[str, list[EventBatch]]]:
+    def _sources(self, ids: list[str]) -> tuple[list[Payload | None], dict[str, list[EventBatch]],
+                                                dict[str, dict[str, int]]]:
         """The payload (without events) of each canonical id from its shard (None: not a live profile),
-        and their events: per event type, a batch from each shard that holds some (named by source)."""
+        their events (per event type, a batch from each shard that holds some, named by source), and
+        the number of events per type of each live one."""
         n = self.engine.n_shards
         asked: list[list[int]] = [[] for _ in range(n)]
         for position, profile_id in enumerate(ids):
@@ -228,14 +230,17 @@ class Identity:
             answers = self.engine.shards.call_each("identity_payloads", calls)
         out: list[Payload | None] = [None] * len(ids)
         batches: dict[str, list[EventBatch]] = {}
+        counts: dict[str, dict[str, int]] = {}
         for positions, answer in zip(asked, answers):
             if not answer:
                 continue
-            for position, payload in zip(positions, answer["payloads"]):
+            for position, payload, numbers in zip(positions, answer["payloads"], answer["counts"]):
                 out[position] = payload
+                if numbers is not None:
+                    counts[ids[position]] = numbers
             for name, batch in answer["events"].items():
                 batches.setdefault(name, []).append(batch)
-        return out, batches
+        return out, batches, counts
 
     def _event_steps(self, batches: dict[str, list[EventBatch]], final: dict[str, str]) -> list[tuple]:
         """The ``("events", anchor, {event type: batch})`` step of each shard that receives moved events:

@@ -59,6 +59,10 @@ def _expire_type(store: EventTypeStore, cutoff: int, released: list[np.ndarray] 
     if not gone:
         return np.zeros(0, dtype=np.int32)
     rows = np.concatenate(gone)
+    if store.dead:  # events of rows deleted by marking went too: they are no longer counted as dead
+        buried = store.dead_mask()[rows]
+        store.dead_events -= int(np.count_nonzero(buried))
+        rows = rows[~buried]
     store.count -= len(rows)
     _reindex(store, cutoff, rows)
     store.generation += 1
@@ -74,8 +78,9 @@ def _reindex(store: EventTypeStore, cutoff: int, rows: np.ndarray) -> None:
         del store.days[day]
     if edge in store.days:
         remaining = [part.rows for part in store.window(edge * DAY_MS, (edge + 1) * DAY_MS - 1)]
-        if remaining:
-            store.days[edge] = to_bitmap(np.concatenate(remaining))
+        day = to_bitmap(np.concatenate(remaining)) - store.dead if remaining else BitMap()
+        if day:
+            store.days[edge] = day
         else:
             del store.days[edge]
     store.slots, store.slot_days = {}, {}  # rebuilt on demand from the remaining events
@@ -83,9 +88,13 @@ def _reindex(store: EventTypeStore, cutoff: int, rows: np.ndarray) -> None:
     if store.prop_bitmaps:
         remaining_parts = store.window(edge * DAY_MS, (edge + 1) * DAY_MS - 1)
         edge_rows = np.concatenate([part.rows for part in remaining_parts]) if remaining_parts else np.zeros(0, np.int32)
+        alive = ~store.dead_mask()[edge_rows] if store.dead else None
         for prop, kept in store.prop_bitmaps.items():
             keys = [store.bin_keys(prop, part.props[prop], part.valid.get(prop)) for part in remaining_parts]
-            kept.expire(edge, np.concatenate(keys) if keys else np.zeros(0, np.int64), edge_rows, touched)
+            keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+            if alive is not None:
+                keys = keys[alive]
+            kept.expire(edge, keys, edge_rows if alive is None else edge_rows[alive], touched)
     store.expire_levels(edge)
     still = [bitmap & touched for bitmap in store.days.values()]
     store.ever = (store.ever - touched) | (BitMap.union(*still) if still else BitMap())

@@ -144,7 +144,10 @@ def _rows_between(store: EventTypeStore, lo: int, hi: int) -> list[BitMap]:
     if lo > hi:
         return []
     rows = [part.rows for part in store.window(lo, hi)]
-    return [to_bitmap(np.concatenate(rows))] if rows else []
+    if not rows:
+        return []
+    found = to_bitmap(np.concatenate(rows))
+    return [found - store.dead if store.dead else found]  # rows whose events were deleted by marking
 
 
 def _did_candidates(node: ast.Did, t0: int, t1: int, events: EventStore) -> list[BitMap]:

@@ -353,13 +353,14 @@ class DidEvaluator:
         rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)
         if at_zero:
             return (found if found is not None else live) - to_bitmap(rows, assume_sorted=True)
-        return to_bitmap(rows, assume_sorted=True)
+        counted = to_bitmap(rows, assume_sorted=True)
+        return counted - store.dead if store.dead else counted  # rows whose events were deleted by marking
 
     def aggregated(self, node: ast.Did, store: EventTypeStore, lo: int, hi: int, now: int, found: BitMap | None,
                    live: BitMap) -> BitMap:
         """A DID with aggregate options (see :mod:`engine.exec.aggregate`; exact within ``found``)."""
         parts = store.window(lo, hi) if lo <= hi else []
-        size = max(int(live.max()) + 1 if live else 0, int(store.ever.max()) + 1 if store.ever else 0)
+        size = max(int(live.max()) + 1 if live else 0, store.row_bound())
         keeps = self.event_masks(node, store, parts, now, size)
         return aggregate_rows(self, node, store, (lo, hi), parts, keeps, found, found if found is not None else live)
 
@@ -420,7 +421,8 @@ class DidEvaluator:
     def _scan(store: EventTypeStore, lo: int, hi: int) -> BitMap:
         """Rows with an event in [lo, hi], from the events themselves."""
         rows = [part.rows for part in store.window(lo, hi)]
-        return to_bitmap(np.concatenate(rows) if len(rows) > 1 else rows[0]) if rows else BitMap()
+        found = to_bitmap(np.concatenate(rows) if len(rows) > 1 else rows[0]) if rows else BitMap()
+        return found - store.dead if store.dead else found  # rows whose events were deleted by marking
 
     def _buckets_union(self, store: EventTypeStore, size: int, first: int, last: int,
                        buckets: dict[int, BitMap]) -> BitMap:
@@ -465,7 +467,7 @@ class DidEvaluator:
         total = sum(len(p) for p in parts)
         if total == 0:
             return np.empty(0, dtype=np.int32)
-        size = max(size, int(store.ever.max()) + 1)  # every row with an event (a deleted one too)
+        size = max(size, store.row_bound())  # every row with an event (a deleted one too)
         # the count test for counts 0..top, where every count above top answers as top does: COUNT >= n
         # and COUNT < n only need to know whether a count reaches n, the other tests n + 1
         test = CMP[node.count_op]

@@ -178,7 +178,8 @@ def scan_where(evaluator: DidEvaluator, store: EventTypeStore, where: ast.Node, 
         finally:
             if member_rows is not None:
                 set_bits(member, member_rows, False)
-    return to_bitmap(np.concatenate(found)) if found else BitMap()
+    rows = to_bitmap(np.concatenate(found)) if found else BitMap()
+    return rows - store.dead if store.dead else rows  # rows whose events were deleted by marking
 
 
 def whole_days(lo: int, hi: int) -> tuple[int | None, int | None]:

@@ -32,6 +32,7 @@ from ..plan.steps import Step
 from ..schema import Schema
 from ..schema_change import diff
 from ..store.aliases import AliasStore
+from ..store.event_rows import compact
 from ..store.events import EventStore
 from ..store.profiles import ProfileStore
 from .arena import CaptureArena
@@ -58,13 +59,15 @@ def event_run_arrays(shard: LocalShard) -> Iterator[np.ndarray]:
 
 def capture(shard: LocalShard, arena: CaptureArena | None = None, copy: bool = True,
             budget: int | None = None) -> Capture:
-    """The frames of ``shard``'s state, independent of later writes to the shard.
+    """The frames of ``shard``'s state, independent of later writes to the shard (events deleted by
+    marking are first removed from the runs: ``engine.store.event_rows.compact``).
 
     Arrays that writes may change are copied (into ``arena`` when given, else fresh memory);
     event-run arrays, which never change, are referenced. ``copy=False`` references everything
     (the frames then follow later writes: only for a shard that is not written meanwhile); so do
     the arrays past a copy ``budget`` of bytes (the capture is then ``in_place``).
     """
+    compact(shard.events, force=True)  # no event deleted by marking reaches a snapshot
     writer = StateWriter(arena, copy, budget)
     state = {"profiles": shard.profiles.to_state(writer), "events": shard.events.to_state(writer),
              "segments": shard.saved.to_state(writer), "aliases": shard.aliases.to_state(writer),

@@ -7,8 +7,10 @@ A merge payload is plain data (it is logged, and crosses process boundaries)::
      "events": {event type: {"ts": [epoch ms], "props": {name: [values, None = null]},
                              "event_ids": [event id or None] (only when one of them has one)}}}
 
-``aliases`` holds the merged-away id itself and every alias it had. A step is ``("out", id)``
-(the canonical profile ``id`` of this shard leaves: its row, events and aliases are dropped),
+``aliases`` holds the merged-away id itself and every alias it had. A step is ``("out", id,
+counts)`` (the canonical profile ``id`` of this shard leaves: its row and aliases are dropped, its
+events deleted by marking (``engine.store.event_rows.bury_rows``); ``counts``: its number of events
+per type, which the planner read with them; logs written without it have ``("out", id)``),
 ``("in", id, payload)`` (``payload`` merged into ``id``, created if unknown) or, last among a
 shard's steps, ``("events", anchor, {event type: EventBatch})``: the moved events in columns, each
 named by the canonical profile that receives it (``anchor`` is one of them: it routes the step).
@@ -25,7 +27,7 @@ import numpy as np
 from ..columns import EventBatch, column_from_values
 from ..retention import floor
 from ..store.bitmaps import to_bitmap
-from ..store.event_rows import drop_rows, event_batches, events_of
+from ..store.event_rows import bury_rows, compact, drop_rows, event_batches, events_of
 
 if TYPE_CHECKING:
     from .local import LocalShard
@@ -50,8 +52,9 @@ def live_rows(shard: LocalShard, ids: list[str]) -> np.ndarray:
 
 def payloads(shard: LocalShard, ids: list[str]) -> dict[str, Any]:
     """What the merge sources ``ids`` (canonical ids) hold here: ``{"payloads": [payload without events,
-    None where an id is not a live profile here], "events": {event type: EventBatch}}``, the events of
-    every source in one batch per type, each named by its source's id."""
+    None where an id is not a live profile here], "events": {event type: EventBatch}, "counts": [{event
+    type: number of events} or None]}``, the events of every source in one batch per type, each named
+    by its source's id."""
     rows = live_rows(shard, ids)
     found = np.flatnonzero(rows >= 0)
     out: list[dict[str, Any] | None] = [None] * len(ids)
@@ -60,8 +63,14 @@ def payloads(shard: LocalShard, ids: list[str]) -> dict[str, Any]:
         profile_id = ids[position]
         out[position] = {"attrs": profiles.attributes_of(row), "consents": profiles.consents_of(row),
                          "events": {}, "aliases": [profile_id, *aliases.aliases_of(row)]}
-    events = event_batches(shard.events, rows[found], [ids[p] for p in found.tolist()], len(profiles.idmap))
-    return {"payloads": out, "events": events}
+    events, per_type = event_batches(shard.events, rows[found], [ids[p] for p in found.tolist()], len(profiles.idmap))
+    counts: list[dict[str, int] | None] = [None] * len(ids)
+    for position in found.tolist():
+        counts[position] = {}
+    for name, numbers in per_type.items():
+        for position, n in zip(found[numbers > 0].tolist(), numbers[numbers > 0].tolist()):
+            counts[position][name] = n  # type: ignore[index]
+    return {"payloads": out, "events": events, "counts": counts}
 
 
 def canonical_ids(shard: LocalShard, ids: list[str]) -> list[str | None]:
@@ -87,7 +96,7 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
     before any departure (one index write per attribute); moved events in columns are appended
     last (one append per event type); saved segments are synced once.
     """
-    leaving: dict[str, None] = {}
+    leaving: dict[str, dict[str, int] | None] = {}
     fills: dict[str, dict[int, Any]] = {}
     received: dict[int, None] = {}
     arriving: list[tuple] = []
@@ -95,7 +104,7 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
     known = len(shard.profiles.idmap)
     for step in steps:
         if step[0] == "out":
-            leaving[step[1]] = None
+            leaving[step[1]] = step[2] if len(step) > 2 else None
             continue
         if step[0] == "events":
             moved.append(step[2])
@@ -104,17 +113,18 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
             received.update(dict.fromkeys(_receive(shard, arriving, fills)))
             arriving.clear()
             _fill(shard, fills)
-            _leave(shard, list(leaving), now)
+            _leave(shard, leaving, now)
             leaving.clear()
         arriving.append(step)
     received.update(dict.fromkeys(_receive(shard, arriving, fills)))
     _fill(shard, fills)
-    _leave(shard, list(leaving), now)
+    _leave(shard, leaving, now)
     for batches in moved:
         received.update(dict.fromkeys(_append_batches(shard, batches)))
     if received:
         rows = np.fromiter(received, dtype=np.int64, count=len(received))
         shard.saved.sync(rows, now, None, None, to_bitmap(rows[rows >= known]))
+    compact(shard.events)
     return len(steps)
 
 
@@ -148,21 +158,37 @@ def _fill(shard: LocalShard, fills: dict[str, dict[int, Any]]) -> None:
     fills.clear()
 
 
-def _leave(shard: LocalShard, ids: list[str], now: int) -> None:
+def _leave(shard: LocalShard, leaving: dict[str, dict[str, int] | None], now: int) -> None:
+    """Remove the departing profiles ``leaving`` (id -> its events per type, None: unknown)."""
+    ids = list(leaving)
     rows = live_rows(shard, ids)
-    rows = rows[rows >= 0]
-    if len(rows):
-        remove_profiles(shard, np.unique(rows), now)
+    here = np.flatnonzero(rows >= 0)
+    if not len(here):
+        return
+    counts: dict[str, int] | None = {}
+    for position in here.tolist():
+        per_type = leaving[ids[position]]
+        if per_type is None or counts is None:
+            counts = None
+            continue
+        for name, n in per_type.items():
+            counts[name] = counts.get(name, 0) + n
+    remove_profiles(shard, np.unique(rows[here]), now, counts)
 
 
-def remove_profiles(shard: LocalShard, rows: np.ndarray, now: int) -> np.ndarray:
-    """Take canonical ``rows`` out of the shard: aliases, events, attributes, consents, saved-segment
+def remove_profiles(shard: LocalShard, rows: np.ndarray, now: int, counts: dict[str, int] | None = None,
+                    erase: bool = False) -> np.ndarray:
+    """Take canonical ``rows`` out of the shard: aliases, events (deleted by marking, ``counts`` of them
+    per type, None: counted here; ``erase``: removed from the runs), attributes, consents, saved-segment
     memberships (exits recorded under their ids), then their ids. Returns the dropped aliases' hashes."""
     heads = shard.aliases.head.view()
     with_aliases = rows[rows < len(heads)]
     with_aliases = with_aliases[heads[with_aliases] >= 0]  # most rows have no alias: skip them at once
     hashes = [shard.aliases.drop_hashes(row) for row in with_aliases.tolist()]
-    drop_rows(shard.events, rows, len(shard.profiles.idmap))
+    if erase:
+        drop_rows(shard.events, rows, len(shard.profiles.idmap))
+    else:
+        bury_rows(shard.events, rows, counts)
     shard.profiles.remove_rows(rows, forget=False)
     shard.saved.sync(rows, now)
     if shard.saved.capture:
@@ -176,7 +202,7 @@ def erase(shard: LocalShard, ids: list[str], now: int) -> list[Any]:
     rows = np.unique(np.array([r for r in (live_row(shard, i) for i in ids) if r >= 0], dtype=np.int64))
     if len(rows) == 0:
         return [0, np.zeros(0, dtype=np.uint64)]
-    return [len(rows), remove_profiles(shard, rows, now)]
+    return [len(rows), remove_profiles(shard, rows, now, erase=True)]
 
 
 def export(shard: LocalShard, profile_id: str) -> dict[str, Any] | None:

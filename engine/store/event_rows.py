@@ -1,36 +1,28 @@
-"""Per-profile reads and removals in an event store: the events of some rows, and dropping them.
+"""Per-profile reads and removals in an event store: the events of some rows, and deleting them.
 
-Runs are never changed in place (see engine.store.events): a removal builds new runs without
-the dropped rows' events and takes the rows out of the day, slot and ``ever`` bitmaps.
+Runs are never changed in place (see engine.store.events). Deleting the events of some rows takes
+the rows out of the day, slot, ``ever`` and bin bitmaps and the latest times at once, and either
+rebuilds the runs without their events (``drop_rows``: erasure) or marks the rows ``dead`` in each
+type and leaves their events in the runs (``bury_rows``: a merge's departures, so a merge costs no
+copy of the runs). A reader of runs never reports a dead row: readers size per-row arrays by
+``EventTypeStore.row_bound()`` and intersect what they find with live rows, candidates or
+bitmaps, which hold no dead row. ``compact`` rebuilds a type's runs without its dead events once
+they pass a sixteenth of its live events (and ``drop_rows`` does it for the types it rebuilds
+anyway; a snapshot capture for all), so they cost at most that share of the runs' memory. The
+events of some live rows are found through the shard's event locator (``engine.store.event_locator``).
 """
 from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 from pyroaring import BitMap
 
 from ..columns import CategoryColumn, Column, EventBatch, ValueColumn
 from .bitmaps import to_bitmap
+from .event_locator import locate, marked
 from .events import NO_TIME, EventStore, EventTypeStore
 from .runs import Run
-
-
-@numba.njit(cache=True, nogil=True)
-def marked(rows, mask):
-    """The positions ``i`` with ``mask[rows[i]]`` (int64, in order): two passes, no temporary per event."""
-    count = 0
-    for i in range(len(rows)):
-        if mask[rows[i]]:
-            count += 1
-    out = np.empty(count, dtype=np.int64)
-    k = 0
-    for i in range(len(rows)):
-        if mask[rows[i]]:
-            out[k] = i
-            k += 1
-    return out
 
 
 def _values(store: EventTypeStore, prop: str, kind: str, run: Run, picks: np.ndarray) -> list[Any]:
@@ -54,30 +46,23 @@ def events_of(events: EventStore, rows: np.ndarray, size: int) -> list[dict[str,
     when one of them has an event id."""
     position = np.full(size, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
-    mask = position >= 0  # one byte per row: the scan's lookups stay in cache
     out: list[dict[str, dict[str, Any]]] = [{} for _ in range(len(rows))]
-    picked = to_bitmap(np.asarray(rows))
-    for name, store in events.types.items():
-        if not store.ever.intersect(picked):
-            continue
+    for name, run, picks in locate(events, rows, size):
+        store = events.types[name]
         kinds = store.definition.properties
-        for run in store.runs:
-            picks = marked(run.rows, mask)
-            if len(picks) == 0:
-                continue
-            owners = position[run.rows[picks]].tolist()
-            ts = (run.ts[picks].astype(np.int64) + run.base).tolist()
-            props = {prop: _values(store, prop, kind, run, picks) for prop, kind in kinds.items()}
-            eids = None if run.eids is None else events.event_ids.ids_of(run.eids[picks])
-            for i, owner in enumerate(owners):
-                entry = out[owner].setdefault(name, {"ts": [], "props": {prop: [] for prop in kinds}})
-                if eids is not None and eids[i] is not None and "event_ids" not in entry:
-                    entry["event_ids"] = [None] * len(entry["ts"])
-                entry["ts"].append(ts[i])
-                for prop, values in props.items():
-                    entry["props"][prop].append(values[i])
-                if "event_ids" in entry:
-                    entry["event_ids"].append(None if eids is None else eids[i])
+        owners = position[run.rows[picks]].tolist()
+        ts = (run.ts[picks].astype(np.int64) + run.base).tolist()
+        props = {prop: _values(store, prop, kind, run, picks) for prop, kind in kinds.items()}
+        eids = None if run.eids is None else events.event_ids.ids_of(run.eids[picks])
+        for i, owner in enumerate(owners):
+            entry = out[owner].setdefault(name, {"ts": [], "props": {prop: [] for prop in kinds}})
+            if eids is not None and eids[i] is not None and "event_ids" not in entry:
+                entry["event_ids"] = [None] * len(entry["ts"])
+            entry["ts"].append(ts[i])
+            for prop, values in props.items():
+                entry["props"][prop].append(values[i])
+            if "event_ids" in entry:
+                entry["event_ids"].append(None if eids is None else eids[i])
     return out
 
 
@@ -99,26 +84,26 @@ def _column(store: EventTypeStore, prop: str, kind: str, raw: np.ndarray, valid:
     return ValueColumn(raw.astype(np.int64, copy=False), valid)
 
 
-def event_batches(events: EventStore, rows: np.ndarray, ids: list[str], size: int) -> dict[str, EventBatch]:
-    """The events of ``rows`` (distinct rows of a shard of ``size`` rows) as one batch per event type that
-    has some, each event named by the id beside its row in ``ids``; one pass over each run of a type
-    that some of the rows ever had. Within a batch the events are grouped by run, each run's in time order."""
+def event_batches(events: EventStore, rows: np.ndarray, ids: list[str],
+                  size: int) -> tuple[dict[str, EventBatch], dict[str, np.ndarray]]:
+    """The events of ``rows`` (distinct live rows of a shard of ``size`` rows) as one batch per event type
+    that has some, each event named by the id beside its row in ``ids``, found through the event
+    locator; and per such type, the number of events of each row (int64, beside ``rows``). Within a
+    batch the events are grouped by run, each run's in time order."""
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
-        return {}
+        return {}, {}
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
-    mask = np.zeros(size, dtype=bool)
-    mask[rows] = True
-    picked = to_bitmap(rows)
+    per_type: dict[str, list[tuple[Run, np.ndarray]]] = {}
+    for name, run, picks in locate(events, rows, size):
+        per_type.setdefault(name, []).append((run, picks))
     out: dict[str, EventBatch] = {}
-    for name, store in events.types.items():
-        if not store.ever.intersect(picked):
-            continue
-        parts = [(run, picks) for run in store.runs for picks in (marked(run.rows, mask),) if len(picks)]
-        if not parts:
-            continue
+    counts: dict[str, np.ndarray] = {}
+    for name, parts in per_type.items():
+        store = events.types[name]
         owners = order[np.searchsorted(sorted_rows, np.concatenate([run.rows[p] for run, p in parts]))]
+        counts[name] = np.bincount(owners, minlength=len(rows))
         ts = np.concatenate([run.ts[p].astype(np.int64) + run.base for run, p in parts])
         props = {}
         for prop, kind in store.definition.properties.items():
@@ -131,32 +116,31 @@ def event_batches(events: EventStore, rows: np.ndarray, ids: list[str], size: in
             if bool((entries >= 0).any()):
                 event_ids = events.event_ids.ids_of(entries)
         out[name] = EventBatch(name, [ids[i] for i in owners.tolist()], ts, props, event_ids)
-    return out
+    return out, counts
 
 
-def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
-    """Delete every event of ``rows`` (a shard of ``size`` rows); returns how many were deleted."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return 0
-    gone = to_bitmap(rows)
-    mask = np.zeros(size, dtype=bool)
-    mask[rows] = True
-    deleted = 0
-    released: list[np.ndarray] = []
-    for store in events.types.values():
-        if store.ever.intersect(gone):
-            with store.level_builds.lock:  # a count-level build running now would miss the deletion
-                store.level_builds.invalidate()
-                deleted += _drop_type_rows(store, rows, gone, mask, released)
-    if released:
-        events.release_event_ids(np.concatenate(released))
-    return deleted
+def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap) -> None:
+    """Take ``rows`` (``gone``) out of ``store``'s day, slot, ``ever`` and bin bitmaps and latest times
+    (in place, as appends add to them: no copy of a bitmap the rows are not in)."""
+    for buckets in (store.days, store.slots):
+        for key, bitmap in list(buckets.items()):
+            if bitmap.intersect(gone):
+                bitmap.difference_update(gone)
+                if not bitmap and buckets is store.days:
+                    del buckets[key]
+    store.ever.difference_update(gone)
+    for kept in store.prop_bitmaps.values():
+        kept.drop(gone)
+    if store.count_levels is not None:
+        store.count_levels.drop(gone)
+    if store.last_ts is not None:
+        inside = rows[rows < store.last_ts.size]
+        store.last_ts.data[inside] = NO_TIME
 
 
-def _drop_type_rows(store: EventTypeStore, rows: np.ndarray, gone: BitMap, mask: np.ndarray,
-                    released: list[np.ndarray]) -> int:
-    """Delete the events of one type whose row is set in ``mask`` (``gone``: the same rows); returns how many."""
+def _remove_marked(store: EventTypeStore, mask: np.ndarray, released: list[np.ndarray]) -> int:
+    """Rebuild the runs of ``store`` without the events whose row is set in ``mask``; returns how many went
+    (their event id entries are added to ``released``)."""
     deleted = 0
     for epoch, runs in list(store.epochs.items()):
         kept_runs = []
@@ -165,7 +149,6 @@ def _drop_type_rows(store: EventTypeStore, rows: np.ndarray, gone: BitMap, mask:
             if len(hits) == 0:
                 kept_runs.append(run)
                 continue
-            store.count -= len(hits)
             deleted += len(hits)
             if run.eids is not None:
                 released.append(run.eids[hits])
@@ -177,20 +160,88 @@ def _drop_type_rows(store: EventTypeStore, rows: np.ndarray, gone: BitMap, mask:
             store.epochs[epoch] = kept_runs
         else:
             del store.epochs[epoch]
-    for buckets in (store.days, store.slots):
-        for key in [key for key, bitmap in buckets.items() if bitmap.intersect(gone)]:
-            bitmap = buckets[key] - gone
-            if len(bitmap) or buckets is store.slots:
-                buckets[key] = bitmap
-            else:
-                del buckets[key]
-    store.ever = store.ever - gone
-    for kept in store.prop_bitmaps.values():
-        kept.drop(gone)
-    if store.count_levels is not None:
-        store.count_levels.drop(gone)
-    if store.last_ts is not None:
-        inside = rows[rows < store.last_ts.size]
-        store.last_ts.data[inside] = NO_TIME
-    store.generation += 1
     return deleted
+
+
+def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
+    """Delete every event of ``rows`` (a shard of ``size`` rows) from the runs, with the events of the
+    rows deleted by marking in the types it touches; returns how many events of ``rows`` were deleted."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return 0
+    gone = to_bitmap(rows)
+    mask = np.zeros(size, dtype=bool)
+    mask[rows] = True
+    deleted = 0
+    released: list[np.ndarray] = []
+    for store in events.types.values():
+        if not store.ever.intersect(gone):
+            continue
+        with store.level_builds.lock:  # a count-level build running now would miss the deletion
+            store.level_builds.invalidate()
+            dead = np.frombuffer(store.dead.to_array(), dtype=np.uint32)
+            mask[dead] = True
+            hits = _remove_marked(store, mask, released) - store.dead_events
+            mask[dead] = False  # a dead row is never one of ``rows`` (those are live)
+            store.count -= hits
+            deleted += hits
+            store.dead, store.dead_events = BitMap(), 0
+            _unindex(store, rows, gone)
+            store.generation += 1
+    if released:
+        events.release_event_ids(np.concatenate(released))
+    return deleted
+
+
+def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | None) -> None:
+    """Delete every event of ``rows`` by marking: the rows leave every bitmap and join ``dead``, their
+    events stay in the runs (no read sees them) until ``compact`` removes them. ``counts``: the number
+    of events of ``rows`` per type (None: counted here, one pass over the runs of the types they had)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return
+    gone = to_bitmap(rows)
+    for name, store in events.types.items():
+        held = store.ever & gone
+        if not held:
+            continue
+        if counts is None:
+            mask = np.zeros(store.row_bound(), dtype=bool)
+            mask[rows[rows < len(mask)]] = True
+            n = sum(int(np.count_nonzero(mask[run.rows])) for run in store.runs)
+        else:
+            n = int(counts.get(name, 0))
+        with store.level_builds.lock:  # a count-level build running now would count the buried rows
+            store.level_builds.invalidate()
+            store.count -= n
+            store.dead_events += n
+            store.dead |= held
+            _unindex(store, rows, gone)
+            store.generation += 1
+
+
+#: The events deleted by marking that a type keeps in its runs: at most this share of its live events
+#: (compacted beyond it), or fewer than COMPACT_MIN_DEAD_EVENTS.
+COMPACT_DEAD_SHARE = 16
+COMPACT_MIN_DEAD_EVENTS = 1 << 16
+
+
+def compact(events: EventStore, force: bool = False) -> int:
+    """Remove from the runs the events deleted by marking, in every type holding more of them than
+    its share allows (``force``: every type holding any); returns how many events were removed."""
+    removed = 0
+    released: list[np.ndarray] = []
+    for store in events.types.values():
+        if not store.dead_events and not store.dead:
+            continue
+        if not force and (store.dead_events < COMPACT_MIN_DEAD_EVENTS
+                          or store.dead_events * COMPACT_DEAD_SHARE < store.count):
+            continue
+        with store.level_builds.lock:  # a build reading the runs as they were reads the buried events
+            store.level_builds.invalidate()
+            removed += _remove_marked(store, store.dead_mask(), released)
+            store.dead, store.dead_events = BitMap(), 0
+            store.generation += 1
+    if released:
+        events.release_event_ids(np.concatenate(released))
+    return removed

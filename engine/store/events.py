@@ -83,6 +83,10 @@ class EventTypeStore:
         self.count_levels: CountLevels | None = None
         self.level_builds = LevelBuilds(self)  # count levels being built in the background
         self.generation = 0
+        # rows whose events were deleted by marking (a merge's departures): their events stay in the runs
+        # until compacted (engine.store.event_rows), and no bitmap above holds these rows
+        self.dead = BitMap()
+        self.dead_events = 0
 
     def __getstate__(self) -> dict:
         """The state to pickle (snapshots): the slot bitmaps are a query cache, rebuilt on demand."""
@@ -102,6 +106,8 @@ class EventTypeStore:
         state.setdefault("scaled", {})
         state.setdefault("prop_bitmaps", {})
         state.setdefault("count_levels", None)
+        state.setdefault("dead", BitMap())
+        state.setdefault("dead_events", 0)
         self.__dict__.update(state)
         self.level_builds = LevelBuilds(self)
 
@@ -145,6 +151,10 @@ class EventTypeStore:
 
     def __len__(self) -> int:
         return self.count
+
+    def row_bound(self) -> int:
+        """One past the highest row that any run holds an event of (rows deleted by marking included)."""
+        return max(int(self.ever.max()) + 1 if self.ever else 0, int(self.dead.max()) + 1 if self.dead else 0)
 
     @property
     def runs(self) -> list[Run]:
@@ -388,7 +398,8 @@ class EventTypeStore:
                 if stop > start:
                     per_slot.setdefault(base_slot + k, []).append(part.rows[start:stop])
         for slot, parts in per_slot.items():
-            slots[slot] = to_bitmap(np.concatenate(parts) if len(parts) > 1 else parts[0])
+            bitmap = to_bitmap(np.concatenate(parts) if len(parts) > 1 else parts[0])
+            slots[slot] = bitmap - self.dead if self.dead else bitmap
 
     def bin_keys(self, prop: str, values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """The bins (``engine.store.property_bitmaps``) of stored values of property ``prop``."""
@@ -416,8 +427,12 @@ class EventTypeStore:
         runs = self.runs
         if runs:
             keys = np.concatenate([self.bin_keys(prop, run.props[prop], run.valid.get(prop)) for run in runs])
-            kept.add(keys, np.concatenate([run.rows for run in runs]),
-                     np.concatenate([run.absolute_ts() for run in runs]))
+            rows = np.concatenate([run.rows for run in runs])
+            ts = np.concatenate([run.absolute_ts() for run in runs])
+            if self.dead:
+                alive = ~self.dead_mask()[rows]
+                keys, rows, ts = keys[alive], rows[alive], ts[alive]
+            kept.add(keys, rows, ts)
         return kept
 
     def levels(self, prop: str | None = None) -> CountLevels | None:
@@ -454,14 +469,17 @@ class EventTypeStore:
         return build_levels(slices())
 
     def keyed_events(self, prop: str | None, parts: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(key, UTC day, row) of every event of ``parts``: the key is WHOLE_TYPE, or its bin of ``prop``."""
+        """(key, UTC day, row) of every event of ``parts`` but those of dead rows: the key is WHOLE_TYPE,
+        or its bin of ``prop``."""
         if not parts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
         rows = np.concatenate([part.rows for part in parts])
         days = np.concatenate([part.absolute_ts() for part in parts]) // DAY_MS
-        if prop is None:
-            return np.zeros(len(rows), np.int64), days, rows
-        keys = np.concatenate([self.bin_keys(prop, part.props[prop], part.valid.get(prop)) for part in parts])
+        keys = np.zeros(len(rows), np.int64) if prop is None else \
+            np.concatenate([self.bin_keys(prop, part.props[prop], part.valid.get(prop)) for part in parts])
+        if self.dead:  # the events of rows deleted by marking are not counted
+            alive = ~self.dead_mask()[rows]
+            keys, days, rows = keys[alive], days[alive], rows[alive]
         return keys, days, rows
 
     def expire_levels(self, edge_day: int) -> None:
@@ -486,6 +504,12 @@ class EventTypeStore:
                 run.row_index = build_row_index(run.rows, run.ts)
             return run.row_index
 
+    def dead_mask(self) -> np.ndarray:
+        """A byte per row up to ``row_bound()``: True for the rows deleted by marking."""
+        mask = np.zeros(self.row_bound(), dtype=bool)
+        mask[np.frombuffer(self.dead.to_array(), dtype=np.uint32)] = True
+        return mask
+
     def window(self, lo: int, hi: int) -> list[Run]:
         """The events with lo <= ts <= hi, as slices (views) of each run."""
         if lo > hi:
@@ -507,16 +531,18 @@ class EventTypeStore:
                 latest = self.last_ts
                 if latest is None:
                     latest = GrowableArray(np.int64, NO_TIME)
-                    latest.ensure(size)
+                    latest.ensure(max(size, self.row_bound()))
                     for run in self.runs:
                         max_at(latest.data, run.rows, run.absolute_ts())
+                    if self.dead:
+                        latest.data[np.frombuffer(self.dead.to_array(), dtype=np.uint32)] = NO_TIME
                     self.last_ts = latest
                 latest.ensure(size)
                 return latest.data[:size]
-        latest = np.full(size, NO_TIME, dtype=np.int64)
+        latest = np.full(max(size, self.row_bound()), NO_TIME, dtype=np.int64)
         for part in self.window(NO_TIME, now):
             max_at(latest, part.rows, part.absolute_ts())
-        return latest
+        return latest[:size]
 
     def to_state(self, writer: StateWriter) -> dict[str, Any]:
         """The type's part of a snapshot: runs (referenced: never changed in place), day bitmaps, ``ever``,
@@ -535,7 +561,7 @@ class EventTypeStore:
                 "ever": writer.bitmap(self.ever),
                 "last_ts": None if self.last_ts is None else writer.array(self.last_ts.view()),
                 "max_ts": self.max_ts, "count": self.count, "labels": self.labels, "scaled": self.scaled,
-                "generation": self.generation}
+                "generation": self.generation, "dead": writer.bitmap(self.dead), "dead_events": self.dead_events}
 
     @classmethod
     def from_state(cls, reader: StateReader, state: dict[str, Any], definition: EventDef,
@@ -557,6 +583,8 @@ class EventTypeStore:
                 raise ValueError(f"the latest times of {definition.name} are not a column of at most {rows} rows")
             store.last_ts = GrowableArray.adopt(last_ts, NO_TIME)
         store.max_ts, store.count, store.generation = int(state["max_ts"]), int(state["count"]), int(state["generation"])
+        if "dead" in state:  # parts written before deletion by marking hold none
+            store.dead, store.dead_events = reader.bitmap(state["dead"], rows), int(state["dead_events"])
         return store
 
     def _run_from_state(self, reader: StateReader, state: dict[str, Any], epoch: int, rows: int) -> Run:
@@ -604,10 +632,18 @@ class EventStore:
     def __init__(self, events: dict[str, EventDef]):
         self.types: dict[str, EventTypeStore] = {name: EventTypeStore(d) for name, d in events.items()}
         self.event_ids = EventIdStore()
+        self.locator: Any = None  # per-row event lookup (engine.store.event_locator), built on first use
+
+    def __getstate__(self) -> dict:
+        """The state to pickle: the event locator is an index, built again on demand."""
+        state = dict(self.__dict__)
+        state.pop("locator", None)
+        return state
 
     def __setstate__(self, state: dict) -> None:
         """Restore a pickled store (the legacy snapshot formats hold no event ids)."""
         state.setdefault("event_ids", EventIdStore())
+        state["locator"] = None
         self.__dict__.update(state)
 
     def release_event_ids(self, entries: np.ndarray) -> None:
@@ -647,6 +683,7 @@ class EventStore:
         if set(state) != set(events):
             raise ValueError("the stored event types are not the schema's")
         store = cls.__new__(cls)
+        store.locator = None
         store.types = {name: EventTypeStore.from_state(reader, state[name], definition, rows)
                        for name, definition in events.items()}
         store.event_ids = EventIdStore() if event_ids is None else EventIdStore.from_state(reader, event_ids, rows)
