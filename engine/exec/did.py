@@ -346,8 +346,9 @@ class DidEvaluator:
         if need >= 2:
             wanted = [test(c, node.count_n) for c in range(need + 1)]
             levels = window_levels(self, node, store, lo, hi, now, found, wanted)  # None: the events are counted
-            if levels is not None:
-                return rows_passing(levels, wanted, found if found is not None else live)
+            if levels is not None:  # the edge days' events counted include those of dead rows
+                passing = rows_passing(levels, wanted, found if found is not None else live)
+                return passing - store.dead if store.dead else passing
         size = int(live.max()) + 1 if live else 0
         # a count that holds at zero: the universe minus the counted rows whose count fails
         rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)
