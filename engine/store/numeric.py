@@ -24,6 +24,7 @@ from ..columns import ValueColumn
 from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
 from .lru import drop_oldest
+from .range_bins import bins_of, coarse_of_fine, cumulative_bitmaps, move_cumulative
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -155,15 +156,24 @@ class NumericIndex:
         old_values = self.column.data[rows].astype(self.dtype)
         if self.column.data.dtype != self.dtype and valid.any():
             self._widen_storage(new_values[valid])
+        fresh = not was_valid.any()  # nothing to move out (no old bin to look up)
+        old_fine = new_fine = None
+        if self.fine is not None:
+            new_fine = bins_of(self.fine_edges, new_values, valid, -1)
+            old_fine = np.full(len(rows), -1) if fresh else bins_of(self.fine_edges, old_values, was_valid, -1)
+            self._move_fine(rows, old_fine, new_fine, valid, new_values)
         if len(self.edges):
-            old_bins = np.where(was_valid, np.searchsorted(self.edges, old_values, side="right"), len(self.edges) + 1)
-            new_bins = np.where(valid, np.searchsorted(self.edges, new_values, side="right"), len(self.edges) + 1)
-            self._move_bins(rows, old_bins, new_bins)
+            null_bin = len(self.edges) + 1
+            lookup = None if new_fine is None else coarse_of_fine(self.edges, self.fine_edges, null_bin)
+            new_bins = lookup[new_fine] if lookup is not None else bins_of(self.edges, new_values, valid, null_bin)
+            if fresh:
+                old_bins = np.full(len(rows), null_bin)
+            else:
+                old_bins = lookup[old_fine] if lookup is not None else bins_of(self.edges, old_values, was_valid, null_bin)
+            move_cumulative(self.cumulative, rows, old_bins, new_bins)
             self._widen_bins(new_bins[valid], new_values[valid])
         if self.by_value is not None:
             self._move_values(rows, was_valid, old_values, valid, new_values)
-        if self.fine is not None:
-            self._move_fine(rows, was_valid, old_values, valid, new_values)
         self._update_cached_ranges(rows, was_valid, old_values, valid, new_values)
         self.column.data[rows] = np.where(valid, new_values, 0)
         if valid.any():
@@ -195,19 +205,6 @@ class NumericIndex:
         if np.dtype(dtype).itemsize > self.column.data.dtype.itemsize:
             self.column.data = self.column.data.astype(dtype)
 
-    def _move_bins(self, rows: np.ndarray, old_bins: np.ndarray, new_bins: np.ndarray) -> None:
-        moved = old_bins != new_bins
-        if not moved.any():
-            return
-        rows, old_bins, new_bins = rows[moved], old_bins[moved], new_bins[moved]
-        for k, bitmap in enumerate(self.cumulative):
-            was_in, now_in = old_bins <= k, new_bins <= k
-            enter, leave = now_in & ~was_in, was_in & ~now_in
-            if enter.any():
-                bitmap.update(to_bitmap(rows[enter]))
-            if leave.any():
-                bitmap.difference_update(to_bitmap(rows[leave]))
-
     def _move_values(self, rows: np.ndarray, was_valid: np.ndarray, old_values: np.ndarray, valid: np.ndarray,
                      new_values: np.ndarray) -> None:
         assert self.by_value is not None
@@ -219,15 +216,14 @@ class NumericIndex:
         if len(self.by_value) > MAX_VALUE_BITMAPS:
             self.by_value = None
 
-    def _move_fine(self, rows: np.ndarray, was_valid: np.ndarray, old_values: np.ndarray, valid: np.ndarray,
+    def _move_fine(self, rows: np.ndarray, old_fine: np.ndarray, new_fine: np.ndarray, valid: np.ndarray,
                    new_values: np.ndarray) -> None:
         assert self.fine is not None
-        old_fine = np.where(was_valid, np.searchsorted(self.fine_edges, old_values, side="right"), -1)
-        new_fine = np.where(valid, np.searchsorted(self.fine_edges, new_values, side="right"), -1)
         moved = old_fine != new_fine
-        for j, members in group_rows(rows[moved & was_valid], old_fine[moved & was_valid]):
+        leaving, entering = moved & (old_fine >= 0), moved & (new_fine >= 0)
+        for j, members in group_rows(rows[leaving], old_fine[leaving]):
             self.fine[j].difference_update(to_bitmap(members, assume_sorted=True))
-        for j, members in group_rows(rows[moved & valid], new_fine[moved & valid]):
+        for j, members in group_rows(rows[entering], new_fine[entering]):
             self.fine[j].update(to_bitmap(members, assume_sorted=True))
         if valid.any():
             np.minimum.at(self.fine_min, new_fine[valid], new_values[valid])
@@ -249,36 +245,35 @@ class NumericIndex:
         if distinct is not None and len(distinct) <= BINS:
             edges = distinct[1:]
         else:
-            edges = self._quantile_edges(values, BINS)
-            fine_edges = np.union1d(self._quantile_edges(values, FINE_BINS), edges).astype(self.dtype)
+            # one selection for both: the coarse quantiles k/BINS are the fine ones (FINE_BINS/BINS)*k
+            picks = np.quantile(values, np.linspace(0, 1, FINE_BINS + 1)[1:-1], method="lower").astype(self.dtype)
+            edges = self._distinct_edges(picks[FINE_BINS // BINS - 1 :: FINE_BINS // BINS], values)
+            fine_edges = np.union1d(self._distinct_edges(picks, values), edges).astype(self.dtype)
         self.edges = edges.astype(self.dtype)
         self.by_value = None
         if self.dtype == np.int64 and distinct is not None and len(distinct) <= MAX_VALUE_BITMAPS:
             self.by_value = {value: to_bitmap(members, assume_sorted=True) for value, members in group_rows(rows, values)}
-        bins = np.searchsorted(self.edges, values, side="right")
-        order = np.argsort(bins, kind="stable")
-        bins_sorted = bins[order]
-        rows_sorted = rows[order]
-        bounds = np.searchsorted(bins_sorted, np.arange(len(self.edges) + 2))
-        self.cumulative = []
-        running = BitMap()
-        for k in range(len(self.edges)):
-            running = running | to_bitmap(rows_sorted[bounds[k] : bounds[k + 1]], assume_sorted=True)
-            self.cumulative.append(running)
+            fine_edges = None
         nbins = len(self.edges) + 1
+        fine_bins = None
+        if fine_edges is not None and len(fine_edges) > len(self.edges):
+            fine_bins = np.searchsorted(fine_edges, values, side="right")
+        lookup = None if fine_bins is None else coarse_of_fine(self.edges, fine_edges, nbins)
+        bins = lookup[fine_bins] if lookup is not None else np.searchsorted(self.edges, values, side="right")
+        self.cumulative = cumulative_bitmaps(rows, bins, len(self.edges))
         info = np.finfo(self.dtype) if self.dtype == np.float64 else np.iinfo(self.dtype)
         self.bin_min = np.full(nbins + 1, info.max, dtype=self.dtype)
         self.bin_max = np.full(nbins + 1, info.min, dtype=self.dtype)
         self._widen_bins(bins, values)
-        self._build_fine(rows, values, fine_edges if self.by_value is None else None)
+        self._build_fine(rows, values, fine_edges, fine_bins)
 
-    def _build_fine(self, rows: np.ndarray, values: np.ndarray, fine_edges: np.ndarray | None) -> None:
-        """Fine bins over ``fine_edges`` (which include every coarse edge), or none."""
-        if fine_edges is None or len(fine_edges) <= len(self.edges):
+    def _build_fine(self, rows: np.ndarray, values: np.ndarray, fine_edges: np.ndarray | None,
+                    fine_bins: np.ndarray | None) -> None:
+        """Fine bins over ``fine_edges`` (which include every coarse edge) given each value's ``fine_bins``, or none."""
+        if fine_edges is None or fine_bins is None:
             self.fine, self.fine_edges = None, np.empty(0, dtype=self.dtype)
             return
         self.fine_edges = fine_edges
-        fine_bins = np.searchsorted(fine_edges, values, side="right")
         self.fine = [BitMap() for _ in range(len(fine_edges) + 1)]
         for j, members in group_rows(rows, fine_bins):
             self.fine[j] = to_bitmap(members, assume_sorted=True)
@@ -291,10 +286,10 @@ class NumericIndex:
         positions = np.searchsorted(fine_edges, self.edges, side="left")
         self.fine_start = np.concatenate(([0], positions + 1, [len(fine_edges) + 1])).astype(np.int64)
 
-    def _quantile_edges(self, values: np.ndarray, bins: int) -> np.ndarray:
-        """Edges of ``bins`` equi-depth bins (real values; duplicates merged)."""
-        picks = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1], method="lower")
-        edges = np.unique(picks.astype(self.dtype))
+    @staticmethod
+    def _distinct_edges(picks: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Bin edges from quantile ``picks`` of ``values`` (duplicates merged, none at the minimum)."""
+        edges = np.unique(picks)
         return edges[edges > values.min()]
 
     # -- reads ----------------------------------------------------------------------------
