@@ -24,7 +24,7 @@ from ..columns import ValueColumn
 from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
 from .lru import drop_oldest
-from .range_bins import bins_of, coarse_of_fine, cumulative_bitmaps, move_cumulative
+from .range_bins import bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, move_cumulative
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -159,9 +159,10 @@ class NumericIndex:
         fresh = not was_valid.any()  # nothing to move out (no old bin to look up)
         old_fine = new_fine = None
         if self.fine is not None:
-            new_fine = bins_of(self.fine_edges, new_values, valid, -1)
+            new_fine = np.full(len(rows), -1)
+            new_fine[valid] = bin_groups(new_values[valid], self.fine_edges, self.fine_min, self.fine_max)[0]
             old_fine = np.full(len(rows), -1) if fresh else bins_of(self.fine_edges, old_values, was_valid, -1)
-            self._move_fine(rows, old_fine, new_fine, valid, new_values)
+            self._move_fine(rows, old_fine, new_fine)
         if len(self.edges):
             null_bin = len(self.edges) + 1
             lookup = None if new_fine is None else coarse_of_fine(self.edges, self.fine_edges, null_bin)
@@ -171,7 +172,12 @@ class NumericIndex:
             else:
                 old_bins = lookup[old_fine] if lookup is not None else bins_of(self.edges, old_values, was_valid, null_bin)
             move_cumulative(self.cumulative, rows, old_bins, new_bins)
-            self._widen_bins(new_bins[valid], new_values[valid])
+            if lookup is not None:  # a coarse bin's values span its fine bins' (widened above)
+                first = self.fine_start[:-1]
+                np.minimum(self.bin_min[:-1], np.minimum.reduceat(self.fine_min, first), out=self.bin_min[:-1])
+                np.maximum(self.bin_max[:-1], np.maximum.reduceat(self.fine_max, first), out=self.bin_max[:-1])
+            else:
+                self._widen_bins(new_bins[valid], new_values[valid])
         if self.by_value is not None:
             self._move_values(rows, was_valid, old_values, valid, new_values)
         self._update_cached_ranges(rows, was_valid, old_values, valid, new_values)
@@ -216,8 +222,7 @@ class NumericIndex:
         if len(self.by_value) > MAX_VALUE_BITMAPS:
             self.by_value = None
 
-    def _move_fine(self, rows: np.ndarray, old_fine: np.ndarray, new_fine: np.ndarray, valid: np.ndarray,
-                   new_values: np.ndarray) -> None:
+    def _move_fine(self, rows: np.ndarray, old_fine: np.ndarray, new_fine: np.ndarray) -> None:
         assert self.fine is not None
         moved = old_fine != new_fine
         leaving, entering = moved & (old_fine >= 0), moved & (new_fine >= 0)
@@ -225,9 +230,6 @@ class NumericIndex:
             self.fine[j].difference_update(to_bitmap(members, assume_sorted=True))
         for j, members in group_rows(rows[entering], new_fine[entering]):
             self.fine[j].update(to_bitmap(members, assume_sorted=True))
-        if valid.any():
-            np.minimum.at(self.fine_min, new_fine[valid], new_values[valid])
-            np.maximum.at(self.fine_max, new_fine[valid], new_values[valid])
 
     def _widen_bins(self, bins: np.ndarray, values: np.ndarray) -> None:
         if len(bins):
@@ -255,36 +257,29 @@ class NumericIndex:
             self.by_value = {value: to_bitmap(members, assume_sorted=True) for value, members in group_rows(rows, values)}
             fine_edges = None
         nbins = len(self.edges) + 1
-        fine_bins = None
-        if fine_edges is not None and len(fine_edges) > len(self.edges):
-            fine_bins = np.searchsorted(fine_edges, values, side="right")
-        lookup = None if fine_bins is None else coarse_of_fine(self.edges, fine_edges, nbins)
-        bins = lookup[fine_bins] if lookup is not None else np.searchsorted(self.edges, values, side="right")
-        self.cumulative = cumulative_bitmaps(rows, bins, len(self.edges))
         info = np.finfo(self.dtype) if self.dtype == np.float64 else np.iinfo(self.dtype)
-        self.bin_min = np.full(nbins + 1, info.max, dtype=self.dtype)
-        self.bin_max = np.full(nbins + 1, info.min, dtype=self.dtype)
-        self._widen_bins(bins, values)
-        self._build_fine(rows, values, fine_edges, fine_bins)
-
-    def _build_fine(self, rows: np.ndarray, values: np.ndarray, fine_edges: np.ndarray | None,
-                    fine_bins: np.ndarray | None) -> None:
-        """Fine bins over ``fine_edges`` (which include every coarse edge) given each value's ``fine_bins``, or none."""
-        if fine_edges is None or fine_bins is None:
+        if fine_edges is None or len(fine_edges) <= len(self.edges):
             self.fine, self.fine_edges = None, np.empty(0, dtype=self.dtype)
+            self.bin_min = np.full(nbins + 1, info.max, dtype=self.dtype)
+            self.bin_max = np.full(nbins + 1, info.min, dtype=self.dtype)
+            _, order, starts = bin_groups(values, self.edges, self.bin_min, self.bin_max)
+            self.cumulative = cumulative_bitmaps([rows[order[starts[k] : starts[k + 1]]] for k in range(nbins - 1)])
             return
+        # fine bins first; a coarse bin is a run of fine bins, so its rows, min and max follow from theirs
         self.fine_edges = fine_edges
-        self.fine = [BitMap() for _ in range(len(fine_edges) + 1)]
-        for j, members in group_rows(rows, fine_bins):
-            self.fine[j] = to_bitmap(members, assume_sorted=True)
-        info = np.finfo(self.dtype) if self.dtype == np.float64 else np.iinfo(self.dtype)
         self.fine_min = np.full(len(fine_edges) + 1, info.max, dtype=self.dtype)
         self.fine_max = np.full(len(fine_edges) + 1, info.min, dtype=self.dtype)
-        np.minimum.at(self.fine_min, fine_bins, values)
-        np.maximum.at(self.fine_max, fine_bins, values)
+        _, order, starts = bin_groups(values, fine_edges, self.fine_min, self.fine_max)
+        self.fine = [to_bitmap(rows[order[starts[j] : starts[j + 1]]], assume_sorted=True)
+                     for j in range(len(fine_edges) + 1)]
         # coarse edge e is fine edge m: coarse bin k spans fine bins (m of its lower edge) + 1 .. m of its upper edge
         positions = np.searchsorted(fine_edges, self.edges, side="left")
         self.fine_start = np.concatenate(([0], positions + 1, [len(fine_edges) + 1])).astype(np.int64)
+        first = self.fine_start[:-1]
+        self.bin_min = np.append(np.minimum.reduceat(self.fine_min, first), info.max).astype(self.dtype)
+        self.bin_max = np.append(np.maximum.reduceat(self.fine_max, first), info.min).astype(self.dtype)
+        bounds = starts[self.fine_start]
+        self.cumulative = cumulative_bitmaps([np.sort(rows[order[bounds[k] : bounds[k + 1]]]) for k in range(nbins - 1)])
 
     @staticmethod
     def _distinct_edges(picks: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -14,10 +14,53 @@ table lookup (one binary search per value instead of two).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from pyroaring import BitMap
 
 from .bitmaps import group_rows, to_bitmap
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_groups(values, edges, mins, maxs):
+    """Bin each value over sorted ``edges`` (the count of edges <= it, as ``np.searchsorted(edges, v,
+    side="right")``; NaN past the last edge) and widen ``mins``/``maxs`` per bin in place.
+
+    Returns (bins, order, starts): ``order`` lists the positions bin by bin, ascending within a bin
+    (a counting sort), and bin b's positions are ``order[starts[b]:starts[b + 1]]``.
+    """
+    n = len(values)
+    m = len(edges)
+    bins = np.empty(n, dtype=np.int64)
+    starts = np.zeros(m + 2, dtype=np.int64)
+    for i in range(n):
+        v = values[i]
+        b = m  # NaN: past the last edge
+        if v == v:
+            b = 0
+            size = m
+            while size > 0:
+                half = size >> 1
+                if edges[b + half] <= v:
+                    b += half + 1
+                    size -= half + 1
+                else:
+                    size = half
+        bins[i] = b
+        starts[b + 1] += 1
+        if v != v or v < mins[b]:
+            mins[b] = v
+        if v != v or v > maxs[b]:
+            maxs[b] = v
+    for b in range(m + 1):
+        starts[b + 1] += starts[b]
+    fill = starts[:-1].copy()
+    order = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        b = bins[i]
+        order[fill[b]] = i
+        fill[b] += 1
+    return bins, order, starts
 
 
 def coarse_of_fine(edges: np.ndarray, fine_edges: np.ndarray, null_bin: int) -> np.ndarray | None:
@@ -60,13 +103,11 @@ def move_cumulative(cumulative: list[BitMap], rows: np.ndarray, old_bins: np.nda
                 bitmap.update(running)
 
 
-def cumulative_bitmaps(rows: np.ndarray, bins: np.ndarray, count: int) -> list[BitMap]:
-    """The ``count`` range-encoded bitmaps of ``rows`` (ascending) in ``bins``: the k-th holds the rows of bins <= k."""
-    groups = dict(group_rows(rows, bins))
+def cumulative_bitmaps(groups: list[np.ndarray]) -> list[BitMap]:
+    """The range-encoded bitmaps of rows grouped by bin (each group ascending): the k-th holds groups 0..k."""
     result: list[BitMap] = []
     running = BitMap()
-    for k in range(count):
-        members = groups.get(k)
-        running = running | to_bitmap(members, assume_sorted=True) if members is not None else running.copy()
+    for members in groups:
+        running = running | to_bitmap(members, assume_sorted=True)
         result.append(running)
     return result
