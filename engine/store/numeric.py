@@ -165,7 +165,7 @@ class NumericIndex:
             self._move_fine(rows, old_fine, new_fine)
         if len(self.edges):
             null_bin = len(self.edges) + 1
-            lookup = None if new_fine is None else coarse_of_fine(self.edges, self.fine_edges, null_bin)
+            lookup = None if new_fine is None else self._coarse_lookup()
             new_bins = lookup[new_fine] if lookup is not None else bins_of(self.edges, new_values, valid, null_bin)
             if fresh:
                 old_bins = np.full(len(rows), null_bin)
@@ -221,6 +221,14 @@ class NumericIndex:
             self.by_value.setdefault(value, BitMap()).update(to_bitmap(members, assume_sorted=True))
         if len(self.by_value) > MAX_VALUE_BITMAPS:
             self.by_value = None
+
+    def _coarse_lookup(self) -> np.ndarray | None:
+        """``coarse_of_fine`` of the current edges (kept until a rebin replaces the fine edges)."""
+        kept = self.__dict__.get("_coarse_of_fine")
+        if kept is None or kept[0] is not self.fine_edges:
+            kept = self.__dict__["_coarse_of_fine"] = (
+                self.fine_edges, coarse_of_fine(self.edges, self.fine_edges, len(self.edges) + 1))
+        return kept[1]
 
     def _move_fine(self, rows: np.ndarray, old_fine: np.ndarray, new_fine: np.ndarray) -> None:
         assert self.fine is not None
@@ -486,7 +494,7 @@ class NumericIndex:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        for cache in ("_bin_cache", "_range_cache", "_range_seen"):
+        for cache in ("_bin_cache", "_range_cache", "_range_seen", "_coarse_of_fine"):
             state.pop(cache, None)
         return state
 
