@@ -16,6 +16,7 @@ interleaved round by round (their order rotates), so machine noise falls on all 
 - ``http``: Membership over HTTP on ON (``GET /v1/profiles/{id}/segments``; target: p99 within
   2x gRPC's on the same server), and Count over HTTP (``POST /v1/count``).
 
+``--conditions`` keeps some of them (``bench_grpc.py --metrics-ab`` runs ``grpc-off,grpc-on``).
 Prints per condition p50/p99 pooled over rounds, the per-round p99 ratios and their median, and
 the time the metrics interceptor's wrapper adds to one call, measured in process (no network).
 Loopback only; bounded in time (about ``rounds x conditions x duration``) and requests.
