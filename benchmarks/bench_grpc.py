@@ -33,6 +33,15 @@ A durable server (``ingest``, ``snapshot``) keeps its data directory in ``--data
 temporary directory. Prints p50/p99 per condition and the ratio of each p99 to the idle one.
 
     python benchmarks/bench_grpc.py --profiles 2000000 --events 10000000 --contention query,ingest,snapshot
+
+With ``--metrics-ab`` it measures instead what metrics cost a caller: the loaded engine is served
+twice at once, with metrics on (``http_port``: the metrics interceptor on every call, ``/metrics``,
+the HTTP API and the console) and off, and Membership (``--concurrency`` in flight) then Count of
+the contract example (one in flight) alternate between the two servers for ``--rounds`` paired
+rounds of ``--duration`` s, the order swapped every round (bench_http.py's protocol, its two gRPC
+conditions). Prints each condition's p50/p99 and the per-round p99 ratios on/off with their median.
+
+    python benchmarks/bench_grpc.py --profiles 1000000 --metrics-ab --rounds 6 --duration 5
 """
 from __future__ import annotations
 
@@ -380,7 +389,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heavy-nice", type=int, default=None, help="server: nice of the heavy-query threads")
     parser.add_argument("--data-dir", default=None, help="durable server's directory (default: a temporary one)")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--metrics-ab", action="store_true",
+                        help="paired rounds, metrics on vs off on the same engine (see the module docstring)")
+    parser.add_argument("--rounds", type=int, default=6, help="--metrics-ab: paired rounds")
     args = parser.parse_args(argv)
+    if args.metrics_ab:
+        import bench_http
+
+        return bench_http.main(["--profiles", str(args.profiles), "--segments", str(args.segments),
+                                "--rounds", str(args.rounds), "--duration", str(args.duration),
+                                "--concurrency", str(args.concurrency), "--conditions", "grpc-off,grpc-on",
+                                *(["--events", str(args.events)] if args.events is not None else [])])
     unknown = set(filter(None, args.contention.split(","))) - set(CONTENTION_MODES)
     if unknown:
         parser.error(f"unknown --contention modes {sorted(unknown)}")

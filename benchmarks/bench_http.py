@@ -16,6 +16,7 @@ interleaved round by round (their order rotates), so machine noise falls on all 
 - ``http``: Membership over HTTP on ON (``GET /v1/profiles/{id}/segments``; target: p99 within
   2x gRPC's on the same server), and Count over HTTP (``POST /v1/count``).
 
+``--conditions`` keeps some of them (``bench_grpc.py --metrics-ab`` runs ``grpc-off,grpc-on``).
 Prints per condition p50/p99 pooled over rounds, the per-round p99 ratios and their median, and
 the time the metrics interceptor's wrapper adds to one call, measured in process (no network).
 Loopback only; bounded in time (about ``rounds x conditions x duration``) and requests.
@@ -160,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per condition and round")
     parser.add_argument("--max-requests", type=int, default=20_000, help="calls per condition and round at most")
     parser.add_argument("--concurrency", type=int, default=4, help="Membership calls in flight")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help=f"comma list of the conditions to interleave (of {','.join(CONDITIONS)})")
     args = parser.parse_args(argv)
+    conditions = tuple(c for c in CONDITIONS if c in args.conditions.split(","))
+    if set(args.conditions.split(",")) - set(CONDITIONS) or not conditions:
+        parser.error(f"--conditions: a comma list of {','.join(CONDITIONS)}")
 
     from engine import Engine, Schema
     from loaders.generator import generate
@@ -189,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], list[list[float]]] = {}
     try:
         for round_no in range(args.rounds):
-            order = CONDITIONS[round_no % 3:] + CONDITIONS[:round_no % 3]
+            turn = round_no % len(conditions)
+            order = conditions[turn:] + conditions[:turn]
             for rpc, concurrency in (("Membership", args.concurrency), ("Count", 1)):
                 for condition in order:
                     transport, target = targets[condition]
@@ -216,6 +223,8 @@ def report(results: dict[tuple[str, str], list[list[float]]]) -> None:
         print(f"{condition:<12} {rpc:<11} {len(pooled):>8,} {percentile(pooled, 0.5):>8.3f} {percentile(pooled, 0.99):>8.3f}")
     for rpc in ("Membership", "Count"):
         for label, a, b in (("metrics on / off", "grpc-on", "grpc-off"), ("HTTP / gRPC (on)", "http", "grpc-on")):
+            if (a, rpc) not in results or (b, rpc) not in results:
+                continue
             ratios = [percentile(x, 0.99) / percentile(y, 0.99) for x, y in zip(results[(a, rpc)], results[(b, rpc)])]
             print(f"p99 {rpc:<10} {label:<18} per round {' '.join(f'{r:.2f}' for r in ratios)}"
                   f"   median {statistics.median(ratios):.2f}")

@@ -312,6 +312,14 @@ class IdMap:
         self.offsets.size = self.size + 1
         self.buffer.size = used
 
+    def _has_room(self, rows: int, nbytes: int) -> bool:
+        """Whether ``rows`` more ids of ``nbytes`` bytes fit without growing the table or the arrays."""
+        needed = self.size + rows
+        used = int(self.offsets.data[self.size])
+        return (needed + self.buried <= self.MAX_LOAD * len(self.table) and len(self.offsets.data) > needed
+                and len(self.buffer.data) >= used + nbytes
+                and (used + nbytes <= MAX_NARROW_OFFSET or self.offsets.data.dtype == np.int64))
+
     def lookup_or_insert(self, ids: Sequence[str], repeats: bool = False) -> tuple[np.ndarray, int]:
         """Rows of ``ids`` (int64), inserting unknown ones; also returns the row count before.
 
@@ -342,6 +350,12 @@ class IdMap:
         q_hash = table_hashes(q_buf, q_off)
         out = np.empty(len(ids), dtype=np.int64)
         before = self.size
+        if self._has_room(len(ids), len(q_buf)):  # even if every id is new: find or insert in one pass
+            self.size = int(_probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
+                                   q_hash, q_off, q_buf, out, True))
+            self.offsets.size = self.size + 1
+            self.buffer.size = int(self.offsets.data[self.size])
+            return out, before
         _probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
                q_hash, q_off, q_buf, out, False)
         missing = np.flatnonzero(out < 0)

@@ -65,6 +65,7 @@ class _KeptUnions:
         state = dict(self.__dict__)
         state.pop("_kept_unions", None)
         state.pop("_sorted_labels", None)
+        state.pop("_mask_idents", None)
         return state
 
     def _read_labels(self, reader: StateReader, state: dict[str, Any], rows: int) -> None:
@@ -298,9 +299,16 @@ class TagsIndex(_KeptUnions):
             inverse = slot[bits.astype(np.int64)]
         else:
             unique_bits, inverse = np.unique(bits, return_inverse=True)
-        idents = np.array([self._tagset(tuple(c for c in range(64) if (int(u) >> c) & 1)) for u in unique_bits],
-                          dtype=np.int32)
+        idents = np.array([self._ident_of_mask(mask) for mask in unique_bits.tolist()], dtype=np.int32)
         return np.where(valid, idents[inverse], np.int32(-1)).astype(np.int32)
+
+    def _ident_of_mask(self, mask: int) -> int:
+        """The tag-set id of the tags whose codes are the bits of ``mask`` (remembered per mask)."""
+        memo = self.__dict__.setdefault("_mask_idents", {})
+        ident = memo.get(mask)
+        if ident is None:
+            ident = memo[mask] = self._tagset(tuple(c for c in range(64) if (mask >> c) & 1))
+        return ident
 
     def _intern_by_loop(self, value_rows: np.ndarray, codes: np.ndarray, valid: np.ndarray) -> np.ndarray:
         per_row: list[set[int]] = [set() for _ in range(len(valid))]

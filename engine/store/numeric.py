@@ -24,6 +24,7 @@ from ..columns import ValueColumn
 from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
 from .lru import drop_oldest
+from .range_bins import bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, move_cumulative
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -155,15 +156,30 @@ class NumericIndex:
         old_values = self.column.data[rows].astype(self.dtype)
         if self.column.data.dtype != self.dtype and valid.any():
             self._widen_storage(new_values[valid])
+        fresh = not was_valid.any()  # nothing to move out (no old bin to look up)
+        old_fine = new_fine = None
+        if self.fine is not None:
+            new_fine = np.full(len(rows), -1)
+            new_fine[valid] = bin_groups(new_values[valid], self.fine_edges, self.fine_min, self.fine_max)[0]
+            old_fine = np.full(len(rows), -1) if fresh else bins_of(self.fine_edges, old_values, was_valid, -1)
+            self._move_fine(rows, old_fine, new_fine)
         if len(self.edges):
-            old_bins = np.where(was_valid, np.searchsorted(self.edges, old_values, side="right"), len(self.edges) + 1)
-            new_bins = np.where(valid, np.searchsorted(self.edges, new_values, side="right"), len(self.edges) + 1)
-            self._move_bins(rows, old_bins, new_bins)
-            self._widen_bins(new_bins[valid], new_values[valid])
+            null_bin = len(self.edges) + 1
+            lookup = None if new_fine is None else self._coarse_lookup()
+            new_bins = lookup[new_fine] if lookup is not None else bins_of(self.edges, new_values, valid, null_bin)
+            if fresh:
+                old_bins = np.full(len(rows), null_bin)
+            else:
+                old_bins = lookup[old_fine] if lookup is not None else bins_of(self.edges, old_values, was_valid, null_bin)
+            move_cumulative(self.cumulative, rows, old_bins, new_bins)
+            if lookup is not None:  # a coarse bin's values span its fine bins' (widened above)
+                first = self.fine_start[:-1]
+                np.minimum(self.bin_min[:-1], np.minimum.reduceat(self.fine_min, first), out=self.bin_min[:-1])
+                np.maximum(self.bin_max[:-1], np.maximum.reduceat(self.fine_max, first), out=self.bin_max[:-1])
+            else:
+                self._widen_bins(new_bins[valid], new_values[valid])
         if self.by_value is not None:
             self._move_values(rows, was_valid, old_values, valid, new_values)
-        if self.fine is not None:
-            self._move_fine(rows, was_valid, old_values, valid, new_values)
         self._update_cached_ranges(rows, was_valid, old_values, valid, new_values)
         self.column.data[rows] = np.where(valid, new_values, 0)
         if valid.any():
@@ -195,19 +211,6 @@ class NumericIndex:
         if np.dtype(dtype).itemsize > self.column.data.dtype.itemsize:
             self.column.data = self.column.data.astype(dtype)
 
-    def _move_bins(self, rows: np.ndarray, old_bins: np.ndarray, new_bins: np.ndarray) -> None:
-        moved = old_bins != new_bins
-        if not moved.any():
-            return
-        rows, old_bins, new_bins = rows[moved], old_bins[moved], new_bins[moved]
-        for k, bitmap in enumerate(self.cumulative):
-            was_in, now_in = old_bins <= k, new_bins <= k
-            enter, leave = now_in & ~was_in, was_in & ~now_in
-            if enter.any():
-                bitmap.update(to_bitmap(rows[enter]))
-            if leave.any():
-                bitmap.difference_update(to_bitmap(rows[leave]))
-
     def _move_values(self, rows: np.ndarray, was_valid: np.ndarray, old_values: np.ndarray, valid: np.ndarray,
                      new_values: np.ndarray) -> None:
         assert self.by_value is not None
@@ -219,19 +222,22 @@ class NumericIndex:
         if len(self.by_value) > MAX_VALUE_BITMAPS:
             self.by_value = None
 
-    def _move_fine(self, rows: np.ndarray, was_valid: np.ndarray, old_values: np.ndarray, valid: np.ndarray,
-                   new_values: np.ndarray) -> None:
+    def _coarse_lookup(self) -> np.ndarray | None:
+        """``coarse_of_fine`` of the current edges (kept until a rebin replaces the fine edges)."""
+        kept = self.__dict__.get("_coarse_of_fine")
+        if kept is None or kept[0] is not self.fine_edges:
+            kept = self.__dict__["_coarse_of_fine"] = (
+                self.fine_edges, coarse_of_fine(self.edges, self.fine_edges, len(self.edges) + 1))
+        return kept[1]
+
+    def _move_fine(self, rows: np.ndarray, old_fine: np.ndarray, new_fine: np.ndarray) -> None:
         assert self.fine is not None
-        old_fine = np.where(was_valid, np.searchsorted(self.fine_edges, old_values, side="right"), -1)
-        new_fine = np.where(valid, np.searchsorted(self.fine_edges, new_values, side="right"), -1)
         moved = old_fine != new_fine
-        for j, members in group_rows(rows[moved & was_valid], old_fine[moved & was_valid]):
+        leaving, entering = moved & (old_fine >= 0), moved & (new_fine >= 0)
+        for j, members in group_rows(rows[leaving], old_fine[leaving]):
             self.fine[j].difference_update(to_bitmap(members, assume_sorted=True))
-        for j, members in group_rows(rows[moved & valid], new_fine[moved & valid]):
+        for j, members in group_rows(rows[entering], new_fine[entering]):
             self.fine[j].update(to_bitmap(members, assume_sorted=True))
-        if valid.any():
-            np.minimum.at(self.fine_min, new_fine[valid], new_values[valid])
-            np.maximum.at(self.fine_max, new_fine[valid], new_values[valid])
 
     def _widen_bins(self, bins: np.ndarray, values: np.ndarray) -> None:
         if len(bins):
@@ -249,52 +255,44 @@ class NumericIndex:
         if distinct is not None and len(distinct) <= BINS:
             edges = distinct[1:]
         else:
-            edges = self._quantile_edges(values, BINS)
-            fine_edges = np.union1d(self._quantile_edges(values, FINE_BINS), edges).astype(self.dtype)
+            # one selection for both: the coarse quantiles k/BINS are the fine ones (FINE_BINS/BINS)*k
+            picks = np.quantile(values, np.linspace(0, 1, FINE_BINS + 1)[1:-1], method="lower").astype(self.dtype)
+            edges = self._distinct_edges(picks[FINE_BINS // BINS - 1 :: FINE_BINS // BINS], values)
+            fine_edges = np.union1d(self._distinct_edges(picks, values), edges).astype(self.dtype)
         self.edges = edges.astype(self.dtype)
         self.by_value = None
         if self.dtype == np.int64 and distinct is not None and len(distinct) <= MAX_VALUE_BITMAPS:
             self.by_value = {value: to_bitmap(members, assume_sorted=True) for value, members in group_rows(rows, values)}
-        bins = np.searchsorted(self.edges, values, side="right")
-        order = np.argsort(bins, kind="stable")
-        bins_sorted = bins[order]
-        rows_sorted = rows[order]
-        bounds = np.searchsorted(bins_sorted, np.arange(len(self.edges) + 2))
-        self.cumulative = []
-        running = BitMap()
-        for k in range(len(self.edges)):
-            running = running | to_bitmap(rows_sorted[bounds[k] : bounds[k + 1]], assume_sorted=True)
-            self.cumulative.append(running)
+            fine_edges = None
         nbins = len(self.edges) + 1
         info = np.finfo(self.dtype) if self.dtype == np.float64 else np.iinfo(self.dtype)
-        self.bin_min = np.full(nbins + 1, info.max, dtype=self.dtype)
-        self.bin_max = np.full(nbins + 1, info.min, dtype=self.dtype)
-        self._widen_bins(bins, values)
-        self._build_fine(rows, values, fine_edges if self.by_value is None else None)
-
-    def _build_fine(self, rows: np.ndarray, values: np.ndarray, fine_edges: np.ndarray | None) -> None:
-        """Fine bins over ``fine_edges`` (which include every coarse edge), or none."""
         if fine_edges is None or len(fine_edges) <= len(self.edges):
             self.fine, self.fine_edges = None, np.empty(0, dtype=self.dtype)
+            self.bin_min = np.full(nbins + 1, info.max, dtype=self.dtype)
+            self.bin_max = np.full(nbins + 1, info.min, dtype=self.dtype)
+            _, order, starts = bin_groups(values, self.edges, self.bin_min, self.bin_max)
+            self.cumulative = cumulative_bitmaps([rows[order[starts[k] : starts[k + 1]]] for k in range(nbins - 1)])
             return
+        # fine bins first; a coarse bin is a run of fine bins, so its rows, min and max follow from theirs
         self.fine_edges = fine_edges
-        fine_bins = np.searchsorted(fine_edges, values, side="right")
-        self.fine = [BitMap() for _ in range(len(fine_edges) + 1)]
-        for j, members in group_rows(rows, fine_bins):
-            self.fine[j] = to_bitmap(members, assume_sorted=True)
-        info = np.finfo(self.dtype) if self.dtype == np.float64 else np.iinfo(self.dtype)
         self.fine_min = np.full(len(fine_edges) + 1, info.max, dtype=self.dtype)
         self.fine_max = np.full(len(fine_edges) + 1, info.min, dtype=self.dtype)
-        np.minimum.at(self.fine_min, fine_bins, values)
-        np.maximum.at(self.fine_max, fine_bins, values)
+        _, order, starts = bin_groups(values, fine_edges, self.fine_min, self.fine_max)
+        self.fine = [to_bitmap(rows[order[starts[j] : starts[j + 1]]], assume_sorted=True)
+                     for j in range(len(fine_edges) + 1)]
         # coarse edge e is fine edge m: coarse bin k spans fine bins (m of its lower edge) + 1 .. m of its upper edge
         positions = np.searchsorted(fine_edges, self.edges, side="left")
         self.fine_start = np.concatenate(([0], positions + 1, [len(fine_edges) + 1])).astype(np.int64)
+        first = self.fine_start[:-1]
+        self.bin_min = np.append(np.minimum.reduceat(self.fine_min, first), info.max).astype(self.dtype)
+        self.bin_max = np.append(np.maximum.reduceat(self.fine_max, first), info.min).astype(self.dtype)
+        bounds = starts[self.fine_start]
+        self.cumulative = cumulative_bitmaps([np.sort(rows[order[bounds[k] : bounds[k + 1]]]) for k in range(nbins - 1)])
 
-    def _quantile_edges(self, values: np.ndarray, bins: int) -> np.ndarray:
-        """Edges of ``bins`` equi-depth bins (real values; duplicates merged)."""
-        picks = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1], method="lower")
-        edges = np.unique(picks.astype(self.dtype))
+    @staticmethod
+    def _distinct_edges(picks: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Bin edges from quantile ``picks`` of ``values`` (duplicates merged, none at the minimum)."""
+        edges = np.unique(picks)
         return edges[edges > values.min()]
 
     # -- reads ----------------------------------------------------------------------------
@@ -496,7 +494,7 @@ class NumericIndex:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        for cache in ("_bin_cache", "_range_cache", "_range_seen"):
+        for cache in ("_bin_cache", "_range_cache", "_range_seen", "_coarse_of_fine"):
             state.pop(cache, None)
         return state
 

@@ -1,0 +1,113 @@
+"""Bin arithmetic of the range index (``numeric.NumericIndex``): which bin a value falls in, and
+moving rows between the cumulative bin bitmaps in one pass per batch.
+
+Every coarse edge is also a fine edge, so a value's coarse bin follows from its fine bin by a
+table lookup (one binary search per value instead of two).
+
+>>> fine_edges, edges = np.array([10, 20, 30, 40]), np.array([20, 40])
+>>> coarse_of_fine(edges, fine_edges, null_bin=3).tolist()
+[0, 0, 1, 1, 2, 3]
+>>> cumulative = [BitMap([0]), BitMap([0, 1])]
+>>> move_cumulative(cumulative, np.array([0, 2]), np.array([0, 3]), np.array([1, 0]))
+>>> [sorted(b) for b in cumulative]
+[[2], [0, 1, 2]]
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from pyroaring import BitMap
+
+from .bitmaps import group_rows, to_bitmap
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_groups(values, edges, mins, maxs):
+    """Bin each value over sorted ``edges`` (the count of edges <= it, as ``np.searchsorted(edges, v,
+    side="right")``; NaN past the last edge) and widen ``mins``/``maxs`` per bin in place.
+
+    Returns (bins, order, starts): ``order`` lists the positions bin by bin, ascending within a bin
+    (a counting sort), and bin b's positions are ``order[starts[b]:starts[b + 1]]``.
+    """
+    n = len(values)
+    m = len(edges)
+    bins = np.empty(n, dtype=np.int64)
+    starts = np.zeros(m + 2, dtype=np.int64)
+    for i in range(n):
+        v = values[i]
+        b = m  # NaN: past the last edge
+        if v == v:
+            b = 0
+            size = m
+            while size > 0:
+                half = size >> 1
+                if edges[b + half] <= v:
+                    b += half + 1
+                    size -= half + 1
+                else:
+                    size = half
+        bins[i] = b
+        starts[b + 1] += 1
+        if v != v or v < mins[b]:
+            mins[b] = v
+        if v != v or v > maxs[b]:
+            maxs[b] = v
+    for b in range(m + 1):
+        starts[b + 1] += starts[b]
+    fill = starts[:-1].copy()
+    order = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        b = bins[i]
+        order[fill[b]] = i
+        fill[b] += 1
+    return bins, order, starts
+
+
+def coarse_of_fine(edges: np.ndarray, fine_edges: np.ndarray, null_bin: int) -> np.ndarray | None:
+    """The coarse bin of each fine bin (fine bin j holds fine_edges[j-1] <= v < fine_edges[j]), then
+    ``null_bin`` as the last entry (so a fine bin of -1, null, maps to it); None unless every coarse
+    edge is a fine edge."""
+    if not np.isin(edges, fine_edges).all():
+        return None
+    return np.concatenate(([0], np.searchsorted(edges, fine_edges, side="right"), [null_bin])).astype(np.int64)
+
+
+def bins_of(edges: np.ndarray, values: np.ndarray, valid: np.ndarray, null_bin: int) -> np.ndarray:
+    """The bin of each value over ``edges`` (bin k holds edges[k-1] <= v < edges[k]); ``null_bin`` where not valid."""
+    return np.where(valid, np.searchsorted(edges, values, side="right"), null_bin)
+
+
+def move_cumulative(cumulative: list[BitMap], rows: np.ndarray, old_bins: np.ndarray, new_bins: np.ndarray) -> None:
+    """Move ``rows`` from bin ``old_bins`` to bin ``new_bins`` in the range-encoded bitmaps
+    (``cumulative[k]``: the rows of bins <= k; a bin past the last bitmap is in none of them).
+
+    Each bitmap k loses the moved rows that were in a bin <= k and gains those now in a bin <= k:
+    two running unions over the rows grouped by bin, not a mask and a sort per bitmap.
+    """
+    moved = old_bins != new_bins
+    if not moved.any():
+        return
+    rows, old_bins, new_bins = rows[moved], old_bins[moved], new_bins[moved]
+    for bins, remove in ((old_bins, True), (new_bins, False)):
+        groups = dict(group_rows(rows, bins))
+        running = BitMap()
+        for k, bitmap in enumerate(cumulative):
+            members = groups.get(k)
+            if members is not None:
+                running |= to_bitmap(members, assume_sorted=True)
+            if not running:
+                continue
+            if remove:
+                bitmap.difference_update(running)
+            else:
+                bitmap.update(running)
+
+
+def cumulative_bitmaps(groups: list[np.ndarray]) -> list[BitMap]:
+    """The range-encoded bitmaps of rows grouped by bin (each group ascending): the k-th holds groups 0..k."""
+    result: list[BitMap] = []
+    running = BitMap()
+    for members in groups:
+        running = running | to_bitmap(members, assume_sorted=True)
+        result.append(running)
+    return result
