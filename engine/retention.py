@@ -55,6 +55,7 @@ def expire_type(store: EventTypeStore, cutoff: int, released: list[np.ndarray] |
     rows = np.concatenate(gone)
     store.count -= len(rows)
     _reindex(store, cutoff, rows)
+    store.window_sums.expired(store.generation, cutoff)
     store.generation += 1
     return rows
 

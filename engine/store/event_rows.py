@@ -175,6 +175,7 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
         store.ever = store.ever - gone
         for kept in store.prop_bitmaps.values():
             kept.drop(gone)
+        store.window_sums.dropped(store.generation, np.unique(rows))
         if store.last_ts is not None:
             inside = rows[rows < store.last_ts.size]
             store.last_ts.data[inside] = NO_TIME

@@ -32,6 +32,7 @@ from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
 from .runs import (EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, merge_runs,
                    time_order)
+from .window_sums import WindowSumsCache
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -71,6 +72,8 @@ class EventTypeStore:
         self.scaled: dict[str, int] = {p: FLOAT_SCALE for p, t in definition.properties.items() if t == "float"}
         # property -> its kept bin bitmaps: built on the first query that can use them, then kept by every write
         self.prop_bitmaps: dict[str, PropertyBitmaps] = {}
+        # per-row sums of scaled float properties over moving windows: built by the first DID SUM/AVG, kept by writes
+        self.window_sums = WindowSumsCache()
         self.generation = 0
 
     def __getstate__(self) -> dict:
@@ -78,6 +81,7 @@ class EventTypeStore:
         state = dict(self.__dict__)
         state["slots"], state["slot_days"] = {}, {}
         state["prop_bitmaps"] = {}
+        state["window_sums"] = WindowSumsCache()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -88,6 +92,7 @@ class EventTypeStore:
             state["slots"], state["slot_days"] = {}, {}
         state.setdefault("scaled", {})
         state.setdefault("prop_bitmaps", {})
+        state["window_sums"] = WindowSumsCache()
         self.__dict__.update(state)
 
     def adopt(self, definition: EventDef) -> None:
@@ -197,6 +202,7 @@ class EventTypeStore:
         self._index(rows, ts)
         for prop, kept in self.prop_bitmaps.items():
             kept.add(self.bin_keys(prop, props[prop], valid.get(prop)), rows, ts)
+        self.window_sums.appended(self.generation, rows, ts, props, self.scaled)
         self.count += len(rows)
         self.generation += 1
 
@@ -435,7 +441,7 @@ class EventTypeStore:
                     + sum(v.nbytes for v in r.valid.values()) + (0 if r.eids is None else r.eids.nbytes)
                     for r in self.runs)
         return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()]) \
-            + sum(kept.nbytes() for kept in self.prop_bitmaps.values())
+            + sum(kept.nbytes() for kept in self.prop_bitmaps.values()) + self.window_sums.nbytes
 
 
 class EventStore:
