@@ -45,6 +45,7 @@ QUERIES = [
     "DID(purchase, AVG(amount) = 80, WITHIN 30d)",
     "DID(purchase, SUM(amount) > 20, SUM(amount) <= 100, WITHIN 30d)",  # two aggregates
     "DID(purchase, SUM(amount) != 100, COUNT != 2, WITHIN 30d)",  # a negated count
+    "DID(purchase, SUM(amount) < 10, COUNT < 1, WITHIN 7d)",  # a count range that no row with events meets
     "DID(purchase, SUM(amount) >= 50)",  # all time
     "DID(purchase, SUM(amount) >= 50, SINCE NOW - 12d, BEFORE NOW - 1h)",
     "country = 'FR' AND DID(purchase, SUM(amount) >= 100, WITHIN 30d)",  # a small found set: looked up

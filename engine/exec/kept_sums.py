@@ -3,15 +3,17 @@
 A ``DID`` whose aggregates are all ``SUM`` or ``AVG`` of one scaled float property (cents), without
 ``WHERE`` or ``AFTER LAST``, reads no events: per row of the kept window it has the events, the
 values, the sum of codes ``C`` and of residuals ``R``. One pass over those entries decides each row
-by ``C / scale`` as :func:`engine.exec.scaled_sums.sum_tests` does; the rows whose sum lies within
-the representation error of a literal get their correctly rounded sum from ``C`` and ``R``
-(:func:`engine.exec.scaled_sums.correctly_rounded_sums`), so the answer is exact. A row with more
-than MAX_VALUES values near a literal (never in practice) is decided by the exact grouping path.
-The answer is kept per window version, so a repeated query at an unchanged window reads a bitmap.
+by the sign of ``C - literal * scale`` (:func:`classify`); the rows whose sum lies within the
+representation error of a literal get their correctly rounded sum from ``C`` and ``R``
+(:func:`engine.exec.scaled_sums.correctly_rounded_sums`), so the answer is exact. A row with
+MAX_VALUES values or more near a literal (never in practice) is left to the exact grouping path.
+The answer is kept with the sums and patched on the rows whose sums change, so a repeated query,
+or one whose clock moved a little, reads a bitmap.
 """
 from __future__ import annotations
 
 import math
+
 import numba
 import numpy as np
 from pyroaring import BitMap
@@ -166,7 +168,9 @@ def _answer(node: ast.Did, sums: WindowSums, wanted: np.ndarray | None, want_fai
     decided, left = BitMap(), BitMap()
     for part in parts:
         if len(targets) == 1 and not count[2]:
-            rows, near = classify_one(part.rows, part.counts, part.sums, max(count[0], 1), count[1] - max(count[0], 1),
+            least = max(count[0], 1)  # a row here has events
+            least, span = (least, count[1] - least) if count[1] >= least else (1 << 41, 0)  # an empty range
+            rows, near = classify_one(part.rows, part.counts, part.sums, least, span,
                                       targets[0], int(averages[0]), int(above[0] or unequal[0]),
                                       int(below[0] or unequal[0]), int(want_failing))
         else:
