@@ -28,7 +28,7 @@ import math
 import numba
 import numpy as np
 
-from ..store.bitsets import popcount, rank_table
+from ..store.bitsets import popcount, rank_table  # noqa: F401 (rank_table: the doctest and callers use it here)
 from ..store.runs import RESIDUAL_BITS, SCALED_NULL, residual_units, times_scale
 
 #: Columns of the per-row state (16 or 32 bytes: a record never straddles a cache line): the events

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 from .bitsets import mark_rows, rank_table, ranks_of, set_rows
-from .runs import SCALED_NULL, Run, merge_order, residual_units
+from .runs import SCALED_NULL, merge_order, residual_units
 
 if TYPE_CHECKING:
     from .events import EventTypeStore
