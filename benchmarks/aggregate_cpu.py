@@ -1,12 +1,15 @@
 """CPU time of DID aggregate queries in an in-process engine (one shard), optionally against the
 aggregate evaluator of another git revision in the same process.
 
-    python benchmarks/aggregate_cpu.py [--profiles 1000000] [--repeat 7] [--against REV] [--only a,b]
+    python benchmarks/aggregate_cpu.py [--profiles 1000000] [--repeat 7] [--against REV] [--only a,b] [--clock-step MS]
 
 Times ``Engine.count`` with ``time.thread_time()`` (CPU time of the calling thread: an in-process
 shard runs there), so a loaded machine changes the figures far less than wall-clock time does.
 With ``--against REV``, ``engine/exec/aggregate.py`` of that revision is loaded as a second module
 and each query runs with both evaluators in turn; the counts must agree (else MISMATCH, exit 1).
+With ``--clock-step MS``, call i runs at clock ``NOW + i * MS`` (a moving clock, as the server's wall
+clock: windows move, so answers kept for an unchanged window are not reused); else every call runs
+at ``NOW``.
 """
 from __future__ import annotations
 
@@ -55,13 +58,13 @@ def module_at(rev: str) -> ModuleType:
     return module
 
 
-def cpu_ms(eng: Engine, query: str, repeat: int) -> tuple[int, float]:
-    """(count, median CPU ms of ``repeat`` calls after a warm-up call)."""
+def cpu_ms(eng: Engine, query: str, repeat: int, step: int) -> tuple[int, float]:
+    """(count, median CPU ms of ``repeat`` calls after a warm-up call; call i at clock NOW + i * step)."""
     count = eng.count(query, now=NOW_MS)
     samples = []
-    for _ in range(repeat):
+    for i in range(1, repeat + 1):
         started = time.thread_time()
-        eng.count(query, now=NOW_MS)
+        eng.count(query, now=NOW_MS + i * step)
         samples.append((time.thread_time() - started) * 1e3)
     return count, statistics.median(samples)
 
@@ -72,6 +75,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--against", help="a git revision whose aggregate evaluator runs too")
     parser.add_argument("--only", help="comma-separated query names")
+    parser.add_argument("--clock-step", type=int, default=0, help="ms the clock moves between calls (default 0)")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(QUERIES)
     other = module_at(args.against) if args.against else None
@@ -86,11 +90,11 @@ def main() -> int:
     status = 0
     for name in names:
         did.aggregate_rows = current
-        count, ms = cpu_ms(eng, QUERIES[name], args.repeat)
+        count, ms = cpu_ms(eng, QUERIES[name], args.repeat, args.clock_step)
         line = f"| {name} | {count:,} | {ms:.2f} |"
         if other is not None:
             did.aggregate_rows = other.aggregate_rows
-            other_count, other_ms = cpu_ms(eng, QUERIES[name], args.repeat)
+            other_count, other_ms = cpu_ms(eng, QUERIES[name], args.repeat, args.clock_step)
             did.aggregate_rows = current
             line += f" {other_ms:.2f} |" + ("" if other_count == count else f" MISMATCH: {other_count:,}")
             status |= other_count != count

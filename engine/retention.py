@@ -65,6 +65,7 @@ def _expire_type(store: EventTypeStore, cutoff: int, released: list[np.ndarray] 
         rows = rows[~buried]
     store.count -= len(rows)
     _reindex(store, cutoff, rows)
+    store.window_sums.expired(store.generation, cutoff)
     store.generation += 1
     return rows
 

@@ -6,17 +6,15 @@ are computed and tested. ``SUM`` is exact: each row's values go through Shewchuk
 non-overlapping partials and the same final rounding as ``math.fsum``, so it is the correctly
 rounded sum whatever the order of the events. Float properties kept as scaled int32 codes are
 summed in integers by :mod:`.scaled_sums` when a SUM or AVG asks, else decoded to their exact
-float64 values first.
+float64 values first. A SUM or AVG of such a property without WHERE or AFTER LAST reads the kept
+per-row window sums instead of the events (:mod:`.kept_sums`).
 
 >>> segment_fsum(np.array([0, 3]), np.array([1e100, 1.0, -1e100, 0.1, 0.2]))[0].tolist()
 [1.0, 0.30000000000000004]
->>> compare(np.array([9007199254740992.0]), ">", 2**53 + 1).tolist()
-[False]
 """
 from __future__ import annotations
 
 import math
-import operator
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
@@ -28,16 +26,15 @@ from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import EventTypeStore
 from ..store.runs import SCALED_NULL, Run
+from .exact_compare import CMP, compare, float_bounds
 from .grouping import bit_ranks, bitset_of, popcount, rank_bases, rows_in, stable_group_order
+from .kept_sums import kept_sums_property, kept_sums_rows
 from .scaled_sums import (COUNTS, EXTREMES_WIDTH, GREATEST, LEAST, MAX_VALUES, OP_CODES, RESIDUAL_BITS, SUM, SUMS_WIDTH, add_partial,
                           accumulate_residuals, accumulate_scaled, correctly_rounded_sums, counts_of, rank_table,
                           residual_bits, sum_tests, values_of)
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
-
-CMP = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -135,45 +132,6 @@ def exact_sum(values: np.ndarray) -> float:
         return math.copysign(math.inf, total)
 
 
-def _float_bounds(literal: int) -> tuple[float, float]:
-    """The greatest float64 <= ``literal`` and the least float64 >= it."""
-    try:
-        f = float(literal)
-    except OverflowError:
-        return (np.finfo(np.float64).max, math.inf) if literal > 0 else (-math.inf, -np.finfo(np.float64).max)
-    exact = int(f) if math.isfinite(f) else None
-    if exact == literal:
-        return f, f
-    if exact is not None and exact < literal:
-        return f, math.nextafter(f, math.inf)
-    return math.nextafter(f, -math.inf), f
-
-
-def compare(values: np.ndarray, op: str, literal: int | float) -> np.ndarray:
-    """``values op literal`` exactly as Python compares numbers (float64 or int64 values)."""
-    if values.dtype.kind == "f" and isinstance(literal, int):
-        lo, hi = _float_bounds(literal)
-        if lo == hi:
-            return CMP[op](values, lo)
-        below, above = values <= lo, values >= hi
-        return {"<": below, "<=": below, ">": above, ">=": above,
-                "=": np.zeros(len(values), dtype=bool), "!=": np.ones(len(values), dtype=bool)}[op]
-    if values.dtype.kind == "i" and isinstance(literal, float):
-        if math.isnan(literal):
-            return np.full(len(values), op == "!=")
-        if math.isinf(literal):
-            return np.full(len(values), CMP[op](0, literal))
-        floor, ceil = math.floor(literal), math.ceil(literal)
-        if floor == ceil:
-            return compare(values, op, floor)
-        below, above = compare(values, "<=", floor), compare(values, ">=", ceil)
-        return {"<": below, "<=": below, ">": above, ">=": above,
-                "=": np.zeros(len(values), dtype=bool), "!=": np.ones(len(values), dtype=bool)}[op]
-    if values.dtype.kind == "i" and not INT64_MIN <= literal <= INT64_MAX:
-        return np.full(len(values), CMP[op](0, 1 if literal > 0 else -1) if op not in ("=", "!=") else op == "!=")
-    return CMP[op](values, literal)
-
-
 def holds_at_zero(node: ast.Did) -> bool:
     """Whether the DID holds for a row with no counted event (SUM 0; AVG, MIN, MAX null)."""
     if not CMP[node.count_op](0, node.count_n):
@@ -205,6 +163,9 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
     the sum of magnitudes) is decided again by :func:`exact_aggregate_rows` on those rows only.
     """
     lo, hi = window
+    prop = kept_sums_property(node, store)
+    if prop is not None:
+        return _from_kept_sums(evaluator, node, store, prop, window, parts, keeps, found, base)
     window_rows = evaluator.present(store, lo, hi) if found is None else evaluator.present(store, lo, hi, found) & found
     words = bitset_of(window_rows)
     distinct = rows_of(window_rows)
@@ -222,6 +183,19 @@ def aggregate_rows(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeSto
     if holds_at_zero(node):
         return base - to_bitmap(distinct[counted & ~passing].astype(np.uint32), assume_sorted=True)
     return base & to_bitmap(distinct[counted & passing].astype(np.uint32), assume_sorted=True)
+
+
+def _from_kept_sums(evaluator: "DidEvaluator", node: ast.Did, store: EventTypeStore, prop: str, window: tuple[int, int],
+                    parts: list[Run], keeps: list[np.ndarray | None], found: BitMap | None, base: BitMap) -> BitMap:
+    """``aggregate_rows`` from the kept window sums of ``prop`` (:mod:`.kept_sums`)."""
+    at_zero = holds_at_zero(node)
+    if window[0] > window[1]:
+        return base if at_zero else BitMap()
+    decided, left = kept_sums_rows(node, store, prop, window, found, at_zero)
+    if left:  # rows with over MAX_VALUES values near a literal: grouped and summed exactly
+        exact = exact_aggregate_rows(evaluator, node, store, window, parts, keeps, left, left)
+        decided = decided | (left - exact if at_zero else exact)
+    return base - decided if at_zero else base & decided
 
 
 def _float_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps: list[np.ndarray | None],
@@ -279,7 +253,7 @@ def _scaled_tests(node: ast.Did, store: EventTypeStore, parts: list[Run], keeps:
             holds[has] = compare(codes[has] / scale, agg.op, agg.value)
             passing &= holds
             continue
-        lo, hi = (agg.value, agg.value) if isinstance(agg.value, float) else _float_bounds(agg.value)
+        lo, hi = (agg.value, agg.value) if isinstance(agg.value, float) else float_bounds(agg.value)
         holds, near = sum_tests(state, scale, OP_CODES[agg.op], lo, hi, agg.func == "AVG")
         exact = np.flatnonzero(near)
         if len(exact):

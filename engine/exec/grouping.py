@@ -13,6 +13,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..store.bitmaps import rows_of
+from ..store.bitsets import popcount
 
 
 @numba.njit(cache=True, nogil=True)
@@ -38,14 +39,6 @@ def rows_in(rows, words):
         row = np.int64(rows[i])
         out[i] = (row >> 6) < len(words) and (words[row >> 6] >> np.uint64(row & 63)) & np.uint64(1) != 0
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def popcount(x):
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -28,8 +28,8 @@ import math
 import numba
 import numpy as np
 
-from ..store.runs import SCALED_NULL
-from .grouping import popcount
+from ..store.bitsets import popcount, rank_table  # noqa: F401 (rank_table: the doctest and callers use it here)
+from ..store.runs import RESIDUAL_BITS, SCALED_NULL, residual_units, times_scale
 
 #: Columns of the per-row state (16 or 32 bytes: a record never straddles a cache line): the events
 #: counted (high 32 bits) and the property's values (low 32 bits), the sum of codes, and with
@@ -37,13 +37,10 @@ from .grouping import popcount
 COUNTS, SUM, LEAST, GREATEST = range(4)
 SUMS_WIDTH, EXTREMES_WIDTH = 2, 4
 _EVENT = 1 << 32
-#: Residuals are counted in units of 2**-RESIDUAL_BITS: the ulp of the least nonzero |value| (1/scale).
-RESIDUAL_BITS = 59
 #: Rows with more values than this in a window leave the integer path (C and R stay far from overflow).
 MAX_VALUES = 1 << 21
 #: |c| < 2**CODE_BITS for every code, so each representation error is below 2**(CODE_BITS - 53) / scale.
 CODE_BITS = 31
-_SPLIT = 134217729.0  # 2**27 + 1, Dekker's splitter
 
 
 def counts_of(state: np.ndarray) -> np.ndarray:
@@ -59,16 +56,6 @@ def values_of(state: np.ndarray) -> np.ndarray:
 def residual_bits(scale: int) -> int:
     """The exponent ``k`` such that every value ``c / scale`` (c an int32) is a multiple of ``2**-k``."""
     return 53 - math.frexp(1.0 / scale)[1]
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _times_scale(d, scale):
-    """``scale * d`` as ``p + e`` exactly (Dekker's product; ``scale`` fits in 26 bits)."""
-    p = d * scale
-    t = _SPLIT * d
-    hi = t - (t - d)
-    lo = d - hi
-    return p, (hi * scale - p) + lo * scale
 
 
 @numba.njit(cache=True, nogil=True)
@@ -114,7 +101,6 @@ def accumulate_residuals(rows, pick, use_pick, near, codes, residuals, scale):
     ``2**-RESIDUAL_BITS``, to ``residuals[j]`` when its row is ``near[j]`` (``near`` ascending;
     events picked by ``pick`` if ``use_pick``). A 65536-bit filter of the rows' low 16 bits (8 KiB,
     cache resident) passes an event on to the binary search, so the pass streams the events."""
-    unit = 2.0 ** RESIDUAL_BITS
     filter_bits = np.zeros(1024, dtype=np.uint64)
     for j in range(len(near)):
         low = np.int64(near[j]) & 0xFFFF
@@ -132,22 +118,7 @@ def accumulate_residuals(rows, pick, use_pick, near, codes, residuals, scale):
         c = codes[i]
         if c == SCALED_NULL:
             continue
-        p, e = _times_scale(c / scale, scale)
-        r = (p - c) + e  # exact: p - c by Sterbenz, and the sum is representable
-        residuals[j] += np.int64(r * unit)
-
-
-@numba.njit(cache=True, nogil=True)
-def rank_table(words):
-    """The bitset ``words`` interleaved with the number of bits set before each word (one cache
-    line holds both for four words): ``[word 0, 0, word 1, popcount(word 0), ...]``."""
-    table = np.empty(2 * len(words), dtype=np.uint64)
-    total = 0
-    for w in range(len(words)):
-        table[2 * w] = words[w]
-        table[2 * w + 1] = np.uint64(total)
-        total += popcount(words[w])
-    return table
+        residuals[j] += residual_units(c, scale)
 
 
 #: Operator codes of :func:`sum_tests`.
@@ -155,7 +126,7 @@ OP_CODES = {"=": 0, "!=": 1, "<": 2, "<=": 3, ">": 4, ">=": 5}
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _holds(v, op, lo, hi):
+def op_holds(v, op, lo, hi):
     """``v op literal`` exactly, where lo <= literal <= hi are the nearest float64 (lo == hi: it is one)."""
     if lo == hi:
         if op == 0:
@@ -201,7 +172,7 @@ def sum_tests(state, scale, op, lo, hi, average):
             v = v / count
             drift = drift / count
         slack = drift + 2.0**-50 * (abs(v) + size) + 1e-300
-        holds[k] = _holds(v, op, lo, hi)
+        holds[k] = op_holds(v, op, lo, hi)
         near[k] = abs(v - lo) <= slack or abs(v - hi) <= slack
     return holds, near
 
@@ -257,7 +228,7 @@ def correctly_rounded_sums(sums, residuals, scale):
         r_lo = np.float64(residuals[k] & 0xFFFFFFFF) * unit
         q = (c + (r_hi + r_lo)) / scale
         for _ in range(64):  # q moves by one ulp a step; it starts within a few
-            p, e = _times_scale(q, scale)
+            p, e = times_scale(q, scale)
             up = np.nextafter(q, np.inf)
             terms[0], terms[1], terms[2], terms[3], terms[4] = c, r_hi, r_lo, -p, -e
             terms[5] = -(up - q) * 0.5 * scale  # exact: a power of two times scale

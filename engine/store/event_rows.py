@@ -185,8 +185,10 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
             mask[dead] = False  # a dead row is never one of ``rows`` (those are live)
             store.count -= hits
             deleted += hits
+            dropped = np.union1d(rows, dead) if len(dead) else np.unique(rows)
             store.dead, store.dead_events = BitMap(), 0
             _unindex(store, rows, gone)
+            store.window_sums.dropped(store.generation, dropped)
             store.generation += 1
     if released:
         events.release_event_ids(np.concatenate(released))
@@ -217,6 +219,8 @@ def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | Non
             store.dead_events += n
             store.dead |= held
             _unindex(store, rows, gone)
+            buried = np.frombuffer(held.to_array(), dtype=np.uint32).astype(np.int64)
+            store.window_sums.dropped(store.generation, buried)
             store.generation += 1
 
 
@@ -240,7 +244,9 @@ def compact(events: EventStore, force: bool = False) -> int:
         with store.level_builds.lock:  # a build reading the runs as they were reads the buried events
             store.level_builds.invalidate()
             removed += _remove_marked(store, store.dead_mask(), released)
+            buried = np.frombuffer(store.dead.to_array(), dtype=np.uint32).astype(np.int64)
             store.dead, store.dead_events = BitMap(), 0
+            store.window_sums.dropped(store.generation, buried)  # their sums went when they were buried
             store.generation += 1
     if released:
         events.release_event_ids(np.concatenate(released))

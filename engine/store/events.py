@@ -38,6 +38,7 @@ from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
 from .append_plan import AppendPlan, Grown, grown, install, slot_bitmaps, with_run
 from .runs import EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, time_order
 from .row_index import RowIndex, build_row_index
+from .window_sums import WindowSumsCache
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -82,6 +83,8 @@ class EventTypeStore:
         # levels 2.. of the per-row counts (engine.store.count_levels): built on first use, then kept
         self.count_levels: CountLevels | None = None
         self.level_builds = LevelBuilds(self)  # count levels being built in the background
+        # per-row sums of scaled float properties over moving windows: built by the first DID SUM/AVG, kept by writes
+        self.window_sums = WindowSumsCache()
         self.generation = 0
         # rows whose events were deleted by marking (a merge's departures): their events stay in the runs
         # until compacted (engine.store.event_rows), and no bitmap above holds these rows
@@ -95,6 +98,7 @@ class EventTypeStore:
         state["prop_bitmaps"] = {}
         state["count_levels"] = None
         del state["level_builds"]
+        state["window_sums"] = WindowSumsCache()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -108,6 +112,7 @@ class EventTypeStore:
         state.setdefault("count_levels", None)
         state.setdefault("dead", BitMap())
         state.setdefault("dead_events", 0)
+        state["window_sums"] = WindowSumsCache()
         self.__dict__.update(state)
         self.level_builds = LevelBuilds(self)
 
@@ -305,6 +310,7 @@ class EventTypeStore:
                 else:
                     kept.levels.add(keys, days, rows, kept.days, kept.ever)
             kept.add(keys, rows, ts)
+        self.window_sums.appended(self.generation, rows, ts, plan.props, self.scaled)
         self.count += len(rows)
         self.generation += 1
 
@@ -621,7 +627,7 @@ class EventTypeStore:
                     + sum(v.nbytes for v in r.valid.values()) + (0 if r.eids is None else r.eids.nbytes)
                     for r in self.runs)
         return total + sum(len(b.serialize()) for b in [*self.days.values(), *self.slots.values()]) \
-            + sum(kept.nbytes() for kept in self.prop_bitmaps.values()) \
+            + sum(kept.nbytes() for kept in self.prop_bitmaps.values()) + self.window_sums.nbytes \
             + (self.count_levels.nbytes() if self.count_levels is not None else 0) \
             + sum(run.row_index.nbytes for run in self.runs if run.row_index is not None)
 

@@ -49,6 +49,30 @@ def decode_scaled(codes: np.ndarray, scale: int) -> np.ndarray:
     return values
 
 
+#: Residuals of scaled codes (``scale * (c / scale) - c``, exact float64s) are counted in units of
+#: 2**-RESIDUAL_BITS: for scale 100, the ulp of the least nonzero |value| (1/100).
+RESIDUAL_BITS = 59
+_SPLIT = 134217729.0  # 2**27 + 1, Dekker's splitter
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def times_scale(d, scale):
+    """``scale * d`` as ``p + e`` exactly (Dekker's product; ``scale`` fits in 26 bits)."""
+    p = d * scale
+    t = _SPLIT * d
+    hi = t - (t - d)
+    lo = d - hi
+    return p, (hi * scale - p) + lo * scale
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def residual_units(c, scale):
+    """The residual ``scale * (c / scale) - c`` of code ``c`` in units of 2**-RESIDUAL_BITS (exact:
+    ``p - c`` by Sterbenz's lemma, and the sum is representable)."""
+    p, e = times_scale(c / scale, scale)
+    return np.int64(((p - c) + e) * 2.0 ** RESIDUAL_BITS)
+
+
 def code_dtype(n_labels: int) -> type:
     """The smallest signed integer dtype for category codes 0..n_labels-1 plus -1 (null)."""
     if n_labels < 127:
