@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import TYPE_CHECKING
 
 from .commands import Command, DeleteSegment
@@ -26,9 +27,16 @@ class SegmentSizes:
     """Every saved segment's size over time, read from the shards of ``engine``."""
 
     def __init__(self, engine: Engine, durable: bool):
-        self.engine = engine
+        self._engine = weakref.ref(engine)  # no reference cycle: a dropped engine frees its shards at once
         self.history = SizeHistory(durable=durable)
         self.store: HistoryStore | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine whose segments these are."""
+        engine = self._engine()
+        assert engine is not None, "segment sizes outlived their engine"
+        return engine
 
     def current(self) -> dict[str, int]:
         """Every saved segment's member count now (call under the publish lock)."""

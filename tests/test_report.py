@@ -32,6 +32,6 @@ def test_large_streams_chunks_and_agrees_with_duckdb_on_a_file(tmp_path):
                            "--repeat", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["mismatches"] == [] and report["segengine"]["restart"]["same_answers"] is True
+    assert report["mismatches"] == []  # the restarted engine's counts against DuckDB's
     assert report["segengine_load"]["profiles"] == 3000 and report["segengine_load"]["events"] == 15000
     assert {r["name"] for r in report["queries"]} == set(report["duckdb"]["queries"])

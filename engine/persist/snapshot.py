@@ -200,14 +200,15 @@ def start(shard: LocalShard, path: str, snapshot_id: int) -> dict[str, int]:
 
 
 def copy_budget(held: int) -> int | None:
-    """Bytes a capture may copy: the arena's memory (``held``) plus the memory available beyond a
-    reserve (``COPY_RESERVE``); None where the system does not say (no limit). The environment
+    """Bytes a capture may copy: the arena's memory (``held``) plus half the memory available beyond
+    a reserve (``COPY_RESERVE``: the other half is for the bitmaps it serialises, which it cannot
+    reference, and the write); None where the system does not say (no limit). The environment
     variable ``SEGENGINE_SNAPSHOT_COPY_BUDGET`` sets it in bytes instead."""
     forced = os.environ.get("SEGENGINE_SNAPSHOT_COPY_BUDGET")
     if forced is not None:
         return int(forced)
     available = memory_available()
-    return None if available is None else held + max(available - COPY_RESERVE, 0)
+    return None if available is None else held + max(available - COPY_RESERVE, 0) // 2
 
 
 def memory_available() -> int | None:

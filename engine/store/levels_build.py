@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -64,9 +65,16 @@ class LevelBuilds:
     each commit whole."""
 
     def __init__(self, store: EventTypeStore):
-        self.store = store
+        self._store = weakref.ref(store)  # the store owns this object: no reference cycle keeps it alive
         self.lock = threading.Lock()
         self.running: dict[str | None, _Build] = {}
+
+    @property
+    def store(self) -> EventTypeStore:
+        """The store whose levels these builds are."""
+        store = self._store()
+        assert store is not None, "a store's level builds outlived it"
+        return store
 
     def start(self, prop: str | None) -> None:
         """Build the levels of ``prop`` unless a build is running (in this thread if ``synchronous()``)."""
@@ -98,14 +106,15 @@ class LevelBuilds:
 
     def _run(self, build: _Build, runs: list) -> None:
         lower_thread_priority(BUILD_NICE)
+        store = self.store  # held for the build
         try:
-            levels = self.store.build_levels(build.prop, runs, PAUSE_S)
+            levels = store.build_levels(build.prop, runs, PAUSE_S)
             seen = 0
             for _ in range(CATCH_UP_ROUNDS):
                 with self.lock:
                     if build.stale:
                         return
-                    upto, runs = len(build.touched), self.store.runs
+                    upto, runs = len(build.touched), store.runs
                     if upto == seen:
                         self._install(build, levels)
                         return
@@ -115,7 +124,7 @@ class LevelBuilds:
                 if build.stale:
                     return
                 if len(build.touched) > seen:
-                    self._catch_up(levels, build.prop, build.touched[seen:], self.store.runs)
+                    self._catch_up(levels, build.prop, build.touched[seen:], store.runs)
                 self._install(build, levels)
         except Exception:  # a build that fails is dropped; queries keep counting the events
             log.exception("count levels of %s: the build failed", build.prop or "the event type")
