@@ -21,7 +21,7 @@ from .commands import (COORDINATOR_KINDS, AddDestination, Command, CreateSegment
                        LoadProfiles, Merge, RemoveDestination, Track, UpdateSchema, Upsert, applied_count,
                        merged_segment_info, route)
 from .destinations import Destinations
-from .errors import BadRequest, DataDirMismatch, DataError, QueryError, SegmentExists, ShardError
+from .errors import DataDirMismatch, DataError, QueryError, SegmentExists, ShardError
 from .export_formats import write_members
 from .explain import merge_trees
 from .identity import Identity
@@ -40,7 +40,7 @@ from .shard.group import make_shards
 from .shard.partition import shard_of
 from .shard.prepared import PREPARED_METHODS
 from .store.bitmaps import rows_of
-from .timeparse import check_clock
+from .timeparse import query_clock, wall_clock_ms
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
 
 if TYPE_CHECKING:
@@ -48,21 +48,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("segengine.engine")
-
-
-def wall_clock_ms() -> int:
-    """The current UTC time in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
-
-
-def query_clock(now: int | None) -> int:
-    """The clock of a query: the wall clock for None, else ``now`` (BadRequest past +-2**62 ms)."""
-    if now is None:
-        return wall_clock_ms()
-    try:
-        return check_clock(now)
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(str(exc)) from None
 
 
 class Engine:
@@ -501,9 +486,7 @@ class Engine:
         self.catalog.check_refs(names)
         with self.publish.writing():
             subscription = self.changes.subscribe(names, capacity)
-            if not self._capturing:
-                self.shards.call_all("capture_changes", True)
-                self._capturing = True
+            self.capture_changes()
         return subscription
 
     # -- destinations (webhooks of saved segments; see engine.destinations) ------------------

@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timezone
 
-from .errors import quoted
+from .errors import BadRequest, quoted
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 INT64_MIN = -(2**63)
@@ -72,3 +73,18 @@ def format_ts(ms: int) -> str:
     """Epoch ms -> ISO 8601 UTC text with millisecond precision."""
     moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wall_clock_ms() -> int:
+    """The current UTC time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def query_clock(now: int | None) -> int:
+    """The clock of a query: the wall clock for None, else ``now`` (BadRequest past +-2**62 ms)."""
+    if now is None:
+        return wall_clock_ms()
+    try:
+        return check_clock(now)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(str(exc)) from None

@@ -28,8 +28,7 @@ from engine.columns import column_from_values
 from engine.query import bind, parse
 from engine.schema import CONTRACT_SCHEMA, EventDef
 from engine.store.count_levels import CAP
-from engine.store import events as events_module
-from engine.store import levels_build
+from engine.store import levels_build, type_levels
 from engine.store.event_rows import drop_rows
 from engine.store.events import EventStore
 
@@ -185,12 +184,12 @@ def test_levels_built_in_slices_equal_levels_built_at_once(writes: list, events_
         apply(store, op, seed)
     typed = store.types["act"]
     whole = [typed.build_levels(prop, typed.runs) for prop in (None, *KINDS)]
-    saved = events_module.LEVEL_BUILD_EVENTS
-    events_module.LEVEL_BUILD_EVENTS = events_per_slice
+    saved = type_levels.LEVEL_BUILD_EVENTS
+    type_levels.LEVEL_BUILD_EVENTS = events_per_slice
     try:
         sliced = [typed.build_levels(prop, typed.runs) for prop in (None, *KINDS)]
     finally:
-        events_module.LEVEL_BUILD_EVENTS = saved
+        type_levels.LEVEL_BUILD_EVENTS = saved
     assert all(a.same_as(b) for a, b in zip(whole, sliced))
 
 

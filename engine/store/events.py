@@ -20,8 +20,6 @@ per type, then maintained by later appends like the day bitmaps.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,13 +28,16 @@ from pyroaring import BitMap
 from ..columns import CategoryColumn, Column, ValueColumn
 from ..schema import EventDef
 from .bitmaps import to_bitmap
-from .count_levels import WHOLE_TYPE, CountLevels, build_levels
+from .count_levels import WHOLE_TYPE, CountLevels
 from .levels_build import LevelBuilds
 from .event_ids import EventIdStore
 from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
 from .append_plan import AppendPlan, Grown, grown, install, slot_bitmaps, with_run
-from .runs import EPOCH_BITS, FLOAT_SCALE, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at, time_order
+from .runs import (EPOCH_BITS, FLOAT_SCALE, NO_TIME, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at,
+                   time_order)
+from .type_levels import TypeLevels
+from .type_state import TypeState
 from .row_index import RowIndex, build_row_index
 from .window_sums import WindowSumsCache
 
@@ -44,10 +45,7 @@ if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
 
 DAY_MS = 86_400_000
-#: Events per slice when count levels are built from the stored events.
-LEVEL_BUILD_EVENTS = 1 << 20
 HOUR_MS = 3_600_000
-NO_TIME = np.iinfo(np.int64).min
 #: Presence buckets inside a day (built on demand for the days where window edges fall).
 SLOT_MS = 300_000
 #: Days per event type whose slot bitmaps are kept.
@@ -61,7 +59,7 @@ COMPACT_MIN_DEAD = 1 << 16
 _BUILD_LOCK = threading.Lock()
 
 
-class EventTypeStore:
+class EventTypeStore(TypeLevels, TypeState):
     """All events of one type in one shard."""
 
     def __init__(self, definition: EventDef):
@@ -251,17 +249,6 @@ class EventTypeStore:
         self._plan_levels(plan)
         return plan
 
-    def _plan_levels(self, plan: AppendPlan) -> None:
-        """Work out what the plan's events add to the kept count levels (commit ORs it in)."""
-        day_of = plan.ts // DAY_MS
-        for prop, kept in list(self.prop_bitmaps.items()):
-            plan.bins[prop] = keys = self.bin_keys(prop, plan.props[prop], plan.valid.get(prop))
-            if kept.levels is not None:
-                plan.levels[prop] = (kept.levels, kept.levels.plan_add(keys, day_of, plan.rows, kept.days, kept.ever))
-        if self.count_levels is not None:
-            plan.levels[None] = (self.count_levels, self.count_levels.plan_add(
-                np.zeros(len(plan.rows), np.int64), day_of, plan.rows, {WHOLE_TYPE: self.days}, {WHOLE_TYPE: self.ever}))
-
     def commit_append(self, plan: AppendPlan) -> None:
         """Make the events of ``plan`` (made against this store as it is now) visible."""
         with self.level_builds.lock:  # a count-level build sees the commit whole
@@ -441,64 +428,6 @@ class EventTypeStore:
             kept.add(keys, rows, ts)
         return kept
 
-    def levels(self, prop: str | None = None) -> CountLevels | None:
-        """The kept count levels of the whole type (``prop`` None: key WHOLE_TYPE, level 1 in ``days``
-        and ``ever``) or of the bins of ``prop`` (level 1 in its PropertyBitmaps); None while they are
-        being built (the first call starts the build: engine.store.levels_build)."""
-        kept = None if prop is None else self.property_bitmaps(prop)
-        levels = self.count_levels if kept is None else kept.levels
-        if levels is None:
-            self.level_builds.start(prop)
-            levels = self.count_levels if kept is None else kept.levels
-        return levels
-
-    def install_levels(self, prop: str | None, levels: CountLevels) -> None:
-        """Keep ``levels`` (exact for the events as they are) as the count levels of ``prop``."""
-        if prop is None:
-            self.count_levels = levels
-        else:
-            kept = self.prop_bitmaps.get(prop)
-            if kept is not None:
-                kept.levels = levels
-
-    def build_levels(self, prop: str | None, runs: list[Run], pause_s: float = 0.0) -> CountLevels:
-        """The count levels of the whole type or of ``prop``'s bins, computed from the events of ``runs``
-        (in slices of LEVEL_BUILD_EVENTS events, so the build's scratch memory stays bounded; ``pause_s``
-        between slices lets the threads of other calls run)."""
-        def slices() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-            for run in runs:
-                for start in range(0, len(run), LEVEL_BUILD_EVENTS):
-                    yield self.keyed_events(prop, [run.slice(start, start + LEVEL_BUILD_EVENTS)])
-                    if pause_s:
-                        time.sleep(pause_s)
-
-        return build_levels(slices())
-
-    def keyed_events(self, prop: str | None, parts: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(key, UTC day, row) of every event of ``parts`` but those of dead rows: the key is WHOLE_TYPE,
-        or its bin of ``prop``."""
-        if not parts:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        rows = np.concatenate([part.rows for part in parts])
-        days = np.concatenate([part.absolute_ts() for part in parts]) // DAY_MS
-        keys = np.zeros(len(rows), np.int64) if prop is None else \
-            np.concatenate([self.bin_keys(prop, part.props[prop], part.valid.get(prop)) for part in parts])
-        if self.dead:  # the events of rows deleted by marking are not counted
-            alive = ~self.dead_mask()[rows]
-            keys, days, rows = keys[alive], days[alive], rows[alive]
-        return keys, days, rows
-
-    def expire_levels(self, edge_day: int) -> None:
-        """Recount the kept count levels after the events before some instant of ``edge_day`` went."""
-        kept_levels = [(None, self.count_levels)] + [(prop, kept.levels) for prop, kept in self.prop_bitmaps.items()]
-        edge_parts = self.window(edge_day * DAY_MS, (edge_day + 1) * DAY_MS - 1)
-        runs = self.runs
-        for prop, levels in kept_levels:
-            if levels is not None:
-                edge_keys, _, edge_rows = self.keyed_events(prop, edge_parts)
-                all_keys, _, all_rows = self.keyed_events(prop, runs)
-                levels.expire(edge_day, edge_keys, edge_rows, all_keys, all_rows)
-
     def row_index(self, run: Run) -> RowIndex:
         """The events of ``run`` (one of this store's runs, not a slice) grouped by row: built on first use
         and kept on the run (a run never changes, and a merge or removal makes new runs without one)."""
@@ -549,76 +478,6 @@ class EventTypeStore:
         for part in self.window(NO_TIME, now):
             max_at(latest, part.rows, part.absolute_ts())
         return latest[:size]
-
-    def to_state(self, writer: StateWriter) -> dict[str, Any]:
-        """The type's part of a snapshot: runs (referenced: never changed in place), day bitmaps, ``ever``,
-        latest times, category labels and float scales (slot bitmaps are not stored)."""
-        def run_state(run: Run) -> dict[str, Any]:
-            state = {"base": run.base, "ts": writer.array(run.ts, immutable=True),
-                     "rows": writer.array(run.rows, immutable=True),
-                     "props": {k: writer.array(v, immutable=True) for k, v in run.props.items()},
-                     "valid": {k: writer.array(v, immutable=True) for k, v in run.valid.items()}}
-            if run.eids is not None:
-                state["eids"] = writer.array(run.eids, immutable=True)
-            return state
-
-        return {"epochs": [[epoch, [run_state(run) for run in runs]] for epoch, runs in self.epochs.items()],
-                "days": [[day, writer.bitmap(bitmap)] for day, bitmap in self.days.items()],
-                "ever": writer.bitmap(self.ever),
-                "last_ts": None if self.last_ts is None else writer.array(self.last_ts.view()),
-                "max_ts": self.max_ts, "count": self.count, "labels": self.labels, "scaled": self.scaled,
-                "generation": self.generation, "dead": writer.bitmap(self.dead), "dead_events": self.dead_events}
-
-    @classmethod
-    def from_state(cls, reader: StateReader, state: dict[str, Any], definition: EventDef,
-                   rows: int) -> "EventTypeStore":
-        """The events of ``definition`` (of profiles below ``rows``) from their part of a snapshot."""
-        store = cls(definition)
-        if set(state["labels"]) != set(store.labels) or set(state["scaled"]) != set(store.scaled):
-            raise ValueError(f"the stored properties of {definition.name} are not the schema's")
-        store.labels = {prop: list(map(str, labels)) for prop, labels in state["labels"].items()}
-        store.code_of = {prop: {label: code for code, label in enumerate(labels)} for prop, labels in store.labels.items()}
-        store.scaled = {prop: int(scale) for prop, scale in state["scaled"].items()}
-        store.epochs = {int(epoch): [store._run_from_state(reader, run, int(epoch), rows) for run in runs]
-                        for epoch, runs in state["epochs"]}
-        store.days = {int(day): reader.bitmap(bitmap, rows) for day, bitmap in state["days"]}
-        store.ever = reader.bitmap(state["ever"], rows)
-        if state["last_ts"] is not None:
-            last_ts = reader.array(state["last_ts"])
-            if last_ts.dtype != np.int64 or last_ts.ndim != 1 or len(last_ts) > rows:
-                raise ValueError(f"the latest times of {definition.name} are not a column of at most {rows} rows")
-            store.last_ts = GrowableArray.adopt(last_ts, NO_TIME)
-        store.max_ts, store.count, store.generation = int(state["max_ts"]), int(state["count"]), int(state["generation"])
-        if "dead" in state:  # parts written before deletion by marking hold none
-            store.dead, store.dead_events = reader.bitmap(state["dead"], rows), int(state["dead_events"])
-        return store
-
-    def _run_from_state(self, reader: StateReader, state: dict[str, Any], epoch: int, rows: int) -> Run:
-        """A run of ``epoch`` from its part of a snapshot, checked against the schema and the row count."""
-        ts, run_rows = reader.array(state["ts"]), reader.array(state["rows"])
-        props = {prop: reader.array(ref) for prop, ref in state["props"].items()}
-        valid = {prop: reader.array(ref) for prop, ref in state["valid"].items()}
-        eids = reader.array(state["eids"]) if "eids" in state else None  # runs of parts without event ids have none
-        size = len(ts)
-        kinds = self.definition.properties
-        wanted = {prop: self._stored_dtypes(prop, kind) for prop, kind in kinds.items()}
-        if int(state["base"]) != epoch << EPOCH_BITS or ts.dtype != np.uint32 or run_rows.dtype != np.int32 \
-                or set(props) != set(kinds) or set(valid) != {p for p, k in kinds.items() if k in ("int", "timestamp")} \
-                or any(a.shape != (size,) for a in (ts, run_rows, *props.values(), *valid.values())) \
-                or any(props[p].dtype not in wanted[p] for p in props) \
-                or any(v.dtype != np.bool_ for v in valid.values()) \
-                or (eids is not None and (eids.dtype != np.int32 or eids.shape != (size,))) \
-                or (size and (int(run_rows.min()) < 0 or int(run_rows.max()) >= rows)):
-            raise ValueError(f"a run of {self.definition.name} does not match the schema or the profiles")
-        return Run(epoch << EPOCH_BITS, ts, run_rows, props, valid, eids)
-
-    def _stored_dtypes(self, prop: str, kind: str) -> tuple[np.dtype, ...]:
-        """The dtypes a run may store property ``prop`` of type ``kind`` in."""
-        if kind == "category":
-            return (np.dtype(code_dtype(len(self.labels[prop]))),)
-        if kind == "float":
-            return (np.dtype(np.int32),) if self.scaled[prop] else (np.dtype(np.float64),)
-        return (np.dtype(np.int8),) if kind == "bool" else (np.dtype(np.int64),)
 
     @property
     def nbytes(self) -> int:

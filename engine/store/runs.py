@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .row_index import RowIndex
 
 EPOCH_BITS = 32
+#: No time at all (an empty latest-time entry, an unbounded window edge).
+NO_TIME = np.iinfo(np.int64).min
 EPOCH_SPAN = 1 << EPOCH_BITS
 
 
