@@ -132,6 +132,8 @@ def segengine_run(args: argparse.Namespace, data_dir: Path) -> dict:
     snap = eng.snapshot()
     snapshot_s = time.perf_counter() - t
     eng.close()
+    del eng  # an in-process shard's data lives as long as its engine object: freed before the restart
+    gc.collect()
     on_disk = dir_bytes(data_dir)
     cold = args.cold and drop_page_cache()
     t = time.perf_counter()

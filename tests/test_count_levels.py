@@ -27,6 +27,7 @@ from engine import Engine, Schema
 from engine.columns import column_from_values
 from engine.query import bind, parse
 from engine.schema import CONTRACT_SCHEMA, EventDef
+from engine.exec import count_levels as level_counts
 from engine.store.count_levels import CAP
 from engine.store import levels_build, type_levels
 from engine.store.event_rows import drop_rows
@@ -58,6 +59,8 @@ QUERIES = [
     "DID(purchase WHERE amount > 60, COUNT >= 2, WITHIN 10d)",
     "DID(purchase WHERE amount >= 20 OR category = 'books', COUNT >= 2)",
     "DID(page_view, COUNT >= 3, WITHIN 7d) AND DID(purchase, COUNT >= 1)",
+    "DID(purchase, WITHIN 12d) AND DID(page_view, COUNT >= 2, WITHIN 7d)",
+    "DID(page_view, WITHIN 9d) AND NOT DID(page_view WHERE category = 'books', COUNT = 1, WITHIN 5d)",
     "DID(purchase) AND DID(page_view, AFTER LAST purchase, COUNT = 0)",
     "DID(page_view, AFTER LAST purchase, WITHIN 5d)",
     "DID(purchase, AFTER LAST page_view)",
@@ -125,6 +128,14 @@ def test_counts_from_levels_match_the_oracle_through_writes_merges_erasure_and_e
         engine.track_events(batch)
         oracle.track(batch)
         check(engine, oracle)
+
+
+def test_counts_up_to_two_next_to_other_predicates_come_from_levels_past_the_pair_counter_rows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``PAIR_COUNTER_ROWS`` rows (here: any) a count up to 2 within a found set is answered
+    from the levels, not from the two-bit event counter: the same answers."""
+    monkeypatch.setattr(level_counts, "PAIR_COUNTER_ROWS", 0)
+    test_counts_from_levels_match_the_oracle_through_writes_merges_erasure_and_expiry(1)
 
 
 def test_a_count_of_exactly_k_events_sits_on_level_k() -> None:

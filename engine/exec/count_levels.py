@@ -39,6 +39,10 @@ LEVELS_CACHE = 8
 #: events. A count up to 2 within any found set stays on the event counter (``count_upto2``: one
 #: pass over the window's events, measured cheaper than the levels when the DID is not alone).
 NARROW = 4
+#: Up to this many rows a count up to 2 stays on the event counter even next to other predicates:
+#: its two bits per row (8 MiB here) stay in cache; past it every counted event misses the cache and
+#: the kept levels, which count only the window's partial days event by event, answer faster.
+PAIR_COUNTER_ROWS = 1 << 25
 
 
 class WholeLevels:
@@ -264,7 +268,8 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     top = len(wanted) - 1
     needed = needed_levels(wanted)
     narrow = found is not None and len(found) * NARROW < len(store.ever)
-    if node.after_last is not None or top > CAP or (top <= 2 and found is not None):
+    small = store.row_bound() <= PAIR_COUNTER_ROWS
+    if node.after_last is not None or top > CAP or (top <= 2 and found is not None and small):
         return None
     if lo > hi or not store.runs or not needed:
         return {j: BitMap() for j in needed}
