@@ -3,6 +3,7 @@
     python benchmarks/large.py [--profiles 100000000] [--events-per-profile 5] [--chunk 2000000]
                                [--repeat 5] [--data-dir DIR] [--duckdb-file FILE] [--cold] [--json out.json]
                                [--duckdb-budget-s 300] [--duckdb-reuse] [--duckdb-from JSON]
+                               [--reuse-data-dir]
 
 1. segengine (shards 1, durable in --data-dir): the data set is generated chunk by chunk
    (``loaders.chunks``: bounded memory) and loaded through the columnar path; load rates (by wall
@@ -20,6 +21,8 @@
    ratio is then a lower bound); one taking over 10 s gets a single warm run instead of --repeat.
    ``--duckdb-reuse`` queries an existing ``--duckdb-file`` without loading it again, and
    ``--duckdb-from`` takes DuckDB's figures from an earlier run's ``--json`` output instead.
+   ``--reuse-data-dir`` opens the data an earlier run left in ``--data-dir`` instead of loading
+   it again (no load figures), then snapshots, restarts and queries as above.
 The counts must agree (exit status 1 otherwise); ratios are DuckDB's median over segengine's.
 """
 from __future__ import annotations
@@ -33,8 +36,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 for path in (str(HERE.parent), str(HERE)):
@@ -86,8 +91,15 @@ def segengine_run(args: argparse.Namespace, data_dir: Path) -> dict:
     schema = Schema.from_dict(DEMO_SCHEMA)
     warm_up_jit(schema, 1, all_queries(), NOW_MS)  # JIT memory is not the data's (as compare.py measures)
     base = settled_rss()
-    eng = Engine(schema, shards=1, data_dir=str(data_dir),
-                 durability={"snapshot_every_s": None, "snapshot_log_bytes": None})
+    durability = {"snapshot_every_s": None, "snapshot_log_bytes": None}
+    if args.reuse_data_dir:  # the data of an earlier run: its load is not measured again
+        t = time.perf_counter()
+        eng = Engine(schema, shards=1, data_dir=str(data_dir), durability=durability)
+        print(f"  reopened {data_dir} in {time.perf_counter() - t:.1f} s", flush=True)
+        held = [eng]
+        del eng  # the callee drops the last reference before the restart
+        return {"load": None, **snapshot_restart_and_query(args, held, data_dir, schema)}
+    eng = Engine(schema, shards=1, data_dir=str(data_dir), durability=durability)
     empty = settled_rss()
     generate_s = profile_s = event_s = profile_cpu_s = event_cpu_s = 0.0
     started = time.perf_counter()
@@ -128,20 +140,38 @@ def segengine_run(args: argparse.Namespace, data_dir: Path) -> dict:
           f"(durable, shards 1; per CPU second of the process: {load['profiles_per_cpu_s']:,.0f} profiles, "
           f"{load['events_per_cpu_s']:,.0f} events); {load['bytes_per_profile']:.1f} B/profile, "
           f"{load['bytes_per_event']:.1f} B/event", flush=True)
+    held = [eng]
+    del eng  # the callee drops the last reference before the restart
+    return {"load": load, **snapshot_restart_and_query(args, held, data_dir, schema)}
+
+
+def snapshot_restart_and_query(args: argparse.Namespace, held: list[Any], data_dir: Path, schema: Any) -> dict:
+    """Snapshot the engine in ``held`` (its only reference: taken out, so its memory is freed before
+    the restart), close it, reopen it from ``data_dir`` and time the queries on it."""
+    from engine import Engine
+
+    eng = held.pop()
+
+    rss_before = rss_bytes()
+    peak = PeakAnon().start()
     t = time.perf_counter()
     snap = eng.snapshot()
     snapshot_s = time.perf_counter() - t
+    snapshot_peak = peak.stop()
     eng.close()
     del eng  # an in-process shard's data lives as long as its engine object: freed before the restart
-    gc.collect()
+    closed_rss = settled_rss()
     on_disk = dir_bytes(data_dir)
     cold = args.cold and drop_page_cache()
     t = time.perf_counter()
     eng = Engine(schema, shards=1, data_dir=str(data_dir))
     restart_s = time.perf_counter() - t
     restart = {"snapshot_s": snapshot_s, "snapshot_bytes": snap.get("bytes"), "data_dir_bytes": on_disk,
+               "rss_before_snapshot_bytes": rss_before, "snapshot_peak_anon_bytes": snapshot_peak,
+               "rss_after_close_bytes": closed_rss,
                "cold_cache": cold, "to_serving_s": restart_s, "read_rate_mb_s": on_disk / 1e6 / restart_s}
-    print(f"snapshot {snapshot_s:.1f} s; restart to serving {restart_s:.1f} s ({on_disk / 2**30:.2f} GiB on disk, "
+    print(f"snapshot {snapshot_s:.1f} s (resident {rss_before / 2**30:.1f} GiB before, anonymous memory peaked at "
+          f"{snapshot_peak / 2**30:.1f} GiB, {closed_rss / 2**30:.1f} GiB once closed); restart to serving {restart_s:.1f} s ({on_disk / 2**30:.2f} GiB on disk, "
           f"{restart['read_rate_mb_s']:,.0f} MB/s{', page cache dropped' if cold else ''})", flush=True)
     queries = {}
     for q in all_queries():  # on the restarted engine: its answers are checked against DuckDB's
@@ -150,7 +180,33 @@ def segengine_run(args: argparse.Namespace, data_dir: Path) -> dict:
         queries[q.name] = {"kind": q.kind, "count": count, "segengine_ms": ms, "segengine_first_ms": first}
         print(f"  {q.name:<28} {count:>12,} {ms:>10.2f} ms", flush=True)
     eng.close()
-    return {"load": load, "restart": restart, "queries": queries}
+    return {"restart": restart, "queries": queries}
+
+
+class PeakAnon:
+    """The peak anonymous resident memory of this process while it runs (sampled every 50 ms)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> "PeakAnon":
+        self.thread.start()
+        return self
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return self.peak
+
+    def _sample(self) -> None:
+        while not self.done.is_set():
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("RssAnon:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            self.done.wait(0.05)
 
 
 def duckdb_run(args: argparse.Namespace) -> dict:
@@ -203,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="segengine's data dir (default: a temporary one, removed)")
     parser.add_argument("--duckdb-file", default=None, help="DuckDB database file (default: a temporary one, removed)")
     parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--reuse-data-dir", action="store_true",
+                        help="open the data of an earlier run in --data-dir instead of generating and loading it")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before the restart (needs root)")
     parser.add_argument("--duckdb-budget-s", type=float, default=300.0,
                         help="interrupt a DuckDB query after this many seconds (reported as over the budget)")
