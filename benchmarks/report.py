@@ -265,7 +265,7 @@ def write_report(out: Path, info: dict[str, Any]) -> Path:
                               "means count such a query at the budget."]
             restart = runs[n]["segengine"]["restart"]
             lines += ["", f"Snapshot {restart['snapshot_s']:.1f} s; restart to serving {restart['to_serving_s']:.1f} s "
-                          f"reading {restart['data_dir_bytes'] / 2**30:.1f} GiB ({restart['read_rate_mb_s']:,.0f} MB/s"
+                          f"reading {restart['snapshot_bytes'] / 2**30:.1f} GiB ({restart['read_rate_mb_s']:,.0f} MB/s"
                           f"{', page cache dropped first' if restart['cold_cache'] else ', page cache warm'})."]
     lines += ["", "## Scaling", "", "![latency as profiles grow](scaling.png)", "",
               "## Throughput", "", "![throughput by client threads](throughput.png)", "",
