@@ -106,7 +106,9 @@ class LevelBuilds:
 
     def _run(self, build: _Build, runs: list) -> None:
         lower_thread_priority(BUILD_NICE)
-        store = self.store  # held for the build
+        store = self._store()  # held for the build
+        if store is None:  # the store was dropped (its engine closed) before the build began
+            return
         try:
             levels = store.build_levels(build.prop, runs, PAUSE_S)
             seen = 0
