@@ -12,7 +12,8 @@ snapshots may hold their arrays (a run and its value codes: ``engine.store.runs`
 
 Per type the store also keeps a Roaring bitmap of the rows that had such an event per UTC day,
 the rows that ever had one, (once AFTER LAST asks for it) each row's latest timestamp, and (once a
-SEQUENCE reads a run) the run's events grouped by row (``engine.store.row_index``).
+SEQUENCE reads a run) the run's events grouped by row (``engine.store.row_index``), kept within a
+byte budget that all types of a shard share (``engine.store.row_index_cache``).
 Bitmaps per 5-minute slot (which a presence query needs inside the two partial days at the
 edges of its window) are built on demand for a day and kept for at most ``SLOT_CACHE_DAYS`` days
 per type, then maintained by later appends like the day bitmaps.
@@ -38,7 +39,8 @@ from .runs import (EPOCH_BITS, FLOAT_SCALE, NO_TIME, SCALED_NULL, Run, code_dtyp
                    time_order)
 from .type_levels import TypeLevels
 from .type_state import TypeState
-from .row_index import RowIndex, build_row_index
+from .row_index import RowIndex
+from .row_index_cache import RowIndexCache
 from .window_sums import WindowSumsCache
 
 if TYPE_CHECKING:
@@ -83,6 +85,8 @@ class EventTypeStore(TypeLevels, TypeState):
         self.level_builds = LevelBuilds(self)  # count levels being built in the background
         # per-row sums of scaled float properties over moving windows: built by the first DID SUM/AVG, kept by writes
         self.window_sums = WindowSumsCache()
+        # the kept row indexes of the runs: the EventStore holding this type shares its cache with every type
+        self.row_indexes = RowIndexCache(self)
         self.generation = 0
         # rows whose events were deleted by marking (a merge's departures): their events stay in the runs
         # until compacted (engine.store.event_rows), and no bitmap above holds these rows
@@ -97,6 +101,7 @@ class EventTypeStore(TypeLevels, TypeState):
         state["count_levels"] = None
         del state["level_builds"]
         state["window_sums"] = WindowSumsCache()
+        del state["row_indexes"]
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -113,6 +118,7 @@ class EventTypeStore(TypeLevels, TypeState):
         state["window_sums"] = WindowSumsCache()
         self.__dict__.update(state)
         self.level_builds = LevelBuilds(self)
+        self.row_indexes = RowIndexCache(self)
 
     def adopt(self, definition: EventDef) -> None:
         """Take a definition of this type that adds properties: the events held so far have them null."""
@@ -430,14 +436,9 @@ class EventTypeStore(TypeLevels, TypeState):
 
     def row_index(self, run: Run) -> RowIndex:
         """The events of ``run`` (one of this store's runs, not a slice) grouped by row: built on first use
-        and kept on the run (a run never changes, and a merge or removal makes new runs without one)."""
-        index = run.row_index
-        if index is not None:
-            return index
-        with _BUILD_LOCK:  # built once and published whole
-            if run.row_index is None:
-                run.row_index = build_row_index(run.rows, run.ts)
-            return run.row_index
+        and kept on the run while the shard's budget allows (``engine.store.row_index_cache``; a run never
+        changes, and a merge or removal makes new runs without one)."""
+        return self.row_indexes.get(run)
 
     def dead_mask(self) -> np.ndarray:
         """A byte per row up to ``row_bound()``: True for the rows deleted by marking."""
@@ -498,11 +499,19 @@ class EventStore:
         self.types: dict[str, EventTypeStore] = {name: EventTypeStore(d) for name, d in events.items()}
         self.event_ids = EventIdStore()
         self.locator: Any = None  # per-row event lookup (engine.store.event_locator), built on first use
+        self._share_row_indexes()
+
+    def _share_row_indexes(self) -> None:
+        """One row-index budget for every type, in proportion to the events of the whole store."""
+        self.row_indexes = RowIndexCache(self)
+        for typed in self.types.values():
+            typed.row_indexes = self.row_indexes
 
     def __getstate__(self) -> dict:
         """The state to pickle: the event locator is an index, built again on demand."""
         state = dict(self.__dict__)
         state.pop("locator", None)
+        state.pop("row_indexes", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -510,6 +519,7 @@ class EventStore:
         state.setdefault("event_ids", EventIdStore())
         state["locator"] = None
         self.__dict__.update(state)
+        self._share_row_indexes()
 
     def release_event_ids(self, entries: np.ndarray) -> None:
         """Events with these event id entries were deleted (see ``EventIdStore.release``); compacts the
@@ -530,6 +540,7 @@ class EventStore:
             store = self.types.get(name)
             if store is None:
                 self.types[name] = EventTypeStore(definition)
+                self.types[name].row_indexes = self.row_indexes
             else:
                 store.adopt(definition)
 
@@ -552,6 +563,7 @@ class EventStore:
         store.types = {name: EventTypeStore.from_state(reader, state[name], definition, rows)
                        for name, definition in events.items()}
         store.event_ids = EventIdStore() if event_ids is None else EventIdStore.from_state(reader, event_ids, rows)
+        store._share_row_indexes()
         held = np.zeros(store.event_ids.size, dtype=np.int64)
         for typed in store.types.values():
             for run in typed.runs:
