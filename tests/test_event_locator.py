@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.schema import EventDef
-from engine.store.event_locator import MIN_COVERED_RUN, REBUILD_SHARE, locate
+from engine.store.event_locator import FULL, GROUP_BITS, MIN_COVERED_RUN, REBUILD_SHARE, locate
 from engine.store.event_rows import bury_rows, drop_rows
 from engine.store.events import EventStore
 
@@ -49,6 +49,24 @@ def test_covered_and_uncovered_runs_match_a_scan() -> None:
     wanted = np.array([7, 8, 9])
     assert located(events, wanted) == naive(events, wanted)
     assert events.locator is index  # a few uncovered events: the index is kept
+
+
+def test_counts_at_the_full_mark_and_group_edges() -> None:
+    """Rows with FULL - 1 covered events (listed), FULL and more (scanned whole), beside rows at the
+    edges of their group of 64 whose entries start after them; every lookup equals a scan."""
+    rng = np.random.default_rng(3)
+    events = EventStore({"view": EventDef("view", {})})
+    group = 1 << GROUP_BITS
+    heavy = {group - 1: FULL - 1, group: FULL, group + 1: FULL + 40, 2 * group + 5: 3 * FULL}
+    light = rng.integers(0, ROWS, 3 * MIN_COVERED_RUN)
+    rows = np.concatenate([light[~np.isin(light, list(heavy))]] + [np.full(n, row) for row, n in heavy.items()])
+    events.types["view"].append(rng.permutation(rows), rng.integers(0, 10**9, len(rows)), {})
+    for wanted in ([group - 1], [group - 2, group - 1], [group], [group - 1, group, group + 2], [group + 1],
+                   [2 * group + 5, 2 * group + 6], [0, 2 * group - 1, 2 * group], [ROWS - 1]):
+        assert located(events, np.array(wanted)) == naive(events, np.array(wanted)), wanted
+    index = events.locator
+    assert index.counts[group - 1] == FULL - 1 and index.counts[group] == index.counts[group + 1] == FULL
+    assert len(index.entries) == len(rows) - sum(n for n in heavy.values() if n >= FULL)
 
 
 def test_rows_deleted_by_marking_and_rebuilds() -> None:

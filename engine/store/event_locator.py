@@ -4,16 +4,19 @@ The event store is organised by type and time, not by profile; a merge's sources
 need one profile's events. ``EventLocator`` is a per-shard index built once over the runs that
 exist then (the *covered* runs): the events of every covered run, in blocks of ``2**block_bits``
 positions (numbered across all covered runs of all types), and per row the blocks holding its
-events (a CSR: ``offsets`` per row, uint32; ``entries`` per event, the block number, uint16 while
-there are at most 65,536 blocks: the block size doubles from 256 events until they fit). So a
-row's events are found by scanning a few blocks of a few hundred events each. Runs are never
-changed in place, so a covered run's entries stay true while it exists; runs written later (appends,
-the log-structured merges of small runs, rebuilds after an erasure or compaction) are *uncovered*
-and scanned whole (a pass over their rows against a byte mask). Once uncovered runs hold more
-than a sixteenth of the events the index is built again. Events deleted by marking stay in the
-covered runs: only live rows are ever looked up.
+events (``entries``: per event its block number, uint16 while there are at most 65,536 blocks: the
+block size doubles from 256 events until they fit; grouped by row, in row order). Where a row's
+entries start is ``bases[row >> 6]`` (uint32, one per 64 rows) plus the ``counts`` (uint8 per row)
+of the rows before it in its group of 64; a row with ``FULL`` (255) or more covered events lists
+none and counts ``FULL``: a lookup of it scans every covered run whole (as it would anyway: its
+events lie in most blocks). So a row's events are found by scanning a few blocks of a few hundred
+events each. Runs are never changed in place, so a covered run's entries stay true while it
+exists; runs written later (appends, the log-structured merges of small runs, rebuilds after an
+erasure or compaction) are *uncovered* and scanned whole (a pass over their rows against a byte
+mask). Once uncovered runs hold more than a sixteenth of the events the index is built again.
+Events deleted by marking stay in the covered runs: only live rows are ever looked up.
 
-Memory: 2 bytes per covered event plus 4 per row (about 2.8 bytes per event at 5 events per
+Memory: 2 bytes per covered event plus 1.06 per row (about 2.2 bytes per event at 5 events per
 profile); built by the first merge or export that needs it (one counting sort over the store's
 rows); never part of a snapshot.
 
@@ -43,6 +46,10 @@ REBUILD_SHARE = 16
 #: Runs shorter than this are left uncovered (scanned): the small, young runs that merge often.
 MIN_COVERED_RUN = 4096
 MIN_BLOCK_BITS = 8
+#: A row's count that stands for "this many covered events or more, none listed: scan every covered run".
+FULL = 255
+#: Rows per ``bases`` entry (a power of two).
+GROUP_BITS = 6
 
 
 @numba.njit(cache=True, nogil=True)
@@ -53,36 +60,53 @@ def _count_rows(rows, counts):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_entries(rows, first_block, block_bits, cursor, entries):
-    """Write each event's block (``first_block`` + position >> block_bits) at its row's cursor."""
+def _fill_entries(rows, first_block, block_bits, cursor, listed, entries):
+    """Write each event's block (``first_block`` + position >> block_bits) at its row's cursor (rows
+    whose events are not ``listed``: none)."""
     for i in range(len(rows)):
         row = rows[i]
-        entries[cursor[row]] = first_block + (i >> block_bits)
-        cursor[row] += 1
+        if listed[row]:
+            entries[cursor[row]] = first_block + (i >> block_bits)
+            cursor[row] += 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _row_blocks(wanted, offsets, entries):
-    """The blocks holding an event of a wanted row (with repeats when two rows share a block)."""
+def _start(bases, counts, row):
+    """Where the entries of ``row`` start: its group's base plus the counts of the rows before it there."""
+    group = row >> GROUP_BITS
+    start = np.int64(bases[group])
+    for r in range(group << GROUP_BITS, row):
+        if counts[r] != FULL:
+            start += counts[r]
+    return start
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_blocks(wanted, bases, counts, entries):
+    """The blocks holding an event of a wanted row (with repeats when two rows share a block), and
+    whether some wanted row counts ``FULL`` (then every covered run is to be scanned)."""
     total = 0
     for k in range(len(wanted)):
         row = wanted[k]
-        if row + 1 < len(offsets):
-            total += offsets[row + 1] - offsets[row]
+        if row < len(counts):
+            if counts[row] == FULL:
+                return np.empty(0, dtype=np.int64), True
+            total += counts[row]
     blocks = np.empty(total, dtype=np.int64)
     n = 0
     for k in range(len(wanted)):
         row = wanted[k]
-        if row + 1 >= len(offsets):
+        if row >= len(counts):
             continue
+        start = _start(bases, counts, row)
         last = -1
-        for j in range(offsets[row], offsets[row + 1]):
+        for j in range(start, start + counts[row]):
             block = np.int64(entries[j])
             if block != last:  # a row's entries are in position order: its repeats are adjacent
                 blocks[n] = block
                 n += 1
                 last = block
-    return blocks[:n]
+    return blocks[:n], False
 
 
 @numba.njit(cache=True, nogil=True)
@@ -140,12 +164,18 @@ class EventLocator:
         counts = np.zeros(size + 1, dtype=np.int64)
         for _, run in covered:
             _count_rows(run.rows, counts)
-        offsets = np.cumsum(counts)
-        self.offsets = offsets.astype(np.uint32) if total < 2**32 else offsets
-        self.entries = np.empty(total, dtype=np.uint16 if firsts[-1] <= 65536 else np.uint32)
-        cursor = offsets[:-1].copy()
+        counts = counts[1:]
+        listed = counts < FULL
+        counts[~listed] = FULL
+        offsets = np.cumsum(np.where(listed, counts, 0))
+        self.counts = counts.astype(np.uint8)
+        starts = np.concatenate([[0], offsets[:-1]])[::1 << GROUP_BITS]
+        self.bases = starts.astype(np.uint32) if offsets[-1:].sum() < 2**32 else starts
+        self.entries = np.empty(int(offsets[-1]) if size else 0,
+                                dtype=np.uint16 if firsts[-1] <= 65536 else np.uint32)
+        cursor = offsets - np.where(listed, counts, 0)
         for slot, (_, run) in enumerate(covered):
-            _fill_entries(run.rows, int(self.first_block[slot]), bits, cursor, self.entries)
+            _fill_entries(run.rows, int(self.first_block[slot]), bits, cursor, listed, self.entries)
         self.covered_events = total
 
     def covers(self, run: Run) -> bool:
@@ -156,12 +186,18 @@ class EventLocator:
     @property
     def nbytes(self) -> int:
         """Bytes held by the index arrays."""
-        return self.offsets.nbytes + self.entries.nbytes + self.first_block.nbytes + self.block_slot.nbytes
+        return (self.bases.nbytes + self.counts.nbytes + self.entries.nbytes + self.first_block.nbytes
+                + self.block_slot.nbytes)
 
     def find(self, wanted: np.ndarray, mask: np.ndarray) -> dict[int, np.ndarray]:
         """Per covered slot holding events of the rows ``wanted`` (distinct; set in the byte ``mask``):
         their positions in order. A run where those blocks would cover most events is scanned whole."""
-        blocks = np.unique(_row_blocks(wanted, self.offsets, self.entries))
+        blocks, whole = _row_blocks(wanted, self.bases, self.counts, self.entries)
+        if whole:  # a wanted row with events in most blocks: every covered run in one pass each
+            runs = [(slot, ref()) for slot, ref in enumerate(self.runs)]
+            found = {slot: marked(run.rows, mask) for slot, run in runs if run is not None}
+            return {slot: positions for slot, positions in found.items() if len(positions)}
+        blocks = np.unique(blocks)
         if not len(blocks):
             return {}
         slots = self.block_slot[blocks]
