@@ -103,7 +103,7 @@ def test_compaction_removes_dead_events_past_their_share() -> None:
     few = np.arange(10)  # far fewer dead events than the minimum: kept
     bury_rows(events, few, None)
     assert compact(events) == 0 and store.dead_events == int(np.isin(rows, few).sum())
-    many = np.arange(10, ROWS // 2)  # past both the minimum and a sixteenth of the live events: compacted
+    many = np.arange(10, ROWS // 2)  # past both the minimum and the share of the live events: compacted
     bury_rows(events, many, None)
     dead = int(np.isin(rows, np.arange(ROWS // 2)).sum())
     assert dead >= COMPACT_MIN_DEAD_EVENTS and dead * COMPACT_DEAD_SHARE >= n - dead

@@ -7,7 +7,7 @@ type and leaves their events in the runs (``bury_rows``: a merge's departures, s
 copy of the runs). A reader of runs never reports a dead row: readers size per-row arrays by
 ``EventTypeStore.row_bound()`` and intersect what they find with live rows, candidates or
 bitmaps, which hold no dead row. ``compact`` rebuilds a type's runs without its dead events once
-they pass a sixteenth of its live events (and ``drop_rows`` does it for the types it rebuilds
+they pass a thirty-second of its live events (and ``drop_rows`` does it for the types it rebuilds
 anyway; a snapshot capture for all), so they cost at most that share of the runs' memory. The
 events of some live rows are found through the shard's event locator (``engine.store.event_locator``).
 """
@@ -226,7 +226,7 @@ def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | Non
 
 #: The events deleted by marking that a type keeps in its runs: at most this share of its live events
 #: (compacted beyond it), or fewer than COMPACT_MIN_DEAD_EVENTS.
-COMPACT_DEAD_SHARE = 16
+COMPACT_DEAD_SHARE = 32
 COMPACT_MIN_DEAD_EVENTS = 1 << 16
 
 
