@@ -99,9 +99,13 @@ def trimmed_rss() -> int:
 
 
 def report_events(label: str, engine: Engine, base_rss: int, n_events: int) -> dict[str, float]:
-    """Print RSS per event since ``base_rss`` and the bytes per event of each event structure."""
+    """Print RSS per event since ``base_rss`` and the bytes per event of each event structure and of
+    the shard's DID caches."""
     rss = (trimmed_rss() - base_rss) / n_events
-    parts = {name: size / n_events for name, size in events_breakdown(engine.shards[0].events).items()}
+    shard = engine.shards[0]
+    parts = {name: size / n_events for name, size in events_breakdown(shard.events).items()}
+    parts["DID query caches (window unions, count-level spans)"] = \
+        (held_bytes(shard.did.union_cache) + held_bytes(shard.did.levels_cache)) / n_events
     shown = ", ".join(f"{name} {size:.2f}" for name, size in parts.items() if size >= 0.005)
     print(f"{label}: RSS {rss:.2f} B/event; structures {sum(parts.values()):.2f} = {shown}", flush=True)
     return {"rss": rss, **parts}
