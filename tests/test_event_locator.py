@@ -52,8 +52,8 @@ def test_covered_and_uncovered_runs_match_a_scan() -> None:
 
 
 def test_counts_at_the_full_mark_and_group_edges() -> None:
-    """Rows with FULL - 1 covered events (listed), FULL and more (scanned whole), beside rows at the
-    edges of their group of 64 whose entries start after them; every lookup equals a scan."""
+    """Rows with FULL - 1 covered events, FULL and more (their counts in the overflow arrays), beside
+    rows at the edges of their group of 64 whose entries start after them; every lookup equals a scan."""
     rng = np.random.default_rng(3)
     events = EventStore({"view": EventDef("view", {})})
     group = 1 << GROUP_BITS
@@ -66,7 +66,8 @@ def test_counts_at_the_full_mark_and_group_edges() -> None:
         assert located(events, np.array(wanted)) == naive(events, np.array(wanted)), wanted
     index = events.locator
     assert index.counts[group - 1] == FULL - 1 and index.counts[group] == index.counts[group + 1] == FULL
-    assert len(index.entries) == len(rows) - sum(n for n in heavy.values() if n >= FULL)
+    assert index.over_rows.tolist() == [group, group + 1, 2 * group + 5]
+    assert index.over_counts.tolist() == [FULL, FULL + 40, 3 * FULL] and len(index.entries) == len(rows)
 
 
 def test_rows_deleted_by_marking_and_rebuilds() -> None:

@@ -7,10 +7,9 @@ positions (numbered across all covered runs of all types), and per row the block
 events (``entries``: per event its block number, uint16 while there are at most 65,536 blocks: the
 block size doubles from 256 events until they fit; grouped by row, in row order). Where a row's
 entries start is ``bases[row >> 6]`` (uint32, one per 64 rows) plus the ``counts`` (uint8 per row)
-of the rows before it in its group of 64; a row with ``FULL`` (255) or more covered events lists
-none and counts ``FULL``: a lookup of it scans every covered run whole (as it would anyway: its
-events lie in most blocks). So a row's events are found by scanning a few blocks of a few hundred
-events each. Runs are never changed in place, so a covered run's entries stay true while it
+of the rows before it in its group of 64; a row with ``FULL`` (255) or more covered events counts
+``FULL`` and has its count in ``over_rows``/``over_counts`` (sorted, searched). So a row's events
+are found by scanning a few blocks of a few hundred events each. Runs are never changed in place, so a covered run's entries stay true while it
 exists; runs written later (appends, the log-structured merges of small runs, rebuilds after an
 erasure or compaction) are *uncovered* and scanned whole (a pass over their rows against a byte
 mask). Once uncovered runs hold more than a sixteenth of the events the index is built again.
@@ -46,7 +45,7 @@ REBUILD_SHARE = 16
 #: Runs shorter than this are left uncovered (scanned): the small, young runs that merge often.
 MIN_COVERED_RUN = 4096
 MIN_BLOCK_BITS = 8
-#: A row's count that stands for "this many covered events or more, none listed: scan every covered run".
+#: A row's count that stands for "this many covered events or more: see the overflow arrays".
 FULL = 255
 #: Rows per ``bases`` entry (a power of two).
 GROUP_BITS = 6
@@ -60,53 +59,55 @@ def _count_rows(rows, counts):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_entries(rows, first_block, block_bits, cursor, listed, entries):
-    """Write each event's block (``first_block`` + position >> block_bits) at its row's cursor (rows
-    whose events are not ``listed``: none)."""
+def _fill_entries(rows, first_block, block_bits, cursor, entries):
+    """Write each event's block (``first_block`` + position >> block_bits) at its row's cursor."""
     for i in range(len(rows)):
         row = rows[i]
-        if listed[row]:
-            entries[cursor[row]] = first_block + (i >> block_bits)
-            cursor[row] += 1
+        entries[cursor[row]] = first_block + (i >> block_bits)
+        cursor[row] += 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _start(bases, counts, row):
+def _count(counts, over_rows, over_counts, row):
+    """The covered events of ``row``."""
+    if counts[row] != FULL:
+        return np.int64(counts[row])
+    return np.int64(over_counts[np.searchsorted(over_rows, row)])
+
+
+@numba.njit(cache=True, nogil=True)
+def _start(bases, counts, over_rows, over_counts, row):
     """Where the entries of ``row`` start: its group's base plus the counts of the rows before it there."""
     group = row >> GROUP_BITS
     start = np.int64(bases[group])
     for r in range(group << GROUP_BITS, row):
-        if counts[r] != FULL:
-            start += counts[r]
+        start += _count(counts, over_rows, over_counts, r)
     return start
 
 
 @numba.njit(cache=True, nogil=True)
-def _row_blocks(wanted, bases, counts, entries):
-    """The blocks holding an event of a wanted row (with repeats when two rows share a block), and
-    whether some wanted row counts ``FULL`` (then every covered run is to be scanned)."""
+def _row_blocks(wanted, bases, counts, over_rows, over_counts, entries):
+    """The blocks holding an event of a wanted row (with repeats when two rows share a block)."""
     total = 0
     for k in range(len(wanted)):
         row = wanted[k]
         if row < len(counts):
-            if counts[row] == FULL:
-                return np.empty(0, dtype=np.int64), True
-            total += counts[row]
+            total += _count(counts, over_rows, over_counts, row)
     blocks = np.empty(total, dtype=np.int64)
     n = 0
     for k in range(len(wanted)):
         row = wanted[k]
         if row >= len(counts):
             continue
-        start = _start(bases, counts, row)
+        start = _start(bases, counts, over_rows, over_counts, row)
         last = -1
-        for j in range(start, start + counts[row]):
+        for j in range(start, start + _count(counts, over_rows, over_counts, row)):
             block = np.int64(entries[j])
             if block != last:  # a row's entries are in position order: its repeats are adjacent
                 blocks[n] = block
                 n += 1
                 last = block
-    return blocks[:n], False
+    return blocks[:n]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -165,17 +166,15 @@ class EventLocator:
         for _, run in covered:
             _count_rows(run.rows, counts)
         counts = counts[1:]
-        listed = counts < FULL
-        counts[~listed] = FULL
-        offsets = np.cumsum(np.where(listed, counts, 0))
-        self.counts = counts.astype(np.uint8)
-        starts = np.concatenate([[0], offsets[:-1]])[::1 << GROUP_BITS]
-        self.bases = starts.astype(np.uint32) if offsets[-1:].sum() < 2**32 else starts
-        self.entries = np.empty(int(offsets[-1]) if size else 0,
-                                dtype=np.uint16 if firsts[-1] <= 65536 else np.uint32)
-        cursor = offsets - np.where(listed, counts, 0)
+        offsets = np.cumsum(counts)
+        self.over_rows = np.flatnonzero(counts >= FULL)
+        self.over_counts = counts[self.over_rows]
+        self.counts = np.minimum(counts, FULL).astype(np.uint8)
+        cursor = offsets - counts  # where each row's entries start
+        self.bases = cursor[::1 << GROUP_BITS].astype(np.uint32 if total < 2**32 else np.int64)
+        self.entries = np.empty(total, dtype=np.uint16 if firsts[-1] <= 65536 else np.uint32)
         for slot, (_, run) in enumerate(covered):
-            _fill_entries(run.rows, int(self.first_block[slot]), bits, cursor, listed, self.entries)
+            _fill_entries(run.rows, int(self.first_block[slot]), bits, cursor, self.entries)
         self.covered_events = total
 
     def covers(self, run: Run) -> bool:
@@ -186,18 +185,14 @@ class EventLocator:
     @property
     def nbytes(self) -> int:
         """Bytes held by the index arrays."""
-        return (self.bases.nbytes + self.counts.nbytes + self.entries.nbytes + self.first_block.nbytes
-                + self.block_slot.nbytes)
+        return (self.bases.nbytes + self.counts.nbytes + self.over_rows.nbytes + self.over_counts.nbytes
+                + self.entries.nbytes + self.first_block.nbytes + self.block_slot.nbytes)
 
     def find(self, wanted: np.ndarray, mask: np.ndarray) -> dict[int, np.ndarray]:
         """Per covered slot holding events of the rows ``wanted`` (distinct; set in the byte ``mask``):
         their positions in order. A run where those blocks would cover most events is scanned whole."""
-        blocks, whole = _row_blocks(wanted, self.bases, self.counts, self.entries)
-        if whole:  # a wanted row with events in most blocks: every covered run in one pass each
-            runs = [(slot, ref()) for slot, ref in enumerate(self.runs)]
-            found = {slot: marked(run.rows, mask) for slot, run in runs if run is not None}
-            return {slot: positions for slot, positions in found.items() if len(positions)}
-        blocks = np.unique(blocks)
+        blocks = np.unique(_row_blocks(wanted, self.bases, self.counts, self.over_rows, self.over_counts,
+                                       self.entries))
         if not len(blocks):
             return {}
         slots = self.block_slot[blocks]
