@@ -21,7 +21,7 @@ from pyroaring import BitMap
 from ..columns import CategoryColumn, Column, EventBatch, ValueColumn
 from .bitmaps import to_bitmap
 from .event_locator import locate, marked
-from .events import NO_TIME, EventStore, EventTypeStore
+from .events import EventStore, EventTypeStore
 from .runs import Run
 
 
@@ -134,8 +134,7 @@ def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap) -> None:
     if store.count_levels is not None:
         store.count_levels.drop(gone)
     if store.last_ts is not None:
-        inside = rows[rows < store.last_ts.size]
-        store.last_ts.data[inside] = NO_TIME
+        store.last_ts.clear(rows)
 
 
 def _remove_marked(store: EventTypeStore, mask: np.ndarray, released: list[np.ndarray]) -> int:

@@ -32,11 +32,11 @@ from .bitmaps import to_bitmap
 from .count_levels import WHOLE_TYPE, CountLevels
 from .levels_build import LevelBuilds
 from .event_ids import EventIdStore
-from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
 from .append_plan import AppendPlan, Grown, grown, install, slot_bitmaps, with_run
-from .runs import (EPOCH_BITS, FLOAT_SCALE, NO_TIME, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at,
+from .runs import (EPOCH_BITS, FLOAT_SCALE, NO_TIME, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled,
                    time_order)
+from .latest_times import LatestTimes
 from .type_levels import TypeLevels
 from .type_state import TypeState
 from .row_index import RowIndex
@@ -71,7 +71,7 @@ class EventTypeStore(TypeLevels, TypeState):
         self.slots: dict[int, BitMap] = {}  # 5-minute slot (ts // SLOT_MS) -> rows, for the days in slot_days only
         self.slot_days: dict[int, None] = {}  # days whose slots are in ``slots``, least recently used first
         self.ever = BitMap()
-        self.last_ts: GrowableArray | None = None
+        self.last_ts: LatestTimes | None = None  # per row, its latest time: built by the first AFTER LAST
         self.max_ts = NO_TIME
         self.count = 0
         self.labels: dict[str, list[str]] = {p: [] for p, t in definition.properties.items() if t == "category"}
@@ -289,8 +289,7 @@ class EventTypeStore(TypeLevels, TypeState):
         else:
             self.ever |= part
         if self.last_ts is not None:
-            self.last_ts.ensure(int(rows.max()) + 1)
-            max_at(self.last_ts.data, rows, ts)
+            self.last_ts.add(rows, ts)
         self.max_ts = max(self.max_ts, int(ts[-1]))
         for prop, kept in self.prop_bitmaps.items():
             keys = plan.bins.get(prop)
@@ -460,25 +459,24 @@ class EventTypeStore(TypeLevels, TypeState):
                         parts.append(part)
         return parts
 
-    def latest_before(self, now: int, size: int) -> np.ndarray:
-        """Per row, the latest timestamp of this type with ts <= now (NO_TIME if none)."""
+    def latest_before(self, now: int, size: int) -> LatestTimes:
+        """Per row, the latest timestamp of this type with ts <= now (none: NO_TIME), for rows below
+        ``size`` at least: kept (built on first use) when ``now`` is past every event, else computed."""
         if self.max_ts <= now:
             with _BUILD_LOCK:  # built once and published whole: concurrent queries never see it half-built
                 latest = self.last_ts
                 if latest is None:
-                    latest = GrowableArray(np.int64, NO_TIME)
-                    latest.ensure(max(size, self.row_bound()))
+                    latest = LatestTimes(max(size, self.row_bound()))
                     for run in self.runs:
-                        max_at(latest.data, run.rows, run.absolute_ts())
+                        latest.add(run.rows, run.absolute_ts())
                     if self.dead:
-                        latest.data[np.frombuffer(self.dead.to_array(), dtype=np.uint32)] = NO_TIME
+                        latest.clear(np.frombuffer(self.dead.to_array(), dtype=np.uint32).astype(np.int64))
                     self.last_ts = latest
-                latest.ensure(size)
-                return latest.data[:size]
-        latest = np.full(max(size, self.row_bound()), NO_TIME, dtype=np.int64)
+                return latest
+        latest = LatestTimes(max(size, self.row_bound()))
         for part in self.window(NO_TIME, now):
-            max_at(latest, part.rows, part.absolute_ts())
-        return latest[:size]
+            latest.add(part.rows, part.absolute_ts())
+        return latest
 
     @property
     def nbytes(self) -> int:
