@@ -60,19 +60,38 @@ def _clear_at_most(low, high, epoch0, cutoff):
             high[row] = 0
 
 
+def _wide_enough(largest: int, dtype: np.dtype) -> np.dtype:
+    """``dtype``, or the first of the wider ``_HIGH_DTYPES`` that holds ``largest``."""
+    for wider in _HIGH_DTYPES:
+        if np.dtype(wider).itemsize >= np.dtype(dtype).itemsize and largest <= np.iinfo(wider).max:
+            return np.dtype(wider)
+    return np.dtype(np.int64)
+
+
 class LatestTimes:
     """Per row, its latest event time of one type (see the module docstring)."""
 
     def __init__(self, size: int = 0):
-        self.low = np.zeros(size, dtype=np.uint32)
-        self.high = np.zeros(size, dtype=np.uint8)
+        # (low, high, epoch0): what ``time_at`` reads, replaced as one (a reader never sees a new
+        # epoch0 with the old highs); appends write into the arrays in place, as they did into an int64 array
+        self.parts: tuple[np.ndarray, np.ndarray, int] = (np.zeros(size, np.uint32), np.zeros(size, np.uint8), 0)
         self.length = size  # rows addressed so far (the arrays may hold more)
-        self.epoch0: int | None = None  # set by the first time taken
+        self.based = False  # epoch0 set (by the first time taken)
 
     @property
-    def parts(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """(low, high, epoch0): what ``time_at`` reads."""
-        return self.low, self.high, self.epoch0 or 0
+    def low(self) -> np.ndarray:
+        """Per row, its time's offset in its epoch."""
+        return self.parts[0]
+
+    @property
+    def high(self) -> np.ndarray:
+        """Per row, its time's epoch - epoch0 + 1 (0: no time)."""
+        return self.parts[1]
+
+    @property
+    def epoch0(self) -> int:
+        """The epoch of ``high`` 1."""
+        return self.parts[2]
 
     @property
     def size(self) -> int:
@@ -87,11 +106,12 @@ class LatestTimes:
     def ensure(self, size: int) -> None:
         """Make rows ``[0, size)`` addressable (new rows have no time); grows by half again at least."""
         self.length = max(self.length, size)
-        if size > len(self.high):
-            size = max(size, len(self.high) + len(self.high) // 2 + 1024)
-            low, high = np.zeros(size, dtype=np.uint32), np.zeros(size, dtype=self.high.dtype)
-            low[:len(self.low)], high[:len(self.high)] = self.low, self.high
-            self.low, self.high = low, high
+        old_low, old_high, epoch0 = self.parts
+        if size > len(old_high):
+            size = max(size, len(old_high) + len(old_high) // 2 + 1024)
+            low, high = np.zeros(size, dtype=np.uint32), np.zeros(size, dtype=old_high.dtype)
+            low[:len(old_low)], high[:len(old_high)] = old_low, old_high
+            self.parts = (low, high, epoch0)
 
     def add(self, rows: np.ndarray, ts: np.ndarray) -> None:
         """Take the events (rows, int64 times): each row keeps its latest."""
@@ -100,23 +120,18 @@ class LatestTimes:
         ts = np.asarray(ts, dtype=np.int64)
         self.ensure(int(rows.max()) + 1)
         first, last = int(ts.min()) >> 32, int(ts.max()) >> 32
-        if self.epoch0 is None:
-            self.epoch0 = first
-        elif first < self.epoch0:  # an older epoch (rare): every held high moves up
-            self._widen(int(self.high.max()) + self.epoch0 - first)
-            held = np.flatnonzero(self.high)
-            self.high[held] += self.high.dtype.type(self.epoch0 - first)
-            self.epoch0 = first
-        self._widen(last - self.epoch0 + 1)
-        _max_into(self.low, self.high, self.epoch0, np.asarray(rows, dtype=np.int64), ts)
-
-    def _widen(self, largest: int) -> None:
-        """Widen ``high`` so that it holds ``largest``."""
-        for dtype in _HIGH_DTYPES:
-            if largest <= np.iinfo(dtype).max:
-                break
-        if np.dtype(dtype).itemsize > self.high.dtype.itemsize:
-            self.high = self.high.astype(dtype)
+        low, high, epoch0 = self.parts
+        if not self.based:
+            self.parts, self.based = (low, high, first), True
+        elif first < epoch0:  # an older epoch (rare): every held high moves up, in a copy
+            high = high.astype(_wide_enough(int(high.max()) + epoch0 - first, high.dtype))
+            held = np.flatnonzero(high)
+            high[held] += high.dtype.type(epoch0 - first)
+            self.parts = (low, high, first)
+        low, high, epoch0 = self.parts
+        if _wide_enough(last - epoch0 + 1, high.dtype) != high.dtype:
+            self.parts = (low, high.astype(_wide_enough(last - epoch0 + 1, high.dtype)), epoch0)
+        _max_into(*self.parts, np.asarray(rows, dtype=np.int64), ts)
 
     def clear(self, rows: np.ndarray) -> None:
         """Forget the times of ``rows``."""
