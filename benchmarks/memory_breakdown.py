@@ -6,9 +6,10 @@ benchmark data set (``loaders.generator``), loads it into ``Engine(shards=1)`` (
 so its structures can be read; numba kernels warmed up first, count levels built synchronously) and
 prints, per profile, the RSS growth of the profile load and the bytes of the id map, each attribute's
 column and bitmaps and the consent bitmaps; then, per event, the RSS growth since the profile load
-(RSS read after ``malloc_trim``: the data held, not the allocator's free pages) and the bytes of every event structure (``events_breakdown``) at three points: after the event load,
-after every query of ``benchmarks/queries.py`` (plus ``--sequence-all``: a SEQUENCE over all four
-types and a year, which indexes every run) and after ``--merges`` merges in batches of 1,000
+(read after ``malloc_trim``: the data held, not the allocator's free pages) and the bytes of every
+event structure (``events_breakdown``) and of the shard's DID caches: after the event load, after
+every query of ``benchmarks/queries.py`` (plus ``--sequence-all``: a SEQUENCE over all four types
+and a year, which reaches every run) and after ``--merges`` merges in batches of 1,000
 (sources: generated profiles; targets: other generated profiles, so events move) and one
 ``export_profile``. The last line states the worst case: the measured total with the events deleted
 by marking at their bound (``COMPACT_DEAD_SHARE``). With ``--events 0`` only the profile part runs.
