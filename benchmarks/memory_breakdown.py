@@ -1,30 +1,47 @@
-"""Where a profile's bytes go: RSS per profile of a bulk load, and the bytes of each structure.
+"""Where a profile's and an event's bytes go: RSS and the bytes of each structure, after a load,
+after every compare.py query and after merges and an export.
 
-``python benchmarks/memory_breakdown.py --profiles 10000000`` generates the benchmark profiles
-(``loaders.generator``, ids ``u`` + 8 digits, no events), loads them into ``Engine(shards=1)``
-and prints the RSS growth per profile (as compare.py measures it: numba kernels warmed up
-first) and the allocated bytes per profile of the id map's arrays, each attribute's column and
-bitmaps, and the consent bitmaps.
+``python benchmarks/memory_breakdown.py --profiles 2000000 --events 10000000`` generates the
+benchmark data set (``loaders.generator``), loads it into ``Engine(shards=1)`` (an in-process shard,
+so its structures can be read; numba kernels warmed up first, count levels built synchronously) and
+prints, per profile, the RSS growth of the profile load and the bytes of the id map, each attribute's
+column and bitmaps and the consent bitmaps; then, per event, the RSS growth since the profile load
+(read after ``malloc_trim``: the data held, not the allocator's free pages) and the bytes of every
+event structure (``events_breakdown``) and of the shard's DID caches: after the event load, after
+every query of ``benchmarks/queries.py`` (plus ``--sequence-all``: a SEQUENCE over all four types
+and a year, which reaches every run) and after ``--merges`` merges in batches of 1,000
+(sources: generated profiles; targets: other generated profiles, so events move) and one
+``export_profile``. The last line states the worst case: the measured total with the events deleted
+by marking at their bound (``COMPACT_DEAD_SHARE``). With ``--events 0`` only the profile part runs.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pyroaring import BitMap, FrozenBitMap
+os.environ.setdefault("SEGENGINE_LEVELS_SYNC", "1")  # count levels built in the querying thread: measurable
+
+import numpy as np  # noqa: E402
+from pyroaring import BitMap, FrozenBitMap  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.compare import rss_bytes  # noqa: E402
+from benchmarks.queries import NOW_MS, attribute_queries, behaviour_queries, event_queries  # noqa: E402
 from engine import Engine, Schema  # noqa: E402
+from engine.store.event_rows import COMPACT_DEAD_SHARE  # noqa: E402
+from engine.store.events import EventStore  # noqa: E402
+from engine.store.memory import release_free_memory  # noqa: E402
 from loaders.generator import generate  # noqa: E402
 
-NOW_MS = 1_800_000_000_000
+#: A SEQUENCE that reads every run of every type (the row indexes' worst case).
+SEQUENCE_ALL = "SEQUENCE(page_view THEN add_to_cart THEN cart_abandoned THEN purchase, SPAN 1d, WITHIN 365d)"
+MERGE_BATCH = 1000
 
 
 def bitmap_bytes(bitmap: BitMap) -> int:
@@ -48,22 +65,55 @@ def held_bytes(value: Any, depth: int = 0) -> int:
     return 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", type=int, default=1_000_000)
-    n = parser.parse_args().profiles
-    dataset = generate(n, 0, seed=7, now_ms=NOW_MS)
-    warm = generate(2000, 0, seed=1, now_ms=NOW_MS)
-    with Engine(Schema.from_dict(warm.schema), shards=1) as engine:
-        engine.load_profiles(warm.profiles)
+def events_breakdown(events: EventStore) -> dict[str, float]:
+    """Bytes of each structure of a shard's event store (containers of bitmaps, arrays' bytes)."""
+    parts = dict.fromkeys(("runs (live events)", "runs (events deleted by marking)", "day bitmaps + ever",
+                           "slot bitmaps", "latest times", "kept bin bitmaps", "count levels (types and bins)",
+                           "kept window sums", "row indexes", "event locator", "event ids"), 0.0)
+    for typed in events.types.values():
+        runs = typed.runs
+        stored = sum(held_bytes([run.ts, run.rows, run.props, run.valid, run.eids]) for run in runs)
+        held = sum(len(run) for run in runs)
+        dead = stored * typed.dead_events / held if held else 0.0
+        parts["runs (live events)"] += stored - dead
+        parts["runs (events deleted by marking)"] += dead
+        parts["day bitmaps + ever"] += held_bytes(typed.days) + bitmap_bytes(typed.ever) + bitmap_bytes(typed.dead)
+        parts["slot bitmaps"] += held_bytes(typed.slots)
+        parts["latest times"] += typed.last_ts.nbytes if typed.last_ts is not None else 0
+        for kept in typed.prop_bitmaps.values():
+            levels = kept.levels
+            parts["kept bin bitmaps"] += held_bytes(kept.days) + held_bytes(kept.ever)
+            parts["count levels (types and bins)"] += held_bytes(levels) if levels is not None else 0
+        parts["count levels (types and bins)"] += held_bytes(typed.count_levels) if typed.count_levels else 0
+        parts["kept window sums"] += typed.window_sums.nbytes
+        parts["row indexes"] += sum(run.row_index.nbytes for run in runs if run.row_index is not None)
+    parts["event locator"] = events.locator.nbytes if events.locator is not None else 0
+    parts["event ids"] = held_bytes(events.event_ids)
+    return parts
+
+
+def trimmed_rss() -> int:
+    """RSS after a full GC and ``malloc_trim`` (the data held, not the allocator's free pages)."""
     gc.collect()
-    engine = Engine(Schema.from_dict(dataset.schema), shards=1)
-    empty = rss_bytes()
-    started = time.perf_counter()
-    engine.load_profiles(dataset.profiles)
-    seconds = time.perf_counter() - started
-    gc.collect()
-    print(f"{n:,} profiles: RSS {(rss_bytes() - empty) / n:.1f} B/profile, load {n / seconds:,.0f} profiles/s")
+    release_free_memory()
+    return rss_bytes()
+
+
+def report_events(label: str, engine: Engine, base_rss: int, n_events: int) -> dict[str, float]:
+    """Print RSS per event since ``base_rss`` and the bytes per event of each event structure and of
+    the shard's DID caches."""
+    rss = (trimmed_rss() - base_rss) / n_events
+    shard = engine.shards[0]
+    parts = {name: size / n_events for name, size in events_breakdown(shard.events).items()}
+    parts["DID query caches (window unions, count-level spans)"] = \
+        (held_bytes(shard.did.union_cache) + held_bytes(shard.did.levels_cache)) / n_events
+    shown = ", ".join(f"{name} {size:.2f}" for name, size in parts.items() if size >= 0.005)
+    print(f"{label}: RSS {rss:.2f} B/event; structures {sum(parts.values()):.2f} = {shown}", flush=True)
+    return {"rss": rss, **parts}
+
+
+def profile_part(engine: Engine, n: int) -> None:
+    """Print the bytes per profile of the id map, each attribute and the consents."""
     store = engine.shards[0].profiles
     idmap = store.idmap
     print(f"id map: offsets {idmap.offsets.nbytes / n:.1f} ({idmap.offsets.data.dtype}), ids {idmap.buffer.nbytes / n:.1f}, "
@@ -74,6 +124,55 @@ def main() -> None:
         print(f"{name} ({index.kind}): {sum(parts.values()):.2f} = {shown}")
     print(f"consents: {sum(bitmap_bytes(b) for b in store.consents.values()) / n:.2f}, "
           f"live: {bitmap_bytes(store.live) / n:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, help="events (default 5 per profile; 0: profiles only)")
+    parser.add_argument("--merges", type=int, default=10_000, help="merges after the queries, in batches of 1,000")
+    parser.add_argument("--sequence-all", action="store_true", help="also run a SEQUENCE over every type and a year")
+    args = parser.parse_args()
+    n = args.profiles
+    n_events = 5 * n if args.events is None else args.events
+    dataset = generate(n, n_events, seed=7, now_ms=NOW_MS)
+    queries = [*attribute_queries(), *event_queries(), *behaviour_queries()]
+    warm = generate(2000, 10000, seed=1, now_ms=NOW_MS)
+    with Engine(Schema.from_dict(warm.schema), shards=1) as engine:
+        engine.load_profiles(warm.profiles)
+        for batch in warm.events:
+            engine.load_events(batch)
+        for query in queries:
+            engine.count(query.seg, now=NOW_MS)
+        engine.merge_many([(f"u{i:08d}", f"u{i + 1000:08d}") for i in range(10)])
+    engine = Engine(Schema.from_dict(dataset.schema), shards=1)
+    empty = trimmed_rss()
+    started = time.perf_counter()
+    engine.load_profiles(dataset.profiles)
+    seconds = time.perf_counter() - started
+    after_profiles = trimmed_rss()
+    print(f"{n:,} profiles: RSS {(after_profiles - empty) / n:.1f} B/profile, load {n / seconds:,.0f} profiles/s")
+    profile_part(engine, n)
+    if n_events:
+        for batch in dataset.events:
+            engine.load_events(batch)
+        report_events(f"{n_events:,} events loaded", engine, after_profiles, n_events)
+        for query in queries:
+            engine.count(query.seg, now=NOW_MS)
+        report_events(f"after the {len(queries)} queries of queries.py", engine, after_profiles, n_events)
+        if args.sequence_all:
+            engine.count(SEQUENCE_ALL, now=NOW_MS)
+            report_events("after a SEQUENCE over every type and a year", engine, after_profiles, n_events)
+        ids = list(dataset.profiles.ids)
+        merges = min(args.merges, len(ids) // 2)
+        for start in range(0, merges, MERGE_BATCH):
+            stop = min(start + MERGE_BATCH, merges)
+            engine.merge_many(list(zip(ids[start:stop], ids[merges + start:merges + stop])))
+        engine.export_profile(ids[-1])
+        last = report_events(f"after {merges:,} merges and one export", engine, after_profiles, n_events)
+        bound = last["runs (live events)"] / COMPACT_DEAD_SHARE
+        print(f"worst case: RSS {last['rss'] - last['runs (events deleted by marking)'] + bound:.2f} B/event "
+              f"(events deleted by marking at their bound, {bound:.2f} B/event, before compaction)")
     engine.close()
 
 

@@ -2,6 +2,7 @@
 evaluator of another git revision in the same process.
 
     python benchmarks/sequence_cpu.py [--profiles 1000000] [--repeat 7] [--against REV] [--only funnel,two] [--phases]
+        [--row-index-budget BYTES_PER_EVENT]
 
 Times ``Engine.count`` with ``time.thread_time()`` (CPU time of the calling thread: an in-process
 shard runs there), so a loaded machine changes the figures far less than wall-clock time does.
@@ -10,6 +11,8 @@ and each query runs with both evaluators in turn; the counts must agree (else MI
 With ``--phases``, each query's CPU time is also split by the kernels of ``engine.exec.sequence``
 it calls (medians of ``--repeat`` runs; the rest is bitmap work and Python). At the end it prints
 the bytes of the runs' row indexes the queries built (``engine.store.row_index``) per event type.
+``--row-index-budget`` sets the shard's row-index budget in bytes per event (``engine.store.row_index_cache``;
+0: only its minimum; default: the engine's), and the number of indexes built is printed too.
 """
 from __future__ import annotations
 
@@ -118,12 +121,16 @@ def main() -> int:
     parser.add_argument("--against", help="a git revision whose SEQUENCE evaluator runs too")
     parser.add_argument("--only", help="comma-separated query names")
     parser.add_argument("--phases", action="store_true", help="also split each query's CPU time by kernel")
+    parser.add_argument("--row-index-budget", type=float, help="row-index bytes kept per event of the shard")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(QUERIES)
     other = module_at(args.against) if args.against else None
     current = did.sequence_rows
     ds = generate(args.profiles, 5 * args.profiles, seed=7, now_ms=NOW_MS)
     eng = Engine(Schema.from_dict(ds.schema), shards=1)
+    cache = eng.shards[0].events.row_indexes
+    if args.row_index_budget is not None:
+        cache.bytes_per_event = args.row_index_budget
     eng.load_profiles(ds.profiles)
     for batch in ds.events:
         eng.load_events(batch)
@@ -146,6 +153,8 @@ def main() -> int:
             print("    " + ", ".join(f"{phase} {ms:.1f}" for phase, ms in phases.items() if ms), flush=True)
     store = getattr(eng.shards[0], "events", None)  # an in-process shard
     if store is not None:
+        print(f"row indexes built: {cache.builds}; kept {cache.nbytes / len(store):.2f} B per event of the store, "
+              f"budget {cache.budget / len(store):.2f}")
         total = sum(len(typed) for typed in store.types.values())
         for name, typed in store.types.items():
             size = sum(run.row_index.nbytes for run in typed.runs if run.row_index is not None)

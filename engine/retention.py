@@ -100,8 +100,7 @@ def _reindex(store: EventTypeStore, cutoff: int, rows: np.ndarray) -> None:
     still = [bitmap & touched for bitmap in store.days.values()]
     store.ever = (store.ever - touched) | (BitMap.union(*still) if still else BitMap())
     if store.last_ts is not None:
-        latest = store.last_ts.view()
-        latest[latest <= cutoff] = NO_TIME
+        store.last_ts.clear_at_most(cutoff)
 
 
 def expire_events(events: EventStore, now: int) -> tuple[int, np.ndarray]:

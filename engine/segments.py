@@ -121,10 +121,7 @@ def latest_times(store: EventTypeStore, rows: np.ndarray, size: int) -> np.ndarr
     if store.last_ts is None:  # the store keeps it lazily: build it once
         store.latest_before(store.max_ts, size)
     assert store.last_ts is not None
-    latest = np.full(len(rows), NO_TIME, dtype=np.int64)
-    inside = rows < store.last_ts.size
-    latest[inside] = store.last_ts.data[rows[inside]]
-    return latest
+    return store.last_ts.gather(rows)
 
 
 @numba.njit(cache=True, nogil=True)

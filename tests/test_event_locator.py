@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.schema import EventDef
-from engine.store.event_locator import MIN_COVERED_RUN, REBUILD_SHARE, locate
+from engine.store.event_locator import FULL, GROUP_BITS, MIN_COVERED_RUN, REBUILD_SHARE, locate
 from engine.store.event_rows import bury_rows, drop_rows
 from engine.store.events import EventStore
 
@@ -51,6 +51,25 @@ def test_covered_and_uncovered_runs_match_a_scan() -> None:
     assert events.locator is index  # a few uncovered events: the index is kept
 
 
+def test_counts_at_the_full_mark_and_group_edges() -> None:
+    """Rows with FULL - 1 covered events, FULL and more (their counts in the overflow arrays), beside
+    rows at the edges of their group of 64 whose entries start after them; every lookup equals a scan."""
+    rng = np.random.default_rng(3)
+    events = EventStore({"view": EventDef("view", {})})
+    group = 1 << GROUP_BITS
+    heavy = {group - 1: FULL - 1, group: FULL, group + 1: FULL + 40, 2 * group + 5: 3 * FULL}
+    light = rng.integers(0, ROWS, 3 * MIN_COVERED_RUN)
+    rows = np.concatenate([light[~np.isin(light, list(heavy))]] + [np.full(n, row) for row, n in heavy.items()])
+    events.types["view"].append(rng.permutation(rows), rng.integers(0, 10**9, len(rows)), {})
+    for wanted in ([group - 1], [group - 2, group - 1], [group], [group - 1, group, group + 2], [group + 1],
+                   [2 * group + 5, 2 * group + 6], [0, 2 * group - 1, 2 * group], [ROWS - 1]):
+        assert located(events, np.array(wanted)) == naive(events, np.array(wanted)), wanted
+    index = events.locator
+    assert index.counts[group - 1] == FULL - 1 and index.counts[group] == index.counts[group + 1] == FULL
+    assert index.over_rows.tolist() == [group, group + 1, 2 * group + 5]
+    assert index.over_counts.tolist() == [FULL, FULL + 40, 3 * FULL] and len(index.entries) == len(rows)
+
+
 def test_rows_deleted_by_marking_and_rebuilds() -> None:
     rng = np.random.default_rng(2)
     events = store_with_runs(rng)
@@ -85,7 +104,7 @@ def test_compaction_removes_dead_events_past_their_share() -> None:
     few = np.arange(10)  # far fewer dead events than the minimum: kept
     bury_rows(events, few, None)
     assert compact(events) == 0 and store.dead_events == int(np.isin(rows, few).sum())
-    many = np.arange(10, ROWS // 2)  # past both the minimum and a sixteenth of the live events: compacted
+    many = np.arange(10, ROWS // 2)  # past both the minimum and the share of the live events: compacted
     bury_rows(events, many, None)
     dead = int(np.isin(rows, np.arange(ROWS // 2)).sum())
     assert dead >= COMPACT_MIN_DEAD_EVENTS and dead * COMPACT_DEAD_SHARE >= n - dead

@@ -25,6 +25,7 @@ from pyroaring import BitMap
 from ..query import ast
 from ..retention import floor as retention_floor
 from ..store.bitmaps import rows_of, to_bitmap, union_all
+from ..store.latest_times import time_at
 from ..store.events import DAY_MS, NO_TIME, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore, EventTypeStore
 from ..store.lru import drop_oldest
 from ..store.runs import SCALED_NULL, Run
@@ -70,12 +71,13 @@ def gather_rows(rows, keep, use_keep, member, use_member, out, n):
 
 
 @numba.njit(cache=True, nogil=True)
-def after_latest(rows, ts, base, latest):
-    """Per event, whether its row has a latest time (not NO_TIME) and the event is after it."""
+def after_latest(rows, ts, base, low, high, epoch0, earliest):
+    """Per event, whether its row has a latest time (``LatestTimes.parts``; not NO_TIME, at least
+    ``earliest``) and the event is after it."""
     out = np.empty(len(rows), dtype=np.bool_)
     for i in range(len(rows)):
-        t = latest[rows[i]]
-        out[i] = t != NO_TIME and base + np.int64(ts[i]) > t
+        t = time_at(low, high, epoch0, rows[i])
+        out[i] = t != NO_TIME and t >= earliest and base + np.int64(ts[i]) > t
     return out
 
 
@@ -448,13 +450,11 @@ class DidEvaluator:
         if node.after_last is not None:
             latest = self.events.types[node.after_last].latest_before(now, size)
             earliest = retention_floor(self.events.types[node.after_last].definition, now)
-            if earliest != NO_TIME:
-                latest = np.where(latest < earliest, NO_TIME, latest)
         keeps: list[np.ndarray | None] = []
         for part in parts:
             keep = None if node.where is None else where_mask(node.where, part, store, now)
             if latest is not None:
-                after = after_latest(part.rows, part.ts, part.base, latest)
+                after = after_latest(part.rows, part.ts, part.base, *latest.parts, earliest)
                 keep = after if keep is None else keep & after
             keeps.append(keep)
         return keeps

@@ -4,16 +4,18 @@ The event store is organised by type and time, not by profile; a merge's sources
 need one profile's events. ``EventLocator`` is a per-shard index built once over the runs that
 exist then (the *covered* runs): the events of every covered run, in blocks of ``2**block_bits``
 positions (numbered across all covered runs of all types), and per row the blocks holding its
-events (a CSR: ``offsets`` per row, uint32; ``entries`` per event, the block number, uint16 while
-there are at most 65,536 blocks: the block size doubles from 256 events until they fit). So a
-row's events are found by scanning a few blocks of a few hundred events each. Runs are never
-changed in place, so a covered run's entries stay true while it exists; runs written later (appends,
-the log-structured merges of small runs, rebuilds after an erasure or compaction) are *uncovered*
-and scanned whole (a pass over their rows against a byte mask). Once uncovered runs hold more
-than a sixteenth of the events the index is built again. Events deleted by marking stay in the
-covered runs: only live rows are ever looked up.
+events (``entries``: per event its block number, uint16 while there are at most 65,536 blocks: the
+block size doubles from 256 events until they fit; grouped by row, in row order). Where a row's
+entries start is ``bases[row >> 6]`` (uint32, one per 64 rows) plus the ``counts`` (uint8 per row)
+of the rows before it in its group of 64; a row with ``FULL`` (255) or more covered events counts
+``FULL`` and has its count in ``over_rows``/``over_counts`` (sorted, searched). So a row's events
+are found by scanning a few blocks of a few hundred events each. Runs are never changed in place, so a covered run's entries stay true while it
+exists; runs written later (appends, the log-structured merges of small runs, rebuilds after an
+erasure or compaction) are *uncovered* and scanned whole (a pass over their rows against a byte
+mask). Once uncovered runs hold more than a sixteenth of the events the index is built again.
+Events deleted by marking stay in the covered runs: only live rows are ever looked up.
 
-Memory: 2 bytes per covered event plus 4 per row (about 2.8 bytes per event at 5 events per
+Memory: 2 bytes per covered event plus 1.06 per row (about 2.2 bytes per event at 5 events per
 profile); built by the first merge or export that needs it (one counting sort over the store's
 rows); never part of a snapshot.
 
@@ -43,6 +45,10 @@ REBUILD_SHARE = 16
 #: Runs shorter than this are left uncovered (scanned): the small, young runs that merge often.
 MIN_COVERED_RUN = 4096
 MIN_BLOCK_BITS = 8
+#: A row's count that stands for "this many covered events or more: see the overflow arrays".
+FULL = 255
+#: Rows per ``bases`` entry (a power of two).
+GROUP_BITS = 6
 
 
 @numba.njit(cache=True, nogil=True)
@@ -62,21 +68,40 @@ def _fill_entries(rows, first_block, block_bits, cursor, entries):
 
 
 @numba.njit(cache=True, nogil=True)
-def _row_blocks(wanted, offsets, entries):
+def _count(counts, over_rows, over_counts, row):
+    """The covered events of ``row``."""
+    if counts[row] != FULL:
+        return np.int64(counts[row])
+    return np.int64(over_counts[np.searchsorted(over_rows, row)])
+
+
+@numba.njit(cache=True, nogil=True)
+def _start(bases, counts, over_rows, over_counts, row):
+    """Where the entries of ``row`` start: its group's base plus the counts of the rows before it there."""
+    group = row >> GROUP_BITS
+    start = np.int64(bases[group])
+    for r in range(group << GROUP_BITS, row):
+        start += _count(counts, over_rows, over_counts, r)
+    return start
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_blocks(wanted, bases, counts, over_rows, over_counts, entries):
     """The blocks holding an event of a wanted row (with repeats when two rows share a block)."""
     total = 0
     for k in range(len(wanted)):
         row = wanted[k]
-        if row + 1 < len(offsets):
-            total += offsets[row + 1] - offsets[row]
+        if row < len(counts):
+            total += _count(counts, over_rows, over_counts, row)
     blocks = np.empty(total, dtype=np.int64)
     n = 0
     for k in range(len(wanted)):
         row = wanted[k]
-        if row + 1 >= len(offsets):
+        if row >= len(counts):
             continue
+        start = _start(bases, counts, over_rows, over_counts, row)
         last = -1
-        for j in range(offsets[row], offsets[row + 1]):
+        for j in range(start, start + _count(counts, over_rows, over_counts, row)):
             block = np.int64(entries[j])
             if block != last:  # a row's entries are in position order: its repeats are adjacent
                 blocks[n] = block
@@ -140,10 +165,14 @@ class EventLocator:
         counts = np.zeros(size + 1, dtype=np.int64)
         for _, run in covered:
             _count_rows(run.rows, counts)
+        counts = counts[1:]
         offsets = np.cumsum(counts)
-        self.offsets = offsets.astype(np.uint32) if total < 2**32 else offsets
+        self.over_rows = np.flatnonzero(counts >= FULL)
+        self.over_counts = counts[self.over_rows]
+        self.counts = np.minimum(counts, FULL).astype(np.uint8)
+        cursor = offsets - counts  # where each row's entries start
+        self.bases = cursor[::1 << GROUP_BITS].astype(np.uint32 if total < 2**32 else np.int64)
         self.entries = np.empty(total, dtype=np.uint16 if firsts[-1] <= 65536 else np.uint32)
-        cursor = offsets[:-1].copy()
         for slot, (_, run) in enumerate(covered):
             _fill_entries(run.rows, int(self.first_block[slot]), bits, cursor, self.entries)
         self.covered_events = total
@@ -156,12 +185,14 @@ class EventLocator:
     @property
     def nbytes(self) -> int:
         """Bytes held by the index arrays."""
-        return self.offsets.nbytes + self.entries.nbytes + self.first_block.nbytes + self.block_slot.nbytes
+        return (self.bases.nbytes + self.counts.nbytes + self.over_rows.nbytes + self.over_counts.nbytes
+                + self.entries.nbytes + self.first_block.nbytes + self.block_slot.nbytes)
 
     def find(self, wanted: np.ndarray, mask: np.ndarray) -> dict[int, np.ndarray]:
         """Per covered slot holding events of the rows ``wanted`` (distinct; set in the byte ``mask``):
         their positions in order. A run where those blocks would cover most events is scanned whole."""
-        blocks = np.unique(_row_blocks(wanted, self.offsets, self.entries))
+        blocks = np.unique(_row_blocks(wanted, self.bases, self.counts, self.over_rows, self.over_counts,
+                                       self.entries))
         if not len(blocks):
             return {}
         slots = self.block_slot[blocks]

@@ -7,7 +7,7 @@ type and leaves their events in the runs (``bury_rows``: a merge's departures, s
 copy of the runs). A reader of runs never reports a dead row: readers size per-row arrays by
 ``EventTypeStore.row_bound()`` and intersect what they find with live rows, candidates or
 bitmaps, which hold no dead row. ``compact`` rebuilds a type's runs without its dead events once
-they pass a sixteenth of its live events (and ``drop_rows`` does it for the types it rebuilds
+they pass a thirty-second of its live events (and ``drop_rows`` does it for the types it rebuilds
 anyway; a snapshot capture for all), so they cost at most that share of the runs' memory. The
 events of some live rows are found through the shard's event locator (``engine.store.event_locator``).
 """
@@ -21,7 +21,7 @@ from pyroaring import BitMap
 from ..columns import CategoryColumn, Column, EventBatch, ValueColumn
 from .bitmaps import to_bitmap
 from .event_locator import locate, marked
-from .events import NO_TIME, EventStore, EventTypeStore
+from .events import EventStore, EventTypeStore
 from .runs import Run
 
 
@@ -134,8 +134,7 @@ def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap) -> None:
     if store.count_levels is not None:
         store.count_levels.drop(gone)
     if store.last_ts is not None:
-        inside = rows[rows < store.last_ts.size]
-        store.last_ts.data[inside] = NO_TIME
+        store.last_ts.clear(rows)
 
 
 def _remove_marked(store: EventTypeStore, mask: np.ndarray, released: list[np.ndarray]) -> int:
@@ -226,7 +225,7 @@ def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | Non
 
 #: The events deleted by marking that a type keeps in its runs: at most this share of its live events
 #: (compacted beyond it), or fewer than COMPACT_MIN_DEAD_EVENTS.
-COMPACT_DEAD_SHARE = 16
+COMPACT_DEAD_SHARE = 32
 COMPACT_MIN_DEAD_EVENTS = 1 << 16
 
 

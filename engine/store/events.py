@@ -12,7 +12,8 @@ snapshots may hold their arrays (a run and its value codes: ``engine.store.runs`
 
 Per type the store also keeps a Roaring bitmap of the rows that had such an event per UTC day,
 the rows that ever had one, (once AFTER LAST asks for it) each row's latest timestamp, and (once a
-SEQUENCE reads a run) the run's events grouped by row (``engine.store.row_index``).
+SEQUENCE reads a run) the run's events grouped by row (``engine.store.row_index``), kept within a
+byte budget that all types of a shard share (``engine.store.row_index_cache``).
 Bitmaps per 5-minute slot (which a presence query needs inside the two partial days at the
 edges of its window) are built on demand for a day and kept for at most ``SLOT_CACHE_DAYS`` days
 per type, then maintained by later appends like the day bitmaps.
@@ -31,14 +32,15 @@ from .bitmaps import to_bitmap
 from .count_levels import WHOLE_TYPE, CountLevels
 from .levels_build import LevelBuilds
 from .event_ids import EventIdStore
-from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
 from .append_plan import AppendPlan, Grown, grown, install, slot_bitmaps, with_run
-from .runs import (EPOCH_BITS, FLOAT_SCALE, NO_TIME, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at,
+from .runs import (EPOCH_BITS, FLOAT_SCALE, NO_TIME, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled,
                    time_order)
+from .latest_times import LatestTimes
 from .type_levels import TypeLevels
 from .type_state import TypeState
-from .row_index import RowIndex, build_row_index
+from .row_index import RowIndex
+from .row_index_cache import RowIndexCache
 from .window_sums import WindowSumsCache
 
 if TYPE_CHECKING:
@@ -69,7 +71,7 @@ class EventTypeStore(TypeLevels, TypeState):
         self.slots: dict[int, BitMap] = {}  # 5-minute slot (ts // SLOT_MS) -> rows, for the days in slot_days only
         self.slot_days: dict[int, None] = {}  # days whose slots are in ``slots``, least recently used first
         self.ever = BitMap()
-        self.last_ts: GrowableArray | None = None
+        self.last_ts: LatestTimes | None = None  # per row, its latest time: built by the first AFTER LAST
         self.max_ts = NO_TIME
         self.count = 0
         self.labels: dict[str, list[str]] = {p: [] for p, t in definition.properties.items() if t == "category"}
@@ -83,6 +85,8 @@ class EventTypeStore(TypeLevels, TypeState):
         self.level_builds = LevelBuilds(self)  # count levels being built in the background
         # per-row sums of scaled float properties over moving windows: built by the first DID SUM/AVG, kept by writes
         self.window_sums = WindowSumsCache()
+        # the kept row indexes of the runs: the EventStore holding this type shares its cache with every type
+        self.row_indexes = RowIndexCache(self)
         self.generation = 0
         # rows whose events were deleted by marking (a merge's departures): their events stay in the runs
         # until compacted (engine.store.event_rows), and no bitmap above holds these rows
@@ -97,6 +101,7 @@ class EventTypeStore(TypeLevels, TypeState):
         state["count_levels"] = None
         del state["level_builds"]
         state["window_sums"] = WindowSumsCache()
+        del state["row_indexes"]
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -113,6 +118,7 @@ class EventTypeStore(TypeLevels, TypeState):
         state["window_sums"] = WindowSumsCache()
         self.__dict__.update(state)
         self.level_builds = LevelBuilds(self)
+        self.row_indexes = RowIndexCache(self)
 
     def adopt(self, definition: EventDef) -> None:
         """Take a definition of this type that adds properties: the events held so far have them null."""
@@ -283,8 +289,7 @@ class EventTypeStore(TypeLevels, TypeState):
         else:
             self.ever |= part
         if self.last_ts is not None:
-            self.last_ts.ensure(int(rows.max()) + 1)
-            max_at(self.last_ts.data, rows, ts)
+            self.last_ts.add(rows, ts)
         self.max_ts = max(self.max_ts, int(ts[-1]))
         for prop, kept in self.prop_bitmaps.items():
             keys = plan.bins.get(prop)
@@ -430,14 +435,9 @@ class EventTypeStore(TypeLevels, TypeState):
 
     def row_index(self, run: Run) -> RowIndex:
         """The events of ``run`` (one of this store's runs, not a slice) grouped by row: built on first use
-        and kept on the run (a run never changes, and a merge or removal makes new runs without one)."""
-        index = run.row_index
-        if index is not None:
-            return index
-        with _BUILD_LOCK:  # built once and published whole
-            if run.row_index is None:
-                run.row_index = build_row_index(run.rows, run.ts)
-            return run.row_index
+        and kept on the run while the shard's budget allows (``engine.store.row_index_cache``; a run never
+        changes, and a merge or removal makes new runs without one)."""
+        return self.row_indexes.get(run)
 
     def dead_mask(self) -> np.ndarray:
         """A byte per row up to ``row_bound()``: True for the rows deleted by marking."""
@@ -459,25 +459,24 @@ class EventTypeStore(TypeLevels, TypeState):
                         parts.append(part)
         return parts
 
-    def latest_before(self, now: int, size: int) -> np.ndarray:
-        """Per row, the latest timestamp of this type with ts <= now (NO_TIME if none)."""
+    def latest_before(self, now: int, size: int) -> LatestTimes:
+        """Per row, the latest timestamp of this type with ts <= now (none: NO_TIME), for rows below
+        ``size`` at least: kept (built on first use) when ``now`` is past every event, else computed."""
         if self.max_ts <= now:
             with _BUILD_LOCK:  # built once and published whole: concurrent queries never see it half-built
                 latest = self.last_ts
                 if latest is None:
-                    latest = GrowableArray(np.int64, NO_TIME)
-                    latest.ensure(max(size, self.row_bound()))
+                    latest = LatestTimes(max(size, self.row_bound()))
                     for run in self.runs:
-                        max_at(latest.data, run.rows, run.absolute_ts())
+                        latest.add(run.rows, run.absolute_ts())
                     if self.dead:
-                        latest.data[np.frombuffer(self.dead.to_array(), dtype=np.uint32)] = NO_TIME
+                        latest.clear(np.frombuffer(self.dead.to_array(), dtype=np.uint32).astype(np.int64))
                     self.last_ts = latest
-                latest.ensure(size)
-                return latest.data[:size]
-        latest = np.full(max(size, self.row_bound()), NO_TIME, dtype=np.int64)
+                return latest
+        latest = LatestTimes(max(size, self.row_bound()))
         for part in self.window(NO_TIME, now):
-            max_at(latest, part.rows, part.absolute_ts())
-        return latest[:size]
+            latest.add(part.rows, part.absolute_ts())
+        return latest
 
     @property
     def nbytes(self) -> int:
@@ -498,11 +497,19 @@ class EventStore:
         self.types: dict[str, EventTypeStore] = {name: EventTypeStore(d) for name, d in events.items()}
         self.event_ids = EventIdStore()
         self.locator: Any = None  # per-row event lookup (engine.store.event_locator), built on first use
+        self._share_row_indexes()
+
+    def _share_row_indexes(self) -> None:
+        """One row-index budget for every type, in proportion to the events of the whole store."""
+        self.row_indexes = RowIndexCache(self)
+        for typed in self.types.values():
+            typed.row_indexes = self.row_indexes
 
     def __getstate__(self) -> dict:
         """The state to pickle: the event locator is an index, built again on demand."""
         state = dict(self.__dict__)
         state.pop("locator", None)
+        state.pop("row_indexes", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -510,6 +517,7 @@ class EventStore:
         state.setdefault("event_ids", EventIdStore())
         state["locator"] = None
         self.__dict__.update(state)
+        self._share_row_indexes()
 
     def release_event_ids(self, entries: np.ndarray) -> None:
         """Events with these event id entries were deleted (see ``EventIdStore.release``); compacts the
@@ -530,6 +538,7 @@ class EventStore:
             store = self.types.get(name)
             if store is None:
                 self.types[name] = EventTypeStore(definition)
+                self.types[name].row_indexes = self.row_indexes
             else:
                 store.adopt(definition)
 
@@ -552,6 +561,7 @@ class EventStore:
         store.types = {name: EventTypeStore.from_state(reader, state[name], definition, rows)
                        for name, definition in events.items()}
         store.event_ids = EventIdStore() if event_ids is None else EventIdStore.from_state(reader, event_ids, rows)
+        store._share_row_indexes()
         held = np.zeros(store.event_ids.size, dtype=np.int64)
         for typed in store.types.values():
             for run in typed.runs:

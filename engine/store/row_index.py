@@ -5,8 +5,10 @@ over all of it. Its ``RowIndex`` lists the same events sorted by (row, time): th
 ``starts`` where each one's times begin, ``times`` the uint32 offsets from the run's base. The
 distinct rows are a bitset with the rank of each word (``words``, ``ranks``: 12 bytes per 64 rows,
 a row's position is its rank) when at least 3 in 64 rows of the run's range have events, else a
-sorted int32 array (``keys``, 4 bytes per row, searched by galloping). Runs are never changed once written, so an index built for a run stays exact for as
-long as the run exists (``EventTypeStore.row_index`` builds one on first use and drops it with the run).
+sorted int32 array (``keys``, 4 bytes per row, searched by galloping). Runs are never changed once
+written, so an index built for a run stays exact for as long as the run exists
+(``EventTypeStore.row_index`` builds one on first use and keeps it on the run while the shard's
+row-index budget allows: ``engine.store.row_index_cache``).
 
 >>> index = build_row_index(np.array([5, 2, 5, 9], np.int32), np.array([10, 20, 30, 40], np.uint32))
 >>> index.words.tolist(), index.starts.tolist(), index.times.tolist()  # rows 2, 5, 9: dense

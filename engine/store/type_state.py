@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..schema import EventDef
-from .growable import GrowableArray
-from .runs import EPOCH_BITS, NO_TIME, Run, code_dtype
+from .latest_times import LatestTimes
+from .runs import EPOCH_BITS, Run, code_dtype
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -35,7 +35,7 @@ class TypeState:
         return {"epochs": [[epoch, [run_state(run) for run in runs]] for epoch, runs in self.epochs.items()],
                 "days": [[day, writer.bitmap(bitmap)] for day, bitmap in self.days.items()],
                 "ever": writer.bitmap(self.ever),
-                "last_ts": None if self.last_ts is None else writer.array(self.last_ts.view()),
+                "last_ts": None if self.last_ts is None else writer.array(self.last_ts.to_int64()),
                 "max_ts": self.max_ts, "count": self.count, "labels": self.labels, "scaled": self.scaled,
                 "generation": self.generation, "dead": writer.bitmap(self.dead), "dead_events": self.dead_events}
 
@@ -57,7 +57,7 @@ class TypeState:
             last_ts = reader.array(state["last_ts"])
             if last_ts.dtype != np.int64 or last_ts.ndim != 1 or len(last_ts) > rows:
                 raise ValueError(f"the latest times of {definition.name} are not a column of at most {rows} rows")
-            store.last_ts = GrowableArray.adopt(last_ts, NO_TIME)
+            store.last_ts = LatestTimes.from_int64(last_ts)
         store.max_ts, store.count, store.generation = int(state["max_ts"]), int(state["count"]), int(state["generation"])
         if "dead" in state:  # parts written before deletion by marking hold none
             store.dead, store.dead_events = reader.bitmap(state["dead"], rows), int(state["dead_events"])
