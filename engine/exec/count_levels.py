@@ -299,7 +299,8 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     within = found if narrow else None
     # a window with absolute edges (SINCE, BEFORE before the clock) meets the same events at every
     # clock until the store changes (a WHERE may compare with NOW: then only at the same clock)
-    absolute = node.within_ms is None and hi < now and not any(isinstance(t, ast.Now) for t in (node.since, node.before))
+    absolute = node.within_ms is None and hi < now \
+        and not any(isinstance(t, ast.Now) for t in (node.since, node.before))
     clock = now if node.where is not None else None
     edges_key = (key, tuple(spans), tuple(needed), clock) if within is None and absolute else None
     kept = evaluator.edge_levels_cache.get(edges_key) if edges_key is not None else None

@@ -14,9 +14,8 @@ is avoided, so the cost follows the rare steps: (k - 1) searches per end (or sta
 over the other steps' events. A row's first complete chain decides it: at the last step its
 other ends are skipped; with ``SPAN`` (many ends per row), when the last two steps each read one
 run, ``last_two_steps`` walks them in one pass, so a row's ends after its first complete chain are
-skipped at both, and the last step's run is looked up only for the rows whose chains reach it. Each
-kernel reads one or two runs, so the arrays stay plain arguments (a tuple of a variable number of
-runs' arrays would cost numba two atomic reference count updates per use).
+skipped at both. Each kernel reads one or two runs, so the arrays stay plain arguments (a tuple
+of a variable number of runs' arrays would cost numba two atomic reference count updates per use).
 
 >>> times = np.array([1, 5, 9], np.uint32)  # one row's events of a run, base 0
 >>> a, b = np.array([0]), np.array([3])
@@ -37,7 +36,6 @@ from pyroaring import BitMap
 
 from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap
-from ..store.bitsets import popcount
 from ..store.events import EventStore
 from ..store.row_index import row_slices
 from ..store.runs import EPOCH_BITS, EPOCH_SPAN, Run
@@ -114,47 +112,15 @@ def earliest_after(times, base, a, b, rows, bounds, edges, span, low, high, out,
 
 
 @numba.njit(cache=True, nogil=True)
-def _located(keys, words, ranks, starts, row, cursor):
-    """(start, stop, cursor): where ``row``'s times lie in a run's index (start == stop when it has
-    none): a rank in the bitset ``words``, else a galloping search over the sorted ``keys`` from
-    ``cursor`` (a position at or before the row's, as the rows ascend)."""
-    if len(words):
-        w = row >> 6
-        if w >= len(words):
-            return 0, 0, cursor
-        bit = np.uint64(1) << np.uint64(row & 63)
-        if not words[w] & bit:
-            return 0, 0, cursor
-        p = ranks[w] + popcount(words[w] & (bit - np.uint64(1)))
-        return np.int64(starts[p]), np.int64(starts[p + 1]), cursor
-    m = len(keys)
-    step = 1
-    while cursor + step < m and keys[cursor + step] < row:
-        step *= 2
-    x, y = cursor, min(cursor + step + 1, m)
-    while x < y:
-        mid = (x + y) >> 1
-        if keys[mid] < row:
-            x = mid + 1
-        else:
-            y = mid
-    if x == m or keys[x] != row:
-        return 0, 0, x
-    return np.int64(starts[x]), np.int64(starts[x + 1]), x
-
-
-@numba.njit(cache=True, nogil=True)
-def last_two_steps(first, second, rows, rank_rows, bounds, edges, span, high, backward, done):
-    """The walk's last two steps at once, each reading one run: per entry, the event of the step
-    before the last (``first``: (times, base, a, b, low), see ``latest_before``), then the last
-    one's (``second``: (keys, words, ranks, starts, times, base, low) of its run's index; a row is
-    looked up there only once its chain reaches it: ``rank_rows`` are the rows of the positions
-    in ``a``), so a row's first complete chain marks it ``done`` and its later entries are skipped
-    at both steps. Entries of a row with nondecreasing bounds continue where it left off."""
+def last_two_steps(first, second, rows, bounds, edges, span, high, backward, done):
+    """The walk's last two steps at once, each reading one run (``first``, ``second``: (times, base, a,
+    b, low) of the run, see ``latest_before``): per entry, the event of the step before the last, then
+    at once the last one's, so a row's first complete chain marks it ``done`` and its later entries
+    are skipped at both steps. Entries of a row with nondecreasing bounds continue where it left off."""
     times1, base1, a1, b1, low1 = first
-    keys, words, ranks, starts, times2, base2, low2 = second
+    times2, base2, a2, b2, low2 = second
     row1, bound1, p1 = -1, NONE, 0
-    row2, bound2, p2, x2, y2, cursor = -1, NONE, 0, 0, 0, 0
+    row2, bound2, p2 = -1, NONE, 0
     for e in range(len(rows)):
         r = rows[e]
         x1, y1 = a1[r], b1[r]
@@ -181,15 +147,11 @@ def last_two_steps(first, second, rows, rank_rows, bounds, edges, span, high, ba
                 continue
         # the last step
         target = t if backward else max(t + 1, low2)
-        if r != row2:
-            if r < row2:  # another edge run starts over from the first rows
-                cursor = 0
-            x2, y2, cursor = _located(keys, words, ranks, starts, rank_rows[r], cursor)
-            p2, bound2, row2 = x2, NONE, r
+        x2, y2 = a2[r], b2[r]
         if x2 == y2:
             continue
-        p2 = _first_at_least(times2, p2 if target >= bound2 else x2, y2, target - base2)
-        bound2 = target
+        p2 = _first_at_least(times2, p2 if r == row2 and target >= bound2 else x2, y2, target - base2)
+        row2, bound2 = r, target
         if backward:
             if p2 > x2:
                 t = base2 + np.int64(times2[p2 - 1])
@@ -276,9 +238,8 @@ def indexed_sequence_rows(events: EventStore, node: ast.Sequence, lows: dict[str
     fused = every and len(steps) >= 3 and len(_runs(events, steps[-2].event, lows[steps[-2].event], hi)) == 1 \
         and len(_runs(events, steps[-1].event, lows[steps[-1].event], hi)) == 1
     # the starting step's events are the window's; later steps search a row's events and check the window
-    looked_up = [step.event for step in (steps[:-1] if fused else steps)]
     sources = {event: _sources(events, event, lows[event], hi, rows, event == steps[0].event)
-               for event in dict.fromkeys(looked_up)}
+               for event in dict.fromkeys(step.event for step in steps)}
     if every:
         parts = [edge_events(times, base, a, b, backward, True, rows) for times, base, a, b in sources[steps[0].event]]
         if not parts:
@@ -298,11 +259,10 @@ def indexed_sequence_rows(events: EventStore, node: ast.Sequence, lows: dict[str
     for j, step in enumerate(steps[1:], start=2):
         if fused and j == len(steps) - 1:  # one run each: the last two steps in one pass
             (times1, base1, a1, b1), = sources[step.event]
-            (base2, run), = _runs(events, steps[-1].event, lows[steps[-1].event], hi)
-            index = events.types[steps[-1].event].row_index(run)
+            (times2, base2, a2, b2), = sources[steps[-1].event]
             last_two_steps((times1, base1, a1, b1, lows[step.event]),
-                           (*index.lookup, base2, lows[steps[-1].event]), owners, rows, bounds, edges, span, hi,
-                           backward, done)
+                           (times2, base2, a2, b2, lows[steps[-1].event]), owners, bounds, edges, span, hi, backward,
+                           done)
             break
         found = np.full(len(owners), NONE, dtype=np.int64)
         final = done if j == len(steps) else not_final  # the last step: a row's first complete chain decides
