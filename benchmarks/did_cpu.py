@@ -5,7 +5,8 @@
 Generates the compare.py data set (5 events per profile, fixed seed and clock), loads it into
 ``Engine(shards=1)`` (whose shard runs in the calling thread) and times ``Engine.count`` with
 ``time.thread_time()``, so a loaded machine changes the figures far less than wall-clock time does.
-Each query runs once untimed first (kept structures are built on first use), then ``--repeat`` times;
+Each query runs once untimed first (kept structures are built on first use; the script waits for
+count levels built in the background), then ``--repeat`` times;
 the table shows the count and the median CPU ms. Run the same script against another checkout
 (``PYTHONPATH`` at it) to compare revisions; the counts must agree.
 """
@@ -28,9 +29,19 @@ from loaders.generator import generate  # noqa: E402
 from queries import NOW_MS, event_queries  # noqa: E402
 
 
+def settled(eng: Engine, limit_s: float = 120.0) -> None:
+    """Wait until no shard builds count levels in the background (the first query that can use them
+    starts the build and counts the events meanwhile, as do the queries until they are installed)."""
+    deadline = time.monotonic() + limit_s
+    while any(shard["levels_building"] for shard in eng.stats()["shards"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def cpu_ms(eng: Engine, query: str, repeat: int) -> tuple[int, float]:
-    """(count, median CPU ms of ``repeat`` calls after an untimed first call)."""
+    """(count, median CPU ms of ``repeat`` calls after an untimed first call and any level build it started)."""
     count = eng.count(query, now=NOW_MS)
+    if "levels_building" in eng.stats()["shards"][0]:
+        settled(eng)
     samples = []
     for _ in range(repeat):
         started = time.thread_time()

@@ -51,18 +51,34 @@ QUERIES = {
 }
 
 
-def module_at(rev: str) -> ModuleType:
-    """engine/exec/sequence.py as of git revision ``rev``, loaded as a module of the engine package."""
-    text = subprocess.run(["git", "show", f"{rev}:engine/exec/sequence.py"], cwd=HERE.parent, check=True,
-                          capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "sequence_at_rev.py"
+def _load(name: str, text: str) -> ModuleType:
+    """``text`` loaded as the module ``engine.exec.<name>``."""
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(text)
-    spec = importlib.util.spec_from_file_location("engine.exec.sequence_at_rev", path)
+    spec = importlib.util.spec_from_file_location(f"engine.exec.{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def module_at(rev: str) -> ModuleType:
+    """engine/exec/sequence.py as of git revision ``rev``, loaded as a module of the engine package, with
+    the SEQUENCE modules it imports (``sequence_index``, ``sequence_keys``) as of that revision too."""
+    def show(path: str) -> str | None:
+        done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=HERE.parent, capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else None
+
+    text = show("engine/exec/sequence.py")
+    assert text is not None, f"no engine/exec/sequence.py at {rev}"
+    for sibling in ("sequence_keys", "sequence_index"):
+        sibling_text = show(f"engine/exec/{sibling}.py")
+        if sibling_text is not None and f"from .{sibling} import" in text:
+            _load(f"{sibling}_at_rev", sibling_text.replace("from .sequence_keys import",
+                                                             "from .sequence_keys_at_rev import"))
+            text = text.replace(f"from .{sibling} import", f"from .{sibling}_at_rev import")
+    return _load("sequence_at_rev", text)
 
 
 def cpu_ms(eng: Engine, query: str, repeat: int) -> tuple[int, float]:
@@ -77,8 +93,8 @@ def cpu_ms(eng: Engine, query: str, repeat: int) -> tuple[int, float]:
 
 
 PHASES = ("present", "gather_keys", "merged_keys", "group_keys", "unpacked", "scan_intervals", "holding_rows",
-          "interval_hits", "row_slices", "latest_before", "earliest_after", "edge_events")
-INDEX_PHASES = ("row_slices", "latest_before", "earliest_after", "edge_events")  # engine.exec.sequence_index
+          "interval_hits", "row_slices", "latest_before", "earliest_after", "last_two_steps", "edge_events")
+INDEX_PHASES = ("row_slices", "latest_before", "earliest_after", "last_two_steps", "edge_events")  # engine.exec.sequence_index
 
 
 def phase_ms(eng: Engine, query: str, repeat: int) -> dict[str, float]:

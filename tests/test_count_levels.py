@@ -138,6 +138,29 @@ def test_counts_up_to_two_next_to_other_predicates_come_from_levels_past_the_pai
     test_counts_from_levels_match_the_oracle_through_writes_merges_erasure_and_expiry(1)
 
 
+def test_levels_kept_for_a_fixed_window_follow_every_change_of_the_store() -> None:
+    """A window with absolute edges inside two days is answered again from the levels kept for it,
+    until a write, a merge or an erasure changes the store: each answer equals the oracle's."""
+    query = f"DID(purchase, COUNT >= 2, SINCE {MID_DAY - 5 * DAY}, BEFORE {MID_DAY})"
+    node = bind(parse(query), SCHEMA)
+    base = [{"id": f"q{i}", "event": "purchase", "ts": MID_DAY - (i + 2) * DAY} for i in range(3)]  # whole days
+    edge = [{"id": "q0", "event": "purchase", "ts": MID_DAY - 1},  # the last partial day
+            {"id": "q1", "event": "purchase", "ts": MID_DAY - 5 * DAY}]  # the first one, on its first ms
+    oracle = RetentionStore(SPEC)
+    with Engine(SCHEMA, shards=1) as engine:
+        for batch in (base, edge[:1], edge[1:]):
+            engine.track_events(batch)
+            oracle.track(batch)
+            for _ in range(2):  # the second answer comes from the kept levels
+                assert engine.ids(query, now=NOW) == sorted(oracle.evaluate(node, NOW))
+        assert engine.ids(query, now=NOW) == ["q0", "q1"]
+        engine.merge("q2", "q0")
+        oracle.merge("q2", "q0")
+        engine.delete_profiles(["q1"])
+        oracle.delete(["q1"])
+        assert engine.ids(query, now=NOW) == sorted(oracle.evaluate(node, NOW)) == ["q0"]
+
+
 def test_a_count_of_exactly_k_events_sits_on_level_k() -> None:
     """Row r has r events on each of two whole days and r more at the window's partial first day:
     COUNT >= k holds from 3r >= k, through the cap (8) and past it."""

@@ -147,3 +147,52 @@ def test_row_indexes_are_built_on_first_use_and_kept_on_their_runs() -> None:
         engine.count(query, now=NOW)
         assert all(run.row_index is not None for run in store.runs)
         assert engine.count(query, now=NOW) >= first
+
+
+def test_a_later_step_past_its_retention_never_completes_a_chain() -> None:
+    """Walked forwards from the rare first step (purchases), a page view after the purchase but at or
+    before the page views' retention floor (20 days) does not exist, even for a row with other page
+    views in the window; one after the floor does."""
+    floor = NOW - 20 * DAY
+    events = [
+        {"id": "expired", "event": "purchase", "ts": floor - 7_200_000},
+        {"id": "expired", "event": "page_view", "ts": floor},  # ts <= now - retention: gone
+        {"id": "expired", "event": "page_view", "ts": NOW - 60_000},  # in the window, but hours after
+        {"id": "kept", "event": "purchase", "ts": floor - 7_200_000},
+        {"id": "kept", "event": "page_view", "ts": floor + 1},
+    ]
+    events += [{"id": f"v{i}", "event": "page_view", "ts": NOW - i * 60_000} for i in range(20)]  # views outnumber buys
+    with Engine(SCHEMA, shards=1) as engine:
+        engine.track_events(events)
+        assert engine.ids("SEQUENCE(purchase THEN page_view, SPAN 3h)", now=NOW) == ["kept"]
+        assert engine.ids("SEQUENCE(purchase THEN page_view THEN page_view, SPAN 3h)", now=NOW) == []
+
+
+def test_the_last_two_steps_in_one_pass_match_the_oracle_with_many_runs_of_the_first() -> None:
+    """The funnel walked backwards with the last two steps in one pass (one run each, here with rows
+    sparse enough that the page views' index keeps sorted rows) while the purchases, where the walk
+    starts, lie in several runs: each run's ends start over from the first rows."""
+    rng = random.Random(21)
+    ids = [f"p{i:03d}" for i in range(400)]
+    active = ids[::37]  # about 1 row in 37 has events
+    oracle = RetentionStore(SCHEMA_DICT)
+    with Engine(SCHEMA, shards=1) as engine:
+        engine.upsert_profiles([{"id": pid} for pid in ids])
+        oracle.upsert([{"id": pid} for pid in ids])
+        views = [{"id": rng.choice(active), "event": rng.choice(["page_view", "cart_abandoned"]),
+                  "ts": NOW - rng.randint(0, 9 * DAY)} for _ in range(300)]  # one epoch
+        views += [{"id": pid, "event": "cart_abandoned", "ts": NOW - 3 * DAY} for pid in active]  # equal times
+        batches = [views] + [[{"id": rng.choice(active), "event": "purchase", "ts": NOW - rng.randint(0, 9 * DAY)}
+                              for _ in range(size)] for size in (60, 12, 3)]
+        batches[-1].append({"id": active[0], "event": "purchase", "ts": NOW - 3 * DAY})
+        for batch in batches:
+            engine.track_events(batch)
+            oracle.track(batch)
+        types = engine.shards[0].events.types
+        assert len(types["purchase"].runs) > 1 and len(types["page_view"].runs) == len(types["cart_abandoned"].runs) == 1
+        for text in ["SEQUENCE(page_view THEN cart_abandoned THEN purchase, SPAN 1d)",
+                     "SEQUENCE(page_view THEN cart_abandoned THEN purchase, SPAN 6h, WITHIN 10d)",
+                     "SEQUENCE(purchase THEN cart_abandoned THEN page_view, SPAN 2d)",
+                     "SEQUENCE(cart_abandoned THEN page_view THEN page_view, SPAN 1d)"]:
+            expected = sorted(oracle.evaluate(bind(parse(text), SCHEMA), NOW))
+            assert engine.ids(text, now=NOW) == expected, text

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 #: Kept whole-day levels per evaluator: each up to CAP bitmaps, and once an edge needs them, the
 #: levels below the top as bitsets (1 bit per row and level: 1.25 MB per level at 10M rows).
 LEVELS_CACHE = 8
+#: Window levels (whole days plus the edges' events) kept per evaluator for windows with absolute
+#: edges, met again at the same store generation.
+EDGE_LEVELS_CACHE = 8
 #: A found set this many times smaller than the rows that ever had such an event filters the edge
 #: events. A count up to 2 within any found set stays on the event counter (``count_upto2``: one
 #: pass over the window's events, measured cheaper than the levels when the DID is not alone).
@@ -299,5 +302,19 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
         if hi > (last + 1) * DAY_MS - 1:  # type: ignore[operator]
             spans.append(((last + 1) * DAY_MS, hi))  # type: ignore[operator]
     within = found if narrow else None
+    # a window with absolute edges (SINCE, BEFORE before the clock) meets the same events at every
+    # clock until the store changes (a WHERE may compare with NOW: then only at the same clock)
+    absolute = node.within_ms is None and hi < now \
+        and not any(isinstance(t, ast.Now) for t in (node.since, node.before))
+    clock = now if node.where is not None else None
+    edges_key = (key, tuple(spans), tuple(needed), clock) if within is None and absolute else None
+    kept = evaluator.edge_levels_cache.get(edges_key) if edges_key is not None else None
+    if kept is not None:
+        return kept
     rows, counts = _edge_counts(evaluator, node, store, spans, now, within, top) if spans else (np.zeros(0), None)
-    return _with_edges(whole, rows, counts, needed)
+    levels = _with_edges(whole, rows, counts, needed)
+    if edges_key is not None:
+        if len(evaluator.edge_levels_cache) >= EDGE_LEVELS_CACHE:
+            drop_oldest(evaluator.edge_levels_cache)
+        evaluator.edge_levels_cache[edges_key] = levels
+    return levels

@@ -285,6 +285,7 @@ class DidEvaluator:
         self.buffers = ScratchPool()
         self.union_cache: dict[tuple, BitMap] = {}
         self.levels_cache: dict[tuple, WholeLevels] = {}  # count levels of whole days, see count_levels
+        self.edge_levels_cache: dict[tuple, dict[int, BitMap]] = {}  # levels of whole windows, see count_levels
 
     def estimate(self, node: ast.Did, now: int | None = None) -> float:
         """An upper bound of the rows a DID selects: the rows that ever had such an event, and (at

@@ -415,12 +415,16 @@ def sequence_rows(events: EventStore, node: ast.Sequence, now: int, window: tupl
     if max(lows.values()) > hi:
         return BitMap()
     # only rows with an event of every step's type in the window can hold: their events alone are read
+    indexed = all(step.where is None for step in node.steps)
+    types = sorted(lows, key=lambda e: len(events.types[e].ever))
+    if indexed and len(types) > 1:  # the walk checks every step: the commonest type's presence rarely pays
+        types.pop()
     candidates = found if found is not None else base
-    for event in sorted(lows, key=lambda e: len(events.types[e].ever)):
+    for event in types:
         candidates = candidates & present(events.types[event], lows[event], hi, candidates)
         if not candidates:
             return BitMap()
-    if all(step.where is None for step in node.steps):
+    if indexed:
         return base & indexed_sequence_rows(events, node, lows, hi, candidates)
     member = bitset_of(candidates)
     k = len(node.steps)
