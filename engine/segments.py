@@ -224,6 +224,9 @@ class SavedSegments:
         self.sorted_columns: dict[str, SortedColumn] = {}
         self.catalog = SegmentCatalog()
         self.bitmaps: dict[str, BitMap] = {}
+        # each segment's member count, kept by every change (reading len() of every bitmap after each
+        # write walks all their containers: 30,000 of them for 200 segments at 10M profiles)
+        self.counts: dict[str, int] = {}
         self.slots: dict[str, int] = {}
         self.slot_names: list[str | None] = []
         self.members = MembershipBits()
@@ -232,6 +235,12 @@ class SavedSegments:
         self.pending: list[tuple[str, str, np.ndarray | list[str] | None]] = []
         self.pending_size = 0
         self.lost = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled instance (the legacy snapshot formats: their parts keep no member counts)."""
+        self.__dict__.update(state)
+        if "counts" not in state:
+            self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
 
     # -- definitions ------------------------------------------------------------------------
     def create(self, name: str, text: str, step: Step, now: int, replace: bool = False) -> dict[str, Any]:
@@ -250,6 +259,7 @@ class SavedSegments:
             self._prepare_refresh(step)
         if not existed:
             self.bitmaps[name] = members
+            self.counts[name] = len(members)
             self.members.set(rows_of(members), self._allocate(name))
             self._record("created", name, None)
         else:
@@ -264,6 +274,7 @@ class SavedSegments:
         """Delete segment ``name`` (SegmentInUse if another segment reads it)."""
         self.catalog.remove(name)
         members = self.bitmaps.pop(name)
+        del self.counts[name]
         slot = self.slots.pop(name)
         self.members.clear(rows_of(members), slot)
         self.slot_names[slot] = None
@@ -279,6 +290,10 @@ class SavedSegments:
         return slot
 
     # -- reads ------------------------------------------------------------------------------
+    def sizes(self) -> dict[str, int]:
+        """Every segment's member count."""
+        return dict(self.counts)
+
     def rows(self, name: str) -> BitMap:
         """Current members of ``name`` (the live bitmap: do not modify)."""
         try:
@@ -401,7 +416,9 @@ class SavedSegments:
         return self._apply(name, entered, exited)
 
     def _apply(self, name: str, entered: BitMap, exited: BitMap) -> BitMap:
-        """Update the per-row bits and record the changes; returns entered | exited."""
+        """Update the per-row bits and the member count and record the changes (``entered``: rows that were
+        not members, ``exited``: rows that were); returns entered | exited."""
+        self.counts[name] += len(entered) - len(exited)
         slot = self.slots[name]
         if exited:
             rows = rows_of(exited)
@@ -461,6 +478,7 @@ class SavedSegments:
                                         int(created_ms), int(updated_ms)))
         self.bitmaps.clear()  # the dict is shared (LocalShard.segments)
         self.bitmaps.update((name, reader.bitmap(bitmap, rows)) for name, bitmap in state["bitmaps"].items())
+        self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
         self.slots = {name: int(slot) for name, slot in state["slots"].items()}
         self.slot_names = list(state["slot_names"])
         bits = reader.array(state["members"])

@@ -1,10 +1,15 @@
 """An event batch's append worked out ahead of its commit (``EventTypeStore.plan_append``): new run
-lists and grown copies of the presence bitmaps, built without changing the store.
+lists, and the batch's rows per day and per 5-minute slot, built without changing the store.
 
->>> old = BitMap([1])
->>> kept = {5: old}
->>> install(kept, 5, grown(old, BitMap([2]))); sorted(kept[5]), sorted(old)
-([1, 2], [1])
+The commit ORs those rows into the store's presence bitmaps in place (``or_into``): it runs while
+no reader reads, and an in-place OR costs in proportion to the batch's rows, whereas a copy of a
+kept bitmap grown by them (so that the prepare could build it while readers read) costs in
+proportion to the bitmap: at 10M profiles every day, slot and ``ever`` bitmap spans 153 Roaring
+containers, and a batch of page views of the last day touches some 290 of them.
+
+>>> kept = {5: BitMap([1])}
+>>> or_into(kept, 5, BitMap([2])); or_into(kept, 6, BitMap([3])); {k: sorted(v) for k, v in kept.items()}
+{5: [1, 2], 6: [3]}
 """
 from __future__ import annotations
 
@@ -55,7 +60,8 @@ class AppendPlan:
 
     ``epochs``: per epoch, (the epoch's runs the plan was made from, those runs with the new run
     merged in, the new run). ``days``: the new rows per UTC day; ``slots``: per day of
-    ``slot_days`` (the days whose slots were kept when the plan was made), the new rows per slot.
+    ``slot_days`` (the days whose slots were kept when the plan was made), the new rows per slot;
+    ``ever``: the new rows.
     """
 
     rows: np.ndarray
@@ -63,32 +69,20 @@ class AppendPlan:
     props: dict[str, np.ndarray]
     valid: dict[str, np.ndarray]
     epochs: dict[int, tuple[list[Run] | None, list[Run], Run]]
-    days: dict[int, Grown]
-    slots: dict[int, dict[int, Grown]]
+    days: dict[int, BitMap]
+    slots: dict[int, dict[int, BitMap]]
     slot_days: frozenset[int]
-    ever: Grown
+    ever: BitMap
     bins: dict[str, np.ndarray] = field(default_factory=dict)  # per kept binned property, each event's bin
     # per kept count levels (None: the whole type, else a property) as the plan saw them: what to OR in
     levels: dict[str | None, tuple[CountLevels, list[LevelsPart]]] = field(default_factory=dict)
 
 
-#: A bitmap a write grows: (the bitmap the plan saw or None, a copy of it with the new rows, the new rows).
-Grown = tuple[BitMap | None, BitMap, BitMap]
-
-
-def grown(old: BitMap | None, part: BitMap) -> Grown:
-    """``old`` grown by ``part`` as a new bitmap (``old`` is unchanged)."""
-    return old, part if old is None else old | part, part
-
-
-def install(target: dict[int, BitMap], key: int, grown: Grown) -> None:
-    """Put the grown bitmap in ``target[key]`` if that still holds the bitmap the plan saw; else OR the
-    new rows into whatever it holds now."""
-    old, merged, part = grown
+def or_into(target: dict[int, BitMap], key: int, part: BitMap) -> None:
+    """OR ``part`` into ``target[key]`` in place (``part`` itself becomes the entry if there is none: the
+    caller hands over a bitmap nothing else holds)."""
     current = target.get(key)
-    if current is old:
-        target[key] = merged
-    elif current is None:
+    if current is None:
         target[key] = part
     else:
         current |= part
