@@ -227,6 +227,7 @@ class SavedSegments:
         # each segment's member count, kept by every change (reading len() of every bitmap after each
         # write walks all their containers: 30,000 of them for 200 segments at 10M profiles)
         self.counts: dict[str, int] = {}
+        self.event_reads: dict[str, frozenset[str] | None] = {}  # each segment's event_types_read
         self.slots: dict[str, int] = {}
         self.slot_names: list[str | None] = []
         self.members = MembershipBits()
@@ -241,6 +242,8 @@ class SavedSegments:
         self.__dict__.update(state)
         if "counts" not in state:
             self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
+        if "event_reads" not in state:
+            self.event_reads = {name: event_types_read(d.step) for name, d in self.catalog.defs.items()}
 
     # -- definitions ------------------------------------------------------------------------
     def create(self, name: str, text: str, step: Step, now: int, replace: bool = False) -> dict[str, Any]:
@@ -255,6 +258,7 @@ class SavedSegments:
             self.now = now
         members = BitMap(self.executor.evaluate(step, self.now))  # a copy: it is updated in place later
         self.catalog.put(definition)
+        self.event_reads[name] = event_types_read(step)
         if definition.clocked:
             self._prepare_refresh(step)
         if not existed:
@@ -275,6 +279,7 @@ class SavedSegments:
         self.catalog.remove(name)
         members = self.bitmaps.pop(name)
         del self.counts[name]
+        del self.event_reads[name]
         slot = self.slots.pop(name)
         self.members.clear(rows_of(members), slot)
         self.slot_names[slot] = None
@@ -355,7 +360,7 @@ class SavedSegments:
             for name in self.catalog.order:
                 seed = rows
                 if written is not None:
-                    reads = event_types_read(self.catalog.defs[name].step)
+                    reads = self.event_reads[name]
                     if reads is not None and not reads & written:
                         seed = created if created is not None else BitMap()
                 if len(seed):
@@ -479,6 +484,7 @@ class SavedSegments:
         self.bitmaps.clear()  # the dict is shared (LocalShard.segments)
         self.bitmaps.update((name, reader.bitmap(bitmap, rows)) for name, bitmap in state["bitmaps"].items())
         self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
+        self.event_reads = {name: event_types_read(d.step) for name, d in self.catalog.defs.items()}
         self.slots = {name: int(slot) for name, slot in state["slots"].items()}
         self.slot_names = list(state["slot_names"])
         bits = reader.array(state["members"])
