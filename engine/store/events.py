@@ -33,7 +33,7 @@ from .levels_build import LevelBuilds
 from .event_ids import EventIdStore
 from .growable import GrowableArray
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
-from .append_plan import AppendPlan, or_into, slot_bitmaps, with_run
+from .append_plan import AppendPlan, add_rows, or_into, slot_rows, with_run
 from .runs import (EPOCH_BITS, FLOAT_SCALE, NO_TIME, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled, max_at,
                    time_order)
 from .type_levels import TypeLevels
@@ -274,7 +274,7 @@ class EventTypeStore(TypeLevels, TypeState):
             if day in self.slot_days:
                 if day in plan.slot_days:
                     for slot, slot_part in plan.slots.get(day, {}).items():
-                        or_into(self.slots, slot, slot_part)
+                        add_rows(self.slots, slot, slot_part)
                 else:  # a query started keeping this day's slots after the plan was made
                     start, stop = np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]).tolist()
                     self._index_slots(rows[start:stop], ts[start:stop])
@@ -315,7 +315,7 @@ class EventTypeStore(TypeLevels, TypeState):
                     return False
         return True
 
-    def _day_bitmaps(self, rows: np.ndarray, ts: np.ndarray) -> tuple[dict[int, BitMap], dict[int, dict[int, BitMap]],
+    def _day_bitmaps(self, rows: np.ndarray, ts: np.ndarray) -> tuple[dict[int, BitMap], dict[int, dict[int, Any]],
                                                                       frozenset[int]]:
         """For events sorted by time: their rows per UTC day, per slot of the days whose slots are kept
         now, and those days."""
@@ -324,22 +324,18 @@ class EventTypeStore(TypeLevels, TypeState):
         with _BUILD_LOCK:  # the slot days as one query's ensure_slots left them
             slot_days = frozenset(self.slot_days)
         days: dict[int, BitMap] = {}
-        slots: dict[int, dict[int, BitMap]] = {}
+        slots: dict[int, dict[int, Any]] = {}
         for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
             if stop > start:
                 days[day] = to_bitmap(rows[start:stop])
                 if day in slot_days:
-                    slots[day] = slot_bitmaps(rows[start:stop], ts[start:stop], SLOT_MS)
+                    slots[day] = slot_rows(rows[start:stop], ts[start:stop], SLOT_MS)
         return days, slots, slot_days
 
     def _index_slots(self, rows: np.ndarray, ts: np.ndarray) -> None:
         """Add events (sorted by time, of days in ``slot_days``) to the slot bitmaps."""
-        for slot, bitmap in slot_bitmaps(rows, ts, SLOT_MS).items():
-            known = self.slots.get(slot)
-            if known is None:
-                self.slots[slot] = bitmap
-            else:
-                known |= bitmap
+        for slot, part in slot_rows(rows, ts, SLOT_MS).items():
+            add_rows(self.slots, slot, part)
 
     def has_slots(self, day: int) -> bool:
         """True if the slot bitmaps of UTC ``day`` are kept."""
