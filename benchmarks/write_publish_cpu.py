@@ -71,7 +71,9 @@ def exclusive_timer(engine: Engine) -> list[float]:
 def prepare_timer(engine: Engine) -> list[float]:
     """Record, per write, the CPU seconds of its prepare phase (``Engine._prepare``, before the lock)."""
     spans: list[float] = []
-    prepare = engine._prepare
+    prepare = getattr(engine, "_prepare", None)
+    if prepare is None:  # a revision without a prepare phase: the whole write holds the lock
+        return spans
 
     def timed_prepare(calls: list) -> None:
         began = time.thread_time()
@@ -128,7 +130,8 @@ def measure(profiles: int, batches_timed: int, segments: int, cold: bool) -> Non
     print(f"{profiles:,} profiles, {segments} saved segments, {len(whole)} batches of {BATCH:,} page views "
           f"(CPU ms per batch, median / max)")
     print(f"  whole write      {statistics.median(whole) * 1e3:7.2f} / {max(whole) * 1e3:7.2f}")
-    print(f"  prepare          {statistics.median(prep) * 1e3:7.2f} / {max(prep) * 1e3:7.2f}")
+    if prep:
+        print(f"  prepare          {statistics.median(prep) * 1e3:7.2f} / {max(prep) * 1e3:7.2f}")
     print(f"  exclusive part   {statistics.median(excl) * 1e3:7.2f} / {max(excl) * 1e3:7.2f}", flush=True)
     engine.close()
 
