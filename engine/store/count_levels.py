@@ -22,7 +22,7 @@ import numba
 import numpy as np
 from pyroaring import BitMap
 
-from .bitmaps import to_bitmap, union_all
+from .bitmaps import to_bitmap
 
 #: The highest level kept: COUNT >= k for k <= CAP is answered from levels.
 CAP = 8
@@ -64,16 +64,21 @@ def _grown_part(old_first: BitMap | None, old_levels: Levels, batch_rows: np.nda
     got = [batch_first, batch_first, *batch_levels]
     out: Levels = []
     for j in range(2, CAP + 1):
-        parts = [got[j]] if j < len(got) else []  # no old event, j in the batch
-        parts += [had[k] & got[j - k] for k in range(max(1, j - len(got) + 1), min(j - 1, len(had)))]
-        if j - 1 < len(had):
-            parts.append(had[j - 1])  # j - 1 old events, one or more in the batch
-        if not parts:
-            break
-        reached = parts[0] if len(parts) == 1 else union_all(parts)
-        if not reached:
-            break
-        out.append(reached - had[j] if j < len(had) else reached)
+        # the few rows with two or more events in the batch: none before it, or k before it
+        extras = [got[j]] if j < len(got) else []
+        extras += [had[k] & got[j - k] for k in range(max(1, j - len(got) + 1), min(j - 1, len(had)))]
+        top = had[j] if j < len(had) else None  # the rows already at level j
+        if top is not None:
+            newly = had[j - 1] - top  # j - 1 events before the batch, one or more in it
+        elif j - 1 < len(had):
+            newly = had[j - 1].copy() if extras else had[j - 1]
+        else:
+            newly = BitMap()
+        for extra in extras:
+            newly |= extra if top is None else extra - top
+        if not newly and top is None:
+            break  # no row reaches level j: none reaches a higher one
+        out.append(newly)
     while out and not out[-1]:
         out.pop()
     return out
