@@ -1,7 +1,9 @@
-"""CPU time of an event batch's write in an in-process engine (one shard): the whole write, and the
-part of it that holds the publish lock exclusively (readers wait only for that part).
+"""CPU time of an event batch's write in an in-process engine (one shard): the whole write, its
+prepare phase (readers go on meanwhile), and the part of it that holds the publish lock
+exclusively (the commit: readers wait only for that part).
 
     python benchmarks/write_publish_cpu.py [--profiles 2000000] [--batches 20] [--segments 200]
+    python benchmarks/write_publish_cpu.py --profiles 1000000 4000000   # does the cost follow the store's size?
 
 Loads ``--profiles`` generated profiles with 5 events each, saves ``--segments`` segments (those of
 bench_grpc.py), runs bench_grpc.py's background query once and waits for the count levels it
@@ -9,7 +11,8 @@ starts building (unless ``--cold``), then writes ``--batches`` columnar batches 
 (as bench_grpc.py's ``--contention ingest`` producer does) and times each with
 ``time.thread_time()`` (CPU time of the calling thread, where an in-process shard runs, so a
 loaded machine changes the figures far less than wall time does). The exclusive part is timed
-from the moment the write takes the engine's publish lock to the moment it gives it back. The
+from the moment the write takes the engine's publish lock to the moment it gives it back. With
+several ``--profiles``, each size is measured in a process of its own, one after the other. The
 engine is imported from PYTHONPATH first (then from this checkout), so
 ``PYTHONPATH=OTHER_CHECKOUT python benchmarks/write_publish_cpu.py`` times another revision.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,40 +68,71 @@ def exclusive_timer(engine: Engine) -> list[float]:
     return spans
 
 
+def prepare_timer(engine: Engine) -> list[float]:
+    """Record, per write, the CPU seconds of its prepare phase (``Engine._prepare``, before the lock)."""
+    spans: list[float] = []
+    prepare = getattr(engine, "_prepare", None)
+    if prepare is None:  # a revision without a prepare phase: the whole write holds the lock
+        return spans
+
+    def timed_prepare(calls: list) -> None:
+        began = time.thread_time()
+        prepare(calls)
+        spans.append(time.thread_time() - began)
+
+    engine._prepare = timed_prepare  # type: ignore[method-assign]
+    return spans
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profiles", type=int, default=2_000_000)
+    parser.add_argument("--profiles", type=int, nargs="+", default=[2_000_000])
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--segments", type=int, default=200)
     parser.add_argument("--cold", action="store_true",
                         help="skip bench_grpc's background query, so no count levels are kept by the writes")
     args = parser.parse_args()
-    ds = generate(args.profiles, 5 * args.profiles, seed=0)
+    if len(args.profiles) > 1:  # one process per size: each starts from a fresh heap
+        for profiles in args.profiles:
+            argv = [sys.executable, __file__, "--profiles", str(profiles), "--batches", str(args.batches),
+                    "--segments", str(args.segments), *(["--cold"] if args.cold else [])]
+            subprocess.run(argv, check=True)
+        return
+    measure(args.profiles[0], args.batches, args.segments, args.cold)
+
+
+def measure(profiles: int, batches_timed: int, segments: int, cold: bool) -> None:
+    """Build the engine of ``profiles`` profiles, write the batches, print the CPU figures."""
+    ds = generate(profiles, 5 * profiles, seed=0)
     engine = Engine(Schema.from_dict(ds.schema), shards=1, backend="local")
     engine.load_profiles(ds.profiles)
     for batch in ds.events:
         engine.load_events(batch)
     del ds
-    for name, query in segment_definitions(args.segments).items():
+    for name, query in segment_definitions(segments).items():
         engine.create_segment(name, query)
-    if not args.cold:  # the count levels it uses are built, then kept by every write (as in bench_grpc.py)
+    if not cold:  # the count levels it uses are built, then kept by every write (as in bench_grpc.py)
         warm_up(engine, HEAVY_QUERY)
     rng = np.random.default_rng(1)
     now = time.time_ns() // 1_000_000
-    batches = [page_views(rng, args.profiles, now) for _ in range(args.batches + 3)]
+    batches = [page_views(rng, profiles, now) for _ in range(batches_timed + 3)]
     for batch in batches[:3]:  # warm up (compilation, first slot days)
         engine.load_events(batch)
     spans = exclusive_timer(engine)
+    prepares = prepare_timer(engine)
     whole = []
     for batch in batches[3:]:
         began = time.thread_time()
         engine.load_events(batch)
         whole.append(time.thread_time() - began)
     excl = spans[-len(whole):]
-    print(f"{args.profiles:,} profiles, {args.segments} saved segments, {len(whole)} batches of {BATCH:,} page views "
+    prep = prepares[-len(whole):]
+    print(f"{profiles:,} profiles, {segments} saved segments, {len(whole)} batches of {BATCH:,} page views "
           f"(CPU ms per batch, median / max)")
     print(f"  whole write      {statistics.median(whole) * 1e3:7.2f} / {max(whole) * 1e3:7.2f}")
-    print(f"  exclusive part   {statistics.median(excl) * 1e3:7.2f} / {max(excl) * 1e3:7.2f}")
+    if prep:
+        print(f"  prepare          {statistics.median(prep) * 1e3:7.2f} / {max(prep) * 1e3:7.2f}")
+    print(f"  exclusive part   {statistics.median(excl) * 1e3:7.2f} / {max(excl) * 1e3:7.2f}", flush=True)
     engine.close()
 
 

@@ -221,6 +221,10 @@ class SavedSegments:
         self.sorted_columns: dict[str, SortedColumn] = {}
         self.catalog = SegmentCatalog()
         self.bitmaps: dict[str, BitMap] = {}
+        # each segment's member count, kept by every change (reading len() of every bitmap after each
+        # write walks all their containers: 30,000 of them for 200 segments at 10M profiles)
+        self.counts: dict[str, int] = {}
+        self.event_reads: dict[str, frozenset[str] | None] = {}  # each segment's event_types_read
         self.slots: dict[str, int] = {}
         self.slot_names: list[str | None] = []
         self.members = MembershipBits()
@@ -229,6 +233,14 @@ class SavedSegments:
         self.pending: list[tuple[str, str, np.ndarray | list[str] | None]] = []
         self.pending_size = 0
         self.lost = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled instance (the legacy snapshot formats: their parts keep no member counts)."""
+        self.__dict__.update(state)
+        if "counts" not in state:
+            self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
+        if "event_reads" not in state:
+            self.event_reads = {name: event_types_read(d.step) for name, d in self.catalog.defs.items()}
 
     # -- definitions ------------------------------------------------------------------------
     def create(self, name: str, text: str, step: Step, now: int, replace: bool = False) -> dict[str, Any]:
@@ -243,10 +255,12 @@ class SavedSegments:
             self.now = now
         members = BitMap(self.executor.evaluate(step, self.now))  # a copy: it is updated in place later
         self.catalog.put(definition)
+        self.event_reads[name] = event_types_read(step)
         if definition.clocked:
             self._prepare_refresh(step)
         if not existed:
             self.bitmaps[name] = members
+            self.counts[name] = len(members)
             self.members.set(rows_of(members), self._allocate(name))
             self._record("created", name, None)
         else:
@@ -261,6 +275,8 @@ class SavedSegments:
         """Delete segment ``name`` (SegmentInUse if another segment reads it)."""
         self.catalog.remove(name)
         members = self.bitmaps.pop(name)
+        del self.counts[name]
+        del self.event_reads[name]
         slot = self.slots.pop(name)
         self.members.clear(rows_of(members), slot)
         self.slot_names[slot] = None
@@ -276,6 +292,10 @@ class SavedSegments:
         return slot
 
     # -- reads ------------------------------------------------------------------------------
+    def sizes(self) -> dict[str, int]:
+        """Every segment's member count."""
+        return dict(self.counts)
+
     def rows(self, name: str) -> BitMap:
         """Current members of ``name`` (the live bitmap: do not modify)."""
         try:
@@ -337,7 +357,7 @@ class SavedSegments:
             for name in self.catalog.order:
                 seed = rows
                 if written is not None:
-                    reads = event_types_read(self.catalog.defs[name].step)
+                    reads = self.event_reads[name]
                     if reads is not None and not reads & written:
                         seed = created if created is not None else BitMap()
                 if len(seed):
@@ -398,7 +418,9 @@ class SavedSegments:
         return self._apply(name, entered, exited)
 
     def _apply(self, name: str, entered: BitMap, exited: BitMap) -> BitMap:
-        """Update the per-row bits and record the changes; returns entered | exited."""
+        """Update the per-row bits and the member count and record the changes (``entered``: rows that were
+        not members, ``exited``: rows that were); returns entered | exited."""
+        self.counts[name] += len(entered) - len(exited)
         slot = self.slots[name]
         if exited:
             rows = rows_of(exited)
@@ -458,6 +480,8 @@ class SavedSegments:
                                         int(created_ms), int(updated_ms)))
         self.bitmaps.clear()  # the dict is shared (LocalShard.segments)
         self.bitmaps.update((name, reader.bitmap(bitmap, rows)) for name, bitmap in state["bitmaps"].items())
+        self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
+        self.event_reads = {name: event_types_read(d.step) for name, d in self.catalog.defs.items()}
         self.slots = {name: int(slot) for name, slot in state["slots"].items()}
         self.slot_names = list(state["slot_names"])
         bits = reader.array(state["members"])

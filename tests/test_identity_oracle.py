@@ -217,6 +217,7 @@ def test_a_saved_segment_sees_the_source_leave_and_the_target_enter(engine: Engi
     stream = engine.watch(["old"])
     engine.merge("src", "dst")
     assert engine.ids("SEGMENT('old')", now=NOW) == ["dst"]
+    assert engine.sizes.current() == {"old": 1}  # the member counts the shards keep
     assert engine.membership("src") == ["old"]
     changes = stream.get(timeout=1)
     assert sorted((c.kind, c.segment, c.id) for c in changes) == [("entered", "old", "dst"), ("exited", "old", "src")]
@@ -231,6 +232,7 @@ def test_erasure_through_an_alias_forgets_every_id(engine: Engine) -> None:
     assert engine.delete_profiles(["a", "a", "nobody"]) == 1  # through the alias; unknown ids ignored
     assert engine.ids("ALL", now=NOW) == ["keep"]
     assert engine.ids("SEGMENT('old')", now=NOW) == [] and engine.count("DID(purchase)", now=NOW) == 0
+    assert engine.sizes.current() == {"old": 0}
     assert [(c.kind, c.segment, c.id) for c in stream.get(timeout=1)] == [("exited", "old", "b")]
     assert engine.export_profile("a") is None and engine.export_profile("b") is None
     engine.upsert_profiles([{"id": "a"}])  # a later write naming an erased id creates a new profile

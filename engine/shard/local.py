@@ -258,7 +258,7 @@ class LocalShard:
 
     def segment_sizes(self) -> dict[str, int]:
         """This shard's member count of every saved segment."""
-        return {name: len(members) for name, members in self.saved.bitmaps.items()}
+        return self.saved.sizes()
 
     def member_columns(self, rows: np.ndarray, attributes: list[str]) -> dict[str, Any]:
         """Ids and ``attributes`` of the live rows among sorted ``rows`` (see engine.store.member_columns)."""

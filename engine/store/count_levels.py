@@ -3,14 +3,16 @@
 A key is a value bin of an event property (``engine.store.property_bitmaps``) or, for the event
 type as a whole, ``WHOLE_TYPE``. Level 1 (the rows with one such event or more) is already kept
 next to this structure (the type's day bitmaps and ``ever``, a bin's ``days`` and ``ever``); this
-one keeps levels 2..CAP, so a row with more than CAP events sits in every level. Counts add as
-saturating counters in bitmap algebra (``add_levels``): COUNT >= k over many days or bins is a
-running sum of their levels, never a pass over the events.
+one keeps levels 2..CAP, so a row with more than CAP events sits in every level. COUNT >= k over
+many days or bins is then a running sum of their levels (``engine.exec.count_levels``), never a
+pass over the events. Counts only grow: a write ORs into each level the rows of its events that
+newly reach it, their old counts read from the levels and their sums taken per row.
 
->>> a = [BitMap([1, 2, 3]), BitMap([2, 3]), BitMap([3])]   # row 1: 1 event, row 2: 2, row 3: 3+
->>> b = [BitMap([1, 2, 4])]                                # rows 1, 2 and 4: 1 event each
->>> [sorted(level) for level in add_levels(a, b, 3)]
-[[1, 2, 3, 4], [1, 2, 3], [2, 3]]
+>>> levels = CountLevels()   # rows 1 and 2 had one event on day 0; then events of rows 2, 4, 4
+>>> levels.add(np.zeros(3, np.int64), np.zeros(3, np.int64), np.array([2, 4, 4]),
+...            {WHOLE_TYPE: {0: BitMap([1, 2])}}, {WHOLE_TYPE: BitMap([1, 2])})
+>>> [sorted(level) for level in levels.days[WHOLE_TYPE][0]], [sorted(level) for level in levels.ever[WHOLE_TYPE]]
+([[2, 4]], [[2, 4]])
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numba
 import numpy as np
 from pyroaring import BitMap
 
-from .bitmaps import to_bitmap, union_all
+from .bitmaps import to_bitmap
 
 #: The highest level kept: COUNT >= k for k <= CAP is answered from levels.
 CAP = 8
@@ -32,31 +34,54 @@ Levels = list[BitMap]  # levels[j - 1] = the rows whose count is >= j (nested; e
 LevelsPart = tuple[int, "int | None", Levels]
 
 
-def add_levels(a: Levels, b: Levels, top: int) -> Levels:
-    """The levels 1..top of the sum of two counts given by their levels (neither is changed)."""
-    out: Levels = []
-    for j in range(1, top + 1):
-        parts = [levels[j - 1] for levels in (a, b) if j <= len(levels)]
-        for i in range(1, j):  # i of b's events and j - i of a's
-            if i <= len(b) and j - i <= len(a):
-                parts.append(a[j - i - 1] & b[i - 1])
-        level = union_all(parts) if len(parts) != 1 else parts[0]
-        if not level:
-            break
-        out.append(level)
-    return out
-
-
 def _grown_part(old_first: BitMap | None, old_levels: Levels, batch_rows: np.ndarray, batch_levels: Levels) -> Levels:
     """The levels 2.. that the rows of a batch (its rows ``batch_rows``, their levels 2..
-    ``batch_levels``) reach once added to the old counts (level 1 ``old_first``, then ``old_levels``)."""
+    ``batch_levels``) newly reach once added to the old counts (level 1 ``old_first``, then
+    ``old_levels``): ORed into the old levels, they give the levels of the sum.
+
+    With ``had[k]`` the batch's rows with k old events or more (read through a chain of
+    intersections that only shrinks: the levels are nested) and ``got[a]`` those with a events
+    or more in the batch, a row's sum reaches j iff it is in ``had[k] & got[j - k]`` for some k;
+    it reaches j newly unless it is in ``had[j]``. Every operation is over the batch's rows, and
+    a batch whose rows have one event each (``got`` = [all, all]) costs one intersection and one
+    difference per level.
+
+    >>> [sorted(b) for b in _grown_part(BitMap([1, 2]), [BitMap([2])], np.array([1, 2, 3, 3]), [BitMap([3])])]
+    [[1, 3], [2]]
+    """
     if old_first is None:
         return batch_levels
     batch_first = to_bitmap(batch_rows)
-    if not old_first.intersect(batch_first):
+    held = old_first & batch_first
+    if not held:
         return batch_levels  # no row of the batch was there: the batch's levels join as they are
-    touched = [old_first & batch_first, *[level & batch_first for level in old_levels]]
-    return add_levels(touched, [batch_first, *batch_levels], CAP)[1:]
+    had = [batch_first, held]
+    for level in old_levels:
+        held = level & held
+        if not held:
+            break
+        had.append(held)
+    got = [batch_first, batch_first, *batch_levels]
+    out: Levels = []
+    for j in range(2, CAP + 1):
+        # the few rows with two or more events in the batch: none before it, or k before it
+        extras = [got[j]] if j < len(got) else []
+        extras += [had[k] & got[j - k] for k in range(max(1, j - len(got) + 1), min(j - 1, len(had)))]
+        top = had[j] if j < len(had) else None  # the rows already at level j
+        if top is not None:
+            newly = had[j - 1] - top  # j - 1 events before the batch, one or more in it
+        elif j - 1 < len(had):
+            newly = had[j - 1].copy() if extras else had[j - 1]
+        else:
+            newly = BitMap()
+        for extra in extras:
+            newly |= extra if top is None else extra - top
+        if not newly and top is None:
+            break  # no row reaches level j: none reaches a higher one
+        out.append(newly)
+    while out and not out[-1]:
+        out.pop()
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -88,10 +113,17 @@ def upper_levels(rows: np.ndarray, order: np.ndarray, starts: np.ndarray, cap: i
     """Per group g that has a row with two or more events: its levels 2..cap (see ``level_records``)."""
     if len(rows) == 0:
         return {}
-    counter = np.zeros(int(rows.max()) + 1, dtype=np.uint8)
+    bound = int(rows.max()) + 1
+    distinct = None
+    if len(rows) * 16 < bound:  # a batch: count over its distinct rows, not a counter per row of the store
+        distinct, inverse = np.unique(rows, return_inverse=True)
+        rows, bound = inverse.reshape(-1), len(distinct)
+    counter = np.zeros(bound, dtype=np.uint8)
     groups, found, levels = level_records(rows, order, starts, counter, cap)
     if len(groups) == 0:
         return {}
+    if distinct is not None:
+        found = distinct[found]
     by = np.lexsort((found, levels, groups))
     groups, found, levels = groups[by], found[by], levels[by]
     cuts = np.flatnonzero(np.r_[True, (groups[1:] != groups[:-1]) | (levels[1:] != levels[:-1]), True])

@@ -33,7 +33,7 @@ from .count_levels import WHOLE_TYPE, CountLevels
 from .levels_build import LevelBuilds
 from .event_ids import EventIdStore
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
-from .append_plan import AppendPlan, Grown, grown, install, slot_bitmaps, with_run
+from .append_plan import AppendPlan, add_rows, or_into, slot_rows, with_run
 from .runs import (EPOCH_BITS, FLOAT_SCALE, NO_TIME, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled,
                    time_order)
 from .latest_times import LatestTimes
@@ -249,8 +249,8 @@ class EventTypeStore(TypeLevels, TypeState):
                 known = self.epochs.get(epoch)
                 epochs[epoch] = (known, with_run(known or [], run), run)
         days, slots, slot_days = self._day_bitmaps(rows, ts)
-        added = [part for _, _, part in days.values()]
-        ever = grown(self.ever, BitMap.union(*added) if len(added) > 1 else added[0])
+        added = list(days.values())
+        ever = BitMap.union(*added) if len(added) > 1 else added[0]
         plan = AppendPlan(rows, ts, props, valid, epochs, days, slots, slot_days, ever)
         self._plan_levels(plan)
         return plan
@@ -274,20 +274,17 @@ class EventTypeStore(TypeLevels, TypeState):
             else:  # installed since the plan was made
                 self.count_levels.add(np.zeros(len(rows), np.int64), days, rows, {WHOLE_TYPE: self.days},
                                       {WHOLE_TYPE: self.ever})
-        for day, day_grown in plan.days.items():
-            install(self.days, day, day_grown)
+        # in place: no reader reads during a commit (copies of the kept bitmaps would cost their size)
+        for day, part in plan.days.items():
+            or_into(self.days, day, part)
             if day in self.slot_days:
                 if day in plan.slot_days:
-                    for slot, slot_grown in plan.slots.get(day, {}).items():
-                        install(self.slots, slot, slot_grown)
+                    for slot, slot_part in plan.slots.get(day, {}).items():
+                        add_rows(self.slots, slot, slot_part)
                 else:  # a query started keeping this day's slots after the plan was made
                     start, stop = np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]).tolist()
                     self._index_slots(rows[start:stop], ts[start:stop])
-        old, merged, part = plan.ever
-        if self.ever is old:
-            self.ever = merged
-        else:
-            self.ever |= part
+        self.ever |= plan.ever
         if self.last_ts is not None:
             self.last_ts.add(rows, ts)
         self.max_ts = max(self.max_ts, int(ts[-1]))
@@ -323,32 +320,27 @@ class EventTypeStore(TypeLevels, TypeState):
                     return False
         return True
 
-    def _day_bitmaps(self, rows: np.ndarray, ts: np.ndarray) -> tuple[dict[int, Grown], dict[int, dict[int, Grown]],
+    def _day_bitmaps(self, rows: np.ndarray, ts: np.ndarray) -> tuple[dict[int, BitMap], dict[int, dict[int, Any]],
                                                                       frozenset[int]]:
-        """For events sorted by time: the day bitmaps grown by their rows, the slot bitmaps of the days
-        whose slots are kept now grown likewise, and those days."""
+        """For events sorted by time: their rows per UTC day, per slot of the days whose slots are kept
+        now, and those days."""
         first, last = int(ts[0]) // DAY_MS, int(ts[-1]) // DAY_MS
         cuts = np.searchsorted(ts, np.arange(first, last + 2, dtype=np.int64) * DAY_MS).tolist()
-        with _BUILD_LOCK:  # the slot days and their bitmaps as one query's ensure_slots left them
-            slot_days, kept_slots = frozenset(self.slot_days), self.slots
-        days: dict[int, Grown] = {}
-        slots: dict[int, dict[int, Grown]] = {}
+        with _BUILD_LOCK:  # the slot days as one query's ensure_slots left them
+            slot_days = frozenset(self.slot_days)
+        days: dict[int, BitMap] = {}
+        slots: dict[int, dict[int, Any]] = {}
         for day, start, stop in zip(range(first, last + 1), cuts, cuts[1:]):
             if stop > start:
-                days[day] = grown(self.days.get(day), to_bitmap(rows[start:stop]))
+                days[day] = to_bitmap(rows[start:stop])
                 if day in slot_days:
-                    slots[day] = {slot: grown(kept_slots.get(slot), part)
-                                  for slot, part in slot_bitmaps(rows[start:stop], ts[start:stop], SLOT_MS).items()}
+                    slots[day] = slot_rows(rows[start:stop], ts[start:stop], SLOT_MS)
         return days, slots, slot_days
 
     def _index_slots(self, rows: np.ndarray, ts: np.ndarray) -> None:
         """Add events (sorted by time, of days in ``slot_days``) to the slot bitmaps."""
-        for slot, bitmap in slot_bitmaps(rows, ts, SLOT_MS).items():
-            known = self.slots.get(slot)
-            if known is None:
-                self.slots[slot] = bitmap
-            else:
-                known |= bitmap
+        for slot, part in slot_rows(rows, ts, SLOT_MS).items():
+            add_rows(self.slots, slot, part)
 
     def has_slots(self, day: int) -> bool:
         """True if the slot bitmaps of UTC ``day`` are kept."""
