@@ -24,7 +24,7 @@ from ..columns import ValueColumn
 from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
 from .lru import drop_oldest
-from .range_bins import bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, move_cumulative
+from .range_bins import bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, cumulative_of_bitmaps, move_cumulative
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -312,8 +312,9 @@ class NumericIndex:
         first = self.fine_start[:-1]
         self.bin_min = np.append(np.minimum.reduceat(self.fine_min, first), info.max).astype(self.dtype)
         self.bin_max = np.append(np.maximum.reduceat(self.fine_max, first), info.min).astype(self.dtype)
-        bounds = starts[self.fine_start]
-        self.cumulative = cumulative_bitmaps([np.sort(rows[order[bounds[k] : bounds[k + 1]]]) for k in range(nbins - 1)])
+        # a coarse bin's rows are its fine bins' bitmaps united (no sort of its rows)
+        coarse = [union_all(self.fine[self.fine_start[k] : self.fine_start[k + 1]]) for k in range(nbins - 1)]
+        self.cumulative = cumulative_of_bitmaps(coarse)
 
     @staticmethod
     def _distinct_edges(picks: np.ndarray, values: np.ndarray) -> np.ndarray:

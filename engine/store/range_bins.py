@@ -122,3 +122,17 @@ def cumulative_bitmaps(groups: list[np.ndarray]) -> list[BitMap]:
         running = running | to_bitmap(members, assume_sorted=True)
         result.append(running)
     return result
+
+
+def cumulative_of_bitmaps(bitmaps: list[BitMap]) -> list[BitMap]:
+    """The range-encoded bitmaps of the bins' bitmaps: the k-th holds bitmaps 0..k (``bitmaps`` are reused).
+
+    >>> [sorted(b) for b in cumulative_of_bitmaps([BitMap([3]), BitMap([1]), BitMap()])]
+    [[3], [1, 3], [1, 3]]
+    """
+    result: list[BitMap] = []
+    running = BitMap()
+    for bitmap in bitmaps:
+        running = running | bitmap
+        result.append(running)
+    return result
