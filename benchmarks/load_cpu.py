@@ -2,6 +2,7 @@
 optionally against another git revision, in alternating processes.
 
     python benchmarks/load_cpu.py [--profiles 2000000] [--chunk 500000] [--rounds 2] [--memory] [--against REV]
+                                  [--per-chunk]
 
 Each measurement runs in a fresh process: the numba kernels are warmed on a throwaway engine, then
 ``--profiles`` generated profiles are loaded chunk by chunk with ``Engine.load_profiles`` into a
@@ -9,7 +10,8 @@ durable engine (``--memory``: in memory) and the process's CPU time (``time.proc
 write-ahead log's and applier's threads included) is summed over the loads only, generation
 excluded. A loaded machine changes CPU time far less than wall time. With ``--against REV`` that
 revision's tree (``git archive``) is measured too, the two alternating round by round; prints
-profiles per CPU second per run and the median ratio.
+profiles per CPU second per run and the median ratio; ``--per-chunk`` also prints each chunk's CPU
+seconds (does a chunk cost more as the store grows?).
 """
 from __future__ import annotations
 
@@ -43,16 +45,18 @@ def measure(root: Path, profiles: int, chunk: int, durable: bool) -> dict:
     options = {"data_dir": scratch, "durability": {"snapshot_every_s": None, "snapshot_log_bytes": None}}
     engine = Engine(schema, shards=1, **(options if durable else {}))
     cpu = wall = 0.0
+    per_chunk: list[float] = []
     try:
         for part in generate_chunks(profiles, 0, seed=7, now_ms=NOW_MS, chunk=chunk, events_too=False):
             started, began = time.process_time(), time.perf_counter()
             engine.load_profiles(part.profiles)
-            cpu += time.process_time() - started
+            per_chunk.append(time.process_time() - started)
+            cpu += per_chunk[-1]
             wall += time.perf_counter() - began
     finally:
         engine.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"cpu_s": cpu, "wall_s": wall}
+    return {"cpu_s": cpu, "wall_s": wall, "per_chunk_cpu_s": per_chunk}
 
 
 def run_tree(root: Path, args: argparse.Namespace) -> dict:
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory", action="store_true", help="an in-memory engine (no write-ahead log)")
     parser.add_argument("--against", help="a git revision measured too, alternating")
+    parser.add_argument("--per-chunk", action="store_true", help="also print each chunk's CPU seconds")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures = run_tree(root, args)
                 rates[name].append(args.profiles / figures["cpu_s"])
                 print(f"  {name:<12} {rates[name][-1]:>10,.0f} ({args.profiles / figures['wall_s']:,.0f})", flush=True)
+                if args.per_chunk:
+                    print("    CPU s per chunk: " + " ".join(f"{s:.2f}" for s in figures["per_chunk_cpu_s"]), flush=True)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

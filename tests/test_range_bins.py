@@ -9,12 +9,12 @@ from pyroaring import BitMap
 from engine.columns import ValueColumn
 from engine.store.bitmaps import group_rows
 from engine.store.idmap import IdMap
-from engine.store.numeric import NumericIndex
+from engine.store.numeric import NumericIndex, _value_counts_if_few, lower_quantiles
 from engine.store.range_bins import bin_groups, coarse_of_fine, move_cumulative
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.int64])
-@pytest.mark.parametrize("n_edges", [0, 1, 2, 15, 256])
+@pytest.mark.parametrize("n_edges", [0, 1, 2, 15, 16, 17, 33, 256])
 def test_bin_groups_bins_like_searchsorted_groups_stably_and_widens_min_max(dtype, n_edges):
     rng = np.random.default_rng(n_edges)
     values = (rng.normal(0, 100, 5000)).astype(dtype)
@@ -34,6 +34,21 @@ def test_bin_groups_bins_like_searchsorted_groups_stably_and_widens_min_max(dtyp
         np.minimum.at(want_min, expected, values)
         np.maximum.at(want_max, expected, values)
     assert np.array_equal(mins, want_min, equal_nan=True) and np.array_equal(maxs, want_max, equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", ["float", "wide int", "few ints", "one value", "nan"])
+def test_lower_quantiles_equal_numpys(kind):
+    rng = np.random.default_rng(3)
+    values = {"float": rng.lognormal(3, 1, 9999).round(1), "wide int": rng.integers(-10**15, 10**15, 7777),
+              "few ints": rng.integers(18, 90, 5000), "one value": np.full(300, 42),
+              "nan": np.concatenate([rng.normal(0, 1, 500), [np.nan]])}[kind]
+    quantiles = np.linspace(0, 1, 257)[1:-1]
+    expected = np.quantile(values, quantiles, method="lower")
+    assert np.array_equal(lower_quantiles(values, quantiles), expected, equal_nan=True)
+    counts = _value_counts_if_few(values)
+    assert (counts is not None) == (kind in ("few ints", "one value"))
+    if counts is not None:
+        assert lower_quantiles(values, quantiles, counts).tolist() == expected.tolist()
 
 
 def test_coarse_of_fine_needs_every_coarse_edge_among_the_fine_ones():

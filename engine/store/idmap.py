@@ -25,6 +25,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from .growable import GrowableArray
+from .prefetch import prefetch
 from .idhash import buffer_word_hash, id_hashes, pack_ids, packed_hashes, table_hashes, word_hash  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -123,14 +124,24 @@ def _home(h, capacity):
     return np.int64(((h >> np.uint64(32)) * np.uint64(capacity)) >> np.uint64(32))
 
 
+#: How many probes ahead a kernel prefetches the home slot (a read of a large table stalls otherwise).
+PREFETCH_AHEAD = 16
+
+
 @numba.njit(cache=True)
-def _probe(table, row_bits, offsets, buf, nrows, q_hash, q_off, q_buf, out, insert):
-    """Find (and with ``insert``, add) each query id; returns the new row count."""
+def _probe(table, row_bits, offsets, buf, nrows, q_hash, q_off, q_buf, out, insert, limit):
+    """Find (and with ``insert``, add while the map has fewer than ``limit`` rows) each query id in order.
+
+    Returns (the new row count, how many queries were answered: all, unless an insert met ``limit``).
+    """
     capacity = len(table)
+    n = len(q_hash)
     tag_bits = table.itemsize * 8 - row_bits
     row_mask = np.uint64((1 << row_bits) - 1)
     tag_mask = np.uint64((1 << tag_bits) - 1)
-    for i in range(len(q_hash)):
+    for i in range(n):
+        if i + PREFETCH_AHEAD < n:
+            prefetch(table, _home(q_hash[i + PREFETCH_AHEAD], capacity))
         h = q_hash[i]
         slot = _home(h, capacity)
         tag = (h & tag_mask) << np.uint64(row_bits)
@@ -157,6 +168,8 @@ def _probe(table, row_bits, offsets, buf, nrows, q_hash, q_off, q_buf, out, inse
             if slot == capacity:
                 slot = 0
         if found < 0 and insert:
+            if nrows >= limit:
+                return nrows, i
             found = nrows
             start = np.int64(offsets[found])
             for k in range(qlen):
@@ -165,25 +178,42 @@ def _probe(table, row_bits, offsets, buf, nrows, q_hash, q_off, q_buf, out, inse
             table[slot] = tag | np.uint64(found + 1)
             nrows += 1
         out[i] = found
-    return nrows
+    return nrows, n
+
+
+#: Rows a table rebuild hashes at a time before entering them (two small buffers, not two per row).
+FILL_BLOCK = 1 << 16
 
 
 @numba.njit(cache=True)
-def _fill(table, row_bits, offsets, buf, rows):
-    """Enter ``rows`` (ids known distinct) into an empty ``table``, their hashes computed from their bytes."""
+def _fill(table, row_bits, offsets, buf, size, skip):
+    """Enter rows ``0 .. size - 1`` (their ids distinct), except those ``skip`` marks (an empty ``skip``:
+    none), into an empty ``table``, their hashes computed from their bytes: a block of rows is hashed
+    first, then entered, each insert prefetching the home slot of one further on."""
     capacity = len(table)
     tag_bits = table.itemsize * 8 - row_bits
     tag_mask = np.uint64((1 << tag_bits) - 1)
-    for i in range(len(rows)):
-        row = rows[i]
-        start = np.int64(offsets[row])
-        h = buffer_word_hash(buf, start, np.int64(offsets[row + 1]) - start)
-        slot = _home(h, capacity)
-        while table[slot] != 0:
-            slot += 1
-            if slot == capacity:
-                slot = 0
-        table[slot] = ((h & tag_mask) << np.uint64(row_bits)) | np.uint64(row + 1)
+    homes = np.empty(FILL_BLOCK, dtype=np.int64)
+    tagged = np.empty(FILL_BLOCK, dtype=np.uint64)
+    for first in range(0, size, FILL_BLOCK):
+        n = 0
+        for row in range(first, min(size, first + FILL_BLOCK)):
+            if len(skip) and skip[row]:
+                continue
+            start = np.int64(offsets[row])
+            h = buffer_word_hash(buf, start, np.int64(offsets[row + 1]) - start)
+            homes[n] = _home(h, capacity)
+            tagged[n] = ((h & tag_mask) << np.uint64(row_bits)) | np.uint64(row + 1)
+            n += 1
+        for i in range(n):
+            if i + PREFETCH_AHEAD < n:
+                prefetch(table, homes[i + PREFETCH_AHEAD])
+            slot = homes[i]
+            while table[slot] != 0:
+                slot += 1
+                if slot == capacity:
+                    slot = 0
+            table[slot] = tagged[i]
 
 
 @numba.njit(cache=True)
@@ -293,16 +323,26 @@ class IdMap:
     def _rebuild(self, capacity: int) -> None:
         """A new table of ``capacity`` slots holding every row not forgotten (no tombstones)."""
         self.table, self.row_bits = _new_table(capacity)
-        keep = np.ones(self.size, dtype=np.bool_)
+        skip = np.zeros(self.size if self.forgotten else 0, dtype=np.bool_)
         if self.forgotten:
-            keep[np.frombuffer(self.forgotten.to_array(), dtype=np.uint32)] = False
-        _fill(self.table, self.row_bits, self.offsets.data, self.buffer.data, np.flatnonzero(keep))
+            skip[np.frombuffer(self.forgotten.to_array(), dtype=np.uint32)] = True
+        _fill(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size, skip)
         self.buried = 0
 
-    def _reserve(self, rows: int, nbytes: int) -> None:
+    def _grow_table(self, rows: int) -> None:
+        """A larger table (rebuilt) if ``rows`` more ids would fill this one past ``MAX_LOAD``."""
         needed = self.size + rows
         if needed + self.buried > self.MAX_LOAD * len(self.table):
             self._rebuild(max(self._capacity_for(needed), int(len(self.table) * self.growth)))
+
+    def _insert_limit(self) -> int:
+        """The row count up to which ids are inserted without growing the table."""
+        return int(self.MAX_LOAD * len(self.table)) - self.buried
+
+    def _reserve_arrays(self, rows: int, nbytes: int) -> None:
+        """Room in the offsets and the id bytes for ``rows`` more ids of ``nbytes`` bytes (both zero-filled
+        when they grow: the reserved pages no id is written to stay unresident)."""
+        needed = self.size + rows
         self.offsets.ensure(needed + 1)
         used = int(self.offsets.data[self.size])
         if used + nbytes > MAX_NARROW_OFFSET and self.offsets.data.dtype != np.int64:
@@ -311,14 +351,6 @@ class IdMap:
         # logical sizes follow the row count, not the reservation
         self.offsets.size = self.size + 1
         self.buffer.size = used
-
-    def _has_room(self, rows: int, nbytes: int) -> bool:
-        """Whether ``rows`` more ids of ``nbytes`` bytes fit without growing the table or the arrays."""
-        needed = self.size + rows
-        used = int(self.offsets.data[self.size])
-        return (needed + self.buried <= self.MAX_LOAD * len(self.table) and len(self.offsets.data) > needed
-                and len(self.buffer.data) >= used + nbytes
-                and (used + nbytes <= MAX_NARROW_OFFSET or self.offsets.data.dtype == np.int64))
 
     def lookup_or_insert(self, ids: Sequence[str], repeats: bool = False) -> tuple[np.ndarray, int]:
         """Rows of ``ids`` (int64), inserting unknown ones; also returns the row count before.
@@ -346,29 +378,29 @@ class IdMap:
         return self._lookup_or_insert(ids)
 
     def _lookup_or_insert(self, ids: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Find or insert ``ids`` in one pass while the table has room; if it fills up, the rest are
+        looked up, the table grows for the ones missing, and those are inserted."""
         q_buf, q_off = pack_ids(ids)
         q_hash = table_hashes(q_buf, q_off)
         out = np.empty(len(ids), dtype=np.int64)
         before = self.size
-        if self._has_room(len(ids), len(q_buf)):  # even if every id is new: find or insert in one pass
-            self.size = int(_probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
-                                   q_hash, q_off, q_buf, out, True))
-            self.offsets.size = self.size + 1
-            self.buffer.size = int(self.offsets.data[self.size])
-            return out, before
-        _probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
-               q_hash, q_off, q_buf, out, False)
-        missing = np.flatnonzero(out < 0)
-        if len(missing) == 0:
-            return out, before
-        if len(missing) < len(ids):
-            q_buf, q_off = _subset(q_buf, q_off, missing)
-            q_hash = q_hash[missing]
-        self._reserve(len(missing), len(q_buf))
-        inserted = np.empty(len(missing), dtype=np.int64)
-        self.size = int(_probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
-                               q_hash, q_off, q_buf, inserted, True))
-        out[missing] = inserted
+        self._reserve_arrays(len(ids), len(q_buf))  # as if every id were new
+        size, done = _probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
+                            q_hash, q_off, q_buf, out, True, self._insert_limit())
+        self.size = int(size)
+        if done < len(ids):
+            rest_off, rest = q_off[done:], out[done:]
+            _probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
+                   q_hash[done:], rest_off, q_buf, rest, False, 0)
+            missing = np.flatnonzero(rest < 0)
+            if len(missing):
+                self._grow_table(len(missing))
+                m_buf, m_off = _subset(q_buf, rest_off, missing)
+                inserted = np.empty(len(missing), dtype=np.int64)
+                size, _ = _probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
+                                 q_hash[done:][missing], m_off, m_buf, inserted, True, self._insert_limit())
+                self.size = int(size)
+                rest[missing] = inserted
         self.offsets.size = self.size + 1
         self.buffer.size = int(self.offsets.data[self.size])
         return out, before
@@ -378,7 +410,7 @@ class IdMap:
         q_buf, q_off = pack_ids(ids)
         out = np.empty(len(ids), dtype=np.int64)
         _probe(self.table, self.row_bits, self.offsets.data, self.buffer.data, self.size,
-               table_hashes(q_buf, q_off), q_off, q_buf, out, False)
+               table_hashes(q_buf, q_off), q_off, q_buf, out, False, 0)
         return out
 
     def lookup_one(self, profile_id: str) -> int:

@@ -273,9 +273,14 @@ class TagsIndex(_KeptUnions):
             new_sets = self._intern_by_loop(value_rows, codes, valid)
         self.column.widen_to_hold(len(self.tagsets))
         old_sets = self.column.data[rows].astype(np.int32)
-        changed = old_sets != new_sets
-        if changed.any():
-            self._move(rows[changed], old_sets[changed], new_sets[changed])
+        if not (old_sets >= 0).any():  # rows without tags (new rows of a bulk load): each tag just gains its rows
+            given = valid[value_rows]
+            for code, members in group_rows(rows[value_rows[given]], codes[given]):
+                self.bitmaps[code].update(to_bitmap(members, assume_sorted=True))
+        else:
+            changed = old_sets != new_sets
+            if changed.any():
+                self._move(rows[changed], old_sets[changed], new_sets[changed])
         _set_notnull(self.notnull, rows, new_sets >= 0)
         self.column.data[rows] = new_sets
         self._unions().update(rows, lambda codes: self._sets_with_any(codes)[new_sets])

@@ -24,7 +24,7 @@ from ..columns import ValueColumn
 from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
 from .lru import drop_oldest
-from .range_bins import bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, move_cumulative
+from .range_bins import bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, cumulative_of_bitmaps, move_cumulative
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -79,14 +79,39 @@ def _within(values: np.ndarray, bounds) -> np.ndarray:
     return mask
 
 
-def _distinct_if_few(values: np.ndarray) -> np.ndarray | None:
-    """The sorted distinct values when they are few (int columns spanning < 65536), else None."""
+def _value_counts_if_few(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the sorted distinct values, how often each occurs) when they are few (int columns spanning
+    < 65536), else None."""
     if values.dtype != np.int64 or len(values) == 0:
         return None
     low, high = int(values.min()), int(values.max())
     if high - low >= 65536:
         return None
-    return np.flatnonzero(np.bincount(values - low)) + low
+    counts = np.bincount(values - low)
+    present = np.flatnonzero(counts)
+    return present + low, counts[present]
+
+
+def lower_quantiles(values: np.ndarray, quantiles: np.ndarray,
+                    value_counts: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``np.quantile(values, quantiles, method="lower")``: from the value counts when given, else from one
+    sort (a fifth of the time of the selection ``np.quantile`` makes for many quantiles).
+
+    >>> values = np.array([5, 1, 9, 3, 3, 7, 2])
+    >>> q = np.linspace(0, 1, 9)
+    >>> lower_quantiles(values, q).tolist(), np.quantile(values, q, method="lower").tolist()
+    ([1, 1, 2, 3, 3, 3, 5, 7, 9], [1, 1, 2, 3, 3, 3, 5, 7, 9])
+    >>> lower_quantiles(values, q, _value_counts_if_few(values)).tolist()
+    [1, 1, 2, 3, 3, 3, 5, 7, 9]
+    """
+    positions = np.floor((len(values) - 1) * quantiles).astype(np.intp)  # numpy's "lower" positions
+    if value_counts is not None:
+        distinct, counts = value_counts
+        return distinct[np.searchsorted(np.cumsum(counts), positions, side="right")]
+    ordered = np.sort(values)
+    if ordered.dtype.kind == "f" and np.isnan(ordered[-1]):  # NaN sorts last; np.quantile answers NaN
+        return np.quantile(values, quantiles, method="lower")
+    return ordered[positions]
 
 
 def float_bound(value: int | float, low: bool, is_open: bool) -> tuple[float, bool]:
@@ -250,13 +275,14 @@ class NumericIndex:
         rows = rows_of(self.notnull)
         values = self.column.data[rows].astype(self.dtype)
         self.binned_count = len(rows)
-        distinct = _distinct_if_few(values)
+        value_counts = _value_counts_if_few(values)
+        distinct = None if value_counts is None else value_counts[0]
         fine_edges = None
         if distinct is not None and len(distinct) <= BINS:
             edges = distinct[1:]
         else:
-            # one selection for both: the coarse quantiles k/BINS are the fine ones (FINE_BINS/BINS)*k
-            picks = np.quantile(values, np.linspace(0, 1, FINE_BINS + 1)[1:-1], method="lower").astype(self.dtype)
+            # one pass for both: the coarse quantiles k/BINS are the fine ones (FINE_BINS/BINS)*k
+            picks = lower_quantiles(values, np.linspace(0, 1, FINE_BINS + 1)[1:-1], value_counts).astype(self.dtype)
             edges = self._distinct_edges(picks[FINE_BINS // BINS - 1 :: FINE_BINS // BINS], values)
             fine_edges = np.union1d(self._distinct_edges(picks, values), edges).astype(self.dtype)
         self.edges = edges.astype(self.dtype)
@@ -286,8 +312,9 @@ class NumericIndex:
         first = self.fine_start[:-1]
         self.bin_min = np.append(np.minimum.reduceat(self.fine_min, first), info.max).astype(self.dtype)
         self.bin_max = np.append(np.maximum.reduceat(self.fine_max, first), info.min).astype(self.dtype)
-        bounds = starts[self.fine_start]
-        self.cumulative = cumulative_bitmaps([np.sort(rows[order[bounds[k] : bounds[k + 1]]]) for k in range(nbins - 1)])
+        # a coarse bin's rows are its fine bins' bitmaps united (no sort of its rows)
+        coarse = [union_all(self.fine[self.fine_start[k] : self.fine_start[k + 1]]) for k in range(nbins - 1)]
+        self.cumulative = cumulative_of_bitmaps(coarse)
 
     @staticmethod
     def _distinct_edges(picks: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -123,8 +123,13 @@ class ProfileStore:
         """Rows of ``ids``, creating attribute-less live profiles for unknown ones.
 
         ``repeats``: the ids likely repeat (event batches), so each distinct id is hashed once.
+        Found or inserted in one pass over the id map (the rows ``plan_rows`` then ``take_rows`` give,
+        without looking the ids up twice or collecting the new ones in Python).
         """
-        return self.take_rows(self.plan_rows(ids, repeats))
+        rows, before = self.idmap.lookup_or_insert(ids, repeats)
+        if len(self.idmap) > before:
+            self._created(before)
+        return rows
 
     def plan_rows(self, ids: Sequence[str], repeats: bool = False) -> RowPlan:
         """The rows ``ids`` have or will get (read only: the write's prepare phase; see ``take_rows``).
@@ -147,10 +152,14 @@ class ProfileStore:
             rows, before = self.idmap.lookup_or_insert(plan.new_ids)
             if before != plan.known or len(self.idmap) != before + len(plan.new_ids):
                 raise RuntimeError("a row plan was applied to a store that changed after it was made")
-            self._wrote()
-            self._grow(len(self.idmap))
-            self.live.update(plan.created())
+            self._created(before)
         return plan.rows
+
+    def _created(self, before: int) -> None:
+        """Make the rows the id map added past ``before`` live, every attribute null."""
+        self._wrote()
+        self._grow(len(self.idmap))
+        self.live.add_range(before, len(self.idmap))
 
     def apply_updates(self, updates: Iterable[ProfileUpdate]) -> np.ndarray:
         """Apply validated upserts in order (later ones win per field); returns the touched rows."""

