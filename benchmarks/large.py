@@ -3,7 +3,7 @@
     python benchmarks/large.py [--profiles 100000000] [--events-per-profile 5] [--chunk 2000000]
                                [--repeat 5] [--data-dir DIR] [--duckdb-file FILE] [--cold] [--json out.json]
                                [--duckdb-budget-s 300] [--duckdb-reuse] [--duckdb-from JSON]
-                               [--reuse-data-dir]
+                               [--reuse-data-dir] [--only-profiles]
 
 1. segengine (shards 1, durable in --data-dir): the data set is generated chunk by chunk
    (``loaders.chunks``: bounded memory) and loaded through the columnar path; load rates (by wall
@@ -22,7 +22,8 @@
    ``--duckdb-reuse`` queries an existing ``--duckdb-file`` without loading it again, and
    ``--duckdb-from`` takes DuckDB's figures from an earlier run's ``--json`` output instead.
    ``--reuse-data-dir`` opens the data an earlier run left in ``--data-dir`` instead of loading
-   it again (no load figures), then snapshots, restarts and queries as above.
+   it again (no load figures), then snapshots, restarts and queries as above; ``--only-profiles``
+   loads the profiles and stops there (the profile load rate and bytes per profile).
 The counts must agree (exit status 1 otherwise); ratios are DuckDB's median over segengine's.
 """
 from __future__ import annotations
@@ -113,6 +114,14 @@ def segengine_run(args: argparse.Namespace, data_dir: Path) -> dict:
         started = time.perf_counter()
     after_profiles = settled_rss()
     print(f"  loaded {eng.stats()['profiles']:,} profiles", flush=True)
+    if args.only_profiles:
+        n = eng.stats()["profiles"]
+        eng.close()
+        print(f"segengine profile load: {n / profile_s:,.0f} profiles/s ({n / profile_cpu_s:,.0f} per CPU second of "
+              f"the process), {(after_profiles - empty) / n:.1f} B/profile", flush=True)
+        return {"load": {"profiles": n, "profile_load_s": profile_s, "profile_load_cpu_s": profile_cpu_s,
+                         "profiles_per_s": n / profile_s, "profiles_per_cpu_s": n / profile_cpu_s,
+                         "bytes_per_profile": (after_profiles - empty) / n}}
     n_events = 0
     started = time.perf_counter()
     for chunk in chunks(args):
@@ -261,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="segengine's data dir (default: a temporary one, removed)")
     parser.add_argument("--duckdb-file", default=None, help="DuckDB database file (default: a temporary one, removed)")
     parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--only-profiles", action="store_true",
+                        help="generate and load the profiles only: the profile load rate and bytes per profile")
     parser.add_argument("--reuse-data-dir", action="store_true",
                         help="open the data of an earlier run in --data-dir instead of generating and loading it")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before the restart (needs root)")
@@ -280,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {args.profiles:,} profiles, {args.profiles * args.events_per_profile:,} events, chunks of "
               f"{args.chunk:,}", flush=True)
         seg = segengine_run(args, data_dir)
+        if args.only_profiles:
+            if args.json_out:
+                Path(args.json_out).write_text(json.dumps({"args": vars(args), "segengine_load": seg["load"]}, indent=2))
+            return 0
         if args.duckdb_from:
             duck = json.loads(Path(args.duckdb_from).read_text())["duckdb"]
         else:
