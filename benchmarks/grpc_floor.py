@@ -1,0 +1,135 @@
+"""The floor of a Python gRPC point read's latency on this machine: what segengine's Membership
+p99 under load can be compared with.
+
+    python benchmarks/grpc_floor.py [--seconds 8] [--in-flight 4] [idle burn nogil gil]
+
+A bare grpc.aio server (its own process, the GIL switch interval of segengine's server) answers
+a constant from a thread pool, as segengine's servicer does for calls that leave the event loop;
+a client process keeps ``--in-flight`` calls going for ``--seconds`` and prints QPS, p50 and p99.
+Conditions: ``idle``; ``burn``, a process at nice +10 spinning on one core; ``nogil``, a thread of
+the server at nice +10 looping a numba kernel that releases the GIL (as a heavy query's counting
+does); ``gil``, a thread of the server at nice +10 looping Python bytecode.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from concurrent import futures
+from typing import Any
+
+METHOD = "/floor.Floor/Echo"
+SWITCH_INTERVAL_S = 0.0005  # as server/app.py
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _hog(mode: str, stop: Any) -> None:
+    """A nice +10 thread of the server busy until ``stop``: in a nogil kernel or in bytecode."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    if mode == "nogil":
+        import numba
+        import numpy as np
+
+        @numba.njit(nogil=True)
+        def spin(values: Any) -> float:
+            total = 0.0
+            for value in values:
+                total += value * value
+            return total
+
+        data = np.random.rand(5_000_000)
+        while not stop.is_set():
+            spin(data)
+    else:
+        while not stop.is_set():
+            total = 0
+            for i in range(100_000):
+                total += i
+
+
+def serve(ports: Any, mode: str, stop: Any) -> None:
+    """The server process: answers until ``stop``."""
+    import grpc
+
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    pool = futures.ThreadPoolExecutor(16)
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return await asyncio.get_running_loop().run_in_executor(pool, lambda: b"x" * 64)
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "floor.Floor", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        ports.put(port)
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        await server.stop(0)
+
+    if mode in ("nogil", "gil"):
+        threading.Thread(target=_hog, args=(mode, stop), daemon=True).start()
+    asyncio.run(main())
+
+
+def burn(stop: Any) -> None:
+    """A process at nice +10 spinning on one core until ``stop``."""
+    os.nice(10)
+    while not stop.is_set():
+        pass
+
+
+async def client(port: int, seconds: float, in_flight: int) -> list[float]:
+    """Latencies (ms) of Echo calls, ``in_flight`` at a time, for ``seconds``."""
+    import grpc
+
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(METHOD)
+        end = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            while time.perf_counter() < end:
+                began = time.perf_counter()
+                await call(b"q")
+                latencies.append((time.perf_counter() - began) * 1000)
+
+        await asyncio.gather(*(loop() for _ in range(in_flight)))
+    return latencies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modes", nargs="*", default=["idle", "burn", "nogil", "gil"])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--in-flight", type=int, default=4)
+    args = parser.parse_args(argv)
+    ctx = multiprocessing.get_context("spawn")
+    for mode in args.modes:
+        stop, ports = ctx.Event(), ctx.Queue()
+        server = ctx.Process(target=serve, args=(ports, mode, stop))
+        server.start()
+        port = ports.get()
+        burners = [ctx.Process(target=burn, args=(stop,))] if mode == "burn" else []
+        for process in burners:
+            process.start()
+        latencies = asyncio.run(client(port, args.seconds, args.in_flight))
+        stop.set()
+        for process in (server, *burners):
+            process.join()
+        print(f"{mode:6s} {len(latencies) / args.seconds:7.0f} QPS   p50 {percentile(latencies, 0.5):6.2f} ms   "
+              f"p99 {percentile(latencies, 0.99):6.2f} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
