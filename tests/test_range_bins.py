@@ -9,7 +9,8 @@ from pyroaring import BitMap
 from engine.columns import ValueColumn
 from engine.store.bitmaps import group_rows
 from engine.store.idmap import IdMap
-from engine.store.numeric import NumericIndex, _value_counts_if_few, lower_quantiles
+from engine.store.numeric import NumericIndex
+from engine.store.range_bins import lower_quantiles, value_counts_if_few
 from engine.store.range_bins import bin_groups, coarse_of_fine, move_cumulative
 
 
@@ -45,7 +46,7 @@ def test_lower_quantiles_equal_numpys(kind):
     quantiles = np.linspace(0, 1, 257)[1:-1]
     expected = np.quantile(values, quantiles, method="lower")
     assert np.array_equal(lower_quantiles(values, quantiles), expected, equal_nan=True)
-    counts = _value_counts_if_few(values)
+    counts = value_counts_if_few(values)
     assert (counts is not None) == (kind in ("few ints", "one value"))
     if counts is not None:
         assert lower_quantiles(values, quantiles, counts).tolist() == expected.tolist()

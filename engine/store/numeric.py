@@ -24,7 +24,8 @@ from ..columns import ValueColumn
 from .bitmaps import group_rows, rows_of, to_bitmap, union_all
 from .growable import GrowableArray
 from .lru import drop_oldest
-from .range_bins import bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, cumulative_of_bitmaps, move_cumulative
+from .range_bins import (bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, cumulative_of_bitmaps, lower_quantiles,
+                         move_cumulative, value_counts_if_few)
 
 if TYPE_CHECKING:
     from ..persist.state_io import StateReader, StateWriter
@@ -77,41 +78,6 @@ def _within(values: np.ndarray, bounds) -> np.ndarray:
     if hi is not None:
         mask &= (values < hi) if hi_open else (values <= hi)
     return mask
-
-
-def _value_counts_if_few(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(the sorted distinct values, how often each occurs) when they are few (int columns spanning
-    < 65536), else None."""
-    if values.dtype != np.int64 or len(values) == 0:
-        return None
-    low, high = int(values.min()), int(values.max())
-    if high - low >= 65536:
-        return None
-    counts = np.bincount(values - low)
-    present = np.flatnonzero(counts)
-    return present + low, counts[present]
-
-
-def lower_quantiles(values: np.ndarray, quantiles: np.ndarray,
-                    value_counts: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """``np.quantile(values, quantiles, method="lower")``: from the value counts when given, else from one
-    sort (a fifth of the time of the selection ``np.quantile`` makes for many quantiles).
-
-    >>> values = np.array([5, 1, 9, 3, 3, 7, 2])
-    >>> q = np.linspace(0, 1, 9)
-    >>> lower_quantiles(values, q).tolist(), np.quantile(values, q, method="lower").tolist()
-    ([1, 1, 2, 3, 3, 3, 5, 7, 9], [1, 1, 2, 3, 3, 3, 5, 7, 9])
-    >>> lower_quantiles(values, q, _value_counts_if_few(values)).tolist()
-    [1, 1, 2, 3, 3, 3, 5, 7, 9]
-    """
-    positions = np.floor((len(values) - 1) * quantiles).astype(np.intp)  # numpy's "lower" positions
-    if value_counts is not None:
-        distinct, counts = value_counts
-        return distinct[np.searchsorted(np.cumsum(counts), positions, side="right")]
-    ordered = np.sort(values)
-    if ordered.dtype.kind == "f" and np.isnan(ordered[-1]):  # NaN sorts last; np.quantile answers NaN
-        return np.quantile(values, quantiles, method="lower")
-    return ordered[positions]
 
 
 def float_bound(value: int | float, low: bool, is_open: bool) -> tuple[float, bool]:
@@ -275,7 +241,7 @@ class NumericIndex:
         rows = rows_of(self.notnull)
         values = self.column.data[rows].astype(self.dtype)
         self.binned_count = len(rows)
-        value_counts = _value_counts_if_few(values)
+        value_counts = value_counts_if_few(values)
         distinct = None if value_counts is None else value_counts[0]
         fine_edges = None
         if distinct is not None and len(distinct) <= BINS:

@@ -1,5 +1,5 @@
 """Bin arithmetic of the range index (``numeric.NumericIndex``): which bin a value falls in, and
-moving rows between the cumulative bin bitmaps in one pass per batch.
+moving rows between the cumulative bin bitmaps in one pass per batch; the bins' edges as exact lower quantiles.
 
 Every coarse edge is also a fine edge, so a value's coarse bin follows from its fine bin by a
 table lookup (one binary search per value instead of two).
@@ -136,3 +136,38 @@ def cumulative_of_bitmaps(bitmaps: list[BitMap]) -> list[BitMap]:
         running = running | bitmap
         result.append(running)
     return result
+
+
+def value_counts_if_few(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the sorted distinct values, how often each occurs) when they are few (int columns spanning
+    < 65536), else None."""
+    if values.dtype != np.int64 or len(values) == 0:
+        return None
+    low, high = int(values.min()), int(values.max())
+    if high - low >= 65536:
+        return None
+    counts = np.bincount(values - low)
+    present = np.flatnonzero(counts)
+    return present + low, counts[present]
+
+
+def lower_quantiles(values: np.ndarray, quantiles: np.ndarray,
+                    value_counts: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``np.quantile(values, quantiles, method="lower")``: from the value counts when given, else from one
+    sort (a fifth of the time of the selection ``np.quantile`` makes for many quantiles).
+
+    >>> values = np.array([5, 1, 9, 3, 3, 7, 2])
+    >>> q = np.linspace(0, 1, 9)
+    >>> lower_quantiles(values, q).tolist(), np.quantile(values, q, method="lower").tolist()
+    ([1, 1, 2, 3, 3, 3, 5, 7, 9], [1, 1, 2, 3, 3, 3, 5, 7, 9])
+    >>> lower_quantiles(values, q, value_counts_if_few(values)).tolist()
+    [1, 1, 2, 3, 3, 3, 5, 7, 9]
+    """
+    positions = np.floor((len(values) - 1) * quantiles).astype(np.intp)  # numpy's "lower" positions
+    if value_counts is not None:
+        distinct, counts = value_counts
+        return distinct[np.searchsorted(np.cumsum(counts), positions, side="right")]
+    ordered = np.sort(values)
+    if ordered.dtype.kind == "f" and np.isnan(ordered[-1]):  # NaN sorts last; np.quantile answers NaN
+        return np.quantile(values, quantiles, method="lower")
+    return ordered[positions]
