@@ -11,6 +11,12 @@ A snapshot's capture ``pins`` the lock (``excluding_writers``): writers wait for
 a writer waiting for a pin does not hold readers back (a capture can take a second at 10M
 profiles; reads go on during it).
 
+A point read (``point=True``: one profile's membership or record, microseconds of work) may go
+in while a writer waits, as long as another, longer read still holds the lock: the writer waits
+for that read anyway, so a point read never waits for a running query through the write queued
+behind it. Once only point reads hold the lock, new ones queue behind the writer, so a stream of
+them cannot starve it: a point read waits at most for the write running (its publish step).
+
 Likewise for heavy reads: a background thread (``engine.priority``: a server's pool for the
 queries known to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
 without holding other readers back (new heavy reads wait behind it), then queues as above, so
@@ -59,6 +65,7 @@ class PublishLock:
         self.grants = 0  # writes ended (each admits the readers blocked meanwhile)
         self.pins = 0  # captures in progress (see excluding_writers)
         self.heavy = 0  # read shares of threads marked heavy_reads
+        self.points = 0  # read shares taken as point reads (see acquire_read)
         self.heavy_blocked = 0  # of the blocked readers, those of heavy threads
         self.writers_pending = 0  # writers waiting for the heavy reads to end (other readers go on)
         self._local = threading.local()
@@ -97,20 +104,27 @@ class PublishLock:
         return None if until is None else max(until - time.monotonic(), 0.0)
 
     # -- read shares ------------------------------------------------------------------------
-    def acquire_read(self, timeout: float | None = None, blocking: bool = True) -> bool:
-        """Take a read share; False if the timeout passed (or, not ``blocking``, a write runs or waits)."""
+    def acquire_read(self, timeout: float | None = None, blocking: bool = True, point: bool = False) -> bool:
+        """Take a read share; False if the timeout passed (or, not ``blocking``, a write runs or waits).
+
+        A ``point`` read passes a waiting writer while a longer read holds the lock (module docstring).
+        """
         if self._held() or self.holds_write():
             self._local.shares = self._held() + 1
             return True
         heavy = is_background_thread()
+        point = point and not heavy
 
         def free() -> bool:
-            return self.writer is None and not self.writers_waiting and not (heavy and self.writers_pending)
+            if self.writer is not None or (heavy and self.writers_pending):
+                return False
+            return not self.writers_waiting or (point and self.readers > self.points)
 
         with self.changed:
             if free():
                 self.readers += 1
                 self.heavy += heavy
+                self.points += point
             elif not blocking:
                 return False
             else:
@@ -125,8 +139,10 @@ class PublishLock:
                         return False
                     self.readers += 1
                     self.heavy += heavy
+                    self.points += point
         self._local.shares = 1
         self._local.heavy_share = heavy
+        self._local.point_share = point
         return True
 
     def release_read(self) -> None:
@@ -137,6 +153,8 @@ class PublishLock:
             return
         with self.changed:
             self.readers -= 1
+            if getattr(self._local, "point_share", False):
+                self.points -= 1
             if getattr(self._local, "heavy_share", False):
                 self.heavy -= 1
                 if not self.heavy:
@@ -144,9 +162,10 @@ class PublishLock:
             if not self.readers:
                 self.changed.notify_all()
 
-    def reading(self, timeout: float | None = None) -> ContextManager[None]:
-        """Hold a read share for the block (PublishTimeout if it cannot be had in time)."""
-        return _holding(self.acquire_read, self.release_read, timeout)
+    def reading(self, timeout: float | None = None, point: bool = False) -> ContextManager[None]:
+        """Hold a read share for the block (PublishTimeout if it cannot be had in time); ``point``: a
+        point read (see ``acquire_read``)."""
+        return _holding(lambda limit: self.acquire_read(limit, point=point), self.release_read, timeout)
 
     # -- the write --------------------------------------------------------------------------
     def acquire_write(self, timeout: float | None = None) -> bool:

@@ -556,7 +556,7 @@ class Engine:
         owner = shard_of(profile_id, self.n_shards) if isinstance(profile_id, str) else 0
         calls: list[tuple | None] = [None] * self.n_shards
         calls[owner] = (profile_id, *args)
-        with self.publish.reading():
+        with self.publish.reading(point=True):
             return self.shards.call_each(method, calls)[owner]
 
     def _publish(self) -> None:

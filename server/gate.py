@@ -119,14 +119,15 @@ class EngineGate:
             return fn(*args)
 
     def _read_now(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` at once, or WouldWait if it would wait (a write runs or waits, a refresh is due).
+        """``fn(*args)`` at once, or WouldWait if it would wait (a write runs, a refresh is due, or a
+        write waits and no longer read holds the engine).
 
-        For point reads on the server's event loop, which must never block: the read share is
-        taken without waiting, and the engine's own read share inside ``fn`` nests in it.
+        For point reads on the server's event loop, which must never block: the point read share
+        is taken without waiting, and the engine's own read share inside ``fn`` nests in it.
         """
         if self.closing or self._refresh_wanted() or self._workers_busy():
             raise WouldWait
-        if not self.publish.acquire_read(blocking=False):
+        if not self.publish.acquire_read(blocking=False, point=True):
             raise WouldWait
         try:
             return fn(*args)

@@ -161,47 +161,80 @@ def test_a_capture_keeps_writers_out_but_not_readers():
     assert wrote.is_set() and lock.pins == 0
 
 
-def test_a_writer_waits_for_heavy_reads_without_holding_point_reads_back():
-    """A heavy read (an analyst's query) holds a share; a writer waits for it, but other readers
-    go on meanwhile, new heavy reads wait behind the writer, and the writer goes in once the
-    heavy read ends."""
-    lock = PublishLock()
-    heavy_in, heavy_out, wrote = threading.Event(), threading.Event(), threading.Event()
-    second_heavy: list[bool] = []
+def _writer_behind_a_read(lock: PublishLock, heavy: bool = False) -> tuple[threading.Event, threading.Event, list[threading.Thread]]:
+    """Start a read that holds ``lock`` (``heavy``: on a background thread) and a writer behind it;
+    once the writer waits, returns (the event that ends the read, the event the writer sets, the threads)."""
+    inside, leave, wrote = threading.Event(), threading.Event(), threading.Event()
 
-    def heavy_reader() -> None:
-        lower_thread_priority(0)  # a background thread (its priority as it is)
+    def reader() -> None:
+        if heavy:
+            lower_thread_priority(0)  # a background thread (its priority as it is)
         with lock.reading():
-            heavy_in.set()
-            assert heavy_out.wait(5)
+            inside.set()
+            assert leave.wait(5)
 
     def writer() -> None:
         with lock.writing():
             wrote.set()
 
-    def another_heavy_read() -> None:
-        lower_thread_priority(0)
-        second_heavy.append(lock.acquire_read(blocking=False))
-
-    threads = [threading.Thread(target=heavy_reader)]
+    threads = [threading.Thread(target=reader)]
     threads[0].start()
-    assert heavy_in.wait(5)
+    assert inside.wait(5)
     threads.append(threading.Thread(target=writer))
     threads[1].start()
     deadline = time.monotonic() + 5
-    while not lock.writers_pending and time.monotonic() < deadline:
+    while not (lock.writers_pending if heavy else lock.writers_waiting) and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert lock.writers_pending == 1 and not wrote.is_set()
+    assert (lock.writers_pending if heavy else lock.writers_waiting) == 1 and not wrote.is_set()
+    return leave, wrote, threads
+
+
+def _try_read(lock: PublishLock, point: bool = False, heavy: bool = False) -> bool:
+    """Whether a new thread (``heavy``: a background one) gets a read share without waiting."""
+    got: list[bool] = []
+
+    def read() -> None:
+        if heavy:
+            lower_thread_priority(0)
+        got.append(lock.acquire_read(blocking=False, point=point))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join(5)
+    return got[0]
+
+
+def test_a_writer_waits_for_heavy_reads_without_holding_point_reads_back():
+    """A heavy read (an analyst's query) holds a share; a writer waits for it, but other readers
+    go on meanwhile, new heavy reads wait behind the writer, and the writer goes in once the
+    heavy read ends."""
+    lock = PublishLock()
+    leave, wrote, threads = _writer_behind_a_read(lock, heavy=True)
     assert lock.acquire_read(blocking=False)  # a point read goes on
     lock.release_read()
-    checker = threading.Thread(target=another_heavy_read)
-    checker.start()
-    checker.join(5)
-    assert second_heavy == [False]  # a new heavy read waits behind the writer
-    heavy_out.set()
+    assert not _try_read(lock, heavy=True)  # a new heavy read waits behind the writer
+    leave.set()
     for thread in threads:
         thread.join(5)
     assert wrote.is_set() and lock.heavy == 0 and lock.readers == 0
+
+
+def test_a_point_read_passes_a_writer_waiting_for_a_longer_read_but_not_point_reads_alone():
+    """A writer waits for a running query; a point read goes in meanwhile (the writer waits for the
+    query anyway), an ordinary read does not; once only point reads hold the lock, a new point read
+    queues behind the writer, and the writer goes in when they end."""
+    lock = PublishLock()
+    leave, wrote, (query, writer) = _writer_behind_a_read(lock)
+    assert not _try_read(lock)  # an ordinary read queues behind the writer
+    assert lock.acquire_read(blocking=False, point=True)  # a point read goes in: the query still runs
+    assert (lock.readers, lock.points) == (2, 1)
+    leave.set()
+    query.join(5)
+    assert lock.readers == 1 and not wrote.is_set()  # the point read still holds the lock
+    assert not _try_read(lock, point=True)  # only point reads left: a new one queues behind the writer
+    lock.release_read()
+    writer.join(5)
+    assert wrote.is_set() and (lock.readers, lock.points) == (0, 0)
 
 
 # -- queries at once on one in-process shard --------------------------------------------------
