@@ -17,6 +17,12 @@ for that read anyway, so a point read never waits for a running query through th
 behind it. Once only point reads hold the lock, new ones queue behind the writer, so a stream of
 them cannot starve it: a point read waits at most for the write running (its publish step).
 
+A view read (``view=True``: a point read of what a shard keeps consistent on its own, one profile's
+saved-segment membership on a one-shard engine) may also go in while a write that says so
+(``writing(view_safe=True)``: an event batch) is applied: the shard then guards that read's data
+itself (engine.segments, ``SavedSegments.view``) and switches it from before to after the write at
+once, so such a read never waits for the write's commit.
+
 Likewise for heavy reads: a background thread (``engine.priority``: a server's pool for the
 queries known to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
 without holding other readers back (new heavy reads wait behind it), then queues as above, so
@@ -60,12 +66,14 @@ class PublishLock:
         self.changed = threading.Condition(threading.Lock())
         self.readers = 0  # threads holding a read share
         self.writer: int | None = None  # ident of the thread holding the write
+        self.view_safe = False  # the write running admits view reads (see acquire_read)
         self.writers_waiting = 0
         self.blocked = 0  # readers waiting for a write to end
         self.grants = 0  # writes ended (each admits the readers blocked meanwhile)
         self.pins = 0  # captures in progress (see excluding_writers)
         self.heavy = 0  # read shares of threads marked heavy_reads
         self.points = 0  # read shares taken as point reads (see acquire_read)
+        self.points_blocked = 0  # of the blocked readers, the point reads
         self.heavy_blocked = 0  # of the blocked readers, those of heavy threads
         self.writers_pending = 0  # writers waiting for the heavy reads to end (other readers go on)
         self._local = threading.local()
@@ -104,19 +112,24 @@ class PublishLock:
         return None if until is None else max(until - time.monotonic(), 0.0)
 
     # -- read shares ------------------------------------------------------------------------
-    def acquire_read(self, timeout: float | None = None, blocking: bool = True, point: bool = False) -> bool:
+    def acquire_read(self, timeout: float | None = None, blocking: bool = True, point: bool = False,
+                     view: bool = False) -> bool:
         """Take a read share; False if the timeout passed (or, not ``blocking``, a write runs or waits).
 
-        A ``point`` read passes a waiting writer while a longer read holds the lock (module docstring).
+        A ``point`` read passes a waiting writer while a longer read holds the lock; a ``view`` read
+        (a point read) also goes in beside a view-safe write (module docstring).
         """
         if self._held() or self.holds_write():
             self._local.shares = self._held() + 1
             return True
         heavy = is_background_thread()
-        point = point and not heavy
+        point = (point or view) and not heavy
+        view = view and not heavy
 
         def free() -> bool:
-            if self.writer is not None or (heavy and self.writers_pending):
+            if self.writer is not None:
+                return view and self.view_safe
+            if heavy and self.writers_pending:
                 return False
             return not self.writers_waiting or (point and self.readers > self.points)
 
@@ -131,10 +144,12 @@ class PublishLock:
                 epoch = self.grants
                 self.blocked += 1
                 self.heavy_blocked += heavy
+                self.points_blocked += point
                 self.changed.wait_for(lambda: self.grants != epoch or free(), self._timeout(timeout))
                 if self.grants == epoch:  # not admitted by a write's end (release_write counts those in)
                     self.blocked -= 1
                     self.heavy_blocked -= heavy
+                    self.points_blocked -= point
                     if not free():
                         return False
                     self.readers += 1
@@ -162,14 +177,15 @@ class PublishLock:
             if not self.readers:
                 self.changed.notify_all()
 
-    def reading(self, timeout: float | None = None, point: bool = False) -> ContextManager[None]:
-        """Hold a read share for the block (PublishTimeout if it cannot be had in time); ``point``: a
-        point read (see ``acquire_read``)."""
-        return _holding(lambda limit: self.acquire_read(limit, point=point), self.release_read, timeout)
+    def reading(self, timeout: float | None = None, point: bool = False, view: bool = False) -> ContextManager[None]:
+        """Hold a read share for the block (PublishTimeout if it cannot be had in time); ``point``,
+        ``view``: see ``acquire_read``."""
+        return _holding(lambda limit: self.acquire_read(limit, point=point, view=view), self.release_read, timeout)
 
     # -- the write --------------------------------------------------------------------------
-    def acquire_write(self, timeout: float | None = None) -> bool:
-        """Take the write (alone: no reader, no other writer); False if the timeout passed."""
+    def acquire_write(self, timeout: float | None = None, view_safe: bool = False) -> bool:
+        """Take the write (alone: no reader, no other writer but view reads if ``view_safe``); False if the
+        timeout passed."""
         me = threading.get_ident()
         if self.writer == me:
             self._local.writes = getattr(self._local, "writes", 0) + 1
@@ -201,6 +217,9 @@ class PublishLock:
                 self.changed.notify_all()  # readers held back by this writer may go on
                 return False
             self.writer = me
+            self.view_safe = view_safe
+            if view_safe:
+                self.changed.notify_all()  # view reads that waited for this writer may go on
         self._local.writes = 1
         return True
 
@@ -211,15 +230,18 @@ class PublishLock:
             return
         with self.changed:
             self.writer = None
+            self.view_safe = False
             self.readers += self.blocked  # the readers that waited go in before the next writer
             self.heavy += self.heavy_blocked
-            self.blocked = self.heavy_blocked = 0
+            self.points += self.points_blocked
+            self.blocked = self.heavy_blocked = self.points_blocked = 0
             self.grants += 1
             self.changed.notify_all()
 
-    def writing(self, timeout: float | None = None) -> ContextManager[None]:
-        """Hold the write for the block (PublishTimeout if it cannot be had in time)."""
-        return _holding(self.acquire_write, self.release_write, timeout)
+    def writing(self, timeout: float | None = None, view_safe: bool = False) -> ContextManager[None]:
+        """Hold the write for the block (PublishTimeout if it cannot be had in time); ``view_safe``: view
+        reads may go on beside it (see ``acquire_read``)."""
+        return _holding(lambda limit: self.acquire_write(limit, view_safe), self.release_write, timeout)
 
     # -- captures ---------------------------------------------------------------------------
     @contextmanager

@@ -197,7 +197,7 @@ class Engine:
         tagged = [None if call is None else (seq, *call) for call in calls]
         if any(call is not None and call[0] in PREPARED_METHODS for call in calls):
             self._prepare(tagged)
-        with self.publish.writing():
+        with self.publish.writing(view_safe=self._view_safe(calls)):
             results = self.durable.send(tagged) if self.durable is not None else \
                 self.shards.call_each("apply_logged", tagged)
             result: Any = None
@@ -225,6 +225,11 @@ class Engine:
                 self.destinations.erase(command.ids)  # after the exits the erasure caused were queued
         self.writes.add(command.kind, result if isinstance(result, int) else 0)
         return result
+
+    def _view_safe(self, calls: list[tuple | None]) -> bool:
+        """True if membership may be read beside these shard calls (engine.concurrency, view reads): a
+        columnar event batch on a one-shard engine, whose shard guards membership itself."""
+        return self.n_shards == 1 and all(call is None or call[0] == "load_events" for call in calls)
 
     def _prepare(self, calls: list[tuple | None]) -> None:
         """Let the shards work out a write before its exclusive commit, while reads go on
@@ -431,7 +436,7 @@ class Engine:
         self._tick()
         if isinstance(profile_id, str):
             profile_id = self.identity.resolve([profile_id])[0]
-        return self._on_owner("membership", profile_id, names)
+        return self._on_owner("membership", profile_id, names, view=self.n_shards == 1)
 
     def refresh_segments(self, now: int | None = None) -> None:
         """Bring time-relative saved segments to ``now`` (default: the engine clock)."""
@@ -552,11 +557,12 @@ class Engine:
             self.catalog.check_refs(refs)
             self._tick()
 
-    def _on_owner(self, method: str, profile_id: str, *args: Any) -> Any:
+    def _on_owner(self, method: str, profile_id: str, *args: Any, view: bool = False) -> Any:
+        """``method(profile_id, *args)`` on the profile's shard, as a point read (``view``: a view read)."""
         owner = shard_of(profile_id, self.n_shards) if isinstance(profile_id, str) else 0
         calls: list[tuple | None] = [None] * self.n_shards
         calls[owner] = (profile_id, *args)
-        with self.publish.reading(point=True):
+        with self.publish.reading(point=True, view=view):
             return self.shards.call_each(method, calls)[owner]
 
     def _publish(self) -> None:

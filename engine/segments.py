@@ -17,11 +17,19 @@ The materialisation has one clock, ``now``, that only moves forward: asking for 
 time keeps the current one. Every change of membership is recorded, in order, while change
 capture is on (the coordinator turns it on while someone watches): ``take_changes`` hands them
 over as plain lists ``[kind, segment, [ids]]``.
+
+``membership`` reads the id map, the live rows and ``MembershipBits`` under ``view`` (a lock of
+this object), not under the engine's publish lock alone: ``sync`` works the changes out first and
+sets the per-row bits under ``view`` at its end, and a write that creates rows holds ``view`` from
+their insertion on, so a one-shard engine answers membership beside an event batch's commit
+(engine.concurrency, view reads) with the state before or after it, never between.
 """
 from __future__ import annotations
 
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numba
 import numpy as np
@@ -228,6 +236,8 @@ class SavedSegments:
         self.slots: dict[str, int] = {}
         self.slot_names: list[str | None] = []
         self.members = MembershipBits()
+        self.view = threading.RLock()  # guards what membership reads (module docstring)
+        self._member_ops: list[tuple[np.ndarray, int, bool]] | None = None  # per-row bit changes of a sync
         self.now: int | None = None
         self.capture = False
         self.pending: list[tuple[str, str, np.ndarray | list[str] | None]] = []
@@ -237,6 +247,7 @@ class SavedSegments:
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a pickled instance (the legacy snapshot formats: their parts keep no member counts)."""
         self.__dict__.update(state)
+        self.view, self._member_ops = threading.RLock(), None
         if "counts" not in state:
             self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
         if "event_reads" not in state:
@@ -312,17 +323,18 @@ class SavedSegments:
 
     def membership(self, profile_id: str, names: list[str] | None = None) -> list[str]:
         """The saved segments (sorted names) ``profile_id`` is in, among ``names`` if given."""
-        row = self.profiles.idmap.lookup_one(profile_id)
-        if row < 0 or row not in self.profiles.live:
-            raise ProfileNotFound(f"unknown profile {profile_id!r}")
-        if names:
-            slots = self.slots
-            for name in names:
-                if name not in slots:
-                    raise SegmentNotFound(f"unknown segment {quoted(name)}")
-            return sorted({name for name in names if self.members.has(row, slots[name])})
-        slot_names = self.slot_names
-        return sorted(slot_names[s] for s in self.members.slots_of(row))  # type: ignore[misc]
+        with self.view:
+            row = self.profiles.idmap.lookup_one(profile_id)
+            if row < 0 or row not in self.profiles.live:
+                raise ProfileNotFound(f"unknown profile {profile_id!r}")
+            if names:
+                slots = self.slots
+                for name in names:
+                    if name not in slots:
+                        raise SegmentNotFound(f"unknown segment {quoted(name)}")
+                return sorted({name for name in names if self.members.has(row, slots[name])})
+            slot_names = self.slot_names
+            return sorted(slot_names[s] for s in self.members.slots_of(row))  # type: ignore[misc]
 
     # -- keeping current --------------------------------------------------------------------
     def sync(self, touched: np.ndarray | BitMap | None, now: int | None,
@@ -363,7 +375,20 @@ class SavedSegments:
                 if len(seed):
                     seeds[name] = seeds[name] | seed if name in seeds else seed
         if seeds:
-            self._cascade(seeds, {})
+            with self._members_at_end():
+                self._cascade(seeds, {})
+
+    @contextmanager
+    def _members_at_end(self) -> Iterator[None]:
+        """Collect the per-row bit changes of the block and make them under ``view`` at its end."""
+        self._member_ops = []
+        try:
+            yield
+        finally:
+            ops, self._member_ops = self._member_ops, None
+            with self.view:
+                for rows, slot, add in ops:
+                    (self.members.set if add else self.members.clear)(rows, slot)
 
     def _prepare_refresh(self, step: Step) -> None:
         """Build what refreshing ``step`` reads (sorted columns, latest event times) now, not at the first tick."""
@@ -422,15 +447,20 @@ class SavedSegments:
         not members, ``exited``: rows that were); returns entered | exited."""
         self.counts[name] += len(entered) - len(exited)
         slot = self.slots[name]
-        if exited:
-            rows = rows_of(exited)
-            self.members.clear(rows, slot)
-            self._record("exited", name, rows)
-        if entered:
-            rows = rows_of(entered)
-            self.members.set(rows, slot)
-            self._record("entered", name, rows)
+        for kind, rows_changed in (("exited", exited), ("entered", entered)):
+            if rows_changed:
+                rows = rows_of(rows_changed)
+                self._member_bits(rows, slot, kind == "entered")
+                self._record(kind, name, rows)
         return entered | exited
+
+    def _member_bits(self, rows: np.ndarray, slot: int, add: bool) -> None:
+        """Set (``add``) or clear the bits of ``rows`` in ``slot``: now, or at the end of a sync."""
+        if self._member_ops is not None:
+            self._member_ops.append((rows, slot, add))
+        else:
+            with self.view:
+                (self.members.set if add else self.members.clear)(rows, slot)
 
     # -- change capture ---------------------------------------------------------------------
     def _record(self, kind: str, name: str, rows: np.ndarray | None) -> None:

@@ -107,27 +107,28 @@ class EngineGate:
         with self._call(context):
             return fn(*args)
 
-    def read(self, context: grpc.ServicerContext | None, fn: Callable[..., T], *args: Any) -> T:
+    def read(self, context: grpc.ServicerContext | None, fn: Callable[..., T], *args: Any, view: bool = False) -> T:
         """``fn(*args)`` alongside other reads and queries (``fn`` must not change the engine).
 
         On the server's event loop (``context.on_loop``) it never waits: WouldWait instead.
+        ``view``: ``fn`` is ``Engine.membership``, a view read (engine.concurrency).
         """
         if getattr(context, "on_loop", False):
-            return self._read_now(fn, *args)
+            return self._read_now(fn, *args, view=view)
         self._refresh_if_due(context)
         with self._call(context):
             return fn(*args)
 
-    def _read_now(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` at once, or WouldWait if it would wait (a write runs, a refresh is due, or a
-        write waits and no longer read holds the engine).
+    def _read_now(self, fn: Callable[..., T], *args: Any, view: bool = False) -> T:
+        """``fn(*args)`` at once, or WouldWait if it would wait (a write runs that ``view`` cannot pass, a
+        refresh is due, or a write waits and no longer read holds the engine).
 
         For point reads on the server's event loop, which must never block: the point read share
         is taken without waiting, and the engine's own read share inside ``fn`` nests in it.
         """
         if self.closing or self._refresh_wanted() or self._workers_busy():
             raise WouldWait
-        if not self.publish.acquire_read(blocking=False, point=True):
+        if not self.publish.acquire_read(blocking=False, point=True, view=view and self.engine.n_shards == 1):
             raise WouldWait
         try:
             return fn(*args)

@@ -120,7 +120,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         return convert.profile_message(self.gate.read(context, self.engine.profile, request.id))
 
     def Membership(self, request: pb.MembershipRequest, context: grpc.ServicerContext) -> pb.MembershipResponse:
-        names = self.gate.read(context, self.engine.membership, request.id, list(request.segments))
+        names = self.gate.read(context, self.engine.membership, request.id, list(request.segments), view=True)
         return pb.MembershipResponse(segments=names)
 
     # -- saved segments ---------------------------------------------------------------------

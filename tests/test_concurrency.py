@@ -22,6 +22,7 @@ import pytest
 
 from engine import Engine, Schema
 from engine.columns import EventBatch, column_from_values
+from engine.commands import LoadEvents, route
 from engine.concurrency import PublishLock, PublishTimeout
 from engine.priority import lower_thread_priority
 from engine.errors import ProfileNotFound
@@ -237,6 +238,61 @@ def test_a_point_read_passes_a_writer_waiting_for_a_longer_read_but_not_point_re
     assert wrote.is_set() and (lock.readers, lock.points) == (0, 0)
 
 
+def test_a_view_read_goes_in_beside_a_view_safe_write_only():
+    """Membership on a one-shard engine (a view read) is answered while an event batch commits (a
+    view-safe write), but waits for any other write; other reads wait for both."""
+    lock = PublishLock()
+    for view_safe in (True, False):
+        inside, leave = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with lock.writing(view_safe=view_safe):  # noqa: B023 (each writer joins in its round)
+                inside.set()
+                assert leave.wait(5)  # noqa: B023
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert inside.wait(5)
+        got = lock.acquire_read(blocking=False, view=True)
+        assert got is view_safe
+        if got:
+            assert (lock.readers, lock.points) == (1, 1)
+            lock.release_read()
+        assert not lock.acquire_read(blocking=False, point=True)
+        leave.set()
+        thread.join(5)
+    assert (lock.readers, lock.points, lock.writer, lock.view_safe) == (0, 0, None, False)
+
+
+def test_membership_is_answered_while_an_event_batch_commits_on_one_shard():
+    """The engine's write of a columnar event batch on one shard is view-safe; its membership reads are
+    view reads; with two shards neither is (a batch spanning shards becomes visible at once)."""
+    for shards, expected in ((1, True), (2, False)):
+        with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=shards, backend="local") as engine:
+            engine.upsert_profiles([{"id": "a", "country": "FR"}])
+            engine.create_segment("fr", "country = 'FR'")
+            calls = route(LoadEvents(EventBatch("page_view", ["a"], np.array([NOW], np.int64), {}), NOW), shards, None)
+            assert engine._view_safe(calls) is expected
+            inside, leave = threading.Event(), threading.Event()
+
+            def writer() -> None:
+                with engine.publish.writing(view_safe=engine._view_safe(calls)):  # noqa: B023
+                    inside.set()
+                    assert leave.wait(5)  # noqa: B023
+
+            thread = threading.Thread(target=writer)
+            thread.start()
+            assert inside.wait(5)
+            try:
+                with engine.publish.deadline(0.05):
+                    answer = engine.membership("a")
+            except PublishTimeout:
+                answer = None
+            leave.set()
+            thread.join(5)
+            assert answer == (["fr"] if expected else None)
+
+
 # -- queries at once on one in-process shard --------------------------------------------------
 def dense_engine() -> Engine:
     """A one-shard in-process engine with generated data plus 20k page views a day for 12 days,
@@ -357,8 +413,9 @@ def _writes(rng: random.Random, ids: list[str], n: int) -> list[tuple[str, list[
         elif kind == "track":
             writes.append((kind, events))
         else:
-            views = [{"id": rng.choice(ids), "event": "page_view", "ts": NOW - rng.randrange(0, 4 * DAY),
-                      "category": rng.choice(["shoes", "tech", None])} for _ in range(40)]
+            views = [{"id": rng.choice(ids) if j % 8 else f"n{k:03d}",  # and a profile the batch creates
+                      "event": "page_view", "ts": NOW - rng.randrange(0, 4 * DAY),
+                      "category": rng.choice(["shoes", "tech", None])} for j in range(40)]
             writes.append((kind, views))
     return writes
 
@@ -420,7 +477,7 @@ def test_concurrent_calls_match_the_oracle_at_a_serial_order(tmp_path, shards, b
     def member_reader() -> None:
         local = random.Random(5)
         while not done.is_set():
-            pid = local.choice(ids + ["nobody"])
+            pid = local.choice(ids + [f"n{k:03d}" for k in range(len(writes))] + ["nobody"])
             lo = acked[0]
             try:
                 answer: list[str] | None = engine.membership(pid)

@@ -15,6 +15,7 @@ prepare was lost (a respawned worker, a recovery in between) applies exactly as 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,12 @@ def plan_load_events(shard: LocalShard, batch: EventBatch, now: int | None, seq:
 
 def commit_load_events(shard: LocalShard, plan: PreparedEvents) -> int:
     """Apply a prepared event batch (made against the shard as it is); returns how many events were applied."""
+    # a batch that creates profiles holds the segments' view from their insertion on (engine.segments)
+    with shard.saved.view if plan.rows.new_ids else nullcontext():
+        return _commit(shard, plan)
+
+
+def _commit(shard: LocalShard, plan: PreparedEvents) -> int:
     batch = plan.batch
     store = shard.events.types[batch.event]
     rows = shard.profiles.take_rows(plan.rows)

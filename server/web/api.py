@@ -248,7 +248,7 @@ def get_profile(req: ApiRequest) -> dict[str, Any]:
 def membership(req: ApiRequest) -> dict[str, Any]:
     """The saved segments a profile is in (among ``?segment=`` ones if given)."""
     names = list(req.params.getall("segment", []))
-    return {"segments": req.gate.read(req.call, req.engine.membership, req.path["id"], names)}
+    return {"segments": req.gate.read(req.call, req.engine.membership, req.path["id"], names, view=True)}
 
 
 # -- saved segments ---------------------------------------------------------------------------
