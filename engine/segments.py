@@ -244,6 +244,10 @@ class SavedSegments:
         self.pending_size = 0
         self.lost = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickled form (the legacy snapshot formats' tests write it): no lock, no sync in progress."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("view", "_member_ops")}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a pickled instance (the legacy snapshot formats: their parts keep no member counts)."""
         self.__dict__.update(state)

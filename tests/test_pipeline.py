@@ -274,7 +274,8 @@ def test_a_snapshot_capture_keeps_writes_out_but_not_reads(delays: Delays, tmp_p
 
 
 def test_a_write_waits_for_earlier_reads_and_later_reads_wait_for_it(delays: Delays) -> None:
-    """Writes keep the order the coordinator numbered them in against every other request."""
+    """Writes keep the order the coordinator numbered them in against every other request, except
+    that a point read passes a write waiting for a running query (engine.concurrency)."""
     with Engine(SCHEMA, shards=1, backend="process") as engine:
         engine.upsert_profiles({"id": f"p{i}", "age": 1} for i in range(10))
         delays.set(0, 0.6, "count")
@@ -288,15 +289,19 @@ def test_a_write_waits_for_earlier_reads_and_later_reads_wait_for_it(delays: Del
             finished.append(("upsert", engine.upsert_profiles({"id": f"q{i}", "age": 2} for i in range(5))))
 
         def profile() -> None:
-            finished.append(("profile", engine.profile("q0")["age"]))
+            finished.append(("profile", engine.profile("p0")["age"]))
 
-        threads = [threading.Thread(target=target) for target in (count, upsert, profile)]
+        def later_query() -> None:
+            finished.append(("later query", engine.ids("age = 2")))
+
+        threads = [threading.Thread(target=target) for target in (count, upsert, profile, later_query)]
         for thread in threads:
             thread.start()
             time.sleep(0.1)  # numbered in this order
         for thread in threads:
             thread.join(10)
-        assert finished == [("count", 10), ("upsert", 5), ("profile", 2)]
+        assert finished == [("profile", 1), ("count", 10), ("upsert", 5),
+                            ("later query", [f"q{i}" for i in range(5)])]
 
 
 def test_a_dropped_engine_frees_its_shards_without_a_collection() -> None:
