@@ -28,9 +28,13 @@ flight), each for ``--duration`` s, first idle, then under each background load 
   cap (so it counts the window's events: about 130 ms at 10M profiles / 50M events on an idle engine);
 - ``ingest``: a producer streaming ``LoadEvents`` of 10,000 page views at ``--ingest-rate``
   events/s (each batch leaves at its scheduled time, at most 4 unacknowledged) to a durable server;
-- ``snapshot``: Snapshot RPCs back to back on a durable server (prints the capture pauses).
+- ``snapshot``: Snapshot RPCs back to back on a durable server (prints the capture pauses);
+- ``merge`` (last: it changes the data): an identity feed streaming ``Merge`` requests of 1,000 pairs at ``--merge-rate``
+  merges/s (open loop, at most 4 unacknowledged) to a durable server; every profile is a source or
+  a target once (pairs of a random permutation), so with several shards about half of the merges
+  cross shards.
 
-A durable server (``ingest``, ``snapshot``) keeps its data directory in ``--data-dir`` or a
+A durable server (``ingest``, ``snapshot``, ``merge``) keeps its data directory in ``--data-dir`` or a
 temporary directory. Prints p50/p99 per condition and the ratio of each p99 to the idle one.
 
     python benchmarks/bench_grpc.py --profiles 2000000 --events 10000000 --contention query,ingest,snapshot
@@ -64,8 +68,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 #: The background query of ``--contention query`` (>= 50 ms on an idle server at 10M profiles).
 HEAVY_QUERY = "DID(page_view, COUNT >= 10, WITHIN 30d)"
 INGEST_BATCH = 10_000
-INGEST_IN_FLIGHT = 4
-CONTENTION_MODES = ("query", "ingest", "snapshot")
+MERGE_BATCH = 1_000
+STREAM_IN_FLIGHT = 4
+CONTENTION_MODES = ("query", "ingest", "snapshot", "merge")
 CONTRACT_EXAMPLE = ("country IN ('FR', 'BE') AND age BETWEEN 25 AND 40 "
                     "AND DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d) "
                     "AND NOT DID(purchase, WITHIN 7d) AND CONSENTED(email)")
@@ -207,30 +212,49 @@ def _page_views(profiles: int, batches: int, seed: int) -> list[bytes]:
     return out
 
 
-async def _ingest(channel: Any, stop: Any, rate: float, messages: list[bytes]) -> dict[str, Any]:
-    """Send a batch every INGEST_BATCH / rate seconds until ``stop`` is set (open loop, at most
-    INGEST_IN_FLIGHT batches unacknowledged: a server that cannot keep up shows as a lower rate)."""
+def _merges(profiles: int, batches: int, seed: int) -> list[bytes]:
+    """``batches`` serialised Merge requests of MERGE_BATCH pairs, every profile in at most one pair."""
+    import numpy as np
+
     from server.proto_gen import segmentation_pb2 as pb
 
-    call = channel.unary_unary("/segengine.v1.Segmentation/LoadEvents", request_serializer=None,
-                               response_deserializer=pb.WriteResponse.FromString)
+    ids = np.random.default_rng(seed).permutation(profiles)[: 2 * MERGE_BATCH * batches].tolist()
+    out = []
+    for b in range(min(batches, len(ids) // (2 * MERGE_BATCH))):
+        chunk = ids[2 * MERGE_BATCH * b: 2 * MERGE_BATCH * (b + 1)]
+        pairs = [pb.MergePair(from_id=f"u{chunk[2 * k]:08d}", into_id=f"u{chunk[2 * k + 1]:08d}")
+                 for k in range(MERGE_BATCH)]
+        out.append(pb.MergeRequest(pairs=pairs).SerializeToString())
+    return out
+
+
+async def _stream(channel: Any, stop: Any, method: str, counted: Any, per_message: int, rate: float,
+                  messages: list[bytes]) -> dict[str, Any]:
+    """Send a message every ``per_message / rate`` seconds until ``stop`` is set (open loop, at most
+    STREAM_IN_FLIGHT unacknowledged: a server that cannot keep up shows as a lower rate); ``counted``
+    reads how many items a reply acknowledges. Messages are not sent twice."""
+    from server.proto_gen import segmentation_pb2 as pb
+
+    reply = {"LoadEvents": pb.WriteResponse, "Merge": pb.MergeResponse}[method]
+    call = channel.unary_unary(f"/segengine.v1.Segmentation/{method}", request_serializer=None,
+                               response_deserializer=reply.FromString)
     latencies: list[float] = []
     applied = [0]
 
     async def send(message: bytes) -> None:
         started = time.perf_counter()
-        applied[0] += (await call(message, timeout=120)).applied
+        applied[0] += counted(await call(message, timeout=120))
         latencies.append((time.perf_counter() - started) * 1000)
 
     tasks: set[asyncio.Future] = set()
     began = time.perf_counter()
     k = 0
-    while not stop.is_set():
-        due = began + k * INGEST_BATCH / rate
+    while not stop.is_set() and (method == "LoadEvents" or k < len(messages)):
+        due = began + k * per_message / rate
         if due > time.perf_counter():
             await asyncio.sleep(due - time.perf_counter())
         tasks = {t for t in tasks if not t.done()}
-        if len(tasks) >= INGEST_IN_FLIGHT:
+        if len(tasks) >= STREAM_IN_FLIGHT:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             continue
         tasks.add(asyncio.ensure_future(send(messages[k % len(messages)])))
@@ -238,23 +262,28 @@ async def _ingest(channel: Any, stop: Any, rate: float, messages: list[bytes]) -
     if tasks:
         await asyncio.wait(tasks)
     elapsed = time.perf_counter() - began
-    return {"events_per_s": applied[0] / elapsed, "calls": len(latencies),
+    return {"items_per_s": applied[0] / elapsed, "calls": len(latencies),
             "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
 
 
-async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: int, rate: float) -> dict[str, Any]:
+async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: int,
+                      rates: dict[str, float]) -> dict[str, Any]:
     import grpc
 
     from server.proto_gen import segmentation_pb2 as pb
     from server.proto_gen import segmentation_pb2_grpc as pb_grpc
 
-    messages = _page_views(profiles, 100, seed=7) if mode == "ingest" else []
+    messages = (_page_views(profiles, 100, seed=7) if mode == "ingest" else
+                _merges(profiles, int(rates["merge"] * 60 / MERGE_BATCH) + 1, seed=7) if mode == "merge" else [])
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
         stub = pb_grpc.SegmentationStub(channel)
         await channel.channel_ready()
         ready.set()
         if mode == "ingest":
-            return await _ingest(channel, stop, rate, messages)
+            return await _stream(channel, stop, "LoadEvents", lambda r: r.applied, INGEST_BATCH, rates["ingest"],
+                                 messages)
+        if mode == "merge":
+            return await _stream(channel, stop, "Merge", lambda r: r.merged, MERGE_BATCH, rates["merge"], messages)
         latencies: list[float] = []
         pauses: list[float] = []
         while not stop.is_set():
@@ -270,9 +299,9 @@ async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: 
 
 
 def background_process(queue: Any, stop: Any, ready: Any, address: str, mode: str, profiles: int,
-                       rate: float) -> None:
+                       rates: dict[str, float]) -> None:
     """Entry point of the background client: load the server until ``stop`` is set."""
-    queue.put(asyncio.run(_background(address, mode, stop, ready, profiles, rate)))
+    queue.put(asyncio.run(_background(address, mode, stop, ready, profiles, rates)))
 
 
 def contention(address: str, args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
@@ -291,7 +320,8 @@ def contention(address: str, args: argparse.Namespace, names: list[str]) -> dict
     for mode in modes:
         queue, stop, ready = ctx.Queue(), ctx.Event(), ctx.Event()
         process = ctx.Process(target=background_process,
-                              args=(queue, stop, ready, address, mode, args.profiles, args.ingest_rate))
+                              args=(queue, stop, ready, address, mode, args.profiles,
+                                    {"ingest": args.ingest_rate, "merge": args.merge_rate}))
         process.start()
         ready.wait()
         time.sleep(1.0)
@@ -300,7 +330,8 @@ def contention(address: str, args: argparse.Namespace, names: list[str]) -> dict
         results[mode]["background"] = queue.get()
         process.join()
         bg = results[mode]["background"]
-        extra = (f", {bg['events_per_s']:,.0f} events/s acknowledged" if mode == "ingest" else
+        extra = (f", {bg['items_per_s']:,.0f} events/s acknowledged" if mode == "ingest" else
+                 f", {bg['items_per_s']:,.0f} merges/s acknowledged" if mode == "merge" else
                  f", capture pause p50 {percentile(bg['pause_ms'], 0.5):.0f} ms, max {max(bg['pause_ms'], default=0):.0f} ms"
                  if mode == "snapshot" else "")
         print(f"  background {mode}: {bg['calls']} calls, p50 {bg['p50']:.1f} ms, p99 {bg['p99']:.1f} ms{extra}")
@@ -387,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=20_000, help="in-engine membership samples")
     parser.add_argument("--contention", default="", help=f"comma list of background loads: {','.join(CONTENTION_MODES)}")
     parser.add_argument("--ingest-rate", type=float, default=100_000, help="events/s of --contention ingest")
+    parser.add_argument("--merge-rate", type=float, default=5_000, help="merges/s of --contention merge")
     parser.add_argument("--heavy-nice", type=int, default=None, help="server: nice of the heavy-query threads")
     parser.add_argument("--data-dir", default=None, help="durable server's directory (default: a temporary one)")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the figures to this JSON file")
@@ -404,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(filter(None, args.contention.split(","))) - set(CONTENTION_MODES)
     if unknown:
         parser.error(f"unknown --contention modes {sorted(unknown)}")
-    durable = bool({"ingest", "snapshot"} & set(args.contention.split(",")))
+    durable = bool({"ingest", "snapshot", "merge"} & set(args.contention.split(",")))
     data_dir = (args.data_dir or tempfile.mkdtemp(prefix="segengine-bench-")) if durable else None
     try:
         return run(args, data_dir)
