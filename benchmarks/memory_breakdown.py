@@ -106,7 +106,7 @@ def report_events(label: str, engine: Engine, base_rss: int, n_events: int) -> d
     shard = engine.shards[0]
     parts = {name: size / n_events for name, size in events_breakdown(shard.events).items()}
     parts["DID query caches (window unions, count-level spans)"] = \
-        (held_bytes(shard.did.union_cache) + held_bytes(shard.did.levels_cache)) / n_events
+        shard.did.cache.nbytes / n_events
     shown = ", ".join(f"{name} {size:.2f}" for name, size in parts.items() if size >= 0.005)
     print(f"{label}: RSS {rss:.2f} B/event; structures {sum(parts.values()):.2f} = {shown}", flush=True)
     return {"rss": rss, **parts}

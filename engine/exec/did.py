@@ -27,11 +27,11 @@ from ..retention import floor as retention_floor
 from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.latest_times import time_at
 from ..store.events import DAY_MS, NO_TIME, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore, EventTypeStore
-from ..store.lru import drop_oldest
 from ..store.runs import SCALED_NULL, Run
 from .after_last import present_after_last
 from .aggregate import aggregate_rows, holds_at_zero
-from .count_levels import WholeLevels, rows_passing, window_levels
+from .count_levels import rows_passing, window_levels
+from .query_cache import QueryCache
 from .row_counts import DEBRUIJN_INDEX, count_upto, count_upto2, emit_counts, emit_upto2, runs_passing
 from .sequence import sequence_rows
 from .where_bins import present_where
@@ -283,9 +283,9 @@ class DidEvaluator:
     def __init__(self, events: EventStore):
         self.events = events
         self.buffers = ScratchPool()
-        self.union_cache: dict[tuple, BitMap] = {}
-        self.levels_cache: dict[tuple, WholeLevels] = {}  # count levels of whole days, see count_levels
-        self.edge_levels_cache: dict[tuple, dict[int, BitMap]] = {}  # levels of whole windows, see count_levels
+        # unions of buckets and of a WHERE's bins, count levels of whole days and of whole windows
+        # (see where_bins, count_levels), within one byte budget
+        self.cache = QueryCache(events)
 
     def estimate(self, node: ast.Did, now: int | None = None) -> float:
         """An upper bound of the rows a DID selects: the rows that ever had such an event, and (at
@@ -432,16 +432,14 @@ class DidEvaluator:
                        buckets: dict[int, BitMap]) -> BitMap:
         """Union of the ``size`` buckets first..last of ``buckets`` (cached per store generation; do not mutate)."""
         key = (id(store), size, first, last, store.generation)
-        cached = self.union_cache.get(key)
+        cached = self.cache.get(key)
         if cached is None:
             if last - first + 1 <= len(buckets):
                 bitmaps = [buckets[b] for b in range(first, last + 1) if b in buckets]
             else:
                 bitmaps = [bitmap for b, bitmap in buckets.items() if first <= b <= last]
             cached = union_all(bitmaps)
-            if len(self.union_cache) > 256:
-                drop_oldest(self.union_cache)
-            self.union_cache[key] = cached
+            self.cache.put(key, cached)
         return cached
 
     def event_masks(self, node: ast.Did, store: EventTypeStore, parts: list[Run], now: int,

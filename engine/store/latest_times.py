@@ -20,6 +20,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .growable import zeroed
 from .runs import NO_TIME
 
 _HIGH_DTYPES = (np.uint8, np.uint16, np.int64)
@@ -109,7 +110,7 @@ class LatestTimes:
         old_low, old_high, epoch0 = self.parts
         if size > len(old_high):
             size = max(size, len(old_high) + len(old_high) // 2 + 1024)
-            low, high = np.zeros(size, dtype=np.uint32), np.zeros(size, dtype=old_high.dtype)
+            low, high = zeroed(size, np.uint32), zeroed(size, old_high.dtype)
             low[:len(old_low)], high[:len(old_high)] = old_low, old_high
             self.parts = (low, high, epoch0)
 
