@@ -16,15 +16,19 @@ from ..store.latest_times import time_at
 
 
 @numba.njit(cache=True, nogil=True)
-def later_rows(rows, low_e, high_e, epoch_e, low_f, high_f, epoch_f, earliest_f, lo):
+def later_rows(rows, latest_e, latest_f, earliest_f, lo):
     """The ``rows`` (ascending in, ascending out) whose latest e time is >= lo and after their
     latest f time, which must exist and be >= earliest_f (latest times: ``LatestTimes.parts``)."""
+    words_e, ranks_e, low_e, high_e, xrows_e, xlow_e, xhigh_e, epoch_e = latest_e
+    words_f, ranks_f, low_f, high_f, xrows_f, xlow_f, xhigh_f, epoch_f = latest_f
     out = np.empty(len(rows), dtype=np.uint32)
     n = 0
     for i in range(len(rows)):
         row = rows[i]
-        t_f = time_at(low_f, high_f, epoch_f, row)
-        t_e = time_at(low_e, high_e, epoch_e, row)
+        t_f = time_at(words_f, ranks_f, low_f, high_f, xrows_f, xlow_f, xhigh_f, epoch_f, row)
+        if t_f == NO_TIME:
+            continue
+        t_e = time_at(words_e, ranks_e, low_e, high_e, xrows_e, xlow_e, xhigh_e, epoch_e, row)
         if t_f != NO_TIME and t_f >= earliest_f and t_e > t_f and t_e >= lo:
             out[n] = row
             n += 1
@@ -48,4 +52,4 @@ def present_after_last(store: EventTypeStore, after: EventTypeStore, lo: int, hi
     size = max(int(store.ever.max()), int(after.ever.max())) + 1  # latest_before fills in every row's time
     latest_e = store.latest_before(now, size)
     latest_f = after.latest_before(now, size)
-    return to_bitmap(later_rows(rows_of(candidates), *latest_e.parts, *latest_f.parts, earliest, lo), assume_sorted=True)
+    return to_bitmap(later_rows(rows_of(candidates), latest_e.parts, latest_f.parts, earliest, lo), assume_sorted=True)

@@ -71,12 +71,13 @@ def gather_rows(rows, keep, use_keep, member, use_member, out, n):
 
 
 @numba.njit(cache=True, nogil=True)
-def after_latest(rows, ts, base, low, high, epoch0, earliest):
+def after_latest(rows, ts, base, latest, earliest):
     """Per event, whether its row has a latest time (``LatestTimes.parts``; not NO_TIME, at least
     ``earliest``) and the event is after it."""
+    words, ranks, low, high, xrows, xlow, xhigh, epoch0 = latest
     out = np.empty(len(rows), dtype=np.bool_)
     for i in range(len(rows)):
-        t = time_at(low, high, epoch0, rows[i])
+        t = time_at(words, ranks, low, high, xrows, xlow, xhigh, epoch0, rows[i])
         out[i] = t != NO_TIME and t >= earliest and base + np.int64(ts[i]) > t
     return out
 
@@ -453,7 +454,7 @@ class DidEvaluator:
         for part in parts:
             keep = None if node.where is None else where_mask(node.where, part, store, now)
             if latest is not None:
-                after = after_latest(part.rows, part.ts, part.base, *latest.parts, earliest)
+                after = after_latest(part.rows, part.ts, part.base, latest.parts, earliest)
                 keep = after if keep is None else keep & after
             keeps.append(keep)
         return keeps
