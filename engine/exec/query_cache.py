@@ -32,7 +32,7 @@ from pyroaring import BitMap, FrozenBitMap
 #: Bytes the DID evaluator keeps per event of the shard (see docs/design.md for the trade-off).
 BYTES_PER_EVENT = 0.3
 #: The budget of a small shard: at least this many bytes.
-MIN_BUDGET_BYTES = 4 << 20
+MIN_BUDGET_BYTES = 1 << 20
 
 
 def held_bytes(value: Any) -> int:
