@@ -31,7 +31,7 @@ from .row_index import RowIndex, build_row_index
 from .runs import Run
 
 #: Row-index bytes a shard keeps per event it holds (see docs/design.md for the trade-off).
-BYTES_PER_EVENT = 3.0
+BYTES_PER_EVENT = 3.2
 #: The budget of a small shard: at least this many bytes.
 MIN_BUDGET_BYTES = 16 << 20
 #: Use counts are halved after this many uses per tracked run.
