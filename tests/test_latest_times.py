@@ -68,3 +68,20 @@ def test_negative_times_and_the_bytes_per_row() -> None:
     built.add(np.array([5, 999]), np.array([11, 8 * EPOCH]))
     assert built.gather(np.array([0, 1, 5, 999])).tolist() == [-5, NO_TIME, 11, 8 * EPOCH]
     assert built.to_int64().tolist() == [-5, NO_TIME, NO_TIME, NO_TIME, NO_TIME, 11] + [NO_TIME] * 993 + [8 * EPOCH]
+
+
+def test_a_query_s_unpacked_times_equal_the_packed_ones() -> None:
+    """``from_events(packed=False)`` (every row a place: a query's own times) answers as the packed form."""
+    rng = np.random.default_rng(5)
+    parts = [(rng.integers(0, 700, 300), rng.integers(-3 * EPOCH, 300 * EPOCH, 300)) for _ in range(3)]
+    rows, ts = [r for r, _ in parts], [t for _, t in parts]
+    packed = LatestTimes.from_events(650, rows, ts)
+    unpacked = LatestTimes.from_events(650, rows, ts, packed=False)
+    probe = np.arange(-2, 800)
+    naive: dict[int, int] = {}
+    for r, t in zip(np.concatenate(rows).tolist(), np.concatenate(ts).tolist()):
+        naive[r] = max(naive.get(r, NO_TIME), t)
+    assert unpacked.gather(probe).tolist() == packed.gather(probe).tolist() == _expected(naive, probe)
+    assert unpacked.high.dtype == packed.high.dtype == np.uint16 and len(unpacked.low) == 704
+    assert LatestTimes.from_events(10, [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], packed=False).gather(
+        np.arange(3)).tolist() == [NO_TIME] * 3

@@ -466,7 +466,7 @@ class EventTypeStore(TypeLevels, TypeState):
                 return latest
         parts = self.window(NO_TIME, now)
         return LatestTimes.from_events(max(size, self.row_bound()), [part.rows for part in parts],
-                                       [part.absolute_ts() for part in parts])
+                                       [part.absolute_ts() for part in parts], packed=False)
 
     @property
     def nbytes(self) -> int:
