@@ -1,13 +1,14 @@
 """CPU time of compare.py's event queries in an in-process engine (one shard).
 
-    python benchmarks/did_cpu.py [--profiles 1000000] [--repeat 7] [--only name1,name2] [--json out.json]
+    python benchmarks/did_cpu.py [--profiles 1000000] [--repeat 7] [--only name1,name2] [--all] [--json out.json]
 
 Generates the compare.py data set (5 events per profile, fixed seed and clock), loads it into
 ``Engine(shards=1)`` (whose shard runs in the calling thread) and times ``Engine.count`` with
 ``time.thread_time()``, so a loaded machine changes the figures far less than wall-clock time does.
 Each query runs once untimed first (kept structures are built on first use; the script waits for
 count levels built in the background), then ``--repeat`` times;
-the table shows the count and the median CPU ms. Run the same script against another checkout
+the table shows the count and the median CPU ms. ``--all`` also runs compare.py's attribute and
+behaviour queries (all 32 of ``queries.py``). Run the same script against another checkout
 (``PYTHONPATH`` at it) to compare revisions; the counts must agree.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ for path in (str(HERE.parent), str(HERE)):
 
 from engine import Engine, Schema  # noqa: E402
 from loaders.generator import generate  # noqa: E402
-from queries import NOW_MS, event_queries  # noqa: E402
+from queries import NOW_MS, attribute_queries, behaviour_queries, event_queries  # noqa: E402
 
 
 def settled(eng: Engine, limit_s: float = 120.0) -> None:
@@ -55,9 +56,12 @@ def main() -> int:
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--only", help="comma-separated query names")
+    parser.add_argument("--all", action="store_true", help="also the attribute and behaviour queries")
     parser.add_argument("--json", help="also write {name: [count, ms]} here")
     args = parser.parse_args()
-    queries = [q for q in event_queries(NOW_MS) if not args.only or q.name in args.only.split(",")]
+    chosen = [*attribute_queries(NOW_MS), *event_queries(NOW_MS), *behaviour_queries(NOW_MS)] if args.all \
+        else event_queries(NOW_MS)
+    queries = [q for q in chosen if not args.only or q.name in args.only.split(",")]
     ds = generate(args.profiles, 5 * args.profiles, seed=7, now_ms=NOW_MS)
     results = {}
     with Engine(Schema.from_dict(ds.schema), shards=1) as eng:

@@ -92,6 +92,18 @@ def events_breakdown(events: EventStore) -> dict[str, float]:
     return parts
 
 
+def profile_side_bytes(shard: Any) -> int:
+    """Bytes of a shard's profile side: the id map's and the aliases' logical arrays and table, every
+    attribute index and the consent bitmaps (merges change them: fills, departures, aliases)."""
+    store = shard.profiles
+    idmap, aliases = store.idmap, shard.aliases
+    total = idmap.offsets.view().nbytes + idmap.buffer.view().nbytes + idmap.table.nbytes
+    total += aliases.ids.offsets.view().nbytes + aliases.ids.buffer.view().nbytes + aliases.ids.table.nbytes
+    total += sum(part.view().nbytes for part in (aliases.target, aliases.next, aliases.head))
+    total += sum(held_bytes(vars(index)) for index in store.indexes.values())
+    return total + sum(bitmap_bytes(b) for b in [*store.consents.values(), *store.consents_set.values(), store.live])
+
+
 def trimmed_rss() -> int:
     """RSS after a full GC and ``malloc_trim`` (the data held, not the allocator's free pages)."""
     gc.collect()
@@ -99,14 +111,15 @@ def trimmed_rss() -> int:
     return rss_bytes()
 
 
-def report_events(label: str, engine: Engine, base_rss: int, n_events: int) -> dict[str, float]:
-    """Print RSS per event since ``base_rss`` and the bytes per event of each event structure and of
-    the shard's DID caches."""
+def report_events(label: str, engine: Engine, base_rss: int, n_events: int, base_profiles: int) -> dict[str, float]:
+    """Print RSS per event since ``base_rss`` and the bytes per event of each event structure, of the
+    shard's DID caches and of the profile side's growth since it held ``base_profiles`` bytes."""
     rss = (trimmed_rss() - base_rss) / n_events
     shard = engine.shards[0]
     parts = {name: size / n_events for name, size in events_breakdown(shard.events).items()}
     parts["DID query caches (window unions, count-level spans)"] = \
-        (held_bytes(shard.did.union_cache) + held_bytes(shard.did.levels_cache)) / n_events
+        shard.did.cache.nbytes / n_events
+    parts["profile side since the profile load"] = (profile_side_bytes(shard) - base_profiles) / n_events
     shown = ", ".join(f"{name} {size:.2f}" for name, size in parts.items() if size >= 0.005)
     print(f"{label}: RSS {rss:.2f} B/event; structures {sum(parts.values()):.2f} = {shown}", flush=True)
     return {"rss": rss, **parts}
@@ -153,23 +166,24 @@ def main() -> None:
     after_profiles = trimmed_rss()
     print(f"{n:,} profiles: RSS {(after_profiles - empty) / n:.1f} B/profile, load {n / seconds:,.0f} profiles/s")
     profile_part(engine, n)
+    profiles_bytes = profile_side_bytes(engine.shards[0])
     if n_events:
         for batch in dataset.events:
             engine.load_events(batch)
-        report_events(f"{n_events:,} events loaded", engine, after_profiles, n_events)
+        report_events(f"{n_events:,} events loaded", engine, after_profiles, n_events, profiles_bytes)
         for query in queries:
             engine.count(query.seg, now=NOW_MS)
-        report_events(f"after the {len(queries)} queries of queries.py", engine, after_profiles, n_events)
+        report_events(f"after the {len(queries)} queries of queries.py", engine, after_profiles, n_events, profiles_bytes)
         if args.sequence_all:
             engine.count(SEQUENCE_ALL, now=NOW_MS)
-            report_events("after a SEQUENCE over every type and a year", engine, after_profiles, n_events)
+            report_events("after a SEQUENCE over every type and a year", engine, after_profiles, n_events, profiles_bytes)
         ids = list(dataset.profiles.ids)
         merges = min(args.merges, len(ids) // 2)
         for start in range(0, merges, MERGE_BATCH):
             stop = min(start + MERGE_BATCH, merges)
             engine.merge_many(list(zip(ids[start:stop], ids[merges + start:merges + stop])))
         engine.export_profile(ids[-1])
-        last = report_events(f"after {merges:,} merges and one export", engine, after_profiles, n_events)
+        last = report_events(f"after {merges:,} merges and one export", engine, after_profiles, n_events, profiles_bytes)
         bound = last["runs (live events)"] / COMPACT_DEAD_SHARE
         print(f"worst case: RSS {last['rss'] - last['runs (events deleted by marking)'] + bound:.2f} B/event "
               f"(events deleted by marking at their bound, {bound:.2f} B/event, before compaction)")

@@ -22,7 +22,7 @@ except ImportError:  # tests/ imported as a package
     from tests.oracle_retention import RetentionStore
     from tests.test_sequence_index import NOW, QUERIES, SCHEMA, SCHEMA_DICT, _events
 
-INDEX_BYTES = 828  # a run of 100 events of 100 distinct rows: 400 times + 404 starts + 16 words + 8 ranks
+INDEX_BYTES = 642  # a run of 100 events of 100 distinct rows: 400 times, 16 + 202 starts (2 bases, 101 offsets), 16 words, 8 ranks
 
 
 def _run(seed: int) -> Run:

@@ -26,18 +26,12 @@ from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.count_levels import CAP, WHOLE_TYPE, Levels
 from ..store.events import DAY_MS, NO_TIME, EventTypeStore
-from ..store.lru import drop_oldest
+from .query_cache import held_bytes
 from .where_bins import whole_days, bin_verdicts, group_by_property
 
 if TYPE_CHECKING:
     from .did import DidEvaluator
 
-#: Kept whole-day levels per evaluator: each up to CAP bitmaps, and once an edge needs them, the
-#: levels below the top as bitsets (1 bit per row and level: 1.25 MB per level at 10M rows).
-LEVELS_CACHE = 8
-#: Window levels (whole days plus the edges' events) kept per evaluator for windows with absolute
-#: edges, met again at the same store generation.
-EDGE_LEVELS_CACHE = 8
 #: A found set this many times smaller than the rows that ever had such an event filters the edge
 #: events. A count up to 2 within any found set stays on the event counter (``count_upto2``: one
 #: pass over the window's events, measured cheaper than the levels when the DID is not alone).
@@ -56,6 +50,7 @@ class WholeLevels:
         self.levels = levels
         self.rows = rows
         self.bits: np.ndarray | None = None
+        self._levels_bytes: int | None = None
 
     def bitsets(self, upto: int) -> np.ndarray:
         """The levels 1..upto as bitsets (a 2-d uint64 array; built once, then kept)."""
@@ -66,6 +61,13 @@ class WholeLevels:
                 fill_bits(bits[j], rows_of(self.levels[j]))
             self.bits = bits
         return bits
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the level bitmaps' containers and of the bitsets."""
+        if self._levels_bytes is None:
+            self._levels_bytes = held_bytes(self.levels)
+        return self._levels_bytes + (0 if self.bits is None else self.bits.nbytes)
 
 
 def needed_levels(wanted: list[bool]) -> list[int]:
@@ -288,13 +290,11 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     if any([store.levels(prop) is None for prop in {prop for prop, _ in sources}]):
         return None  # being built: count the events meanwhile
     key = ("levels", id(store), node.where, all_time, first, last, top, store.generation)
-    whole = evaluator.levels_cache.get(key)
+    whole = evaluator.cache.get(key)
     if whole is None:
         whole = WholeLevels(_whole_levels(evaluator, store, sources, first, last, all_time, top),
                             int(store.ever.max()) + 1 if store.ever else 0)
-        if len(evaluator.levels_cache) >= LEVELS_CACHE:
-            drop_oldest(evaluator.levels_cache)
-        evaluator.levels_cache[key] = whole
+        evaluator.cache.put(key, whole)
     spans = []
     if not all_time:
         if first is not None and lo < first * DAY_MS:
@@ -308,13 +308,11 @@ def window_levels(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
         and not any(isinstance(t, ast.Now) for t in (node.since, node.before))
     clock = now if node.where is not None else None
     edges_key = (key, tuple(spans), tuple(needed), clock) if within is None and absolute else None
-    kept = evaluator.edge_levels_cache.get(edges_key) if edges_key is not None else None
+    kept = evaluator.cache.get(edges_key) if edges_key is not None else None
     if kept is not None:
         return kept
     rows, counts = _edge_counts(evaluator, node, store, spans, now, within, top) if spans else (np.zeros(0), None)
     levels = _with_edges(whole, rows, counts, needed)
     if edges_key is not None:
-        if len(evaluator.edge_levels_cache) >= EDGE_LEVELS_CACHE:
-            drop_oldest(evaluator.edge_levels_cache)
-        evaluator.edge_levels_cache[edges_key] = levels
+        evaluator.cache.put(edges_key, levels)
     return levels

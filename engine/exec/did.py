@@ -25,13 +25,12 @@ from pyroaring import BitMap
 from ..query import ast
 from ..retention import floor as retention_floor
 from ..store.bitmaps import rows_of, to_bitmap, union_all
-from ..store.latest_times import time_at
 from ..store.events import DAY_MS, NO_TIME, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore, EventTypeStore
-from ..store.lru import drop_oldest
 from ..store.runs import SCALED_NULL, Run
 from .after_last import present_after_last
 from .aggregate import aggregate_rows, holds_at_zero
-from .count_levels import WholeLevels, rows_passing, window_levels
+from .count_levels import rows_passing, window_levels
+from .query_cache import QueryCache
 from .row_counts import DEBRUIJN_INDEX, count_upto, count_upto2, emit_counts, emit_upto2, runs_passing
 from .sequence import sequence_rows
 from .where_bins import present_where
@@ -71,12 +70,12 @@ def gather_rows(rows, keep, use_keep, member, use_member, out, n):
 
 
 @numba.njit(cache=True, nogil=True)
-def after_latest(rows, ts, base, low, high, epoch0, earliest):
-    """Per event, whether its row has a latest time (``LatestTimes.parts``; not NO_TIME, at least
-    ``earliest``) and the event is after it."""
-    out = np.empty(len(rows), dtype=np.bool_)
-    for i in range(len(rows)):
-        t = time_at(low, high, epoch0, rows[i])
+def after_latest(ts, base, latest, earliest):
+    """Per event (its uint32 time ``ts`` from ``base``), whether its row's latest time (``latest``, per
+    event: NO_TIME for none) is at least ``earliest`` and the event is after it."""
+    out = np.empty(len(ts), dtype=np.bool_)
+    for i in range(len(ts)):
+        t = latest[i]
         out[i] = t != NO_TIME and t >= earliest and base + np.int64(ts[i]) > t
     return out
 
@@ -283,9 +282,9 @@ class DidEvaluator:
     def __init__(self, events: EventStore):
         self.events = events
         self.buffers = ScratchPool()
-        self.union_cache: dict[tuple, BitMap] = {}
-        self.levels_cache: dict[tuple, WholeLevels] = {}  # count levels of whole days, see count_levels
-        self.edge_levels_cache: dict[tuple, dict[int, BitMap]] = {}  # levels of whole windows, see count_levels
+        # unions of buckets and of a WHERE's bins, count levels of whole days and of whole windows
+        # (see where_bins, count_levels), within one byte budget
+        self.cache = QueryCache(events)
 
     def estimate(self, node: ast.Did, now: int | None = None) -> float:
         """An upper bound of the rows a DID selects: the rows that ever had such an event, and (at
@@ -432,16 +431,14 @@ class DidEvaluator:
                        buckets: dict[int, BitMap]) -> BitMap:
         """Union of the ``size`` buckets first..last of ``buckets`` (cached per store generation; do not mutate)."""
         key = (id(store), size, first, last, store.generation)
-        cached = self.union_cache.get(key)
+        cached = self.cache.get(key)
         if cached is None:
             if last - first + 1 <= len(buckets):
                 bitmaps = [buckets[b] for b in range(first, last + 1) if b in buckets]
             else:
                 bitmaps = [bitmap for b, bitmap in buckets.items() if first <= b <= last]
             cached = union_all(bitmaps)
-            if len(self.union_cache) > 256:
-                drop_oldest(self.union_cache)
-            self.union_cache[key] = cached
+            self.cache.put(key, cached)
         return cached
 
     def event_masks(self, node: ast.Did, store: EventTypeStore, parts: list[Run], now: int,
@@ -455,7 +452,7 @@ class DidEvaluator:
         for part in parts:
             keep = None if node.where is None else where_mask(node.where, part, store, now)
             if latest is not None:
-                after = after_latest(part.rows, part.ts, part.base, *latest.parts, earliest)
+                after = after_latest(part.ts, part.base, latest.gather(part.rows), earliest)
                 keep = after if keep is None else keep & after
             keeps.append(keep)
         return keeps

@@ -27,7 +27,6 @@ from pyroaring import BitMap
 from ..query import ast
 from ..store.bitmaps import rows_of, to_bitmap, union_all
 from ..store.events import DAY_MS, NO_TIME, EventTypeStore
-from ..store.lru import drop_oldest
 from ..store.property_bitmaps import BINNED_KINDS, EDGES, NULL_BIN, bin_bounds
 
 if TYPE_CHECKING:
@@ -239,7 +238,7 @@ def present_where(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
         return None
     within = found if found is not None and len(found) * FOUND_RATIO < len(store.ever) else None
     key = ("where", id(store), node.where, all_time, first, last, store.generation)
-    cached = evaluator.union_cache.get(key) if within is None else None
+    cached = evaluator.cache.get(key) if within is None else None
     if cached is None:
         whole, candidates = _bin_unions(store, groups, first, last, all_time, within)
         if candidates:
@@ -248,9 +247,7 @@ def present_where(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
             whole = whole | scan_where(evaluator, store, node.where, span_lo, span_hi, now, candidates)
         cached = whole
         if within is None:
-            if len(evaluator.union_cache) > 256:
-                drop_oldest(evaluator.union_cache)
-            evaluator.union_cache[key] = whole
+            evaluator.cache.put(key, whole)
     if all_time:
         return cached
     edges = []

@@ -2,7 +2,9 @@
 
 A run (``engine.store.runs``) keeps its events in time order, so the events of one row are spread
 over all of it. Its ``RowIndex`` lists the same events sorted by (row, time): the distinct rows,
-``starts`` where each one's times begin, ``times`` the uint32 offsets from the run's base. The
+where each one's times begin, ``times`` the uint32 offsets from the run's base. The i-th row's
+times begin at ``bases[i >> 6] + offsets[i]``: an int64 per 64 rows and a uint16 per row (uint32
+when 64 rows of the run hold 65,536 events or more), 2 bytes per row instead of an int32's 4. The
 distinct rows are a bitset with the rank of each word (``words``, ``ranks``: 12 bytes per 64 rows,
 a row's position is its rank) when at least 3 in 64 rows of the run's range have events, else a
 sorted int32 array (``keys``, 4 bytes per row, searched by galloping). Runs are never changed once
@@ -13,6 +15,8 @@ row-index budget allows: ``engine.store.row_index_cache``).
 >>> index = build_row_index(np.array([5, 2, 5, 9], np.int32), np.array([10, 20, 30, 40], np.uint32))
 >>> index.words.tolist(), index.starts.tolist(), index.times.tolist()  # rows 2, 5, 9: dense
 ([548], [0, 1, 3, 4], [20, 10, 30, 40])
+>>> index.bases.tolist(), index.offsets.dtype
+([0], dtype('uint16'))
 >>> a, b = row_slices(*index.lookup, 0, np.array([1, 5, 9]), 15, 39)
 >>> a.tolist(), b.tolist()  # row 1: none; row 5: its events in [15, 39]; row 9: none
 ([0, 2, 3], [0, 3, 3])
@@ -38,18 +42,25 @@ class RowIndex:
     keys: np.ndarray  # int32 distinct rows, ascending (empty when ``words`` holds them)
     words: np.ndarray  # uint64 bitset of the distinct rows (empty when ``keys`` holds them)
     ranks: np.ndarray  # int32 per word: the rows set in the words before it
-    starts: np.ndarray  # int32 (int64 past 2**31 events), len(keys) + 1: row keys[i]'s times are times[starts[i]:starts[i + 1]]
+    # the i-th distinct row's times are times[start(i):start(i + 1)], start(i) = bases[i >> 6] + offsets[i]
+    bases: np.ndarray  # int64 per 64 rows (and one for the end)
+    offsets: np.ndarray  # uint16 (uint32 if needed) per row and one for the end, from its block's base
     times: np.ndarray  # uint32 offsets from the run's base, by row, then time
 
     @property
     def lookup(self) -> tuple[np.ndarray, ...]:
-        """(keys, words, ranks, starts, times): the arrays ``row_slices`` reads."""
-        return self.keys, self.words, self.ranks, self.starts, self.times
+        """(keys, words, ranks, bases, offsets, times): the arrays ``row_slices`` reads."""
+        return self.keys, self.words, self.ranks, self.bases, self.offsets, self.times
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Where each distinct row's times begin, and the end (int64; built on each call)."""
+        return self.bases[np.arange(len(self.offsets)) >> 6] + self.offsets
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the index's arrays."""
-        return self.keys.nbytes + self.words.nbytes + self.ranks.nbytes + self.starts.nbytes + self.times.nbytes
+        return sum(part.nbytes for part in self.lookup)
 
 
 def build_row_index(rows: np.ndarray, ts: np.ndarray) -> RowIndex:
@@ -57,15 +68,17 @@ def build_row_index(rows: np.ndarray, ts: np.ndarray) -> RowIndex:
     row, which keeps each row's times in order."""
     no_words = np.empty(0, np.uint64), np.empty(0, np.int32)
     if len(rows) == 0:
-        return RowIndex(np.empty(0, np.int32), *no_words, np.zeros(1, np.int64), np.empty(0, np.uint32))
+        return RowIndex(np.empty(0, np.int32), *no_words, np.zeros(1, np.int64), np.zeros(1, np.uint16),
+                        np.empty(0, np.uint32))
     keys, starts, times = _grouped_by_row(rows, ts, int(rows.max()) + 1)
-    if len(times) < 2**31:
-        starts = starts.astype(np.int32)
+    bases = starts[::64].copy()
+    offsets = starts - np.repeat(bases, 64)[:len(starts)]
+    offsets = offsets.astype(np.uint16 if int(offsets.max()) < 1 << 16 else np.uint32)
     n_words = (int(keys[-1]) >> 6) + 1
     if len(keys) * 4 < n_words * 12:  # sparse: the sorted rows are smaller
-        return RowIndex(keys, *no_words, starts, times)
+        return RowIndex(keys, *no_words, bases, offsets, times)
     words, ranks = _bitset(keys, n_words)
-    return RowIndex(np.empty(0, np.int32), words, ranks, starts, times)
+    return RowIndex(np.empty(0, np.int32), words, ranks, bases, offsets, times)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -118,7 +131,7 @@ def _grouped_by_row(rows, ts, size):
 
 
 @numba.njit(cache=True, nogil=True)
-def row_slices(keys, words, ranks, starts, times, base, rows, lo, hi, clip=True):
+def row_slices(keys, words, ranks, bases, offsets, times, base, rows, lo, hi, clip=True):
     """Per row of ``rows`` (ascending), the slice [a, b) of ``times`` holding its events with
     lo <= base + time <= hi (a == b when it has none; without ``clip``, all its events if the window
     reaches the epoch from ``base``): a row's position is its rank in ``words`` or found by one
@@ -146,7 +159,7 @@ def row_slices(keys, words, ranks, starts, times, base, rows, lo, hi, clip=True)
             if not words[w] & bit:
                 continue
             p = ranks[w] + _popcount(words[w] & (bit - np.uint64(1)))
-            s, e = starts[p], starts[p + 1]
+            s, e = _start(bases, offsets, p), _start(bases, offsets, p + 1)
             if clip:
                 s = _first_at_least(times, s, e, lo_off)
                 e = _last_at_most(times, s, e, hi_off)
@@ -167,12 +180,18 @@ def row_slices(keys, words, ranks, starts, times, base, rows, lo, hi, clip=True)
             break
         if keys[p] != row:
             continue
-        s, e = starts[p], starts[p + 1]
+        s, e = _start(bases, offsets, p), _start(bases, offsets, p + 1)
         if clip:
             s = _first_at_least(times, s, e, lo_off)
             e = _last_at_most(times, s, e, hi_off)
         a[i], b[i] = s, e
     return a, b
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _start(bases, offsets, p):
+    """Where the p-th distinct row's times begin."""
+    return bases[p >> 6] + np.int64(offsets[p])
 
 
 @numba.njit(cache=True, nogil=True)

@@ -15,7 +15,7 @@ its index with it; eviction clears the attribute (a query holding the index keep
 >>> import numpy as np
 >>> from engine.store.runs import Run
 >>> runs = [Run(0, np.arange(100, dtype=np.uint32), np.arange(100, dtype=np.int32), {}) for _ in range(3)]
->>> cache = RowIndexCache(None, min_bytes=1000)  # room for one index of 828 bytes
+>>> cache = RowIndexCache(None, min_bytes=1000)  # room for one index of 642 bytes
 >>> [cache.get(run) is not None for run in runs], [run.row_index is not None for run in runs]
 ([True, True, True], [True, False, False])
 >>> _ = [cache.get(run) for run in runs]; [run.row_index is not None for run in runs]  # no thrashing
@@ -31,7 +31,7 @@ from .row_index import RowIndex, build_row_index
 from .runs import Run
 
 #: Row-index bytes a shard keeps per event it holds (see docs/design.md for the trade-off).
-BYTES_PER_EVENT = 3.5
+BYTES_PER_EVENT = 3.2
 #: The budget of a small shard: at least this many bytes.
 MIN_BUDGET_BYTES = 16 << 20
 #: Use counts are halved after this many uses per tracked run.
