@@ -55,8 +55,8 @@ def exclusive_timer(engine: Engine) -> list[float]:
     acquire, release = lock.acquire_write, lock.release_write
     started: list[float] = []
 
-    def timed_acquire(timeout: float | None = None) -> bool:
-        ok = acquire(timeout)
+    def timed_acquire(timeout: float | None = None, *more: bool) -> bool:
+        ok = acquire(timeout, *more)
         started.append(time.thread_time())
         return ok
 
