@@ -59,10 +59,11 @@ def payloads(shard: LocalShard, ids: list[str]) -> dict[str, Any]:
     found = np.flatnonzero(rows >= 0)
     out: list[dict[str, Any] | None] = [None] * len(ids)
     profiles, aliases = shard.profiles, shard.aliases
-    for position, row in zip(found.tolist(), rows[found].tolist()):
+    attrs, consents = profiles.attributes_of_rows(rows[found]), profiles.consents_of_rows(rows[found])
+    for position, row, values, purposes in zip(found.tolist(), rows[found].tolist(), attrs, consents):
         profile_id = ids[position]
-        out[position] = {"attrs": profiles.attributes_of(row), "consents": profiles.consents_of(row),
-                         "events": {}, "aliases": [profile_id, *aliases.aliases_of(row)]}
+        out[position] = {"attrs": values, "consents": purposes, "events": {},
+                         "aliases": [profile_id, *aliases.aliases_of(row)]}
     events, per_type = event_batches(shard.events, rows[found], [ids[p] for p in found.tolist()], len(profiles.idmap))
     counts: list[dict[str, int] | None] = [None] * len(ids)
     for position in found.tolist():

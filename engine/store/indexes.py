@@ -17,7 +17,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..columns import CategoryColumn, TagsColumn, ValueColumn
-from .bitmaps import group_rows, to_bitmap, union_all
+from .bitmaps import group_rows, scatter_rows, to_bitmap, union_all
 from .growable import GrowableArray
 from .union_cache import UnionCache
 
@@ -35,11 +35,9 @@ def _move(bitmaps: list[BitMap], rows: np.ndarray, old: np.ndarray, new: np.ndar
     changed = old != new
     rows, old, new = rows[changed], old[changed], new[changed]
     keep = old >= 0
-    for code, members in group_rows(rows[keep], old[keep]):
-        bitmaps[code].difference_update(to_bitmap(members, assume_sorted=True))
+    scatter_rows(bitmaps, rows[keep], old[keep], remove=True)
     keep = new >= 0
-    for code, members in group_rows(rows[keep], new[keep]):
-        bitmaps[code].update(to_bitmap(members, assume_sorted=True))
+    scatter_rows(bitmaps, rows[keep], new[keep])
 
 
 class _KeptUnions:
@@ -163,6 +161,11 @@ class CategoryIndex(_KeptUnions):
         code = int(self.codes.data[row])
         return None if code < 0 else self.labels[code]
 
+    def values_of(self, rows: np.ndarray) -> list[str | None]:
+        """The value of each of ``rows``, one gather."""
+        labels = self.labels
+        return [None if code < 0 else labels[code] for code in self.codes.data[rows].tolist()]
+
     def estimate(self, label: str) -> int:
         """Row count for ``label`` (exact)."""
         return len(self.eq(label))
@@ -211,6 +214,10 @@ class BoolIndex:
         """The value of ``row``."""
         code = int(self.column.data[row])
         return None if code < 0 else bool(code)
+
+    def values_of(self, rows: np.ndarray) -> list[bool | None]:
+        """The value of each of ``rows``, one gather."""
+        return [None if code < 0 else bool(code) for code in self.column.data[rows].tolist()]
 
     def to_state(self, writer: StateWriter) -> dict[str, Any]:
         """The index's part of a snapshot."""
@@ -362,6 +369,10 @@ class TagsIndex(_KeptUnions):
         """The tags of ``row``, sorted."""
         ident = int(self.column.data[row])
         return None if ident < 0 else list(self.sorted_labels(ident))
+
+    def values_of(self, rows: np.ndarray) -> list[list[str] | None]:
+        """The tags of each of ``rows``, sorted, one gather."""
+        return [None if ident < 0 else list(self.sorted_labels(ident)) for ident in self.column.data[rows].tolist()]
 
     def to_state(self, writer: StateWriter) -> dict[str, Any]:
         """The index's part of a snapshot (kept unions are not stored)."""

@@ -21,7 +21,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..columns import ValueColumn
-from .bitmaps import group_rows, rows_of, to_bitmap, union_all
+from .bitmaps import group_rows, rows_of, scatter_rows, to_bitmap, union_all
 from .growable import GrowableArray
 from .lru import drop_oldest
 from .range_bins import (bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, cumulative_of_bitmaps, lower_quantiles,
@@ -225,10 +225,8 @@ class NumericIndex:
         assert self.fine is not None
         moved = old_fine != new_fine
         leaving, entering = moved & (old_fine >= 0), moved & (new_fine >= 0)
-        for j, members in group_rows(rows[leaving], old_fine[leaving]):
-            self.fine[j].difference_update(to_bitmap(members, assume_sorted=True))
-        for j, members in group_rows(rows[entering], new_fine[entering]):
-            self.fine[j].update(to_bitmap(members, assume_sorted=True))
+        scatter_rows(self.fine, rows[leaving], old_fine[leaving], remove=True)
+        scatter_rows(self.fine, rows[entering], new_fine[entering])
 
     def _widen_bins(self, bins: np.ndarray, values: np.ndarray) -> None:
         if len(bins):
@@ -579,3 +577,9 @@ class NumericIndex:
             return None
         value = self.column.data[row]
         return float(value) if self.dtype == np.float64 else int(value)
+
+    def values_of(self, rows: np.ndarray) -> list[int | float | None]:
+        """The value of each of ``rows`` (None if null), one gather."""
+        held = np.isin(rows, rows_of(self.notnull & to_bitmap(rows)))
+        values = self.column.data[rows].astype(self.dtype).tolist()
+        return [value if ok else None for value, ok in zip(values, held.tolist())]

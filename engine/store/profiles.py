@@ -267,6 +267,30 @@ class ProfileStore:
                 values[name] = value
         return values
 
+    def attributes_of_rows(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """``attributes_of`` each of ``rows`` (distinct), one gather per attribute."""
+        out: list[dict[str, Any]] = [{} for _ in range(len(rows))]
+        for name, index in self.indexes.items():
+            for record, value in zip(out, index.values_of(rows)):
+                if value is not None:
+                    record[name] = value
+        return out
+
+    def consents_of_rows(self, rows: np.ndarray) -> list[dict[str, bool]]:
+        """``consents_of`` each of ``rows`` (distinct), two intersections per purpose."""
+        out: list[dict[str, bool]] = [{} for _ in range(len(rows))]
+        if not len(rows):
+            return out
+        position = {row: i for i, row in enumerate(rows.tolist())}
+        asked = to_bitmap(rows)
+        for purpose, ever in self.consents_set.items():
+            named = ever & asked
+            if named:
+                granted = self.consents[purpose] & named
+                for row in named:
+                    out[position[row]][purpose] = row in granted
+        return out
+
     def consents_of(self, row: int) -> dict[str, bool]:
         """The consent purposes ``row`` has set, with their values."""
         return {purpose: row in self.consents[purpose] for purpose, bitmap in self.consents_set.items() if row in bitmap}
