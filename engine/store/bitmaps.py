@@ -11,11 +11,18 @@ import numpy as np
 from pyroaring import BitMap
 
 
+#: Up to this many rows, ``to_bitmap`` builds the bitmap from a list (0.4-1 µs, against 3-8 µs for the
+#: array conversions, whose fixed cost pays off only on larger inputs).
+SMALL_BITMAP = 16
+
+
 def to_bitmap(rows: np.ndarray, assume_sorted: bool = False) -> BitMap:
     """A bitmap of ``rows`` (any integer dtype, values < 2**32); sorts first (Roaring builds 4x faster)
     unless they are in order already (the rows of a bulk load are: a check is a tenth of a sort)."""
     if len(rows) == 0:
         return BitMap()
+    if len(rows) <= SMALL_BITMAP:  # from a list: a tenth of the conversions' fixed cost
+        return BitMap(rows.tolist() if isinstance(rows, np.ndarray) else list(rows))
     arr = np.asarray(rows, dtype=np.uint32)
     if not assume_sorted and not (len(arr) < 2 or bool((arr[1:] >= arr[:-1]).all())):
         arr = np.sort(arr)

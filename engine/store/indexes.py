@@ -74,6 +74,9 @@ class _KeptUnions:
         self.notnull = reader.bitmap(state["notnull"], rows)
 
 
+#: From this many rows on, ``TagsIndex`` moves rows between tag bitmaps grouped by (old, new) tag set.
+TAGS_GROUPED_MIN = 4096
+
 #: The types a code column may have (snapshots written before narrowing hold int32).
 CODE_TYPES = (np.int8, np.int16, np.int32, np.int64)
 
@@ -331,6 +334,20 @@ class TagsIndex(_KeptUnions):
 
     def _move(self, rows: np.ndarray, old_sets: np.ndarray, new_sets: np.ndarray) -> None:
         """Move rows between tag bitmaps: removed tags lose them, added tags gain them."""
+        if len(rows) < TAGS_GROUPED_MIN:  # tag sets hardly repeat in a small batch: row by row
+            changes: dict[tuple[int, int], tuple[list[BitMap], list[BitMap]]] = {}
+            for row, old, new in zip(rows.tolist(), old_sets.tolist(), new_sets.tolist()):
+                change = changes.get((old, new))
+                if change is None:
+                    old_tags = set(self.tagsets[old]) if old >= 0 else set()
+                    new_tags = set(self.tagsets[new]) if new >= 0 else set()
+                    change = changes[(old, new)] = ([self.bitmaps[t] for t in old_tags - new_tags],
+                                                     [self.bitmaps[t] for t in new_tags - old_tags])
+                for bitmap in change[0]:
+                    bitmap.discard(row)
+                for bitmap in change[1]:
+                    bitmap.add(row)
+            return
         width = len(self.tagsets) + 1
         keys = (old_sets.astype(np.int64) + 1) * width + (new_sets.astype(np.int64) + 1)
         removed: dict[int, list[np.ndarray]] = {}
@@ -372,7 +389,9 @@ class TagsIndex(_KeptUnions):
 
     def values_of(self, rows: np.ndarray) -> list[list[str] | None]:
         """The tags of each of ``rows``, sorted, one gather."""
-        return [None if ident < 0 else list(self.sorted_labels(ident)) for ident in self.column.data[rows].tolist()]
+        memo: dict[int, list[str]] = self.__dict__.setdefault("_sorted_labels", {})
+        return [None if ident < 0 else list(memo.get(ident) or self.sorted_labels(ident))
+                for ident in self.column.data[rows].tolist()]
 
     def to_state(self, writer: StateWriter) -> dict[str, Any]:
         """The index's part of a snapshot (kept unions are not stored)."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 from pyroaring import BitMap
 
-from ..columns import ProfileBatch, column_from_values, column_value
+from ..columns import ProfileBatch, column_from_values, column_value, null_column
 from ..schema import ProfileUpdate, Schema
 from .bitmaps import to_bitmap
 from .idmap import IdMap, dedupe_keys, object_addresses
@@ -250,7 +250,7 @@ class ProfileStore:
         self._wrote()
         gone = to_bitmap(rows)
         for name, index in self.indexes.items():
-            index.assign(rows, column_from_values(self.schema.attributes[name].type, [None] * len(rows)))
+            index.assign(rows, null_column(self.schema.attributes[name].type, len(rows)))
         for purpose in self.consents:
             self.consents[purpose].difference_update(gone)
             self.consents_set[purpose].difference_update(gone)
