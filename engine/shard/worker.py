@@ -53,8 +53,9 @@ SPIN_S = float(os.environ.get("SEGENGINE_WORKER_SPIN_US", 1000)) / 1e6
 
 #: Logged writes whose batches create most of a shard's long-lived objects (see ``freeze_long_lived``).
 BULK_WRITES = ("load_profiles", "load_events")
-#: After a bulk write of at least this many records, or a recovery, the worker freezes its objects.
-FREEZE_RECORDS = 100_000
+#: After a bulk write of at least this many records (a second or more of work), or a recovery, the
+#: worker freezes its objects.
+FREEZE_RECORDS = 1_000_000
 
 
 def freeze_long_lived() -> None:
