@@ -142,6 +142,16 @@ def column_from_values(kind: str, values: list) -> Column:
     return ValueColumn(data, valid)
 
 
+def null_column(kind: str, size: int) -> Column:
+    """A column of schema type ``kind`` holding ``size`` nulls (``column_from_values(kind, [None] * size)``)."""
+    if kind == "category":
+        return CategoryColumn(np.full(size, -1, dtype=np.int32), [])
+    if kind == "tags":
+        return TagsColumn(np.zeros(size + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), [], np.zeros(size, dtype=bool))
+    dtype = {"bool": np.bool_, "float": np.float64}.get(kind, np.int64)
+    return ValueColumn(np.zeros(size, dtype=dtype), np.zeros(size, dtype=bool))
+
+
 def take_column(col: Column, picks: np.ndarray) -> Column:
     """The rows ``picks`` (an index array) of a column."""
     if isinstance(col, CategoryColumn):

@@ -23,7 +23,7 @@ import numpy as np
 from .columns import EventBatch, ProfileBatch
 from .plan.steps import Step
 from .schema import EventRecord, ProfileUpdate
-from .shard.partition import shard_of, shards_of, split_by_shard
+from .shard.partition import shards_of, split_by_shard
 
 #: One shard's share of a command: (LocalShard write method, its arguments), or None.
 ShardCall = Union[tuple[str, tuple], None]
@@ -95,7 +95,8 @@ class UpdateSchema:
 @dataclass(frozen=True)
 class Merge:
     """Merges of canonical profiles, as steps carrying their data (see engine.shard.identity_ops):
-    ``("out", id, counts)`` on the shard of ``id``, ``("in", id, payload)`` on the shard of ``id``, in order."""
+    ``["out", id, counts]`` on the shard of ``id``, ``["in", id, payload]`` on the shard of ``id``, in order
+    (lists: msgpack packs them natively; logs written with tuples decode to tuples, read alike)."""
 
     kind: ClassVar[str] = "merge"
     steps: list[tuple]
@@ -191,8 +192,8 @@ def route(command: Command, shards: int, compile: Callable[[str], Step] | None) 
         return [("update_schema", (command.spec,))] * shards
     if isinstance(command, Merge):
         per_shard: list[list[tuple]] = [[] for _ in range(shards)]
-        for step in command.steps:
-            per_shard[shard_of(step[1], shards)].append(step)
+        for step, owner in zip(command.steps, shards_of([step[1] for step in command.steps], shards).tolist()):
+            per_shard[owner].append(step)
         return [("merge", (steps, command.now)) if steps else None for steps in per_shard]
     if isinstance(command, Expire):
         return [("expire", (command.now,))] * shards

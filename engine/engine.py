@@ -17,6 +17,7 @@ from .analytics import check_breakdown, merge_breakdown, merge_overlap
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
 from .concurrency import PublishLock
+from .collector import collector_paused
 from .commands import (COORDINATOR_KINDS, AddDestination, Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents,
                        LoadProfiles, Merge, RemoveDestination, Track, UpdateSchema, Upsert, applied_count,
                        merged_segment_info, route)
@@ -150,7 +151,7 @@ class Engine:
     def merge_many(self, pairs: Iterable[tuple[str, str]]) -> int:
         """Merges applied in order, all or none (one logged write); returns how many changed anything."""
         pairs = list(pairs)
-        with self.identity.lock:
+        with self.identity.lock, collector_paused():  # its payloads are freed when it ends (engine/collector.py)
             if self.identity.last_ticket is not None:
                 try:
                     self.identity.last_ticket.wait()  # every earlier write applied before the sources are read

@@ -29,7 +29,7 @@ from .commands import Command, LoadEvents, LoadProfiles, Merge, Track, Upsert
 from .errors import DataError
 from .schema import check_id
 from .shard.identity_ops import merge_consent
-from .shard.partition import shard_of
+from .shard.partition import shards_of
 from .store.idmap import pack_ids, packed_hashes
 
 if TYPE_CHECKING:
@@ -203,8 +203,8 @@ class Identity:
             if moved is None:
                 moved = empty_payload(rf)
             else:
-                steps.append(("out", rf, counts.get(rf, {})))  # a target created in this batch holds none
-            steps.append(("in", ri, moved))
+                steps.append(["out", rf, counts.get(rf, {})])  # a target created in this batch holds none
+            steps.append(["in", ri, moved])
             if ri in wanted:
                 sim[ri] = combine(sim.get(ri) or empty_payload(ri), moved)
 
@@ -223,8 +223,8 @@ class Identity:
         the number of events per type of each live one."""
         n = self.engine.n_shards
         asked: list[list[int]] = [[] for _ in range(n)]
-        for position, profile_id in enumerate(ids):
-            asked[shard_of(profile_id, n)].append(position)
+        for position, owner in enumerate(shards_of(ids, n).tolist()):
+            asked[owner].append(position)
         calls = [([ids[p] for p in positions],) if positions else None for positions in asked]
         with self.engine.publish.reading():
             answers = self.engine.shards.call_each("identity_payloads", calls)
@@ -246,7 +246,7 @@ class Identity:
         """The ``("events", anchor, {event type: batch})`` step of each shard that receives moved events:
         each source's events renamed to ``final[source]`` (where they end) and sent to its shard."""
         n = self.engine.n_shards
-        shard_by_source = {source: shard_of(target, n) for source, target in final.items()}
+        shard_by_source = dict(zip(final, shards_of(list(final.values()), n).tolist()))
         per_shard: list[dict[str, list[EventBatch]]] = [{} for _ in range(n)]
         for name, parts in batches.items():
             for batch in parts:
@@ -260,20 +260,17 @@ class Identity:
         for received in per_shard:
             if received:
                 merged = {name: concat_batches(parts) for name, parts in received.items()}
-                steps.append(("events", next(iter(merged.values())).ids[0], merged))
+                steps.append(["events", next(iter(merged.values())).ids[0], merged])
         return steps
 
     def applied(self, command: Merge) -> None:
         """Route the aliases a merge created (called when it is applied)."""
-        n = self.engine.n_shards
-        aliases: list[str] = []
-        owners: list[int] = []
-        for step in command.steps:
-            if step[0] == "in":
-                aliases.extend(step[2]["aliases"])
-                owners.extend([shard_of(step[1], n)] * len(step[2]["aliases"]))
+        arriving = [step for step in command.steps if step[0] == "in"]
+        aliases = [alias for step in arriving for alias in step[2]["aliases"]]
         if aliases:  # in step order: an alias moved twice in one command ends on its last shard
-            self.index.put(id_hashes(aliases), np.array(owners, dtype=np.uint8))
+            counts = [len(step[2]["aliases"]) for step in arriving]
+            owners = np.repeat(shards_of([step[1] for step in arriving], self.engine.n_shards), counts)
+            self.index.put(id_hashes(aliases), owners.astype(np.uint8))
 
     def erased(self, results: list[Any]) -> int:
         """Forget the routes of erased aliases (called when an erase is applied); the number erased."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..columns import EventBatch, column_from_values
 from ..retention import floor
-from ..store.bitmaps import to_bitmap
+from ..store.bitmaps import rows_of, to_bitmap
 from ..store.event_rows import bury_rows, compact, drop_rows, event_batches, events_of
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def live_rows(shard: LocalShard, ids: list[str]) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64)
     known = np.flatnonzero(rows >= 0)
     if len(known):
-        alive = np.fromiter((row in shard.profiles.live for row in rows[known].tolist()), dtype=bool, count=len(known))
+        alive = np.isin(rows[known], rows_of(shard.profiles.live & to_bitmap(rows[known])))
         rows[known[~alive]] = -1
     return rows
 
@@ -59,10 +59,13 @@ def payloads(shard: LocalShard, ids: list[str]) -> dict[str, Any]:
     found = np.flatnonzero(rows >= 0)
     out: list[dict[str, Any] | None] = [None] * len(ids)
     profiles, aliases = shard.profiles, shard.aliases
-    for position, row in zip(found.tolist(), rows[found].tolist()):
+    attrs, consents = profiles.attributes_of_rows(rows[found]), profiles.consents_of_rows(rows[found])
+    heads = aliases.head.view()
+    with_aliases = set(row for row in rows[found][rows[found] < len(heads)].tolist() if heads[row] >= 0)
+    for position, row, values, purposes in zip(found.tolist(), rows[found].tolist(), attrs, consents):
         profile_id = ids[position]
-        out[position] = {"attrs": profiles.attributes_of(row), "consents": profiles.consents_of(row),
-                         "events": {}, "aliases": [profile_id, *aliases.aliases_of(row)]}
+        out[position] = {"attrs": values, "consents": purposes, "events": {},
+                         "aliases": [profile_id, *aliases.aliases_of(row)] if row in with_aliases else [profile_id]}
     events, per_type = event_batches(shard.events, rows[found], [ids[p] for p in found.tolist()], len(profiles.idmap))
     counts: list[dict[str, int] | None] = [None] * len(ids)
     for position in found.tolist():
@@ -137,7 +140,7 @@ def _append_batches(shard: LocalShard, batches: dict[str, EventBatch]) -> list[i
             continue
         targets = dict.fromkeys(batch.ids)  # few targets, many events: look each up once
         found = dict(zip(targets, shard.profiles.idmap.lookup(list(targets)).tolist()))
-        rows = np.fromiter((found[i] for i in batch.ids), dtype=np.int64, count=len(batch.ids))
+        rows = np.array(list(map(found.__getitem__, batch.ids)), dtype=np.int64)
         assert bool((rows >= 0).all()), "moved events name a profile this shard does not hold"
         owners = rows.astype(np.int32)
         eids = None if batch.event_ids is None else shard.events.event_ids.acquire(owners, batch.event_ids)
@@ -150,11 +153,18 @@ def _fill(shard: LocalShard, fills: dict[str, dict[int, Any]]) -> None:
     """Write the gathered attribute fills (row -> value per attribute), then forget them."""
     profiles = shard.profiles
     for name, values in fills.items():
-        if not values:
+        index = profiles.indexes.get(name)
+        if index is None or not values:
             continue
         rows = np.fromiter(values, dtype=np.int64, count=len(values))
-        profiles.indexes[name].assign(rows, column_from_values(profiles.schema.attributes[name].type,
-                                                               list(values.values())))
+        empty = ~np.isin(rows, rows_of(index.notnull & to_bitmap(rows)))  # the target's value is kept
+        if empty.all():
+            kept = list(values.values())
+        else:
+            kept = [value for value, take in zip(values.values(), empty.tolist()) if take]
+            rows = rows[empty]
+        if len(rows):
+            index.assign(rows, column_from_values(profiles.schema.attributes[name].type, kept))
     fills.clear()
 
 
@@ -239,21 +249,22 @@ def _receive(shard: LocalShard, steps: list[tuple], fills: dict[str, dict[int, A
     profiles = shard.profiles
     rows = profiles.ensure_rows([step[1] for step in steps]).tolist()
     profiles._wrote()
-    consents: dict[int, dict[str, bool | None]] = {}  # row -> every purpose set so far, merged
+    consents: dict[int, dict[str, bool]] = {}  # row -> every purpose set so far, merged
+    asked = np.unique(np.array([row for row, step in zip(rows, steps) if step[2]["consents"]], dtype=np.int64))
+    if len(asked):
+        consents = dict(zip(asked.tolist(), profiles.consents_of_rows(asked)))
     named: dict[str, dict[int, None]] = {}  # purpose -> rows whose payloads named it
     events: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     aliases: list[str] = []
     alias_rows: list[int] = []
     for row, (_, profile_id, payload) in zip(rows, steps):
-        for name, value in payload["attrs"].items():
-            index = profiles.indexes.get(name)
-            pending = fills.setdefault(name, {})
-            if index is not None and row not in pending and row not in index.notnull:
-                pending[row] = value
+        for name, value in payload["attrs"].items():  # the first value a row receives; _fill keeps the target's
+            pending = fills.get(name)
+            if pending is None:
+                pending = fills[name] = {}
+            pending.setdefault(row, value)
         if payload["consents"]:
-            current = consents.get(row)
-            if current is None:
-                current = consents[row] = dict(profiles.consents_of(row))
+            current = consents[row]
             for purpose, granted in payload["consents"].items():
                 if purpose in profiles.consents:
                     current[purpose] = merge_consent(current.get(purpose), bool(granted))

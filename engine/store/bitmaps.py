@@ -11,11 +11,18 @@ import numpy as np
 from pyroaring import BitMap
 
 
+#: Up to this many rows, ``to_bitmap`` builds the bitmap from a list (0.4-1 µs, against 3-8 µs for the
+#: array conversions, whose fixed cost pays off only on larger inputs).
+SMALL_BITMAP = 16
+
+
 def to_bitmap(rows: np.ndarray, assume_sorted: bool = False) -> BitMap:
     """A bitmap of ``rows`` (any integer dtype, values < 2**32); sorts first (Roaring builds 4x faster)
     unless they are in order already (the rows of a bulk load are: a check is a tenth of a sort)."""
     if len(rows) == 0:
         return BitMap()
+    if len(rows) <= SMALL_BITMAP:  # from a list: a tenth of the conversions' fixed cost
+        return BitMap(rows.tolist() if isinstance(rows, np.ndarray) else list(rows))
     arr = np.asarray(rows, dtype=np.uint32)
     if not assume_sorted and not (len(arr) < 2 or bool((arr[1:] >= arr[:-1]).all())):
         arr = np.sort(arr)
@@ -84,3 +91,34 @@ def group_rows(rows: np.ndarray, keys: np.ndarray) -> list[tuple[int, np.ndarray
     starts = np.flatnonzero(np.r_[True, keys_sorted[1:] != keys_sorted[:-1]])
     ends = np.r_[starts[1:], len(keys_sorted)]
     return [(int(keys_sorted[s]), rows_sorted[s:e]) for s, e in zip(starts, ends)]
+
+
+#: Below this many rows per bitmap on average, ``scatter_rows`` adds or removes rows one by one (about
+#: 0.15 µs each) instead of building a bitmap per distinct key (about 2 µs per key, plus a sort).
+SCATTER_GROUPED_MIN = 8
+
+
+def scatter_rows(bitmaps: list[BitMap], rows: np.ndarray, keys: np.ndarray, remove: bool = False) -> None:
+    """Add each of ``rows`` to (``remove``: take it out of) the bitmap of its key, ``bitmaps[key]``.
+
+    >>> bitmaps = [BitMap(), BitMap([4])]
+    >>> scatter_rows(bitmaps, np.array([1, 2, 3]), np.array([1, 0, 1])); [list(b) for b in bitmaps]
+    [[2], [1, 3, 4]]
+    >>> scatter_rows(bitmaps, np.array([3, 4]), np.array([1, 1]), remove=True); list(bitmaps[1])
+    [1]
+    """
+    if len(rows) == 0:
+        return
+    if len(rows) >= SCATTER_GROUPED_MIN * len(bitmaps):
+        for key, members in group_rows(rows, keys):
+            if remove:
+                bitmaps[key].difference_update(to_bitmap(members, assume_sorted=True))
+            else:
+                bitmaps[key].update(to_bitmap(members, assume_sorted=True))
+        return
+    if remove:
+        for row, key in zip(rows.tolist(), keys.tolist()):
+            bitmaps[key].discard(row)
+    else:
+        for row, key in zip(rows.tolist(), keys.tolist()):
+            bitmaps[key].add(row)

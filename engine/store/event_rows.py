@@ -124,10 +124,9 @@ def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap) -> None:
     (in place, as appends add to them: no copy of a bitmap the rows are not in)."""
     for buckets in (store.days, store.slots):
         for key, bitmap in list(buckets.items()):
-            if bitmap.intersect(gone):
-                bitmap.difference_update(gone)
-                if not bitmap and buckets is store.days:
-                    del buckets[key]
+            bitmap.difference_update(gone)  # one pass whether or not it holds some (an intersect test is another)
+            if buckets is store.days and not bitmap:
+                del buckets[key]
     store.ever.difference_update(gone)
     for kept in store.prop_bitmaps.values():
         kept.drop(gone)

@@ -17,7 +17,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..columns import CategoryColumn, TagsColumn, ValueColumn
-from .bitmaps import group_rows, to_bitmap, union_all
+from .bitmaps import group_rows, scatter_rows, to_bitmap, union_all
 from .growable import GrowableArray
 from .union_cache import UnionCache
 
@@ -35,11 +35,9 @@ def _move(bitmaps: list[BitMap], rows: np.ndarray, old: np.ndarray, new: np.ndar
     changed = old != new
     rows, old, new = rows[changed], old[changed], new[changed]
     keep = old >= 0
-    for code, members in group_rows(rows[keep], old[keep]):
-        bitmaps[code].difference_update(to_bitmap(members, assume_sorted=True))
+    scatter_rows(bitmaps, rows[keep], old[keep], remove=True)
     keep = new >= 0
-    for code, members in group_rows(rows[keep], new[keep]):
-        bitmaps[code].update(to_bitmap(members, assume_sorted=True))
+    scatter_rows(bitmaps, rows[keep], new[keep])
 
 
 class _KeptUnions:
@@ -75,6 +73,9 @@ class _KeptUnions:
         self.bitmaps = _sized(reader.bitmaps(state["bitmaps"], rows), len(self.labels))
         self.notnull = reader.bitmap(state["notnull"], rows)
 
+
+#: From this many rows on, ``TagsIndex`` moves rows between tag bitmaps grouped by (old, new) tag set.
+TAGS_GROUPED_MIN = 4096
 
 #: The types a code column may have (snapshots written before narrowing hold int32).
 CODE_TYPES = (np.int8, np.int16, np.int32, np.int64)
@@ -163,6 +164,11 @@ class CategoryIndex(_KeptUnions):
         code = int(self.codes.data[row])
         return None if code < 0 else self.labels[code]
 
+    def values_of(self, rows: np.ndarray) -> list[str | None]:
+        """The value of each of ``rows``, one gather."""
+        labels = self.labels
+        return [None if code < 0 else labels[code] for code in self.codes.data[rows].tolist()]
+
     def estimate(self, label: str) -> int:
         """Row count for ``label`` (exact)."""
         return len(self.eq(label))
@@ -211,6 +217,10 @@ class BoolIndex:
         """The value of ``row``."""
         code = int(self.column.data[row])
         return None if code < 0 else bool(code)
+
+    def values_of(self, rows: np.ndarray) -> list[bool | None]:
+        """The value of each of ``rows``, one gather."""
+        return [None if code < 0 else bool(code) for code in self.column.data[rows].tolist()]
 
     def to_state(self, writer: StateWriter) -> dict[str, Any]:
         """The index's part of a snapshot."""
@@ -324,6 +334,20 @@ class TagsIndex(_KeptUnions):
 
     def _move(self, rows: np.ndarray, old_sets: np.ndarray, new_sets: np.ndarray) -> None:
         """Move rows between tag bitmaps: removed tags lose them, added tags gain them."""
+        if len(rows) < TAGS_GROUPED_MIN:  # tag sets hardly repeat in a small batch: row by row
+            changes: dict[tuple[int, int], tuple[list[BitMap], list[BitMap]]] = {}
+            for row, old, new in zip(rows.tolist(), old_sets.tolist(), new_sets.tolist()):
+                change = changes.get((old, new))
+                if change is None:
+                    old_tags = set(self.tagsets[old]) if old >= 0 else set()
+                    new_tags = set(self.tagsets[new]) if new >= 0 else set()
+                    change = changes[(old, new)] = ([self.bitmaps[t] for t in old_tags - new_tags],
+                                                     [self.bitmaps[t] for t in new_tags - old_tags])
+                for bitmap in change[0]:
+                    bitmap.discard(row)
+                for bitmap in change[1]:
+                    bitmap.add(row)
+            return
         width = len(self.tagsets) + 1
         keys = (old_sets.astype(np.int64) + 1) * width + (new_sets.astype(np.int64) + 1)
         removed: dict[int, list[np.ndarray]] = {}
@@ -362,6 +386,12 @@ class TagsIndex(_KeptUnions):
         """The tags of ``row``, sorted."""
         ident = int(self.column.data[row])
         return None if ident < 0 else list(self.sorted_labels(ident))
+
+    def values_of(self, rows: np.ndarray) -> list[list[str] | None]:
+        """The tags of each of ``rows``, sorted, one gather."""
+        memo: dict[int, list[str]] = self.__dict__.setdefault("_sorted_labels", {})
+        return [None if ident < 0 else list(memo.get(ident) or self.sorted_labels(ident))
+                for ident in self.column.data[rows].tolist()]
 
     def to_state(self, writer: StateWriter) -> dict[str, Any]:
         """The index's part of a snapshot (kept unions are not stored)."""

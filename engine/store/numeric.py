@@ -21,7 +21,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..columns import ValueColumn
-from .bitmaps import group_rows, rows_of, to_bitmap, union_all
+from .bitmaps import SCATTER_GROUPED_MIN, group_rows, rows_of, scatter_rows, to_bitmap, union_all
 from .growable import GrowableArray
 from .lru import drop_oldest
 from .range_bins import (bin_groups, bins_of, coarse_of_fine, cumulative_bitmaps, cumulative_of_bitmaps, lower_quantiles,
@@ -140,8 +140,8 @@ class NumericIndex:
         new_values = np.asarray(column.values).astype(self.dtype)
         if not self.notnull or int(rows.min()) > self.notnull.max():
             was_valid = np.zeros(len(rows), dtype=bool)  # new rows (a bulk load): nothing to move out
-        elif len(rows) < 4096:
-            was_valid = np.fromiter((row in self.notnull for row in rows.tolist()), dtype=bool, count=len(rows))
+        elif len(rows) < 4096:  # the few rows' bitmap against notnull, not notnull's every row
+            was_valid = np.isin(rows, rows_of(self.notnull & to_bitmap(rows)))
         else:
             was_valid = np.isin(rows, rows_of(self.notnull))
         old_values = self.column.data[rows].astype(self.dtype)
@@ -206,10 +206,17 @@ class NumericIndex:
                      new_values: np.ndarray) -> None:
         assert self.by_value is not None
         changed = (was_valid != valid) | (was_valid & valid & (old_values != new_values))
-        for value, members in group_rows(rows[changed & was_valid], old_values[changed & was_valid]):
-            self.by_value[value].difference_update(to_bitmap(members, assume_sorted=True))
-        for value, members in group_rows(rows[changed & valid], new_values[changed & valid]):
-            self.by_value.setdefault(value, BitMap()).update(to_bitmap(members, assume_sorted=True))
+        leaving, entering = changed & was_valid, changed & valid
+        if len(rows) < SCATTER_GROUPED_MIN * len(self.by_value):  # few rows per value: one by one
+            for row, value in zip(rows[leaving].tolist(), old_values[leaving].tolist()):
+                self.by_value[value].discard(row)
+            for row, value in zip(rows[entering].tolist(), new_values[entering].tolist()):
+                self.by_value.setdefault(value, BitMap()).add(row)
+        else:
+            for value, members in group_rows(rows[leaving], old_values[leaving]):
+                self.by_value[value].difference_update(to_bitmap(members, assume_sorted=True))
+            for value, members in group_rows(rows[entering], new_values[entering]):
+                self.by_value.setdefault(value, BitMap()).update(to_bitmap(members, assume_sorted=True))
         if len(self.by_value) > MAX_VALUE_BITMAPS:
             self.by_value = None
 
@@ -225,10 +232,8 @@ class NumericIndex:
         assert self.fine is not None
         moved = old_fine != new_fine
         leaving, entering = moved & (old_fine >= 0), moved & (new_fine >= 0)
-        for j, members in group_rows(rows[leaving], old_fine[leaving]):
-            self.fine[j].difference_update(to_bitmap(members, assume_sorted=True))
-        for j, members in group_rows(rows[entering], new_fine[entering]):
-            self.fine[j].update(to_bitmap(members, assume_sorted=True))
+        scatter_rows(self.fine, rows[leaving], old_fine[leaving], remove=True)
+        scatter_rows(self.fine, rows[entering], new_fine[entering])
 
     def _widen_bins(self, bins: np.ndarray, values: np.ndarray) -> None:
         if len(bins):
@@ -579,3 +584,9 @@ class NumericIndex:
             return None
         value = self.column.data[row]
         return float(value) if self.dtype == np.float64 else int(value)
+
+    def values_of(self, rows: np.ndarray) -> list[int | float | None]:
+        """The value of each of ``rows`` (None if null), one gather."""
+        held = np.isin(rows, rows_of(self.notnull & to_bitmap(rows)))
+        values = self.column.data[rows].astype(self.dtype).tolist()
+        return [value if ok else None for value, ok in zip(values, held.tolist())]

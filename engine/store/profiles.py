@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 from pyroaring import BitMap
 
-from ..columns import ProfileBatch, column_from_values, column_value
+from ..columns import ProfileBatch, column_from_values, column_value, null_column
 from ..schema import ProfileUpdate, Schema
 from .bitmaps import to_bitmap
 from .idmap import IdMap, dedupe_keys, object_addresses
@@ -250,7 +250,7 @@ class ProfileStore:
         self._wrote()
         gone = to_bitmap(rows)
         for name, index in self.indexes.items():
-            index.assign(rows, column_from_values(self.schema.attributes[name].type, [None] * len(rows)))
+            index.assign(rows, null_column(self.schema.attributes[name].type, len(rows)))
         for purpose in self.consents:
             self.consents[purpose].difference_update(gone)
             self.consents_set[purpose].difference_update(gone)
@@ -266,6 +266,30 @@ class ProfileStore:
             if value is not None:
                 values[name] = value
         return values
+
+    def attributes_of_rows(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """``attributes_of`` each of ``rows`` (distinct), one gather per attribute."""
+        out: list[dict[str, Any]] = [{} for _ in range(len(rows))]
+        for name, index in self.indexes.items():
+            for record, value in zip(out, index.values_of(rows)):
+                if value is not None:
+                    record[name] = value
+        return out
+
+    def consents_of_rows(self, rows: np.ndarray) -> list[dict[str, bool]]:
+        """``consents_of`` each of ``rows`` (distinct), two intersections per purpose."""
+        out: list[dict[str, bool]] = [{} for _ in range(len(rows))]
+        if not len(rows):
+            return out
+        position = {row: i for i, row in enumerate(rows.tolist())}
+        asked = to_bitmap(rows)
+        for purpose, ever in self.consents_set.items():
+            named = ever & asked
+            if named:
+                granted = self.consents[purpose] & named
+                for row in named:
+                    out[position[row]][purpose] = row in granted
+        return out
 
     def consents_of(self, row: int) -> dict[str, bool]:
         """The consent purposes ``row`` has set, with their values."""
