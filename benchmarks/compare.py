@@ -36,6 +36,7 @@ import psutil  # noqa: E402
 from baselines import DuckDBBaseline, NumpyBaseline, event_pids, profile_hashes  # noqa: E402
 from bench_shards import throughput  # noqa: E402
 from engine import Engine, Schema  # noqa: E402
+from engine.store.memory import release_free_memory  # noqa: E402
 from loaders.generator import generate  # noqa: E402
 from queries import NOW_MS, Query, all_queries  # noqa: E402
 
@@ -112,6 +113,8 @@ def other_clocks(dataset, now: int, k: int) -> list[int]:
 def load_engine(dataset, shards: int) -> tuple[Engine, dict]:
     """Bulk-load ``dataset`` into a fresh engine; returns it and the load figures."""
     schema = Schema.from_dict(dataset.schema)
+    gc.collect()
+    release_free_memory()  # the baseline without the generator's freed memory, so the deltas are the engine's
     base = rss_bytes()
     eng = Engine(schema, shards=shards)
     empty = rss_bytes()

@@ -326,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{'>' if r['ratio_is_lower_bound'] else ' '}{r['duckdb_over_segengine']:>7.1f}x{flag}")
     geo = statistics.geometric_mean([r["duckdb_over_segengine"] for r in rows])
     print(f"geometric mean of DuckDB/segengine: {geo:.1f}x (queries over DuckDB's budget count at the budget)")
-    report = {"args": {**vars(args), "events": args.profiles * args.events_per_profile}, "segengine": seg,
-              "duckdb": duck, "segengine_load": seg["load"], "queries": rows, "mismatches": mismatches}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True).stdout.strip()
+    report = {"args": {**vars(args), "events": args.profiles * args.events_per_profile}, "commit": commit,
+              "segengine": seg, "duckdb": duck, "segengine_load": seg["load"], "queries": rows,
+              "mismatches": mismatches}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))
     return 1 if mismatches else 0

@@ -252,8 +252,9 @@ def write_report(out: Path, info: dict[str, Any]) -> Path:
                      f"{r['numpy_ms']:.2f} | {r['duckdb_over_segengine']:.1f}x | {r['numpy_over_segengine']:.1f}x |")
     for n in sorted(runs):
         if n > largest:
-            reused = ("; DuckDB's figures come from an earlier run of the same data on this machine (`--duckdb-from`)"
-                      if runs[n]["args"].get("duckdb_from") else "")
+            reused = (f", segengine at commit `{runs[n]['commit']}`" if runs[n].get("commit") else "") + (
+                "; DuckDB's figures come from an earlier run of the same data on this machine (`--duckdb-from`)"
+                if runs[n]["args"].get("duckdb_from") else "")
             lines += ["", f"## Every query at {n:,} profiles (DuckDB on a database file in its own process; no NumPy)",
                       "", f"`python benchmarks/large.py --profiles {n}`{reused}", "",
                       "| query | kind | count | segengine ms | DuckDB ms | DuckDB/seg |", "|---|---|---:|---:|---:|---:|"]
