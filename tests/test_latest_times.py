@@ -1,13 +1,11 @@
-"""Per-row latest times packed by row (engine/store/latest_times.py) against a dict: times in
+"""Per-row latest times in 5 bytes a row (engine/store/latest_times.py) against a dict: times in
 many epochs (older ones arriving later move the base), spans that widen the epoch array to uint16
-and int64, negative times, clearing rows and times up to a cutoff, new rows in the extra part and
-folded into the packed one, and the int64 snapshot form."""
+and int64, negative times, clearing rows and times up to a cutoff, and the int64 snapshot form."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.store import latest_times
 from engine.store.latest_times import LatestTimes
 from engine.store.runs import NO_TIME
 
@@ -18,12 +16,8 @@ def _expected(latest: dict[int, int], rows: np.ndarray) -> list[int]:
     return [latest.get(row, NO_TIME) for row in rows.tolist()]
 
 
-@pytest.mark.parametrize("fold_min", [1024, 8])
 @pytest.mark.parametrize("spread, dtype", [(3, np.uint8), (254, np.uint8), (300, np.uint16), (70_000, np.int64)])
-def test_random_writes_match_a_dict(spread: int, dtype: type, fold_min: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``fold_min`` 8 new rows are folded into the packed part every few writes; with 1024 they
-    stay in the extra part."""
-    monkeypatch.setattr(latest_times, "FOLD_MIN", fold_min)
+def test_random_writes_match_a_dict(spread: int, dtype: type) -> None:
     rng = np.random.default_rng(spread)
     latest = LatestTimes()
     naive: dict[int, int] = {}
@@ -59,29 +53,4 @@ def test_negative_times_and_the_bytes_per_row() -> None:
     latest = LatestTimes(1000)
     latest.add(np.array([0, 1, 1, 999]), np.array([-5, -EPOCH - 1, 3, 7 * EPOCH]))
     assert latest.gather(np.array([0, 1, 2, 999, 5000])).tolist() == [-5, 3, NO_TIME, 7 * EPOCH, NO_TIME]
-    assert latest.nbytes == 3 * (8 + 4 + 1)  # the extra part: row, offset, epoch
-    built = LatestTimes.from_events(1000, [np.array([0, 1, 1]), np.array([999])],
-                                    [np.array([-5, -EPOCH - 1, 3]), np.array([7 * EPOCH])])
-    assert built.gather(np.array([0, 1, 2, 999, 5000])).tolist() == [-5, 3, NO_TIME, 7 * EPOCH, NO_TIME]
-    assert built.nbytes == 16 * (8 + 4) + 3 * (4 + 1)  # packed: a word and a rank per 64 rows, 5 bytes per row held
-    built.clear(np.array([1, 7]))
-    built.add(np.array([5, 999]), np.array([11, 8 * EPOCH]))
-    assert built.gather(np.array([0, 1, 5, 999])).tolist() == [-5, NO_TIME, 11, 8 * EPOCH]
-    assert built.to_int64().tolist() == [-5, NO_TIME, NO_TIME, NO_TIME, NO_TIME, 11] + [NO_TIME] * 993 + [8 * EPOCH]
-
-
-def test_a_query_s_unpacked_times_equal_the_packed_ones() -> None:
-    """``from_events(packed=False)`` (every row a place: a query's own times) answers as the packed form."""
-    rng = np.random.default_rng(5)
-    parts = [(rng.integers(0, 700, 300), rng.integers(-3 * EPOCH, 300 * EPOCH, 300)) for _ in range(3)]
-    rows, ts = [r for r, _ in parts], [t for _, t in parts]
-    packed = LatestTimes.from_events(650, rows, ts)
-    unpacked = LatestTimes.from_events(650, rows, ts, packed=False)
-    probe = np.arange(-2, 800)
-    naive: dict[int, int] = {}
-    for r, t in zip(np.concatenate(rows).tolist(), np.concatenate(ts).tolist()):
-        naive[r] = max(naive.get(r, NO_TIME), t)
-    assert unpacked.gather(probe).tolist() == packed.gather(probe).tolist() == _expected(naive, probe)
-    assert unpacked.high.dtype == packed.high.dtype == np.uint16 and len(unpacked.low) == 704
-    assert LatestTimes.from_events(10, [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], packed=False).gather(
-        np.arange(3)).tolist() == [NO_TIME] * 3
+    assert latest.nbytes == 5 * 1000

@@ -12,17 +12,21 @@ from pyroaring import BitMap
 
 from ..store.bitmaps import rows_of, to_bitmap
 from ..store.events import NO_TIME, EventTypeStore
+from ..store.latest_times import time_at
 
 
 @numba.njit(cache=True, nogil=True)
-def later_rows(rows, t_e, t_f, earliest_f, lo):
-    """The ``rows`` (ascending in, ascending out) whose latest e time (``t_e``, per row) is >= lo and
-    after their latest f time (``t_f``), which must exist and be >= earliest_f."""
+def later_rows(rows, low_e, high_e, epoch_e, low_f, high_f, epoch_f, earliest_f, lo):
+    """The ``rows`` (ascending in, ascending out) whose latest e time is >= lo and after their
+    latest f time, which must exist and be >= earliest_f (latest times: ``LatestTimes.parts``)."""
     out = np.empty(len(rows), dtype=np.uint32)
     n = 0
     for i in range(len(rows)):
-        if t_f[i] != NO_TIME and t_f[i] >= earliest_f and t_e[i] > t_f[i] and t_e[i] >= lo:
-            out[n] = rows[i]
+        row = rows[i]
+        t_f = time_at(low_f, high_f, epoch_f, row)
+        t_e = time_at(low_e, high_e, epoch_e, row)
+        if t_f != NO_TIME and t_f >= earliest_f and t_e > t_f and t_e >= lo:
+            out[n] = row
             n += 1
     return out[:n]
 
@@ -44,5 +48,4 @@ def present_after_last(store: EventTypeStore, after: EventTypeStore, lo: int, hi
     size = max(int(store.ever.max()), int(after.ever.max())) + 1  # latest_before fills in every row's time
     latest_e = store.latest_before(now, size)
     latest_f = after.latest_before(now, size)
-    rows = rows_of(candidates)
-    return to_bitmap(later_rows(rows, latest_e.gather(rows), latest_f.gather(rows), earliest, lo), assume_sorted=True)
+    return to_bitmap(later_rows(rows_of(candidates), *latest_e.parts, *latest_f.parts, earliest, lo), assume_sorted=True)

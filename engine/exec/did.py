@@ -25,6 +25,7 @@ from pyroaring import BitMap
 from ..query import ast
 from ..retention import floor as retention_floor
 from ..store.bitmaps import rows_of, to_bitmap, union_all
+from ..store.latest_times import time_at
 from ..store.events import DAY_MS, NO_TIME, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore, EventTypeStore
 from ..store.runs import SCALED_NULL, Run
 from .after_last import present_after_last
@@ -70,12 +71,12 @@ def gather_rows(rows, keep, use_keep, member, use_member, out, n):
 
 
 @numba.njit(cache=True, nogil=True)
-def after_latest(ts, base, latest, earliest):
-    """Per event (its uint32 time ``ts`` from ``base``), whether its row's latest time (``latest``, per
-    event: NO_TIME for none) is at least ``earliest`` and the event is after it."""
-    out = np.empty(len(ts), dtype=np.bool_)
-    for i in range(len(ts)):
-        t = latest[i]
+def after_latest(rows, ts, base, low, high, epoch0, earliest):
+    """Per event, whether its row has a latest time (``LatestTimes.parts``; not NO_TIME, at least
+    ``earliest``) and the event is after it."""
+    out = np.empty(len(rows), dtype=np.bool_)
+    for i in range(len(rows)):
+        t = time_at(low, high, epoch0, rows[i])
         out[i] = t != NO_TIME and t >= earliest and base + np.int64(ts[i]) > t
     return out
 
@@ -452,7 +453,7 @@ class DidEvaluator:
         for part in parts:
             keep = None if node.where is None else where_mask(node.where, part, store, now)
             if latest is not None:
-                after = after_latest(part.ts, part.base, latest.gather(part.rows), earliest)
+                after = after_latest(part.rows, part.ts, part.base, *latest.parts, earliest)
                 keep = after if keep is None else keep & after
             keeps.append(keep)
         return keeps

@@ -458,15 +458,17 @@ class EventTypeStore(TypeLevels, TypeState):
             with _BUILD_LOCK:  # built once and published whole: concurrent queries never see it half-built
                 latest = self.last_ts
                 if latest is None:
-                    latest = LatestTimes.from_events(max(size, self.row_bound()), [run.rows for run in self.runs],
-                                                     [run.absolute_ts() for run in self.runs])
+                    latest = LatestTimes(max(size, self.row_bound()))
+                    for run in self.runs:
+                        latest.add(run.rows, run.absolute_ts())
                     if self.dead:
                         latest.clear(np.frombuffer(self.dead.to_array(), dtype=np.uint32).astype(np.int64))
                     self.last_ts = latest
                 return latest
-        parts = self.window(NO_TIME, now)
-        return LatestTimes.from_events(max(size, self.row_bound()), [part.rows for part in parts],
-                                       [part.absolute_ts() for part in parts], packed=False)
+        latest = LatestTimes(max(size, self.row_bound()))
+        for part in self.window(NO_TIME, now):
+            latest.add(part.rows, part.absolute_ts())
+        return latest
 
     @property
     def nbytes(self) -> int:
