@@ -131,22 +131,10 @@ def _scan_blocks(rows, starts, bits, block_size):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _marked_bits(rows, bits):
-    """``marked`` against a bit mask (a row is set when bit ``row & 7`` of byte ``row >> 3`` is)."""
-    count = 0
-    for i in range(len(rows)):
-        row = rows[i]
-        if (bits[row >> 3] >> (row & 7)) & 1:
-            count += 1
-    out = np.empty(count, dtype=np.int64)
-    k = 0
-    for i in range(len(rows)):
-        row = rows[i]
-        if (bits[row >> 3] >> (row & 7)) & 1:
-            out[k] = i
-            k += 1
-    return out
+def _marked_bits(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """``marked`` against a bit mask (a row is set when bit ``row & 7`` of byte ``row >> 3`` is): the
+    scan of one block holding every event."""
+    return _scan_blocks(rows, np.zeros(1, dtype=np.int64), bits, max(len(rows), 1))
 
 
 def bit_mask(rows: np.ndarray, size: int) -> np.ndarray:
