@@ -229,10 +229,11 @@ def _merges(profiles: int, batches: int, seed: int) -> list[bytes]:
 
 
 async def _stream(channel: Any, stop: Any, method: str, counted: Any, per_message: int, rate: float,
-                  messages: list[bytes]) -> dict[str, Any]:
+                  messages: list[bytes], repeat: bool) -> dict[str, Any]:
     """Send a message every ``per_message / rate`` seconds until ``stop`` is set (open loop, at most
     STREAM_IN_FLIGHT unacknowledged: a server that cannot keep up shows as a lower rate); ``counted``
-    reads how many items a reply acknowledges. Messages are not sent twice."""
+    reads how many items a reply acknowledges; ``repeat``: send the messages again once all were sent
+    (event batches may be; a merge is sent once)."""
     from server.proto_gen import segmentation_pb2 as pb
 
     reply = {"LoadEvents": pb.WriteResponse, "Merge": pb.MergeResponse}[method]
@@ -249,7 +250,7 @@ async def _stream(channel: Any, stop: Any, method: str, counted: Any, per_messag
     tasks: set[asyncio.Future] = set()
     began = time.perf_counter()
     k = 0
-    while not stop.is_set() and (method == "LoadEvents" or k < len(messages)):
+    while not stop.is_set() and (repeat or k < len(messages)):
         due = began + k * per_message / rate
         if due > time.perf_counter():
             await asyncio.sleep(due - time.perf_counter())
@@ -281,9 +282,10 @@ async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: 
         ready.set()
         if mode == "ingest":
             return await _stream(channel, stop, "LoadEvents", lambda r: r.applied, INGEST_BATCH, rates["ingest"],
-                                 messages)
+                                 messages, repeat=True)
         if mode == "merge":
-            return await _stream(channel, stop, "Merge", lambda r: r.merged, MERGE_BATCH, rates["merge"], messages)
+            return await _stream(channel, stop, "Merge", lambda r: r.merged, MERGE_BATCH, rates["merge"], messages,
+                                 repeat=False)
         latencies: list[float] = []
         pauses: list[float] = []
         while not stop.is_set():

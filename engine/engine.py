@@ -344,20 +344,14 @@ class Engine:
 
     def overlap(self, queries: Iterable[str], now: int | None = None) -> list[list[int]]:
         """``m[i][j]``: the profiles in both ``queries[i]`` and ``queries[j]``, at one clock and one state."""
-        texts = list(queries)
-        entries = []
-        for position, text in enumerate(texts):
-            try:
-                entries.append(self.plans.entry(text))
-            except QueryError as error:
-                raise QueryError(f"argument 'queries', query {position}: {error}") from None
-        self._read_segments(frozenset().union(*(refs for _, refs in entries)))
+        steps, refs = self.plans.entry_list(list(queries), "queries")
+        self._read_segments(refs)
         at = query_clock(now)
-        if not texts:
+        if not steps:
             return []
         with self.publish.reading():
-            parts = self.shards.call_all("overlap", [step for step, _ in entries], at)
-        return merge_overlap(parts, len(texts))
+            parts = self.shards.call_all("overlap", steps, at)
+        return merge_overlap(parts, len(steps))
 
     def why(self, profile_id: str, query: str, now: int | None = None, events: bool = True) -> dict[str, Any]:
         """Why profile ``profile_id`` (an alias names its canonical profile) is or is not in ``query``:
@@ -383,13 +377,8 @@ class Engine:
 
         lookalike.check_request(seed, size, threshold)
         within_step, refs = self.plans.entry(within)
-        seed_plan: Any
-        if isinstance(seed, str):
-            seed_plan, seed_refs = self.plans.entry(seed)
-            refs = refs | seed_refs
-        else:
-            seed_plan = lookalike.seed_ids_by_shard(list(seed), self.n_shards, self.identity.resolve)
-        self._read_segments(refs)
+        seed_plan, seed_refs = lookalike.seed_plan(seed, self.plans.entry, self.n_shards, self.identity.resolve)
+        self._read_segments(refs | seed_refs)
         at = query_clock(now)
         with self.publish.reading():
             return lookalike.run(self.shards, self.schema, self.compile, seed_plan, within_step, size, threshold, at)

@@ -208,6 +208,15 @@ def check_request(seed: str | Sequence[str], size: int | None, threshold: float 
         raise LookalikeError(f"threshold must be a score between 0 and 1, not {threshold!r}")
 
 
+def seed_plan(seed: str | Sequence[str], entry: Callable[[str], tuple[Step, frozenset[str]]], shards: int,
+              resolve: Callable[[list[str]], list[str]]) -> tuple[Step | list[list[str]], frozenset[str]]:
+    """The seed as ``run`` takes it (a query's plan, or canonical ids per shard) and the saved segments
+    it reads; ``entry`` compiles a query to (plan, segments read)."""
+    if isinstance(seed, str):
+        return entry(seed)
+    return seed_ids_by_shard(list(seed), shards, resolve), frozenset()
+
+
 def seed_ids_by_shard(ids: Sequence[str], shards: int, resolve: Callable[[list[str]], list[str]]) -> list[list[str]]:
     """The canonical, distinct ids of the seed per owning shard (DataError names a bad id's position)."""
     checked = [check_id(value, i) for i, value in enumerate(ids)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from .errors import QueryError
 from .plan import Step, plan
 from .query import Node, bind, parse
 from .schema import Schema
@@ -39,6 +40,19 @@ class PlanCache:
         """(plan, saved segments it reads) of ``text``."""
         step, refs, _ = self.compiled(text)
         return step, refs
+
+    def entry_list(self, texts: list[str], argument: str) -> tuple[list[Step], frozenset[str]]:
+        """The plans of ``texts`` and every saved segment they read; a QueryError names the argument and
+        the query's position in it."""
+        steps, refs = [], frozenset()
+        for position, text in enumerate(texts):
+            try:
+                step, reads = self.entry(text)
+            except QueryError as error:
+                raise QueryError(f"argument {argument!r}, query {position}: {error}") from None
+            steps.append(step)
+            refs |= reads
+        return steps, refs
 
     def get(self, text: str) -> Step:
         """The plan of ``text``."""
