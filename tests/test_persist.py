@@ -24,7 +24,7 @@ import pytest
 from engine import Engine, Schema
 from engine.columns import CategoryColumn, EventBatch, ProfileBatch, ValueColumn
 from engine.errors import DataDirMismatch, SegmentExists, ShardError
-from engine.persist import chunk_store
+from engine.persist import chunk_store, snapshot
 from engine.persist.framing import checksum, pack_key, unpack_key, unseal
 from engine.schema import CONTRACT_SCHEMA
 
@@ -208,29 +208,34 @@ def test_concurrent_writers_share_fsyncs_and_all_survive(tmp_path: Path) -> None
         assert [engine.count(f"age = {t}") for t in range(threads)] == [writes] * threads
 
 
-def test_writes_are_acknowledged_while_a_snapshot_is_being_written(tmp_path: Path, monkeypatch) -> None:
-    writing = threading.Event()
+@pytest.mark.parametrize("writer", ["fork", "thread"])
+def test_writes_are_acknowledged_while_a_snapshot_is_being_written(tmp_path: Path, monkeypatch, writer: str) -> None:
+    writing = tmp_path / "writing"  # a file: the forked child that writes a part shares no memory with the test
     original = chunk_store.ChunkStore._chunks
 
     def slow_chunks(self: Any, frames: Any) -> Any:
         for chunk in original(self, frames):
-            writing.set()
+            writing.touch()
             time.sleep(0.5)
             yield chunk
 
     monkeypatch.setattr(chunk_store.ChunkStore, "_chunks", slow_chunks)
-    with open_engine(tmp_path, 2) as engine:
+    monkeypatch.setattr(snapshot, "WRITER", writer)
+    with open_engine(tmp_path / "data", 2) as engine:
         engine.upsert_profiles({"id": f"before{i}", "age": 1} for i in range(100))
         taker = threading.Thread(target=engine.snapshot)
         taker.start()
-        assert writing.wait(5)
+        deadline = time.monotonic() + 5
+        while not writing.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writing.exists()
         for i in range(20):
             assert engine.upsert_profiles([{"id": f"during{i}", "age": 2}]) == 1
         assert taker.is_alive()  # the 20 writes were acknowledged before the snapshot finished
         taker.join()
         assert engine.durable.manifest["wal_seq"] == 1
         engine.upsert_profiles([{"id": "after", "age": 3}])
-    with open_engine(tmp_path, 2) as engine:
+    with open_engine(tmp_path / "data", 2) as engine:
         assert [engine.count(f"age = {a}") for a in (1, 2, 3)] == [100, 20, 1]
         assert engine.durable.recovery["snapshot_id"] == 1
 

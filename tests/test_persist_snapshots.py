@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from engine import Engine, Schema
 from engine.errors import DataDirMismatch
 from engine.persist import chunk_store, shard_state, snapshot
 from engine.persist.arena import CaptureArena
+from engine.persist.forked_writer import ForkedSnapshotJob
 from engine.persist.framing import unpack_key
 from engine.persist.lmdb_env import close_env, open_env
 from engine.schema import CONTRACT_SCHEMA
@@ -87,9 +93,12 @@ def test_a_capture_does_not_follow_later_writes_and_reuses_its_memory(tmp_path: 
         assert plain_answers(restored) == expected
 
 
-def test_a_part_is_written_at_a_lower_os_priority(tmp_path: Path) -> None:
-    """The thread writing a part lowers its nice value by WRITER_NICE (capped at 19); the serving
-    threads keep theirs."""
+@pytest.mark.parametrize("writer", ["fork", "thread"])
+def test_a_part_is_written_at_a_lower_os_priority(tmp_path: Path, writer: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child or thread writing a part lowers its nice value by WRITER_NICE (capped at 19); the
+    serving threads keep theirs."""
+    monkeypatch.setattr(snapshot, "WRITER", writer)
     with open_engine(tmp_path) as engine:
         write_everything(engine)
         before = os.getpriority(os.PRIO_PROCESS, 0)
@@ -102,7 +111,9 @@ def test_a_capture_past_its_copy_budget_is_written_before_the_next_write(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With less memory than the copy needs (here a budget of 0 bytes), a capture references what it
     would copy and the part is written before the snapshot call returns (writers wait meanwhile):
-    the snapshot holds exactly the state of its log position, and later writes replay on top."""
+    the snapshot holds exactly the state of its log position, and later writes replay on top
+    (the thread writer's fallback: a forked child's memory is its own)."""
+    monkeypatch.setattr(snapshot, "WRITER", "thread")
     monkeypatch.setenv("SEGENGINE_SNAPSHOT_COPY_BUDGET", "0")
     with open_engine(tmp_path) as engine:
         write_everything(engine)
@@ -126,6 +137,111 @@ def test_a_capture_past_its_copy_budget_is_written_before_the_next_write(
         assert plain_answers(restored) == expected
     with open_engine(tmp_path) as reopened:
         assert plain_answers(reopened) == later
+
+
+def slow_part_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every snapshot part waits ``seconds`` before it is written (in the forked child too: it inherits the patch)."""
+    write = chunk_store.ChunkStore.write
+
+    def slow(store: chunk_store.ChunkStore, *args: Any, **kwargs: Any) -> dict[str, int]:
+        time.sleep(seconds)
+        return write(store, *args, **kwargs)
+
+    monkeypatch.setattr(chunk_store.ChunkStore, "write", slow)
+
+
+def test_a_forked_part_holds_the_state_of_its_fork(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child writes the memory as it was at the fork: writes applied while it writes (attributes
+    overwritten in place, runs merged, bitmaps changed) do not reach the part; they replay from the log."""
+    monkeypatch.setattr(snapshot, "WRITER", "fork")
+    slow_part_writes(monkeypatch, 0.5)
+    with open_engine(tmp_path) as engine:
+        write_everything(engine)
+        event_writes(engine, 0)
+        expected = plain_answers(engine)
+        summaries: list[dict[str, Any]] = []
+        writer = threading.Thread(target=lambda: summaries.append(engine.snapshot()))
+        writer.start()
+        while engine.shards[0].persistence.job is None:
+            time.sleep(0.005)
+        job = engine.shards[0].persistence.job
+        assert isinstance(job, ForkedSnapshotJob) and job.status() is None  # the child is writing
+        write_everything(engine, 100)
+        event_writes(engine, 1000)
+        later = plain_answers(engine)
+        writer.join()
+        assert summaries[0]["forked"] == [1] and later != expected
+        snapshot_id, part = engine.durable.manifest["id"], engine.durable.manifest["parts"][0]
+    store = snapshot.ShardStore(str(tmp_path / "shard-0"))
+    frames = store.read(snapshot_id, part)
+    store.close()
+    with Engine(SCHEMA, shards=1, backend="local") as restored:
+        restored.clock = lambda: NOW
+        shard_state.restore(restored.shards[0], frames)
+        assert plain_answers(restored) == expected
+    with open_engine(tmp_path) as reopened:
+        assert plain_answers(reopened) == later
+
+
+def test_a_failed_fork_writes_the_part_from_a_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory() -> int:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    monkeypatch.setattr(snapshot, "WRITER", "fork")
+    with open_engine(tmp_path) as engine:
+        write_everything(engine)
+        expected = answers(engine)
+        monkeypatch.setattr(os, "fork", no_memory)
+        assert engine.snapshot()["forked"] == [0]
+        monkeypatch.undo()
+    with open_engine(tmp_path) as engine:
+        assert engine.durable.recovery["snapshot_id"] == 1
+        assert answers(engine) == expected
+
+
+KILLED_PARENT = """
+import sys, time
+sys.path[:0] = {paths!r}
+from engine.persist import chunk_store, snapshot
+from test_persist import open_engine, write_everything
+write = chunk_store.ChunkStore.write
+chunk_store.ChunkStore.write = lambda *a, **k: (time.sleep(600), write(*a, **k))[1]
+snapshot.WRITER = "fork"
+with open_engine({path!r}) as engine:
+    write_everything(engine)
+    import threading
+    threading.Thread(target=engine.snapshot, daemon=True).start()
+    while engine.shards[0].persistence.job is None:
+        time.sleep(0.01)
+    print(engine.shards[0].persistence.job.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_child_writing_a_part_exits_with_its_killed_parent(tmp_path: Path) -> None:
+    """kill -9 of the process holding the shard: its snapshot child exits too (it releases the shard
+    directory), and the data directory recovers every acknowledged write from the log."""
+    paths = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT.format(paths=paths, path=str(tmp_path))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not Path(f"/proc/{child}").exists()
+    finally:
+        parent.kill()
+        parent.stdout.close()
+    with open_engine(tmp_path) as engine:
+        expected_engine = Engine(SCHEMA, shards=1, backend="local")
+        expected_engine.clock = lambda: NOW
+        write_everything(expected_engine)
+        assert engine.durable.recovery["snapshot_id"] is None
+        assert answers(engine) == answers(expected_engine)
+        expected_engine.close()
 
 
 def used_bytes(path: Path, shard: int = 0) -> int:

@@ -31,6 +31,7 @@ DEFAULT_MAP_SIZE = 64 << 30
 
 _registry: dict[str, "LmdbEnv"] = {}
 _registry_lock = threading.Lock()
+_inherited: list[dict[str, "LmdbEnv"]] = []  # a forked child's handles from its parent (never used or closed)
 
 
 class LmdbEnv:
@@ -198,6 +199,15 @@ def open_env(path: str, names: tuple[str, ...], map_size: int = DEFAULT_MAP_SIZE
             raise ValueError(f"{path} is open with databases {sorted(handle.dbs)}, not {sorted(names)}")
         handle.refs += 1
         return handle
+
+
+def forget_inherited() -> None:
+    """In a forked child: start a registry of its own. The parent's handles are kept referenced but never
+    used (LMDB forbids using an environment across ``fork``) nor closed, and the registry's lock is new
+    (another thread of the parent may have held it at the fork)."""
+    global _registry, _registry_lock
+    _inherited.append(_registry)
+    _registry, _registry_lock = {}, threading.Lock()
 
 
 def close_env(handle: LmdbEnv) -> None:

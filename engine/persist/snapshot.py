@@ -10,11 +10,12 @@ in the manifest; the snapshot is complete only once the coordinator has committe
 deleted by the next ``prune``. The shard's store and running job are in its ``ShardPersistence``.
 
 **Writing** (``start``): the shard's state is captured (the only step that must not overlap a
-write; see ``shard_state``: arrays that writes change are copied into a ``CaptureArena`` kept
-from one snapshot to the next, event runs are referenced), then a background thread writes it
-(``SnapshotJob``; the shard keeps serving reads and writes meanwhile) straight from the captured
-memory into the store in one write transaction; only once it is committed does ``status`` report
-the part. ``prune`` (after the manifest is committed) deletes the previous snapshot, whose pages
+write) and written into the store in one write transaction in the background (the shard keeps
+serving reads and writes meanwhile); only once it is committed does ``status`` report the part.
+By default (``WRITER``) the capture is a ``fork()`` and the child serialises and writes the state
+of that instant (``forked_writer``); otherwise arrays that writes change are copied into a
+``CaptureArena`` kept from one snapshot to the next, event runs are referenced, bitmaps are
+serialised (``shard_state``), and a thread writes the copy (``SnapshotJob``). ``prune`` (after the manifest is committed) deletes the previous snapshot, whose pages
 the next snapshot reuses.
 
 **Loading** (``load``): every chunk is verified and copied into fresh arrays (one per frame),
@@ -25,6 +26,7 @@ naming ``segengine migrate DIR``, which converts it (``migrate``); format 2 is r
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -33,14 +35,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..priority import lower_thread_priority
+from ..store.event_rows import compact as compact_events
 from . import shard_state
 from .arena import CaptureArena
 from .chunk_store import FORMAT, LEGACY_FORMAT, LEGACY_FORMATS, ChunkStore
 from .errors import DataCorruption, DataDirMismatch
+from .forked_writer import ForkedSnapshotJob
 from .shard_persistence import ShardPersistence
 
 if TYPE_CHECKING:
     from ..shard.local import LocalShard
+
+log = logging.getLogger("segengine")
 
 #: Memory a capture leaves available (bytes): past it, the capture references what it would copy.
 COPY_RESERVE = 2 << 30
@@ -49,6 +55,11 @@ OWNER_WAIT_S = 10.0
 #: How much lower the OS priority of the thread writing a snapshot part is (``SEGENGINE_SNAPSHOT_NICE``
 #: overrides it; 0 keeps the serving threads' priority). See ``SnapshotJob``.
 WRITER_NICE = int(os.environ.get("SEGENGINE_SNAPSHOT_NICE", 10))
+#: Who writes a snapshot part: "fork" (a child process forked at the capture: ``forked_writer``) or
+#: "thread" (a thread of the shard's process, from a copy made at the capture: ``SnapshotJob``);
+#: ``SEGENGINE_SNAPSHOT_WRITER`` overrides it. A fork that fails (e.g. no memory to commit for it
+#: under strict overcommit) falls back to the thread.
+WRITER = os.environ.get("SEGENGINE_SNAPSHOT_WRITER", "fork" if hasattr(os, "fork") else "thread")
 
 
 class ShardStore:
@@ -66,6 +77,12 @@ class ShardStore:
         if self._chunks is None and (create or os.path.exists(os.path.join(self.path, "data.mdb"))):
             self._chunks = ChunkStore(self.path)
         return self._chunks
+
+    def release_chunks(self) -> None:
+        """Close this process's handle on the chunk store (reopened on next use)."""
+        if self._chunks is not None:
+            self._chunks.close()
+            self._chunks = None
 
     def write(self, snapshot_id: int, frames: list[list[Any]], fmt: int = FORMAT) -> dict[str, int]:
         """Write the captured ``frames`` as snapshot ``snapshot_id`` durably; returns the part description."""
@@ -98,9 +115,7 @@ class ShardStore:
 
     def close(self) -> None:
         """Release the chunk store, the capture memory and the ownership of the directory."""
-        if self._chunks is not None:
-            self._chunks.close()
-            self._chunks = None
+        self.release_chunks()
         self.arena.close()
         self.owner.close()
 
@@ -184,11 +199,20 @@ class SnapshotJob:
 
 
 def start(shard: LocalShard, path: str, snapshot_id: int) -> dict[str, int]:
-    """Capture ``shard`` now and write it as snapshot ``snapshot_id`` under ``path`` in the background."""
+    """Capture ``shard`` now and write it as snapshot ``snapshot_id`` under ``path`` in the background
+    (by a forked child, or by a thread from a copy: ``WRITER``)."""
     persistence: ShardPersistence = shard.persistence
     persistence.wait()
     store = persistence.store_at(path)
     began = time.perf_counter()
+    if WRITER == "fork":
+        compact_events(shard.events, force=True)  # no event deleted by marking reaches a snapshot
+        try:
+            persistence.job = ForkedSnapshotJob(store, snapshot_id, shard, WRITER_NICE)
+            return {"capture_ms": int((time.perf_counter() - began) * 1000), "forked": 1}
+        except OSError:
+            log.warning("cannot fork a process to write snapshot %d of %s; writing it from a thread", snapshot_id,
+                        path, exc_info=True)
     store.arena.reset()
     captured = shard_state.capture(shard, store.arena, budget=copy_budget(store.arena.nbytes))
     store.arena.trim()
