@@ -18,10 +18,14 @@ behind it. Once only point reads hold the lock, new ones queue behind the writer
 them cannot starve it: a point read waits at most for the write running (its publish step).
 
 A view read (``view=True``: a point read of what a shard keeps consistent on its own, one profile's
-saved-segment membership on a one-shard engine) may also go in while a write that says so
-(``writing(view_safe=True)``: an event batch) is applied: the shard then guards that read's data
-itself (engine.segments, ``SavedSegments.view``) and switches it from before to after the write at
-once, so such a read never waits for the write's commit.
+saved-segment membership) may also go in while a write that says so (``writing(view_safe=True)``:
+an event batch) is applied. Such a write runs in a ``view_call`` (its shard calls carry the flag):
+each shard applies it but keeps its membership bits as they were, holding the switch to the new
+bits back (and view reads of a shard that inserts profiles waiting) until ``publish_view``
+(engine.segments, ``SavedSegments.deferring``). The writer then calls ``end_views`` (no new view
+read goes in) and has every shard publish, all before it releases the lock. So a view read sees
+every shard before the write or, once it ends, after it: a read that saw one shard after the
+write began its publish step, and every read that starts later waits for the write's end.
 
 Likewise for heavy reads: a background thread (``engine.priority``: a server's pool for the
 queries known to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
@@ -238,6 +242,11 @@ class PublishLock:
             self.grants += 1
             self.changed.notify_all()
 
+    def end_views(self) -> None:
+        """Admit no more view reads beside the running write (its publish step begins)."""
+        with self.changed:
+            self.view_safe = False
+
     def writing(self, timeout: float | None = None, view_safe: bool = False) -> ContextManager[None]:
         """Hold the write for the block (PublishTimeout if it cannot be had in time); ``view_safe``: view
         reads may go on beside it (see ``acquire_read``)."""
@@ -269,3 +278,24 @@ def _holding(acquire: Callable[[float | None], bool], release: Callable[[], None
         yield
     finally:
         release()
+
+
+_calls = threading.local()
+
+
+@contextmanager
+def view_call(on: bool = True) -> Iterator[None]:
+    """Mark the shard calls this thread makes in the block as view calls (a view read, or a write that
+    leaves its membership switch to ``publish_view``: see the module docstring); the flag crosses to
+    shard workers with each request (engine.shard.messages)."""
+    before = in_view_call()
+    _calls.view = on
+    try:
+        yield
+    finally:
+        _calls.view = before
+
+
+def in_view_call() -> bool:
+    """True inside ``view_call`` on this thread."""
+    return getattr(_calls, "view", False)

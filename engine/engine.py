@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Sequence
 from .analytics import check_breakdown, merge_breakdown, merge_overlap
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
-from .concurrency import PublishLock
+from .concurrency import PublishLock, view_call
 from .collector import collector_paused
 from .commands import (COORDINATOR_KINDS, AddDestination, Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents,
                        LoadProfiles, Merge, RemoveDestination, Track, UpdateSchema, Upsert, applied_count,
@@ -39,7 +39,7 @@ from .segment_sizes import SegmentSizes
 from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import make_shards
 from .shard.partition import shard_of
-from .shard.prepared import PREPARED_METHODS
+from .shard.prepared import PREPARED_METHODS, view_safe
 from .store.bitmaps import rows_of
 from .timeparse import query_clock, wall_clock_ms
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
@@ -198,9 +198,17 @@ class Engine:
         tagged = [None if call is None else (seq, *call) for call in calls]
         if any(call is not None and call[0] in PREPARED_METHODS for call in calls):
             self._prepare(tagged)
-        with self.publish.writing(view_safe=self._view_safe(calls)):
-            results = self.durable.send(tagged) if self.durable is not None else \
-                self.shards.call_each("apply_logged", tagged)
+        view = view_safe(calls)  # membership is read beside it (engine.concurrency, view reads)
+        with self.publish.writing(view_safe=view):
+            try:
+                with view_call(view):
+                    results = self.durable.send(tagged) if self.durable is not None else \
+                        self.shards.call_each("apply_logged", tagged)
+            finally:
+                if view:
+                    self.publish.end_views()
+                    with view_call():
+                        self.shards.publish_view(calls)
             result: Any = None
             if isinstance(command, CreateSegment):
                 self.catalog.put(definition)
@@ -226,11 +234,6 @@ class Engine:
                 self.destinations.erase(command.ids)  # after the exits the erasure caused were queued
         self.writes.add(command.kind, result if isinstance(result, int) else 0)
         return result
-
-    def _view_safe(self, calls: list[tuple | None]) -> bool:
-        """True if membership may be read beside these shard calls (engine.concurrency, view reads): a
-        columnar event batch on a one-shard engine, whose shard guards membership itself."""
-        return self.n_shards == 1 and all(call is None or call[0] == "load_events" for call in calls)
 
     def _prepare(self, calls: list[tuple | None]) -> None:
         """Let the shards work out a write before its exclusive commit, while reads go on
@@ -426,7 +429,7 @@ class Engine:
         self._tick()
         if isinstance(profile_id, str):
             profile_id = self.identity.resolve([profile_id])[0]
-        return self._on_owner("membership", profile_id, names, view=self.n_shards == 1)
+        return self._on_owner("membership", profile_id, names, view=True)
 
     def refresh_segments(self, now: int | None = None) -> None:
         """Bring time-relative saved segments to ``now`` (default: the engine clock)."""
@@ -552,7 +555,7 @@ class Engine:
         owner = shard_of(profile_id, self.n_shards) if isinstance(profile_id, str) else 0
         calls: list[tuple | None] = [None] * self.n_shards
         calls[owner] = (profile_id, *args)
-        with self.publish.reading(point=True, view=view):
+        with self.publish.reading(point=True, view=view), view_call(view):
             return self.shards.call_each(method, calls)[owner]
 
     def _publish(self) -> None:

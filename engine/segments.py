@@ -21,8 +21,11 @@ over as plain lists ``[kind, segment, [ids]]``.
 ``membership`` reads the id map, the live rows and ``MembershipBits`` under ``view`` (a lock of
 this object), not under the engine's publish lock alone: ``sync`` works the changes out first and
 sets the per-row bits under ``view`` at its end, and a write that creates rows holds ``view`` from
-their insertion on, so a one-shard engine answers membership beside an event batch's commit
-(engine.concurrency, view reads) with the state before or after it, never between.
+their insertion on. Inside ``deferring`` (a view write: engine.concurrency) the bits are not set at
+the end of the sync but kept for ``publish``, which the coordinator calls on every shard at the
+end of the write, and the rows the write creates stay unknown to membership until then. So
+membership answered beside an event batch's commit (a view read) sees the state before or after it
+on every shard, never between.
 """
 from __future__ import annotations
 
@@ -238,6 +241,8 @@ class SavedSegments:
         self.members = MembershipBits()
         self.view = threading.RLock()  # guards what membership reads (module docstring)
         self._member_ops: list[tuple[np.ndarray, int, bool]] | None = None  # per-row bit changes of a sync
+        self.unpublished: list[tuple[np.ndarray, int, bool]] | None = None  # kept for ``publish`` (deferring)
+        self.visible_rows: int | None = None  # rows from here on are unknown to membership until ``publish``
         self.now: int | None = None
         self.capture = False
         self.pending: list[tuple[str, str, np.ndarray | list[str] | None]] = []
@@ -246,12 +251,13 @@ class SavedSegments:
 
     def __getstate__(self) -> dict[str, Any]:
         """The pickled form (the legacy snapshot formats' tests write it): no lock, no sync in progress."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("view", "_member_ops")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("view", "_member_ops", "unpublished", "visible_rows")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a pickled instance (the legacy snapshot formats: their parts keep no member counts)."""
         self.__dict__.update(state)
-        self.view, self._member_ops = threading.RLock(), None
+        self.view, self._member_ops, self.unpublished, self.visible_rows = threading.RLock(), None, None, None
         if "counts" not in state:
             self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
         if "event_reads" not in state:
@@ -329,7 +335,7 @@ class SavedSegments:
         """The saved segments (sorted names) ``profile_id`` is in, among ``names`` if given."""
         with self.view:
             row = self.profiles.idmap.lookup_one(profile_id)
-            if row < 0 or row not in self.profiles.live:
+            if row < 0 or row not in self.profiles.live or (self.visible_rows is not None and row >= self.visible_rows):
                 raise ProfileNotFound(f"unknown profile {profile_id!r}")
             if names:
                 slots = self.slots
@@ -384,15 +390,46 @@ class SavedSegments:
 
     @contextmanager
     def _members_at_end(self) -> Iterator[None]:
-        """Collect the per-row bit changes of the block and make them under ``view`` at its end."""
+        """Collect the per-row bit changes of the block and make them under ``view`` at its end (or keep
+        them for ``publish`` while ``deferring``)."""
         self._member_ops = []
         try:
             yield
         finally:
             ops, self._member_ops = self._member_ops, None
-            with self.view:
-                for rows, slot, add in ops:
-                    (self.members.set if add else self.members.clear)(rows, slot)
+            if self.unpublished is not None:
+                self.unpublished.extend(ops)
+            else:
+                self._set_members(ops)
+
+    def _set_members(self, ops: list[tuple[np.ndarray, int, bool]]) -> None:
+        with self.view:
+            for rows, slot, add in ops:
+                (self.members.set if add else self.members.clear)(rows, slot)
+
+    @contextmanager
+    def deferring(self, creates_rows: bool) -> Iterator[None]:
+        """Keep the membership bit changes of the block's syncs for ``publish`` (a view write); with
+        ``creates_rows``, hold ``view`` for the block (the id map changes) and keep the rows it creates
+        unknown to membership until ``publish``."""
+        if self.unpublished is None:
+            self.unpublished = []
+        if not creates_rows:
+            yield
+            return
+        with self.view:
+            if self.visible_rows is None:
+                self.visible_rows = len(self.profiles.idmap)
+            yield
+
+    def publish(self) -> None:
+        """Make the membership bit changes kept by ``deferring`` and show the rows it created (no-op
+        without any)."""
+        ops, self.unpublished = self.unpublished, None
+        with self.view:
+            if ops:
+                self._set_members(ops)
+            self.visible_rows = None
 
     def _prepare_refresh(self, step: Step) -> None:
         """Build what refreshing ``step`` reads (sorted columns, latest event times) now, not at the first tick."""

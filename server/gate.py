@@ -128,7 +128,7 @@ class EngineGate:
         """
         if self.closing or self._refresh_wanted() or self._workers_busy():
             raise WouldWait
-        if not self.publish.acquire_read(blocking=False, point=True, view=view and self.engine.n_shards == 1):
+        if not self.publish.acquire_read(blocking=False, point=True, view=view):
             raise WouldWait
         try:
             return fn(*args)

@@ -47,7 +47,7 @@ def test_remote_handles_have_exactly_the_remote_methods_with_the_same_signatures
 
 def test_every_method_is_a_read_a_write_or_a_snapshot_step() -> None:
     writes = {n for n in api.METHODS if api.access(n) is api.Access.WRITE}
-    assert writes == {"refresh_segments", "capture_changes", "take_changes", "apply_logged", "recover",
+    assert writes == {"publish_view", "refresh_segments", "capture_changes", "take_changes", "apply_logged", "recover",
                       "snapshot_close", "snapshot_compact"}
     assert set(api.METHODS) - api.READS - writes == {"snapshot_capture", "snapshot_prune"}
     assert all(api.access(n) is api.Access.SNAPSHOT for n in ("snapshot_capture", "snapshot_prune"))

@@ -13,6 +13,8 @@ Every method is classified by how it may share a shard with other calls (``ACCES
   reads, and each other while ``QUERIES_OVERLAP`` (the executor's clock and scratch are per call).
 - ``POINT``: a short read outside the executor (``membership``, ``profile``, ``stats``...). A
   point read may run alongside queries and other point reads, and goes ahead of queued queries.
+  A point read sent by a view call (``membership``: engine.concurrency) may also run beside a
+  write sent by one (an event batch, whose membership switch waits for ``publish_view``).
 - ``SNAPSHOT``: a snapshot step that reads the shard's data without changing it (``snapshot_capture``)
   or changes only its snapshot store (``snapshot_prune``). It keeps writes out but runs alongside
   queries and point reads (taking a query's place, ahead of queued queries), so a capture pauses
@@ -55,6 +57,7 @@ class ShardAPI(Protocol):
     """The methods of a shard that a coordinator calls (see engine/shard/local.py for what they do)."""
 
     # writes (a write command reaches a shard as ``apply_logged``: see engine.commands)
+    def publish_view(self) -> None: ...
     def refresh_segments(self, now: int) -> None: ...
     def capture_changes(self, on: bool) -> None: ...
     def take_changes(self) -> dict[str, Any]: ...
@@ -100,7 +103,7 @@ W, Q, P, S = Access.WRITE, Access.QUERY, Access.POINT, Access.SNAPSHOT
 
 #: Every remote shard method and its access class (the order of ShardAPI).
 ACCESS: dict[str, Access] = {
-    "refresh_segments": W, "capture_changes": W, "take_changes": W,
+    "publish_view": W, "refresh_segments": W, "capture_changes": W, "take_changes": W,
     "apply_logged": W, "recover": W, "snapshot_capture": S, "snapshot_prune": S, "snapshot_close": W, "snapshot_compact": W,
     "count": Q, "rows": Q, "ids": Q, "explain": Q, "breakdown": Q, "overlap": Q, "why": Q,
     "lookalike_counts": Q, "lookalike_sample": Q, "lookalike_score": Q,

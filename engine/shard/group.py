@@ -15,10 +15,14 @@ every reply; Ray: submit every call, then get every result).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator, Sequence
 
+from ..errors import ShardError
 from ..schema import Schema
 from . import api
+
+log = logging.getLogger("segengine")
 
 
 class ShardGroup(Sequence):
@@ -48,6 +52,14 @@ class ShardGroup(Sequence):
     def call_all(self, method: str, *args: Any) -> list[Any]:
         """``shard.method(*args)`` on every shard, in shard order."""
         return self.call_each(method, [args] * len(self.shards))
+
+    def publish_view(self, calls: Sequence[tuple | None]) -> None:
+        """Have every shard a view write reached (``calls[i]`` not None) switch its membership to the
+        state after it (engine.concurrency)."""
+        try:
+            self.call_each("publish_view", [None if call is None else () for call in calls])
+        except ShardError:  # a respawned worker recovers the state after the write from the log
+            log.warning("a shard could not publish a write's membership", exc_info=True)
 
     def respawns(self) -> list[int]:
         """How many times each shard was restarted after it died (in-process shards: never)."""

@@ -264,6 +264,10 @@ class LocalShard:
         """Ids and ``attributes`` of the live rows among sorted ``rows`` (see engine.store.member_columns)."""
         return member_columns(self.profiles, rows, attributes)
 
+    def publish_view(self) -> None:
+        """Switch membership to the state after the view write just applied (engine.concurrency)."""
+        self.saved.publish()
+
     def refresh_segments(self, now: int) -> None:
         """Bring time-relative saved segments to clock ``now``."""
         self.saved.sync(None, now)

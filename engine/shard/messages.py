@@ -47,12 +47,21 @@ HEADER = struct.Struct("<Q")
 #: Set in a request frame's id by a background caller (engine.priority): the worker serves the
 #: request at a lower OS priority. Replies carry the id without it.
 BACKGROUND = 1 << 63
+#: Set in a request frame's id by a view call (engine.concurrency.view_call): a view read, which a
+#: worker may serve beside a view write, or a view write, whose membership switch waits for
+#: ``publish_view``.
+VIEW = 1 << 62
 
 
-def request_id(frame: bytes) -> tuple[int, bool]:
-    """(request id, sent by a background caller) of a request frame."""
+def request_header(request_id: int, background: bool, view: bool) -> bytes:
+    """The id header of a request frame, with its flags."""
+    return HEADER.pack(request_id | (BACKGROUND if background else 0) | (VIEW if view else 0))
+
+
+def request_id(frame: bytes) -> tuple[int, bool, bool]:
+    """(request id, sent by a background caller, sent by a view call) of a request frame."""
     (raw,) = HEADER.unpack_from(frame)
-    return raw & ~BACKGROUND, bool(raw & BACKGROUND)
+    return raw & ~(BACKGROUND | VIEW), bool(raw & BACKGROUND), bool(raw & VIEW)
 
 
 def _registry() -> dict[str, tuple[type, tuple[str, ...]]]:

@@ -23,6 +23,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..columns import EventBatch
+from ..concurrency import in_view_call
 from ..store.bitmaps import to_bitmap
 from ..store.events import AppendPlan
 from ..store.memory import release_after_bulk
@@ -33,6 +34,12 @@ if TYPE_CHECKING:
 
 #: The shard write methods with a prepare phase.
 PREPARED_METHODS = frozenset({"load_events"})
+
+
+def view_safe(calls: list[tuple | None]) -> bool:
+    """True if a write's shard calls are a view write (engine.concurrency): columnar event batches,
+    whose commit keeps membership as it was until ``publish_view``."""
+    return all(call is None or call[0] == "load_events" for call in calls)
 
 
 @dataclass
@@ -63,8 +70,14 @@ def plan_load_events(shard: LocalShard, batch: EventBatch, now: int | None, seq:
 
 
 def commit_load_events(shard: LocalShard, plan: PreparedEvents) -> int:
-    """Apply a prepared event batch (made against the shard as it is); returns how many events were applied."""
-    # a batch that creates profiles holds the segments' view from their insertion on (engine.segments)
+    """Apply a prepared event batch (made against the shard as it is); returns how many events were applied.
+
+    In a view call (a view write: engine.concurrency) the membership switch waits for the
+    coordinator's ``publish_view``; otherwise a batch that creates profiles holds the segments'
+    view from their insertion on (engine.segments)."""
+    if in_view_call():
+        with shard.saved.deferring(creates_rows=bool(plan.rows.new_ids)):
+            return _commit(shard, plan)
     with shard.saved.view if plan.rows.new_ids else nullcontext():
         return _commit(shard, plan)
 

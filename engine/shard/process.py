@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ShardError
+from ..concurrency import in_view_call
 from ..priority import is_background_thread
 from ..schema import Schema
 from . import api, messages
@@ -65,7 +66,7 @@ _live: "weakref.WeakSet[ProcessShard]" = weakref.WeakSet()
 class _Request:
     """One request sent to a worker: what a re-send needs, and once answered, its outcome."""
 
-    __slots__ = ("id", "method", "body", "lane", "generation", "outcome", "background")
+    __slots__ = ("id", "method", "body", "lane", "generation", "outcome", "background", "view")
 
     def __init__(self, request_id: int, method: str, body: bytes, lane: Lane, generation: int):
         self.id = request_id
@@ -75,10 +76,11 @@ class _Request:
         self.generation = generation  # of the worker it was sent to
         self.outcome: tuple[bool, Any] | None = None  # (ok, result or error description) or (False, exception)
         self.background = is_background_thread()  # the worker serves it at a lower priority
+        self.view = in_view_call()  # a view read or view write (engine.concurrency)
 
     def frame(self) -> bytes:
-        """The request frame (its id flagged if a background thread sent it)."""
-        return messages.HEADER.pack(self.id | (messages.BACKGROUND if self.background else 0)) + self.body
+        """The request frame (its id flagged if a background thread or a view call sent it)."""
+        return messages.request_header(self.id, self.background, self.view) + self.body
 
 
 class ProcessShard(RemoteShard):

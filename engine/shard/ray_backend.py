@@ -21,6 +21,7 @@ import threading
 import warnings
 from typing import Any, Sequence
 
+from ..concurrency import in_view_call
 from ..errors import ShardError
 from ..schema import Schema
 from . import api, messages
@@ -64,7 +65,7 @@ class RayShard(RemoteShard):
 
     def submit(self, body: bytes) -> Any:
         """Send a request body; the Ray object reference of the reply frame."""
-        return self.actor.call.remote(messages.HEADER.pack(next(self.ids)) + body)
+        return self.actor.call.remote(messages.request_header(next(self.ids), False, in_view_call()) + body)
 
     def result(self, frame: bytes) -> Any:
         """The answer in a reply frame (a shard's error is re-raised)."""

@@ -27,6 +27,9 @@ class RemoteShard:
     def refresh_segments(self, now: int) -> None:
         return self.call("refresh_segments", now)
 
+    def publish_view(self) -> None:
+        return self.call("publish_view")
+
     def capture_changes(self, on: bool) -> None:
         return self.call("capture_changes", on)
 

@@ -9,7 +9,11 @@ the next one that may start now:
   (``Access.POINT``) and the prepare of a write (``Access.PREPARE``) first, whatever queries
   wait ahead of them, then a snapshot step (``Access.SNAPSHOT``: it keeps writes out, not reads),
   then the oldest query; a snapshot step and a query start only while fewer than
-  ``max_queries`` of them are running (so a thread stays free for point reads).
+  ``max_queries`` of them are running (so a thread stays free for point reads);
+- a view read (a point read sent by a view call: engine.concurrency) may also start while a view
+  write runs or waits ahead of it (a write sent by a view call: an event batch, whose membership
+  switch waits for a later ``publish_view``, or that ``publish_view``), as long as no other write
+  comes before it.
 
 Not thread-safe: the worker calls it under its own lock.
 
@@ -32,6 +36,14 @@ Not thread-safe: the worker calls it under its own lock.
 (7, 6, None)
 >>> s.finish(6); s.take()
 5
+>>> s.finish(5); s.finish(7); s.take()
+8
+>>> s.finish(8)
+>>> s.admit(9, Access.WRITE, view=True); s.admit(10, Access.POINT, view=True); s.admit(11, Access.POINT)
+>>> s.take(), s.take(), s.take()  # the view read runs beside the view write; the point read waits
+(9, 10, None)
+>>> s.finish(10); s.finish(9); s.take()
+11
 """
 from __future__ import annotations
 
@@ -49,14 +61,15 @@ class Scheduler:
 
     def __init__(self, max_queries: int = 1):
         self.max_queries = max_queries
-        self.waiting: deque[tuple[Any, Access]] = deque()  # admitted, not started, in id order
+        self.waiting: deque[tuple[Any, Access, bool]] = deque()  # admitted, not started, in id order
         self.running: dict[int, Access] = {}  # id(item) -> access of the requests being served
         self.queries = 0  # queries and snapshot steps running
         self.writing = False  # a write is running
+        self.view_writing = False  # the write running is a view write
 
-    def admit(self, item: Any, kind: Access) -> None:
-        """Queue ``item`` (the next request in id order)."""
-        self.waiting.append((item, kind))
+    def admit(self, item: Any, kind: Access, view: bool = False) -> None:
+        """Queue ``item`` (the next request in id order; ``view``: sent by a view call)."""
+        self.waiting.append((item, kind, view))
 
     def take(self) -> Any | None:
         """The request to start now, or None if none may start."""
@@ -69,30 +82,48 @@ class Scheduler:
 
     def _pick(self) -> int | None:
         """The position in ``waiting`` of the request to start now."""
-        if self.writing or not self.waiting:
+        if not self.waiting:
             return None
+        if self.writing:
+            return self._view_read(0) if self.view_writing else None
         first_query = first_snapshot = None
-        for index, (_, kind) in enumerate(self.waiting):
+        for index, (_, kind, view) in enumerate(self.waiting):
             if kind is Access.WRITE:
                 if index == 0 and not self.running:
                     return 0
-                break
+                beside = self._view_read(index + 1) if view else None
+                return beside if beside is not None else self._query_place(first_query, first_snapshot)
             if kind is Access.POINT or kind is Access.PREPARE:
                 return index
             if kind is Access.SNAPSHOT:
                 first_snapshot = index if first_snapshot is None else first_snapshot
             elif first_query is None:
                 first_query = index
+        return self._query_place(first_query, first_snapshot)
+
+    def _query_place(self, first_query: int | None, first_snapshot: int | None) -> int | None:
+        """The snapshot step or query to start, if a query's place is free."""
         if self.queries < self.max_queries:
             return first_snapshot if first_snapshot is not None else first_query
         return None
 
+    def _view_read(self, start: int) -> int | None:
+        """The first view read from position ``start`` on that no write other than a view write precedes."""
+        for index in range(start, len(self.waiting)):
+            _, kind, view = self.waiting[index]
+            if kind is Access.WRITE and not view:
+                return None
+            if view and kind is Access.POINT:
+                return index
+        return None
+
     def _start(self, index: int) -> Any:
-        item, kind = self.waiting[index]
+        item, kind, view = self.waiting[index]
         del self.waiting[index]
         self.running[id(item)] = kind
         self.queries += kind in _QUERY_PLACES
-        self.writing = kind is Access.WRITE
+        if kind is Access.WRITE:
+            self.writing, self.view_writing = True, view
         return item
 
     def finish(self, item: Any) -> None:
@@ -100,7 +131,7 @@ class Scheduler:
         kind = self.running.pop(id(item))
         self.queries -= kind in _QUERY_PLACES
         if kind is Access.WRITE:
-            self.writing = False
+            self.writing = self.view_writing = False
 
     def idle(self) -> bool:
         """Nothing waiting or running."""

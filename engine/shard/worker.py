@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..concurrency import view_call
 from ..priority import run_in_background
 from ..schema import Schema
 from . import api, messages
@@ -106,9 +107,10 @@ class ShardServer:
         started = time.perf_counter()
         request_id = 0
         try:
-            request_id = messages.request_id(frame)[0]  # an undecodable body is answered by id too
+            request_id, _, view = messages.request_id(frame)  # an undecodable body is answered by id too
             request_id, method, args = messages.decode_request(frame)
-            return messages.encode_reply(request_id, self.dispatch(method, args))
+            with view_call(view):
+                return messages.encode_reply(request_id, self.dispatch(method, args))
         except Exception as error:  # every failure goes back to the coordinator, named
             return messages.encode_error(request_id, error)
         finally:
@@ -169,10 +171,10 @@ class _Lane:
 
 
 class _Request:
-    __slots__ = ("id", "lane", "frame", "background")
+    __slots__ = ("id", "lane", "frame", "background", "view")
 
-    def __init__(self, request_id: int, lane: _Lane, frame: bytes, background: bool):
-        self.id, self.lane, self.frame, self.background = request_id, lane, frame, background
+    def __init__(self, request_id: int, lane: _Lane, frame: bytes, background: bool, view: bool):
+        self.id, self.lane, self.frame, self.background, self.view = request_id, lane, frame, background, view
 
 
 class Worker:
@@ -294,16 +296,16 @@ class Worker:
         again when it cannot tell whether it went out) is dropped.
         """
         for lane, frame in frames:
-            request_id, background = messages.request_id(frame)
+            request_id, background, view = messages.request_id(frame)
             if request_id >= self.expected:
-                self.queued.setdefault(request_id, _Request(request_id, lane, frame, background))
+                self.queued.setdefault(request_id, _Request(request_id, lane, frame, background, view))
         while self.expected in self.queued:
             request = self.queued.pop(self.expected)
             try:
                 kind = api.access(messages.peek_method(request.frame))
             except Exception:  # not a request frame: served alone, its error goes back as the reply
                 kind = api.Access.WRITE
-            self.scheduler.admit(request, kind)
+            self.scheduler.admit(request, kind, request.view)
             self.expected += 1
 
 
