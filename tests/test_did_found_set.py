@@ -37,7 +37,7 @@ AMOUNTS = [100.0, 100.01, 99.99, 250.0, 5.0, None]
 CATEGORIES = ["electronics", "jewelry", "books", "", None]
 
 #: (attribute part selecting the found set, its size): a single row, a few, under and over 1/FOUND_SHARE.
-FOUND = [("country = 'ZZ'", 1), ("country = 'FR' AND vip = TRUE", 5), ("country = 'FR'", 40),
+FOUND = [("country = 'ZZ'", 1), ("country = 'FR' AND vip = TRUE", 4), ("country = 'FR'", 30),
          ("country = 'DE'", 160)]
 DIDS = [
     "DID(purchase WHERE amount > 100 AND category IN ('electronics', 'jewelry'), WITHIN 30d)",
@@ -51,10 +51,10 @@ DIDS = [
 
 
 def profiles() -> list[dict[str, Any]]:
-    """One ZZ profile, 40 FR (5 of them vip), 160 DE, the rest US."""
+    """One ZZ profile, 30 FR (4 of them vip), 160 DE, the rest US."""
     out = [{"id": "p000", "country": "ZZ", "vip": True}]
     for i in range(1, PROFILES):
-        country = "FR" if i <= 40 else "DE" if i <= 200 else "US"
+        country = "FR" if i <= 30 else "DE" if i <= 190 else "US"
         out.append({"id": f"p{i:03d}", "country": country, "vip": country == "FR" and i % 7 == 0})
     return out
 
@@ -125,7 +125,7 @@ def test_did_within_any_found_set_matches_a_scan() -> None:
             return False  # no stop at all: no event is after the last one
         return NOW - 30 * DAY_MS < ts[i] <= NOW
 
-    founds = [BitMap(), BitMap([7]), BitMap([250, 999]), BitMap(range(0, universe, 9)),
+    founds = [BitMap(), BitMap([7]), BitMap([250, 999]), BitMap(range(0, universe, 11)),
               BitMap(range(190, 215))]
     assert all(len(found) * FOUND_SHARE < universe for found in founds)
     for text in ["DID(act WHERE amount > 100 AND kind = 'a', WITHIN 30d)",
