@@ -4,7 +4,8 @@ Presence in a window ("had at least one / no event") is one union of whole-day b
 5-minute slot bitmaps inside the two partial edge days (built on demand, see
 ``EventTypeStore.ensure_slots``; a partial day with few events is scanned instead) and the rows
 of the events in the two partial edge slots. Counts, WHERE and AFTER LAST scan only the events
-inside the window (found by binary search in each time-ordered run): counts up to two in
+inside the window (found by binary search in each time-ordered run; within a found set of under a
+tenth of the rows, only its rows' events: ``FOUND_SHARE``): counts up to two in
 per-row bitsets (``count_upto2``), up to 255 in per-row saturating uint8 counters
 (``count_upto``), larger ones by sorting the window's rows. Counts from 2 to 8 over windows with
 a whole day come from kept count levels (``engine.exec.count_levels``) and AFTER LAST presence
