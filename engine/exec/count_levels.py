@@ -221,29 +221,21 @@ def _edge_counts(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore, 
                  now: int, within: BitMap | None, top: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows, in no order; their numbers of events in ``spans`` that pass the WHERE, capped at ``top``),
     of the rows of ``within`` when given."""
-    from .did import set_bits, where_mask  # did.py imports this module
-    from .where_bins import member_positions
+    from .did import where_mask  # did.py imports this module
+    from .where_bins import member_parts
 
     parts = [part for lo, hi in spans for part in store.window(lo, hi)]
     if not parts or (within is not None and not within):
         return np.zeros(0, np.int32), np.zeros(0, np.int64)
     found: list[np.ndarray] = []
     with evaluator.buffers.take() as buffers:
-        member_rows = rows_of(within) if within is not None else None
-        if member_rows is not None:
-            member = buffers.member_bits(int(member_rows[-1]) + 1)
-            set_bits(member, member_rows, True)
-        try:
-            for part in parts:
-                if member_rows is not None:
-                    part = part.take(member_positions(part.rows, member))
-                if len(part):
-                    rows = part.rows if node.where is None else part.rows[where_mask(node.where, part, store, now)]
-                    if len(rows):
-                        found.append(rows)
-        finally:
-            if member_rows is not None:
-                set_bits(member, member_rows, False)
+        if within is not None:
+            parts = member_parts(buffers, parts, within)
+        for part in parts:
+            if len(part):
+                rows = part.rows if node.where is None else part.rows[where_mask(node.where, part, store, now)]
+                if len(rows):
+                    found.append(rows)
         if not found:
             return np.zeros(0, np.int32), np.zeros(0, np.int64)
         rows = np.concatenate(found) if len(found) > 1 else found[0]

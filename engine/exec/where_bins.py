@@ -30,7 +30,8 @@ from ..store.events import DAY_MS, NO_TIME, EventTypeStore
 from ..store.property_bitmaps import BINNED_KINDS, EDGES, NULL_BIN, bin_bounds
 
 if TYPE_CHECKING:
-    from .did import DidEvaluator
+    from ..store.runs import Run
+    from .did import DidEvaluator, Scratch
 
 _CMP = {"=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
         "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
@@ -139,6 +140,18 @@ def bin_verdicts(node: ast.Node, kind: str, labels: list[str] | None, keys: list
 
 
 @numba.njit(cache=True, nogil=True)
+def set_bits(words, rows, value):
+    """Set (value True) or clear the bits of ``rows`` in a bitset."""
+    for i in range(len(rows)):
+        row = rows[i]
+        bit = np.uint64(1) << np.uint64(row & 63)
+        if value:
+            words[row >> 6] |= bit
+        else:
+            words[row >> 6] &= ~bit
+
+
+@numba.njit(cache=True, nogil=True)
 def member_positions(rows, member):
     """Positions of the events whose row is set in the bitset ``member`` (rows past its end are not set)."""
     out = np.empty(len(rows), dtype=np.int64)
@@ -152,31 +165,34 @@ def member_positions(rows, member):
     return out[:n]
 
 
+def member_parts(buffers: Scratch, parts: list[Run], members: BitMap) -> list[Run]:
+    """The events of ``parts`` whose row is in ``members``, as runs (empty ones left out)."""
+    member_rows = rows_of(members)
+    if len(member_rows) == 0:
+        return []
+    member = buffers.member_bits(int(member_rows[-1]) + 1)
+    set_bits(member, member_rows, True)
+    try:
+        taken = [part.take(member_positions(part.rows, member)) for part in parts]
+    finally:
+        set_bits(member, member_rows, False)
+    return [part for part in taken if len(part)]
+
+
 def scan_where(evaluator: DidEvaluator, store: EventTypeStore, where: ast.Node, lo: int, hi: int, now: int,
                candidates: BitMap | None) -> BitMap:
     """Rows (of ``candidates`` when given) with an event in [lo, hi] passing ``where``, from the events."""
-    from .did import set_bits, where_mask  # did.py imports this module
+    from .did import where_mask  # did.py imports this module
 
     if lo > hi or (candidates is not None and not candidates):
         return BitMap()
     parts = store.window(lo, hi)
     if not parts:
         return BitMap()
-    found: list[np.ndarray] = []
-    with evaluator.buffers.take() as buffers:
-        member_rows = rows_of(candidates) if candidates is not None else None
-        if member_rows is not None:
-            member = buffers.member_bits(int(member_rows[-1]) + 1)
-            set_bits(member, member_rows, True)
-        try:
-            for part in parts:
-                if member_rows is not None:
-                    part = part.take(member_positions(part.rows, member))
-                if len(part):
-                    found.append(part.rows[where_mask(where, part, store, now)])
-        finally:
-            if member_rows is not None:
-                set_bits(member, member_rows, False)
+    if candidates is not None:
+        with evaluator.buffers.take() as buffers:
+            parts = member_parts(buffers, parts, candidates)
+    found = [part.rows[where_mask(where, part, store, now)] for part in parts if len(part)]
     rows = to_bitmap(np.concatenate(found)) if found else BitMap()
     return rows - store.dead if store.dead else rows  # rows whose events were deleted by marking
 
