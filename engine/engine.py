@@ -39,7 +39,7 @@ from .segment_sizes import SegmentSizes
 from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import make_shards
 from .shard.partition import shard_of
-from .shard.prepared import PREPARED_METHODS
+from .shard.prepared import BY_REFERENCE, PREPARED_METHODS
 from .store.bitmaps import rows_of
 from .timeparse import query_clock, wall_clock_ms
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
@@ -197,7 +197,7 @@ class Engine:
         calls = route(command, self.n_shards, self.compile)
         tagged = [None if call is None else (seq, *call) for call in calls]
         if any(call is not None and call[0] in PREPARED_METHODS for call in calls):
-            self._prepare(tagged)
+            tagged = self._prepare(tagged)
         with self.publish.writing(view_safe=self._view_safe(calls)):
             results = self.durable.send(tagged) if self.durable is not None else \
                 self.shards.call_each("apply_logged", tagged)
@@ -232,13 +232,18 @@ class Engine:
         columnar event batch on a one-shard engine, whose shard guards membership itself."""
         return self.n_shards == 1 and all(call is None or call[0] == "load_events" for call in calls)
 
-    def _prepare(self, calls: list[tuple | None]) -> None:
+    def _prepare(self, calls: list[tuple | None]) -> list[tuple | None]:
         """Let the shards work out a write before its exclusive commit, while reads go on
-        (engine/shard/prepared.py); a shard whose worker died meanwhile does the whole write at commit."""
+        (engine/shard/prepared.py); a shard whose worker died meanwhile does the whole write at commit.
+        Returns the commit calls: a shard that prepared a write of ``BY_REFERENCE`` gets its commit
+        without the arguments (it holds them)."""
         try:
-            self.shards.call_each("prepare_logged", calls)
+            prepared = self.shards.call_each("prepare_logged", calls)
         except ShardError:
             log.warning("a shard could not prepare a write; it applies it whole")
+            return calls
+        return [(call[0], call[1], None) if call is not None and ok is True and call[1] in BY_REFERENCE else call
+                for call, ok in zip(calls, prepared)]
 
     def _check(self, command: Command) -> SegmentDef | None:
         """The catalog's checks of a segment command (raises); the definition a CreateSegment puts."""
