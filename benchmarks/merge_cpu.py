@@ -1,6 +1,8 @@
 """Merge throughput on a durable engine with worker shards: wall time and CPU time per batch.
 
     python benchmarks/merge_cpu.py [--profiles 1000000] [--events 5000000] [--batches 10] [--batch 1000]
+    python benchmarks/merge_cpu.py --random-pairs [--segments 200]   # existing profiles merged in pairs
+    PYTHONPATH=OTHER_CHECKOUT python benchmarks/merge_cpu.py --random-pairs   # another revision, A/B
 
 Loads the generator's data set into a durable engine (``--shards`` worker processes, a temporary
 data directory), then calls ``merge_many`` ``--batches`` times with ``--batch`` pairs each, half of
@@ -10,6 +12,17 @@ seconds per batch spent by the coordinator and by each worker (read from /proc, 
 machine inflates the wall time far more than the CPU time), and the log's mean group commit time
 (fsync included) and bytes per batch. The generated data set is dropped after loading: the
 collector's full passes over its list of millions of ids would be charged to the coordinator.
+
+``--random-pairs`` merges existing profiles instead, in pairs of a random permutation (every profile
+a source or a target once, as ``bench_grpc.py --contention merge`` does): their events spread over
+every day of the data set, so a batch touches most day bitmaps. ``--segments N`` saves bench_grpc.py's
+first N segments first (each merge re-evaluates them on its rows). Each batch's CPU is then split
+by phase, coordinator and workers together (a worker's CPU read from /proc/PID/schedstat, in ns,
+around each phase): planning (``Identity.plan_merges``: resolving ids, reading the sources' data
+from their shards), the prepare phase (``Engine._prepare``: readers go on meanwhile), the exclusive
+part (from taking the publish lock for writing to giving it back: readers wait), and the rest (the
+log's encoding and group commit, routing). The engine is imported from PYTHONPATH first (then from
+this checkout), so ``PYTHONPATH=OTHER_CHECKOUT`` times another revision.
 """
 from __future__ import annotations
 
@@ -21,7 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent))  # after PYTHONPATH: another checkout there is the one timed
+
+import numpy as np  # noqa: E402
 
 from engine import Engine, Schema  # noqa: E402
 from engine.shard.partition import shard_of  # noqa: E402
@@ -64,6 +81,69 @@ def merge_pairs(ids: list[str], shards: int, total: int) -> list[tuple[str, str]
     return pairs
 
 
+def random_pairs(ids: list[str], total: int) -> list[tuple[str, str]]:
+    """``total`` pairs of existing profiles, from a random permutation (each profile in one pair at most)."""
+    order = np.random.default_rng(7).permutation(len(ids))[: 2 * total].tolist()
+    return [(ids[order[2 * i]], ids[order[2 * i + 1]]) for i in range(total)]
+
+
+def schedstat_ns(pids: list[int]) -> int:
+    """The CPU nanoseconds the threads of processes ``pids`` have run (/proc/PID/task/TID/schedstat: ns resolution)."""
+    total = 0
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in threads:  # a worker answers calls in threads of its own: every thread counts
+            try:
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+            except OSError:
+                pass  # a thread that ended meanwhile
+    return total
+
+
+class PhaseTimer:
+    """CPU seconds (calling thread + ``workers``) spent inside the phases a merge batch goes through."""
+
+    def __init__(self, engine: Engine, workers: list[int]):
+        self.workers = workers
+        self.spent = {"planning": 0.0, "prepare": 0.0, "exclusive": 0.0}
+        self._wrap(engine.identity, "plan_merges", "planning")
+        if hasattr(engine, "_prepare"):
+            self._wrap(engine, "_prepare", "prepare")
+        lock = engine.publish
+        acquire, release = lock.acquire_write, lock.release_write
+        started: list[tuple[float, int]] = []
+
+        def timed_acquire(*args: object, **kwargs: object) -> bool:
+            ok = acquire(*args, **kwargs)
+            started.append((time.thread_time(), schedstat_ns(self.workers)))
+            return ok
+
+        def timed_release() -> None:
+            release()
+            own, ns = started.pop()
+            self.spent["exclusive"] += time.thread_time() - own + (schedstat_ns(self.workers) - ns) / 1e9
+
+        lock.acquire_write, lock.release_write = timed_acquire, timed_release  # type: ignore[method-assign]
+
+    def _wrap(self, owner: object, name: str, phase: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            own, ns = time.thread_time(), schedstat_ns(self.workers)
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.spent[phase] += time.thread_time() - own + (schedstat_ns(self.workers) - ns) / 1e9
+
+        setattr(owner, name, timed)
+
+    def reset(self) -> None:
+        self.spent = dict.fromkeys(self.spent, 0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profiles", type=int, default=1_000_000)
@@ -71,6 +151,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--random-pairs", action="store_true", help="merge existing profiles, in random pairs")
+    parser.add_argument("--segments", type=int, default=0, help="save bench_grpc.py's first N segments first")
     args = parser.parse_args()
     ds = generate(args.profiles, args.events, seed=1, now_ms=1_800_000_000_000)
     with tempfile.TemporaryDirectory() as data_dir:
@@ -79,12 +161,20 @@ def main() -> None:
             engine.load_profiles(ds.profiles)
             for batch in ds.events:
                 engine.load_events(batch)
-            pairs = merge_pairs(list(ds.profiles.ids), args.shards, (args.batches + 1) * args.batch)
+            total = (args.batches + 1) * args.batch
+            pairs = random_pairs(list(ds.profiles.ids), total) if args.random_pairs else \
+                merge_pairs(list(ds.profiles.ids), args.shards, total)
+            if args.segments:
+                from bench_grpc import segment_definitions
+
+                for name, query in segment_definitions(args.segments).items():
+                    engine.create_segment(name, query)
             del ds  # the generated ids leave the collector's walks, which would be charged to the coordinator
             gc.collect()
             engine.merge_many(pairs[:args.batch])  # warm-up: kernels compiled or loaded from the cache
             pipeline = engine.durable.pipeline
             commits, commit_s, logged = pipeline.commit_latency.count, pipeline.commit_latency.total, pipeline.bytes_logged
+            phases = PhaseTimer(engine, sorted(children_cpu()))
             workers, own, wall = children_cpu(), time.process_time(), time.perf_counter()
             for start in range(args.batch, len(pairs), args.batch):
                 engine.merge_many(pairs[start:start + args.batch])
@@ -95,10 +185,17 @@ def main() -> None:
             merges = args.batches * args.batch
             commit_ms = (pipeline.commit_latency.total - commit_s) * 1e3 / max(pipeline.commit_latency.count - commits, 1)
             log_kb = (pipeline.bytes_logged - logged) / 1024 / args.batches
-            print(f"{args.profiles} profiles, {args.events} events, {args.shards} shards: {merges} merges in "
+            pairing = "random existing pairs" if args.random_pairs else "fresh targets"
+            print(f"{args.profiles} profiles, {args.events} events, {args.shards} shards, "
+                  f"{args.segments} saved segments, {pairing}: {merges} merges in "
                   f"{wall:.2f} s = {merges / wall:.0f} merges/s (wall); CPU ms per batch: coordinator "
                   f"{own * 1e3 / args.batches:.0f}, workers {[round(u * 1e3 / args.batches) for u in used[:args.shards]]}; "
                   f"log: {commit_ms:.1f} ms per commit, {log_kb:.0f} KiB per batch")
+            whole = own + sum(used)
+            split = {name: spent * 1e3 / args.batches for name, spent in phases.spent.items()}
+            split["log and the rest"] = whole * 1e3 / args.batches - sum(split.values())
+            print(f"  CPU ms per batch of {args.batch:,}, coordinator and workers: "
+                  f"total {whole * 1e3 / args.batches:.1f} = " + ", ".join(f"{name} {ms:.1f}" for name, ms in split.items()), flush=True)
 
 
 if __name__ == "__main__":

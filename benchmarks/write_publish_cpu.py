@@ -75,10 +75,11 @@ def prepare_timer(engine: Engine) -> list[float]:
     if prepare is None:  # a revision without a prepare phase: the whole write holds the lock
         return spans
 
-    def timed_prepare(calls: list) -> None:
+    def timed_prepare(calls: list) -> list:
         began = time.thread_time()
-        prepare(calls)
+        commits = prepare(calls)
         spans.append(time.thread_time() - began)
+        return calls if commits is None else commits  # a revision whose prepare returns nothing
 
     engine._prepare = timed_prepare  # type: ignore[method-assign]
     return spans

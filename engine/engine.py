@@ -39,7 +39,7 @@ from .segment_sizes import SegmentSizes
 from .segment_catalog import SegmentCatalog, SegmentDef
 from .shard.group import make_shards
 from .shard.partition import shard_of
-from .shard.prepared import PREPARED_METHODS, view_safe
+from .shard.prepared import BY_REFERENCE, PREPARED_METHODS, view_safe
 from .store.bitmaps import rows_of
 from .timeparse import query_clock, wall_clock_ms
 from .watch import DEFAULT_CAPACITY, ChangeHub, Subscription
@@ -197,13 +197,12 @@ class Engine:
         calls = route(command, self.n_shards, self.compile)
         tagged = [None if call is None else (seq, *call) for call in calls]
         if any(call is not None and call[0] in PREPARED_METHODS for call in calls):
-            self._prepare(tagged)
+            tagged = self._prepare(tagged)
         view = view_safe(calls)  # membership is read beside it (engine.concurrency, view reads)
         with self.publish.writing(view_safe=view):
             try:
                 with view_call(view):
-                    results = self.durable.send(tagged) if self.durable is not None else \
-                        self.shards.call_each("apply_logged", tagged)
+                    results = self.durable.send(tagged) if self.durable else self.shards.call_each("apply_logged", tagged)
             finally:
                 if view:
                     self.publish.end_views()
@@ -235,13 +234,16 @@ class Engine:
         self.writes.add(command.kind, result if isinstance(result, int) else 0)
         return result
 
-    def _prepare(self, calls: list[tuple | None]) -> None:
-        """Let the shards work out a write before its exclusive commit, while reads go on
-        (engine/shard/prepared.py); a shard whose worker died meanwhile does the whole write at commit."""
+    def _prepare(self, calls: list[tuple | None]) -> list[tuple | None]:
+        """Let the shards work out a write while reads go on (engine/shard/prepared.py); the commit calls
+        (without the arguments for a shard holding a ``BY_REFERENCE`` plan; whole after a failure)."""
         try:
-            self.shards.call_each("prepare_logged", calls)
+            prepared = self.shards.call_each("prepare_logged", calls)
         except ShardError:
             log.warning("a shard could not prepare a write; it applies it whole")
+            return calls
+        return [(call[0], call[1], None) if call is not None and ok is True and call[1] in BY_REFERENCE else call
+                for call, ok in zip(calls, prepared)]
 
     def _check(self, command: Command) -> SegmentDef | None:
         """The catalog's checks of a segment command (raises); the definition a CreateSegment puts."""

@@ -27,7 +27,7 @@ import numpy as np
 from ..columns import EventBatch, column_from_values
 from ..retention import floor
 from ..store.bitmaps import rows_of, to_bitmap
-from ..store.event_rows import bury_rows, compact, drop_rows, event_batches, events_of
+from ..store.event_rows import Unindexing, bury_rows, compact, drop_rows, event_batches, events_of
 
 if TYPE_CHECKING:
     from .local import LocalShard
@@ -97,7 +97,8 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
     Departures are gathered and applied together (one pass over the event runs), before any later
     step that names a departing profile; attribute fills are gathered per attribute and written
     before any departure (one index write per attribute); moved events in columns are appended
-    last (one append per event type); saved segments are synced once.
+    last (one append per event type); saved segments are synced once, for the departed and the
+    receiving rows together, and the departed ids forgotten after it (``settle``).
     """
     leaving: dict[str, dict[str, int] | None] = {}
     fills: dict[str, dict[int, Any]] = {}
@@ -112,23 +113,34 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
         if step[0] == "events":
             moved.append(step[2])
             continue
-        if step[1] in leaving:
+        if step[1] in leaving:  # a departure named again: complete it (id forgotten) before going on
             received.update(dict.fromkeys(_receive(shard, arriving, fills)))
             arriving.clear()
             _fill(shard, fills)
-            _leave(shard, leaving, now)
+            settle(shard, _leave(shard, leaving, now), [], known, now)
             leaving.clear()
         arriving.append(step)
     received.update(dict.fromkeys(_receive(shard, arriving, fills)))
     _fill(shard, fills)
-    _leave(shard, leaving, now)
+    gone = _leave(shard, leaving, now)
     for batches in moved:
         received.update(dict.fromkeys(_append_batches(shard, batches)))
-    if received:
-        rows = np.fromiter(received, dtype=np.int64, count=len(received))
-        shard.saved.sync(rows, now, None, None, to_bitmap(rows[rows >= known]))
+    settle(shard, gone, list(received), known, now)
     compact(shard.events)
     return len(steps)
+
+
+def settle(shard: LocalShard, gone: np.ndarray, received: list[int], known: int, now: int) -> None:
+    """After a merge's changes: sync the saved segments on the departed rows ``gone`` and the rows that
+    received data (one sync; rows from ``known`` on were created), then forget the departed ids (their
+    exits are recorded under them first)."""
+    rows = np.fromiter(received, dtype=np.int64, count=len(received))
+    if len(rows) or len(gone):
+        shard.saved.sync(np.union1d(rows, gone), now, None, None, to_bitmap(rows[rows >= known]))
+    if len(gone):
+        if shard.saved.capture:
+            shard.saved.pin_changes()
+        shard.profiles.idmap.forget(gone)
 
 
 def _append_batches(shard: LocalShard, batches: dict[str, EventBatch]) -> list[int]:
@@ -168,13 +180,22 @@ def _fill(shard: LocalShard, fills: dict[str, dict[int, Any]]) -> None:
     fills.clear()
 
 
-def _leave(shard: LocalShard, leaving: dict[str, dict[str, int] | None], now: int) -> None:
-    """Remove the departing profiles ``leaving`` (id -> its events per type, None: unknown)."""
+def _leave(shard: LocalShard, leaving: dict[str, dict[str, int] | None], now: int) -> np.ndarray:
+    """Remove the departing profiles ``leaving`` (id -> its events per type, None: unknown), all but the
+    saved-segment sync and forgetting their ids (``settle``); returns their rows."""
+    rows, counts = departures(shard, leaving)
+    if len(rows):
+        remove_profiles(shard, rows, now, counts, settled=False)
+    return rows
+
+
+def departures(shard: LocalShard,
+               leaving: dict[str, dict[str, int] | None]) -> tuple[np.ndarray, dict[str, int] | None]:
+    """The rows of the departing profiles ``leaving`` that are live here (distinct, sorted) and their
+    events per type (None: not known, counted when they are removed)."""
     ids = list(leaving)
     rows = live_rows(shard, ids)
     here = np.flatnonzero(rows >= 0)
-    if not len(here):
-        return
     counts: dict[str, int] | None = {}
     for position in here.tolist():
         per_type = leaving[ids[position]]
@@ -183,14 +204,17 @@ def _leave(shard: LocalShard, leaving: dict[str, dict[str, int] | None], now: in
             continue
         for name, n in per_type.items():
             counts[name] = counts.get(name, 0) + n
-    remove_profiles(shard, np.unique(rows[here]), now, counts)
+    return np.unique(rows[here]), counts
 
 
 def remove_profiles(shard: LocalShard, rows: np.ndarray, now: int, counts: dict[str, int] | None = None,
-                    erase: bool = False) -> np.ndarray:
+                    erase: bool = False, settled: bool = True,
+                    unindexing: dict[str, Unindexing] | None = None) -> np.ndarray:
     """Take canonical ``rows`` out of the shard: aliases, events (deleted by marking, ``counts`` of them
     per type, None: counted here; ``erase``: removed from the runs), attributes, consents, saved-segment
-    memberships (exits recorded under their ids), then their ids. Returns the dropped aliases' hashes."""
+    memberships (exits recorded under their ids), then their ids (not ``settled``: the caller syncs the
+    segments and forgets the ids, see ``settle``; ``unindexing``: the bitmaps holding them, worked out
+    ahead, see ``event_rows.plan_unindex``). Returns the dropped aliases' hashes."""
     heads = shard.aliases.head.view()
     with_aliases = rows[rows < len(heads)]
     with_aliases = with_aliases[heads[with_aliases] >= 0]  # most rows have no alias: skip them at once
@@ -198,12 +222,10 @@ def remove_profiles(shard: LocalShard, rows: np.ndarray, now: int, counts: dict[
     if erase:
         drop_rows(shard.events, rows, len(shard.profiles.idmap))
     else:
-        bury_rows(shard.events, rows, counts)
+        bury_rows(shard.events, rows, counts, unindexing)
     shard.profiles.remove_rows(rows, forget=False)
-    shard.saved.sync(rows, now)
-    if shard.saved.capture:
-        shard.saved.pin_changes()
-    shard.profiles.idmap.forget(rows)
+    if settled:
+        settle(shard, rows, [], len(shard.profiles.idmap), now)
     return np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
 
 

@@ -35,6 +35,7 @@ from ..store.memory import release_after_bulk, tune_allocator
 from ..store.profiles import ProfileStore
 from . import identity_ops
 from .prepared import PREPARED_METHODS, PreparedEvents, commit_load_events, plan_load_events
+from .prepared_merge import PreparedMerge, commit_merge, plan_merge
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class LocalShard:
         self.schema = schema
         self.shard_id = shard_id
         self.persistence = ShardPersistence()  # log position, recovery, snapshot store (see engine.persist)
-        self.prepared: PreparedEvents | None = None  # the next write, worked out by prepare_logged
+        self.prepared: PreparedEvents | PreparedMerge | None = None  # the next write, worked out by prepare_logged
         self.adopt(ProfileStore(schema), EventStore(schema.events))
 
     def adopt(self, profiles: ProfileStore, events: EventStore, aliases: AliasStore | None = None) -> None:
@@ -133,8 +134,11 @@ class LocalShard:
         self.profiles.adopt(schema)
         self.events.adopt(schema.events)
 
-    def merge(self, steps: list[tuple], now: int) -> int:
-        """Apply this shard's steps of a merge command in order (see engine.shard.identity_ops)."""
+    def merge(self, steps: list[tuple], now: int, plan: PreparedMerge | None = None) -> int:
+        """Apply this shard's steps of a merge command in order (see engine.shard.identity_ops; ``plan``:
+        the steps as ``prepare_logged`` worked them out, engine.shard.prepared_merge)."""
+        if plan is not None:
+            return commit_merge(self, plan)
         return identity_ops.apply_steps(self, steps, now)
 
     def erase(self, ids: list[str], now: int) -> list[Any]:
@@ -289,16 +293,26 @@ class LocalShard:
         if method not in PREPARED_METHODS or seq <= self.persistence.applied_seq:
             return False
         try:
-            self.prepared = plan_load_events(self, *args, seq=seq)
+            if method == "merge":
+                self.prepared = plan_merge(self, *args, seq=seq)
+            else:
+                self.prepared = plan_load_events(self, *args, seq=seq)
         except Exception:  # the commit works the write out again and raises its error where it belongs
             log.exception("preparing write %d failed; it is applied without a prepare phase", seq)
         return self.prepared is not None
 
-    def apply_logged(self, seq: int, method: str, args: tuple) -> Any:
-        """Apply the write ``method(*args)`` of log record ``seq``, unless this shard already has it."""
+    def apply_logged(self, seq: int, method: str, args: tuple | None) -> Any:
+        """Apply the write ``method(*args)`` of log record ``seq``, unless this shard already has it
+        (``args`` None: the arguments this shard prepared the write with, see ``Engine._prepare``)."""
         from ..persist.recovery import apply_logged
 
         plan, self.prepared = self.prepared, None
+        if args is None:  # the commit of a write this shard prepared, sent without its arguments (Engine._prepare)
+            if seq <= self.persistence.applied_seq:
+                return None  # applied already (a respawned worker replayed it from the log)
+            if not isinstance(plan, PreparedMerge) or not plan.valid_for(self, seq):
+                raise RuntimeError(f"write {seq} was sent by reference, but its prepared plan is gone")
+            args = plan.args
         if plan is not None and method in PREPARED_METHODS and plan.valid_for(self, seq):
             args = (*args, plan)
         return apply_logged(self, seq, method, args)

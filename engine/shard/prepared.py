@@ -1,4 +1,5 @@
-"""A shard write worked out ahead of its commit: the prepare phase of ``LocalShard.load_events``.
+"""A shard write worked out ahead of its commit: the prepare phase of ``LocalShard.load_events`` (and,
+alike, of ``LocalShard.merge``: engine.shard.prepared_merge).
 
 A write reaches a shard in two calls. ``prepare_logged(seq, method, args)`` computes, while
 readers keep reading, everything the write can compute without changing what they see: the rows
@@ -33,7 +34,11 @@ if TYPE_CHECKING:
     from .local import LocalShard
 
 #: The shard write methods with a prepare phase.
-PREPARED_METHODS = frozenset({"load_events"})
+PREPARED_METHODS = frozenset({"load_events", "merge"})
+#: The prepared methods whose commit reaches a shard that prepared the write without its arguments
+#: (``apply_logged(seq, method, None)``: the shard holds them with its plan), as they cost a second
+#: encoding and decoding across the process boundary (a merge's steps are Python objects).
+BY_REFERENCE = frozenset({"merge"})
 
 
 def view_safe(calls: list[tuple | None]) -> bool:

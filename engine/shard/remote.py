@@ -36,7 +36,7 @@ class RemoteShard:
     def take_changes(self) -> dict[str, Any]:
         return self.call("take_changes")
 
-    def apply_logged(self, seq: int, method: str, args: tuple) -> Any:
+    def apply_logged(self, seq: int, method: str, args: tuple | None) -> Any:
         return self.call("apply_logged", seq, method, args)
 
     def prepare_logged(self, seq: int, method: str, args: tuple) -> bool:

@@ -13,6 +13,7 @@ events of some live rows are found through the shard's event locator (``engine.s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..columns import CategoryColumn, Column, EventBatch, ValueColumn
 from .bitmaps import to_bitmap
 from .event_locator import locate, marked
 from .events import EventStore, EventTypeStore
+from .property_bitmaps import PropertyBitmaps
 from .runs import Run
 
 
@@ -119,17 +121,59 @@ def event_batches(events: EventStore, rows: np.ndarray, ids: list[str],
     return out, counts
 
 
-def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap) -> None:
+@dataclass
+class Unindexing:
+    """What taking some rows out of one type's day, slot and bin bitmaps changes, worked out ahead
+    (``plan_unindex``): per day and per slot key, the rows to take out of its bitmap (only where it
+    holds some), the slot keys there were then (a slot day a query builds later is worked on whole),
+    and per property with bins, its bitmaps and their ``plan_drop`` (bins built later: dropped whole)."""
+
+    days: dict[int, BitMap]
+    slots: dict[int, BitMap]
+    slot_keys: frozenset[int]
+    bins: dict[str, tuple[PropertyBitmaps, dict[int, dict[int, BitMap]]]]  # per property, its ``plan_drop``
+
+
+def plan_unindex(events: EventStore, rows: np.ndarray) -> dict[str, Unindexing]:
+    """Per event type holding some of ``rows``, the ``Unindexing`` of them (read only: a merge's prepare)."""
+    gone = to_bitmap(np.asarray(rows, dtype=np.int64))
+    out: dict[str, Unindexing] = {}
+    for name, store in events.types.items():
+        if not store.ever.intersect(gone):
+            continue
+        slots = store.slots
+        days = {day: bitmap & gone for day, bitmap in list(store.days.items()) if bitmap.intersect(gone)}
+        bins = {prop: (kept, kept.plan_drop(gone)) for prop, kept in list(store.prop_bitmaps.items())}
+        parts = {key: bitmap & gone for key, bitmap in list(slots.items()) if bitmap.intersect(gone)}
+        out[name] = Unindexing(days, parts, frozenset(slots), bins)
+    return out
+
+
+def _unindex(store: EventTypeStore, rows: np.ndarray, gone: BitMap, planned: Unindexing | None = None) -> None:
     """Take ``rows`` (``gone``) out of ``store``'s day, slot, ``ever`` and bin bitmaps and latest times
-    (in place, as appends add to them: no copy of a bitmap the rows are not in)."""
-    for buckets in (store.days, store.slots):
-        for key, bitmap in list(buckets.items()):
-            bitmap.difference_update(gone)  # one pass whether or not it holds some (an intersect test is another)
-            if buckets is store.days and not bitmap:
-                del buckets[key]
+    (in place, as appends add to them: no copy of a bitmap the rows are not in; ``planned``: the day
+    and slot bitmaps that hold them, worked out ahead against the store as it is)."""
+    if planned is None:
+        for buckets in (store.days, store.slots):
+            for key, bitmap in list(buckets.items()):
+                bitmap.difference_update(gone)  # one pass whether or not it holds some (an intersect test is another)
+                if buckets is store.days and not bitmap:
+                    del buckets[key]
+    else:
+        for day, part in planned.days.items():
+            bitmap = store.days[day]
+            bitmap.difference_update(part)
+            if not bitmap:
+                del store.days[day]
+        for key, bitmap in list(store.slots.items()):
+            if key not in planned.slot_keys:  # a slot day built since the plan was made
+                bitmap.difference_update(gone)
+            elif key in planned.slots:
+                bitmap.difference_update(planned.slots[key])
     store.ever.difference_update(gone)
-    for kept in store.prop_bitmaps.values():
-        kept.drop(gone)
+    for prop, kept in store.prop_bitmaps.items():
+        bins = None if planned is None else planned.bins.get(prop)
+        kept.drop(gone, bins[1] if bins is not None and bins[0] is kept else None)  # else built since the plan
     if store.count_levels is not None:
         store.count_levels.drop(gone)
     if store.last_ts is not None:
@@ -193,10 +237,12 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
     return deleted
 
 
-def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | None) -> None:
+def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | None,
+              planned: dict[str, Unindexing] | None = None) -> None:
     """Delete every event of ``rows`` by marking: the rows leave every bitmap and join ``dead``, their
     events stay in the runs (no read sees them) until ``compact`` removes them. ``counts``: the number
-    of events of ``rows`` per type (None: counted here, one pass over the runs of the types they had)."""
+    of events of ``rows`` per type (None: counted here, one pass over the runs of the types they had).
+    ``planned``: ``plan_unindex`` of the rows it knew of, made against the store as it is."""
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         return
@@ -216,7 +262,7 @@ def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | Non
             store.count -= n
             store.dead_events += n
             store.dead |= held
-            _unindex(store, rows, gone)
+            _unindex(store, rows, gone, None if planned is None else planned.get(name))
             buried = np.frombuffer(held.to_array(), dtype=np.uint32).astype(np.int64)
             store.window_sums.dropped(store.generation, buried)
             store.generation += 1

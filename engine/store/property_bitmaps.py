@@ -155,15 +155,26 @@ class PropertyBitmaps:
             else:
                 ever |= union
 
-    def drop(self, gone: BitMap) -> None:
-        """Remove the rows ``gone`` (their events were deleted)."""
+    def plan_drop(self, gone: BitMap) -> dict[int, dict[int, BitMap]]:
+        """Per bin, per day, the rows of ``gone`` its bitmap holds (read only: ``drop``'s work, ahead)."""
+        out: dict[int, dict[int, BitMap]] = {}
+        for key, per_day in list(self.days.items()):
+            parts = {day: bitmap & gone for day, bitmap in list(per_day.items()) if bitmap.intersect(gone)}
+            if parts:
+                out[key] = parts
+        return out
+
+    def drop(self, gone: BitMap, planned: dict[int, dict[int, BitMap]] | None = None) -> None:
+        """Remove the rows ``gone`` (their events were deleted; ``planned``: ``plan_drop(gone)`` made
+        against these bitmaps as they are, so only the day bitmaps holding some are changed)."""
         if self.levels is not None:
             self.levels.drop(gone)
         for key in list(self.ever):
             self.ever[key] -= gone
             per_day = self.days[key]
-            for day in list(per_day):
-                per_day[day] -= gone
+            parts = None if planned is None else planned.get(key, {})
+            for day in list(per_day) if parts is None else list(parts):
+                per_day[day] -= gone if parts is None else parts[day]
                 if not per_day[day]:
                     del per_day[day]
             if not self.ever[key]:
