@@ -5,12 +5,9 @@ so the child's view cannot change while it serialises the bitmaps and writes the
 shard's LMDB store, and the serving process copies nothing: the capture pause is the ``fork()``
 itself (the kernel copies the page tables: measured on this project's VM, 27-38 ms for a 6 GB
 process) instead of copying the arrays and serialising every bitmap under the pause. The work
-the child does holds the child's own GIL, not the serving process's, and runs under Linux's
-``SCHED_IDLE`` policy (on the CPU only when no other thread wants it; elsewhere, at a lower nice
-value, ``WRITER_NICE``), so calls served meanwhile wait neither for the GIL nor for the CPU. Should
-serving keep the cores busy for ``IDLE_LIMIT_S``, the child goes back to the normal policy at the
-lower nice value, where the OS lets it (it needs the privilege to raise a priority), so a snapshot
-cannot be starved for good. The memory the snapshot costs is the pages the serving process changes
+the child does holds the child's own GIL, not the serving process's, and runs at a lower OS
+priority (``WRITER_NICE``), so calls served meanwhile neither wait for the GIL nor, where a core
+is free, for the CPU. The memory the snapshot costs is the pages the serving process changes
 while the child writes (each is copied once, on its first write), not a copy of the state.
 
 The child runs only this module's ``_write_part``: it never touches the parent's locks, sockets
@@ -41,8 +38,6 @@ if TYPE_CHECKING:
 
 #: How often (s) the child checks that its parent is alive.
 PARENT_CHECK_S = 0.05
-#: Seconds the child writes under SCHED_IDLE before it asks for the normal policy (at its nice value).
-IDLE_LIMIT_S = 30.0
 
 
 class SnapshotWriteFailed(RuntimeError):
@@ -57,7 +52,6 @@ class ForkedSnapshotJob:
         self.part: dict[str, int] | None = None
         self.error: BaseException | None = None
         self.nice: int | None = None  # the child's nice value, once it replied
-        self.idle: bool | None = None  # whether it wrote under SCHED_IDLE, once it replied
         self.done = threading.Event()
         self.started = time.perf_counter()
         store.release_chunks()  # the child opens the store with its own handle
@@ -81,7 +75,7 @@ class ForkedSnapshotJob:
             _, status = os.waitpid(self.pid, 0)
             outcome = msgpack.unpackb(reply, raw=False) if reply else None
             if isinstance(outcome, dict):
-                self.nice, self.idle = outcome.get("nice"), outcome.get("idle")
+                self.nice = outcome.get("nice")
             if isinstance(outcome, dict) and "part" in outcome:
                 self.part = outcome["part"]
                 self.part["write_ms"] = int((time.perf_counter() - self.started) * 1000)
@@ -114,11 +108,9 @@ def _write_part(shard: LocalShard, path: str, snapshot_id: int, out: int, parent
         lmdb_env.forget_inherited()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
         if nice:
             os.nice(nice)
-        idle = _idle_policy(True)
-        threading.Thread(target=_watch, args=(parent, threading.get_native_id() if idle else None),
-                         daemon=True).start()
         try:
             began = time.perf_counter()
             captured = shard_state.capture(shard, copy=False)  # the memory is this process's own: nothing changes it
@@ -134,7 +126,6 @@ def _write_part(shard: LocalShard, path: str, snapshot_id: int, out: int, parent
             reply = {"error": exc.strerror if errno and exc.strerror else f"{type(exc).__name__}: {exc}",
                      "errno": errno}
         reply["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
-        reply["idle"] = hasattr(os, "SCHED_IDLE") and os.sched_getscheduler(0) == os.SCHED_IDLE
         data = memoryview(msgpack.packb(reply))
         while data:
             data = data[os.write(out, data):]
@@ -142,24 +133,8 @@ def _write_part(shard: LocalShard, path: str, snapshot_id: int, out: int, parent
         os._exit(code)
 
 
-def _watch(parent: int, idle_thread: int | None) -> None:
-    """Exit the child as soon as its parent is gone (it is then adopted: its parent id changes); after
-    ``IDLE_LIMIT_S``, take ``idle_thread`` (the writing thread) out of SCHED_IDLE."""
-    deadline = time.monotonic() + IDLE_LIMIT_S
+def _exit_with_parent(parent: int) -> None:
+    """Exit the child as soon as its parent is gone (it is then adopted: its parent id changes)."""
     while os.getppid() == parent:
-        if idle_thread is not None and time.monotonic() >= deadline:
-            _idle_policy(False, idle_thread)
-            idle_thread = None
         time.sleep(PARENT_CHECK_S)
     os._exit(1)
-
-
-def _idle_policy(on: bool, thread: int = 0) -> bool:
-    """Put ``thread`` (0: the calling one) under SCHED_IDLE, or back under the normal policy; False where
-    the OS refuses or has no such policy."""
-    try:
-        policy = os.SCHED_IDLE if on else os.SCHED_OTHER
-        os.sched_setscheduler(thread, policy, os.sched_param(0))
-        return True
-    except (AttributeError, OSError):
-        return False
