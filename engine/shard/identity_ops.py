@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..columns import EventBatch, column_from_values
+from ..columns import Column, EventBatch, column_from_values
 from ..retention import floor
 from ..store.bitmaps import rows_of, to_bitmap
 from ..store.event_rows import Unindexing, bury_rows, compact, drop_rows, event_batches, events_of
@@ -161,22 +161,27 @@ def _append_batches(shard: LocalShard, batches: dict[str, EventBatch]) -> list[i
     return received
 
 
-def _fill(shard: LocalShard, fills: dict[str, dict[int, Any]]) -> None:
-    """Write the gathered attribute fills (row -> value per attribute), then forget them."""
+def fill_columns(shard: LocalShard, fills: dict[str, dict[int, Any]]) -> dict[str, tuple[np.ndarray, Column]]:
+    """The gathered attribute fills (row -> value per attribute) as (rows, column) per attribute, for the
+    rows whose attribute is null (a target's own value is kept)."""
     profiles = shard.profiles
+    columns: dict[str, tuple[np.ndarray, Column]] = {}
     for name, values in fills.items():
         index = profiles.indexes.get(name)
         if index is None or not values:
             continue
         rows = np.fromiter(values, dtype=np.int64, count=len(values))
-        empty = ~np.isin(rows, rows_of(index.notnull & to_bitmap(rows)))  # the target's value is kept
-        if empty.all():
-            kept = list(values.values())
-        else:
-            kept = [value for value, take in zip(values.values(), empty.tolist()) if take]
-            rows = rows[empty]
-        if len(rows):
-            index.assign(rows, column_from_values(profiles.schema.attributes[name].type, kept))
+        empty = ~np.isin(rows, rows_of(index.notnull & to_bitmap(rows)))
+        kept = [value for value, take in zip(values.values(), empty.tolist()) if take]
+        if kept:
+            columns[name] = (rows[empty], column_from_values(profiles.schema.attributes[name].type, kept))
+    return columns
+
+
+def _fill(shard: LocalShard, fills: dict[str, dict[int, Any]]) -> None:
+    """Write the gathered attribute fills, then forget them."""
+    for name, (rows, column) in fill_columns(shard, fills).items():
+        shard.profiles.indexes[name].assign(rows, column)
     fills.clear()
 
 

@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..columns import Column, EventBatch, column_from_values
-from ..store.bitmaps import rows_of, to_bitmap
+from ..columns import Column, EventBatch
 from ..store.event_rows import Unindexing, compact, plan_unindex
 from ..store.events import AppendPlan
 from ..store.profiles import RowPlan
-from .identity_ops import departures, merge_consent, remove_profiles, settle
+from .identity_ops import departures, fill_columns, merge_consent, remove_profiles, settle
 
 if TYPE_CHECKING:
     from .local import LocalShard
@@ -163,17 +162,8 @@ def _receive_plan(shard: LocalShard, plan: PreparedMerge, steps: list[tuple],
 
 
 def _fill_plan(shard: LocalShard, plan: PreparedMerge, fills: dict[str, dict[int, Any]]) -> None:
-    """The attribute fills as columns: a value for each target whose attribute is null (as ``identity_ops._fill``)."""
-    profiles = shard.profiles
-    for name, values in fills.items():
-        index = profiles.indexes.get(name)
-        if index is None or not values:
-            continue
-        rows = np.fromiter(values, dtype=np.int64, count=len(values))
-        empty = ~np.isin(rows, rows_of(index.notnull & to_bitmap(rows)))  # the target's value is kept
-        kept = [value for value, take in zip(values.values(), empty.tolist()) if take]
-        if kept:
-            plan.fills[name] = (rows[empty], column_from_values(profiles.schema.attributes[name].type, kept))
+    """The attribute fills as columns (``identity_ops.fill_columns``)."""
+    plan.fills.update(fill_columns(shard, fills))
 
 
 def commit_merge(shard: LocalShard, plan: PreparedMerge) -> int:
