@@ -128,14 +128,20 @@ def test_a_capture_past_its_copy_budget_is_written_before_the_next_write(
         later = plain_answers(engine)
         snapshot_id, part = engine.durable.manifest["id"], engine.durable.manifest["parts"][0]
     monkeypatch.delenv("SEGENGINE_SNAPSHOT_COPY_BUDGET")
-    store = snapshot.ShardStore(str(tmp_path / "shard-0"))
-    frames = store.read(snapshot_id, part)  # the snapshot alone holds the state it captured
+    check_part_and_log(tmp_path, snapshot_id, part, expected, later)
+
+
+def check_part_and_log(path: Path, snapshot_id: int, part: dict[str, Any], expected: dict[str, Any],
+                       later: dict[str, Any]) -> None:
+    """The part alone restores ``expected`` (the state it captured); reopening replays the log to ``later``."""
+    store = snapshot.ShardStore(str(path / "shard-0"))
+    frames = store.read(snapshot_id, part)
     store.close()
     with Engine(SCHEMA, shards=1, backend="local") as restored:
         restored.clock = lambda: NOW
         shard_state.restore(restored.shards[0], frames)
         assert plain_answers(restored) == expected
-    with open_engine(tmp_path) as reopened:
+    with open_engine(path) as reopened:
         assert plain_answers(reopened) == later
 
 
@@ -172,15 +178,7 @@ def test_a_forked_part_holds_the_state_of_its_fork(tmp_path: Path, monkeypatch: 
         writer.join()
         assert summaries[0]["forked"] == [1] and later != expected
         snapshot_id, part = engine.durable.manifest["id"], engine.durable.manifest["parts"][0]
-    store = snapshot.ShardStore(str(tmp_path / "shard-0"))
-    frames = store.read(snapshot_id, part)
-    store.close()
-    with Engine(SCHEMA, shards=1, backend="local") as restored:
-        restored.clock = lambda: NOW
-        shard_state.restore(restored.shards[0], frames)
-        assert plain_answers(restored) == expected
-    with open_engine(tmp_path) as reopened:
-        assert plain_answers(reopened) == later
+    check_part_and_log(tmp_path, snapshot_id, part, expected, later)
 
 
 def test_a_failed_fork_writes_the_part_from_a_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,7 @@ import msgpack
 
 from . import lmdb_env, shard_state
 from .chunk_store import FORMAT, ChunkStore
+from .shard_persistence import PartJob
 
 if TYPE_CHECKING:
     from ..shard.local import LocalShard
@@ -44,16 +45,11 @@ class SnapshotWriteFailed(RuntimeError):
     """The child writing a snapshot part failed (its message names the cause)."""
 
 
-class ForkedSnapshotJob:
-    """The background write of one shard snapshot by a forked child (same interface as ``SnapshotJob``)."""
+class ForkedSnapshotJob(PartJob):
+    """The background write of one shard snapshot by a forked child."""
 
     def __init__(self, store: Any, snapshot_id: int, shard: LocalShard, nice: int):
-        self.snapshot_id = snapshot_id
-        self.part: dict[str, int] | None = None
-        self.error: BaseException | None = None
-        self.nice: int | None = None  # the child's nice value, once it replied
-        self.done = threading.Event()
-        self.started = time.perf_counter()
+        super().__init__(snapshot_id)
         store.release_chunks()  # the child opens the store with its own handle
         read_end, write_end = os.pipe()
         parent = os.getpid()
@@ -89,14 +85,6 @@ class ForkedSnapshotJob:
             self.error = exc
         finally:
             self.done.set()
-
-    def status(self) -> dict[str, int] | None:
-        """The part description once written; None while writing; raises the write's error."""
-        if not self.done.is_set():
-            return None
-        if self.error is not None:
-            raise self.error
-        return self.part
 
 
 def _write_part(shard: LocalShard, path: str, snapshot_id: int, out: int, parent: int, nice: int) -> NoReturn:

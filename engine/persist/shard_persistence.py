@@ -1,10 +1,32 @@
 """The durability state a shard owns: its log position, how it recovered, its snapshot store and job."""
 from __future__ import annotations
 
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .snapshot import ShardStore, SnapshotJob
+
+
+class PartJob:
+    """The background write of one snapshot part: ``done`` once ``part`` (or ``error``) is set."""
+
+    def __init__(self, snapshot_id: int):
+        self.snapshot_id = snapshot_id
+        self.part: dict[str, int] | None = None
+        self.error: BaseException | None = None
+        self.nice: int | None = None  # the writer's nice value, once known
+        self.done = threading.Event()
+        self.started = time.perf_counter()
+
+    def status(self) -> dict[str, int] | None:
+        """The part description once written; None while writing; raises the write's error."""
+        if not self.done.is_set():
+            return None
+        if self.error is not None:
+            raise self.error
+        return self.part
 
 
 class ShardPersistence:

@@ -41,7 +41,7 @@ from .arena import CaptureArena
 from .chunk_store import FORMAT, LEGACY_FORMAT, LEGACY_FORMATS, ChunkStore
 from .errors import DataCorruption, DataDirMismatch
 from .forked_writer import ForkedSnapshotJob
-from .shard_persistence import ShardPersistence
+from .shard_persistence import PartJob, ShardPersistence
 
 if TYPE_CHECKING:
     from ..shard.local import LocalShard
@@ -148,7 +148,7 @@ def own_directory(path: str, wait_s: float = OWNER_WAIT_S) -> Any:
 
 
 # -- the shard side of the protocol (called through LocalShard methods) -------------------------
-class SnapshotJob:
+class SnapshotJob(PartJob):
     """The background write of one captured shard snapshot (its pages stay in the page cache:
     a restarted engine or a respawned worker reads them from memory).
 
@@ -160,12 +160,7 @@ class SnapshotJob:
     """
 
     def __init__(self, store: ShardStore, snapshot_id: int, captured: shard_state.Capture):
-        self.snapshot_id = snapshot_id
-        self.part: dict[str, int] | None = None
-        self.error: BaseException | None = None
-        self.nice: int | None = None  # the writing thread's nice value, once lowered
-        self.done = threading.Event()
-        self.started = time.perf_counter()
+        super().__init__(snapshot_id)
         self._captured: shard_state.Capture | None = captured
         self.thread: threading.Thread | None = None
         if captured.in_place:  # frames that later writes would change: written now, before any write
@@ -188,14 +183,6 @@ class SnapshotJob:
         finally:
             del captured
             self.done.set()
-
-    def status(self) -> dict[str, int] | None:
-        """The part description once written; None while writing; raises the write's error."""
-        if not self.done.is_set():
-            return None
-        if self.error is not None:
-            raise self.error
-        return self.part
 
 
 def start(shard: LocalShard, path: str, snapshot_id: int) -> dict[str, int]:
