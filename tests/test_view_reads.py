@@ -1,0 +1,132 @@
+"""View reads: Membership answered beside an event batch's commit, on one shard or several, never
+seeing one shard after a batch and another before it (engine.concurrency, engine.segments)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from engine import Engine, Schema
+from engine.columns import EventBatch, column_from_values
+from engine.commands import LoadEvents, route
+from engine.errors import ProfileNotFound
+from engine.schema import CONTRACT_SCHEMA
+from engine.shard.partition import shard_of
+from engine.shard.prepared import view_safe
+from shard_hooks import Delays
+from test_concurrency import fast_switching, run_threads
+from test_segments import NOW
+
+
+def test_membership_is_answered_while_an_event_batch_commits():
+    """The engine's write of a columnar event batch is view-safe, with one shard or several (each shard
+    keeps membership as it was until the write publishes it); its membership reads are view reads."""
+    for shards in (1, 2):
+        with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=shards, backend="local") as engine:
+            engine.upsert_profiles([{"id": "a", "country": "FR"}])
+            engine.create_segment("fr", "country = 'FR'")
+            calls = route(LoadEvents(EventBatch("page_view", ["a"], np.array([NOW], np.int64), {}), NOW), shards, None)
+            assert view_safe(calls)
+            inside, leave = threading.Event(), threading.Event()
+
+            def writer() -> None:
+                with engine.publish.writing(view_safe=view_safe(calls)):  # noqa: B023
+                    inside.set()
+                    assert leave.wait(5)  # noqa: B023
+
+            thread = threading.Thread(target=writer)
+            thread.start()
+            assert inside.wait(5)
+            with engine.publish.deadline(0.5):
+                answer = engine.membership("a")
+            leave.set()
+            thread.join(5)
+            assert answer == ["fr"]
+
+
+def _two_shard_ids(count: int) -> tuple[list[str], list[str]]:
+    """``count`` ids on shard 0 and ``count`` on shard 1 (of 2)."""
+    on: tuple[list[str], list[str]] = ([], [])
+    i = 0
+    while min(map(len, on)) < count:
+        pid = f"v{i}"
+        if len(on[shard_of(pid, 2)]) < count:
+            on[shard_of(pid, 2)].append(pid)
+        i += 1
+    return on
+
+
+@pytest.mark.parametrize("backend", ["local", "process"])
+def test_view_reads_see_a_batch_on_every_shard_at_once(backend):
+    """Each batch puts a profile of shard 0 and one of shard 1 into a new segment (and creates one
+    profile on each shard that enters it too). A reader that reads the one, then the other, never
+    finds the second outside a segment the first was in: membership read beside the batches' commits
+    sees every shard before a batch or after it, never one shard after and another before."""
+    (a, *new_a), (b, *new_b) = _two_shard_ids(40)
+    rounds = 39
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend=backend) as engine:
+        engine.clock = lambda: NOW
+        engine.upsert_profiles([{"id": a}, {"id": b}])
+        for k in range(rounds):
+            engine.create_segment(f"s{k:02d}", f"DID(page_view WHERE category = 'c{k}')")
+        done = threading.Event()
+        wrong: list[tuple[str, list[str], list[str]]] = []
+        reads = [0]
+
+        def writer() -> None:
+            try:
+                for k in range(rounds):
+                    ids = [a, b, new_a[k], new_b[k]]
+                    category = column_from_values("category", [f"c{k}"] * len(ids))
+                    engine.load_events(EventBatch("page_view", ids, np.full(len(ids), NOW - k, np.int64),
+                                                  {"category": category}))
+            finally:
+                done.set()
+
+        def reader(first: str, second: str, k_of: Callable[[int], str]) -> None:
+            while not done.is_set():
+                before = set(engine.membership(first))
+                after = set(engine.membership(second))
+                if not before <= after:
+                    wrong.append((first, sorted(before), sorted(after)))
+                newest = len(before)  # the profile this batch created on the other shard is known
+                if newest and newest < rounds:
+                    try:
+                        engine.membership(k_of(newest - 1))
+                    except ProfileNotFound:
+                        wrong.append((k_of(newest - 1), sorted(before), []))
+                reads[0] += 1
+
+        with fast_switching():
+            run_threads([writer, lambda: reader(a, b, lambda k: new_b[k]), lambda: reader(b, a, lambda k: new_a[k])])
+        assert wrong == []
+        assert reads[0] > rounds
+        assert engine.membership(a) == [f"s{k:02d}" for k in range(rounds)] == engine.membership(b)
+
+
+def test_a_view_read_is_answered_beside_a_slow_batch_on_process_shards(monkeypatch, tmp_path):
+    """While a worker applies a batch (slowed down here), membership of its profiles and of the other
+    shard's is answered at once with the state before the batch; after it, with the state after."""
+    delays = Delays.install(monkeypatch, tmp_path)
+    (a, *_), (b, *_) = _two_shard_ids(1)
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
+        engine.clock = lambda: NOW
+        engine.upsert_profiles([{"id": a}, {"id": b}])
+        engine.create_segment("viewed", "DID(page_view)")
+        delays.set(0, 1.0, "apply_logged")
+        batch = EventBatch("page_view", [a, b], np.full(2, NOW, np.int64), {})
+        writer = threading.Thread(target=engine.load_events, args=(batch,))
+        writer.start()
+        time.sleep(0.3)  # shard 1 has applied the batch, shard 0 is applying it
+        began = time.monotonic()
+        during = [engine.membership(a), engine.membership(b)]
+        read_s = time.monotonic() - began
+        writing = writer.is_alive()
+        count = engine.count("SEGMENT('viewed')")  # not a view read: waits for the batch
+        writer.join(10)
+        delays.set(0, 0)
+        assert during == [[], []] and writing and read_s < 0.5
+        assert count == 2 and engine.membership(a) == engine.membership(b) == ["viewed"]
