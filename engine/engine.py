@@ -1,8 +1,8 @@
 """The embedded engine: the coordinator of the contract's Python API.
 
-The coordinator holds no profile data. It validates records and routes them to the shard
-that owns each id, parses, binds and plans each query once (plans cached by query text),
-sends the plan to every shard and merges the answers (counts summed, sorted ids merged).
+The coordinator holds no profile data. It validates records and routes them to the shard that owns
+each id, plans each query once (cached by query text), sends the plan to every shard and merges the
+answers (counts summed, sorted ids merged).
 """
 from __future__ import annotations
 
@@ -131,8 +131,7 @@ class Engine:
         return self.load_events(batch)
 
     def write(self, command: Command) -> Any:
-        """Apply write ``command``: checked, aliases resolved, then (with a data_dir) logged durably, then
-        applied in order."""
+        """Apply write ``command``: checked, aliases resolved, logged durably (with a data_dir), applied in order."""
         self._check(command)
         with self.identity.lock:
             command = self.identity.resolve_command(command)
@@ -187,12 +186,9 @@ class Engine:
         return self._on_owner("export_profile", self.identity.resolve([profile_id])[0])
 
     def apply(self, command: Command, seq: int) -> Any:
-        """Apply ``command`` as write number ``seq`` to the shards, then to the coordinator's catalog.
-
-        The one write path: called in write order by ``write`` in memory and by the durable
-        log's applier once the command is logged. Returns the number of records applied, a
-        created segment's info, or None.
-        """
+        """Apply ``command`` as write number ``seq`` to the shards, then to the coordinator's catalog: the one
+        write path, called in write order by ``write`` in memory and by the durable log's applier once the
+        command is logged. Returns the number of records applied, a created segment's info, or None."""
         definition = self._check(command)
         calls = route(command, self.n_shards, self.compile)
         tagged = [None if call is None else (seq, *call) for call in calls]
@@ -205,9 +201,7 @@ class Engine:
                     results = self.durable.send(tagged) if self.durable else self.shards.call_each("apply_logged", tagged)
             finally:
                 if view:
-                    self.publish.end_views()
-                    with view_call():
-                        self.shards.publish_view(calls)
+                    self.shards.publish_view(calls, self.publish)
             result: Any = None
             if isinstance(command, CreateSegment):
                 self.catalog.put(definition)

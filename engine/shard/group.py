@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator, Sequence
 
+from ..concurrency import PublishLock, view_call
 from ..errors import ShardError
 from ..schema import Schema
 from . import api
@@ -53,11 +54,13 @@ class ShardGroup(Sequence):
         """``shard.method(*args)`` on every shard, in shard order."""
         return self.call_each(method, [args] * len(self.shards))
 
-    def publish_view(self, calls: Sequence[tuple | None]) -> None:
-        """Have every shard a view write reached (``calls[i]`` not None) switch its membership to the
-        state after it (engine.concurrency)."""
+    def publish_view(self, calls: Sequence[tuple | None], publish: PublishLock) -> None:
+        """End a view write (engine.concurrency): ``publish`` admits no more view reads, then every shard
+        the write reached (``calls[i]`` not None) switches its membership to the state after it."""
+        publish.end_views()
         try:
-            self.call_each("publish_view", [None if call is None else () for call in calls])
+            with view_call():
+                self.call_each("publish_view", [None if call is None else () for call in calls])
         except ShardError:  # a respawned worker recovers the state after the write from the log
             log.warning("a shard could not publish a write's membership", exc_info=True)
 
