@@ -30,6 +30,7 @@ from engine.persist.forked_writer import ForkedSnapshotJob
 from engine.persist.framing import unpack_key
 from engine.persist.lmdb_env import close_env, open_env
 from engine.schema import CONTRACT_SCHEMA
+from engine.store import growable
 
 from legacy_snapshots import rewrite_manifest
 from test_persist import NOW, QUERIES, answers, open_engine, shard_chunks as stored, write_everything
@@ -156,10 +157,15 @@ def slow_part_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     monkeypatch.setattr(chunk_store.ChunkStore, "write", slow)
 
 
-def test_a_forked_part_holds_the_state_of_its_fork(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mapped", [False, True])
+def test_a_forked_part_holds_the_state_of_its_fork(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped: bool) -> None:
     """The child writes the memory as it was at the fork: writes applied while it writes (attributes
-    overwritten in place, runs merged, bitmaps changed) do not reach the part; they replay from the log."""
+    overwritten in place, runs merged, bitmaps changed, a merge's source id forgotten) do not reach
+    the part; they replay from the log. ``mapped``: every zero-filled array is a mapping of its own
+    (``growable.zeroed``, as the id map's and the latest times' arrays are at scale)."""
     monkeypatch.setattr(snapshot, "WRITER", "fork")
+    if mapped:
+        monkeypatch.setattr(growable, "MAPPED_BYTES", 0)
     slow_part_writes(monkeypatch, 0.5)
     with open_engine(tmp_path) as engine:
         write_everything(engine)
@@ -174,6 +180,7 @@ def test_a_forked_part_holds_the_state_of_its_fork(tmp_path: Path, monkeypatch: 
         assert isinstance(job, ForkedSnapshotJob) and job.status() is None  # the child is writing
         write_everything(engine, 100)
         event_writes(engine, 1000)
+        engine.merge("p14", "p15")
         later = plain_answers(engine)
         writer.join()
         assert summaries[0]["forked"] == [1] and later != expected

@@ -19,7 +19,9 @@ def zeroed(capacity: int, dtype: np.dtype | type) -> np.ndarray:
     that: with the shard's allocator policy (``engine.store.memory``) an array under 32 MiB comes
     from the heap, whose reused free space calloc clears page by page (measured at 400K profiles: the
     id map's reserve for a merge batch made the whole 1.5x capacity resident); an anonymous mapping
-    is zero pages until written.
+    is zero pages until written. The mapping is private (``MAP_PRIVATE``; Python's default is
+    shared): a process forked to write a snapshot (engine.persist.forked_writer) gets a
+    copy-on-write image of it, as of all other memory, not the parent's later writes.
 
     >>> zeroed(3, np.int32).tolist(), zeroed(1 << 20, np.uint8).flags.writeable
     ([0, 0, 0], True)
@@ -27,7 +29,7 @@ def zeroed(capacity: int, dtype: np.dtype | type) -> np.ndarray:
     nbytes = capacity * np.dtype(dtype).itemsize
     if nbytes < MAPPED_BYTES:
         return np.zeros(capacity, dtype=dtype)
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype=dtype)
 
 
 def _filled(capacity: int, fill: object, dtype: np.dtype | type) -> np.ndarray:
