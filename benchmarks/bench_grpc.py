@@ -288,6 +288,8 @@ async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: 
                                  repeat=False)
         latencies: list[float] = []
         pauses: list[float] = []
+        captures: list[float] = []  # per shard: its capture, and the fork() in it
+        forks: list[float] = []
         while not stop.is_set():
             started = time.perf_counter()
             if mode == "query":
@@ -295,9 +297,11 @@ async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: 
             else:
                 detail = json.loads((await stub.Snapshot(pb.SnapshotRequest(), timeout=600)).detail)
                 pauses.append(detail["paused_s"] * 1000)
+                captures.extend(detail["capture_ms"])
+                forks.extend(detail.get("fork_ms", []))
             latencies.append((time.perf_counter() - started) * 1000)
         return {"calls": len(latencies), "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
-                "pause_ms": pauses}
+                "pause_ms": pauses, "capture_ms": captures, "fork_ms": forks}
 
 
 def background_process(queue: Any, stop: Any, ready: Any, address: str, mode: str, profiles: int,
@@ -335,6 +339,8 @@ def contention(address: str, args: argparse.Namespace, names: list[str]) -> dict
         extra = (f", {bg['items_per_s']:,.0f} events/s acknowledged" if mode == "ingest" else
                  f", {bg['items_per_s']:,.0f} merges/s acknowledged" if mode == "merge" else
                  f", capture pause p50 {percentile(bg['pause_ms'], 0.5):.0f} ms, max {max(bg['pause_ms'], default=0):.0f} ms"
+                 f" (per shard: capture p50 {percentile(bg['capture_ms'], 0.5):.0f} ms, its fork() p50"
+                 f" {percentile(bg['fork_ms'], 0.5):.1f} ms, max {max(bg['fork_ms'], default=0):.1f} ms)"
                  if mode == "snapshot" else "")
         print(f"  background {mode}: {bg['calls']} calls, p50 {bg['p50']:.1f} ms, p99 {bg['p99']:.1f} ms{extra}")
     idle = results["idle"]

@@ -279,6 +279,7 @@ class DataDir:
                 "copy_ms": [c.get("copy_ms", 0) for c in captured],
                 "in_place": [c.get("in_place", 0) for c in captured],
                 "forked": [c.get("forked", 0) for c in captured],
+                "fork_ms": [c.get("fork_ms", 0) for c in captured],
                 "capture_new_memory_bytes": sum(c.get("new_memory_bytes", 0) for c in captured),
                 "seconds": round(time.perf_counter() - began, 4), "log_keys_truncated": truncated,
                 "compacted": compacted}

@@ -53,10 +53,12 @@ class ForkedSnapshotJob(PartJob):
         store.release_chunks()  # the child opens the store with its own handle
         read_end, write_end = os.pipe()
         parent = os.getpid()
+        forking = time.perf_counter()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(read_end)
             _write_part(shard, store.path, snapshot_id, write_end, parent, nice)
+        self.fork_ms = (time.perf_counter() - forking) * 1000  # the kernel's copy of the page tables
         os.close(write_end)
         self.pid = pid
         self.thread: threading.Thread | None = threading.Thread(

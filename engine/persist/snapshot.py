@@ -195,8 +195,9 @@ def start(shard: LocalShard, path: str, snapshot_id: int) -> dict[str, int]:
     if WRITER == "fork":
         compact_events(shard.events, force=True)  # no event deleted by marking reaches a snapshot
         try:
-            persistence.job = ForkedSnapshotJob(store, snapshot_id, shard, WRITER_NICE)
-            return {"capture_ms": int((time.perf_counter() - began) * 1000), "forked": 1}
+            job = persistence.job = ForkedSnapshotJob(store, snapshot_id, shard, WRITER_NICE)
+            return {"capture_ms": int((time.perf_counter() - began) * 1000), "forked": 1,
+                    "fork_ms": round(job.fork_ms, 1)}
         except OSError:
             log.warning("cannot fork a process to write snapshot %d of %s; writing it from a thread", snapshot_id,
                         path, exc_info=True)
