@@ -19,9 +19,10 @@ them cannot starve it: a point read waits at most for the write running (its pub
 
 A view read (``view=True``: a point read of what a shard keeps consistent on its own, one profile's
 saved-segment membership) may also go in while a write that says so (``writing(view_safe=True)``:
-an event batch) is applied. Such a write runs in a ``view_call`` (its shard calls carry the flag):
-each shard applies it but keeps its membership bits as they were, holding the switch to the new
-bits back (and view reads of a shard that inserts profiles waiting) until ``publish_view``
+an event batch or a merge batch) is applied. Such a write runs in a ``view_call`` (its shard calls
+carry the flag): each shard applies it but keeps its membership bits (and, for a merge, its live
+rows and departed ids) as they were, holding the switch to the new state back (and view reads of a
+shard that inserts profiles waiting) until ``publish_view``
 (engine.segments, ``SavedSegments.deferring``). The writer then calls ``end_views`` (no new view
 read goes in) and has every shard publish, all before it releases the lock. So a view read sees
 every shard before the write or, once it ends, after it: a read that saw one shard after the

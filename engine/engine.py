@@ -183,7 +183,7 @@ class Engine:
         """Everything held about the profile ``profile_id`` names (contract section 6), None if unknown."""
         check_id(profile_id, None)
         self._tick()
-        return self._on_owner("export_profile", self.identity.resolve([profile_id])[0])
+        return self._on_owner("export_profile", profile_id)
 
     def apply(self, command: Command, seq: int) -> Any:
         """Apply ``command`` as write number ``seq`` to the shards, then to the coordinator's catalog: the one
@@ -384,7 +384,7 @@ class Engine:
 
     def profile(self, profile_id: str) -> dict[str, Any]:
         """The current record of one profile (ProfileNotFound if unknown)."""
-        return self._on_owner("profile", self.identity.resolve([check_id(profile_id, None)])[0])
+        return self._on_owner("profile", check_id(profile_id, None))
 
     # -- saved segments (definitions here, members in the shards: see engine.segments) -------
     def create_segment(self, name: str, query: str, replace: bool = False) -> dict[str, Any]:
@@ -423,8 +423,6 @@ class Engine:
         if names:
             self.catalog.check_refs(frozenset(names))
         self._tick()
-        if isinstance(profile_id, str):
-            profile_id = self.identity.resolve([profile_id])[0]
         return self._on_owner("membership", profile_id, names, view=True)
 
     def refresh_segments(self, now: int | None = None) -> None:
@@ -547,11 +545,14 @@ class Engine:
             self._tick()
 
     def _on_owner(self, method: str, profile_id: str, *args: Any, view: bool = False) -> Any:
-        """``method(profile_id, *args)`` on the profile's shard, as a point read (``view``: a view read)."""
-        owner = shard_of(profile_id, self.n_shards) if isinstance(profile_id, str) else 0
-        calls: list[tuple | None] = [None] * self.n_shards
-        calls[owner] = (profile_id, *args)
+        """``method(canonical id, *args)`` on the shard of the profile ``profile_id`` names, as a point read
+        (``view``: a view read); the alias is resolved in the read, at the state it reads."""
         with self.publish.reading(point=True, view=view), view_call(view):
+            if isinstance(profile_id, str):
+                profile_id = self.identity.resolve([profile_id])[0]
+            owner = shard_of(profile_id, self.n_shards) if isinstance(profile_id, str) else 0
+            calls: list[tuple | None] = [None] * self.n_shards
+            calls[owner] = (profile_id, *args)
             return self.shards.call_each(method, calls)[owner]
 
     def _publish(self) -> None:

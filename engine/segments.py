@@ -23,9 +23,11 @@ this object), not under the engine's publish lock alone: ``sync`` works the chan
 sets the per-row bits under ``view`` at its end, and a write that creates rows holds ``view`` from
 their insertion on. Inside ``deferring`` (a view write: engine.concurrency) the bits are not set at
 the end of the sync but kept for ``publish``, which the coordinator calls on every shard at the
-end of the write, and the rows the write creates stay unknown to membership until then. So
-membership answered beside an event batch's commit (a view read) sees the state before or after it
-on every shard, never between.
+end of the write, and the rows the write creates stay unknown to membership until then; a merge
+(``removes_rows``) also keeps the live rows of before it and the departed ids (``forget``) until
+then, and a merge applied whole closes the view (``close_view``: membership waits for ``publish``).
+So membership answered beside an event or merge batch's commit (a view read) sees the state before
+or after it on every shard, never between.
 """
 from __future__ import annotations
 
@@ -220,6 +222,10 @@ class RestrictedExecutor(Executor):
         return to_bitmap(rows[CMP[node.count_op](per_row, node.count_n)], assume_sorted=True)
 
 
+#: What a pickled ``SavedSegments`` leaves out: its locks and the state of a write in progress.
+_UNPICKLED = frozenset({"view", "_member_ops", "unpublished", "visible_rows", "view_live", "unforgotten", "view_open"})
+
+
 class SavedSegments:
     """One shard's saved segments: members per segment and per row, kept current by ``sync``."""
 
@@ -243,6 +249,10 @@ class SavedSegments:
         self._member_ops: list[tuple[np.ndarray, int, bool]] | None = None  # per-row bit changes of a sync
         self.unpublished: list[tuple[np.ndarray, int, bool]] | None = None  # kept for ``publish`` (deferring)
         self.visible_rows: int | None = None  # rows from here on are unknown to membership until ``publish``
+        self.view_live: BitMap | None = None  # the live rows membership sees until ``publish`` (a view write removing rows)
+        self.unforgotten: list[np.ndarray] = []  # departed rows whose ids stay known until ``publish``
+        self.view_open = threading.Event()  # cleared: membership waits for ``publish`` (``close_view``)
+        self.view_open.set()
         self.now: int | None = None
         self.capture = False
         self.pending: list[tuple[str, str, np.ndarray | list[str] | None]] = []
@@ -252,12 +262,14 @@ class SavedSegments:
     def __getstate__(self) -> dict[str, Any]:
         """The pickled form (the legacy snapshot formats' tests write it): no lock, no sync in progress."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("view", "_member_ops", "unpublished", "visible_rows")}
+                if k not in _UNPICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a pickled instance (the legacy snapshot formats: their parts keep no member counts)."""
         self.__dict__.update(state)
         self.view, self._member_ops, self.unpublished, self.visible_rows = threading.RLock(), None, None, None
+        self.view_live, self.unforgotten, self.view_open = None, [], threading.Event()
+        self.view_open.set()
         if "counts" not in state:
             self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
         if "event_reads" not in state:
@@ -333,9 +345,11 @@ class SavedSegments:
 
     def membership(self, profile_id: str, names: list[str] | None = None) -> list[str]:
         """The saved segments (sorted names) ``profile_id`` is in, among ``names`` if given."""
+        self.view_open.wait()
         with self.view:
             row = self.profiles.idmap.lookup_one(profile_id)
-            if row < 0 or row not in self.profiles.live or (self.visible_rows is not None and row >= self.visible_rows):
+            live = self.profiles.live if self.view_live is None else self.view_live
+            if row < 0 or row not in live or (self.visible_rows is not None and row >= self.visible_rows):
                 raise ProfileNotFound(f"unknown profile {profile_id!r}")
             if names:
                 slots = self.slots
@@ -408,12 +422,15 @@ class SavedSegments:
                 (self.members.set if add else self.members.clear)(rows, slot)
 
     @contextmanager
-    def deferring(self, creates_rows: bool) -> Iterator[None]:
+    def deferring(self, creates_rows: bool, removes_rows: bool = False) -> Iterator[None]:
         """Keep the membership bit changes of the block's syncs for ``publish`` (a view write); with
         ``creates_rows``, hold ``view`` for the block (the id map changes) and keep the rows it creates
-        unknown to membership until ``publish``."""
+        unknown to membership until ``publish``; with ``removes_rows``, membership sees the live rows as
+        they were, and the removed rows' ids (``forget``) stay known, until ``publish``."""
         if self.unpublished is None:
             self.unpublished = []
+        if removes_rows and self.view_live is None:
+            self.view_live = self.profiles.live.copy()
         if not creates_rows:
             yield
             return
@@ -422,6 +439,23 @@ class SavedSegments:
                 self.visible_rows = len(self.profiles.idmap)
             yield
 
+    def close_view(self) -> None:
+        """In a view write that cannot keep membership's view (a merge applied whole): membership waits
+        for ``publish``."""
+        if self.unpublished is None:
+            self.unpublished = []
+        self.view_open.clear()
+
+    def forget(self, rows: np.ndarray) -> None:
+        """Forget the ids of departed ``rows`` (their exits recorded first); while membership keeps the
+        live rows of before a view write (``deferring``), at ``publish``."""
+        if self.capture:
+            self.pin_changes()
+        if self.view_live is not None:
+            self.unforgotten.append(rows)
+        else:
+            self.profiles.idmap.forget(rows)
+
     def publish(self) -> None:
         """Make the membership bit changes kept by ``deferring`` and show the rows it created (no-op
         without any)."""
@@ -429,7 +463,10 @@ class SavedSegments:
         with self.view:
             if ops:
                 self._set_members(ops)
-            self.visible_rows = None
+            for rows in self.unforgotten:
+                self.profiles.idmap.forget(rows)
+            self.unforgotten, self.visible_rows, self.view_live = [], None, None
+        self.view_open.set()
 
     def _prepare_refresh(self, step: Step) -> None:
         """Build what refreshing ``step`` reads (sorted columns, latest event times) now, not at the first tick."""

@@ -130,3 +130,76 @@ def test_a_view_read_is_answered_beside_a_slow_batch_on_process_shards(monkeypat
         delays.set(0, 0)
         assert during == [[], []] and writing and read_s < 0.5
         assert count == 2 and engine.membership(a) == engine.membership(b) == ["viewed"]
+
+
+@pytest.mark.parametrize("backend", ["local", "process"])
+def test_view_reads_see_a_merge_on_every_shard_at_once(backend):
+    """Each round merges a source (alternately of shard 0 and 1) into one target of shard 1; the
+    source alone is in its own segment. Membership read beside the merges' commits finds a source in
+    its segment before its merge and after it (then as an alias of the target, in every segment the
+    target has taken so far), never outside it (departed, or resolved to the target before the
+    target's membership changed); and the target's segments only grow."""
+    (_, *on0), (target, *on1) = _two_shard_ids(20)
+    sources = [s for pair in zip(on0, on1) for s in pair][:24]
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend=backend) as engine:
+        engine.clock = lambda: NOW
+        engine.upsert_profiles([{"id": target}, *({"id": s} for s in sources)])
+        for k, source in enumerate(sources):
+            engine.create_segment(f"s{k:02d}", f"DID(page_view WHERE category = 'c{k}')")
+            engine.load_events(EventBatch("page_view", [source], np.array([NOW - k], np.int64),
+                                          {"category": column_from_values("category", [f"c{k}"])}))
+        done = threading.Event()
+        wrong: list[tuple] = []
+        reads = [0]
+
+        def writer() -> None:
+            try:
+                for source in sources:
+                    engine.merge(source, target)
+            finally:
+                done.set()
+
+        def reader(offset: int) -> None:
+            seen: set[str] = set()
+            k = offset
+            while not done.is_set():
+                k = (k + 7) % len(sources)
+                mine = set(engine.membership(sources[k]))
+                theirs = set(engine.membership(target))
+                if f"s{k:02d}" not in mine or not seen <= theirs or (len(mine) > 1 and not mine <= theirs):
+                    wrong.append((k, sorted(mine), sorted(theirs), sorted(seen)))
+                seen = theirs
+                reads[0] += 1
+
+        with fast_switching():
+            run_threads([writer, lambda: reader(0), lambda: reader(3)])
+        assert wrong == []
+        assert reads[0] > len(sources)
+        everything = [f"s{k:02d}" for k in range(len(sources))]
+        assert engine.membership(target) == everything == engine.membership(sources[0])
+        assert engine.count("ALL") == 1
+
+
+def test_a_view_read_is_answered_beside_a_slow_merge_on_process_shards(monkeypatch, tmp_path):
+    """While the source's worker applies a cross-shard merge (slowed down here), membership of the
+    source and of the target is answered at once with the state before the merge (the source still
+    a profile of its own); after it, the source names the target, which took its attribute."""
+    delays = Delays.install(monkeypatch, tmp_path)
+    (a, *_), (b, *_) = _two_shard_ids(1)
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
+        engine.clock = lambda: NOW
+        engine.upsert_profiles([{"id": a, "country": "FR"}, {"id": b}])
+        engine.create_segment("fr", "country = 'FR'")
+        delays.set(0, 1.0, "apply_logged")
+        writer = threading.Thread(target=engine.merge, args=(a, b))
+        writer.start()
+        time.sleep(0.4)  # shard 1 has received the source's data, shard 0 is taking the source out
+        began = time.monotonic()
+        during = [engine.membership(a), engine.membership(b)]
+        read_s = time.monotonic() - began
+        writing = writer.is_alive()
+        writer.join(10)
+        delays.set(0, 0)
+        assert during == [["fr"], []] and writing and read_s < 0.5
+        assert engine.membership(a) == engine.membership(b) == ["fr"]
+        assert engine.count("SEGMENT('fr')") == 1

@@ -133,14 +133,12 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
 def settle(shard: LocalShard, gone: np.ndarray, received: list[int], known: int, now: int) -> None:
     """After a merge's changes: sync the saved segments on the departed rows ``gone`` and the rows that
     received data (one sync; rows from ``known`` on were created), then forget the departed ids (their
-    exits are recorded under them first)."""
+    exits are recorded under them first; in a view write, at its publish: ``SavedSegments.forget``)."""
     rows = np.fromiter(received, dtype=np.int64, count=len(received))
     if len(rows) or len(gone):
         shard.saved.sync(np.union1d(rows, gone), now, None, None, to_bitmap(rows[rows >= known]))
     if len(gone):
-        if shard.saved.capture:
-            shard.saved.pin_changes()
-        shard.profiles.idmap.forget(gone)
+        shard.saved.forget(gone)
 
 
 def _append_batches(shard: LocalShard, batches: dict[str, EventBatch]) -> list[int]:

@@ -14,6 +14,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from ..columns import EventBatch, ProfileBatch, column_from_values
+from ..concurrency import in_view_call
 from ..errors import ProfileNotFound
 from ..exec.breakdown import breakdown_counts, overlap_counts
 from ..exec import lookalike
@@ -139,6 +140,8 @@ class LocalShard:
         the steps as ``prepare_logged`` worked them out, engine.shard.prepared_merge)."""
         if plan is not None:
             return commit_merge(self, plan)
+        if in_view_call():
+            self.saved.close_view()  # the whole path forgets ids as it goes: membership waits for the publish
         return identity_ops.apply_steps(self, steps, now)
 
     def erase(self, ids: list[str], now: int) -> list[Any]:

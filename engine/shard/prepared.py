@@ -41,10 +41,15 @@ PREPARED_METHODS = frozenset({"load_events", "merge"})
 BY_REFERENCE = frozenset({"merge"})
 
 
+#: The shard write methods whose commit keeps membership as it was until ``publish_view``: a write
+#: made only of them is a view write (engine.concurrency).
+VIEW_METHODS = frozenset({"load_events", "merge"})
+
+
 def view_safe(calls: list[tuple | None]) -> bool:
-    """True if a write's shard calls are a view write (engine.concurrency): columnar event batches,
-    whose commit keeps membership as it was until ``publish_view``."""
-    return all(call is None or call[0] == "load_events" for call in calls)
+    """True if a write's shard calls are a view write (engine.concurrency): columnar event batches and
+    merges, whose commit keeps membership as it was until ``publish_view``."""
+    return all(call is None or call[0] in VIEW_METHODS for call in calls)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..columns import Column, EventBatch
+from ..concurrency import in_view_call
 from ..store.event_rows import Unindexing, compact, plan_unindex
 from ..store.events import AppendPlan
 from ..store.profiles import RowPlan
@@ -167,7 +168,17 @@ def _fill_plan(shard: LocalShard, plan: PreparedMerge, fills: dict[str, dict[int
 
 
 def commit_merge(shard: LocalShard, plan: PreparedMerge) -> int:
-    """Apply a prepared merge (made against the shard as it is); returns its number of steps."""
+    """Apply a prepared merge (made against the shard as it is); returns its number of steps.
+
+    In a view call (a view write: engine.concurrency) membership keeps seeing the shard as it was,
+    departed profiles and their ids included, until the coordinator's ``publish_view``."""
+    if in_view_call():
+        with shard.saved.deferring(creates_rows=bool(plan.targets.new_ids), removes_rows=True):
+            return _commit(shard, plan)
+    return _commit(shard, plan)
+
+
+def _commit(shard: LocalShard, plan: PreparedMerge) -> int:
     profiles = shard.profiles
     known = plan.targets.known
     if len(plan.targets.rows):
