@@ -20,10 +20,11 @@ over as plain lists ``[kind, segment, [ids]]``.
 
 ``membership`` reads the id map, the live rows and ``MembershipBits`` under ``view`` (a lock of
 this object), not under the engine's publish lock alone: ``sync`` works the changes out first and
-sets the per-row bits under ``view`` at its end, and a write that creates rows holds ``view`` from
-their insertion on. Inside ``deferring`` (a view write: engine.concurrency) the bits are not set at
-the end of the sync but kept for ``publish``, which the coordinator calls on every shard at the
-end of the write, and the rows the write creates stay unknown to membership until then; a merge
+sets the per-row bits under ``view`` at its end, and a write that creates rows inserts their ids
+under ``view`` (outside a view write it holds ``view`` from their insertion on). Inside
+``deferring`` (a view write: engine.concurrency) the bits are not set at the end of the sync but
+kept for ``publish``, which the coordinator calls on every shard at the end of the write, and the
+rows the write creates stay unknown to membership until then; a merge
 (``removes_rows``) also keeps the live rows of before it and the departed ids (``forget``) until
 then, and a merge applied whole closes the view (``close_view``: membership waits for ``publish``).
 So membership answered beside an event or merge batch's commit (a view read) sees the state before
@@ -424,20 +425,17 @@ class SavedSegments:
     @contextmanager
     def deferring(self, creates_rows: bool, removes_rows: bool = False) -> Iterator[None]:
         """Keep the membership bit changes of the block's syncs for ``publish`` (a view write); with
-        ``creates_rows``, hold ``view`` for the block (the id map changes) and keep the rows it creates
-        unknown to membership until ``publish``; with ``removes_rows``, membership sees the live rows as
-        they were, and the removed rows' ids (``forget``) stay known, until ``publish``."""
+        ``creates_rows``, the rows it creates stay unknown to membership until ``publish`` (the
+        block inserts their ids under ``view``); with ``removes_rows``, membership sees the live rows
+        as they were, and the removed rows' ids (``forget``) stay known, until ``publish``."""
         if self.unpublished is None:
             self.unpublished = []
         if removes_rows and self.view_live is None:
             self.view_live = self.profiles.live.copy()
-        if not creates_rows:
-            yield
-            return
-        with self.view:
-            if self.visible_rows is None:
+        if creates_rows and self.visible_rows is None:
+            with self.view:
                 self.visible_rows = len(self.profiles.idmap)
-            yield
+        yield
 
     def close_view(self) -> None:
         """In a view write that cannot keep membership's view (a merge applied whole): membership waits

@@ -203,3 +203,39 @@ def test_a_view_read_is_answered_beside_a_slow_merge_on_process_shards(monkeypat
         assert during == [["fr"], []] and writing and read_s < 0.5
         assert engine.membership(a) == engine.membership(b) == ["fr"]
         assert engine.count("SEGMENT('fr')") == 1
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_membership_waits_only_for_the_insertion_of_a_writes_new_ids(merge):
+    """A view write that creates profiles (an event batch naming a new id, a merge into a new id)
+    inserts their ids under the segments' lock, then syncs the segments (slowed down here) without
+    it: membership of the shard's profiles is answered meanwhile, the new profile still unknown."""
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=1, backend="local") as engine:
+        engine.clock = lambda: NOW
+        engine.upsert_profiles([{"id": "a", "country": "FR"}, {"id": "b", "country": "FR"}])
+        engine.create_segment("fr", "country = 'FR'")
+        saved = engine.shards[0].saved
+        syncing, sync = threading.Event(), saved.sync
+
+        def slow_sync(*args, **kwargs):
+            syncing.set()
+            time.sleep(1.0)
+            return sync(*args, **kwargs)
+
+        saved.sync = slow_sync
+        if merge:
+            writer = threading.Thread(target=engine.merge, args=("b", "new"))
+        else:
+            batch = EventBatch("page_view", ["a", "new"], np.full(2, NOW, np.int64), {})
+            writer = threading.Thread(target=engine.load_events, args=(batch,))
+        writer.start()
+        assert syncing.wait(5)
+        began = time.monotonic()
+        during = engine.membership("a")
+        with pytest.raises(ProfileNotFound):
+            engine.membership("new")
+        read_s = time.monotonic() - began
+        writing = writer.is_alive()
+        writer.join(10)
+        assert during == ["fr"] and writing and read_s < 0.5
+        assert engine.membership("new") == (["fr"] if merge else [])

@@ -83,8 +83,9 @@ def commit_load_events(shard: LocalShard, plan: PreparedEvents) -> int:
     """Apply a prepared event batch (made against the shard as it is); returns how many events were applied.
 
     In a view call (a view write: engine.concurrency) the membership switch waits for the
-    coordinator's ``publish_view``; otherwise a batch that creates profiles holds the segments'
-    view from their insertion on (engine.segments)."""
+    coordinator's ``publish_view`` (membership is read beside the commit, and waits only while the
+    batch's new ids are inserted); otherwise a batch that creates profiles holds the segments' view
+    from their insertion on (engine.segments)."""
     if in_view_call():
         with shard.saved.deferring(creates_rows=bool(plan.rows.new_ids)):
             return _commit(shard, plan)
@@ -95,7 +96,8 @@ def commit_load_events(shard: LocalShard, plan: PreparedEvents) -> int:
 def _commit(shard: LocalShard, plan: PreparedEvents) -> int:
     batch = plan.batch
     store = shard.events.types[batch.event]
-    rows = shard.profiles.take_rows(plan.rows)
+    with shard.saved.view:  # membership reads the id map: not while it inserts ids
+        rows = shard.profiles.take_rows(plan.rows)
     if plan.append is not None:
         store.commit_append(plan.append)
         applied = len(batch)

@@ -182,7 +182,8 @@ def _commit(shard: LocalShard, plan: PreparedMerge) -> int:
     profiles = shard.profiles
     known = plan.targets.known
     if len(plan.targets.rows):
-        profiles.take_rows(plan.targets)
+        with shard.saved.view:  # membership reads the id map: not while it inserts ids
+            profiles.take_rows(plan.targets)
         profiles._wrote()
     for purpose, (rows, granted) in plan.consents.items():
         profiles._set_consent(purpose, rows, granted)
