@@ -26,6 +26,7 @@ from pyroaring import BitMap
 from ..query import ast
 from ..retention import floor as retention_floor
 from ..store.bitmaps import rows_of, to_bitmap, union_all
+from ..store.count_levels import CAP as LEVELS_CAP
 from ..store.latest_times import time_at
 from ..store.events import DAY_MS, NO_TIME, SLOT_BUILD_MIN_EVENTS, SLOT_MS, EventStore, EventTypeStore
 from ..store.runs import SCALED_NULL, Run
@@ -339,7 +340,7 @@ class DidEvaluator:
             if hit is not None:
                 return hit if not at_zero else (found if found is not None else live) - hit
         need = node.count_n if node.count_op in (">=", "<") else node.count_n + 1
-        if need >= 2:
+        if 2 <= need <= LEVELS_CAP:  # levels answer counts up to their cap (never build a list of count_n items)
             wanted = [test(c, node.count_n) for c in range(need + 1)]
             levels = window_levels(self, node, store, lo, hi, now, found, wanted)  # None: the events are counted
             if levels is not None:  # the edge days' events counted include those of dead rows
