@@ -207,3 +207,54 @@ def test_kept_bin_bitmaps_survive_a_schema_change_and_float_widening() -> None:
     for prop in [*KINDS, "extra"]:
         assert typed.property_bitmaps(prop).same_as(typed.build_property_bitmaps(prop)), prop
     assert sorted(typed.property_bitmaps("extra").ever) == [-1, 2 * int(np.searchsorted(EDGES, 1.5))]
+
+
+PRESENCE_QUERIES = [
+    "DID(page_view, WITHIN 10d)",
+    "DID(cart_abandoned, WITHIN 3d) AND NOT DID(purchase, WITHIN 30d)",
+    f"DID(purchase, SINCE {MIDNIGHT - 5 * DAY}, BEFORE {MIDNIGHT + DAY - 1})",
+    f"DID(page_view, SINCE {MIDNIGHT - 20 * DAY + 1})",
+]
+
+
+def test_kept_day_unions_catch_up_with_appends_and_deletions(monkeypatch) -> None:
+    """A presence DID keeps its window's union of day (and slot) bitmaps; later appends (new days,
+    past days, midnights) and deletions of profiles' events (a merge's departures, an erasure) bring
+    it up to date from the store's append log (engine.store.append_log), and a union more writes
+    behind than the log keeps is built again: answers equal the oracle's throughout."""
+    from engine.store.append_log import WRITES_KEPT, AppendLog
+
+    caught_up: list[bool] = []
+    catch_up = AppendLog.catch_up
+
+    def spy(self, *args):
+        union = catch_up(self, *args)
+        caught_up.append(union is not None)
+        return union
+
+    monkeypatch.setattr(AppendLog, "catch_up", spy)
+    rng = random.Random(5)
+    ids = [f"u{i:03d}" for i in range(80)]
+    oracle = IdentityStore(CONTRACT_SCHEMA)
+
+    def check_presence() -> None:
+        for text in PRESENCE_QUERIES:
+            for now in (NOW, MIDNIGHT):
+                assert engine.ids(text, now=now) == sorted(oracle.evaluate(bind(parse(text), SCHEMA), now)), text
+
+    with Engine(SCHEMA, shards=1) as engine:
+        for round_no in range(12):
+            for _ in range(WRITES_KEPT + 1 if round_no == 9 else 1):
+                batch = events(rng, ids, 60)
+                engine.track_events(batch)
+                oracle.track(batch)
+            check_presence()
+            if round_no == 5:
+                engine.merge_many([("u001", "u002"), ("u010", "u011")])
+                oracle.merge_many([("u001", "u002"), ("u010", "u011")])
+                check_presence()
+            if round_no == 8:
+                engine.delete_profiles(["u003", "u020"])
+                oracle.delete(["u003", "u020"])
+                check_presence()
+    assert True in caught_up and False in caught_up

@@ -424,17 +424,26 @@ class DidEvaluator:
 
     def _buckets_union(self, store: EventTypeStore, size: int, first: int, last: int,
                        buckets: dict[int, BitMap]) -> BitMap:
-        """Union of the ``size`` buckets first..last of ``buckets`` (cached per store generation; do not mutate)."""
-        key = (id(store), size, first, last, store.generation)
-        cached = self.cache.get(key)
-        if cached is None:
-            if last - first + 1 <= len(buckets):
-                bitmaps = [buckets[b] for b in range(first, last + 1) if b in buckets]
-            else:
-                bitmaps = [bitmap for b, bitmap in buckets.items() if first <= b <= last]
-            cached = union_all(bitmaps)
-            self.cache.put(key, cached)
-        return cached
+        """Union of the ``size`` buckets first..last of ``buckets`` (kept with the store generation it
+        is exact at; a union a few appends behind catches up with their rows, engine.store.append_log;
+        do not mutate)."""
+        key = (id(store), size, first, last)
+        kept = self.cache.get(key)
+        if kept is not None:
+            at, union = kept
+            if at == store.generation:
+                return union
+            union = store.appends.catch_up(union, at, store.generation, size, first, last)
+            if union is not None:
+                self.cache.put(key, (store.generation, union))
+                return union
+        if last - first + 1 <= len(buckets):
+            bitmaps = [buckets[b] for b in range(first, last + 1) if b in buckets]
+        else:
+            bitmaps = [bitmap for b, bitmap in buckets.items() if first <= b <= last]
+        union = union_all(bitmaps)
+        self.cache.put(key, (store.generation, union))
+        return union
 
     def event_masks(self, node: ast.Did, store: EventTypeStore, parts: list[Run], now: int,
                     size: int) -> list[np.ndarray | None]:

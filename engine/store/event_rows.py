@@ -230,8 +230,7 @@ def drop_rows(events: EventStore, rows: np.ndarray, size: int) -> int:
             dropped = np.union1d(rows, dead) if len(dead) else np.unique(rows)
             store.dead, store.dead_events = BitMap(), 0
             _unindex(store, rows, gone)
-            store.window_sums.dropped(store.generation, dropped)
-            store.generation += 1
+            store.dropped_rows(dropped)
     if released:
         events.release_event_ids(np.concatenate(released))
     return deleted
@@ -264,8 +263,7 @@ def bury_rows(events: EventStore, rows: np.ndarray, counts: dict[str, int] | Non
             store.dead |= held
             _unindex(store, rows, gone, None if planned is None else planned.get(name))
             buried = np.frombuffer(held.to_array(), dtype=np.uint32).astype(np.int64)
-            store.window_sums.dropped(store.generation, buried)
-            store.generation += 1
+            store.dropped_rows(buried)
 
 
 #: The events deleted by marking that a type keeps in its runs: at most this share of its live events
@@ -290,8 +288,7 @@ def compact(events: EventStore, force: bool = False) -> int:
             removed += _remove_marked(store, store.dead_mask(), released)
             buried = np.frombuffer(store.dead.to_array(), dtype=np.uint32).astype(np.int64)
             store.dead, store.dead_events = BitMap(), 0
-            store.window_sums.dropped(store.generation, buried)  # their sums went when they were buried
-            store.generation += 1
+            store.dropped_rows(buried)  # their sums went when they were buried
     if released:
         events.release_event_ids(np.concatenate(released))
     return removed

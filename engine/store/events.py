@@ -33,6 +33,7 @@ from .count_levels import WHOLE_TYPE, CountLevels
 from .levels_build import LevelBuilds
 from .event_ids import EventIdStore
 from .property_bitmaps import BINNED_KINDS, PropertyBitmaps, bin_keys
+from .append_log import AppendLog
 from .append_plan import AppendPlan, add_rows, or_into, slot_rows, with_run
 from .runs import (EPOCH_BITS, FLOAT_SCALE, NO_TIME, SCALED_NULL, Run, code_dtype, decode_scaled, encode_scaled,
                    time_order)
@@ -88,6 +89,7 @@ class EventTypeStore(TypeLevels, TypeState):
         # the kept row indexes of the runs: the EventStore holding this type shares its cache with every type
         self.row_indexes = RowIndexCache(self)
         self.generation = 0
+        self.appends = AppendLog()  # the last appends' rows per day, by generation (kept unions catch up)
         # rows whose events were deleted by marking (a merge's departures): their events stay in the runs
         # until compacted (engine.store.event_rows), and no bitmap above holds these rows
         self.dead = BitMap()
@@ -102,6 +104,7 @@ class EventTypeStore(TypeLevels, TypeState):
         del state["level_builds"]
         state["window_sums"] = WindowSumsCache()
         del state["row_indexes"]
+        state.pop("appends", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -119,6 +122,7 @@ class EventTypeStore(TypeLevels, TypeState):
         self.__dict__.update(state)
         self.level_builds = LevelBuilds(self)
         self.row_indexes = RowIndexCache(self)
+        self.appends = AppendLog()
 
     def adopt(self, definition: EventDef) -> None:
         """Take a definition of this type that adds properties: the events held so far have them null."""
@@ -300,7 +304,15 @@ class EventTypeStore(TypeLevels, TypeState):
                     kept.levels.add(keys, days, rows, kept.days, kept.ever)
             kept.add(keys, rows, ts)
         self.window_sums.appended(self.generation, rows, ts, plan.props, self.scaled)
+        self.appends.appended(self.generation, plan.days, plan.slots, plan.slot_days)
         self.count += len(rows)
+        self.generation += 1
+
+    def dropped_rows(self, rows: np.ndarray) -> None:
+        """Every event of ``rows`` (ascending int64) has left the store (deleted, or deleted by marking
+        and out of its bitmaps): the kept window sums and the append log follow, the generation steps."""
+        self.window_sums.dropped(self.generation, rows)
+        self.appends.dropped(self.generation, to_bitmap(rows))
         self.generation += 1
 
     def _encodes(self, columns: dict[str, Column]) -> bool:
