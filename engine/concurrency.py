@@ -26,7 +26,10 @@ shard that inserts profiles waiting) until ``publish_view``
 (engine.segments, ``SavedSegments.deferring``). The writer then calls ``end_views`` (no new view
 read goes in) and has every shard publish, all before it releases the lock. So a view read sees
 every shard before the write or, once it ends, after it: a read that saw one shard after the
-write began its publish step, and every read that starts later waits for the write's end.
+write began its publish step, and every read that starts later waits for the write's end. A read
+that also uses the coordinator's state (an alias resolved before a merge's publish step, a shard
+read after it) checks ``view_ends`` and is made again if a publish step began meanwhile
+(``Engine._on_owner``).
 
 Likewise for heavy reads: a background thread (``engine.priority``: a server's pool for the
 queries known to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
@@ -72,6 +75,7 @@ class PublishLock:
         self.readers = 0  # threads holding a read share
         self.writer: int | None = None  # ident of the thread holding the write
         self.view_safe = False  # the write running admits view reads (see acquire_read)
+        self.view_ends = 0  # view writes that began their publish step (see end_views)
         self.writers_waiting = 0
         self.blocked = 0  # readers waiting for a write to end
         self.grants = 0  # writes ended (each admits the readers blocked meanwhile)
@@ -244,9 +248,12 @@ class PublishLock:
             self.changed.notify_all()
 
     def end_views(self) -> None:
-        """Admit no more view reads beside the running write (its publish step begins)."""
+        """Admit no more view reads beside the running write (its publish step begins; ``view_ends``
+        counts them: a view read that began before and ends after one may have read a shard after
+        the publish with what the coordinator knew before it)."""
         with self.changed:
             self.view_safe = False
+            self.view_ends += 1
 
     def writing(self, timeout: float | None = None, view_safe: bool = False) -> ContextManager[None]:
         """Hold the write for the block (PublishTimeout if it cannot be had in time); ``view_safe``: view

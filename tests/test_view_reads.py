@@ -239,3 +239,42 @@ def test_membership_waits_only_for_the_insertion_of_a_writes_new_ids(merge):
         writer.join(10)
         assert during == ["fr"] and writing and read_s < 0.5
         assert engine.membership("new") == (["fr"] if merge else [])
+
+
+def test_a_view_read_overlapped_by_a_merges_publish_is_made_again():
+    """A membership read admitted beside a merge's commit resolves the source's id as it was, and
+    (held up here) reaches the shard only after the merge has published: it is made again, and
+    answers with the target's segments rather than "unknown profile"."""
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=1, backend="local") as engine:
+        engine.clock = lambda: NOW
+        engine.upsert_profiles([{"id": "a", "country": "FR"}, {"id": "b"}])
+        engine.create_segment("fr", "country = 'FR'")
+        saved, identity = engine.shards[0].saved, engine.identity
+        committing, resolved, merged = threading.Event(), threading.Event(), threading.Event()
+        sync, resolve = saved.sync, identity.resolve
+
+        def slow_sync(*args, **kwargs):
+            committing.set()
+            assert resolved.wait(5)  # the reader has resolved "a" beside the commit
+            return sync(*args, **kwargs)
+
+        def held_resolve(ids):
+            out = resolve(ids)
+            if threading.current_thread() is reader:
+                resolved.set()
+                assert merged.wait(5)  # the merge has published and ended meanwhile
+            return out
+
+        saved.sync, identity.resolve = slow_sync, held_resolve
+        answers: list = []
+
+        def read() -> None:
+            assert committing.wait(5)
+            answers.append(engine.membership("a"))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        engine.merge("a", "b")
+        merged.set()
+        reader.join(10)
+        assert answers == [["fr"]] and engine.membership("b") == ["fr"]
