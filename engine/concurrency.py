@@ -29,7 +29,7 @@ every shard before the write or, once it ends, after it: a read that saw one sha
 write began its publish step, and every read that starts later waits for the write's end. A read
 that also uses the coordinator's state (an alias resolved before a merge's publish step, a shard
 read after it) checks ``view_ends`` and is made again if a publish step began meanwhile
-(``Engine._on_owner``).
+(``PublishLock.point_read``).
 
 Likewise for heavy reads: a background thread (``engine.priority``: a server's pool for the
 queries known to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
@@ -55,10 +55,16 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator, TypeVar
 
 from .errors import SegengineError
 from .priority import is_background_thread
+
+
+T = TypeVar("T")
+#: Tries of a view read that writes' publish steps overlap (``PublishLock.point_read``); the last one is a
+#: plain point read.
+VIEW_READ_TRIES = 3
 
 
 class PublishTimeout(SegengineError):
@@ -254,6 +260,25 @@ class PublishLock:
         with self.changed:
             self.view_safe = False
             self.view_ends += 1
+
+    def point_read(self, read: Callable[[], T], view: bool = False) -> T:
+        """``read()`` under a point read share (``view``: a view read). A view read that a write's publish
+        step overlapped (``view_ends`` moved: it may have used the coordinator's state of before the
+        write and a shard's of after it, as an alias resolved before a merge) is made again; the
+        last of ``VIEW_READ_TRIES`` is a plain point read, which waits for the write's end."""
+        for attempt in range(VIEW_READ_TRIES):
+            as_view = view and attempt < VIEW_READ_TRIES - 1
+            ends = self.view_ends
+            with self.reading(point=True, view=as_view), view_call(as_view):
+                try:
+                    result = read()
+                except SegengineError:
+                    if not as_view or self.view_ends == ends:
+                        raise
+                    continue
+                if not as_view or self.view_ends == ends:
+                    return result
+        raise AssertionError("unreachable: the last try is not a view read")
 
     def writing(self, timeout: float | None = None, view_safe: bool = False) -> ContextManager[None]:
         """Hold the write for the block (PublishTimeout if it cannot be had in time); ``view_safe``: view

@@ -22,7 +22,7 @@ from .commands import (COORDINATOR_KINDS, AddDestination, Command, CreateSegment
                        LoadProfiles, Merge, RemoveDestination, Track, UpdateSchema, Upsert, applied_count,
                        merged_segment_info, route)
 from .destinations import Destinations
-from .errors import DataDirMismatch, DataError, QueryError, SegengineError, SegmentExists, ShardError
+from .errors import DataDirMismatch, DataError, QueryError, SegmentExists, ShardError
 from .export_formats import write_members
 from .explain import merge_trees
 from .identity import Identity
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("segengine.engine")
-#: Tries of a view read that writes' publish steps overlap (engine.concurrency); the last one is a plain point read.
-VIEW_READ_TRIES = 3
 
 
 class Engine:
@@ -548,26 +546,15 @@ class Engine:
 
     def _on_owner(self, method: str, profile_id: str, *args: Any, view: bool = False) -> Any:
         """``method(canonical id, *args)`` on the shard of the profile ``profile_id`` names, as a point read
-        (``view``: a view read). The alias is resolved in the read; a view read that a write's publish
-        step overlapped (it may have resolved the id before a merge and read its shard after) is made
-        again, at last as a plain point read, which waits for the write's end."""
-        for attempt in range(VIEW_READ_TRIES):
-            as_view = view and attempt < VIEW_READ_TRIES - 1
-            ends = self.publish.view_ends
-            with self.publish.reading(point=True, view=as_view), view_call(as_view):
-                canonical = self.identity.resolve([profile_id])[0] if isinstance(profile_id, str) else profile_id
-                owner = shard_of(canonical, self.n_shards) if isinstance(canonical, str) else 0
-                calls: list[tuple | None] = [None] * self.n_shards
-                calls[owner] = (canonical, *args)
-                try:
-                    result = self.shards.call_each(method, calls)[owner]
-                except SegengineError:
-                    if not as_view or self.publish.view_ends == ends:
-                        raise
-                    continue
-                if not as_view or self.publish.view_ends == ends:
-                    return result
-        raise AssertionError("unreachable: the last try is not a view read")
+        (``view``: a view read, ``PublishLock.point_read``); the alias is resolved in the read."""
+        def read() -> Any:
+            canonical = self.identity.resolve([profile_id])[0] if isinstance(profile_id, str) else profile_id
+            owner = shard_of(canonical, self.n_shards) if isinstance(canonical, str) else 0
+            calls: list[tuple | None] = [None] * self.n_shards
+            calls[owner] = (canonical, *args)
+            return self.shards.call_each(method, calls)[owner]
+
+        return self.publish.point_read(read, view)
 
     def _publish(self) -> None:
         """Hand the shards' recorded membership changes to the watchers (in shard order)."""
