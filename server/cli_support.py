@@ -17,10 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from engine.timeparse import parse_query_ts
+
+
+def say_line(line: str) -> None:
+    """Print ``line`` with one write, so a background server's lines and a foreground command's lines
+    sharing a terminal or pipe never interleave mid-line (``print`` writes the text and the newline
+    separately when stdout is unbuffered)."""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
 
 
 class CliError(Exception):

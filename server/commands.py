@@ -17,7 +17,8 @@ from typing import Any
 
 from engine.errors import SegengineError
 
-from .cli_support import check_port_free, clock, count, megabytes, port, positive, read_schema, seconds
+from .cli_support import (check_port_free, clock, count, megabytes, port, positive, read_schema, say_line,
+                          seconds)
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 #: Saved segments created by ``serve --demo`` so the quick start has something to watch.
@@ -87,8 +88,8 @@ def open_engine(args: argparse.Namespace):
         for name, query in DEMO_SEGMENTS.items():
             if name not in engine.catalog:
                 engine.create_segment(name, query)
-        print(f"demo: loaded {len(dataset.profiles)} profiles and {sum(len(b) for b in dataset.events)} events, "
-              f"{len(DEMO_SEGMENTS)} saved segments in {time.perf_counter() - started:.1f} s", flush=True)
+        say_line(f"demo: loaded {len(dataset.profiles)} profiles and {sum(len(b) for b in dataset.events)} events, "
+                 f"{len(DEMO_SEGMENTS)} saved segments in {time.perf_counter() - started:.1f} s")
     return engine
 
 
@@ -115,9 +116,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise
     server.install_signal_handlers()
     server.start()
-    print(f"segengine serving on {server.address}", flush=True)
+    say_line(f"segengine serving on {server.address}")
     if server.http_url is not None:
-        print(f"segengine HTTP (metrics, JSON API, console) on {server.http_url}", flush=True)
+        say_line(f"segengine HTTP (metrics, JSON API, console) on {server.http_url}")
     server.wait()
     return 0
 

@@ -11,7 +11,7 @@ import time
 
 from engine.errors import SegengineError
 
-from .cli_support import CliError, seconds
+from .cli_support import CliError, say_line, seconds
 from .commands import client_args, connect
 
 
@@ -48,7 +48,7 @@ def run_health(args: argparse.Namespace) -> int:
                 raise CliError(f"{args.server}: {error}") from None
             status = None
         if status == "SERVING" or (status is not None and time.monotonic() >= deadline):
-            print(status)
+            say_line(status)
             return 0 if status == "SERVING" else 1
         time.sleep(0.2)
 
