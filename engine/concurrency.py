@@ -31,6 +31,13 @@ that also uses the coordinator's state (an alias resolved before a merge's publi
 read after it) checks ``view_ends`` and is made again if a publish step began meanwhile
 (``PublishLock.point_read``).
 
+A view write's commit changes the shards' data but leaves re-evaluating the saved segments on the
+rows it touched for a sync step (``SavedSegments.deferring``): once every shard has committed,
+the writer calls ``open_store`` and the shards sync. From then until the write ends, a store read
+(``store=True``: a query that reads no saved segment, ``Engine.count`` and the like) also goes in:
+it sees the data after the write, and reads nothing the sync step changes. A read of saved
+segments (``SEGMENT(...)``, their sizes) still waits for the write's end.
+
 Likewise for heavy reads: a background thread (``engine.priority``: a server's pool for the
 queries known to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
 without holding other readers back (new heavy reads wait behind it), then queues as above, so
@@ -82,6 +89,7 @@ class PublishLock:
         self.writer: int | None = None  # ident of the thread holding the write
         self.view_safe = False  # the write running admits view reads (see acquire_read)
         self.view_ends = 0  # view writes that began their publish step (see end_views)
+        self.store_open = False  # the write running admits store reads (see open_store)
         self.writers_waiting = 0
         self.blocked = 0  # readers waiting for a write to end
         self.grants = 0  # writes ended (each admits the readers blocked meanwhile)
@@ -128,11 +136,12 @@ class PublishLock:
 
     # -- read shares ------------------------------------------------------------------------
     def acquire_read(self, timeout: float | None = None, blocking: bool = True, point: bool = False,
-                     view: bool = False) -> bool:
+                     view: bool = False, store: bool = False) -> bool:
         """Take a read share; False if the timeout passed (or, not ``blocking``, a write runs or waits).
 
         A ``point`` read passes a waiting writer while a longer read holds the lock; a ``view`` read
-        (a point read) also goes in beside a view-safe write (module docstring).
+        (a point read) also goes in beside a view-safe write, a ``store`` read beside a write's sync
+        step (module docstring).
         """
         if self._held() or self.holds_write():
             self._local.shares = self._held() + 1
@@ -140,10 +149,11 @@ class PublishLock:
         heavy = is_background_thread()
         point = (point or view) and not heavy
         view = view and not heavy
+        store = store and not heavy
 
         def free() -> bool:
             if self.writer is not None:
-                return view and self.view_safe
+                return (view and self.view_safe) or (store and self.store_open)
             if heavy and self.writers_pending:
                 return False
             return not self.writers_waiting or (point and self.readers > self.points)
@@ -192,10 +202,12 @@ class PublishLock:
             if not self.readers:
                 self.changed.notify_all()
 
-    def reading(self, timeout: float | None = None, point: bool = False, view: bool = False) -> ContextManager[None]:
+    def reading(self, timeout: float | None = None, point: bool = False, view: bool = False,
+                store: bool = False) -> ContextManager[None]:
         """Hold a read share for the block (PublishTimeout if it cannot be had in time); ``point``,
-        ``view``: see ``acquire_read``."""
-        return _holding(lambda limit: self.acquire_read(limit, point=point, view=view), self.release_read, timeout)
+        ``view``, ``store``: see ``acquire_read``."""
+        return _holding(lambda limit: self.acquire_read(limit, point=point, view=view, store=store),
+                        self.release_read, timeout)
 
     # -- the write --------------------------------------------------------------------------
     def acquire_write(self, timeout: float | None = None, view_safe: bool = False) -> bool:
@@ -245,12 +257,19 @@ class PublishLock:
             return
         with self.changed:
             self.writer = None
-            self.view_safe = False
+            self.view_safe = self.store_open = False
             self.readers += self.blocked  # the readers that waited go in before the next writer
             self.heavy += self.heavy_blocked
             self.points += self.points_blocked
             self.blocked = self.heavy_blocked = self.points_blocked = 0
             self.grants += 1
+            self.changed.notify_all()
+
+    def open_store(self) -> None:
+        """Admit store reads beside the running write: its shards have committed their data and go on
+        to sync their saved segments (module docstring)."""
+        with self.changed:
+            self.store_open = True
             self.changed.notify_all()
 
     def end_views(self) -> None:

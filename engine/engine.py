@@ -194,11 +194,13 @@ class Engine:
         tagged = [None if call is None else (seq, *call) for call in calls]
         if any(call is not None and call[0] in PREPARED_METHODS for call in calls):
             tagged = self._prepare(tagged)
-        view = view_safe(calls)  # membership is read beside it (engine.concurrency, view reads)
+        view = view_safe(calls)  # membership is read beside it, store reads beside its sync step (engine.concurrency)
         with self.publish.writing(view_safe=view):
             try:
                 with view_call(view):
                     results = self.durable.send(tagged) if self.durable else self.shards.call_each("apply_logged", tagged)
+                if view:
+                    self.shards.sync_view(calls, self.publish)
             finally:
                 if view:
                     self.shards.publish_view(calls, self.publish)
@@ -293,7 +295,7 @@ class Engine:
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
         at = query_clock(now)
-        with self.publish.reading():
+        with self.publish.reading(store=not refs):
             return sum(self.shards.call_all("count", step, at))
 
     def ids(self, query: str, now: int | None = None) -> list[str]:
@@ -301,7 +303,7 @@ class Engine:
         step, refs = self.plans.entry(query)
         self._read_segments(refs)
         at = query_clock(now)
-        with self.publish.reading():
+        with self.publish.reading(store=not refs):
             parts = self.shards.call_all("ids", step, at)
         if len(parts) == 1:
             return parts[0]
@@ -322,7 +324,7 @@ class Engine:
         self._read_segments(refs)
         at = query_clock(now)
         started = time.perf_counter()
-        with self.publish.reading():
+        with self.publish.reading(store=not refs):
             tree = merge_trees(self.shards.call_all("explain", step, at))
         return {"query": to_text(bind(parse(query), self.schema)), "now_ms": at, "count": tree.pop("count"),
                 "ms": (time.perf_counter() - started) * 1000, "plan": tree}

@@ -124,7 +124,8 @@ class MembershipBits:
 
 
 #: What a pickled ``SavedSegments`` leaves out: its locks and the state of a write in progress.
-_UNPICKLED = frozenset({"view", "_member_ops", "unpublished", "visible_rows", "view_live", "unforgotten", "view_open"})
+_UNPICKLED = frozenset({"view", "_member_ops", "unpublished", "visible_rows", "view_live", "unforgotten", "view_open",
+                        "later"})
 
 
 class SavedSegments:
@@ -154,6 +155,7 @@ class SavedSegments:
         self.unforgotten: list[np.ndarray] = []  # departed rows whose ids stay known until ``publish``
         self.view_open = threading.Event()  # cleared: membership waits for ``publish`` (``close_view``)
         self.view_open.set()
+        self.later: list[tuple] | None = None  # the arguments of the syncs left for ``sync_later`` (deferring)
         self.now: int | None = None
         self.capture = False
         self.pending: list[tuple[str, str, np.ndarray | list[str] | None]] = []
@@ -169,7 +171,7 @@ class SavedSegments:
         """Restore a pickled instance (the legacy snapshot formats: their parts keep no member counts)."""
         self.__dict__.update(state)
         self.view, self._member_ops, self.unpublished, self.visible_rows = threading.RLock(), None, None, None
-        self.view_live, self.unforgotten, self.view_open = None, [], threading.Event()
+        self.view_live, self.unforgotten, self.view_open, self.later = None, [], threading.Event(), None
         self.view_open.set()
         if "counts" not in state:
             self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
@@ -271,7 +273,13 @@ class SavedSegments:
         none). ``events``: the event types it added events of (None: any profile data may have
         changed, so every segment is re-evaluated on ``touched``); then a segment that reads none
         of them is re-evaluated on ``created`` only (the profiles the write created).
+
+        In a view write that leaves its syncs for later (``deferring``), only notes the call for
+        ``sync_later``.
         """
+        if self.later is not None:
+            self.later.append((touched, now, attributes, events, created))
+            return
         if not self.catalog.defs:
             self.now = None  # no materialisation, no clock: the first segment starts at its own
             return
@@ -324,12 +332,15 @@ class SavedSegments:
 
     @contextmanager
     def deferring(self, creates_rows: bool, removes_rows: bool = False) -> Iterator[None]:
-        """Keep the membership bit changes of the block's syncs for ``publish`` (a view write); with
-        ``creates_rows``, the rows it creates stay unknown to membership until ``publish`` (the
-        block inserts their ids under ``view``); with ``removes_rows``, membership sees the live rows
-        as they were, and the removed rows' ids (``forget``) stay known, until ``publish``."""
+        """Leave the block's syncs for ``sync_later`` and keep their membership bit changes for
+        ``publish`` (a view write); with ``creates_rows``, the rows it creates stay unknown to
+        membership until ``publish`` (the block inserts their ids under ``view``); with
+        ``removes_rows``, membership sees the live rows as they were, and the removed rows' ids
+        (``forget``) stay known, until ``publish``."""
         if self.unpublished is None:
             self.unpublished = []
+        if self.later is None and self.view_open.is_set():  # a whole-path merge (close_view) syncs as it goes
+            self.later = []
         if removes_rows and self.view_live is None:
             self.view_live = self.profiles.live.copy()
         if creates_rows and self.visible_rows is None:
@@ -347,22 +358,33 @@ class SavedSegments:
     def forget(self, rows: np.ndarray) -> None:
         """Forget the ids of departed ``rows`` (their exits recorded first); while membership keeps the
         live rows of before a view write (``deferring``), at ``publish``."""
-        if self.capture:
-            self.pin_changes()
         if self.view_live is not None:
             self.unforgotten.append(rows)
         else:
-            self.profiles.idmap.forget(rows)
+            self._forget(rows)
+
+    def _forget(self, rows: np.ndarray) -> None:
+        if self.capture:
+            self.pin_changes()  # the recorded exits keep the ids
+        self.profiles.idmap.forget(rows)
+
+    def sync_later(self) -> None:
+        """The syncs ``deferring`` left, in order (a view write's sync step: engine.concurrency); their
+        membership bit changes stay kept for ``publish``."""
+        later, self.later = self.later, None
+        for args in later or ():
+            self.sync(*args)
 
     def publish(self) -> None:
-        """Make the membership bit changes kept by ``deferring`` and show the rows it created (no-op
-        without any)."""
+        """Make the membership bit changes kept by ``deferring`` (after the syncs it left, if no sync
+        step ran them) and show the rows it created (no-op without any)."""
+        self.sync_later()
         ops, self.unpublished = self.unpublished, None
         with self.view:
             if ops:
                 self._set_members(ops)
             for rows in self.unforgotten:
-                self.profiles.idmap.forget(rows)
+                self._forget(rows)
             self.unforgotten, self.visible_rows, self.view_live = [], None, None
         self.view_open.set()
 

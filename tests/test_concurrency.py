@@ -161,6 +161,35 @@ def test_a_capture_keeps_writers_out_but_not_readers():
     assert wrote.is_set() and lock.pins == 0
 
 
+def test_store_reads_go_in_only_during_a_writes_sync_step():
+    """Beside a write, a store read (a query reading no saved segment) waits until the writer opens
+    its sync step (``open_store``), then goes in; other reads wait for the write's end; after the
+    write, a new write closes the store again."""
+    lock = PublishLock()
+    lock.acquire_write()
+    got: list[str] = []
+
+    def read(kind: str) -> None:
+        with lock.reading(store=kind == "store", timeout=5):
+            got.append(kind)
+
+    waiting = [threading.Thread(target=read, args=(kind,)) for kind in ("store", "plain")]
+    for thread in waiting:
+        thread.start()
+    time.sleep(0.05)
+    assert got == [] and not _try_read(lock) and not _try_read(lock, store=True)
+    lock.open_store()
+    waiting[0].join(5)
+    assert got == ["store"] and _try_read(lock, store=True)
+    assert not _try_read(lock, point=True) and not _try_read(lock, view=True)  # not a view-safe write
+    lock.release_write()
+    waiting[1].join(5)
+    assert got == ["store", "plain"] and not lock.store_open
+    lock.acquire_write()
+    assert not _try_read(lock, store=True)
+    lock.release_write()
+
+
 def _writer_behind_a_read(lock: PublishLock, heavy: bool = False) -> tuple[threading.Event, threading.Event, list[threading.Thread]]:
     """Start a read that holds ``lock`` (``heavy``: on a background thread) and a writer behind it;
     once the writer waits, returns (the event that ends the read, the event the writer sets, the threads)."""
@@ -189,14 +218,17 @@ def _writer_behind_a_read(lock: PublishLock, heavy: bool = False) -> tuple[threa
     return leave, wrote, threads
 
 
-def _try_read(lock: PublishLock, point: bool = False, heavy: bool = False) -> bool:
-    """Whether a new thread (``heavy``: a background one) gets a read share without waiting."""
+def _try_read(lock: PublishLock, point: bool = False, heavy: bool = False, **kinds: bool) -> bool:
+    """Whether a new thread (``heavy``: a background one) gets a read share (``point``, ``kinds``: see
+    ``acquire_read``) without waiting; the share is given back."""
     got: list[bool] = []
 
     def read() -> None:
         if heavy:
             lower_thread_priority(0)
-        got.append(lock.acquire_read(blocking=False, point=point))
+        got.append(lock.acquire_read(blocking=False, point=point, **kinds))
+        if got[0]:
+            lock.release_read()
 
     thread = threading.Thread(target=read)
     thread.start()

@@ -206,6 +206,42 @@ def test_a_view_read_is_answered_beside_a_slow_merge_on_process_shards(monkeypat
 
 
 @pytest.mark.parametrize("merge", [False, True])
+def test_a_query_reading_no_saved_segment_is_answered_during_a_writes_sync_step(monkeypatch, tmp_path, merge):
+    """Once every shard has committed a view write's data, the shards sync their saved segments (one
+    slowed down here): a query reading no saved segment is answered meanwhile, with the data after the
+    write; membership still sees the state before it; a query reading a saved segment waits for the
+    write's end and sees the state after it."""
+    delays = Delays.install(monkeypatch, tmp_path)
+    (a, *_), (b, *_) = _two_shard_ids(1)
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
+        engine.clock = lambda: NOW
+        engine.upsert_profiles([{"id": a, "country": "FR"}, {"id": b}])
+        engine.create_segment("fr", "country = 'FR'")
+        engine.create_segment("viewed", "DID(page_view)")
+        delays.set(0, 1.0, "sync_view")
+        if merge:  # b takes a's place: a's attribute moves to b, a leaves
+            writer = threading.Thread(target=engine.merge, args=(a, b))
+            query, before, after = "country = 'FR'", {a: ["fr"], b: []}, (1, [b])
+        else:
+            batch = EventBatch("page_view", [a, b], np.full(2, NOW, np.int64), {})
+            writer = threading.Thread(target=engine.load_events, args=(batch,))
+            query, before, after = "DID(page_view)", {a: ["fr"], b: []}, (2, sorted([a, b]))
+        writer.start()
+        time.sleep(0.4)  # every shard has committed; shard 0 is in its sync step
+        began = time.monotonic()
+        during = (engine.count(query, now=NOW), engine.ids(query, now=NOW))
+        read_s = time.monotonic() - began
+        seen = {pid: engine.membership(pid) for pid in (a, b)}
+        writing = writer.is_alive()
+        segment = engine.count("SEGMENT('fr') OR SEGMENT('viewed')")  # reads saved segments: waits
+        writer.join(10)
+        delays.set(0, 0)
+        assert during == after and read_s < 0.5 and writing and seen == before
+        assert segment == (1 if merge else 2)
+        assert engine.membership(b) == (["fr"] if merge else ["viewed"])
+
+
+@pytest.mark.parametrize("merge", [False, True])
 def test_membership_waits_only_for_the_insertion_of_a_writes_new_ids(merge):
     """A view write that creates profiles (an event batch naming a new id, a merge into a new id)
     inserts their ids under the segments' lock, then syncs the segments (slowed down here) without

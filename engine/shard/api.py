@@ -19,6 +19,10 @@ Every method is classified by how it may share a shard with other calls (``ACCES
   or changes only its snapshot store (``snapshot_prune``). It keeps writes out but runs alongside
   queries and point reads (taking a query's place, ahead of queued queries), so a capture pauses
   the shard's writes, not its readers.
+- ``SYNC``: ``sync_view``, a view write's sync step (engine.concurrency): it re-evaluates the saved
+  segments on the rows the write's commit touched, changing only the saved segments' state, which
+  the reads the coordinator admits beside it do not read. It keeps writes out but runs alongside
+  queries and point reads, in a query's place, like a snapshot step.
 - ``PREPARE``: ``prepare_logged``, which works out the next write while reads go on
   (engine/shard/prepared.py). It runs alongside reads like a point read, never alongside a
   write, and is not counted as a query.
@@ -50,6 +54,7 @@ class Access(enum.Enum):
     QUERY = "query"
     POINT = "point"
     SNAPSHOT = "snapshot"
+    SYNC = "sync"
     PREPARE = "prepare"
 
 
@@ -57,6 +62,7 @@ class ShardAPI(Protocol):
     """The methods of a shard that a coordinator calls (see engine/shard/local.py for what they do)."""
 
     # writes (a write command reaches a shard as ``apply_logged``: see engine.commands)
+    def sync_view(self) -> None: ...
     def publish_view(self) -> None: ...
     def refresh_segments(self, now: int) -> None: ...
     def capture_changes(self, on: bool) -> None: ...
@@ -103,7 +109,7 @@ W, Q, P, S = Access.WRITE, Access.QUERY, Access.POINT, Access.SNAPSHOT
 
 #: Every remote shard method and its access class (the order of ShardAPI).
 ACCESS: dict[str, Access] = {
-    "publish_view": W, "refresh_segments": W, "capture_changes": W, "take_changes": W,
+    "sync_view": Access.SYNC, "publish_view": W, "refresh_segments": W, "capture_changes": W, "take_changes": W,
     "apply_logged": W, "recover": W, "snapshot_capture": S, "snapshot_prune": S, "snapshot_close": W, "snapshot_compact": W,
     "count": Q, "rows": Q, "ids": Q, "explain": Q, "breakdown": Q, "overlap": Q, "why": Q,
     "lookalike_counts": Q, "lookalike_sample": Q, "lookalike_score": Q,

@@ -54,15 +54,25 @@ class ShardGroup(Sequence):
         """``shard.method(*args)`` on every shard, in shard order."""
         return self.call_each(method, [args] * len(self.shards))
 
+    def sync_view(self, calls: Sequence[tuple | None], publish: PublishLock) -> None:
+        """The sync step of a view write whose data every shard has committed (engine.concurrency):
+        ``publish`` admits store reads, then every shard the write reached syncs its saved segments."""
+        publish.open_store()
+        self._each_reached("sync_view", calls)
+
     def publish_view(self, calls: Sequence[tuple | None], publish: PublishLock) -> None:
         """End a view write (engine.concurrency): ``publish`` admits no more view reads, then every shard
         the write reached (``calls[i]`` not None) switches its membership to the state after it."""
         publish.end_views()
+        with view_call():
+            self._each_reached("publish_view", calls)
+
+    def _each_reached(self, method: str, calls: Sequence[tuple | None]) -> None:
+        """``method()`` on every shard a view write reached."""
         try:
-            with view_call():
-                self.call_each("publish_view", [None if call is None else () for call in calls])
+            self.call_each(method, [None if call is None else () for call in calls])
         except ShardError:  # a respawned worker recovers the state after the write from the log
-            log.warning("a shard could not publish a write's membership", exc_info=True)
+            log.warning("a shard could not finish a write's membership (%s)", method, exc_info=True)
 
     def respawns(self) -> list[int]:
         """How many times each shard was restarted after it died (in-process shards: never)."""

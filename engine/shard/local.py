@@ -271,6 +271,11 @@ class LocalShard:
         """Ids and ``attributes`` of the live rows among sorted ``rows`` (see engine.store.member_columns)."""
         return member_columns(self.profiles, rows, attributes)
 
+    def sync_view(self) -> None:
+        """The sync step of the view write just applied: re-evaluate the saved segments on the rows it
+        touched, membership still seeing them as they were (engine.concurrency)."""
+        self.saved.sync_later()
+
     def publish_view(self) -> None:
         """Switch membership to the state after the view write just applied (engine.concurrency)."""
         self.saved.publish()

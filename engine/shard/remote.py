@@ -27,6 +27,9 @@ class RemoteShard:
     def refresh_segments(self, now: int) -> None:
         return self.call("refresh_segments", now)
 
+    def sync_view(self) -> None:
+        return self.call("sync_view")
+
     def publish_view(self) -> None:
         return self.call("publish_view")
 

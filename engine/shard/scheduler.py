@@ -7,9 +7,10 @@ the next one that may start now:
   after it wait until it has finished (so writes keep the id order against everything);
 - reads before the first waiting write may start while other reads run: point reads
   (``Access.POINT``) and the prepare of a write (``Access.PREPARE``) first, whatever queries
-  wait ahead of them, then a snapshot step (``Access.SNAPSHOT``: it keeps writes out, not reads),
-  then the oldest query; a snapshot step and a query start only while fewer than
-  ``max_queries`` of them are running (so a thread stays free for point reads);
+  wait ahead of them, then a snapshot step or a write's sync step (``Access.SNAPSHOT``,
+  ``Access.SYNC``: they keep writes out, not reads), then the oldest query; these steps and
+  queries start only while fewer than ``max_queries`` of them are running (so a thread stays
+  free for point reads);
 - a view read (a point read sent by a view call: engine.concurrency) may also start while a view
   write runs or waits ahead of it (a write sent by a view call: an event batch, whose membership
   switch waits for a later ``publish_view``, or that ``publish_view``), as long as no other write
@@ -39,6 +40,14 @@ Not thread-safe: the worker calls it under its own lock.
 >>> s.finish(5); s.finish(7); s.take()
 8
 >>> s.finish(8)
+>>> s.max_queries = 2
+>>> for n, kind in enumerate([Access.SYNC, Access.QUERY, Access.WRITE], start=20):
+...     s.admit(n, kind)
+>>> s.take(), s.take(), s.take()  # a write's sync step runs alongside a query, the next write waits
+(20, 21, None)
+>>> s.finish(20); s.finish(21); s.take()
+22
+>>> s.finish(22); s.max_queries = 1
 >>> s.admit(9, Access.WRITE, view=True); s.admit(10, Access.POINT, view=True); s.admit(11, Access.POINT)
 >>> s.take(), s.take(), s.take()  # the view read runs beside the view write; the point read waits
 (9, 10, None)
@@ -53,7 +62,9 @@ from typing import Any
 from .api import Access
 
 #: The requests that take a query's place (see the module docstring).
-_QUERY_PLACES = (Access.QUERY, Access.SNAPSHOT)
+_QUERY_PLACES = (Access.QUERY, Access.SNAPSHOT, Access.SYNC)
+#: The steps that keep writes out but go ahead of queued queries.
+_STEPS = (Access.SNAPSHOT, Access.SYNC)
 
 
 class Scheduler:
@@ -86,25 +97,25 @@ class Scheduler:
             return None
         if self.writing:
             return self._view_read(0) if self.view_writing else None
-        first_query = first_snapshot = None
+        first_query = first_step = None
         for index, (_, kind, view) in enumerate(self.waiting):
             if kind is Access.WRITE:
                 if index == 0 and not self.running:
                     return 0
                 beside = self._view_read(index + 1) if view else None
-                return beside if beside is not None else self._query_place(first_query, first_snapshot)
+                return beside if beside is not None else self._query_place(first_query, first_step)
             if kind is Access.POINT or kind is Access.PREPARE:
                 return index
-            if kind is Access.SNAPSHOT:
-                first_snapshot = index if first_snapshot is None else first_snapshot
+            if kind in _STEPS:
+                first_step = index if first_step is None else first_step
             elif first_query is None:
                 first_query = index
-        return self._query_place(first_query, first_snapshot)
+        return self._query_place(first_query, first_step)
 
-    def _query_place(self, first_query: int | None, first_snapshot: int | None) -> int | None:
+    def _query_place(self, first_query: int | None, first_step: int | None) -> int | None:
         """The snapshot step or query to start, if a query's place is free."""
         if self.queries < self.max_queries:
-            return first_snapshot if first_snapshot is not None else first_query
+            return first_step if first_step is not None else first_query
         return None
 
     def _view_read(self, start: int) -> int | None:
