@@ -17,11 +17,13 @@ collector's full passes over its list of millions of ids would be charged to the
 a source or a target once, as ``bench_grpc.py --contention merge`` does): their events spread over
 every day of the data set, so a batch touches most day bitmaps. ``--segments N`` saves bench_grpc.py's
 first N segments first (each merge re-evaluates them on its rows). Each batch's CPU is then split
-by phase, coordinator and workers together (a worker's CPU read from /proc/PID/schedstat, in ns,
-around each phase): planning (``Identity.plan_merges``: resolving ids, reading the sources' data
+by phase, coordinator and workers together (a worker's CPU read around each phase from its
+threads' schedstat, in ns, and its ended threads' at clock tick resolution): planning (``Identity.plan_merges``: resolving ids, reading the sources' data
 from their shards), the prepare phase (``Engine._prepare``: readers go on meanwhile), the exclusive
-part (from taking the publish lock for writing to giving it back: readers wait), and the rest (the
-log's encoding and group commit, routing). The engine is imported from PYTHONPATH first (then from
+part (from taking the publish lock for writing to giving it back), within it the sync step (the
+saved segments' re-evaluation: only reads of saved segments wait), and the rest (the log's
+encoding and group commit, routing). The wall time of each batch's commit (the exclusive part
+before the sync step: every read waits for it) is printed as p50, p90 and max. The engine is imported from PYTHONPATH first (then from
 this checkout), so ``PYTHONPATH=OTHER_CHECKOUT`` times another revision.
 """
 from __future__ import annotations
@@ -87,19 +89,32 @@ def random_pairs(ids: list[str], total: int) -> list[tuple[str, str]]:
     return [(ids[order[2 * i]], ids[order[2 * i + 1]]) for i in range(total)]
 
 
+def _ticks(path: str) -> int:
+    """User + system clock ticks of a /proc stat file."""
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def schedstat_ns(pids: list[int]) -> int:
-    """The CPU nanoseconds the threads of processes ``pids`` have run (/proc/PID/task/TID/schedstat: ns resolution)."""
+    """The CPU nanoseconds processes ``pids`` have run: their live threads' from
+    /proc/PID/task/TID/schedstat (ns resolution), plus the threads that ended (a worker serves a
+    background call on a thread of its own), at clock tick resolution: the process's ticks less its
+    live threads' ticks."""
     total = 0
     for pid in pids:
         try:
             threads = os.listdir(f"/proc/{pid}/task")
+            process_ticks = _ticks(f"/proc/{pid}/stat")
         except OSError:
             continue
+        live_ticks = 0
         for tid in threads:  # a worker answers calls in threads of its own: every thread counts
             try:
                 total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+                live_ticks += _ticks(f"/proc/{pid}/task/{tid}/stat")
             except OSError:
                 pass  # a thread that ended meanwhile
+        total += max(process_ticks - live_ticks, 0) * 1_000_000_000 // TICKS
     return total
 
 
@@ -108,30 +123,37 @@ class PhaseTimer:
 
     def __init__(self, engine: Engine, workers: list[int]):
         self.workers = workers
-        self.spent = {"planning": 0.0, "prepare": 0.0, "exclusive": 0.0}
+        self.spent = {"planning": 0.0, "prepare": 0.0, "exclusive": 0.0, "sync step": 0.0}
+        self.commits_ms: list[float] = []  # wall time of each write's commit (what every read waits for)
         self._wrap(engine.identity, "plan_merges", "planning")
         if hasattr(engine, "_prepare"):
             self._wrap(engine, "_prepare", "prepare")
+        opened: list[float] = []
+        if hasattr(engine.shards, "sync_view"):
+            self._wrap(engine.shards, "sync_view", "sync step", opened)
         lock = engine.publish
         acquire, release = lock.acquire_write, lock.release_write
         started: list[tuple[float, int]] = []
 
         def timed_acquire(*args: object, **kwargs: object) -> bool:
             ok = acquire(*args, **kwargs)
-            started.append((time.thread_time(), schedstat_ns(self.workers)))
+            started.append((time.thread_time(), schedstat_ns(self.workers), time.perf_counter()))
             return ok
 
         def timed_release() -> None:
             release()
-            own, ns = started.pop()
+            own, ns, wall = started.pop()
+            self.commits_ms.append(((opened.pop() if opened else time.perf_counter()) - wall) * 1e3)
             self.spent["exclusive"] += time.thread_time() - own + (schedstat_ns(self.workers) - ns) / 1e9
 
         lock.acquire_write, lock.release_write = timed_acquire, timed_release  # type: ignore[method-assign]
 
-    def _wrap(self, owner: object, name: str, phase: str) -> None:
+    def _wrap(self, owner: object, name: str, phase: str, starts: list[float] | None = None) -> None:
         inner = getattr(owner, name)
 
         def timed(*args: object, **kwargs: object) -> object:
+            if starts is not None:
+                starts.append(time.perf_counter())
             own, ns = time.thread_time(), schedstat_ns(self.workers)
             try:
                 return inner(*args, **kwargs)
@@ -142,6 +164,7 @@ class PhaseTimer:
 
     def reset(self) -> None:
         self.spent = dict.fromkeys(self.spent, 0.0)
+        self.commits_ms = []
 
 
 def main() -> None:
@@ -193,9 +216,13 @@ def main() -> None:
                   f"log: {commit_ms:.1f} ms per commit, {log_kb:.0f} KiB per batch")
             whole = own + sum(used)
             split = {name: spent * 1e3 / args.batches for name, spent in phases.spent.items()}
+            split["exclusive"] -= split["sync step"]  # the lock is held through the sync step: counted once
             split["log and the rest"] = whole * 1e3 / args.batches - sum(split.values())
             print(f"  CPU ms per batch of {args.batch:,}, coordinator and workers: "
                   f"total {whole * 1e3 / args.batches:.1f} = " + ", ".join(f"{name} {ms:.1f}" for name, ms in split.items()), flush=True)
+            commits = np.array(phases.commits_ms)
+            print(f"  commit wall ms (reads wait; the sync step excluded): p50 {np.median(commits):.1f}, "
+                  f"p90 {np.percentile(commits, 90):.1f}, max {commits.max():.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ them cannot starve it: a point read waits at most for the write running (its pub
 
 A view read (``view=True``: a point read of what a shard keeps consistent on its own, one profile's
 saved-segment membership) may also go in while a write that says so (``writing(view_safe=True)``:
-an event batch or a merge batch) is applied. Such a write runs in a ``view_call`` (its shard calls
+an event batch, a merge batch, a refresh of time-relative segments) is applied. Such a write runs in a ``view_call`` (its shard calls
 carry the flag): each shard applies it but keeps its membership bits (and, for a merge, its live
 rows and departed ids) as they were, holding the switch to the new state back (and view reads of a
 shard that inserts profiles waiting) until ``publish_view``
@@ -33,7 +33,7 @@ read after it) checks ``view_ends`` and is made again if a publish step began me
 
 A view write's commit changes the shards' data but leaves re-evaluating the saved segments on the
 rows it touched for a sync step (``SavedSegments.deferring``): once every shard has committed,
-the writer calls ``open_store`` and the shards sync. From then until the write ends, a store read
+the writer calls ``open_store`` and the shards sync (``ShardGroup.send_write`` runs these steps). From then until the write ends, a store read
 (``store=True``: a query that reads no saved segment, ``Engine.count`` and the like) also goes in:
 it sees the data after the write, and reads nothing the sync step changes. A read of saved
 segments (``SEGMENT(...)``, their sizes) still waits for the write's end.

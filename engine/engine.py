@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Sequence
 from .analytics import check_breakdown, merge_breakdown, merge_overlap
 from .batch_check import check_event_batch
 from .columns import EventBatch, ProfileBatch
-from .concurrency import PublishLock, view_call
+from .concurrency import PublishLock
+from .priority import background_calls
 from .collector import collector_paused
 from .commands import (COORDINATOR_KINDS, AddDestination, Command, CreateSegment, DeleteSegment, Erase, Expire, LoadEvents,
                        LoadProfiles, Merge, RemoveDestination, Track, UpdateSchema, Upsert, applied_count,
@@ -196,14 +197,8 @@ class Engine:
             tagged = self._prepare(tagged)
         view = view_safe(calls)  # membership is read beside it, store reads beside its sync step (engine.concurrency)
         with self.publish.writing(view_safe=view):
-            try:
-                with view_call(view):
-                    results = self.durable.send(tagged) if self.durable else self.shards.call_each("apply_logged", tagged)
-                if view:
-                    self.shards.sync_view(calls, self.publish)
-            finally:
-                if view:
-                    self.shards.publish_view(calls, self.publish)
+            results = self.shards.send_write(calls, view, self.publish, lambda: self.durable.send(tagged)
+                                             if self.durable else self.shards.call_each("apply_logged", tagged))
             result: Any = None
             if isinstance(command, CreateSegment):
                 self.catalog.put(definition)
@@ -234,7 +229,8 @@ class Engine:
         """Let the shards work out a write while reads go on (engine/shard/prepared.py); the commit calls
         (without the arguments for a shard holding a ``BY_REFERENCE`` plan; whole after a failure)."""
         try:
-            prepared = self.shards.call_each("prepare_logged", calls)
+            with background_calls():  # readers go on meanwhile: short calls go first
+                prepared = self.shards.call_each("prepare_logged", calls)
         except ShardError:
             log.warning("a shard could not prepare a write; it applies it whole")
             return calls
@@ -428,11 +424,13 @@ class Engine:
         return self._on_owner("membership", profile_id, names, view=True)
 
     def refresh_segments(self, now: int | None = None) -> None:
-        """Bring time-relative saved segments to ``now`` (default: the engine clock)."""
+        """Bring time-relative saved segments to ``now`` (default: the engine clock): a view write whose
+        commit changes nothing, all of it a sync step (engine.concurrency)."""
         at = self.clock() if now is None else int(now)
-        with self.publish.writing():
+        with self.publish.writing(view_safe=True):
             if len(self.catalog):
-                self.shards.call_all("refresh_segments", at)
+                self.shards.send_write([()] * self.n_shards, True, self.publish,
+                                       lambda: self.shards.call_all("refresh_segments", at))
                 self.sizes.observe(at)
             self._refreshed_at = at
             self._publish()

@@ -7,7 +7,8 @@ short calls first. Elsewhere this is a no-op.
 A thread that lowered its priority is a background thread (``is_background_thread``): its reads
 of the engine are heavy (a writer waits for them without holding other reads back:
 engine.concurrency), and its calls to shard workers run there at a lower priority too
-(``run_in_background``), so a heavy query yields to short calls in every process it reaches.
+(``run_in_background``), so a heavy query yields to short calls in every process it reaches. The
+parts of a write that no reader waits for are sent the same way (``background_calls``).
 
 >>> import threading
 >>> got = []
@@ -21,7 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -34,6 +36,25 @@ _thread = threading.local()
 def is_background_thread() -> bool:
     """True if the calling thread lowered its priority (``lower_thread_priority``)."""
     return getattr(_thread, "background", False)
+
+
+def sends_background() -> bool:
+    """True if the calling thread's shard calls are background work: a background thread's, or made
+    inside ``background_calls``."""
+    return is_background_thread() or getattr(_thread, "calls", False)
+
+
+@contextmanager
+def background_calls() -> Iterator[None]:
+    """Send the shard calls this thread makes in the block as background work (a worker serves them
+    at a lower priority), the thread itself keeping its priority: the parts of a write that readers
+    do not wait for (its prepare, its sync step: engine.concurrency)."""
+    before = getattr(_thread, "calls", False)
+    _thread.calls = True
+    try:
+        yield
+    finally:
+        _thread.calls = before
 
 
 def run_in_background(fn: Callable[[], T], nice: int) -> T:

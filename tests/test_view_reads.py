@@ -18,7 +18,7 @@ from engine.shard.partition import shard_of
 from engine.shard.prepared import view_safe
 from shard_hooks import Delays
 from test_concurrency import fast_switching, run_threads
-from test_segments import NOW
+from test_segments import DAY, NOW
 
 
 def test_membership_is_answered_while_an_event_batch_commits():
@@ -239,6 +239,35 @@ def test_a_query_reading_no_saved_segment_is_answered_during_a_writes_sync_step(
         assert during == after and read_s < 0.5 and writing and seen == before
         assert segment == (1 if merge else 2)
         assert engine.membership(b) == (["fr"] if merge else ["viewed"])
+
+
+def test_a_refresh_of_time_relative_segments_is_a_view_write(monkeypatch, tmp_path):
+    """Refreshing time-relative segments changes no data: membership and queries reading no saved
+    segment are answered during its sync step (slowed down on one shard here), membership with the
+    state before it; a query reading the segment waits for its end."""
+    delays = Delays.install(monkeypatch, tmp_path)
+    (a, *_), (b, *_) = _two_shard_ids(1)
+    clock = [NOW]
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
+        engine.clock = lambda: clock[0]
+        engine.auto_refresh = False  # as in a server: only its timer refreshes
+        engine.upsert_profiles([{"id": a}, {"id": b}])
+        engine.load_events(EventBatch("page_view", [a, b], np.full(2, NOW, np.int64), {}))
+        engine.create_segment("recent", "DID(page_view, WITHIN 1d)")
+        clock[0] = NOW + 2 * DAY
+        delays.set(0, 1.0, "sync_view")
+        writer = threading.Thread(target=engine.refresh_segments)
+        writer.start()
+        time.sleep(0.4)  # shard 0 is in the refresh's sync step
+        began = time.monotonic()
+        during = [engine.membership(a), engine.membership(b), engine.count("DID(page_view)", now=NOW)]
+        read_s = time.monotonic() - began
+        writing = writer.is_alive()
+        segment = engine.count("SEGMENT('recent')")  # waits for the refresh's end
+        writer.join(10)
+        delays.set(0, 0)
+        assert during == [["recent"], ["recent"], 2] and read_s < 0.5 and writing
+        assert segment == 0 and engine.membership(a) == engine.membership(b) == []
 
 
 @pytest.mark.parametrize("merge", [False, True])

@@ -16,9 +16,10 @@ every reply; Ray: submit every call, then get every result).
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..concurrency import PublishLock, view_call
+from ..priority import background_calls
 from ..errors import ShardError
 from ..schema import Schema
 from . import api
@@ -54,18 +55,26 @@ class ShardGroup(Sequence):
         """``shard.method(*args)`` on every shard, in shard order."""
         return self.call_each(method, [args] * len(self.shards))
 
-    def sync_view(self, calls: Sequence[tuple | None], publish: PublishLock) -> None:
-        """The sync step of a view write whose data every shard has committed (engine.concurrency):
-        ``publish`` admits store reads, then every shard the write reached syncs its saved segments."""
-        publish.open_store()
-        self._each_reached("sync_view", calls)
-
-    def publish_view(self, calls: Sequence[tuple | None], publish: PublishLock) -> None:
-        """End a view write (engine.concurrency): ``publish`` admits no more view reads, then every shard
-        the write reached (``calls[i]`` not None) switches its membership to the state after it."""
-        publish.end_views()
-        with view_call():
-            self._each_reached("publish_view", calls)
+    def send_write(self, calls: Sequence[tuple | None], view: bool, publish: PublishLock,
+                   send: Callable[[], list[Any]]) -> list[Any]:
+        """``send()``: the shard calls of a write under ``publish`` (``calls``: those it makes, None for a
+        shard it skips). A ``view`` write's are view calls, then come its sync step (``publish`` admits
+        store reads and every shard it reached syncs its saved segments) and its publish step (no more
+        view reads are admitted, then those shards switch membership to the state after it): see
+        engine.concurrency."""
+        try:
+            with view_call(view):
+                results = send()
+            if view:
+                publish.open_store()
+                with background_calls():  # no reader waits for it: short calls go first
+                    self._each_reached("sync_view", calls)
+            return results
+        finally:
+            if view:
+                publish.end_views()
+                with view_call():
+                    self._each_reached("publish_view", calls)
 
     def _each_reached(self, method: str, calls: Sequence[tuple | None]) -> None:
         """``method()`` on every shard a view write reached."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -281,8 +282,9 @@ class LocalShard:
         self.saved.publish()
 
     def refresh_segments(self, now: int) -> None:
-        """Bring time-relative saved segments to clock ``now``."""
-        self.saved.sync(None, now)
+        """Bring time-relative saved segments to clock ``now`` (in a view call, in the sync step that follows)."""
+        with self.saved.deferring(creates_rows=False) if in_view_call() else nullcontext():
+            self.saved.sync(None, now)
 
     def capture_changes(self, on: bool) -> None:
         """Start or stop recording segment membership changes."""

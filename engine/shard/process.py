@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 from ..errors import ShardError
 from ..concurrency import in_view_call
-from ..priority import is_background_thread
+from ..priority import sends_background
 from ..schema import Schema
 from . import api, messages
 from .channel import FrameChannel
@@ -75,7 +75,7 @@ class _Request:
         self.lane = lane
         self.generation = generation  # of the worker it was sent to
         self.outcome: tuple[bool, Any] | None = None  # (ok, result or error description) or (False, exception)
-        self.background = is_background_thread()  # the worker serves it at a lower priority
+        self.background = sends_background()  # the worker serves it at a lower priority
         self.view = in_view_call()  # a view read or view write (engine.concurrency)
 
     def frame(self) -> bytes:
