@@ -128,32 +128,44 @@ class PhaseTimer:
         self._wrap(engine.identity, "plan_merges", "planning")
         if hasattr(engine, "_prepare"):
             self._wrap(engine, "_prepare", "prepare")
-        opened: list[float] = []
-        if hasattr(engine.shards, "sync_view"):
-            self._wrap(engine.shards, "sync_view", "sync step", opened)
         lock = engine.publish
         acquire, release = lock.acquire_write, lock.release_write
-        started: list[tuple[float, int]] = []
+        started: list[tuple[float, int, float]] = []
+        opened: list[tuple[float, int, float]] = []  # the sync step's start (PublishLock.open_store)
 
         def timed_acquire(*args: object, **kwargs: object) -> bool:
             ok = acquire(*args, **kwargs)
-            started.append((time.thread_time(), schedstat_ns(self.workers), time.perf_counter()))
+            started.append(self._now())
             return ok
+
+        def timed_open() -> None:
+            opened.append(self._now())
+            open_store()
+
+        def timed_end() -> None:
+            end_views()
+            if opened:
+                own, ns, _ = opened[-1]
+                self.spent["sync step"] += time.thread_time() - own + (schedstat_ns(self.workers) - ns) / 1e9
 
         def timed_release() -> None:
             release()
             own, ns, wall = started.pop()
-            self.commits_ms.append(((opened.pop() if opened else time.perf_counter()) - wall) * 1e3)
+            self.commits_ms.append(((opened.pop()[2] if opened else time.perf_counter()) - wall) * 1e3)
             self.spent["exclusive"] += time.thread_time() - own + (schedstat_ns(self.workers) - ns) / 1e9
 
+        open_store, end_views = lock.open_store, lock.end_views
         lock.acquire_write, lock.release_write = timed_acquire, timed_release  # type: ignore[method-assign]
+        lock.open_store, lock.end_views = timed_open, timed_end  # type: ignore[method-assign]
 
-    def _wrap(self, owner: object, name: str, phase: str, starts: list[float] | None = None) -> None:
+    def _now(self) -> tuple[float, int, float]:
+        """(this thread's CPU s, the workers' CPU ns, the wall clock s)."""
+        return time.thread_time(), schedstat_ns(self.workers), time.perf_counter()
+
+    def _wrap(self, owner: object, name: str, phase: str) -> None:
         inner = getattr(owner, name)
 
         def timed(*args: object, **kwargs: object) -> object:
-            if starts is not None:
-                starts.append(time.perf_counter())
             own, ns = time.thread_time(), schedstat_ns(self.workers)
             try:
                 return inner(*args, **kwargs)

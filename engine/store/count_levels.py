@@ -263,10 +263,14 @@ def build_levels(slices: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
 
 
 def _minus(levels: Levels, gone: BitMap) -> Levels:
-    out = [level - gone for level in levels]
-    while out and not out[-1]:
-        out.pop()
-    return out
+    """``levels`` without the rows ``gone``, changed in place (a write's commit: no query reads them
+    meanwhile, and queries keep only what they derive from them); a level ``gone`` misses is left as is."""
+    for level in levels:
+        if level.intersect(gone):
+            level.difference_update(gone)
+    while levels and not levels[-1]:
+        levels.pop()
+    return levels
 
 
 def _union_levels(a: Levels, b: Levels) -> Levels:
