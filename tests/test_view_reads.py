@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -59,6 +60,17 @@ def _two_shard_ids(count: int) -> tuple[list[str], list[str]]:
     return on
 
 
+@contextmanager
+def _slowed_pair(monkeypatch, tmp_path) -> Iterator[tuple[Engine, Delays, str, str]]:
+    """An engine of two worker-process shards whose calls the test can slow down (``Delays``), its clock
+    at NOW, and an id of each shard: (engine, delays, id on shard 0, id on shard 1)."""
+    delays = Delays.install(monkeypatch, tmp_path)
+    (a, *_), (b, *_) = _two_shard_ids(1)
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
+        engine.clock = lambda: NOW
+        yield engine, delays, a, b
+
+
 @pytest.mark.parametrize("backend", ["local", "process"])
 def test_view_reads_see_a_batch_on_every_shard_at_once(backend):
     """Each batch puts a profile of shard 0 and one of shard 1 into a new segment (and creates one
@@ -110,10 +122,7 @@ def test_view_reads_see_a_batch_on_every_shard_at_once(backend):
 def test_a_view_read_is_answered_beside_a_slow_batch_on_process_shards(monkeypatch, tmp_path):
     """While a worker applies a batch (slowed down here), membership of its profiles and of the other
     shard's is answered at once with the state before the batch; after it, with the state after."""
-    delays = Delays.install(monkeypatch, tmp_path)
-    (a, *_), (b, *_) = _two_shard_ids(1)
-    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
-        engine.clock = lambda: NOW
+    with _slowed_pair(monkeypatch, tmp_path) as (engine, delays, a, b):
         engine.upsert_profiles([{"id": a}, {"id": b}])
         engine.create_segment("viewed", "DID(page_view)")
         delays.set(0, 1.0, "apply_logged")
@@ -184,10 +193,7 @@ def test_a_view_read_is_answered_beside_a_slow_merge_on_process_shards(monkeypat
     """While the source's worker applies a cross-shard merge (slowed down here), membership of the
     source and of the target is answered at once with the state before the merge (the source still
     a profile of its own); after it, the source names the target, which took its attribute."""
-    delays = Delays.install(monkeypatch, tmp_path)
-    (a, *_), (b, *_) = _two_shard_ids(1)
-    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
-        engine.clock = lambda: NOW
+    with _slowed_pair(monkeypatch, tmp_path) as (engine, delays, a, b):
         engine.upsert_profiles([{"id": a, "country": "FR"}, {"id": b}])
         engine.create_segment("fr", "country = 'FR'")
         delays.set(0, 1.0, "apply_logged")
@@ -211,10 +217,7 @@ def test_a_query_reading_no_saved_segment_is_answered_during_a_writes_sync_step(
     slowed down here): a query reading no saved segment is answered meanwhile, with the data after the
     write; membership still sees the state before it; a query reading a saved segment waits for the
     write's end and sees the state after it."""
-    delays = Delays.install(monkeypatch, tmp_path)
-    (a, *_), (b, *_) = _two_shard_ids(1)
-    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
-        engine.clock = lambda: NOW
+    with _slowed_pair(monkeypatch, tmp_path) as (engine, delays, a, b):
         engine.upsert_profiles([{"id": a, "country": "FR"}, {"id": b}])
         engine.create_segment("fr", "country = 'FR'")
         engine.create_segment("viewed", "DID(page_view)")
@@ -245,10 +248,8 @@ def test_a_refresh_of_time_relative_segments_is_a_view_write(monkeypatch, tmp_pa
     """Refreshing time-relative segments changes no data: membership and queries reading no saved
     segment are answered during its sync step (slowed down on one shard here), membership with the
     state before it; a query reading the segment waits for its end."""
-    delays = Delays.install(monkeypatch, tmp_path)
-    (a, *_), (b, *_) = _two_shard_ids(1)
     clock = [NOW]
-    with Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=2, backend="process") as engine:
+    with _slowed_pair(monkeypatch, tmp_path) as (engine, delays, a, b):
         engine.clock = lambda: clock[0]
         engine.auto_refresh = False  # as in a server: only its timer refreshes
         engine.upsert_profiles([{"id": a}, {"id": b}])
