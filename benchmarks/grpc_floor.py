@@ -1,14 +1,19 @@
 """The floor of a Python gRPC point read's latency on this machine: what segengine's Membership
 p99 under load can be compared with.
 
-    python benchmarks/grpc_floor.py [--seconds 8] [--in-flight 4] [idle burn nogil gil]
+    python benchmarks/grpc_floor.py [--seconds 8] [--in-flight 4] [idle burn nogil gil fork]
+    python benchmarks/grpc_floor.py fork --fork-gib 1.4 --fork-every 3.2
 
 A bare grpc.aio server (its own process, the GIL switch interval of segengine's server) answers
 a constant from a thread pool, as segengine's servicer does for calls that leave the event loop;
 a client process keeps ``--in-flight`` calls going for ``--seconds`` and prints QPS, p50 and p99.
-Conditions: ``idle``; ``burn``, a process at nice +10 spinning on one core; ``nogil``, a thread of
-the server at nice +10 looping a numba kernel that releases the GIL (as a heavy query's counting
-does); ``gil``, a thread of the server at nice +10 looping Python bytecode.
+Conditions: ``idle``; ``burn``, a process at nice +10 spinning on one core (``--burners``: that
+many); ``nogil``, a thread of the server at nice +10 looping a numba kernel that releases the GIL
+(as a heavy query's counting does); ``gil``, a thread of the server at nice +10 looping Python bytecode; ``fork``, the server
+holding ``--fork-gib`` GiB in 4 KiB pages (as a shard worker's bitmaps and heap mostly are) and a
+thread of it forking every ``--fork-every`` seconds, each child spinning at nice +10 until the next
+fork (as back-to-back snapshots do: a fork stalls the forking process for the kernel's copy of its
+page tables, and the child serialises on the other core). It prints the forks' median length too.
 """
 from __future__ import annotations
 
@@ -55,7 +60,29 @@ def _hog(mode: str, stop: Any) -> None:
                 total += i
 
 
-def serve(ports: Any, mode: str, stop: Any) -> None:
+def _forker(gib: float, every: float, stop: Any, lengths: Any) -> None:
+    """Hold ``gib`` GiB in 4 KiB pages and fork every ``every`` s until ``stop``; each child spins at
+    nice +10 until the next fork is due. Puts each fork's length (ms) on ``lengths``."""
+    import mmap
+
+    pages = mmap.mmap(-1, int(gib * (1 << 30)), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    pages.madvise(mmap.MADV_NOHUGEPAGE)
+    for offset in range(0, len(pages), mmap.PAGESIZE):  # every page resident
+        pages[offset] = 1
+    while not stop.wait(0.0):
+        began = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os.nice(10)
+            end = began + every
+            while time.perf_counter() < end:
+                pass
+            os._exit(0)
+        lengths.put((time.perf_counter() - began) * 1000)
+        os.waitpid(pid, 0)
+
+
+def serve(ports: Any, mode: str, stop: Any, fork: tuple[float, float] = (0.0, 0.0), lengths: Any = None) -> None:
     """The server process: answers until ``stop``."""
     import grpc
 
@@ -78,6 +105,8 @@ def serve(ports: Any, mode: str, stop: Any) -> None:
 
     if mode in ("nogil", "gil"):
         threading.Thread(target=_hog, args=(mode, stop), daemon=True).start()
+    if mode == "fork":
+        threading.Thread(target=_forker, args=(*fork, stop, lengths), daemon=True).start()
     asyncio.run(main())
 
 
@@ -109,25 +138,34 @@ async def client(port: int, seconds: float, in_flight: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modes", nargs="*", default=["idle", "burn", "nogil", "gil"])
+    parser.add_argument("modes", nargs="*", default=["idle", "burn", "nogil", "gil", "fork"])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--burners", type=int, default=1, help="burn: processes spinning at nice +10")
+    parser.add_argument("--fork-gib", type=float, default=1.4, help="fork: the server's memory in 4 KiB pages")
+    parser.add_argument("--fork-every", type=float, default=3.2, help="fork: seconds between forks")
     args = parser.parse_args(argv)
     ctx = multiprocessing.get_context("spawn")
     for mode in args.modes:
-        stop, ports = ctx.Event(), ctx.Queue()
-        server = ctx.Process(target=serve, args=(ports, mode, stop))
+        stop, ports, lengths = ctx.Event(), ctx.Queue(), ctx.Queue()
+        server = ctx.Process(target=serve, args=(ports, mode, stop, (args.fork_gib, args.fork_every), lengths))
         server.start()
         port = ports.get()
-        burners = [ctx.Process(target=burn, args=(stop,))] if mode == "burn" else []
+        if mode == "fork":
+            time.sleep(args.fork_gib * 2)  # its pages made resident before the clients start
+        burners = [ctx.Process(target=burn, args=(stop,)) for _ in range(args.burners)] if mode == "burn" else []
         for process in burners:
             process.start()
         latencies = asyncio.run(client(port, args.seconds, args.in_flight))
         stop.set()
         for process in (server, *burners):
             process.join()
+        forks = []
+        while not lengths.empty():
+            forks.append(lengths.get())
+        note = f"   ({len(forks)} forks, p50 {percentile(forks, 0.5):.1f} ms)" if forks else ""
         print(f"{mode:6s} {len(latencies) / args.seconds:7.0f} QPS   p50 {percentile(latencies, 0.5):6.2f} ms   "
-              f"p99 {percentile(latencies, 0.99):6.2f} ms", flush=True)
+              f"p99 {percentile(latencies, 0.99):6.2f} ms{note}", flush=True)
     return 0
 
 
