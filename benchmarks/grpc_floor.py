@@ -1,7 +1,7 @@
 """The floor of a Python gRPC point read's latency on this machine: what segengine's Membership
 p99 under load can be compared with.
 
-    python benchmarks/grpc_floor.py [--seconds 8] [--in-flight 4] [idle burn nogil gil fork]
+    python benchmarks/grpc_floor.py [--seconds 8] [--in-flight 4] [idle burn nogil gil fork write]
     python benchmarks/grpc_floor.py fork --fork-gib 1.4 --fork-every 3.2
 
 A bare grpc.aio server (its own process, the GIL switch interval of segengine's server) answers
@@ -13,7 +13,10 @@ many); ``nogil``, a thread of the server at nice +10 looping a numba kernel that
 holding ``--fork-gib`` GiB in 4 KiB pages (as a shard worker's bitmaps and heap mostly are) and a
 thread of it forking every ``--fork-every`` seconds, each child spinning at nice +10 until the next
 fork (as back-to-back snapshots do: a fork stalls the forking process for the kernel's copy of its
-page tables, and the child serialises on the other core). It prints the forks' median length too.
+page tables, and the child serialises on the other core). It prints the forks' median length too;
+``write``, a process at nice +10 writing files of ``--write-gib`` GiB back to back, each flushed
+with ``fsync`` and then removed (as each snapshot writes its parts: about 1.8 GB at 10M profiles),
+in a temporary directory beside the data (``--write-dir``).
 """
 from __future__ import annotations
 
@@ -110,6 +113,25 @@ def serve(ports: Any, mode: str, stop: Any, fork: tuple[float, float] = (0.0, 0.
     asyncio.run(main())
 
 
+def write_files(stop: Any, gib: float, directory: str | None) -> None:
+    """A process at nice +10 writing ``gib`` GiB files with fsync, back to back, until ``stop``."""
+    import tempfile
+
+    os.nice(10)
+    block = os.urandom(1 << 20)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        path = os.path.join(scratch, "part")
+        while not stop.is_set():
+            with open(path, "wb") as out:
+                for _ in range(int(gib * 1024)):
+                    out.write(block)
+                    if stop.is_set():
+                        break
+                out.flush()
+                os.fsync(out.fileno())
+            os.unlink(path)
+
+
 def burn(stop: Any) -> None:
     """A process at nice +10 spinning on one core until ``stop``."""
     os.nice(10)
@@ -138,12 +160,14 @@ async def client(port: int, seconds: float, in_flight: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modes", nargs="*", default=["idle", "burn", "nogil", "gil", "fork"])
+    parser.add_argument("modes", nargs="*", default=["idle", "burn", "nogil", "gil", "fork", "write"])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--burners", type=int, default=1, help="burn: processes spinning at nice +10")
     parser.add_argument("--fork-gib", type=float, default=1.4, help="fork: the server's memory in 4 KiB pages")
     parser.add_argument("--fork-every", type=float, default=3.2, help="fork: seconds between forks")
+    parser.add_argument("--write-gib", type=float, default=1.8, help="write: the size of each file written")
+    parser.add_argument("--write-dir", default=None, help="write: where (default: the system's temporary directory)")
     args = parser.parse_args(argv)
     ctx = multiprocessing.get_context("spawn")
     for mode in args.modes:
@@ -154,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "fork":
             time.sleep(args.fork_gib * 2)  # its pages made resident before the clients start
         burners = [ctx.Process(target=burn, args=(stop,)) for _ in range(args.burners)] if mode == "burn" else []
+        if mode == "write":
+            burners = [ctx.Process(target=write_files, args=(stop, args.write_gib, args.write_dir))]
         for process in burners:
             process.start()
         latencies = asyncio.run(client(port, args.seconds, args.in_flight))
