@@ -16,7 +16,8 @@ fork (as back-to-back snapshots do: a fork stalls the forking process for the ke
 page tables, and the child serialises on the other core). It prints the forks' median length too;
 ``write``, a process at nice +10 writing files of ``--write-gib`` GiB back to back, each flushed
 with ``fsync`` and then removed (as each snapshot writes its parts: about 1.8 GB at 10M profiles),
-in a temporary directory beside the data (``--write-dir``).
+in a temporary directory beside the data (``--write-dir``); ``--write-mb-s`` paces the writes
+(each MiB synced as it is written, so the disk sees a steady stream instead of write-back bursts).
 """
 from __future__ import annotations
 
@@ -113,8 +114,9 @@ def serve(ports: Any, mode: str, stop: Any, fork: tuple[float, float] = (0.0, 0.
     asyncio.run(main())
 
 
-def write_files(stop: Any, gib: float, directory: str | None) -> None:
-    """A process at nice +10 writing ``gib`` GiB files with fsync, back to back, until ``stop``."""
+def write_files(stop: Any, gib: float, directory: str | None, mb_s: float) -> None:
+    """A process at nice +10 writing ``gib`` GiB files with fsync, back to back, until ``stop``; at
+    most ``mb_s`` MB/s (0: as fast as it can), each 1 MiB written through to the disk at once."""
     import tempfile
 
     os.nice(10)
@@ -122,11 +124,16 @@ def write_files(stop: Any, gib: float, directory: str | None) -> None:
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         path = os.path.join(scratch, "part")
         while not stop.is_set():
+            began = time.perf_counter()
             with open(path, "wb") as out:
-                for _ in range(int(gib * 1024)):
+                for i in range(int(gib * 1024)):
                     out.write(block)
                     if stop.is_set():
                         break
+                    if mb_s:
+                        out.flush()
+                        os.fdatasync(out.fileno())
+                        time.sleep(max(0.0, began + (i + 1) * len(block) / (mb_s * 1e6) - time.perf_counter()))
                 out.flush()
                 os.fsync(out.fileno())
             os.unlink(path)
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fork-gib", type=float, default=1.4, help="fork: the server's memory in 4 KiB pages")
     parser.add_argument("--fork-every", type=float, default=3.2, help="fork: seconds between forks")
     parser.add_argument("--write-gib", type=float, default=1.8, help="write: the size of each file written")
+    parser.add_argument("--write-mb-s", type=float, default=0.0,
+                        help="write: at most this many MB/s, each MiB synced as written (0: unpaced)")
     parser.add_argument("--write-dir", default=None, help="write: where (default: the system's temporary directory)")
     args = parser.parse_args(argv)
     ctx = multiprocessing.get_context("spawn")
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.fork_gib * 2)  # its pages made resident before the clients start
         burners = [ctx.Process(target=burn, args=(stop,)) for _ in range(args.burners)] if mode == "burn" else []
         if mode == "write":
-            burners = [ctx.Process(target=write_files, args=(stop, args.write_gib, args.write_dir))]
+            burners = [ctx.Process(target=write_files, args=(stop, args.write_gib, args.write_dir, args.write_mb_s))]
         for process in burners:
             process.start()
         latencies = asyncio.run(client(port, args.seconds, args.in_flight))
