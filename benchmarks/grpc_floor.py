@@ -9,8 +9,8 @@ a constant from a thread pool, as segengine's servicer does for calls that leave
 a client process keeps ``--in-flight`` calls going for ``--seconds`` and prints QPS, p50 and p99.
 Conditions: ``idle``; ``burn``, a process at nice +10 spinning on one core (``--burners``: that
 many); ``nogil``, a thread of the server at nice +10 looping a numba kernel that releases the GIL
-(as a heavy query's counting does); ``gil``, a thread of the server at nice +10 looping Python bytecode; ``fork``, the server
-holding ``--fork-gib`` GiB in 4 KiB pages (as a shard worker's bitmaps and heap mostly are) and a
+(as a heavy query's counting does); ``gil``, a thread of the server at nice +10 looping Python
+bytecode; ``fork``, the server holding ``--fork-gib`` GiB in 4 KiB pages (as a shard worker's bitmaps and heap mostly are) and a
 thread of it forking every ``--fork-every`` seconds, each child spinning at nice +10 until the next
 fork (as back-to-back snapshots do: a fork stalls the forking process for the kernel's copy of its
 page tables, and the child serialises on the other core). It prints the forks' median length too;
@@ -165,6 +165,15 @@ async def client(port: int, seconds: float, in_flight: int) -> list[float]:
     return latencies
 
 
+def background(ctx: Any, mode: str, stop: Any, args: argparse.Namespace) -> list[Any]:
+    """The processes (not started) that load the machine beside the server in condition ``mode``."""
+    if mode == "burn":
+        return [ctx.Process(target=burn, args=(stop,)) for _ in range(args.burners)]
+    if mode == "write":
+        return [ctx.Process(target=write_files, args=(stop, args.write_gib, args.write_dir, args.write_mb_s))]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modes", nargs="*", default=["idle", "burn", "nogil", "gil", "fork", "write"])
@@ -186,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         port = ports.get()
         if mode == "fork":
             time.sleep(args.fork_gib * 2)  # its pages made resident before the clients start
-        burners = [ctx.Process(target=burn, args=(stop,)) for _ in range(args.burners)] if mode == "burn" else []
-        if mode == "write":
-            burners = [ctx.Process(target=write_files, args=(stop, args.write_gib, args.write_dir, args.write_mb_s))]
+        burners = background(ctx, mode, stop, args)
         for process in burners:
             process.start()
         latencies = asyncio.run(client(port, args.seconds, args.in_flight))
