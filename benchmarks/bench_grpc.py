@@ -32,9 +32,16 @@ flight), each for ``--duration`` s, first idle, then under each background load 
 - ``merge`` (last: it changes the data): an identity feed streaming ``Merge`` requests of 1,000 pairs at ``--merge-rate``
   merges/s (open loop, at most 4 unacknowledged) to a durable server; every profile is a source or
   a target once (pairs of a random permutation), so with several shards about half of the merges
-  cross shards.
+  cross shards;
+- ``stream`` (it changes the data too): ingest with identity merges in the stream, as a site's tracking feed carries logins:
+  one ``Write`` client stream at ``--ingest-rate`` events/s, each message of 10,000 page views of the
+  last day followed by a merge message. A batch's page views are 8,000 of known customers and 4 of
+  each of 500 anonymous visitors (new ids, so new profiles); its merge message names each of those
+  visitors into a known customer (one merge per 20 events, each customer merged into at most once),
+  half of them across shards with several shards. The stream's messages are applied in order, one
+  at a time; the rate acknowledged is read from the stream's reply.
 
-A durable server (``ingest``, ``snapshot``, ``merge``) keeps its data directory in ``--data-dir`` or a
+A durable server (``ingest``, ``snapshot``, ``merge``, ``stream``) keeps its data directory in ``--data-dir`` or a
 temporary directory. Prints p50/p99 per condition and the ratio of each p99 to the idle one.
 
     python benchmarks/bench_grpc.py --profiles 2000000 --events 10000000 --contention query,ingest,snapshot
@@ -70,7 +77,10 @@ HEAVY_QUERY = "DID(page_view, COUNT >= 10, WITHIN 30d)"
 INGEST_BATCH = 10_000
 MERGE_BATCH = 1_000
 STREAM_IN_FLIGHT = 4
-CONTENTION_MODES = ("query", "ingest", "snapshot", "merge")
+CONTENTION_MODES = ("query", "ingest", "snapshot", "merge", "stream")
+#: ``--contention stream``: events per merge, and each anonymous visitor's page views before it logs in.
+IDENTIFY_EVERY = 20
+VISITOR_EVENTS = 4
 CONTRACT_EXAMPLE = ("country IN ('FR', 'BE') AND age BETWEEN 25 AND 40 "
                     "AND DID(cart_abandoned WHERE cart_value > 50, COUNT >= 2, WITHIN 7d) "
                     "AND NOT DID(purchase, WITHIN 7d) AND CONSENTED(email)")
@@ -191,24 +201,50 @@ def run_phase(address: str, label: str, procs: int, concurrency: int, duration: 
 
 
 # -- contention: background load ------------------------------------------------------------
-def _page_views(profiles: int, batches: int, seed: int) -> list[bytes]:
-    """``batches`` serialised LoadEvents requests of INGEST_BATCH page views of the last day."""
+def _page_view_columns(rng: Any, ids: list[str]) -> Any:
+    """EventColumns of a page view of the last day for each of ``ids`` (random times and categories)."""
     import numpy as np
 
     from engine.columns import EventBatch, column_from_values
     from loaders.generator import CATEGORIES
     from server import convert
 
+    ts = time.time_ns() // 1_000_000 - rng.integers(0, 86_400_000, len(ids))
+    category = column_from_values("category", [CATEGORIES[i] for i in rng.integers(0, len(CATEGORIES), len(ids)).tolist()])
+    return convert.event_columns(EventBatch("page_view", ids, ts.astype(np.int64), {"category": category}))
+
+
+def _page_views(profiles: int, batches: int, seed: int) -> list[bytes]:
+    """``batches`` serialised LoadEvents requests of INGEST_BATCH page views of the last day."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
-    now = time.time_ns() // 1_000_000
+    return [_page_view_columns(rng, [f"u{i:08d}" for i in rng.integers(0, profiles, INGEST_BATCH).tolist()])
+            .SerializeToString() for _ in range(batches)]
+
+
+def _identity_stream(profiles: int, batches: int, seed: int) -> list[tuple[int, bytes]]:
+    """``batches`` pairs of serialised Write messages, each with the events it carries (0 for a merge
+    message): INGEST_BATCH page views, VISITOR_EVENTS of each of the batch's anonymous visitors (new
+    ids) and the rest of random known customers, then the merges of those visitors into known
+    customers (every customer the target of one merge at most)."""
+    import numpy as np
+
+    from server.proto_gen import segmentation_pb2 as pb
+
+    rng = np.random.default_rng(seed)
+    visitors = INGEST_BATCH // IDENTIFY_EVERY
+    targets = rng.permutation(profiles)[: visitors * batches].tolist()
     out = []
-    for _ in range(batches):
-        ids = [f"u{i:08d}" for i in rng.integers(0, profiles, INGEST_BATCH).tolist()]
-        ts = now - rng.integers(0, 86_400_000, INGEST_BATCH)
-        category = column_from_values("category", [CATEGORIES[i] for i in
-                                                   rng.integers(0, len(CATEGORIES), INGEST_BATCH).tolist()])
-        out.append(convert.event_columns(EventBatch("page_view", ids, ts.astype(np.int64),
-                                                    {"category": category})).SerializeToString())
+    for b in range(min(batches, len(targets) // visitors)):
+        anonymous = [f"v{b:05d}-{k:04d}" for k in range(visitors)]
+        known = [f"u{i:08d}" for i in rng.integers(0, profiles, INGEST_BATCH - visitors * VISITOR_EVENTS).tolist()]
+        ids = [anonymous[i] for i in np.repeat(np.arange(visitors), VISITOR_EVENTS).tolist()] + known
+        events = pb.WriteRequest(event_columns=_page_view_columns(rng, [ids[i] for i in rng.permutation(len(ids))]))
+        pairs = [pb.MergePair(from_id=v, into_id=f"u{t:08d}")
+                 for v, t in zip(anonymous, targets[visitors * b: visitors * (b + 1)])]
+        out.append((INGEST_BATCH, events.SerializeToString()))
+        out.append((0, pb.WriteRequest(merges=pb.MergeRequest(pairs=pairs)).SerializeToString()))
     return out
 
 
@@ -267,8 +303,36 @@ async def _stream(channel: Any, stop: Any, method: str, counted: Any, per_messag
             "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
 
 
+async def _write_stream(channel: Any, stop: Any, rate: float, messages: list[tuple[int, bytes]]) -> dict[str, Any]:
+    """Send ``messages`` (events carried, bytes) on one Write stream until ``stop`` is set or they run
+    out, the events at ``rate`` events/s (a message without events right after the one before it);
+    a server that cannot keep up holds the stream back (flow control), which shows as a lower rate."""
+    from server.proto_gen import segmentation_pb2 as pb
+
+    call = channel.stream_unary("/segengine.v1.Segmentation/Write", request_serializer=None,
+                                response_deserializer=pb.WriteResponse.FromString)
+    sent = [0, 0]  # events, messages
+    began = time.perf_counter()
+
+    async def requests() -> Any:
+        for carried, message in messages:
+            if stop.is_set():
+                return
+            due = began + sent[0] / rate
+            if carried and due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
+            sent[0] += carried
+            sent[1] += 1
+            yield message
+
+    reply = await call(requests(), timeout=600)
+    elapsed = time.perf_counter() - began
+    return {"calls": sent[1], "items_per_s": sent[0] / elapsed, "merges_per_s": (reply.applied - sent[0]) / elapsed,
+            "p50": float("nan"), "p99": float("nan")}
+
+
 async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: int,
-                      rates: dict[str, float]) -> dict[str, Any]:
+                      rates: dict[str, float], duration: float) -> dict[str, Any]:
     import grpc
 
     from server.proto_gen import segmentation_pb2 as pb
@@ -276,6 +340,8 @@ async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: 
 
     messages = (_page_views(profiles, 100, seed=7) if mode == "ingest" else
                 _merges(profiles, int(rates["merge"] * 60 / MERGE_BATCH) + 1, seed=7) if mode == "merge" else [])
+    stream = _identity_stream(profiles, int(rates["ingest"] * (2 * duration + 10) / INGEST_BATCH) + 1, seed=7) \
+        if mode == "stream" else []
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
         stub = pb_grpc.SegmentationStub(channel)
         await channel.channel_ready()
@@ -286,6 +352,8 @@ async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: 
         if mode == "merge":
             return await _stream(channel, stop, "Merge", lambda r: r.merged, MERGE_BATCH, rates["merge"], messages,
                                  repeat=False)
+        if mode == "stream":
+            return await _write_stream(channel, stop, rates["ingest"], stream)
         latencies: list[float] = []
         pauses: list[float] = []
         captures: list[float] = []  # per shard: its capture, and the fork() in it
@@ -305,9 +373,9 @@ async def _background(address: str, mode: str, stop: Any, ready: Any, profiles: 
 
 
 def background_process(queue: Any, stop: Any, ready: Any, address: str, mode: str, profiles: int,
-                       rates: dict[str, float]) -> None:
+                       rates: dict[str, float], duration: float) -> None:
     """Entry point of the background client: load the server until ``stop`` is set."""
-    queue.put(asyncio.run(_background(address, mode, stop, ready, profiles, rates)))
+    queue.put(asyncio.run(_background(address, mode, stop, ready, profiles, rates, duration)))
 
 
 def contention(address: str, args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
@@ -327,7 +395,7 @@ def contention(address: str, args: argparse.Namespace, names: list[str]) -> dict
         queue, stop, ready = ctx.Queue(), ctx.Event(), ctx.Event()
         process = ctx.Process(target=background_process,
                               args=(queue, stop, ready, address, mode, args.profiles,
-                                    {"ingest": args.ingest_rate, "merge": args.merge_rate}))
+                                    {"ingest": args.ingest_rate, "merge": args.merge_rate}, args.duration))
         process.start()
         ready.wait()
         time.sleep(1.0)
@@ -338,6 +406,8 @@ def contention(address: str, args: argparse.Namespace, names: list[str]) -> dict
         bg = results[mode]["background"]
         extra = (f", {bg['items_per_s']:,.0f} events/s acknowledged" if mode == "ingest" else
                  f", {bg['items_per_s']:,.0f} merges/s acknowledged" if mode == "merge" else
+                 f", {bg['items_per_s']:,.0f} events/s and {bg['merges_per_s']:,.0f} merges/s acknowledged"
+                 if mode == "stream" else
                  f", capture pause p50 {percentile(bg['pause_ms'], 0.5):.0f} ms, max {max(bg['pause_ms'], default=0):.0f} ms"
                  f" (per shard: capture p50 {percentile(bg['capture_ms'], 0.5):.0f} ms, its fork() p50"
                  f" {percentile(bg['fork_ms'], 0.5):.1f} ms, max {max(bg['fork_ms'], default=0):.1f} ms)"
@@ -425,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh-ms", type=int, default=1000, help="server refresh period of time-relative segments")
     parser.add_argument("--samples", type=int, default=20_000, help="in-engine membership samples")
     parser.add_argument("--contention", default="", help=f"comma list of background loads: {','.join(CONTENTION_MODES)}")
-    parser.add_argument("--ingest-rate", type=float, default=100_000, help="events/s of --contention ingest")
+    parser.add_argument("--ingest-rate", type=float, default=100_000, help="events/s of --contention ingest and stream")
     parser.add_argument("--merge-rate", type=float, default=5_000, help="merges/s of --contention merge")
     parser.add_argument("--heavy-nice", type=int, default=None, help="server: nice of the heavy-query threads")
     parser.add_argument("--data-dir", default=None, help="durable server's directory (default: a temporary one)")
@@ -444,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(filter(None, args.contention.split(","))) - set(CONTENTION_MODES)
     if unknown:
         parser.error(f"unknown --contention modes {sorted(unknown)}")
-    durable = bool({"ingest", "snapshot", "merge"} & set(args.contention.split(",")))
+    durable = bool({"ingest", "snapshot", "merge", "stream"} & set(args.contention.split(",")))
     data_dir = (args.data_dir or tempfile.mkdtemp(prefix="segengine-bench-")) if durable else None
     try:
         return run(args, data_dir)

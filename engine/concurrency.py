@@ -39,7 +39,8 @@ it sees the data after the write, and reads nothing the sync step changes. A rea
 segments (``SEGMENT(...)``, their sizes) still waits for the write's end.
 
 Likewise for heavy reads: a background thread (``engine.priority``: a server's pool for the
-queries known to be heavy) takes heavy read shares. A writer first waits for the heavy reads running to end
+queries known to be heavy) takes heavy read shares, as does a read that says so (``heavy=True``: a
+merge batch's read of its sources, which can take long). A writer first waits for the heavy reads running to end
 without holding other readers back (new heavy reads wait behind it), then queues as above, so
 a point read never waits for an analyst's query through a write queued behind it.
 
@@ -136,17 +137,18 @@ class PublishLock:
 
     # -- read shares ------------------------------------------------------------------------
     def acquire_read(self, timeout: float | None = None, blocking: bool = True, point: bool = False,
-                     view: bool = False, store: bool = False) -> bool:
+                     view: bool = False, store: bool = False, heavy: bool = False) -> bool:
         """Take a read share; False if the timeout passed (or, not ``blocking``, a write runs or waits).
 
         A ``point`` read passes a waiting writer while a longer read holds the lock; a ``view`` read
         (a point read) also goes in beside a view-safe write, a ``store`` read beside a write's sync
-        step (module docstring).
+        step; a ``heavy`` read (as every read of a background thread) is waited for by a writer
+        without holding other reads back (module docstring).
         """
         if self._held() or self.holds_write():
             self._local.shares = self._held() + 1
             return True
-        heavy = is_background_thread()
+        heavy = heavy or is_background_thread()
         point = (point or view) and not heavy
         view = view and not heavy
         store = store and not heavy
@@ -170,7 +172,9 @@ class PublishLock:
                 self.blocked += 1
                 self.heavy_blocked += heavy
                 self.points_blocked += point
+                began = time.monotonic()
                 self.changed.wait_for(lambda: self.grants != epoch or free(), self._timeout(timeout))
+                self._local.waited = self.waited() + time.monotonic() - began
                 if self.grants == epoch:  # not admitted by a write's end (release_write counts those in)
                     self.blocked -= 1
                     self.heavy_blocked -= heavy
@@ -184,6 +188,11 @@ class PublishLock:
         self._local.heavy_share = heavy
         self._local.point_share = point
         return True
+
+    def waited(self) -> float:
+        """Seconds the calling thread has spent waiting for read shares (a caller tells its work from
+        its waits by the difference)."""
+        return getattr(self._local, "waited", 0.0)
 
     def release_read(self) -> None:
         """Give back a read share taken by this thread."""
@@ -203,10 +212,10 @@ class PublishLock:
                 self.changed.notify_all()
 
     def reading(self, timeout: float | None = None, point: bool = False, view: bool = False,
-                store: bool = False) -> ContextManager[None]:
+                store: bool = False, heavy: bool = False) -> ContextManager[None]:
         """Hold a read share for the block (PublishTimeout if it cannot be had in time); ``point``,
-        ``view``, ``store``: see ``acquire_read``."""
-        return _holding(lambda limit: self.acquire_read(limit, point=point, view=view, store=store),
+        ``view``, ``store``, ``heavy``: see ``acquire_read``."""
+        return _holding(lambda limit: self.acquire_read(limit, point=point, view=view, store=store, heavy=heavy),
                         self.release_read, timeout)
 
     # -- the write --------------------------------------------------------------------------

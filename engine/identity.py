@@ -27,6 +27,7 @@ from .alias_index import AliasIndex
 from .columns import CategoryColumn, Column, EventBatch, ProfileBatch, ValueColumn
 from .commands import Command, LoadEvents, LoadProfiles, Merge, Track, Upsert
 from .errors import DataError
+from .priority import background_calls
 from .schema import check_id
 from .shard.identity_ops import merge_consent
 from .shard.partition import shards_of
@@ -226,7 +227,9 @@ class Identity:
         for position, owner in enumerate(shards_of(ids, n).tolist()):
             asked[owner].append(position)
         calls = [([ids[p] for p in positions],) if positions else None for positions in asked]
-        with self.engine.publish.reading():
+        # a heavy read (a writer waits for it without holding other reads back), served below the
+        # priority of short calls: it can take long (a shard builds its event locator when first asked)
+        with self.engine.publish.reading(heavy=True), background_calls():
             answers = self.engine.shards.call_each("identity_payloads", calls)
         out: list[Payload | None] = [None] * len(ids)
         batches: dict[str, list[EventBatch]] = {}

@@ -17,7 +17,10 @@ gate adds what a server needs around each call:
   them in the thread pool), nor, with shard workers, run while a query or a snapshot capture may
   keep a worker busy;
 - each query's engine time is remembered by query text, so the server can run the queries
-  known to be heavy (``heavy``) apart from short calls.
+  known to be heavy (``heavy``) apart from short calls: the time of its work (its waits for
+  writes left out) in its last ``RUNS_KEPT`` runs, and a query is heavy when the fastest of them
+  took ``heavy_ms`` or more, so a short query that one write or a busy machine held back keeps
+  running with the short calls (moved to the lower priority pool, it would wait longer still).
 """
 from __future__ import annotations
 
@@ -34,10 +37,11 @@ from engine.store.lru import drop_oldest
 
 T = TypeVar("T")
 
-#: A query whose latest run took at least this long (engine ms) is heavy (see ``EngineGate.heavy``).
+#: A query whose last runs all took at least this long (engine ms) is heavy (see ``EngineGate.heavy``).
 HEAVY_MS = 20.0
-#: Query texts whose latest engine time is remembered.
+#: Query texts whose latest engine times are remembered, and how many runs of each.
 COSTS_KEPT = 4096
+RUNS_KEPT = 3
 
 
 class DeadlineExceeded(SegengineError):
@@ -88,7 +92,7 @@ class EngineGate:
         self.engine.auto_refresh = False
         self.publish = engine.publish
         self.heavy_ms = heavy_ms
-        self.costs: dict[str, float] = {}  # query text -> engine ms of its latest run (most recent last)
+        self.costs: dict[str, tuple[float, ...]] = {}  # query text -> engine ms of its last runs (most recent text last)
         self.closing = False
         self.in_process = getattr(engine.shards, "backend", "local") == "local"
         self.queries_running = 0
@@ -144,9 +148,10 @@ class EngineGate:
         if self.engine.reads_segments(text):
             self._refresh_if_due(context)
         with self._call(context), self._running():
-            started = time.perf_counter()
+            started, waited = time.perf_counter(), self.publish.waited()
             result = fn(text, *args)
-        self._remember(text, (time.perf_counter() - started) * 1000)
+            worked = time.perf_counter() - started - (self.publish.waited() - waited)
+        self._remember(text, worked * 1000)
         return result
 
     def queries(self, context: grpc.ServicerContext | None, fn: Callable[..., T], texts: list[str], *args: Any) -> T:
@@ -173,15 +178,15 @@ class EngineGate:
                 self.queries_running -= 1
 
     def heavy(self, text: str) -> bool:
-        """True if the latest run of query ``text`` took at least ``heavy_ms`` (unknown: False)."""
-        cost = self.costs.get(text)
-        return cost is not None and cost >= self.heavy_ms
+        """True if each of the last runs of query ``text`` worked at least ``heavy_ms`` (unknown: False)."""
+        runs = self.costs.get(text)
+        return runs is not None and min(runs) >= self.heavy_ms
 
     def _remember(self, text: str, ms: float) -> None:
-        self.costs.pop(text, None)
+        runs = self.costs.pop(text, ())
         if len(self.costs) >= COSTS_KEPT:
             drop_oldest(self.costs)
-        self.costs[text] = ms
+        self.costs[text] = (*runs[1 - RUNS_KEPT:], ms)
 
     def refresh(self, context: grpc.ServicerContext | None = None) -> None:
         """Bring time-relative saved segments to the clock (a write)."""

@@ -30,7 +30,7 @@ from engine.schema import CONTRACT_SCHEMA
 from engine.shard.partition import shard_of
 from loaders.generator import generate
 from oracle import NaiveStore
-from server.gate import EngineGate, WouldWait
+from server.gate import RUNS_KEPT, EngineGate, WouldWait
 from shard_hooks import Delays
 from test_segments import DAY, HOUR, NOW, Clock, expand, random_writes
 
@@ -359,6 +359,42 @@ def test_point_reads_leave_the_event_loop_while_a_worker_may_be_busy(monkeypatch
         query.join(5)
         delays.set(0, 0)
         assert counted == [1] and gate.read(on_loop, engine.membership, "a") == []
+
+
+def test_a_query_is_heavy_by_its_work_in_its_last_runs_not_by_its_waits():
+    """The gate remembers a query's work, not its wait for a write: a short query that waited for a
+    commit stays with the short calls. It calls a query heavy once each of its last RUNS_KEPT runs
+    worked ``heavy_ms`` or more, so one slow run does not move it either."""
+    with Engine(Schema.from_dict(CONTRACT_SCHEMA)) as engine:
+        engine.upsert_profiles([{"id": "a", "vip": True}])
+        gate, query = EngineGate(engine), "vip = TRUE"
+        gate.heavy_ms = 50.0
+        writing, release = threading.Event(), threading.Event()
+
+        def write() -> None:
+            with engine.publish.writing():
+                writing.set()
+                release.wait(5)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writing.wait(5)
+        threading.Timer(0.2, release.set).start()
+        started = time.perf_counter()
+        assert gate.query(None, engine.count, query) == 1
+        assert time.perf_counter() - started >= 0.2  # it waited for the write
+        writer.join(5)
+        assert gate.costs[query][-1] < 50.0 and not gate.heavy(query)
+
+        def slow(text: str) -> int:
+            time.sleep(0.06)
+            return engine.count(text)
+
+        ran = []
+        for fn in (slow, slow, slow, engine.count):
+            gate.query(None, fn, query)
+            ran.append(gate.heavy(query))
+        assert ran == [False, False, True, False] and len(gate.costs[query]) == RUNS_KEPT == 3
 
 
 # -- a write spanning shards is published at once ---------------------------------------------

@@ -79,7 +79,7 @@ def _mix(a, b, c, d, x, y):
     return a, b, c, d
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def blake2b64(buf, offsets, iv, sigma):
     """blake2b with an 8-byte digest (RFC 7693) of each ``buf[offsets[i]:offsets[i+1]]``, read little-endian."""
     n = len(offsets) - 1
@@ -174,7 +174,7 @@ def word_hash(key: bytes) -> int:
     return h ^ (h >> 31)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def table_hashes(buf, offsets):
     """The table hash of each packed id (uint64)."""
     n = len(offsets) - 1
