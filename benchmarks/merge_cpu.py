@@ -2,6 +2,7 @@
 
     python benchmarks/merge_cpu.py [--profiles 1000000] [--events 5000000] [--batches 10] [--batch 1000]
     python benchmarks/merge_cpu.py --random-pairs [--segments 200]   # existing profiles merged in pairs
+    python benchmarks/merge_cpu.py --visitors [--segments 200]   # new visitors merged into customers (logins)
     PYTHONPATH=OTHER_CHECKOUT python benchmarks/merge_cpu.py --random-pairs   # another revision, A/B
 
 Loads the generator's data set into a durable engine (``--shards`` worker processes, a temporary
@@ -12,6 +13,10 @@ seconds per batch spent by the coordinator and by each worker (read from /proc, 
 machine inflates the wall time far more than the CPU time), and the log's mean group commit time
 (fsync included) and bytes per batch. The generated data set is dropped after loading: the
 collector's full passes over its list of millions of ids would be charged to the coordinator.
+
+``--visitors`` merges new anonymous visitors into existing customers instead, as logins do: before
+the timed batches, 4 page views of the last day for each visitor are loaded (new, attribute-less
+profiles); each customer is the target of one merge at most.
 
 ``--random-pairs`` merges existing profiles instead, in pairs of a random permutation (every profile
 a source or a target once, as ``bench_grpc.py --contention merge`` does): their events spread over
@@ -47,6 +52,7 @@ from engine.shard.partition import shard_of  # noqa: E402
 from loaders.generator import generate  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+NOW_MS = 1_800_000_000_000  # the generator's clock
 
 
 def children_cpu() -> dict[int, float]:
@@ -87,6 +93,22 @@ def random_pairs(ids: list[str], total: int) -> list[tuple[str, str]]:
     """``total`` pairs of existing profiles, from a random permutation (each profile in one pair at most)."""
     order = np.random.default_rng(7).permutation(len(ids))[: 2 * total].tolist()
     return [(ids[order[2 * i]], ids[order[2 * i + 1]]) for i in range(total)]
+
+
+def visitor_pairs(engine: Engine, ids: list[str], total: int, now_ms: int) -> list[tuple[str, str]]:
+    """``total`` pairs (new visitor, existing customer), after loading 4 page views of the last day
+    for each visitor (each customer in one pair at most)."""
+    from engine.columns import EventBatch, column_from_values
+    from loaders.generator import CATEGORIES
+
+    rng = np.random.default_rng(7)
+    visitors = [f"visitor-{i}" for i in range(total)]
+    named = [visitors[i] for i in np.repeat(np.arange(total), 4).tolist()]
+    ts = (now_ms - rng.integers(0, 86_400_000, len(named))).astype(np.int64)
+    category = column_from_values("category", [CATEGORIES[i] for i in rng.integers(0, len(CATEGORIES), len(named)).tolist()])
+    engine.load_events(EventBatch("page_view", named, ts, {"category": category}))
+    customers = rng.permutation(len(ids))[:total].tolist()
+    return [(visitor, ids[c]) for visitor, c in zip(visitors, customers)]
 
 
 def _ticks(path: str) -> int:
@@ -187,9 +209,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--random-pairs", action="store_true", help="merge existing profiles, in random pairs")
+    parser.add_argument("--visitors", action="store_true", help="merge new visitors into existing customers")
     parser.add_argument("--segments", type=int, default=0, help="save bench_grpc.py's first N segments first")
     args = parser.parse_args()
-    ds = generate(args.profiles, args.events, seed=1, now_ms=1_800_000_000_000)
+    ds = generate(args.profiles, args.events, seed=1, now_ms=NOW_MS)
     with tempfile.TemporaryDirectory() as data_dir:
         with Engine(Schema.from_dict(ds.schema), shards=args.shards, data_dir=data_dir,
                     durability={"snapshot_every_s": None, "snapshot_log_bytes": None}) as engine:
@@ -198,6 +221,7 @@ def main() -> None:
                 engine.load_events(batch)
             total = (args.batches + 1) * args.batch
             pairs = random_pairs(list(ds.profiles.ids), total) if args.random_pairs else \
+                visitor_pairs(engine, list(ds.profiles.ids), total, NOW_MS) if args.visitors else \
                 merge_pairs(list(ds.profiles.ids), args.shards, total)
             if args.segments:
                 from bench_grpc import segment_definitions
@@ -220,7 +244,8 @@ def main() -> None:
             merges = args.batches * args.batch
             commit_ms = (pipeline.commit_latency.total - commit_s) * 1e3 / max(pipeline.commit_latency.count - commits, 1)
             log_kb = (pipeline.bytes_logged - logged) / 1024 / args.batches
-            pairing = "random existing pairs" if args.random_pairs else "fresh targets"
+            pairing = "random existing pairs" if args.random_pairs else "new visitors into customers" if args.visitors \
+                else "fresh targets"
             print(f"{args.profiles} profiles, {args.events} events, {args.shards} shards, "
                   f"{args.segments} saved segments, {pairing}: {merges} merges in "
                   f"{wall:.2f} s = {merges / wall:.0f} merges/s (wall); CPU ms per batch: coordinator "

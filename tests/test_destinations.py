@@ -238,6 +238,9 @@ def test_an_outbox_over_max_pending_is_rebuilt_from_the_members(receiver: Receiv
         receiver.stop()
         for round_ in range(5):  # 40 changes, far over max_pending: the history is dropped
             engine.upsert_profiles([{"id": f"u{i}", "age": 10 if (i + round_) % 2 else 70} for i in range(8)])
+            deadline = time.monotonic() + 20
+            while not round_ and not engine.list_destinations()[0]["failures"] and time.monotonic() < deadline:
+                time.sleep(0.01)  # a batch in flight first (failing): the outbox is rebuilt once, after it
         stats = engine.list_destinations()[0]
         assert stats["state"] == "resync" and stats["pending"] <= 2  # only the batch in flight is kept
         receiver.start()
