@@ -36,7 +36,7 @@ from .count_levels import rows_passing, window_levels
 from .query_cache import QueryCache
 from .row_counts import DEBRUIJN_INDEX, count_upto, count_upto2, emit_counts, emit_upto2, runs_passing
 from .sequence import sequence_rows
-from .where_bins import member_parts, present_where, set_bits
+from .where_bins import member_parts, present_where, set_bits, where_superset
 
 #: Presence bucket sizes, coarsest first: whole days, then whole 5-minute slots, then an exact scan.
 BUCKET_LEVELS = (DAY_MS, SLOT_MS)
@@ -347,10 +347,17 @@ class DidEvaluator:
                 passing = rows_passing(levels, wanted, found if found is not None else live)
                 return passing - store.dead if store.dead else passing
         size = int(live.max()) + 1 if live else 0
+        universe = found if found is not None else live
+        if node.where is not None:
+            # only rows in every kept-bin superset of the WHERE's conjuncts can count an event: the
+            # others count zero, so counting is restricted to the rows in them
+            superset = where_superset(self, node.where, store, lo, hi)
+            if superset is not None:
+                found = universe & superset
         # a count that holds at zero: the universe minus the counted rows whose count fails
         rows = self.counted_rows(node, store, lo, hi, now, size, found, want=not at_zero)
         if at_zero:
-            return (found if found is not None else live) - to_bitmap(rows, assume_sorted=True)
+            return universe - to_bitmap(rows, assume_sorted=True)
         counted = to_bitmap(rows, assume_sorted=True)
         return counted - store.dead if store.dead else counted  # rows whose events were deleted by marking
 

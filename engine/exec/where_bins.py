@@ -18,7 +18,7 @@ for it, ``NOT`` is the complement.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numba
 import numpy as np
@@ -204,6 +204,25 @@ def whole_days(lo: int, hi: int) -> tuple[int | None, int | None]:
     return first, last
 
 
+def _bin_days(store: EventTypeStore, prop: str, node: ast.Node, first: int | None, last: int | None,
+              all_time: bool) -> Iterator[tuple[bool, BitMap]]:
+    """(whether the bin passes whole, its bitmap) for each passing or edge bin of ``prop`` under
+    ``node``: its ``ever`` bitmap over all time, else its bitmaps of the days first..last."""
+    kept = store.property_bitmaps(prop)
+    assert kept is not None
+    keys = sorted(kept.ever)
+    passes, edges = bin_verdicts(node, kept.kind, store.labels.get(prop), keys)
+    for position, key in enumerate(keys):
+        if not passes[position] and position not in edges:
+            continue
+        if all_time:
+            yield passes[position], kept.ever[key]
+        else:
+            for day, bitmap in kept.days[key].items():
+                if (first is None or day >= first) and day <= last:  # type: ignore[operator]
+                    yield passes[position], bitmap
+
+
 def _bin_unions(store: EventTypeStore, groups: dict[str, ast.Node], first: int | None, last: int | None,
                 all_time: bool, within: BitMap | None) -> tuple[BitMap, BitMap]:
     """(rows with an event in a passing bin, rows with one in an edge bin but none in a passing bin)
@@ -211,19 +230,8 @@ def _bin_unions(store: EventTypeStore, groups: dict[str, ast.Node], first: int |
     sure: list[BitMap] = []
     edge: list[BitMap] = []
     for prop, node in groups.items():
-        kept = store.property_bitmaps(prop)
-        assert kept is not None
-        keys = sorted(kept.ever)
-        passes, edges = bin_verdicts(node, kept.kind, store.labels.get(prop), keys)
-        for position, key in enumerate(keys):
-            if not passes[position] and position not in edges:
-                continue
-            target = sure if passes[position] else edge
-            if all_time:
-                target.append(kept.ever[key])
-            else:
-                target.extend(bitmap for day, bitmap in kept.days[key].items()
-                              if (first is None or day >= first) and day <= last)  # type: ignore[operator]
+        for whole, bitmap in _bin_days(store, prop, node, first, last, all_time):
+            (sure if whole else edge).append(bitmap)
     if within is not None:
         sure = [within & bitmap for bitmap in sure]
         edge = [within & bitmap for bitmap in edge]
@@ -272,3 +280,43 @@ def present_where(evaluator: DidEvaluator, node: ast.Did, store: EventTypeStore,
     if hi > (last + 1) * DAY_MS - 1:
         edges.append(scan_where(evaluator, store, node.where, (last + 1) * DAY_MS, hi, now, within))
     return cached | union_all(edges) if edges else cached
+
+
+def conjuncts(node: ast.Node) -> list[ast.Node]:
+    """The items of a (nested) AND, or [node]."""
+    if isinstance(node, ast.And):
+        return [leaf for item in node.items for leaf in conjuncts(item)]
+    return [node]
+
+
+def where_superset(evaluator: DidEvaluator, where: ast.Node, store: EventTypeStore, lo: int, hi: int) -> BitMap | None:
+    """A superset of the rows with an event in [lo, hi] passing ``where``, from the kept bin bitmaps: for
+    each conjunct of ``where`` that splits by property, the rows with an event in one of its passing or
+    edge bins on a day that [lo, hi] touches (ever, over all time); the intersection over those
+    conjuncts. An event passing ``where`` passes every conjunct, so its row is in each such union.
+    None if no conjunct splits by property. Do not mutate the result."""
+    if lo > hi or not store.runs:
+        return BitMap()
+    all_time = lo == NO_TIME and hi >= store.max_ts
+    first = None if lo == NO_TIME else lo // DAY_MS
+    last = hi // DAY_MS
+    kinds = store.definition.properties
+    unions: list[BitMap] = []
+    for conjunct in conjuncts(where):
+        groups = group_by_property(conjunct, kinds)
+        if groups is None:
+            continue
+        key = ("where-superset", id(store), conjunct, all_time, first, last, store.generation)
+        union = evaluator.cache.get(key)
+        if union is None:
+            union = union_all([bitmap for prop, node in groups.items()
+                               for _, bitmap in _bin_days(store, prop, node, first, last, all_time)])
+            evaluator.cache.put(key, union)
+        unions.append(union)
+    if not unions:
+        return None
+    unions.sort(key=len)
+    result = unions[0]
+    for union in unions[1:]:
+        result = result & union
+    return result
