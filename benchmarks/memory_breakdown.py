@@ -11,8 +11,9 @@ event structure (``events_breakdown``) and of the shard's DID caches: after the 
 every query of ``benchmarks/queries.py`` (plus ``--sequence-all``: a SEQUENCE over all four types
 and a year, which reaches every run) and after ``--merges`` merges in batches of 1,000
 (sources: generated profiles; targets: other generated profiles, so events move) and one
-``export_profile``. The last line states the worst case: the measured total with the events deleted
-by marking at their bound (``COMPACT_DEAD_SHARE``). With ``--events 0`` only the profile part runs.
+``export_profile``; the worst case (the measured total with the events deleted by marking at their
+bound, ``COMPACT_DEAD_SHARE``); last, the RSS each kept structure holds (``attribute_rss``). With
+``--events 0`` only the profile part runs.
 """
 from __future__ import annotations
 
@@ -139,17 +140,58 @@ def profile_part(engine: Engine, n: int) -> None:
           f"live: {bitmap_bytes(store.live) / n:.2f}")
 
 
+def attribute_rss(engine: Engine, n_events: int) -> None:
+    """Print the RSS each kept structure holds, per event: dropped one after another (the query
+    scratch, the DID query cache, count levels, bin bitmaps, slot bitmaps, latest times, window
+    sums, row indexes) with the RSS read after each (``trimmed_rss``). Unlike the structures' own
+    bytes this includes what they cost the allocator (Roaring containers' headers and slack, heap
+    pages they leave partly used). The engine is not usable afterwards."""
+    shard = engine.shards[0]
+    types = list(shard.events.types.values())
+
+    def drop_levels() -> None:
+        for typed in types:
+            typed.count_levels = None
+            for kept in typed.prop_bitmaps.values():
+                kept.levels = None
+
+    def drop(attribute: str, empty: Any) -> None:
+        for typed in types:
+            setattr(typed, attribute, empty() if callable(empty) else empty)
+
+    def drop_row_indexes() -> None:
+        for typed in types:
+            for run in typed.runs:
+                run.row_index = None
+
+    steps = [("query scratch buffers", shard.did.buffers.free.clear), ("DID query cache", shard.did.cache.clear),
+             ("count levels", drop_levels), ("kept bin bitmaps", lambda: drop("prop_bitmaps", dict)),
+             ("slot bitmaps", lambda: drop("slots", dict)), ("latest times", lambda: drop("last_ts", None)),
+             ("kept window sums", lambda: drop("window_sums", lambda: type(types[0].window_sums)())),
+             ("row indexes", drop_row_indexes)]
+    before = trimmed_rss()
+    shown = []
+    for name, step in steps:
+        step()
+        after = trimmed_rss()
+        shown.append(f"{name} {(before - after) / n_events:.2f}")
+        before = after
+    print("RSS held, dropped one by one (B/event): " + ", ".join(shown), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, help="events (default 5 per profile; 0: profiles only)")
     parser.add_argument("--merges", type=int, default=10_000, help="merges after the queries, in batches of 1,000")
     parser.add_argument("--sequence-all", action="store_true", help="also run a SEQUENCE over every type and a year")
+    parser.add_argument("--skip", help="comma-separated names of queries.py's queries to leave out")
     args = parser.parse_args()
     n = args.profiles
     n_events = 5 * n if args.events is None else args.events
     dataset = generate(n, n_events, seed=7, now_ms=NOW_MS)
-    queries = [*attribute_queries(), *event_queries(), *behaviour_queries()]
+    skipped = set(args.skip.split(",")) if args.skip else set()
+    queries = [q for q in [*attribute_queries(), *event_queries(), *behaviour_queries()] if q.name not in skipped]
     warm = generate(2000, 10000, seed=1, now_ms=NOW_MS)
     with Engine(Schema.from_dict(warm.schema), shards=1) as engine:
         engine.load_profiles(warm.profiles)
@@ -179,14 +221,17 @@ def main() -> None:
             report_events("after a SEQUENCE over every type and a year", engine, after_profiles, n_events, profiles_bytes)
         ids = list(dataset.profiles.ids)
         merges = min(args.merges, len(ids) // 2)
-        for start in range(0, merges, MERGE_BATCH):
-            stop = min(start + MERGE_BATCH, merges)
-            engine.merge_many(list(zip(ids[start:stop], ids[merges + start:merges + stop])))
-        engine.export_profile(ids[-1])
-        last = report_events(f"after {merges:,} merges and one export", engine, after_profiles, n_events, profiles_bytes)
-        bound = last["runs (live events)"] / COMPACT_DEAD_SHARE
-        print(f"worst case: RSS {last['rss'] - last['runs (events deleted by marking)'] + bound:.2f} B/event "
-              f"(events deleted by marking at their bound, {bound:.2f} B/event, before compaction)")
+        if merges:
+            for start in range(0, merges, MERGE_BATCH):
+                stop = min(start + MERGE_BATCH, merges)
+                engine.merge_many(list(zip(ids[start:stop], ids[merges + start:merges + stop])))
+            engine.export_profile(ids[-1])
+            last = report_events(f"after {merges:,} merges and one export", engine, after_profiles, n_events,
+                                 profiles_bytes)
+            bound = last["runs (live events)"] / COMPACT_DEAD_SHARE
+            print(f"worst case: RSS {last['rss'] - last['runs (events deleted by marking)'] + bound:.2f} B/event "
+                  f"(events deleted by marking at their bound, {bound:.2f} B/event, before compaction)")
+        attribute_rss(engine, n_events)
     engine.close()
 
 

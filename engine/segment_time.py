@@ -26,6 +26,7 @@ exact without a full re-scan:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -58,28 +59,55 @@ def segment_refs(step: Step) -> frozenset[str]:
     return frozenset(node.name for node in predicates(step) if isinstance(node, ast.SegmentRef))
 
 
-#: Predicates that read no event (a write of events changes their answer only for new profiles).
-PROFILE_PREDICATES = (ast.All, ast.Compare, ast.In, ast.Between, ast.IsNull, ast.Has, ast.Consented,
-                      ast.SegmentRef, ast.Sample, ast.Bucket)
+#: Predicates that read an attribute of the profile (its ``name``).
+ATTRIBUTE_PREDICATES = (ast.Compare, ast.In, ast.Between, ast.IsNull, ast.Has)
+#: Predicates whose answer for a live profile depends on nothing a write changes (the profile's id,
+#: or a referenced segment, whose changes reach the readers through ``SavedSegments``' cascade).
+FIXED_PREDICATES = (ast.All, ast.SegmentRef, ast.Sample, ast.Bucket)
 
 
-def event_types_read(step: Step) -> frozenset[str] | None:
-    """The event types whose events a plan reads (None: it may read any, for predicates not listed here).
+@dataclass(frozen=True)
+class Reads:
+    """What a plan's answer for one live profile depends on: its events of these types, these
+    attributes, these consent purposes (each None: anything of its kind)."""
 
-    ``SEGMENT`` references count as reading nothing: changes of a referenced segment reach the
-    segments that read it through ``SavedSegments``' cascade.
-    """
-    read: set[str] = set()
+    events: frozenset[str] | None
+    attributes: frozenset[str] | None
+    consents: frozenset[str] | None
+
+    def touched_by(self, events: frozenset[str], attributes: frozenset[str] | None, consents: frozenset[str]) -> bool:
+        """Whether a write that added events of ``events``, set ``attributes`` (None: any) and consent
+        purposes ``consents`` on a profile may change the plan's answer for it."""
+        if self.events is None or self.attributes is None or self.consents is None:
+            return True
+        return bool(self.events & events or self.consents & consents
+                    or (self.attributes if attributes is None else self.attributes & attributes))
+
+
+#: The reads of a plan with a predicate not known here: anything.
+READS_ANY = Reads(None, None, None)
+
+
+def reads_of(step: Step) -> Reads:
+    """What a plan reads (``Reads``). ``SEGMENT`` references count as reading nothing: changes of a
+    referenced segment reach the segments that read it through ``SavedSegments``' cascade."""
+    events: set[str] = set()
+    attributes: set[str] = set()
+    consents: set[str] = set()
     for node in predicates(step):
         if isinstance(node, ast.Did):
-            read.add(node.event)
+            events.add(node.event)
             if node.after_last is not None:
-                read.add(node.after_last)
+                events.add(node.after_last)
         elif isinstance(node, ast.Sequence):
-            read.update(step.event for step in node.steps)
-        elif not isinstance(node, PROFILE_PREDICATES):
-            return None
-    return frozenset(read)
+            events.update(step.event for step in node.steps)
+        elif isinstance(node, ATTRIBUTE_PREDICATES):
+            attributes.add(node.name)
+        elif isinstance(node, ast.Consented):
+            consents.add(node.purpose)
+        elif not isinstance(node, FIXED_PREDICATES):
+            return READS_ANY
+    return Reads(frozenset(events), frozenset(attributes), frozenset(consents))
 
 
 def mentions_now(node: ast.Node | None) -> bool:

@@ -46,7 +46,7 @@ from .exec.restricted import RestrictedExecutor, latest_times
 from .segment_catalog import SegmentCatalog, SegmentDef, check_segment_name
 from .plan.steps import Step
 from .query import ast
-from .segment_time import (SortedColumn, event_types_read, is_clocked, mentions_now, predicates, segment_refs,
+from .segment_time import (Reads, SortedColumn, is_clocked, mentions_now, predicates, reads_of, segment_refs,
                            time_candidates)
 from .store.bitmaps import rows_of, to_bitmap, union_all
 from .store.events import EventStore
@@ -143,7 +143,7 @@ class SavedSegments:
         # each segment's member count, kept by every change (reading len() of every bitmap after each
         # write walks all their containers: 30,000 of them for 200 segments at 10M profiles)
         self.counts: dict[str, int] = {}
-        self.event_reads: dict[str, frozenset[str] | None] = {}  # each segment's event_types_read
+        self.reads: dict[str, Reads] = {}  # what each segment's answer depends on (segment_time.reads_of)
         self.slots: dict[str, int] = {}
         self.slot_names: list[str | None] = []
         self.members = MembershipBits()
@@ -175,8 +175,8 @@ class SavedSegments:
         self.view_open.set()
         if "counts" not in state:
             self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
-        if "event_reads" not in state:
-            self.event_reads = {name: event_types_read(d.step) for name, d in self.catalog.defs.items()}
+        self.__dict__.pop("event_reads", None)  # what older pickles kept instead
+        self.reads = {name: reads_of(d.step) for name, d in self.catalog.defs.items()}
 
     # -- definitions ------------------------------------------------------------------------
     def create(self, name: str, text: str, step: Step, now: int, replace: bool = False) -> dict[str, Any]:
@@ -191,7 +191,7 @@ class SavedSegments:
             self.now = now
         members = BitMap(self.executor.evaluate(step, self.now))  # a copy: it is updated in place later
         self.catalog.put(definition)
-        self.event_reads[name] = event_types_read(step)
+        self.reads[name] = reads_of(step)
         if definition.clocked:
             self._prepare_refresh(step)
         if not existed:
@@ -212,7 +212,7 @@ class SavedSegments:
         self.catalog.remove(name)
         members = self.bitmaps.pop(name)
         del self.counts[name]
-        del self.event_reads[name]
+        del self.reads[name]
         slot = self.slots.pop(name)
         self.members.clear(rows_of(members), slot)
         self.slot_names[slot] = None
@@ -266,19 +266,23 @@ class SavedSegments:
     # -- keeping current --------------------------------------------------------------------
     def sync(self, touched: np.ndarray | BitMap | None, now: int | None,
              attributes: Iterable[str] | None = None, events: Iterable[str] | None = None,
-             created: BitMap | None = None) -> None:
+             created: BitMap | None = None, consents: Iterable[str] = (),
+             departed: np.ndarray | None = None) -> None:
         """Bring every segment to clock ``max(now, self.now)`` after a write to rows ``touched``.
 
-        ``attributes``: the attributes the write may have changed (None: any; event writes change
-        none). ``events``: the event types it added events of (None: any profile data may have
-        changed, so every segment is re-evaluated on ``touched``); then a segment that reads none
-        of them is re-evaluated on ``created`` only (the profiles the write created).
+        ``attributes``: the attributes the write may have changed (None: any). ``events``: the
+        event types it added events of (None: any profile data may have changed, so every segment
+        is re-evaluated on ``touched``); given, the write changed those, ``attributes`` and the
+        consent purposes ``consents`` only, so a segment that reads none of them
+        (``segment_time.Reads``) is re-evaluated on ``created`` only (the profiles the write
+        created). ``departed``: rows that left the profiles (a merge's sources): they exit every
+        segment without any evaluation.
 
         In a view write that leaves its syncs for later (``deferring``), only notes the call for
         ``sync_later``.
         """
         if self.later is not None:
-            self.later.append((touched, now, attributes, events, created))
+            self.later.append((touched, now, attributes, events, created, consents, departed))
             return
         if not self.catalog.defs:
             self.now = None  # no materialisation, no clock: the first segment starts at its own
@@ -293,23 +297,34 @@ class SavedSegments:
                 d = self.catalog.defs[name]
                 if d.clocked:
                     seeds[name] = time_candidates(d.step, before, self.now, self.events, self._attribute_rows)
+        gone = to_bitmap(np.asarray(departed)) if departed is not None and len(departed) else None
+        if gone is not None:
+            for column in self.sorted_columns.values():
+                column.touch(gone)
         if touched is not None and len(touched):
             rows = touched if isinstance(touched, BitMap) else to_bitmap(np.asarray(touched))
             changed = self.sorted_columns if attributes is None else [a for a in attributes if a in self.sorted_columns]
             for name in changed:
                 self.sorted_columns[name].touch(rows)
             written = None if events is None else frozenset(events)
+            set_attributes = None if attributes is None else frozenset(attributes)
+            set_consents = frozenset(consents)
             for name in self.catalog.order:
                 seed = rows
-                if written is not None:
-                    reads = self.event_reads[name]
-                    if reads is not None and not reads & written:
-                        seed = created if created is not None else BitMap()
+                if written is not None and not self.reads[name].touched_by(written, set_attributes, set_consents):
+                    seed = created if created is not None else BitMap()
                 if len(seed):
                     seeds[name] = seeds[name] | seed if name in seeds else seed
-        if seeds:
+        if seeds or gone is not None:
             with self._members_at_end():
-                self._cascade(seeds, {})
+                if gone is not None:
+                    for name in self.catalog.order:
+                        exited = self.bitmaps[name] & gone
+                        if exited:
+                            self.bitmaps[name] -= exited
+                            self._apply(name, BitMap(), exited)
+                if seeds:
+                    self._cascade(seeds, {})
 
     @contextmanager
     def _members_at_end(self) -> Iterator[None]:
@@ -433,7 +448,9 @@ class SavedSegments:
             self.bitmaps[name] = new
             return self._apply(name, new - old, old - new)
         self.restricted.now = self.now  # visit() reads the executor's clock; evaluate() would set it
-        got = self.restricted.visit(step, candidates) & candidates
+        # a row that left the profiles (departed, erased) is in no segment, whatever a plan answers for
+        # it (a count that holds at zero includes the found rows without events)
+        got = self.restricted.visit(step, candidates) & candidates & self.profiles.live
         was = old & candidates
         entered, exited = got - was, was - got
         old |= entered
@@ -509,7 +526,7 @@ class SavedSegments:
         self.bitmaps.clear()  # the dict is shared (LocalShard.segments)
         self.bitmaps.update((name, reader.bitmap(bitmap, rows)) for name, bitmap in state["bitmaps"].items())
         self.counts = {name: len(bitmap) for name, bitmap in self.bitmaps.items()}
-        self.event_reads = {name: event_types_read(d.step) for name, d in self.catalog.defs.items()}
+        self.reads = {name: reads_of(d.step) for name, d in self.catalog.defs.items()}
         self.slots = {name: int(slot) for name, slot in state["slots"].items()}
         self.slot_names = list(state["slot_names"])
         bits = reader.array(state["members"])

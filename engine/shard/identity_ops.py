@@ -20,6 +20,7 @@ their events in lists are applied as such (logs written so).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -130,13 +131,30 @@ def apply_steps(shard: LocalShard, steps: list[tuple], now: int) -> int:
     return len(steps)
 
 
-def settle(shard: LocalShard, gone: np.ndarray, received: list[int], known: int, now: int) -> None:
-    """After a merge's changes: sync the saved segments on the departed rows ``gone`` and the rows that
-    received data (one sync; rows from ``known`` on were created), then forget the departed ids (their
-    exits are recorded under them first; in a view write, at its publish: ``SavedSegments.forget``)."""
+@dataclass(frozen=True)
+class Received:
+    """What a merge changed on the rows that received data: the attributes it filled, the event types
+    it moved in, the consent purposes it set (``SavedSegments.sync``)."""
+
+    attributes: frozenset[str]
+    events: frozenset[str]
+    consents: frozenset[str]
+
+
+def settle(shard: LocalShard, gone: np.ndarray, received: list[int], known: int, now: int,
+           changes: Received | None = None) -> None:
+    """After a merge's changes: sync the saved segments once (the departed rows ``gone`` exit them;
+    the rows that received data are evaluated again where a segment reads what ``changes`` says
+    they received, None: anything, and everywhere for the rows from ``known`` on, which the merge
+    created), then forget the departed ids (their exits are recorded under them first; in a view
+    write, at its publish: ``SavedSegments.forget``)."""
     rows = np.fromiter(received, dtype=np.int64, count=len(received))
     if len(rows) or len(gone):
-        shard.saved.sync(np.union1d(rows, gone), now, None, None, to_bitmap(rows[rows >= known]))
+        created = to_bitmap(rows[rows >= known])
+        if changes is None:
+            shard.saved.sync(rows, now, None, None, created, departed=gone)
+        else:
+            shard.saved.sync(rows, now, changes.attributes, changes.events, created, changes.consents, departed=gone)
     if len(gone):
         shard.saved.forget(gone)
 

@@ -30,7 +30,7 @@ from ..concurrency import in_view_call
 from ..store.event_rows import Unindexing, compact, plan_unindex
 from ..store.events import AppendPlan
 from ..store.profiles import RowPlan
-from .identity_ops import departures, fill_columns, merge_consent, remove_profiles, settle
+from .identity_ops import Received, departures, fill_columns, merge_consent, remove_profiles, settle
 
 if TYPE_CHECKING:
     from .local import LocalShard
@@ -200,6 +200,8 @@ def _commit(shard: LocalShard, plan: PreparedMerge) -> int:
             store.append(moved.rows, batch.ts, batch.props, eids)
     if len(plan.leaving):
         remove_profiles(shard, plan.leaving, plan.now, plan.counts, settled=False, unindexing=plan.unindexing)
-    settle(shard, plan.leaving, plan.received, known, plan.now)
+    received = Received(frozenset(plan.fills), frozenset(moved.name for moved in plan.moved if len(moved.rows)),
+                        frozenset(plan.consents))
+    settle(shard, plan.leaving, plan.received, known, plan.now, received)
     compact(shard.events)
     return plan.steps
