@@ -99,7 +99,7 @@ def test_breakdown_and_overlap_match_the_oracle_large(ds: Dataset, cases: list, 
     check(ds, cases, overlaps, shards=1)
 
 
-@pytest.mark.parametrize("shards", [2, 3])
+@pytest.mark.parametrize("shards", [2, pytest.param(3, marks=pytest.mark.slow)])
 @settings(SETTINGS, max_examples=1)
 @given(ds=datasets(max_events=300), cases=st.lists(CASE, min_size=12, max_size=12),
        overlaps=st.lists(st.lists(queries(3), min_size=2, max_size=4), min_size=2, max_size=2))

@@ -41,7 +41,7 @@ def test_random_behaviour_queries_match_oracle(ds: Dataset, cases: list[tuple[st
     check_dataset(ds, cases, shards=1)
 
 
-@pytest.mark.parametrize("shards", [2, 3])
+@pytest.mark.parametrize("shards", [2, pytest.param(3, marks=pytest.mark.slow)])
 @settings(SETTINGS, max_examples=5)
 @given(ds=datasets(max_events=500), cases=st.lists(st.tuples(behaviour_queries(), clocks()), min_size=16,
                                                     max_size=16))

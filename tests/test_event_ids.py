@@ -109,7 +109,7 @@ def assert_matches(engine: Engine, oracle: RetentionStore, prefix: str = "") -> 
         assert comparable(engine.export_profile(pid)) == comparable(oracle.export(pid, now=wall)), pid
 
 
-@pytest.mark.parametrize("shards", [1, 2, 3])
+@pytest.mark.parametrize("shards", [1, 2, pytest.param(3, marks=pytest.mark.slow)])
 def test_random_event_ids_match_the_oracle(shards: int) -> None:
     oracle = RetentionStore(SPEC)  # one for every round: expire reaches every round's events
     with Engine(SCHEMA, shards=shards) as engine:

@@ -54,7 +54,7 @@ def files_holding(root: Path, needles: list[bytes]) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("shards", [1, 2, 3])
+@pytest.mark.parametrize("shards", [1, 2, pytest.param(3, marks=pytest.mark.slow)])
 def test_no_file_holds_an_erased_id_after_a_snapshot(tmp_path: Path, shards: int) -> None:
     erased = [f"erase-me-{i:04d}-canary" for i in range(40)]
     aliases = [f"alias-of-{i:04d}-canary" for i in range(40)]

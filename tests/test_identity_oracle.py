@@ -112,7 +112,7 @@ def assert_matches(engine: Engine, oracle: IdentityStore, prefix: str = "") -> N
         assert comparable(engine.export_profile(pid)) == comparable(oracle.export(pid)), pid
 
 
-@pytest.mark.parametrize("shards", [1, 2, 3])
+@pytest.mark.parametrize("shards", [1, 2, pytest.param(3, marks=pytest.mark.slow)])
 def test_random_merges_match_oracle(shards: int) -> None:
     with Engine(SCHEMA, shards=shards) as engine:
         for seed in range(12 if shards == 1 else 5):
@@ -169,7 +169,7 @@ def _prefixed(arg: Any, prefix: str) -> Any:
     return [{**record, "id": prefix + record["id"]} for record in arg]
 
 
-@pytest.mark.parametrize("shards", [1, 2, 3])
+@pytest.mark.parametrize("shards", [1, 2, pytest.param(3, marks=pytest.mark.slow)])
 def test_random_merges_replay_from_the_log_and_snapshots(tmp_path: Path, shards: int) -> None:
     """The same interleavings with a data_dir: reopening (log only, then snapshot + log) answers the same."""
     ops = random_ops(100 + shards, steps=60)

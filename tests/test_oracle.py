@@ -88,7 +88,7 @@ def test_random_queries_match_oracle_large(ds: Dataset, cases: list[tuple[str, i
     check_dataset(ds, cases, shards=1)
 
 
-@pytest.mark.parametrize("shards", [2, 3])
+@pytest.mark.parametrize("shards", [2, pytest.param(3, marks=pytest.mark.slow)])
 @settings(SETTINGS, max_examples=6)
 @given(ds=datasets(max_events=300), cases=st.lists(st.tuples(queries(), clocks()), min_size=16, max_size=16))
 def test_random_queries_match_oracle_sharded(shards: int, ds: Dataset, cases: list[tuple[str, int]]) -> None:
