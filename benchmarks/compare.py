@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="then load a second segengine with this many shards (worker processes), check its "
                              "counts and time it against the same baselines (a second table)")
     parser.add_argument("--only", choices=("attr", "events"))
+    parser.add_argument("--names", help="comma-separated names of the queries to run (default: all)")
     parser.add_argument("--json", dest="json_out")
     parser.add_argument("--markdown", dest="markdown_out", help="also write the results as a Markdown table")
     parser.add_argument("--seed", type=int, default=7)
@@ -314,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     now = args.now_ms
 
-    queries = [q for q in all_queries(now) if args.only is None or q.kind == args.only]
+    names = set(args.names.split(",")) if args.names else None
+    queries = [q for q in all_queries(now) if (args.only is None or q.kind == args.only)
+               and (names is None or q.name in names)]
+    if names is not None and len(queries) != len(names):
+        parser.error(f"unknown query names: {sorted(names - {q.name for q in queries})}")
     report: dict = {"args": vars(args), "machine": {"cpus": os.cpu_count(),
                                                     "ram_bytes": psutil.virtual_memory().total}}
     print(f"# segengine benchmark: {args.profiles:,} profiles, {args.events:,} events, shards={args.shards}, "
