@@ -90,7 +90,10 @@ class LocalShard:
         ``now`` (epoch ms; None = wall clock) is the clock saved segments are brought to.
         """
         if updates:
-            self.saved.sync(self.profiles.apply_updates(updates), now, {name for u in updates for name in u.attrs})
+            known = len(self.profiles.idmap)
+            rows = self.profiles.apply_updates(updates)
+            self.saved.sync(rows, now, {name for u in updates for name in u.attrs}, (), _created(rows, known),
+                            {purpose for u in updates for purpose in u.consents})
         return len(updates)
 
     def track(self, events: list[EventRecord], now: int | None = None) -> int:
@@ -120,7 +123,9 @@ class LocalShard:
 
     def load_profiles(self, batch: ProfileBatch, now: int | None = None) -> int:
         """Apply a columnar profile batch."""
-        self.saved.sync(self.profiles.load_batch(batch), now, batch.columns)
+        known = len(self.profiles.idmap)
+        rows = self.profiles.load_batch(batch)
+        self.saved.sync(rows, now, batch.columns, (), _created(rows, known), batch.consents)
         release_after_bulk(len(batch))
         return len(batch)
 
