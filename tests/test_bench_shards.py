@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # a benchmark script's smoke run: -m slow
 FIGURES = ["fan-out", "int miss", "attrs", "tags+consent", "behaviour", "contract", "ids", "qps mixed",
            "qps nothing"]
 

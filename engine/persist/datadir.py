@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol
 
 from ..commands import COORDINATOR_KINDS, Command, UpdateSchema
@@ -295,9 +296,11 @@ class DataDir:
         if not self.erased_at or self.erased_at > seq:
             return None
         began = time.perf_counter()
-        log_store = self.env.compact()
-        shard_stores = self.engine.shards.call_all("snapshot_compact", self.path)
-        destinations = self.engine.compact_destinations()
+        with ThreadPoolExecutor(1, thread_name_prefix="compact-log") as pool:  # beside the shards' own
+            log_compacted = pool.submit(self.env.compact)
+            shard_stores = self.engine.shards.call_all("snapshot_compact", self.path)
+            destinations = self.engine.compact_destinations()
+        log_store = log_compacted.result()
         if self.erased_at <= seq:
             self.erased_at = 0
         return {"log": log_store, "shards": shard_stores, "destinations": destinations,

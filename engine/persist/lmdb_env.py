@@ -128,7 +128,9 @@ class LmdbEnv:
         Transactions of this process wait meanwhile. The compact copy (``mdb_env_copy2`` with
         ``MDB_CP_COMPACT``: live pages only, renumbered) is written beside the store, synced, then
         renamed over ``data.mdb`` and the environment reopened; a crash leaves either file whole.
-        Returns the data file's bytes before and after.
+        The old file leaves the directory with the rename; its blocks and cached pages are freed
+        on a background thread (``_release``), which a file of gigabytes takes about a second per
+        gigabyte to do. Returns the data file's bytes before and after.
         """
         data = os.path.join(self.path, "data.mdb")
         with self._cond:
@@ -137,25 +139,29 @@ class LmdbEnv:
             try:
                 self._cond.wait_for(lambda: self._active == 0)
                 before = os.path.getsize(data)
-                map_size = self.env.info()["map_size"]
-                scratch = self.path.rstrip(os.sep) + ".compact"
-                shutil.rmtree(scratch, ignore_errors=True)
-                os.makedirs(scratch)
-                self.env.copy(scratch, compact=True)
-                copied = os.path.join(scratch, "data.mdb")
-                with open(copied, "rb+") as handle:
-                    os.fsync(handle.fileno())
-                self.env.close()
-                os.replace(copied, data)
-                shutil.rmtree(scratch, ignore_errors=True)
-                directory = os.open(self.path, os.O_RDONLY)
+                held = os.open(data, os.O_RDONLY)  # the old file's inode lives on, unnamed, until _release
                 try:
-                    os.fsync(directory)
+                    map_size = self.env.info()["map_size"]
+                    scratch = self.path.rstrip(os.sep) + ".compact"
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    os.makedirs(scratch)
+                    self.env.copy(scratch, compact=True)
+                    copied = os.path.join(scratch, "data.mdb")
+                    with open(copied, "rb+") as handle:
+                        os.fsync(handle.fileno())
+                    self.env.close()
+                    os.replace(copied, data)
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    directory = os.open(self.path, os.O_RDONLY)
+                    try:
+                        os.fsync(directory)
+                    finally:
+                        os.close(directory)
+                    self.env = lmdb.open(self.path, map_size=map_size, max_dbs=max(len(self.names), 1), sync=True,
+                                         metasync=True, max_readers=256, writemap=self.writemap)
+                    self.dbs = {name: self.env.open_db(name.encode()) for name in self.names}
                 finally:
-                    os.close(directory)
-                self.env = lmdb.open(self.path, map_size=map_size, max_dbs=max(len(self.names), 1), sync=True,
-                                     metasync=True, max_readers=256, writemap=self.writemap)
-                self.dbs = {name: self.env.open_db(name.encode()) for name in self.names}
+                    _release(held)
                 return {"before": before, "after": os.path.getsize(data)}
             finally:
                 self._resizing = False
@@ -169,6 +175,12 @@ class LmdbEnv:
         """Bytes of the data file up to the end of its last committed page (with writemap, the file
         itself is as long as the map)."""
         return _used_bytes(self.env)
+
+
+def _release(fd: int) -> None:
+    """Close ``fd``, the last reference to a file renamed over, on a thread of its own: the kernel frees
+    the file's blocks and page cache as it closes, which takes long for a large file."""
+    threading.Thread(target=os.close, args=(fd,), name="lmdb-release", daemon=True).start()
 
 
 def _used_bytes(env: Any) -> int:
