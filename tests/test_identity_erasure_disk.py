@@ -86,3 +86,60 @@ def test_no_file_holds_an_erased_id_after_a_snapshot(tmp_path: Path, shards: int
                                     for pid in kept]) == 0
         engine.upsert_profiles([{"id": "after-reopen"}])
     assert files_holding(tmp_path, needles) == {}
+
+
+CRASHING_SNAPSHOT = """
+import os, sys
+from engine import Engine, Schema
+from engine.schema import CONTRACT_SCHEMA
+from engine.persist import meta
+from engine.shard.local import LocalShard
+
+data_dir, crash_at, now = sys.argv[1], sys.argv[2], int(sys.argv[3])
+erased = [f"erase-me-{i:04d}-canary" for i in range(30)]
+kept = [f"keep-me-{i:04d}-canary" for i in range(30)]
+engine = Engine(Schema.from_dict(CONTRACT_SCHEMA), shards=1, data_dir=data_dir)
+engine.upsert_profiles([{"id": pid, "age": i} for i, pid in enumerate(erased + kept)])
+engine.track_events([{"id": pid, "event": "purchase", "ts": now - i, "amount": 1.0} for i, pid in enumerate(erased + kept)])
+engine.snapshot()
+engine.upsert_profiles([{"id": pid, "age": 99} for pid in erased])  # a second snapshot: both stores hold them
+engine.snapshot()
+assert engine.delete_profiles(erased) == 30
+if crash_at == "before the manifest":
+    meta.put_manifest = lambda *args: os._exit(0)
+else:  # after the manifest's commit, before the fresh store replaces the shard's
+    LocalShard.snapshot_prune = lambda *args: os._exit(0)
+engine.snapshot()
+os._exit(1)
+"""
+
+
+@pytest.mark.parametrize("crash_at", ["before the manifest", "before the promotion"])
+def test_a_crash_in_the_snapshot_after_an_erasure_brings_nothing_back(tmp_path: Path, crash_at: str) -> None:
+    """The snapshot after an erasure is written into a fresh store that replaces the shard's once the
+    manifest is committed. Killed before the commit, the fresh store is dropped on reopening (the
+    erasure is replayed from the log); killed after it, reopening promotes the fresh store and
+    compacts the log's store. Either way no erased profile comes back, and after the next snapshot
+    no file holds its id."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    child = subprocess.run([sys.executable, "-c", CRASHING_SNAPSHOT, str(tmp_path), crash_at, str(NOW)],
+                           cwd=root, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    fresh = tmp_path / "shard-0" / "fresh" / "data.mdb"
+    assert fresh.exists()  # the crash left the fresh store behind
+    erased = [f"erase-me-{i:04d}-canary".encode() for i in range(30)]
+    kept = [f"keep-me-{i:04d}-canary" for i in range(30)]
+    with Engine(SCHEMA, shards=1, data_dir=str(tmp_path)) as engine:
+        assert not fresh.parent.exists()  # promoted or dropped when the shard loaded
+        assert engine.ids("ALL", now=NOW) == sorted(kept)
+        assert engine.count("DID(purchase)", now=NOW) == 30
+        assert engine.count("age = 99", now=NOW) == 0
+        if crash_at == "before the promotion":  # the snapshot was committed: opening finishes its compaction
+            assert files_holding(tmp_path, erased) == {}
+        engine.snapshot()
+        assert files_holding(tmp_path, erased) == {}
+    with Engine(SCHEMA, shards=1, data_dir=str(tmp_path)) as engine:
+        assert engine.ids("ALL", now=NOW) == sorted(kept)

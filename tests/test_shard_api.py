@@ -48,7 +48,7 @@ def test_remote_handles_have_exactly_the_remote_methods_with_the_same_signatures
 def test_every_method_is_a_read_a_write_a_snapshot_step_or_a_sync_step() -> None:
     writes = {n for n in api.METHODS if api.access(n) is api.Access.WRITE}
     assert writes == {"publish_view", "refresh_segments", "capture_changes", "take_changes", "apply_logged", "recover",
-                      "snapshot_close", "snapshot_compact"}
+                      "snapshot_close"}
     assert set(api.METHODS) - api.READS - writes == {"snapshot_capture", "snapshot_prune", "sync_view"}
     assert all(api.access(n) is api.Access.SNAPSHOT for n in ("snapshot_capture", "snapshot_prune"))
     assert api.access("sync_view") is api.Access.SYNC

@@ -1,7 +1,9 @@
 """A shard's snapshot parts as checksummed chunks in the shard's LMDB store.
 
 The store is ``<data_dir>/shard-<n>/`` (``data.mdb``, database ``chunks``), opened with
-``writemap`` by the process that owns the shard. Keys are (snapshot id, chunk number), big-endian
+``writemap`` by the process that owns the shard; the snapshot after an erasure is written into a
+new store, ``<data_dir>/shard-<n>/fresh/`` (``write_fresh``), which then replaces it
+(engine/persist/snapshot.py). Keys are (snapshot id, chunk number), big-endian
 (``framing.pack_key``), so a snapshot's chunks are consecutive and in order:
 
 - chunks 1..n: the frames of the captured part (``state_io``) back to back, cut into values
@@ -44,6 +46,7 @@ import ctypes.util
 import errno
 import mmap
 import os
+import shutil
 import threading
 from typing import Any, Iterator
 
@@ -52,10 +55,12 @@ import numpy as np
 
 from .errors import DataCorruption
 from .framing import MAX_VALUE, checksum, crc32, delete_current, pack_key, seal, unpack_key, unseal
-from .lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv, close_env, open_env
+from .lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv, close_env, open_env, sync_directory
 from .state_io import FORMAT as STATE_FORMAT
 
 FORMAT = STATE_FORMAT
+#: The subdirectory of a shard's directory that a snapshot after an erasure is written into.
+FRESH_DIR = "fresh"
 #: Formats of parts holding pickles (read by ``migrate`` only); a part without a format is format 1.
 LEGACY_FORMAT = 1
 LEGACY_FORMATS = (LEGACY_FORMAT, 3)
@@ -245,6 +250,21 @@ class ChunkStore:
     def close(self) -> None:
         """Release this process's handle on the store."""
         close_env(self.env)
+
+
+def write_fresh(path: str, snapshot_id: int, frames: list[list[Any]], fmt: int = FORMAT) -> dict[str, int]:
+    """Write ``frames`` as snapshot ``snapshot_id`` into a new store at ``path`` (deleted first if
+    there), durably: the store's commit, then its directory entries (``sync_directory``)."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    store = ChunkStore(path)
+    try:
+        part = store.write(snapshot_id, frames, fmt)
+    finally:
+        store.close()
+    sync_directory(path)
+    sync_directory(os.path.dirname(path.rstrip(os.sep)))
+    return part
 
 
 def _fresh(length: int) -> np.ndarray:

@@ -30,7 +30,6 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol
 
 from ..commands import COORDINATOR_KINDS, Command, UpdateSchema
@@ -164,6 +163,10 @@ class DataDir:
                          "torn_tail_cut": cut, "shards": shards, "seconds": time.perf_counter() - began}
         if end > after:  # the log may hold an erasure of an earlier run: the next snapshot compacts
             self.erased_at = end
+        with self.env.read() as txn:
+            interrupted = meta.compaction_pending(txn, self.meta_db)
+        if interrupted:  # a crash after an erasure's snapshot, before the compaction that follows it
+            self._compact_after_erasure(after)
         self.pipeline = WritePipeline(self.env, end + 1, self._apply)
         self.pipeline.bytes_logged = max(info.get("log_bytes", 0) for info in shards)
 
@@ -256,7 +259,8 @@ class DataDir:
                 self._reload_respawned()
                 paused_at = time.perf_counter()
                 logged_at = self.pipeline.bytes_logged
-                captured = shards.call_all("snapshot_capture", self.path, snapshot_id)
+                fresh = self._erasure_before(seq)  # written into new stores: no free page holds an erased id
+                captured = shards.call_all("snapshot_capture", self.path, snapshot_id, fresh)
             paused_s = time.perf_counter() - paused_at
             parts = self._wait_for_parts(snapshot_id)
             manifest = {"id": snapshot_id, "wal_seq": seq, "shards": len(parts), "parts": parts,
@@ -264,14 +268,16 @@ class DataDir:
 
             def commit(txn: Any) -> int:
                 meta.put_manifest(txn, self.meta_db, manifest)
+                if fresh:
+                    meta.mark_compaction(txn, self.meta_db, True)
                 return self.wal.truncate(txn, seq)
 
             truncated = self.pipeline.run_in_log(commit)
             self.manifest = manifest
             self._log_bytes_at_snapshot = logged_at
             self._last_snapshot_at = time.monotonic()
-            shards.call_all("snapshot_prune", self.path, [snapshot_id])
-            compacted = self._compact_after_erasure(seq)
+            shards.call_all("snapshot_prune", self.path, [snapshot_id])  # a fresh store replaces the old one
+            compacted = self._compact_after_erasure(seq) if fresh else None
             self.last_snapshot = {
                 "id": snapshot_id, "wal_seq": seq, "bytes": manifest["bytes"], "paused_s": round(paused_s, 4),
                 "pause_wait_s": round(paused_at - began, 4),
@@ -287,24 +293,25 @@ class DataDir:
             return dict(self.last_snapshot)
 
     def note_erasure(self, seq: int) -> None:
-        """Log record ``seq`` erased profiles: the next snapshot that includes it compacts every store."""
+        """Log record ``seq`` erased profiles: the next snapshot that includes it is written into fresh
+        shard stores and compacts the log's and the destinations' stores."""
         self.erased_at = max(self.erased_at, seq)
 
-    def _compact_after_erasure(self, seq: int) -> dict[str, Any] | None:
-        """After a snapshot that includes an erasure (the log records naming the erased ids are truncated,
-        older snapshots pruned): rewrite the log store and every shard store without their free pages."""
-        if not self.erased_at or self.erased_at > seq:
-            return None
+    def _erasure_before(self, seq: int) -> bool:
+        """True if a log record up to ``seq`` erased profiles that no snapshot has cleared from disk yet."""
+        return bool(self.erased_at) and self.erased_at <= seq
+
+    def _compact_after_erasure(self, seq: int) -> dict[str, Any]:
+        """After a snapshot that includes an erasure, written into fresh shard stores (the log records
+        naming the erased ids are truncated, the old shard stores replaced): rewrite the log's store
+        and the destinations' stores without their free pages."""
         began = time.perf_counter()
-        with ThreadPoolExecutor(1, thread_name_prefix="compact-log") as pool:  # beside the shards' own
-            log_compacted = pool.submit(self.env.compact)
-            shard_stores = self.engine.shards.call_all("snapshot_compact", self.path)
-            destinations = self.engine.compact_destinations()
-        log_store = log_compacted.result()
+        log_store = self.env.compact()
+        destinations = self.engine.compact_destinations()
+        self.env.write(lambda txn: meta.mark_compaction(txn, self.meta_db, False))
         if self.erased_at <= seq:
             self.erased_at = 0
-        return {"log": log_store, "shards": shard_stores, "destinations": destinations,
-                "seconds": round(time.perf_counter() - began, 4)}
+        return {"log": log_store, "destinations": destinations, "seconds": round(time.perf_counter() - began, 4)}
 
     def _wait_for_parts(self, snapshot_id: int) -> list[dict[str, int]]:
         delay = 0.002

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import msgpack
 
 from . import lmdb_env, shard_state
-from .chunk_store import FORMAT, ChunkStore
+from .chunk_store import FORMAT, ChunkStore, write_fresh
 from .shard_persistence import PartJob
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class SnapshotWriteFailed(RuntimeError):
 class ForkedSnapshotJob(PartJob):
     """The background write of one shard snapshot by a forked child."""
 
-    def __init__(self, store: Any, snapshot_id: int, shard: LocalShard, nice: int):
+    def __init__(self, store: Any, snapshot_id: int, shard: LocalShard, nice: int, fresh: bool = False):
         super().__init__(snapshot_id)
         store.release_chunks()  # the child opens the store with its own handle
         read_end, write_end = os.pipe()
@@ -57,7 +57,7 @@ class ForkedSnapshotJob(PartJob):
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(read_end)
-            _write_part(shard, store.path, snapshot_id, write_end, parent, nice)
+            _write_part(shard, store.fresh_path if fresh else store.path, snapshot_id, write_end, parent, nice, fresh)
         self.fork_ms = (time.perf_counter() - forking) * 1000  # the kernel's copy of the page tables
         os.close(write_end)
         self.pid = pid
@@ -89,9 +89,11 @@ class ForkedSnapshotJob(PartJob):
             self.done.set()
 
 
-def _write_part(shard: LocalShard, path: str, snapshot_id: int, out: int, parent: int, nice: int) -> NoReturn:
-    """In the forked child: serialise ``shard`` and write it as snapshot ``snapshot_id`` under ``path``,
-    send the part description (or the error) on ``out``, and exit."""
+def _write_part(shard: LocalShard, path: str, snapshot_id: int, out: int, parent: int, nice: int,
+                fresh: bool) -> NoReturn:
+    """In the forked child: serialise ``shard`` and write it as snapshot ``snapshot_id`` into the store
+    at ``path`` (``fresh``: a new one, ``write_fresh``), send the part description (or the error) on
+    ``out``, and exit."""
     code = 1
     try:
         gc.disable()
@@ -105,9 +107,12 @@ def _write_part(shard: LocalShard, path: str, snapshot_id: int, out: int, parent
             began = time.perf_counter()
             captured = shard_state.capture(shard, copy=False)  # the memory is this process's own: nothing changes it
             serialised = time.perf_counter()
-            store = ChunkStore(path)
-            part = store.write(snapshot_id, captured.frames, FORMAT)
-            store.close()
+            if fresh:
+                part = write_fresh(path, snapshot_id, captured.frames, FORMAT)
+            else:
+                store = ChunkStore(path)
+                part = store.write(snapshot_id, captured.frames, FORMAT)
+                store.close()
             part["serialise_ms"] = int((serialised - began) * 1000)
             reply: dict[str, Any] = {"part": part}
             code = 0

@@ -128,9 +128,8 @@ class LmdbEnv:
         Transactions of this process wait meanwhile. The compact copy (``mdb_env_copy2`` with
         ``MDB_CP_COMPACT``: live pages only, renumbered) is written beside the store, synced, then
         renamed over ``data.mdb`` and the environment reopened; a crash leaves either file whole.
-        The old file leaves the directory with the rename; its blocks and cached pages are freed
-        on a background thread (``_release``), which a file of gigabytes takes about a second per
-        gigabyte to do. Returns the data file's bytes before and after.
+        The old file is released in the background (``replace_file``). Returns the data file's
+        bytes before and after.
         """
         data = os.path.join(self.path, "data.mdb")
         with self._cond:
@@ -139,29 +138,20 @@ class LmdbEnv:
             try:
                 self._cond.wait_for(lambda: self._active == 0)
                 before = os.path.getsize(data)
-                held = os.open(data, os.O_RDONLY)  # the old file's inode lives on, unnamed, until _release
-                try:
-                    map_size = self.env.info()["map_size"]
-                    scratch = self.path.rstrip(os.sep) + ".compact"
-                    shutil.rmtree(scratch, ignore_errors=True)
-                    os.makedirs(scratch)
-                    self.env.copy(scratch, compact=True)
-                    copied = os.path.join(scratch, "data.mdb")
-                    with open(copied, "rb+") as handle:
-                        os.fsync(handle.fileno())
-                    self.env.close()
-                    os.replace(copied, data)
-                    shutil.rmtree(scratch, ignore_errors=True)
-                    directory = os.open(self.path, os.O_RDONLY)
-                    try:
-                        os.fsync(directory)
-                    finally:
-                        os.close(directory)
-                    self.env = lmdb.open(self.path, map_size=map_size, max_dbs=max(len(self.names), 1), sync=True,
-                                         metasync=True, max_readers=256, writemap=self.writemap)
-                    self.dbs = {name: self.env.open_db(name.encode()) for name in self.names}
-                finally:
-                    _release(held)
+                map_size = self.env.info()["map_size"]
+                scratch = self.path.rstrip(os.sep) + ".compact"
+                shutil.rmtree(scratch, ignore_errors=True)
+                os.makedirs(scratch)
+                self.env.copy(scratch, compact=True)
+                copied = os.path.join(scratch, "data.mdb")
+                with open(copied, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                self.env.close()
+                replace_file(copied, data)
+                shutil.rmtree(scratch, ignore_errors=True)
+                self.env = lmdb.open(self.path, map_size=map_size, max_dbs=max(len(self.names), 1), sync=True,
+                                     metasync=True, max_readers=256, writemap=self.writemap)
+                self.dbs = {name: self.env.open_db(name.encode()) for name in self.names}
                 return {"before": before, "after": os.path.getsize(data)}
             finally:
                 self._resizing = False
@@ -175,6 +165,28 @@ class LmdbEnv:
         """Bytes of the data file up to the end of its last committed page (with writemap, the file
         itself is as long as the map)."""
         return _used_bytes(self.env)
+
+
+def sync_directory(path: str) -> None:
+    """fsync the directory ``path``: the entries created or renamed in it become durable."""
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def replace_file(source: str, target: str) -> None:
+    """Rename ``source`` over ``target``, durably (the directory synced). The replaced file leaves the
+    directory with the rename; its blocks and page cache, which the kernel takes about a second per
+    gigabyte to free, are freed on a background thread (``_release``)."""
+    held = os.open(target, os.O_RDONLY) if os.path.exists(target) else None  # the replaced inode lives on, unnamed
+    try:
+        os.replace(source, target)
+        sync_directory(os.path.dirname(os.path.abspath(target)))
+    finally:
+        if held is not None:
+            _release(held)
 
 
 def _release(fd: int) -> None:

@@ -21,6 +21,9 @@ from .framing import delete_current, seal, unseal
 LAYOUT_FORMAT = 1
 LAYOUT_KEY = b"layout"
 MANIFEST_PREFIX = b"manifest"
+#: Set with the manifest of a snapshot that included an erasure, deleted once the log's and the
+#: destinations' stores are compacted after it: a crash between the two leaves it for the next open.
+COMPACTION_KEY = b"erasure-compaction"
 DB = "meta"
 
 
@@ -101,6 +104,19 @@ def latest_manifest(txn: Any, db: Any, where: str) -> dict[str, Any] | None:
                              f"{int.from_bytes(key[len(MANIFEST_PREFIX):], 'big')} fails its checksum; "
                              f"refusing to serve")
     return msgpack.unpackb(body)
+
+
+def mark_compaction(txn: Any, db: Any, pending: bool) -> None:
+    """Record that the stores still need their compaction after an erasure's snapshot (or no longer do)."""
+    if pending:
+        txn.put(COMPACTION_KEY, b"1", db=db)
+    else:
+        txn.delete(COMPACTION_KEY, db=db)
+
+
+def compaction_pending(txn: Any, db: Any) -> bool:
+    """True if an erasure's snapshot was committed and the compaction after it did not finish."""
+    return txn.get(COMPACTION_KEY, db=db) is not None
 
 
 def put_manifest(txn: Any, db: Any, manifest: dict[str, Any]) -> None:

@@ -18,6 +18,14 @@ of that instant (``forked_writer``); otherwise arrays that writes change are cop
 serialised (``shard_state``), and a thread writes the copy (``SnapshotJob``). ``prune`` (after the manifest is committed) deletes the previous snapshot, whose pages
 the next snapshot reuses.
 
+**After an erasure** (``start`` with ``fresh``): the part is written into a new LMDB store,
+``<data_dir>/shard-<n>/fresh/``, instead of the shard's store, whose free pages still hold the
+bytes of erased profiles. Once the manifest is committed, ``prune`` promotes it: its data file is
+renamed over the shard's ``data.mdb`` (``promote_fresh``), which replaces every page written
+before, with no copy of the live snapshot. A crash between the manifest's commit and the rename
+is finished by ``load``, which promotes a fresh store holding the manifest's snapshot and deletes
+one that does not (an unfinished write).
+
 **Loading** (``load``): every chunk is verified and copied into fresh arrays (one per frame),
 which the shard's state is restored from (format 4, ``state_io``); the store's memory is never
 referred to afterwards. A part of format 1 or 3 (pickles) is refused with ``DataDirMismatch``
@@ -28,6 +36,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -38,8 +47,9 @@ from ..priority import lower_thread_priority
 from ..store.event_rows import compact as compact_events
 from . import shard_state
 from .arena import CaptureArena
-from .chunk_store import FORMAT, LEGACY_FORMAT, LEGACY_FORMATS, ChunkStore
+from .chunk_store import FORMAT, FRESH_DIR, LEGACY_FORMAT, LEGACY_FORMATS, ChunkStore, write_fresh
 from .errors import DataCorruption, DataDirMismatch
+from .lmdb_env import replace_file
 from .forked_writer import ForkedSnapshotJob
 from .shard_persistence import PartJob, ShardPersistence
 
@@ -60,6 +70,7 @@ WRITER_NICE = int(os.environ.get("SEGENGINE_SNAPSHOT_NICE", 10))
 #: ``SEGENGINE_SNAPSHOT_WRITER`` overrides it. A fork that fails (e.g. no memory to commit for it
 #: under strict overcommit) falls back to the thread.
 WRITER = os.environ.get("SEGENGINE_SNAPSHOT_WRITER", "fork" if hasattr(os, "fork") else "thread")
+
 
 
 class ShardStore:
@@ -84,11 +95,43 @@ class ShardStore:
             self._chunks.close()
             self._chunks = None
 
-    def write(self, snapshot_id: int, frames: list[list[Any]], fmt: int = FORMAT) -> dict[str, int]:
-        """Write the captured ``frames`` as snapshot ``snapshot_id`` durably; returns the part description."""
+    @property
+    def fresh_path(self) -> str:
+        """The directory of the fresh store a snapshot after an erasure is written into."""
+        return os.path.join(self.path, FRESH_DIR)
+
+    def write(self, snapshot_id: int, frames: list[list[Any]], fmt: int = FORMAT, fresh: bool = False) -> dict[str, int]:
+        """Write the captured ``frames`` as snapshot ``snapshot_id`` durably (``fresh``: into the fresh
+        store, see ``write_fresh``); returns the part description."""
+        if fresh:
+            return write_fresh(self.fresh_path, snapshot_id, frames, fmt)
         store = self.chunks()
         assert store is not None
         return store.write(snapshot_id, frames, fmt)
+
+    def discard_fresh(self) -> None:
+        """Delete the fresh store, if any (an unfinished or uncommitted snapshot)."""
+        shutil.rmtree(self.fresh_path, ignore_errors=True)
+
+    def settle_fresh(self, keep: set[int]) -> bool:
+        """Promote the fresh store if it holds one of the snapshots ``keep`` (its data file renamed over the
+        shard's, whose old file is released in the background), else delete it; True if promoted."""
+        fresh = os.path.join(self.fresh_path, "data.mdb")
+        if not os.path.exists(fresh):
+            self.discard_fresh()
+            return False
+        candidate = ChunkStore(self.fresh_path)
+        try:
+            held = set(candidate.snapshot_ids())
+        finally:
+            candidate.close()
+        if not held & keep:
+            self.discard_fresh()
+            return False
+        self.release_chunks()
+        replace_file(fresh, os.path.join(self.path, "data.mdb"))
+        self.discard_fresh()
+        return True
 
     def read(self, snapshot_id: int, part: dict[str, Any], formats: tuple[int, ...] = (FORMAT,)) -> list[np.ndarray]:
         """The frames of snapshot ``snapshot_id`` (fresh arrays), verified against ``part``, which must be in
@@ -109,7 +152,9 @@ class ShardStore:
         return store.read(snapshot_id, part)
 
     def prune(self, keep: set[int]) -> int:
-        """Delete every snapshot but ``keep``; returns the chunks deleted."""
+        """Delete every snapshot but ``keep`` (after promoting a fresh store holding one of them); returns
+        the chunks deleted."""
+        self.settle_fresh(keep)
         store = self.chunks(create=False)
         return store.delete(keep) if store is not None else 0
 
@@ -159,9 +204,10 @@ class SnapshotJob(PartJob):
     thread.
     """
 
-    def __init__(self, store: ShardStore, snapshot_id: int, captured: shard_state.Capture):
+    def __init__(self, store: ShardStore, snapshot_id: int, captured: shard_state.Capture, fresh: bool = False):
         super().__init__(snapshot_id)
         self._captured: shard_state.Capture | None = captured
+        self.fresh = fresh
         self.thread: threading.Thread | None = None
         if captured.in_place:  # frames that later writes would change: written now, before any write
             self._run(store)
@@ -175,7 +221,7 @@ class SnapshotJob(PartJob):
         if WRITER_NICE and self.thread is not None:
             self.nice = lower_thread_priority(WRITER_NICE)
         try:
-            part = store.write(self.snapshot_id, captured.frames)
+            part = store.write(self.snapshot_id, captured.frames, fresh=self.fresh)
             part["write_ms"] = int((time.perf_counter() - self.started) * 1000)
             self.part = part
         except BaseException as exc:  # reported by status()
@@ -185,17 +231,19 @@ class SnapshotJob(PartJob):
             self.done.set()
 
 
-def start(shard: LocalShard, path: str, snapshot_id: int) -> dict[str, int]:
+def start(shard: LocalShard, path: str, snapshot_id: int, fresh: bool = False) -> dict[str, int]:
     """Capture ``shard`` now and write it as snapshot ``snapshot_id`` under ``path`` in the background
-    (by a forked child, or by a thread from a copy: ``WRITER``)."""
+    (by a forked child, or by a thread from a copy: ``WRITER``; ``fresh``: into a new store, after an
+    erasure)."""
     persistence: ShardPersistence = shard.persistence
     persistence.wait()
     store = persistence.store_at(path)
+    store.discard_fresh()  # an uncommitted one
     began = time.perf_counter()
     if WRITER == "fork":
         compact_events(shard.events, force=True)  # no event deleted by marking reaches a snapshot
         try:
-            job = persistence.job = ForkedSnapshotJob(store, snapshot_id, shard, WRITER_NICE)
+            job = persistence.job = ForkedSnapshotJob(store, snapshot_id, shard, WRITER_NICE, fresh)
             return {"capture_ms": int((time.perf_counter() - began) * 1000), "forked": 1,
                     "fork_ms": round(job.fork_ms, 1)}
         except OSError:
@@ -205,7 +253,7 @@ def start(shard: LocalShard, path: str, snapshot_id: int) -> dict[str, int]:
     captured = shard_state.capture(shard, store.arena, budget=copy_budget(store.arena.nbytes))
     store.arena.trim()
     capture_ms = int((time.perf_counter() - began) * 1000)
-    persistence.job = SnapshotJob(store, snapshot_id, captured)
+    persistence.job = SnapshotJob(store, snapshot_id, captured, fresh)
     return {"bytes": captured.nbytes, "capture_ms": capture_ms, "copied_bytes": captured.copied,
             "referenced_bytes": captured.referenced, "copy_ms": int(captured.copy_s * 1000),
             "new_memory_bytes": store.arena.mapped, "in_place": int(captured.in_place)}
@@ -249,6 +297,7 @@ def load(shard: LocalShard, path: str, snapshot_id: int, part: dict[str, Any]) -
     persistence: ShardPersistence = shard.persistence
     persistence.wait()
     store = persistence.store_at(path)
+    store.settle_fresh({snapshot_id})  # a crash between the manifest's commit and the promotion
     frames = store.read(snapshot_id, part)
     read_ms = int((time.perf_counter() - began) * 1000)
     shard_state.restore(shard, frames, f"snapshot {snapshot_id} in {path}")
@@ -260,13 +309,6 @@ def load(shard: LocalShard, path: str, snapshot_id: int, part: dict[str, Any]) -
 def prune(shard: LocalShard, path: str, keep: list[int]) -> int:
     """Delete every snapshot of ``shard`` under ``path`` but ``keep``; returns the chunks deleted."""
     return shard.persistence.store_at(path).prune(set(keep))
-
-
-def compact(shard: LocalShard, path: str) -> dict[str, int] | None:
-    """Rewrite ``shard``'s snapshot store under ``path`` without its free pages (None if it has none)."""
-    shard.persistence.wait()
-    store = shard.persistence.store_at(path).chunks(create=False)
-    return store.env.compact() if store is not None else None
 
 
 def finish(shard: LocalShard) -> None:

@@ -338,11 +338,12 @@ class LocalShard:
 
         return recover_shard(self, data_dir)
 
-    def snapshot_capture(self, data_dir: str, snapshot_id: int) -> dict[str, int]:
-        """Copy this shard's data now; write it as snapshot ``snapshot_id`` in the background."""
+    def snapshot_capture(self, data_dir: str, snapshot_id: int, fresh: bool = False) -> dict[str, int]:
+        """Copy this shard's data now; write it as snapshot ``snapshot_id`` in the background (``fresh``:
+        into a new store, which replaces the shard's once the snapshot is committed: after an erasure)."""
         from ..persist import recovery, snapshot
 
-        return snapshot.start(self, recovery.shard_path(data_dir, self.shard_id), snapshot_id)
+        return snapshot.start(self, recovery.shard_path(data_dir, self.shard_id), snapshot_id, fresh)
 
     def snapshot_status(self, snapshot_id: int) -> dict[str, int] | None:
         """This shard's part of snapshot ``snapshot_id`` once durable; None while it is being written."""
@@ -355,12 +356,6 @@ class LocalShard:
         from ..persist import recovery, snapshot
 
         return snapshot.prune(self, recovery.shard_path(data_dir, self.shard_id), keep)
-
-    def snapshot_compact(self, data_dir: str) -> dict[str, int] | None:
-        """Rewrite this shard's snapshot store without its free pages (after an erasure); its sizes."""
-        from ..persist import recovery, snapshot
-
-        return snapshot.compact(self, recovery.shard_path(data_dir, self.shard_id))
 
     def snapshot_close(self, data_dir: str) -> None:
         """Finish a running snapshot write and close this shard's snapshot store."""

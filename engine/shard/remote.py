@@ -48,14 +48,11 @@ class RemoteShard:
     def recover(self, data_dir: str) -> dict[str, Any]:
         return self.call("recover", data_dir)
 
-    def snapshot_capture(self, data_dir: str, snapshot_id: int) -> dict[str, int]:
-        return self.call("snapshot_capture", data_dir, snapshot_id)
+    def snapshot_capture(self, data_dir: str, snapshot_id: int, fresh: bool = False) -> dict[str, int]:
+        return self.call("snapshot_capture", data_dir, snapshot_id, fresh)
 
     def snapshot_prune(self, data_dir: str, keep: list[int]) -> int:
         return self.call("snapshot_prune", data_dir, keep)
-
-    def snapshot_compact(self, data_dir: str) -> dict[str, int] | None:
-        return self.call("snapshot_compact", data_dir)
 
     def snapshot_close(self, data_dir: str) -> None:
         return self.call("snapshot_close", data_dir)
