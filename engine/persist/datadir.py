@@ -276,8 +276,10 @@ class DataDir:
             self.manifest = manifest
             self._log_bytes_at_snapshot = logged_at
             self._last_snapshot_at = time.monotonic()
-            shards.call_all("snapshot_prune", self.path, [snapshot_id])  # a fresh store replaces the old one
+            # after an erasure, the small stores are compacted first: the replaced shard files are then freed
+            # (in the background) with no fsync of this call waiting behind that
             compacted = self._compact_after_erasure(seq) if fresh else None
+            shards.call_all("snapshot_prune", self.path, [snapshot_id])  # a fresh store replaces the old one
             self.last_snapshot = {
                 "id": snapshot_id, "wal_seq": seq, "bytes": manifest["bytes"], "paused_s": round(paused_s, 4),
                 "pause_wait_s": round(paused_at - began, 4),
