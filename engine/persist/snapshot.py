@@ -21,7 +21,7 @@ the next snapshot reuses.
 **After an erasure** (``start`` with ``fresh``): the part is written into a new LMDB store,
 ``<data_dir>/shard-<n>/fresh/``, instead of the shard's store, whose free pages still hold the
 bytes of erased profiles. Once the manifest is committed, ``prune`` promotes it: its data file is
-renamed over the shard's ``data.mdb`` (``promote_fresh``), which replaces every page written
+renamed over the shard's ``data.mdb`` (``ShardStore.settle_fresh``), which replaces every page written
 before, with no copy of the live snapshot. A crash between the manifest's commit and the rename
 is finished by ``load``, which promotes a fresh store holding the manifest's snapshot and deletes
 one that does not (an unfinished write).
@@ -49,8 +49,8 @@ from . import shard_state
 from .arena import CaptureArena
 from .chunk_store import FORMAT, FRESH_DIR, LEGACY_FORMAT, LEGACY_FORMATS, ChunkStore, write_fresh
 from .errors import DataCorruption, DataDirMismatch
-from .lmdb_env import replace_file
 from .forked_writer import ForkedSnapshotJob
+from .lmdb_env import replace_file
 from .shard_persistence import PartJob, ShardPersistence
 
 if TYPE_CHECKING:
@@ -70,7 +70,6 @@ WRITER_NICE = int(os.environ.get("SEGENGINE_SNAPSHOT_NICE", 10))
 #: ``SEGENGINE_SNAPSHOT_WRITER`` overrides it. A fork that fails (e.g. no memory to commit for it
 #: under strict overcommit) falls back to the thread.
 WRITER = os.environ.get("SEGENGINE_SNAPSHOT_WRITER", "fork" if hasattr(os, "fork") else "thread")
-
 
 
 class ShardStore:
@@ -100,7 +99,8 @@ class ShardStore:
         """The directory of the fresh store a snapshot after an erasure is written into."""
         return os.path.join(self.path, FRESH_DIR)
 
-    def write(self, snapshot_id: int, frames: list[list[Any]], fmt: int = FORMAT, fresh: bool = False) -> dict[str, int]:
+    def write(self, snapshot_id: int, frames: list[list[Any]], fmt: int = FORMAT,
+              fresh: bool = False) -> dict[str, int]:
         """Write the captured ``frames`` as snapshot ``snapshot_id`` durably (``fresh``: into the fresh
         store, see ``write_fresh``); returns the part description."""
         if fresh:
